@@ -1,0 +1,88 @@
+"""The packetizer contract: what every packetizer takes and hands out.
+
+A packetizer is a pure state machine (no sockets, no clock, no randomness of
+its own): the master feeds it events (a worker asks for work, a worker
+reports a packet processed, a worker's outputs arrived, a worker was lost)
+with the current time passed in, and it answers with packets.
+
+Exactly-once bookkeeping lives here too, because only the packetizer knows
+which ranges are where. A packet moves through
+
+    queued -> assigned(worker) -> processed(worker) -> delivered
+                  \\________________________/
+                   worker lost: the range goes back to the queue as a new
+                   packet; the old id is revoked and outputs covering it
+                   are refused (they would count the range twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+CYCLES = -1
+"""The `element` of a packet of cycle numbers (pure CPU work, no file)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkRange:
+    """A half-open entry range of one element (or of cycles) to be processed."""
+
+    element: int
+    entry_start: int
+    entry_stop: int
+
+    @property
+    def entries(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Packet:
+    """A unit of work handed to one worker: `[entry_start, entry_stop)` of `element`.
+
+    Entry numbers are local to the element (the file's tree), as uproot's
+    `entry_start`/`entry_stop`; for cycles they are cycle numbers.
+    """
+
+    packet_id: int
+    element: int
+    entry_start: int
+    entry_stop: int
+
+    @property
+    def entries(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+class Packetizer(Protocol):
+    """What the master calls. Every method is synchronous and pure."""
+
+    def add_worker(self, worker: str, now: float) -> None:
+        """A worker joined (at query start or later); it may ask for work at once."""
+
+    def next_packet(self, worker: str, now: float) -> Packet | None:
+        """The next packet for `worker`, or None when nothing is left to assign now.
+
+        None does not mean finished: a lost worker's packets may come back.
+        """
+
+    def packet_processed(self, worker: str, packet_id: int, now: float, *, seconds: float) -> None:
+        """`worker` finished processing `packet_id` in `seconds` (rate measurement)."""
+
+    def accept_output(self, worker: str, packet_ids: frozenset[int]) -> bool:
+        """Outputs of `worker` covering `packet_ids` arrived: True if they are to be merged.
+
+        False (and nothing changes) when any id is unknown, revoked, not this
+        worker's, or already delivered: merging them would count twice.
+        """
+
+    def worker_lost(self, worker: str, now: float) -> list[WorkRange]:
+        """`worker` is gone: every range it held but had not delivered is queued again."""
+
+    @property
+    def finished(self) -> bool:
+        """True when every range has been delivered exactly once."""
+
+    def validate(self) -> None:
+        """Raise AssertionError if the internal state is inconsistent (tests call this)."""
