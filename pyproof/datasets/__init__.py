@@ -1,0 +1,62 @@
+"""Datasets: named, cataloged lists of files with per-file metadata.
+
+Layers, bottom up:
+
+- `errors`   -- `DatasetError` and one subclass per failure (messages for users).
+- `names`    -- pure: dataset names, specs (`a|b`, `a,b`, `#tree`, `?entries=`), patterns.
+- `records`  -- pure: `FileRecord`, `DatasetInfo`, `Element`, `Resolution`, ... dataclasses.
+- `resolve`  -- pure: turning a dataset's files and a selection into elements.
+- `sources`  -- I/O: paths, globs and text file lists as `FileRecord`s.
+- `catalog`  -- I/O: `Catalog`, the SQLite catalog (register, show, list, remove, quotas,
+                resolve).
+- `verify`   -- I/O: `verify_file` (one file, runnable on any worker) and `verify_dataset`.
+- `cli`      -- `proofctl ds ...` subcommands.
+"""
+
+from pyproof.datasets.errors import (
+    BadFilesError,
+    CatalogError,
+    DatasetError,
+    DatasetExistsError,
+    DatasetNameError,
+    DatasetNotFoundError,
+    DatasetPermissionError,
+    EntriesUnknownError,
+    FriendMismatchError,
+    QuotaExceededError,
+    SourceError,
+)
+from pyproof.datasets.names import (
+    COMMON,
+    DatasetName,
+    DatasetRef,
+    DatasetSpec,
+    EntrySelection,
+    NamePattern,
+    parse_name,
+    parse_pattern,
+    parse_spec,
+)
+
+__all__ = [
+    "COMMON",
+    "BadFilesError",
+    "CatalogError",
+    "DatasetError",
+    "DatasetExistsError",
+    "DatasetName",
+    "DatasetNameError",
+    "DatasetNotFoundError",
+    "DatasetPermissionError",
+    "DatasetRef",
+    "DatasetSpec",
+    "EntriesUnknownError",
+    "EntrySelection",
+    "FriendMismatchError",
+    "NamePattern",
+    "QuotaExceededError",
+    "SourceError",
+    "parse_name",
+    "parse_pattern",
+    "parse_spec",
+]
