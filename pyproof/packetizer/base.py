@@ -55,6 +55,47 @@ class Packet:
         return self.entry_stop - self.entry_start
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoisonedRange:
+    """A range given up on: every worker that held it in flight died, `max_strikes` times.
+
+    `workers` and `reasons` are parallel: who died holding it, and why (as the
+    master told `worker_lost`). The range is neither requeued nor delivered;
+    the result reports it instead of retrying it forever.
+    """
+
+    element: int
+    entry_start: int
+    entry_stop: int
+    workers: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def entries(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PacketizerStatistics:
+    """A snapshot of where the entries are (what `proofctl status` and the lineage show).
+
+    `entries_queued + entries_assigned + entries_processed + entries_delivered
+    + entries_poisoned == entries_total` at every moment.
+    """
+
+    entries_total: int
+    entries_queued: int
+    entries_assigned: int
+    entries_processed: int
+    entries_delivered: int
+    entries_poisoned: int
+    packets_assigned: int
+    packets_delivered: int
+    packets_requeued: int
+    outputs_refused: int
+    workers: int
+
+
 class Packetizer(Protocol):
     """What the master calls. Every method is synchronous and pure."""
 
@@ -86,3 +127,12 @@ class Packetizer(Protocol):
 
     def validate(self) -> None:
         """Raise AssertionError if the internal state is inconsistent (tests call this)."""
+
+    # Additions (the original contract above is unchanged).
+
+    def statistics(self) -> PacketizerStatistics:
+        """A frozen snapshot of the bookkeeping counters."""
+
+    @property
+    def poisoned(self) -> tuple[PoisonedRange, ...]:
+        """Ranges declared poisoned (they killed `max_strikes` workers), oldest first."""

@@ -1,0 +1,94 @@
+"""The Packetizer protocol methods every packetizer shares, over one Ledger.
+
+A subclass says only how to choose and size the next packet (`_next`) and
+what to learn from events (the `_on_*` hooks); worker membership and the
+exactly-once moves are the same everywhere and live here once.
+"""
+
+from __future__ import annotations
+
+from pyproof.packetizer.base import Packet, PacketizerStatistics, PoisonedRange, WorkRange
+from pyproof.packetizer.ledger import Ledger, Record
+
+
+class LedgerPacketizer:
+    """Base of the concrete packetizers (see the module docstring).
+
+    Workers that `next_packet` has not heard of are added on the spot; a lost
+    worker gets None until it is added again (a late request from a dead
+    worker must not take work nobody will process).
+    """
+
+    def __init__(self, ledger: Ledger, *, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._ledger = ledger
+        self._planned = workers
+        self._workers: dict[str, None] = {}
+        self._lost: set[str] = set()
+
+    @property
+    def worker_count(self) -> int:
+        """Workers to share the work among: the planned number, or more if more joined."""
+        return max(self._planned, len(self._workers))
+
+    def add_worker(self, worker: str, now: float) -> None:
+        self._lost.discard(worker)
+        if worker not in self._workers:
+            self._workers[worker] = None
+            self._on_join(worker, now)
+
+    def next_packet(self, worker: str, now: float) -> Packet | None:
+        if worker in self._lost:
+            return None
+        if worker not in self._workers:
+            self.add_worker(worker, now)
+        if not self._ledger.queued:
+            return None
+        return self._next(worker, now)
+
+    def packet_processed(self, worker: str, packet_id: int, now: float, *, seconds: float) -> None:
+        record = self._ledger.mark_processed(worker, packet_id)
+        if record is not None and worker in self._workers:
+            self._on_processed(worker, record, now, seconds)
+
+    def accept_output(self, worker: str, packet_ids: frozenset[int]) -> bool:
+        return self._ledger.accept(worker, frozenset(packet_ids))
+
+    def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
+        """Requeue what `worker` held undelivered; `reason` goes into poisoned reports."""
+        if worker in self._workers:
+            del self._workers[worker]
+            self._on_lost(worker, now)
+        self._lost.add(worker)
+        return self._ledger.lose(worker, reason)
+
+    @property
+    def finished(self) -> bool:
+        """Every entry delivered exactly once (or poisoned and reported)."""
+        return self._ledger.finished
+
+    @property
+    def poisoned(self) -> tuple[PoisonedRange, ...]:
+        return self._ledger.poisoned
+
+    def statistics(self) -> PacketizerStatistics:
+        return self._ledger.statistics(len(self._workers))
+
+    def validate(self) -> None:
+        self._ledger.validate()
+        assert not self._lost & self._workers.keys(), "a worker is both active and lost"
+
+    # -- hooks for subclasses ------------------------------------------------------------
+
+    def _next(self, worker: str, now: float) -> Packet | None:
+        raise NotImplementedError
+
+    def _on_join(self, worker: str, now: float) -> None:
+        """`worker` joined."""
+
+    def _on_processed(self, worker: str, record: Record, now: float, seconds: float) -> None:
+        """`worker` processed `record` (first report only) in `seconds`."""
+
+    def _on_lost(self, worker: str, now: float) -> None:
+        """`worker` was lost (called before its ranges are requeued)."""

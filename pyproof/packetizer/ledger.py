@@ -1,0 +1,387 @@
+"""Exactly-once bookkeeping shared by every packetizer: where each range of the work is.
+
+Every entry of the input is, at any moment, in exactly one place: queued (not
+yet handed out), assigned to a worker, processed by it (output not yet
+merged), delivered (merged), or poisoned (given up after it killed workers
+`max_strikes` times). Packetizers decide *what* to hand out and how big; the
+ledger decides nothing, it only moves ranges between those places and refuses
+any move that would count an entry twice.
+
+It also keeps the indexes packetizers choose from cheaply (O(1) per decision,
+for 100,000 files): per storage node, the elements with queued work in
+service order, and the subset nobody is reading right now ("idle").
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pyproof.packetizer.base import Packet, PacketizerStatistics, PoisonedRange, WorkRange
+
+Node = str | None
+"""A storage node (host, or host/disk) holding elements; None: no location, any worker reads it."""
+
+
+class State(enum.Enum):
+    ASSIGNED = "assigned"
+    PROCESSED = "processed"
+    DELIVERED = "delivered"
+    REVOKED = "revoked"
+
+
+@dataclass(slots=True)
+class _Segment:
+    """A queued range; `strikes`/`deaths` remember workers that died holding it in flight."""
+
+    start: int
+    stop: int
+    strikes: int = 0
+    deaths: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class Record:
+    """One packet handed out, and where it is now."""
+
+    packet: Packet
+    worker: str
+    state: State
+    assigned_at: float
+    strikes: int
+    deaths: tuple[tuple[str, str], ...]
+    reported: bool = False
+    """packet_processed was seen (so a duplicated report is not measured twice)."""
+
+
+def with_rest(head: int, entries: int, factor: float = 1.5) -> int:
+    """`entries`, or all of `head` when what would be left is too small to be worth a packet."""
+    return head if head < factor * entries else entries
+
+
+class Ledger:
+    """The places of every range; see the module docstring.
+
+    `nodes` maps an element to its storage node (missing: None). Raises
+    ValueError for a negative or reversed range, or overlapping ranges of
+    one element (an entry listed twice could never be counted once).
+    """
+
+    def __init__(
+        self,
+        work: Sequence[WorkRange],
+        *,
+        nodes: Mapping[int, str] | None = None,
+        max_strikes: int = 3,
+    ) -> None:
+        if max_strikes < 1:
+            raise ValueError(f"max_strikes must be >= 1, got {max_strikes}")
+        self.max_strikes = max_strikes
+        self._nodes: dict[int, Node] = dict(nodes or {})
+        self._segments: dict[int, list[_Segment]] = {}
+        self._pending: dict[Node, OrderedDict[int, None]] = {}
+        self._idle: dict[Node, OrderedDict[int, None]] = {}
+        self._node_queued: Counter[Node] = Counter()
+        self._readers: Counter[int] = Counter()
+        self._node_readers: Counter[Node] = Counter()
+        self._records: dict[int, Record] = {}
+        self._held: dict[str, dict[int, None]] = defaultdict(dict)
+        self._poisoned: list[PoisonedRange] = []
+        self._next_id = 0
+        self.queued = self.assigned = self.processed = self.delivered = self.poisoned_entries = 0
+        self.packets_delivered = self.packets_requeued = self.outputs_refused = 0
+        self._work = self._load(work)
+        self.total = self.queued
+
+    def _load(self, work: Sequence[WorkRange]) -> dict[int, list[tuple[int, int]]]:
+        by_element: dict[int, list[tuple[int, int]]] = {}
+        for w in work:
+            if w.entry_start < 0 or w.entry_stop < w.entry_start:
+                raise ValueError(f"bad range {w}: need 0 <= entry_start <= entry_stop")
+            if w.entries:
+                by_element.setdefault(w.element, []).append((w.entry_start, w.entry_stop))
+        for element, ranges in by_element.items():
+            ranges.sort()
+            for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False):
+                if start < stop:
+                    raise ValueError(f"element {element}: ranges overlap at entry {start}")
+            for start, stop in ranges:
+                self._queue(element, _Segment(start, stop), front=False)
+        return by_element
+
+    # -- queries -------------------------------------------------------------------------
+
+    def node_of(self, element: int) -> Node:
+        return self._nodes.get(element)
+
+    def nodes_with_work(self) -> Iterable[Node]:
+        """Storage nodes that still have queued work."""
+        return self._pending.keys()
+
+    def node_queued(self, node: Node) -> int:
+        return self._node_queued[node]
+
+    def node_readers(self, node: Node) -> int:
+        """Packets of `node` in flight (assigned, not yet processed)."""
+        return self._node_readers[node]
+
+    def has_work(self, element: int) -> bool:
+        return element in self._segments
+
+    def head_entries(self, element: int) -> int:
+        """Entries in the first queued segment of `element` (a packet never spans two)."""
+        seg = self._segments[element][0]
+        return seg.stop - seg.start
+
+    def pick(self, node: Node, prefer: int | None = None) -> int | None:
+        """An element of `node` to cut from: `prefer` if it has work there, else one nobody
+        reads (spreading workers over files), else the first in service order."""
+        if prefer is not None and prefer in self._segments and self.node_of(prefer) == node:
+            return prefer
+        for index in (self._idle, self._pending):
+            elements = index.get(node)
+            if elements:
+                return next(iter(elements))
+        return None
+
+    def record(self, packet_id: int) -> Record | None:
+        return self._records.get(packet_id)
+
+    def held(self, worker: str) -> list[int]:
+        """Ids `worker` holds (assigned or processed, not delivered), oldest first."""
+        return list(self._held.get(worker, ()))
+
+    @property
+    def poisoned(self) -> tuple[PoisonedRange, ...]:
+        return tuple(self._poisoned)
+
+    @property
+    def finished(self) -> bool:
+        return self.delivered + self.poisoned_entries == self.total
+
+    def statistics(self, workers: int) -> PacketizerStatistics:
+        return PacketizerStatistics(
+            entries_total=self.total,
+            entries_queued=self.queued,
+            entries_assigned=self.assigned,
+            entries_processed=self.processed,
+            entries_delivered=self.delivered,
+            entries_poisoned=self.poisoned_entries,
+            packets_assigned=self._next_id,
+            packets_delivered=self.packets_delivered,
+            packets_requeued=self.packets_requeued,
+            outputs_refused=self.outputs_refused,
+            workers=workers,
+        )
+
+    # -- moves ---------------------------------------------------------------------------
+
+    def cut(
+        self, worker: str, element: int, entries: int, now: float, *, start: int | None = None
+    ) -> Packet:
+        """Assign to `worker` the first `entries` (at least 1) of the queued segment of
+        `element` beginning at `start` (default: its first segment)."""
+        segments = self._segments[element]
+        index = 0 if start is None else next(i for i, s in enumerate(segments) if s.start == start)
+        seg = segments[index]
+        stop = min(seg.stop, seg.start + max(1, entries))
+        packet = Packet(
+            packet_id=self._next_id, element=element, entry_start=seg.start, entry_stop=stop
+        )
+        self._next_id += 1
+        self._records[packet.packet_id] = Record(
+            packet, worker, State.ASSIGNED, now, seg.strikes, seg.deaths
+        )
+        self._held[worker][packet.packet_id] = None
+        node = self.node_of(element)
+        if stop == seg.stop:
+            del segments[index]
+        else:
+            seg.start = stop
+        if not segments:
+            del self._segments[element]
+            self._unindex(self._pending, node, element)
+        self._node_queued[node] -= packet.entries
+        self.queued -= packet.entries
+        self.assigned += packet.entries
+        self._readers[element] += 1
+        self._node_readers[node] += 1
+        self._unindex(self._idle, node, element)
+        return packet
+
+    def mark_processed(self, worker: str, packet_id: int) -> Record | None:
+        """The first processed report of `worker`'s own, live packet: its record, else None."""
+        rec = self._records.get(packet_id)
+        if rec is None or rec.worker != worker or rec.reported or rec.state is State.REVOKED:
+            return None
+        rec.reported = True
+        if rec.state is State.ASSIGNED:
+            self._stop_reading(rec)
+            rec.state = State.PROCESSED
+            self.assigned -= rec.packet.entries
+            self.processed += rec.packet.entries
+        return rec
+
+    def accept(self, worker: str, packet_ids: frozenset[int]) -> bool:
+        """Deliver all of `packet_ids` (outputs may overtake processed reports) or none."""
+        recs = [self._records.get(i) for i in packet_ids]
+        live = (State.ASSIGNED, State.PROCESSED)
+        if not recs or any(r is None or r.worker != worker or r.state not in live for r in recs):
+            self.outputs_refused += 1
+            return False
+        for rec in recs:
+            assert rec is not None
+            if rec.state is State.ASSIGNED:
+                self._stop_reading(rec)
+                self.assigned -= rec.packet.entries
+            else:
+                self.processed -= rec.packet.entries
+            rec.state = State.DELIVERED
+            self.delivered += rec.packet.entries
+            self.packets_delivered += 1
+            del self._held[worker][rec.packet.packet_id]
+        return True
+
+    def lose(self, worker: str, reason: str = "") -> list[WorkRange]:
+        """Requeue every range `worker` held undelivered; return them (poisoned ones excepted).
+
+        A range in flight when its worker died takes a strike; at `max_strikes`
+        it is poisoned. A processed range did not kill anyone: its strikes reset.
+        """
+        requeued: list[WorkRange] = []
+        for packet_id in self._held.pop(worker, {}):
+            rec = self._records[packet_id]
+            p = rec.packet
+            if rec.state is State.ASSIGNED:
+                self._stop_reading(rec)
+                self.assigned -= p.entries
+                strikes, deaths = rec.strikes + 1, (*rec.deaths, (worker, reason))
+            else:
+                self.processed -= p.entries
+                strikes, deaths = 0, ()
+            rec.state = State.REVOKED
+            if strikes >= self.max_strikes:
+                self._poisoned.append(
+                    PoisonedRange(
+                        element=p.element,
+                        entry_start=p.entry_start,
+                        entry_stop=p.entry_stop,
+                        workers=tuple(w for w, _ in deaths),
+                        reasons=tuple(r for _, r in deaths),
+                    )
+                )
+                self.poisoned_entries += p.entries
+                continue
+            self._queue(p.element, _Segment(p.entry_start, p.entry_stop, strikes, deaths))
+            self.packets_requeued += 1
+            requeued.append(
+                WorkRange(element=p.element, entry_start=p.entry_start, entry_stop=p.entry_stop)
+            )
+        return requeued
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _queue(self, element: int, seg: _Segment, *, front: bool = True) -> None:
+        """Queue `seg`; requeued work goes to the front so a retry never waits for the end."""
+        segments = self._segments.setdefault(element, [])
+        segments.append(seg)
+        segments.sort(key=lambda s: s.start)
+        node = self.node_of(element)
+        entries = seg.stop - seg.start
+        self._node_queued[node] += entries
+        self.queued += entries
+        self._index(self._pending, node, element, front)
+        if not self._readers[element]:
+            self._index(self._idle, node, element, front)
+
+    def _stop_reading(self, rec: Record) -> None:
+        element = rec.packet.element
+        node = self.node_of(element)
+        self._readers[element] -= 1
+        self._node_readers[node] -= 1
+        if not self._readers[element]:
+            del self._readers[element]
+            if element in self._segments:
+                self._index(self._idle, node, element, front=False)
+
+    @staticmethod
+    def _index(
+        index: dict[Node, OrderedDict[int, None]], node: Node, element: int, front: bool
+    ) -> None:
+        elements = index.setdefault(node, OrderedDict())
+        elements[element] = None
+        if front:
+            elements.move_to_end(element, last=False)
+
+    @staticmethod
+    def _unindex(index: dict[Node, OrderedDict[int, None]], node: Node, element: int) -> None:
+        elements = index.get(node)
+        if elements is not None and element in elements:
+            del elements[element]
+            if not elements:
+                del index[node]
+
+    # -- invariants ----------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Assert the places tile the input exactly and every index and counter agrees."""
+        pieces: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        counts: Counter[State] = Counter()
+        readers: Counter[int] = Counter()
+        for element, segments in self._segments.items():
+            assert segments, f"element {element}: empty segment list kept"
+            for seg in segments:
+                assert seg.start < seg.stop, f"element {element}: empty segment {seg}"
+                pieces[element].append((seg.start, seg.stop))
+        for packet_id, rec in self._records.items():
+            p = rec.packet
+            assert p.packet_id == packet_id and p.entries > 0
+            held = packet_id in self._held.get(rec.worker, ())
+            live = rec.state in (State.ASSIGNED, State.PROCESSED)
+            assert held == live, f"packet {packet_id} ({rec.state.value}) held={held}"
+            if rec.state is not State.REVOKED:
+                pieces[p.element].append((p.entry_start, p.entry_stop))
+                counts[rec.state] += p.entries
+            if rec.state is State.ASSIGNED:
+                readers[p.element] += 1
+        for r in self._poisoned:
+            pieces[r.element].append((r.entry_start, r.entry_stop))
+        tiles = {e: _coalesce(ps) for e, ps in pieces.items()}
+        assert tiles == {e: _coalesce(rs) for e, rs in self._work.items()}, "ranges do not tile"
+        assert counts[State.ASSIGNED] == self.assigned
+        assert counts[State.PROCESSED] == self.processed
+        assert counts[State.DELIVERED] == self.delivered
+        assert sum(r.entries for r in self._poisoned) == self.poisoned_entries
+        queued = sum(s.stop - s.start for segs in self._segments.values() for s in segs)
+        assert queued == self.queued
+        parts = self.queued + self.assigned + self.processed + self.delivered
+        assert parts + self.poisoned_entries == self.total
+        assert readers == self._readers, "reader counts drifted"
+        node_readers = Counter[Node]()
+        for e, n in readers.items():
+            node_readers[self.node_of(e)] += n
+        assert +node_readers == +self._node_readers, "per-node reader counts drifted"
+        for node, elements in self._pending.items():
+            assert elements and all(self.node_of(e) == node for e in elements)
+        pending = {e for elements in self._pending.values() for e in elements}
+        assert pending == set(self._segments), "pending index drifted"
+        idle = {e for elements in self._idle.values() for e in elements}
+        assert idle == {e for e in self._segments if not readers[e]}, "idle index drifted"
+        node_queued = Counter[Node]()
+        for e, segs in self._segments.items():
+            node_queued[self.node_of(e)] += sum(s.stop - s.start for s in segs)
+        assert +node_queued == +self._node_queued, "per-node queued entries drifted"
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ranges with touching neighbours joined; asserts no two overlap."""
+    out: list[tuple[int, int]] = []
+    for start, stop in sorted(ranges):
+        if out and start <= out[-1][1]:
+            assert start == out[-1][1], f"ranges overlap at entry {start}"
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((start, stop))
+    return out
