@@ -1,0 +1,91 @@
+"""The daemon process: `python -m pyproof.actors.daemon --run-dir D --log-dir L`.
+
+It starts a Thespian system bound to loopback, boots the root supervisor
+(gateway + sessions), writes `ready.json` in the run directory, then waits
+until told to stop: SIGTERM/SIGINT, or, with --watch-stdin, end of file on
+stdin (the client that started it is gone). It then kills its whole process
+tree: Thespian's shutdown does not reap orphans and can block on a hung actor.
+
+This process never opens an nng socket itself, so the actors forked from it
+may.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import uuid
+
+from pyproof.actors import messages as m
+from pyproof.supervision.process_tree import kill_tree
+
+BOOT_TIMEOUT = 60.0
+SHUTDOWN_TIMEOUT = 3.0
+
+
+def _write_ready(run_dir: str, info: dict) -> None:
+    tmp = os.path.join(run_dir, "ready.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, os.path.join(run_dir, "ready.json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--control", default=None, help="nng address of the control endpoint")
+    parser.add_argument("--watch-stdin", action="store_true")
+    args = parser.parse_args(argv)
+    os.makedirs(args.log_dir, exist_ok=True)
+    control = args.control or f"ipc://{os.path.join(args.run_dir, 'control.ipc')}"
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.watch_stdin:
+        def watch() -> None:
+            while sys.stdin.buffer.read(1):
+                pass
+            stop.set()
+        threading.Thread(target=watch, daemon=True).start()
+
+    from pyproof.actors.root import Root
+    from pyproof.actors.system import start_system
+
+    system, port = start_system(args.log_dir)
+    try:
+        root = system.createActor(Root)
+        corr = uuid.uuid4().hex
+        reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
+                                        log_dir=args.log_dir, daemon_pid=os.getpid()),
+                           BOOT_TIMEOUT)
+        if not isinstance(reply, m.Booted) or reply.corr != corr:
+            error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"
+            _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"})
+            return 1
+        _write_ready(args.run_dir, {"control": control, "pid": os.getpid(),
+                                    "thespian_port": port})
+        while not stop.wait(1.0):
+            pass
+        return 0
+    finally:
+        done = threading.Event()
+
+        def shutdown() -> None:
+            try:
+                system.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=shutdown, daemon=True).start()
+        done.wait(SHUTDOWN_TIMEOUT)
+        kill_tree(os.getpid(), include_root=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The gateway: serves the control endpoint (CBOR frames on nng req/rep).
+
+An nng thread receives and validates requests and queues them; the actor
+drains the queue on a short `wakeupAfter` timer, turns each request into
+control messages, and completes it when the reply message arrives. The
+gateway never unpickles what a client sends: frames are CBOR, fields checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pynng
+from thespian.actors import ActorExitRequest, WakeupMessage
+
+from pyproof.actors import messages as m
+from pyproof.actors.base import ProofActor
+from pyproof.logs import get_logger
+from pyproof.transport.codec import ProtocolError
+from pyproof.transport.frames import decode_frame, encode_frame
+
+POLL = timedelta(milliseconds=5)
+REQUEST_TIMEOUT = 60.0
+MAX_WORKERS = 256
+
+SPEC_FIELDS: dict[str, tuple[type, ...]] = {
+    "selector": (str,),
+    "dataset": (list, type(None)),
+    "entries": (int, type(None)),
+    "first": (int,),
+    "cycles": (int, type(None)),
+    "inputs": (dict,),
+    "branches": (list, type(None)),
+    "concatenate": (list,),
+    "client_address": (str,),
+    "packetizer": (str, type(None)),
+    "packetizer_params": (dict, type(None)),
+}
+
+
+class RequestError(ValueError):
+    """A control request is malformed; the message says which field."""
+
+
+def validate_spec(spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise RequestError("query spec must be a map")
+    unknown = set(spec) - set(SPEC_FIELDS)
+    if unknown:
+        raise RequestError(f"unknown query field(s): {', '.join(sorted(unknown))}")
+    for name, kinds in SPEC_FIELDS.items():
+        if name not in spec and type(None) not in kinds and name not in ("first", "inputs",
+                                                                         "concatenate"):
+            raise RequestError(f"missing query field {name!r}")
+        if name in spec and (not isinstance(spec[name], kinds) or isinstance(spec[name], bool)):
+            raise RequestError(f"query field {name!r} has the wrong type "
+                               f"({type(spec[name]).__name__})")
+    dataset, cycles = spec.get("dataset"), spec.get("cycles")
+    if (dataset is None) == (cycles is None):
+        raise RequestError("a query needs exactly one of 'dataset' and 'cycles'")
+    if dataset is not None:
+        for item in dataset:
+            if not (isinstance(item, list | tuple) and len(item) == 2
+                    and isinstance(item[0], str) and isinstance(item[1], str | type(None))):
+                raise RequestError(f"dataset element {item!r} must be [path, tree]")
+    if cycles is not None and cycles < 0:
+        raise RequestError("'cycles' must not be negative")
+    if spec.get("first", 0) < 0 or (spec.get("entries") or 0) < 0:
+        raise RequestError("'first' and 'entries' must not be negative")
+    return spec
+
+
+@dataclass(slots=True)
+class _Pending:
+    frame: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: bytes = b""
+
+
+class ControlServer:
+    """The nng side of the gateway, in its own thread."""
+
+    def __init__(self, address: str) -> None:
+        self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000)
+        self.socket.listen(address)
+        self.inbox: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        log = get_logger()
+        while not self._closed.is_set():
+            try:
+                raw = self.socket.recv()
+            except pynng.Timeout:
+                continue
+            except pynng.Closed:
+                return
+            try:
+                pending = _Pending(frame=decode_frame(raw))
+            except ProtocolError as exc:
+                log.warning("bad_control_frame", error=str(exc))
+                self._send(encode_frame("error", {"message": f"protocol error: {exc}"}))
+                continue
+            self.inbox.put(pending)
+            if not pending.done.wait(REQUEST_TIMEOUT):
+                pending.reply = encode_frame("error", {
+                    "message": f"the daemon did not answer {pending.frame.type!r} "
+                               f"within {REQUEST_TIMEOUT:.0f} s"})
+            self._send(pending.reply)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.socket.send(data)
+        except (pynng.Timeout, pynng.Closed):
+            pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(1.0)
+        self.socket.close()
+
+
+class Gateway(ProofActor):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.server: ControlServer | None = None
+        self.start: m.GatewayStart | None = None
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, _Pending] = {}
+        self._ids = itertools.count()
+
+    def receive(self, message, sender) -> None:
+        if isinstance(message, m.GatewayStart):
+            self.start = message
+            self.start_log(message.log_dir, actor="gateway")
+            try:
+                self.server = ControlServer(message.control_address)
+            except pynng.NNGException as exc:
+                self.send(sender, m.GatewayReady(corr=message.corr, error=repr(exc)))
+                return
+            get_logger().info("gateway_started", address=message.control_address)
+            self.wakeupAfter(POLL)
+            self.send(sender, m.GatewayReady(corr=message.corr))
+        elif isinstance(message, WakeupMessage):
+            self._drain()
+            self.wakeupAfter(POLL)
+        elif isinstance(message, m.SessionReady):
+            self.sessions[message.session_id] = {"master": message.master,
+                                                 "workers": list(message.workers)}
+            self._complete(message.corr, "ok", {"session": message.session_id,
+                                                "workers": list(message.workers)})
+        elif isinstance(message, m.SessionFailed):
+            self._complete(message.corr, "error", {"message": message.error})
+        elif isinstance(message, m.SessionClosed):
+            self.sessions.pop(message.session_id, None)
+            self._complete(message.corr, "ok", {"session": message.session_id})
+        elif isinstance(message, m.QueryAccepted):
+            self._complete(message.corr, "ok", {"query": message.query_id})
+        elif isinstance(message, m.QueryRejected):
+            self._complete(message.corr, "error", {"message": message.error})
+        elif isinstance(message, m.StatusReply):
+            self._complete(message.corr, "ok", message.status)
+        elif isinstance(message, ActorExitRequest) and self.server is not None:
+            self.server.close()
+
+    def _drain(self) -> None:
+        assert self.server is not None
+        while True:
+            try:
+                pending = self.server.inbox.get_nowait()
+            except queue.Empty:
+                return
+            corr = f"c{next(self._ids)}"
+            self.pending[corr] = pending
+            try:
+                self._dispatch(corr, pending.frame)
+            except RequestError as exc:
+                self._complete(corr, "error", {"message": str(exc)})
+
+    def _dispatch(self, corr: str, frame: Any) -> None:
+        assert self.start is not None
+        payload = frame.payload if isinstance(frame.payload, dict) else {}
+        kind = frame.type
+        if kind == "open_session":
+            workers = payload.get("workers")
+            if not isinstance(workers, int) or isinstance(workers, bool) or not (
+                    1 <= workers <= MAX_WORKERS):
+                raise RequestError(f"'workers' must be an integer from 1 to {MAX_WORKERS}")
+            session_id = uuid.uuid4().hex[:12]
+            self.send(self.start.sessions, m.CreateSession(
+                corr=corr, session_id=session_id, workers=workers,
+                run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress))
+            return
+        if kind == "status":
+            self._complete(corr, "ok", {"sessions": {
+                sid: {"workers": s["workers"]} for sid, s in self.sessions.items()}})
+            return
+        session = self.sessions.get(frame.session or "")
+        if session is None:
+            raise RequestError(f"no session {frame.session!r}")
+        if kind == "start_query":
+            query_id = payload.get("query")
+            if not isinstance(query_id, str):
+                raise RequestError("'query' must be a string id")
+            self.send(session["master"], m.StartQuery(
+                corr=corr, query_id=query_id, spec=validate_spec(payload.get("spec")),
+                reply_to=self.myAddress))
+        elif kind == "stop_query":
+            self.send(session["master"], m.StopQuery(
+                corr=corr, query_id=str(payload.get("query")), reply_to=self.myAddress))
+        elif kind == "session_status":
+            self.send(session["master"], m.StatusRequest(corr=corr, reply_to=self.myAddress))
+        elif kind == "close_session":
+            self.send(self.start.sessions, m.CloseSession(
+                corr=corr, session_id=frame.session, reply_to=self.myAddress))
+        else:
+            raise RequestError(f"unknown control request {kind!r}")
+
+    def _complete(self, corr: str, kind: str, payload: dict[str, Any]) -> None:
+        pending = self.pending.pop(corr, None)
+        if pending is None:
+            return
+        pending.reply = encode_frame(kind, payload, session=pending.frame.session)
+        pending.done.set()

@@ -1,0 +1,123 @@
+"""The master's data plane: one thread serving workers on an nng rep socket.
+
+Workers send every request (next packet, outputs, failure) to this one
+socket, so the packetizer and the merge are driven from a single thread with
+no locks around them. The actor thread only hands queries in and out through
+`start_query` / `stop_query` / `worker_lost`, which are queued as commands.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import pynng
+
+from pyproof.actors import protocol as p
+from pyproof.actors.master_query import QueryRun
+from pyproof.logs import get_logger
+from pyproof.transport.codec import ProtocolError
+from pyproof.transport.frames import decode_frame, encode_frame
+
+POLL_MS = 50
+
+
+class MasterPlane:
+    def __init__(self, *, session_id: str, address: str) -> None:
+        self.session_id = session_id
+        self.address = address
+        self.log = get_logger()
+        self.socket = pynng.Rep0(recv_timeout=POLL_MS, send_timeout=5_000)
+        self.socket.listen(address)
+        self.workers: list[str] = []
+        self.query: QueryRun | None = None
+        self.finished_queries: list[str] = []
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
+        self._thread.start()
+
+    # -- called from the actor thread --------------------------------------
+    def set_workers(self, workers: list[str]) -> None:
+        self._commands.put(("workers", list(workers)))
+
+    def start_query(self, query_id: str, spec: dict[str, Any]) -> None:
+        self._commands.put(("start", (query_id, spec)))
+
+    def stop_query(self, query_id: str, reason: str) -> None:
+        self._commands.put(("stop", (query_id, reason)))
+
+    def worker_lost(self, worker: str) -> None:
+        self._commands.put(("lost", worker))
+
+    def busy(self) -> bool:
+        q = self.query
+        return q is not None and q.state in ("preparing", "running")
+
+    def statistics(self) -> dict[str, Any]:
+        q = self.query
+        return {"address": self.address, "workers": list(self.workers),
+                "query": None if q is None else {"id": q.query_id, "state": q.state,
+                                                 "processed": q.processed, "total": q.total}}
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._closed.set()
+        self._thread.join(timeout)
+        self.socket.close()
+
+    # -- the data-plane thread ----------------------------------------------
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            self._run_commands()
+            try:
+                raw = self.socket.recv()
+            except pynng.Timeout:
+                raw = None
+            except pynng.Closed:
+                return
+            if raw is not None:
+                reply = self._answer(raw)
+                try:
+                    self.socket.send(reply)
+                except (pynng.Timeout, pynng.Closed):
+                    self.log.warning("reply_not_sent")
+            if self.query is not None:
+                self.query.tick(time.monotonic())
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "workers":
+                self.workers = arg
+            elif command == "start":
+                query_id, spec = arg
+                if self.query is not None:
+                    self.query.close()
+                self.query = QueryRun(query_id=query_id, session_id=self.session_id,
+                                      spec=spec, workers=self.workers)
+            elif command == "stop":
+                query_id, reason = arg
+                if self.query is not None and self.query.query_id == query_id:
+                    self.query.stop(reason)
+            elif command == "lost" and self.query is not None:
+                self.query.worker_lost(arg)
+
+    def _answer(self, raw: bytes) -> bytes:
+        try:
+            frame = decode_frame(raw)
+            payload = frame.payload
+            query_id = p.require(payload, "query", str)
+            q = self.query
+            if q is None or q.query_id != query_id:
+                kind, body = p.ABORT, {"reason": f"no running query {query_id}"}
+            else:
+                kind, body = q.handle(frame.type, payload)
+        except (ProtocolError, p.ProtocolViolation) as exc:
+            self.log.warning("bad_request", error=str(exc))
+            kind, body = p.ERROR, {"reason": f"protocol error: {exc}"}
+        return encode_frame(kind, body, session=self.session_id)

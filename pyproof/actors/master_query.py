@@ -1,0 +1,312 @@
+"""One query as the master runs it: look-up, packetizer, exactly-once merge, client stream.
+
+Everything here runs on the master's data-plane thread (or the look-up
+thread it starts), never on the actor thread, so a busy control plane does
+not stall packets and a long merge does not stall control.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import pynng
+import uproot
+
+from pyproof.actors import protocol as p
+from pyproof.logs import get_logger
+from pyproof.merging import merge_outputs
+from pyproof.packetizer import make_packetizer
+from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
+from pyproof.transport.codec import RemoteError
+from pyproof.transport.frames import encode_frame
+
+PROGRESS_PERIOD = 0.25
+CLIENT_SEND_TIMEOUT_MS = 10_000
+
+
+class LookupError_(Exception):
+    """A dataset element cannot be used; carries where."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.context = context
+
+
+@dataclass(slots=True)
+class Element:
+    path: str
+    tree: str
+    entries: int
+
+
+def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> Element:
+    """Open a file, find its tree, count entries and check the branches exist."""
+    try:
+        handle = uproot.open(path)
+    except FileNotFoundError:
+        raise LookupError_(f"file not found: {path}", file=path) from None
+    except Exception as exc:
+        raise LookupError_(f"cannot open {path}: {exc}", file=path) from exc
+    with handle:
+        trees = [k.split(";")[0] for k, c in handle.classnames().items() if c == "TTree"]
+        if tree is None:
+            if len(trees) != 1:
+                raise LookupError_(
+                    f"{path} holds {len(trees)} trees ({', '.join(trees) or 'none'}); "
+                    f"name one as '{path}:TREE'", file=path)
+            tree = trees[0]
+        try:
+            obj = handle[tree]
+        except Exception:
+            near = difflib.get_close_matches(tree, trees, n=3, cutoff=0.0)
+            raise LookupError_(
+                f"no tree {tree!r} in {path} (trees in the file: {', '.join(near) or 'none'})",
+                file=path, tree=tree) from None
+        if not hasattr(obj, "num_entries"):
+            raise LookupError_(f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree",
+                               file=path, tree=tree)
+        if branches:
+            known = set(obj.keys(recursive=True, full_paths=True)) | set(obj.keys())
+            for branch in branches:
+                if branch not in known:
+                    near = difflib.get_close_matches(branch, sorted(known), n=5, cutoff=0.0)
+                    raise LookupError_(
+                        f"no branch {branch!r} in tree {tree!r} of {path} "
+                        f"(nearest: {', '.join(near)})", file=path, tree=tree, branch=branch)
+        return Element(path=path, tree=tree, entries=int(obj.num_entries))
+
+
+def select_ranges(entries: list[int], first: int, count: int | None) -> list[WorkRange]:
+    """Global half-open entry selection [first, first+count) cut into per-element ranges."""
+    ranges: list[WorkRange] = []
+    stop_global = None if count is None else first + count
+    offset = 0
+    for index, n in enumerate(entries):
+        lo = max(first, offset)
+        hi = offset + n if stop_global is None else min(offset + n, stop_global)
+        if hi > lo:
+            ranges.append(WorkRange(element=index, entry_start=lo - offset,
+                                    entry_stop=hi - offset))
+        offset += n
+    return ranges
+
+
+@dataclass(slots=True)
+class WorkerTally:
+    entries: int = 0
+    packets: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entries": self.entries, "packets": self.packets,
+                "bytes": self.bytes, "busy_seconds": self.seconds}
+
+
+class QueryRun:
+    """State of one query on the master. Methods are called from one thread."""
+
+    def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any],
+                 workers: list[str]) -> None:
+        self.query_id = query_id
+        self.session_id = session_id
+        self.spec = spec
+        self.workers = list(workers)
+        self.log = get_logger().bind(query=query_id)
+        self.state = "preparing"
+        self.started = time.monotonic()
+        self.elements: list[Element] = []
+        self.packetizer: Packetizer | None = None
+        self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
+        self.total = 0
+        self.outputs: dict[str, Any] = {}
+        self.processed = 0            # entries reported processed (progress)
+        self.delivered = 0            # entries whose outputs were merged (exactly once)
+        self.bytes = 0
+        self.tally: dict[str, WorkerTally] = {w: WorkerTally() for w in workers}
+        self.duplicates = 0
+        self.requeued: list[dict[str, Any]] = []
+        self.concatenate = tuple(spec.get("concatenate") or ())
+        self._last_progress = 0.0
+        self.client = pynng.Push0(send_timeout=CLIENT_SEND_TIMEOUT_MS)
+        self.client.dial(spec["client_address"], block=False)
+        self._lookup_error: RemoteError | None = None
+        self._lookup_thread = threading.Thread(target=self._lookup, daemon=True)
+        self._lookup_thread.start()
+
+    # -- preparation (its own thread; the data thread answers WAIT meanwhile) --
+    def _lookup(self) -> None:
+        try:
+            if self.spec.get("cycles") is not None:
+                work = [WorkRange(element=CYCLES, entry_start=0,
+                                  entry_stop=int(self.spec["cycles"]))]
+                kind = self.spec.get("packetizer") or "unit"
+            else:
+                branches = self.spec.get("branches")
+                for path, tree in self.spec["dataset"]:
+                    self.elements.append(lookup_element(path, tree, branches))
+                work = select_ranges([e.entries for e in self.elements],
+                                     int(self.spec.get("first") or 0), self.spec.get("entries"))
+                kind = self.spec.get("packetizer") or "basic"
+            params = dict(self.spec.get("packetizer_params") or {})
+            packetizer = make_packetizer(kind, work, workers=len(self.workers), **params)
+            for worker in self.workers:
+                packetizer.add_worker(worker, time.monotonic())
+            self.total = sum(r.entries for r in work)
+            self.packetizer = packetizer
+            self.log.info("query_prepared", elements=len(self.elements), entries=self.total,
+                          packetizer=kind)
+        except LookupError_ as exc:
+            self._lookup_error = RemoteError(type="DatasetError", message=str(exc),
+                                             traceback="", context=exc.context)
+        except Exception as exc:
+            self._lookup_error = RemoteError.from_exception(exc, stage="lookup")
+
+    # -- worker requests ---------------------------------------------------
+    def handle(self, kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        worker = p.require(payload, "worker", str)
+        if self.state in ("failed", "stopped"):
+            return p.ABORT, {"reason": f"query {self.query_id} {self.state}"}
+        if self.state == "finished":
+            return p.DONE, {}
+        self.tally.setdefault(worker, WorkerTally())
+        if kind == p.FAILED:
+            error = payload.get("error")
+            if not isinstance(error, RemoteError):
+                error = RemoteError(type="WorkerError", message=repr(error), traceback="",
+                                    context={"worker": worker})
+            self.fail(error)
+            return p.ABORT, {"reason": "query failed"}
+        self._prepare_done()
+        if self.state != "running":
+            return (p.ABORT, {"reason": "query failed"}) if self.state == "failed" else (
+                p.WAIT, {})
+        assert self.packetizer is not None
+        self._reports(worker, payload.get("processed") or [])
+        if kind == p.OUTPUTS:
+            ids = frozenset(p.require(payload, "packets", list))
+            accepted = self.packetizer.accept_output(worker, ids)
+            if accepted:
+                try:
+                    merge_outputs(self.outputs, p.require(payload, "outputs", dict),
+                                  concatenate=self.concatenate)
+                except Exception as exc:
+                    self.fail(RemoteError.from_exception(exc, stage="merge", worker=worker))
+                    return p.ABORT, {"reason": "merge failed"}
+                for pid in ids:
+                    _, start, stop = self.packets[pid]
+                    self.delivered += stop - start
+            else:
+                self.duplicates += 1
+                self.log.warning("output_refused", worker=worker, packets=sorted(ids))
+            self._maybe_finish()
+            return p.ACK, {"accepted": accepted}
+        if kind != p.NEXT:
+            raise p.ProtocolViolation(f"unknown request {kind!r}")
+        packet = self.packetizer.next_packet(worker, time.monotonic())
+        if packet is None:
+            self._maybe_finish()
+            return (p.DONE, {}) if self.state == "finished" else (p.WAIT, {})
+        self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+        reply: dict[str, Any] = {"packet": {
+            "packet_id": packet.packet_id, "element": packet.element,
+            "entry_start": packet.entry_start, "entry_stop": packet.entry_stop}}
+        if packet.element != CYCLES:
+            element = self.elements[packet.element]
+            reply["path"], reply["tree"] = element.path, element.tree
+        return p.PACKET, reply
+
+    def _prepare_done(self) -> None:
+        if self.state != "preparing" or self._lookup_thread.is_alive():
+            return
+        if self._lookup_error is not None:
+            self.fail(self._lookup_error)
+        else:
+            self.state = "running"
+            self._maybe_finish()
+
+    def _reports(self, worker: str, reports: list[Any]) -> None:
+        assert self.packetizer is not None
+        tally = self.tally[worker]
+        for report in reports:
+            pid = p.require(report, "packet", int)
+            seconds = float(report.get("seconds", 0.0))
+            self.packetizer.packet_processed(worker, pid, time.monotonic(), seconds=seconds)
+            entries = int(report.get("entries", 0))
+            nbytes = int(report.get("bytes", 0))
+            tally.entries += entries
+            tally.packets += 1
+            tally.bytes += nbytes
+            tally.seconds += seconds
+            self.processed += entries
+            self.bytes += nbytes
+
+    def _maybe_finish(self) -> None:
+        if self.state == "running" and self.packetizer is not None and self.packetizer.finished:
+            self.state = "finished"
+            self._send_client(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
+                                         "stats": self.stats(), "lineage": self.lineage()})
+            self.log.info("query_finished", entries=self.delivered,
+                          seconds=round(time.monotonic() - self.started, 3))
+
+    # -- ending ------------------------------------------------------------
+    def fail(self, error: RemoteError) -> None:
+        if self.state in ("failed", "finished", "stopped"):
+            return
+        self.state = "failed"
+        self.log.error("query_failed", error=str(error), **error.context)
+        self._send_client(p.ERROR, {"query": self.query_id, "error": error,
+                                    "lineage": self.lineage()})
+
+    def stop(self, reason: str) -> None:
+        self.fail(RemoteError(type="QueryStopped", message=reason, traceback="", context={}))
+        self.state = "stopped"
+
+    def worker_lost(self, worker: str) -> None:
+        if self.packetizer is None or self.state != "running":
+            return
+        ranges = self.packetizer.worker_lost(worker, time.monotonic())
+        for r in ranges:
+            self.requeued.append({"worker": worker, "element": r.element,
+                                  "entry_start": r.entry_start, "entry_stop": r.entry_stop,
+                                  "reason": "worker lost"})
+
+    def tick(self, now: float) -> None:
+        if self.state in ("preparing", "running"):
+            self._prepare_done()
+        if self.state == "running" and now - self._last_progress >= PROGRESS_PERIOD:
+            self._last_progress = now
+            self._send_client(p.PROGRESS, {
+                "query": self.query_id, "entries": self.processed, "total": self.total,
+                "bytes": self.bytes, "elapsed": now - self.started,
+                "workers": {w: t.entries for w, t in self.tally.items()}})
+
+    def stats(self) -> dict[str, Any]:
+        return {"entries": self.delivered, "bytes_read": self.bytes,
+                "wall_time": time.monotonic() - self.started,
+                "packets": len(self.packets),
+                "workers": {w: t.as_dict() for w, t in self.tally.items()}}
+
+    def lineage(self) -> dict[str, Any]:
+        return {"entries_requested": self.total, "entries_processed": self.delivered,
+                "packets": len(self.packets), "duplicates_dropped": self.duplicates,
+                "requeued": list(self.requeued),
+                "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries}
+                             for e in self.elements]}
+
+    def _send_client(self, kind: str, payload: dict[str, Any]) -> None:
+        try:
+            self.client.send(encode_frame(kind, payload, session=self.session_id))
+        except pynng.Timeout:
+            self.log.warning("client_unreachable", message=kind)
+        except Exception as exc:
+            self.log.error("client_send_failed", message=kind, error=repr(exc),
+                           traceback=traceback.format_exc())
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,167 @@
+"""Control messages between actors (Thespian messages, inside one daemon).
+
+Every request carries a correlation id `corr`, because Thespian's `ask()`
+does not match replies to requests (a timed-out ask gets a stale reply next).
+Clients never send these: they speak CBOR frames to the gateway, which
+validates them and turns them into these messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Boot:
+    corr: str
+    control_address: str
+    run_dir: str
+    log_dir: str
+    daemon_pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Booted:
+    corr: str
+    control_address: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BootFailed:
+    corr: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayStart:
+    corr: str
+    control_address: str
+    sessions: Any  # ActorAddress of the sessions supervisor
+    run_dir: str
+    log_dir: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayReady:
+    corr: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateSession:
+    corr: str
+    session_id: str
+    workers: int
+    run_dir: str
+    log_dir: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionReady:
+    corr: str
+    session_id: str
+    master: Any
+    workers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionFailed:
+    corr: str
+    session_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseSession:
+    corr: str
+    session_id: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed:
+    corr: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MasterStart:
+    session_id: str
+    run_dir: str
+    log_dir: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MasterReady:
+    session_id: str
+    packet_address: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStart:
+    session_id: str
+    worker_id: str
+    packet_address: str
+    log_dir: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerReady:
+    worker_id: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetWorkers:
+    workers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartQuery:
+    corr: str
+    query_id: str
+    spec: dict[str, Any]
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryAccepted:
+    corr: str
+    query_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryRejected:
+    corr: str
+    query_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunQuery:
+    """Master -> worker: start pulling packets of this query."""
+
+    query_id: str
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopQuery:
+    corr: str
+    query_id: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    corr: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReply:
+    corr: str
+    status: dict[str, Any]

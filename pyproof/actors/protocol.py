@@ -1,0 +1,50 @@
+"""The data-plane protocol between workers, master and client (CBOR frames on nng).
+
+Worker -> master (req/rep, one socket, so the master serves it from one thread):
+  NEXT     {worker, query, processed: [report...]}  -> PACKET | WAIT | DONE | ABORT
+  OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...}}
+                                                    -> ACK {accepted: bool}
+  FAILED   {worker, query, error: RemoteError}      -> ABORT
+A report is {packet, seconds, entries, bytes}.
+
+Master -> client (push, the master dials the client's listening socket):
+  PROGRESS {query, entries, total, bytes, elapsed, workers: {id: entries}}
+  RESULT   {query, outputs, stats, lineage}
+  ERROR    {query, error: RemoteError, lineage}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NEXT = "next"
+OUTPUTS = "outputs"
+FAILED = "failed"
+
+PACKET = "packet"
+WAIT = "wait"
+DONE = "done"
+ABORT = "abort"
+ACK = "ack"
+
+PROGRESS = "progress"
+RESULT = "result"
+ERROR = "error"
+
+
+class ProtocolViolation(ValueError):
+    """A peer sent a well-formed frame with the wrong fields."""
+
+
+def require(payload: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    """payload[name], checked to be of `kind`; ProtocolViolation names the field otherwise."""
+    if not isinstance(payload, dict):
+        raise ProtocolViolation(f"payload must be a map, got {type(payload).__name__}")
+    if name not in payload:
+        raise ProtocolViolation(f"missing field {name!r}")
+    value = payload[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolViolation(
+            f"field {name!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}"
+        )
+    return value

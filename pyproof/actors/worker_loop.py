@@ -1,0 +1,228 @@
+"""What a worker does for one query, off the actor thread: pull packets, read, process.
+
+The loop asks for its next packet before processing the current one (the
+reply waits in the socket meanwhile), so the worker never idles on the
+master. Processing reports ride on the next request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any
+
+import pynng
+import uproot
+
+from pyproof.actors import protocol as p
+from pyproof.logs import get_logger
+from pyproof.packetizer.base import CYCLES
+from pyproof.selector import Context, Selector, load_selector
+from pyproof.transport.codec import RemoteError
+from pyproof.transport.frames import decode_frame, encode_frame
+
+REQUEST_TIMEOUT_MS = 60_000
+WAIT_BACKOFF_MAX = 0.2
+
+
+class _FileCache:
+    """Open files stay open across the packets of one query."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Any] = {}
+
+    def tree(self, path: str, tree: str) -> tuple[Any, Any]:
+        handle = self._files.get(path)
+        if handle is None:
+            handle = uproot.open(path)
+            self._files[path] = handle
+        return handle, handle[tree]
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except Exception:
+                pass
+        self._files.clear()
+
+
+class WorkerLoop:
+    """Runs one query on one worker in a thread; `stop()` ends it early."""
+
+    def __init__(self, *, worker_id: str, session_id: str, query_id: str,
+                 spec: dict[str, Any], socket: pynng.Req0) -> None:
+        self.worker_id = worker_id
+        self.session_id = session_id
+        self.query_id = query_id
+        self.spec = spec
+        self.socket = socket
+        self.log = get_logger().bind(query=query_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"query-{query_id}", daemon=True)
+        self._files = _FileCache()
+        self.selector: Selector | None = None
+        self.ctx: Context | None = None
+        self._held: list[int] = []       # processed packets whose outputs are not delivered
+        self._reports: list[dict] = []   # processed reports not yet sent
+        self._fresh_outputs = False      # ctx.outputs were flushed: begin() must run again
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the loop ---------------------------------------------------------
+    def _run(self) -> None:
+        self.log.info("query_started", selector=self.spec["selector"])
+        try:
+            self._loop()
+        except _Abort as abort:
+            self.log.info("query_aborted", reason=str(abort))
+        except Exception as exc:  # our own bug or a dead master: say so in the log
+            self.log.error("worker_loop_crashed", error=repr(exc), exc_info=True)
+        finally:
+            self._files.close()
+            self.log.info("query_ended")
+
+    def _loop(self) -> None:
+        try:
+            selector_cls = load_selector(self.spec["selector"])
+            self.selector = selector_cls()
+            self._new_outputs()
+        except Exception as exc:
+            self._fail(exc, stage="begin")
+            return
+        backoff = 0.01
+        reply = self._request(p.NEXT, {"processed": []})
+        while not self._stop.is_set():
+            kind = reply["kind"]
+            if kind == p.PACKET:
+                backoff = 0.01
+                # ask for the next packet first: its reply waits while we process
+                self._send(p.NEXT, {"processed": self._take_reports()})
+                if not self._process(reply):
+                    return
+                reply = self._recv(p.NEXT)
+            elif kind == p.WAIT:
+                self._flush()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
+                reply = self._request(p.NEXT, {"processed": self._take_reports()})
+            elif kind == p.DONE:
+                self._flush()
+                return
+            else:
+                raise _Abort(reply.get("reason", kind))
+
+    def _new_outputs(self) -> None:
+        assert self.selector is not None
+        self.ctx = Context(
+            inputs=self.spec.get("inputs") or {},
+            worker=self.worker_id,
+            query=self.query_id,
+            session=self.session_id,
+        )
+        self.selector.begin(self.ctx)
+        self._fresh_outputs = False
+
+    def _process(self, reply: dict[str, Any]) -> bool:
+        packet = reply["packet"]
+        start, stop, element = packet["entry_start"], packet["entry_stop"], packet["element"]
+        path, tree_name = reply.get("path"), reply.get("tree")
+        assert self.selector is not None
+        try:
+            if self._fresh_outputs:
+                self._new_outputs()
+            ctx = self.ctx
+            assert ctx is not None
+            ctx.file, ctx.tree, ctx.entry_start, ctx.entry_stop = path, tree_name, start, stop
+            t0 = time.perf_counter()
+            nbytes = 0
+            if element == CYCLES:
+                events: Any = range(start, stop)
+            else:
+                handle, tree = self._files.tree(path, tree_name)
+                before = handle.file.source.num_requested_bytes
+                events = tree.arrays(
+                    self.spec.get("branches"), entry_start=start, entry_stop=stop, library="ak"
+                )
+                nbytes = handle.file.source.num_requested_bytes - before
+            self.selector.process(events, ctx)
+            seconds = time.perf_counter() - t0
+        except Exception as exc:
+            self._fail(exc, stage="process", file=path, tree=tree_name,
+                       entry_start=start, entry_stop=stop)
+            return False
+        self._held.append(packet["packet_id"])
+        self._reports.append({"packet": packet["packet_id"], "seconds": seconds,
+                              "entries": stop - start, "bytes": nbytes})
+        return True
+
+    def _take_reports(self) -> list[dict]:
+        reports, self._reports = self._reports, []
+        return reports
+
+    def _flush(self) -> None:
+        """Send the outputs of every held packet; afterwards outputs start afresh."""
+        if not self._held:
+            return
+        assert self.ctx is not None
+        reply = self._request(p.OUTPUTS, {
+            "packets": list(self._held),
+            "processed": self._take_reports(),
+            "outputs": self.ctx.outputs,
+        })
+        if reply["kind"] == p.ABORT:
+            raise _Abort(reply.get("reason", "aborted"))
+        self.log.info("outputs_sent", packets=len(self._held), accepted=reply.get("accepted"))
+        self._held = []
+        self.ctx.outputs = {}
+        self._fresh_outputs = True
+
+    def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> None:
+        error = RemoteError(
+            type=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            context={"worker": self.worker_id, "stage": stage,
+                     **{k: v for k, v in where.items() if v is not None}},
+        )
+        self.log.error("selector_failed", stage=stage, error=repr(exc), **where)
+        try:
+            self._request(p.FAILED, {"error": error})
+        except _Abort:
+            pass
+
+    def _request(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self._send(kind, payload)
+        return self._recv(kind)
+
+    def _send(self, kind: str, payload: dict[str, Any]) -> None:
+        payload = {"worker": self.worker_id, "query": self.query_id, **payload}
+        self.socket.send(encode_frame(kind, payload, session=self.session_id))
+
+    def _recv(self, kind: str) -> dict[str, Any]:
+        try:
+            raw = self.socket.recv()
+        except pynng.Timeout:
+            raise _Abort(f"master did not answer a {kind!r} request "
+                         f"within {REQUEST_TIMEOUT_MS / 1000:.0f} s") from None
+        frame = decode_frame(raw)
+        reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
+        reply["kind"] = frame.type
+        return reply
+
+
+class _Abort(Exception):
+    """The master ended this query for this worker (done elsewhere, failed or stopped)."""

@@ -1,0 +1,135 @@
+"""`lite://`: a private local cluster in its own process tree.
+
+The daemon runs as a fresh interpreter (never forked from the client, which
+may have used nng), in its own process group, fed a pipe on stdin: when the
+client process dies, the pipe closes and the daemon tears its tree down.
+Logs go to the sandbox (`$PYPROOF_SANDBOX`, default ~/.pyproof) under
+`lite/<session-dir>/logs`, kept for `proofctl logs`; the run directory with
+the sockets is a private temporary directory, removed at close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from pyproof.errors import ConnectError
+from pyproof.supervision.process_tree import kill_tree
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+KEEP_SESSION_DIRS = 10
+
+
+def sandbox_dir() -> str:
+    return os.environ.get("PYPROOF_SANDBOX") or os.path.join(os.path.expanduser("~"), ".pyproof")
+
+
+def lite_sessions_dir() -> str:
+    return os.path.join(sandbox_dir(), "lite")
+
+
+def default_workers() -> int:
+    env = os.environ.get("PYPROOF_WORKERS")
+    if env:
+        return int(env)
+    cpus = os.cpu_count() or 2
+    return cpus if cpus > 2 else 2
+
+
+class LiteCluster:
+    """Starts the daemon process and reaps everything it started on `close()`."""
+
+    def __init__(self, *, timeout: float = START_TIMEOUT) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = lite_sessions_dir()
+        os.makedirs(base, exist_ok=True)
+        self.session_dir = tempfile.mkdtemp(prefix=f"{stamp}-{os.getpid()}-", dir=base)
+        self.log_dir = os.path.join(self.session_dir, "logs")
+        os.makedirs(self.log_dir)
+        self.run_dir = tempfile.mkdtemp(prefix="pyproof-")
+        self._prune_old_sessions(base)
+        env = dict(os.environ)
+        paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        self._out = open(os.path.join(self.log_dir, "daemon.out"), "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
+             "--log-dir", self.log_dir, "--watch-stdin"],
+            stdin=subprocess.PIPE, stdout=self._out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
+        )
+        try:
+            self.control_address = self._wait_ready(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout: float) -> str:
+        ready = os.path.join(self.run_dir, "ready.json")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(ready):
+                with open(ready) as f:
+                    info = json.load(f)
+                if "error" in info:
+                    raise ConnectError(f"{info['error']} (logs in {self.log_dir})")
+                return info["control"]
+            if self.process.poll() is not None:
+                raise ConnectError(
+                    f"the lite daemon exited with code {self.process.returncode} before it "
+                    f"was ready; see {os.path.join(self.log_dir, 'daemon.out')}")
+            time.sleep(0.01)
+        raise ConnectError(f"the lite daemon was not ready within {timeout:.0f} s "
+                           f"(logs in {self.log_dir})")
+
+    def close(self) -> None:
+        proc = self.process
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # the daemon sees EOF and kills its own tree
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                kill_tree(proc.pid)
+                proc.wait(STOP_TIMEOUT)
+        # anything the daemon could not reap (it was killed itself): our descendants still
+        for pid in _orphans_in_group(proc.pid):
+            kill_tree(pid)
+        if proc.stdin:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        self._out.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    @staticmethod
+    def _prune_old_sessions(base: str) -> None:
+        entries = sorted(
+            (os.path.join(base, d) for d in os.listdir(base)),
+            key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0,
+        )
+        for old in entries[:-KEEP_SESSION_DIRS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _orphans_in_group(pgid: int) -> list[int]:
+    """Processes still in the daemon's session (pgid == sid == its pid)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields: state ppid pgrp session ...
+        if fields[0] not in ("Z", "X") and int(fields[3]) == pgid:
+            found.append(int(entry))
+    return found

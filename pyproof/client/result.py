@@ -1,0 +1,44 @@
+"""What a query returns: merged outputs, statistics and lineage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStats:
+    entries: int
+    packets: int
+    bytes: int
+    busy_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stats:
+    """entries: entries merged exactly once; bytes_read: bytes uproot requested;
+    wall_time: seconds from query start on the master to the merged result."""
+
+    entries: int
+    bytes_read: int
+    wall_time: float
+    packets: int
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.entries / self.wall_time if self.wall_time > 0 else 0.0
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Stats:
+        return cls(entries=int(data["entries"]), bytes_read=int(data["bytes_read"]),
+                   wall_time=float(data["wall_time"]), packets=int(data["packets"]),
+                   workers={w: WorkerStats(**s) for w, s in data.get("workers", {}).items()})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    query: str
+    outputs: dict[str, Any]
+    stats: Stats
+    lineage: dict[str, Any]

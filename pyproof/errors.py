@@ -1,0 +1,28 @@
+"""The errors users see. Each says when it is raised and what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProofError(Exception):
+    """Base class of pyproof's errors."""
+
+
+class ConnectError(ProofError):
+    """The cluster could not be started or reached; the message says why."""
+
+
+class QueryError(ProofError):
+    """A query failed. `remote` holds the error as it happened (type, message,
+    traceback, and where: file, tree, entry range, worker); `lineage` what was
+    processed before it stopped. The session stays usable."""
+
+    def __init__(self, message: str, *, remote: Any = None, lineage: dict | None = None) -> None:
+        super().__init__(message)
+        self.remote = remote
+        self.lineage = lineage or {}
+
+
+class InputError(ProofError, ValueError):
+    """Arguments of `process` are invalid (dataset spec, inputs, ranges)."""

@@ -1,0 +1,95 @@
+"""Fixtures shared by all tests: a private sandbox, and a process-leak check.
+
+The test process makes itself a child subreaper, so any process our code
+orphans is re-parented to it and shows up as its descendant: a test that
+leaves one behind fails, naming it (and the fixture kills it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import tempfile
+import time
+
+import pytest
+
+from pyproof.supervision.process_tree import descendants_of, is_alive, kill_tree
+
+PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "root")
+if not os.path.isdir(DATA):  # CI clones next to a copy of shared/
+    DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                        "data", "root"))
+DATA = os.path.abspath(DATA)
+
+
+def data_file(name: str) -> str:
+    path = os.path.join(DATA, name)
+    if not os.path.exists(path):
+        pytest.skip(f"shared test data not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox(tmp_path_factory: pytest.TempPathFactory):
+    sandbox = tmp_path_factory.mktemp("sandbox")
+    old = os.environ.get("PYPROOF_SANDBOX")
+    os.environ["PYPROOF_SANDBOX"] = str(sandbox)
+    yield sandbox
+    if old is None:
+        os.environ.pop("PYPROOF_SANDBOX", None)
+    else:
+        os.environ["PYPROOF_SANDBOX"] = old
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _live_descendants() -> set[int]:
+    _reap()
+    return {pid for pid in descendants_of(os.getpid()) if is_alive(pid)}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _run_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "pyproof-*")))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail the test that leaves a process or a pyproof temp directory behind."""
+    before = _live_descendants()
+    dirs_before = _run_dirs()
+    yield
+    deadline = time.monotonic() + 10.0
+    leaked = _live_descendants() - before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leaked = _live_descendants() - before
+    if leaked:
+        described = [f"{pid}: {_cmdline(pid)}" for pid in sorted(leaked)]
+        for pid in leaked:
+            kill_tree(pid)
+        _reap()
+        pytest.fail("test leaked processes:\n  " + "\n  ".join(described))
+    left = _run_dirs() - dirs_before
+    if left:
+        pytest.fail(f"test left temporary directories behind: {sorted(left)}")

@@ -1,0 +1,101 @@
+"""Selectors used by the integration tests (workers import them by name)."""
+
+from __future__ import annotations
+
+import collections
+
+import awkward as ak
+import hist
+import numpy as np
+
+import pyproof
+
+
+def zmumu_mass(events) -> np.ndarray:
+    e = events["E1"] + events["E2"]
+    px = events["px1"] + events["px2"]
+    py = events["py1"] + events["py2"]
+    pz = events["pz1"] + events["pz2"]
+    return np.sqrt(np.maximum(ak.to_numpy(e**2 - px**2 - py**2 - pz**2), 0.0))
+
+
+class ZmumuMass(pyproof.Selector):
+    """Flat branches: the dimuon mass, weighted and unweighted, plus counters."""
+
+    branches = ["E1", "px1", "py1", "pz1", "E2", "px2", "py2", "pz2", "Q1", "Q2"]
+
+    def begin(self, ctx):
+        ctx.outputs["mass"] = hist.Hist.new.Reg(120, 0, 120, name="mass").Double()
+        ctx.outputs["wmass"] = hist.Hist.new.Reg(60, 0, 120, name="mass").Weight()
+        ctx.outputs["n"] = 0
+        ctx.outputs["charges"] = collections.Counter()
+        ctx.outputs["sum_mass"] = np.zeros(1)
+
+    def process(self, events, ctx):
+        mass = zmumu_mass(events)
+        cut = ctx.inputs.get("cut", 0.0)
+        selected = mass[mass > cut]
+        ctx.outputs["mass"].fill(selected)
+        ctx.outputs["wmass"].fill(selected, weight=0.5 + selected / 100.0)
+        ctx.outputs["n"] += len(events)
+        q = ak.to_numpy(events["Q1"] + events["Q2"])
+        ctx.outputs["charges"].update(int(x) for x in q)
+        ctx.outputs["sum_mass"] += np.array([selected.sum()])
+
+
+class HZZMuons(pyproof.Selector):
+    """Jagged branches: muon pt, weighted by the event weight."""
+
+    branches = ["Muon_Px", "Muon_Py", "EventWeight"]
+
+    def begin(self, ctx):
+        ctx.outputs["pt"] = hist.Hist.new.Reg(50, 0, 200, name="pt").Weight()
+        ctx.outputs["nmuons"] = 0
+
+    def process(self, events, ctx):
+        pt = np.sqrt(events["Muon_Px"] ** 2 + events["Muon_Py"] ** 2)
+        weights = ak.broadcast_arrays(events["EventWeight"], pt)[0]
+        ctx.outputs["pt"].fill(ak.to_numpy(ak.flatten(pt)),
+                               weight=ak.to_numpy(ak.flatten(weights)))
+        ctx.outputs["nmuons"] += int(ak.sum(ak.num(pt)))
+
+
+class EntryList(pyproof.Selector):
+    """Collects the global ids of processed entries, to check exactly-once."""
+
+    branches = ["x"]
+    concatenate = ("x",)
+
+    def begin(self, ctx):
+        ctx.outputs["x"] = np.zeros(0, dtype=np.int64)
+        ctx.outputs["count"] = 0
+
+    def process(self, events, ctx):
+        ctx.outputs["x"] = np.concatenate([ctx.outputs["x"], ak.to_numpy(events["x"])])
+        ctx.outputs["count"] += len(events)
+
+
+class Cycles(pyproof.Selector):
+    """Pure CPU work: sums of cycle numbers."""
+
+    def begin(self, ctx):
+        ctx.outputs["sum"] = 0
+        ctx.outputs["count"] = 0
+
+    def process(self, cycles, ctx):
+        ctx.outputs["sum"] += sum(cycles)
+        ctx.outputs["count"] += len(cycles)
+
+
+class RaisesInProcess(ZmumuMass):
+    def process(self, events, ctx):
+        if ctx.entry_start <= ctx.inputs.get("bad_entry", 1000) < ctx.entry_stop:
+            raise ZeroDivisionError("the selector divided by zero")
+        super().process(events, ctx)
+
+
+class MissingBranch(pyproof.Selector):
+    branches = ["E1", "nonexistent_branch"]
+
+    def process(self, events, ctx):
+        pass
