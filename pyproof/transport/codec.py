@@ -1,0 +1,713 @@
+"""The one wire format: CBOR (cbor2's C extension) with pyproof's extension tags.
+
+Everything that crosses a process goes through :func:`encode` and :func:`decode`.
+The set of values that travel is closed and small, so that the daemon can decode
+any frame without running or importing anything it does not trust:
+
+* ``None``, ``bool``, ``int`` (any size), ``float``, ``complex``, ``str``,
+  ``bytes`` (``bytearray`` and ``memoryview`` travel as ``bytes``);
+* ``list``, ``dict`` (dict subclasses other than ``Counter`` travel as ``dict``),
+  ``set`` / ``frozenset`` (decode as ``set``; as ``frozenset`` when used as a
+  map key); timezone-aware ``datetime`` and ``date`` (standard tags 0, 1, 100,
+  1004);
+* the pyproof tags below. Tuple subclasses (namedtuples) travel as lists.
+
+Everything else (``Decimal``, ``UUID``, regexes, ``CBORTag``, arbitrary objects)
+is refused by :func:`encode` with an :class:`EncodeError` naming where it sits,
+and every other CBOR tag is refused by :func:`decode` with a
+:class:`ProtocolError`.
+
+Extension tags (unregistered numbers in the IANA first-come-first-served range,
+``0x7070_00xx``, "pp"; never reuse or renumber one, add new ones at the end):
+
+======================  ==========  ==================================================
+tag                     Python      payload
+======================  ==========  ==================================================
+1886388225 (0x70700001) ``tuple``   array of items
+1886388226 (0x70700002) ``Counter`` map of key -> count
+1886388227 (0x70700003) ndarray     ``[dtype.str, [shape...], bytes]``, C order
+1886388228 (0x70700004) histogram   ``{"class", "uhi", "data"}``: ``class`` is
+                                    ``"boost_histogram.Histogram"`` or ``"hist.Hist"``;
+                                    ``uhi`` is ``boost_histogram.serialization.to_uhi``
+                                    without storage; ``data`` is the flow view as one
+                                    ndarray or a map of field name -> ndarray
+1886388229 (0x70700005) RemoteError ``{"type", "message", "traceback", "context"}``
+1886388230 (0x70700006) (reserved)  dataset record (not yet defined)
+======================  ==========  ==================================================
+
+Numpy scalars encode as plain Python numbers. Decoded arrays are writable and own
+their memory (one copy on decode).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import decimal
+import email.message
+import fractions
+import io
+import ipaddress
+import math
+import re
+import sys
+import traceback as _traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import cbor2
+import numpy as np
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "TAG_COUNTER",
+    "TAG_DATASET_RECORD",
+    "TAG_HISTOGRAM",
+    "TAG_NDARRAY",
+    "TAG_REMOTE_ERROR",
+    "TAG_TUPLE",
+    "EncodeError",
+    "ProtocolError",
+    "RemoteError",
+    "decode",
+    "encode",
+]
+
+DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+"""Largest frame :func:`decode` accepts by default, in bytes (256 MiB)."""
+
+MAX_DEPTH = 400
+"""Deepest container nesting :func:`decode` accepts."""
+
+TAG_TUPLE = 0x7070_0001
+TAG_COUNTER = 0x7070_0002
+TAG_NDARRAY = 0x7070_0003
+TAG_HISTOGRAM = 0x7070_0004
+TAG_REMOTE_ERROR = 0x7070_0005
+TAG_DATASET_RECORD = 0x7070_0006  # reserved; decode refuses it until it is defined
+
+_MAX_NDIM = 64  # numpy's own limit
+
+
+class ProtocolError(ValueError):
+    """Raised by :func:`decode` when bytes are not a valid pyproof message.
+
+    Truncated or trailing data, frames over the size cap, unknown or forbidden
+    tags, tag payloads of the wrong shape. The message says what was wrong. The
+    peer sent something broken or hostile: drop the frame (or the connection),
+    log it, and keep serving.
+    """
+
+
+class EncodeError(TypeError):
+    """Raised by :func:`encode` when a value cannot travel on the wire.
+
+    The message names where the value sits, e.g.
+    ``inputs['cut'][2]: cannot encode object of type 'Foo'``. Convert the value
+    to one of the supported types (see the module docstring) before sending.
+    """
+
+
+# --------------------------------------------------------------------- RemoteError
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteError:
+    """An exception raised in another process, as data.
+
+    ``type`` is the exception's class name (qualified with its module unless it
+    is a builtin), ``message`` its ``str()``, ``traceback`` the formatted remote
+    traceback, and ``context`` says where it happened (``file``, ``tree``,
+    ``entry_start``, ``entry_stop``, ``worker``, ...; values must be encodable).
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, **context: Any) -> RemoteError:
+        """Capture ``exc`` (with its chained causes) and where it happened."""
+        kind = type(exc)
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__"):
+            name = f"{kind.__module__}.{name}"
+        tb = "".join(_traceback.format_exception(exc))
+        return cls(type=name, message=str(exc), traceback=tb, context=dict(context))
+
+    def __str__(self) -> str:
+        head = f"{self.type}: {self.message}" if self.message else self.type
+        lines = [head]
+        where = _describe_context(self.context)
+        if where:
+            lines.append(f"  {where}")
+        if self.traceback:
+            lines.append("")
+            lines.append("Remote traceback:")
+            lines.extend("  " + line for line in self.traceback.rstrip("\n").splitlines())
+        return "\n".join(lines)
+
+
+def _describe_context(context: dict[str, Any]) -> str:
+    ctx = dict(context)
+    parts = []
+    if "file" in ctx:
+        parts.append(f"in file {ctx.pop('file')}")
+    if "tree" in ctx:
+        parts.append(f"tree {ctx.pop('tree')}")
+    if "entry_start" in ctx and "entry_stop" in ctx:
+        parts.append(f"entries [{ctx.pop('entry_start')}, {ctx.pop('entry_stop')})")
+    if "worker" in ctx:
+        parts.append(f"on {ctx.pop('worker')}")
+    parts.extend(f"{key}={value!r}" for key, value in ctx.items())
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _refuse(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    raise EncodeError(_cannot(value))
+
+
+def _cannot(value: Any) -> str:
+    return f"cannot encode object of type {type(value).__name__!r}"
+
+
+def _encode_tuple(encoder: cbor2.CBOREncoder, value: tuple) -> None:
+    encoder.encode_semantic(TAG_TUPLE, list(value))
+
+
+def _encode_counter(encoder: cbor2.CBOREncoder, value: collections.Counter) -> None:
+    encoder.encode_semantic(TAG_COUNTER, dict(value))
+
+
+def _encode_memoryview(encoder: cbor2.CBOREncoder, value: memoryview) -> None:
+    encoder.encode_bytes(value.tobytes())
+
+
+def _ndarray_refusal(array: np.ndarray) -> str | None:
+    dtype = array.dtype
+    if dtype.hasobject:
+        return (
+            f"cannot encode ndarray of dtype {dtype} "
+            "(object arrays hold Python objects; use a numeric or string dtype)"
+        )
+    if dtype.names is not None or dtype.subdtype is not None:
+        return f"cannot encode ndarray of structured dtype {dtype} (send one array per field)"
+    if dtype.itemsize == 0:
+        return f"cannot encode ndarray of zero-size dtype {dtype}"
+    if isinstance(array, np.ma.MaskedArray):
+        return "cannot encode a masked array (send .filled() and the mask as two arrays)"
+    return None
+
+
+def _encode_ndarray(encoder: cbor2.CBOREncoder, array: np.ndarray) -> None:
+    refusal = _ndarray_refusal(array)
+    if refusal is not None:
+        raise EncodeError(refusal)
+    array = np.asarray(array)
+    encoder.encode_semantic(
+        TAG_NDARRAY, [array.dtype.str, list(array.shape), array.tobytes(order="C")]
+    )
+
+
+def _histogram_class_name(value: Any) -> str | None:
+    """The wire name of a histogram's class (nearest known base), or None."""
+    bh = sys.modules.get("boost_histogram")
+    if bh is None or not isinstance(value, bh.Histogram):
+        return None
+    hist = sys.modules.get("hist")
+    if hist is not None and isinstance(value, hist.Hist):
+        return "hist.Hist"
+    return "boost_histogram.Histogram"
+
+
+def _histogram_payload(value: Any, class_name: str) -> dict[str, Any]:
+    from boost_histogram.serialization import to_uhi
+
+    uhi = to_uhi(value, keep_storage=False)
+    view = np.asarray(value.view(flow=True))
+    if view.dtype.names is None:
+        data: Any = np.ascontiguousarray(view)
+    else:
+        data = {name: np.ascontiguousarray(view[name]) for name in view.dtype.names}
+    return {"class": class_name, "uhi": uhi, "data": data}
+
+
+def _encode_remote_error(encoder: cbor2.CBOREncoder, value: RemoteError) -> None:
+    encoder.encode_semantic(
+        TAG_REMOTE_ERROR,
+        {
+            "type": value.type,
+            "message": value.message,
+            "traceback": value.traceback,
+            "context": value.context,
+        },
+    )
+
+
+def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    # Called by cbor2 for every type it has no encoder for (subclasses included).
+    if isinstance(value, np.generic):
+        if isinstance(value, np.bool_):
+            encoder.encode(bool(value))
+            return
+        if isinstance(value, np.integer):
+            encoder.encode(int(value))
+            return
+        if isinstance(value, np.floating):
+            encoder.encode(float(value))
+            return
+        if isinstance(value, np.complexfloating):
+            encoder.encode(complex(value))
+            return
+        raise EncodeError(_cannot(value))
+    if isinstance(value, np.ndarray):
+        _encode_ndarray(encoder, value)
+        return
+    class_name = _histogram_class_name(value)
+    if class_name is not None:
+        encoder.encode_semantic(TAG_HISTOGRAM, _histogram_payload(value, class_name))
+        return
+    if isinstance(value, collections.Counter):
+        _encode_counter(encoder, value)
+        return
+    raise EncodeError(_cannot(value))
+
+
+_REFUSED_TYPES: tuple[type, ...] = (
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    re.Pattern,
+    ipaddress.IPv4Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv4Interface,
+    ipaddress.IPv6Address,
+    ipaddress.IPv6Network,
+    ipaddress.IPv6Interface,
+    email.message.Message,
+    cbor2.CBORTag,
+    cbor2.CBORSimpleValue,
+    type(cbor2.undefined),
+)
+
+_ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
+    **{kind: _refuse for kind in _REFUSED_TYPES},
+    tuple: _encode_tuple,
+    collections.Counter: _encode_counter,
+    memoryview: _encode_memoryview,
+    np.ndarray: _encode_ndarray,
+    RemoteError: _encode_remote_error,
+}
+
+
+def encode(obj: object) -> bytes:
+    """Encode ``obj`` as one CBOR item; raise :class:`EncodeError` if it cannot travel."""
+    try:
+        return cbor2.dumps(obj, encoders=_ENCODERS, default=_default)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError, OverflowError) as exc:
+        raise _locate_encode_error(obj, exc) from None
+
+
+def _encode_one(value: Any) -> None:
+    cbor2.dumps(value, encoders=_ENCODERS, default=_default)
+
+
+def _locate_encode_error(obj: Any, original: BaseException) -> EncodeError:
+    """Walk ``obj`` (only after cbor2 failed) to name where the bad value sits."""
+    try:
+        found = _find_bad_value(obj)
+    except RecursionError:
+        found = None
+    if found is None:
+        if isinstance(original, RecursionError):
+            return EncodeError("structure is nested too deeply to encode")
+        return EncodeError(str(original))
+    path, reason = found
+    return EncodeError(f"{path}: {reason}" if path else reason)
+
+
+def _key_path(path: str, key: Any) -> str:
+    if not path and isinstance(key, str) and key.isidentifier():
+        return key
+    return f"{path}[{key!r}]"
+
+
+def _children(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(path, child) for the parts of a container the walker descends into."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path or '<top>'} (a map key)", key
+            yield _key_path(path, key), item
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield f"{path}[{index}]", item
+    elif isinstance(value, (set, frozenset)):
+        for item in value:
+            yield f"{path or '<top>'} (a set element)", item
+    elif isinstance(value, RemoteError):
+        yield f"{path}.context", value.context
+    elif _histogram_class_name(value) is not None:
+        for name, item in value.__dict__.items():
+            if not name.startswith("_"):
+                yield f"{path}.{name}", item
+        for index, axis in enumerate(value.axes):
+            for name, item in axis.__dict__.items():
+                yield f"{path}.axes[{index}].{name}", item
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, (dict, list, tuple, set, frozenset, RemoteError)) or (
+        _histogram_class_name(value) is not None
+    )
+
+
+def _find_bad_value(obj: Any) -> tuple[str, str] | None:
+    # Depth-first, in encoding order; `active` holds the containers on the
+    # current path, to tell a cycle from a value shared in two places.
+    active: set[int] = set()
+
+    def walk(value: Any, path: str) -> tuple[str, str] | None:
+        if not _is_container(value):
+            try:
+                _encode_one(value)
+            except Exception as exc:  # noqa: BLE001 - any failure is the answer
+                return path, str(exc)
+            return None
+        if id(value) in active:
+            return path, "cyclic reference (the structure contains itself)"
+        active.add(id(value))
+        try:
+            for child_path, child in _children(value, path):
+                found = walk(child, child_path)
+                if found is not None:
+                    return found
+        finally:
+            active.discard(id(value))
+        if isinstance(value, (dict, set, frozenset)) or _histogram_class_name(value) is not None:
+            # Parts are fine on their own; the container itself may still fail
+            # (e.g. a histogram with an axis type or storage we cannot carry).
+            try:
+                _encode_one(value)
+            except Exception as exc:  # noqa: BLE001
+                return path, str(exc)
+        return None
+
+    return walk(obj, "")
+
+
+# --------------------------------------------------------------------------- decode
+
+_FORBIDDEN_STANDARD_TAGS = {
+    4: "decimal fraction",
+    5: "bigfloat",
+    25: "string reference",
+    28: "shared value",
+    29: "shared value reference",
+    30: "rational number",
+    35: "regular expression",
+    36: "MIME message",
+    37: "UUID",
+    52: "IPv4 address",
+    54: "IPv6 address",
+    256: "string reference namespace",
+    260: "network address",
+    261: "network prefix",
+    55799: "self-described CBOR",
+}
+
+
+def _forbidden(tag: int, name: str) -> Callable[..., Any]:
+    def refuse(*args: Any) -> Any:
+        raise ProtocolError(f"CBOR tag {tag} ({name}) is not allowed on the wire")
+
+    return refuse
+
+
+_SEMANTIC_DECODERS = {tag: _forbidden(tag, name) for tag, name in _FORBIDDEN_STANDARD_TAGS.items()}
+
+
+# cbor2 6 decodes a tag's payload deeply immutable (arrays as tuples, maps as
+# frozendicts, sets as frozensets) and calls nested tag hooks with
+# immutable=True. A tuple tag in such a place returns a _WireTuple, so that
+# _thaw can tell it (a real tuple) from a CBOR array (a list).
+_FrozenDict = type(cbor2.loads(b"\xa0", immutable=True))
+
+
+class _WireTuple(tuple):
+    """A decoded tuple tag inside another payload or a map key (hashable)."""
+
+    __slots__ = ()
+
+
+def _thaw(value: Any) -> Any:
+    """Turn an immutably decoded tag payload back into what was encoded."""
+    kind = type(value)
+    if kind is tuple:
+        return [_thaw(item) for item in value]
+    if kind is _WireTuple:
+        return tuple(value)
+    if kind is _FrozenDict:
+        return {_thaw_key(key): _thaw(item) for key, item in value.items()}
+    if kind is frozenset:
+        return {_thaw_key(item) for item in value}
+    return value
+
+
+def _thaw_key(key: Any) -> Any:
+    return tuple(key) if type(key) is _WireTuple else key
+
+
+def _decode_tuple(value: Any, immutable: bool) -> tuple:
+    if not isinstance(value, tuple):
+        raise ProtocolError(f"tuple tag: expected an array, got {_cbor_kind(value)}")
+    items = [_thaw(item) for item in value]
+    return _WireTuple(items) if immutable else tuple(items)
+
+
+def _decode_counter(value: Any, immutable: bool) -> collections.Counter:
+    if not isinstance(value, _FrozenDict):
+        raise ProtocolError(f"Counter tag: expected a map, got {_cbor_kind(value)}")
+    return collections.Counter(_thaw(value))
+
+
+def _decode_ndarray(value: Any, immutable: bool) -> np.ndarray:
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise ProtocolError(f"ndarray tag: expected [dtype, shape, data], got {_cbor_kind(value)}")
+    dtype_str, shape, data = value
+    if not isinstance(dtype_str, str) or not isinstance(data, bytes):
+        raise ProtocolError(
+            "ndarray tag: expected [dtype, shape, data] as [text, array, bytes], got "
+            f"[{_cbor_kind(dtype_str)}, {_cbor_kind(shape)}, {_cbor_kind(data)}]"
+        )
+    try:
+        dtype = np.dtype(dtype_str)
+    except Exception:  # noqa: BLE001 - numpy raises several types for bad strings
+        raise ProtocolError(f"ndarray tag: bad dtype {dtype_str!r}") from None
+    if (
+        dtype.str != dtype_str
+        or dtype.hasobject
+        or dtype.names is not None
+        or dtype.subdtype is not None
+        or dtype.itemsize == 0
+    ):
+        raise ProtocolError(f"ndarray tag: dtype {dtype_str!r} is not allowed")
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_NDIM
+        or not all(type(n) is int and 0 <= n < 2**62 for n in shape)
+    ):
+        raise ProtocolError(f"ndarray tag: bad shape {shape!r}")
+    count = math.prod(shape)
+    if count * dtype.itemsize != len(data):
+        raise ProtocolError(
+            f"ndarray tag: shape {tuple(shape)} of {dtype_str} needs "
+            f"{count * dtype.itemsize} bytes, got {len(data)}"
+        )
+    try:
+        return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+    except ValueError as exc:
+        raise ProtocolError(f"ndarray tag: {exc}") from None
+
+
+_HISTOGRAM_KEYS = {"class", "uhi", "data"}
+_AXIS_SIZE_KEYS = {
+    "regular": "bins",
+    "variable": "edges",
+    "category_int": "categories",
+    "category_str": "categories",
+    "boolean": None,
+}
+
+
+def _axis_extent(index: int, axis: Any) -> int:
+    """Cells (flow included) an UHI axis dict asks for, checked before allocating."""
+
+    def bad(why: str) -> ProtocolError:
+        return ProtocolError(f"histogram tag: axis {index}: {why}")
+
+    if not isinstance(axis, dict):
+        raise bad(f"expected a map, got {_cbor_kind(axis)}")
+    kind = axis.get("type")
+    if kind not in _AXIS_SIZE_KEYS:
+        raise bad(f"unknown axis type {kind!r}")
+    if kind == "boolean":
+        return 2
+    writer = axis.get("writer_info", {})
+    writer = writer.get("boost-histogram", {}) if isinstance(writer, dict) else None
+    if not isinstance(writer, dict):
+        raise bad("writer_info is not a map")
+    if kind.startswith("category"):
+        categories = axis.get("categories")
+        if not isinstance(categories, (list, tuple)):
+            raise bad("categories is not an array")
+        return len(categories) + (1 if axis.get("flow") else 0)
+    if writer.get("transform") in ("pow", "log", "sqrt"):
+        bins = writer.get("bins")
+        flows = 2  # boost-histogram rebuilds transformed axes with both flow bins
+    elif kind == "regular":
+        bins = axis.get("bins")
+        flows = bool(axis.get("underflow")) + bool(axis.get("overflow"))
+    else:
+        edges = axis.get("edges")
+        if not isinstance(edges, (list, tuple, np.ndarray)) or len(edges) < 2:
+            raise bad("edges is not an array of at least two numbers")
+        bins = len(edges) - 1
+        flows = bool(axis.get("underflow")) + bool(axis.get("overflow"))
+    if type(bins) is not int or bins < 0:
+        raise bad(f"bad number of bins {bins!r}")
+    return bins + flows
+
+
+def _decode_histogram(value: Any, immutable: bool) -> Any:
+    value = _thaw(value)
+    if not isinstance(value, dict) or set(value) != _HISTOGRAM_KEYS:
+        keys = sorted(map(str, value)) if isinstance(value, dict) else _cbor_kind(value)
+        raise ProtocolError(f"histogram tag: expected a map with keys class, uhi, data, got {keys}")
+    class_name, uhi, data = value["class"], value["uhi"], value["data"]
+    if class_name not in ("hist.Hist", "boost_histogram.Histogram"):
+        raise ProtocolError(f"histogram tag: unknown histogram class {class_name!r}")
+    if not isinstance(uhi, dict) or not isinstance(uhi.get("axes"), (list, tuple)):
+        raise ProtocolError("histogram tag: uhi is not a map with an axes array")
+    storage = uhi.get("storage")
+    if not isinstance(storage, dict) or set(storage) - {"type", "writer_info"}:
+        raise ProtocolError("histogram tag: uhi storage must be a map with only type")
+    extents = tuple(_axis_extent(i, axis) for i, axis in enumerate(uhi["axes"]))
+    fields = data if isinstance(data, dict) else {None: data}
+    for name, array in fields.items():
+        if not isinstance(array, np.ndarray) or array.shape != extents:
+            shape = array.shape if isinstance(array, np.ndarray) else _cbor_kind(array)
+            raise ProtocolError(
+                f"histogram tag: data {name or ''} shape {shape} does not match axes {extents}"
+                if name
+                else f"histogram tag: data shape {shape} does not match axes {extents}"
+            )
+    try:
+        import boost_histogram.serialization as serialization
+
+        histogram = serialization.from_uhi(uhi)
+        if class_name == "hist.Hist":
+            import hist
+
+            histogram = hist.Hist(histogram)
+        view = np.asarray(histogram.view(flow=True))
+        if view.dtype.names is None:
+            if None not in fields:
+                raise ValueError(f"{storage.get('type')} storage needs one data array")
+            view[...] = fields[None]
+        else:
+            if set(fields) != set(view.dtype.names):
+                raise ValueError(
+                    f"{storage.get('type')} storage needs data fields {', '.join(view.dtype.names)}"
+                )
+            for name, array in fields.items():
+                view[name] = array
+    except ImportError as exc:
+        raise ProtocolError(
+            f"histogram tag: cannot decode a {class_name}: {exc} (pip install hist)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - boost-histogram raises many types
+        raise ProtocolError(f"histogram tag: {type(exc).__name__}: {exc}") from None
+    return histogram
+
+
+_REMOTE_ERROR_FIELDS = {"type": str, "message": str, "traceback": str, "context": dict}
+
+
+def _decode_remote_error(value: Any, immutable: bool) -> RemoteError:
+    value = _thaw(value)
+    if not isinstance(value, dict) or set(value) != set(_REMOTE_ERROR_FIELDS):
+        raise ProtocolError(
+            "RemoteError tag: expected a map with keys type, message, traceback, context"
+        )
+    for name, kind in _REMOTE_ERROR_FIELDS.items():
+        if not isinstance(value[name], kind):
+            raise ProtocolError(
+                f"RemoteError tag: {name} must be {kind.__name__}, got {_cbor_kind(value[name])}"
+            )
+    if not all(isinstance(key, str) for key in value["context"]):
+        raise ProtocolError("RemoteError tag: context keys must be text")
+    return RemoteError(**value)
+
+
+_TAG_DECODERS: dict[int, Callable[[Any, bool], Any]] = {
+    TAG_TUPLE: _decode_tuple,
+    TAG_COUNTER: _decode_counter,
+    TAG_NDARRAY: _decode_ndarray,
+    TAG_HISTOGRAM: _decode_histogram,
+    TAG_REMOTE_ERROR: _decode_remote_error,
+}
+
+
+def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
+    decoder = _TAG_DECODERS.get(tag.tag)
+    if decoder is None:
+        raise ProtocolError(f"unknown CBOR tag {tag.tag}")
+    return decoder(tag.value, immutable)
+
+
+def _cbor_kind(value: Any) -> str:
+    """A CBOR-ish name for the type of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, (list, tuple)):
+        return f"array of {len(value)}"
+    if isinstance(value, Mapping):
+        return "map"
+    return type(value).__name__
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> object:
+    """Decode one CBOR item that must fill ``data`` exactly.
+
+    Raises :class:`ProtocolError` for anything malformed: more than ``max_size``
+    bytes (checked before decoding), truncated data, trailing bytes, a tag that
+    is unknown or forbidden, a tag payload of the wrong shape, nesting deeper
+    than :data:`MAX_DEPTH`. Raises ``TypeError`` if ``data`` is not bytes-like.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode() needs bytes, not {type(data).__qualname__}")
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_size:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_size} bytes")
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(
+            stream,
+            tag_hook=_tag_hook,
+            semantic_decoders=_SEMANTIC_DECODERS,
+            max_depth=MAX_DEPTH,
+        ).decode()
+    except cbor2.CBORDecodeEOF:
+        raise ProtocolError(f"truncated CBOR data ({size} bytes)") from None
+    except Exception as exc:  # noqa: BLE001 - nothing but ProtocolError may escape
+        raise _as_protocol_error(exc) from None
+    used = stream.tell()
+    if used != size:
+        raise ProtocolError(
+            f"{size - used} trailing bytes after a complete CBOR item of {used} bytes"
+        )
+    return value
+
+
+def _as_protocol_error(exc: BaseException) -> ProtocolError:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProtocolError):
+            return ProtocolError(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return ProtocolError(f"malformed CBOR: {exc}")
