@@ -1,0 +1,93 @@
+"""Erlang/OTP-style supervision for pyproof's actors.
+
+Layers (bottom up), all pure (no thespian, no pynng, no clock: time is an
+argument) except the last:
+
+- `spec`: `ChildSpec`, `SupFlags`, `SupervisorSpec`, `Restart`, `Shutdown`,
+  `ChildType`, `Strategy`: the tree as data, with OTP's defaults;
+- `restart`: `RestartWindow.add(now) -> Decision`, OTP's restart intensity;
+- `watchdog`: `Watchdog`, hang detection by ping and deadline;
+- `events`: the events the core takes and the commands it returns;
+- `core`: `SupervisorCore`, the state machine that decides (strategies,
+  restart types, escalation, ordered start and stop, dynamic children);
+- `process_tree`: killing whole process trees (Linux /proc), for the shells.
+
+The Thespian shell that carries out the commands lives in `pyproof.actors`.
+"""
+
+from .core import ChildState, ChildStats, Phase, SupervisorCore, SupervisorStats
+from .events import (
+    AddChild,
+    ChildExited,
+    ChildStarted,
+    Command,
+    Escalate,
+    Event,
+    Exit,
+    Init,
+    KillChild,
+    Log,
+    Ping,
+    Pong,
+    RemoveChild,
+    Reply,
+    ShutdownRequested,
+    StartChild,
+    StartFailed,
+    StopChild,
+    WatchdogTick,
+)
+from .restart import Decision, RestartWindow, add_restart
+from .spec import (
+    ChildSpec,
+    ChildType,
+    Restart,
+    Shutdown,
+    Strategy,
+    SupervisorSpec,
+    SupFlags,
+    check_unique_ids,
+)
+from .watchdog import PingDue, TickResult, Watchdog, WatchState
+
+__all__ = [
+    "AddChild",
+    "ChildExited",
+    "ChildSpec",
+    "ChildStarted",
+    "ChildState",
+    "ChildStats",
+    "ChildType",
+    "Command",
+    "Decision",
+    "Escalate",
+    "Event",
+    "Exit",
+    "Init",
+    "KillChild",
+    "Log",
+    "Phase",
+    "Ping",
+    "PingDue",
+    "Pong",
+    "RemoveChild",
+    "Reply",
+    "Restart",
+    "RestartWindow",
+    "Shutdown",
+    "ShutdownRequested",
+    "StartChild",
+    "StartFailed",
+    "StopChild",
+    "Strategy",
+    "SupFlags",
+    "SupervisorCore",
+    "SupervisorSpec",
+    "SupervisorStats",
+    "TickResult",
+    "WatchState",
+    "Watchdog",
+    "WatchdogTick",
+    "add_restart",
+    "check_unique_ids",
+]

@@ -1,0 +1,133 @@
+"""The watchdog: pure hang detection by ping and deadline, with the time passed in.
+
+A supervisor pings each watched child every `interval` seconds (one ping
+outstanding at a time, each with its own sequence number so a late answer to
+an old ping, or from an old incarnation, is never taken for a fresh one). A
+child that has not answered a ping `timeout` seconds after it was sent is
+declared hung: the supervisor kills its process tree and its strategy
+applies.
+
+A tick that comes very late (more than `timeout` after a deadline) means the
+supervisor itself was frozen or busy, and the answer may be waiting in its
+own mailbox: each outstanding ping then gets one fresh `timeout` before its
+child is declared hung. So a supervisor resuming from a SIGSTOP does not
+kill every child, and a hung child is still killed on the next tick after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["PingDue", "TickResult", "Watchdog", "WatchState"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingDue:
+    child_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TickResult:
+    pings: tuple[PingDue, ...] = ()
+    """Pings to send now."""
+    hung: tuple[str, ...] = ()
+    """Children that missed their deadline; they are no longer watched."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchState:
+    """A frozen view of one watched child."""
+
+    next_ping: float
+    seq: int | None
+    sent: float | None
+    deadline: float | None
+    last_pong: float | None
+
+
+@dataclass(slots=True)
+class _Watch:
+    next_ping: float
+    seq: int | None = None
+    sent: float | None = None
+    deadline: float | None = None
+    grace_used: bool = False
+    last_pong: float | None = None
+
+
+@dataclass(slots=True)
+class Watchdog:
+    """Ping bookkeeping for the children of one supervisor."""
+
+    interval: float
+    timeout: float
+    _watches: dict[str, _Watch] = field(default_factory=dict)
+    _seq: int = 0
+
+    def watch(self, child_id: str, now: float) -> None:
+        """Start watching a child that just started; its first ping is due at now + interval."""
+        self._watches[child_id] = _Watch(next_ping=now + self.interval)
+
+    def unwatch(self, child_id: str) -> None:
+        """Stop watching (the child is stopping, exited or removed). Unknown ids are ignored."""
+        self._watches.pop(child_id, None)
+
+    def watching(self, child_id: str) -> bool:
+        return child_id in self._watches
+
+    @property
+    def watched(self) -> frozenset[str]:
+        return frozenset(self._watches)
+
+    def pong(self, child_id: str, seq: int, now: float) -> bool:
+        """A child answered ping `seq`: True if that was its outstanding ping (else stale)."""
+        w = self._watches.get(child_id)
+        if w is None or w.seq is None or w.seq != seq:
+            return False
+        w.seq = w.sent = w.deadline = None
+        w.grace_used = False
+        w.last_pong = now
+        return True
+
+    def tick(self, now: float) -> TickResult:
+        """Pings due at `now` and children that missed their deadline."""
+        pings: list[PingDue] = []
+        hung: list[str] = []
+        for child_id, w in self._watches.items():
+            if w.deadline is not None:
+                if now < w.deadline:
+                    continue
+                if now - w.deadline > self.timeout and not w.grace_used:
+                    w.grace_used = True
+                    w.deadline = now + self.timeout
+                    continue
+                hung.append(child_id)
+            elif now >= w.next_ping:
+                self._seq += 1
+                w.seq, w.sent, w.deadline = self._seq, now, now + self.timeout
+                w.next_ping = now + self.interval
+                pings.append(PingDue(child_id=child_id, seq=self._seq))
+        for child_id in hung:
+            del self._watches[child_id]
+        return TickResult(pings=tuple(pings), hung=tuple(hung))
+
+    def next_deadline(self) -> float | None:
+        """When the next tick has something to do (a ping or a deadline), or None."""
+        times = [w.deadline if w.deadline is not None else w.next_ping
+                 for w in self._watches.values()]
+        return min(times, default=None)
+
+    def state(self, child_id: str) -> WatchState | None:
+        w = self._watches.get(child_id)
+        if w is None:
+            return None
+        return WatchState(next_ping=w.next_ping, seq=w.seq, sent=w.sent,
+                          deadline=w.deadline, last_pong=w.last_pong)
+
+    def validate(self) -> None:
+        for child_id, w in self._watches.items():
+            outstanding = (w.seq is not None, w.sent is not None, w.deadline is not None)
+            assert len(set(outstanding)) == 1, (child_id, w)
+            assert w.seq is None or w.seq <= self._seq, (child_id, w)
+            assert w.grace_used is False or w.seq is not None, (child_id, w)
