@@ -82,14 +82,7 @@ class FriendMismatchError(DatasetError):
 
 
 class DatasetPermissionError(DatasetError, PermissionError):
-    """Changing a dataset outside one's own /group/user/ area (COMMON needs admin)."""
-
-    def __init__(self, name: str, user: str, group: str) -> None:
-        self.name = name
-        super().__init__(
-            f"user {user!r} of group {group!r} may not change {name!r}: only datasets "
-            f"under /{group}/{user}/ (and /COMMON/COMMON/ for an admin) can be changed"
-        )
+    """Changing something outside one's own /group/user/ area (COMMON and quotas need admin)."""
 
 
 class SourceError(DatasetError):
@@ -98,6 +91,10 @@ class SourceError(DatasetError):
 
 class EntriesUnknownError(DatasetError):
     """An entry selection needs entry counts that are not in the catalog yet (verify first)."""
+
+
+class NoTreeError(DatasetError):
+    """Neither the spec (`#tree`), the file nor the dataset names a tree to read."""
 
 
 class BadFilesError(DatasetError):
