@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.watch_stdin:
         def watch() -> None:
-            while sys.stdin.buffer.read(1):
+            # os.read on the raw fd: a thread blocked in sys.stdin.read holds the
+            # BufferedReader lock, and multiprocessing children (Thespian's admin)
+            # deadlock closing the stdin they inherited
+            while os.read(0, 1024):
                 pass
             stop.set()
         threading.Thread(target=watch, daemon=True).start()

@@ -1,0 +1,191 @@
+"""`proofctl`: run queries, the demo and read logs from the shell.
+
+Human-readable output by default, `--json` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Any
+
+from pyproof.errors import ProofError
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "values") and hasattr(value, "axes"):  # histograms
+        return {"edges": [list(map(float, ax.edges)) for ax in value.axes],
+                "values": value.values().tolist()}
+    return repr(value)
+
+
+def _stats_dict(result) -> dict[str, Any]:
+    s = result.stats
+    return {"entries": s.entries, "bytes_read": s.bytes_read, "wall_time": s.wall_time,
+            "events_per_second": s.events_per_second, "packets": s.packets,
+            "workers": {w: vars(ws) if hasattr(ws, "__dict__") else
+                        {k: getattr(ws, k) for k in ws.__slots__}
+                        for w, ws in s.workers.items()}}
+
+
+def _print_stats(result) -> None:
+    s = result.stats
+    print(f"entries {s.entries:,}  read {s.bytes_read / 1e6:.1f} MB  "
+          f"wall {s.wall_time:.2f} s  {s.events_per_second:,.0f} ev/s  packets {s.packets}")
+    for worker, ws in sorted(s.workers.items()):
+        print(f"  {worker:10s} entries {ws.entries:>10,}  packets {ws.packets:>5}  "
+              f"busy {ws.busy_seconds:6.2f} s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pyproof
+
+    inputs = json.loads(args.inputs) if args.inputs else {}
+    with pyproof.connect(f"lite://?workers={args.workers}") as session:
+        result = session.process(
+            args.selector,
+            dataset=args.dataset or None,
+            cycles=args.cycles,
+            entries=args.entries,
+            first=args.first,
+            inputs=inputs,
+            progress=None if not args.json else False,
+        )
+    if args.json:
+        json.dump({"query": result.query, "stats": _stats_dict(result),
+                   "lineage": result.lineage, "outputs": result.outputs},
+                  sys.stdout, default=_json_default, indent=2)
+        print()
+    else:
+        _print_stats(result)
+        for name, value in result.outputs.items():
+            text = repr(value)
+            print(f"{name}: {text if len(text) < 200 else text[:200] + '...'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import pyproof
+    from pyproof.client.lite import sandbox_dir
+    from pyproof.demo import DimuonMass, render_histogram, save_plot, write_demo_dataset
+
+    directory = args.data or os.path.join(sandbox_dir(), "demo-data")
+    specs = sorted(glob.glob(os.path.join(directory, "zmumu-*.root")))
+    if len(specs) != args.files or args.regenerate:
+        for old in specs:
+            os.remove(old)
+        print(f"writing {args.events:,} toy Z->mumu events in {args.files} files to {directory}")
+        specs = write_demo_dataset(directory, files=args.files, events=args.events)
+    else:
+        specs = [f"{path}:events" for path in specs]
+    print(f"processing {len(specs)} files on a lite cluster of {args.workers} workers")
+    with pyproof.connect(f"lite://?workers={args.workers}") as session:
+        result = session.process(DimuonMass, dataset=specs, progress=args.progress)
+    h = result.outputs["mass"]
+    if args.json:
+        json.dump({"stats": _stats_dict(result), "mass": _json_default(h)}, sys.stdout)
+        print()
+    else:
+        print(render_histogram(h))
+        _print_stats(result)
+    plot = save_plot(h, args.plot)
+    if not args.json:
+        print(f"plot written to {plot}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from pyproof.client.lite import lite_sessions_dir
+
+    base = lite_sessions_dir()
+    dirs = sorted(glob.glob(os.path.join(base, "*")), key=os.path.getmtime)
+    if args.session:
+        dirs = [d for d in dirs if args.session in os.path.basename(d)] or [
+            d for d in dirs if _mentions_session(d, args.session)]
+    if not dirs:
+        print(f"no lite session logs under {base}", file=sys.stderr)
+        return 1
+    log_dir = os.path.join(dirs[-1], "logs")
+    lines = []
+    for path in glob.glob(os.path.join(log_dir, "*.jsonl")):
+        with open(path) as f:
+            for line in f:
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    lines.sort(key=lambda r: r.get("timestamp", ""))
+    for record in lines:
+        if args.json:
+            print(json.dumps(record))
+        else:
+            rest = {k: v for k, v in record.items()
+                    if k not in ("timestamp", "event", "actor", "level", "session", "pid")}
+            extra = " ".join(f"{k}={v}" for k, v in rest.items())
+            print(f"{record.get('timestamp', '')} {record.get('level', ''):7s} "
+                  f"{record.get('actor', ''):14s} {record.get('event', '')} {extra}")
+    return 0
+
+
+def _mentions_session(directory: str, session: str) -> bool:
+    for path in glob.glob(os.path.join(directory, "logs", "*.jsonl")):
+        with open(path) as f:
+            if session in f.read(4096):
+                return True
+    return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proofctl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a selector over a dataset on a lite cluster")
+    run.add_argument("selector", help="'path/to/file.py:Class' or 'module:Class'")
+    run.add_argument("--dataset", action="append", default=[],
+                     help="'file.root:tree' (repeat for several files)")
+    run.add_argument("--cycles", type=int, default=None, help="pure CPU task of N cycles")
+    run.add_argument("--workers", type=int, default=2)
+    run.add_argument("--entries", type=int, default=None)
+    run.add_argument("--first", type=int, default=0)
+    run.add_argument("--inputs", default=None, help="inputs as a JSON object")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="toy Z->mumu analysis on a local 2-worker cluster")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--files", type=int, default=4)
+    demo.add_argument("--events", type=int, default=300_000)
+    demo.add_argument("--data", default=None, help="directory of the demo files")
+    demo.add_argument("--regenerate", action="store_true")
+    demo.add_argument("--plot", default="pyproof-demo-mass.png")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    logs = sub.add_parser("logs", help="show the logs of the last (or a given) lite session")
+    logs.add_argument("session", nargs="?", default=None)
+    logs.add_argument("--json", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ProofError as exc:
+        print(f"proofctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Bad input on a real lite cluster: each gets a clear error naming the culprit,
+no hang, and the session stays usable for the next query."""
+
+from __future__ import annotations
+
+import pytest
+
+import pyproof
+from tests.conftest import data_file
+from tests.selectors import ZmumuMass
+
+ZMUMU = None
+
+
+@pytest.fixture(scope="module")
+def session():
+    with pyproof.connect("lite://?workers=2") as s:
+        yield s
+
+
+def zmumu() -> str:
+    return data_file("uproot-Zmumu.root") + ":events"
+
+
+def still_works(session) -> None:
+    result = session.process(ZmumuMass, dataset=zmumu())
+    assert result.stats.entries == 2304
+
+
+def test_a_missing_file_is_named(session, tmp_path):
+    missing = tmp_path / "nope.root"
+    with pytest.raises(pyproof.QueryError, match=r"file not found: .*nope\.root") as info:
+        session.process(ZmumuMass, dataset=[zmumu(), f"{missing}:events"])
+    assert info.value.remote.context["file"] == str(missing)
+    still_works(session)
+
+
+def test_a_wrong_tree_name_is_named_with_the_trees_in_the_file(session):
+    path = data_file("uproot-Zmumu.root")
+    with pytest.raises(pyproof.QueryError,
+                       match=r"no tree 'evnts' in .*uproot-Zmumu\.root \(trees in the file: "
+                             r"events\)"):
+        session.process(ZmumuMass, dataset=f"{path}:evnts")
+    still_works(session)
+
+
+def test_a_branch_that_does_not_exist_is_named(session):
+    with pytest.raises(pyproof.QueryError,
+                       match=r"no branch 'nonexistent_branch' in tree 'events' of "
+                             r".*uproot-Zmumu\.root \(nearest: "):
+        session.process("tests.selectors:MissingBranch", dataset=zmumu())
+    still_works(session)
+
+
+def test_a_selector_that_raises_names_file_and_entry_range_and_carries_the_traceback(session):
+    with pytest.raises(pyproof.QueryError, match=r"ZeroDivisionError") as info:
+        session.process("tests.selectors:RaisesInProcess", dataset=zmumu(),
+                        inputs={"bad_entry": 1000}, packetizer_params={"packet_entries": 100})
+    remote = info.value.remote
+    assert remote.context["file"] == data_file("uproot-Zmumu.root")
+    assert remote.context["tree"] == "events"
+    assert remote.context["entry_start"] <= 1000 < remote.context["entry_stop"]
+    assert remote.context["worker"].startswith("worker-")
+    assert "the selector divided by zero" in remote.traceback
+    assert "in process" in remote.traceback
+    message = str(info.value)
+    assert "uproot-Zmumu.root" in message and "entries [" in message
+    still_works(session)
+
+
+def test_an_import_path_that_does_not_resolve_fails_on_the_client(session):
+    with pytest.raises(pyproof.SelectorError, match=r"no_such_module"):
+        session.process("no_such_module:Sel", dataset=zmumu())
+    with pytest.raises(pyproof.SelectorError, match=r"has no selector 'Nope'"):
+        session.process("tests.selectors:Nope", dataset=zmumu())
+    still_works(session)
+
+
+def test_inputs_that_cannot_be_encoded_are_refused_naming_the_key(session):
+    with pytest.raises(pyproof.InputError, match=r"inputs cannot be sent to workers: .*cut"):
+        session.process(ZmumuMass, dataset=zmumu(), inputs={"cut": object()})
+    still_works(session)
+
+
+def test_a_selector_defined_in_a_function_is_refused():
+    class Local(pyproof.Selector):
+        pass
+
+    with pytest.raises(pyproof.SelectorError, match=r"defined inside a function"):
+        pyproof.selector.selector_ref(Local)
+
+
+def test_dataset_and_cycles_are_exclusive(session):
+    with pytest.raises(pyproof.InputError, match=r"exactly one of dataset= and cycles="):
+        session.process(ZmumuMass)
