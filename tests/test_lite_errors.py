@@ -7,7 +7,7 @@ import pytest
 
 import pyproof
 from tests.conftest import data_file
-from tests.selectors import ZmumuMass
+from tests.sample_selectors import ZmumuMass
 
 ZMUMU = None
 
@@ -48,13 +48,13 @@ def test_a_branch_that_does_not_exist_is_named(session):
     with pytest.raises(pyproof.QueryError,
                        match=r"no branch 'nonexistent_branch' in tree 'events' of "
                              r".*uproot-Zmumu\.root \(nearest: "):
-        session.process("tests.selectors:MissingBranch", dataset=zmumu())
+        session.process("tests.sample_selectors:MissingBranch", dataset=zmumu())
     still_works(session)
 
 
 def test_a_selector_that_raises_names_file_and_entry_range_and_carries_the_traceback(session):
     with pytest.raises(pyproof.QueryError, match=r"ZeroDivisionError") as info:
-        session.process("tests.selectors:RaisesInProcess", dataset=zmumu(),
+        session.process("tests.sample_selectors:RaisesInProcess", dataset=zmumu(),
                         inputs={"bad_entry": 1000}, packetizer_params={"packet_entries": 100})
     remote = info.value.remote
     assert remote.context["file"] == data_file("uproot-Zmumu.root")
@@ -72,7 +72,7 @@ def test_an_import_path_that_does_not_resolve_fails_on_the_client(session):
     with pytest.raises(pyproof.SelectorError, match=r"no_such_module"):
         session.process("no_such_module:Sel", dataset=zmumu())
     with pytest.raises(pyproof.SelectorError, match=r"has no selector 'Nope'"):
-        session.process("tests.selectors:Nope", dataset=zmumu())
+        session.process("tests.sample_selectors:Nope", dataset=zmumu())
     still_works(session)
 
 

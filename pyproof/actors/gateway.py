@@ -41,6 +41,7 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "client_address": (str,),
     "packetizer": (str, type(None)),
     "packetizer_params": (dict, type(None)),
+    "sys_path": (list, type(None)),
 }
 
 

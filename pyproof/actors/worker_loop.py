@@ -7,6 +7,7 @@ master. Processing reports ride on the next request.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -97,6 +98,10 @@ class WorkerLoop:
 
     def _loop(self) -> None:
         try:
+            # appended, never prepended: a user's directory must not shadow the stdlib
+            for path in self.spec.get("sys_path") or []:
+                if isinstance(path, str) and path not in sys.path:
+                    sys.path.append(path)
             selector_cls = load_selector(self.spec["selector"])
             self.selector = selector_cls()
             self._new_outputs()

@@ -55,15 +55,12 @@ class LiteCluster:
         os.makedirs(self.log_dir)
         self.run_dir = tempfile.mkdtemp(prefix="pyproof-")
         self._prune_old_sessions(base)
-        env = dict(os.environ)
-        paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self._out = open(os.path.join(self.log_dir, "daemon.out"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
              "--log-dir", self.log_dir, "--watch-stdin"],
             stdin=subprocess.PIPE, stdout=self._out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env,
+            start_new_session=True,
         )
         try:
             self.control_address = self._wait_ready(timeout)

@@ -8,6 +8,7 @@ listens on and the session's master dials (callback mode).
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from typing import Any
@@ -140,6 +141,8 @@ class Session:
             "concatenate": list(cls.concatenate),
             "client_address": self.data_address,
             "packetizer": packetizer, "packetizer_params": packetizer_params,
+            # workers append these to their sys.path to import the selector by name
+            "sys_path": [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)],
         }
         query_id = uuid.uuid4().hex[:12]
         bar = ProgressBar(enabled=progress)
