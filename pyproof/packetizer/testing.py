@@ -1,0 +1,268 @@
+"""A model checker for packetizers: drive one as a master would, and check exactly-once.
+
+`Driver` keeps its own model of where every entry is (queued, held by a
+worker, delivered, poisoned) and asserts, on every event, that the
+packetizer agrees: a packet covers only queued entries, an output is accepted
+exactly when the model says merging it counts nothing twice, a lost worker's
+undelivered ranges come back (or are poisoned), and in the end every entry is
+in exactly one delivered packet. Tests (hypothesis state machines) and the
+master's own tests use it; it needs nothing but the Packetizer protocol.
+`PacketizerMachine` wraps it in a hypothesis state machine (hypothesis is
+a test dependency: import this module from tests only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from pyproof.packetizer.base import Packet, Packetizer, WorkRange
+
+QUEUED, HELD, DELIVERED, POISONED, OUTSIDE = "queued", "held", "delivered", "poisoned", "outside"
+
+
+class Driver:
+    """The model; see the module docstring. Meant for small work (one slot per entry)."""
+
+    def __init__(self, packetizer: Packetizer, work: Sequence[WorkRange]) -> None:
+        self.packetizer = packetizer
+        self.place: dict[int, list[str]] = {}
+        for w in work:
+            slots = self.place.setdefault(w.element, [])
+            slots.extend([OUTSIDE] * (w.entry_stop - len(slots)))
+            slots[w.entry_start : w.entry_stop] = [QUEUED] * w.entries
+        self.held: dict[str, dict[int, Packet]] = {}
+        self.delivered: dict[int, Packet] = {}
+        self.gone: set[str] = set()
+        self.revoked: list[tuple[str, frozenset[int]]] = []
+        self.refused = 0
+        self.now = 0.0
+
+    @property
+    def workers(self) -> list[str]:
+        return sorted(self.held)
+
+    def join(self, worker: str) -> None:
+        self.packetizer.add_worker(worker, self.now)
+        self.held.setdefault(worker, {})
+        self.gone.discard(worker)
+
+    def request(self, worker: str) -> Packet | None:
+        packet = self.packetizer.next_packet(worker, self.now)
+        if worker in self.gone:
+            assert packet is None, f"lost worker {worker} was given {packet}"
+            return None
+        if packet is None:
+            return None
+        slots = self.place[packet.element]
+        span = slots[packet.entry_start : packet.entry_stop]
+        assert packet.entries > 0 and len(span) == packet.entries, f"bad packet {packet}"
+        assert set(span) == {QUEUED}, f"{packet} covers entries that are not queued: {set(span)}"
+        slots[packet.entry_start : packet.entry_stop] = [HELD] * packet.entries
+        self.held.setdefault(worker, {})[packet.packet_id] = packet
+        return packet
+
+    def report(self, worker: str, packet_id: int, seconds: float) -> None:
+        self.packetizer.packet_processed(worker, packet_id, self.now, seconds=seconds)
+
+    def deliver(self, worker: str, packet_ids: frozenset[int]) -> bool:
+        """Send an output; assert it is accepted exactly when merging it is safe."""
+        mine = self.held.get(worker, {})
+        expected = bool(packet_ids) and all(i in mine for i in packet_ids)
+        accepted = self.packetizer.accept_output(worker, packet_ids)
+        assert accepted == expected, f"output {sorted(packet_ids)} of {worker}: got {accepted}"
+        if not accepted:
+            self.refused += 1
+            return False
+        for packet_id in packet_ids:
+            packet = mine.pop(packet_id)
+            self._set(packet, DELIVERED)
+            self.delivered[packet_id] = packet
+        return True
+
+    def lose(self, worker: str) -> None:
+        """Lose `worker`; assert its undelivered ranges are requeued or poisoned, no more."""
+        poisoned_before = len(self.packetizer.poisoned)
+        requeued = self.packetizer.worker_lost(worker, self.now)
+        newly_poisoned = self.packetizer.poisoned[poisoned_before:]
+        lost = self.held.pop(worker, {})
+        self.gone.add(worker)
+        if lost:
+            self.revoked.append((worker, frozenset(lost)))
+        had = _entries((p.element, p.entry_start, p.entry_stop) for p in lost.values())
+        back = _entries((r.element, r.entry_start, r.entry_stop) for r in requeued)
+        dead = _entries((r.element, r.entry_start, r.entry_stop) for r in newly_poisoned)
+        assert back.isdisjoint(dead) and back | dead == had, f"{worker}: requeued {requeued}"
+        for element, entry in back:
+            self.place[element][entry] = QUEUED
+        for element, entry in dead:
+            self.place[element][entry] = POISONED
+
+    def drain(self, *, max_rounds: int = 100_000) -> None:
+        """Drive everything left to delivery with the workers alive (one if none)."""
+        if not self.held:
+            self.join("drainer")
+        for _ in range(max_rounds):
+            for worker in self.workers:
+                if self.held[worker]:
+                    self.deliver(worker, frozenset(self.held[worker]))
+            if self.packetizer.finished:
+                return
+            progressed = False
+            for worker in self.workers:
+                packet = self.request(worker)
+                if packet is not None:
+                    progressed = True
+                    self.report(worker, packet.packet_id, seconds=packet.entries / 1000)
+            assert progressed, f"stuck: {self.packetizer.statistics()}"
+            self.now += 1.0
+        raise AssertionError("drain did not finish")
+
+    def check_exactly_once(self) -> None:
+        """At the end: every entry delivered once, or poisoned (and reported) once."""
+        assert self.packetizer.finished
+        count: dict[tuple[int, int], int] = {}
+        for p in self.delivered.values():
+            for key in _entries([(p.element, p.entry_start, p.entry_stop)]):
+                count[key] = count.get(key, 0) + 1
+        poisoned = [(r.element, r.entry_start, r.entry_stop) for r in self.packetizer.poisoned]
+        for key in _entries(poisoned):
+            assert key not in count, f"poisoned entry {key} was delivered"
+            count[key] = count.get(key, 0) + 1
+        for element, slots in self.place.items():
+            for entry, place in enumerate(slots):
+                if place != OUTSIDE:
+                    assert count.get((element, entry)) == 1, f"entry {entry} of {element}"
+                    assert place in (DELIVERED, POISONED), f"entry {entry} of {element}: {place}"
+        inside = sum(place != OUTSIDE for slots in self.place.values() for place in slots)
+        assert sum(count.values()) == inside
+
+    def _set(self, packet: Packet, place: str) -> None:
+        self.place[packet.element][packet.entry_start : packet.entry_stop] = [
+            place
+        ] * packet.entries
+
+
+def _entries(ranges: Iterable[tuple[int, int, int]]) -> set[tuple[int, int]]:
+    out: set[tuple[int, int]] = set()
+    for element, start, stop in ranges:
+        out.update((element, entry) for entry in range(start, stop))
+    return out
+
+
+class PacketizerMachine(RuleBasedStateMachine):
+    """Random masters against a packetizer, checked by a `Driver` (needs hypothesis).
+
+    Subclasses define `build`. Rules: workers join (with a speed), request,
+    report processed (in any order, duplicated, for others' or unknown ids),
+    deliver outputs covering several packets (plus stale, foreign or unknown
+    ids), resend accepted outputs, die before or after delivering; time moves.
+    Every step validates; teardown drains the rest and checks exactly-once.
+    """
+
+    driver: Driver | None = None
+
+    def build(self, data: st.DataObject) -> tuple[Packetizer, list[WorkRange], int]:
+        """The packetizer, its work and the number of workers at the start."""
+        raise NotImplementedError
+
+    @initialize(data=st.data())
+    def start(self, data: st.DataObject) -> None:
+        packetizer, work, workers = self.build(data)
+        self.driver = Driver(packetizer, work)
+        self.speeds: dict[str, float] = {}
+        self.accepted: list[tuple[str, frozenset[int]]] = []
+        for _ in range(workers):
+            self.join(data)
+
+    @rule(data=st.data())
+    def join(self, data: st.DataObject) -> None:
+        assert self.driver is not None
+        name = f"w{len(self.speeds)}"
+        self.speeds[name] = data.draw(st.sampled_from([1.0, 3.0, 10.0, 100.0]), label="speed")
+        self.driver.join(name)
+
+    @rule(data=st.data())
+    def request(self, data: st.DataObject) -> None:
+        assert self.driver is not None
+        names = self.driver.workers + sorted(self.driver.gone)
+        if names:
+            self.driver.request(data.draw(st.sampled_from(names), label="requester"))
+
+    @rule(data=st.data())
+    def report(self, data: st.DataObject) -> None:
+        assert self.driver is not None
+        d = self.driver
+        mine = [(w, p) for w in d.workers for p in d.held[w].values()]
+        if not mine:
+            return
+        worker, packet = data.draw(st.sampled_from(mine), label="report")
+        if data.draw(st.booleans(), label="as someone else") and len(self.speeds) > 1:
+            worker = data.draw(st.sampled_from(sorted(self.speeds)), label="reporter")
+        d.report(worker, packet.packet_id, packet.entries / self.speeds[worker])
+
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        assert self.driver is not None
+        d = self.driver
+        holders = [w for w in d.workers if d.held[w]]
+        if not holders:
+            return
+        worker = data.draw(st.sampled_from(holders), label="deliverer")
+        ids = set(data.draw(st.sets(st.sampled_from(sorted(d.held[worker])), min_size=1)))
+        extra = data.draw(st.sampled_from(["none", "delivered", "foreign", "unknown"]))
+        others = [i for w in d.workers if w != worker for i in d.held[w]]
+        if extra == "delivered" and d.delivered:
+            ids.add(data.draw(st.sampled_from(sorted(d.delivered))))
+        elif extra == "foreign" and others:
+            ids.add(data.draw(st.sampled_from(others)))
+        elif extra == "unknown":
+            ids.add(10**9)
+        if d.deliver(worker, frozenset(ids)):
+            self.accepted.append((worker, frozenset(ids)))
+
+    @rule(data=st.data())
+    def redeliver(self, data: st.DataObject) -> None:
+        assert self.driver is not None
+        if self.accepted:
+            worker, ids = data.draw(st.sampled_from(self.accepted), label="duplicate")
+            assert not self.driver.deliver(worker, ids)
+
+    @rule(data=st.data())
+    def late_output(self, data: st.DataObject) -> None:
+        """An output of a lost worker arrives after all (its ids were revoked)."""
+        assert self.driver is not None
+        if self.driver.revoked:
+            worker, ids = data.draw(st.sampled_from(self.driver.revoked), label="late")
+            assert not self.driver.deliver(worker, ids)
+
+    @rule(data=st.data())
+    def rejoin(self, data: st.DataObject) -> None:
+        """A lost worker is restarted under its old name."""
+        assert self.driver is not None
+        if self.driver.gone:
+            self.driver.join(data.draw(st.sampled_from(sorted(self.driver.gone)), label="back"))
+
+    @rule(data=st.data())
+    def lose(self, data: st.DataObject) -> None:
+        assert self.driver is not None
+        if self.driver.workers:
+            self.driver.lose(data.draw(st.sampled_from(self.driver.workers), label="lost"))
+
+    @rule(dt=st.sampled_from([0.1, 1.0, 10.0]))
+    def tick(self, dt: float) -> None:
+        assert self.driver is not None
+        self.driver.now += dt
+
+    @invariant()
+    def valid(self) -> None:
+        if self.driver is not None:
+            self.driver.packetizer.validate()
+
+    def teardown(self) -> None:
+        if self.driver is not None:
+            self.driver.drain()
+            self.driver.packetizer.validate()
+            self.driver.check_exactly_once()
