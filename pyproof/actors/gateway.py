@@ -8,6 +8,7 @@ gateway never unpickles what a client sends: frames are CBOR, fields checked.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -118,10 +119,8 @@ class ControlServer:
             self._send(pending.reply)
 
     def _send(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(pynng.Timeout, pynng.Closed):
             self.socket.send(data)
-        except (pynng.Timeout, pynng.Closed):
-            pass
 
     def close(self) -> None:
         self._closed.set()

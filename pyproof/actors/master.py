@@ -43,9 +43,8 @@ class Master(ProofActor):
             status = self.plane.statistics() if self.plane else {}
             self.send(message.reply_to or sender,
                       m.StatusReply(corr=message.corr, status={"master": status}))
-        elif isinstance(message, ActorExitRequest):
-            if self.plane is not None:
-                self.plane.close()
+        elif isinstance(message, ActorExitRequest) and self.plane is not None:
+            self.plane.close()
 
     def _start_query(self, message: m.StartQuery, sender) -> None:
         reply_to = message.reply_to or sender

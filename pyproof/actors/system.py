@@ -45,7 +45,9 @@ def thespian_log_defs(log_dir: str) -> dict:
     """Route Thespian's own `logging` output to a file in the log directory."""
     return {
         "version": 1,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(actorAddress)s %(message)s"}},
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(actorAddress)s %(message)s"}
+        },
         "filters": {"actor": {"()": _ActorAddressFilter}},
         "handlers": {
             "file": {

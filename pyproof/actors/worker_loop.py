@@ -7,6 +7,7 @@ master. Processing reports ride on the next request.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -42,10 +43,8 @@ class _FileCache:
 
     def close(self) -> None:
         for handle in self._files.values():
-            try:
+            with contextlib.suppress(Exception):
                 handle.close()
-            except Exception:
-                pass
         self._files.clear()
 
 
@@ -204,10 +203,8 @@ class WorkerLoop:
                      **{k: v for k, v in where.items() if v is not None}},
         )
         self.log.error("selector_failed", stage=stage, error=repr(exc), **where)
-        try:
+        with contextlib.suppress(_Abort):
             self._request(p.FAILED, {"error": error})
-        except _Abort:
-            pass
 
     def _request(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         self._send(kind, payload)
