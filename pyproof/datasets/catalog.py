@@ -306,14 +306,14 @@ class Catalog:
         return row
 
     def _not_found(self, conn: sqlite3.Connection, name: DatasetName) -> DatasetNotFoundError:
-        rows = conn.execute("SELECT grp, usr, name FROM datasets").fetchall()
-        paths = [f"/{g}/{u}/{n}" for g, u, n in rows]
-        close = difflib.get_close_matches(name.path, paths, n=3, cutoff=0.6)
-        by_name = difflib.get_close_matches(name.name, [n for _, _, n in rows], n=3, cutoff=0.6)
-        for g, u, n in rows:
-            path = f"/{g}/{u}/{n}"
-            if n in by_name and path not in close:
-                close.append(path)
+        # rank by the last component (paths share long prefixes), own area first on ties
+        scored = []
+        for group, user, last in conn.execute("SELECT grp, usr, name FROM datasets"):
+            ratio = difflib.SequenceMatcher(None, name.name, last).ratio()
+            if ratio >= 0.6:
+                other_area = (group, user) != (name.group, name.user)
+                scored.append((-ratio, other_area, f"/{group}/{user}/{last}"))
+        close = [path for _, _, path in sorted(scored)]
         return DatasetNotFoundError(name.path, tuple(close[:3]))
 
     def _info_of(self, conn: sqlite3.Connection, dataset_id: int) -> DatasetInfo:
