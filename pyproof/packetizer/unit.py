@@ -63,7 +63,7 @@ class UnitPacketizer(LedgerPacketizer):
         elif rate is None:
             size = self._calibration * share
         else:
-            size = queued * rate / self._rates.cluster(len(self._workers))
+            size = queued * rate / self._rates.cluster(self.worker_count)
             size = min(max(size, self._min_time * rate), self._max_time * rate)
         size = max(1, min(int(size), queued))
         return self._ledger.cut(worker, CYCLES, size, now)
