@@ -21,7 +21,7 @@ import threading
 import uuid
 
 from pyproof.actors import messages as m
-from pyproof.supervision.process_tree import kill_tree
+from pyproof.supervision.process_tree import children_of, kill_session, kill_tree
 
 BOOT_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 3.0
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from pyproof.actors.system import start_system
 
     system, port = start_system(args.log_dir)
+    # the admin double-forks into a session of its own: its first child's pid is
+    # that session's id, the handle that finds every actor later
+    thespian_sessions = children_of(os.getpid())
     try:
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"})
             return 1
         _write_ready(args.run_dir, {"control": control, "pid": os.getpid(),
-                                    "thespian_port": port})
+                                    "thespian_port": port,
+                                    "thespian_sessions": thespian_sessions})
         while not stop.wait(1.0):
             pass
         return 0
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=shutdown, daemon=True).start()
         done.wait(SHUTDOWN_TIMEOUT)
+        for sid in thespian_sessions:
+            kill_session(sid)
         kill_tree(os.getpid(), include_root=False)
 
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from pyproof.errors import ConnectError
-from pyproof.supervision.process_tree import kill_tree
+from pyproof.supervision.process_tree import kill_session, kill_tree
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -54,6 +54,7 @@ class LiteCluster:
         self.log_dir = os.path.join(self.session_dir, "logs")
         os.makedirs(self.log_dir)
         self.run_dir = tempfile.mkdtemp(prefix="pyproof-")
+        self.thespian_sessions: list[int] = []
         self._prune_old_sessions(base)
         self._out = open(os.path.join(self.log_dir, "daemon.out"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -75,6 +76,7 @@ class LiteCluster:
             if os.path.exists(ready):
                 with open(ready) as f:
                     info = json.load(f)
+                self.thespian_sessions = list(info.get("thespian_sessions", []))
                 if "error" in info:
                     raise ConnectError(f"{info['error']} (logs in {self.log_dir})")
                 return info["control"]
@@ -96,9 +98,9 @@ class LiteCluster:
             except subprocess.TimeoutExpired:
                 kill_tree(proc.pid)
                 proc.wait(STOP_TIMEOUT)
-        # anything the daemon could not reap (it was killed itself): our descendants still
-        for pid in _orphans_in_group(proc.pid):
-            kill_tree(pid)
+        # whatever the daemon could not reap (say it was killed itself)
+        for sid in [proc.pid, *self.thespian_sessions]:
+            kill_session(sid)
         if proc.stdin:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
@@ -114,19 +116,3 @@ class LiteCluster:
         for old in entries[:-KEEP_SESSION_DIRS]:
             shutil.rmtree(old, ignore_errors=True)
 
-
-def _orphans_in_group(pgid: int) -> list[int]:
-    """Processes still in the daemon's session (pgid == sid == its pid)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields: state ppid pgrp session ...
-        if fields[0] not in ("Z", "X") and int(fields[3]) == pgid:
-            found.append(int(entry))
-    return found

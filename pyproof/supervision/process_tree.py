@@ -102,3 +102,50 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes whose session id is `sid`.
+
+    Thespian's admin double-forks and calls setsid(), so the actor system
+    lives in a session of its own, detached from the process that started it:
+    its session id is the only handle that finds every actor.
+    """
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields and fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+def kill_session(sid: int, *, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process of session `sid` (frozen first), waiting until they are gone."""
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = [p for p in session_members(sid) if p != os.getpid()]
+        if not members:
+            break
+        for p in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGSTOP)
+        for p in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p, os.WNOHANG)
+        killed.extend(m for m in members if m not in killed)
+        time.sleep(0.01)
+    return killed

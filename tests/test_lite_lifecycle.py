@@ -1,0 +1,75 @@
+"""Lifecycle of a lite cluster: nothing is left behind, however the client ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyproof
+from pyproof.supervision.process_tree import descendants_of, is_alive, session_members
+from tests.conftest import data_file
+
+CLIENT = """
+import json, sys, time
+import pyproof
+session = pyproof.connect("lite://?workers=2")
+print(json.dumps({"daemon": session.cluster.process.pid, "run_dir": session.cluster.run_dir,
+                  "thespian": session.cluster.thespian_sessions[0]}),
+      flush=True)
+time.sleep(600)
+"""
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_client_killed_with_sigkill_leaves_no_process_behind():
+    client = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE,
+                              cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        info = json.loads(client.stdout.readline())
+        tree = [client.pid, *descendants_of(client.pid), *session_members(info["thespian"])]
+        assert info["daemon"] in tree
+        # client, daemon, admin, logger, root, gateway, sessions, session, master, 2 workers
+        assert len(tree) >= 10, tree
+        os.kill(client.pid, signal.SIGKILL)
+        client.wait(10)
+        assert wait_until(lambda: not any(is_alive(p) for p in tree), 20), [
+            p for p in tree if is_alive(p)]
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+        client.stdout.close()
+    # the killed client could not remove its private run directory; nothing runs there
+    import shutil
+    shutil.rmtree(info["run_dir"], ignore_errors=True)
+
+
+def test_closing_a_session_stops_every_actor_process():
+    session = pyproof.connect("lite://?workers=3")
+    daemon = session.cluster.process.pid
+    tree = [daemon, *descendants_of(daemon), *session_members(session.cluster.thespian_sessions[0])]
+    assert len(tree) >= 10, tree
+    result = session.process("tests.sample_selectors:Cycles", cycles=1000)
+    assert result.outputs["count"] == 1000
+    session.close()
+    assert wait_until(lambda: not any(is_alive(p) for p in tree), 10)
+
+
+def test_a_session_runs_many_queries_in_a_row():
+    path = data_file("uproot-Zmumu.root") + ":events"
+    with pyproof.connect("lite://?workers=2") as session:
+        counts = [session.process("tests.sample_selectors:ZmumuMass", dataset=path,
+                                  progress=False).outputs["n"] for _ in range(5)]
+    assert counts == [2304] * 5
