@@ -62,7 +62,11 @@ def write_demo_dataset(directory: str, *, files: int = 4, events: int = 300_000,
         path = os.path.join(directory, f"zmumu-{index}.root")
         muons = make_events(int(size), rng)
         with uproot.recreate(path) as f:
-            f["events"] = {"Muon": muons}
+            # flat NanoAOD-style names: nMuon, Muon_pt, Muon_eta, ...
+            tree = f.mktree("events", {"Muon": muons.type.content},
+                            field_name=lambda outer, inner: f"{outer}_{inner}",
+                            counter_name=lambda name: f"n{name}")
+            tree.extend({"Muon": muons})
         specs.append(f"{path}:events")
     return specs
 
