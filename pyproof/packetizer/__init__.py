@@ -5,7 +5,12 @@ Layers, bottom up:
 - `base`: the contract (`WorkRange`, `Packet`, `Packetizer`, statistics).
 - `ledger`: exactly-once bookkeeping every packetizer shares.
 - `rates`: per-worker processing rates.
-- `basic`, `unit`: PROOF's TPacketizer and TPacketizerUnit.
+- `common`: the protocol methods every packetizer shares.
+- `basic`, `unit`, `file`: PROOF's TPacketizer, TPacketizerUnit, TPacketizerFile.
+- `adaptive`: TPacketizerAdaptive done better (the default for data).
+- `static`: equal chunks fixed in advance, a baseline for the simulator only.
+- `simulate`: `python -m pyproof.packetizer.simulate`, a virtual-clock cluster.
+- `testing`: a model checker and hypothesis state machine for tests.
 
 `make_packetizer` builds one by kind name, with per-query parameters.
 """
@@ -16,6 +21,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pyproof.packetizer.adaptive import AdaptivePacketizer
 from pyproof.packetizer.base import (
     CYCLES,
     Packet,
@@ -25,12 +31,16 @@ from pyproof.packetizer.base import (
     WorkRange,
 )
 from pyproof.packetizer.basic import BasicPacketizer
+from pyproof.packetizer.file import FilePacketizer
 from pyproof.packetizer.unit import UnitPacketizer
 
 __all__ = [
     "CYCLES",
+    "DEFAULT_DATA_KIND",
     "KINDS",
+    "AdaptivePacketizer",
     "BasicPacketizer",
+    "FilePacketizer",
     "Packet",
     "Packetizer",
     "PacketizerStatistics",
@@ -59,10 +69,15 @@ def _unit(work: Sequence[WorkRange], **kwargs: Any) -> UnitPacketizer:
 
 
 KINDS: dict[str, tuple[type, Callable[..., Packetizer]]] = {
+    "adaptive": (AdaptivePacketizer, AdaptivePacketizer),
     "basic": (BasicPacketizer, BasicPacketizer),
+    "file": (FilePacketizer, FilePacketizer),
     "unit": (UnitPacketizer, _unit),
 }
 """Packetizer kinds by name: (class, whose keyword parameters are allowed; builder)."""
+
+DEFAULT_DATA_KIND = "adaptive"
+"""The packetizer for data queries when the user names none (PROOF's default varied)."""
 
 
 def make_packetizer(

@@ -1,0 +1,211 @@
+"""TPacketizerAdaptive done better: packets sized in time, so every worker finishes together.
+
+Why each rule:
+
+- A packet is sized by time, not entries: `rate(worker) * packet_time`, where
+  `rate` is the worker's own speed over its last few packets, so a straggler
+  10x slower gets a packet 10x smaller and is never left holding a big one.
+- `packet_time` is a fraction (1/4) of the estimated time left for the whole
+  cluster, clamped to `[min_packet_time, max_packet_time]`: big packets while
+  there is much to do (few requests), smaller and smaller ones near the end
+  (PROOF's formula); the spread of finish times is then about one
+  `min_packet_time`. The estimate uses the sum of current worker rates, not
+  PROOF's cumulative average, so joins, deaths and slowdowns count at once.
+- A worker's first packet is small (`learn_entries`): its rate is unknown.
+- The rest of a file goes in one packet when under 1.5 packet sizes.
+- Locality: elements may live on a storage node (`element_hosts`), workers on
+  a host (`worker_hosts` or `add_worker(..., host=)`). A worker reads the node
+  that lags most: queued entries over the rate of the workers that will read
+  it (its local workers, less those reading elsewhere, plus remote readers);
+  its own node's lag counts `local_preference` (1.2) times, so it reads
+  locally unless another node would otherwise finish well after its own. A
+  node nobody local can read is thus helped from the start, not at the end,
+  and `max_readers_per_node` caps concurrent readers of one node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from pyproof.packetizer.base import Packet, WorkRange
+from pyproof.packetizer.common import LedgerPacketizer
+from pyproof.packetizer.ledger import Ledger, Node, Record, with_rest
+from pyproof.packetizer.rates import RateTable
+
+_NOTHING = object()
+
+
+class AdaptivePacketizer(LedgerPacketizer):
+    """The default data packetizer; see the module docstring for the rules.
+
+    Parameters (settable per query): `min_packet_time` 1 s, `max_packet_time`
+    20 s, `packet_time_fraction` 4 (packet time = time left / 4),
+    `learn_entries` 1000 (first packet, capped at total / (20 * workers)),
+    `max_readers_per_node` None (no cap; counts local and remote readers),
+    `local_preference` 1.2, `window` 5 packets for rates, `max_strikes` 3.
+    With a reader cap, `next_packet` may answer None while work is queued:
+    ask again after a packet is processed.
+    """
+
+    def __init__(
+        self,
+        work: Sequence[WorkRange],
+        *,
+        workers: int,
+        element_hosts: Mapping[int, str] | None = None,
+        worker_hosts: Mapping[str, str] | None = None,
+        min_packet_time: float = 1.0,
+        max_packet_time: float = 20.0,
+        packet_time_fraction: float = 4.0,
+        learn_entries: int = 1000,
+        max_readers_per_node: int | None = None,
+        local_preference: float = 1.2,
+        window: int = 5,
+        max_strikes: int = 3,
+    ) -> None:
+        if not 0 < min_packet_time <= max_packet_time:
+            raise ValueError(
+                f"need 0 < min_packet_time <= max_packet_time, "
+                f"got {min_packet_time} and {max_packet_time}"
+            )
+        if packet_time_fraction < 1:
+            raise ValueError(f"packet_time_fraction must be >= 1, got {packet_time_fraction}")
+        if learn_entries < 1:
+            raise ValueError(f"learn_entries must be >= 1, got {learn_entries}")
+        if max_readers_per_node is not None and max_readers_per_node < 1:
+            raise ValueError(f"max_readers_per_node must be >= 1, got {max_readers_per_node}")
+        ledger = Ledger(work, nodes=element_hosts, max_strikes=max_strikes)
+        super().__init__(ledger, workers=workers)
+        self._min_time, self._max_time = min_packet_time, max_packet_time
+        self._fraction = packet_time_fraction
+        self._learn = learn_entries
+        self._cap = max_readers_per_node
+        self._local_preference = local_preference
+        self._rates = RateTable(window)
+        self._worker_hosts = dict(worker_hosts or {})
+        self._hosts: dict[str, Node] = {}
+        self._host_workers: Counter[Node] = Counter()
+        self._host_measured: Counter[Node] = Counter()
+        self._host_rate: dict[Node, float] = {}
+        self._away: dict[Node, float] = {}
+        self._remote_in: dict[Node, float] = {}
+        self._reading: dict[str, tuple[int, Node, Node, float]] = {}
+        self._current: dict[str, int] = {}
+
+    def add_worker(self, worker: str, now: float, *, host: str | None = None) -> None:
+        """`worker` joined, on `host` (default: `worker_hosts[worker]`, else no host)."""
+        if host is not None:
+            self._worker_hosts[worker] = host
+        super().add_worker(worker, now)
+
+    # -- choosing ------------------------------------------------------------------------
+
+    def _next(self, worker: str, now: float) -> Packet | None:
+        self._end_reading(worker)
+        node = self._choose_node(worker)
+        if node is _NOTHING:
+            return None
+        assert node is None or isinstance(node, str)
+        element = self._ledger.pick(node, self._current.get(worker))
+        assert element is not None
+        packet = self._ledger.cut(worker, element, self._size(worker, element), now)
+        self._current[worker] = element
+        self._start_reading(worker, packet.packet_id, node)
+        return packet
+
+    def _choose_node(self, worker: str) -> object:
+        """The node that lags most (see the module docstring), or _NOTHING if all are capped."""
+        host = self._hosts.get(worker)
+        best: object = _NOTHING
+        best_key: tuple[float, bool, int] | None = None
+        for node in self._ledger.nodes_with_work():
+            cap = self._cap
+            if node is not None and cap is not None and self._ledger.node_readers(node) >= cap:
+                continue
+            local = node is None or node == host
+            queued = self._ledger.node_queued(node)
+            capacity = self._capacity(node)
+            lag = queued / capacity if capacity > 0 else math.inf
+            key = (lag * self._local_preference if local else lag, local, queued)
+            if best_key is None or key > best_key:
+                best, best_key = node, key
+        return best
+
+    def _capacity(self, node: Node) -> float:
+        """Rate (entries/s) at which `node` is being drained: its own workers that are not
+        reading elsewhere, plus remote readers. Node None is read by everyone."""
+        if node is None:
+            return self._rates.cluster(len(self._workers)) or float(len(self._workers))
+        mean = self._rates.mean() or 1.0
+        unmeasured = self._host_workers[node] - self._host_measured[node]
+        own = self._host_rate.get(node, 0.0) + unmeasured * mean - self._away.get(node, 0.0)
+        return max(0.0, own) + self._remote_in.get(node, 0.0)
+
+    def _size(self, worker: str, element: int) -> int:
+        rate = self._rates.rate(worker)
+        if rate is None:
+            size = min(self._learn, self._ledger.total // (20 * self.worker_count))
+        else:
+            cluster = self._rates.cluster(self.worker_count)
+            left = (self._ledger.queued + self._ledger.assigned / 2) / cluster
+            packet_time = min(max(left / self._fraction, self._min_time), self._max_time)
+            size = int(rate * packet_time)
+        return with_rest(self._ledger.head_entries(element), max(1, size))
+
+    # -- who reads what ------------------------------------------------------------------
+
+    def _start_reading(self, worker: str, packet_id: int, node: Node) -> None:
+        host = self._hosts.get(worker)
+        if node is None or node == host:
+            return
+        rate = self._rates.rate_or_mean(worker)
+        self._reading[worker] = (packet_id, node, host, rate)
+        self._remote_in[node] = self._remote_in.get(node, 0.0) + rate
+        self._away[host] = self._away.get(host, 0.0) + rate
+
+    def _end_reading(self, worker: str, packet_id: int | None = None) -> None:
+        reading = self._reading.get(worker)
+        if reading is None or (packet_id is not None and reading[0] != packet_id):
+            return
+        del self._reading[worker]
+        _, node, host, rate = reading
+        self._remote_in[node] -= rate
+        self._away[host] -= rate
+
+    # -- events --------------------------------------------------------------------------
+
+    def _on_join(self, worker: str, now: float) -> None:
+        host = self._worker_hosts.get(worker)
+        self._hosts[worker] = host
+        self._host_workers[host] += 1
+
+    def _on_processed(self, worker: str, record: Record, now: float, seconds: float) -> None:
+        self._end_reading(worker, record.packet.packet_id)
+        host = self._hosts[worker]
+        old = self._rates.rate(worker)
+        self._rates.record(worker, record.packet.entries, seconds)
+        new = self._rates.rate(worker)
+        assert new is not None
+        self._host_rate[host] = self._host_rate.get(host, 0.0) + new - (old or 0.0)
+        if old is None:
+            self._host_measured[host] += 1
+
+    def _on_lost(self, worker: str, now: float) -> None:
+        self._end_reading(worker)
+        self._current.pop(worker, None)
+        host = self._hosts.pop(worker)
+        self._host_workers[host] -= 1
+        old = self._rates.rate(worker)
+        if old is not None:
+            self._host_rate[host] -= old
+            self._host_measured[host] -= 1
+        self._rates.forget(worker)
+
+    def validate(self) -> None:
+        super().validate()
+        assert set(self._hosts) == set(self._workers), "host table drifted"
+        assert +self._host_workers == Counter(self._hosts.values()), "host counts drifted"
+        measured = Counter(h for w, h in self._hosts.items() if self._rates.rate(w) is not None)
+        assert +self._host_measured == measured, "measured counts drifted"
