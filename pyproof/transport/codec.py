@@ -27,7 +27,9 @@ tag                     Python      payload
 1886388226 (0x70700002) ``Counter`` map of key -> count
 1886388227 (0x70700003) ndarray     ``[dtype.str, [shape...], bytes]``, C order
 1886388228 (0x70700004) histogram   ``{"class", "uhi", "data"}``: ``class`` is
-                                    ``"boost_histogram.Histogram"`` or ``"hist.Hist"``;
+                                    ``"boost_histogram.Histogram"``, ``"hist.Hist"``
+                                    or ``"hist.NamedHist"`` (other subclasses travel
+                                    as their nearest one of these);
                                     ``uhi`` is ``boost_histogram.serialization.to_uhi``
                                     without storage; ``data`` is the flow view as one
                                     ndarray or a map of field name -> ndarray
@@ -184,6 +186,16 @@ def _encode_counter(encoder: cbor2.CBOREncoder, value: collections.Counter) -> N
     encoder.encode_semantic(TAG_COUNTER, dict(value))
 
 
+def _encode_set(encoder: cbor2.CBOREncoder, value: set | frozenset) -> None:
+    # cbor2's own set encoder passes a tuple on, which our tuple tag would catch
+    encoder.encode_semantic(258, list(value))
+
+
+def _encode_complex(encoder: cbor2.CBOREncoder, value: complex) -> None:
+    # as for sets: keep the standard tag 43000 payload a plain array
+    encoder.encode_semantic(43000, [value.real, value.imag])
+
+
 def _encode_memoryview(encoder: cbor2.CBOREncoder, value: memoryview) -> None:
     encoder.encode_bytes(value.tobytes())
 
@@ -220,8 +232,8 @@ def _histogram_class_name(value: Any) -> str | None:
     if bh is None or not isinstance(value, bh.Histogram):
         return None
     hist = sys.modules.get("hist")
-    if hist is not None and isinstance(value, hist.Hist):
-        return "hist.Hist"
+    if hist is not None and isinstance(value, hist.BaseHist):
+        return "hist.NamedHist" if isinstance(value, hist.NamedHist) else "hist.Hist"
     return "boost_histogram.Histogram"
 
 
@@ -300,6 +312,10 @@ _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
     tuple: _encode_tuple,
     collections.Counter: _encode_counter,
     memoryview: _encode_memoryview,
+    set: _encode_set,
+    complex: _encode_complex,
+    np.complex128: _encode_complex,
+    frozenset: _encode_set,
     np.ndarray: _encode_ndarray,
     RemoteError: _encode_remote_error,
 }
@@ -439,9 +455,15 @@ _FrozenDict = type(cbor2.loads(b"\xa0", immutable=True))
 
 
 class _WireTuple(tuple):
-    """A decoded tuple tag inside another payload or a map key (hashable)."""
+    """A decoded tuple tag inside another payload, or a map key or set element.
+
+    Only the latter reach callers (equal to, and hashing like, the plain tuple).
+    """
 
     __slots__ = ()
+
+
+_ENCODERS[_WireTuple] = _encode_tuple
 
 
 def _thaw(value: Any) -> Any:
@@ -515,6 +537,11 @@ def _decode_ndarray(value: Any, immutable: bool) -> np.ndarray:
 
 
 _HISTOGRAM_KEYS = {"class", "uhi", "data"}
+_HISTOGRAM_CLASSES = {
+    "boost_histogram.Histogram": "Histogram",
+    "hist.Hist": "Hist",
+    "hist.NamedHist": "NamedHist",
+}
 _AXIS_SIZE_KEYS = {
     "regular": "bins",
     "variable": "edges",
@@ -569,7 +596,7 @@ def _decode_histogram(value: Any, immutable: bool) -> Any:
         keys = sorted(map(str, value)) if isinstance(value, dict) else _cbor_kind(value)
         raise ProtocolError(f"histogram tag: expected a map with keys class, uhi, data, got {keys}")
     class_name, uhi, data = value["class"], value["uhi"], value["data"]
-    if class_name not in ("hist.Hist", "boost_histogram.Histogram"):
+    if class_name not in _HISTOGRAM_CLASSES:
         raise ProtocolError(f"histogram tag: unknown histogram class {class_name!r}")
     if not isinstance(uhi, dict) or not isinstance(uhi.get("axes"), (list, tuple)):
         raise ProtocolError("histogram tag: uhi is not a map with an axes array")
@@ -590,10 +617,10 @@ def _decode_histogram(value: Any, immutable: bool) -> Any:
         import boost_histogram.serialization as serialization
 
         histogram = serialization.from_uhi(uhi)
-        if class_name == "hist.Hist":
+        if class_name != "boost_histogram.Histogram":
             import hist
 
-            histogram = hist.Hist(histogram)
+            histogram = getattr(hist, _HISTOGRAM_CLASSES[class_name])(histogram)
         view = np.asarray(histogram.view(flow=True))
         if view.dtype.names is None:
             if None not in fields:
@@ -705,9 +732,17 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> object:
 
 
 def _as_protocol_error(exc: BaseException) -> ProtocolError:
+    # cbor2 wraps what a hook raised (or a TypeError such as an unhashable key)
+    # in a CBORDecodeError: report our own message, or the whole chain.
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
+    while seen is not None and len(chain) < 10:
         if isinstance(seen, ProtocolError):
             return ProtocolError(str(seen))
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return ProtocolError(f"malformed CBOR: {exc}")
+    detail = str(exc)
+    if len(chain) > 1:
+        root = chain[-1]
+        detail = f"{detail} ({type(root).__name__}: {root})"
+    return ProtocolError(f"malformed CBOR: {detail}")
