@@ -17,6 +17,7 @@ import uproot
 import pyproof
 
 Z_MASS, Z_WIDTH = 91.1876, 2.4952
+BASKET_EVENTS = 10_000
 
 
 def make_events(n: int, rng: np.random.Generator) -> ak.Array:
@@ -66,7 +67,9 @@ def write_demo_dataset(directory: str, *, files: int = 4, events: int = 300_000,
             tree = f.mktree("events", {"Muon": muons.type.content},
                             field_name=lambda outer, inner: f"{outer}_{inner}",
                             counter_name=lambda name: f"n{name}")
-            tree.extend({"Muon": muons})
+            # one basket per extend: write baskets of a realistic size (~10k events)
+            for start in range(0, len(muons), BASKET_EVENTS):
+                tree.extend({"Muon": muons[start:start + BASKET_EVENTS]})
         specs.append(f"{path}:events")
     return specs
 

@@ -78,6 +78,9 @@ class MasterPlane:
             except pynng.Closed:
                 return
             if raw is not None:
+                # a query started by the actor is queued before its workers are told
+                # of it: take it in before answering them
+                self._run_commands()
                 reply = self._answer(raw)
                 try:
                     self.socket.send(reply)
