@@ -122,7 +122,7 @@ def save_plot(h, path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    h.plot1d(ax=ax, histtype="fill", alpha=0.7)
+    ax.stairs(h.values(), h.axes[0].edges, fill=True, alpha=0.7)
     ax.set_xlabel(h.axes[0].label or h.axes[0].name)
     ax.set_ylabel("events / bin")
     ax.set_title("pyproof demo: dimuon invariant mass")

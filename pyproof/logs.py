@@ -1,7 +1,9 @@
 """structlog set-up: one JSON-lines file per actor, every line with fixed ids.
 
 Each actor process calls `configure_actor_log(log_dir, actor=..., session=...)`
-once; `bind(query=...)` adds the query id for the lines of a query.
+once. The actor, session and pid are process-wide (not context variables,
+which new threads would not see: the data planes log from their own
+threads); loggers add the query with `get_logger().bind(query=...)`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ from typing import Any
 
 import structlog
 
+_FIXED: dict[str, Any] = {}
+
+
+def _add_fixed(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _FIXED.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
 
 def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None) -> None:
     os.makedirs(log_dir, exist_ok=True)
     stream = open(os.path.join(log_dir, f"{actor}.jsonl"), "a", buffering=1)  # noqa: SIM115
+    _FIXED.clear()
+    _FIXED.update(actor=actor, session=session, pid=os.getpid())
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _add_fixed,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -26,12 +38,6 @@ def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None)
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(actor=actor, session=session, pid=os.getpid())
-
-
-def bind(**fields: Any) -> None:
-    structlog.contextvars.bind_contextvars(**fields)
 
 
 def get_logger() -> Any:

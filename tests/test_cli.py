@@ -1,0 +1,94 @@
+"""proofctl from the shell: demo, run and logs, as a user types them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import data_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def proofctl(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pyproof.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_demo_writes_data_runs_two_workers_and_plots(tmp_path):
+    plot = tmp_path / "mass.png"
+    out = proofctl(
+        "demo",
+        "--events",
+        "30000",
+        "--files",
+        "3",
+        "--data",
+        str(tmp_path / "d"),
+        "--plot",
+        str(plot),
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["stats"]["entries"] == 30000
+    assert set(report["stats"]["workers"]) == {"worker-0", "worker-1"}
+    values = report["mass"]["values"]
+    peak = max(range(len(values)), key=values.__getitem__)
+    assert 85 <= peak <= 95  # the Z peak, in 1 GeV bins
+    assert plot.stat().st_size > 1000
+    human = proofctl(
+        "demo", "--data", str(tmp_path / "d"), "--files", "3", "--plot", str(plot), "--no-progress"
+    )
+    assert human.returncode == 0, human.stderr
+    assert "#" in human.stdout and "ev/s" in human.stdout
+
+
+def test_run_a_selector_file_over_a_dataset_and_read_the_logs(tmp_path):
+    source = tmp_path / "count.py"
+    source.write_text(
+        "import pyproof\n"
+        "class Count(pyproof.Selector):\n"
+        "    branches = ['M']\n"
+        "    def begin(self, ctx):\n"
+        "        ctx.outputs['n'] = 0\n"
+        "    def process(self, events, ctx):\n"
+        "        ctx.outputs['n'] += len(events)\n"
+    )
+    out = proofctl(
+        "run",
+        f"{source}:Count",
+        "--dataset",
+        data_file("uproot-Zmumu.root") + ":events",
+        "--workers",
+        "2",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["outputs"]["n"] == 2304
+    assert report["stats"]["entries"] == 2304
+    logs = proofctl("logs", "--json")
+    assert logs.returncode == 0, logs.stderr
+    events = [json.loads(line) for line in logs.stdout.splitlines()]
+    assert {"master", "worker-0", "worker-1", "gateway"} <= {e["actor"] for e in events}
+    finished = [e for e in events if e["event"] == "query_finished"]
+    assert finished and finished[-1]["entries"] == 2304 and finished[-1]["query"]
+
+
+def test_run_reports_a_bad_file_with_a_clear_error(tmp_path):
+    out = proofctl(
+        "run",
+        "tests/sample_selectors.py:ZmumuMass",
+        "--dataset",
+        str(tmp_path / "missing.root") + ":events",
+    )
+    assert out.returncode == 1
+    assert "file not found" in out.stderr and "missing.root" in out.stderr
