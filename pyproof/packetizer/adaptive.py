@@ -116,32 +116,32 @@ class AdaptivePacketizer(LedgerPacketizer):
         return packet
 
     def _choose_node(self, worker: str) -> object:
-        """The node that lags most (see the module docstring), or _NOTHING if all are capped."""
-        host = self._hosts.get(worker)
+        """The node that lags most (see the module docstring), or _NOTHING if all are capped.
+
+        O(nodes with work) per decision, with the per-node arithmetic inlined:
+        this is the packetizer's hot loop.
+        """
+        host, ledger, cap = self._hosts.get(worker), self._ledger, self._cap
+        mean = self._rates.mean() or 1.0
         best: object = _NOTHING
         best_key: tuple[float, bool, int] | None = None
-        for node in self._ledger.nodes_with_work():
-            cap = self._cap
-            if node is not None and cap is not None and self._ledger.node_readers(node) >= cap:
+        for node in ledger.nodes_with_work():
+            if node is not None and cap is not None and ledger.node_readers(node) >= cap:
                 continue
-            local = node is None or node == host
-            queued = self._ledger.node_queued(node)
-            capacity = self._capacity(node)
+            queued = ledger.node_queued(node)
+            if node is None:
+                capacity = self._rates.cluster(len(self._workers)) or float(len(self._workers))
+            else:
+                unmeasured = self._host_workers[node] - self._host_measured[node]
+                own = self._host_rate.get(node, 0.0) + unmeasured * mean
+                capacity = max(0.0, own - self._away.get(node, 0.0))
+                capacity += self._remote_in.get(node, 0.0)
             lag = queued / capacity if capacity > 0 else math.inf
+            local = node is None or node == host
             key = (lag * self._local_preference if local else lag, local, queued)
             if best_key is None or key > best_key:
                 best, best_key = node, key
         return best
-
-    def _capacity(self, node: Node) -> float:
-        """Rate (entries/s) at which `node` is being drained: its own workers that are not
-        reading elsewhere, plus remote readers. Node None is read by everyone."""
-        if node is None:
-            return self._rates.cluster(len(self._workers)) or float(len(self._workers))
-        mean = self._rates.mean() or 1.0
-        unmeasured = self._host_workers[node] - self._host_measured[node]
-        own = self._host_rate.get(node, 0.0) + unmeasured * mean - self._away.get(node, 0.0)
-        return max(0.0, own) + self._remote_in.get(node, 0.0)
 
     def _size(self, worker: str, element: int) -> int:
         rate = self._rates.rate(worker)
