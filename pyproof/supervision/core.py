@@ -376,7 +376,7 @@ class SupervisorCore:
             self._forget(c, cause)
         elif c.starts == 0 and c.dynamic:
             self._reply_add(c, False, reason, cause)
-            del self._children[c.id]
+            self._delete(c)
         elif self._phase is Phase.TERMINATING:
             pass
         elif c.starts == 0:
@@ -423,7 +423,7 @@ class SupervisorCore:
             if permanent or (abnormal and c.spec.restart is Restart.TRANSIENT):
                 self._restart(c, reason, ev.now, ev.cause)
             elif c.spec.restart is Restart.TEMPORARY:
-                del self._children[c.id]
+                self._delete(c)
         self._pump(ev.cause)
 
     def _on_shutdown(self, ev: ShutdownRequested) -> None:
@@ -545,7 +545,7 @@ class SupervisorCore:
         for c in list(self._children.values()):
             if c.adding is not None and not c.alive:
                 self._reply_add(c, False, "shutdown", cause)
-                del self._children[c.id]
+                self._delete(c)
         self._to_start.clear()
         self._to_stop = {c.id for c in self._children.values() if c.alive}
 
@@ -590,6 +590,9 @@ class SupervisorCore:
     def _forget(self, c: _Child, cause: str) -> None:
         for request in c.removing:
             self._out.append(Reply(request=request, ok=True, child_id=c.id, cause=cause))
+        self._delete(c)
+
+    def _delete(self, c: _Child) -> None:
         self._to_stop.discard(c.id)
         self._to_start.discard(c.id)
         del self._children[c.id]
