@@ -688,11 +688,19 @@ ALLOWED_STANDARD_TAGS = {0, 1, 2, 3, 100, 258, 1004, 43000}
 
 def test_every_tag_but_the_allowed_standard_ones_and_ours_is_refused() -> None:
     # pins cbor2's built-in tag set: a cbor2 upgrade that adds a tag fails here
+    refusal = re.compile(r"^(unknown CBOR tag \d+|CBOR tag \d+ \(.+\) is not allowed on the wire)$")
+    accepted = []
     for tag in [*range(70_000), 2**32 + 1, 2**64 - 1]:
         if tag in ALLOWED_STANDARD_TAGS:
             continue
-        with pytest.raises(ProtocolError, match=r"^(unknown CBOR tag|CBOR tag) \d+"):
+        try:
             decode(tagged(tag, "x"))
+        except ProtocolError as exc:
+            if not refusal.match(str(exc)):
+                accepted.append((tag, str(exc)))
+        else:
+            accepted.append((tag, "decoded"))
+    assert accepted == []
 
 
 def test_decode_refuses_non_bytes_with_a_type_error() -> None:
@@ -775,7 +783,7 @@ cbor_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.sampled_from(OUR_TAGS), cbor_values)
 def test_valid_cbor_of_the_wrong_shape_in_our_tags_is_a_protocol_error(
     tag: int, payload: object

@@ -15,6 +15,7 @@ frame once every chunk has arrived.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
 
@@ -209,10 +210,13 @@ class Reassembler:
 
     Feed every chunk frame to :meth:`add`; it returns the original :class:`Frame`
     when the last missing chunk of its stream arrives, else ``None``. Duplicate
-    chunks are dropped. :class:`ProtocolError` is raised (and the stream is
-    discarded) for a malformed chunk, an index outside ``[0, total)``, a total
-    that changes within a stream, a stream whose chunks add up to more than
-    ``max_message`` bytes, or more than ``max_streams`` streams open at once.
+    chunks are dropped, also when they arrive after their stream completed (the
+    last ``remember`` completed stream ids are kept for that).
+
+    :class:`ProtocolError` is raised (and the stream is discarded) for a
+    malformed chunk, an index outside ``[0, total)``, a total that changes
+    within a stream, a stream whose chunks add up to more than ``max_message``
+    bytes, or more than ``max_streams`` streams open at once.
     Call :meth:`discard` to drop a stream whose sender is gone.
     """
 
@@ -221,10 +225,13 @@ class Reassembler:
         *,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_streams: int = 64,
+        remember: int = 1024,
     ) -> None:
         self.max_message = max_message
         self.max_streams = max_streams
         self._streams: dict[str, _Stream] = {}
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._remember = remember
         self._completed = 0
         self._duplicates = 0
 
@@ -233,6 +240,9 @@ class Reassembler:
         if frame.type != CHUNK:
             raise ProtocolError(f"expected a {CHUNK!r} frame, got {frame.type!r}")
         stream_id, index, total, data = self._fields(frame.payload)
+        if stream_id in self._finished:
+            self._duplicates += 1
+            return None
         stream = self._streams.get(stream_id)
         if stream is None:
             if len(self._streams) >= self.max_streams:
@@ -259,6 +269,9 @@ class Reassembler:
         if len(stream.pieces) < stream.total:
             return None
         del self._streams[stream_id]
+        self._finished[stream_id] = None
+        if len(self._finished) > self._remember:
+            self._finished.popitem(last=False)
         whole = b"".join(stream.pieces[i] for i in range(stream.total))
         self._completed += 1
         return decode_frame(whole, max_size=self.max_message)
