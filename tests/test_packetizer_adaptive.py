@@ -1,0 +1,157 @@
+"""AdaptivePacketizer: time-sized packets, locality, reader cap, joins; exactly once."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from pyproof.packetizer import AdaptivePacketizer, Packet, Packetizer, WorkRange, make_packetizer
+from pyproof.packetizer.testing import PacketizerMachine
+
+
+def files(*sizes: int) -> list[WorkRange]:
+    return [WorkRange(element=i, entry_start=0, entry_stop=n) for i, n in enumerate(sizes)]
+
+
+def got(packet: Packet | None) -> Packet:
+    assert packet is not None
+    return packet
+
+
+def learn(p: AdaptivePacketizer, worker: str, rate: float, now: float = 0.0) -> None:
+    """Give `worker` its learning packet and report it processed at `rate` entries/s."""
+    packet = got(p.next_packet(worker, now))
+    p.packet_processed(worker, packet.packet_id, now, seconds=packet.entries / rate)
+    assert p.accept_output(worker, frozenset({packet.packet_id}))
+
+
+def test_a_workers_first_packet_is_a_small_learning_packet() -> None:
+    p = AdaptivePacketizer(files(10**7), workers=2)
+    assert got(p.next_packet("a", 0.0)).entries == 1000
+    q = AdaptivePacketizer(files(4000), workers=2, learn_entries=1000)
+    assert got(q.next_packet("a", 0.0)).entries == 100  # capped at total / (20 * workers)
+
+
+def test_packets_are_sized_in_time_by_each_workers_own_rate() -> None:
+    p = AdaptivePacketizer(files(10**8), workers=2)
+    learn(p, "fast", 10_000.0)
+    learn(p, "slow", 1_000.0)
+    fast, slow = got(p.next_packet("fast", 1.0)), got(p.next_packet("slow", 1.0))
+    assert fast.entries == 10 * slow.entries
+
+
+def test_packet_time_is_a_fraction_of_the_time_left_clamped_to_the_limits() -> None:
+    p = AdaptivePacketizer(files(10**8), workers=1, max_packet_time=20.0)
+    learn(p, "w", 1000.0)
+    assert got(p.next_packet("w", 1.0)).entries == 20_000  # 10^5 s left: max 20 s
+    q = AdaptivePacketizer(files(1_000_000), workers=1, max_packet_time=10**6)
+    learn(q, "w", 1000.0)
+    assert got(q.next_packet("w", 1.0)).entries == (1_000_000 - 1000) // 4
+    r = AdaptivePacketizer(files(100_000), workers=1, min_packet_time=5.0)
+    learn(r, "w", 1_000_000.0)
+    assert got(r.next_packet("w", 1.0)).entries == 99_000  # 5 s of work > what is left
+
+
+def test_packets_shrink_as_the_end_nears() -> None:
+    p = AdaptivePacketizer(files(10**6), workers=1, min_packet_time=0.01)
+    learn(p, "w", 1000.0)
+    sizes = []
+    while (packet := p.next_packet("w", 0.0)) is not None:
+        p.packet_processed("w", packet.packet_id, 0.0, seconds=packet.entries / 1000)
+        sizes.append(packet.entries)
+    assert sizes[0] == 20_000 and sizes[-1] < 100
+    assert sizes[-20:] == sorted(sizes[-20:], reverse=True)
+
+
+def test_a_worker_prefers_files_on_its_own_host() -> None:
+    p = AdaptivePacketizer(
+        files(1000, 1000), workers=2, element_hosts={0: "a", 1: "b"}, worker_hosts={"wb": "b"}
+    )
+    p.add_worker("wa", 0.0, host="a")
+    assert got(p.next_packet("wb", 0.0)).element == 1
+    assert got(p.next_packet("wa", 0.0)).element == 0
+
+
+def test_a_node_without_local_workers_is_read_from_the_start() -> None:
+    hosts = {0: "a", 1: "a", 2: "storage"}
+    p = AdaptivePacketizer(files(10**6, 10**6, 10**6), workers=3, element_hosts=hosts)
+    for w in ("a1", "a2", "a3"):
+        p.add_worker(w, 0.0, host="a")
+    elements = [got(p.next_packet(w, 0.0)).element for w in ("a1", "a2", "a3")]
+    assert elements == [2, 0, 1]
+
+
+def test_the_reader_cap_limits_concurrent_readers_of_a_node() -> None:
+    hosts = {i: "s" for i in range(3)}
+    p = AdaptivePacketizer(
+        files(10**5, 10**5, 10**5), workers=3, element_hosts=hosts, max_readers_per_node=2
+    )
+    first = got(p.next_packet("a", 0.0))
+    assert p.next_packet("b", 0.0) is not None
+    assert p.next_packet("c", 0.0) is None
+    p.packet_processed("a", first.packet_id, 1.0, seconds=1.0)
+    assert p.next_packet("c", 1.0) is not None
+    p.validate()
+
+
+def test_a_worker_joining_mid_query_gets_a_packet_at_once() -> None:
+    p = AdaptivePacketizer(files(10**6), workers=1)
+    learn(p, "old", 1000.0)
+    p.add_worker("new", 5.0)
+    assert got(p.next_packet("new", 5.0)).entries == 1000
+    p.validate()
+
+
+def test_a_lost_worker_stops_counting_toward_the_cluster_rate() -> None:
+    p = AdaptivePacketizer(files(10**7), workers=1, max_packet_time=10**6)
+    learn(p, "a", 1000.0)
+    learn(p, "b", 1000.0)
+    two = got(p.next_packet("a", 1.0))
+    assert p.accept_output("a", frozenset({two.packet_id}))
+    p.worker_lost("b", 1.0)
+    # alone, "a" gets a quarter of what is left rather than an eighth
+    assert got(p.next_packet("a", 2.0)).entries == int((10**7 - 2000 - two.entries) / 4)
+    p.validate()
+
+
+def test_bad_parameters_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^max_readers_per_node must be >= 1, got 0$"):
+        AdaptivePacketizer(files(1), workers=1, max_readers_per_node=0)
+    with pytest.raises(ValueError, match=r"^packet_time_fraction must be >= 1, got 0.5$"):
+        AdaptivePacketizer(files(1), workers=1, packet_time_fraction=0.5)
+
+
+def test_make_packetizer_builds_an_adaptive_packetizer_with_parameters() -> None:
+    p = make_packetizer("adaptive", files(10**6), workers=4, learn_entries=10)
+    assert isinstance(p, AdaptivePacketizer)
+    assert got(p.next_packet("w", 0.0)).entries == 10
+
+
+class AdaptiveMachine(PacketizerMachine):
+    def build(self, data: st.DataObject) -> tuple[Packetizer, list[WorkRange], int]:
+        sizes = data.draw(st.lists(st.sampled_from([0, 1, 3, 20, 60]), max_size=6))
+        places = st.sampled_from(["a", "b", "s", None])
+        hosts = {i: h for i in range(len(sizes)) if (h := data.draw(places)) is not None}
+        worker_hosts = {f"w{i}": h for i in range(12) if (h := data.draw(places)) is not None}
+        packetizer = AdaptivePacketizer(
+            files(*sizes),
+            workers=data.draw(st.integers(1, 4), label="planned workers"),
+            element_hosts=hosts,
+            worker_hosts=worker_hosts,
+            min_packet_time=data.draw(st.sampled_from([0.01, 0.1, 1.0])),
+            max_packet_time=2.0,
+            learn_entries=data.draw(st.sampled_from([1, 5, 1000])),
+            max_readers_per_node=data.draw(st.sampled_from([None, 1, 2])),
+            max_strikes=data.draw(st.integers(1, 3), label="max_strikes"),
+        )
+        return packetizer, files(*sizes), data.draw(st.integers(0, 3), label="workers at start")
+
+
+TestAdaptiveMachine = AdaptiveMachine.TestCase
+TestAdaptiveMachine.settings = settings(
+    max_examples=120,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
