@@ -31,8 +31,11 @@ def spec(text: str) -> DatasetSpec:
 
 # ---- strategies ---------------------------------------------------------------------
 
-components = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,20}", fullmatch=True)
-tree_segments = st.from_regex(r"[A-Za-z0-9_.;:+\-]{1,12}", fullmatch=True)
+_FIRST = "abcxyzABCXYZ0189_"
+components = st.builds(
+    str.__add__, st.sampled_from(_FIRST), st.text(alphabet=_FIRST + ".-", max_size=20)
+)
+tree_segments = st.text(alphabet=_FIRST + ".;:+-", min_size=1, max_size=12)
 
 
 @st.composite
@@ -74,7 +77,7 @@ specs = st.builds(
 # ---- round trips --------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(specs)
 def test_a_formatted_spec_parses_back_to_the_same_spec(value: DatasetSpec) -> None:
     text = str(value)

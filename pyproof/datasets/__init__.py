@@ -13,6 +13,7 @@ Layers, bottom up:
 - `cli`      -- `proofctl ds ...` subcommands.
 """
 
+from pyproof.datasets.catalog import Catalog
 from pyproof.datasets.errors import (
     BadFilesError,
     CatalogError,
@@ -23,6 +24,7 @@ from pyproof.datasets.errors import (
     DatasetPermissionError,
     EntriesUnknownError,
     FriendMismatchError,
+    NoTreeError,
     QuotaExceededError,
     SourceError,
 )
@@ -37,26 +39,49 @@ from pyproof.datasets.names import (
     parse_pattern,
     parse_spec,
 )
+from pyproof.datasets.records import (
+    Dataset,
+    DatasetInfo,
+    Element,
+    FileRecord,
+    QuotaInfo,
+    Resolution,
+    SkippedFile,
+)
+from pyproof.datasets.verify import VerifySummary, verify_dataset, verify_file, verify_record
 
 __all__ = [
     "COMMON",
     "BadFilesError",
+    "Catalog",
     "CatalogError",
+    "Dataset",
     "DatasetError",
     "DatasetExistsError",
+    "DatasetInfo",
     "DatasetName",
     "DatasetNameError",
     "DatasetNotFoundError",
     "DatasetPermissionError",
     "DatasetRef",
     "DatasetSpec",
+    "Element",
     "EntriesUnknownError",
     "EntrySelection",
+    "FileRecord",
     "FriendMismatchError",
     "NamePattern",
+    "NoTreeError",
     "QuotaExceededError",
+    "QuotaInfo",
+    "Resolution",
+    "SkippedFile",
     "SourceError",
+    "VerifySummary",
     "parse_name",
     "parse_pattern",
     "parse_spec",
+    "verify_dataset",
+    "verify_file",
+    "verify_record",
 ]

@@ -276,6 +276,10 @@ class Catalog:
         """The full name of `text` for this catalog's user (no lookup)."""
         return parse_name(text, group=self.group, user=self.user)
 
+    def check_may_change(self, name: str) -> None:
+        """Raise DatasetPermissionError unless this identity may change dataset `name`."""
+        self._check_may_change(self.name(name))
+
     def _check_may_change(self, name: DatasetName) -> None:
         if self.admin or (name.group, name.user) == (self.group, self.user):
             return
@@ -386,7 +390,8 @@ class Catalog:
         reset to the URL, tree, host and friend, and local files get their
         size (a local file that does not exist is marked missing).
         `overwrite` replaces an existing dataset; `update` adds the files it
-        does not hold yet; neither, and the name exists: DatasetExistsError.
+        does not hold yet (creating the dataset if absent); neither, and the
+        name exists: DatasetExistsError.
         `verify` verifies the new files first (with the map-like `map`).
         Raises FriendMismatchError (known entry counts of a file and its
         associated file differ), QuotaExceededError, DatasetPermissionError,

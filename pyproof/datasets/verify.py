@@ -307,8 +307,12 @@ def verify_dataset(
     map: Callable[..., Iterator[FileRecord]] = builtins.map,
     checksum: bool = True,
     deep: bool = False,
+    record: bool = True,
 ) -> VerifySummary:
     """Verify every file of dataset `name`, record the results, and summarise them.
+
+    `record=False` only reports (for datasets one may read but not change);
+    with `record=True` a DatasetPermissionError comes before any file is read.
 
     `map` is any map-like executor, called once as `map(function, tasks)`;
     the function and tasks are picklable. The catalog is not locked while
@@ -316,9 +320,12 @@ def verify_dataset(
     removed meanwhile are left out).
     """
     dataset = catalog.show(name)
+    if record:
+        catalog.check_may_change(dataset.info.path)
     now = catalog.now()
     results = verify_records(
         dataset.files, dataset.info.default_tree, map=map, checksum=checksum, deep=deep, now=now
     )
-    catalog.record_verification(dataset.info.path, results)
+    if record:
+        catalog.record_verification(dataset.info.path, results)
     return summarize(dataset.info.path, results)
