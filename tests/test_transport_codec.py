@@ -6,7 +6,10 @@ import collections
 import contextlib
 import datetime
 import decimal
+import os
 import re
+import subprocess
+import sys
 import uuid
 
 import boost_histogram as bh
@@ -461,6 +464,46 @@ def test_encode_error_names_a_cycle() -> None:
         EncodeError, match=r"^a\[0\]: cyclic reference \(the structure contains itself\)$"
     ):
         encode(value)
+
+
+DEEP = """
+from pyproof.transport.codec import EncodeError, encode
+for depth in (2_000, 100_000):
+    for wrap in (lambda x: [x], lambda x: {"k": x}):
+        value = 1
+        for _ in range(depth):
+            value = wrap(value)
+        try:
+            encode(value)
+        except EncodeError as exc:
+            print(exc)
+"""
+
+
+def test_deep_nesting_is_an_encode_error_not_a_crash() -> None:
+    # cbor2 6.3's native encoder segfaults on ~20k-deep lists: run it apart
+    done = subprocess.run(
+        [sys.executable, "-c", DEEP],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == 4 * [
+        "structure is nested too deeply to encode (decode accepts 400 levels)"
+    ]
+
+
+def test_nesting_deeper_than_400_levels_is_refused_by_decode() -> None:
+    value: object = 1
+    for _ in range(401):
+        value = [value]
+    with pytest.raises(
+        ProtocolError, match=r"^malformed CBOR: maximum container nesting depth \(400\) exceeded$"
+    ):
+        decode(encode(value))
 
 
 def test_a_value_shared_in_two_places_is_not_a_cycle() -> None:

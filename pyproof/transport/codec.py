@@ -196,6 +196,17 @@ def _encode_complex(encoder: cbor2.CBOREncoder, value: complex) -> None:
     encoder.encode_semantic(43000, [value.real, value.imag])
 
 
+def _encode_list(encoder: cbor2.CBOREncoder, value: list) -> None:
+    # Through Python on purpose: cbor2 6.3's native encoder recurses on the C
+    # stack and segfaults on lists nested ~20k deep; this way Python's
+    # recursion limit turns that into a RecursionError (and an EncodeError).
+    encoder.encode_array(value)
+
+
+def _encode_dict(encoder: cbor2.CBOREncoder, value: dict) -> None:
+    encoder.encode_map(value)
+
+
 def _encode_memoryview(encoder: cbor2.CBOREncoder, value: memoryview) -> None:
     encoder.encode_bytes(value.tobytes())
 
@@ -309,6 +320,8 @@ _REFUSED_TYPES: tuple[type, ...] = (
 
 _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
     **{kind: _refuse for kind in _REFUSED_TYPES},
+    list: _encode_list,
+    dict: _encode_dict,
     tuple: _encode_tuple,
     collections.Counter: _encode_counter,
     memoryview: _encode_memoryview,
@@ -341,7 +354,9 @@ def _locate_encode_error(obj: Any, original: BaseException) -> EncodeError:
         found = None
     if found is None:
         if isinstance(original, RecursionError):
-            return EncodeError("structure is nested too deeply to encode")
+            return EncodeError(
+                f"structure is nested too deeply to encode (decode accepts {MAX_DEPTH} levels)"
+            )
         return EncodeError(str(original))
     path, reason = found
     return EncodeError(f"{path}: {reason}" if path else reason)
