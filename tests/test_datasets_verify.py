@@ -112,6 +112,16 @@ def test_a_missing_file_is_missing(tmp_path: Path) -> None:
     assert (record.missing, record.problem, record.status()) == (True, "no such file", "missing")
 
 
+def test_a_missing_protocol_plugin_is_raised_not_blamed_on_the_file() -> None:
+    try:
+        import fsspec_xrootd  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"fsspec-xrootd"):
+            verify_file("root://localhost:1094//data/f.root", "events")
+    else:
+        pytest.skip("fsspec-xrootd is installed")
+
+
 def test_a_wrong_tree_name_lists_the_trees_there_are(tmp_path: Path) -> None:
     record = verify_file(copy("uproot-Zmumu.root", tmp_path), "Events")
     assert record.wrong_tree

@@ -105,6 +105,8 @@ def _open_trees(url: str, deep_tree: str | None = None) -> tuple[dict[str, int],
                 _read_baskets(_trees(handle)[deep_tree])
     except FileNotFoundError as err:
         raise _Bad("missing", f"no such file ({_first_line(err)})") from None
+    except ImportError:
+        raise  # a missing protocol plugin (fsspec-xrootd, aiohttp) says what to install
     except Exception as err:  # uproot raises many kinds on damaged files
         raise _Bad("corrupt", f"cannot read: {_first_line(err)}") from None
     return trees, uuid, end
@@ -126,7 +128,9 @@ def verify_file(
     wrong tree). `friend_url`/`friend_tree` name an associated tree to check
     (friend_url None: the same file; friend_tree None: the same tree name).
     `deep` also reads every basket of the tree. Never raises for a bad file:
-    the returned record's flags and `problem` say what is wrong. `now` is the
+    the returned record's flags and `problem` say what is wrong; an
+    ImportError (uproot lacks the plugin for a `root://` or `http://` URL)
+    is raised as is, since it says nothing about the file. `now` is the
     time stamp to record (default: the current time).
     """
     stamp = time.time() if now is None else now
