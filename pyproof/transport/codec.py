@@ -12,6 +12,9 @@ any frame without running or importing anything it does not trust:
   1004);
 * the pyproof tags below. Tuple subclasses (namedtuples) travel as lists.
 
+Nesting deeper than :data:`MAX_DEPTH` (400) is refused by :func:`decode`;
+:func:`encode` refuses structures deeper than Python's recursion limit.
+
 Everything else (``Decimal``, ``UUID``, regexes, ``CBORTag``, arbitrary objects)
 is refused by :func:`encode` with an :class:`EncodeError` naming where it sits,
 and every other CBOR tag is refused by :func:`decode` with a
@@ -37,8 +40,8 @@ tag                     Python      payload
 1886388230 (0x70700006) (reserved)  dataset record (not yet defined)
 ======================  ==========  ==================================================
 
-Numpy scalars encode as plain Python numbers. Decoded arrays are writable and own
-their memory (one copy on decode).
+Numpy scalars encode as plain Python numbers. Decoded arrays are writable, C-ordered
+and independent of the frame (one copy on decode).
 """
 
 from __future__ import annotations
