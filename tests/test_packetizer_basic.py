@@ -198,7 +198,8 @@ def test_statistics_account_for_every_entry() -> None:
 
 
 def test_make_packetizer_rejects_an_unknown_kind_listing_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"^unknown packetizer kind 'fast'; valid kinds: basic"):
+    message = r"^unknown packetizer kind 'fast'; valid kinds: adaptive, basic, file, unit$"
+    with pytest.raises(ValueError, match=message):
         make_packetizer("fast", files(1), workers=1)
 
 

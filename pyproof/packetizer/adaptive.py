@@ -14,13 +14,15 @@ Why each rule:
 - A worker's first packet is small (`learn_entries`): its rate is unknown.
 - The rest of a file goes in one packet when under 1.5 packet sizes.
 - Locality: elements may live on a storage node (`element_hosts`), workers on
-  a host (`worker_hosts` or `add_worker(..., host=)`). A worker reads the node
-  that lags most: queued entries over the rate of the workers that will read
-  it (its local workers, less those reading elsewhere, plus remote readers);
-  its own node's lag counts `local_preference` (1.2) times, so it reads
-  locally unless another node would otherwise finish well after its own. A
-  node nobody local can read is thus helped from the start, not at the end,
-  and `max_readers_per_node` caps concurrent readers of one node.
+  a host (`worker_hosts` or `add_worker(..., host=)`). A node's lag is its
+  queued entries over the rate of the workers that will read it (its local
+  workers, less those reading elsewhere, plus remote readers). A worker reads
+  locally unless a remote node lags `local_preference` (1.5) times more than
+  both its own node and the whole cluster's time left, i.e. would otherwise
+  finish well after everyone. A node nobody local can read is thus helped
+  from the start, not at the end; `max_readers_per_node` caps concurrent
+  readers of one node. (1.5 measured in the simulator with remote reads 1.5x
+  slower: 1.0 reads remotely too eagerly, +45% makespan; 1.2 costs +2-5%.)
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class AdaptivePacketizer(LedgerPacketizer):
     20 s, `packet_time_fraction` 4 (packet time = time left / 4),
     `learn_entries` 1000 (first packet, capped at total / (20 * workers)),
     `max_readers_per_node` None (no cap; counts local and remote readers),
-    `local_preference` 1.2, `window` 5 packets for rates, `max_strikes` 3.
+    `local_preference` 1.5, `window` 5 packets for rates, `max_strikes` 3.
     With a reader cap, `next_packet` may answer None while work is queued:
     ask again after a packet is processed.
     """
@@ -61,7 +63,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         packet_time_fraction: float = 4.0,
         learn_entries: int = 1000,
         max_readers_per_node: int | None = None,
-        local_preference: float = 1.2,
+        local_preference: float = 1.5,
         window: int = 5,
         max_strikes: int = 3,
     ) -> None:
@@ -116,32 +118,38 @@ class AdaptivePacketizer(LedgerPacketizer):
         return packet
 
     def _choose_node(self, worker: str) -> object:
-        """The node that lags most (see the module docstring), or _NOTHING if all are capped.
+        """Where `worker` reads next (see the module docstring), or _NOTHING if all are capped.
 
-        O(nodes with work) per decision, with the per-node arithmetic inlined:
-        this is the packetizer's hot loop.
+        Its own node (or unplaced work) unless a remote node lags more than
+        `local_preference` times both its own node and the cluster's time left.
+        O(nodes with work) per decision, arithmetic inlined: the hot loop.
         """
         host, ledger, cap = self._hosts.get(worker), self._ledger, self._cap
         mean = self._rates.mean() or 1.0
-        best: object = _NOTHING
-        best_key: tuple[float, bool, int] | None = None
+        cluster = self._rates.cluster(len(self._workers)) or float(len(self._workers))
+        best: list[tuple[float, int, Node] | None] = [None, None]  # [remote, local]
         for node in ledger.nodes_with_work():
             if node is not None and cap is not None and ledger.node_readers(node) >= cap:
                 continue
             queued = ledger.node_queued(node)
             if node is None:
-                capacity = self._rates.cluster(len(self._workers)) or float(len(self._workers))
+                capacity = cluster
             else:
                 unmeasured = self._host_workers[node] - self._host_measured[node]
                 own = self._host_rate.get(node, 0.0) + unmeasured * mean
                 capacity = max(0.0, own - self._away.get(node, 0.0))
                 capacity += self._remote_in.get(node, 0.0)
-            lag = queued / capacity if capacity > 0 else math.inf
+            key = (queued / capacity if capacity > 0 else math.inf, queued, node)
             local = node is None or node == host
-            key = (lag * self._local_preference if local else lag, local, queued)
-            if best_key is None or key > best_key:
-                best, best_key = node, key
-        return best
+            if best[local] is None or key[:2] > best[local][:2]:  # type: ignore[index]
+                best[local] = key
+        remote, local = best
+        if local is None:
+            return _NOTHING if remote is None else remote[2]
+        left = ledger.queued / cluster
+        if remote is not None and remote[0] > self._local_preference * max(local[0], left):
+            return remote[2]
+        return local[2]
 
     def _size(self, worker: str, element: int) -> int:
         rate = self._rates.rate(worker)

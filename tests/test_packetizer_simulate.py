@@ -1,0 +1,64 @@
+"""The simulator: adaptive finishes together, and the CLI reports what the issue asks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from pyproof.packetizer.simulate import Scenario, main, simulate
+
+REFERENCE = Scenario(workers=100, files=500, speed_spread=3.0, stragglers=0.01)
+"""The issue's case (100 workers, speeds spread 3x, 1% stragglers 10x slower), fewer files."""
+
+
+def test_adaptive_finishes_within_five_percent_of_the_ideal_with_stragglers() -> None:
+    report = simulate(REFERENCE)
+    assert report["makespan_over_ideal"] < 1.05
+    assert report["finish_spread"] < 2.0
+
+
+def test_adaptive_beats_basic_and_static_chunks_on_the_reference_case() -> None:
+    ratios = {
+        kind: simulate(replace(REFERENCE, packetizer=kind))["makespan_over_ideal"]
+        for kind in ("adaptive", "basic", "static")
+    }
+    assert ratios["adaptive"] < ratios["basic"] < ratios["static"]
+
+
+def test_a_run_with_deaths_joins_hosts_and_a_binding_reader_cap_completes() -> None:
+    scenario = Scenario(
+        workers=30, files=200, hosts=4, reader_cap=6, remote_slowdown=1.5, deaths=5, joins=5
+    )
+    report = simulate(scenario)
+    assert report["requeued_packets"] > 0
+    assert report["makespan"] > 0
+
+
+def test_locality_with_slower_remote_reads_stays_near_the_ideal() -> None:
+    report = simulate(Scenario(workers=30, files=200, hosts=4, remote_slowdown=1.5))
+    assert report["makespan_over_ideal"] < 1.08  # the ideal ignores remote reads
+
+
+def test_static_chunks_survive_deaths_too() -> None:
+    report = simulate(Scenario(workers=10, files=50, deaths=3, packetizer="static"))
+    assert report["makespan"] > 0
+
+
+def test_the_cli_prints_a_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--workers", "5", "--files", "20", "--packetizer", "basic", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("makespan", "ideal", "makespan_over_ideal", "finish_spread"):
+        assert isinstance(report[key], float)
+    assert set(report["decision_cpu_us"]) == {"mean", "p99", "max", "decisions"}
+
+
+def test_the_cli_prints_a_table_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--workers", "5", "--files", "20"]) == 0
+    assert "makespan / ideal" in capsys.readouterr().out
+
+
+def test_an_unknown_packetizer_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^unknown packetizer 'magic'; valid: adaptive, basic"):
+        simulate(Scenario(packetizer="magic"))
