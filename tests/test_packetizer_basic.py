@@ -10,6 +10,7 @@ from pyproof.packetizer import (
     BasicPacketizer,
     Packetizer,
     PoisonedRange,
+    SkippedRange,
     WorkRange,
     make_packetizer,
 )
@@ -179,6 +180,38 @@ def test_a_range_processed_before_its_worker_died_takes_no_strike() -> None:
     p.packet_processed("a", packet.packet_id, 0.0, seconds=1.0)
     assert p.worker_lost("a", 1.0) == files(10)
     assert p.poisoned == ()
+
+
+def test_a_failed_file_is_skipped_and_reported_and_the_query_finishes() -> None:
+    p = BasicPacketizer(files(30, 10), workers=2, packet_entries=10)
+    a, b = p.next_packet("a", 0.0), p.next_packet("b", 0.0)
+    assert a and b and (a.element, b.element) == (0, 1)
+    skipped = p.packet_failed("a", a.packet_id, 1.0, reason="not a ROOT file")
+    assert skipped == [
+        SkippedRange(element=0, entry_start=0, entry_stop=10, reason="not a ROOT file"),
+        SkippedRange(element=0, entry_start=10, entry_stop=30, reason="not a ROOT file"),
+    ]
+    assert p.skipped == tuple(skipped)
+    assert not p.accept_output("a", frozenset({a.packet_id}))
+    assert p.accept_output("b", frozenset({b.packet_id}))
+    assert p.finished and p.statistics().entries_skipped == 30
+    p.validate()
+
+
+def test_a_packet_failure_reported_for_someone_elses_packet_changes_nothing() -> None:
+    p = BasicPacketizer(files(10), workers=2)
+    a = p.next_packet("a", 0.0)
+    assert a
+    assert p.packet_failed("b", a.packet_id, 0.0, reason="x") == []
+    assert p.packet_failed("a", 999, 0.0, reason="x") == []
+    assert p.skipped == ()
+
+
+def test_the_package_exports_its_public_names() -> None:
+    import pyproof.packetizer as package
+
+    assert all(getattr(package, name) is not None for name in package.__all__)
+    assert set(package.KINDS) == {"adaptive", "basic", "file", "unit"}
 
 
 def test_statistics_account_for_every_entry() -> None:

@@ -28,6 +28,7 @@ from pyproof.packetizer.base import (
     Packetizer,
     PacketizerStatistics,
     PoisonedRange,
+    SkippedRange,
     WorkRange,
 )
 from pyproof.packetizer.basic import BasicPacketizer
@@ -45,6 +46,7 @@ __all__ = [
     "Packetizer",
     "PacketizerStatistics",
     "PoisonedRange",
+    "SkippedRange",
     "UnitPacketizer",
     "WorkRange",
     "make_packetizer",

@@ -200,6 +200,9 @@ class AdaptivePacketizer(LedgerPacketizer):
         if old is None:
             self._host_measured[host] += 1
 
+    def _on_failed(self, worker: str, packet_id: int, now: float) -> None:
+        self._end_reading(worker, packet_id)
+
     def _on_lost(self, worker: str, now: float) -> None:
         self._end_reading(worker)
         self._current.pop(worker, None)

@@ -76,11 +76,25 @@ class PoisonedRange:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SkippedRange:
+    """A range not processed because its file failed (unreadable, corrupt): `result.missing`."""
+
+    element: int
+    entry_start: int
+    entry_stop: int
+    reason: str
+
+    @property
+    def entries(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PacketizerStatistics:
     """A snapshot of where the entries are (what `proofctl status` and the lineage show).
 
     `entries_queued + entries_assigned + entries_processed + entries_delivered
-    + entries_poisoned == entries_total` at every moment.
+    + entries_poisoned + entries_skipped == entries_total` at every moment.
     """
 
     entries_total: int
@@ -94,6 +108,7 @@ class PacketizerStatistics:
     packets_requeued: int
     outputs_refused: int
     workers: int
+    entries_skipped: int = 0
 
 
 class Packetizer(Protocol):
@@ -136,3 +151,17 @@ class Packetizer(Protocol):
     @property
     def poisoned(self) -> tuple[PoisonedRange, ...]:
         """Ranges declared poisoned (they killed `max_strikes` workers), oldest first."""
+
+    @property
+    def skipped(self) -> tuple[SkippedRange, ...]:
+        """Ranges given up because their file failed (see `packet_failed`), oldest first."""
+
+    def packet_failed(
+        self, worker: str, packet_id: int, now: float, *, reason: str, whole_element: bool = True
+    ) -> list[SkippedRange]:
+        """`worker` could not process `packet_id` (file unreadable or corrupt): skip it.
+
+        With `whole_element`, the element's queued ranges are skipped too (the
+        file will not get better). Ranges other workers hold stay theirs. An
+        unknown, revoked, delivered or foreign id changes nothing (returns []).
+        """

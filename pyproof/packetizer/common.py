@@ -7,7 +7,13 @@ exactly-once moves are the same everywhere and live here once.
 
 from __future__ import annotations
 
-from pyproof.packetizer.base import Packet, PacketizerStatistics, PoisonedRange, WorkRange
+from pyproof.packetizer.base import (
+    Packet,
+    PacketizerStatistics,
+    PoisonedRange,
+    SkippedRange,
+    WorkRange,
+)
 from pyproof.packetizer.ledger import Ledger, Record
 
 
@@ -63,10 +69,23 @@ class LedgerPacketizer:
         self._lost.add(worker)
         return self._ledger.lose(worker, reason)
 
+    def packet_failed(
+        self, worker: str, packet_id: int, now: float, *, reason: str, whole_element: bool = True
+    ) -> list[SkippedRange]:
+        """Skip a packet whose file failed (and the file's queued rest); see base.py."""
+        skipped = self._ledger.fail(worker, packet_id, reason, whole_element=whole_element)
+        if skipped and worker in self._workers:
+            self._on_failed(worker, packet_id, now)
+        return skipped
+
     @property
     def finished(self) -> bool:
-        """Every entry delivered exactly once (or poisoned and reported)."""
+        """Every entry delivered exactly once, or poisoned or skipped and reported."""
         return self._ledger.finished
+
+    @property
+    def skipped(self) -> tuple[SkippedRange, ...]:
+        return self._ledger.skipped
 
     @property
     def poisoned(self) -> tuple[PoisonedRange, ...]:
@@ -89,6 +108,9 @@ class LedgerPacketizer:
 
     def _on_processed(self, worker: str, record: Record, now: float, seconds: float) -> None:
         """`worker` processed `record` (first report only) in `seconds`."""
+
+    def _on_failed(self, worker: str, packet_id: int, now: float) -> None:
+        """`worker`'s packet `packet_id` failed and was skipped."""
 
     def _on_lost(self, worker: str, now: float) -> None:
         """`worker` was lost (called before its ranges are requeued)."""

@@ -2,10 +2,10 @@
 
 Every entry of the input is, at any moment, in exactly one place: queued (not
 yet handed out), assigned to a worker, processed by it (output not yet
-merged), delivered (merged), or poisoned (given up after it killed workers
-`max_strikes` times). Packetizers decide *what* to hand out and how big; the
-ledger decides nothing, it only moves ranges between those places and refuses
-any move that would count an entry twice.
+merged), delivered (merged), poisoned (given up after it killed workers
+`max_strikes` times), or skipped (its file failed). Packetizers decide *what*
+to hand out and how big; the ledger decides nothing, it only moves ranges
+between those places and refuses any move that would count an entry twice.
 
 It also keeps the indexes packetizers choose from cheaply (O(1) per decision,
 for 100,000 files): per storage node, the elements with queued work in
@@ -19,7 +19,13 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pyproof.packetizer.base import Packet, PacketizerStatistics, PoisonedRange, WorkRange
+from pyproof.packetizer.base import (
+    Packet,
+    PacketizerStatistics,
+    PoisonedRange,
+    SkippedRange,
+    WorkRange,
+)
 
 Node = str | None
 """A storage node (host, or host/disk) holding elements; None: no location, any worker reads it."""
@@ -89,6 +95,8 @@ class Ledger:
         self._records: dict[int, Record] = {}
         self._held: dict[str, dict[int, None]] = defaultdict(dict)
         self._poisoned: list[PoisonedRange] = []
+        self._skipped: list[SkippedRange] = []
+        self.skipped_entries = 0
         self._next_id = 0
         self.queued = self.assigned = self.processed = self.delivered = self.poisoned_entries = 0
         self.packets_delivered = self.packets_requeued = self.outputs_refused = 0
@@ -158,8 +166,12 @@ class Ledger:
         return tuple(self._poisoned)
 
     @property
+    def skipped(self) -> tuple[SkippedRange, ...]:
+        return tuple(self._skipped)
+
+    @property
     def finished(self) -> bool:
-        return self.delivered + self.poisoned_entries == self.total
+        return self.delivered + self.poisoned_entries + self.skipped_entries == self.total
 
     def statistics(self, workers: int) -> PacketizerStatistics:
         return PacketizerStatistics(
@@ -174,6 +186,7 @@ class Ledger:
             packets_requeued=self.packets_requeued,
             outputs_refused=self.outputs_refused,
             workers=workers,
+            entries_skipped=self.skipped_entries,
         )
 
     # -- moves ---------------------------------------------------------------------------
@@ -281,6 +294,39 @@ class Ledger:
             )
         return requeued
 
+    def fail(
+        self, worker: str, packet_id: int, reason: str, *, whole_element: bool = True
+    ) -> list[SkippedRange]:
+        """Skip `worker`'s live packet (and, with `whole_element`, its element's queue)."""
+        rec = self._records.get(packet_id)
+        live = (State.ASSIGNED, State.PROCESSED)
+        if rec is None or rec.worker != worker or rec.state not in live:
+            return []
+        p = rec.packet
+        if rec.state is State.ASSIGNED:
+            self._stop_reading(rec)
+            self.assigned -= p.entries
+        else:
+            self.processed -= p.entries
+        rec.state = State.REVOKED
+        del self._held[worker][packet_id]
+        spans = [(p.entry_start, p.entry_stop)]
+        if whole_element and p.element in self._segments:
+            node = self.node_of(p.element)
+            for seg in self._segments.pop(p.element):
+                spans.append((seg.start, seg.stop))
+                self._node_queued[node] -= seg.stop - seg.start
+                self.queued -= seg.stop - seg.start
+            self._unindex(self._pending, node, p.element)
+            self._unindex(self._idle, node, p.element)
+        skipped = [
+            SkippedRange(element=p.element, entry_start=a, entry_stop=b, reason=reason)
+            for a, b in spans
+        ]
+        self._skipped += skipped
+        self.skipped_entries += sum(r.entries for r in skipped)
+        return skipped
+
     # -- internals -----------------------------------------------------------------------
 
     def _queue(self, element: int, seg: _Segment, *, front: bool = True) -> None:
@@ -346,7 +392,7 @@ class Ledger:
                 counts[rec.state] += p.entries
             if rec.state is State.ASSIGNED:
                 readers[p.element] += 1
-        for r in self._poisoned:
+        for r in (*self._poisoned, *self._skipped):
             pieces[r.element].append((r.entry_start, r.entry_stop))
         tiles = {e: _coalesce(ps) for e, ps in pieces.items()}
         assert tiles == {e: _coalesce(rs) for e, rs in self._work.items()}, "ranges do not tile"
@@ -357,7 +403,8 @@ class Ledger:
         queued = sum(s.stop - s.start for segs in self._segments.values() for s in segs)
         assert queued == self.queued
         parts = self.queued + self.assigned + self.processed + self.delivered
-        assert parts + self.poisoned_entries == self.total
+        assert sum(r.entries for r in self._skipped) == self.skipped_entries
+        assert parts + self.poisoned_entries + self.skipped_entries == self.total
         assert readers == self._readers, "reader counts drifted"
         node_readers = Counter[Node]()
         for e, n in readers.items():

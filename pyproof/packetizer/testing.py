@@ -20,7 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from pyproof.packetizer.base import Packet, Packetizer, WorkRange
 
-QUEUED, HELD, DELIVERED, POISONED, OUTSIDE = "queued", "held", "delivered", "poisoned", "outside"
+QUEUED, HELD, DELIVERED, OUTSIDE = "queued", "held", "delivered", "outside"
+POISONED, SKIPPED = "poisoned", "skipped"
 
 
 class Driver:
@@ -100,6 +101,25 @@ class Driver:
         for element, entry in dead:
             self.place[element][entry] = POISONED
 
+    def fail(self, worker: str, packet_id: int, *, whole_element: bool) -> None:
+        """Report a packet's file failed; assert exactly the right ranges are skipped."""
+        packetizer = self.packetizer
+        skipped = packetizer.packet_failed(  # type: ignore[attr-defined]
+            worker, packet_id, self.now, reason="unreadable", whole_element=whole_element
+        )
+        packet = self.held.get(worker, {}).pop(packet_id, None)
+        if packet is None:
+            assert skipped == [], f"{worker} failed a packet it does not hold: {skipped}"
+            return
+        expected = _entries([(packet.element, packet.entry_start, packet.entry_stop)])
+        if whole_element:
+            slots = self.place[packet.element]
+            expected |= {(packet.element, i) for i, s in enumerate(slots) if s == QUEUED}
+        got = _entries((r.element, r.entry_start, r.entry_stop) for r in skipped)
+        assert got == expected, f"skipped {skipped} for {packet}"
+        for element, entry in got:
+            self.place[element][entry] = SKIPPED
+
     def drain(self, *, max_rounds: int = 100_000) -> None:
         """Drive everything left to delivery with the workers alive (one if none)."""
         if not self.held:
@@ -127,15 +147,15 @@ class Driver:
         for p in self.delivered.values():
             for key in _entries([(p.element, p.entry_start, p.entry_stop)]):
                 count[key] = count.get(key, 0) + 1
-        poisoned = [(r.element, r.entry_start, r.entry_stop) for r in self.packetizer.poisoned]
-        for key in _entries(poisoned):
-            assert key not in count, f"poisoned entry {key} was delivered"
+        given_up = [*self.packetizer.poisoned, *getattr(self.packetizer, "skipped", ())]
+        for key in _entries((r.element, r.entry_start, r.entry_stop) for r in given_up):
+            assert key not in count, f"entry {key} was delivered and given up"
             count[key] = count.get(key, 0) + 1
         for element, slots in self.place.items():
             for entry, place in enumerate(slots):
                 if place != OUTSIDE:
                     assert count.get((element, entry)) == 1, f"entry {entry} of {element}"
-                    assert place in (DELIVERED, POISONED), f"entry {entry} of {element}: {place}"
+                    assert place in (DELIVERED, POISONED, SKIPPED), f"{entry} of {element}: {place}"
         inside = sum(place != OUTSIDE for slots in self.place.values() for place in slots)
         assert sum(count.values()) == inside
 
@@ -250,6 +270,18 @@ class PacketizerMachine(RuleBasedStateMachine):
         assert self.driver is not None
         if self.driver.workers:
             self.driver.lose(data.draw(st.sampled_from(self.driver.workers), label="lost"))
+
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        """A worker cannot read a packet's file (sometimes someone else's packet id)."""
+        assert self.driver is not None
+        d = self.driver
+        mine = [(w, i) for w in d.workers for i in d.held[w]]
+        if mine and hasattr(d.packetizer, "packet_failed"):
+            worker, packet_id = data.draw(st.sampled_from(mine), label="failed")
+            if data.draw(st.booleans(), label="as someone else"):
+                worker = data.draw(st.sampled_from(sorted(self.speeds)), label="claimer")
+            d.fail(worker, packet_id, whole_element=data.draw(st.booleans(), label="whole"))
 
     @rule(dt=st.sampled_from([0.1, 1.0, 10.0]))
     def tick(self, dt: float) -> None:
