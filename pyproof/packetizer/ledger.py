@@ -197,7 +197,12 @@ class Ledger:
         """Assign to `worker` the first `entries` (at least 1) of the queued segment of
         `element` beginning at `start` (default: its first segment)."""
         segments = self._segments[element]
-        index = 0 if start is None else next(i for i, s in enumerate(segments) if s.start == start)
+        index = 0
+        if start is not None:
+            starts = [s.start for s in segments]
+            if start not in starts:
+                raise ValueError(f"element {element}: no queued segment starts at entry {start}")
+            index = starts.index(start)
         seg = segments[index]
         stop = min(seg.stop, seg.start + max(1, entries))
         packet = Packet(
