@@ -127,7 +127,8 @@ class AdaptivePacketizer(LedgerPacketizer):
         host, ledger, cap = self._hosts.get(worker), self._ledger, self._cap
         mean = self._rates.mean() or 1.0
         cluster = self._rates.cluster(len(self._workers)) or float(len(self._workers))
-        best: list[tuple[float, int, Node] | None] = [None, None]  # [remote, local]
+        remote: tuple[float, int, Node] | None = None  # (lag, queued, node) of the worst
+        local: tuple[float, int, Node] | None = None
         for node in ledger.nodes_with_work():
             if node is not None and cap is not None and ledger.node_readers(node) >= cap:
                 continue
@@ -140,10 +141,11 @@ class AdaptivePacketizer(LedgerPacketizer):
                 capacity = max(0.0, own - self._away.get(node, 0.0))
                 capacity += self._remote_in.get(node, 0.0)
             key = (queued / capacity if capacity > 0 else math.inf, queued, node)
-            local = node is None or node == host
-            if best[local] is None or key[:2] > best[local][:2]:  # type: ignore[index]
-                best[local] = key
-        remote, local = best
+            if node is None or node == host:
+                if local is None or key[:2] > local[:2]:
+                    local = key
+            elif remote is None or key[:2] > remote[:2]:
+                remote = key
         if local is None:
             return _NOTHING if remote is None else remote[2]
         left = ledger.queued / cluster
