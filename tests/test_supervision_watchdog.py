@@ -1,0 +1,116 @@
+"""The watchdog alone: pings on an interval, deadlines, stale answers, a frozen supervisor."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyproof.supervision import PingDue, TickResult, Watchdog
+
+
+def test_nothing_is_due_before_the_first_interval():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    assert dog.tick(0.9) == TickResult()
+    assert dog.next_deadline() == 1.0
+
+
+def test_a_ping_is_sent_each_interval_and_an_answer_clears_it():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    assert dog.tick(1.0) == TickResult(pings=(PingDue(child_id="a", seq=1),))
+    assert dog.next_deadline() == 1.5
+    assert dog.pong("a", 1, now=1.1)
+    assert dog.next_deadline() == 2.0
+    assert dog.tick(2.0).pings == (PingDue(child_id="a", seq=2),)
+    dog.validate()
+
+
+def test_only_one_ping_is_outstanding_at_a_time():
+    dog = Watchdog(interval=0.1, timeout=1.0)
+    dog.watch("a", now=0.0)
+    assert len(dog.tick(0.1).pings) == 1
+    assert dog.tick(0.5) == TickResult()
+
+
+def test_a_child_that_misses_its_deadline_is_hung_and_no_longer_watched():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    dog.watch("b", now=0.0)
+    dog.tick(1.0)
+    assert dog.pong("b", 2, now=1.2)
+    assert dog.tick(1.5) == TickResult(hung=("a",))
+    assert dog.watched == frozenset({"b"})
+    assert not dog.pong("a", 1, now=1.6)  # too late: it is being killed
+
+
+def test_an_answer_to_an_old_ping_is_ignored():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    dog.tick(1.0)
+    dog.unwatch("a")
+    dog.watch("a", now=1.2)  # a new incarnation
+    dog.tick(2.2)
+    assert not dog.pong("a", 1, now=2.3)
+    assert dog.pong("a", 2, now=2.3)
+
+
+def test_a_supervisor_that_was_frozen_gives_each_ping_one_more_timeout():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    dog.tick(1.0)
+    # SIGSTOPped for 10 s: the answer may be waiting behind this tick
+    assert dog.tick(11.0) == TickResult()
+    assert dog.next_deadline() == 11.5
+    assert dog.pong("a", 1, now=11.0)
+    dog.tick(12.0)
+    assert dog.tick(30.0) == TickResult()  # one grace per ping...
+    assert dog.tick(30.5) == TickResult(hung=("a",))  # ...and no more
+
+
+def test_coarse_ticks_still_catch_a_hung_child():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    hung, t = (), 0.0
+    while not hung:
+        t += 5.0
+        hung = dog.tick(t).hung
+    assert t <= 15.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(0.01, 0.4), min_size=1, max_size=60),
+    st.lists(st.floats(0.0, 0.449), min_size=1, max_size=60),
+)
+def test_a_child_that_always_answers_before_its_deadline_is_never_hung(steps, delays):
+    dog = Watchdog(interval=0.5, timeout=0.45)
+    dog.watch("a", now=0.0)
+    now, answers = 0.0, []  # (time the answer arrives, seq)
+    for i, dt in enumerate(steps):
+        now += dt
+        for at, seq in sorted(answers):
+            if at <= now:  # the answer arrived before this tick
+                assert dog.pong("a", seq, now=at)
+        answers = [(at, seq) for at, seq in answers if at > now]
+        result = dog.tick(now)
+        assert result.hung == ()
+        answers += [(now + delays[i % len(delays)], p.seq) for p in result.pings]
+        dog.validate()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.01, 0.44), min_size=1, max_size=60))
+def test_a_silent_child_is_hung_at_the_first_tick_after_its_deadline(steps):
+    dog = Watchdog(interval=0.5, timeout=0.45)
+    dog.watch("a", now=0.0)
+    now, deadline = 0.0, None
+    for dt in steps:
+        now += dt
+        result = dog.tick(now)
+        if deadline is not None and now >= deadline:
+            assert result.hung == ("a",)
+            return
+        assert result.hung == ()
+        if result.pings:
+            deadline = now + 0.45
