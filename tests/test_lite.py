@@ -57,7 +57,7 @@ def test_zmumu_histograms_match_a_sequential_uproot_loop(workers):
     paths = [data_file("uproot-Zmumu.root"), data_file("uproot-Zmumu-zstd.root")]
     with pyproof.connect(f"lite://?workers={workers}") as session:
         result = session.process(ZmumuMass, dataset=[f"{p}:events" for p in paths],
-                                 inputs={"cut": 20.0}, packetizer_params={"packet_entries": 300})
+                                 inputs={"cut": 20.0}, packetizer="basic", packetizer_params={"packet_entries": 300})
     assert_same_zmumu(result.outputs, reference_zmumu(paths, cut=20.0))
     assert result.stats.entries == 2 * 2304
     assert set(result.stats.workers) == {f"worker-{i}" for i in range(workers)}
@@ -81,7 +81,7 @@ def test_differently_compressed_twins_give_identical_results(session2):
 def test_jagged_hzz_weighted_sums_match_a_sequential_loop(session2):
     path = data_file("uproot-HZZ.root")
     result = session2.process(HZZMuons, dataset=f"{path}:events",
-                              packetizer_params={"packet_entries": 200})
+                              packetizer="basic", packetizer_params={"packet_entries": 200})
     events = uproot.open(path)["events"].arrays(HZZMuons.branches, library="ak")
     pt = np.sqrt(events["Muon_Px"] ** 2 + events["Muon_Py"] ** 2)
     w = ak.broadcast_arrays(events["EventWeight"], pt)[0]
@@ -125,7 +125,7 @@ def test_generated_uneven_files_with_an_empty_tree_and_a_single_entry(tmp_path, 
         specs.append(f"{path}:t")
         offset += n
     result = session2.process("tests.sample_selectors:EntryList", dataset=specs,
-                              packetizer_params={"packet_entries": 97})
+                              packetizer="basic", packetizer_params={"packet_entries": 97})
     x = np.sort(result.outputs["x"])
     np.testing.assert_array_equal(x, np.arange(offset))
     assert result.outputs["count"] == offset == result.stats.entries

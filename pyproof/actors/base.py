@@ -1,27 +1,54 @@
-"""What every pyproof actor shares: die with its parent, log to its own file."""
+"""What every pyproof actor shares: die with its parent, answer pings, crash cleanly.
+
+Thespian's own reaction to an exception in a handler is to retry the message
+once and then return it as a PoisonMessage, leaving the actor running in
+whatever state the exception left it. That is not "let it crash": here an
+unexpected exception logs the error and ends the process, so the supervisor
+restarts the actor from a clean state.
+"""
 
 from __future__ import annotations
 
+import os
+import traceback
+
 from thespian.actors import Actor
 
-from pyproof.logs import configure_actor_log
+from pyproof.actors import messages as m
+from pyproof.logs import configure_actor_log, get_logger
 from pyproof.supervision.process_tree import set_parent_death_signal
+
+CRASH_EXIT_CODE = 70
+TEST_HOOKS = os.environ.get("PYPROOF_TEST_HOOKS") == "1"
 
 
 class ProofActor(Actor):
-    """Base class: on its first message the actor arranges to die with its parent.
-
-    Thespian leaves children of a SIGKILLed actor running as orphans; the
-    kernel's parent-death signal makes the whole subtree go down with it.
-    """
+    """Base class: subclasses implement `receive(message, sender)`."""
 
     _armed = False
 
     def receiveMessage(self, message, sender):  # noqa: N802 (Thespian's API)
         if not self._armed:
             self._armed = True
+            # Thespian leaves children of a SIGKILLed actor running as orphans;
+            # the kernel's parent-death signal takes the whole subtree down
             set_parent_death_signal()
-        self.receive(message, sender)
+        if isinstance(message, m.PingChild):
+            self.send(sender, m.PongChild(seq=message.seq))
+            return
+        try:
+            if isinstance(message, m.CrashForTest) and TEST_HOOKS:
+                raise RuntimeError(message.reason)
+            self.receive(message, sender)
+        except Exception as exc:
+            self.crash(exc)
+
+    def crash(self, exc: BaseException) -> None:
+        try:
+            get_logger().error("actor_crashed", actor_class=type(self).__name__,
+                               error=repr(exc), traceback=traceback.format_exc())
+        finally:
+            os._exit(CRASH_EXIT_CODE)
 
     def receive(self, message, sender) -> None:
         raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 import threading
 import uuid
@@ -21,7 +22,7 @@ import pynng
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
+from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
@@ -133,7 +134,6 @@ class Gateway(ProofActor):
         super().__init__(*args, **kwargs)
         self.server: ControlServer | None = None
         self.start: m.GatewayStart | None = None
-        self.sessions: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, _Pending] = {}
         self._ids = itertools.count()
 
@@ -144,30 +144,33 @@ class Gateway(ProofActor):
             try:
                 self.server = ControlServer(message.control_address)
             except pynng.NNGException as exc:
-                self.send(sender, m.GatewayReady(corr=message.corr, error=repr(exc)))
+                self.send(sender, m.StartError(
+                    reason=f"cannot listen on {message.control_address}: {exc}"))
                 return
             get_logger().info("gateway_started", address=message.control_address)
             self.wakeupAfter(POLL)
-            self.send(sender, m.GatewayReady(corr=message.corr))
+            self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, WakeupMessage):
             self._drain()
             self.wakeupAfter(POLL)
         elif isinstance(message, m.SessionReady):
-            self.sessions[message.session_id] = {"master": message.master,
-                                                 "workers": list(message.workers)}
             self._complete(message.corr, "ok", {"session": message.session_id,
                                                 "workers": list(message.workers)})
         elif isinstance(message, m.SessionFailed):
             self._complete(message.corr, "error", {"message": message.error})
         elif isinstance(message, m.SessionClosed):
-            self.sessions.pop(message.session_id, None)
             self._complete(message.corr, "ok", {"session": message.session_id})
         elif isinstance(message, m.QueryAccepted):
             self._complete(message.corr, "ok", {"query": message.query_id})
         elif isinstance(message, m.QueryRejected):
             self._complete(message.corr, "error", {"message": message.error})
         elif isinstance(message, m.StatusReply):
-            self._complete(message.corr, "ok", message.status)
+            if "error" in message.status:
+                self._complete(message.corr, "error", {"message": message.status["error"]})
+            else:
+                self._complete(message.corr, "ok", message.status)
+        elif isinstance(message, m.TreeReply):
+            self._complete(message.corr, "ok", {"tree": message.tree})
         elif isinstance(message, ActorExitRequest) and self.server is not None:
             self.server.close()
 
@@ -189,40 +192,55 @@ class Gateway(ProofActor):
         assert self.start is not None
         payload = frame.payload if isinstance(frame.payload, dict) else {}
         kind = frame.type
+        sessions = self.start.sessions
         if kind == "open_session":
             workers = payload.get("workers")
             if not isinstance(workers, int) or isinstance(workers, bool) or not (
                     1 <= workers <= MAX_WORKERS):
                 raise RequestError(f"'workers' must be an integer from 1 to {MAX_WORKERS}")
-            session_id = uuid.uuid4().hex[:12]
-            self.send(self.start.sessions, m.CreateSession(
-                corr=corr, session_id=session_id, workers=workers,
-                run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress))
-            return
-        if kind == "status":
-            self._complete(corr, "ok", {"sessions": {
-                sid: {"workers": s["workers"]} for sid, s in self.sessions.items()}})
-            return
-        session = self.sessions.get(frame.session or "")
-        if session is None:
-            raise RequestError(f"no session {frame.session!r}")
+            request_id = payload.get("request", "")
+            user = payload.get("user", "")
+            if not isinstance(request_id, str) or not isinstance(user, str):
+                raise RequestError("'request' and 'user' must be strings")
+            self.send(sessions, m.CreateSession(
+                corr=corr, session_id=uuid.uuid4().hex[:12], workers=workers,
+                run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress,
+                user=user, request_id=request_id))
+        elif kind == "status":
+            self.send(sessions, m.ListSessions(corr=corr, reply_to=self.myAddress))
+        elif kind == "tree":
+            self.send(self.start.root, m.TreeRequest(corr=corr, reply_to=self.myAddress))
+        elif kind == "debug_crash" and TEST_HOOKS:
+            raise RuntimeError("crash requested by a test")
+        elif kind in ("start_query", "stop_query", "session_status", "close_session"):
+            session_id = frame.session
+            if not isinstance(session_id, str) or not session_id:
+                raise RequestError(f"{kind!r} needs a session id")
+            self._session_request(corr, kind, session_id, payload)
+        else:
+            raise RequestError(f"unknown control request {kind!r}")
+
+    def _session_request(self, corr: str, kind: str, session_id: str,
+                         payload: dict[str, Any]) -> None:
+        assert self.start is not None
+        sessions = self.start.sessions
         if kind == "start_query":
             query_id = payload.get("query")
             if not isinstance(query_id, str):
                 raise RequestError("'query' must be a string id")
-            self.send(session["master"], m.StartQuery(
-                corr=corr, query_id=query_id, spec=validate_spec(payload.get("spec")),
-                reply_to=self.myAddress))
+            self.send(sessions, m.StartQuery(
+                corr=corr, session_id=session_id, query_id=query_id,
+                spec=validate_spec(payload.get("spec")), reply_to=self.myAddress))
         elif kind == "stop_query":
-            self.send(session["master"], m.StopQuery(
-                corr=corr, query_id=str(payload.get("query")), reply_to=self.myAddress))
+            self.send(sessions, m.StopQuery(corr=corr, session_id=session_id,
+                                            query_id=str(payload.get("query")),
+                                            reply_to=self.myAddress))
         elif kind == "session_status":
-            self.send(session["master"], m.StatusRequest(corr=corr, reply_to=self.myAddress))
-        elif kind == "close_session":
-            self.send(self.start.sessions, m.CloseSession(
-                corr=corr, session_id=frame.session, reply_to=self.myAddress))
+            self.send(sessions, m.StatusRequest(corr=corr, session_id=session_id,
+                                                reply_to=self.myAddress))
         else:
-            raise RequestError(f"unknown control request {kind!r}")
+            self.send(sessions, m.CloseSession(corr=corr, session_id=session_id,
+                                               reply_to=self.myAddress))
 
     def _complete(self, corr: str, kind: str, payload: dict[str, Any]) -> None:
         pending = self.pending.pop(corr, None)

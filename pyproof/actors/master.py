@@ -18,20 +18,29 @@ from pyproof.logs import get_logger
 
 class Master(ProofActor):
     plane: MasterPlane | None = None
-    worker_addresses: dict = {}
 
     def receive(self, message, sender) -> None:
         if isinstance(message, m.MasterStart):
+            self.workers: dict[str, tuple] = {}  # worker id -> (actor address, pid)
             self.start_log(message.log_dir, actor="master", session=message.session_id)
-            address = f"ipc://{os.path.join(message.run_dir, f'master-{message.session_id}.ipc')}"
-            self.plane = MasterPlane(session_id=message.session_id, address=address)
-            get_logger().info("master_started", address=address)
-            self.send(sender, m.MasterReady(session_id=message.session_id,
-                                            packet_address=address, pid=os.getpid()))
-        elif isinstance(message, m.SetWorkers):
-            self.worker_addresses = dict(message.workers)
+            self.plane = MasterPlane(session_id=message.session_id,
+                                     address=message.packet_address)
+            get_logger().info("master_started", address=message.packet_address)
+            self.send(sender, m.Started(pid=os.getpid(),
+                                        info={"packet_address": message.packet_address}))
+        elif isinstance(message, m.WorkerJoined):
             assert self.plane is not None
-            self.plane.set_workers(sorted(self.worker_addresses))
+            self.workers[message.worker_id] = (message.ref, message.pid)
+            self.plane.worker_joined(incarnation(message.worker_id, message.pid))
+            running = self.plane.running_query()
+            if running is not None:  # a worker joining mid-query gets work at once
+                self.send(message.ref, m.RunQuery(query_id=running[0], spec=running[1]))
+        elif isinstance(message, m.WorkerLost):
+            assert self.plane is not None
+            current = self.workers.get(message.worker_id)
+            if current is not None and current[1] == message.pid:
+                del self.workers[message.worker_id]
+            self.plane.worker_lost(incarnation(message.worker_id, message.pid))
         elif isinstance(message, m.StartQuery):
             self._start_query(message, sender)
         elif isinstance(message, m.StopQuery):
@@ -48,9 +57,9 @@ class Master(ProofActor):
 
     def _start_query(self, message: m.StartQuery, sender) -> None:
         reply_to = message.reply_to or sender
-        if self.plane is None:
-            self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
-                                                error="master not started"))
+        assert self.plane is not None
+        if self.plane.knows_query(message.query_id):  # a client retry: already accepted
+            self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
             return
         if self.plane.busy():
             self.send(reply_to, m.QueryRejected(
@@ -58,7 +67,12 @@ class Master(ProofActor):
                 error="the session is already running a query; wait for it or stop it"))
             return
         self.plane.start_query(message.query_id, message.spec)
-        for address in self.worker_addresses.values():
-            self.send(address, m.RunQuery(query_id=message.query_id, spec=message.spec))
+        for ref, _pid in self.workers.values():
+            self.send(ref, m.RunQuery(query_id=message.query_id, spec=message.spec))
         get_logger().info("query_accepted", query=message.query_id)
         self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
+
+
+def incarnation(worker_id: str, pid: int) -> str:
+    """A worker's name on the data plane: a restarted worker is a new participant."""
+    return f"{worker_id}#{pid}"

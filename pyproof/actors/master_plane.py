@@ -33,6 +33,7 @@ class MasterPlane:
         self.socket.listen(address)
         self.workers: list[str] = []
         self.query: QueryRun | None = None
+        self.accepted: str | None = None
         self.finished_queries: list[str] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -40,10 +41,11 @@ class MasterPlane:
         self._thread.start()
 
     # -- called from the actor thread --------------------------------------
-    def set_workers(self, workers: list[str]) -> None:
-        self._commands.put(("workers", list(workers)))
+    def worker_joined(self, name: str) -> None:
+        self._commands.put(("joined", name))
 
     def start_query(self, query_id: str, spec: dict[str, Any]) -> None:
+        self.accepted = query_id  # set here, on the actor thread: busy() sees it at once
         self._commands.put(("start", (query_id, spec)))
 
     def stop_query(self, query_id: str, reason: str) -> None:
@@ -54,7 +56,20 @@ class MasterPlane:
 
     def busy(self) -> bool:
         q = self.query
-        return q is not None and q.state in ("preparing", "running")
+        if self.accepted is None:
+            return False
+        if q is None or q.query_id != self.accepted:
+            return True  # accepted, not yet taken in by the data thread
+        return q.state in ("preparing", "running")
+
+    def knows_query(self, query_id: str) -> bool:
+        return query_id == self.accepted or query_id in self.finished_queries
+
+    def running_query(self) -> tuple[str, dict[str, Any]] | None:
+        q = self.query
+        if q is not None and q.query_id == self.accepted and self.busy():
+            return q.query_id, q.spec
+        return None
 
     def statistics(self) -> dict[str, Any]:
         q = self.query
@@ -95,20 +110,27 @@ class MasterPlane:
                 command, arg = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command == "workers":
-                self.workers = arg
+            if command == "joined":
+                if arg not in self.workers:
+                    self.workers.append(arg)
+                if self.query is not None:
+                    self.query.worker_joined(arg)
             elif command == "start":
                 query_id, spec = arg
                 if self.query is not None:
                     self.query.close()
+                    self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, workers=self.workers)
             elif command == "stop":
                 query_id, reason = arg
                 if self.query is not None and self.query.query_id == query_id:
                     self.query.stop(reason)
-            elif command == "lost" and self.query is not None:
-                self.query.worker_lost(arg)
+            elif command == "lost":
+                if arg in self.workers:
+                    self.workers.remove(arg)
+                if self.query is not None:
+                    self.query.worker_lost(arg)
 
     def _answer(self, raw: bytes) -> bytes:
         try:

@@ -20,7 +20,7 @@ import uproot
 from pyproof.actors import protocol as p
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
-from pyproof.packetizer import make_packetizer
+from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
@@ -108,6 +108,11 @@ class WorkerTally:
                 "bytes": self.bytes, "busy_seconds": self.seconds}
 
 
+def worker_id(incarnation: str) -> str:
+    """'worker-0#1234' -> 'worker-0': statistics are per worker, not per process."""
+    return incarnation.partition("#")[0]
+
+
 class QueryRun:
     """State of one query on the master. Methods are called from one thread."""
 
@@ -128,7 +133,7 @@ class QueryRun:
         self.processed = 0            # entries reported processed (progress)
         self.delivered = 0            # entries whose outputs were merged (exactly once)
         self.bytes = 0
-        self.tally: dict[str, WorkerTally] = {w: WorkerTally() for w in workers}
+        self.tally: dict[str, WorkerTally] = {worker_id(w): WorkerTally() for w in workers}
         self.duplicates = 0
         self.requeued: list[dict[str, Any]] = []
         self.concatenate = tuple(spec.get("concatenate") or ())
@@ -136,6 +141,8 @@ class QueryRun:
         self.client = pynng.Push0(send_timeout=CLIENT_SEND_TIMEOUT_MS)
         self.client.dial(spec["client_address"], block=False)
         self._lookup_error: RemoteError | None = None
+        self._packetizer: Packetizer | None = None  # built by the look-up thread
+        self.lost: set[str] = set()
         self._lookup_thread = threading.Thread(target=self._lookup, daemon=True)
         self._lookup_thread.start()
 
@@ -152,13 +159,11 @@ class QueryRun:
                     self.elements.append(lookup_element(path, tree, branches))
                 work = select_ranges([e.entries for e in self.elements],
                                      int(self.spec.get("first") or 0), self.spec.get("entries"))
-                kind = self.spec.get("packetizer") or "basic"
+                kind = self.spec.get("packetizer") or DEFAULT_DATA_KIND
             params = dict(self.spec.get("packetizer_params") or {})
-            packetizer = make_packetizer(kind, work, workers=len(self.workers), **params)
-            for worker in self.workers:
-                packetizer.add_worker(worker, time.monotonic())
+            self._packetizer = make_packetizer(kind, work, workers=max(1, len(self.workers)),
+                                               **params)
             self.total = sum(r.entries for r in work)
-            self.packetizer = packetizer
             self.log.info("query_prepared", elements=len(self.elements), entries=self.total,
                           packetizer=kind)
         except LookupError_ as exc:
@@ -169,12 +174,14 @@ class QueryRun:
 
     # -- worker requests ---------------------------------------------------
     def handle(self, kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        worker = p.require(payload, "worker", str)
+        worker = f"{p.require(payload, 'worker', str)}#{p.require(payload, 'pid', int)}"
         if self.state in ("failed", "stopped"):
             return p.ABORT, {"reason": f"query {self.query_id} {self.state}"}
         if self.state == "finished":
             return p.DONE, {}
-        self.tally.setdefault(worker, WorkerTally())
+        if worker in self.lost:
+            return p.ABORT, {"reason": f"{worker} was declared lost"}
+        self.tally.setdefault(worker_id(worker), WorkerTally())
         if kind == p.FAILED:
             error = payload.get("error")
             if not isinstance(error, RemoteError):
@@ -187,6 +194,8 @@ class QueryRun:
             return (p.ABORT, {"reason": "query failed"}) if self.state == "failed" else (
                 p.WAIT, {})
         assert self.packetizer is not None
+        if worker not in self.workers:  # joined before the master heard of it
+            self.worker_joined(worker)
         self._reports(worker, payload.get("processed") or [])
         if kind == p.OUTPUTS:
             ids = frozenset(p.require(payload, "packets", list))
@@ -227,12 +236,16 @@ class QueryRun:
         if self._lookup_error is not None:
             self.fail(self._lookup_error)
         else:
+            self.packetizer = self._packetizer
+            assert self.packetizer is not None
+            for worker in self.workers:
+                self.packetizer.add_worker(worker, time.monotonic())
             self.state = "running"
             self._maybe_finish()
 
     def _reports(self, worker: str, reports: list[Any]) -> None:
         assert self.packetizer is not None
-        tally = self.tally[worker]
+        tally = self.tally[worker_id(worker)]
         for report in reports:
             pid = p.require(report, "packet", int)
             seconds = float(report.get("seconds", 0.0))
@@ -267,14 +280,28 @@ class QueryRun:
         self.fail(RemoteError(type="QueryStopped", message=reason, traceback="", context={}))
         self.state = "stopped"
 
+    def worker_joined(self, worker: str) -> None:
+        if worker in self.workers or worker in self.lost:
+            return
+        self.workers.append(worker)
+        self.tally.setdefault(worker_id(worker), WorkerTally())
+        if self.packetizer is not None:
+            self.packetizer.add_worker(worker, time.monotonic())
+            self.log.info("worker_joined", worker=worker)
+
     def worker_lost(self, worker: str) -> None:
+        self.lost.add(worker)
+        if worker in self.workers:
+            self.workers.remove(worker)
         if self.packetizer is None or self.state != "running":
             return
         ranges = self.packetizer.worker_lost(worker, time.monotonic())
+        self.log.warning("worker_lost", worker=worker, requeued=len(ranges))
         for r in ranges:
             self.requeued.append({"worker": worker, "element": r.element,
                                   "entry_start": r.entry_start, "entry_stop": r.entry_stop,
                                   "reason": "worker lost"})
+        self._maybe_finish()
 
     def tick(self, now: float) -> None:
         if self.state in ("preparing", "running"):
@@ -296,8 +323,18 @@ class QueryRun:
         return {"entries_requested": self.total, "entries_processed": self.delivered,
                 "packets": len(self.packets), "duplicates_dropped": self.duplicates,
                 "requeued": list(self.requeued),
+                "poisoned": [self._range_dict(r) | {"workers": list(r.workers),
+                                                    "reasons": list(r.reasons)}
+                             for r in (self.packetizer.poisoned if self.packetizer else ())],
                 "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries}
                              for e in self.elements]}
+
+    def _range_dict(self, r: Any) -> dict[str, Any]:
+        where: dict[str, Any] = {"entry_start": r.entry_start, "entry_stop": r.entry_stop}
+        if r.element != CYCLES and r.element < len(self.elements):
+            where["file"] = self.elements[r.element].path
+            where["tree"] = self.elements[r.element].tree
+        return where
 
     def _send_client(self, kind: str, payload: dict[str, Any]) -> None:
         try:

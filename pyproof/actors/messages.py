@@ -34,18 +34,32 @@ class BootFailed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GatewayStart:
-    corr: str
-    control_address: str
-    sessions: Any  # ActorAddress of the sessions supervisor
-    run_dir: str
+class SessionsStart:
     log_dir: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GatewayReady:
+class ListSessions:
     corr: str
-    error: str | None = None
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resend:
+    """Sessions -> session: announce yourself again (a client retried its open request)."""
+
+    corr: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayStart:
+    corr: str
+    control_address: str
+    sessions: Any  # ActorAddress of the sessions supervisor
+    root: Any = None
+    run_dir: str
+    log_dir: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +70,8 @@ class CreateSession:
     run_dir: str
     log_dir: str
     reply_to: Any = None
+    user: str = ""
+    request_id: str = ""  # the client's id for its open request: a retry gets the same session
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,13 +107,7 @@ class MasterStart:
     session_id: str
     run_dir: str
     log_dir: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MasterReady:
-    session_id: str
     packet_address: str
-    pid: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,19 +119,9 @@ class WorkerStart:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerReady:
-    worker_id: str
-    pid: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SetWorkers:
-    workers: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class StartQuery:
     corr: str
+    session_id: str = ""
     query_id: str
     spec: dict[str, Any]
     reply_to: Any = None
@@ -151,6 +151,7 @@ class RunQuery:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopQuery:
     corr: str
+    session_id: str = ""
     query_id: str
     reply_to: Any = None
 
@@ -158,6 +159,7 @@ class StopQuery:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusRequest:
     corr: str
+    session_id: str = ""
     reply_to: Any = None
 
 
@@ -165,3 +167,75 @@ class StatusRequest:
 class StatusReply:
     corr: str
     status: dict[str, Any]
+
+
+# -- supervision: what every supervised child understands -------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorStart:
+    """How a supervisor starts a child: the actor class ("module:Class") and its first message.
+
+    The child answers the init message with `Started` (or `StartError`).
+    """
+
+    actor: str
+    init: Any = None
+    start_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    pid: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartError:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingChild:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PongChild:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeRequest:
+    corr: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeReply:
+    corr: str
+    tree: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerJoined:
+    """Session supervisor -> master: a worker (re)started."""
+
+    worker_id: str
+    ref: Any
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLost:
+    """Session supervisor -> master: a worker process is gone; re-queue its work."""
+
+    worker_id: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrashForTest:
+    """Raise inside the handler (tests of let-it-crash). Accepted only with a test flag."""
+
+    reason: str = "crash requested"

@@ -1,34 +1,62 @@
-"""The daemon's root supervisor: starts the gateway and the sessions supervisor."""
+"""The daemon's root supervisor: the sessions supervisor, then the gateway (rest_for_one).
+
+Order matters: the gateway is started after the sessions supervisor and
+given its address, so a crash of the gateway restarts only the gateway
+(sessions run on), while a crash of the sessions supervisor restarts the
+gateway too (it would hold a stale address).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import Any
+
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
-from pyproof.actors.gateway import Gateway
-from pyproof.actors.sessions import Sessions
+from pyproof.actors.sessions import WATCHDOG
+from pyproof.actors.supervisor import SupervisorActor
 from pyproof.logs import get_logger
+from pyproof.supervision.spec import ChildSpec, ChildType, Strategy, SupervisorSpec, SupFlags
 
 
-class Root(ProofActor):
+class Root(SupervisorActor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.boot: m.Boot | None = None
         self.booter = None
 
-    def receive(self, message, sender) -> None:
+    def receive_other(self, message, sender) -> None:
         if isinstance(message, m.Boot):
             self.boot, self.booter = message, sender
             self.start_log(message.log_dir, actor="root")
-            sessions = self.createActor(Sessions)
-            gateway = self.createActor(Gateway)
-            self.send(gateway, m.GatewayStart(
-                corr=message.corr, control_address=message.control_address,
-                sessions=sessions, run_dir=message.run_dir, log_dir=message.log_dir))
-        elif isinstance(message, m.GatewayReady):
-            assert self.boot is not None
-            if message.error:
-                self.send(self.booter, m.BootFailed(corr=message.corr, error=message.error))
-            else:
-                get_logger().info("daemon_booted", control=self.boot.control_address)
-                self.send(self.booter, m.Booted(corr=message.corr,
-                                                control_address=self.boot.control_address))
+            gateway_init = m.GatewayStart(
+                corr=message.corr, control_address=message.control_address, sessions=None,
+                run_dir=message.run_dir, log_dir=message.log_dir)
+            self.supervise(SupervisorSpec(
+                name="root",
+                flags=SupFlags(strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0,
+                               **WATCHDOG),
+                children=(
+                    ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
+                        actor="pyproof.actors.sessions:Sessions",
+                        init=m.SessionsStart(log_dir=message.log_dir))),
+                    ChildSpec(id="gateway", start=m.ActorStart(
+                        actor="pyproof.actors.gateway:Gateway", init=gateway_init)),
+                )))
+
+    def child_init(self, child_id: str, init: Any) -> Any:
+        if child_id == "gateway":
+            return dataclasses.replace(init, sessions=self.refs.get("sessions"),
+                                       root=self.myAddress)
+        return init
+
+    def on_running(self) -> None:
+        assert self.boot is not None
+        get_logger().info("daemon_booted", control=self.boot.control_address, pid=os.getpid())
+        self.send(self.booter, m.Booted(corr=self.boot.corr,
+                                        control_address=self.boot.control_address))
+
+    def on_gone(self, reason: str, escalated: bool) -> None:
+        if self.booter is not None:
+            self.send(self.booter, m.BootFailed(corr=self.boot.corr if self.boot else "",
+                                                error=f"root supervisor gave up: {reason}"))

@@ -1,91 +1,180 @@
-"""Supervisors of sessions: one `Sessions` holding one `SessionSupervisor` per session.
+"""Supervisors of sessions: `Sessions` holds one `SessionSupervisor` per session.
 
-Supervisors only supervise: they create children and pass control messages,
-and never open an nng socket (nng is not fork-safe, and children are forked
-from here).
+Sessions are temporary children of `Sessions`: a session that dies beyond
+its own restart intensity is gone (its client gets an error), it is never
+restarted blindly, and it never takes its siblings or the daemon down.
+Control messages for a session are routed through here, so the gateway keeps
+no state and can be restarted at any time.
 """
 
 from __future__ import annotations
 
-from thespian.actors import ActorExitRequest, ChildActorExited
+import os
+import time
+from typing import Any
 
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
-from pyproof.actors.master import Master
-from pyproof.actors.worker import Worker
+from pyproof.actors.supervisor import SupervisorActor
 from pyproof.logs import get_logger
+from pyproof.supervision import events as ev
+from pyproof.supervision.spec import (
+    ChildSpec,
+    ChildType,
+    Restart,
+    Shutdown,
+    Strategy,
+    SupervisorSpec,
+    SupFlags,
+)
+
+WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
+ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest)
 
 
-class Sessions(ProofActor):
-    """Creates, finds and closes session supervisors."""
+def master_address(run_dir: str, session_id: str) -> str:
+    """Deterministic, so restarted workers and masters find each other without asking."""
+    return f"ipc://{os.path.join(run_dir, f'master-{session_id}.ipc')}"
+
+
+class Sessions(SupervisorActor):
+    """Creates, routes to and closes session supervisors."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.sessions: dict[str, object] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+        self.opened: dict[str, str] = {}  # client request id -> session id (idempotent open)
 
-    def receive(self, message, sender) -> None:
-        if isinstance(message, m.CreateSession):
-            child = self.createActor(SessionSupervisor)
-            self.sessions[message.session_id] = child
-            reply_to = message.reply_to or sender
-            self.send(child, m.CreateSession(
-                corr=message.corr, session_id=message.session_id, workers=message.workers,
-                run_dir=message.run_dir, log_dir=message.log_dir, reply_to=reply_to))
+    def receive_other(self, message, sender) -> None:
+        if isinstance(message, m.Started):
+            return
+        if isinstance(message, m.SessionsStart):
+            self.start_log(message.log_dir, actor="sessions")
+            self.config = message
+            self.supervise(SupervisorSpec(
+                name="sessions", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=100,
+                                                period=1.0, **WATCHDOG)))
+            self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.CreateSession):
+            self._create(message, sender)
         elif isinstance(message, m.CloseSession):
-            child = self.sessions.pop(message.session_id, None)
-            reply_to = message.reply_to or sender
-            if child is not None:
-                self.send(child, ActorExitRequest())
-            self.send(reply_to, m.SessionClosed(corr=message.corr,
-                                                session_id=message.session_id))
-        elif isinstance(message, ChildActorExited):
-            for sid, addr in list(self.sessions.items()):
-                if addr == message.childAddress:
-                    del self.sessions[sid]
+            self._close(message, sender)
+        elif isinstance(message, ROUTED):
+            ref = self.refs.get(message.session_id)
+            if ref is None:
+                self._no_session(message, sender)
+            else:
+                self.send(ref, message)
+        elif isinstance(message, m.ListSessions):
+            self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
+                "sessions": {sid: dict(info, alive=sid in self.refs)
+                             for sid, info in self.info.items()}}))
+
+    def _create(self, message: m.CreateSession, sender) -> None:
+        reply_to = message.reply_to or sender
+        if message.request_id and message.request_id in self.opened:
+            sid = self.opened[message.request_id]
+            self.send(self.refs.get(sid), m.Resend(corr=message.corr, reply_to=reply_to))
+            return
+        self.opened[message.request_id or message.session_id] = message.session_id
+        self.info[message.session_id] = {"user": message.user, "workers": message.workers,
+                                         "created": time.time()}
+        init = m.CreateSession(corr=message.corr, session_id=message.session_id,
+                               workers=message.workers, run_dir=message.run_dir,
+                               log_dir=message.log_dir, reply_to=reply_to, user=message.user)
+        spec = ChildSpec(id=message.session_id, type=ChildType.SUPERVISOR,
+                         restart=Restart.TEMPORARY, shutdown=Shutdown.timeout(5.0),
+                         start=m.ActorStart(actor="pyproof.actors.sessions:SessionSupervisor",
+                                            init=init))
+        self.requests[message.corr] = (reply_to, message)
+        self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=message.corr))
+
+    def reply_added(self, requester: Any, reply: ev.Reply) -> None:
+        reply_to, message = requester
+        if not reply.ok:
+            self.send(reply_to, m.SessionFailed(corr=message.corr, session_id=message.session_id,
+                                                error=reply.reason or "session failed to start"))
+
+    def _close(self, message: m.CloseSession, sender) -> None:
+        reply_to = message.reply_to or sender
+        if message.session_id in self.refs:
+            self.run(ev.RemoveChild(child_id=message.session_id, now=time.monotonic()))
+        self.info.pop(message.session_id, None)
+        self.send(reply_to, m.SessionClosed(corr=message.corr, session_id=message.session_id))
+
+    def _no_session(self, message: Any, sender) -> None:
+        error = f"no session {message.session_id!r} (closed, or it failed)"
+        to = message.reply_to or sender
+        if isinstance(message, m.StartQuery):
+            self.send(to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
+                                          error=error))
+        else:
+            self.send(to, m.StatusReply(corr=message.corr, status={"error": error}))
+
+    def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        if child_id in self.info and child_id not in self.refs:
+            self.info[child_id]["ended"] = reason
 
 
-class SessionSupervisor(ProofActor):
-    """One session: a master and its workers, started master first."""
+class SessionSupervisor(SupervisorActor):
+    """One session: a master and its workers (one_for_one)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request: m.CreateSession | None = None
-        self.master = None
-        self.workers: dict[str, object] = {}
-        self.ready: set[str] = set()
 
-    def receive(self, message, sender) -> None:
+    def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
             self.request = message
-            self.start_log(message.log_dir, actor="session-supervisor",
-                           session=message.session_id)
-            self.master = self.createActor(Master)
-            self.send(self.master, m.MasterStart(session_id=message.session_id,
-                                                 run_dir=message.run_dir,
-                                                 log_dir=message.log_dir))
-        elif isinstance(message, m.MasterReady):
-            assert self.request is not None
-            get_logger().info("child_started", supervisor="session", child_id="master",
-                              pid=message.pid)
-            for index in range(self.request.workers):
+            self.start_log(message.log_dir, actor="session", session=message.session_id)
+            address = master_address(message.run_dir, message.session_id)
+            children = [ChildSpec(id="master", start=m.ActorStart(
+                actor="pyproof.actors.master:Master",
+                init=m.MasterStart(session_id=message.session_id, run_dir=message.run_dir,
+                                   log_dir=message.log_dir, packet_address=address)))]
+            for index in range(message.workers):
                 worker_id = f"worker-{index}"
-                address = self.createActor(Worker)
-                self.workers[worker_id] = address
-                self.send(address, m.WorkerStart(
-                    session_id=self.request.session_id, worker_id=worker_id,
-                    packet_address=message.packet_address, log_dir=self.request.log_dir))
-        elif isinstance(message, m.WorkerReady):
-            assert self.request is not None
-            get_logger().info("child_started", supervisor="session",
-                              child_id=message.worker_id, pid=message.pid)
-            self.ready.add(message.worker_id)
-            if len(self.ready) == len(self.workers):
-                self.send(self.master, m.SetWorkers(workers=dict(self.workers)))
-                self.send(self.request.reply_to, m.SessionReady(
-                    corr=self.request.corr, session_id=self.request.session_id,
-                    master=self.master, workers=tuple(sorted(self.workers))))
-        elif isinstance(message, ChildActorExited):
-            get_logger().warning("child_terminated", supervisor="session",
-                                 child_id=str(message.childAddress), reason="exited")
-        elif isinstance(message, ActorExitRequest):
-            get_logger().info("session_closing")
+                children.append(ChildSpec(id=worker_id, start=m.ActorStart(
+                    actor="pyproof.actors.worker:Worker",
+                    init=m.WorkerStart(session_id=message.session_id, worker_id=worker_id,
+                                       packet_address=address, log_dir=message.log_dir))))
+            self.supervise(SupervisorSpec(
+                name=f"session-{message.session_id}", children=tuple(children),
+                flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=10, period=10.0,
+                               **WATCHDOG)))
+            self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.Resend):
+            if self._announced:
+                self._announce(message.corr, message.reply_to)
+        elif isinstance(message, ROUTED):
+            master = self.refs.get("master")
+            if master is not None:
+                self.send(master, message)
+            elif isinstance(message, m.StartQuery):
+                self.send(message.reply_to or sender, m.QueryRejected(
+                    corr=message.corr, query_id=message.query_id,
+                    error="the session's master is restarting; try again"))
+
+    def on_running(self) -> None:
+        assert self.request is not None
+        self._announce(self.request.corr, self.request.reply_to)
+
+    def _announce(self, corr: str, reply_to: Any) -> None:
+        assert self.request is not None
+        workers = tuple(sorted(c for c in self.refs if c.startswith("worker-")))
+        self.send(reply_to, m.SessionReady(corr=corr, session_id=self.request.session_id,
+                                           master=self.refs.get("master"), workers=workers))
+
+    def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        master = self.refs.get("master")
+        if child_id.startswith("worker-") and master is not None:
+            self.send(master, m.WorkerJoined(worker_id=child_id, ref=ref, pid=pid))
+        elif child_id == "master":
+            for wid, wref in self.refs.items():
+                if wid.startswith("worker-") and wid in self.pids:
+                    self.send(ref, m.WorkerJoined(worker_id=wid, ref=wref, pid=self.pids[wid]))
+
+    def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        master = self.refs.get("master")
+        if child_id.startswith("worker-") and master is not None and pid is not None:
+            self.send(master, m.WorkerLost(worker_id=child_id, pid=pid))
+        get_logger().warning("child_exit_seen", child_id=child_id, pid=pid, reason=reason)

@@ -34,7 +34,7 @@ class Worker(ProofActor):
                                      resend_time=-1)
             self.socket.dial(message.packet_address, block=False)
             get_logger().info("worker_started", master=message.packet_address)
-            self.send(sender, m.WorkerReady(worker_id=message.worker_id, pid=os.getpid()))
+            self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.RunQuery):
             self._run(message)
         elif isinstance(message, m.StopQuery):

@@ -8,6 +8,7 @@ master. Processing reports ride on the next request.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -211,7 +212,8 @@ class WorkerLoop:
         return self._recv(kind)
 
     def _send(self, kind: str, payload: dict[str, Any]) -> None:
-        payload = {"worker": self.worker_id, "query": self.query_id, **payload}
+        payload = {"worker": self.worker_id, "pid": os.getpid(), "query": self.query_id,
+                   **payload}
         self.socket.send(encode_frame(kind, payload, session=self.session_id))
 
     def _recv(self, kind: str) -> dict[str, Any]:

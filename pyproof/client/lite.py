@@ -53,7 +53,7 @@ class LiteCluster:
         self.session_dir = tempfile.mkdtemp(prefix=f"{stamp}-{os.getpid()}-", dir=base)
         self.log_dir = os.path.join(self.session_dir, "logs")
         os.makedirs(self.log_dir)
-        self.run_dir = tempfile.mkdtemp(prefix="pyproof-")
+        self.run_dir = tempfile.mkdtemp(prefix=f"pyproof-{os.getpid()}-")
         self.thespian_sessions: list[int] = []
         self._prune_old_sessions(base)
         self._out = open(os.path.join(self.log_dir, "daemon.out"), "ab")  # noqa: SIM115

@@ -1,0 +1,273 @@
+"""The Thespian shell of a supervisor: carries out what `SupervisorCore` decides.
+
+The core (pyproof.supervision.core) decides restarts, strategies, escalation
+and hang detection; this shell turns its commands into actor operations:
+create a child and send its init message, ask it to exit, SIGKILL its process
+tree, ping it. Thespian tells us when a child process ends
+(`ChildActorExited`); an exit we did not ask for is abnormal.
+
+Subclasses customise with three hooks: `child_init` (fill in the init message
+just before a start, e.g. with a sibling's address), `on_child_started` and
+`on_child_exited`, plus `on_running` when every child is up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import time
+from datetime import timedelta
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from pyproof.actors import messages as m
+from pyproof.actors.base import ProofActor
+from pyproof.logs import get_logger
+from pyproof.supervision import core as sc
+from pyproof.supervision import events as ev
+from pyproof.supervision.process_tree import kill_tree
+from pyproof.supervision.spec import SupervisorSpec
+
+TICK = timedelta(milliseconds=100)
+TREE_TIMEOUT = 2.0
+
+
+def import_actor(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class SupervisorActor(ProofActor):
+    """A generic supervisor; start it by sending `Supervise`-like `supervise(spec)`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.core: sc.SupervisorCore | None = None
+        self.refs: dict[str, Any] = {}          # child id -> actor address
+        self.pids: dict[str, int] = {}
+        self.starting: dict[str, float] = {}    # child id -> start deadline
+        self.stopping: dict[str, float | None] = {}  # child id -> kill deadline
+        self.kill_reasons: dict[str, str] = {}
+        self.requests: dict[str, Any] = {}      # AddChild cause -> requester
+        self.trees: dict[str, dict[str, Any]] = {}
+        self._ticking = False
+        self._corr = itertools.count()
+        self._announced = False
+
+    # -- hooks --------------------------------------------------------------
+    def child_init(self, child_id: str, init: Any) -> Any:
+        return init
+
+    def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        pass
+
+    def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        pass
+
+    def on_running(self) -> None:
+        pass
+
+    def on_gone(self, reason: str, escalated: bool) -> None:
+        pass
+
+    def receive_other(self, message: Any, sender: Any) -> None:
+        pass
+
+    # -- driving the core ---------------------------------------------------
+    def supervise(self, spec: SupervisorSpec) -> None:
+        self.core = sc.SupervisorCore.from_spec(spec)
+        self.run(ev.Init(now=time.monotonic()))
+        self._ensure_tick()
+
+    def run(self, *events: Any) -> None:
+        assert self.core is not None
+        for command in self.core.handle(*events):
+            self.execute(command)
+        if not self._announced and self.core.phase == sc.Phase.RUNNING:
+            self._announced = True
+            self.on_running()
+
+    def execute(self, command: Any) -> None:
+        log = get_logger()
+        if isinstance(command, ev.StartChild):
+            self._start(command.spec)
+        elif isinstance(command, ev.StopChild):
+            ref = self.refs.get(command.child_id)
+            self.stopping[command.child_id] = None
+            if command.shutdown.is_brutal_kill or ref is None:
+                self._kill(command.child_id, "shutdown")
+            else:
+                self.send(ref, ActorExitRequest())
+                if not command.shutdown.is_infinity:
+                    self.stopping[command.child_id] = (
+                        time.monotonic() + (command.shutdown.seconds or 0.0))
+        elif isinstance(command, ev.KillChild):
+            self.kill_reasons[command.child_id] = command.reason
+            self._kill(command.child_id, command.reason)
+        elif isinstance(command, ev.Ping):
+            self.send(command.ref, m.PingChild(seq=command.seq))
+        elif isinstance(command, ev.Reply):
+            requester = self.requests.pop(command.request, None)
+            if requester is not None:
+                self.reply_added(requester, command)
+        elif isinstance(command, ev.Log):
+            getattr(log, command.level, log.info)(command.event, **command.fields())
+        elif isinstance(command, ev.Escalate | ev.Exit):
+            escalated = isinstance(command, ev.Escalate)
+            self.on_gone(command.reason, escalated)
+            self.send(self.myAddress, ActorExitRequest())
+
+    def reply_added(self, requester: Any, reply: ev.Reply) -> None:
+        pass
+
+    def _start(self, spec: Any) -> None:
+        start: m.ActorStart = spec.start
+        ref = self.createActor(import_actor(start.actor))
+        self.refs[spec.id] = ref
+        self.pids.pop(spec.id, None)
+        self.starting[spec.id] = time.monotonic() + start.start_timeout
+        self.send(ref, self.child_init(spec.id, start.init))
+
+    def _kill(self, child_id: str, reason: str) -> None:
+        pid = self.pids.get(child_id)
+        ref = self.refs.get(child_id)
+        if pid is not None:
+            kill_tree(pid)
+        elif ref is not None:
+            self.send(ref, ActorExitRequest())
+
+    def _ensure_tick(self) -> None:
+        if not self._ticking:
+            self._ticking = True
+            self.wakeupAfter(TICK)
+
+    def _on_tick(self) -> None:
+        self._ticking = False
+        now = time.monotonic()
+        for child_id, deadline in list(self.starting.items()):
+            if now > deadline:
+                del self.starting[child_id]
+                self._kill(child_id, "start timeout")
+                self.run(ev.StartFailed(child_id=child_id, reason="start timeout", now=now))
+        for child_id, deadline in list(self.stopping.items()):
+            if deadline is not None and now > deadline:
+                self.stopping[child_id] = None
+                self._kill(child_id, "shutdown timeout")
+        for corr, pending in list(self.trees.items()):
+            if now > pending["deadline"]:  # a frozen subtree: answer with what we have
+                self._tree_done(corr)
+        if self.core is not None and self.core.phase != sc.Phase.TERMINATED:
+            self.run(ev.WatchdogTick(now=now))
+            self._ensure_tick()
+
+    # -- Thespian messages --------------------------------------------------
+    def receive(self, message, sender) -> None:
+        if isinstance(message, WakeupMessage):
+            self._on_tick()
+        elif isinstance(message, m.Started):
+            child_id = self.child_of(sender)
+            if child_id is None or child_id not in self.starting:
+                return
+            del self.starting[child_id]
+            self.pids[child_id] = message.pid
+            self.run(ev.ChildStarted(child_id=child_id, ref=sender, now=time.monotonic(),
+                                     pid=message.pid))
+            self.on_child_started(child_id, sender, message.pid, message.info)
+        elif isinstance(message, m.StartError):
+            child_id = self.child_of(sender)
+            if child_id is None or child_id not in self.starting:
+                return
+            del self.starting[child_id]
+            self._kill(child_id, "start error")
+            self.run(ev.StartFailed(child_id=child_id, reason=message.reason,
+                                    now=time.monotonic()))
+        elif isinstance(message, m.PongChild):
+            child_id = self.child_of(sender)
+            if child_id is not None:
+                self.run(ev.Pong(child_id=child_id, seq=message.seq, now=time.monotonic()))
+        elif isinstance(message, ChildActorExited):
+            self._child_exited(message.childAddress)
+        elif isinstance(message, m.TreeRequest):
+            self._tree_request(message, sender)
+        elif isinstance(message, m.TreeReply):
+            self._tree_reply(message)
+        elif isinstance(message, ActorExitRequest):
+            for child_id in reversed(list(self.refs)):
+                if child_id in self.pids:
+                    kill_tree(self.pids[child_id])
+        else:
+            self.receive_other(message, sender)
+
+    def child_of(self, ref: Any) -> str | None:
+        """The id of the live child at `ref` (actor addresses are not hashable)."""
+        for child_id, child_ref in self.refs.items():
+            if child_ref == ref:
+                return child_id
+        return None
+
+    def _child_exited(self, ref: Any) -> None:
+        child_id = self.child_of(ref)
+        if child_id is None:
+            return
+        del self.refs[child_id]
+        pid = self.pids.pop(child_id, None)
+        expected = child_id in self.stopping
+        self.stopping.pop(child_id, None)
+        reason = self.kill_reasons.pop(child_id, None) or ("shutdown" if expected else "crashed")
+        if self.starting.pop(child_id, None) is not None:
+            self.run(ev.StartFailed(child_id=child_id, reason=f"exited while starting ({reason})",
+                                    now=time.monotonic()))
+        else:
+            self.run(ev.ChildExited(child_id=child_id, reason=reason, abnormal=not expected,
+                                    now=time.monotonic(), ref=ref))
+        self.on_child_exited(child_id, pid, reason)
+
+    # -- the live tree (proofctl tree) ---------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        import os
+
+        assert self.core is not None
+        stats = self.core.statistics()
+        children = []
+        for child in stats.children:
+            children.append({"id": child.id, "type": child.type, "state": child.state,
+                             "pid": child.pid, "restarts": child.restarts,
+                             "last_exit": child.last_exit})
+        return {"name": stats.name, "pid": os.getpid(), "strategy": stats.strategy,
+                "restarts": stats.restarts, "children": children}
+
+    def _tree_request(self, message: m.TreeRequest, sender: Any) -> None:
+        if self.core is None:
+            self.send(message.reply_to or sender, m.TreeReply(corr=message.corr, tree={}))
+            return
+        corr = f"t{next(self._corr)}"
+        tree = self.snapshot()
+        subs = [c for c in self.core.statistics().children
+                if c.type == "supervisor" and c.ref is not None]
+        self.trees[corr] = {"tree": tree, "waiting": {c.id for c in subs},
+                            "reply": (message.reply_to or sender, message.corr),
+                            "deadline": time.monotonic() + TREE_TIMEOUT}
+        if not subs:
+            self._tree_done(corr)
+            return
+        for child in subs:
+            self.send(child.ref, m.TreeRequest(corr=f"{corr}/{child.id}",
+                                               reply_to=self.myAddress))
+
+    def _tree_reply(self, message: m.TreeReply) -> None:
+        corr, _, child_id = message.corr.partition("/")
+        pending = self.trees.get(corr)
+        if pending is None:
+            return
+        for child in pending["tree"]["children"]:
+            if child["id"] == child_id:
+                child["tree"] = message.tree
+        pending["waiting"].discard(child_id)
+        if not pending["waiting"]:
+            self._tree_done(corr)
+
+    def _tree_done(self, corr: str) -> None:
+        pending = self.trees.pop(corr)
+        to, their_corr = pending["reply"]
+        self.send(to, m.TreeReply(corr=their_corr, tree=pending["tree"]))
