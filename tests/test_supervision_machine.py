@@ -451,6 +451,7 @@ class AsyncShell(RuleBasedStateMachine):
         self.alive: dict[str, str] = {}  # ref -> child id: live processes
         self.hung: set[str] = set()  # refs
         self.pending: list = []  # events the shell has yet to deliver
+        self.exits: list = []  # exits delivered already
         self.feed(Init(now=self.now))
 
     def feed(self, event) -> None:
@@ -499,8 +500,6 @@ class AsyncShell(RuleBasedStateMachine):
         seen, out = set(), []
         for i, ev in enumerate(self.pending):
             key = getattr(ev, "ref", None) or ev.child_id
-            if isinstance(ev, ChildStarted | ChildExited | Pong):
-                key = getattr(ev, "ref", None) or ev.child_id
             if key not in seen:
                 seen.add(key)
                 out.append(i)
@@ -510,7 +509,18 @@ class AsyncShell(RuleBasedStateMachine):
     @rule(data=st.data())
     def deliver(self, data):
         i = data.draw(st.sampled_from(self.deliverable()), label="deliver")
-        self.feed(self.pending.pop(i))
+        event = self.pending.pop(i)
+        if isinstance(event, ChildExited):
+            self.exits.append(event)
+        self.feed(event)
+
+    @precondition(lambda self: self.exits)
+    @rule(data=st.data())
+    def an_old_exit_is_reported_again(self, data):
+        event = data.draw(st.sampled_from(self.exits), label="again")
+        before = self.core.statistics()
+        assert self.core.handle(event) == []
+        assert self.core.statistics() == before
 
     @precondition(lambda self: self.alive)
     @rule(data=st.data(), abnormal=st.booleans())

@@ -392,8 +392,9 @@ class SupervisorCore:
                 ev.ref is not None and c.ref is not None and ev.ref != c.ref):
             return  # stale: an older incarnation, or already handled
         if c.state is ChildState.STARTING:
-            self._start_failed(c, ev.reason, ev.now, ev.cause)
-            return
+            if ev.ref is None:  # without a ref, assume the new one died while starting
+                self._start_failed(c, ev.reason, ev.now, ev.cause)
+            return  # with one, it is an older incarnation: the new one is not started yet
         prev, reason, abnormal = c.state, ev.reason, ev.abnormal
         if prev is ChildState.KILLING:
             reason, abnormal = c.kill_reason or reason, True

@@ -99,7 +99,8 @@ class ChildExited:
 
     `abnormal` is False for OTP's normal, shutdown and {shutdown, _} reasons.
     `ref`, when given, must be the ref of the current incarnation; a report
-    about an older one is ignored.
+    about an older one (or a second report) is ignored. Without a `ref`, an
+    exit reported while the child is starting counts as a failed start.
     """
 
     child_id: str
