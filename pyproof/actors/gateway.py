@@ -198,10 +198,10 @@ class Gateway(ProofActor):
             if not isinstance(workers, int) or isinstance(workers, bool) or not (
                     1 <= workers <= MAX_WORKERS):
                 raise RequestError(f"'workers' must be an integer from 1 to {MAX_WORKERS}")
-            request_id = payload.get("request", "")
+            request_id = frame.request_id or ""
             user = payload.get("user", "")
-            if not isinstance(request_id, str) or not isinstance(user, str):
-                raise RequestError("'request' and 'user' must be strings")
+            if not isinstance(user, str):
+                raise RequestError("'user' must be a string")
             self.send(sessions, m.CreateSession(
                 corr=corr, session_id=uuid.uuid4().hex[:12], workers=workers,
                 run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress,
@@ -212,7 +212,8 @@ class Gateway(ProofActor):
             self.send(self.start.root, m.TreeRequest(corr=corr, reply_to=self.myAddress))
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
-        elif kind in ("start_query", "stop_query", "session_status", "close_session"):
+        elif kind in ("start_query", "stop_query", "session_status", "close_session",
+                      "fetch_result"):
             session_id = frame.session
             if not isinstance(session_id, str) or not session_id:
                 raise RequestError(f"{kind!r} needs a session id")
@@ -238,6 +239,12 @@ class Gateway(ProofActor):
         elif kind == "session_status":
             self.send(sessions, m.StatusRequest(corr=corr, session_id=session_id,
                                                 reply_to=self.myAddress))
+        elif kind == "fetch_result":
+            query_id = payload.get("query")
+            if not isinstance(query_id, str):
+                raise RequestError("'query' must be a string id")
+            self.send(sessions, m.FetchResult(corr=corr, session_id=session_id,
+                                              query_id=query_id, reply_to=self.myAddress))
         else:
             self.send(sessions, m.CloseSession(corr=corr, session_id=session_id,
                                                reply_to=self.myAddress))
@@ -246,5 +253,6 @@ class Gateway(ProofActor):
         pending = self.pending.pop(corr, None)
         if pending is None:
             return
-        pending.reply = encode_frame(kind, payload, session=pending.frame.session)
+        pending.reply = encode_frame(kind, payload, session=pending.frame.session,
+                                     request_id=pending.frame.request_id)
         pending.done.set()

@@ -50,8 +50,13 @@ class Master(ProofActor):
                       m.QueryAccepted(corr=message.corr, query_id=message.query_id))
         elif isinstance(message, m.StatusRequest):
             status = self.plane.statistics() if self.plane else {}
-            self.send(message.reply_to or sender,
-                      m.StatusReply(corr=message.corr, status={"master": status}))
+            self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
+                "master": status, "workers": sorted(self.workers), "pid": os.getpid()}))
+        elif isinstance(message, m.FetchResult):
+            frame = self.plane.results.get(message.query_id) if self.plane else None
+            status = {"frame": frame} if frame is not None else {
+                "error": f"no kept result for query {message.query_id!r}"}
+            self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))
         elif isinstance(message, ActorExitRequest) and self.plane is not None:
             self.plane.close()
 

@@ -22,6 +22,7 @@ from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 
 POLL_MS = 50
+KEEP_RESULTS = 10
 
 
 class MasterPlane:
@@ -34,6 +35,8 @@ class MasterPlane:
         self.workers: list[str] = []
         self.query: QueryRun | None = None
         self.accepted: str | None = None
+        # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
+        self.results: dict[str, bytes] = {}
         self.finished_queries: list[str] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -74,6 +77,7 @@ class MasterPlane:
     def statistics(self) -> dict[str, Any]:
         q = self.query
         return {"address": self.address, "workers": list(self.workers),
+                "results": list(self.results),
                 "query": None if q is None else {"id": q.query_id, "state": q.state,
                                                  "processed": q.processed, "total": q.total}}
 
@@ -121,7 +125,7 @@ class MasterPlane:
                     self.query.close()
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
-                                      spec=spec, workers=self.workers)
+                                      spec=spec, workers=self.workers, keep=self._keep)
             elif command == "stop":
                 query_id, reason = arg
                 if self.query is not None and self.query.query_id == query_id:
@@ -131,6 +135,11 @@ class MasterPlane:
                     self.workers.remove(arg)
                 if self.query is not None:
                     self.query.worker_lost(arg)
+
+    def _keep(self, query_id: str, frame: bytes) -> None:
+        self.results[query_id] = frame
+        while len(self.results) > KEEP_RESULTS:
+            del self.results[next(iter(self.results))]
 
     def _answer(self, raw: bytes) -> bytes:
         try:

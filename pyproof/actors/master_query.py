@@ -22,7 +22,7 @@ from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
-from pyproof.transport.codec import RemoteError
+from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import encode_frame
 
 PROGRESS_PERIOD = 0.25
@@ -117,7 +117,8 @@ class QueryRun:
     """State of one query on the master. Methods are called from one thread."""
 
     def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any],
-                 workers: list[str]) -> None:
+                 workers: list[str], keep: Any = None) -> None:
+        self.keep = keep  # called with (query id, final frame) to keep the outcome
         self.query_id = query_id
         self.session_id = session_id
         self.spec = spec
@@ -263,7 +264,8 @@ class QueryRun:
         if self.state == "running" and self.packetizer is not None and self.packetizer.finished:
             self.state = "finished"
             self._send_client(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
-                                         "stats": self.stats(), "lineage": self.lineage()})
+                                         "stats": self.stats(), "lineage": self.lineage()},
+                              final=True)
             self.log.info("query_finished", entries=self.delivered,
                           seconds=round(time.monotonic() - self.started, 3))
 
@@ -274,7 +276,7 @@ class QueryRun:
         self.state = "failed"
         self.log.error("query_failed", error=str(error), **error.context)
         self._send_client(p.ERROR, {"query": self.query_id, "error": error,
-                                    "lineage": self.lineage()})
+                                    "lineage": self.lineage()}, final=True)
 
     def stop(self, reason: str) -> None:
         self.fail(RemoteError(type="QueryStopped", message=reason, traceback="", context={}))
@@ -336,9 +338,23 @@ class QueryRun:
             where["tree"] = self.elements[r.element].tree
         return where
 
-    def _send_client(self, kind: str, payload: dict[str, Any]) -> None:
+    def _send_client(self, kind: str, payload: dict[str, Any], *, final: bool = False) -> None:
         try:
-            self.client.send(encode_frame(kind, payload, session=self.session_id))
+            data = encode_frame(kind, payload, session=self.session_id)
+        except EncodeError as exc:
+            if kind != p.RESULT:
+                raise
+            # an output the wire cannot carry: the user gets an error naming it
+            self.state = "failed"
+            error = RemoteError(type="OutputError", message=f"outputs cannot be sent: {exc}",
+                                traceback="", context={})
+            kind = p.ERROR
+            data = encode_frame(kind, {"query": self.query_id, "error": error,
+                                       "lineage": self.lineage()}, session=self.session_id)
+        if final and self.keep is not None:
+            self.keep(self.query_id, data)
+        try:
+            self.client.send(data)
         except pynng.Timeout:
             self.log.warning("client_unreachable", message=kind)
         except Exception as exc:

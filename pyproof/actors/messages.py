@@ -164,6 +164,14 @@ class StatusRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FetchResult:
+    corr: str
+    session_id: str = ""
+    query_id: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusReply:
     corr: str
     status: dict[str, Any]

@@ -17,22 +17,26 @@ from urllib.parse import parse_qs, urlparse
 import pynng
 
 from pyproof.actors import protocol as p
+from pyproof.client.control import ControlClient, RequestRefused
 from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.selector import Selector, load_selector, selector_ref
 from pyproof.transport.codec import EncodeError, RemoteError, encode
-from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.frames import decode_frame
 
-CONTROL_TIMEOUT_MS = 90_000
-DATA_POLL_MS = 500
-MASTER_SILENCE_LIMIT = 60.0
+DATA_POLL_MS = 250
+MASTER_SILENCE_CHECK = 3.0  # the master sends progress every 0.25 s while a query runs
 
 
-def connect(url: str = "lite://", *, workers: int | None = None,
+def connect(url: str = "lite://", *, workers: int | None = None, session: str | None = None,
             timeout: float = 60.0) -> Session:
-    """Open a session. `lite://?workers=N` starts a private local cluster."""
+    """Open a session (or attach to an existing one with `session=ID`).
+
+    `lite://?workers=N` starts a private local cluster; `proof://host:port?workers=N`
+    reaches a running daemon (`proofctl daemon start`).
+    """
     parsed = urlparse(url)
     query = parse_qs(parsed.query)
     if workers is None and "workers" in query:
@@ -40,15 +44,55 @@ def connect(url: str = "lite://", *, workers: int | None = None,
             workers = int(query["workers"][0])
         except ValueError:
             raise ConnectError(f"workers={query['workers'][0]!r} is not an integer") from None
+    if session is None and "session" in query:
+        session = query["session"][0]
     if parsed.scheme == "lite":
         cluster = LiteCluster(timeout=timeout)
         try:
-            return Session(cluster.control_address, workers=workers or default_workers(),
-                           cluster=cluster, run_dir=cluster.run_dir)
+            return Session(ControlClient(cluster.control_address), workers=workers or
+                           default_workers(), cluster=cluster,
+                           data_address=f"ipc://{cluster.run_dir}/client-{uuid.uuid4().hex}.ipc")
         except BaseException:
             cluster.close()
             raise
-    raise ConnectError(f"unsupported URL scheme {parsed.scheme!r} in {url!r} (use lite://)")
+    if parsed.scheme == "proof":
+        if not parsed.hostname or not parsed.port:
+            raise ConnectError(f"{url!r} must name a host and a port: proof://host:port")
+        control = ControlClient(f"tcp://{parsed.hostname}:{parsed.port}")
+        try:
+            return Session(control, workers=workers or default_workers(), cluster=None,
+                           data_address=f"tcp://{_local_address_towards(parsed.hostname)}:0",
+                           attach=session)
+        except BaseException:
+            control.close()
+            raise
+    raise ConnectError(f"unsupported URL scheme {parsed.scheme!r} in {url!r} "
+                       "(use lite:// or proof://host:port)")
+
+
+def _local_address_towards(host: str) -> str:
+    """The address of this machine on the route to `host`: where the master dials back."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET)
+        target = infos[0][4][0]
+    except OSError:
+        return "127.0.0.1"
+    if target.startswith("127."):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((target, 9))  # no packet is sent: this only picks the route
+        return probe.getsockname()[0]
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return f"uid{os.getuid()}"
 
 
 def parse_dataset(dataset: Any) -> list[list[str | None]]:
@@ -81,36 +125,50 @@ def _absolute(path: str) -> str:
 
 
 class Session:
-    """One user's master and workers. Use as a context manager, or call `close()`."""
+    """One user's master and workers. Use as a context manager, or call `close()`.
 
-    def __init__(self, control_address: str, *, workers: int, cluster: LiteCluster | None,
-                 run_dir: str) -> None:
+    `detach()` leaves the session running on the daemon (results of queries
+    that finish meanwhile are kept); `connect(url, session=ID)` attaches again.
+    """
+
+    def __init__(self, control: ControlClient, *, workers: int, cluster: LiteCluster | None,
+                 data_address: str, attach: str | None = None) -> None:
         self.cluster = cluster
-        self.control = pynng.Req0(recv_timeout=CONTROL_TIMEOUT_MS, send_timeout=10_000,
-                                  resend_time=-1)
-        self.control.dial(control_address, block=True)
+        self.control = control
         self.data: pynng.Pull0 | None = None
-        reply = self._call("open_session", {"workers": workers})
-        self.id: str = reply["session"]
-        self.workers: list[str] = reply["workers"]
-        self.data_address = f"ipc://{os.path.join(run_dir, f'client-{self.id}.ipc')}"
+        self.id: str | None = None
+        if attach:
+            reply = self._call("session_status", session=attach)
+            self.id = attach
+            self.workers: list[str] = list(reply.get("workers", []))
+        else:
+            reply = self._call("open_session", {"workers": workers, "user": _user()})
+            self.id = reply["session"]
+            self.workers = reply["workers"]
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS)
-        self.data.listen(self.data_address)
+        self.data.listen(data_address)
+        self.data_address = _bound_address(self.data, data_address)
 
     @property
     def log_dir(self) -> str | None:
         return self.cluster.log_dir if self.cluster else None
 
-    def _call(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        self.control.send(encode_frame(kind, payload, session=getattr(self, "id", None)))
+    def _call(self, kind: str, payload: dict[str, Any] | None = None, *,
+              session: str | None = None, deadline: float = 60.0) -> dict[str, Any]:
         try:
-            frame = decode_frame(self.control.recv())
-        except pynng.Timeout:
-            raise ConnectError(f"the daemon did not answer {kind!r} "
-                               f"within {CONTROL_TIMEOUT_MS / 1000:.0f} s") from None
-        if frame.type == "error":
-            raise QueryError(str(frame.payload.get("message")))
-        return frame.payload
+            return self.control.call(kind, payload, session=session or self.id,
+                                     deadline=deadline)
+        except RequestRefused as exc:
+            raise QueryError(str(exc)) from None
+
+    def status(self) -> dict[str, Any]:
+        """The master's view of this session: workers, current query, kept results."""
+        return self._call("session_status")
+
+    def result(self, query_id: str) -> Result:
+        """A kept result of an earlier query (e.g. one that finished while detached)."""
+        reply = self._call("fetch_result", {"query": query_id})
+        return self._result_from_frame(decode_frame(reply["frame"]), query_id)
 
     def process(self, selector: type[Selector] | str, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
@@ -147,6 +205,7 @@ class Session:
         query_id = uuid.uuid4().hex[:12]
         bar = ProgressBar(enabled=progress)
         self._call("start_query", {"query": query_id, "spec": spec})
+        self.last_query = query_id
         try:
             result = self._collect(query_id, bar, timeout)
         except KeyboardInterrupt:
@@ -168,9 +227,9 @@ class Session:
             if timeout is not None and now - started > timeout:
                 self._call("stop_query", {"query": query_id})
                 raise QueryError(f"query {query_id} did not finish within {timeout} s; stopped")
-            if now - last_heard > MASTER_SILENCE_LIMIT:
-                raise QueryError(f"no word from the master for {MASTER_SILENCE_LIMIT:.0f} s "
-                                 f"(query {query_id}); see the logs in {self.log_dir}")
+            if now - last_heard > MASTER_SILENCE_CHECK:
+                self._check_alive(query_id)
+                last_heard = time.monotonic()
             try:
                 frame = decode_frame(self.data.recv())
             except pynng.Timeout:
@@ -184,28 +243,57 @@ class Session:
             last_heard = time.monotonic()
             if frame.type == p.PROGRESS:
                 bar.update(payload)
-            elif frame.type == p.RESULT:
-                stats = Stats.from_wire(payload["stats"])
-                bar.update({"entries": stats.entries, "total": stats.entries,
-                            "bytes": stats.bytes_read, "elapsed": stats.wall_time,
-                            "workers": {w: s.entries for w, s in stats.workers.items()}})
-                return Result(query=query_id, outputs=payload["outputs"], stats=stats,
-                              lineage=payload.get("lineage", {}))
-            elif frame.type == p.ERROR:
-                error = payload.get("error")
-                raise QueryError(_describe(error), remote=error,
-                                 lineage=payload.get("lineage"))
+            elif frame.type in (p.RESULT, p.ERROR):
+                result = self._result_from_frame(frame, query_id)
+                bar.update({"entries": result.stats.entries, "total": result.stats.entries,
+                            "bytes": result.stats.bytes_read, "elapsed": result.stats.wall_time,
+                            "workers": {w: s.entries for w, s in result.stats.workers.items()}})
+                return result
+
+    def _check_alive(self, query_id: str) -> None:
+        """The data plane went quiet: ask the master (through the control plane) why."""
+        try:
+            status = self._call("session_status", deadline=30.0)
+        except (QueryError, ConnectError) as exc:
+            raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
+        query = (status.get("master") or {}).get("query") or {}
+        if query.get("id") == query_id and query.get("state") in ("preparing", "running"):
+            return
+        if query_id in (status.get("master") or {}).get("results", []):
+            return  # finished; its result is on the way or can be fetched
+        raise QueryError(f"query {query_id} was lost: the session's master was restarted "
+                         "while it ran; run it again")
+
+    @staticmethod
+    def _result_from_frame(frame: Any, query_id: str) -> Result:
+        payload = frame.payload
+        if frame.type == p.ERROR:
+            error = payload.get("error")
+            raise QueryError(_describe(error), remote=error, lineage=payload.get("lineage"))
+        return Result(query=query_id, outputs=payload["outputs"],
+                      stats=Stats.from_wire(payload["stats"]), lineage=payload.get("lineage", {}))
+
+    def detach(self) -> str:
+        """Leave the session running on the daemon; returns its id for `connect(session=...)`."""
+        session_id = self.id
+        self._close_sockets()
+        return session_id or ""
+
+    def _close_sockets(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+        self.control.close()
 
     def close(self) -> None:
+        """End the session on the daemon (for lite://, stop the whole local cluster)."""
         try:
-            if getattr(self, "id", None):
-                self._call("close_session", {})
+            if self.id and self.data is not None:
+                self._call("close_session", deadline=10.0)
         except Exception:
-            pass  # the cluster is being torn down anyway
+            pass  # the daemon is unreachable or being torn down: nothing more to ask
         finally:
-            if self.data is not None:
-                self.data.close()
-            self.control.close()
+            self._close_sockets()
             if self.cluster is not None:
                 self.cluster.close()
                 self.cluster = None
@@ -221,3 +309,14 @@ def _describe(error: Any) -> str:
     if isinstance(error, RemoteError):
         return str(error)
     return f"query failed: {error!r}"
+
+
+def _bound_address(socket: pynng.Pull0, requested: str) -> str:
+    """The address a listener really got (tcp port 0 means "any free port")."""
+    import socket as _socket
+
+    if not requested.startswith("tcp://") or not requested.endswith(":0"):
+        return requested
+    # pynng reports the port in network byte order
+    port = _socket.ntohs(socket.listeners[0].local_address.port)
+    return requested[:-2] + f":{port}"

@@ -2,7 +2,12 @@
 
 Thespian leaves a SIGKILLed actor's children running as orphans and does not
 reap them on shutdown; these helpers are how pyproof keeps "no orphans, ever".
-Descendants are found through /proc, so no third-party dependency is needed.
+Descendants are found through /proc (the per-thread `children` files, or a
+scan of every /proc/<pid>/stat where the kernel lacks them), so no
+third-party dependency is needed.
+
+This is the shell side of supervision: it touches processes and the clock,
+so the pure core never imports it.
 """
 
 from __future__ import annotations
@@ -13,11 +18,47 @@ import os
 import signal
 import time
 
+__all__ = [
+    "PR_SET_PDEATHSIG",
+    "children_of",
+    "descendants_of",
+    "is_alive",
+    "kill_tree",
+    "set_parent_death_signal",
+]
+
 PR_SET_PDEATHSIG = 1
+_MAX_ROUNDS = 1000
+
+
+def _children_files_work() -> bool:
+    tid = os.getpid()
+    return os.path.exists(f"/proc/{tid}/task/{tid}/children")
+
+
+_HAS_CHILDREN_FILES = _children_files_work()
+
+
+def _children_from_stat(pid: int) -> list[int]:
+    """Direct children of `pid` by scanning the ppid field of every /proc/<pid>/stat."""
+    kids: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(name))
+    return kids
 
 
 def children_of(pid: int) -> list[int]:
     """Direct children of `pid` (all its threads), read from /proc."""
+    if not _HAS_CHILDREN_FILES:
+        return _children_from_stat(pid)
     kids: list[int] = []
     task_dir = f"/proc/{pid}/task"
     try:
@@ -36,12 +77,14 @@ def children_of(pid: int) -> list[int]:
 def descendants_of(pid: int) -> list[int]:
     """All descendants of `pid`, parents before children."""
     found: list[int] = []
+    seen: set[int] = set()
     frontier = [pid]
     while frontier:
         nxt: list[int] = []
         for p in frontier:
             for child in children_of(p):
-                if child not in found:
+                if child not in seen:
+                    seen.add(child)
                     found.append(child)
                     nxt.append(child)
         frontier = nxt
@@ -58,50 +101,100 @@ def is_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def kill_tree(pid: int, *, include_root: bool = True, timeout: float = 5.0) -> list[int]:
-    """SIGKILL `pid` and every descendant; wait (bounded) until they are gone.
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
-    The tree is frozen with SIGSTOP first so nobody forks or gets reparented
-    while we collect it. Returns the pids that were signalled. Zombies that
-    are our own children are reaped.
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _freeze(roots: list[int]) -> list[int]:
+    """SIGSTOP `roots` and all their descendants, top-down; the frozen pids, parents first.
+
+    Each process is stopped before its children are read, so none of them can
+    fork or be re-parented unseen; a fork already in flight when a parent was
+    stopped shows up in the next round, which repeats until nothing new turns up.
     """
+    me = os.getpid()
     victims: list[int] = []
-    frontier = [pid] if include_root else children_of(pid)
-    # freeze top-down, collecting as we go, so no child escapes by re-parenting
-    while frontier:
-        nxt: list[int] = []
-        for p in frontier:
-            if p in victims or p == os.getpid():
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGSTOP)
-            victims.append(p)
-            nxt.extend(children_of(p))
-        frontier = nxt
-    for p in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    for p in victims:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(p, os.WNOHANG)
-            if not is_alive(p):
-                break
-            time.sleep(0.005)
+    seen: set[int] = set()
+    frontier = list(roots)
+    for _ in range(_MAX_ROUNDS):
+        while frontier:
+            nxt: list[int] = []
+            for p in frontier:
+                if p in seen or p == me:
+                    continue
+                seen.add(p)
+                _signal(p, signal.SIGSTOP)
+                victims.append(p)
+                nxt.extend(children_of(p))
+            frontier = nxt
+        frontier = [c for p in victims for c in children_of(p) if c not in seen]
+        if not frontier:
+            break
     return victims
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+def kill_tree(
+    pid: int,
+    sig: int = signal.SIGKILL,
+    *,
+    include_root: bool = True,
+    timeout: float = 5.0,
+) -> list[int]:
+    """Send `sig` to `pid` and every descendant; wait (bounded) until they are gone.
+
+    The tree is frozen with SIGSTOP first, top-down, so nobody forks or gets
+    re-parented while it is collected; then every process gets `sig` (and
+    SIGCONT, so a polite signal can be handled). Survivors of a signal other
+    than SIGKILL are SIGKILLed, with their own descendants, once `timeout`
+    seconds have passed. Zombies that are our own children (or re-parented
+    to us as a subreaper) are reaped. Returns the pids that were signalled,
+    parents first. `include_root=False` spares `pid` itself (e.g. ourselves).
+    """
+    roots = [pid] if include_root else children_of(pid)
+    victims = _freeze(roots)
+    for p in victims:
+        _signal(p, sig)
+    if sig != signal.SIGKILL:
+        for p in victims:
+            _signal(p, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    pending = list(victims)
+    while pending and time.monotonic() < deadline:
+        for p in pending:
+            _reap(p)
+        pending = [p for p in pending if is_alive(p)]
+        if pending:
+            time.sleep(0.002)
+    if pending and sig != signal.SIGKILL:
+        for p in pending:
+            victims.extend(v for v in kill_tree(p, timeout=timeout) if v not in victims)
+    for p in victims:
+        _reap(p)
+    return victims
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = None) -> bool:
     """Ask the kernel to send `sig` to this process when its parent dies.
 
-    Returns False where prctl is unavailable (not Linux).
+    Call it first thing in a child. Pass `parent` (the parent's pid, read
+    before forking) to close the race where the parent dies before the call:
+    if it has, this process signals itself at once. Returns False where prctl
+    is unavailable (not Linux).
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        ok = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+    if ok and parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+    return ok
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -139,13 +232,10 @@ def kill_session(sid: int, *, timeout: float = 5.0) -> list[int]:
         if not members:
             break
         for p in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGSTOP)
+            _signal(p, signal.SIGSTOP)
         for p in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(p, os.WNOHANG)
+            _signal(p, signal.SIGKILL)
+            _reap(p)
         killed.extend(m for m in members if m not in killed)
         time.sleep(0.01)
     return killed
