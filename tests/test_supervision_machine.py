@@ -57,8 +57,8 @@ INTERVAL, TIMEOUT, STEP = 1.0, 0.5, 0.45
 RESTARTS = ("permanent", "transient", "temporary")
 
 SETTINGS = settings(
-    max_examples=60,
-    stateful_step_count=30,
+    max_examples=120,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

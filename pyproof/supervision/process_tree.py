@@ -182,7 +182,9 @@ def kill_tree(
 def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = None) -> bool:
     """Ask the kernel to send `sig` to this process when its parent dies.
 
-    Call it first thing in a child. Pass `parent` (the parent's pid, read
+    The kernel sends it when the *thread* that created this process exits,
+    so create children from a long-lived thread (the main one). Call it first
+    thing in a child. Pass `parent` (the parent's pid, read
     before forking) to close the race where the parent dies before the call:
     if it has, this process signals itself at once. Returns False where prctl
     is unavailable (not Linux).
