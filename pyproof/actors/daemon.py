@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--control", default=None, help="nng address of the control endpoint")
     parser.add_argument("--watch-stdin", action="store_true")
+    parser.add_argument("--url", default=None, help="the URL clients use (for ready.json)")
+    parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
+    parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
     args = parser.parse_args(argv)
     os.makedirs(args.log_dir, exist_ok=True)
     control = args.control or f"ipc://{os.path.join(args.run_dir, 'control.ipc')}"
@@ -67,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
+        limits = {"sessions_per_user": args.max_sessions_per_user,
+                  "workers_per_user": args.max_workers_per_user}
         reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
-                                        log_dir=args.log_dir, daemon_pid=os.getpid()),
+                                        log_dir=args.log_dir, daemon_pid=os.getpid(),
+                                        limits=limits),
                            BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"})
             return 1
-        _write_ready(args.run_dir, {"control": control, "pid": os.getpid(),
+        _write_ready(args.run_dir, {"control": control, "pid": os.getpid(), "url": args.url,
                                     "thespian_port": port,
                                     "thespian_sessions": thespian_sessions})
         while not stop.wait(1.0):

@@ -19,6 +19,7 @@ class Boot:
     run_dir: str
     log_dir: str
     daemon_pid: int
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +37,7 @@ class BootFailed:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionsStart:
     log_dir: str
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -39,7 +39,8 @@ class Root(SupervisorActor):
                 children=(
                     ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
                         actor="pyproof.actors.sessions:Sessions",
-                        init=m.SessionsStart(log_dir=message.log_dir))),
+                        init=m.SessionsStart(log_dir=message.log_dir,
+                                             limits=dict(message.limits)))),
                     ChildSpec(id="gateway", start=m.ActorStart(
                         actor="pyproof.actors.gateway:Gateway", init=gateway_init)),
                 )))

@@ -73,7 +73,17 @@ class Sessions(SupervisorActor):
         reply_to = message.reply_to or sender
         if message.request_id and message.request_id in self.opened:
             sid = self.opened[message.request_id]
-            self.send(self.refs.get(sid), m.Resend(corr=message.corr, reply_to=reply_to))
+            if sid in self.refs:
+                self.send(self.refs[sid], m.Resend(corr=message.corr, reply_to=reply_to))
+            else:
+                self.send(reply_to, m.SessionFailed(corr=message.corr, session_id=sid,
+                                                    error=f"session {sid} ended"))
+            return
+        refusal = self._admission(message)
+        if refusal:
+            get_logger().warning("session_refused", user=message.user, reason=refusal)
+            self.send(reply_to, m.SessionFailed(corr=message.corr,
+                                                session_id=message.session_id, error=refusal))
             return
         self.opened[message.request_id or message.session_id] = message.session_id
         self.info[message.session_id] = {"user": message.user, "workers": message.workers,
@@ -87,6 +97,22 @@ class Sessions(SupervisorActor):
                                             init=init))
         self.requests[message.corr] = (reply_to, message)
         self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=message.corr))
+
+    def _admission(self, message: m.CreateSession) -> str | None:
+        """A clear refusal when the user is over a limit, else None."""
+        limits = self.config.limits
+        mine = [i for sid, i in self.info.items()
+                if i["user"] == message.user and sid in self.refs]
+        max_sessions = limits.get("sessions_per_user", 0)
+        if max_sessions and len(mine) >= max_sessions:
+            return (f"refused: user {message.user!r} already has {len(mine)} sessions "
+                    f"(limit {max_sessions}); close one first")
+        max_workers = limits.get("workers_per_user", 0)
+        used = sum(i["workers"] for i in mine)
+        if max_workers and used + message.workers > max_workers:
+            return (f"refused: user {message.user!r} would use {used + message.workers} workers "
+                    f"(limit {max_workers}, {used} in use)")
+        return None
 
     def reply_added(self, requester: Any, reply: ev.Reply) -> None:
         reply_to, message = requester

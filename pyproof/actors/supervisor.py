@@ -193,7 +193,10 @@ class SupervisorActor(ProofActor):
         elif isinstance(message, m.TreeReply):
             self._tree_reply(message)
         elif isinstance(message, ActorExitRequest):
+            # we are being stopped: our children go first, in reverse start order, and
+            # their exits are expected (Thespian exits this actor when we return)
             for child_id in reversed(list(self.refs)):
+                self.stopping[child_id] = None
                 if child_id in self.pids:
                     kill_tree(self.pids[child_id])
         else:

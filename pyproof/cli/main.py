@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("session", nargs="?", default=None)
     logs.add_argument("--json", action="store_true")
     logs.set_defaults(func=cmd_logs)
+
+    from pyproof.cli.admin import add_commands as add_admin_commands
+    from pyproof.datasets.cli import add_commands as add_dataset_commands
+
+    add_admin_commands(sub)
+    add_dataset_commands(sub)
     return parser
 
 

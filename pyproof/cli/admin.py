@@ -1,0 +1,171 @@
+"""proofctl's daemon and admin commands: daemon start/stop, status, tree, sessions, kill, reset.
+
+Every admin command reaches the daemon named by `--url proof://host:port` or
+`$PYPROOF_URL` (default proof://127.0.0.1:1093).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from pyproof.cli.daemon import DEFAULT_PORT, start_daemon, stop_daemon
+from pyproof.client.control import ControlClient
+
+DEFAULT_URL = f"proof://127.0.0.1:{DEFAULT_PORT}"
+
+
+def _control(args: argparse.Namespace) -> ControlClient:
+    url = args.url or os.environ.get("PYPROOF_URL") or DEFAULT_URL
+    parsed = urlparse(url)
+    if parsed.scheme != "proof" or not parsed.hostname or not parsed.port:
+        raise SystemExit(f"proofctl: {url!r} is not a proof://host:port URL")
+    return ControlClient(f"tcp://{parsed.hostname}:{parsed.port}", attempt_timeout=2.0)
+
+
+def _call(args: argparse.Namespace, kind: str, payload: dict | None = None, *,
+          session: str | None = None) -> dict[str, Any]:
+    control = _control(args)
+    try:
+        return control.call(kind, payload, session=session, deadline=args.timeout)
+    finally:
+        control.close()
+
+
+def _out(args: argparse.Namespace, data: Any, human) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        human(data)
+    return 0
+
+
+def cmd_daemon_start(args: argparse.Namespace) -> int:
+    info = start_daemon(args.port, host=args.host,
+                        max_sessions_per_user=args.max_sessions_per_user,
+                        max_workers_per_user=args.max_workers_per_user,
+                        foreground=args.foreground)
+    print(f"proofd running at {info.url} (pid {info.pid}); logs in {info.log_dir}")
+    return 0
+
+
+def cmd_daemon_stop(args: argparse.Namespace) -> int:
+    if stop_daemon(args.port):
+        print(f"proofd on port {args.port} stopped")
+        return 0
+    print(f"no proofd known on port {args.port}", file=sys.stderr)
+    return 1
+
+
+def _sessions(args: argparse.Namespace) -> dict[str, Any]:
+    return _call(args, "status").get("sessions", {})
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    def human(sessions: dict[str, Any]) -> None:
+        print(f"{'session':14s} {'user':12s} {'workers':>7s} {'state':8s} created")
+        for sid, info in sorted(sessions.items(), key=lambda kv: kv[1].get("created", 0)):
+            state = "alive" if info.get("alive") else f"ended ({info.get('ended', '?')})"
+            created = time.strftime("%H:%M:%S", time.localtime(info.get("created", 0)))
+            print(f"{sid:14s} {info.get('user', ''):12s} {info.get('workers', 0):>7} "
+                  f"{state:8s} {created}")
+    return _out(args, _sessions(args), human)
+
+
+def print_tree(tree: dict[str, Any]) -> None:
+    def show(node: dict[str, Any], depth: int) -> None:
+        name = node.get("id") or node.get("name")
+        restarts = node.get("restarts", 0)
+        state = node.get("state", "running")
+        print(f"{'  ' * depth}{name}  pid={node.get('pid')}  {state}  restarts={restarts}")
+        for child in node.get("children", []):
+            sub = child.get("tree")
+            if sub:
+                show({**sub, "id": child["id"], "state": child["state"],
+                      "restarts": child["restarts"]}, depth + 1)
+            else:
+                show(child, depth + 1)
+    show(tree, 0)
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    return _out(args, _call(args, "tree")["tree"], print_tree)
+
+
+def count_restarts(tree: dict[str, Any]) -> int:
+    total = 0
+    for child in tree.get("children", []):
+        total += child.get("restarts", 0) or 0
+        if child.get("tree"):
+            total += count_restarts(child["tree"])
+    return total
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    tree = _call(args, "tree")["tree"]
+    sessions = _sessions(args)
+    alive = {s: i for s, i in sessions.items() if i.get("alive")}
+    status = {"url": args.url or os.environ.get("PYPROOF_URL") or DEFAULT_URL,
+              "root_pid": tree.get("pid"), "sessions": len(alive),
+              "workers": sum(i.get("workers", 0) for i in alive.values()),
+              "restarts": count_restarts(tree)}
+
+    def human(s: dict[str, Any]) -> None:
+        print(f"proofd at {s['url']}: root pid {s['root_pid']}, {s['sessions']} sessions, "
+              f"{s['workers']} workers, {s['restarts']} restarts")
+    return _out(args, status, human)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    _call(args, "close_session", session=args.session)
+    print(f"session {args.session} closed")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """PROOF's reset: close the user's sessions (--hard: every session)."""
+    import getpass
+
+    me = getpass.getuser()
+    closed = []
+    for sid, info in _sessions(args).items():
+        if info.get("alive") and (args.hard or info.get("user") == me):
+            _call(args, "close_session", session=sid)
+            closed.append(sid)
+    print(f"closed {len(closed)} session(s): {' '.join(closed)}".rstrip(": "))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    daemon = sub.add_parser("daemon", help="start or stop proofd, the shared daemon")
+    dsub = daemon.add_subparsers(dest="daemon_command", required=True)
+    start = dsub.add_parser("start", help="start proofd (in the background by default)")
+    start.add_argument("--port", type=int, default=DEFAULT_PORT)
+    start.add_argument("--host", default="127.0.0.1")
+    start.add_argument("--foreground", action="store_true")
+    start.add_argument("--max-sessions-per-user", type=int, default=0)
+    start.add_argument("--max-workers-per-user", type=int, default=0)
+    start.set_defaults(func=cmd_daemon_start)
+    stop = dsub.add_parser("stop", help="stop proofd")
+    stop.add_argument("--port", type=int, default=DEFAULT_PORT)
+    stop.set_defaults(func=cmd_daemon_stop)
+
+    def admin(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--url", default=None, help="proof://host:port (or $PYPROOF_URL)")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--timeout", type=float, default=10.0)
+        p.set_defaults(func=func)
+        return p
+
+    admin("status", cmd_status, "daemon, sessions, workers, restarts")
+    admin("tree", cmd_tree, "the live supervision tree with pids and restart counts")
+    admin("sessions", cmd_sessions, "list sessions")
+    admin("kill", cmd_kill, "close a session").add_argument("session")
+    admin("reset", cmd_reset, "close your sessions (--hard: all)").add_argument(
+        "--hard", action="store_true")

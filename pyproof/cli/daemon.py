@@ -1,0 +1,127 @@
+"""Starting, finding and stopping `proofd`, the shared daemon (used by proofctl and tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from pyproof.client.lite import sandbox_dir
+from pyproof.errors import ConnectError
+from pyproof.supervision.process_tree import is_alive, kill_session, kill_tree
+
+DEFAULT_PORT = 1093  # PROOF's own port
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    url: str
+    pid: int
+    home: str
+    log_dir: str
+    thespian_sessions: tuple[int, ...]
+
+
+def daemon_home(port: int) -> str:
+    return os.path.join(sandbox_dir(), f"proofd-{port}")
+
+
+def read_info(port: int) -> DaemonInfo | None:
+    home = daemon_home(port)
+    try:
+        with open(os.path.join(home, "run", "ready.json")) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if "error" in info or not is_alive(int(info["pid"])):
+        return None
+    return DaemonInfo(url=info["url"], pid=int(info["pid"]), home=home,
+                      log_dir=os.path.join(home, "logs"),
+                      thespian_sessions=tuple(info.get("thespian_sessions", ())))
+
+
+def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
+                 max_sessions_per_user: int = 0, max_workers_per_user: int = 0,
+                 foreground: bool = False, timeout: float = START_TIMEOUT) -> DaemonInfo:
+    """Start proofd on host:port in the background (or run it here with foreground=True)."""
+    running = read_info(port)
+    if running is not None:
+        raise ConnectError(f"proofd already runs at {running.url} (pid {running.pid})")
+    home = daemon_home(port)
+    run_dir, log_dir = os.path.join(home, "run"), os.path.join(home, "logs")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir, mode=0o700)
+    os.makedirs(log_dir, exist_ok=True)
+    args = [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", run_dir,
+            "--log-dir", log_dir, "--control", f"tcp://{host}:{port}",
+            "--url", f"proof://{host}:{port}",
+            "--max-sessions-per-user", str(max_sessions_per_user),
+            "--max-workers-per-user", str(max_workers_per_user)]
+    if foreground:
+        os.execv(sys.executable, args)
+    with open(os.path.join(log_dir, "daemon.out"), "ab") as out:
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    ready = os.path.join(run_dir, "ready.json")
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ConnectError(f"proofd exited with code {process.returncode} while starting; "
+                               f"see {os.path.join(log_dir, 'daemon.out')}")
+        if os.path.exists(ready):
+            with open(ready) as f:
+                status = json.load(f)
+            if "error" in status:
+                stop_daemon(port)
+                raise ConnectError(f"proofd failed to start: {status['error']}")
+            info = read_info(port)
+            if info is not None:
+                info_process[info.pid] = process
+                return info
+        time.sleep(0.02)
+    kill_tree(process.pid)
+    raise ConnectError(f"proofd did not become ready within {timeout:.0f} s; "
+                       f"see {os.path.join(log_dir, 'daemon.out')}")
+
+
+# Popen objects of daemons this process started, so stop_daemon can reap them
+info_process: dict[int, subprocess.Popen] = {}
+
+
+def stop_daemon(port: int = DEFAULT_PORT, *, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop proofd on `port`: SIGTERM, then kill whatever is left. False if none ran."""
+    home = daemon_home(port)
+    try:
+        with open(os.path.join(home, "run", "ready.json")) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+    pid = int(info.get("pid", 0))
+    if pid and is_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while is_alive(pid) and time.monotonic() < deadline:
+            process = info_process.get(pid)
+            if process is not None and process.poll() is not None:
+                break
+            time.sleep(0.02)
+        if is_alive(pid):
+            kill_tree(pid)
+    process = info_process.pop(pid, None)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    for sid in (pid, *info.get("thespian_sessions", ())):
+        if sid:
+            kill_session(sid)
+    shutil.rmtree(os.path.join(home, "run"), ignore_errors=True)
+    return True
