@@ -211,7 +211,7 @@ def test_the_package_exports_its_public_names() -> None:
     import pyproof.packetizer as package
 
     assert all(getattr(package, name) is not None for name in package.__all__)
-    assert set(package.KINDS) == {"adaptive", "basic", "file", "unit"}
+    assert set(package.KINDS) == {"adaptive", "basic", "file", "unit", "multi"}
 
 
 def test_statistics_account_for_every_entry() -> None:
@@ -231,7 +231,7 @@ def test_statistics_account_for_every_entry() -> None:
 
 
 def test_make_packetizer_rejects_an_unknown_kind_listing_the_valid_ones() -> None:
-    message = r"^unknown packetizer kind 'fast'; valid kinds: adaptive, basic, file, unit$"
+    message = r"^unknown packetizer kind 'fast'; valid kinds: adaptive, basic, file, unit, multi$"
     with pytest.raises(ValueError, match=message):
         make_packetizer("fast", files(1), workers=1)
 

@@ -8,6 +8,7 @@ Layers, bottom up:
 - `common`: the protocol methods every packetizer shares.
 - `basic`, `unit`, `file`: PROOF's TPacketizer, TPacketizerUnit, TPacketizerFile.
 - `adaptive`: TPacketizerAdaptive done better (the default for data).
+- `multi`: TPacketizerMulti, several datasets in turn, one packetizer each.
 - `static`: equal chunks fixed in advance, a baseline for the simulator only.
 - `simulate`: `python -m pyproof.packetizer.simulate`, a virtual-clock cluster.
 - `testing`: a model checker and hypothesis state machine for tests.
@@ -33,6 +34,7 @@ from pyproof.packetizer.base import (
 )
 from pyproof.packetizer.basic import BasicPacketizer
 from pyproof.packetizer.file import FilePacketizer
+from pyproof.packetizer.multi import MultiPacketizer
 from pyproof.packetizer.unit import UnitPacketizer
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "AdaptivePacketizer",
     "BasicPacketizer",
     "FilePacketizer",
+    "MultiPacketizer",
     "Packet",
     "Packetizer",
     "PacketizerStatistics",
@@ -70,13 +73,32 @@ def _unit(work: Sequence[WorkRange], **kwargs: Any) -> UnitPacketizer:
     return UnitPacketizer(_cycles(work), **kwargs)
 
 
+def _multi(
+    work: Sequence[WorkRange], *, workers: int, parts: Sequence[Sequence[int]], **kwargs: Any
+) -> MultiPacketizer:
+    """`work` grouped into parts given as element indices, as a query spec carries them."""
+    owner: dict[int, int] = {}
+    for k, elements in enumerate(parts):
+        for element in elements:
+            if owner.setdefault(element, k) != k:
+                raise ValueError(f"element {element} is in parts {owner[element]} and {k}")
+    grouped: list[list[WorkRange]] = [[] for _ in parts]
+    for w in work:
+        if w.element not in owner:
+            raise ValueError(f"element {w.element} is in no part")
+        grouped[owner[w.element]].append(w)
+    return MultiPacketizer(grouped, workers=workers, **kwargs)
+
+
 KINDS: dict[str, tuple[type, Callable[..., Packetizer]]] = {
     "adaptive": (AdaptivePacketizer, AdaptivePacketizer),
     "basic": (BasicPacketizer, BasicPacketizer),
     "file": (FilePacketizer, FilePacketizer),
     "unit": (UnitPacketizer, _unit),
+    "multi": (MultiPacketizer, _multi),
 }
-"""Packetizer kinds by name: (class, whose keyword parameters are allowed; builder)."""
+"""Packetizer kinds by name: (class, builder). The keyword-only parameters of
+either (but `workers`) may be passed to `make_packetizer`."""
 
 DEFAULT_DATA_KIND = "adaptive"
 """The packetizer for data queries when the user names none (PROOF's default varied)."""
@@ -87,6 +109,10 @@ def make_packetizer(
 ) -> Packetizer:
     """A packetizer of `kind` over `work` for `workers` workers.
 
+    "multi" takes `parts=[[element, ...], ...]` (each element of `work` in
+    exactly one part, served in list order) and `part_kind`, `params`,
+    `part_params`, `overlap` as MultiPacketizer does.
+
     Raises ValueError for an unknown kind (listing the valid ones) and
     TypeError for a parameter the kind does not take (naming it and listing
     the ones it does).
@@ -96,7 +122,8 @@ def make_packetizer(
     cls, build = KINDS[kind]
     allowed = [
         name
-        for name, p in inspect.signature(cls).parameters.items()
+        for f in dict.fromkeys((build, cls))
+        for name, p in inspect.signature(f).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "workers"
     ]
     for name in params:

@@ -42,13 +42,18 @@ class Packet:
     """A unit of work handed to one worker: `[entry_start, entry_stop)` of `element`.
 
     Entry numbers are local to the element (the file's tree), as uproot's
-    `entry_start`/`entry_stop`; for cycles they are cycle numbers.
+    `entry_start`/`entry_stop`; for cycles they are cycle numbers. `part` is
+    the index of the dataset the element belongs to when one query processes
+    several in turn (`MultiPacketizer`), 0 otherwise: the master tells the
+    selector the dataset changed (`ctx.dataset`) when it differs from the
+    worker's previous packet.
     """
 
     packet_id: int
     element: int
     entry_start: int
     entry_stop: int
+    part: int = 0
 
     @property
     def entries(self) -> int:

@@ -61,6 +61,16 @@ class LedgerPacketizer:
     def accept_output(self, worker: str, packet_ids: frozenset[int]) -> bool:
         return self._ledger.accept(worker, frozenset(packet_ids))
 
+    def would_accept(self, worker: str, packet_ids: frozenset[int]) -> bool:
+        """What `accept_output` would answer, changing nothing (a multi-part output is
+        checked in every part before any part delivers)."""
+        return self._ledger.acceptable(worker, frozenset(packet_ids))
+
+    @property
+    def entries_queued(self) -> int:
+        """Entries not handed out (cheaper than `statistics()` on a hot path)."""
+        return self._ledger.queued
+
     def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
         """Requeue what `worker` held undelivered; `reason` goes into poisoned reports."""
         if worker in self._workers:

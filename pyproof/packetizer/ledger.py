@@ -242,15 +242,20 @@ class Ledger:
             self.processed += rec.packet.entries
         return rec
 
+    def acceptable(self, worker: str, packet_ids: frozenset[int]) -> bool:
+        """Whether `accept` would deliver `packet_ids`: non-empty, all `worker`'s and live."""
+        live = (State.ASSIGNED, State.PROCESSED)
+        recs = [self._records.get(i) for i in packet_ids]
+        return bool(recs) and all(
+            r is not None and r.worker == worker and r.state in live for r in recs
+        )
+
     def accept(self, worker: str, packet_ids: frozenset[int]) -> bool:
         """Deliver all of `packet_ids` (outputs may overtake processed reports) or none."""
-        recs = [self._records.get(i) for i in packet_ids]
-        live = (State.ASSIGNED, State.PROCESSED)
-        if not recs or any(r is None or r.worker != worker or r.state not in live for r in recs):
+        if not self.acceptable(worker, packet_ids):
             self.outputs_refused += 1
             return False
-        for rec in recs:
-            assert rec is not None
+        for rec in (self._records[i] for i in packet_ids):
             if rec.state is State.ASSIGNED:
                 self._stop_reading(rec)
                 self.assigned -= rec.packet.entries
