@@ -41,6 +41,17 @@ def test_locality_with_slower_remote_reads_stays_near_the_ideal() -> None:
     assert report["makespan_over_ideal"] < 1.08  # the ideal ignores remote reads
 
 
+def test_datasets_in_turn_finish_as_near_the_ideal_as_one_dataset() -> None:
+    one = simulate(replace(REFERENCE, deaths=3))["makespan_over_ideal"]
+    four = simulate(replace(REFERENCE, deaths=3, parts=4))["makespan_over_ideal"]
+    assert four < 1.01 * one
+
+
+def test_datasets_in_turn_with_a_binding_reader_cap_complete() -> None:
+    report = simulate(Scenario(workers=20, files=80, hosts=2, reader_cap=4, parts=3))
+    assert report["makespan"] > 0
+
+
 def test_static_chunks_survive_deaths_too() -> None:
     report = simulate(Scenario(workers=10, files=50, deaths=3, packetizer="static"))
     assert report["makespan"] > 0
@@ -57,6 +68,11 @@ def test_the_cli_prints_a_json_report(capsys: pytest.CaptureFixture[str]) -> Non
 def test_the_cli_prints_a_table_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--workers", "5", "--files", "20"]) == 0
     assert "makespan / ideal" in capsys.readouterr().out
+
+
+def test_parts_other_than_one_are_refused_for_static_chunks() -> None:
+    with pytest.raises(ValueError, match=r"^parts must be >= 1 \(1 for static\), got 2$"):
+        simulate(Scenario(packetizer="static", parts=2))
 
 
 def test_an_unknown_packetizer_is_refused() -> None:

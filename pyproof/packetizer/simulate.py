@@ -6,8 +6,10 @@
 Workers have speeds (entries/s) drawn log-uniform over `[speed, speed *
 speed_spread]`, a fraction of them `straggler_slowdown` times slower; files
 have sizes and, with `--hosts`, a host (remote reads `remote_slowdown` times
-slower). Each packet costs `overhead` seconds on top (request, file open).
-Workers may die or join mid-run. The report compares the makespan with the
+slower); with `--parts N` they form N datasets processed in turn (the
+"multi" packetizer over parts of the chosen kind). Each packet costs
+`overhead` seconds on top (request, file open). Workers may die or join
+mid-run. The report compares the makespan with the
 ideal (total entries / total speed of the starting workers, no overhead) and
 gives the spread of the workers' finish times and the packetizer's own CPU
 time per `next_packet` decision.
@@ -52,6 +54,7 @@ class Scenario:
     joins: int = 0
     overhead: float = 0.005
     flush_every: int = 1
+    parts: int = 1
     packetizer: str = "adaptive"
     seed: int = 0
 
@@ -102,6 +105,17 @@ class _Cluster:
         if s.packetizer == "adaptive":
             params = {"element_hosts": self.file_host, "worker_hosts": self.worker_host}
             params["max_readers_per_node"] = s.reader_cap
+        if s.parts > 1:
+            bounds = [s.files * k // s.parts for k in range(s.parts + 1)]
+            parts = [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+            return make_packetizer(
+                "multi",
+                self.work,
+                workers=s.workers,
+                parts=parts,
+                part_kind=s.packetizer,
+                params=params,
+            )
         return make_packetizer(s.packetizer, self.work, workers=s.workers, **params)
 
     def _push(
@@ -204,6 +218,8 @@ def simulate(scenario: Scenario) -> dict[str, Any]:
     """Run `scenario` to the end; the report as a JSON-ready dict."""
     if scenario.packetizer not in KINDS:
         raise ValueError(f"unknown packetizer {scenario.packetizer!r}; valid: {', '.join(KINDS)}")
+    if scenario.parts < 1 or (scenario.parts > 1 and scenario.packetizer == "static"):
+        raise ValueError(f"parts must be >= 1 (1 for static), got {scenario.parts}")
     cluster = _Cluster(scenario)
     gc.collect()
     gc.freeze()  # the set-up's objects need no scanning: decision times without their GC
@@ -235,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--joins", type=int, default=d.joins, help="workers that join mid-run")
     add("--overhead", type=float, default=d.overhead, help="seconds per packet")
     add("--flush-every", type=int, default=d.flush_every, help="packets per output")
+    add("--parts", type=int, default=d.parts, help="datasets in turn (multi packetizer)")
     add("--packetizer", choices=KINDS, default=d.packetizer)
     add("--seed", type=int, default=d.seed)
     add("--json", action="store_true", help="print the report as JSON")
