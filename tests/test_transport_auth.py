@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import stat
+import threading
 
+import pynng
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -398,3 +401,46 @@ def test_users_act_on_their_own_sessions_and_admins_on_all():
     assert may_act_on(alice, "alice")
     assert not may_act_on(alice, "bob")
     assert may_act_on(root, "bob") and may_act_on(root, "root")
+
+
+# ----------------------------------------------------------------------- over nng
+
+
+def test_the_handshake_runs_over_req_rep_frames_and_a_refusal_does_not_stop_the_server():
+    srv = server()
+    refusals: list[str] = []
+
+    def serve(sock: pynng.Socket, requests: int) -> None:
+        for _ in range(requests):
+            frame = decode_frame(sock.recv())
+            if frame.type == "auth_hello":
+                reply = encode_frame(AUTH_CHALLENGE, srv.challenge(now=0.0))
+            else:
+                try:
+                    _, ok = srv.verify(frame.payload, now=1.0, peer="tcp://127.0.0.1")
+                    reply = encode_frame(AUTH_OK, ok)
+                except AuthError as exc:
+                    refusals.append(str(exc))  # the log line
+                    reply = encode_frame("error", {"reason": exc.reason})
+            sock.send(reply)
+
+    def login(address: str, cli: ClientHandshake) -> object:
+        with pynng.Req0(recv_timeout=2000, send_timeout=2000) as sock:
+            sock.dial(address, block=True)
+            sock.send(encode_frame("auth_hello", None))
+            challenge = decode_frame(sock.recv()).payload
+            sock.send(encode_frame(AUTH_ANSWER, cli.answer(challenge)))
+            reply = decode_frame(sock.recv())
+            return cli.confirm(reply.payload) if reply.type == AUTH_OK else reply.payload
+
+    with pynng.Rep0(recv_timeout=2000, send_timeout=2000) as sock:
+        port = socket.ntohs(sock.listen("tcp://127.0.0.1:0").local_address.port)
+        thread = threading.Thread(target=serve, args=(sock, 4), daemon=True)
+        thread.start()
+        address = f"tcp://127.0.0.1:{port}"
+        assert login(address, client(secret=b"x" * 32)) == {"reason": "wrong secret"}
+        assert login(address, client(rng=seeded(12))).user == "alice"
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    assert len(refusals) == 1
+    assert refusals[0].startswith("authentication refused for user 'alice' from tcp://127.0.0.1")
