@@ -32,8 +32,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from pyproof.packetizer.base import Packet, WorkRange
-from pyproof.packetizer.common import LedgerPacketizer
-from pyproof.packetizer.ledger import Ledger, Node, Record, with_rest
+from pyproof.packetizer.common import LedgerPacketizer, with_rest
+from pyproof.packetizer.ledger import Ledger, Node, Record
 from pyproof.packetizer.rates import RateTable
 
 _NOTHING = object()

@@ -138,8 +138,11 @@ class Packetizer(Protocol):
         worker's, or already delivered: merging them would count twice.
         """
 
-    def worker_lost(self, worker: str, now: float) -> list[WorkRange]:
-        """`worker` is gone: every range it held but had not delivered is queued again."""
+    def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
+        """`worker` is gone: every range it held but had not delivered is queued again.
+
+        `reason` (why it was lost) goes into the reports of ranges it poisons.
+        """
 
     @property
     def finished(self) -> bool:

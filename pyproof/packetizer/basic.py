@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyproof.packetizer.base import Packet, WorkRange
-from pyproof.packetizer.common import LedgerPacketizer
-from pyproof.packetizer.ledger import Ledger, with_rest
+from pyproof.packetizer.common import LedgerPacketizer, with_rest
+from pyproof.packetizer.ledger import Ledger
 
 PACKET_AS_A_FRACTION = 20
 """PROOF_PacketAsAFraction of TPacketizer: about 20 packets per worker."""

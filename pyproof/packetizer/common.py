@@ -2,7 +2,8 @@
 
 A subclass says only how to choose and size the next packet (`_next`) and
 what to learn from events (the `_on_*` hooks); worker membership and the
-exactly-once moves are the same everywhere and live here once.
+exactly-once moves are the same everywhere and live here once, as does
+`with_rest`, the end-of-file rule the data packetizers share.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from pyproof.packetizer.base import (
     WorkRange,
 )
 from pyproof.packetizer.ledger import Ledger, Record
+
+
+def with_rest(head: int, entries: int, factor: float = 1.5) -> int:
+    """`entries`, or all of `head` when what would be left is too small to be worth a packet."""
+    return head if head < factor * entries else entries
 
 
 class LedgerPacketizer:

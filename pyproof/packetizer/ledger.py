@@ -38,6 +38,10 @@ class State(enum.Enum):
     REVOKED = "revoked"
 
 
+_LIVE = (State.ASSIGNED, State.PROCESSED)
+"""Held by a worker, not yet delivered: what an output may deliver and a loss requeues."""
+
+
 @dataclass(slots=True)
 class _Segment:
     """A queued range; `strikes`/`deaths` remember workers that died holding it in flight."""
@@ -60,11 +64,6 @@ class Record:
     deaths: tuple[tuple[str, str], ...]
     reported: bool = False
     """packet_processed was seen (so a duplicated report is not measured twice)."""
-
-
-def with_rest(head: int, entries: int, factor: float = 1.5) -> int:
-    """`entries`, or all of `head` when what would be left is too small to be worth a packet."""
-    return head if head < factor * entries else entries
 
 
 class Ledger:
@@ -135,9 +134,6 @@ class Ledger:
         """Packets of `node` in flight (assigned, not yet processed)."""
         return self._node_readers[node]
 
-    def has_work(self, element: int) -> bool:
-        return element in self._segments
-
     def head_entries(self, element: int) -> int:
         """Entries in the first queued segment of `element` (a packet never spans two)."""
         seg = self._segments[element][0]
@@ -153,13 +149,6 @@ class Ledger:
             if elements:
                 return next(iter(elements))
         return None
-
-    def record(self, packet_id: int) -> Record | None:
-        return self._records.get(packet_id)
-
-    def held(self, worker: str) -> list[int]:
-        """Ids `worker` holds (assigned or processed, not delivered), oldest first."""
-        return list(self._held.get(worker, ()))
 
     @property
     def poisoned(self) -> tuple[PoisonedRange, ...]:
@@ -244,10 +233,9 @@ class Ledger:
 
     def acceptable(self, worker: str, packet_ids: frozenset[int]) -> bool:
         """Whether `accept` would deliver `packet_ids`: non-empty, all `worker`'s and live."""
-        live = (State.ASSIGNED, State.PROCESSED)
         recs = [self._records.get(i) for i in packet_ids]
         return bool(recs) and all(
-            r is not None and r.worker == worker and r.state in live for r in recs
+            r is not None and r.worker == worker and r.state in _LIVE for r in recs
         )
 
     def accept(self, worker: str, packet_ids: frozenset[int]) -> bool:
@@ -256,11 +244,7 @@ class Ledger:
             self.outputs_refused += 1
             return False
         for rec in (self._records[i] for i in packet_ids):
-            if rec.state is State.ASSIGNED:
-                self._stop_reading(rec)
-                self.assigned -= rec.packet.entries
-            else:
-                self.processed -= rec.packet.entries
+            self._release(rec)
             rec.state = State.DELIVERED
             self.delivered += rec.packet.entries
             self.packets_delivered += 1
@@ -277,12 +261,9 @@ class Ledger:
         for packet_id in self._held.pop(worker, {}):
             rec = self._records[packet_id]
             p = rec.packet
-            if rec.state is State.ASSIGNED:
-                self._stop_reading(rec)
-                self.assigned -= p.entries
+            if self._release(rec):
                 strikes, deaths = rec.strikes + 1, (*rec.deaths, (worker, reason))
             else:
-                self.processed -= p.entries
                 strikes, deaths = 0, ()
             rec.state = State.REVOKED
             if strikes >= self.max_strikes:
@@ -309,15 +290,10 @@ class Ledger:
     ) -> list[SkippedRange]:
         """Skip `worker`'s live packet (and, with `whole_element`, its element's queue)."""
         rec = self._records.get(packet_id)
-        live = (State.ASSIGNED, State.PROCESSED)
-        if rec is None or rec.worker != worker or rec.state not in live:
+        if rec is None or rec.worker != worker or rec.state not in _LIVE:
             return []
         p = rec.packet
-        if rec.state is State.ASSIGNED:
-            self._stop_reading(rec)
-            self.assigned -= p.entries
-        else:
-            self.processed -= p.entries
+        self._release(rec)
         rec.state = State.REVOKED
         del self._held[worker][packet_id]
         spans = [(p.entry_start, p.entry_stop)]
@@ -351,6 +327,16 @@ class Ledger:
         self._index(self._pending, node, element, front)
         if not self._readers[element]:
             self._index(self._idle, node, element, front)
+
+    def _release(self, rec: Record) -> bool:
+        """Take a live record's entries out of `assigned` or `processed` (the caller sets
+        its new state); True if it was still in flight (assigned)."""
+        if rec.state is State.ASSIGNED:
+            self._stop_reading(rec)
+            self.assigned -= rec.packet.entries
+            return True
+        self.processed -= rec.packet.entries
+        return False
 
     def _stop_reading(self, rec: Record) -> None:
         element = rec.packet.element
@@ -395,7 +381,7 @@ class Ledger:
             p = rec.packet
             assert p.packet_id == packet_id and p.entries > 0
             held = packet_id in self._held.get(rec.worker, ())
-            live = rec.state in (State.ASSIGNED, State.PROCESSED)
+            live = rec.state in _LIVE
             assert held == live, f"packet {packet_id} ({rec.state.value}) held={held}"
             if rec.state is not State.REVOKED:
                 pieces[p.element].append((p.entry_start, p.entry_stop))

@@ -32,7 +32,8 @@ from pyproof.packetizer import make_packetizer
 from pyproof.packetizer.base import Packet, Packetizer, WorkRange
 from pyproof.packetizer.static import StaticPacketizer
 
-KINDS = ("adaptive", "basic", "static")
+PACKETIZERS = ("adaptive", "basic", "static")
+"""What `--packetizer` may name (static chunks are a baseline, not a make_packetizer kind)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,8 +217,10 @@ class _Cluster:
 
 def simulate(scenario: Scenario) -> dict[str, Any]:
     """Run `scenario` to the end; the report as a JSON-ready dict."""
-    if scenario.packetizer not in KINDS:
-        raise ValueError(f"unknown packetizer {scenario.packetizer!r}; valid: {', '.join(KINDS)}")
+    if scenario.packetizer not in PACKETIZERS:
+        raise ValueError(
+            f"unknown packetizer {scenario.packetizer!r}; valid: {', '.join(PACKETIZERS)}"
+        )
     if scenario.parts < 1 or (scenario.parts > 1 and scenario.packetizer == "static"):
         raise ValueError(f"parts must be >= 1 (1 for static), got {scenario.parts}")
     cluster = _Cluster(scenario)
@@ -252,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--overhead", type=float, default=d.overhead, help="seconds per packet")
     add("--flush-every", type=int, default=d.flush_every, help="packets per output")
     add("--parts", type=int, default=d.parts, help="datasets in turn (multi packetizer)")
-    add("--packetizer", choices=KINDS, default=d.packetizer)
+    add("--packetizer", choices=PACKETIZERS, default=d.packetizer)
     add("--seed", type=int, default=d.seed)
     add("--json", action="store_true", help="print the report as JSON")
     return parser

@@ -103,8 +103,7 @@ class Driver:
 
     def fail(self, worker: str, packet_id: int, *, whole_element: bool) -> None:
         """Report a packet's file failed; assert exactly the right ranges are skipped."""
-        packetizer = self.packetizer
-        skipped = packetizer.packet_failed(  # type: ignore[attr-defined]
+        skipped = self.packetizer.packet_failed(
             worker, packet_id, self.now, reason="unreadable", whole_element=whole_element
         )
         packet = self.held.get(worker, {}).pop(packet_id, None)
@@ -147,7 +146,7 @@ class Driver:
         for p in self.delivered.values():
             for key in _entries([(p.element, p.entry_start, p.entry_stop)]):
                 count[key] = count.get(key, 0) + 1
-        given_up = [*self.packetizer.poisoned, *getattr(self.packetizer, "skipped", ())]
+        given_up = [*self.packetizer.poisoned, *self.packetizer.skipped]
         for key in _entries((r.element, r.entry_start, r.entry_stop) for r in given_up):
             assert key not in count, f"entry {key} was delivered and given up"
             count[key] = count.get(key, 0) + 1
@@ -281,7 +280,7 @@ class PacketizerMachine(RuleBasedStateMachine):
         assert self.driver is not None
         d = self.driver
         mine = [(w, i) for w in d.workers for i in d.held[w]]
-        if mine and hasattr(d.packetizer, "packet_failed"):
+        if mine:
             worker, packet_id = data.draw(st.sampled_from(mine), label="failed")
             if data.draw(st.booleans(), label="as someone else"):
                 worker = data.draw(st.sampled_from(sorted(self.speeds)), label="claimer")
