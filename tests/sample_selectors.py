@@ -99,3 +99,20 @@ class MissingBranch(pyproof.Selector):
 
     def process(self, events, ctx):
         pass
+
+
+class SlowCount(pyproof.Selector):
+    """Sleeps `inputs['sleep']` seconds per packet: a query that lasts, for fault tests."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["n"] = 0
+        ctx.outputs["mass"] = hist.Hist.new.Reg(100, 0, 200, name="M").Double()
+
+    def process(self, events, ctx):
+        import time
+
+        time.sleep(ctx.inputs.get("sleep", 0.05))
+        ctx.outputs["n"] += len(events)
+        ctx.outputs["mass"].fill(ak.to_numpy(events["M"]))

@@ -133,7 +133,7 @@ class SupervisorActor(ProofActor):
         pid = self.pids.get(child_id)
         ref = self.refs.get(child_id)
         if pid is not None:
-            kill_tree(pid)
+            kill_tree(pid, reap=False)  # Thespian reaps it and tells us ChildActorExited
         elif ref is not None:
             self.send(ref, ActorExitRequest())
 
@@ -198,7 +198,7 @@ class SupervisorActor(ProofActor):
             for child_id in reversed(list(self.refs)):
                 self.stopping[child_id] = None
                 if child_id in self.pids:
-                    kill_tree(self.pids[child_id])
+                    kill_tree(self.pids[child_id], reap=False)
         else:
             self.receive_other(message, sender)
 

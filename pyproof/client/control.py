@@ -8,6 +8,7 @@ retry: every control request is idempotent by id.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -33,6 +34,8 @@ class ControlClient:
         self.socket = pynng.Req0(recv_timeout=int(attempt_timeout * 1000), send_timeout=5_000,
                                  resend_time=-1)
         self.socket.dial(address, block=False)
+        # one request at a time: a second send on a req socket cancels the first
+        self._lock = threading.Lock()
 
     def call(self, kind: str, payload: dict[str, Any] | None = None, *,
              session: str | None = None, deadline: float = DEFAULT_DEADLINE) -> dict[str, Any]:
@@ -44,13 +47,23 @@ class ControlClient:
         request_id = uuid.uuid4().hex
         data = encode_frame(kind, dict(payload or {}), session=session, request_id=request_id)
         end = time.monotonic() + deadline
+        if not self._lock.acquire(timeout=deadline):
+            raise ConnectError(f"another request to {self.address} held the connection "
+                               f"for {deadline:.0f} s")
+        try:
+            return self._exchange(kind, data, request_id, end, deadline)
+        finally:
+            self._lock.release()
+
+    def _exchange(self, kind: str, data: bytes, request_id: str, end: float,
+                  deadline: float) -> dict[str, Any]:
         attempts = 0
         while True:
             attempts += 1
             try:
                 self.socket.send(data)
                 frame = decode_frame(self.socket.recv())
-            except (pynng.Timeout, ProtocolError):
+            except (pynng.NNGException, ProtocolError):
                 if time.monotonic() >= end:
                     raise ConnectError(
                         f"the daemon at {self.address} did not answer {kind!r} "

@@ -145,6 +145,7 @@ def kill_tree(
     *,
     include_root: bool = True,
     timeout: float = 5.0,
+    reap: bool = True,
 ) -> list[int]:
     """Send `sig` to `pid` and every descendant; wait (bounded) until they are gone.
 
@@ -155,6 +156,8 @@ def kill_tree(
     seconds have passed. Zombies that are our own children (or re-parented
     to us as a subreaper) are reaped. Returns the pids that were signalled,
     parents first. `include_root=False` spares `pid` itself (e.g. ourselves).
+    `reap=False` leaves the zombies of our own children to whoever waits for
+    them (Thespian must see its child exit to report ChildActorExited).
     """
     roots = [pid] if include_root else children_of(pid)
     victims = _freeze(roots)
@@ -166,16 +169,19 @@ def kill_tree(
     deadline = time.monotonic() + timeout
     pending = list(victims)
     while pending and time.monotonic() < deadline:
-        for p in pending:
-            _reap(p)
+        if reap:
+            for p in pending:
+                _reap(p)
         pending = [p for p in pending if is_alive(p)]
         if pending:
             time.sleep(0.002)
     if pending and sig != signal.SIGKILL:
         for p in pending:
-            victims.extend(v for v in kill_tree(p, timeout=timeout) if v not in victims)
-    for p in victims:
-        _reap(p)
+            victims.extend(v for v in kill_tree(p, timeout=timeout, reap=reap)
+                           if v not in victims)
+    if reap:
+        for p in victims:
+            _reap(p)
     return victims
 
 

@@ -1,0 +1,147 @@
+"""proofd under fire: a crash or a hang restarts only the faulty actor.
+
+Each test runs its own real daemon (Thespian actors, nng sockets, real ROOT
+files); the autouse leak fixture then checks nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import pyproof
+from pyproof.supervision.process_tree import is_alive
+from tests.conftest import data_file
+from tests.daemon_helpers import Background, Daemon, zmumu_reference
+
+SLOW = {"sleep": 0.08}
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon()
+    yield d
+    d.stop()
+
+
+def slow_query(session):
+    return session.process("tests.sample_selectors:SlowCount",
+                           dataset=data_file("uproot-Zmumu.root") + ":events", inputs=SLOW,
+                           packetizer="basic", packetizer_params={"packet_entries": 40},
+                           progress=False)
+
+
+def assert_exact(result) -> None:
+    n, ref = zmumu_reference()
+    assert result.outputs["n"] == n == result.stats.entries
+    assert result.outputs["mass"] == ref
+
+
+def session_pids(pids: dict[str, int], session_id: str) -> dict[str, int]:
+    return {k: v for k, v in pids.items() if k.startswith(session_id) or k.endswith(session_id)}
+
+
+def wait_running(session, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        query = (session.status().get("master") or {}).get("query") or {}
+        if query.get("state") == "running" and query.get("processed", 0) > 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("query did not start running")
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_a_killed_or_frozen_gateway_is_replaced_and_the_running_query_completes_exactly(
+        daemon, fault):
+    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        before = daemon.pids()
+        mine = session_pids(before, session.id)
+        running = Background(slow_query, session)
+        wait_running(session)
+        os.kill(before["gateway"], getattr(signal, fault))
+        after = daemon.wait_for(lambda p: p.get("gateway") not in (None, before["gateway"]))
+        t0 = time.monotonic()
+        with pyproof.connect(f"{daemon.url}?workers=1") as newcomer:
+            assert newcomer.id
+        assert time.monotonic() - t0 < 1.0 + 0.5  # served at once (0.5 s: loaded CI slack)
+        assert_exact(running.result(60))
+        assert session_pids(after, session.id) == mine
+        assert not is_alive(before["gateway"])
+
+
+def test_an_exception_in_the_gateway_restarts_it_and_other_sessions_see_nothing(daemon):
+    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        before = daemon.pids()
+        running = Background(slow_query, session)
+        wait_running(session)
+        with pytest.raises(pyproof.ConnectError):
+            daemon.control.call("debug_crash", deadline=1.0)
+        daemon.wait_for(lambda p: p.get("gateway") not in (None, before["gateway"]))
+        assert_exact(running.result(60))
+        assert session_pids(daemon.pids(), session.id) == session_pids(before, session.id)
+
+
+def test_a_worker_killed_mid_query_is_replaced_and_the_result_is_exact(daemon):
+    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        before = daemon.pids()
+        victim = before[f"{session.id}/worker-0"]
+        running = Background(slow_query, session)
+        wait_running(session)
+        os.kill(victim, signal.SIGKILL)
+        result = running.result(60)
+        assert_exact(result)
+        assert result.lineage["requeued"] or result.stats.workers["worker-0"].entries >= 0
+        after = daemon.wait_for(lambda p: p.get(f"{session.id}/worker-0") not in (None, victim))
+        assert after[f"{session.id}/master"] == before[f"{session.id}/master"]
+        # the session goes on with its replaced worker
+        assert_exact(slow_query(session))
+
+
+def test_a_killed_master_fails_its_query_cleanly_and_other_sessions_run_on(daemon):
+    with pyproof.connect(f"{daemon.url}?workers=1") as victim, \
+            pyproof.connect(f"{daemon.url}?workers=1") as bystander:
+        pids = daemon.pids()
+        doomed = Background(slow_query, victim)
+        fine = Background(slow_query, bystander)
+        wait_running(victim)
+        os.kill(pids[f"{victim.id}/master"], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(pyproof.QueryError, match=r"master was restarted"):
+            doomed.result(30)
+        assert time.monotonic() - t0 < 15
+        assert_exact(fine.result(60))
+        # the victim session has a new master and runs the next query
+        assert_exact(slow_query(victim))
+
+
+def test_a_child_that_keeps_dying_escalates_and_only_its_session_goes(daemon):
+    with pyproof.connect(f"{daemon.url}?workers=1") as doomed, \
+            pyproof.connect(f"{daemon.url}?workers=1") as bystander:
+        key = f"{doomed.id}/worker-0"
+        killed = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = daemon.pids()
+            if f"session-{doomed.id}" not in pids:
+                break
+            pid = pids.get(key)
+            if pid and pid not in killed:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+        pids = daemon.pids()
+        assert f"session-{doomed.id}" not in pids, "the session should have given up"
+        assert len(killed) >= 10
+        assert not any(is_alive(p) for p in killed)
+        result = bystander.process("tests.sample_selectors:ZmumuMass",
+                                   dataset=data_file("uproot-Zmumu.root") + ":events")
+        assert result.stats.entries == 2304
+        with pytest.raises(pyproof.QueryError, match=r"no session"):
+            doomed.process("tests.sample_selectors:ZmumuMass",
+                           dataset=data_file("uproot-Zmumu.root") + ":events")
+    with open(os.path.join(daemon.info.log_dir, "session.jsonl")) as f:
+        assert "reached_max_restart_intensity" in f.read()
