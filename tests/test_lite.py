@@ -57,7 +57,8 @@ def test_zmumu_histograms_match_a_sequential_uproot_loop(workers):
     paths = [data_file("uproot-Zmumu.root"), data_file("uproot-Zmumu-zstd.root")]
     with pyproof.connect(f"lite://?workers={workers}") as session:
         result = session.process(ZmumuMass, dataset=[f"{p}:events" for p in paths],
-                                 inputs={"cut": 20.0}, packetizer="basic", packetizer_params={"packet_entries": 300})
+                                 inputs={"cut": 20.0}, packetizer="basic",
+                                 packetizer_params={"packet_entries": 300})
     assert_same_zmumu(result.outputs, reference_zmumu(paths, cut=20.0))
     assert result.stats.entries == 2 * 2304
     assert set(result.stats.workers) == {f"worker-{i}" for i in range(workers)}

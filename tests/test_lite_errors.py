@@ -55,7 +55,8 @@ def test_a_branch_that_does_not_exist_is_named(session):
 def test_a_selector_that_raises_names_file_and_entry_range_and_carries_the_traceback(session):
     with pytest.raises(pyproof.QueryError, match=r"ZeroDivisionError") as info:
         session.process("tests.sample_selectors:RaisesInProcess", dataset=zmumu(),
-                        inputs={"bad_entry": 1000}, packetizer="basic", packetizer_params={"packet_entries": 100})
+                        inputs={"bad_entry": 1000}, packetizer="basic",
+                        packetizer_params={"packet_entries": 100})
     remote = info.value.remote
     assert remote.context["file"] == data_file("uproot-Zmumu.root")
     assert remote.context["tree"] == "events"

@@ -88,7 +88,8 @@ def run(events: int, files: int, workers: list[int], step: int, directory: str) 
             with pyproof.connect(f"lite://?workers={w}") as session:
                 t0 = time.perf_counter()
                 result = session.process(selector_cls, dataset=specs, progress=False,
-                                         packetizer="basic", packetizer_params={"packet_entries": step})
+                                         packetizer="basic",
+                                         packetizer_params={"packet_entries": step})
                 wall = time.perf_counter() - t0
             for key, h in ref.items():
                 if result.outputs[key].values().tolist() != h.values().tolist():
