@@ -13,8 +13,10 @@ may.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -22,6 +24,7 @@ import uuid
 
 from pyproof.actors import messages as m
 from pyproof.supervision.process_tree import children_of, kill_session, kill_tree
+from pyproof.transport import auth
 
 BOOT_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 3.0
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", default=None, help="nng address of the control endpoint")
     parser.add_argument("--watch-stdin", action="store_true")
     parser.add_argument("--url", default=None, help="the URL clients use (for ready.json)")
+    parser.add_argument("--secret-file", default=None,
+                        help="the owner's secret (default: the sandbox's, created 0600)")
+    parser.add_argument("--users-dir", default=None,
+                        help="a directory of per-user secret files named after the users")
+    parser.add_argument("--admins", default=None, help="comma-separated admin users")
     parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
     parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
     args = parser.parse_args(argv)
@@ -72,9 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,
                   "workers_per_user": args.max_workers_per_user}
+        owner = getpass.getuser()
+        secret_file = args.secret_file or str(auth.default_secret_path())
+        auth.load_or_create_secret(secret_file)  # refuses a file others can read
+        auth_config = {"token_key": secrets.token_bytes(32), "owner": owner,
+                       "secret_file": secret_file, "users_dir": args.users_dir,
+                       "admins": args.admins.split(",") if args.admins else [owner],
+                       "server_id": args.url or control}
         reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
                                         log_dir=args.log_dir, daemon_pid=os.getpid(),
-                                        limits=limits),
+                                        limits=limits, auth=auth_config),
                            BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"

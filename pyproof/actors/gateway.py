@@ -13,6 +13,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +25,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.logs import get_logger
+from pyproof.transport import auth
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 
@@ -82,14 +84,53 @@ def validate_spec(spec: Any) -> dict[str, Any]:
 @dataclass(slots=True)
 class _Pending:
     frame: Any
+    user: str = ""
+    admin: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     reply: bytes = b""
 
 
-class ControlServer:
-    """The nng side of the gateway, in its own thread."""
+LOGIN_SESSION = "*login*"
 
-    def __init__(self, address: str) -> None:
+
+class Authenticator:
+    """Logins (HMAC challenge-response, see transport/auth.py) and the tokens they earn.
+
+    The token key is made once per daemon boot and survives gateway restarts,
+    so a client's token stays valid while the gateway comes and goes.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.token_key: bytes = config["token_key"]
+        self.owner: str = config["owner"]
+        self.admins = set(config.get("admins") or [self.owner])
+        self.secret_file: str = config["secret_file"]
+        self.users_dir: str | None = config.get("users_dir")
+        self.handshake = auth.ServerHandshake(config.get("server_id", "proofd"), self._secret)
+
+    def _secret(self, user: str) -> bytes | None:
+        if self.users_dir:
+            path = os.path.join(self.users_dir, user)
+            if os.path.exists(path):
+                return auth.read_secret(path)
+        if user == self.owner:
+            return auth.read_secret(self.secret_file)
+        return None
+
+    def check(self, payload: Any, peer: str) -> tuple[str, bool]:
+        """The (user, admin) a request's token proves; AuthError otherwise."""
+        token = payload.get("token") if isinstance(payload, dict) else None
+        if token is None:
+            raise auth.AuthError("malformed", "not logged in (no token)", peer=peer, user=None)
+        user = auth.verify_token(self.token_key, token, session=LOGIN_SESSION, peer=peer).user
+        return user, user in self.admins
+
+
+class ControlServer:
+    """The nng side of the gateway, in its own thread: logins are answered here."""
+
+    def __init__(self, address: str, authenticator: Authenticator) -> None:
+        self.auth = authenticator
         self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000)
         self.socket.listen(address)
         self.inbox: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -101,23 +142,51 @@ class ControlServer:
         log = get_logger()
         while not self._closed.is_set():
             try:
-                raw = self.socket.recv()
+                message = self.socket.recv_msg()
             except pynng.Timeout:
                 continue
             except pynng.Closed:
                 return
+            peer = _peer(message)
             try:
-                pending = _Pending(frame=decode_frame(raw))
+                frame = decode_frame(message.bytes)
             except ProtocolError as exc:
-                log.warning("bad_control_frame", error=str(exc))
+                log.warning("bad_control_frame", peer=peer, error=str(exc))
                 self._send(encode_frame("error", {"message": f"protocol error: {exc}"}))
                 continue
+            try:
+                reply = self._login(frame, peer)
+                if reply is not None:
+                    self._send(reply)
+                    continue
+                user, admin = self.auth.check(frame.payload, peer)
+            except auth.AuthError as exc:
+                log.warning("auth_refused", peer=peer, user=exc.user, reason=exc.reason,
+                            detail=exc.detail)
+                self._send(encode_frame("error", {"message": f"not authenticated: {exc.reason}",
+                                                  "auth": exc.reason},
+                                        request_id=frame.request_id))
+                continue
+            pending = _Pending(frame=frame, user=user, admin=admin)
             self.inbox.put(pending)
             if not pending.done.wait(REQUEST_TIMEOUT):
                 pending.reply = encode_frame("error", {
-                    "message": f"the daemon did not answer {pending.frame.type!r} "
-                               f"within {REQUEST_TIMEOUT:.0f} s"})
+                    "message": f"the daemon did not answer {frame.type!r} "
+                               f"within {REQUEST_TIMEOUT:.0f} s"}, request_id=frame.request_id)
             self._send(pending.reply)
+
+    def _login(self, frame: Any, peer: str) -> bytes | None:
+        now = time.monotonic()
+        if frame.type == auth.AUTH_CHALLENGE:
+            return encode_frame(auth.AUTH_CHALLENGE, self.auth.handshake.challenge(now),
+                                request_id=frame.request_id)
+        if frame.type == auth.AUTH_ANSWER:
+            login, ok = self.auth.handshake.verify(frame.payload, now, peer=peer)
+            token = auth.issue_token(self.auth.token_key, login.user, LOGIN_SESSION)
+            get_logger().info("login", peer=peer, user=login.user)
+            return encode_frame(auth.AUTH_OK, {**ok, "token": token.to_wire()},
+                                request_id=frame.request_id)
+        return None
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(pynng.Timeout, pynng.Closed):
@@ -127,6 +196,14 @@ class ControlServer:
         self._closed.set()
         self._thread.join(1.0)
         self.socket.close()
+
+
+def _peer(message: Any) -> str:
+    try:
+        address = message.pipe.remote_address
+        return f"{address.family_as_str}:{address}"
+    except Exception:
+        return "unknown peer"
 
 
 class Gateway(ProofActor):
@@ -142,8 +219,8 @@ class Gateway(ProofActor):
             self.start = message
             self.start_log(message.log_dir, actor="gateway")
             try:
-                self.server = ControlServer(message.control_address)
-            except pynng.NNGException as exc:
+                self.server = ControlServer(message.control_address, Authenticator(message.auth))
+            except (pynng.NNGException, auth.SecretFileError) as exc:
                 self.send(sender, m.StartError(
                     reason=f"cannot listen on {message.control_address}: {exc}"))
                 return
@@ -184,12 +261,13 @@ class Gateway(ProofActor):
             corr = f"c{next(self._ids)}"
             self.pending[corr] = pending
             try:
-                self._dispatch(corr, pending.frame)
+                self._dispatch(corr, pending)
             except RequestError as exc:
                 self._complete(corr, "error", {"message": str(exc)})
 
-    def _dispatch(self, corr: str, frame: Any) -> None:
+    def _dispatch(self, corr: str, pending: _Pending) -> None:
         assert self.start is not None
+        frame = pending.frame
         payload = frame.payload if isinstance(frame.payload, dict) else {}
         kind = frame.type
         sessions = self.start.sessions
@@ -199,15 +277,14 @@ class Gateway(ProofActor):
                     1 <= workers <= MAX_WORKERS):
                 raise RequestError(f"'workers' must be an integer from 1 to {MAX_WORKERS}")
             request_id = frame.request_id or ""
-            user = payload.get("user", "")
-            if not isinstance(user, str):
-                raise RequestError("'user' must be a string")
+            user = pending.user
             self.send(sessions, m.CreateSession(
                 corr=corr, session_id=uuid.uuid4().hex[:12], workers=workers,
                 run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress,
                 user=user, request_id=request_id))
         elif kind == "status":
-            self.send(sessions, m.ListSessions(corr=corr, reply_to=self.myAddress))
+            self.send(sessions, m.ListSessions(corr=corr, reply_to=self.myAddress,
+                                               user=None if pending.admin else pending.user))
         elif kind == "tree":
             self.send(self.start.root, m.TreeRequest(corr=corr, reply_to=self.myAddress))
         elif kind == "debug_crash" and TEST_HOOKS:
@@ -217,36 +294,38 @@ class Gateway(ProofActor):
             session_id = frame.session
             if not isinstance(session_id, str) or not session_id:
                 raise RequestError(f"{kind!r} needs a session id")
-            self._session_request(corr, kind, session_id, payload)
+            self._session_request(corr, kind, session_id, payload, pending)
         else:
             raise RequestError(f"unknown control request {kind!r}")
 
     def _session_request(self, corr: str, kind: str, session_id: str,
-                         payload: dict[str, Any]) -> None:
+                         payload: dict[str, Any], pending: _Pending) -> None:
         assert self.start is not None
+        # the sessions supervisor checks the session belongs to this user (or an admin)
         sessions = self.start.sessions
+        who = {"user": pending.user, "admin": pending.admin}
         if kind == "start_query":
             query_id = payload.get("query")
             if not isinstance(query_id, str):
                 raise RequestError("'query' must be a string id")
-            self.send(sessions, m.StartQuery(
+            self.send(sessions, m.StartQuery(**who,
                 corr=corr, session_id=session_id, query_id=query_id,
                 spec=validate_spec(payload.get("spec")), reply_to=self.myAddress))
         elif kind == "stop_query":
-            self.send(sessions, m.StopQuery(corr=corr, session_id=session_id,
+            self.send(sessions, m.StopQuery(**who, corr=corr, session_id=session_id,
                                             query_id=str(payload.get("query")),
                                             reply_to=self.myAddress))
         elif kind == "session_status":
-            self.send(sessions, m.StatusRequest(corr=corr, session_id=session_id,
+            self.send(sessions, m.StatusRequest(**who, corr=corr, session_id=session_id,
                                                 reply_to=self.myAddress))
         elif kind == "fetch_result":
             query_id = payload.get("query")
             if not isinstance(query_id, str):
                 raise RequestError("'query' must be a string id")
-            self.send(sessions, m.FetchResult(corr=corr, session_id=session_id,
+            self.send(sessions, m.FetchResult(**who, corr=corr, session_id=session_id,
                                               query_id=query_id, reply_to=self.myAddress))
         else:
-            self.send(sessions, m.CloseSession(corr=corr, session_id=session_id,
+            self.send(sessions, m.CloseSession(**who, corr=corr, session_id=session_id,
                                                reply_to=self.myAddress))
 
     def _complete(self, corr: str, kind: str, payload: dict[str, Any]) -> None:

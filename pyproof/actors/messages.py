@@ -20,6 +20,7 @@ class Boot:
     log_dir: str
     daemon_pid: int
     limits: dict[str, int] = field(default_factory=dict)
+    auth: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +45,7 @@ class SessionsStart:
 class ListSessions:
     corr: str
     reply_to: Any = None
+    user: str | None = None  # None: every user's (admins)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +62,7 @@ class GatewayStart:
     control_address: str
     sessions: Any  # ActorAddress of the sessions supervisor
     root: Any = None
+    auth: dict[str, Any] = field(default_factory=dict)  # see gateway.Authenticator
     run_dir: str
     log_dir: str
 
@@ -96,6 +99,8 @@ class CloseSession:
     corr: str
     session_id: str
     reply_to: Any = None
+    user: str = ""
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +132,8 @@ class StartQuery:
     query_id: str
     spec: dict[str, Any]
     reply_to: Any = None
+    user: str = ""
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +163,8 @@ class StopQuery:
     session_id: str = ""
     query_id: str
     reply_to: Any = None
+    user: str = ""
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +172,8 @@ class StatusRequest:
     corr: str
     session_id: str = ""
     reply_to: Any = None
+    user: str = ""
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +182,8 @@ class FetchResult:
     session_id: str = ""
     query_id: str
     reply_to: Any = None
+    user: str = ""
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

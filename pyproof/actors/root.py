@@ -31,7 +31,7 @@ class Root(SupervisorActor):
             self.start_log(message.log_dir, actor="root")
             gateway_init = m.GatewayStart(
                 corr=message.corr, control_address=message.control_address, sessions=None,
-                run_dir=message.run_dir, log_dir=message.log_dir)
+                run_dir=message.run_dir, log_dir=message.log_dir, auth=dict(message.auth))
             self.supervise(SupervisorSpec(
                 name="root",
                 flags=SupFlags(strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0,

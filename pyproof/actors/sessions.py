@@ -56,6 +56,13 @@ class Sessions(SupervisorActor):
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.CreateSession):
             self._create(message, sender)
+        elif isinstance(message, (m.CloseSession, *ROUTED)) and not self._may(message):
+            owner = self.info[message.session_id]["user"]
+            get_logger().warning("access_refused", user=message.user, session=message.session_id,
+                                 owner=owner)
+            self._no_session(message, sender, f"session {message.session_id!r} belongs to "
+                                              f"another user; only its owner or an admin "
+                                              f"may use it")
         elif isinstance(message, m.CloseSession):
             self._close(message, sender)
         elif isinstance(message, ROUTED):
@@ -67,7 +74,8 @@ class Sessions(SupervisorActor):
         elif isinstance(message, m.ListSessions):
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
                 "sessions": {sid: dict(info, alive=sid in self.refs)
-                             for sid, info in self.info.items()}}))
+                             for sid, info in self.info.items()
+                             if message.user is None or info["user"] == message.user}}))
 
     def _create(self, message: m.CreateSession, sender) -> None:
         reply_to = message.reply_to or sender
@@ -127,10 +135,16 @@ class Sessions(SupervisorActor):
         self.info.pop(message.session_id, None)
         self.send(reply_to, m.SessionClosed(corr=message.corr, session_id=message.session_id))
 
-    def _no_session(self, message: Any, sender) -> None:
-        error = f"no session {message.session_id!r} (closed, or it failed)"
+    def _may(self, message: Any) -> bool:
+        info = self.info.get(message.session_id)
+        return info is None or message.admin or info["user"] == message.user
+
+    def _no_session(self, message: Any, sender, error: str | None = None) -> None:
+        error = error or f"no session {message.session_id!r} (closed, or it failed)"
         to = message.reply_to or sender
-        if isinstance(message, m.StartQuery):
+        if isinstance(message, m.CloseSession):
+            self.send(to, m.StatusReply(corr=message.corr, status={"error": error}))
+        elif isinstance(message, m.StartQuery):
             self.send(to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
                                           error=error))
         else:

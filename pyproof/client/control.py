@@ -16,6 +16,7 @@ from typing import Any
 import pynng
 
 from pyproof.errors import ConnectError, ProofError
+from pyproof.transport import auth
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 
@@ -27,9 +28,30 @@ class RequestRefused(ProofError):
     """The daemon answered with an error (the message is the daemon's)."""
 
 
+class _NotAuthenticated(Exception):
+    """The daemon does not accept our token (gateway restarted with a new key?)."""
+
+
+def current_user() -> str:
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return f"uid{os.getuid()}"
+
+
 class ControlClient:
-    def __init__(self, address: str, *, attempt_timeout: float = ATTEMPT_TIMEOUT) -> None:
+    """Logs in with an HMAC challenge (the secret never travels), then sends requests
+    carrying the token it earned; a refused token triggers one fresh login."""
+
+    def __init__(self, address: str, *, user: str | None = None, secret: bytes | None = None,
+                 attempt_timeout: float = ATTEMPT_TIMEOUT) -> None:
         self.address = address
+        self.user = user or current_user()
+        self._secret = secret
+        self._token: dict[str, Any] | None = None
         self.attempt_timeout = attempt_timeout
         self.socket = pynng.Req0(recv_timeout=int(attempt_timeout * 1000), send_timeout=5_000,
                                  resend_time=-1)
@@ -44,16 +66,46 @@ class ControlClient:
         Raises RequestRefused when the daemon says no, ConnectError when it
         never answers.
         """
-        request_id = uuid.uuid4().hex
-        data = encode_frame(kind, dict(payload or {}), session=session, request_id=request_id)
         end = time.monotonic() + deadline
         if not self._lock.acquire(timeout=deadline):
             raise ConnectError(f"another request to {self.address} held the connection "
                                f"for {deadline:.0f} s")
         try:
-            return self._exchange(kind, data, request_id, end, deadline)
+            for attempt in (1, 2):
+                if self._token is None:
+                    self._login(end, deadline)
+                request_id = uuid.uuid4().hex
+                data = encode_frame(kind, {**(payload or {}), "token": self._token},
+                                    session=session, request_id=request_id)
+                try:
+                    return self._exchange(kind, data, request_id, end, deadline)
+                except _NotAuthenticated as exc:
+                    self._token = None
+                    if attempt == 2:
+                        raise RequestRefused(f"the daemon refused our login: {exc}") from None
+            raise AssertionError("unreachable")
         finally:
             self._lock.release()
+
+    def _login(self, end: float, deadline: float) -> None:
+        secret = self._secret if self._secret is not None else auth.load_or_create_secret()
+        client = auth.ClientHandshake(self.user, secret)
+        challenge_id = uuid.uuid4().hex
+        challenge = self._exchange(auth.AUTH_CHALLENGE, encode_frame(
+            auth.AUTH_CHALLENGE, {}, request_id=challenge_id), challenge_id, end, deadline)
+        try:
+            answer = client.answer(challenge, peer=self.address)
+        except auth.AuthError as exc:
+            raise RequestRefused(str(exc)) from None
+        answer_id = uuid.uuid4().hex
+        ok = self._exchange(auth.AUTH_ANSWER, encode_frame(
+            auth.AUTH_ANSWER, answer, request_id=answer_id), answer_id, end, deadline)
+        try:
+            client.confirm({k: v for k, v in ok.items() if k != "token"}, peer=self.address)
+        except auth.AuthError as exc:
+            raise RequestRefused(f"the daemon at {self.address} failed to prove itself: "
+                                 f"{exc}") from None
+        self._token = ok.get("token")
 
     def _exchange(self, kind: str, data: bytes, request_id: str, end: float,
                   deadline: float) -> dict[str, Any]:
@@ -72,8 +124,10 @@ class ControlClient:
             if frame.request_id not in (None, request_id):
                 continue  # a late answer to an earlier attempt of another request
             if frame.type == "error":
-                message = frame.payload.get("message") if isinstance(frame.payload, dict) else None
-                raise RequestRefused(str(message or frame.payload))
+                body = frame.payload if isinstance(frame.payload, dict) else {}
+                if body.get("auth"):
+                    raise _NotAuthenticated(body.get("message"))
+                raise RequestRefused(str(body.get("message") or frame.payload))
             return frame.payload if isinstance(frame.payload, dict) else {}
 
     def close(self) -> None:

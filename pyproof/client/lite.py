@@ -21,6 +21,7 @@ import time
 
 from pyproof.errors import ConnectError
 from pyproof.supervision.process_tree import kill_session, kill_tree
+from pyproof.transport import auth
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -55,11 +56,14 @@ class LiteCluster:
         os.makedirs(self.log_dir)
         self.run_dir = tempfile.mkdtemp(prefix=f"pyproof-{os.getpid()}-")
         self.thespian_sessions: list[int] = []
+        # a fresh secret per cluster: another local user cannot attach to it
+        self.secret = auth.fresh_cluster_secret()
+        secret_file = str(auth.write_secret(os.path.join(self.run_dir, "secret"), self.secret))
         self._prune_old_sessions(base)
         self._out = open(os.path.join(self.log_dir, "daemon.out"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
-             "--log-dir", self.log_dir, "--watch-stdin"],
+             "--log-dir", self.log_dir, "--watch-stdin", "--secret-file", secret_file],
             stdin=subprocess.PIPE, stdout=self._out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -49,7 +49,8 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
     if parsed.scheme == "lite":
         cluster = LiteCluster(timeout=timeout)
         try:
-            return Session(ControlClient(cluster.control_address), workers=workers or
+            return Session(ControlClient(cluster.control_address, secret=cluster.secret),
+                           workers=workers or
                            default_workers(), cluster=cluster,
                            data_address=f"ipc://{cluster.run_dir}/client-{uuid.uuid4().hex}.ipc")
         except BaseException:
@@ -84,15 +85,6 @@ def _local_address_towards(host: str) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((target, 9))  # no packet is sent: this only picks the route
         return probe.getsockname()[0]
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:
-        return f"uid{os.getuid()}"
 
 
 def parse_dataset(dataset: Any) -> list[list[str | None]]:
@@ -142,7 +134,7 @@ class Session:
             self.id = attach
             self.workers: list[str] = list(reply.get("workers", []))
         else:
-            reply = self._call("open_session", {"workers": workers, "user": _user()})
+            reply = self._call("open_session", {"workers": workers})
             self.id = reply["session"]
             self.workers = reply["workers"]
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS)
