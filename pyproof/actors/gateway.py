@@ -25,7 +25,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.logs import get_logger
-from pyproof.transport import auth
+from pyproof.transport import auth, sealing
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 
@@ -106,9 +106,9 @@ class Authenticator:
         self.admins = set(config.get("admins") or [self.owner])
         self.secret_file: str = config["secret_file"]
         self.users_dir: str | None = config.get("users_dir")
-        self.handshake = auth.ServerHandshake(config.get("server_id", "proofd"), self._secret)
+        self.handshake = auth.ServerHandshake(config.get("server_id", "proofd"), self.secret_of)
 
-    def _secret(self, user: str) -> bytes | None:
+    def secret_of(self, user: str) -> bytes | None:
         if self.users_dir:
             path = os.path.join(self.users_dir, user)
             if os.path.exists(path):
@@ -277,9 +277,12 @@ class Gateway(ProofActor):
                     1 <= workers <= MAX_WORKERS):
                 raise RequestError(f"'workers' must be an integer from 1 to {MAX_WORKERS}")
             request_id = frame.request_id or ""
+            session_id = uuid.uuid4().hex[:12]
             user = pending.user
+            secret = self.server.auth.secret_of(user) if self.server else None
             self.send(sessions, m.CreateSession(
-                corr=corr, session_id=uuid.uuid4().hex[:12], workers=workers,
+                data_key=sealing.data_key(secret, session_id) if secret else b"",
+                corr=corr, session_id=session_id, workers=workers,
                 run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress,
                 user=user, request_id=request_id))
         elif kind == "status":

@@ -26,8 +26,9 @@ KEEP_RESULTS = 10
 
 
 class MasterPlane:
-    def __init__(self, *, session_id: str, address: str) -> None:
+    def __init__(self, *, session_id: str, address: str, data_key: bytes = b"") -> None:
         self.session_id = session_id
+        self.data_key = data_key
         self.address = address
         self.log = get_logger()
         self.socket = pynng.Rep0(recv_timeout=POLL_MS, send_timeout=5_000)
@@ -125,7 +126,8 @@ class MasterPlane:
                     self.query.close()
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
-                                      spec=spec, workers=self.workers, keep=self._keep)
+                                      spec=spec, workers=self.workers, keep=self._keep,
+                                      data_key=self.data_key)
             elif command == "stop":
                 query_id, reason = arg
                 if self.query is not None and self.query.query_id == query_id:

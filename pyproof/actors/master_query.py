@@ -22,6 +22,7 @@ from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
+from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import encode_frame
 
@@ -117,7 +118,8 @@ class QueryRun:
     """State of one query on the master. Methods are called from one thread."""
 
     def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any],
-                 workers: list[str], keep: Any = None) -> None:
+                 workers: list[str], keep: Any = None, data_key: bytes = b"") -> None:
+        self.data_key = data_key
         self.keep = keep  # called with (query id, final frame) to keep the outcome
         self.query_id = query_id
         self.session_id = session_id
@@ -354,7 +356,7 @@ class QueryRun:
         if final and self.keep is not None:
             self.keep(self.query_id, data)
         try:
-            self.client.send(data)
+            self.client.send(sealing.seal(self.data_key, data) if self.data_key else data)
         except pynng.Timeout:
             self.log.warning("client_unreachable", message=kind)
         except Exception as exc:

@@ -77,6 +77,7 @@ class CreateSession:
     reply_to: Any = None
     user: str = ""
     request_id: str = ""  # the client's id for its open request: a retry gets the same session
+    data_key: bytes = b""  # seals the session's data frames (transport/sealing.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +116,8 @@ class MasterStart:
     run_dir: str
     log_dir: str
     packet_address: str
+    data_key: bytes = b""
+    bind_host: str = "127.0.0.1"  # where the master listens for clients that dial in
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -98,7 +98,8 @@ class Sessions(SupervisorActor):
                                          "created": time.time()}
         init = m.CreateSession(corr=message.corr, session_id=message.session_id,
                                workers=message.workers, run_dir=message.run_dir,
-                               log_dir=message.log_dir, reply_to=reply_to, user=message.user)
+                               log_dir=message.log_dir, reply_to=reply_to, user=message.user,
+                               data_key=message.data_key)
         spec = ChildSpec(id=message.session_id, type=ChildType.SUPERVISOR,
                          restart=Restart.TEMPORARY, shutdown=Shutdown.timeout(5.0),
                          start=m.ActorStart(actor="pyproof.actors.sessions:SessionSupervisor",
@@ -170,7 +171,8 @@ class SessionSupervisor(SupervisorActor):
             children = [ChildSpec(id="master", start=m.ActorStart(
                 actor="pyproof.actors.master:Master",
                 init=m.MasterStart(session_id=message.session_id, run_dir=message.run_dir,
-                                   log_dir=message.log_dir, packet_address=address)))]
+                                   log_dir=message.log_dir, packet_address=address,
+                                   data_key=message.data_key)))]
             for index in range(message.workers):
                 worker_id = f"worker-{index}"
                 children.append(ChildSpec(id=worker_id, start=m.ActorStart(

@@ -87,8 +87,13 @@ class ControlClient:
         finally:
             self._lock.release()
 
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = auth.load_or_create_secret()
+        return self._secret
+
     def _login(self, end: float, deadline: float) -> None:
-        secret = self._secret if self._secret is not None else auth.load_or_create_secret()
+        secret = self.secret()
         client = auth.ClientHandshake(self.user, secret)
         challenge_id = uuid.uuid4().hex
         challenge = self._exchange(auth.AUTH_CHALLENGE, encode_frame(

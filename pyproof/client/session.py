@@ -23,7 +23,8 @@ from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.selector import Selector, load_selector, selector_ref
-from pyproof.transport.codec import EncodeError, RemoteError, encode
+from pyproof.transport import sealing
+from pyproof.transport.codec import EncodeError, ProtocolError, RemoteError, encode
 from pyproof.transport.frames import decode_frame
 
 DATA_POLL_MS = 250
@@ -140,6 +141,9 @@ class Session:
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS)
         self.data.listen(data_address)
         self.data_address = _bound_address(self.data, data_address)
+        # data frames are sealed with a key both ends derive; it never travels
+        self.data_key = sealing.data_key(control.secret(), self.id or "")
+        self.rejected_frames = 0
 
     @property
     def log_dir(self) -> str | None:
@@ -223,11 +227,14 @@ class Session:
                 self._check_alive(query_id)
                 last_heard = time.monotonic()
             try:
-                frame = decode_frame(self.data.recv())
+                frame = decode_frame(sealing.unseal(self.data_key, self.data.recv()))
             except pynng.Timeout:
                 if self.cluster and self.cluster.process.poll() is not None:
                     raise QueryError("the lite daemon died during the query; "
                                      f"see the logs in {self.log_dir}") from None
+                continue
+            except (sealing.SealError, ProtocolError):
+                self.rejected_frames += 1  # not from our master: drop it, keep listening
                 continue
             payload = frame.payload
             if not isinstance(payload, dict) or payload.get("query") != query_id:
