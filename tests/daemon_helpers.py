@@ -18,10 +18,10 @@ from tests.conftest import data_file
 
 
 class Daemon:
-    def __init__(self, **limits: int) -> None:
+    def __init__(self, **options: Any) -> None:
         os.environ["PYPROOF_TEST_HOOKS"] = "1"
         self.port = free_port()
-        self.info = start_daemon(self.port, **limits)
+        self.info = start_daemon(self.port, **options)
         self.url = self.info.url
         self.control = ControlClient(f"tcp://127.0.0.1:{self.port}", attempt_timeout=2.0)
 

@@ -54,10 +54,11 @@ def wait_running(session, timeout: float = 10.0) -> None:
     raise AssertionError("query did not start running")
 
 
+@pytest.mark.parametrize("connection", ["callback", "dial"])
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
 def test_a_killed_or_frozen_gateway_is_replaced_and_the_running_query_completes_exactly(
-        daemon, fault):
-    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        daemon, fault, connection):
+    with pyproof.connect(f"{daemon.url}?workers=2&connection={connection}") as session:
         before = daemon.pids()
         mine = session_pids(before, session.id)
         running = Background(slow_query, session)

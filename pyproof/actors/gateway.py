@@ -293,7 +293,7 @@ class Gateway(ProofActor):
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
         elif kind in ("start_query", "stop_query", "session_status", "close_session",
-                      "fetch_result"):
+                      "fetch_result", "data_endpoint"):
             session_id = frame.session
             if not isinstance(session_id, str) or not session_id:
                 raise RequestError(f"{kind!r} needs a session id")
@@ -321,6 +321,10 @@ class Gateway(ProofActor):
         elif kind == "session_status":
             self.send(sessions, m.StatusRequest(**who, corr=corr, session_id=session_id,
                                                 reply_to=self.myAddress))
+        elif kind == "data_endpoint":
+            self.send(sessions, m.OpenOutbox(**who, corr=corr, session_id=session_id,
+                                             address=self._outbox_address(session_id, payload),
+                                             reply_to=self.myAddress))
         elif kind == "fetch_result":
             query_id = payload.get("query")
             if not isinstance(query_id, str):
@@ -330,6 +334,17 @@ class Gateway(ProofActor):
         else:
             self.send(sessions, m.CloseSession(**who, corr=corr, session_id=session_id,
                                                reply_to=self.myAddress))
+
+    def _outbox_address(self, session_id: str, payload: dict[str, Any]) -> str:
+        """Where a session listens for its client in client-dials mode: beside the gateway."""
+        assert self.start is not None
+        control = self.start.control_address
+        if not control.startswith("tcp://"):
+            return f"ipc://{os.path.join(self.start.run_dir, f'outbox-{session_id}.ipc')}"
+        port = payload.get("port", 0)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise RequestError("'port' must be an integer from 0 to 65535")
+        return f"{control.rsplit(':', 1)[0]}:{port}"
 
     def _complete(self, corr: str, kind: str, payload: dict[str, Any]) -> None:
         pending = self.pending.pop(corr, None)

@@ -52,6 +52,13 @@ class Master(ProofActor):
             status = self.plane.statistics() if self.plane else {}
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
                 "master": status, "workers": sorted(self.workers), "pid": os.getpid()}))
+        elif isinstance(message, m.OpenOutbox):
+            assert self.plane is not None
+            try:
+                status = {"address": self.plane.open_outbox(message.address)}
+            except Exception as exc:  # e.g. the port asked for is taken: say so
+                status = {"error": f"cannot listen on {message.address}: {exc}"}
+            self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))
         elif isinstance(message, m.FetchResult):
             frame = self.plane.results.get(message.query_id) if self.plane else None
             status = {"frame": frame} if frame is not None else {

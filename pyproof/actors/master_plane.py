@@ -9,6 +9,7 @@ no locks around them. The actor thread only hands queries in and out through
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from typing import Any
@@ -36,6 +37,8 @@ class MasterPlane:
         self.workers: list[str] = []
         self.query: QueryRun | None = None
         self.accepted: str | None = None
+        self.outbox: pynng.Push0 | None = None
+        self.outbox_address = ""
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
         self.results: dict[str, bytes] = {}
         self.finished_queries: list[str] = []
@@ -82,10 +85,23 @@ class MasterPlane:
                 "query": None if q is None else {"id": q.query_id, "state": q.state,
                                                  "processed": q.processed, "total": q.total}}
 
+    def open_outbox(self, address: str) -> str:
+        """Listen for clients that dial in (behind a firewall, or through an SSH tunnel)."""
+        if self.outbox is None:
+            outbox = pynng.Push0()
+            outbox.listen(address)
+            if address.startswith("tcp://") and address.endswith(":0"):
+                port = socket.ntohs(outbox.listeners[0].local_address.port)  # pynng: net order
+                address = f"{address[:-2]}:{port}"
+            self.outbox, self.outbox_address = outbox, address
+        return self.outbox_address
+
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()
         self._thread.join(timeout)
         self.socket.close()
+        if self.outbox is not None:
+            self.outbox.close()
 
     # -- the data-plane thread ----------------------------------------------
     def _serve(self) -> None:
@@ -127,7 +143,8 @@ class MasterPlane:
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, workers=self.workers, keep=self._keep,
-                                      data_key=self.data_key)
+                                      data_key=self.data_key,
+                                      outbox=None if spec.get("client_address") else self.outbox)
             elif command == "stop":
                 query_id, reason = arg
                 if self.query is not None and self.query.query_id == query_id:

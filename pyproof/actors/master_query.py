@@ -27,7 +27,6 @@ from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import encode_frame
 
 PROGRESS_PERIOD = 0.25
-CLIENT_SEND_TIMEOUT_MS = 10_000
 
 
 class LookupError_(Exception):
@@ -118,7 +117,8 @@ class QueryRun:
     """State of one query on the master. Methods are called from one thread."""
 
     def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any],
-                 workers: list[str], keep: Any = None, data_key: bytes = b"") -> None:
+                 workers: list[str], keep: Any = None, data_key: bytes = b"",
+                 outbox: pynng.Push0 | None = None) -> None:
         self.data_key = data_key
         self.keep = keep  # called with (query id, final frame) to keep the outcome
         self.query_id = query_id
@@ -141,8 +141,14 @@ class QueryRun:
         self.requeued: list[dict[str, Any]] = []
         self.concatenate = tuple(spec.get("concatenate") or ())
         self._last_progress = 0.0
-        self.client = pynng.Push0(send_timeout=CLIENT_SEND_TIMEOUT_MS)
-        self.client.dial(spec["client_address"], block=False)
+        if outbox is not None:  # client-dials mode: the session's listening socket
+            self.client, self._own_client = outbox, False
+        else:  # callback mode: dial the client back
+            self.client, self._own_client = pynng.Push0(), True
+            try:
+                self.client.dial(spec["client_address"], block=True)
+            except pynng.NNGException:  # not there (yet): keep trying in the background
+                self.client.dial(spec["client_address"], block=False)
         self._lookup_error: RemoteError | None = None
         self._packetizer: Packetizer | None = None  # built by the look-up thread
         self.lost: set[str] = set()
@@ -356,12 +362,16 @@ class QueryRun:
         if final and self.keep is not None:
             self.keep(self.query_id, data)
         try:
-            self.client.send(sealing.seal(self.data_key, data) if self.data_key else data)
-        except pynng.Timeout:
+            # never block the data plane on a slow or absent client: a dropped progress
+            # frame is harmless and the final frame is kept for `fetch_result`
+            self.client.send(sealing.seal(self.data_key, data) if self.data_key else data,
+                             block=False)
+        except pynng.TryAgain:
             self.log.warning("client_unreachable", message=kind)
         except Exception as exc:
             self.log.error("client_send_failed", message=kind, error=repr(exc),
                            traceback=traceback.format_exc())
 
     def close(self) -> None:
-        self.client.close()
+        if self._own_client:
+            self.client.close()

@@ -190,6 +190,18 @@ class FetchResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOutbox:
+    """Make the master listen for a client that dials in; answered with its address."""
+
+    corr: str
+    session_id: str = ""
+    address: str
+    reply_to: Any = None
+    user: str = ""
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusReply:
     corr: str
     status: dict[str, Any]

@@ -28,7 +28,7 @@ from pyproof.supervision.spec import (
 )
 
 WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
-ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult)
+ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
 
 
 def master_address(run_dir: str, session_id: str) -> str:

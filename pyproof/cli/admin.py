@@ -49,6 +49,7 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
     info = start_daemon(args.port, host=args.host,
                         max_sessions_per_user=args.max_sessions_per_user,
                         max_workers_per_user=args.max_workers_per_user,
+                        users_dir=args.users_dir, admins=args.admins,
                         foreground=args.foreground)
     print(f"proofd running at {info.url} (pid {info.pid}); logs in {info.log_dir}")
     return 0
@@ -150,6 +151,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--foreground", action="store_true")
     start.add_argument("--max-sessions-per-user", type=int, default=0)
     start.add_argument("--max-workers-per-user", type=int, default=0)
+    start.add_argument("--users-dir", default=None,
+                       help="directory of per-user secret files (0600), named after the users")
+    start.add_argument("--admins", default=None, help="comma-separated admin users")
     start.set_defaults(func=cmd_daemon_start)
     stop = dsub.add_parser("stop", help="stop proofd")
     stop.add_argument("--port", type=int, default=DEFAULT_PORT)

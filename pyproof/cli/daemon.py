@@ -50,6 +50,7 @@ def read_info(port: int) -> DaemonInfo | None:
 
 def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                  max_sessions_per_user: int = 0, max_workers_per_user: int = 0,
+                 users_dir: str | None = None, admins: str | None = None,
                  foreground: bool = False, timeout: float = START_TIMEOUT) -> DaemonInfo:
     """Start proofd on host:port in the background (or run it here with foreground=True)."""
     running = read_info(port)
@@ -65,6 +66,10 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
             "--url", f"proof://{host}:{port}",
             "--max-sessions-per-user", str(max_sessions_per_user),
             "--max-workers-per-user", str(max_workers_per_user)]
+    if users_dir:
+        args += ["--users-dir", users_dir]
+    if admins:
+        args += ["--admins", admins]
     if foreground:
         os.execv(sys.executable, args)
     with open(os.path.join(log_dir, "daemon.out"), "ab") as out:

@@ -103,8 +103,11 @@ class ControlClient:
         except auth.AuthError as exc:
             raise RequestRefused(str(exc)) from None
         answer_id = uuid.uuid4().hex
-        ok = self._exchange(auth.AUTH_ANSWER, encode_frame(
-            auth.AUTH_ANSWER, answer, request_id=answer_id), answer_id, end, deadline)
+        try:
+            ok = self._exchange(auth.AUTH_ANSWER, encode_frame(
+                auth.AUTH_ANSWER, answer, request_id=answer_id), answer_id, end, deadline)
+        except _NotAuthenticated as exc:
+            raise RequestRefused(f"the daemon refused our login: {exc}") from None
         try:
             client.confirm({k: v for k, v in ok.items() if k != "token"}, peer=self.address)
         except auth.AuthError as exc:

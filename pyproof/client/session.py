@@ -32,11 +32,16 @@ MASTER_SILENCE_CHECK = 3.0  # the master sends progress every 0.25 s while a que
 
 
 def connect(url: str = "lite://", *, workers: int | None = None, session: str | None = None,
+            connection: str | None = None, data_port: int | None = None,
             timeout: float = 60.0) -> Session:
     """Open a session (or attach to an existing one with `session=ID`).
 
     `lite://?workers=N` starts a private local cluster; `proof://host:port?workers=N`
-    reaches a running daemon (`proofctl daemon start`).
+    reaches a running daemon (`proofctl daemon start`). `connection="callback"`
+    (default): the session dials back a socket this client listens on;
+    `connection="dial"`: this client dials the session (behind a firewall or NAT,
+    or through an SSH tunnel: then give the forwarded `data_port`). Both can
+    also be given in the URL: `?connection=dial&data_port=1094`.
     """
     parsed = urlparse(url)
     query = parse_qs(parsed.query)
@@ -47,6 +52,12 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
             raise ConnectError(f"workers={query['workers'][0]!r} is not an integer") from None
     if session is None and "session" in query:
         session = query["session"][0]
+    connection = connection or query.get("connection", ["callback"])[0]
+    if connection not in ("callback", "dial"):
+        raise ConnectError(f"connection={connection!r}: use 'callback' or 'dial'")
+    if data_port is None and "data_port" in query:
+        data_port = int(query["data_port"][0])
+    dial = (connection == "dial", data_port)
     if parsed.scheme == "lite":
         cluster = LiteCluster(timeout=timeout)
         try:
@@ -64,7 +75,7 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
         try:
             return Session(control, workers=workers or default_workers(), cluster=None,
                            data_address=f"tcp://{_local_address_towards(parsed.hostname)}:0",
-                           attach=session)
+                           attach=session, dial=dial, dial_host=parsed.hostname)
         except BaseException:
             control.close()
             raise
@@ -125,7 +136,8 @@ class Session:
     """
 
     def __init__(self, control: ControlClient, *, workers: int, cluster: LiteCluster | None,
-                 data_address: str, attach: str | None = None) -> None:
+                 data_address: str, attach: str | None = None,
+                 dial: tuple[bool, int | None] = (False, None), dial_host: str = "") -> None:
         self.cluster = cluster
         self.control = control
         self.data: pynng.Pull0 | None = None
@@ -139,8 +151,17 @@ class Session:
             self.id = reply["session"]
             self.workers = reply["workers"]
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS)
-        self.data.listen(data_address)
-        self.data_address = _bound_address(self.data, data_address)
+        if dial[0]:  # client-dials: the session listens, we connect to it
+            payload = {} if dial[1] is None else {"port": dial[1]}
+            address = self._call("data_endpoint", payload)["address"]
+            if dial_host and address.startswith("tcp://"):
+                # dial the host we reach the daemon by (through a tunnel: localhost)
+                address = f"tcp://{dial_host}:{address.rsplit(':', 1)[1]}"
+            self.data.dial(address, block=True)
+            self.data_address = ""  # queries tell the master: use the session's socket
+        else:
+            self.data.listen(data_address)
+            self.data_address = _bound_address(self.data, data_address)
         # data frames are sealed with a key both ends derive; it never travels
         self.data_key = sealing.data_key(control.secret(), self.id or "")
         self.rejected_frames = 0
@@ -224,7 +245,9 @@ class Session:
                 self._call("stop_query", {"query": query_id})
                 raise QueryError(f"query {query_id} did not finish within {timeout} s; stopped")
             if now - last_heard > MASTER_SILENCE_CHECK:
-                self._check_alive(query_id)
+                kept = self._check_alive(query_id)
+                if kept is not None:
+                    return kept
                 last_heard = time.monotonic()
             try:
                 frame = decode_frame(sealing.unseal(self.data_key, self.data.recv()))
@@ -249,17 +272,21 @@ class Session:
                             "workers": {w: s.entries for w, s in result.stats.workers.items()}})
                 return result
 
-    def _check_alive(self, query_id: str) -> None:
-        """The data plane went quiet: ask the master (through the control plane) why."""
+    def _check_alive(self, query_id: str) -> Result | None:
+        """The data plane went quiet: ask the master (through the control plane) why.
+
+        None: the query runs on. A Result: it finished but its frame did not reach
+        us (a dropped connection): here it is, from the master's kept results.
+        """
         try:
             status = self._call("session_status", deadline=30.0)
         except (QueryError, ConnectError) as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
         query = (status.get("master") or {}).get("query") or {}
         if query.get("id") == query_id and query.get("state") in ("preparing", "running"):
-            return
+            return None
         if query_id in (status.get("master") or {}).get("results", []):
-            return  # finished; its result is on the way or can be fetched
+            return self.result(query_id)
         raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                          "while it ran; run it again")
 
