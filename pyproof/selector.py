@@ -60,6 +60,7 @@ class Context:
     query: str = ""
     session: str = ""
     # set per packet
+    dataset: str | None = None  # the cataloged dataset the packet belongs to
     file: str | None = None
     tree: str | None = None
     entry_start: int = 0

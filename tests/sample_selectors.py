@@ -116,3 +116,31 @@ class SlowCount(pyproof.Selector):
         time.sleep(ctx.inputs.get("sleep", 0.05))
         ctx.outputs["n"] += len(events)
         ctx.outputs["mass"].fill(ak.to_numpy(events["M"]))
+
+
+class PerDataset(pyproof.Selector):
+    """Counts entries and sums M per dataset (ctx.dataset), for `a,b` queries."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["entries"] = collections.Counter()
+        ctx.outputs["order"] = []
+
+    def process(self, events, ctx):
+        ctx.outputs["entries"][ctx.dataset] += len(events)
+        ctx.outputs["order"].append(ctx.dataset)
+
+
+class WithFriend(pyproof.Selector):
+    """Reads x from the main tree and y from the associated (friend) tree."""
+
+    branches = ["x", "friend.y"]
+
+    def begin(self, ctx):
+        ctx.outputs["xy"] = hist.Hist.new.Reg(50, 0, 100, name="xy").Weight()
+        ctx.outputs["n"] = 0
+
+    def process(self, events, ctx):
+        ctx.outputs["xy"].fill(ak.to_numpy(events["x"]), weight=ak.to_numpy(events["friend"]["y"]))
+        ctx.outputs["n"] += len(events)

@@ -46,6 +46,8 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "packetizer": (str, type(None)),
     "packetizer_params": (dict, type(None)),
     "sys_path": (list, type(None)),
+    "dataset_spec": (str, type(None)),
+    "on_missing": (str, type(None)),
 }
 
 
@@ -60,15 +62,18 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     if unknown:
         raise RequestError(f"unknown query field(s): {', '.join(sorted(unknown))}")
     for name, kinds in SPEC_FIELDS.items():
-        if name not in spec and type(None) not in kinds and name not in ("first", "inputs",
-                                                                         "concatenate"):
+        if name not in spec and type(None) not in kinds and name not in (
+                "first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing"):
             raise RequestError(f"missing query field {name!r}")
         if name in spec and (not isinstance(spec[name], kinds) or isinstance(spec[name], bool)):
             raise RequestError(f"query field {name!r} has the wrong type "
                                f"({type(spec[name]).__name__})")
     dataset, cycles = spec.get("dataset"), spec.get("cycles")
-    if (dataset is None) == (cycles is None):
-        raise RequestError("a query needs exactly one of 'dataset' and 'cycles'")
+    given = [k for k in ("dataset", "dataset_spec", "cycles") if spec.get(k) is not None]
+    if len(given) != 1:
+        raise RequestError("a query needs exactly one of 'dataset', 'dataset_spec' and 'cycles'")
+    if spec.get("on_missing") not in (None, "fail", "skip"):
+        raise RequestError("'on_missing' must be 'fail' or 'skip'")
     if dataset is not None:
         for item in dataset:
             if not (isinstance(item, list | tuple) and len(item) == 2

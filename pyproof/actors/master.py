@@ -78,7 +78,7 @@ class Master(ProofActor):
                 corr=message.corr, query_id=message.query_id,
                 error="the session is already running a query; wait for it or stop it"))
             return
-        self.plane.start_query(message.query_id, message.spec)
+        self.plane.start_query(message.query_id, message.spec, message.user)
         for ref, _pid in self.workers.values():
             self.send(ref, m.RunQuery(query_id=message.query_id, spec=message.spec))
         get_logger().info("query_accepted", query=message.query_id)

@@ -51,9 +51,9 @@ class MasterPlane:
     def worker_joined(self, name: str) -> None:
         self._commands.put(("joined", name))
 
-    def start_query(self, query_id: str, spec: dict[str, Any]) -> None:
+    def start_query(self, query_id: str, spec: dict[str, Any], user: str = "") -> None:
         self.accepted = query_id  # set here, on the actor thread: busy() sees it at once
-        self._commands.put(("start", (query_id, spec)))
+        self._commands.put(("start", (query_id, spec, user)))
 
     def stop_query(self, query_id: str, reason: str) -> None:
         self._commands.put(("stop", (query_id, reason)))
@@ -137,12 +137,12 @@ class MasterPlane:
                 if self.query is not None:
                     self.query.worker_joined(arg)
             elif command == "start":
-                query_id, spec = arg
+                query_id, spec, user = arg
                 if self.query is not None:
                     self.query.close()
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
-                                      spec=spec, workers=self.workers, keep=self._keep,
+                                      spec=spec, user=user, workers=self.workers, keep=self._keep,
                                       data_key=self.data_key,
                                       outbox=None if spec.get("client_address") else self.outbox)
             elif command == "stop":

@@ -7,7 +7,6 @@ not stall packets and a long merge does not stall control.
 
 from __future__ import annotations
 
-import difflib
 import threading
 import time
 import traceback
@@ -15,9 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pynng
-import uproot
 
 from pyproof.actors import protocol as p
+from pyproof.actors.lookup import (
+    Element,
+    LookupError_,
+    catalog_elements,
+    file_elements,
+    select_ranges,
+)
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
@@ -27,73 +32,6 @@ from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import encode_frame
 
 PROGRESS_PERIOD = 0.25
-
-
-class LookupError_(Exception):
-    """A dataset element cannot be used; carries where."""
-
-    def __init__(self, message: str, **context: Any) -> None:
-        super().__init__(message)
-        self.context = context
-
-
-@dataclass(slots=True)
-class Element:
-    path: str
-    tree: str
-    entries: int
-
-
-def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> Element:
-    """Open a file, find its tree, count entries and check the branches exist."""
-    try:
-        handle = uproot.open(path)
-    except FileNotFoundError:
-        raise LookupError_(f"file not found: {path}", file=path) from None
-    except Exception as exc:
-        raise LookupError_(f"cannot open {path}: {exc}", file=path) from exc
-    with handle:
-        trees = [k.split(";")[0] for k, c in handle.classnames().items() if c == "TTree"]
-        if tree is None:
-            if len(trees) != 1:
-                raise LookupError_(
-                    f"{path} holds {len(trees)} trees ({', '.join(trees) or 'none'}); "
-                    f"name one as '{path}:TREE'", file=path)
-            tree = trees[0]
-        try:
-            obj = handle[tree]
-        except Exception:
-            near = difflib.get_close_matches(tree, trees, n=3, cutoff=0.0)
-            raise LookupError_(
-                f"no tree {tree!r} in {path} (trees in the file: {', '.join(near) or 'none'})",
-                file=path, tree=tree) from None
-        if not hasattr(obj, "num_entries"):
-            raise LookupError_(f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree",
-                               file=path, tree=tree)
-        if branches:
-            known = set(obj.keys(recursive=True, full_paths=True)) | set(obj.keys())
-            for branch in branches:
-                if branch not in known:
-                    near = difflib.get_close_matches(branch, sorted(known), n=5, cutoff=0.0)
-                    raise LookupError_(
-                        f"no branch {branch!r} in tree {tree!r} of {path} "
-                        f"(nearest: {', '.join(near)})", file=path, tree=tree, branch=branch)
-        return Element(path=path, tree=tree, entries=int(obj.num_entries))
-
-
-def select_ranges(entries: list[int], first: int, count: int | None) -> list[WorkRange]:
-    """Global half-open entry selection [first, first+count) cut into per-element ranges."""
-    ranges: list[WorkRange] = []
-    stop_global = None if count is None else first + count
-    offset = 0
-    for index, n in enumerate(entries):
-        lo = max(first, offset)
-        hi = offset + n if stop_global is None else min(offset + n, stop_global)
-        if hi > lo:
-            ranges.append(WorkRange(element=index, entry_start=lo - offset,
-                                    entry_stop=hi - offset))
-        offset += n
-    return ranges
 
 
 @dataclass(slots=True)
@@ -116,7 +54,7 @@ def worker_id(incarnation: str) -> str:
 class QueryRun:
     """State of one query on the master. Methods are called from one thread."""
 
-    def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any],
+    def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any], user: str = "",
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
                  outbox: pynng.Push0 | None = None) -> None:
         self.data_key = data_key
@@ -128,7 +66,10 @@ class QueryRun:
         self.log = get_logger().bind(query=query_id)
         self.state = "preparing"
         self.started = time.monotonic()
+        self.user = user
         self.elements: list[Element] = []
+        self.missing: list[dict[str, Any]] = []
+        self.parts: list[list[int]] = []
         self.packetizer: Packetizer | None = None
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
         self.total = 0
@@ -163,13 +104,10 @@ class QueryRun:
                                   entry_stop=int(self.spec["cycles"]))]
                 kind = self.spec.get("packetizer") or "unit"
             else:
-                branches = self.spec.get("branches")
-                for path, tree in self.spec["dataset"]:
-                    self.elements.append(lookup_element(path, tree, branches))
-                work = select_ranges([e.entries for e in self.elements],
-                                     int(self.spec.get("first") or 0), self.spec.get("entries"))
-                kind = self.spec.get("packetizer") or DEFAULT_DATA_KIND
+                work, kind = self._data_work()
             params = dict(self.spec.get("packetizer_params") or {})
+            if kind == "multi":
+                params.setdefault("parts", self.parts)
             self._packetizer = make_packetizer(kind, work, workers=max(1, len(self.workers)),
                                                **params)
             self.total = sum(r.entries for r in work)
@@ -180,6 +118,27 @@ class QueryRun:
                                              traceback="", context=exc.context)
         except Exception as exc:
             self._lookup_error = RemoteError.from_exception(exc, stage="lookup")
+
+    def _data_work(self) -> tuple[list[WorkRange], str]:
+        branches = self.spec.get("branches")
+        skip = self.spec.get("on_missing") == "skip"
+        kind = self.spec.get("packetizer") or DEFAULT_DATA_KIND
+        if self.spec.get("dataset_spec"):
+            self.elements, self.missing, parts = catalog_elements(
+                self.spec["dataset_spec"], self.user, branches, skip_missing=skip)
+            if parts > 1:  # `a,b`: one after the other, the selector told by ctx.dataset
+                self.parts = [[i for i, e in enumerate(self.elements) if e.part == k]
+                              for k in range(parts)]
+                params = self.spec.get("packetizer_params") or {}
+                self.spec = {**self.spec, "packetizer_params": {"part_kind": kind,
+                                                                "params": params}}
+                kind = "multi"
+        else:
+            self.elements, self.missing = file_elements(self.spec["dataset"], branches,
+                                                        skip_missing=skip)
+        work = select_ranges(self.elements, int(self.spec.get("first") or 0),
+                             self.spec.get("entries"))
+        return work, kind
 
     # -- worker requests ---------------------------------------------------
     def handle(self, kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -237,6 +196,11 @@ class QueryRun:
         if packet.element != CYCLES:
             element = self.elements[packet.element]
             reply["path"], reply["tree"] = element.path, element.tree
+            if element.dataset:
+                reply["dataset"] = element.dataset
+            if element.friend_path:
+                reply["friend_path"] = element.friend_path
+                reply["friend_tree"] = element.friend_tree
         return p.PACKET, reply
 
     def _prepare_done(self) -> None:
@@ -331,13 +295,14 @@ class QueryRun:
 
     def lineage(self) -> dict[str, Any]:
         return {"entries_requested": self.total, "entries_processed": self.delivered,
+                "missing": list(self.missing),
                 "packets": len(self.packets), "duplicates_dropped": self.duplicates,
                 "requeued": list(self.requeued),
                 "poisoned": [self._range_dict(r) | {"workers": list(r.workers),
                                                     "reasons": list(r.reasons)}
                              for r in (self.packetizer.poisoned if self.packetizer else ())],
-                "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries}
-                             for e in self.elements]}
+                "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
+                              "dataset": e.dataset} for e in self.elements]}
 
     def _range_dict(self, r: Any) -> dict[str, Any]:
         where: dict[str, Any] = {"entry_start": r.entry_start, "entry_stop": r.entry_stop}

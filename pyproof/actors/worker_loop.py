@@ -15,10 +15,12 @@ import time
 import traceback
 from typing import Any
 
+import awkward as ak
 import pynng
 import uproot
 
 from pyproof.actors import protocol as p
+from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, load_selector
@@ -152,17 +154,13 @@ class WorkerLoop:
             ctx = self.ctx
             assert ctx is not None
             ctx.file, ctx.tree, ctx.entry_start, ctx.entry_stop = path, tree_name, start, stop
+            ctx.dataset = reply.get("dataset")
             t0 = time.perf_counter()
             nbytes = 0
             if element == CYCLES:
                 events: Any = range(start, stop)
             else:
-                handle, tree = self._files.tree(path, tree_name)
-                before = handle.file.source.num_requested_bytes
-                events = tree.arrays(
-                    self.spec.get("branches"), entry_start=start, entry_stop=stop, library="ak"
-                )
-                nbytes = handle.file.source.num_requested_bytes - before
+                events, nbytes = self._read(reply, path, tree_name, start, stop)
             self.selector.process(events, ctx)
             seconds = time.perf_counter() - t0
         except Exception as exc:
@@ -173,6 +171,25 @@ class WorkerLoop:
         self._reports.append({"packet": packet["packet_id"], "seconds": seconds,
                               "entries": stop - start, "bytes": nbytes})
         return True
+
+    def _read(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
+              stop: int) -> tuple[Any, int]:
+        """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
+        main, friends = split_branches(self.spec.get("branches"))
+        handle, tree = self._files.tree(path, tree_name)
+        before = handle.file.source.num_requested_bytes
+        events = tree.arrays(main, entry_start=start, entry_stop=stop, library="ak")
+        nbytes = handle.file.source.num_requested_bytes - before
+        friend_path = reply.get("friend_path")
+        if friends and friend_path:
+            fhandle, ftree = self._files.tree(friend_path, reply.get("friend_tree"))
+            fbefore = fhandle.file.source.num_requested_bytes
+            friend = ftree.arrays(friends, entry_start=start, entry_stop=stop, library="ak")
+            nbytes += fhandle.file.source.num_requested_bytes - fbefore
+            fields = {name: events[name] for name in events.fields}
+            fields["friend"] = friend
+            events = ak.zip(fields, depth_limit=1)
+        return events, nbytes
 
     def _take_reports(self) -> list[dict]:
         reports, self._reports = self._reports, []

@@ -42,3 +42,8 @@ class Result:
     outputs: dict[str, Any]
     stats: Stats
     lineage: dict[str, Any]
+
+    @property
+    def missing(self) -> list[dict[str, Any]]:
+        """Files left out because they could not be read (on_missing='skip'), and why."""
+        return list(self.lineage.get("missing", []))

@@ -99,6 +99,14 @@ def _local_address_towards(host: str) -> str:
         return probe.getsockname()[0]
 
 
+def is_catalog_spec(dataset: Any) -> bool:
+    """A string naming cataloged datasets rather than files: no '.root', no URL, no such path."""
+    if not isinstance(dataset, str):
+        return False
+    return (".root" not in dataset and "://" not in dataset
+            and not os.path.exists(dataset.split(":")[0]))
+
+
 def parse_dataset(dataset: Any) -> list[list[str | None]]:
     """Normalize `"f.root:tree"`, `{path: tree}` or a list of either to [[path, tree]...]."""
     if isinstance(dataset, str | os.PathLike):
@@ -191,8 +199,16 @@ class Session:
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
                 inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                 packetizer_params: dict[str, Any] | None = None,
-                progress: bool | None = None, timeout: float | None = None) -> Result:
+                on_missing: str = "fail", progress: bool | None = None,
+                timeout: float | None = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
+
+        `dataset` is a file list (`"f.root:tree"`, `{path: tree}`, a list of them)
+        or a cataloged dataset spec (`"name"`, `"/group/user/name#tree"`,
+        `"a|b"` for the union, `"a,b"` for one after the other with
+        `ctx.dataset` telling the selector which, `"name?entries=0-999"`).
+        `on_missing="skip"` leaves out files that cannot be read and lists them
+        in `result.missing` instead of failing the query.
 
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
@@ -201,6 +217,9 @@ class Session:
         cls = selector if isinstance(selector, type) else load_selector(ref)
         if (dataset is None) == (cycles is None):
             raise InputError("give exactly one of dataset= and cycles=")
+        if on_missing not in ("fail", "skip"):
+            raise InputError(f"on_missing={on_missing!r}: use 'fail' or 'skip'")
+        named = dataset is not None and is_catalog_spec(dataset)
         if entries is not None and entries < 0 or first < 0:
             raise InputError("first= and entries= must not be negative")
         inputs = dict(inputs or {})
@@ -210,7 +229,9 @@ class Session:
             raise InputError(f"inputs cannot be sent to workers: {exc}") from None
         spec: dict[str, Any] = {
             "selector": ref,
-            "dataset": parse_dataset(dataset) if dataset is not None else None,
+            "dataset": parse_dataset(dataset) if dataset is not None and not named else None,
+            "dataset_spec": dataset if named else None,
+            "on_missing": on_missing,
             "entries": entries, "first": first, "cycles": cycles, "inputs": inputs,
             "branches": list(cls.branches) if cls.branches is not None else None,
             "concatenate": list(cls.concatenate),
