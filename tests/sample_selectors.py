@@ -144,3 +144,27 @@ class WithFriend(pyproof.Selector):
     def process(self, events, ctx):
         ctx.outputs["xy"].fill(ak.to_numpy(events["x"]), weight=ak.to_numpy(events["friend"]["y"]))
         ctx.outputs["n"] += len(events)
+
+
+class DiesOnEntry(ZmumuMass):
+    """Kills its own worker process when it meets entry `inputs['deadly']` (a poisoned packet)."""
+
+    def process(self, events, ctx):
+        import os
+
+        if ctx.entry_start <= ctx.inputs["deadly"] < ctx.entry_stop:
+            os._exit(9)
+        super().process(events, ctx)
+
+
+class SlowWorker(ZmumuMass):
+    """Sleeps `inputs['per_entry']` seconds per entry on `inputs['slow']` (a slowed worker)."""
+
+    def process(self, events, ctx):
+        import time
+
+        delay = ctx.inputs.get("per_entry", 0.0)
+        if ctx.worker == ctx.inputs.get("slow"):
+            delay *= ctx.inputs.get("factor", 3.0)
+        time.sleep(delay * len(events))
+        super().process(events, ctx)

@@ -234,6 +234,17 @@ class QueryRun:
 
     def _maybe_finish(self) -> None:
         if self.state == "running" and self.packetizer is not None and self.packetizer.finished:
+            poisoned = self.packetizer.poisoned
+            if poisoned and self.spec.get("on_missing") != "skip":
+                worst = poisoned[0]
+                self.fail(RemoteError(
+                    type="PoisonedPacket",
+                    message=f"{len(poisoned)} packet(s) killed the worker that processed them "
+                            f"{len(worst.workers)} times and were given up (poisoned); run "
+                            "with on_missing='skip' to get the rest; reasons: "
+                            f"{', '.join(sorted(set(worst.reasons)))}",
+                    traceback="", context=self._range_dict(worst)))
+                return
             self.state = "finished"
             self._send_client(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
                                          "stats": self.stats(), "lineage": self.lineage()},
@@ -269,7 +280,8 @@ class QueryRun:
             self.workers.remove(worker)
         if self.packetizer is None or self.state != "running":
             return
-        ranges = self.packetizer.worker_lost(worker, time.monotonic())
+        ranges = self.packetizer.worker_lost(worker, time.monotonic(),
+                                             reason=f"{worker} died")
         self.log.warning("worker_lost", worker=worker, requeued=len(ranges))
         for r in ranges:
             self.requeued.append({"worker": worker, "element": r.element,
@@ -294,13 +306,16 @@ class QueryRun:
                 "workers": {w: t.as_dict() for w, t in self.tally.items()}}
 
     def lineage(self) -> dict[str, Any]:
+        poisoned = self.packetizer.poisoned if self.packetizer else ()
         return {"entries_requested": self.total, "entries_processed": self.delivered,
-                "missing": list(self.missing),
+                "missing": list(self.missing) + [
+                    self._range_dict(r) | {"reason": "poisoned: killed its workers"}
+                    for r in poisoned],
                 "packets": len(self.packets), "duplicates_dropped": self.duplicates,
                 "requeued": list(self.requeued),
                 "poisoned": [self._range_dict(r) | {"workers": list(r.workers),
                                                     "reasons": list(r.reasons)}
-                             for r in (self.packetizer.poisoned if self.packetizer else ())],
+                             for r in poisoned],
                 "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
                               "dataset": e.dataset} for e in self.elements]}
 

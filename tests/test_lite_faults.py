@@ -1,0 +1,79 @@
+"""Failures inside a lite cluster: lost workers re-queue their work exactly once;
+a packet that keeps killing workers is given up and reported, not retried forever."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import pyproof
+from tests.conftest import data_file
+from tests.daemon_helpers import Background
+from tests.test_lite import assert_same_zmumu, reference_zmumu
+
+ZMUMU = None
+
+
+def zmumu() -> str:
+    return data_file("uproot-Zmumu.root") + ":events"
+
+
+def worker_pids(session, count: int = 2) -> dict[str, int]:
+    """Worker id -> pid, as the master knows them (waits until it knows `count`)."""
+    deadline = time.monotonic() + 10
+    while True:
+        names = session.status()["master"]["workers"]
+        pids = {n.partition("#")[0]: int(n.partition("#")[2]) for n in names}
+        if len(pids) >= count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_after_delivering_nothing_is_requeued_exactly_once():
+    with pyproof.connect("lite://?workers=2") as session:
+        pids = worker_pids(session)
+        running = Background(session.process, "tests.sample_selectors:SlowWorker",
+                             dataset=zmumu(), inputs={"per_entry": 0.0004, "factor": 1.0},
+                             packetizer="basic", packetizer_params={"packet_entries": 64},
+                             progress=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # let it hold packets, not yet delivered
+            query = session.status()["master"]["query"] or {}
+            if query.get("processed", 0) > 300:
+                break
+            time.sleep(0.02)
+        os.kill(pids["worker-1"], signal.SIGKILL)
+        result = running.result(60)
+        assert_same_zmumu(result.outputs, reference_zmumu([data_file("uproot-Zmumu.root")]))
+        assert result.stats.entries == 2304
+        requeued = result.lineage["requeued"]
+        assert requeued and all(r["worker"].startswith("worker-1#") for r in requeued)
+        assert sum(r["entry_stop"] - r["entry_start"] for r in requeued) > 0
+        # the supervisor replaced the worker: the session has two again
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and worker_pids(session).get("worker-1") in (
+                None, pids["worker-1"]):
+            time.sleep(0.05)
+        assert worker_pids(session)["worker-1"] != pids["worker-1"]
+
+
+def test_a_packet_that_keeps_killing_workers_is_poisoned_and_reported():
+    with pyproof.connect("lite://?workers=2") as session:
+        options = dict(dataset=zmumu(), inputs={"deadly": 1000}, packetizer="basic",
+                       packetizer_params={"packet_entries": 100}, progress=False)
+        with pytest.raises(pyproof.QueryError, match=r"poisoned") as info:
+            session.process("tests.sample_selectors:DiesOnEntry", **options)
+        assert info.value.remote.context["entry_start"] <= 1000
+        assert info.value.remote.context["file"] == data_file("uproot-Zmumu.root")
+        result = session.process("tests.sample_selectors:DiesOnEntry", on_missing="skip",
+                                 **options)
+        poisoned = result.lineage["poisoned"]
+        assert len(poisoned) >= 1
+        assert any(p["entry_start"] <= 1000 < p["entry_stop"] for p in poisoned)
+        assert all(len(p["workers"]) == 3 for p in poisoned)
+        lost = sum(p["entry_stop"] - p["entry_start"] for p in poisoned)
+        assert result.stats.entries == result.outputs["n"] == 2304 - lost
+        assert any("poisoned" in m["reason"] for m in result.missing)
