@@ -23,8 +23,9 @@ def session():
 
 
 @pytest.fixture
-def catalog():
+def catalog(session):
     # the sandbox's catalog, which the cluster's master reads too; names are per test
+    assert session.datasets.path == default_catalog_path()
     return Catalog(default_catalog_path(), user=current_user())
 
 

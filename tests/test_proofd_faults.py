@@ -146,3 +146,14 @@ def test_a_child_that_keeps_dying_escalates_and_only_its_session_goes(daemon):
                            dataset=data_file("uproot-Zmumu.root") + ":events")
     with open(os.path.join(daemon.info.log_dir, "session.jsonl")) as f:
         assert "reached_max_restart_intensity" in f.read()
+    # and proofctl shows that session's log lines
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pyproof.cli.main", "logs", doomed.id,
+                          "--port", str(daemon.port), "--json"],
+                         capture_output=True, text=True, timeout=60)
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert events and all(e["session"] == doomed.id for e in events)
+    assert any(e["event"] == "reached_max_restart_intensity" for e in events)

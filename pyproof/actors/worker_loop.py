@@ -231,7 +231,10 @@ class WorkerLoop:
     def _send(self, kind: str, payload: dict[str, Any]) -> None:
         payload = {"worker": self.worker_id, "pid": os.getpid(), "query": self.query_id,
                    **payload}
-        self.socket.send(encode_frame(kind, payload, session=self.session_id))
+        try:
+            self.socket.send(encode_frame(kind, payload, session=self.session_id))
+        except pynng.Timeout:
+            raise _Abort(f"the master did not take a {kind!r} request") from None
 
     def _recv(self, kind: str) -> dict[str, Any]:
         try:

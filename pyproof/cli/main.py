@@ -102,17 +102,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from pyproof.cli.daemon import daemon_home
     from pyproof.client.lite import lite_sessions_dir
 
-    base = lite_sessions_dir()
-    dirs = sorted(glob.glob(os.path.join(base, "*")), key=os.path.getmtime)
-    if args.session:
-        dirs = [d for d in dirs if args.session in os.path.basename(d)] or [
-            d for d in dirs if _mentions_session(d, args.session)]
-    if not dirs:
-        print(f"no lite session logs under {base}", file=sys.stderr)
-        return 1
-    log_dir = os.path.join(dirs[-1], "logs")
+    if args.port is not None:  # a daemon's logs: every session's, filtered below
+        log_dir = os.path.join(daemon_home(args.port), "logs")
+        if not os.path.isdir(log_dir):
+            print(f"no proofd logs in {log_dir}", file=sys.stderr)
+            return 1
+    else:
+        base = lite_sessions_dir()
+        dirs = sorted(glob.glob(os.path.join(base, "*")), key=os.path.getmtime)
+        if args.session:
+            dirs = [d for d in dirs if args.session in os.path.basename(d)] or [
+                d for d in dirs if _mentions_session(d, args.session)]
+        if not dirs:
+            print(f"no lite session logs under {base}", file=sys.stderr)
+            return 1
+        log_dir = os.path.join(dirs[-1], "logs")
     lines = []
     for path in glob.glob(os.path.join(log_dir, "*.jsonl")):
         with open(path) as f:
@@ -121,6 +128,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     lines.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue
+    if args.port is not None and args.session:
+        lines = [r for r in lines if r.get("session") == args.session]
     lines.sort(key=lambda r: r.get("timestamp", ""))
     for record in lines:
         if args.json:
@@ -169,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    logs = sub.add_parser("logs", help="show the logs of the last (or a given) lite session")
+    logs = sub.add_parser("logs", help="show the logs of the last (or a given) lite session, "
+                                       "or of a proofd session with --port")
     logs.add_argument("session", nargs="?", default=None)
+    logs.add_argument("--port", type=int, default=None, help="a proofd's port (same host)")
     logs.add_argument("--json", action="store_true")
     logs.set_defaults(func=cmd_logs)
 

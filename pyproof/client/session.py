@@ -186,6 +186,14 @@ class Session:
         except RequestRefused as exc:
             raise QueryError(str(exc)) from None
 
+    @property
+    def datasets(self) -> Any:
+        """The dataset catalog this session's master reads (lite, or a daemon on this host)."""
+        from pyproof.datasets import Catalog
+        from pyproof.datasets.cli import default_catalog_path
+
+        return Catalog(default_catalog_path(), user=self.control.user)
+
     def status(self) -> dict[str, Any]:
         """The master's view of this session: workers, current query, kept results."""
         return self._call("session_status")

@@ -1,0 +1,57 @@
+"""A worker facing a broken or hostile master ends its query cleanly; it never hangs."""
+
+from __future__ import annotations
+
+import threading
+
+import pynng
+
+from pyproof.actors import worker_loop
+from pyproof.transport.frames import encode_frame
+
+
+def serve(address: str, replies: list[bytes], stop: threading.Event) -> None:
+    with pynng.Rep0(listen=address, recv_timeout=200) as rep:
+        for reply in replies:
+            while not stop.is_set():
+                try:
+                    rep.recv()
+                    break
+                except pynng.Timeout:
+                    continue
+            if stop.is_set():
+                return
+            rep.send(reply)
+
+
+def run_against(tmp_path, replies: list[bytes]) -> worker_loop.WorkerLoop:
+    address = f"ipc://{tmp_path}/master.ipc"
+    stop = threading.Event()
+    server = threading.Thread(target=serve, args=(address, replies, stop), daemon=True)
+    server.start()
+    with pynng.Req0(recv_timeout=2000, send_timeout=2000, resend_time=-1) as sock:
+        sock.dial(address, block=False)
+        loop = worker_loop.WorkerLoop(
+            worker_id="worker-0", session_id="s", query_id="q", socket=sock,
+            spec={"selector": "tests.sample_selectors:Cycles", "inputs": {}})
+        loop.start()
+        assert loop.join(10), "the worker loop did not end"
+    stop.set()
+    server.join(5)
+    return loop
+
+
+def test_garbage_from_the_master_ends_the_query_cleanly(tmp_path):
+    run_against(tmp_path, [b"\x00\x01garbage"])
+
+
+def test_a_packet_of_the_wrong_shape_ends_the_query_cleanly(tmp_path):
+    run_against(tmp_path, [encode_frame("packet", {"packet": {"entry_start": "zero"}})])
+
+
+def test_an_abort_ends_the_query(tmp_path):
+    run_against(tmp_path, [encode_frame("abort", {"reason": "stopped"})])
+
+
+def test_a_silent_master_ends_the_query_within_the_request_timeout(tmp_path):
+    run_against(tmp_path, [])
