@@ -168,3 +168,14 @@ class SlowWorker(ZmumuMass):
             delay *= ctx.inputs.get("factor", 3.0)
         time.sleep(delay * len(events))
         super().process(events, ctx)
+
+
+class StuckOnEntry(ZmumuMass):
+    """Hangs (for a long time) in the packet holding entry `inputs['stuck']`."""
+
+    def process(self, events, ctx):
+        import time
+
+        if ctx.entry_start <= ctx.inputs["stuck"] < ctx.entry_stop:
+            time.sleep(300)
+        super().process(events, ctx)

@@ -77,3 +77,26 @@ def test_a_packet_that_keeps_killing_workers_is_poisoned_and_reported():
         lost = sum(p["entry_stop"] - p["entry_start"] for p in poisoned)
         assert result.stats.entries == result.outputs["n"] == 2304 - lost
         assert any("poisoned" in m["reason"] for m in result.missing)
+
+
+def test_a_selector_stuck_in_a_packet_fails_the_query_naming_it_and_the_worker_restarts():
+    with pyproof.connect("lite://?workers=2") as session:
+        before = worker_pids(session)
+        t0 = time.monotonic()
+        with pytest.raises(pyproof.QueryError, match=r"PacketTimeout: .*more than 1 s") as info:
+            session.process("tests.sample_selectors:StuckOnEntry", dataset=zmumu(),
+                            inputs={"stuck": 500}, packet_timeout=1.0, packetizer="basic",
+                            packetizer_params={"packet_entries": 100}, progress=False)
+        assert time.monotonic() - t0 < 20
+        where = info.value.remote.context
+        assert where["file"] == data_file("uproot-Zmumu.root")
+        assert where["entry_start"] <= 500 < where["entry_stop"]
+        assert where["worker"] in before
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and worker_pids(session).get(where["worker"]) in (
+                None, before[where["worker"]]):
+            time.sleep(0.05)
+        assert worker_pids(session)[where["worker"]] != before[where["worker"]]
+        # the session goes on
+        assert session.process("tests.sample_selectors:ZmumuMass", dataset=zmumu(),
+                               progress=False).stats.entries == 2304

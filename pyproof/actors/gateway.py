@@ -48,6 +48,7 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "sys_path": (list, type(None)),
     "dataset_spec": (str, type(None)),
     "on_missing": (str, type(None)),
+    "packet_timeout": (int, float, type(None)),
 }
 
 
@@ -63,7 +64,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         raise RequestError(f"unknown query field(s): {', '.join(sorted(unknown))}")
     for name, kinds in SPEC_FIELDS.items():
         if name not in spec and type(None) not in kinds and name not in (
-                "first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing"):
+                "first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing",
+                "packet_timeout"):
             raise RequestError(f"missing query field {name!r}")
         if name in spec and (not isinstance(spec[name], kinds) or isinstance(spec[name], bool)):
             raise RequestError(f"query field {name!r} has the wrong type "

@@ -1,22 +1,32 @@
 """The worker actor: a thin shell; the query runs in worker_loop.py off the actor thread.
 
 Keeping the actor thread free means a worker busy with a long packet still
-answers pings and stop requests.
+answers pings and stop requests. It also watches the packet in progress: a
+selector stuck beyond the query's packet timeout is reported to the master as
+a failed packet (naming file, range and worker), and the worker then exits so
+its supervisor restarts it clean (a Python thread stuck in user code cannot
+be stopped any other way).
 """
 
 from __future__ import annotations
 
 import os
+import time
+from datetime import timedelta
 
 import pynng
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
+from pyproof.actors import protocol as p
+from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
 from pyproof.logs import get_logger
+from pyproof.transport.codec import RemoteError
+from pyproof.transport.frames import encode_frame
 
 JOIN_TIMEOUT = 5.0
+PACKET_CHECK = timedelta(seconds=0.5)
 
 
 class Worker(ProofActor):
@@ -24,6 +34,7 @@ class Worker(ProofActor):
     loop: WorkerLoop | None = None
     worker_id = ""
     session_id = ""
+    packet_address = ""
 
     def receive(self, message, sender) -> None:
         if isinstance(message, m.WorkerStart):
@@ -33,10 +44,16 @@ class Worker(ProofActor):
             self.socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
                                      resend_time=-1)
             self.socket.dial(message.packet_address, block=False)
+            self.packet_address = message.packet_address
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.RunQuery):
             self._run(message)
+            self.wakeupAfter(PACKET_CHECK)
+        elif isinstance(message, WakeupMessage):
+            if self.loop is not None and self.loop.running:
+                self._check_packet_time()
+                self.wakeupAfter(PACKET_CHECK)
         elif isinstance(message, m.StopQuery):
             if self.loop is not None:
                 self.loop.stop()
@@ -46,6 +63,30 @@ class Worker(ProofActor):
                 self.loop.join(JOIN_TIMEOUT)
             if self.socket is not None:
                 self.socket.close()
+
+    def _check_packet_time(self) -> None:
+        assert self.loop is not None
+        limit = self.loop.spec.get("packet_timeout")
+        stuck = self.loop.current_packet(time.monotonic())
+        if not limit or stuck is None or stuck["seconds"] <= limit:
+            return
+        error = RemoteError(
+            type="PacketTimeout",
+            message=f"the selector spent more than {limit:g} s in one packet "
+                    f"({stuck['seconds']:.0f} s so far); the worker is restarted",
+            traceback="", context={k: v for k, v in stuck.items() if k != "seconds"})
+        get_logger().error("packet_timeout", **error.context, limit=limit)
+        address = self.packet_address
+        with pynng.Req0(recv_timeout=5_000, send_timeout=5_000, resend_time=-1) as report:
+            try:
+                report.dial(address, block=True)
+                report.send(encode_frame(p.FAILED, {
+                    "worker": self.worker_id, "pid": os.getpid(),
+                    "query": self.loop.query_id, "error": error}, session=self.session_id))
+                report.recv()
+            except pynng.NNGException as exc:
+                get_logger().error("packet_timeout_not_reported", error=repr(exc))
+        os._exit(CRASH_EXIT_CODE)
 
     def _run(self, message: m.RunQuery) -> None:
         if self.loop is not None and self.loop.running:

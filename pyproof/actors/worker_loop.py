@@ -70,6 +70,7 @@ class WorkerLoop:
         self._held: list[int] = []       # processed packets whose outputs are not delivered
         self._reports: list[dict] = []   # processed reports not yet sent
         self._fresh_outputs = False      # ctx.outputs were flushed: begin() must run again
+        self._current: tuple[float, dict[str, Any]] | None = None  # packet being processed
 
     def start(self) -> None:
         self._thread.start()
@@ -156,6 +157,9 @@ class WorkerLoop:
             ctx.file, ctx.tree, ctx.entry_start, ctx.entry_stop = path, tree_name, start, stop
             ctx.dataset = reply.get("dataset")
             t0 = time.perf_counter()
+            self._current = (time.monotonic(), {
+                "file": path, "tree": tree_name, "entry_start": start, "entry_stop": stop,
+                "worker": self.worker_id})
             nbytes = 0
             if element == CYCLES:
                 events: Any = range(start, stop)
@@ -163,6 +167,7 @@ class WorkerLoop:
                 events, nbytes = self._read(reply, path, tree_name, start, stop)
             self.selector.process(events, ctx)
             seconds = time.perf_counter() - t0
+            self._current = None
         except Exception as exc:
             self._fail(exc, stage="process", file=path, tree=tree_name,
                        entry_start=start, entry_stop=stop)
@@ -190,6 +195,14 @@ class WorkerLoop:
             fields["friend"] = friend
             events = ak.zip(fields, depth_limit=1)
         return events, nbytes
+
+    def current_packet(self, now: float) -> dict[str, Any] | None:
+        """Where the selector is now (file, range, worker) and for how many seconds."""
+        current = self._current
+        if current is None:
+            return None
+        started, where = current
+        return {k: v for k, v in where.items() if v is not None} | {"seconds": now - started}
 
     def _take_reports(self) -> list[dict]:
         reports, self._reports = self._reports, []

@@ -28,7 +28,8 @@ from pyproof.transport.codec import EncodeError, ProtocolError, RemoteError, enc
 from pyproof.transport.frames import decode_frame
 
 DATA_POLL_MS = 250
-MASTER_SILENCE_CHECK = 3.0  # the master sends progress every 0.25 s while a query runs
+MASTER_SILENCE_CHECK = 3.0
+DEFAULT_PACKET_TIMEOUT = 600.0  # the master sends progress every 0.25 s while a query runs
 
 
 def connect(url: str = "lite://", *, workers: int | None = None, session: str | None = None,
@@ -207,8 +208,8 @@ class Session:
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
                 inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                 packetizer_params: dict[str, Any] | None = None,
-                on_missing: str = "fail", progress: bool | None = None,
-                timeout: float | None = None) -> Result:
+                on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+                progress: bool | None = None, timeout: float | None = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
         `dataset` is a file list (`"f.root:tree"`, `{path: tree}`, a list of them)
@@ -216,7 +217,9 @@ class Session:
         `"a|b"` for the union, `"a,b"` for one after the other with
         `ctx.dataset` telling the selector which, `"name?entries=0-999"`).
         `on_missing="skip"` leaves out files that cannot be read and lists them
-        in `result.missing` instead of failing the query.
+        in `result.missing` instead of failing the query. A selector that
+        spends more than `packet_timeout` seconds in one packet fails the
+        query, naming the packet, and its worker is restarted (None: no limit).
 
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
@@ -240,6 +243,7 @@ class Session:
             "dataset": parse_dataset(dataset) if dataset is not None and not named else None,
             "dataset_spec": dataset if named else None,
             "on_missing": on_missing,
+            "packet_timeout": packet_timeout,
             "entries": entries, "first": first, "cycles": cycles, "inputs": inputs,
             "branches": list(cls.branches) if cls.branches is not None else None,
             "concatenate": list(cls.concatenate),
