@@ -1,0 +1,120 @@
+"""Short seeded runs of the chaos and connect-storm harnesses, for CI.
+
+Each harness runs in a subprocess (`python -m stress.chaos --json ...`): it
+starts and stops its own daemon in its own sandbox, makes itself a child
+subreaper and audits its own leaks; the test checks the exit status and the
+report's key numbers. A killed subprocess (timeout) takes nothing with it:
+the daemon was started in the harness's process tree, which we kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from pyproof.supervision.process_tree import kill_tree
+from stress import DATA, REPO
+from stress.chaos import make_plan
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(DATA),
+                                reason=f"shared test data not found: {DATA}")
+
+CHAOS_ARGS = ["--seed", "1", "--duration", "12", "--clients", "3", "--workers", "2",
+              "--join-grace", "65"]
+STORM_ARGS = ["--clients", "60", "--limit", "4", "--hold", "0.3"]
+RUN_TIMEOUT = 150.0  # far above the expected ~25 s: only a hung harness reaches it
+
+
+def run_harness(module: str, args: list[str]) -> tuple[int, dict[str, Any], str]:
+    env = dict(os.environ)
+    env.pop("PYPROOF_SANDBOX", None)  # the harness makes its own
+    process = subprocess.Popen([sys.executable, "-m", module, *args, "--json"], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        out, err = process.communicate(timeout=10)
+        pytest.fail(f"{module} did not finish within {RUN_TIMEOUT} s\n{err[-3000:]}")
+    try:
+        report = json.loads(out)
+    except json.JSONDecodeError:
+        pytest.fail(f"{module} printed no JSON report (exit {process.returncode}):\n"
+                    f"{out[-2000:]}\n{err[-3000:]}")
+    return process.returncode, report, err
+
+
+@pytest.fixture(scope="module")
+def chaos() -> tuple[int, dict[str, Any], str]:
+    return run_harness("stress.chaos", CHAOS_ARGS)
+
+
+@pytest.fixture(scope="module")
+def storm() -> tuple[int, dict[str, Any], str]:
+    return run_harness("stress.connect_storm", STORM_ARGS)
+
+
+def summary(report: dict[str, Any]) -> str:
+    skip = {"plan", "faults", "faults_skipped"}
+    return json.dumps({k: v for k, v in report.items() if k not in skip}, indent=1,
+                      default=str)[:6000]
+
+
+def test_the_same_seed_gives_the_same_injection_plan_and_another_seed_another():
+    assert make_plan(1, 12, 3, 2) == make_plan(1, 12, 3, 2)
+    assert make_plan(1, 12, 3, 2) != make_plan(2, 12, 3, 2)
+    plan = make_plan(1, 12, 3, 2)
+    assert plan and all(0 < f.at < 12 for f in plan)
+    assert {f.role for f in plan} <= {"gateway", "master", "worker"}
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_chaos_run_injects_faults_and_every_answer_is_exact_or_a_clean_error(chaos):
+    code, report, _ = chaos
+    assert code == 0, summary(report)
+    assert report["ok"], summary(report)
+    assert report["wrong"] == 0, summary(report)
+    assert report["unexpected"] == 0, summary(report)
+    assert report["faults_injected"] >= 3, summary(report)
+    assert report["exact"] >= 3, summary(report)
+    assert report["final_check"]["ok"], summary(report)
+    assert not report["stuck_clients"], summary(report)
+
+
+def test_chaos_run_leaves_no_process_and_no_socket_file_behind(chaos):
+    _, report, _ = chaos
+    assert report["processes_leaked"] == 0, summary(report)
+    assert report["socket_files_left"] == [], summary(report)
+
+
+def test_chaos_report_prints_the_plan_it_was_given(chaos):
+    _, report, _ = chaos
+    expected = [f.describe() for f in make_plan(1, 12.0, 3, 2)]
+    assert report["plan"] == expected
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_connect_storm_is_served_refused_clearly_and_the_daemon_stays_healthy(storm):
+    code, report, _ = storm
+    assert code == 0, summary(report)
+    assert report["not_returned"] == 0, summary(report)
+    assert report["health"]["ok"], summary(report)
+    assert report["connects_ok"] >= 1, summary(report)
+    assert report["refused_unclear"] == 0, summary(report)
+    answered = report["connects_ok"] + report["refused"] + report["failed"]
+    assert answered == report["clients"], summary(report)
+    if report["refused"]:
+        assert "limit 4" in report["refusal_example"], summary(report)
+
+
+def test_connect_storm_leaves_no_session_process_or_socket_file_behind(storm):
+    _, report, _ = storm
+    assert report["sessions_left"] == 0, summary(report)
+    assert report["processes_leaked"] == 0, summary(report)
+    assert report["socket_files_left"] == [], summary(report)
