@@ -493,6 +493,9 @@ class Run:
             "faults_by_kind": dict(Counter(f"{e['action']} {e['role']}"
                                            for e in self.injected)),
             "faults": self.injected, "faults_skipped": self.skipped,
+            "faults_not_reached": [f.index for f in self.plan
+                                   if f.index not in {e["index"] for e in self.injected}
+                                   and f.index not in {e["index"] for e in self.skipped}],
             "freezes_unhandled": self.freezes_unhandled,
             "injector_tree_calls": {
                 "count": len(self.tree_calls),
@@ -552,6 +555,9 @@ def render(r: dict[str, Any]) -> str:
                      f"pid {e['pid']}{extra}")
     for s in r.get("faults_skipped", []):
         lines.append(f"  #{s['index']:<3} skipped {s['target']}: {s['reason']}")
+    if r.get("faults_not_reached"):
+        lines.append(f"  not reached before the end (the injector ran late): "
+                     f"{', '.join('#' + str(i) for i in r['faults_not_reached'])}")
     tc = r.get("injector_tree_calls", {})
     lines.append(f"live tree look-ups by the injector: {tc.get('count')}, unanswered "
                  f"{tc.get('unanswered')}, slowest {tc.get('max_seconds')} s")
