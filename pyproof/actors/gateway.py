@@ -29,7 +29,9 @@ from pyproof.transport import auth, sealing
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 
-POLL = timedelta(milliseconds=5)
+POLL_BUSY = timedelta(milliseconds=5)   # right after a request: answer fast
+POLL_IDLE = timedelta(milliseconds=50)  # otherwise: cheap (logins never wait for this)
+BUSY_FOR = 2.0
 REQUEST_TIMEOUT = 60.0
 MAX_WORKERS = 256
 
@@ -232,11 +234,14 @@ class Gateway(ProofActor):
                     reason=f"cannot listen on {message.control_address}: {exc}"))
                 return
             get_logger().info("gateway_started", address=message.control_address)
-            self.wakeupAfter(POLL)
+            self.last_request = 0.0
+            self.wakeupAfter(POLL_IDLE)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, WakeupMessage):
-            self._drain()
-            self.wakeupAfter(POLL)
+            if self._drain():
+                self.last_request = time.monotonic()
+            busy = time.monotonic() - self.last_request < BUSY_FOR
+            self.wakeupAfter(POLL_BUSY if busy else POLL_IDLE)
         elif isinstance(message, m.SessionReady):
             self._complete(message.corr, "ok", {"session": message.session_id,
                                                 "workers": list(message.workers)})
@@ -258,13 +263,16 @@ class Gateway(ProofActor):
         elif isinstance(message, ActorExitRequest) and self.server is not None:
             self.server.close()
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Dispatch every queued request; True if there was any."""
         assert self.server is not None
+        drained = False
         while True:
             try:
                 pending = self.server.inbox.get_nowait()
             except queue.Empty:
-                return
+                return drained
+            drained = True
             corr = f"c{next(self._ids)}"
             self.pending[corr] = pending
             try:

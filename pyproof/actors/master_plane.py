@@ -22,7 +22,7 @@ from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 
-POLL_MS = 50
+POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
 KEEP_RESULTS = 10
 
 

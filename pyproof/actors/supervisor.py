@@ -29,7 +29,7 @@ from pyproof.supervision import events as ev
 from pyproof.supervision.process_tree import kill_tree
 from pyproof.supervision.spec import SupervisorSpec
 
-TICK = timedelta(milliseconds=100)
+TICK = timedelta(milliseconds=250)  # deadlines and the watchdog need no finer grain
 TREE_TIMEOUT = 2.0
 
 
