@@ -163,3 +163,32 @@ def test_a_child_that_keeps_dying_escalates_and_only_its_session_goes(daemon):
     events = [json.loads(line) for line in out.stdout.splitlines()]
     assert events and all(e["session"] == doomed.id for e in events)
     assert any(e["event"] == "reached_max_restart_intensity" for e in events)
+
+
+def test_a_request_stuck_on_a_frozen_master_does_not_hold_up_other_clients(daemon):
+    with pyproof.connect(f"{daemon.url}?workers=1") as stuck, \
+            pyproof.connect(f"{daemon.url}?workers=1") as other:
+        master = daemon.pids()[f"{stuck.id}/master"]
+        os.kill(master, signal.SIGSTOP)
+        try:
+            waiting = Background(stuck.status)
+            time.sleep(0.3)  # the frozen master now holds one control request
+            t0 = time.monotonic()
+            assert other.status()["master"]["query"] is None
+            assert time.monotonic() - t0 < 2.0
+        finally:
+            if is_alive(master):
+                os.kill(master, signal.SIGCONT)
+        waiting.result(60)  # answered (by the restarted master) or failed cleanly: no hang
+
+
+def test_a_closed_session_leaves_no_socket_file(daemon):
+    session = pyproof.connect(f"{daemon.url}?workers=1&connection=dial")
+    run_dir = os.path.join(daemon.info.home, "run")
+    mine = [f for f in os.listdir(run_dir) if session.id in f]
+    assert mine  # the master's socket (and the client-dials outbox)
+    session.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(session.id in f for f in os.listdir(run_dir)):
+        time.sleep(0.05)
+    assert not [f for f in os.listdir(run_dir) if session.id in f]

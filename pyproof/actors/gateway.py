@@ -32,7 +32,8 @@ from pyproof.transport.frames import decode_frame, encode_frame
 POLL_BUSY = timedelta(milliseconds=5)   # right after a request: answer fast
 POLL_IDLE = timedelta(milliseconds=50)  # otherwise: cheap (logins never wait for this)
 BUSY_FOR = 2.0
-REQUEST_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 20.0
+CONTEXTS = 16
 MAX_WORKERS = 256
 
 SPEC_FIELDS: dict[str, tuple[type, ...]] = {
@@ -136,55 +137,73 @@ class Authenticator:
 
 
 class ControlServer:
-    """The nng side of the gateway, in its own thread: logins are answered here."""
+    """The nng side of the gateway: logins are answered here, the rest queued for the actor.
 
-    def __init__(self, address: str, authenticator: Authenticator) -> None:
+    Several threads each serve their own nng context, so a request whose
+    answer is slow (a session starting, a master that just died) holds one
+    context, never the whole gateway.
+    """
+
+    def __init__(self, address: str, authenticator: Authenticator, *,
+                 contexts: int = CONTEXTS) -> None:
         self.auth = authenticator
         self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000)
         self.socket.listen(address)
         self.inbox: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # the handshake state is shared by the threads
+        self._threads = [threading.Thread(target=self._serve, args=(self.socket.new_context(),),
+                                          name=f"control-{i}", daemon=True)
+                         for i in range(contexts)]
+        for thread in self._threads:
+            thread.start()
 
-    def _serve(self) -> None:
-        log = get_logger()
+    def _serve(self, context: Any) -> None:
         while not self._closed.is_set():
             try:
-                message = self.socket.recv_msg()
+                message = context.recv_msg()
             except pynng.Timeout:
                 continue
-            except pynng.Closed:
+            except pynng.NNGException:  # closed
                 return
-            peer = _peer(message)
-            try:
-                frame = decode_frame(message.bytes)
-            except ProtocolError as exc:
-                log.warning("bad_control_frame", peer=peer, error=str(exc))
-                self._send(encode_frame("error", {"message": f"protocol error: {exc}"}))
-                continue
-            try:
-                reply = self._login(frame, peer)
-                if reply is not None:
-                    self._send(reply)
-                    continue
-                user, admin = self.auth.check(frame.payload, peer)
-            except auth.AuthError as exc:
-                log.warning("auth_refused", peer=peer, user=exc.user, reason=exc.reason,
-                            detail=exc.detail)
-                self._send(encode_frame("error", {"message": f"not authenticated: {exc.reason}",
-                                                  "auth": exc.reason},
-                                        request_id=frame.request_id))
-                continue
-            pending = _Pending(frame=frame, user=user, admin=admin)
-            self.inbox.put(pending)
-            if not pending.done.wait(REQUEST_TIMEOUT):
-                pending.reply = encode_frame("error", {
-                    "message": f"the daemon did not answer {frame.type!r} "
-                               f"within {REQUEST_TIMEOUT:.0f} s"}, request_id=frame.request_id)
-            self._send(pending.reply)
+            self._handle(context, message)
+        context.close()
+
+    def _handle(self, context: Any, message: Any) -> None:
+        log = get_logger()
+        peer = _peer(message)
+        try:
+            frame = decode_frame(message.bytes)
+        except ProtocolError as exc:
+            log.warning("bad_control_frame", peer=peer, error=str(exc))
+            self._send(context, encode_frame("error", {"message": f"protocol error: {exc}"}))
+            return
+        try:
+            reply = self._login(frame, peer)
+            if reply is not None:
+                self._send(context, reply)
+                return
+            user, admin = self.auth.check(frame.payload, peer)
+        except auth.AuthError as exc:
+            log.warning("auth_refused", peer=peer, user=exc.user, reason=exc.reason,
+                        detail=exc.detail)
+            self._send(context, encode_frame(
+                "error", {"message": f"not authenticated: {exc.reason}", "auth": exc.reason},
+                request_id=frame.request_id))
+            return
+        pending = _Pending(frame=frame, user=user, admin=admin)
+        self.inbox.put(pending)
+        if not pending.done.wait(REQUEST_TIMEOUT):
+            pending.reply = encode_frame("error", {
+                "message": f"the daemon did not answer {frame.type!r} "
+                           f"within {REQUEST_TIMEOUT:.0f} s"}, request_id=frame.request_id)
+        self._send(context, pending.reply)
 
     def _login(self, frame: Any, peer: str) -> bytes | None:
+        with self._lock:
+            return self._login_locked(frame, peer)
+
+    def _login_locked(self, frame: Any, peer: str) -> bytes | None:
         now = time.monotonic()
         if frame.type == auth.AUTH_CHALLENGE:
             return encode_frame(auth.AUTH_CHALLENGE, self.auth.handshake.challenge(now),
@@ -197,13 +216,15 @@ class ControlServer:
                                 request_id=frame.request_id)
         return None
 
-    def _send(self, data: bytes) -> None:
-        with contextlib.suppress(pynng.Timeout, pynng.Closed):
-            self.socket.send(data)
+    @staticmethod
+    def _send(context: Any, data: bytes) -> None:
+        with contextlib.suppress(pynng.NNGException):
+            context.send(data)
 
     def close(self) -> None:
         self._closed.set()
-        self._thread.join(1.0)
+        for thread in self._threads:
+            thread.join(1.0)
         self.socket.close()
 
 

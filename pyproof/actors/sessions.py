@@ -9,6 +9,7 @@ no state and can be restarted at any time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -199,6 +200,15 @@ class SessionSupervisor(SupervisorActor):
     def on_running(self) -> None:
         assert self.request is not None
         self._announce(self.request.corr, self.request.reply_to)
+
+    def on_exit(self) -> None:
+        """The master was killed, not closed: remove the socket files it listened on."""
+        if self.request is None:
+            return
+        for name in (f"master-{self.request.session_id}.ipc",
+                     f"outbox-{self.request.session_id}.ipc"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.request.run_dir, name))
 
     def _announce(self, corr: str, reply_to: Any) -> None:
         assert self.request is not None

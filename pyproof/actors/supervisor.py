@@ -74,6 +74,9 @@ class SupervisorActor(ProofActor):
     def receive_other(self, message: Any, sender: Any) -> None:
         pass
 
+    def on_exit(self) -> None:
+        """This supervisor is being stopped; its children are already killed."""
+
     # -- driving the core ---------------------------------------------------
     def supervise(self, spec: SupervisorSpec) -> None:
         self.core = sc.SupervisorCore.from_spec(spec)
@@ -199,6 +202,7 @@ class SupervisorActor(ProofActor):
                 self.stopping[child_id] = None
                 if child_id in self.pids:
                     kill_tree(self.pids[child_id], reap=False)
+            self.on_exit()
         else:
             self.receive_other(message, sender)
 

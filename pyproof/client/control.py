@@ -29,7 +29,19 @@ class RequestRefused(ProofError):
 
 
 class _NotAuthenticated(Exception):
-    """The daemon does not accept our token (gateway restarted with a new key?)."""
+    """The daemon does not accept our login or token; `reason` is its short reason."""
+
+    def __init__(self, message: str | None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _LoginAgain(Exception):
+    """The login exchange was interrupted (lost answer, gateway restarted): start over."""
+
+
+# refusals that a fresh challenge cures: the gateway restarted or an answer was lost
+RETRYABLE_LOGIN = ("unknown challenge", "replayed challenge", "expired")
 
 
 def current_user() -> str:
@@ -93,6 +105,16 @@ class ControlClient:
         return self._secret
 
     def _login(self, end: float, deadline: float) -> None:
+        """Log in; a lost answer or a gateway restarted mid-login means a fresh challenge."""
+        while True:
+            try:
+                return self._login_once(end, deadline)
+            except _LoginAgain as exc:
+                if time.monotonic() >= end:
+                    raise ConnectError(f"could not log in to {self.address} within "
+                                       f"{deadline:.0f} s ({exc})") from None
+
+    def _login_once(self, end: float, deadline: float) -> None:
         secret = self.secret()
         client = auth.ClientHandshake(self.user, secret)
         challenge_id = uuid.uuid4().hex
@@ -104,9 +126,13 @@ class ControlClient:
             raise RequestRefused(str(exc)) from None
         answer_id = uuid.uuid4().hex
         try:
+            # an answer is good once: never resend it (a resend is a replay)
             ok = self._exchange(auth.AUTH_ANSWER, encode_frame(
-                auth.AUTH_ANSWER, answer, request_id=answer_id), answer_id, end, deadline)
+                auth.AUTH_ANSWER, answer, request_id=answer_id), answer_id, end, deadline,
+                resend=False)
         except _NotAuthenticated as exc:
+            if exc.reason in RETRYABLE_LOGIN:
+                raise _LoginAgain(exc.reason) from None
             raise RequestRefused(f"the daemon refused our login: {exc}") from None
         try:
             client.confirm({k: v for k, v in ok.items() if k != "token"}, peer=self.address)
@@ -116,7 +142,7 @@ class ControlClient:
         self._token = ok.get("token")
 
     def _exchange(self, kind: str, data: bytes, request_id: str, end: float,
-                  deadline: float) -> dict[str, Any]:
+                  deadline: float, *, resend: bool = True) -> dict[str, Any]:
         attempts = 0
         while True:
             attempts += 1
@@ -124,6 +150,8 @@ class ControlClient:
                 self.socket.send(data)
                 frame = decode_frame(self.socket.recv())
             except (pynng.NNGException, ProtocolError):
+                if not resend:
+                    raise _LoginAgain(f"no answer to {kind!r}") from None
                 if time.monotonic() >= end:
                     raise ConnectError(
                         f"the daemon at {self.address} did not answer {kind!r} "
@@ -134,7 +162,7 @@ class ControlClient:
             if frame.type == "error":
                 body = frame.payload if isinstance(frame.payload, dict) else {}
                 if body.get("auth"):
-                    raise _NotAuthenticated(body.get("message"))
+                    raise _NotAuthenticated(body.get("message"), body.get("auth"))
                 raise RequestRefused(str(body.get("message") or frame.payload))
             return frame.payload if isinstance(frame.payload, dict) else {}
 
