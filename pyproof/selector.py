@@ -65,6 +65,35 @@ class Context:
     tree: str | None = None
     entry_start: int = 0
     entry_stop: int = 0
+    # set by the worker: this batch's directory for ctx.output_file, and what it handed out
+    output_dir: str = ""
+    written: list[str] = field(default_factory=list)
+
+    def output_file(self, name: str) -> str:
+        """A fresh path for a file the selector writes here (e.g. skimmed events with uproot).
+
+        Each call returns a new path ending in `name` (made unique if needed), in
+        a directory of this worker's current batch of packets under the query's
+        output directory (`$PYPROOF_SANDBOX/outputs/<session>/<query>/`). Write
+        and close the file within the same `process` (or `begin`) call. The
+        file is kept only if the outputs of the packets it came with are
+        accepted (exactly once); with `process(..., output_dataset=NAME)` the
+        kept files are registered as dataset NAME.
+        """
+        if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (
+                ".", ".."):
+            raise ValueError(f"ctx.output_file({name!r}): give a plain file name such as "
+                             "'skim.root' (no directories)")
+        if not self.output_dir:
+            raise RuntimeError("ctx.output_file(...) works on a worker of a query only")
+        os.makedirs(self.output_dir, exist_ok=True)
+        stem, suffix = os.path.splitext(name)
+        path, n = os.path.join(self.output_dir, name), 0
+        while path in self.written or os.path.exists(path):
+            n += 1
+            path = os.path.join(self.output_dir, f"{stem}-{n}{suffix}")
+        self.written.append(path)
+        return path
 
 
 def selector_ref(selector: type | str) -> str:

@@ -179,3 +179,35 @@ class StuckOnEntry(ZmumuMass):
         if ctx.entry_start <= ctx.inputs["stuck"] < ctx.entry_stop:
             time.sleep(300)
         super().process(events, ctx)
+
+
+class Skim(ZmumuMass):
+    """Writes the events with a dimuon mass above `inputs['cut']` to one file per packet
+    (ctx.output_file), and counts them; sleeps `inputs['per_entry']` s per entry."""
+
+    def process(self, events, ctx):
+        import time
+
+        import uproot
+
+        time.sleep(ctx.inputs.get("per_entry", 0.0) * len(events))
+        keep = zmumu_mass(events) > ctx.inputs.get("cut", 60.0)
+        with uproot.recreate(ctx.output_file("skim.root")) as f:
+            f["events"] = {name: ak.to_numpy(events[name][keep]) for name in self.branches}
+        super().process(events, ctx)
+        ctx.outputs.setdefault("selected", 0)
+        ctx.outputs["selected"] += int(np.sum(keep))
+
+
+class SkimThenRaise(Skim):
+    """Writes its skim file, then raises in the packet holding entry `inputs['bad_entry']`."""
+
+    def process(self, events, ctx):
+        super().process(events, ctx)
+        if ctx.entry_start <= ctx.inputs["bad_entry"] < ctx.entry_stop:
+            raise ZeroDivisionError("the skim divided by zero")
+
+
+class BadOutputName(ZmumuMass):
+    def process(self, events, ctx):
+        ctx.output_file("../escape.root")

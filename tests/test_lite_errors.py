@@ -92,5 +92,5 @@ def test_a_selector_defined_in_a_function_is_refused():
 
 
 def test_dataset_and_cycles_are_exclusive(session):
-    with pytest.raises(pyproof.InputError, match=r"exactly one of dataset= and cycles="):
+    with pytest.raises(pyproof.InputError, match=r"exactly one of dataset=, cycles= and files="):
         session.process(ZmumuMass)

@@ -52,7 +52,12 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "dataset_spec": (str, type(None)),
     "on_missing": (str, type(None)),
     "packet_timeout": (int, float, type(None)),
+    "files": (list, type(None)),          # a per-file task: [[path, tree], ...]
+    "output_dataset": (str, type(None)),  # register ctx.output_file files as this dataset
+    "output_overwrite": (bool,),
 }
+OPTIONAL_FIELDS = ("first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing",
+                   "packet_timeout", "output_overwrite")
 
 
 class RequestError(ValueError):
@@ -66,24 +71,24 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     if unknown:
         raise RequestError(f"unknown query field(s): {', '.join(sorted(unknown))}")
     for name, kinds in SPEC_FIELDS.items():
-        if name not in spec and type(None) not in kinds and name not in (
-                "first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing",
-                "packet_timeout"):
+        if name not in spec and type(None) not in kinds and name not in OPTIONAL_FIELDS:
             raise RequestError(f"missing query field {name!r}")
-        if name in spec and (not isinstance(spec[name], kinds) or isinstance(spec[name], bool)):
+        if name in spec and (not isinstance(spec[name], kinds)
+                             or isinstance(spec[name], bool) and bool not in kinds):
             raise RequestError(f"query field {name!r} has the wrong type "
                                f"({type(spec[name]).__name__})")
     dataset, cycles = spec.get("dataset"), spec.get("cycles")
-    given = [k for k in ("dataset", "dataset_spec", "cycles") if spec.get(k) is not None]
+    given = [k for k in ("dataset", "dataset_spec", "cycles", "files")
+             if spec.get(k) is not None]
     if len(given) != 1:
-        raise RequestError("a query needs exactly one of 'dataset', 'dataset_spec' and 'cycles'")
+        raise RequestError("a query needs exactly one of 'dataset', 'dataset_spec', 'cycles' "
+                           "and 'files'")
     if spec.get("on_missing") not in (None, "fail", "skip"):
         raise RequestError("'on_missing' must be 'fail' or 'skip'")
-    if dataset is not None:
-        for item in dataset:
-            if not (isinstance(item, list | tuple) and len(item) == 2
-                    and isinstance(item[0], str) and isinstance(item[1], str | type(None))):
-                raise RequestError(f"dataset element {item!r} must be [path, tree]")
+    for item in (dataset or []) + (spec.get("files") or []):
+        if not (isinstance(item, list | tuple) and len(item) == 2
+                and isinstance(item[0], str) and isinstance(item[1], str | type(None))):
+            raise RequestError(f"dataset element {item!r} must be [path, tree]")
     if cycles is not None and cycles < 0:
         raise RequestError("'cycles' must not be negative")
     if spec.get("first", 0) < 0 or (spec.get("entries") or 0) < 0:

@@ -13,6 +13,7 @@ from thespian.actors import ActorExitRequest
 from pyproof.actors import messages as m
 from pyproof.actors.base import ProofActor
 from pyproof.actors.master_plane import MasterPlane
+from pyproof.actors.output_files import query_output_dir
 from pyproof.logs import get_logger
 
 
@@ -78,9 +79,12 @@ class Master(ProofActor):
                 corr=message.corr, query_id=message.query_id,
                 error="the session is already running a query; wait for it or stop it"))
             return
-        self.plane.start_query(message.query_id, message.spec, message.user)
+        # where its selectors' ctx.output_file(...) paths go (see output_files.py)
+        spec = {**message.spec,
+                "output_dir": query_output_dir(self.plane.session_id, message.query_id)}
+        self.plane.start_query(message.query_id, spec, message.user)
         for ref, _pid in self.workers.values():
-            self.send(ref, m.RunQuery(query_id=message.query_id, spec=message.spec))
+            self.send(ref, m.RunQuery(query_id=message.query_id, spec=spec))
         get_logger().info("query_accepted", query=message.query_id)
         self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
 

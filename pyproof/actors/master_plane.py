@@ -67,7 +67,7 @@ class MasterPlane:
             return False
         if q is None or q.query_id != self.accepted:
             return True  # accepted, not yet taken in by the data thread
-        return q.state in ("preparing", "running")
+        return q.state in ("preparing", "running", "finishing")
 
     def knows_query(self, query_id: str) -> bool:
         return query_id == self.accepted or query_id in self.finished_queries

@@ -23,6 +23,11 @@ from pyproof.actors.lookup import (
     file_elements,
     select_ranges,
 )
+from pyproof.actors.output_files import (
+    OutputFiles,
+    check_output_dataset,
+    register_output_dataset,
+)
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
@@ -93,16 +98,26 @@ class QueryRun:
         self._lookup_error: RemoteError | None = None
         self._packetizer: Packetizer | None = None  # built by the look-up thread
         self.lost: set[str] = set()
+        # files selectors write (ctx.output_file): kept for accepted packets only
+        self.output_files = OutputFiles(spec["output_dir"]) if spec.get("output_dir") else None
+        self.output_dataset: dict[str, Any] | None = None
+        self._finish_thread: threading.Thread | None = None
+        self._finish_error: RemoteError | None = None
         self._lookup_thread = threading.Thread(target=self._lookup, daemon=True)
         self._lookup_thread.start()
 
     # -- preparation (its own thread; the data thread answers WAIT meanwhile) --
     def _lookup(self) -> None:
         try:
+            if self.spec.get("output_dataset"):
+                check_output_dataset(self.spec["output_dataset"], self.user,
+                                     overwrite=bool(self.spec.get("output_overwrite")))
             if self.spec.get("cycles") is not None:
                 work = [WorkRange(element=CYCLES, entry_start=0,
                                   entry_stop=int(self.spec["cycles"]))]
                 kind = self.spec.get("packetizer") or "unit"
+            elif self.spec.get("files") is not None:
+                work, kind = self._file_work()
             else:
                 work, kind = self._data_work()
             params = dict(self.spec.get("packetizer_params") or {})
@@ -118,6 +133,14 @@ class QueryRun:
                                              traceback="", context=exc.context)
         except Exception as exc:
             self._lookup_error = RemoteError.from_exception(exc, stage="lookup")
+
+    def _file_work(self) -> tuple[list[WorkRange], str]:
+        """A per-file task: one unit per file, files not opened here (they may be bad)."""
+        self.elements = [Element(path=path, tree=tree or "", entries=1)
+                         for path, tree in self.spec["files"]]
+        work = [WorkRange(element=i, entry_start=0, entry_stop=1)
+                for i in range(len(self.elements))]
+        return work, self.spec.get("packetizer") or "file"
 
     def _data_work(self) -> tuple[list[WorkRange], str]:
         branches = self.spec.get("branches")
@@ -145,7 +168,7 @@ class QueryRun:
         worker = f"{p.require(payload, 'worker', str)}#{p.require(payload, 'pid', int)}"
         if self.state in ("failed", "stopped"):
             return p.ABORT, {"reason": f"query {self.query_id} {self.state}"}
-        if self.state == "finished":
+        if self.state in ("finishing", "finished"):
             return p.DONE, {}
         if worker in self.lost:
             return p.ABORT, {"reason": f"{worker} was declared lost"}
@@ -167,7 +190,15 @@ class QueryRun:
         self._reports(worker, payload.get("processed") or [])
         if kind == p.OUTPUTS:
             ids = frozenset(p.require(payload, "packets", list))
+            files = self._reported_files(worker, payload)
+            if files is None:
+                return p.ABORT, {"reason": "bad output files"}
             accepted = self.packetizer.accept_output(worker, ids)
+            if files and self.output_files is not None:
+                if accepted:
+                    self.output_files.keep(files, min(self.packets[i][:2] for i in ids))
+                else:
+                    self.output_files.refuse(files)
             if accepted:
                 try:
                     merge_outputs(self.outputs, p.require(payload, "outputs", dict),
@@ -202,6 +233,21 @@ class QueryRun:
                 reply["friend_path"] = element.friend_path
                 reply["friend_tree"] = element.friend_tree
         return p.PACKET, reply
+
+    def _reported_files(self, worker: str, payload: dict[str, Any]) -> list[str] | None:
+        """The files an OUTPUTS message carries; None (the query failed) if they are bad."""
+        files = payload.get("files") or []
+        if not files:
+            return []
+        try:
+            if self.output_files is None:
+                raise p.ProtocolViolation(f"{worker} reported output files, but the query "
+                                          "has no output directory")
+            return self.output_files.check(worker, files)
+        except p.ProtocolViolation as exc:
+            self.fail(RemoteError(type="OutputFileError", message=str(exc), traceback="",
+                                  context={"worker": worker}))
+            return None
 
     def _prepare_done(self) -> None:
         if self.state != "preparing" or self._lookup_thread.is_alive():
@@ -245,23 +291,71 @@ class QueryRun:
                             f"{', '.join(sorted(set(worst.reasons)))}",
                     traceback="", context=self._range_dict(worst)))
                 return
-            self.state = "finished"
-            self._send_client(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
-                                         "stats": self.stats(), "lineage": self.lineage()},
-                              final=True)
-            self.log.info("query_finished", entries=self.delivered,
-                          seconds=round(time.monotonic() - self.started, 3))
+            if self.output_files is not None and (self.output_files.exists()
+                                                  or self.spec.get("output_dataset")):
+                # sweeping and registering read files: off the data thread
+                self.state = "finishing"
+                self._finish_thread = threading.Thread(target=self._finish_files, daemon=True)
+                self._finish_thread.start()
+                return
+            self._send_result()
+
+    def _finish_files(self) -> None:
+        assert self.output_files is not None
+        try:
+            removed = self.output_files.sweep()
+            if removed:
+                self.log.info("output_files_swept", files=len(removed))
+            name = self.spec.get("output_dataset")
+            if name:
+                if not self.output_files.kept:
+                    raise LookupError_(f"output_dataset={name!r}: the selector wrote no files "
+                                       "(write them at paths from ctx.output_file(...))",
+                                       dataset=name)
+                self.output_dataset = register_output_dataset(
+                    name, self.user, self.output_files.kept,
+                    overwrite=bool(self.spec.get("output_overwrite")))
+                self.log.info("output_dataset_registered", dataset=self.output_dataset["name"],
+                              files=len(self.output_files.kept))
+        except LookupError_ as exc:
+            self._finish_error = RemoteError(type="DatasetError", message=str(exc),
+                                             traceback="", context=exc.context)
+        except Exception as exc:
+            self._finish_error = RemoteError.from_exception(exc, stage="output_dataset")
+
+    def _finish_done(self) -> None:
+        thread = self._finish_thread
+        if self.state != "finishing" or thread is None or thread.is_alive():
+            return
+        if self._finish_error is not None:
+            self.state = "running"  # so that fail() ends it and removes its files
+            self.fail(self._finish_error)
+        else:
+            self._send_result()
+
+    def _send_result(self) -> None:
+        self.state = "finished"
+        self._send_client(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
+                                     "stats": self.stats(), "lineage": self.lineage()},
+                          final=True)
+        self.log.info("query_finished", entries=self.delivered,
+                      seconds=round(time.monotonic() - self.started, 3))
 
     # -- ending ------------------------------------------------------------
     def fail(self, error: RemoteError) -> None:
-        if self.state in ("failed", "finished", "stopped"):
+        # while finishing, the outputs are being registered: that ends on its own (bounded)
+        if self.state in ("failed", "finishing", "finished", "stopped"):
             return
         self.state = "failed"
+        if self.output_files is not None:
+            self.output_files.discard()
         self.log.error("query_failed", error=str(error), **error.context)
         self._send_client(p.ERROR, {"query": self.query_id, "error": error,
                                     "lineage": self.lineage()}, final=True)
 
     def stop(self, reason: str) -> None:
+        if self.state == "finishing":
+            return
         self.fail(RemoteError(type="QueryStopped", message=reason, traceback="", context={}))
         self.state = "stopped"
 
@@ -292,6 +386,7 @@ class QueryRun:
     def tick(self, now: float) -> None:
         if self.state in ("preparing", "running"):
             self._prepare_done()
+        self._finish_done()
         if self.state == "running" and now - self._last_progress >= PROGRESS_PERIOD:
             self._last_progress = now
             self._send_client(p.PROGRESS, {
@@ -316,6 +411,8 @@ class QueryRun:
                 "poisoned": [self._range_dict(r) | {"workers": list(r.workers),
                                                     "reasons": list(r.reasons)}
                              for r in poisoned],
+                "output_files": self.output_files.kept if self.output_files else [],
+                "output_dataset": self.output_dataset,
                 "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
                               "dataset": e.dataset} for e in self.elements]}
 

@@ -2,10 +2,12 @@
 
 Worker -> master (req/rep, one socket, so the master serves it from one thread):
   NEXT     {worker, query, processed: [report...]}  -> PACKET | WAIT | DONE | ABORT
-  OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...}}
-                                                    -> ACK {accepted: bool}
+  OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...},
+            files: [path...]}                       -> ACK {accepted: bool}
   FAILED   {worker, query, error: RemoteError}      -> ABORT
-A report is {packet, seconds, entries, bytes}.
+A report is {packet, seconds, entries, bytes}. `files` lists the files the
+selector wrote (ctx.output_file) for those packets: kept if accepted, else
+deleted (output_files.py).
 
 Master -> client (push, the master dials the client's listening socket):
   PROGRESS {query, entries, total, bytes, elapsed, workers: {id: entries}}

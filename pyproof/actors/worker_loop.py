@@ -71,6 +71,7 @@ class WorkerLoop:
         self._reports: list[dict] = []   # processed reports not yet sent
         self._fresh_outputs = False      # ctx.outputs were flushed: begin() must run again
         self._current: tuple[float, dict[str, Any]] | None = None  # packet being processed
+        self._batch = 0                  # numbers the output-file directory of each batch
 
     def start(self) -> None:
         self._thread.start()
@@ -141,6 +142,12 @@ class WorkerLoop:
             query=self.query_id,
             session=self.session_id,
         )
+        if self.spec.get("output_dir"):
+            # one directory per worker process and batch: workers never collide, and a
+            # batch's files are kept or deleted with its packets (see output_files.py)
+            self.ctx.output_dir = os.path.join(
+                self.spec["output_dir"], f"{self.worker_id}-{os.getpid()}-b{self._batch}")
+        self._batch += 1
         self.selector.begin(self.ctx)
         self._fresh_outputs = False
 
@@ -161,8 +168,8 @@ class WorkerLoop:
                 "file": path, "tree": tree_name, "entry_start": start, "entry_stop": stop,
                 "worker": self.worker_id})
             nbytes = 0
-            if element == CYCLES:
-                events: Any = range(start, stop)
+            if element == CYCLES or self.spec.get("files") is not None:
+                events: Any = range(start, stop)  # CPU or per-file task: nothing to read
             else:
                 events, nbytes = self._read(reply, path, tree_name, start, stop)
             self.selector.process(events, ctx)
@@ -217,6 +224,8 @@ class WorkerLoop:
             "packets": list(self._held),
             "processed": self._take_reports(),
             "outputs": self.ctx.outputs,
+            # files this batch wrote: the master keeps them with its packets, or deletes them
+            "files": [f for f in self.ctx.written if os.path.exists(f)],
         })
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))

@@ -47,3 +47,14 @@ class Result:
     def missing(self) -> list[dict[str, Any]]:
         """Files left out because they could not be read (on_missing='skip'), and why."""
         return list(self.lineage.get("missing", []))
+
+    @property
+    def output_files(self) -> list[str]:
+        """Files the selector wrote on the workers (ctx.output_file), each entry once."""
+        return list(self.lineage.get("output_files") or [])
+
+    @property
+    def output_dataset(self) -> str | None:
+        """The dataset the output files were registered as (process(output_dataset=...))."""
+        registered = self.lineage.get("output_dataset")
+        return registered["name"] if registered else None

@@ -206,9 +206,11 @@ class Session:
 
     def process(self, selector: type[Selector] | str, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
+                files: list[str] | None = None,
                 inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+                output_dataset: str | None = None, output_overwrite: bool = False,
                 progress: bool | None = None, timeout: float | None = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
@@ -221,13 +223,27 @@ class Session:
         spends more than `packet_timeout` seconds in one packet fails the
         query, naming the packet, and its worker is restarted (None: no limit).
 
+        `files=[path, ...]` runs a per-file task instead (verification, file
+        generation): `process(range(0, 1), ctx)` once per file, with `ctx.file`
+        set, the files not opened for it; the "file" packetizer by default.
+
+        Files the selector writes at `ctx.output_file(name)` paths are kept
+        exactly once (`result.output_files`); `output_dataset="name"` (or
+        `"name#tree"`) registers them, verified, as a new dataset
+        (`result.output_dataset`); `output_overwrite=True` replaces one that exists.
+
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
         """
         ref = selector_ref(selector)
         cls = selector if isinstance(selector, type) else load_selector(ref)
-        if (dataset is None) == (cycles is None):
-            raise InputError("give exactly one of dataset= and cycles=")
+        if sum(x is not None for x in (dataset, cycles, files)) != 1:
+            raise InputError("give exactly one of dataset=, cycles= and files=")
+        if files is not None and (isinstance(files, str) or not all(
+                isinstance(f, str | os.PathLike) for f in files)):
+            raise InputError("files= must be a list of paths or URLs")
+        if output_dataset is not None:
+            self._check_output_dataset(output_dataset)
         if on_missing not in ("fail", "skip"):
             raise InputError(f"on_missing={on_missing!r}: use 'fail' or 'skip'")
         named = dataset is not None and is_catalog_spec(dataset)
@@ -244,6 +260,8 @@ class Session:
             "dataset_spec": dataset if named else None,
             "on_missing": on_missing,
             "packet_timeout": packet_timeout,
+            "files": None if files is None else [[_absolute(os.fspath(f)), None] for f in files],
+            "output_dataset": output_dataset, "output_overwrite": bool(output_overwrite),
             "entries": entries, "first": first, "cycles": cycles, "inputs": inputs,
             "branches": list(cls.branches) if cls.branches is not None else None,
             "concatenate": list(cls.concatenate),
@@ -268,6 +286,17 @@ class Session:
             result = Result(query=result.query, outputs=returned, stats=result.stats,
                             lineage=result.lineage)
         return result
+
+    def _check_output_dataset(self, name: Any) -> None:
+        from pyproof.datasets import DatasetError
+        from pyproof.datasets.names import parse_ref
+
+        if not isinstance(name, str):
+            raise InputError(f"output_dataset must be a dataset name, not {type(name).__name__}")
+        try:
+            parse_ref(name, group="default", user=self.control.user)
+        except DatasetError as exc:
+            raise InputError(f"output_dataset={name!r}: {exc}") from None
 
     def _collect(self, query_id: str, bar: ProgressBar, timeout: float | None) -> Result:
         assert self.data is not None
@@ -316,7 +345,8 @@ class Session:
         except (QueryError, ConnectError) as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
         query = (status.get("master") or {}).get("query") or {}
-        if query.get("id") == query_id and query.get("state") in ("preparing", "running"):
+        if query.get("id") == query_id and query.get("state") in ("preparing", "running",
+                                                                   "finishing"):
             return None
         if query_id in (status.get("master") or {}).get("results", []):
             return self.result(query_id)
