@@ -195,6 +195,29 @@ class Session:
 
         return Catalog(default_catalog_path(), user=self.control.user)
 
+    def verify_dataset(self, name: str, *, deep: bool = False, checksum: bool = True,
+                       record: bool = True, catalog: Any = None,
+                       timeout: float | None = None) -> Any:
+        """Verify dataset `name` on this session's workers, one file per packet, in parallel.
+
+        Each file is opened, its trees' entries counted, checksummed (unless
+        `checksum=False`) and with `deep=True` every basket read, as
+        `pyproof.datasets.verify_dataset` does locally; the results are recorded
+        in `catalog` (default: `session.datasets`) unless `record=False`.
+        Returns the `VerifySummary`. Raises DatasetError (unknown dataset, not
+        yours to change) before any file is read, QueryError if the cluster fails.
+        """
+        from pyproof.datasets.cluster_verify import verify_on_cluster
+
+        own = catalog is None
+        catalog = self.datasets if own else catalog
+        try:
+            return verify_on_cluster(self, catalog, name, checksum=checksum, deep=deep,
+                                     record=record, timeout=timeout)
+        finally:
+            if own:
+                catalog.close()
+
     def status(self) -> dict[str, Any]:
         """The master's view of this session: workers, current query, kept results."""
         return self._call("session_status")

@@ -11,7 +11,8 @@ sets two defaults on the parsed args:
 
 Output is a human table by default and JSON (one document on stdout) with
 `--json`. Exit codes: 0 done; 1 a DatasetError (message on stderr, or
-`{"error": {"type", "message"}}` with --json); 4 `ds verify` found bad files.
+`{"error": {"type", "message"}}` with --json; also a cluster's error with
+`ds verify --cluster`); 4 `ds verify` found bad files.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from pyproof.datasets.catalog import Catalog
 from pyproof.datasets.errors import DatasetError, format_bytes
 from pyproof.datasets.records import DatasetInfo, FileRecord, QuotaInfo
+from pyproof.errors import ProofError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -170,10 +172,13 @@ def cmd_register(args: argparse.Namespace, catalog_path: str) -> int:
 def cmd_verify(args: argparse.Namespace, catalog_path: str) -> int:
     from pyproof.datasets.verify import verify_dataset
 
-    with _catalog(args, catalog_path) as cat, _mapper(args.jobs) as mapper:
-        summary = verify_dataset(
-            cat, args.name, map=mapper, checksum=not args.no_checksum, deep=args.deep
-        )
+    if args.cluster:
+        summary = _verify_on_cluster(args, catalog_path)
+    else:
+        with _catalog(args, catalog_path) as cat, _mapper(args.jobs) as mapper:
+            summary = verify_dataset(
+                cat, args.name, map=mapper, checksum=not args.no_checksum, deep=args.deep
+            )
     human = (
         f"verified {summary.dataset}: {summary.files} files, {summary.ok} ok, "
         f"{summary.missing} missing, {summary.corrupt} corrupt, {summary.wrong_tree} wrong tree, "
@@ -184,6 +189,19 @@ def cmd_verify(args: argparse.Namespace, catalog_path: str) -> int:
         human += "\n\n" + _table(("URL", "STATUS", "PROBLEM"), summary.problems)
     _emit(args, summary.to_dict(), human)
     return EXIT_BAD_FILES if summary.problems else EXIT_OK
+
+
+def _verify_on_cluster(args: argparse.Namespace, catalog_path: str) -> Any:
+    """`ds verify --cluster`: on a lite cluster of --workers N, or the daemon at --url."""
+    import pyproof
+    from pyproof.datasets.cluster_verify import verify_on_cluster
+
+    url = args.url or "lite://"
+    with _catalog(args, catalog_path) as cat:
+        cat.show(args.name)  # an unknown dataset is an error before a cluster starts
+        with pyproof.connect(url, workers=args.workers) as session:
+            return verify_on_cluster(session, cat, args.name, checksum=not args.no_checksum,
+                                     deep=args.deep)
 
 
 def cmd_rm(args: argparse.Namespace, catalog_path: str) -> int:
@@ -206,12 +224,12 @@ def cmd_quota(args: argparse.Namespace, catalog_path: str) -> int:
 
 
 def _run(handler: Handler) -> Handler:
-    """Wrap a handler: a DatasetError becomes a message and exit code 1."""
+    """Wrap a handler: a DatasetError (or a cluster's error) becomes a message and exit 1."""
 
     def run(args: argparse.Namespace, catalog_path: str) -> int:
         try:
             return handler(args, catalog_path)
-        except DatasetError as err:
+        except (DatasetError, ProofError) as err:
             if getattr(args, "json", False):
                 print(json.dumps({"error": {"type": type(err).__name__, "message": str(err)}}))
             else:
@@ -276,6 +294,12 @@ def add_commands(subparsers: Any) -> argparse.ArgumentParser:
     verify.add_argument("--jobs", type=int, default=1, help="processes verifying (default 1)")
     verify.add_argument("--deep", action="store_true", help="also read every basket")
     verify.add_argument("--no-checksum", action="store_true", help="skip the checksums")
+    verify.add_argument("--cluster", action="store_true",
+                        help="verify on a cluster's workers, one file per packet")
+    verify.add_argument("--workers", type=int, default=None,
+                        help="workers of the cluster (default: $PYPROOF_WORKERS or the cores)")
+    verify.add_argument("--url", help="with --cluster: proof://host:port of a daemon "
+                                      "(default: a private lite:// cluster)")
 
     rm = leaf("rm", cmd_rm, "remove a dataset from the catalog (its files are not touched)")
     rm.add_argument("name")
