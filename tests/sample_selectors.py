@@ -211,3 +211,15 @@ class SkimThenRaise(Skim):
 class BadOutputName(ZmumuMass):
     def process(self, events, ctx):
         ctx.output_file("../escape.root")
+
+
+class UnsendableOutput(pyproof.Selector):
+    """Puts an object the wire cannot carry into its outputs."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["thing"] = object()
+
+    def process(self, events, ctx):
+        pass

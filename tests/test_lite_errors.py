@@ -94,3 +94,18 @@ def test_a_selector_defined_in_a_function_is_refused():
 def test_dataset_and_cycles_are_exclusive(session):
     with pytest.raises(pyproof.InputError, match=r"exactly one of dataset=, cycles= and files="):
         session.process(ZmumuMass)
+
+
+def test_outputs_that_cannot_be_sent_fail_the_query_naming_the_output(session):
+    with pytest.raises(pyproof.QueryError, match=r"thing"):
+        session.process("tests.sample_selectors:UnsendableOutput", dataset=zmumu(),
+                        timeout=60)
+    still_works(session)
+
+
+def test_a_query_stopped_by_timeout_lets_the_next_one_start_at_once(session):
+    with pytest.raises(pyproof.QueryError, match=r"did not finish within"):
+        session.process("tests.sample_selectors:SlowCount", dataset=zmumu(),
+                        inputs={"sleep": 0.5}, packetizer="basic",
+                        packetizer_params={"packet_entries": 50}, timeout=1.0)
+    still_works(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pynng
@@ -11,7 +12,8 @@ from pyproof.transport.frames import encode_frame
 
 
 def serve(address: str, replies: list[bytes], stop: threading.Event) -> None:
-    with pynng.Rep0(listen=address, recv_timeout=200) as rep:
+    with contextlib.suppress(pynng.NNGException), \
+            pynng.Rep0(listen=address, recv_timeout=200) as rep:
         for reply in replies:
             while not stop.is_set():
                 try:

@@ -19,6 +19,7 @@ from pyproof.logs import get_logger
 
 class Master(ProofActor):
     plane: MasterPlane | None = None
+    current: tuple[str, dict] | None = None  # the accepted query, for workers that join
 
     def receive(self, message, sender) -> None:
         if isinstance(message, m.MasterStart):
@@ -33,9 +34,9 @@ class Master(ProofActor):
             assert self.plane is not None
             self.workers[message.worker_id] = (message.ref, message.pid)
             self.plane.worker_joined(incarnation(message.worker_id, message.pid))
-            running = self.plane.running_query()
-            if running is not None:  # a worker joining mid-query gets work at once
-                self.send(message.ref, m.RunQuery(query_id=running[0], spec=running[1]))
+            if self.plane.busy() and self.current is not None:
+                # a worker joining mid-query gets work at once
+                self.send(message.ref, m.RunQuery(query_id=self.current[0], spec=self.current[1]))
         elif isinstance(message, m.WorkerLost):
             assert self.plane is not None
             current = self.workers.get(message.worker_id)
@@ -83,6 +84,7 @@ class Master(ProofActor):
         spec = {**message.spec,
                 "output_dir": query_output_dir(self.plane.session_id, message.query_id)}
         self.plane.start_query(message.query_id, spec, message.user)
+        self.current = (message.query_id, spec)
         for ref, _pid in self.workers.values():
             self.send(ref, m.RunQuery(query_id=message.query_id, spec=spec))
         get_logger().info("query_accepted", query=message.query_id)

@@ -37,6 +37,7 @@ class MasterPlane:
         self.workers: list[str] = []
         self.query: QueryRun | None = None
         self.accepted: str | None = None
+        self.stopped: set[str] = set()  # actor thread only
         self.outbox: pynng.Push0 | None = None
         self.outbox_address = ""
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
@@ -56,6 +57,9 @@ class MasterPlane:
         self._commands.put(("start", (query_id, spec, user)))
 
     def stop_query(self, query_id: str, reason: str) -> None:
+        if query_id == self.accepted:  # on the actor thread: the next query may start now
+            self.stopped.add(query_id)
+            self.accepted = None
         self._commands.put(("stop", (query_id, reason)))
 
     def worker_lost(self, worker: str) -> None:
@@ -70,13 +74,8 @@ class MasterPlane:
         return q.state in ("preparing", "running", "finishing")
 
     def knows_query(self, query_id: str) -> bool:
-        return query_id == self.accepted or query_id in self.finished_queries
-
-    def running_query(self) -> tuple[str, dict[str, Any]] | None:
-        q = self.query
-        if q is not None and q.query_id == self.accepted and self.busy():
-            return q.query_id, q.spec
-        return None
+        return (query_id == self.accepted or query_id in self.stopped
+                or query_id in self.finished_queries)
 
     def statistics(self) -> dict[str, Any]:
         q = self.query

@@ -26,11 +26,12 @@ from pyproof.actors.base import ProofActor
 from pyproof.logs import get_logger
 from pyproof.supervision import core as sc
 from pyproof.supervision import events as ev
-from pyproof.supervision.process_tree import kill_tree
+from pyproof.supervision.process_tree import is_alive, kill_tree
 from pyproof.supervision.spec import SupervisorSpec
 
 TICK = timedelta(milliseconds=250)  # deadlines and the watchdog need no finer grain
 TREE_TIMEOUT = 2.0
+EXIT_NOTICE_TIMEOUT = 2.0
 
 
 def import_actor(path: str) -> type:
@@ -49,6 +50,7 @@ class SupervisorActor(ProofActor):
         self.starting: dict[str, float] = {}    # child id -> start deadline
         self.stopping: dict[str, float | None] = {}  # child id -> kill deadline
         self.kill_reasons: dict[str, str] = {}
+        self.killed: dict[str, tuple[int, float]] = {}  # child id -> (pid, give-up time)
         self.requests: dict[str, Any] = {}      # AddChild cause -> requester
         self.trees: dict[str, dict[str, Any]] = {}
         self._ticking = False
@@ -137,6 +139,7 @@ class SupervisorActor(ProofActor):
         ref = self.refs.get(child_id)
         if pid is not None:
             kill_tree(pid, reap=False)  # Thespian reaps it and tells us ChildActorExited
+            self.killed[child_id] = (pid, time.monotonic() + EXIT_NOTICE_TIMEOUT)
         elif ref is not None:
             self.send(ref, ActorExitRequest())
 
@@ -157,6 +160,15 @@ class SupervisorActor(ProofActor):
             if deadline is not None and now > deadline:
                 self.stopping[child_id] = None
                 self._kill(child_id, "shutdown timeout")
+        for child_id, (pid, give_up) in list(self.killed.items()):
+            # Thespian does not always report the exit of a child we SIGKILLed: a dead
+            # process with no notice by the deadline is taken as exited
+            ref = self.refs.get(child_id)
+            if ref is None or self.pids.get(child_id) != pid:
+                del self.killed[child_id]
+            elif now > give_up and not is_alive(pid):
+                get_logger().warning("exit_notice_missing", child_id=child_id, pid=pid)
+                self._child_exited(ref)
         for corr, pending in list(self.trees.items()):
             if now > pending["deadline"]:  # a frozen subtree: answer with what we have
                 self._tree_done(corr)
@@ -218,6 +230,7 @@ class SupervisorActor(ProofActor):
         if child_id is None:
             return
         del self.refs[child_id]
+        self.killed.pop(child_id, None)
         pid = self.pids.pop(child_id, None)
         expected = child_id in self.stopping
         self.stopping.pop(child_id, None)

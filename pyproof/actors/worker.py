@@ -25,12 +25,11 @@ from pyproof.logs import get_logger
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
 
-JOIN_TIMEOUT = 5.0
+EXIT_JOIN_TIMEOUT = 0.5
 PACKET_CHECK = timedelta(seconds=0.5)
 
 
 class Worker(ProofActor):
-    socket: pynng.Req0 | None = None
     loop: WorkerLoop | None = None
     worker_id = ""
     session_id = ""
@@ -40,10 +39,6 @@ class Worker(ProofActor):
         if isinstance(message, m.WorkerStart):
             self.worker_id, self.session_id = message.worker_id, message.session_id
             self.start_log(message.log_dir, actor=message.worker_id, session=message.session_id)
-            # resend disabled: a resent request would be processed twice by the master
-            self.socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
-                                     resend_time=-1)
-            self.socket.dial(message.packet_address, block=False)
             self.packet_address = message.packet_address
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
@@ -57,12 +52,9 @@ class Worker(ProofActor):
         elif isinstance(message, m.StopQuery):
             if self.loop is not None:
                 self.loop.stop()
-        elif isinstance(message, ActorExitRequest):
-            if self.loop is not None:
-                self.loop.stop()
-                self.loop.join(JOIN_TIMEOUT)
-            if self.socket is not None:
-                self.socket.close()
+        elif isinstance(message, ActorExitRequest) and self.loop is not None:
+            self.loop.stop()
+            self.loop.join(EXIT_JOIN_TIMEOUT)
 
     def _check_packet_time(self) -> None:
         assert self.loop is not None
@@ -90,10 +82,17 @@ class Worker(ProofActor):
 
     def _run(self, message: m.RunQuery) -> None:
         if self.loop is not None and self.loop.running:
+            if self.loop.query_id == message.query_id:
+                return  # told twice (a join racing the query start): already on it
+            # never join on the actor thread (the watchdog would call us hung): the old
+            # loop has its own socket and ends at its next packet boundary
             self.loop.stop()
-            if not self.loop.join(JOIN_TIMEOUT):
-                get_logger().error("previous_query_still_running", query=self.loop.query_id)
-        assert self.socket is not None
+        # one socket per query, resend disabled: a resent request would be processed
+        # twice by the master
+        socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
+                            resend_time=-1)
+        socket.dial(self.packet_address, block=False)
         self.loop = WorkerLoop(worker_id=self.worker_id, session_id=self.session_id,
-                               query_id=message.query_id, spec=message.spec, socket=self.socket)
+                               query_id=message.query_id, spec=message.spec, socket=socket,
+                               owns_socket=True, die=lambda: os._exit(CRASH_EXIT_CODE))
         self.loop.start()

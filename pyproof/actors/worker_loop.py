@@ -24,7 +24,7 @@ from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, load_selector
-from pyproof.transport.codec import RemoteError
+from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import decode_frame, encode_frame
 
 REQUEST_TIMEOUT_MS = 60_000
@@ -55,7 +55,11 @@ class WorkerLoop:
     """Runs one query on one worker in a thread; `stop()` ends it early."""
 
     def __init__(self, *, worker_id: str, session_id: str, query_id: str,
-                 spec: dict[str, Any], socket: pynng.Req0) -> None:
+                 spec: dict[str, Any], socket: pynng.Req0, owns_socket: bool = False,
+                 die: Any = None) -> None:
+        self.owns_socket = owns_socket
+        # what to do when the master cannot be told we hold packets (the actor exits)
+        self.die = die or (lambda: None)
         self.worker_id = worker_id
         self.session_id = session_id
         self.query_id = query_id
@@ -92,12 +96,24 @@ class WorkerLoop:
         self.log.info("query_started", selector=self.spec["selector"])
         try:
             self._loop()
+        except _MasterGone as gone:
+            # the master may still count on packets we hold: only our death (reported by
+            # supervision as a lost worker) reliably gives them back
+            self.log.error("master_unreachable", reason=str(gone))
+            self.die()
         except _Abort as abort:
             self.log.info("query_aborted", reason=str(abort))
-        except Exception as exc:  # our own bug or a dead master: say so in the log
+        except Exception as exc:
+            # outputs that cannot be encoded, or our own bug: the master must hear of it,
+            # or the packets this worker holds would wait for ever
             self.log.error("worker_loop_crashed", error=repr(exc), exc_info=True)
+            if not self._fail(exc, stage="outputs" if isinstance(exc, EncodeError)
+                              else "worker"):
+                self.die()
         finally:
             self._files.close()
+            if self.owns_socket:
+                self.socket.close()
             self.log.info("query_ended")
 
     def _loop(self) -> None:
@@ -234,7 +250,8 @@ class WorkerLoop:
         self.ctx.outputs = {}
         self._fresh_outputs = True
 
-    def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> None:
+    def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> bool:
+        """Tell the master the query failed here; False if it could not be told."""
         error = RemoteError(
             type=type(exc).__name__,
             message=str(exc),
@@ -243,8 +260,13 @@ class WorkerLoop:
                      **{k: v for k, v in where.items() if v is not None}},
         )
         self.log.error("selector_failed", stage=stage, error=repr(exc), **where)
-        with contextlib.suppress(_Abort):
+        try:
             self._request(p.FAILED, {"error": error})
+        except _MasterGone:
+            return False
+        except _Abort:
+            pass
+        return True
 
     def _request(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         self._send(kind, payload)
@@ -256,13 +278,13 @@ class WorkerLoop:
         try:
             self.socket.send(encode_frame(kind, payload, session=self.session_id))
         except pynng.Timeout:
-            raise _Abort(f"the master did not take a {kind!r} request") from None
+            raise _MasterGone(f"the master did not take a {kind!r} request") from None
 
     def _recv(self, kind: str) -> dict[str, Any]:
         try:
             raw = self.socket.recv()
         except pynng.Timeout:
-            raise _Abort(f"master did not answer a {kind!r} request "
+            raise _MasterGone(f"master did not answer a {kind!r} request "
                          f"within {REQUEST_TIMEOUT_MS / 1000:.0f} s") from None
         frame = decode_frame(raw)
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
@@ -272,3 +294,7 @@ class WorkerLoop:
 
 class _Abort(Exception):
     """The master ended this query for this worker (done elsewhere, failed or stopped)."""
+
+
+class _MasterGone(_Abort):
+    """The master did not answer in time: it is dead, restarting or wedged."""
