@@ -19,7 +19,7 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
-from pyproof.transport.codec import ProtocolError
+from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import decode_frame, encode_frame
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
@@ -116,13 +116,24 @@ class MasterPlane:
                 # a query started by the actor is queued before its workers are told
                 # of it: take it in before answering them
                 self._run_commands()
-                reply = self._answer(raw)
+                try:
+                    reply = self._answer(raw)
+                except Exception as exc:  # likewise: answer, fail the query, keep serving
+                    self.log.error("request_failed", error=repr(exc), exc_info=True)
+                    if self.query is not None:
+                        self.query.fail(RemoteError.from_exception(exc, stage="master"))
+                    reply = encode_frame(p.ABORT, {"reason": "master error"},
+                                         session=self.session_id)
                 try:
                     self.socket.send(reply)
                 except (pynng.Timeout, pynng.Closed):
                     self.log.warning("reply_not_sent")
             if self.query is not None:
-                self.query.tick(time.monotonic())
+                try:
+                    self.query.tick(time.monotonic())
+                except Exception as exc:  # a bug must fail the query, not the data plane
+                    self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
+                    self.query.fail(RemoteError.from_exception(exc, stage="master"))
 
     def _run_commands(self) -> None:
         while True:

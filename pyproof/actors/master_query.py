@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import encode_frame
 
 PROGRESS_PERIOD = 0.25
+FINAL_FRAME_GRACE = 1.0
 
 
 @dataclass(slots=True)
@@ -89,12 +89,9 @@ class QueryRun:
         self._last_progress = 0.0
         if outbox is not None:  # client-dials mode: the session's listening socket
             self.client, self._own_client = outbox, False
-        else:  # callback mode: dial the client back
+        else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
-            try:
-                self.client.dial(spec["client_address"], block=True)
-            except pynng.NNGException:  # not there (yet): keep trying in the background
-                self.client.dial(spec["client_address"], block=False)
+            self.client.dial(spec["client_address"], block=False)
         self._lookup_error: RemoteError | None = None
         self._packetizer: Packetizer | None = None  # built by the look-up thread
         self.lost: set[str] = set()
@@ -438,16 +435,23 @@ class QueryRun:
                                        "lineage": self.lineage()}, session=self.session_id)
         if final and self.keep is not None:
             self.keep(self.query_id, data)
-        try:
-            # never block the data plane on a slow or absent client: a dropped progress
-            # frame is harmless and the final frame is kept for `fetch_result`
-            self.client.send(sealing.seal(self.data_key, data) if self.data_key else data,
-                             block=False)
-        except pynng.TryAgain:
-            self.log.warning("client_unreachable", message=kind)
-        except Exception as exc:
-            self.log.error("client_send_failed", message=kind, error=repr(exc),
-                           traceback=traceback.format_exc())
+        wire = sealing.seal(self.data_key, data) if self.data_key else data
+        # never block the data plane on a slow or absent client: a dropped progress
+        # frame is harmless; the final frame gets a short grace (the callback
+        # connection may still be coming up) and is kept for `fetch_result` anyway
+        deadline = time.monotonic() + (FINAL_FRAME_GRACE if final else 0.0)
+        while True:
+            try:
+                self.client.send(wire, block=False)
+                return
+            except pynng.TryAgain:
+                if time.monotonic() >= deadline:
+                    self.log.warning("client_unreachable", message=kind)
+                    return
+                time.sleep(0.01)
+            except pynng.NNGException as exc:
+                self.log.error("client_send_failed", message=kind, error=repr(exc))
+                return
 
     def close(self) -> None:
         if self._own_client:

@@ -7,6 +7,7 @@ listens on and the session's master dials (callback mode).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -160,6 +161,22 @@ class Session:
             self.id = reply["session"]
             self.workers = reply["workers"]
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS)
+        try:
+            self._open_data(dial, dial_host, data_address)
+        except BaseException:
+            # the session exists on the daemon: do not leave it (and its workers) ownerless
+            if not attach:
+                with contextlib.suppress(Exception):
+                    self._call("close_session", deadline=10.0)
+            self.data.close()
+            raise
+        # data frames are sealed with a key both ends derive; it never travels
+        self.data_key = sealing.data_key(control.secret(), self.id or "")
+        self.rejected_frames = 0
+
+    def _open_data(self, dial: tuple[bool, int | None], dial_host: str,
+                   data_address: str) -> None:
+        assert self.data is not None
         if dial[0]:  # client-dials: the session listens, we connect to it
             payload = {} if dial[1] is None else {"port": dial[1]}
             address = self._call("data_endpoint", payload)["address"]
@@ -171,9 +188,6 @@ class Session:
         else:
             self.data.listen(data_address)
             self.data_address = _bound_address(self.data, data_address)
-        # data frames are sealed with a key both ends derive; it never travels
-        self.data_key = sealing.data_key(control.secret(), self.id or "")
-        self.rejected_frames = 0
 
     @property
     def log_dir(self) -> str | None:
