@@ -223,3 +223,17 @@ class UnsendableOutput(pyproof.Selector):
 
     def process(self, events, ctx):
         pass
+
+
+class BigOutput(pyproof.Selector):
+    """A 24 MB array output (larger than a data chunk) plus a count."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["big"] = np.zeros(3_000_000)
+        ctx.outputs["n"] = 0
+
+    def process(self, events, ctx):
+        ctx.outputs["big"][: len(events)] += 1.0
+        ctx.outputs["n"] += len(events)

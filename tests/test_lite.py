@@ -178,3 +178,14 @@ def test_closing_the_session_leaves_no_run_directory(tmp_path):
     session.close()
     assert not os.path.exists(run_dir)
     assert os.path.exists(os.path.join(log_dir, "master.jsonl"))
+
+
+def test_a_large_output_travels_in_chunks_and_arrives_whole(session2):
+    result = session2.process("tests.sample_selectors:BigOutput",
+                              dataset=data_file("uproot-Zmumu.root") + ":events",
+                              packetizer="basic", packetizer_params={"packet_entries": 500})
+    big = result.outputs["big"]
+    assert big.shape == (3_000_000,)
+    assert result.outputs["n"] == 2304
+    # entry j of a packet adds 1 at index j: each entry is counted once, near the front
+    assert big.sum() == 2304 and big[500:].sum() == 0

@@ -40,6 +40,7 @@ class Element:
     part: int = 0
     friend_path: str | None = None
     friend_tree: str | None = None
+    host: str | None = None  # the storage node holding the file, when the catalog knows
 
     @property
     def stop(self) -> int:
@@ -162,7 +163,8 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
         checked.add((e.url, e.tree))
         elements.append(Element(path=e.url, tree=e.tree, entries=entries,
                                 entry_start=e.entry_start, entry_stop=e.entry_stop,
-                                dataset=e.dataset, part=e.part, friend_path=e.friend_url,
+                                dataset=e.dataset, part=e.part, host=e.host,
+                                friend_path=e.friend_url,
                                 friend_tree=e.friend_tree))
     return elements, missing, len(resolution.parts)
 

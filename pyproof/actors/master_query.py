@@ -7,6 +7,7 @@ not stall packets and a long merge does not stall control.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -33,10 +34,12 @@ from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
-from pyproof.transport.frames import encode_frame
+from pyproof.transport.frames import CHUNK, chunk, encode_frame
 
 PROGRESS_PERIOD = 0.25
-FINAL_FRAME_GRACE = 1.0
+FINAL_FRAME_GRACE = 2.0
+CHUNK_SIZE = 8 * 1024 * 1024
+WORKER_HOST = socket.gethostname()
 
 
 @dataclass(slots=True)
@@ -120,6 +123,12 @@ class QueryRun:
             params = dict(self.spec.get("packetizer_params") or {})
             if kind == "multi":
                 params.setdefault("parts", self.parts)
+            if kind == "adaptive" and any(e.host for e in self.elements):
+                # locality: workers prefer files on their own host (all workers run on
+                # the daemon's host in this version)
+                params.setdefault("element_hosts", {i: e.host for i, e in
+                                                    enumerate(self.elements) if e.host})
+                params.setdefault("worker_hosts", {w: WORKER_HOST for w in self.workers})
             self._packetizer = make_packetizer(kind, work, workers=max(1, len(self.workers)),
                                                **params)
             self.total = sum(r.entries for r in work)
@@ -435,23 +444,38 @@ class QueryRun:
                                        "lineage": self.lineage()}, session=self.session_id)
         if final and self.keep is not None:
             self.keep(self.query_id, data)
+        # a large result travels as chunk frames (each sealed), never as one huge frame
+        pieces = [data]
+        if len(data) > CHUNK_SIZE:
+            parts = chunk(data, CHUNK_SIZE)
+            pieces = [encode_frame(CHUNK, {"stream": self.query_id, "index": i,
+                                           "total": len(parts), "data": part},
+                                   session=self.session_id)
+                      for i, part in enumerate(parts)]
+        for piece in pieces:
+            if not self._send_wire(piece, kind, final):
+                return
+
+    def _send_wire(self, data: bytes, kind: str, final: bool) -> bool:
+        """Send one frame; False if the client could not take it."""
         wire = sealing.seal(self.data_key, data) if self.data_key else data
         # never block the data plane on a slow or absent client: a dropped progress
-        # frame is harmless; the final frame gets a short grace (the callback
-        # connection may still be coming up) and is kept for `fetch_result` anyway
+        # frame is harmless; the final frames get a grace (the callback connection
+        # may still be coming up, a big result takes time) and are kept for
+        # `fetch_result` anyway
         deadline = time.monotonic() + (FINAL_FRAME_GRACE if final else 0.0)
         while True:
             try:
                 self.client.send(wire, block=False)
-                return
+                return True
             except pynng.TryAgain:
                 if time.monotonic() >= deadline:
                     self.log.warning("client_unreachable", message=kind)
-                    return
-                time.sleep(0.01)
+                    return False
+                time.sleep(0.005)
             except pynng.NNGException as exc:
                 self.log.error("client_send_failed", message=kind, error=repr(exc))
-                return
+                return False
 
     def close(self) -> None:
         if self._own_client:

@@ -44,6 +44,7 @@ class Sessions(SupervisorActor):
         super().__init__(*args, **kwargs)
         self.info: dict[str, dict[str, Any]] = {}
         self.opened: dict[str, str] = {}  # client request id -> session id (idempotent open)
+        self.resends: dict[str, list[m.Resend]] = {}  # retries for sessions still starting
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.Started):
@@ -81,9 +82,13 @@ class Sessions(SupervisorActor):
     def _create(self, message: m.CreateSession, sender) -> None:
         reply_to = message.reply_to or sender
         if message.request_id and message.request_id in self.opened:
+            # a client's retry: answer it from the session its first attempt opened
             sid = self.opened[message.request_id]
+            resend = m.Resend(corr=message.corr, reply_to=reply_to)
             if sid in self.refs:
-                self.send(self.refs[sid], m.Resend(corr=message.corr, reply_to=reply_to))
+                self.send(self.refs[sid], resend)
+            elif sid in self.info and "ended" not in self.info[sid]:
+                self.resends.setdefault(sid, []).append(resend)  # not started yet
             else:
                 self.send(reply_to, m.SessionFailed(corr=message.corr, session_id=sid,
                                                     error=f"session {sid} ended"))
@@ -152,9 +157,16 @@ class Sessions(SupervisorActor):
         else:
             self.send(to, m.StatusReply(corr=message.corr, status={"error": error}))
 
+    def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        for resend in self.resends.pop(child_id, []):
+            self.send(ref, resend)
+
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
         if child_id in self.info and child_id not in self.refs:
             self.info[child_id]["ended"] = reason
+        for resend in self.resends.pop(child_id, []):
+            self.send(resend.reply_to, m.SessionFailed(corr=resend.corr, session_id=child_id,
+                                                       error=f"session {child_id} ended"))
 
 
 class SessionSupervisor(SupervisorActor):
@@ -163,6 +175,7 @@ class SessionSupervisor(SupervisorActor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request: m.CreateSession | None = None
+        self.pending_resends: list[m.Resend] = []
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
@@ -188,6 +201,8 @@ class SessionSupervisor(SupervisorActor):
         elif isinstance(message, m.Resend):
             if self._announced:
                 self._announce(message.corr, message.reply_to)
+            else:  # still starting: answer every attempt once running
+                self.pending_resends.append(message)
         elif isinstance(message, ROUTED):
             master = self.refs.get("master")
             if master is not None:
@@ -200,6 +215,9 @@ class SessionSupervisor(SupervisorActor):
     def on_running(self) -> None:
         assert self.request is not None
         self._announce(self.request.corr, self.request.reply_to)
+        for resend in self.pending_resends:
+            self._announce(resend.corr, resend.reply_to)
+        self.pending_resends = []
 
     def on_exit(self) -> None:
         """The master was killed, not closed: remove the socket files it listened on."""

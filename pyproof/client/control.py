@@ -72,7 +72,8 @@ class ControlClient:
         self._lock = threading.Lock()
 
     def call(self, kind: str, payload: dict[str, Any] | None = None, *,
-             session: str | None = None, deadline: float = DEFAULT_DEADLINE) -> dict[str, Any]:
+             session: str | None = None, deadline: float = DEFAULT_DEADLINE,
+             attempt: float | None = None) -> dict[str, Any]:
         """Send a request and return the answer's payload; retries until `deadline` seconds.
 
         Raises RequestRefused when the daemon says no, ConnectError when it
@@ -82,8 +83,9 @@ class ControlClient:
         if not self._lock.acquire(timeout=deadline):
             raise ConnectError(f"another request to {self.address} held the connection "
                                f"for {deadline:.0f} s")
+        self.socket.recv_timeout = int(1000 * (attempt or self.attempt_timeout))
         try:
-            for attempt in (1, 2):
+            for login_round in (1, 2):
                 if self._token is None:
                     self._login(end, deadline)
                 request_id = uuid.uuid4().hex
@@ -93,7 +95,7 @@ class ControlClient:
                     return self._exchange(kind, data, request_id, end, deadline)
                 except _NotAuthenticated as exc:
                     self._token = None
-                    if attempt == 2:
+                    if login_round == 2:
                         raise RequestRefused(f"the daemon refused our login: {exc}") from None
             raise AssertionError("unreachable")
         finally:

@@ -26,11 +26,12 @@ from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.selector import Selector, load_selector, selector_ref
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, ProtocolError, RemoteError, encode
-from pyproof.transport.frames import decode_frame
+from pyproof.transport.frames import CHUNK, Reassembler, decode_frame
 
 DATA_POLL_MS = 250
 MASTER_SILENCE_CHECK = 3.0
-DEFAULT_PACKET_TIMEOUT = 600.0  # the master sends progress every 0.25 s while a query runs
+DEFAULT_PACKET_TIMEOUT = 600.0
+SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
 
 
 def connect(url: str = "lite://", *, workers: int | None = None, session: str | None = None,
@@ -195,9 +196,11 @@ class Session:
 
     def _call(self, kind: str, payload: dict[str, Any] | None = None, *,
               session: str | None = None, deadline: float = 60.0) -> dict[str, Any]:
+        # opening a session starts processes: give each attempt longer before a retry
+        attempt = SLOW_ATTEMPT if kind == "open_session" else None
         try:
             return self.control.call(kind, payload, session=session or self.id,
-                                     deadline=deadline)
+                                     deadline=deadline, attempt=attempt)
         except RequestRefused as exc:
             raise QueryError(str(exc)) from None
 
@@ -338,6 +341,7 @@ class Session:
     def _collect(self, query_id: str, bar: ProgressBar, timeout: float | None) -> Result:
         assert self.data is not None
         started = last_heard = time.monotonic()
+        reassembler = Reassembler()
         while True:
             now = time.monotonic()
             if timeout is not None and now - started > timeout:
@@ -350,6 +354,11 @@ class Session:
                 last_heard = time.monotonic()
             try:
                 frame = decode_frame(sealing.unseal(self.data_key, self.data.recv()))
+                if frame.type == CHUNK:  # a large result, in pieces
+                    last_heard = time.monotonic()
+                    frame = reassembler.add(frame)
+                    if frame is None:
+                        continue
             except pynng.Timeout:
                 if self.cluster and self.cluster.process.poll() is not None:
                     raise QueryError("the lite daemon died during the query; "
