@@ -14,6 +14,7 @@ import uproot
 from pyproof.actors.system import free_port
 from pyproof.cli.daemon import start_daemon, stop_daemon
 from pyproof.client.control import ControlClient
+from pyproof.transport.tls import TLSSettings
 from tests.conftest import data_file
 
 
@@ -23,7 +24,8 @@ class Daemon:
         self.port = free_port()
         self.info = start_daemon(self.port, **options)
         self.url = self.info.url
-        self.control = ControlClient(f"tcp://127.0.0.1:{self.port}", attempt_timeout=2.0)
+        address = TLSSettings.from_env().address(f"tcp://127.0.0.1:{self.port}")
+        self.control = ControlClient(address, attempt_timeout=2.0)
 
     def tree(self) -> dict[str, Any]:
         return self.control.call("tree", deadline=20.0)["tree"]

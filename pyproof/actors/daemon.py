@@ -13,6 +13,7 @@ may.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -25,6 +26,7 @@ import uuid
 from pyproof.actors import messages as m
 from pyproof.supervision.process_tree import children_of, kill_session, kill_tree
 from pyproof.transport import auth
+from pyproof.transport.tls import TLSSettings
 
 BOOT_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 3.0
@@ -54,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(args.log_dir, exist_ok=True)
     control = args.control or f"ipc://{os.path.join(args.run_dir, 'control.ipc')}"
+    # TLS (PYPROOF_TLS_CA/CERT/KEY): the control endpoint and the sessions' data
+    # listeners for clients that dial in use it; lite (ipc) needs none
+    tls = TLSSettings.from_env()
+    if tls.enabled and control.startswith("tcp://"):
+        control = tls.address(control)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         auth_config = {"token_key": secrets.token_bytes(32), "owner": owner,
                        "secret_file": secret_file, "users_dir": args.users_dir,
                        "admins": args.admins.split(",") if args.admins else [owner],
-                       "server_id": args.url or control}
+                       "server_id": args.url or control,
+                       "tls": dataclasses.asdict(tls) if tls.enabled else None}
         reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
                                         log_dir=args.log_dir, daemon_pid=os.getpid(),
                                         limits=limits, auth=auth_config),

@@ -9,6 +9,7 @@ gateway never unpickles what a client sends: frames are CBOR, fields checked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import queue
@@ -28,6 +29,7 @@ from pyproof.logs import get_logger
 from pyproof.transport import auth, sealing
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.tls import TLSSettings
 
 POLL_BUSY = timedelta(milliseconds=5)   # right after a request: answer fast
 POLL_IDLE = timedelta(milliseconds=50)  # otherwise: cheap (logins never wait for this)
@@ -122,6 +124,7 @@ class Authenticator:
         self.secret_file: str = config["secret_file"]
         self.users_dir: str | None = config.get("users_dir")
         self.handshake = auth.ServerHandshake(config.get("server_id", "proofd"), self.secret_of)
+        self.tls = TLSSettings(**config["tls"]) if config.get("tls") else None
 
     def secret_of(self, user: str) -> bytes | None:
         if self.users_dir:
@@ -153,6 +156,8 @@ class ControlServer:
                  contexts: int = CONTEXTS) -> None:
         self.auth = authenticator
         self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000)
+        if address.startswith("tls+"):
+            self.socket.tls_config = authenticator.tls.server_config()
         self.socket.listen(address)
         self.inbox: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -363,8 +368,10 @@ class Gateway(ProofActor):
             self.send(sessions, m.StatusRequest(**who, corr=corr, session_id=session_id,
                                                 reply_to=self.myAddress))
         elif kind == "data_endpoint":
+            tls = self.server.auth.tls if self.server else None
             self.send(sessions, m.OpenOutbox(**who, corr=corr, session_id=session_id,
                                              address=self._outbox_address(session_id, payload),
+                                             tls=dataclasses.asdict(tls) if tls else None,
                                              reply_to=self.myAddress))
         elif kind == "fetch_result":
             query_id = payload.get("query")

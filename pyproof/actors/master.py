@@ -57,7 +57,7 @@ class Master(ProofActor):
         elif isinstance(message, m.OpenOutbox):
             assert self.plane is not None
             try:
-                status = {"address": self.plane.open_outbox(message.address)}
+                status = {"address": self.plane.open_outbox(message.address, message.tls)}
             except Exception as exc:  # e.g. the port asked for is taken: say so
                 status = {"error": f"cannot listen on {message.address}: {exc}"}
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))

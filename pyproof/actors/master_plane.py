@@ -21,6 +21,7 @@ from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.tls import TLSSettings
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
 KEEP_RESULTS = 10
@@ -84,12 +85,15 @@ class MasterPlane:
                 "query": None if q is None else {"id": q.query_id, "state": q.state,
                                                  "processed": q.processed, "total": q.total}}
 
-    def open_outbox(self, address: str) -> str:
+    def open_outbox(self, address: str, tls: dict[str, Any] | None = None) -> str:
         """Listen for clients that dial in (behind a firewall, or through an SSH tunnel)."""
         if self.outbox is None:
             outbox = pynng.Push0()
+            if tls:
+                address = f"tls+{address}" if address.startswith("tcp://") else address
+                outbox.tls_config = TLSSettings(**tls).server_config()
             outbox.listen(address)
-            if address.startswith("tcp://") and address.endswith(":0"):
+            if "tcp://" in address and address.endswith(":0"):
                 port = socket.ntohs(outbox.listeners[0].local_address.port)  # pynng: net order
                 address = f"{address[:-2]}:{port}"
             self.outbox, self.outbox_address = outbox, address

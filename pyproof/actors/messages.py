@@ -196,6 +196,7 @@ class OpenOutbox:
     corr: str
     session_id: str = ""
     address: str
+    tls: dict[str, Any] | None = None  # TLSSettings fields, when the daemon uses TLS
     reply_to: Any = None
     user: str = ""
     admin: bool = False

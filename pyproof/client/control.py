@@ -19,6 +19,7 @@ from pyproof.errors import ConnectError, ProofError
 from pyproof.transport import auth
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.tls import TLSSettings
 
 ATTEMPT_TIMEOUT = 5.0
 DEFAULT_DEADLINE = 60.0
@@ -67,6 +68,8 @@ class ControlClient:
         self.attempt_timeout = attempt_timeout
         self.socket = pynng.Req0(recv_timeout=int(attempt_timeout * 1000), send_timeout=5_000,
                                  resend_time=-1)
+        if address.startswith("tls+"):  # checks the daemon's certificate against our CA
+            self.socket.tls_config = TLSSettings.from_env().dial_config(address)
         self.socket.dial(address, block=False)
         # one request at a time: a second send on a req socket cancels the first
         self._lock = threading.Lock()

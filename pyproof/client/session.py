@@ -27,6 +27,7 @@ from pyproof.selector import Selector, load_selector, selector_ref
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, ProtocolError, RemoteError, encode
 from pyproof.transport.frames import CHUNK, Reassembler, decode_frame
+from pyproof.transport.tls import TLSSettings
 
 DATA_POLL_MS = 250
 MASTER_SILENCE_CHECK = 3.0
@@ -74,7 +75,13 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
     if parsed.scheme == "proof":
         if not parsed.hostname or not parsed.port:
             raise ConnectError(f"{url!r} must name a host and a port: proof://host:port")
-        control = ControlClient(f"tcp://{parsed.hostname}:{parsed.port}")
+        tls = TLSSettings.from_env()
+        if tls.enabled:
+            # with TLS the client dials every connection (it has no certificate to serve)
+            if connection == "callback" and "connection" in query:
+                raise ConnectError("with TLS (PYPROOF_TLS_CA set) use connection='dial'")
+            dial = (True, data_port)
+        control = ControlClient(tls.address(f"tcp://{parsed.hostname}:{parsed.port}"))
         try:
             return Session(control, workers=workers or default_workers(), cluster=None,
                            data_address=f"tcp://{_local_address_towards(parsed.hostname)}:0",
@@ -181,9 +188,12 @@ class Session:
         if dial[0]:  # client-dials: the session listens, we connect to it
             payload = {} if dial[1] is None else {"port": dial[1]}
             address = self._call("data_endpoint", payload)["address"]
-            if dial_host and address.startswith("tcp://"):
+            if dial_host and "tcp://" in address:
                 # dial the host we reach the daemon by (through a tunnel: localhost)
-                address = f"tcp://{dial_host}:{address.rsplit(':', 1)[1]}"
+                scheme = address.split("://", 1)[0]
+                address = f"{scheme}://{dial_host}:{address.rsplit(':', 1)[1]}"
+            if address.startswith("tls+"):
+                self.data.tls_config = TLSSettings.from_env().dial_config(address)
             self.data.dial(address, block=True)
             self.data_address = ""  # queries tell the master: use the session's socket
         else:
