@@ -15,7 +15,6 @@ daemon orphans is re-parented here and is found (and killed) by the audit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -27,15 +26,17 @@ from typing import Any
 from pyproof.actors.system import free_port
 from pyproof.cli.daemon import DaemonInfo, start_daemon, stop_daemon
 from pyproof.client.control import ControlClient
-from pyproof.supervision.process_tree import (
+from pyproof.supervision.process_tree import (  # noqa: F401 (become_subreaper: re-exported)
+    become_subreaper,
+    cmdline,
     descendants_of,
     is_alive,
     kill_session,
     kill_tree,
+    reap_children,
     session_members,
 )
 
-PR_SET_CHILD_SUBREAPER = 36
 TREE_DEADLINE = 5.0
 AUDIT_GRACE = 5.0
 
@@ -49,14 +50,6 @@ def data_file(name: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"shared test data not found: {path}")
     return path
-
-
-def become_subreaper() -> bool:
-    """Orphans of our descendants are re-parented to us (Linux), so the audit sees them."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def start_time(pid: int) -> int | None:
@@ -74,24 +67,6 @@ def session_of(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[3])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
-    except OSError:
-        return "?"
-
-
-def reap_children() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def flatten_tree(root: dict[str, Any]) -> dict[str, int]:

@@ -7,7 +7,6 @@ leaves one behind fails, naming it (and the fixture kills it).
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import os
 import tempfile
@@ -15,10 +14,16 @@ import time
 
 import pytest
 
-from pyproof.supervision.process_tree import descendants_of, is_alive, kill_tree
+from pyproof.supervision.process_tree import (
+    become_subreaper,
+    cmdline,
+    descendants_of,
+    is_alive,
+    kill_tree,
+    reap_children,
+)
 
-PR_SET_CHILD_SUBREAPER = 36
-ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+become_subreaper()
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "root")
 if not os.path.isdir(DATA):  # CI clones next to a copy of shared/
@@ -46,27 +51,9 @@ def _sandbox(tmp_path_factory: pytest.TempPathFactory):
         os.environ["PYPROOF_SANDBOX"] = old
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def _live_descendants() -> set[int]:
-    _reap()
+    reap_children()
     return {pid for pid in descendants_of(os.getpid()) if is_alive(pid)}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
 
 
 def _run_dirs() -> set[str]:
@@ -86,10 +73,10 @@ def no_leaks():
         time.sleep(0.05)
         leaked = _live_descendants() - before
     if leaked:
-        described = [f"{pid}: {_cmdline(pid)}" for pid in sorted(leaked)]
+        described = [f"{pid}: {cmdline(pid)}" for pid in sorted(leaked)]
         for pid in leaked:
             kill_tree(pid)
-        _reap()
+        reap_children()
         pytest.fail("test leaked processes:\n  " + "\n  ".join(described))
     left = _run_dirs() - dirs_before
     if left:

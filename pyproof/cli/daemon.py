@@ -34,14 +34,19 @@ def daemon_home(port: int) -> str:
     return os.path.join(sandbox_dir(), f"proofd-{port}")
 
 
-def read_info(port: int) -> DaemonInfo | None:
-    home = daemon_home(port)
+def _ready(port: int) -> dict | None:
+    """What the daemon on `port` wrote when it became ready (None: nothing readable)."""
     try:
-        with open(os.path.join(home, "run", "ready.json")) as f:
-            info = json.load(f)
+        with open(os.path.join(daemon_home(port), "run", "ready.json")) as f:
+            return json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    if "error" in info or not is_alive(int(info["pid"])):
+
+
+def read_info(port: int) -> DaemonInfo | None:
+    home = daemon_home(port)
+    info = _ready(port)
+    if info is None or "error" in info or not is_alive(int(info["pid"])):
         return None
     return DaemonInfo(url=info["url"], pid=int(info["pid"]), home=home,
                       log_dir=os.path.join(home, "logs"),
@@ -104,10 +109,8 @@ info_process: dict[int, subprocess.Popen] = {}
 def stop_daemon(port: int = DEFAULT_PORT, *, timeout: float = STOP_TIMEOUT) -> bool:
     """Stop proofd on `port`: SIGTERM, then kill whatever is left. False if none ran."""
     home = daemon_home(port)
-    try:
-        with open(os.path.join(home, "run", "ready.json")) as f:
-            info = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    info = _ready(port)
+    if info is None:
         return False
     pid = int(info.get("pid", 0))
     if pid and is_alive(pid):
