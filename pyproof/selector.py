@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -185,6 +184,3 @@ def _import_file(path: str):
         raise
     return module
 
-
-def describe(selector: type | str) -> str:
-    return selector if isinstance(selector, str) else inspect.getfile(selector)

@@ -37,8 +37,6 @@ class ProofActor(Actor):
             self.send(sender, m.PongChild(seq=message.seq))
             return
         try:
-            if isinstance(message, m.CrashForTest) and TEST_HOOKS:
-                raise RuntimeError(message.reason)
             self.receive(message, sender)
         except Exception as exc:
             self.crash(exc)

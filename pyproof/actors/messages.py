@@ -271,10 +271,3 @@ class WorkerLost:
 
     worker_id: str
     pid: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CrashForTest:
-    """Raise inside the handler (tests of let-it-crash). Accepted only with a test flag."""
-
-    reason: str = "crash requested"
