@@ -195,8 +195,10 @@ class SessionSupervisor(SupervisorActor):
                                        packet_address=address, log_dir=message.log_dir))))
             self.supervise(SupervisorSpec(
                 name=f"session-{message.session_id}", children=tuple(children),
-                flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=10, period=10.0,
-                               **WATCHDOG)))
+                # restarts allowed scale with the session: poisoned packets alone kill
+                # three workers each before they are given up
+                flags=SupFlags(strategy=Strategy.ONE_FOR_ONE,
+                               intensity=10 + 5 * message.workers, period=10.0, **WATCHDOG)))
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.Resend):
             if self._announced:
