@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import threading
 import time
@@ -103,6 +104,7 @@ class WorkerLoop:
             self.die()
         except _Abort as abort:
             self.log.info("query_aborted", reason=str(abort))
+            self._drop_unsent_files()
         except Exception as exc:
             # outputs that cannot be encoded, or our own bug: the master must hear of it,
             # or the packets this worker holds would wait for ever
@@ -149,6 +151,15 @@ class WorkerLoop:
                 return
             else:
                 raise _Abort(reply.get("reason", kind))
+
+    def _drop_unsent_files(self) -> None:
+        """The query ended without our current batch: its files must not outlive it."""
+        batch = self.ctx.output_dir if self.ctx is not None else None
+        if not batch:
+            return
+        shutil.rmtree(batch, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the master removed the query's directory
+            os.rmdir(os.path.dirname(batch))  # already, unless other batches are left
 
     def _new_outputs(self) -> None:
         assert self.selector is not None
