@@ -109,3 +109,22 @@ def test_a_query_stopped_by_timeout_lets_the_next_one_start_at_once(session):
                         inputs={"sleep": 0.5}, packetizer="basic",
                         packetizer_params={"packet_entries": 50}, timeout=1.0)
     still_works(session)
+
+
+def test_a_script_without_a_main_guard_gets_a_clear_error_instead_of_nested_clusters(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import pyproof\n"
+        "class Count(pyproof.Selector):\n"
+        "    branches = ['M']\n"
+        "    def process(self, events, ctx):\n"
+        "        pass\n"
+        "with pyproof.connect('lite://?workers=1') as session:\n"
+        f"    session.process(Count, dataset={zmumu()!r}, progress=False)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    assert "called inside a worker" in out.stderr and "__main__" in out.stderr

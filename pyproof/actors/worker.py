@@ -40,6 +40,8 @@ class Worker(ProofActor):
             self.worker_id, self.session_id = message.worker_id, message.session_id
             self.start_log(message.log_dir, actor=message.worker_id, session=message.session_id)
             self.packet_address = message.packet_address
+            # a user's script imported here must not start clusters of its own
+            os.environ["PYPROOF_IN_WORKER"] = message.worker_id
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.RunQuery):

@@ -47,6 +47,10 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
     or through an SSH tunnel: then give the forwarded `data_port`). Both can
     also be given in the URL: `?connection=dial&data_port=1094`.
     """
+    if os.environ.get("PYPROOF_IN_WORKER"):
+        raise ConnectError(
+            "pyproof.connect() was called inside a worker, while it imported your selector's "
+            "file: put the code that connects under `if __name__ == \"__main__\":`")
     parsed = urlparse(url)
     query = parse_qs(parsed.query)
     if workers is None and "workers" in query:
