@@ -288,15 +288,17 @@ class WorkerLoop:
                    **payload}
         try:
             self.socket.send(encode_frame(kind, payload, session=self.session_id))
-        except pynng.Timeout:
-            raise _MasterGone(f"the master did not take a {kind!r} request") from None
+        except pynng.NNGException as exc:  # timeout, reset, closed: the master is unreachable
+            raise _MasterGone(f"the master did not take a {kind!r} request ({exc})") from None
 
     def _recv(self, kind: str) -> dict[str, Any]:
         try:
             raw = self.socket.recv()
         except pynng.Timeout:
             raise _MasterGone(f"master did not answer a {kind!r} request "
-                         f"within {REQUEST_TIMEOUT_MS / 1000:.0f} s") from None
+                              f"within {REQUEST_TIMEOUT_MS / 1000:.0f} s") from None
+        except pynng.NNGException as exc:  # reset or closed
+            raise _MasterGone(f"no answer to a {kind!r} request ({exc})") from None
         frame = decode_frame(raw)
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
@@ -308,4 +310,4 @@ class _Abort(Exception):
 
 
 class _MasterGone(_Abort):
-    """The master did not answer in time: it is dead, restarting or wedged."""
+    """The master cannot be reached: it is dead, restarting or wedged."""
