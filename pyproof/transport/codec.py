@@ -56,6 +56,7 @@ import ipaddress
 import math
 import re
 import sys
+import threading
 import traceback as _traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -90,6 +91,7 @@ TAG_COUNTER = 0x7070_0002
 TAG_NDARRAY = 0x7070_0003
 TAG_HISTOGRAM = 0x7070_0004
 TAG_REMOTE_ERROR = 0x7070_0005
+TAG_NDARRAY_REF = 0x7070_0007  # [dtype, shape, index]: data in out-of-band buffer `index`
 TAG_DATASET_RECORD = 0x7070_0006  # reserved; decode refuses it until it is defined
 
 _MAX_NDIM = 64  # numpy's own limit
@@ -235,6 +237,13 @@ def _encode_ndarray(encoder: cbor2.CBOREncoder, array: np.ndarray) -> None:
     if refusal is not None:
         raise EncodeError(refusal)
     array = np.asarray(array)
+    collect = getattr(_OOB, "collect", None)
+    if collect is not None and array.nbytes >= _OOB.threshold:
+        data = np.ascontiguousarray(array)
+        collect.append(memoryview(data).cast("B"))
+        encoder.encode_semantic(
+            TAG_NDARRAY_REF, [array.dtype.str, list(array.shape), len(collect) - 1])
+        return
     encoder.encode_semantic(
         TAG_NDARRAY, [array.dtype.str, list(array.shape), array.tobytes(order="C")]
     )
@@ -335,6 +344,32 @@ _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
     np.ndarray: _encode_ndarray,
     RemoteError: _encode_remote_error,
 }
+
+
+_OOB = threading.local()  # per thread: buffers being collected (encode) or read (decode)
+
+
+def encode_with_buffers(obj: object, *, threshold: int) -> tuple[bytes, list[memoryview]]:
+    """Encode ``obj``, leaving every ndarray of ``threshold`` bytes or more out of band.
+
+    Returns the CBOR item and the arrays' raw buffers (C-contiguous, zero-copy
+    views); the item refers to them by index. See frames.py for the wire layout.
+    """
+    _OOB.collect, _OOB.threshold = [], threshold
+    try:
+        return encode(obj), _OOB.collect
+    finally:
+        _OOB.collect = None
+
+
+def decode_with_buffers(data: bytes | memoryview, buffers: list[memoryview], *,
+                        max_size: int = DEFAULT_MAX_FRAME) -> object:
+    """Decode an item from :func:`encode_with_buffers` given its out-of-band buffers."""
+    _OOB.buffers = buffers
+    try:
+        return decode(data, max_size=max_size)
+    finally:
+        _OOB.buffers = None
 
 
 def encode(obj: object) -> bytes:
@@ -515,11 +550,24 @@ def _decode_counter(value: Any, immutable: bool) -> collections.Counter:
     return collections.Counter(_thaw(value))
 
 
+def _decode_ndarray_ref(value: Any, immutable: bool) -> np.ndarray:
+    buffers = getattr(_OOB, "buffers", None)
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise ProtocolError(
+            f"ndarray reference tag: expected [dtype, shape, index], got {_cbor_kind(value)}")
+    index = value[2]
+    if buffers is None:
+        raise ProtocolError("ndarray reference tag outside a frame with out-of-band buffers")
+    if type(index) is not int or not 0 <= index < len(buffers):
+        raise ProtocolError(f"ndarray reference tag: no out-of-band buffer {index!r}")
+    return _decode_ndarray((value[0], value[1], buffers[index]), immutable)
+
+
 def _decode_ndarray(value: Any, immutable: bool) -> np.ndarray:
     if not isinstance(value, tuple) or len(value) != 3:
         raise ProtocolError(f"ndarray tag: expected [dtype, shape, data], got {_cbor_kind(value)}")
     dtype_str, shape, data = value
-    if not isinstance(dtype_str, str) or not isinstance(data, bytes):
+    if not isinstance(dtype_str, str) or not isinstance(data, bytes | memoryview):
         raise ProtocolError(
             "ndarray tag: expected [dtype, shape, data] as [text, array, bytes], got "
             f"[{_cbor_kind(dtype_str)}, {_cbor_kind(shape)}, {_cbor_kind(data)}]"
@@ -543,7 +591,7 @@ def _decode_ndarray(value: Any, immutable: bool) -> np.ndarray:
     ):
         raise ProtocolError(f"ndarray tag: bad shape {shape!r}")
     count = math.prod(shape)
-    if count * dtype.itemsize != len(data):
+    if count * dtype.itemsize != (data.nbytes if isinstance(data, memoryview) else len(data)):
         raise ProtocolError(
             f"ndarray tag: shape {tuple(shape)} of {dtype_str} needs "
             f"{count * dtype.itemsize} bytes, got {len(data)}"
@@ -683,6 +731,7 @@ _TAG_DECODERS: dict[int, Callable[[Any, bool], Any]] = {
     TAG_TUPLE: _decode_tuple,
     TAG_COUNTER: _decode_counter,
     TAG_NDARRAY: _decode_ndarray,
+    TAG_NDARRAY_REF: _decode_ndarray_ref,
     TAG_HISTOGRAM: _decode_histogram,
     TAG_REMOTE_ERROR: _decode_remote_error,
 }

@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import struct
 from typing import Any
 
-from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError, decode, encode
+from pyproof.transport.codec import (
+    DEFAULT_MAX_FRAME,
+    ProtocolError,
+    decode,
+    decode_with_buffers,
+    encode_with_buffers,
+)
 
 __all__ = [
     "CHUNK",
@@ -61,6 +68,14 @@ class Frame:
     payload: object
 
 
+OOB_MAGIC = b"PYPF"
+"""First bytes of a frame with out-of-band buffers (a plain frame starts with a CBOR map)."""
+OOB_THRESHOLD = 64 * 1024
+"""Arrays of this many bytes or more travel out of band: copied once, never CBOR-encoded."""
+_OOB_HEAD = struct.Struct("<4sQI")  # magic, CBOR item length, buffer count
+_OOB_SIZE = struct.Struct("<Q")
+
+
 def encode_frame(
     type: str,
     payload: object,
@@ -68,17 +83,57 @@ def encode_frame(
     session: str | None = None,
     request_id: str | None = None,
 ) -> bytes:
-    """Encode one frame; raises ``EncodeError`` if the payload cannot travel."""
+    """Encode one frame; raises ``EncodeError`` if the payload cannot travel.
+
+    Large numpy arrays do not go through CBOR: the frame is then
+    ``PYPF | item length | buffer count | CBOR item | (size | raw bytes)...``,
+    the item referring to each buffer by index (one copy on each side).
+    """
     _check_envelope(type, session, request_id)
-    return encode(
+    item, buffers = encode_with_buffers(
         {
             "version": PROTOCOL_VERSION,
             "type": type,
             "session": session,
             "request_id": request_id,
             "payload": payload,
-        }
+        },
+        threshold=OOB_THRESHOLD,
     )
+    if not buffers:
+        return item
+    parts: list[bytes | memoryview] = [_OOB_HEAD.pack(OOB_MAGIC, len(item), len(buffers)), item]
+    for buffer in buffers:
+        parts += [_OOB_SIZE.pack(buffer.nbytes), buffer]
+    return b"".join(parts)
+
+
+def _split_buffers(data: bytes, max_size: int) -> tuple[memoryview, list[memoryview]]:
+    """The CBOR item and the out-of-band buffers of a ``PYPF`` frame (views, no copy)."""
+    if len(data) > max_size:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {max_size} bytes")
+    view = memoryview(data)
+    if len(view) < _OOB_HEAD.size:
+        raise ProtocolError(f"truncated frame header ({len(view)} bytes)")
+    _, item_size, count = _OOB_HEAD.unpack_from(view)
+    offset = _OOB_HEAD.size + item_size
+    if offset > len(view):
+        raise ProtocolError(f"frame declares a {item_size}-byte item but has {len(view)} bytes")
+    if count > len(view):
+        raise ProtocolError(f"frame declares {count} buffers in {len(view)} bytes")
+    item, buffers = view[_OOB_HEAD.size:offset], []
+    for index in range(count):
+        if offset + _OOB_SIZE.size > len(view):
+            raise ProtocolError(f"frame truncated before the size of buffer {index}")
+        (size,) = _OOB_SIZE.unpack_from(view, offset)
+        offset += _OOB_SIZE.size
+        if offset + size > len(view):
+            raise ProtocolError(f"buffer {index} of {size} bytes runs past the frame's end")
+        buffers.append(view[offset:offset + size])
+        offset += size
+    if offset != len(view):
+        raise ProtocolError(f"{len(view) - offset} trailing bytes after the frame's buffers")
+    return item, buffers
 
 
 def _check_envelope(type: Any, session: Any, request_id: Any) -> None:
@@ -97,7 +152,11 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
     that is not a map, a protocol version other than :data:`PROTOCOL_VERSION`,
     missing or extra fields, fields of the wrong type.
     """
-    value = decode(data, max_size=max_size)
+    if bytes(data[:4]) == OOB_MAGIC:
+        item, buffers = _split_buffers(data, max_size)
+        value = decode_with_buffers(item, buffers, max_size=max_size)
+    else:
+        value = decode(data, max_size=max_size)
     if not isinstance(value, dict):
         raise ProtocolError(f"frame must be a CBOR map, got {_kind(value)}")
     if "version" not in value:
