@@ -57,3 +57,50 @@ def test_a_reference_to_a_missing_buffer_is_refused():
     data[12:16] = (0).to_bytes(4, "little")  # claim no buffers: the bytes are trailing
     with pytest.raises(ProtocolError):
         decode_frame(bytes(data))
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_large_byte_strings_travel_out_of_band_and_come_back_as_bytes(kind):
+    raw = bytes(range(256)) * (OOB_THRESHOLD // 256 + 3)
+    data = encode_frame("data", {"blob": kind(raw), "small": kind(b"abc")})
+    assert data[:4] == OOB_MAGIC
+    assert len(data) < len(raw) + 200  # the blob is in the frame once, not CBOR-escaped
+    payload = decode_frame(data).payload
+    assert type(payload["blob"]) is bytes and payload["blob"] == raw
+    assert payload["small"] == b"abc"
+
+
+def test_a_strided_memoryview_is_sent_inline_with_its_own_bytes():
+    raw = bytes(range(256)) * (OOB_THRESHOLD // 128 + 3)
+    strided = memoryview(raw)[::2]
+    assert decode_frame(encode_frame("data", strided)).payload == raw[::2]
+
+
+def test_a_bytes_reference_outside_a_buffered_frame_or_past_its_buffers_is_refused():
+    import cbor2
+
+    from pyproof.transport.codec import TAG_BYTES_REF, decode
+
+    with pytest.raises(ProtocolError, match="outside a frame"):
+        decode(cbor2.dumps(cbor2.CBORTag(TAG_BYTES_REF, 0)))
+    data = bytearray(encode_frame("data", {"a": b"x" * OOB_THRESHOLD, "b": b"y" * OOB_THRESHOLD}))
+    # point the second reference at buffer 7, which does not exist
+    at = bytes(data).index(cbor2.dumps(cbor2.CBORTag(TAG_BYTES_REF, 1)))
+    data[at:at + len(cbor2.dumps(cbor2.CBORTag(TAG_BYTES_REF, 7)))] = cbor2.dumps(
+        cbor2.CBORTag(TAG_BYTES_REF, 7))
+    with pytest.raises(ProtocolError, match="no out-of-band buffer 7"):
+        decode_frame(bytes(data))
+
+
+def test_sealing_the_parts_equals_sealing_the_joined_frame():
+    from pyproof.transport import sealing
+    from pyproof.transport.frames import frame_parts
+
+    key = b"k" * 32
+    payload = {"a": big(), "b": b"z" * OOB_THRESHOLD, "c": 1}
+    wire = sealing.sealed_frame(key, "result", payload, session="s1")
+    assert wire == sealing.seal(key, encode_frame("result", payload, session="s1"))
+    assert wire == sealing.seal_parts(key, frame_parts("result", payload, session="s1"))
+    assert decode_frame(sealing.unseal(key, wire)).payload["b"] == payload["b"]
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(b"q" * 32, wire)

@@ -22,6 +22,7 @@ from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
+from pyproof.transport.wire import recv_view
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
 KEEP_RESULTS = 10
@@ -111,7 +112,7 @@ class MasterPlane:
         while not self._closed.is_set():
             self._run_commands()
             try:
-                raw = self.socket.recv()
+                raw = recv_view(self.socket)  # worker outputs are read in place
             except pynng.Timeout:
                 raw = None
             except pynng.Closed:
@@ -174,7 +175,7 @@ class MasterPlane:
         while len(self.results) > KEEP_RESULTS:
             del self.results[next(iter(self.results))]
 
-    def _answer(self, raw: bytes) -> bytes:
+    def _answer(self, raw: bytes | memoryview) -> bytes:
         try:
             frame = decode_frame(raw)
             payload = frame.payload

@@ -34,7 +34,8 @@ from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
-from pyproof.transport.frames import CHUNK, chunk, encode_frame
+from pyproof.transport.frames import CHUNK, chunk, encode_frame, frame_parts
+from pyproof.transport.wire import send_parts
 
 PROGRESS_PERIOD = 0.25
 FINAL_FRAME_GRACE = 2.0
@@ -445,37 +446,38 @@ class QueryRun:
         if final and self.keep is not None:
             self.keep(self.query_id, data)
         # a large result travels as chunk frames (each sealed), never as one huge frame
-        pieces = [data]
+        pieces = [[data]]
         if len(data) > CHUNK_SIZE:
-            parts = chunk(data, CHUNK_SIZE)
-            pieces = [encode_frame(CHUNK, {"stream": self.query_id, "index": i,
-                                           "total": len(parts), "data": part},
-                                   session=self.session_id)
-                      for i, part in enumerate(parts)]
-        for piece in pieces:
-            if not self._send_wire(piece, kind, final):
+            views = chunk(data, CHUNK_SIZE)
+            pieces = [frame_parts(CHUNK, {"stream": self.query_id, "index": i,
+                                          "total": len(views), "data": view},
+                                  session=self.session_id)
+                      for i, view in enumerate(views)]
+        for parts in pieces:
+            if not self._send_wire(parts, kind, final):
                 return
 
-    def _send_wire(self, data: bytes, kind: str, final: bool) -> bool:
-        """Send one frame; False if the client could not take it."""
-        wire = sealing.seal(self.data_key, data) if self.data_key else data
+    def _send_wire(self, parts: list[Any], kind: str, final: bool) -> bool:
+        """Send one frame (given as its parts); False if the client could not take it."""
+        wire = sealing.sealed_parts(self.data_key, parts) if self.data_key else parts
         # never block the data plane on a slow or absent client: a dropped progress
         # frame is harmless; the final frames get a grace (the callback connection
         # may still be coming up, a big result takes time) and are kept for
         # `fetch_result` anyway
-        deadline = time.monotonic() + (FINAL_FRAME_GRACE if final else 0.0)
-        while True:
+        try:
             try:
-                self.client.send(wire, block=False)
-                return True
+                send_parts(self.client, wire, block=False)
             except pynng.TryAgain:
-                if time.monotonic() >= deadline:
-                    self.log.warning("client_unreachable", message=kind)
-                    return False
-                time.sleep(0.005)
-            except pynng.NNGException as exc:
-                self.log.error("client_send_failed", message=kind, error=repr(exc))
-                return False
+                if not final:
+                    raise
+                self.client.send_timeout = int(FINAL_FRAME_GRACE * 1000)
+                send_parts(self.client, wire)  # the message is built (copied) once more only
+            return True
+        except (pynng.TryAgain, pynng.Timeout):
+            self.log.warning("client_unreachable", message=kind)
+        except pynng.NNGException as exc:
+            self.log.error("client_send_failed", message=kind, error=repr(exc))
+        return False
 
     def close(self) -> None:
         if self._own_client:

@@ -26,7 +26,8 @@ from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, load_selector
 from pyproof.transport.codec import EncodeError, RemoteError
-from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.frames import decode_frame, frame_parts
+from pyproof.transport.wire import send_parts
 
 REQUEST_TIMEOUT_MS = 60_000
 WAIT_BACKOFF_MAX = 0.2
@@ -287,7 +288,7 @@ class WorkerLoop:
         payload = {"worker": self.worker_id, "pid": os.getpid(), "query": self.query_id,
                    **payload}
         try:
-            self.socket.send(encode_frame(kind, payload, session=self.session_id))
+            send_parts(self.socket, frame_parts(kind, payload, session=self.session_id))
         except pynng.NNGException as exc:  # timeout, reset, closed: the master is unreachable
             raise _MasterGone(f"the master did not take a {kind!r} request ({exc})") from None
 

@@ -2,21 +2,24 @@
 
     python -m pyproof.bench.transport [--quick] [--json]
 
-In one run, for ``tcp://127.0.0.1`` and ``ipc://`` (in a private temp dir,
-removed afterwards):
+The two ends run in two processes (this one and a peer it spawns and reaps),
+as they do in a cluster. For ``tcp://127.0.0.1`` and ``ipc://`` (in a private
+temp dir, removed afterwards), with a 1 KiB and a 10 MiB byte string and a
+10 MiB float64 array:
 
-- round-trip latency of req/rep with a 1 KiB and a 10 MiB payload, echoed
-  back (so a round trip carries the payload both ways);
-- push/pull throughput with 1 KiB and 10 MiB messages;
+- round-trip latency of req/rep, the payload echoed back (so a round trip
+  carries it both ways);
+- push/pull throughput, from the first send to the peer's last receive;
 
-each bare (bytes in, bytes out) and framed (:func:`encode_frame` /
-:func:`decode_frame` on both ends), with the framed/bare ratio. Then the
-packet grants per second one single-threaded rep server sustains, handing out
-packets from a real ``basic`` packetizer to 2, 8 and 32 worker threads that
-each loop on NEXT-like requests (report the last packet, get the next).
+each *bare* (pynng with bytes in and bytes out; an array as ``tobytes()`` /
+``np.frombuffer``) and *framed* exactly as the session's data channel sends
+(a versioned frame, sealed with HMAC-SHA256, checked and decoded on arrival),
+with the framed/bare ratio.
 
-Both ends run as threads of this process, so Python's GIL is shared between
-them: compare rows with each other, not with numbers from separate processes.
+Then the packet grants per second one single-threaded rep server sustains
+(this process, handing out packets from a real ``basic`` packetizer in framed
+messages) to 2, 8 and 32 simulated workers (threads of the peer process, each
+looping: report the last packet, get the next).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -32,22 +36,27 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
+import numpy as np
 import pynng
 
 from pyproof.packetizer import WorkRange, make_packetizer
-from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport import sealing
+from pyproof.transport.frames import decode_frame, frame_parts
+from pyproof.transport.wire import recv_view, send_parts
 
 KIB = 1024
 MIB = 1024 * 1024
 MAX_MESSAGE = 64 * MIB
-TIMEOUT_MS = 10_000
+TIMEOUT_MS = 20_000
+KEY = b"bench-session-key-of-32-bytes..."  # sealing cost does not depend on the key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
-    """Loop counts: bounded, so the whole run stays well under a minute."""
+    """Loop counts: bounded, so the whole run stays around a minute."""
 
     rounds_small: int = 2000
     rounds_large: int = 20
@@ -66,6 +75,53 @@ QUICK = Plan(
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payload:
+    name: str
+    kind: str  # "bytes" or "array"
+    size: int
+
+    def make(self) -> bytes | np.ndarray:
+        if self.kind == "bytes":
+            return os.urandom(self.size)
+        return np.random.default_rng(1).random(self.size // 8)
+
+
+PAYLOADS = (
+    Payload("1 KiB bytes", "bytes", KIB),
+    Payload("10 MiB bytes", "bytes", 10 * MIB),
+    Payload("10 MiB array", "array", 10 * MIB),
+)
+
+
+# ----------------------------------------------------------------------- the two codings
+
+
+MODES = ("bare", "framed", "sealed")
+
+
+def send_message(sock: pynng.Socket, value: Any, mode: str) -> None:
+    """Send as bare pynng would, as workers and master do (framed), or as the
+    master sends to the client (framed and sealed)."""
+    if mode == "sealed":
+        send_parts(sock, sealing.sealed_parts(KEY, frame_parts("data", value)))
+    elif mode == "framed":
+        send_parts(sock, frame_parts("data", value))
+    elif isinstance(value, np.ndarray):
+        sock.send(value.tobytes())
+    else:
+        sock.send(value)
+
+
+def receive_message(sock: pynng.Socket, kind: str, mode: str) -> Any:
+    if mode == "sealed":
+        return decode_frame(sealing.unseal(KEY, recv_view(sock)), max_size=MAX_MESSAGE).payload
+    if mode == "framed":
+        return decode_frame(recv_view(sock), max_size=MAX_MESSAGE).payload
+    data = sock.recv()
+    return np.frombuffer(data, dtype=np.float64) if kind == "array" else data
+
+
 def _socket(kind: type[pynng.Socket]) -> pynng.Socket:
     return kind(recv_timeout=TIMEOUT_MS, send_timeout=TIMEOUT_MS, recv_max_size=MAX_MESSAGE)
 
@@ -76,6 +132,233 @@ def _listen(sock: pynng.Socket, url: str) -> str:
     if url.startswith("tcp://") and url.endswith(":0"):
         return f"{url[:-2]}:{socket.ntohs(listener.local_address.port)}"
     return url
+
+
+# ----------------------------------------------------------------------- the peer process
+
+
+def _peer_echo(address: str, kind: str, mode: str, rounds: int) -> None:
+    with _socket(pynng.Rep0) as server:
+        server.dial(address, block=True)
+        for _ in range(rounds):
+            send_message(server, receive_message(server, kind, mode), mode)
+        server.recv()  # closing discards unsent replies: wait until the last was taken
+
+
+def _peer_sink(address: str, kind: str, mode: str, count: int) -> int:
+    received = 0
+    with _socket(pynng.Pull0) as receiver:
+        receiver.dial(address, block=True)
+        for _ in range(count):
+            value = receive_message(receiver, kind, mode)
+            received += value.nbytes if isinstance(value, np.ndarray) else len(value)
+    return received
+
+
+def _peer_workers(address: str, workers: int, seconds: float) -> list[float]:
+    """Simulated workers: threads looping NEXT until the server says stop."""
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    def work_loop(name: str) -> None:
+        try:
+            with _socket(pynng.Req0) as sock:
+                sock.dial(address, block=True)
+                last, n = None, 0
+                while True:
+                    n += 1
+                    start = time.perf_counter()
+                    send_message(sock, {"worker": name, "done": last, "request": n}, "framed")
+                    packet = receive_message(sock, "", "framed")
+                    latencies.append(time.perf_counter() - start)
+                    if packet is None:
+                        return
+                    last = packet["packet_id"]
+        except BaseException as exc:  # reported to the main process
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work_loop, args=(f"worker-{i}",), daemon=True)
+               for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + TIMEOUT_MS / 1000)
+    if errors:
+        raise errors[0]
+    return latencies
+
+
+_TASKS: dict[str, Callable[..., Any]] = {
+    "echo": _peer_echo, "sink": _peer_sink, "workers": _peer_workers,
+}
+
+
+def _peer_main(connection: Any) -> None:
+    """Run tasks sent by the main process until told to stop; answer each."""
+    while True:
+        message = connection.recv()
+        if message is None:
+            return
+        name, args = message
+        try:
+            connection.send(("ok", _TASKS[name](*args)))
+        except Exception as exc:  # noqa: BLE001 - the main process reports it
+            connection.send(("error", repr(exc)))
+
+
+class Peer:
+    """The other end: one spawned process, reaped on close."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_peer_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def start(self, task: str, *args: Any) -> None:
+        self.connection.send((task, args))
+
+    def wait(self, timeout: float = 120.0) -> Any:
+        if not self.connection.poll(timeout):
+            raise TimeoutError("the benchmark peer did not answer in time")
+        status, value = self.connection.recv()
+        if status != "ok":
+            raise RuntimeError(f"benchmark peer failed: {value}")
+        return value
+
+    def close(self) -> None:
+        with suppress(OSError):
+            self.connection.send(None)
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=10)
+
+
+# ----------------------------------------------------------------------- measurements
+
+
+def latency(peer: Peer, url: str, payload: Payload, rounds: int,
+            mode: str) -> dict[str, float]:
+    """Req/rep echo round trips (the peer echoes): median and p95 in microseconds."""
+    value = payload.make()
+    warmup = max(2, rounds // 20)
+    times = []
+    with _socket(pynng.Req0) as client:
+        address = _listen(client, url)
+        peer.start("echo", address, payload.kind, mode, rounds + warmup)
+        for _ in range(rounds + warmup):
+            start = time.perf_counter()
+            send_message(client, value, mode)
+            reply = receive_message(client, payload.kind, mode)
+            times.append(time.perf_counter() - start)
+            if len(reply) != len(value):
+                raise AssertionError("echo came back with the wrong size")
+        client.send(b"bye")
+        peer.wait()
+    times = sorted(times[warmup:])
+    return {
+        "median_us": statistics.median(times) * 1e6,
+        "p95_us": times[int(0.95 * (len(times) - 1))] * 1e6,
+    }
+
+
+def throughput(peer: Peer, url: str, payload: Payload, count: int,
+               mode: str) -> dict[str, float]:
+    """Push/pull one way: messages/s and MB/s, first send to the peer's last receive."""
+    value = payload.make()
+    with _socket(pynng.Push0) as sender:
+        address = _listen(sender, url)
+        peer.start("sink", address, payload.kind, mode, count)
+        time.sleep(0.05)  # let the peer dial before the clock starts
+        start = time.perf_counter()
+        for _ in range(count):
+            send_message(sender, value, mode)
+        received = peer.wait()
+        seconds = time.perf_counter() - start
+    if received != payload.size * count:
+        raise AssertionError(f"bytes lost: {received} of {payload.size * count}")
+    return {"msgs_per_s": count / seconds, "mb_per_s": count * payload.size / seconds / 1e6}
+
+
+def grants(peer: Peer, url: str, workers: int, seconds: float) -> dict[str, float]:
+    """Packet grants/s of one single-threaded rep server with a real packetizer."""
+    work = [WorkRange(element=e, entry_start=0, entry_stop=10**9) for e in range(16)]
+    packetizer = make_packetizer("basic", work, workers=workers, packet_entries=1000)
+    known: set[str] = set()
+    stopped: set[str] = set()
+    granted, start, cpu_start = 0, 0.0, 0.0
+    measured: tuple[int, float, float] | None = None  # grants, seconds, server CPU seconds
+    with _socket(pynng.Rep0) as server:
+        address = _listen(server, url)
+        peer.start("workers", address, workers, seconds)
+        while len(stopped) < workers:  # each worker is told to stop once the time is up
+            request = receive_message(server, "", "framed")
+            now = time.monotonic()
+            worker = request["worker"]
+            if worker not in known:
+                packetizer.add_worker(worker, now)
+                known.add(worker)
+                if len(known) == workers:  # everyone is connected: start the clock
+                    start, cpu_start = time.perf_counter(), time.thread_time()
+            if request["done"] is not None:
+                packetizer.packet_processed(worker, request["done"], now, seconds=0.001)
+                packetizer.accept_output(worker, frozenset([request["done"]]))
+            reply = None
+            if start and time.perf_counter() - start >= seconds:
+                if measured is None:
+                    measured = (granted, time.perf_counter() - start,
+                                time.thread_time() - cpu_start)
+                stopped.add(worker)
+            else:
+                packet = packetizer.next_packet(worker, now)
+                assert packet is not None, "the benchmark's work ran out"
+                granted += 1 if start else 0
+                reply = {"packet_id": packet.packet_id, "element": packet.element,
+                         "entry_start": packet.entry_start, "entry_stop": packet.entry_stop}
+            send_message(server, reply, "framed")
+        latencies = sorted(peer.wait())
+    assert measured is not None
+    counted, elapsed, cpu = measured
+    packetizer.validate()
+    return {
+        "grants_per_s": counted / elapsed,
+        "median_us": statistics.median(latencies) * 1e6,
+        "server_cpu_us": cpu / max(1, counted) * 1e6,
+    }
+
+
+def codec(payload: Payload, count: int) -> dict[str, float]:
+    """Framing and sealing alone (no socket): microseconds per message, each side."""
+    value = payload.make()
+    times: dict[str, float] = {}
+    for sealed in (False, True):
+        start = time.perf_counter()
+        for _ in range(count):
+            frame = frame_parts("data", value)
+            data = b"".join(sealing.sealed_parts(KEY, frame) if sealed else frame)
+        encoded = time.perf_counter()
+        for _ in range(count):
+            decode_frame(sealing.unseal(KEY, data) if sealed else data, max_size=MAX_MESSAGE)
+        decoded = time.perf_counter()
+        name = "sealed" if sealed else "framed"
+        times[f"{name}_send_us"] = (encoded - start) / count * 1e6
+        times[f"{name}_receive_us"] = (decoded - encoded) / count * 1e6
+    return times
+
+
+# ----------------------------------------------------------------------- driver
+
+
+@contextmanager
+def _private_dir() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="pyproof-bench-")
+    os.chmod(directory, 0o700)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class _Addresses:
@@ -93,284 +376,69 @@ class _Addresses:
         return f"ipc://{self._directory}/bench-{self._count}.sock"
 
 
-def _thread(target: Callable[[], None], errors: list[BaseException]) -> threading.Thread:
-    def run() -> None:
-        try:
-            target()
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+def _counts(plan: Plan, payload: Payload) -> tuple[int, int]:
+    if payload.size < MIB:
+        return plan.rounds_small, plan.messages_small
+    return plan.rounds_large, plan.messages_large
 
 
-def _join(threads: list[threading.Thread], errors: list[BaseException]) -> None:
-    for thread in threads:
-        thread.join(timeout=TIMEOUT_MS / 1000 * 2)
-        if thread.is_alive():
-            raise TimeoutError("a benchmark thread did not finish in time")
-    if errors:
-        raise errors[0]
-
-
-# ----------------------------------------------------------------------- latency
-
-
-def latency(url: str, size: int, rounds: int, framed: bool) -> dict[str, float]:
-    """Req/rep echo round trips: median and p95 in microseconds."""
-    payload = os.urandom(size)
-    errors: list[BaseException] = []
-    warmup = max(2, rounds // 20)
-    with _socket(pynng.Rep0) as server, _socket(pynng.Req0) as client:
-        address = _listen(server, url)
-
-        def serve() -> None:
-            for _ in range(rounds + warmup):
-                data = server.recv()
-                if framed:
-                    frame = decode_frame(data, max_size=MAX_MESSAGE)
-                    data = encode_frame("echo", frame.payload, request_id=frame.request_id)
-                server.send(data)
-
-        thread = _thread(serve, errors)
-        client.dial(address, block=True)
-        times = []
-        for i in range(rounds + warmup):
-            start = time.perf_counter()
-            if framed:
-                client.send(encode_frame("echo", payload, request_id=str(i)))
-                reply = decode_frame(client.recv(), max_size=MAX_MESSAGE).payload
-            else:
-                client.send(payload)
-                reply = client.recv()
-            times.append(time.perf_counter() - start)
-            if len(reply) != size:
-                raise AssertionError("echo came back with the wrong size")
-        _join([thread], errors)
-    times = sorted(times[warmup:])
-    return {
-        "median_us": statistics.median(times) * 1e6,
-        "p95_us": times[int(0.95 * (len(times) - 1))] * 1e6,
-    }
-
-
-# ----------------------------------------------------------------------- throughput
-
-
-def throughput(url: str, size: int, count: int, framed: bool) -> dict[str, float]:
-    """Push/pull one way: messages/s and MB/s, from the first send to the last receive."""
-    payload = os.urandom(size)
-    errors: list[BaseException] = []
-    done: list[float] = []
-    with _socket(pynng.Pull0) as receiver, _socket(pynng.Push0) as sender:
-        address = _listen(receiver, url)
-
-        def receive() -> None:
-            received = 0
-            for _ in range(count):
-                data = receiver.recv()
-                if framed:
-                    data = decode_frame(data, max_size=MAX_MESSAGE).payload
-                received += len(data)
-            done.append(time.perf_counter())
-            if received != size * count:
-                raise AssertionError("bytes lost")
-
-        sender.dial(address, block=True)
-        thread = _thread(receive, errors)
-        start = time.perf_counter()
-        for i in range(count):
-            if framed:
-                sender.send(encode_frame("data", payload, request_id=str(i)))
-            else:
-                sender.send(payload)
-        _join([thread], errors)
-    seconds = done[0] - start
-    return {"msgs_per_s": count / seconds, "mb_per_s": count * size / seconds / 1e6}
-
-
-# ----------------------------------------------------------------------- grants
-
-
-def grants(url: str, workers: int, seconds: float) -> dict[str, float]:
-    """Packet grants/s of one single-threaded rep server with a real packetizer."""
-    work = [WorkRange(element=e, entry_start=0, entry_stop=10**9) for e in range(16)]
-    packetizer = make_packetizer("basic", work, workers=workers, packet_entries=1000)
-    errors: list[BaseException] = []
-    stop_workers = threading.Event()
-    stop_server = threading.Event()
-    granted = [0]
-    server_cpu = [0.0]  # the server thread's CPU seconds, updated after every request
-    latencies: list[float] = []
-
-    with _socket(pynng.Rep0) as server:
-        server.recv_timeout = 100
-        address = _listen(server, url)
-
-        def serve() -> None:
-            known: set[str] = set()
-            while not stop_server.is_set():
-                try:
-                    frame = decode_frame(server.recv())
-                except pynng.Timeout:
-                    continue
-                request = frame.payload
-                worker, now = request["worker"], time.monotonic()
-                if worker not in known:
-                    packetizer.add_worker(worker, now)
-                    known.add(worker)
-                last = request["done"]
-                if last is not None:
-                    packetizer.packet_processed(worker, last, now, seconds=0.001)
-                    packetizer.accept_output(worker, frozenset([last]))
-                packet = packetizer.next_packet(worker, now)
-                reply = None
-                if packet is not None:
-                    granted[0] += 1
-                    reply = {
-                        "packet_id": packet.packet_id,
-                        "element": packet.element,
-                        "entry_start": packet.entry_start,
-                        "entry_stop": packet.entry_stop,
-                    }
-                server.send(encode_frame("packet", reply, request_id=frame.request_id))
-                server_cpu[0] = time.thread_time()
-
-        def work_loop(name: str) -> None:
-            with _socket(pynng.Req0) as sock:
-                sock.dial(address, block=True)
-                last = None
-                n = 0
-                while not stop_workers.is_set():
-                    n += 1
-                    start = time.perf_counter()
-                    sock.send(
-                        encode_frame("next", {"worker": name, "done": last}, request_id=str(n))
-                    )
-                    packet = decode_frame(sock.recv()).payload
-                    latencies.append(time.perf_counter() - start)
-                    if packet is None:
-                        return
-                    last = packet["packet_id"]
-
-        server_thread = _thread(serve, errors)
-        threads = [_thread(lambda i=i: work_loop(f"worker-{i}"), errors) for i in range(workers)]
-        time.sleep(0.1)  # let every worker connect before the clock starts
-        before, cpu_before, start = granted[0], server_cpu[0], time.perf_counter()
-        time.sleep(seconds)
-        after, cpu_after, elapsed = granted[0], server_cpu[0], time.perf_counter() - start
-        stop_workers.set()
-        try:
-            _join(threads, errors)
-        finally:
-            stop_server.set()
-            _join([server_thread], errors)
-    packetizer.validate()
-    latencies.sort()
-    cpu_per_grant = (cpu_after - cpu_before) / max(1, after - before)
-    return {
-        "grants_per_s": (after - before) / elapsed,
-        "median_us": statistics.median(latencies) * 1e6,
-        "server_cpu_us": cpu_per_grant * 1e6,
-    }
-
-
-# ----------------------------------------------------------------------- codec
-
-
-def codec(size: int, count: int) -> dict[str, float]:
-    """encode_frame and decode_frame alone (no socket): microseconds per message."""
-    payload = os.urandom(size)
-    start = time.perf_counter()
-    for i in range(count):
-        data = encode_frame("data", payload, request_id=str(i))
-    encoded = time.perf_counter()
-    for _ in range(count):
-        decode_frame(data, max_size=MAX_MESSAGE)
-    decoded = time.perf_counter()
-    return {
-        "encode_us": (encoded - start) / count * 1e6,
-        "decode_us": (decoded - encoded) / count * 1e6,
-    }
-
-
-# ----------------------------------------------------------------------- driver
-
-
-@contextmanager
-def _private_dir() -> Iterator[str]:
-    directory = tempfile.mkdtemp(prefix="pyproof-bench-")
-    os.chmod(directory, 0o700)
+def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every measurement, printing tables as it goes; return the numbers."""
+    results: dict[str, Any] = {"codec": [], "latency": [], "throughput": [], "grants": []}
+    emit("\n== framing and sealing alone (no socket; a join stands for the send's copy) ==")
+    emit(f"{'payload':<16}{'framed send':>14}{'receive':>12}{'sealed send':>14}{'receive':>12}")
+    for payload in PAYLOADS:
+        cost = codec(payload, max(4, _counts(plan, payload)[1] // 4))
+        emit(f"{payload.name:<16}{cost['framed_send_us']:>11.0f} us"
+             f"{cost['framed_receive_us']:>9.0f} us{cost['sealed_send_us']:>11.0f} us"
+             f"{cost['sealed_receive_us']:>9.0f} us")
+        results["codec"].append({"payload": payload.name, **cost})
+    peer = Peer()
     try:
-        yield directory
+        with _private_dir() as directory:
+            for transport in ("tcp", "ipc"):
+                _run_transport(peer, plan, _Addresses(transport, directory), results, emit)
+            emit("\n== packet grants: one single-threaded rep server, basic packetizer, "
+                 "sealed frames; workers in another process ==")
+            emit(f"{'workers':<10}{'tcp grants/s':>14}{'median':>11}{'server CPU':>16}"
+                 f"{'ipc grants/s':>14}{'median':>11}{'server CPU':>16}")
+            tcp, ipc = _Addresses("tcp", directory), _Addresses("ipc", directory)
+            for workers in plan.workers:
+                over_tcp = grants(peer, tcp.next(), workers, plan.grant_seconds)
+                over_ipc = grants(peer, ipc.next(), workers, plan.grant_seconds)
+                emit(
+                    f"{workers:<10}{over_tcp['grants_per_s']:>14.0f}"
+                    f"{over_tcp['median_us']:>8.0f} us{over_tcp['server_cpu_us']:>7.0f} us/grant"
+                    f"{over_ipc['grants_per_s']:>14.0f}{over_ipc['median_us']:>8.0f} us"
+                    f"{over_ipc['server_cpu_us']:>7.0f} us/grant"
+                )
+                results["grants"].append({"workers": workers, "tcp": over_tcp, "ipc": over_ipc})
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _size_name(size: int) -> str:
-    return f"{size // MIB} MiB" if size >= MIB else f"{size // KIB} KiB"
-
-
-def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, object]:
-    """Run every measurement, printing a table as it goes; return the numbers."""
-    results: dict[str, object] = {"latency": [], "throughput": [], "grants": []}
-    results["codec"] = []
-    emit(f"\n== codec alone (no socket) ==\n{'frame':<16}{'encode':>14}{'decode':>14}")
-    for size, count in ((KIB, plan.messages_small // 4), (10 * MIB, plan.messages_large // 2)):
-        cost = codec(size, count)
-        emit(f"{_size_name(size):<16}{cost['encode_us']:>11.0f} us{cost['decode_us']:>11.0f} us")
-        results["codec"].append({"size": size, **cost})
-    with _private_dir() as directory:
-        for transport in ("tcp", "ipc"):
-            addresses = _Addresses(transport, directory)
-            emit(f"\n== {transport} ==")
-            emit(
-                f"{'req/rep echo':<16}{'bare median':>14}{'framed median':>15}"
-                f"{'ratio':>7}{'bare p95':>12}{'framed p95':>12}"
-            )
-            for size, rounds in ((KIB, plan.rounds_small), (10 * MIB, plan.rounds_large)):
-                bare = latency(addresses.next(), size, rounds, framed=False)
-                framed = latency(addresses.next(), size, rounds, framed=True)
-                emit(
-                    f"{_size_name(size):<16}{bare['median_us']:>11.0f} us"
-                    f"{framed['median_us']:>12.0f} us"
-                    f"{framed['median_us'] / bare['median_us']:>7.2f}"
-                    f"{bare['p95_us']:>9.0f} us{framed['p95_us']:>9.0f} us"
-                )
-                results["latency"].append(
-                    {"transport": transport, "size": size, "bare": bare, "framed": framed}
-                )
-            emit(f"{'push/pull':<16}{'bare':>22}{'framed':>22}{'ratio':>7}")
-            for size, count in ((KIB, plan.messages_small), (10 * MIB, plan.messages_large)):
-                bare = throughput(addresses.next(), size, count, framed=False)
-                framed = throughput(addresses.next(), size, count, framed=True)
-                emit(
-                    f"{_size_name(size):<16}"
-                    f"{bare['msgs_per_s']:>9.0f} msg/s {bare['mb_per_s']:>5.0f} MB/s"
-                    f"{framed['msgs_per_s']:>9.0f} msg/s {framed['mb_per_s']:>5.0f} MB/s"
-                    f"{framed['mb_per_s'] / bare['mb_per_s']:>7.2f}"
-                )
-                results["throughput"].append(
-                    {"transport": transport, "size": size, "bare": bare, "framed": framed}
-                )
-        emit("\n== packet grants: one single-threaded rep server, basic packetizer, framed ==")
-        emit(
-            f"{'workers':<10}{'tcp grants/s':>14}{'median':>11}{'server CPU':>16}"
-            f"{'ipc grants/s':>14}{'median':>11}{'server CPU':>16}"
-        )
-        tcp, ipc = _Addresses("tcp", directory), _Addresses("ipc", directory)
-        for workers in plan.workers:
-            over_tcp = grants(tcp.next(), workers, plan.grant_seconds)
-            over_ipc = grants(ipc.next(), workers, plan.grant_seconds)
-            emit(
-                f"{workers:<10}{over_tcp['grants_per_s']:>14.0f}"
-                f"{over_tcp['median_us']:>8.0f} us{over_tcp['server_cpu_us']:>7.0f} us/grant"
-                f"{over_ipc['grants_per_s']:>14.0f}{over_ipc['median_us']:>8.0f} us"
-                f"{over_ipc['server_cpu_us']:>7.0f} us/grant"
-            )
-            results["grants"].append({"workers": workers, "tcp": over_tcp, "ipc": over_ipc})
+        peer.close()
     return results
+
+
+def _run_transport(peer: Peer, plan: Plan, addresses: _Addresses, results: dict[str, Any],
+                   emit: Callable[[str], None]) -> None:
+    transport = addresses.transport
+    emit(f"\n== {transport}: req/rep echo, median round trip (p95) and ratio to bare ==")
+    emit(f"{'payload':<16}" + "".join(f"{mode:>24}" for mode in MODES))
+    for payload in PAYLOADS:
+        rounds = _counts(plan, payload)[0]
+        row = {mode: latency(peer, addresses.next(), payload, rounds, mode) for mode in MODES}
+        emit(f"{payload.name:<16}" + "".join(
+            f"{row[m]['median_us']:>9.0f} us ({row[m]['p95_us']:>6.0f})"
+            f"{row[m]['median_us'] / row['bare']['median_us']:>5.2f}x" for m in MODES))
+        results["latency"].append({"transport": transport, "payload": payload.name, **row})
+    emit(f"\n== {transport}: push/pull throughput and ratio to bare ==")
+    emit(f"{'payload':<16}" + "".join(f"{mode:>24}" for mode in MODES))
+    for payload in PAYLOADS:
+        count = _counts(plan, payload)[1]
+        row = {mode: throughput(peer, addresses.next(), payload, count, mode) for mode in MODES}
+        emit(f"{payload.name:<16}" + "".join(
+            f"{row[m]['msgs_per_s']:>8.0f}/s {row[m]['mb_per_s']:>5.0f} MB/s"
+            f"{row[m]['mb_per_s'] / row['bare']['mb_per_s']:>5.2f}x" for m in MODES))
+        results["throughput"].append({"transport": transport, "payload": payload.name, **row})
 
 
 def main(argv: list[str] | None = None) -> int:

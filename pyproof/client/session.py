@@ -28,6 +28,7 @@ from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, ProtocolError, RemoteError, encode
 from pyproof.transport.frames import CHUNK, Reassembler, decode_frame
 from pyproof.transport.tls import TLSSettings
+from pyproof.transport.wire import recv_view
 
 DATA_POLL_MS = 250
 MASTER_SILENCE_CHECK = 3.0
@@ -367,7 +368,7 @@ class Session:
                     return kept
                 last_heard = time.monotonic()
             try:
-                frame = decode_frame(sealing.unseal(self.data_key, self.data.recv()))
+                frame = decode_frame(sealing.unseal(self.data_key, recv_view(self.data)))
                 if frame.type == CHUNK:  # a large result, in pieces
                     last_heard = time.monotonic()
                     frame = reassembler.add(frame)

@@ -1,4 +1,4 @@
-"""Transport: the one wire format, and (to come) nng connections and authentication.
+"""Transport: the one wire format, sealing, authentication and TLS.
 
 - :mod:`pyproof.transport.codec`: :func:`encode` / :func:`decode` (CBOR with
   pyproof's extension tags), :class:`ProtocolError`, :class:`EncodeError`,
@@ -6,6 +6,9 @@
 - :mod:`pyproof.transport.frames`: the versioned envelope (:class:`Frame`,
   :func:`encode_frame`, :func:`decode_frame`) and chunked streaming of large
   messages (:func:`encode_frames`, :class:`Reassembler`).
+- :mod:`pyproof.transport.sealing`: HMAC-sealed data frames.
+- :mod:`pyproof.transport.auth` and :mod:`pyproof.transport.tls`: the login
+  handshake, secrets and tokens; TLS configuration in one place.
 """
 
 from pyproof.transport.codec import (
@@ -27,6 +30,7 @@ from pyproof.transport.frames import (
     decode_frame,
     encode_frame,
     encode_frames,
+    frame_parts,
 )
 
 __all__ = [
@@ -46,4 +50,5 @@ __all__ = [
     "encode",
     "encode_frame",
     "encode_frames",
+    "frame_parts",
 ]

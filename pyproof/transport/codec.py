@@ -93,6 +93,7 @@ TAG_HISTOGRAM = 0x7070_0004
 TAG_REMOTE_ERROR = 0x7070_0005
 TAG_NDARRAY_REF = 0x7070_0007  # [dtype, shape, index]: data in out-of-band buffer `index`
 TAG_DATASET_RECORD = 0x7070_0006  # reserved; decode refuses it until it is defined
+TAG_BYTES_REF = 0x7070_0008  # index: a byte string in out-of-band buffer `index`
 
 _MAX_NDIM = 64  # numpy's own limit
 
@@ -212,8 +213,16 @@ def _encode_dict(encoder: cbor2.CBOREncoder, value: dict) -> None:
     encoder.encode_map(value)
 
 
-def _encode_memoryview(encoder: cbor2.CBOREncoder, value: memoryview) -> None:
-    encoder.encode_bytes(value.tobytes())
+def _encode_bytes(encoder: cbor2.CBOREncoder, value: bytes | bytearray | memoryview) -> None:
+    # large byte strings go out of band when a frame collects buffers (no CBOR copy)
+    collect = getattr(_OOB, "collect", None)
+    if collect is not None and len(value) >= _OOB.threshold:
+        view = memoryview(value)
+        if view.c_contiguous:
+            collect.append(view.cast("B"))
+            encoder.encode_semantic(TAG_BYTES_REF, len(collect) - 1)
+            return
+    encoder.encode_bytes(value if type(value) is bytes else bytes(value))
 
 
 def _ndarray_refusal(array: np.ndarray) -> str | None:
@@ -336,7 +345,9 @@ _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
     dict: _encode_dict,
     tuple: _encode_tuple,
     collections.Counter: _encode_counter,
-    memoryview: _encode_memoryview,
+    bytes: _encode_bytes,
+    bytearray: _encode_bytes,
+    memoryview: _encode_bytes,
     set: _encode_set,
     complex: _encode_complex,
     np.complex128: _encode_complex,
@@ -350,7 +361,8 @@ _OOB = threading.local()  # per thread: buffers being collected (encode) or read
 
 
 def encode_with_buffers(obj: object, *, threshold: int) -> tuple[bytes, list[memoryview]]:
-    """Encode ``obj``, leaving every ndarray of ``threshold`` bytes or more out of band.
+    """Encode ``obj``, leaving every ndarray and byte string of ``threshold`` bytes
+    or more out of band.
 
     Returns the CBOR item and the arrays' raw buffers (C-contiguous, zero-copy
     views); the item refers to them by index. See frames.py for the wire layout.
@@ -550,17 +562,25 @@ def _decode_counter(value: Any, immutable: bool) -> collections.Counter:
     return collections.Counter(_thaw(value))
 
 
-def _decode_ndarray_ref(value: Any, immutable: bool) -> np.ndarray:
+def _oob_buffer(index: Any, what: str) -> memoryview:
     buffers = getattr(_OOB, "buffers", None)
+    if buffers is None:
+        raise ProtocolError(f"{what} reference tag outside a frame with out-of-band buffers")
+    if type(index) is not int or not 0 <= index < len(buffers):
+        raise ProtocolError(f"{what} reference tag: no out-of-band buffer {index!r}")
+    return buffers[index]
+
+
+def _decode_ndarray_ref(value: Any, immutable: bool) -> np.ndarray:
     if not isinstance(value, tuple) or len(value) != 3:
         raise ProtocolError(
             f"ndarray reference tag: expected [dtype, shape, index], got {_cbor_kind(value)}")
-    index = value[2]
-    if buffers is None:
-        raise ProtocolError("ndarray reference tag outside a frame with out-of-band buffers")
-    if type(index) is not int or not 0 <= index < len(buffers):
-        raise ProtocolError(f"ndarray reference tag: no out-of-band buffer {index!r}")
-    return _decode_ndarray((value[0], value[1], buffers[index]), immutable)
+    buffer = _oob_buffer(value[2], "ndarray")
+    return _decode_ndarray((value[0], value[1], buffer), immutable)
+
+
+def _decode_bytes_ref(value: Any, immutable: bool) -> bytes:
+    return bytes(_oob_buffer(value, "bytes"))
 
 
 def _decode_ndarray(value: Any, immutable: bool) -> np.ndarray:
@@ -732,6 +752,7 @@ _TAG_DECODERS: dict[int, Callable[[Any, bool], Any]] = {
     TAG_COUNTER: _decode_counter,
     TAG_NDARRAY: _decode_ndarray,
     TAG_NDARRAY_REF: _decode_ndarray_ref,
+    TAG_BYTES_REF: _decode_bytes_ref,
     TAG_HISTOGRAM: _decode_histogram,
     TAG_REMOTE_ERROR: _decode_remote_error,
 }

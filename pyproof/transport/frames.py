@@ -39,6 +39,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "encode_frames",
+    "frame_parts",
 ]
 
 PROTOCOL_VERSION = 1
@@ -54,6 +55,7 @@ DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024 * 1024
 """Largest message a :class:`Reassembler` accepts by default (4 GiB)."""
 
 _FIELDS = ("version", "type", "session", "request_id", "payload")
+_FIELD_SET = frozenset(_FIELDS)
 _CHUNK_FIELDS = ("stream", "index", "total", "data")
 
 
@@ -85,9 +87,25 @@ def encode_frame(
 ) -> bytes:
     """Encode one frame; raises ``EncodeError`` if the payload cannot travel.
 
-    Large numpy arrays do not go through CBOR: the frame is then
+    Large numpy arrays and byte strings do not go through CBOR: the frame is then
     ``PYPF | item length | buffer count | CBOR item | (size | raw bytes)...``,
     the item referring to each buffer by index (one copy on each side).
+    """
+    parts = frame_parts(type, payload, session=session, request_id=request_id)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def frame_parts(
+    type: str,
+    payload: object,
+    *,
+    session: str | None = None,
+    request_id: str | None = None,
+) -> list[bytes | memoryview]:
+    """The pieces whose concatenation is :func:`encode_frame`'s answer.
+
+    Out-of-band buffers are views of the payload's own memory: a sender that
+    needs a prefix (a seal) joins once instead of twice.
     """
     _check_envelope(type, session, request_id)
     item, buffers = encode_with_buffers(
@@ -101,11 +119,11 @@ def encode_frame(
         threshold=OOB_THRESHOLD,
     )
     if not buffers:
-        return item
+        return [item]
     parts: list[bytes | memoryview] = [_OOB_HEAD.pack(OOB_MAGIC, len(item), len(buffers)), item]
     for buffer in buffers:
         parts += [_OOB_SIZE.pack(buffer.nbytes), buffer]
-    return b"".join(parts)
+    return parts
 
 
 def _split_buffers(data: bytes, max_size: int) -> tuple[memoryview, list[memoryview]]:
@@ -166,11 +184,11 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
         raise ProtocolError(
             f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})"
         )
-    missing = [name for name in _FIELDS if name not in value]
-    if missing:
-        raise ProtocolError(f"frame is missing field(s) {', '.join(missing)}")
-    extra = sorted(repr(name) for name in value if name not in _FIELDS)
-    if extra:
+    if value.keys() != _FIELD_SET:
+        missing = [name for name in _FIELDS if name not in value]
+        if missing:
+            raise ProtocolError(f"frame is missing field(s) {', '.join(missing)}")
+        extra = sorted(repr(name) for name in value if name not in _FIELDS)
         raise ProtocolError(f"frame has unknown field(s) {', '.join(extra)}")
     kind, session, request_id = value["type"], value["session"], value["request_id"]
     if not isinstance(kind, str) or not kind:
@@ -207,14 +225,14 @@ def _kind(value: Any) -> str:
 # --------------------------------------------------------------------------- chunks
 
 
-def chunk(data: bytes, size: int) -> list[bytes]:
-    """Cut ``data`` into pieces of at most ``size`` bytes (one piece if empty)."""
+def chunk(data: bytes, size: int) -> list[memoryview]:
+    """Cut ``data`` into views of at most ``size`` bytes (one piece if empty); no copy."""
     if type(size) is not int or size < 1:
         raise ValueError(f"chunk size must be a positive int, not {size!r}")
+    view = memoryview(data).cast("B")
     if not data:
-        return [b""]
-    view = memoryview(data)
-    return [bytes(view[start : start + size]) for start in range(0, len(data), size)]
+        return [view]
+    return [view[start : start + size] for start in range(0, len(view), size)]
 
 
 def encode_frames(

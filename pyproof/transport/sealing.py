@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from pyproof.transport.frames import frame_parts
+
 TAG_SIZE = 32
 _LABEL = b"pyproof-data-v1"
 
@@ -24,7 +26,25 @@ def data_key(secret: bytes, session_id: str) -> bytes:
 
 
 def seal(key: bytes, frame: bytes) -> bytes:
-    return hmac.new(key, frame, hashlib.sha256).digest() + frame
+    return seal_parts(key, [frame])
+
+
+def seal_parts(key: bytes, parts: list[bytes | memoryview]) -> bytes:
+    """The tag and the frame made of ``parts`` (see ``frames.frame_parts``), joined once."""
+    return b"".join(sealed_parts(key, parts))
+
+
+def sealed_parts(key: bytes, parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The tag followed by ``parts``: for ``wire.send_parts``, which copies each once."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return [mac.digest(), *parts]
+
+
+def sealed_frame(key: bytes, type: str, payload: object, **envelope: str | None) -> bytes:
+    """``seal(key, encode_frame(type, payload, ...))`` with one copy of large buffers."""
+    return seal_parts(key, frame_parts(type, payload, **envelope))
 
 
 def unseal(key: bytes, wire: bytes) -> memoryview:

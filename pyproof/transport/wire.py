@@ -1,0 +1,76 @@
+"""Send a frame's parts and read a received frame in place, on pynng sockets.
+
+pynng's ``send`` takes one ``bytes`` and ``recv`` copies nng's message into a
+new ``bytes``. A sealed frame is several parts (tag, header, CBOR item, the raw
+memory of large arrays), so going through pynng would cost two extra copies of
+every large message: one to join the parts, one out of nng's message. Here the
+parts are copied once, straight into an nng message (the copy bare pynng makes
+too), and a received message is read through a view that owns it: nng frees
+the message when the last view of it is gone, so no view can outlive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pynng
+from pynng import ffi, lib
+from pynng.exceptions import check_err
+
+__all__ = ["SMALL", "recv_view", "send_parts"]
+
+SMALL = 64 * 1024
+"""Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
+
+
+def send_parts(sock: pynng.Socket, parts: Sequence[bytes | memoryview], *,
+               block: bool = True) -> None:
+    """Send the concatenation of ``parts`` as one message (one copy of each part).
+
+    Raises what ``sock.send`` raises (``pynng.TryAgain`` when not blocking and the
+    peer cannot take it, ``pynng.Timeout``, ``pynng.Closed``).
+    """
+    total = sum(_size(part) for part in parts)
+    if total < SMALL:  # joining a few KiB is cheaper than building the message by hand
+        sock.send(parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts),
+                  block=block)
+        return
+    message = ffi.new("nng_msg **")
+    check_err(lib.nng_msg_alloc(message, total))
+    msg = message[0]
+    try:
+        body, offset = ffi.cast("char *", lib.nng_msg_body(msg)), 0
+        for part in parts:
+            size = _size(part)
+            if size:
+                ffi.memmove(body + offset, part, size)
+                offset += size
+        flags = 0 if block else lib.NNG_FLAG_NONBLOCK
+        check_err(lib.nng_sendmsg(sock.socket, msg, flags))
+    except BaseException:
+        lib.nng_msg_free(msg)  # nng owns the message only once it was sent
+        raise
+
+
+def recv_view(sock: pynng.Socket, *, block: bool = True) -> bytes | memoryview:
+    """Receive one message; a large one as a read-only view of nng's own buffer (no copy).
+
+    The view keeps the message alive; slicing it (``sealing.unseal`` does) keeps
+    it alive too. Decoders copy what they keep, so the message goes with the view.
+    A small message (under :data:`SMALL` bytes) is copied into ``bytes`` and freed.
+    """
+    message = ffi.new("nng_msg **")
+    flags = 0 if block else lib.NNG_FLAG_NONBLOCK
+    check_err(lib.nng_recvmsg(sock.socket, message, flags))
+    msg = message[0]
+    size = lib.nng_msg_len(msg)
+    if size < SMALL:
+        data = ffi.unpack(ffi.cast("char *", lib.nng_msg_body(msg)), size)
+        lib.nng_msg_free(msg)
+        return data
+    body = ffi.gc(ffi.cast("char *", lib.nng_msg_body(msg)), lambda _: lib.nng_msg_free(msg))
+    return memoryview(ffi.buffer(body, size)).toreadonly()
+
+
+def _size(part: bytes | memoryview) -> int:
+    return part.nbytes if isinstance(part, memoryview) else len(part)
