@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from pyproof.datasets.records import FileRecord
 from pyproof.transport import codec
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
@@ -38,7 +39,8 @@ from pyproof.transport.codec import (
 )
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-OUR_TAGS = [TAG_TUPLE, TAG_COUNTER, TAG_NDARRAY, TAG_HISTOGRAM, TAG_REMOTE_ERROR]
+OUR_TAGS = [TAG_TUPLE, TAG_COUNTER, TAG_NDARRAY, TAG_HISTOGRAM, TAG_REMOTE_ERROR,
+            TAG_DATASET_RECORD]
 
 
 def message_id(value: object) -> str:
@@ -546,7 +548,14 @@ def test_oversize_check_does_not_look_at_the_bytes() -> None:
         (b"\x62\xff\xfe", r"^malformed CBOR: .+$"),
         (b"\x81" * 500 + b"\x01", r"^malformed CBOR: .*depth.*$"),
         (tagged(12345, 1), r"^unknown CBOR tag 12345$"),
-        (tagged(TAG_DATASET_RECORD, {}), rf"^unknown CBOR tag {TAG_DATASET_RECORD}$"),
+        (tagged(TAG_DATASET_RECORD, {}),
+         r"^dataset record tag: a file record must be a map with at least a url$"),
+        (tagged(TAG_DATASET_RECORD, {"url": "/a", "entries": "5"}),
+         r"^dataset record tag: file record field 'entries' cannot be str$"),
+        (tagged(TAG_DATASET_RECORD, {"url": "/a", "owner": "x"}),
+         r"^dataset record tag: file record has unknown field 'owner'$"),
+        (tagged(TAG_DATASET_RECORD, {"url": "/a", "trees": [["t"]]}),
+         r"^dataset record tag: file record field 'trees' must hold \[name, entries\] pairs$"),
         (tagged(35, "a+"), r"^CBOR tag 35 \(regular expression\) is not allowed on the wire$"),
         (tagged(37, b"x" * 16), r"^CBOR tag 37 \(UUID\) is not allowed on the wire$"),
         (tagged(28, [1]), r"^CBOR tag 28 \(shared value\) is not allowed on the wire$"),
@@ -746,6 +755,30 @@ def test_every_tag_but_the_allowed_standard_ones_and_ours_is_refused() -> None:
     assert accepted == []
 
 
+file_records = st.builds(
+    FileRecord,
+    url=st.text(min_size=1, max_size=20),
+    tree=st.none() | st.text(max_size=8),
+    entries=st.none() | st.integers(0, 2**62),
+    size=st.none() | st.integers(0, 2**62),
+    checksum=st.none() | st.text(max_size=24),
+    missing=st.booleans(),
+    corrupt=st.booleans(),
+    verified_at=st.none() | st.floats(allow_nan=False),
+    trees=st.lists(st.tuples(st.text(max_size=8), st.integers(0, 2**62)), max_size=3).map(tuple),
+    friend_url=st.none() | st.text(max_size=8),
+    friend_entries=st.none() | st.integers(0, 100),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(file_records, max_size=3))
+def test_file_records_round_trip_as_their_own_tag(records: list[FileRecord]) -> None:
+    decoded = decode(encode({"records": records, "first": tuple(records[:1])}))
+    assert decoded == {"records": records, "first": tuple(records[:1])}
+    assert all(type(r) is FileRecord for r in decoded["records"])
+
+
 def test_decode_refuses_non_bytes_with_a_type_error() -> None:
     with pytest.raises(TypeError, match=r"^decode\(\) needs bytes, not str$"):
         decode("abc")  # type: ignore[arg-type]
@@ -766,6 +799,7 @@ EVERYTHING = {
     "error": RemoteError(type="E", message="m", context={"worker": "w1"}),
     "set": {1, 2},
     "big": 2**70,
+    "record": FileRecord(url="/d/a.root", tree="t", entries=3, trees=(("t", 3),)),
 }
 VALID = encode(EVERYTHING)
 
@@ -816,7 +850,8 @@ cbor_values = st.recursive(
         st.lists(inner, max_size=4)
         | st.dictionaries(
             st.text(max_size=8)
-            | st.sampled_from(["class", "uhi", "data", "axes", "storage", "type", "context"]),
+            | st.sampled_from(["class", "uhi", "data", "axes", "storage", "type", "context",
+                               "url", "trees", "entries"]),
             inner,
             max_size=5,
         )

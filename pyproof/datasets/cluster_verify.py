@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class VerifySelector(Selector):
-    """Verifies `ctx.file`: inputs `records` ({url: record dict}), `default_tree`,
+    """Verifies `ctx.file`: inputs `records` ({url: FileRecord}), `default_tree`,
     `checksum`, `deep` and `now` (the time stamp to record)."""
 
     def begin(self, ctx: Any) -> None:
@@ -35,10 +35,10 @@ class VerifySelector(Selector):
 
     def process(self, units: Any, ctx: Any) -> None:
         inputs = ctx.inputs
-        record = FileRecord.from_dict(inputs["records"][ctx.file])
+        record = inputs["records"][ctx.file]  # FileRecords travel as their own tag
         found = verify_record(record, inputs.get("default_tree"), checksum=inputs["checksum"],
                               deep=inputs["deep"], now=inputs["now"])
-        ctx.outputs["records"].append(found.to_dict())
+        ctx.outputs["records"].append(found)
 
 
 def verify_on_cluster(session: Session, catalog: Catalog, name: str, *, checksum: bool = True,
@@ -61,10 +61,10 @@ def verify_on_cluster(session: Session, catalog: Catalog, name: str, *, checksum
         result = session.process(
             VerifySelector, files=[f.url for f in files], on_missing="skip", progress=False,
             timeout=timeout,
-            inputs={"records": {f.url: f.to_dict() for f in files},
+            inputs={"records": {f.url: f for f in files},
                     "default_tree": dataset.info.default_tree, "checksum": checksum,
                     "deep": deep, "now": now})
-        found = {r["url"]: FileRecord.from_dict(r) for r in result.outputs.get("records", [])}
+        found = {r.url: r for r in result.outputs.get("records", [])}
         given_up = {m["file"]: m.get("reason", "") for m in result.missing}
         results = [found.get(f.url) or replace(
             f, corrupt=True, verified_at=now,

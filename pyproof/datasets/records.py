@@ -81,6 +81,23 @@ class FileRecord(_Plain):
         if not isinstance(self.trees, tuple):
             object.__setattr__(self, "trees", tuple((str(t), int(n)) for t, n in self.trees))
 
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> FileRecord:
+        """`from_dict` for data from another process: ValueError naming a bad field."""
+        if not isinstance(data, Mapping) or "url" not in data:
+            raise ValueError("a file record must be a map with at least a url")
+        for name, value in data.items():
+            kinds = _WIRE_TYPES.get(name) if isinstance(name, str) else None
+            if kinds is None:
+                raise ValueError(f"file record has unknown field {name!r}")
+            if type(value) not in kinds:
+                raise ValueError(f"file record field {name!r} cannot be {type(value).__name__}")
+        trees = data.get("trees", ())
+        if not all(isinstance(pair, list | tuple) and len(pair) == 2
+                   and type(pair[0]) is str and type(pair[1]) is int for pair in trees):
+            raise ValueError("file record field 'trees' must hold [name, entries] pairs")
+        return cls(**data)
+
     @property
     def ok(self) -> bool:
         """False when verification marked the file missing, corrupt, wrong tree or mismatched."""
@@ -114,6 +131,17 @@ class FileRecord(_Plain):
         if self.friend_mismatch:
             return "friend-mismatch"
         return "ok" if self.verified else "unverified"
+
+
+_TEXT, _COUNT, _FLAG = (str, type(None)), (int, type(None)), (bool,)
+_WIRE_TYPES: dict[str, tuple[type, ...]] = {
+    "url": (str,), "tree": _TEXT, "entries": _COUNT, "size": _COUNT, "checksum": _TEXT,
+    "uuid": _TEXT, "host": _TEXT, "staged": _FLAG, "missing": _FLAG, "corrupt": _FLAG,
+    "wrong_tree": _FLAG, "friend_mismatch": _FLAG, "problem": _TEXT,
+    "verified_at": (float, int, type(None)), "trees": (list, tuple), "friend_url": _TEXT,
+    "friend_tree": _TEXT, "friend_entries": _COUNT,
+}
+"""The exact Python types each `FileRecord` field may arrive as."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,8 +37,16 @@ tag                     Python      payload
                                     without storage; ``data`` is the flow view as one
                                     ndarray or a map of field name -> ndarray
 1886388229 (0x70700005) RemoteError ``{"type", "message", "traceback", "context"}``
-1886388230 (0x70700006) (reserved)  dataset record (not yet defined)
+1886388230 (0x70700006) FileRecord  a dataset's file record: map of its fields
+                                    (``pyproof.datasets.records.FileRecord.to_dict``),
+                                    checked field by field on decode
+1886388231 (0x70700007) ndarray     ``[dtype.str, [shape...], index]``: the data is
+                                    out-of-band buffer ``index`` of the frame
+1886388232 (0x70700008) ``bytes``   ``index``: out-of-band buffer ``index`` of the frame
 ======================  ==========  ==================================================
+
+The two out-of-band tags appear only inside frames (see ``frames.py``): large
+arrays and byte strings travel as raw buffers next to the CBOR item.
 
 Numpy scalars encode as plain Python numbers. Decoded arrays are writable, C-ordered
 and independent of the frame (one copy on decode).
@@ -92,7 +100,7 @@ TAG_NDARRAY = 0x7070_0003
 TAG_HISTOGRAM = 0x7070_0004
 TAG_REMOTE_ERROR = 0x7070_0005
 TAG_NDARRAY_REF = 0x7070_0007  # [dtype, shape, index]: data in out-of-band buffer `index`
-TAG_DATASET_RECORD = 0x7070_0006  # reserved; decode refuses it until it is defined
+TAG_DATASET_RECORD = 0x7070_0006  # a datasets.records.FileRecord
 TAG_BYTES_REF = 0x7070_0008  # index: a byte string in out-of-band buffer `index`
 
 _MAX_NDIM = 64  # numpy's own limit
@@ -318,6 +326,10 @@ def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
         return
     if isinstance(value, collections.Counter):
         _encode_counter(encoder, value)
+        return
+    records = sys.modules.get("pyproof.datasets.records")
+    if records is not None and isinstance(value, records.FileRecord):
+        encoder.encode_semantic(TAG_DATASET_RECORD, value.to_dict())
         return
     raise EncodeError(_cannot(value))
 
@@ -579,6 +591,15 @@ def _decode_ndarray_ref(value: Any, immutable: bool) -> np.ndarray:
     return _decode_ndarray((value[0], value[1], buffer), immutable)
 
 
+def _decode_dataset_record(value: Any, immutable: bool) -> Any:
+    from pyproof.datasets.records import FileRecord
+
+    try:
+        return FileRecord.from_wire(_thaw(value))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"dataset record tag: {exc}") from None
+
+
 def _decode_bytes_ref(value: Any, immutable: bool) -> bytes:
     return bytes(_oob_buffer(value, "bytes"))
 
@@ -753,6 +774,7 @@ _TAG_DECODERS: dict[int, Callable[[Any, bool], Any]] = {
     TAG_NDARRAY: _decode_ndarray,
     TAG_NDARRAY_REF: _decode_ndarray_ref,
     TAG_BYTES_REF: _decode_bytes_ref,
+    TAG_DATASET_RECORD: _decode_dataset_record,
     TAG_HISTOGRAM: _decode_histogram,
     TAG_REMOTE_ERROR: _decode_remote_error,
 }
