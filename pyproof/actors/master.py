@@ -15,6 +15,7 @@ from pyproof.actors.base import ProofActor
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
 from pyproof.logs import get_logger
+from pyproof.transport.tls import TLSError, TLSSettings
 
 
 class Master(ProofActor):
@@ -79,6 +80,12 @@ class Master(ProofActor):
             self.send(reply_to, m.QueryRejected(
                 corr=message.corr, query_id=message.query_id,
                 error="the session is already running a query; wait for it or stop it"))
+            return
+        try:  # a client that listens with TLS is checked against this host's CA
+            TLSSettings.from_env().dial_config(message.spec.get("client_address") or "")
+        except TLSError as exc:
+            self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
+                                                error=f"cannot dial the client back: {exc}"))
             return
         # where its selectors' ctx.output_file(...) paths go (see output_files.py)
         spec = {**message.spec,

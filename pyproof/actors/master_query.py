@@ -35,6 +35,7 @@ from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import CHUNK, chunk, encode_frame, frame_parts
+from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import send_parts
 
 PROGRESS_PERIOD = 0.25
@@ -95,6 +96,9 @@ class QueryRun:
             self.client, self._own_client = outbox, False
         else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
+            tls = TLSSettings.from_env().dial_config(spec["client_address"])
+            if tls is not None:  # the client listens with TLS: check it against our CA
+                self.client.tls_config = tls
             self.client.dial(spec["client_address"], block=False)
         self._lookup_error: RemoteError | None = None
         self._packetizer: Packetizer | None = None  # built by the look-up thread

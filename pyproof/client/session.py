@@ -61,6 +61,7 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
             raise ConnectError(f"workers={query['workers'][0]!r} is not an integer") from None
     if session is None and "session" in query:
         session = query["session"][0]
+    explicit = connection is not None or "connection" in query
     connection = connection or query.get("connection", ["callback"])[0]
     if connection not in ("callback", "dial"):
         raise ConnectError(f"connection={connection!r}: use 'callback' or 'dial'")
@@ -81,15 +82,19 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
         if not parsed.hostname or not parsed.port:
             raise ConnectError(f"{url!r} must name a host and a port: proof://host:port")
         tls = TLSSettings.from_env()
-        if tls.enabled:
-            # with TLS the client dials every connection (it has no certificate to serve)
-            if connection == "callback" and "connection" in query:
-                raise ConnectError("with TLS (PYPROOF_TLS_CA set) use connection='dial'")
+        if tls.enabled and connection == "callback" and not tls.cert_file:
+            # the session would dial us over TLS: we need a certificate to serve
+            if explicit:
+                raise ConnectError(
+                    "with TLS, connection='callback' needs a client certificate signed by the "
+                    "cluster's CA (set PYPROOF_TLS_CERT and PYPROOF_TLS_KEY); "
+                    "or use connection='dial'")
             dial = (True, data_port)
         control = ControlClient(tls.address(f"tcp://{parsed.hostname}:{parsed.port}"))
+        local = tls.address(f"tcp://{_local_address_towards(parsed.hostname)}:0")
         try:
             return Session(control, workers=workers or default_workers(), cluster=None,
-                           data_address=f"tcp://{_local_address_towards(parsed.hostname)}:0",
+                           data_address=local,
                            attach=session, dial=dial, dial_host=parsed.hostname)
         except BaseException:
             control.close()
@@ -202,6 +207,8 @@ class Session:
             self.data.dial(address, block=True)
             self.data_address = ""  # queries tell the master: use the session's socket
         else:
+            if data_address.startswith("tls+"):  # the master checks us against its CA
+                self.data.tls_config = TLSSettings.from_env().server_config()
             self.data.listen(data_address)
             self.data_address = _bound_address(self.data, data_address)
 
@@ -465,7 +472,7 @@ def _bound_address(socket: pynng.Pull0, requested: str) -> str:
     """The address a listener really got (tcp port 0 means "any free port")."""
     import socket as _socket
 
-    if not requested.startswith("tcp://") or not requested.endswith(":0"):
+    if not requested.startswith(("tcp://", "tls+tcp://")) or not requested.endswith(":0"):
         return requested
     # pynng reports the port in network byte order
     port = _socket.ntohs(socket.listeners[0].local_address.port)
