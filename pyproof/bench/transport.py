@@ -399,7 +399,7 @@ def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
             for transport in ("tcp", "ipc"):
                 _run_transport(peer, plan, _Addresses(transport, directory), results, emit)
             emit("\n== packet grants: one single-threaded rep server, basic packetizer, "
-                 "sealed frames; workers in another process ==")
+                 "framed as workers and master speak; workers in another process ==")
             emit(f"{'workers':<10}{'tcp grants/s':>14}{'median':>11}{'server CPU':>16}"
                  f"{'ipc grants/s':>14}{'median':>11}{'server CPU':>16}")
             tcp, ipc = _Addresses("tcp", directory), _Addresses("ipc", directory)
