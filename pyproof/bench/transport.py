@@ -16,33 +16,37 @@ each *bare* (pynng with bytes in and bytes out; an array as ``tobytes()`` /
 (a versioned frame, sealed with HMAC-SHA256, checked and decoded on arrival),
 with the framed/bare ratio.
 
-Then the packet grants per second one single-threaded rep server sustains
-(this process, handing out packets from a real ``basic`` packetizer in framed
-messages) to 2, 8 and 32 simulated workers (threads of the peer process, each
-looping: report the last packet, get the next).
+Then the packet grants per second the real master data plane sustains (a
+``MasterPlane`` in this process running a CPU query with basic packets) for 2,
+8 and 32 simulated workers (threads of the peer process speaking the worker
+protocol: report the last packet and get the next; every 10 packets send
+outputs, which the master merges).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
-import multiprocessing
+import logging
 import os
+import select
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from typing import Any
 
 import numpy as np
 import pynng
+import structlog
 
-from pyproof.packetizer import WorkRange, make_packetizer
 from pyproof.transport import sealing
 from pyproof.transport.frames import decode_frame, frame_parts
 from pyproof.transport.wire import recv_view, send_parts
@@ -155,37 +159,68 @@ def _peer_sink(address: str, kind: str, mode: str, count: int) -> int:
     return received
 
 
-def _peer_workers(address: str, workers: int, seconds: float) -> list[float]:
-    """Simulated workers: threads looping NEXT until the server says stop."""
+def _peer_workers(address: str, workers: int, seconds: float) -> tuple[int, float, list[float]]:
+    """Simulated workers on the real protocol, for `seconds` once all are served."""
     latencies: list[float] = []
     errors: list[BaseException] = []
+    counts = [0] * workers
+    window: list[float] = []  # start, end
+    ready = threading.Barrier(workers + 1)
 
-    def work_loop(name: str) -> None:
+    def request(sock: pynng.Socket, kind: str, payload: dict[str, Any]) -> tuple[str, Any]:
+        send_parts(sock, frame_parts(kind, payload))
+        frame = decode_frame(recv_view(sock), max_size=MAX_MESSAGE)
+        return frame.type, frame.payload
+
+    def work_loop(index: int) -> None:
+        name, pid = f"worker-{index}", os.getpid()
+        base = {"worker": name, "pid": pid, "query": "q1"}
         try:
             with _socket(pynng.Req0) as sock:
                 sock.dial(address, block=True)
-                last, n = None, 0
-                while True:
-                    n += 1
+                reports: list[dict[str, Any]] = []
+                done: list[int] = []
+                waiting = True  # for the first packet, then for the others to have theirs
+                while not (window and time.perf_counter() >= window[1]):
                     start = time.perf_counter()
-                    send_message(sock, {"worker": name, "done": last, "request": n}, "framed")
-                    packet = receive_message(sock, "", "framed")
+                    kind, reply = request(sock, "next", {**base, "processed": reports})
                     latencies.append(time.perf_counter() - start)
-                    if packet is None:
-                        return
-                    last = packet["packet_id"]
+                    reports = []
+                    if kind == "wait":
+                        time.sleep(0.001)
+                        continue
+                    if kind != "packet":
+                        raise RuntimeError(f"{name}: the master answered {kind}: {reply}")
+                    packet = reply["packet"]
+                    counts[index] += 1
+                    done.append(packet["packet_id"])
+                    reports = [{"packet": packet["packet_id"], "seconds": 0.001, "bytes": 0,
+                                "entries": packet["entry_stop"] - packet["entry_start"]}]
+                    if len(done) == 10:
+                        kind, _ = request(sock, "outputs", {
+                            **base, "packets": done, "processed": reports,
+                            "outputs": {"h": np.ones(100)}, "files": []})
+                        done, reports = [], []
+                    if waiting:
+                        ready.wait(timeout=TIMEOUT_MS / 1000)
+                        waiting = False
         except BaseException as exc:  # reported to the main process
             errors.append(exc)
 
-    threads = [threading.Thread(target=work_loop, args=(f"worker-{i}",), daemon=True)
-               for i in range(workers)]
+    threads = [threading.Thread(target=work_loop, args=(i,), daemon=True) for i in range(workers)]
     for thread in threads:
         thread.start()
+    ready.wait(timeout=TIMEOUT_MS / 1000)  # every worker has been answered once
+    before = sum(counts)
+    start = time.perf_counter()
+    window[:] = [start, start + seconds]
+    time.sleep(seconds)
+    counted, elapsed = sum(counts) - before, time.perf_counter() - start
     for thread in threads:
-        thread.join(timeout=seconds + TIMEOUT_MS / 1000)
+        thread.join(timeout=TIMEOUT_MS / 1000)
     if errors:
         raise errors[0]
-    return latencies
+    return counted, elapsed, latencies
 
 
 _TASKS: dict[str, Callable[..., Any]] = {
@@ -193,47 +228,51 @@ _TASKS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _peer_main(connection: Any) -> None:
-    """Run tasks sent by the main process until told to stop; answer each."""
-    while True:
-        message = connection.recv()
-        if message is None:
-            return
-        name, args = message
+def _peer_main() -> None:
+    """Run tasks read from stdin (JSON lines) until it closes; answer each on stdout."""
+    for line in sys.stdin:
+        name, args = json.loads(line)
         try:
-            connection.send(("ok", _TASKS[name](*args)))
+            answer = ["ok", _TASKS[name](*args)]
         except Exception as exc:  # noqa: BLE001 - the main process reports it
-            connection.send(("error", repr(exc)))
+            answer = ["error", repr(exc)]
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
 
 
 class Peer:
-    """The other end: one spawned process, reaped on close."""
+    """The other end: one child interpreter (``--peer``), reaped on close."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=_peer_main, args=(child,), daemon=True)
-        self.process.start()
-        child.close()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyproof.bench.transport", "--peer"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def start(self, task: str, *args: Any) -> None:
-        self.connection.send((task, args))
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps([task, args]) + "\n")
+        self.process.stdin.flush()
 
     def wait(self, timeout: float = 120.0) -> Any:
-        if not self.connection.poll(timeout):
-            raise TimeoutError("the benchmark peer did not answer in time")
-        status, value = self.connection.recv()
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise TimeoutError("the benchmark peer did not answer in time (or died)")
+        status, value = json.loads(line)
         if status != "ok":
             raise RuntimeError(f"benchmark peer failed: {value}")
         return value
 
     def close(self) -> None:
-        with suppress(OSError):
-            self.connection.send(None)
-        self.process.join(timeout=10)
-        if self.process.is_alive():
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(timeout=10)
+            self.process.wait(timeout=10)
+        self.process.stdout.close()  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------- measurements
@@ -282,50 +321,56 @@ def throughput(peer: Peer, url: str, payload: Payload, count: int,
     return {"msgs_per_s": count / seconds, "mb_per_s": count * payload.size / seconds / 1e6}
 
 
-def grants(peer: Peer, url: str, workers: int, seconds: float) -> dict[str, float]:
-    """Packet grants/s of one single-threaded rep server with a real packetizer."""
-    work = [WorkRange(element=e, entry_start=0, entry_stop=10**9) for e in range(16)]
-    packetizer = make_packetizer("basic", work, workers=workers, packet_entries=1000)
-    known: set[str] = set()
-    stopped: set[str] = set()
-    granted, start, cpu_start = 0, 0.0, 0.0
-    measured: tuple[int, float, float] | None = None  # grants, seconds, server CPU seconds
-    with _socket(pynng.Rep0) as server:
-        address = _listen(server, url)
-        peer.start("workers", address, workers, seconds)
-        while len(stopped) < workers:  # each worker is told to stop once the time is up
-            request = receive_message(server, "", "framed")
-            now = time.monotonic()
-            worker = request["worker"]
-            if worker not in known:
-                packetizer.add_worker(worker, now)
-                known.add(worker)
-                if len(known) == workers:  # everyone is connected: start the clock
-                    start, cpu_start = time.perf_counter(), time.thread_time()
-            if request["done"] is not None:
-                packetizer.packet_processed(worker, request["done"], now, seconds=0.001)
-                packetizer.accept_output(worker, frozenset([request["done"]]))
-            reply = None
-            if start and time.perf_counter() - start >= seconds:
-                if measured is None:
-                    measured = (granted, time.perf_counter() - start,
-                                time.thread_time() - cpu_start)
-                stopped.add(worker)
-            else:
-                packet = packetizer.next_packet(worker, now)
-                assert packet is not None, "the benchmark's work ran out"
-                granted += 1 if start else 0
-                reply = {"packet_id": packet.packet_id, "element": packet.element,
-                         "entry_start": packet.entry_start, "entry_stop": packet.entry_stop}
-            send_message(server, reply, "framed")
-        latencies = sorted(peer.wait())
-    assert measured is not None
-    counted, elapsed, cpu = measured
-    packetizer.validate()
+def grants(peer: Peer, directory: str, workers: int, seconds: float) -> dict[str, float]:
+    """Packet grants/s the real master data plane sustains (this process).
+
+    A :class:`MasterPlane` runs a CPU query (``cycles``, basic packets of 1000)
+    exactly as in a session; the peer's worker threads speak the worker
+    protocol: NEXT with the last packet's report, and every 10 packets OUTPUTS
+    with a small histogram-like array the master merges. The master's whole
+    process CPU (its thread, nng's threads) is divided by the grants.
+    """
+    from pyproof.actors.master_plane import MasterPlane
+
+    # the master's log lines (a query prepared, ...) would interleave with the table
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    address = f"ipc://{directory}/master-{workers}.ipc"
+    plane = MasterPlane(session_id="bench", address=address)
+    try:
+        with _socket(pynng.Pull0) as client:  # progress frames land here, as at a client
+            client_address = _listen(client, f"ipc://{directory}/client-{workers}.ipc")
+            pid = peer.process.pid
+            for i in range(workers):
+                plane.worker_joined(f"worker-{i}#{pid}")
+            plane.start_query("q1", {"cycles": 10**12, "packetizer": "basic",
+                                     "packetizer_params": {"packet_entries": 1000},
+                                     "client_address": client_address}, "bench")
+            client.recv_timeout = 100
+            stop = threading.Event()
+
+            def listen() -> None:  # take progress frames as a client does
+                while not stop.is_set():
+                    with contextlib.suppress(pynng.Timeout):
+                        decode_frame(recv_view(client))
+
+            listener = threading.Thread(target=listen, daemon=True)
+            listener.start()
+            cpu = time.process_time()
+            try:
+                peer.start("workers", address, workers, seconds)
+                counted, elapsed, latencies = peer.wait()
+                cpu = time.process_time() - cpu
+                plane.stop_query("q1", "benchmark over")
+            finally:
+                stop.set()
+                listener.join(timeout=5)
+    finally:
+        plane.close()
+    latencies.sort()
     return {
         "grants_per_s": counted / elapsed,
         "median_us": statistics.median(latencies) * 1e6,
-        "server_cpu_us": cpu / max(1, counted) * 1e6,
+        "master_cpu_us": cpu / max(1, counted) * 1e6,
     }
 
 
@@ -351,7 +396,7 @@ def codec(payload: Payload, count: int) -> dict[str, float]:
 # ----------------------------------------------------------------------- driver
 
 
-@contextmanager
+@contextlib.contextmanager
 def _private_dir() -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix="pyproof-bench-")
     os.chmod(directory, 0o700)
@@ -398,21 +443,14 @@ def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
         with _private_dir() as directory:
             for transport in ("tcp", "ipc"):
                 _run_transport(peer, plan, _Addresses(transport, directory), results, emit)
-            emit("\n== packet grants: one single-threaded rep server, basic packetizer, "
-                 "framed as workers and master speak; workers in another process ==")
-            emit(f"{'workers':<10}{'tcp grants/s':>14}{'median':>11}{'server CPU':>16}"
-                 f"{'ipc grants/s':>14}{'median':>11}{'server CPU':>16}")
-            tcp, ipc = _Addresses("tcp", directory), _Addresses("ipc", directory)
+            emit("\n== packet grants: the real master data plane (ipc, as in a session), "
+                 "simulated workers in another process ==")
+            emit(f"{'workers':<10}{'grants/s':>10}{'median request':>16}{'master CPU':>18}")
             for workers in plan.workers:
-                over_tcp = grants(peer, tcp.next(), workers, plan.grant_seconds)
-                over_ipc = grants(peer, ipc.next(), workers, plan.grant_seconds)
-                emit(
-                    f"{workers:<10}{over_tcp['grants_per_s']:>14.0f}"
-                    f"{over_tcp['median_us']:>8.0f} us{over_tcp['server_cpu_us']:>7.0f} us/grant"
-                    f"{over_ipc['grants_per_s']:>14.0f}{over_ipc['median_us']:>8.0f} us"
-                    f"{over_ipc['server_cpu_us']:>7.0f} us/grant"
-                )
-                results["grants"].append({"workers": workers, "tcp": over_tcp, "ipc": over_ipc})
+                row = grants(peer, directory, workers, plan.grant_seconds)
+                emit(f"{workers:<10}{row['grants_per_s']:>10.0f}{row['median_us']:>13.0f} us"
+                     f"{row['master_cpu_us']:>10.0f} us/grant")
+                results["grants"].append({"workers": workers, **row})
     finally:
         peer.close()
     return results
@@ -447,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON at the end")
+    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peer:  # the other end, started by Peer
+        _peer_main()
+        return 0
     plan = QUICK if args.quick else Plan()
     start = time.perf_counter()
     print(f"pyproof transport benchmark (pynng {pynng.__version__}, {os.cpu_count()} CPUs)")
