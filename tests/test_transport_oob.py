@@ -104,3 +104,35 @@ def test_sealing_the_parts_equals_sealing_the_joined_frame():
     assert decode_frame(sealing.unseal(key, wire)).payload["b"] == payload["b"]
     with pytest.raises(sealing.SealError):
         sealing.unseal(b"q" * 32, wire)
+
+
+sizes = st.sampled_from([0, 1, OOB_THRESHOLD - 1, OOB_THRESHOLD, OOB_THRESHOLD + 7])
+blobs = sizes.flatmap(lambda n: st.just(bytes(range(256)) * (n // 256) + b"\x07" * (n % 256)))
+arrays = sizes.map(lambda n: np.arange(n // 8 + 1, dtype=np.float64))
+oob_values = st.recursive(
+    blobs | arrays | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=8,
+)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=60, deadline=None)
+@given(oob_values)
+def test_any_mix_of_large_and_small_arrays_and_bytes_round_trips(value):
+    from pyproof.transport import sealing
+    from pyproof.transport.frames import frame_parts
+
+    key = b"k" * 32
+    wire = sealing.seal_parts(key, frame_parts("data", value, request_id="r"))
+    assert same(decode_frame(sealing.unseal(key, wire)).payload, value)
