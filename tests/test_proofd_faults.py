@@ -192,3 +192,12 @@ def test_a_closed_session_leaves_no_socket_file(daemon):
     while time.monotonic() < deadline and any(session.id in f for f in os.listdir(run_dir)):
         time.sleep(0.05)
     assert not [f for f in os.listdir(run_dir) if session.id in f]
+
+
+def test_the_daemon_exits_non_zero_when_its_root_supervisor_is_gone(daemon):
+    from pyproof.cli.daemon import info_process
+
+    process = info_process[daemon.info.pid]
+    root = daemon.pids()["root"]
+    os.kill(root, signal.SIGKILL)  # as if the root had given up: nothing would restart
+    assert process.wait(timeout=15) == 3  # so systemd (or an admin's loop) restarts proofd

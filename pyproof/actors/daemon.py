@@ -24,12 +24,13 @@ import threading
 import uuid
 
 from pyproof.actors import messages as m
-from pyproof.supervision.process_tree import children_of, kill_session, kill_tree
+from pyproof.supervision.process_tree import children_of, is_alive, kill_session, kill_tree
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
 BOOT_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 3.0
+ROOT_CHECK = 1.0  # seconds between checks that the root supervisor still runs
 
 
 def _write_ready(run_dir: str, info: dict) -> None:
@@ -104,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"})
             return 1
         _write_ready(args.run_dir, {"control": control, "pid": os.getpid(), "url": args.url,
-                                    "thespian_port": port,
+                                    "thespian_port": port, "root_pid": reply.root_pid,
                                     "thespian_sessions": thespian_sessions})
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(ROOT_CHECK):
+            if reply.root_pid and not is_alive(reply.root_pid):
+                # the root supervisor gave up (or was killed): without it nothing restarts
+                # anything; exit non-zero so that systemd (or whoever runs us) restarts proofd
+                print(f"proofd: the root supervisor (pid {reply.root_pid}) is gone; exiting",
+                      file=sys.stderr, flush=True)
+                return 3
         return 0
     finally:
         done = threading.Event()

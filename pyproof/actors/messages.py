@@ -27,6 +27,7 @@ class Boot:
 class Booted:
     corr: str
     control_address: str
+    root_pid: int = 0  # the daemon exits if this process is gone (the tree gave up)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -54,7 +54,7 @@ class Root(SupervisorActor):
     def on_running(self) -> None:
         assert self.boot is not None
         get_logger().info("daemon_booted", control=self.boot.control_address, pid=os.getpid())
-        self.send(self.booter, m.Booted(corr=self.boot.corr,
+        self.send(self.booter, m.Booted(corr=self.boot.corr, root_pid=os.getpid(),
                                         control_address=self.boot.control_address))
 
     def on_gone(self, reason: str, escalated: bool) -> None:
