@@ -197,6 +197,28 @@ class SandboxDaemon:
             os.environ["PYPROOF_SANDBOX"] = self._old_sandbox
 
 
+def run_audited(daemon: SandboxDaemon, drive: Any, failures: Any,
+                cleanup: Any = None) -> dict[str, Any]:
+    """`drive(daemon)`'s report, then the daemon stopped and audited whatever happened.
+
+    `cleanup()` runs before the stop (thaw what the run froze, stop its threads);
+    `failures(report)` lists what makes the run fail; `ok` is that list being empty.
+    """
+    started = time.monotonic()
+    report: dict[str, Any] = {}
+    try:
+        report = drive(daemon)
+    finally:
+        if cleanup is not None:
+            cleanup()
+        audit = daemon.stop()
+    report.update(audit)
+    report["wall_seconds"] = round(time.monotonic() - started, 2)
+    report["failures"] = failures(report)
+    report["ok"] = not report["failures"]
+    return report
+
+
 def sigcont(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGCONT)

@@ -43,6 +43,7 @@ from stress import (
     become_subreaper,
     data_file,
     process_state,
+    run_audited,
     sigcont,
 )
 from stress.selectors import mass_hist, muon_pt, pt_hist
@@ -375,22 +376,14 @@ class Run:
     # -- the whole thing --
     def execute(self) -> dict[str, Any]:
         become_subreaper()
-        started = time.monotonic()
-        daemon = self.daemon = SandboxDaemon()
-        report: dict[str, Any] = {}
-        try:
-            report = self._drive(daemon)
-        finally:
-            self.stop.set()
-            self.watch_stop.set()
-            for pid in list(self.frozen):
-                sigcont(pid)
-            audit = daemon.stop()
-        report.update(audit)
-        report["wall_seconds"] = round(time.monotonic() - started, 2)
-        report["failures"] = self._failures(report)
-        report["ok"] = not report["failures"]
-        return report
+        self.daemon = SandboxDaemon()
+        return run_audited(self.daemon, self._drive, self._failures, cleanup=self._cleanup)
+
+    def _cleanup(self) -> None:
+        self.stop.set()
+        self.watch_stop.set()
+        for pid in list(self.frozen):
+            sigcont(pid)
 
     def _drive(self, daemon: SandboxDaemon) -> dict[str, Any]:
         args = self.args

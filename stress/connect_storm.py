@@ -26,7 +26,7 @@ from typing import Any
 
 import pyproof
 from pyproof.errors import ConnectError, QueryError
-from stress import SandboxDaemon, become_subreaper
+from stress import SandboxDaemon, become_subreaper, run_audited
 
 CLIENT_BOUND = 120.0     # every client has returned by then, or the gateway is wedged
 HEALTH_TIMEOUT = 20.0    # a fresh client connects and runs a query within this
@@ -78,18 +78,8 @@ class Storm:
 
     def execute(self) -> dict[str, Any]:
         become_subreaper()
-        started = time.monotonic()
         daemon = SandboxDaemon(max_sessions_per_user=self.args.limit)
-        report: dict[str, Any] = {}
-        try:
-            report = self._drive(daemon)
-        finally:
-            audit = daemon.stop()
-        report.update(audit)
-        report["wall_seconds"] = round(time.monotonic() - started, 2)
-        report["failures"] = self._failures(report)
-        report["ok"] = not report["failures"]
-        return report
+        return run_audited(daemon, self._drive, self._failures)
 
     def _drive(self, daemon: SandboxDaemon) -> dict[str, Any]:
         args = self.args

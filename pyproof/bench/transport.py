@@ -456,27 +456,29 @@ def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
     return results
 
 
+def _latency_cell(row: dict[str, float], bare: dict[str, float]) -> str:
+    return (f"{row['median_us']:>9.0f} us ({row['p95_us']:>6.0f})"
+            f"{row['median_us'] / bare['median_us']:>5.2f}x")
+
+
+def _throughput_cell(row: dict[str, float], bare: dict[str, float]) -> str:
+    return (f"{row['msgs_per_s']:>8.0f}/s {row['mb_per_s']:>5.0f} MB/s"
+            f"{row['mb_per_s'] / bare['mb_per_s']:>5.2f}x")
+
+
 def _run_transport(peer: Peer, plan: Plan, addresses: _Addresses, results: dict[str, Any],
                    emit: Callable[[str], None]) -> None:
     transport = addresses.transport
-    emit(f"\n== {transport}: req/rep echo, median round trip (p95) and ratio to bare ==")
-    emit(f"{'payload':<16}" + "".join(f"{mode:>24}" for mode in MODES))
-    for payload in PAYLOADS:
-        rounds = _counts(plan, payload)[0]
-        row = {mode: latency(peer, addresses.next(), payload, rounds, mode) for mode in MODES}
-        emit(f"{payload.name:<16}" + "".join(
-            f"{row[m]['median_us']:>9.0f} us ({row[m]['p95_us']:>6.0f})"
-            f"{row[m]['median_us'] / row['bare']['median_us']:>5.2f}x" for m in MODES))
-        results["latency"].append({"transport": transport, "payload": payload.name, **row})
-    emit(f"\n== {transport}: push/pull throughput and ratio to bare ==")
-    emit(f"{'payload':<16}" + "".join(f"{mode:>24}" for mode in MODES))
-    for payload in PAYLOADS:
-        count = _counts(plan, payload)[1]
-        row = {mode: throughput(peer, addresses.next(), payload, count, mode) for mode in MODES}
-        emit(f"{payload.name:<16}" + "".join(
-            f"{row[m]['msgs_per_s']:>8.0f}/s {row[m]['mb_per_s']:>5.0f} MB/s"
-            f"{row[m]['mb_per_s'] / row['bare']['mb_per_s']:>5.2f}x" for m in MODES))
-        results["throughput"].append({"transport": transport, "payload": payload.name, **row})
+    tables = (("latency", "req/rep echo, median round trip (p95)", latency, 0, _latency_cell),
+              ("throughput", "push/pull throughput", throughput, 1, _throughput_cell))
+    for key, title, measure, which, cell in tables:
+        emit(f"\n== {transport}: {title} and ratio to bare ==")
+        emit(f"{'payload':<16}" + "".join(f"{mode:>24}" for mode in MODES))
+        for payload in PAYLOADS:
+            count = _counts(plan, payload)[which]
+            row = {mode: measure(peer, addresses.next(), payload, count, mode) for mode in MODES}
+            emit(f"{payload.name:<16}" + "".join(cell(row[m], row["bare"]) for m in MODES))
+            results[key].append({"transport": transport, "payload": payload.name, **row})
 
 
 def main(argv: list[str] | None = None) -> int:
