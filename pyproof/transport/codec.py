@@ -563,14 +563,14 @@ def _thaw_key(key: Any) -> Any:
 
 def _decode_tuple(value: Any, immutable: bool) -> tuple:
     if not isinstance(value, tuple):
-        raise ProtocolError(f"tuple tag: expected an array, got {_cbor_kind(value)}")
+        raise ProtocolError(f"tuple tag: expected an array, got {cbor_kind(value)}")
     items = [_thaw(item) for item in value]
     return _WireTuple(items) if immutable else tuple(items)
 
 
 def _decode_counter(value: Any, immutable: bool) -> collections.Counter:
     if not isinstance(value, _FrozenDict):
-        raise ProtocolError(f"Counter tag: expected a map, got {_cbor_kind(value)}")
+        raise ProtocolError(f"Counter tag: expected a map, got {cbor_kind(value)}")
     return collections.Counter(_thaw(value))
 
 
@@ -586,7 +586,7 @@ def _oob_buffer(index: Any, what: str) -> memoryview:
 def _decode_ndarray_ref(value: Any, immutable: bool) -> np.ndarray:
     if not isinstance(value, tuple) or len(value) != 3:
         raise ProtocolError(
-            f"ndarray reference tag: expected [dtype, shape, index], got {_cbor_kind(value)}")
+            f"ndarray reference tag: expected [dtype, shape, index], got {cbor_kind(value)}")
     buffer = _oob_buffer(value[2], "ndarray")
     return _decode_ndarray((value[0], value[1], buffer), immutable)
 
@@ -606,12 +606,12 @@ def _decode_bytes_ref(value: Any, immutable: bool) -> bytes:
 
 def _decode_ndarray(value: Any, immutable: bool) -> np.ndarray:
     if not isinstance(value, tuple) or len(value) != 3:
-        raise ProtocolError(f"ndarray tag: expected [dtype, shape, data], got {_cbor_kind(value)}")
+        raise ProtocolError(f"ndarray tag: expected [dtype, shape, data], got {cbor_kind(value)}")
     dtype_str, shape, data = value
     if not isinstance(dtype_str, str) or not isinstance(data, bytes | memoryview):
         raise ProtocolError(
             "ndarray tag: expected [dtype, shape, data] as [text, array, bytes], got "
-            f"[{_cbor_kind(dtype_str)}, {_cbor_kind(shape)}, {_cbor_kind(data)}]"
+            f"[{cbor_kind(dtype_str)}, {cbor_kind(shape)}, {cbor_kind(data)}]"
         )
     try:
         dtype = np.dtype(dtype_str)
@@ -665,7 +665,7 @@ def _axis_extent(index: int, axis: Any) -> int:
         return ProtocolError(f"histogram tag: axis {index}: {why}")
 
     if not isinstance(axis, dict):
-        raise bad(f"expected a map, got {_cbor_kind(axis)}")
+        raise bad(f"expected a map, got {cbor_kind(axis)}")
     kind = axis.get("type")
     if kind not in _AXIS_SIZE_KEYS:
         raise bad(f"unknown axis type {kind!r}")
@@ -700,7 +700,7 @@ def _axis_extent(index: int, axis: Any) -> int:
 def _decode_histogram(value: Any, immutable: bool) -> Any:
     value = _thaw(value)
     if not isinstance(value, dict) or set(value) != _HISTOGRAM_KEYS:
-        keys = sorted(map(str, value)) if isinstance(value, dict) else _cbor_kind(value)
+        keys = sorted(map(str, value)) if isinstance(value, dict) else cbor_kind(value)
         raise ProtocolError(f"histogram tag: expected a map with keys class, uhi, data, got {keys}")
     class_name, uhi, data = value["class"], value["uhi"], value["data"]
     if class_name not in _HISTOGRAM_CLASSES:
@@ -714,7 +714,7 @@ def _decode_histogram(value: Any, immutable: bool) -> Any:
     fields = data if isinstance(data, dict) else {None: data}
     for name, array in fields.items():
         if not isinstance(array, np.ndarray) or array.shape != extents:
-            shape = array.shape if isinstance(array, np.ndarray) else _cbor_kind(array)
+            shape = array.shape if isinstance(array, np.ndarray) else cbor_kind(array)
             raise ProtocolError(
                 f"histogram tag: data {name or ''} shape {shape} does not match axes {extents}"
                 if name
@@ -761,7 +761,7 @@ def _decode_remote_error(value: Any, immutable: bool) -> RemoteError:
     for name, kind in _REMOTE_ERROR_FIELDS.items():
         if not isinstance(value[name], kind):
             raise ProtocolError(
-                f"RemoteError tag: {name} must be {kind.__name__}, got {_cbor_kind(value[name])}"
+                f"RemoteError tag: {name} must be {kind.__name__}, got {cbor_kind(value[name])}"
             )
     if not all(isinstance(key, str) for key in value["context"]):
         raise ProtocolError("RemoteError tag: context keys must be text")
@@ -787,7 +787,7 @@ def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
     return decoder(tag.value, immutable)
 
 
-def _cbor_kind(value: Any) -> str:
+def cbor_kind(value: Any) -> str:
     """A CBOR-ish name for the type of a decoded value, for error messages."""
     if value is None:
         return "null"

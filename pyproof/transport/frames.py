@@ -23,6 +23,7 @@ from typing import Any
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
     ProtocolError,
+    cbor_kind,
     decode,
     decode_with_buffers,
     encode_with_buffers,
@@ -176,7 +177,7 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
     else:
         value = decode(data, max_size=max_size)
     if not isinstance(value, dict):
-        raise ProtocolError(f"frame must be a CBOR map, got {_kind(value)}")
+        raise ProtocolError(f"frame must be a CBOR map, got {cbor_kind(value)}")
     if "version" not in value:
         raise ProtocolError("frame has no version field")
     version = value["version"]
@@ -192,11 +193,11 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
         raise ProtocolError(f"frame has unknown field(s) {', '.join(extra)}")
     kind, session, request_id = value["type"], value["session"], value["request_id"]
     if not isinstance(kind, str) or not kind:
-        raise ProtocolError(f"frame type must be non-empty text, got {_kind(kind)}")
+        raise ProtocolError(f"frame type must be non-empty text, got {cbor_kind(kind)}")
     if session is not None and not isinstance(session, str):
-        raise ProtocolError(f"frame session must be text or null, got {_kind(session)}")
+        raise ProtocolError(f"frame session must be text or null, got {cbor_kind(session)}")
     if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError(f"frame request_id must be text or null, got {_kind(request_id)}")
+        raise ProtocolError(f"frame request_id must be text or null, got {cbor_kind(request_id)}")
     return Frame(
         version=version,
         type=kind,
@@ -204,22 +205,6 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
         request_id=request_id,
         payload=value["payload"],
     )
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, dict):
-        return "map"
-    return type(value).__name__
 
 
 # --------------------------------------------------------------------------- chunks
