@@ -30,6 +30,7 @@ from pyproof.transport import auth, sealing
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
+from pyproof.transport.wire import RECV_LIMIT
 
 POLL_BUSY = timedelta(milliseconds=5)   # right after a request: answer fast
 POLL_IDLE = timedelta(milliseconds=50)  # otherwise: cheap (logins never wait for this)
@@ -155,7 +156,8 @@ class ControlServer:
     def __init__(self, address: str, authenticator: Authenticator, *,
                  contexts: int = CONTEXTS) -> None:
         self.auth = authenticator
-        self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000)
+        self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000,
+                                 recv_max_size=RECV_LIMIT)
         if address.startswith("tls+"):
             self.socket.tls_config = authenticator.tls.server_config()
         self.socket.listen(address)

@@ -20,12 +20,13 @@ from pyproof.actors import protocol as p
 from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError, RemoteError
-from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import recv_view
+from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
 KEEP_RESULTS = 10
+KEEP_CHUNK_ANSWERS = 64
 
 
 class MasterPlane:
@@ -34,7 +35,8 @@ class MasterPlane:
         self.data_key = data_key
         self.address = address
         self.log = get_logger()
-        self.socket = pynng.Rep0(recv_timeout=POLL_MS, send_timeout=5_000)
+        self.socket = pynng.Rep0(recv_timeout=POLL_MS, send_timeout=5_000,
+                                 recv_max_size=RECV_LIMIT)
         self.socket.listen(address)
         self.workers: list[str] = []
         self.query: QueryRun | None = None
@@ -44,6 +46,9 @@ class MasterPlane:
         self.outbox_address = ""
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
         self.results: dict[str, bytes] = {}
+        # large worker requests arrive in chunks (see worker_loop._send_chunks)
+        self._reassembler = Reassembler()
+        self._chunk_answers: dict[str, bytes] = {}
         self.finished_queries: list[str] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -156,6 +161,7 @@ class MasterPlane:
                 if self.query is not None:
                     self.query.close()
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
+                self._reassembler = Reassembler()  # a dead worker's partial chunks go
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, user=user, workers=self.workers, keep=self._keep,
                                       data_key=self.data_key,
@@ -178,6 +184,33 @@ class MasterPlane:
     def _answer(self, raw: bytes | memoryview) -> bytes:
         try:
             frame = decode_frame(raw)
+            if frame.type == CHUNK:  # a large request (outputs), in pieces
+                return self._answer_chunk(frame)
+        except ProtocolError as exc:
+            self.log.warning("bad_request", error=str(exc))
+            return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
+                                session=self.session_id)
+        return self._answer_frame(frame)
+
+    def _answer_chunk(self, frame: Frame) -> bytes:
+        """"more" until the last chunk, then the answer to the whole request.
+
+        A chunk resent after its stream completed (nng's Req resends when a reply
+        is lost) gets the same answer again, never a second merge.
+        """
+        stream = frame.payload.get("stream") if isinstance(frame.payload, dict) else None
+        if stream in self._chunk_answers:
+            return self._chunk_answers[stream]
+        whole = self._reassembler.add(frame)
+        if whole is None:
+            return encode_frame(p.ACK, {"more": True}, session=self.session_id)
+        answer = self._chunk_answers[stream] = self._answer_frame(whole)
+        while len(self._chunk_answers) > KEEP_CHUNK_ANSWERS:
+            del self._chunk_answers[next(iter(self._chunk_answers))]
+        return answer
+
+    def _answer_frame(self, frame: Frame) -> bytes:
+        try:
             payload = frame.payload
             query_id = p.require(payload, "query", str)
             q = self.query

@@ -25,12 +25,14 @@ from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, load_selector
+from pyproof.transport import frames
 from pyproof.transport.codec import EncodeError, RemoteError
-from pyproof.transport.frames import decode_frame, frame_parts
+from pyproof.transport.frames import chunk, decode_frame, frame_parts
 from pyproof.transport.wire import send_parts
 
 REQUEST_TIMEOUT_MS = 60_000
 WAIT_BACKOFF_MAX = 0.2
+CHUNK = frames.DEFAULT_CHUNK_SIZE  # requests larger than this go as chunks (8 MiB)
 
 
 class _FileCache:
@@ -78,6 +80,7 @@ class WorkerLoop:
         self._fresh_outputs = False      # ctx.outputs were flushed: begin() must run again
         self._current: tuple[float, dict[str, Any]] | None = None  # packet being processed
         self._batch = 0                  # numbers the output-file directory of each batch
+        self._streams = 0                # numbers the chunked requests
 
     def start(self) -> None:
         self._thread.start()
@@ -257,6 +260,9 @@ class WorkerLoop:
         })
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
+        if reply["kind"] != p.ACK:  # held packets would wait for ever: fail the query
+            raise OutputsRefused(f"the master could not take {len(self._held)} packets' "
+                                 f"outputs: {reply.get('reason') or reply['kind']}")
         self.log.info("outputs_sent", packets=len(self._held), accepted=reply.get("accepted"))
         self._held = []
         self.ctx.outputs = {}
@@ -287,10 +293,35 @@ class WorkerLoop:
     def _send(self, kind: str, payload: dict[str, Any]) -> None:
         payload = {"worker": self.worker_id, "pid": os.getpid(), "query": self.query_id,
                    **payload}
+        parts = frame_parts(kind, payload, session=self.session_id)
+        if sum(len(part) if isinstance(part, bytes) else part.nbytes for part in parts) > CHUNK:
+            self._send_chunks(kind, b"".join(parts))
+            return
+        self._send_frame(kind, parts)
+
+    def _send_frame(self, kind: str, parts: list[Any]) -> None:
         try:
-            send_parts(self.socket, frame_parts(kind, payload, session=self.session_id))
+            send_parts(self.socket, parts)
         except pynng.NNGException as exc:  # timeout, reset, closed: the master is unreachable
             raise _MasterGone(f"the master did not take a {kind!r} request ({exc})") from None
+
+    def _send_chunks(self, kind: str, whole: bytes) -> None:
+        """Send a large request as chunk requests; the caller reads the last one's reply.
+
+        Large outputs are streamed, never refused: each chunk stays under the frame
+        cap, and the master answers "more" until it has them all.
+        """
+        self._streams += 1
+        stream = f"{self.worker_id}#{os.getpid()}/{self.query_id}/{self._streams}"
+        pieces = chunk(whole, CHUNK)
+        for index, piece in enumerate(pieces):
+            self._send_frame(kind, frame_parts(frames.CHUNK, {
+                "stream": stream, "index": index, "total": len(pieces), "data": piece},
+                session=self.session_id))
+            if index < len(pieces) - 1:
+                reply = self._recv(kind)
+                if reply["kind"] != p.ACK or not reply.get("more"):
+                    raise _Abort(reply.get("reason") or f"chunk {index} answered {reply['kind']}")
 
     def _recv(self, kind: str) -> dict[str, Any]:
         try:
@@ -304,6 +335,10 @@ class WorkerLoop:
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
         return reply
+
+
+class OutputsRefused(Exception):
+    """The master answered a batch of outputs with an error (it could not decode it)."""
 
 
 class _Abort(Exception):

@@ -25,14 +25,21 @@ from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.selector import Selector, load_selector, selector_ref
 from pyproof.transport import sealing
-from pyproof.transport.codec import EncodeError, ProtocolError, RemoteError, encode
+from pyproof.transport.codec import (
+    DEFAULT_MAX_FRAME,
+    EncodeError,
+    ProtocolError,
+    RemoteError,
+    encode,
+)
 from pyproof.transport.frames import CHUNK, Reassembler, decode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import recv_view
+from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 DATA_POLL_MS = 250
 MASTER_SILENCE_CHECK = 3.0
 DEFAULT_PACKET_TIMEOUT = 600.0
+INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
 
 
@@ -178,7 +185,7 @@ class Session:
             reply = self._call("open_session", {"workers": workers})
             self.id = reply["session"]
             self.workers = reply["workers"]
-        self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS)
+        self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS, recv_max_size=RECV_LIMIT)
         try:
             self._open_data(dial, dial_host, data_address)
         except BaseException:
@@ -313,9 +320,14 @@ class Session:
             raise InputError("first= and entries= must not be negative")
         inputs = dict(inputs or {})
         try:
-            encode(inputs)
+            size = len(encode(inputs))
         except EncodeError as exc:
             raise InputError(f"inputs cannot be sent to workers: {exc}") from None
+        if size > DEFAULT_MAX_FRAME - INPUTS_SLACK:
+            raise InputError(
+                f"inputs are {size / 1e6:.0f} MB, over what one request may carry "
+                f"({(DEFAULT_MAX_FRAME - INPUTS_SLACK) / 1e6:.0f} MB, see $PYPROOF_MAX_FRAME): "
+                "write large inputs to a file the workers read, and pass its path")
         spec: dict[str, Any] = {
             "selector": ref,
             "dataset": parse_dataset(dataset) if dataset is not None and not named else None,

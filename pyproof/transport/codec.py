@@ -62,6 +62,7 @@ import fractions
 import io
 import ipaddress
 import math
+import os
 import re
 import sys
 import threading
@@ -88,8 +89,26 @@ __all__ = [
     "encode",
 ]
 
-DEFAULT_MAX_FRAME = 256 * 1024 * 1024
-"""Largest frame :func:`decode` accepts by default, in bytes (256 MiB)."""
+ENV_MAX_FRAME = "PYPROOF_MAX_FRAME"
+
+
+def _max_frame_from_env() -> int:
+    value = os.environ.get(ENV_MAX_FRAME, "").strip()
+    if not value:
+        return 256 * 1024 * 1024
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 16 * 1024 * 1024:
+        raise ValueError(f"{ENV_MAX_FRAME}={value!r}: give the frame cap in bytes, at least "
+                         "16777216 (16 MiB); larger messages are sent in chunks anyway")
+    return size
+
+
+DEFAULT_MAX_FRAME = _max_frame_from_env()
+"""Largest frame :func:`decode` (and every pyproof socket) accepts, in bytes: 256 MiB,
+or ``$PYPROOF_MAX_FRAME``. Larger messages travel as chunks (see frames.py)."""
 
 MAX_DEPTH = 400
 """Deepest container nesting :func:`decode` accepts."""

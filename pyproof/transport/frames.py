@@ -49,8 +49,8 @@ PROTOCOL_VERSION = 1
 CHUNK = "chunk"
 """Frame type of one piece of a chunked message."""
 
-DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
-"""Bytes of encoded message per chunk frame (8 MiB)."""
+DEFAULT_CHUNK_SIZE = min(8 * 1024 * 1024, DEFAULT_MAX_FRAME // 2)
+"""Bytes of encoded message per chunk frame (8 MiB; less if the frame cap is small)."""
 
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024 * 1024
 """Largest message a :class:`Reassembler` accepts by default (4 GiB)."""

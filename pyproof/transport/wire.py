@@ -17,10 +17,16 @@ import pynng
 from pynng import ffi, lib
 from pynng.exceptions import check_err
 
-__all__ = ["SMALL", "recv_view", "send_parts"]
+from pyproof.transport.codec import DEFAULT_MAX_FRAME
+
+__all__ = ["RECV_LIMIT", "SMALL", "recv_view", "send_parts"]
 
 SMALL = 64 * 1024
 """Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
+
+RECV_LIMIT = DEFAULT_MAX_FRAME + 1024 * 1024
+"""``recv_max_size`` of every socket that listens: nng drops a larger message (and the
+connection) before allocating it. The slack covers a seal and buffer headers."""
 
 
 def send_parts(sock: pynng.Socket, parts: Sequence[bytes | memoryview], *,
