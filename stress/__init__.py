@@ -35,6 +35,7 @@ from pyproof.supervision.process_tree import (  # noqa: F401 (become_subreaper: 
     kill_tree,
     reap_children,
     session_members,
+    start_time,
 )
 
 TREE_DEADLINE = 5.0
@@ -50,15 +51,6 @@ def data_file(name: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"shared test data not found: {path}")
     return path
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def session_of(pid: int) -> int | None:

@@ -237,3 +237,13 @@ class BigOutput(pyproof.Selector):
     def process(self, events, ctx):
         ctx.outputs["big"][: len(events)] += 1.0
         ctx.outputs["n"] += len(events)
+
+
+class BigCycles(pyproof.Selector):
+    """A CPU task with a 16 MB output: its outputs go to the master in chunks."""
+
+    def begin(self, ctx):
+        ctx.outputs["big"] = np.zeros(2_000_000)
+
+    def process(self, cycles, ctx):
+        ctx.outputs["big"][: len(cycles)] += 1.0

@@ -68,3 +68,40 @@ def test_a_malformed_chunk_gets_a_protocol_error_and_the_plane_serves_on(plane):
     assert kind == p.ERROR and "index 5 outside [0, 2)" in reply["reason"]
     base = {"worker": "worker-0", "pid": os.getpid(), "query": "q1"}
     assert wait_for_packet(sock, base)["entry_stop"] == 1000
+
+
+def test_a_chunk_with_a_non_text_stream_is_a_protocol_error_not_a_failed_query(plane):
+    master, sock = plane
+    kind, reply = ask(sock, encode_frame(CHUNK, {"stream": [1], "index": 0, "total": 2,
+                                                 "data": b"z"}))
+    assert kind == p.ERROR and "chunk stream must be non-empty text" in reply["reason"]
+    assert master.query.state in ("preparing", "running")
+
+
+def test_a_lost_workers_partial_stream_is_dropped(plane):
+    master, sock = plane
+    stream = f"worker-0#{os.getpid()}/q1/1"
+    first = encode_frame(CHUNK, {"stream": stream, "index": 0, "total": 2, "data": b"a"})
+    assert ask(sock, first) == (p.ACK, {"more": True})
+    assert master._reassembler.open_streams() == [stream]
+    master.worker_lost(f"worker-0#{os.getpid()}")
+    deadline = time.monotonic() + 5
+    while master._reassembler.open_streams() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert master._reassembler.open_streams() == []
+
+
+def test_a_resend_whose_answer_was_forgotten_is_not_merged_again(plane):
+    master, sock = plane
+    base = {"worker": "worker-0", "pid": os.getpid(), "query": "q1"}
+    packet = wait_for_packet(sock, base)
+    whole = encode_frame(p.OUTPUTS, {**base, "packets": [packet["packet_id"]], "files": [],
+                                     "processed": [], "outputs": {"n": 1}})
+    pieces = chunk(whole, len(whole) // 2 + 1)
+    frames = [encode_frame(CHUNK, {"stream": "w0/2", "index": i, "total": 2, "data": piece})
+              for i, piece in enumerate(pieces)]
+    assert ask(sock, frames[0]) == (p.ACK, {"more": True})
+    assert ask(sock, frames[1]) == (p.ACK, {"accepted": True})
+    master._chunk_answers.clear()  # as if a thousand other streams had come since
+    assert ask(sock, frames[1]) == (p.ACK, {"accepted": False})
+    assert master.query.outputs == {"n": 1}

@@ -60,9 +60,10 @@ def test_an_oversize_frame_is_dropped_unread_and_the_gateway_serves_on(small_cap
     assert daemon.pids()["gateway"] == before
 
 
-def test_inputs_over_the_cap_are_refused_before_sending(small_cap_daemon, monkeypatch):
-    monkeypatch.setattr("pyproof.client.session.DEFAULT_MAX_FRAME", 16 * MiB)
+def test_inputs_over_the_daemons_cap_are_refused_before_sending(small_cap_daemon):
+    # this client's own cap is 256 MiB: the daemon's 16 MiB, learnt at login, counts
     with pyproof.connect(f"{small_cap_daemon.url}?workers=1") as session:
+        assert session.control.max_frame == 16 * MiB
         with pytest.raises(pyproof.InputError, match=r"inputs are 20 MB, over what one request"):
             session.process("tests.sample_selectors:Cycles", cycles=10, progress=False,
                             inputs={"table": b"x" * 20_000_000})

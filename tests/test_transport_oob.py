@@ -136,3 +136,26 @@ def test_any_mix_of_large_and_small_arrays_and_bytes_round_trips(value):
     key = b"k" * 32
     wire = sealing.seal_parts(key, frame_parts("data", value, request_id="r"))
     assert same(decode_frame(sealing.unseal(key, wire)).payload, value)
+
+
+def test_a_buffer_referred_to_twice_or_never_is_refused():
+    """A small frame naming one buffer many times must not decode into gigabytes."""
+    import cbor2
+
+    from pyproof.transport.codec import TAG_BYTES_REF
+    from pyproof.transport.frames import _OOB_HEAD, _OOB_SIZE
+
+    def frame(item_value, buffers):
+        item = cbor2.dumps({"version": 1, "type": "data", "session": None,
+                            "request_id": None, "payload": item_value})
+        parts = [_OOB_HEAD.pack(OOB_MAGIC, len(item), len(buffers)), item]
+        for buffer in buffers:
+            parts += [_OOB_SIZE.pack(len(buffer)), buffer]
+        return b"".join(parts)
+
+    ref = cbor2.CBORTag(TAG_BYTES_REF, 0)
+    with pytest.raises(ProtocolError, match="buffer 0 referred to twice"):
+        decode_frame(frame([ref] * 2000, [b"x" * 1024]))
+    with pytest.raises(ProtocolError, match="1 out-of-band buffer"):
+        decode_frame(frame([ref], [b"x", b"y"]))
+    assert decode_frame(frame([ref], [b"x"])).payload == [b"x"]

@@ -57,3 +57,35 @@ def test_an_abort_ends_the_query(tmp_path):
 
 def test_a_silent_master_ends_the_query_within_the_request_timeout(tmp_path):
     run_against(tmp_path, [])
+
+
+def test_a_refused_chunk_fails_the_query_instead_of_leaving_packets_held(tmp_path):
+    from pyproof.packetizer.base import CYCLES
+    from pyproof.transport.frames import decode_frame
+
+    address = f"ipc://{tmp_path}/master.ipc"
+    packet = {"packet_id": 0, "element": CYCLES, "entry_start": 0, "entry_stop": 10}
+    replies = [encode_frame("packet", {"packet": packet}), encode_frame("done", {}),
+               encode_frame("error", {"reason": "protocol error: too many streams"}),
+               encode_frame("abort", {"reason": "query failed"})]
+    seen: list = []
+
+    def master() -> None:
+        with pynng.Rep0(listen=address, recv_timeout=5000) as rep:
+            for reply in replies:
+                seen.append(decode_frame(rep.recv()))
+                rep.send(reply)
+
+    server = threading.Thread(target=master, daemon=True)
+    server.start()
+    with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as sock:
+        sock.dial(address, block=False)
+        loop = worker_loop.WorkerLoop(
+            worker_id="worker-0", session_id="s", query_id="q", socket=sock,
+            spec={"selector": "tests.sample_selectors:BigCycles", "inputs": {}})
+        loop.start()
+        assert loop.join(20), "the worker loop did not end"
+    server.join(5)
+    assert [f.type for f in seen] == ["next", "next", "chunk", "failed"]
+    error = seen[-1].payload["error"]
+    assert error.type.endswith("OutputsRefused") and "chunk 0 of 2" in error.message

@@ -24,7 +24,13 @@ import threading
 import uuid
 
 from pyproof.actors import messages as m
-from pyproof.supervision.process_tree import children_of, is_alive, kill_session, kill_tree
+from pyproof.supervision.process_tree import (
+    children_of,
+    is_alive,
+    kill_session,
+    kill_tree,
+    start_time,
+)
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
@@ -107,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         _write_ready(args.run_dir, {"control": control, "pid": os.getpid(), "url": args.url,
                                     "thespian_port": port, "root_pid": reply.root_pid,
                                     "thespian_sessions": thespian_sessions})
+        root_started = start_time(reply.root_pid) if reply.root_pid else None
         while not stop.wait(ROOT_CHECK):
-            if reply.root_pid and not is_alive(reply.root_pid):
+            if root_started is not None and not (is_alive(reply.root_pid) and
+                                                 start_time(reply.root_pid) == root_started):
                 # the root supervisor gave up (or was killed): without it nothing restarts
                 # anything; exit non-zero so that systemd (or whoever runs us) restarts proofd
                 print(f"proofd: the root supervisor (pid {reply.root_pid}) is gone; exiting",

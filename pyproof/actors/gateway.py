@@ -27,7 +27,7 @@ from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.logs import get_logger
 from pyproof.transport import auth, sealing
-from pyproof.transport.codec import ProtocolError
+from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT
@@ -224,7 +224,9 @@ class ControlServer:
             login, ok = self.auth.handshake.verify(frame.payload, now, peer=peer)
             token = auth.issue_token(self.auth.token_key, login.user, LOGIN_SESSION)
             get_logger().info("login", peer=peer, user=login.user)
-            return encode_frame(auth.AUTH_OK, {**ok, "token": token.to_wire()},
+            # the frame cap: a client checks what it sends against ours, not only its own
+            return encode_frame(auth.AUTH_OK, {**ok, "token": token.to_wire(),
+                                               "max_frame": DEFAULT_MAX_FRAME},
                                 request_id=frame.request_id)
         return None
 

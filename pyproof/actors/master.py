@@ -82,7 +82,7 @@ class Master(ProofActor):
                 error="the session is already running a query; wait for it or stop it"))
             return
         try:  # a client that listens with TLS is checked against this host's CA
-            TLSSettings.from_env().dial_config(message.spec.get("client_address") or "")
+            TLSSettings.from_env().callback_config(message.spec.get("client_address") or "")
         except TLSError as exc:
             self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
                                                 error=f"cannot dial the client back: {exc}"))

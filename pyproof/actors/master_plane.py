@@ -26,7 +26,7 @@ from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
 KEEP_RESULTS = 10
-KEEP_CHUNK_ANSWERS = 64
+KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 
 
 class MasterPlane:
@@ -47,7 +47,8 @@ class MasterPlane:
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
         self.results: dict[str, bytes] = {}
         # large worker requests arrive in chunks (see worker_loop._send_chunks)
-        self._reassembler = Reassembler()
+        # one stream at most per worker at a time; a lost worker's partial one is dropped
+        self._reassembler = Reassembler(max_streams=4096, remember=KEEP_CHUNK_ANSWERS)
         self._chunk_answers: dict[str, bytes] = {}
         self.finished_queries: list[str] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -161,7 +162,6 @@ class MasterPlane:
                 if self.query is not None:
                     self.query.close()
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
-                self._reassembler = Reassembler()  # a dead worker's partial chunks go
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, user=user, workers=self.workers, keep=self._keep,
                                       data_key=self.data_key,
@@ -173,6 +173,9 @@ class MasterPlane:
             elif command == "lost":
                 if arg in self.workers:
                     self.workers.remove(arg)
+                for stream in self._reassembler.open_streams():  # worker#pid/query/n
+                    if stream.startswith(f"{arg}/"):
+                        self._reassembler.discard(stream)
                 if self.query is not None:
                     self.query.worker_lost(arg)
 
@@ -199,10 +202,12 @@ class MasterPlane:
         is lost) gets the same answer again, never a second merge.
         """
         stream = frame.payload.get("stream") if isinstance(frame.payload, dict) else None
-        if stream in self._chunk_answers:
+        if isinstance(stream, str) and stream in self._chunk_answers:
             return self._chunk_answers[stream]
-        whole = self._reassembler.add(frame)
+        whole = self._reassembler.add(frame)  # checks the chunk (ProtocolError)
         if whole is None:
+            if self._reassembler.finished(stream):  # an old resend: it was answered
+                return encode_frame(p.ACK, {"accepted": False}, session=self.session_id)
             return encode_frame(p.ACK, {"more": True}, session=self.session_id)
         answer = self._chunk_answers[stream] = self._answer_frame(whole)
         while len(self._chunk_answers) > KEEP_CHUNK_ANSWERS:

@@ -35,7 +35,7 @@ from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import CHUNK, chunk, encode_frame, frame_parts
-from pyproof.transport.tls import TLSSettings
+from pyproof.transport.tls import TLSError, TLSSettings
 from pyproof.transport.wire import send_parts
 
 PROGRESS_PERIOD = 0.25
@@ -92,15 +92,20 @@ class QueryRun:
         self.requeued: list[dict[str, Any]] = []
         self.concatenate = tuple(spec.get("concatenate") or ())
         self._last_progress = 0.0
+        self._lookup_error: RemoteError | None = None
         if outbox is not None:  # client-dials mode: the session's listening socket
             self.client, self._own_client = outbox, False
         else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
-            tls = TLSSettings.from_env().dial_config(spec["client_address"])
-            if tls is not None:  # the client listens with TLS: check it against our CA
-                self.client.tls_config = tls
-            self.client.dial(spec["client_address"], block=False)
-        self._lookup_error: RemoteError | None = None
+            try:  # a client that listens with TLS is checked against our CA
+                tls = TLSSettings.from_env().callback_config(spec["client_address"])
+                if tls is not None:
+                    self.client.tls_config = tls
+                self.client.dial(spec["client_address"], block=False)
+            except (TLSError, pynng.NNGException) as exc:  # fail this query, not the plane
+                self._lookup_error = RemoteError(
+                    type="TLSError", message=f"cannot dial the client back: {exc}",
+                    traceback="", context={"client": spec["client_address"]})
         self._packetizer: Packetizer | None = None  # built by the look-up thread
         self.lost: set[str] = set()
         # files selectors write (ctx.output_file): kept for accepted packets only

@@ -260,7 +260,7 @@ class WorkerLoop:
         })
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
-        if reply["kind"] != p.ACK:  # held packets would wait for ever: fail the query
+        if reply["kind"] != p.ACK or reply.get("more"):  # held packets would wait for ever
             raise OutputsRefused(f"the master could not take {len(self._held)} packets' "
                                  f"outputs: {reply.get('reason') or reply['kind']}")
         self.log.info("outputs_sent", packets=len(self._held), accepted=reply.get("accepted"))
@@ -320,8 +320,12 @@ class WorkerLoop:
                 session=self.session_id))
             if index < len(pieces) - 1:
                 reply = self._recv(kind)
-                if reply["kind"] != p.ACK or not reply.get("more"):
-                    raise _Abort(reply.get("reason") or f"chunk {index} answered {reply['kind']}")
+                if reply["kind"] == p.ABORT:
+                    raise _Abort(reply.get("reason", "aborted"))
+                if reply["kind"] != p.ACK or not reply.get("more"):  # held packets would wait
+                    raise OutputsRefused(f"the master refused chunk {index} of {len(pieces)} "
+                                         f"of a {kind!r} request: "
+                                         f"{reply.get('reason') or reply['kind']}")
 
     def _recv(self, kind: str) -> dict[str, Any]:
         try:

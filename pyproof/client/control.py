@@ -17,7 +17,7 @@ import pynng
 
 from pyproof.errors import ConnectError, ProofError
 from pyproof.transport import auth
-from pyproof.transport.codec import ProtocolError
+from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
 
@@ -65,6 +65,7 @@ class ControlClient:
         self.user = user or current_user()
         self._secret = secret
         self._token: dict[str, Any] | None = None
+        self.max_frame = DEFAULT_MAX_FRAME  # the smaller of ours and the daemon's, once logged in
         self.attempt_timeout = attempt_timeout
         self.socket = pynng.Req0(recv_timeout=int(attempt_timeout * 1000), send_timeout=5_000,
                                  resend_time=-1)
@@ -140,11 +141,15 @@ class ControlClient:
                 raise _LoginAgain(exc.reason) from None
             raise RequestRefused(f"the daemon refused our login: {exc}") from None
         try:
-            client.confirm({k: v for k, v in ok.items() if k != "token"}, peer=self.address)
+            client.confirm({k: v for k, v in ok.items() if k not in ("token", "max_frame")},
+                           peer=self.address)
         except auth.AuthError as exc:
             raise RequestRefused(f"the daemon at {self.address} failed to prove itself: "
                                  f"{exc}") from None
         self._token = ok.get("token")
+        server_cap = ok.get("max_frame")
+        if type(server_cap) is int and server_cap > 0:
+            self.max_frame = min(DEFAULT_MAX_FRAME, server_cap)
 
     def _exchange(self, kind: str, data: bytes, request_id: str, end: float,
                   deadline: float, *, resend: bool = True) -> dict[str, Any]:

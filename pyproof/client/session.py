@@ -323,10 +323,11 @@ class Session:
             size = len(encode(inputs))
         except EncodeError as exc:
             raise InputError(f"inputs cannot be sent to workers: {exc}") from None
-        if size > DEFAULT_MAX_FRAME - INPUTS_SLACK:
+        limit = min(DEFAULT_MAX_FRAME, self.control.max_frame) - INPUTS_SLACK
+        if size > limit:
             raise InputError(
                 f"inputs are {size / 1e6:.0f} MB, over what one request may carry "
-                f"({(DEFAULT_MAX_FRAME - INPUTS_SLACK) / 1e6:.0f} MB, see $PYPROOF_MAX_FRAME): "
+                f"({limit / 1e6:.0f} MB, see $PYPROOF_MAX_FRAME): "
                 "write large inputs to a file the workers read, and pass its path")
         spec: dict[str, Any] = {
             "selector": ref,

@@ -91,6 +91,15 @@ def descendants_of(pid: int) -> list[int]:
     return found
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def is_alive(pid: int) -> bool:
     """True if `pid` exists and is not a zombie."""
     try:

@@ -407,12 +407,20 @@ def encode_with_buffers(obj: object, *, threshold: int) -> tuple[bytes, list[mem
 
 def decode_with_buffers(data: bytes | memoryview, buffers: list[memoryview], *,
                         max_size: int = DEFAULT_MAX_FRAME) -> object:
-    """Decode an item from :func:`encode_with_buffers` given its out-of-band buffers."""
-    _OOB.buffers = buffers
+    """Decode an item from :func:`encode_with_buffers` given its out-of-band buffers.
+
+    Each buffer must be referred to exactly once: a frame that names one buffer
+    a thousand times would otherwise make a small message decode into gigabytes.
+    """
+    _OOB.buffers, _OOB.used = buffers, set()
     try:
-        return decode(data, max_size=max_size)
+        value = decode(data, max_size=max_size)
+        if len(_OOB.used) != len(buffers):
+            raise ProtocolError(f"frame has {len(buffers) - len(_OOB.used)} out-of-band "
+                                "buffer(s) nothing refers to")
+        return value
     finally:
-        _OOB.buffers = None
+        _OOB.buffers = _OOB.used = None
 
 
 def encode(obj: object) -> bytes:
@@ -599,6 +607,9 @@ def _oob_buffer(index: Any, what: str) -> memoryview:
         raise ProtocolError(f"{what} reference tag outside a frame with out-of-band buffers")
     if type(index) is not int or not 0 <= index < len(buffers):
         raise ProtocolError(f"{what} reference tag: no out-of-band buffer {index!r}")
+    if index in _OOB.used:
+        raise ProtocolError(f"{what} reference tag: out-of-band buffer {index} referred to twice")
+    _OOB.used.add(index)
     return buffers[index]
 
 

@@ -354,6 +354,14 @@ class Reassembler:
             raise ProtocolError(f"chunk stream {stream_id!r}: empty chunk {index} of {total}")
         return stream_id, index, total, data
 
+    def finished(self, stream_id: object) -> bool:
+        """True if ``stream_id`` completed recently (a chunk of it now is a resend)."""
+        return isinstance(stream_id, str) and stream_id in self._finished
+
+    def open_streams(self) -> list[str]:
+        """The ids of streams still waiting for chunks."""
+        return list(self._streams)
+
     def discard(self, stream_id: str) -> None:
         """Forget a partial stream (its sender died or timed out); no-op if unknown."""
         self._streams.pop(stream_id, None)

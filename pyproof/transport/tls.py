@@ -200,6 +200,19 @@ class TLSSettings:
             return None
         return self.client_config(self.server_name or host_of(url))
 
+    def callback_config(self, url: str) -> pynng.TLSConfig | None:
+        """The ``TLSConfig`` for dialing a client back at ``url`` (None if it needs none).
+
+        The client's certificate must name the host we dial; ``server_name``
+        (the daemon's own name for clients to check) plays no part here.
+        """
+        if not url.startswith("tls+"):
+            return None
+        host = host_of(url)
+        if not host:
+            raise TLSError(f"{url}: no host to check the client's certificate against")
+        return self.client_config(host)
+
     def address(self, url: str) -> str:
         """``url`` as it must be used: plain TCP becomes TLS when TLS is on.
 

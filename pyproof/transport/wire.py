@@ -51,11 +51,13 @@ def send_parts(sock: pynng.Socket, parts: Sequence[bytes | memoryview], *,
             if size:
                 ffi.memmove(body + offset, part, size)
                 offset += size
-        flags = 0 if block else lib.NNG_FLAG_NONBLOCK
-        check_err(lib.nng_sendmsg(sock.socket, msg, flags))
     except BaseException:
-        lib.nng_msg_free(msg)  # nng owns the message only once it was sent
+        lib.nng_msg_free(msg)
         raise
+    status = lib.nng_sendmsg(sock.socket, msg, 0 if block else lib.NNG_FLAG_NONBLOCK)
+    if status:
+        lib.nng_msg_free(msg)  # nng owns the message only once it was sent
+    check_err(status)
 
 
 def recv_view(sock: pynng.Socket, *, block: bool = True) -> bytes | memoryview:
