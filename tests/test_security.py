@@ -35,6 +35,11 @@ def control(daemon, user: str, secret: bytes) -> ControlClient:
                          attempt_timeout=2.0)
 
 
+def tree_sessions(tree: dict) -> list[str]:
+    (sessions,) = [c for c in tree["children"] if c["id"] == "sessions"]
+    return [c["id"] for c in sessions["tree"]["children"]]
+
+
 def test_a_wrong_secret_is_refused_and_the_refusal_is_logged_with_the_peer(daemon):
     mallory = control(daemon, "alice", b"x" * 32)
     try:
@@ -67,6 +72,10 @@ def test_a_user_cannot_use_or_kill_another_users_session(daemon):
         assert session in alice.call("status")["sessions"]
         # the daemon's owner is an admin and sees every session
         assert session in daemon.control.call("status")["sessions"]
+        # so it is in the live tree (proofctl tree): the owner's and an admin's, not bob's
+        assert session in tree_sessions(alice.call("tree")["tree"])
+        assert session in tree_sessions(daemon.control.call("tree")["tree"])
+        assert session not in tree_sessions(bob.call("tree")["tree"])
         alice.call("close_session", session=session)
     finally:
         alice.close()

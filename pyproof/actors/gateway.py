@@ -111,6 +111,18 @@ class _Pending:
 LOGIN_SESSION = "*login*"
 
 
+def visible_tree(tree: dict[str, Any], user: str) -> dict[str, Any]:
+    """The supervision tree as `user` may see it: other users' sessions left out."""
+    children = []
+    for child in tree.get("children", []):
+        if child.get("id") == "sessions" and "tree" in child:
+            sessions = child["tree"]
+            mine = [s for s in sessions.get("children", []) if s.get("user") == user]
+            child = {**child, "tree": {**sessions, "children": mine}}
+        children.append(child)
+    return {**tree, "children": children}
+
+
 class Authenticator:
     """Logins (HMAC challenge-response, see transport/auth.py) and the tokens they earn.
 
@@ -294,7 +306,11 @@ class Gateway(ProofActor):
             else:
                 self._complete(message.corr, "ok", message.status)
         elif isinstance(message, m.TreeReply):
-            self._complete(message.corr, "ok", {"tree": message.tree})
+            pending = self.pending.get(message.corr)
+            tree = message.tree
+            if pending is not None and not pending.admin:  # users see their own sessions
+                tree = visible_tree(tree, pending.user)
+            self._complete(message.corr, "ok", {"tree": tree})
         elif isinstance(message, ActorExitRequest) and self.server is not None:
             self.server.close()
 

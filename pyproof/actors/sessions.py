@@ -157,6 +157,13 @@ class Sessions(SupervisorActor):
         else:
             self.send(to, m.StatusReply(corr=message.corr, status={"error": error}))
 
+    def snapshot(self) -> dict[str, Any]:
+        """The tree node, each session marked with its owner (the gateway filters by it)."""
+        tree = super().snapshot()
+        for child in tree["children"]:
+            child["user"] = (self.info.get(child["id"]) or {}).get("user")
+        return tree
+
     def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
         for resend in self.resends.pop(child_id, []):
             self.send(ref, resend)
