@@ -168,8 +168,9 @@ class ControlServer:
     def __init__(self, address: str, authenticator: Authenticator, *,
                  contexts: int = CONTEXTS) -> None:
         self.auth = authenticator
-        self.socket = pynng.Rep0(recv_timeout=200, send_timeout=5_000,
-                                 recv_max_size=RECV_LIMIT)
+        # contexts wait for requests without a timeout (no idle wake-ups): close()
+        # closes the socket, which ends every wait
+        self.socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
         if address.startswith("tls+"):
             self.socket.tls_config = authenticator.tls.server_config()
         self.socket.listen(address)
@@ -249,9 +250,9 @@ class ControlServer:
 
     def close(self) -> None:
         self._closed.set()
+        self.socket.close()
         for thread in self._threads:
             thread.join(1.0)
-        self.socket.close()
 
 
 def _peer(message: Any) -> str:
