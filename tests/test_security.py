@@ -6,6 +6,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 
 import pynng
 import pytest
@@ -193,3 +194,54 @@ def test_plain_tcp_cannot_talk_to_thespian_from_outside(daemon):
             with socket.socket() as s:
                 s.settimeout(1.0)
                 assert s.connect_ex((address, port)) != 0, (address, port)
+
+
+PROBE = """
+import encodings.idna, os, socket, sys  # idna: imported before dropping root
+if len(sys.argv) > 2:
+    os.setgid(65534)
+    os.setuid(65534)
+results = {}
+for port in map(int, sys.argv[1].split(",")):
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.settimeout(1.5)
+        try:
+            closed = s.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        except socket.timeout:
+            closed = False
+        results[port] = closed
+print(results)
+"""
+
+
+def actor_ports(daemon) -> list[int]:
+    """The ports Thespian's admin and actors accept on (not the gateway's nng port; not
+    the daemon main's client socket, which accepts only while the daemon asks)."""
+    pids: set[int] = set()
+    for sid in daemon.info.thespian_sessions:
+        pids.update(session_members(sid))
+    mains = {port for _, port in listening_sockets({daemon.info.pid})}  # inherited by all
+    return sorted({port for _, port in listening_sockets(pids)} - mains - {daemon.port})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_local_user_is_cut_off_from_thespian_before_it_can_say_anything(daemon):
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        ports = actor_ports(daemon)
+        assert len(ports) >= 4  # the admin, root, sessions, gateway, a session's actors
+
+        def probe(*other_user: str) -> dict:
+            done = subprocess.run([sys.executable, "-c", PROBE, ",".join(map(str, ports)),
+                                   *other_user], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return eval(done.stdout)  # a dict of port -> closed, printed by PROBE
+
+        # nobody (uid 65534): every Thespian socket hangs up at once, unread
+        assert all(probe("as-nobody").values())
+        # the daemon's own user is heard (Thespian waits for its message)
+        assert not any(probe().values())
+        # and the daemon works on
+        assert session.process("tests.sample_selectors:Cycles", cycles=100,
+                               progress=False).stats.entries == 100

@@ -109,6 +109,8 @@ class MasterPlane:
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()
         self._thread.join(timeout)
+        if self.query is not None:
+            self.query.close()  # its socket to the client (callback mode)
         self.socket.close()
         if self.outbox is not None:
             self.outbox.close()

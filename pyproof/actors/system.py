@@ -1,11 +1,13 @@
-"""Starting a Thespian actor system that nobody outside this host can reach.
+"""Starting a Thespian actor system that only its own user on this host can reach.
 
 Thespian's TCP transport binds its admin socket to all interfaces and accepts
 unauthenticated pickle. We set THESPIAN_BASE_IPADDR to loopback (so it
 advertises 127.0.0.1 and does not probe a public route) and patch the one
 place that widens the bind address to '' so every Thespian socket binds
-127.0.0.1 only. Must run in the daemon process before the system starts;
-actors are forked from it and inherit the patch.
+127.0.0.1 only; a second patch closes, unread, every connection that another
+local user opened (the peer's uid comes from /proc/net/tcp). Must run in the
+daemon process before the system starts; actors are forked from it and
+inherit the patches.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
+import sys
 
 LOOPBACK = "127.0.0.1"
 
@@ -33,6 +37,107 @@ def bind_thespian_to_loopback() -> None:
 
     cls.__init__ = init
     cls._pyproof_loopback = True
+
+
+def tcp_peer_uid(sock: socket.socket) -> int | None:
+    """The uid that owns the other end of a loopback TCP connection, or None.
+
+    Asked of the kernel by the connection's addresses (netlink sock_diag, ~40 us);
+    /proc/net/tcp (milliseconds: the kernel writes out every socket) if that fails.
+    """
+    try:
+        peer = sock.getpeername()[:2]
+        local = sock.getsockname()[:2]
+    except OSError:
+        return None
+    try:
+        return _sock_diag_uid(peer, local)
+    except (OSError, struct.error):
+        return _proc_net_tcp_uid(peer, local)
+
+
+_SOCK_DIAG_BY_FAMILY = 20
+_NETLINK_SOCK_DIAG = 4
+_UID_OFFSET = 16 + 64  # nlmsghdr, then inet_diag_msg up to its uid
+
+
+def _sock_diag_uid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
+    """The peer socket's uid, looked up by its exact 4-tuple (NETLINK_SOCK_DIAG)."""
+    sockid = (struct.pack(">HH", peer[1], local[1]) + socket.inet_aton(peer[0]) + bytes(12)
+              + socket.inet_aton(local[0]) + bytes(12) + struct.pack("=I", 0)
+              + b"\xff" * 8)  # interface any; cookie "none"
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as netlink:
+        netlink.settimeout(1.0)
+        netlink.send(header + request)
+        answer = netlink.recv(65536)
+    _, kind = struct.unpack_from("=IH", answer)
+    if kind != _SOCK_DIAG_BY_FAMILY:  # an error: no such socket (it is gone)
+        return None
+    return struct.unpack_from("=I", answer, _UID_OFFSET)[0]
+
+
+def _proc_net_tcp_uid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
+    """The same from /proc/net/tcp: the line whose local address is the peer's."""
+    want = (_proc_address(*peer), _proc_address(*local))
+    try:
+        with open("/proc/net/tcp") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                if (fields[1], fields[2]) == want:
+                    return int(fields[7])
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return None
+
+
+def _proc_address(ip: str, port: int) -> str:
+    """An IPv4 address as /proc/net/tcp writes it: host-order hex, then the port."""
+    return f"{int.from_bytes(socket.inet_aton(ip), sys.byteorder):08X}:{port:04X}"
+
+
+class _OtherUser(Exception):
+    """A connection from another local user, closed unread (not an OSError on purpose:
+    Thespian's own accept-error path queues a bogus envelope that kills the actor)."""
+
+
+def refuse_other_users() -> None:
+    """Close every Thespian connection that another local user opened, before reading it.
+
+    Thespian's sockets take pickled messages from whoever connects; binding them
+    to loopback keeps other hosts out, this keeps other users of this host out.
+    A peer whose uid cannot be read (already gone) is refused too.
+    """
+    from thespian.system.transport.TCPTransport import TCPTransport
+
+    if getattr(TCPTransport, "_pyproof_same_user", False):
+        return
+    original_new_socket = TCPTransport.new_socket
+    original_accept = TCPTransport._acceptNewIncoming
+    me = os.geteuid()
+
+    def new_socket(self, op, *args, **kwargs):
+        result = original_new_socket(self, op, *args, **kwargs)
+        if getattr(op, "__name__", None) == "accept":
+            uid = tcp_peer_uid(result[0])
+            if uid != me:
+                result[0].close()
+                raise _OtherUser(f"uid {uid}")
+        return result
+
+    def accept_new_incoming(self):
+        try:
+            original_accept(self)
+        except _OtherUser as refused:
+            logging.getLogger("pyproof.thespian").warning(
+                "refused a connection from %s to %s: only uid %d may talk to this actor "
+                "system", refused, self.myAddress, me)
+
+    TCPTransport.new_socket = new_socket
+    TCPTransport._acceptNewIncoming = accept_new_incoming
+    TCPTransport._pyproof_same_user = True
 
 
 def free_port() -> int:
@@ -72,6 +177,7 @@ class _ActorAddressFilter(logging.Filter):
 def start_system(log_dir: str):
     """Start a multiprocTCPBase system on a free loopback port; returns (system, port)."""
     bind_thespian_to_loopback()
+    refuse_other_users()
     os.environ["THESPLOG_FILE"] = os.path.join(log_dir, "thespian-internal.log")
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
     from thespian.actors import ActorSystem
