@@ -36,6 +36,7 @@ from pyproof.supervision.process_tree import (  # noqa: F401 (become_subreaper: 
     reap_children,
     session_members,
     start_time,
+    stat_field,
 )
 
 TREE_DEADLINE = 5.0
@@ -54,11 +55,7 @@ def data_file(name: str) -> str:
 
 
 def session_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return None
+    return stat_field(pid, 3)
 
 
 def flatten_tree(root: dict[str, Any]) -> dict[str, int]:

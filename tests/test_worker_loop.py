@@ -11,13 +11,14 @@ from pyproof.actors import worker_loop
 from pyproof.transport.frames import encode_frame
 
 
-def serve(address: str, replies: list[bytes], stop: threading.Event) -> None:
+def serve(address: str, replies: list[bytes], stop: threading.Event,
+          seen: list[bytes]) -> None:
     with contextlib.suppress(pynng.NNGException), \
             pynng.Rep0(listen=address, recv_timeout=200) as rep:
         for reply in replies:
             while not stop.is_set():
                 try:
-                    rep.recv()
+                    seen.append(rep.recv())
                     break
                 except pynng.Timeout:
                     continue
@@ -26,18 +27,21 @@ def serve(address: str, replies: list[bytes], stop: threading.Event) -> None:
             rep.send(reply)
 
 
-def run_against(tmp_path, replies: list[bytes]) -> worker_loop.WorkerLoop:
+def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
+                seen: list[bytes] | None = None) -> worker_loop.WorkerLoop:
+    """A worker loop against a fake master that answers `replies` in order."""
     address = f"ipc://{tmp_path}/master.ipc"
     stop = threading.Event()
-    server = threading.Thread(target=serve, args=(address, replies, stop), daemon=True)
+    server = threading.Thread(target=serve, args=(address, replies, stop,
+                                                  [] if seen is None else seen), daemon=True)
     server.start()
     with pynng.Req0(recv_timeout=2000, send_timeout=2000, resend_time=-1) as sock:
         sock.dial(address, block=False)
         loop = worker_loop.WorkerLoop(
             worker_id="worker-0", session_id="s", query_id="q", socket=sock,
-            spec={"selector": "tests.sample_selectors:Cycles", "inputs": {}})
+            spec={"selector": f"tests.sample_selectors:{selector}", "inputs": {}})
         loop.start()
-        assert loop.join(10), "the worker loop did not end"
+        assert loop.join(20), "the worker loop did not end"
     stop.set()
     server.join(5)
     return loop
@@ -63,29 +67,13 @@ def test_a_refused_chunk_fails_the_query_instead_of_leaving_packets_held(tmp_pat
     from pyproof.packetizer.base import CYCLES
     from pyproof.transport.frames import decode_frame
 
-    address = f"ipc://{tmp_path}/master.ipc"
     packet = {"packet_id": 0, "element": CYCLES, "entry_start": 0, "entry_stop": 10}
     replies = [encode_frame("packet", {"packet": packet}), encode_frame("done", {}),
                encode_frame("error", {"reason": "protocol error: too many streams"}),
                encode_frame("abort", {"reason": "query failed"})]
-    seen: list = []
-
-    def master() -> None:
-        with pynng.Rep0(listen=address, recv_timeout=5000) as rep:
-            for reply in replies:
-                seen.append(decode_frame(rep.recv()))
-                rep.send(reply)
-
-    server = threading.Thread(target=master, daemon=True)
-    server.start()
-    with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as sock:
-        sock.dial(address, block=False)
-        loop = worker_loop.WorkerLoop(
-            worker_id="worker-0", session_id="s", query_id="q", socket=sock,
-            spec={"selector": "tests.sample_selectors:BigCycles", "inputs": {}})
-        loop.start()
-        assert loop.join(20), "the worker loop did not end"
-    server.join(5)
-    assert [f.type for f in seen] == ["next", "next", "chunk", "failed"]
-    error = seen[-1].payload["error"]
+    seen: list[bytes] = []
+    run_against(tmp_path, replies, selector="BigCycles", seen=seen)
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "next", "chunk", "failed"]
+    error = frames[-1].payload["error"]
     assert error.type.endswith("OutputsRefused") and "chunk 0 of 2" in error.message

@@ -91,13 +91,19 @@ def descendants_of(pid: int) -> list[int]:
     return found
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
+def stat_field(pid: int, index: int) -> int | None:
+    """Field `index` of /proc/PID/stat counted after the command name (0 is the state,
+    3 the session id, 19 the start time), as an int; None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
+            return int(f.read().rsplit(")", 1)[1].split()[index])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
+    return stat_field(pid, 19)
 
 
 def is_alive(pid: int) -> bool:
