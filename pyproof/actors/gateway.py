@@ -219,9 +219,12 @@ class ControlServer:
         pending = _Pending(frame=frame, user=user, admin=admin)
         self.inbox.put(pending)
         if not pending.done.wait(REQUEST_TIMEOUT):
+            # not a refusal: the request may still complete (a session starting under
+            # load); the client asks again with the same request id, which is idempotent
             pending.reply = encode_frame("error", {
                 "message": f"the daemon did not answer {frame.type!r} "
-                           f"within {REQUEST_TIMEOUT:.0f} s"}, request_id=frame.request_id)
+                           f"within {REQUEST_TIMEOUT:.0f} s", "retry": True},
+                request_id=frame.request_id)
         self._send(context, pending.reply)
 
     def _login(self, frame: Any, peer: str) -> bytes | None:

@@ -173,6 +173,8 @@ class ControlClient:
                 body = frame.payload if isinstance(frame.payload, dict) else {}
                 if body.get("auth"):
                     raise _NotAuthenticated(body.get("message"), body.get("auth"))
+                if body.get("retry") is True and resend and time.monotonic() < end:
+                    continue  # still in progress: the same request id again (idempotent)
                 raise RequestRefused(str(body.get("message") or frame.payload))
             return frame.payload if isinstance(frame.payload, dict) else {}
 
