@@ -203,9 +203,19 @@ def run_audited(daemon: SandboxDaemon, drive: Any, failures: Any,
         audit = daemon.stop()
     report.update(audit)
     report["wall_seconds"] = round(time.monotonic() - started, 2)
-    report["failures"] = failures(report)
+    report["failures"] = failures(report) + audit_failures(report)
     report["ok"] = not report["failures"]
     return report
+
+
+def audit_failures(report: dict[str, Any]) -> list[str]:
+    """What the stop-and-audit found wrong (every run fails on these)."""
+    failures = []
+    if report.get("processes_leaked"):
+        failures.append(f"{report['processes_leaked']} process(es) leaked")
+    if report.get("socket_files_left"):
+        failures.append(f"{len(report['socket_files_left'])} socket file(s) left")
+    return failures
 
 
 def sigcont(pid: int) -> None:

@@ -507,10 +507,6 @@ class Run:
             failures.append(f"{r['wrong']} wrong result(s)")
         if r.get("unexpected"):
             failures.append(f"{r['unexpected']} unexpected client exception(s)")
-        if r.get("processes_leaked"):
-            failures.append(f"{r['processes_leaked']} process(es) leaked")
-        if r.get("socket_files_left"):
-            failures.append(f"{len(r['socket_files_left'])} socket file(s) left")
         if r.get("stuck_clients"):
             failures.append(f"stuck clients: {', '.join(r['stuck_clients'])}")
         if not (r.get("final_check") or {}).get("ok"):

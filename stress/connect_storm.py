@@ -171,10 +171,6 @@ class Storm:
             failures.append(f"{r['refused_unclear']} refusal(s) without a clear reason")
         if r.get("sessions_left"):
             failures.append(f"{r['sessions_left']} session(s) still in the tree after closing")
-        if r.get("processes_leaked"):
-            failures.append(f"{r['processes_leaked']} process(es) leaked")
-        if r.get("socket_files_left"):
-            failures.append(f"{len(r['socket_files_left'])} socket file(s) left")
         if self.args.strict:
             if r.get("failed"):
                 failures.append(f"{r['failed']} connect(s) failed")

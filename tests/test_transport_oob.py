@@ -98,7 +98,7 @@ def test_sealing_the_parts_equals_sealing_the_joined_frame():
 
     key = b"k" * 32
     payload = {"a": big(), "b": b"z" * OOB_THRESHOLD, "c": 1}
-    wire = sealing.sealed_frame(key, "result", payload, session="s1")
+    wire = sealing.seal_parts(key, frame_parts("result", payload, session="s1"))
     assert wire == sealing.seal(key, encode_frame("result", payload, session="s1"))
     assert wire == sealing.seal_parts(key, frame_parts("result", payload, session="s1"))
     assert decode_frame(sealing.unseal(key, wire)).payload["b"] == payload["b"]

@@ -34,7 +34,7 @@ from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
-from pyproof.transport.frames import CHUNK, chunk, encode_frame, frame_parts
+from pyproof.transport.frames import chunk_frame_parts, encode_frame
 from pyproof.transport.tls import TLSError, TLSSettings
 from pyproof.transport.wire import send_parts
 
@@ -457,11 +457,8 @@ class QueryRun:
         # a large result travels as chunk frames (each sealed), never as one huge frame
         pieces = [[data]]
         if len(data) > CHUNK_SIZE:
-            views = chunk(data, CHUNK_SIZE)
-            pieces = [frame_parts(CHUNK, {"stream": self.query_id, "index": i,
-                                          "total": len(views), "data": view},
-                                  session=self.session_id)
-                      for i, view in enumerate(views)]
+            pieces = chunk_frame_parts(data, stream=self.query_id, chunk_size=CHUNK_SIZE,
+                                       session=self.session_id)
         for parts in pieces:
             if not self._send_wire(parts, kind, final):
                 return

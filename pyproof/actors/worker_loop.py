@@ -27,8 +27,8 @@ from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, load_selector
 from pyproof.transport import frames
 from pyproof.transport.codec import EncodeError, RemoteError
-from pyproof.transport.frames import chunk, decode_frame, frame_parts
-from pyproof.transport.wire import send_parts
+from pyproof.transport.frames import chunk_frame_parts, decode_frame, frame_parts
+from pyproof.transport.wire import parts_size, send_parts
 
 REQUEST_TIMEOUT_MS = 60_000
 WAIT_BACKOFF_MAX = 0.2
@@ -294,7 +294,7 @@ class WorkerLoop:
         payload = {"worker": self.worker_id, "pid": os.getpid(), "query": self.query_id,
                    **payload}
         parts = frame_parts(kind, payload, session=self.session_id)
-        if sum(len(part) if isinstance(part, bytes) else part.nbytes for part in parts) > CHUNK:
+        if parts_size(parts) > CHUNK:
             self._send_chunks(kind, b"".join(parts))
             return
         self._send_frame(kind, parts)
@@ -313,11 +313,10 @@ class WorkerLoop:
         """
         self._streams += 1
         stream = f"{self.worker_id}#{os.getpid()}/{self.query_id}/{self._streams}"
-        pieces = chunk(whole, CHUNK)
-        for index, piece in enumerate(pieces):
-            self._send_frame(kind, frame_parts(frames.CHUNK, {
-                "stream": stream, "index": index, "total": len(pieces), "data": piece},
-                session=self.session_id))
+        pieces = chunk_frame_parts(whole, stream=stream, chunk_size=CHUNK,
+                                   session=self.session_id)
+        for index, parts in enumerate(pieces):
+            self._send_frame(kind, parts)
             if index < len(pieces) - 1:
                 reply = self._recv(kind)
                 if reply["kind"] == p.ABORT:

@@ -39,6 +39,7 @@ __all__ = [
     "chunk",
     "decode_frame",
     "encode_frame",
+    "chunk_frame_parts",
     "encode_frames",
     "frame_parts",
 ]
@@ -236,11 +237,27 @@ def encode_frames(
     whole = encode_frame(type, payload, session=session, request_id=request_id)
     if len(whole) <= chunk_size:
         return [whole]
+    return [b"".join(parts) for parts in chunk_frame_parts(
+        whole, stream=stream, chunk_size=chunk_size, session=session, request_id=request_id)]
+
+
+def chunk_frame_parts(
+    whole: bytes,
+    *,
+    stream: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    session: str | None = None,
+    request_id: str | None = None,
+) -> list[list[bytes | memoryview]]:
+    """The ``"chunk"`` frames (each as :func:`frame_parts`) of an encoded message.
+
+    The pieces are views of ``whole``: each is copied once, when its frame is sent.
+    """
     if not isinstance(stream, str) or not stream:
         raise TypeError(f"stream must be a non-empty str, not {stream!r}")
     pieces = chunk(whole, chunk_size)
     return [
-        encode_frame(
+        frame_parts(
             CHUNK,
             {"stream": stream, "index": index, "total": len(pieces), "data": piece},
             session=session,

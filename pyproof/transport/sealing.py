@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from pyproof.transport.frames import frame_parts
-
 TAG_SIZE = 32
 _LABEL = b"pyproof-data-v1"
 
@@ -40,11 +38,6 @@ def sealed_parts(key: bytes, parts: list[bytes | memoryview]) -> list[bytes | me
     for part in parts:
         mac.update(part)
     return [mac.digest(), *parts]
-
-
-def sealed_frame(key: bytes, type: str, payload: object, **envelope: str | None) -> bytes:
-    """``seal(key, encode_frame(type, payload, ...))`` with one copy of large buffers."""
-    return seal_parts(key, frame_parts(type, payload, **envelope))
 
 
 def unseal(key: bytes, wire: bytes) -> memoryview:

@@ -19,7 +19,7 @@ from pynng.exceptions import check_err
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "recv_view", "send_parts"]
+__all__ = ["RECV_LIMIT", "SMALL", "parts_size", "recv_view", "send_parts"]
 
 SMALL = 64 * 1024
 """Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
@@ -36,7 +36,7 @@ def send_parts(sock: pynng.Socket, parts: Sequence[bytes | memoryview], *,
     Raises what ``sock.send`` raises (``pynng.TryAgain`` when not blocking and the
     peer cannot take it, ``pynng.Timeout``, ``pynng.Closed``).
     """
-    total = sum(_size(part) for part in parts)
+    total = parts_size(parts)
     if total < SMALL:  # joining a few KiB is cheaper than building the message by hand
         sock.send(parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts),
                   block=block)
@@ -78,6 +78,11 @@ def recv_view(sock: pynng.Socket, *, block: bool = True) -> bytes | memoryview:
         return data
     body = ffi.gc(ffi.cast("char *", lib.nng_msg_body(msg)), lambda _: lib.nng_msg_free(msg))
     return memoryview(ffi.buffer(body, size)).toreadonly()
+
+
+def parts_size(parts: Sequence[bytes | memoryview]) -> int:
+    """Bytes in the message the parts make."""
+    return sum(_size(part) for part in parts)
 
 
 def _size(part: bytes | memoryview) -> int:
