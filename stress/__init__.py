@@ -43,14 +43,14 @@ TREE_DEADLINE = 5.0
 AUDIT_GRACE = 5.0
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.abspath(os.path.join(_HERE, "..", "..", "shared", "data", "root"))
 REPO = os.path.dirname(_HERE)
+DATA = os.path.join(REPO, "tests", "data")  # the real ROOT files the tests ship
 
 
 def data_file(name: str) -> str:
     path = os.path.join(DATA, name)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"shared test data not found: {path}")
+        raise FileNotFoundError(f"test data file not found: {path} (see tests/data/README.md)")
     return path
 
 

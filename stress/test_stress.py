@@ -18,11 +18,8 @@ from typing import Any
 import pytest
 
 from pyproof.supervision.process_tree import kill_tree
-from stress import DATA, REPO
+from stress import REPO
 from stress.chaos import make_plan
-
-pytestmark = pytest.mark.skipif(not os.path.isdir(DATA),
-                                reason=f"shared test data not found: {DATA}")
 
 CHAOS_ARGS = ["--seed", "1", "--duration", "12", "--clients", "3", "--workers", "2",
               "--join-grace", "65"]

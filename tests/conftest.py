@@ -25,17 +25,15 @@ from pyproof.supervision.process_tree import (
 
 become_subreaper()
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "root")
-if not os.path.isdir(DATA):  # CI clones next to a copy of shared/
-    DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                        "data", "root"))
-DATA = os.path.abspath(DATA)
+# small real ROOT files shipped with the tests (see tests/data/README.md)
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def data_file(name: str) -> str:
+    """The path of a real ROOT file in tests/data; a missing one is an error, never a skip."""
     path = os.path.join(DATA, name)
     if not os.path.exists(path):
-        pytest.skip(f"shared test data not found: {path}")
+        raise FileNotFoundError(f"test data file not found: {path} (see tests/data/README.md)")
     return path
 
 

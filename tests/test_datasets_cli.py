@@ -11,7 +11,7 @@ import pytest
 
 from pyproof.datasets.cli import add_commands, default_catalog_path, parse_bytes
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "root"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def proofctl() -> argparse.ArgumentParser:

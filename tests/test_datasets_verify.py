@@ -20,7 +20,7 @@ from pyproof.datasets.errors import BadFilesError, FriendMismatchError
 from pyproof.datasets.records import FileRecord
 from pyproof.datasets.verify import verify_dataset, verify_file, verify_record
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "root"
+DATA = Path(__file__).resolve().parent / "data"
 HZZ_UUID = "76a647e8-03ee-11e2-9717-668ba983beef"
 
 
