@@ -1,9 +1,10 @@
 """structlog set-up: one JSON-lines file per actor, every line with fixed ids.
 
 Each actor process calls `configure_actor_log(log_dir, actor=..., session=...)`
-once. The actor, session and pid are process-wide (not context variables,
-which new threads would not see: the data planes log from their own
-threads); loggers add the query with `get_logger().bind(query=...)`.
+once; the file is private (0600), as the whole sandbox. The actor, session
+and pid are process-wide (not context variables, which new threads would not
+see: the data planes log from their own threads); loggers add the query with
+`get_logger().bind(query=...)`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from typing import Any
 
 import structlog
+
+from pyproof.sandbox import make_private_dir, open_private
 
 _FIXED: dict[str, Any] = {}
 
@@ -23,8 +26,8 @@ def _add_fixed(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[s
 
 
 def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None) -> None:
-    os.makedirs(log_dir, exist_ok=True)
-    stream = open(os.path.join(log_dir, f"{actor}.jsonl"), "a", buffering=1)  # noqa: SIM115
+    make_private_dir(log_dir)
+    stream = open_private(os.path.join(log_dir, f"{actor}.jsonl"), "a", buffering=1)
     _FIXED.clear()
     _FIXED.update(actor=actor, session=session, pid=os.getpid())
     structlog.configure(

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyproof.sandbox import make_private_dir
+
 
 class SelectorError(Exception):
     """The selector cannot be found or loaded; the message says which and why."""
@@ -85,7 +87,7 @@ class Context:
                              "'skim.root' (no directories)")
         if not self.output_dir:
             raise RuntimeError("ctx.output_file(...) works on a worker of a query only")
-        os.makedirs(self.output_dir, exist_ok=True)
+        make_private_dir(self.output_dir)
         stem, suffix = os.path.splitext(name)
         path, n = os.path.join(self.output_dir, name), 0
         while path in self.written or os.path.exists(path):

@@ -7,7 +7,8 @@ stdin (the client that started it is gone). It then kills its whole process
 tree: Thespian's shutdown does not reap orphans and can block on a hung actor.
 
 This process never opens an nng socket itself, so the actors forked from it
-may.
+may. It runs with umask 077 (so does every actor) and, on start, makes the
+sandbox private (see pyproof.sandbox).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import threading
 import uuid
 
+from pyproof import sandbox
 from pyproof.actors import messages as m
 from pyproof.supervision.process_tree import (
     children_of,
@@ -61,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
     parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
     args = parser.parse_args(argv)
-    os.makedirs(args.log_dir, exist_ok=True)
+    # private by default: whatever this tree writes (logs, sockets, catalog, the
+    # selectors' output files) is the user's alone; and what an older version
+    # left readable in the sandbox is made so too
+    sandbox.private_umask()
+    home = sandbox.make_private_dir(sandbox.sandbox_dir())
+    sandbox.make_private_tree(home)
+    for directory in (args.run_dir, args.log_dir):
+        sandbox.make_private_dir(directory)
+        if not sandbox.is_inside(directory, home):
+            sandbox.make_private_tree(directory)
     control = args.control or f"ipc://{os.path.join(args.run_dir, 'control.ipc')}"
     # TLS (PYPROOF_TLS_CA/CERT/KEY): the control endpoint and the sessions' data
     # listeners for clients that dial in use it; lite (ipc) needs none

@@ -127,7 +127,7 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
                      catalog_path: str | None = None) -> tuple[list[Element], list[dict], int]:
     """Elements of a catalog dataset spec; returns (elements, missing, number of parts)."""
     from pyproof.datasets import Catalog, DatasetError
-    from pyproof.datasets.cli import default_catalog_path
+    from pyproof.sandbox import default_catalog_path
 
     main, friends = split_branches(branches)
     try:

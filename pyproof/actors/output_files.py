@@ -23,17 +23,12 @@ import shutil
 from typing import Any
 
 from pyproof.actors import protocol as p
-
-OUTPUTS_DIR = "outputs"
-
-
-def sandbox_dir() -> str:
-    return os.environ.get("PYPROOF_SANDBOX") or os.path.join(os.path.expanduser("~"), ".pyproof")
+from pyproof.sandbox import default_catalog_path, outputs_dir
 
 
 def query_output_dir(session_id: str, query_id: str) -> str:
-    """Where the workers of a session's query write their files."""
-    return os.path.join(sandbox_dir(), OUTPUTS_DIR, session_id, query_id)
+    """Where the workers of a session's query write their files (private, as the sandbox)."""
+    return os.path.join(outputs_dir(), session_id, query_id)
 
 
 class OutputFiles:
@@ -105,7 +100,6 @@ def check_output_dataset(name: str, user: str, *, overwrite: bool) -> str:
     """The full path of dataset `name` the query will register; raises DatasetError if it
     may not (bad name, someone else's area, exists without overwrite)."""
     from pyproof.datasets import Catalog, DatasetExistsError, DatasetNameError
-    from pyproof.datasets.cli import default_catalog_path
     from pyproof.datasets.names import parse_ref
 
     with Catalog(default_catalog_path(), user=user or None) as catalog:
@@ -123,7 +117,6 @@ def register_output_dataset(name: str, user: str, files: list[str], *,
                             overwrite: bool) -> dict[str, Any]:
     """Register `files` (verified: entries counted) as dataset `name`; what was registered."""
     from pyproof.datasets import Catalog
-    from pyproof.datasets.cli import default_catalog_path
 
     with Catalog(default_catalog_path(), user=user or None) as catalog:
         info = catalog.register(name, files, verify=True, overwrite=overwrite)

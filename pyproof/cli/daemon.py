@@ -12,8 +12,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pyproof.client.lite import sandbox_dir
 from pyproof.errors import ConnectError
+from pyproof.sandbox import daemon_home, make_private_dir, open_private
 from pyproof.supervision.process_tree import is_alive, kill_session, kill_tree
 
 DEFAULT_PORT = 1093  # PROOF's own port
@@ -28,10 +28,6 @@ class DaemonInfo:
     home: str
     log_dir: str
     thespian_sessions: tuple[int, ...]
-
-
-def daemon_home(port: int) -> str:
-    return os.path.join(sandbox_dir(), f"proofd-{port}")
 
 
 def _ready(port: int) -> dict | None:
@@ -64,8 +60,8 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
     home = daemon_home(port)
     run_dir, log_dir = os.path.join(home, "run"), os.path.join(home, "logs")
     shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir, mode=0o700)
-    os.makedirs(log_dir, exist_ok=True)
+    make_private_dir(run_dir)  # the daemon makes the rest of the sandbox private
+    make_private_dir(log_dir)
     args = [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", run_dir,
             "--log-dir", log_dir, "--control", f"tcp://{host}:{port}",
             "--url", f"proof://{host}:{port}",
@@ -77,7 +73,7 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
         args += ["--admins", admins]
     if foreground:
         os.execv(sys.executable, args)
-    with open(os.path.join(log_dir, "daemon.out"), "ab") as out:
+    with open_private(os.path.join(log_dir, "daemon.out"), "ab") as out:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout

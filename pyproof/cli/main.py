@@ -73,10 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import pyproof
-    from pyproof.client.lite import sandbox_dir
     from pyproof.demo import DimuonMass, render_histogram, save_plot, write_demo_dataset
+    from pyproof.sandbox import make_private_dir, sandbox_dir
 
-    directory = args.data or os.path.join(sandbox_dir(), "demo-data")
+    directory = args.data or make_private_dir(os.path.join(sandbox_dir(), "demo-data"))
     specs = sorted(glob.glob(os.path.join(directory, "zmumu-*.root")))
     if len(specs) != args.files or args.regenerate:
         for old in specs:

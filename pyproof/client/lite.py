@@ -4,8 +4,9 @@ The daemon runs as a fresh interpreter (never forked from the client, which
 may have used nng), in its own process group, fed a pipe on stdin: when the
 client process dies, the pipe closes and the daemon tears its tree down.
 Logs go to the sandbox (`$PYPROOF_SANDBOX`, default ~/.pyproof) under
-`lite/<session-dir>/logs`, kept for `proofctl logs`; the run directory with
-the sockets is a private temporary directory, removed at close.
+`lite/<session-dir>/logs`, kept for `proofctl logs`, private to the user as
+all of the sandbox; the run directory with the sockets is a private
+temporary directory, removed at close.
 """
 
 from __future__ import annotations
@@ -20,20 +21,15 @@ import tempfile
 import time
 
 from pyproof.errors import ConnectError
+from pyproof.sandbox import lite_sessions_dir, make_private_dir, open_private, sandbox_dir
 from pyproof.supervision.process_tree import kill_session, kill_tree
 from pyproof.transport import auth
+
+__all__ = ["LiteCluster", "default_workers", "lite_sessions_dir", "sandbox_dir"]
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 KEEP_SESSION_DIRS = 10
-
-
-def sandbox_dir() -> str:
-    return os.environ.get("PYPROOF_SANDBOX") or os.path.join(os.path.expanduser("~"), ".pyproof")
-
-
-def lite_sessions_dir() -> str:
-    return os.path.join(sandbox_dir(), "lite")
 
 
 def default_workers() -> int:
@@ -49,18 +45,16 @@ class LiteCluster:
 
     def __init__(self, *, timeout: float = START_TIMEOUT) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = lite_sessions_dir()
-        os.makedirs(base, exist_ok=True)
+        base = make_private_dir(lite_sessions_dir())  # the daemon fixes what is older
         self.session_dir = tempfile.mkdtemp(prefix=f"{stamp}-{os.getpid()}-", dir=base)
-        self.log_dir = os.path.join(self.session_dir, "logs")
-        os.makedirs(self.log_dir)
+        self.log_dir = make_private_dir(os.path.join(self.session_dir, "logs"))
         self.run_dir = tempfile.mkdtemp(prefix=f"pyproof-{os.getpid()}-")
         self.thespian_sessions: list[int] = []
         # a fresh secret per cluster: another local user cannot attach to it
         self.secret = auth.fresh_cluster_secret()
         secret_file = str(auth.write_secret(os.path.join(self.run_dir, "secret"), self.secret))
         self._prune_old_sessions(base)
-        self._out = open(os.path.join(self.log_dir, "daemon.out"), "ab")  # noqa: SIM115
+        self._out = open_private(os.path.join(self.log_dir, "daemon.out"), "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
              "--log-dir", self.log_dir, "--watch-stdin", "--secret-file", secret_file],

@@ -23,6 +23,7 @@ from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
+from pyproof.sandbox import make_private_paths
 from pyproof.selector import Selector, load_selector, selector_ref
 from pyproof.transport import sealing
 from pyproof.transport.codec import (
@@ -217,6 +218,8 @@ class Session:
             if data_address.startswith("tls+"):  # the master checks us against its CA
                 self.data.tls_config = TLSSettings.from_env().server_config()
             self.data.listen(data_address)
+            if data_address.startswith("ipc://"):  # made with this process's umask
+                make_private_paths([data_address[len("ipc://"):]])
             self.data_address = _bound_address(self.data, data_address)
 
     @property
@@ -237,7 +240,7 @@ class Session:
     def datasets(self) -> Any:
         """The dataset catalog this session's master reads (lite, or a daemon on this host)."""
         from pyproof.datasets import Catalog
-        from pyproof.datasets.cli import default_catalog_path
+        from pyproof.sandbox import default_catalog_path
 
         return Catalog(default_catalog_path(), user=self.control.user)
 

@@ -18,6 +18,7 @@ or use it as a context manager.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import difflib
 import getpass
 import json
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from pyproof import sandbox
 from pyproof.datasets.errors import (
     BadFilesError,
     CatalogError,
@@ -169,8 +171,23 @@ def _default_user() -> str:
         return "nobody"
 
 
+def _make_private(path: str) -> None:
+    """A new catalog file is created 0600 (SQLite then gives its -wal, -shm and
+    -journal files the same mode); one in the sandbox that an older version left
+    readable by others is made private, with the sandbox itself. A catalog placed
+    elsewhere keeps the mode its owner gave it."""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):  # no such directory: SQLite says so, naming it
+        sandbox.create_private_file(path)
+    home = sandbox.sandbox_dir()
+    if sandbox.is_inside(path, home):
+        sandbox.make_private_dir(home)
+        sandbox.make_private_paths([path + suffix for suffix in ("", "-wal", "-shm", "-journal")])
+
+
 class Catalog:
-    """The dataset catalog in the SQLite file `path` (created if absent).
+    """The dataset catalog in the SQLite file `path` (created 0600 if absent).
 
     `user` and `group` are the caller's identity (defaults: the login name
     and 'default'); `admin` allows changing COMMON and quotas. `host` is the
@@ -200,6 +217,7 @@ class Catalog:
         self.average_file_size = average_file_size
         self.timeout = timeout
         self._clock = clock
+        _make_private(self.path)
         try:
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         except sqlite3.Error as err:

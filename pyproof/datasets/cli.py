@@ -35,20 +35,14 @@ from pyproof.datasets.errors import DatasetError, format_bytes
 from pyproof.datasets.records import DatasetInfo, FileRecord, QuotaInfo
 from pyproof.errors import ProofError
 
+# default_catalog_path lives in pyproof.sandbox; imported from here too
+from pyproof.sandbox import default_catalog_path, make_private_dir
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_FILES = 4
 
 Handler = Callable[[argparse.Namespace, str], int]
-
-
-def default_catalog_path() -> str:
-    """`$PYPROOF_CATALOG`, else `datasets.sqlite` in `$PYPROOF_SANDBOX` (default ~/.pyproof)."""
-    explicit = os.environ.get("PYPROOF_CATALOG")
-    if explicit:
-        return explicit
-    sandbox = os.environ.get("PYPROOF_SANDBOX") or os.path.join(os.path.expanduser("~"), ".pyproof")
-    return os.path.join(sandbox, "datasets.sqlite")
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGTP]?)(i?)B?\s*$")
@@ -127,7 +121,8 @@ def _quota_rows(quotas: Sequence[QuotaInfo]) -> str:
 
 def _catalog(args: argparse.Namespace, path: str) -> Catalog:
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    if not os.path.isdir(directory):
+        make_private_dir(directory)
     return Catalog(path, user=args.user, group=args.group, admin=args.admin)
 
 

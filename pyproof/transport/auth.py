@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pyproof import sandbox
+
 __all__ = [
     "AUTH_ANSWER",
     "AUTH_CHALLENGE",
@@ -134,10 +136,7 @@ class SecretFileError(Exception):
 
 def default_secret_path() -> Path:
     """``$PYPROOF_SANDBOX/secret`` if that variable is set, else ``~/.pyproof/secret``."""
-    sandbox = os.environ.get("PYPROOF_SANDBOX")
-    if sandbox:
-        return Path(sandbox) / "secret"
-    return Path.home() / ".pyproof" / "secret"
+    return Path(sandbox.default_secret_path())
 
 
 def fresh_cluster_secret(rng: Rng = secrets.token_bytes) -> bytes:
@@ -154,7 +153,8 @@ def write_secret(path: str | os.PathLike[str], secret: bytes) -> Path:
     if type(secret) is not bytes or len(secret) < 16:
         raise ValueError("a secret must be at least 16 bytes")
     target = Path(path)
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not target.parent.is_dir():  # an existing one is the caller's choice
+        sandbox.make_private_dir(target.parent)
     temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
