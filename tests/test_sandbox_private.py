@@ -252,6 +252,10 @@ def test_private_directories_and_files_are_made_so_whatever_the_umask(tmp_path, 
     os.symlink(log, deep / "link")
     with pytest.raises(OSError):
         sandbox.open_private(deep / "link", "a")
+    log.chmod(0o640)
+    with pytest.raises(FileExistsError):  # a file in the way: no directory, and left alone
+        sandbox.make_private_dir(log / "sub")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o640
 
 
 def test_make_private_tree_changes_only_our_own_entries_and_follows_no_symlink(
