@@ -287,6 +287,8 @@ class Session:
         or a cataloged dataset spec (`"name"`, `"/group/user/name#tree"`,
         `"a|b"` for the union, `"a,b"` for one after the other with
         `ctx.dataset` telling the selector which, `"name?entries=0-999"`).
+        A string is files when it is a URL, `file.root:tree` or an existing path
+        (files win), else a catalog spec if it is a valid one (`is_catalog_spec`).
         `on_missing="skip"` leaves out files that cannot be read and lists them
         in `result.missing` instead of failing the query. A selector that
         spends more than `packet_timeout` seconds in one packet fails the
