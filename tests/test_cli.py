@@ -92,3 +92,26 @@ def test_run_reports_a_bad_file_with_a_clear_error(tmp_path):
     )
     assert out.returncode == 1
     assert "file not found" in out.stderr and "missing.root" in out.stderr
+
+
+def test_run_accepts_a_catalog_name_as_python_does(tmp_path):
+    from pyproof.client.control import current_user
+    from pyproof.datasets import Catalog
+    from pyproof.datasets.cli import default_catalog_path
+
+    # the sandbox's catalog (PYPROOF_SANDBOX is inherited by proofctl)
+    with Catalog(default_catalog_path(), user=current_user()) as catalog:
+        catalog.register("cli_zmumu", [data_file("uproot-Zmumu.root") + ":events"],
+                         overwrite=True)
+    out = proofctl("run", "tests/sample_selectors.py:ZmumuMass", "--dataset", "cli_zmumu",
+                   "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["stats"]["entries"] == 2304
+    assert {e["dataset"] for e in report["lineage"]["elements"]} == {
+        f"/default/{current_user()}/cli_zmumu"}
+    # neither a dataset nor a file: the error says both were tried
+    out = proofctl("run", "tests/sample_selectors.py:ZmumuMass", "--dataset", "cli_zmumu.root")
+    assert out.returncode == 1
+    assert "no dataset '/default/" in out.stderr and "/cli_zmumu.root'" in out.stderr
+    assert "'cli_zmumu.root' was tried as a file too: no such file" in out.stderr

@@ -102,6 +102,18 @@ def test_register_update_from_a_list_and_from_a_dataset(
     assert json.loads(out)["default_tree"] == "events"
 
 
+def test_register_file_colon_tree_stores_file_and_tree_apart(run, good: list[str]) -> None:
+    # HZZ holds 'events'; so does Zmumu: each file names its own tree, no default tree
+    code, out, _ = run("register", "pertree", f"{good[0]}:events", f"{good[1]}:events",
+                       "--verify", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert (info["default_tree"], info["n_bad"], info["total_entries"]) == (None, 0, 4725)
+    code, out, _ = run("show", "pertree", "--json")
+    assert [(f["url"], f["tree"], f["entries"]) for f in json.loads(out)["files"]] == [
+        (good[0], "events", 2421), (good[1], "events", 2304)]
+
+
 def test_quota_set_show_and_refusal(run, good: list[str]) -> None:
     code, _, err = run("quota", "--set", "100kB")
     assert code == 1 and "may not set quotas" in err

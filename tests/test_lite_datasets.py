@@ -14,6 +14,7 @@ from pyproof.datasets import Catalog
 from pyproof.datasets.cli import default_catalog_path
 from pyproof.datasets.records import FileRecord
 from tests.conftest import data_file
+from tests.sample_selectors import ZmumuMass, zmumu_mass
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,24 @@ def test_an_unknown_dataset_suggests_the_nearest_names(session, catalog):
     catalog.register("zmumu_2024", zmumu_files(), tree="events", overwrite=True)
     with pytest.raises(pyproof.QueryError, match=r"zmumu_2024"):
         session.process("tests.sample_selectors:ZmumuMass", dataset="zmumu_2042")
+
+
+def test_a_dataset_registered_as_file_colon_tree_is_processed_by_name(session, catalog):
+    path = data_file("uproot-Zmumu.root")
+    catalog.register("ztree", [f"{path}:events"], verify=True, overwrite=True)
+    result = session.process("tests.sample_selectors:ZmumuMass", dataset="ztree",
+                             packetizer="basic", packetizer_params={"packet_entries": 500})
+    with uproot.open(path) as f:  # the sequential reference: uproot alone, one pass
+        mass = zmumu_mass(f["events"].arrays(ZmumuMass.branches, library="ak"))
+    reference = hist.Hist.new.Reg(120, 0, 120, name="mass").Double().fill(mass[mass > 0])
+    assert result.stats.entries == 2304
+    np.testing.assert_array_equal(result.outputs["mass"].values(), reference.values())
+    assert {(e["file"], e["tree"], e["dataset"]) for e in result.lineage["elements"]} == {
+        (path, "events", f"/default/{current_user()}/ztree")}
+
+
+def test_a_name_that_is_neither_a_dataset_nor_a_file_says_both_were_tried(session):
+    with pytest.raises(pyproof.QueryError,
+                       match=r"no dataset '/default/.*/nowhere\.root'; .* \('nowhere\.root' "
+                             r"was tried as a file too: no such file where the client runs"):
+        session.process("tests.sample_selectors:ZmumuMass", dataset="nowhere.root")

@@ -17,6 +17,10 @@ import uproot
 from pyproof.packetizer.base import WorkRange
 
 FRIEND = "friend."
+NOT_A_FILE = (
+    "{spec!r} was tried as a file too: no such file where the client runs; a URL, "
+    "'file.root:tree' or an existing path is read as files, anything else as catalog datasets"
+)
 
 
 class LookupError_(Exception):
@@ -126,13 +130,16 @@ def file_elements(dataset: list[Any], branches: list[str] | None, *,
 def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_missing: bool,
                      catalog_path: str | None = None) -> tuple[list[Element], list[dict], int]:
     """Elements of a catalog dataset spec; returns (elements, missing, number of parts)."""
-    from pyproof.datasets import Catalog, DatasetError
+    from pyproof.datasets import Catalog, DatasetError, DatasetNotFoundError
     from pyproof.sandbox import default_catalog_path
 
     main, friends = split_branches(branches)
     try:
         catalog = Catalog(catalog_path or default_catalog_path(), user=user or None)
         resolution = catalog.resolve(spec, bad_files="skip" if skip_missing else "fail")
+    except DatasetNotFoundError as exc:
+        # the client sends a catalog spec only when no such file exists (names_catalog)
+        raise LookupError_(f"{exc} ({NOT_A_FILE.format(spec=spec)})", dataset=spec) from None
     except DatasetError as exc:
         raise LookupError_(str(exc), dataset=spec) from None
     missing = [{"file": s.url, "dataset": s.dataset, "reason": s.reason}

@@ -21,6 +21,7 @@ import numpy as np
 import uproot
 
 import pyproof
+from pyproof.datasets.sources import split_file_tree
 from pyproof.demo import pair_mass, write_demo_dataset
 
 
@@ -63,7 +64,7 @@ def sequential(selector_cls, specs: list[str], step: int) -> tuple[dict, float, 
     t0 = time.perf_counter()
     entries = 0
     for spec in specs:
-        path, _, tree_name = spec.rpartition(":")
+        path, tree_name = split_file_tree(spec)
         with uproot.open(path) as f:
             tree = f[tree_name]
             for start in range(0, tree.num_entries, step):

@@ -18,6 +18,7 @@ import time
 import hist
 
 import pyproof
+from pyproof.datasets.sources import split_file_tree
 from pyproof.demo import DimuonMass, write_demo_dataset
 
 
@@ -37,7 +38,7 @@ def reference(specs: list[str]) -> hist.Hist:
 
     h = hist.Hist.new.Reg(120, 0, 120, name="mass", label="m(mu mu) [GeV]").Double()
     for spec in specs:
-        path, _, tree = spec.rpartition(":")
+        path, tree = split_file_tree(spec)
         with uproot.open(path) as f:
             h.fill(pair_mass(f[tree].arrays(DimuonMass.branches, library="ak")))
     return h

@@ -48,10 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pyproof
 
     inputs = json.loads(args.inputs) if args.inputs else {}
+    # one --dataset is a string, read as session.process reads one (a catalog name, or
+    # files: see datasets.sources.names_catalog); several are a list of files
+    dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset or None
     with pyproof.connect(f"lite://?workers={args.workers}") as session:
         result = session.process(
             args.selector,
-            dataset=args.dataset or None,
+            dataset=dataset,
             cycles=args.cycles,
             entries=args.entries,
             first=args.first,
@@ -158,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a selector over a dataset on a lite cluster")
     run.add_argument("selector", help="'path/to/file.py:Class' or 'module:Class'")
     run.add_argument("--dataset", action="append", default=[],
-                     help="'file.root:tree' (repeat for several files)")
+                     help="'file.root:tree' (repeat for several files), or one catalog "
+                          "dataset spec: 'name', 'a|b', 'a,b', 'name?entries=0-99' (an "
+                          "existing file of that name wins)")
     run.add_argument("--cycles", type=int, default=None, help="pure CPU task of N cycles")
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--entries", type=int, default=None)

@@ -128,17 +128,27 @@ def _local_address_towards(host: str) -> str:
 
 
 def is_catalog_spec(dataset: Any) -> bool:
-    """A string naming cataloged datasets rather than files: no '.root', no URL, no such path."""
-    if not isinstance(dataset, str):
-        return False
-    return (".root" not in dataset and "://" not in dataset
-            and not os.path.exists(dataset.split(":")[0]))
+    """A string naming cataloged datasets rather than files (`datasets.sources.names_catalog`).
+
+    Files win: a URL, `file.root:tree` or an existing path is files; other
+    valid dataset specs are catalog names.
+    """
+    from pyproof.datasets.sources import names_catalog
+
+    return isinstance(dataset, str) and names_catalog(dataset)
 
 
 def parse_dataset(dataset: Any) -> list[list[str | None]]:
-    """Normalize `"f.root:tree"`, `{path: tree}` or a list of either to [[path, tree]...]."""
+    """Normalize `"f.root:tree"`, `{path: tree}` or a list of either to [[path, tree]...].
+
+    Strings are split by `datasets.sources.split_file_tree`, the one parser of
+    `file:tree` (shared with `Catalog.register` and `proofctl`).
+    """
+    from pyproof.datasets.sources import split_file_tree
+
     if isinstance(dataset, str | os.PathLike):
-        return [_parse_element(os.fspath(dataset))]
+        path, tree = split_file_tree(os.fspath(dataset))
+        return [[_absolute(path), tree]]
     if isinstance(dataset, dict):
         return [[_absolute(os.fspath(k)), v] for k, v in dataset.items()]
     if isinstance(dataset, list | tuple):
@@ -148,16 +158,6 @@ def parse_dataset(dataset: Any) -> list[list[str | None]]:
         return out
     raise InputError(f"dataset must be 'file.root:tree', {{path: tree}} or a list of them, "
                      f"not {type(dataset).__name__}")
-
-
-def _parse_element(spec: str) -> list[str | None]:
-    if ".root:" in spec:
-        path, _, tree = spec.rpartition(".root:")
-        return [_absolute(path + ".root"), tree or None]
-    if "://" not in spec and ":" in spec:
-        path, _, tree = spec.rpartition(":")
-        return [_absolute(path), tree or None]
-    return [_absolute(spec), None]
 
 
 def _absolute(path: str) -> str:
@@ -290,6 +290,8 @@ class Session:
         or a cataloged dataset spec (`"name"`, `"/group/user/name#tree"`,
         `"a|b"` for the union, `"a,b"` for one after the other with
         `ctx.dataset` telling the selector which, `"name?entries=0-999"`).
+        A string is files when it is a URL, `file.root:tree` or an existing path
+        (files win), else a catalog spec if it is a valid one (`is_catalog_spec`).
         `on_missing="skip"` leaves out files that cannot be read and lists them
         in `result.missing` instead of failing the query. A selector that
         spends more than `packet_timeout` seconds in one packet fails the

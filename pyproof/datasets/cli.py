@@ -271,7 +271,8 @@ def add_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     register = leaf("register", cmd_register, "register a dataset from files, a list or a dataset")
     register.add_argument("name", help="name, user/name or /group/user/name; '#tree' sets the tree")
-    register.add_argument("paths", nargs="*", help="paths, URLs or quoted globs")
+    register.add_argument("paths", nargs="*",
+                          help="paths, URLs or quoted globs; 'file.root:tree' names a tree")
     register.add_argument("--tree", help="the default tree, e.g. events or dir/events")
     register.add_argument("--list", dest="list_file", metavar="FILE",
                           help="a text file of paths, one per line (optional key=value metadata)")
