@@ -210,8 +210,9 @@ def selector_code(ref: str, search_path: list[str] | None = None) -> SelectorCod
     installation (stdlib, site-packages) nor in pyproof. They are located
     along `search_path` (default sys.path; the client passes the sys.path
     workers get) without being imported. Modules imported otherwise
-    (`importlib.import_module`, `exec`) are not included: workers read those
-    from their own disk.
+    (`importlib.import_module`, `exec`) are not included, and those of them
+    first imported after the selector's module (an `import` inside `process`)
+    are re-read then: workers read those from their own disk.
     """
     module_part, _ = _split_ref(ref)
     search = [p for p in (sys.path if search_path is None else search_path) if p]
