@@ -54,3 +54,16 @@ def test_a_helper_module_edited_between_queries_runs_as_edited(session, tmp_path
         (tmp_path / f"{helper}.py").write_text(f"FACTOR = {factor}\n")
         got.append(session.process(f"{path}:Scaled", cycles=40, progress=False).outputs["x"])
     assert got == [40, 120, 280]
+
+
+def test_a_selector_file_rewritten_after_it_was_read_runs_as_it_was_read(session, tmp_path):
+    # importing version 1 (as the client does, after reading it) rewrites the file to
+    # version 7: workers reading the file from disk would run 7, the sent code runs 1
+    path = tmp_path / "sel.py"
+    seven = SELECTOR.format(imports="", factor=7)
+    path.write_text(SELECTOR.format(
+        imports=f"with open(__file__, 'w') as f:\n    f.write({seven!r})", factor=1))
+    result = session.process(f"{path}:Scaled", cycles=40, progress=False)
+    assert path.read_text() == seven
+    assert result.outputs["x"] == 40
+    assert session.process(f"{path}:Scaled", cycles=40, progress=False).outputs["x"] == 280
