@@ -3,23 +3,34 @@
 Workers never unpickle code: a selector travels as a reference string,
 `"package.module:Class"` or `"/path/to/file.py:Class"`, and each worker
 imports it. `selector_ref` turns a class into such a string on the client
-and checks that a fresh interpreter could import it.
+and checks that a fresh interpreter could import it. With the reference goes
+the code itself (`selector_code`: the selector's source and the user's own
+modules it imports, keyed by their content hash), so a worker runs exactly
+what the client had when it submitted, and an edited selector is re-imported.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import linecache
 import os
+import site
 import sys
+import sysconfig
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyproof.errors import ProofError
 from pyproof.sandbox import make_private_dir
 
 
-class SelectorError(Exception):
+class SelectorError(ProofError):
     """The selector cannot be found or loaded; the message says which and why."""
 
 
@@ -139,20 +150,237 @@ def _importable_by_name(module_name: str, path: str | None) -> bool:
     return os.path.abspath(spec.origin) == os.path.abspath(path)
 
 
-def load_selector(ref: str) -> type[Selector]:
-    """Import the selector class named by `ref` (a `selector_ref` string)."""
+# -- the selector's code, by content --------------------------------------------------------
+
+# files in these are not the user's own: never hashed, sent or re-imported
+_NOT_USERS = ("site-packages", "dist-packages")
+_SKIPPED_TOP = ("pyproof", "__main__", "__future__")
+_MAX_SOURCES = 500  # a selector importing more of the user's files is not an analysis
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelectorCode:
+    """The code a query runs: the selector's file and the user's own modules it imports.
+
+    `sources` holds `(module, path, source)` triples: module None for a selector
+    given by file path (imported under a fresh name), else the name the module is
+    imported by. `digest` (sha256 over the ref and the sources) keys the modules
+    loaded in a process: new code is imported afresh, the same code only once.
+    The client reads it when it submits and sends it with the query, so every
+    worker (also one restarted later) runs that code, whatever its disk holds.
+    """
+
+    ref: str
+    sources: tuple[tuple[str | None, str, str], ...]
+    digest: str
+
+    @classmethod
+    def of(cls, ref: str, sources: list[tuple[str | None, str, str]]) -> SelectorCode:
+        h = hashlib.sha256()
+        for part in (ref, *(x for s in sources for x in (s[0] or "", s[1], s[2]))):
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return cls(ref=ref, sources=tuple(sources), digest=h.hexdigest())
+
+    def to_wire(self) -> list[list[str | None]]:
+        return [list(s) for s in self.sources]
+
+    @classmethod
+    def from_wire(cls, ref: str, sources: Any, digest: Any) -> SelectorCode:
+        """The code a query spec carries; refused if it does not match its digest."""
+        if not isinstance(sources, list | tuple) or not all(
+                isinstance(s, list | tuple) and len(s) == 3 and isinstance(s[0], str | None)
+                and isinstance(s[1], str) and isinstance(s[2], str) for s in sources):
+            raise SelectorError(f"selector {ref!r}: its sources must be a list of "
+                                "[module, path, source]")
+        code = cls.of(ref, [(s[0], s[1], s[2]) for s in sources])
+        if digest is not None and digest != code.digest:
+            raise SelectorError(f"selector {ref!r}: the sources sent do not match their hash "
+                                f"{str(digest)[:16]}... (corrupted on the way?); submit again")
+        return code
+
+
+def selector_code(ref: str, search_path: list[str] | None = None) -> SelectorCode:
+    """Read the code `ref` runs as it is on disk now: its file and the user's modules it imports.
+
+    The user's own modules, by a pragmatic rule: every module named in an
+    `import` statement of the selector's file (anywhere in it, also inside
+    functions), and so on recursively, whose file lies under the selector
+    file's directory or the working directory, but not in the Python
+    installation (stdlib, site-packages) nor in pyproof. They are located
+    along `search_path` (default sys.path; the client passes the sys.path
+    workers get) without being imported. Modules imported otherwise
+    (`importlib.import_module`, `exec`) are not included, and those of them
+    first imported after the selector's module (an `import` inside `process`)
+    are re-read then: workers read those from their own disk.
+    """
+    module_part, _ = _split_ref(ref)
+    search = [p for p in (sys.path if search_path is None else search_path) if p]
+    if module_part.endswith(".py"):
+        path = os.path.abspath(module_part)
+        if not os.path.isfile(path):
+            raise SelectorError(f"selector file {path!r} does not exist")
+        root: tuple[str | None, str] = (None, path)
+    else:
+        found = _module_file(module_part, search)
+        if found is None or not _users_own(found, [os.path.dirname(found), os.getcwd()]):
+            return SelectorCode.of(ref, [])  # installed code: imported as usual, never re-run
+        root = (module_part, found)
+    user_dirs = [os.path.dirname(root[1]), os.getcwd()]
+    sources: list[tuple[str | None, str, str]] = []
+    queue, seen = [root], {root[0] or root[1]}
+    while queue:
+        name, path = queue.pop(0)
+        try:
+            with open(path, "rb") as f:
+                source = importlib.util.decode_source(f.read())
+        except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+            raise SelectorError(f"cannot read {path!r}, which selector {ref!r} imports: "
+                                f"{exc}") from None
+        sources.append((name, path, source))
+        if len(sources) > _MAX_SOURCES:
+            raise SelectorError(f"selector {ref!r} imports more than {_MAX_SOURCES} modules "
+                                f"from {user_dirs}; keep libraries outside the analysis "
+                                "directory (installed with pip)")
+        package = None if name is None else (
+            name if os.path.basename(path) == "__init__.py" else name.rpartition(".")[0])
+        for imported in _imported_names(source, package):
+            if imported in seen or imported.partition(".")[0] in _SKIPPED_TOP:
+                continue
+            seen.add(imported)
+            file = _module_file(imported, search)
+            if file is not None and _users_own(file, user_dirs):
+                queue.append((imported, file))
+    return SelectorCode.of(ref, sources)
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
     module_part, sep, qualname = ref.rpartition(":")
     if not sep or not module_part or not qualname:
         raise SelectorError(f"selector {ref!r} must be 'module:Class' or 'path/to/file.py:Class'")
+    return module_part, qualname
+
+
+def _imported_names(source: str, package: str | None) -> list[str]:
+    """Module names an import statement of `source` may load (parents first)."""
     try:
-        if module_part.endswith(".py"):
-            module = _import_file(module_part)
-        else:
-            module = importlib.import_module(module_part)
-    except SelectorError:
-        raise
-    except Exception as exc:
-        raise SelectorError(f"cannot import selector module {module_part!r}: {exc!r}") from exc
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []  # importing it fails with the real error
+    names: list[str] = []
+
+    def add(dotted: str) -> None:
+        parts = dotted.split(".")
+        names.extend(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                if not package:
+                    continue
+                try:
+                    base = importlib.util.resolve_name("." * node.level + base, package)
+                except (ImportError, ValueError):
+                    continue
+            if not base:
+                continue
+            add(base)
+            names.extend(f"{base}.{a.name}" for a in node.names if a.name != "*")
+    return names
+
+
+def _module_file(name: str, search: list[str]) -> str | None:
+    """The .py file `name` would be imported from along `search`, without importing anything."""
+    locations: Any = search
+    spec = None
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        if locations is None:
+            return None  # a parent that is a plain module: `name` is an attribute
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i]), list(locations))
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        locations = spec.submodule_search_locations
+    origin = spec.origin if spec is not None and spec.has_location else None
+    return os.path.abspath(origin) if origin and origin.endswith(".py") else None
+
+
+def _installed_dirs() -> list[str]:
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.abspath(__file__))}  # pyproof's own package
+    dirs.update(sysconfig.get_paths().get(k, "") for k in ("stdlib", "platstdlib", "purelib",
+                                                           "platlib"))
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # site of some virtualenvs
+        pass
+    return [os.path.realpath(d) for d in dirs if d]
+
+
+def _within(path: str, directory: str) -> bool:
+    try:
+        return os.path.commonpath([path, directory]) == directory
+    except ValueError:
+        return False
+
+
+def _users_own(path: str, user_dirs: list[str]) -> bool:
+    path = os.path.realpath(path)
+    if any(part in _NOT_USERS for part in path.split(os.sep)):
+        return False
+    if any(_within(path, d) for d in _installed_dirs()):
+        return False
+    return any(_within(path, os.path.realpath(d)) for d in user_dirs)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+_LOCK = threading.RLock()
+# ref -> (digest, class): the code last loaded for each selector in this process
+_LOADED: dict[str, tuple[str, type[Selector]]] = {}
+# a file selector's path -> the fresh module name its current code is loaded under
+_FRESH_NAMES: dict[str, str] = {}
+
+
+def load_selector(ref: str, code: SelectorCode | None = None) -> type[Selector]:
+    """Import the selector class named by `ref` (a `selector_ref` string), running `code`.
+
+    `code` (default: `selector_code(ref)`, the disk as it is now) decides what
+    runs: when it differs from what this process loaded last for `ref`, the
+    selector and the user's modules it imports are imported afresh from its
+    sources (never from disk or a stale .pyc); the old modules stay alive for
+    whoever still holds their classes. Thread-safe: concurrent callers wait
+    for one import and get the same class.
+    """
+    module_part, qualname = _split_ref(ref)
+    with _LOCK:
+        if code is None:
+            code = selector_code(ref)
+        loaded = _LOADED.get(ref)
+        if loaded is not None and loaded[0] == code.digest:
+            return loaded[1]
+        try:
+            module = _import_code(module_part, code)
+        except SelectorError:
+            raise
+        except Exception as exc:
+            raise SelectorError(
+                f"cannot import selector module {module_part!r}: {exc!r}") from exc
+        cls = _selector_class(module, ref, module_part, qualname)
+        _LOADED[ref] = (code.digest, cls)
+        return cls
+
+
+def _selector_class(module: Any, ref: str, module_part: str, qualname: str) -> type[Selector]:
     obj: Any = module
     for part in qualname.split("."):
         try:
@@ -167,22 +395,74 @@ def load_selector(ref: str) -> type[Selector]:
     return obj
 
 
-def _import_file(path: str):
-    if not os.path.isfile(path):
-        raise SelectorError(f"selector file {path!r} does not exist")
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
-    name = f"pyproof_selector_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SelectorError(f"cannot import selector file {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+def _import_code(module_part: str, code: SelectorCode) -> Any:
+    """Import `module_part` with the user's modules run from `code`'s sources (lock held)."""
+    modules = {name: (path, source) for name, path, source in code.sources if name}
+    for name in modules:  # stale versions: their importers must re-run them
+        sys.modules.pop(name, None)
+    for _, path, source in code.sources:
+        # tracebacks show the lines that ran, not the file as edited since
+        linecache.cache[path] = (len(source), None, source.splitlines(True), path)
+    finder = _SentModules(modules)
+    sys.meta_path.insert(0, finder)
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+        if not module_part.endswith(".py"):
+            return importlib.import_module(module_part)
+        root = [(path, source) for name, path, source in code.sources if name is None]
+        if not root:
+            raise SelectorError(f"selector file {module_part!r}: no source of it was given")
+        path, source = root[0]
+        name = f"pyproof_selector_{code.digest[:16]}"
+        spec = importlib.util.spec_from_file_location(name, path, loader=_SentSource(source))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        # registered before it runs (dataclasses and pickle look modules up by name);
+        # other threads wait on _LOCK, so none sees it half-made
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        old = _FRESH_NAMES.get(module_part)
+        if old is not None and old != name:
+            sys.modules.pop(old, None)
+        _FRESH_NAMES[module_part] = name
+        return module
+    finally:
+        sys.meta_path.remove(finder)
 
+
+class _SentSource(importlib.abc.Loader):
+    """Runs a module from a source string: no disk read, no bytecode cache."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        exec(compile(self.source, module.__spec__.origin, "exec", dont_inherit=True),
+             module.__dict__)
+
+    def get_source(self, name: str) -> str:
+        return self.source
+
+
+class _SentModules(importlib.abc.MetaPathFinder):
+    """Finds the user's modules in sent sources, for the thread importing a selector only."""
+
+    def __init__(self, modules: dict[str, tuple[str, str]]) -> None:
+        self.modules = modules
+        self.thread = threading.get_ident()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        entry = self.modules.get(fullname)
+        if entry is None or threading.get_ident() != self.thread:
+            return None
+        file, source = entry
+        package = os.path.basename(file) == "__init__.py"
+        return importlib.util.spec_from_file_location(
+            fullname, file, loader=_SentSource(source),
+            submodule_search_locations=[os.path.dirname(file)] if package else None)

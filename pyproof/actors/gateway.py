@@ -52,6 +52,8 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "packetizer": (str, type(None)),
     "packetizer_params": (dict, type(None)),
     "sys_path": (list, type(None)),
+    "selector_hash": (str, type(None)),     # sha256 of the selector's code (selector_code)
+    "selector_sources": (list, type(None)),  # that code: [[module, path, source], ...]
     "dataset_spec": (str, type(None)),
     "on_missing": (str, type(None)),
     "packet_timeout": (int, float, type(None)),
@@ -92,6 +94,11 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         if not (isinstance(item, list | tuple) and len(item) == 2
                 and isinstance(item[0], str) and isinstance(item[1], str | type(None))):
             raise RequestError(f"dataset element {item!r} must be [path, tree]")
+    for item in spec.get("selector_sources") or []:
+        if not (isinstance(item, list | tuple) and len(item) == 3
+                and isinstance(item[0], str | type(None)) and isinstance(item[1], str)
+                and isinstance(item[2], str)):
+            raise RequestError("selector_sources element must be [module, path, source]")
     if cycles is not None and cycles < 0:
         raise RequestError("'cycles' must not be negative")
     if spec.get("first", 0) < 0 or (spec.get("entries") or 0) < 0:

@@ -24,7 +24,7 @@ from pyproof.actors import protocol as p
 from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
-from pyproof.selector import Context, Selector, load_selector
+from pyproof.selector import Context, Selector, SelectorCode, load_selector
 from pyproof.transport import frames
 from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import chunk_frame_parts, decode_frame, frame_parts
@@ -128,7 +128,11 @@ class WorkerLoop:
             for path in self.spec.get("sys_path") or []:
                 if isinstance(path, str) and path not in sys.path:
                     sys.path.append(path)
-            selector_cls = load_selector(self.spec["selector"])
+            ref = self.spec["selector"]
+            code = None if self.spec.get("selector_sources") is None else \
+                SelectorCode.from_wire(ref, self.spec["selector_sources"],
+                                       self.spec.get("selector_hash"))
+            selector_cls = load_selector(ref, code)
             self.selector = selector_cls()
             self._new_outputs()
         except Exception as exc:

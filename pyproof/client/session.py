@@ -24,7 +24,7 @@ from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.sandbox import make_private_paths
-from pyproof.selector import Selector, load_selector, selector_ref
+from pyproof.selector import Selector, load_selector, selector_code, selector_ref
 from pyproof.transport import sealing
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
@@ -310,7 +310,10 @@ class Session:
         worker and carries the remote traceback); the session stays usable.
         """
         ref = selector_ref(selector)
-        cls = selector if isinstance(selector, type) else load_selector(ref)
+        # workers append these to their sys.path to import the selector by name
+        search = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
+        code = selector_code(ref, search)  # what runs: the disk as it is now, sent along
+        cls = selector if isinstance(selector, type) else load_selector(ref, code)
         if sum(x is not None for x in (dataset, cycles, files)) != 1:
             raise InputError("give exactly one of dataset=, cycles= and files=")
         if files is not None and (isinstance(files, str) or not all(
@@ -347,8 +350,8 @@ class Session:
             "concatenate": list(cls.concatenate),
             "client_address": self.data_address,
             "packetizer": packetizer, "packetizer_params": packetizer_params,
-            # workers append these to their sys.path to import the selector by name
-            "sys_path": [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)],
+            "sys_path": search,
+            "selector_hash": code.digest, "selector_sources": code.to_wire(),
         }
         query_id = uuid.uuid4().hex[:12]
         bar = ProgressBar(enabled=progress)
