@@ -26,3 +26,8 @@ class QueryError(ProofError):
 
 class InputError(ProofError, ValueError):
     """Arguments of `process` are invalid (dataset spec, inputs, ranges)."""
+
+
+class BenchError(ProofError):
+    """`proofctl bench` could not measure: bad arguments, or results that disagree
+    (the message names the run and the outputs)."""

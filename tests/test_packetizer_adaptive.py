@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from pyproof.packetizer import AdaptivePacketizer, Packet, Packetizer, WorkRange, make_packetizer
+from pyproof.packetizer.simulate import Scenario, simulate
 from pyproof.packetizer.testing import PacketizerMachine
 
 
@@ -62,6 +63,42 @@ def test_packets_shrink_as_the_end_nears() -> None:
         sizes.append(packet.entries)
     assert sizes[0] == 20_000 and sizes[-1] < 100
     assert sizes[-20:] == sorted(sizes[-20:], reverse=True)
+
+
+def test_packets_stay_large_while_work_is_plentiful_and_shrink_to_50_ms_at_the_end() -> None:
+    p = AdaptivePacketizer(files(10**6), workers=1)  # default parameters
+    learn(p, "w", 1000.0)
+    sizes, now = [], 1.0
+    while (packet := p.next_packet("w", now)) is not None:
+        now += packet.entries / 1000
+        p.packet_processed("w", packet.packet_id, now, seconds=packet.entries / 1000)
+        sizes.append(packet.entries)
+    assert sizes[:3] == [20_000] * 3  # max_packet_time: 20 s
+    assert sizes == sorted(sizes, reverse=True)
+    assert min(sizes[:-1]) == 50 and sizes[-1] < 75  # the 50 ms floor, then what is left
+
+
+def test_a_worker_busy_with_a_prefetched_packet_gets_less_than_an_idle_one() -> None:
+    p = AdaptivePacketizer(files(100_000), workers=2, max_packet_time=10**6)
+    learn(p, "a", 1000.0)
+    learn(p, "b", 1000.0)
+    held = got(p.next_packet("a", 1.0))  # "a" will be busy with it for a while
+    idle_share = got(p.next_packet("b", 1.0)).entries
+    busy_share = got(p.next_packet("a", 1.0)).entries
+    assert busy_share < idle_share - held.entries / 8
+    p.validate()
+
+
+def test_two_workers_with_prefetch_finish_within_50_ms_of_each_other() -> None:
+    """A lite-sized run (8 files x 1M entries, 1M entries/s per worker): a 1 s floor left
+    one worker idle 0.34 s at the end, as measured on the real cluster."""
+    scenario = Scenario(
+        workers=2, files=8, entries=1_000_000, speed=1e6, speed_spread=1.2,
+        overhead=0.002, seed=1, prefetch=True,
+    )
+    report = simulate(scenario)
+    assert report["finish_spread"] < 0.05
+    assert report["makespan_over_ideal"] < 1.01
 
 
 def test_a_worker_prefers_files_on_its_own_host() -> None:
@@ -120,6 +157,8 @@ def test_bad_parameters_are_refused_by_name() -> None:
         AdaptivePacketizer(files(1), workers=1, max_readers_per_node=0)
     with pytest.raises(ValueError, match=r"^packet_time_fraction must be >= 1, got 0.5$"):
         AdaptivePacketizer(files(1), workers=1, packet_time_fraction=0.5)
+    with pytest.raises(ValueError, match=r"^min_packet_entries must be >= 1, got 0$"):
+        AdaptivePacketizer(files(1), workers=1, min_packet_entries=0)
 
 
 def test_make_packetizer_builds_an_adaptive_packetizer_with_parameters() -> None:
@@ -152,6 +191,35 @@ TestAdaptiveMachine = AdaptiveMachine.TestCase
 TestAdaptiveMachine.settings = settings(
     max_examples=120,
     stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class EndGameMachine(PacketizerMachine):
+    """The end-game under arbitrary rates, requests (prefetching or not), reports out of
+    order, outputs overtaking reports, deaths and failures: small floors, so most packets
+    are cut from the projected finish and the in-flight estimates move all the time."""
+
+    def build(self, data: st.DataObject) -> tuple[Packetizer, list[WorkRange], int]:
+        sizes = data.draw(st.lists(st.sampled_from([1, 7, 40, 150]), min_size=1, max_size=5))
+        packetizer = AdaptivePacketizer(
+            files(*sizes),
+            workers=data.draw(st.integers(1, 4), label="planned workers"),
+            min_packet_time=data.draw(st.sampled_from([0.001, 0.05])),
+            max_packet_time=data.draw(st.sampled_from([0.5, 20.0])),
+            packet_time_fraction=data.draw(st.sampled_from([1.0, 2.0, 4.0])),
+            min_packet_entries=data.draw(st.sampled_from([1, 3])),
+            learn_entries=data.draw(st.sampled_from([1, 4])),
+            max_strikes=data.draw(st.integers(1, 3), label="max_strikes"),
+        )
+        return packetizer, files(*sizes), data.draw(st.integers(1, 4), label="workers at start")
+
+
+TestEndGameMachine = EndGameMachine.TestCase
+TestEndGameMachine.settings = settings(
+    max_examples=150,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

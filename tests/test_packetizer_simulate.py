@@ -19,6 +19,15 @@ def test_adaptive_finishes_within_five_percent_of_the_ideal_with_stragglers() ->
     assert report["finish_spread"] < 2.0
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_adaptive_end_game_finishes_within_one_percent_and_50_ms_of_each_other(
+    prefetch: bool,
+) -> None:
+    report = simulate(replace(REFERENCE, files=1000, straggler_slowdown=10, prefetch=prefetch))
+    assert report["makespan_over_ideal"] < 1.01
+    assert report["finish_spread"] < 0.1
+
+
 def test_adaptive_beats_basic_and_static_chunks_on_the_reference_case() -> None:
     ratios = {
         kind: simulate(replace(REFERENCE, packetizer=kind))["makespan_over_ideal"]

@@ -190,11 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true")
     logs.set_defaults(func=cmd_logs)
 
+    from pyproof.bench.suite import add_command as add_bench_command
     from pyproof.cli.admin import add_commands as add_admin_commands
     from pyproof.datasets.cli import add_commands as add_dataset_commands
 
     add_admin_commands(sub)
     add_dataset_commands(sub)
+    add_bench_command(sub)
     return parser
 
 

@@ -5,6 +5,7 @@ Layers, bottom up:
 - `base`: the contract (`WorkRange`, `Packet`, `Packetizer`, statistics).
 - `ledger`: exactly-once bookkeeping every packetizer shares.
 - `rates`: per-worker processing rates.
+- `backlog`: in-flight work per worker (busy-until) and for the cluster.
 - `common`: the protocol methods every packetizer shares.
 - `basic`, `unit`, `file`: PROOF's TPacketizer, TPacketizerUnit, TPacketizerFile.
 - `adaptive`: TPacketizerAdaptive done better (the default for data).

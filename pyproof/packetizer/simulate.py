@@ -8,8 +8,10 @@ speed_spread]`, a fraction of them `straggler_slowdown` times slower; files
 have sizes and, with `--hosts`, a host (remote reads `remote_slowdown` times
 slower); with `--parts N` they form N datasets processed in turn (the
 "multi" packetizer over parts of the chosen kind). Each packet costs
-`overhead` seconds on top (request, file open). Workers may die or join
-mid-run. The report compares the makespan with the
+`overhead` seconds on top (request, file open). With `--prefetch` a worker
+asks for its next packet when it starts one, as the real worker loop does
+(the request's round trip hides behind the processing). Workers may die or
+join mid-run. The report compares the makespan with the
 ideal (total entries / total speed of the starting workers, no overhead) and
 gives the spread of the workers' finish times and the packetizer's own CPU
 time per `next_packet` decision.
@@ -55,6 +57,7 @@ class Scenario:
     joins: int = 0
     overhead: float = 0.005
     flush_every: int = 1
+    prefetch: bool = False
     parts: int = 1
     packetizer: str = "adaptive"
     seed: int = 0
@@ -95,6 +98,7 @@ class _Cluster:
         self.outputs: dict[str, list[int]] = {}
         self.last_done: dict[str, float] = {}
         self.packets: dict[str, int] = {}
+        self.next: dict[str, Packet] = {}  # prefetched: granted, not started
         self.cpu: list[float] = []
         self.makespan = 0.0
 
@@ -143,15 +147,20 @@ class _Cluster:
                 self.alive.discard(worker)
                 self.idle.discard(worker)
                 self.outputs.pop(worker, None)
+                self.next.pop(worker, None)
                 self.packetizer.worker_lost(worker, t)
                 self._wake(t)
         if not self.packetizer.finished:
             raise RuntimeError(f"simulation stalled: {self.packetizer.statistics()}")
 
-    def _ask(self, worker: str, t: float) -> None:
+    def _grant(self, worker: str, t: float) -> Packet | None:
         start = time.process_time()
         packet = self.packetizer.next_packet(worker, t)
         self.cpu.append(time.process_time() - start)
+        return packet
+
+    def _ask(self, worker: str, t: float) -> None:
+        packet = self.next.pop(worker, None) or self._grant(worker, t)
         if packet is None:
             self._flush(worker, t)
             self.idle.add(worker)
@@ -161,6 +170,8 @@ class _Cluster:
         slowdown = self.s.remote_slowdown if host and host != self.worker_host[worker] else 1.0
         seconds = self.s.overhead + packet.entries * slowdown / self.speed[worker]
         self._push(t + seconds, "done", worker, (packet, seconds))
+        if self.s.prefetch and (following := self._grant(worker, t)) is not None:
+            self.next[worker] = following
 
     def _done(self, worker: str, packet: Packet, seconds: float, t: float) -> None:
         self.packetizer.packet_processed(worker, packet.packet_id, t, seconds=seconds)
@@ -254,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--joins", type=int, default=d.joins, help="workers that join mid-run")
     add("--overhead", type=float, default=d.overhead, help="seconds per packet")
     add("--flush-every", type=int, default=d.flush_every, help="packets per output")
+    add("--prefetch", action="store_true", help="ask for the next packet when starting one")
     add("--parts", type=int, default=d.parts, help="datasets in turn (multi packetizer)")
     add("--packetizer", choices=PACKETIZERS, default=d.packetizer)
     add("--seed", type=int, default=d.seed)
