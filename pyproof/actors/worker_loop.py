@@ -60,7 +60,7 @@ class _FileCache:
 
     def charge(self, path: str) -> int:
         """Bytes requested from `path` since the last charge."""
-        requested = requested_bytes(self._files[path].file.source)
+        requested = int(self._files[path].file.source.num_requested_bytes)
         nbytes, self._charged[path] = requested - self._charged[path], requested
         return nbytes
 
@@ -69,13 +69,6 @@ class _FileCache:
             with contextlib.suppress(Exception):
                 handle.close()
         self._files.clear()
-
-
-def requested_bytes(source: Any) -> int:
-    """Bytes an uproot source has requested. A local file that cannot be memory-mapped
-    is read by the memmap source's fallback, which keeps the counts itself."""
-    fallback = getattr(source, "fallback", None)
-    return int((fallback or source).num_requested_bytes)
 
 
 class WorkerLoop:
