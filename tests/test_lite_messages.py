@@ -44,8 +44,8 @@ def test_a_query_error_is_short_and_keeps_the_remote_traceback_aside(session):
 
 def test_a_selector_that_returns_its_outputs_is_told_to_fill_ctx_outputs(session):
     with pytest.raises(pyproof.QueryError,
-                       match=r"SelectorError: ReturnsOutputs\.process returned a dict; pyproof "
-                             r"ignores what process returns: create your outputs in begin .* "
+                       match=r"SelectorError: ReturnsOutputs\.process returned a dict, but pyproof "
+                             r"does not use what process returns: create your outputs in begin .* "
                              r"fill them in process .*ctx\.outputs"):
         session.process("tests.sample_selectors:ReturnsOutputs", dataset=zmumu())
     assert session.process(ZmumuMass, dataset=zmumu()).stats.entries == 2304

@@ -41,9 +41,11 @@ class _FileCache:
     A packet is charged every byte its file's source requested since the
     previous charge: opening the file and reading the tree's metadata count
     (for the packet that caused them) as well as the baskets. The metadata
-    matters: a TTree whose baskets were never flushed (small files, often
-    NanoAOD test files) keeps them *inside* its metadata, so reading its
-    branches requests nothing more and counting only `tree.arrays` says 0.
+    matters: baskets still in memory when a TTree was saved are stored inside
+    its TBranch metadata ("embedded baskets"), so reading them requests
+    nothing more, and counting only around `tree.arrays` said 0 for a small
+    file whose data are all embedded (the likely case of the CMS NanoAOD test
+    file, on which coffea's bytesread also does not grow with the branches).
     """
 
     def __init__(self) -> None:
@@ -362,8 +364,8 @@ class WorkerLoop:
 def _returned_message(selector: Selector, returned: Any) -> str:
     """The coffea habit (`process` returns the outputs): say where outputs go instead."""
     name = type(selector).__name__
-    return (f"{name}.process returned a {type(returned).__name__}; pyproof ignores what "
-            "process returns: create your outputs in begin (ctx.outputs['n'] = 0, "
+    return (f"{name}.process returned a {type(returned).__name__}, but pyproof does not use "
+            "what process returns: create your outputs in begin (ctx.outputs['n'] = 0, "
             "ctx.outputs['h'] = hist.Hist(...)) and fill them in process "
             "(ctx.outputs['n'] += len(events), ctx.outputs['h'].fill(...)); the workers' "
             "ctx.outputs are merged into the result")
