@@ -14,8 +14,9 @@ class ConnectError(ProofError):
 
 
 class QueryError(ProofError):
-    """A query failed. `remote` holds the error as it happened (type, message,
-    traceback, and where: file, tree, entry range, worker); `lineage` what was
+    """A query failed. `str(err)` says what and where in a few lines; `remote`
+    holds the error as it happened (type, message, `remote.traceback`, and
+    `remote.context`: file, tree, entry range, worker); `lineage` what was
     processed before it stopped. The session stays usable."""
 
     def __init__(self, message: str, *, remote: Any = None, lineage: dict | None = None) -> None:

@@ -45,6 +45,9 @@ class Selector:
       work came back to it): create the outputs in `ctx.outputs` there.
     - `process(events, ctx)` runs once per packet, with an awkward array of
       the packet's entries (or a `range` of cycle numbers for CPU tasks).
+      It updates `ctx.outputs` and returns None (a returned value fails the
+      query). Numbers are summed over workers: accumulate them
+      (`ctx.outputs["n"] += len(events)`), never assign them.
     - `terminate(outputs)` runs once on the client after the merge; whatever
       it returns (if not None) replaces the outputs.
     """

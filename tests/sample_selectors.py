@@ -247,3 +247,36 @@ class BigCycles(pyproof.Selector):
 
     def process(self, cycles, ctx):
         ctx.outputs["big"][: len(cycles)] += 1.0
+
+
+class ReturnsOutputs(ZmumuMass):
+    """The coffea habit: returns its outputs from process instead of filling ctx.outputs."""
+
+    def process(self, events, ctx):
+        return {"n": len(events)}
+
+
+class NoneOutput(pyproof.Selector):
+    """An output left at None (a placeholder): it cannot be merged across workers."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["best"] = None
+
+    def process(self, events, ctx):
+        import time
+
+        time.sleep(ctx.inputs.get("sleep", 0.02))
+
+
+class NanoMuons(pyproof.Selector):
+    """NanoAOD-style jagged branches with a counter (`nMuon`, `Muon_pt`, `Muon_eta`)."""
+
+    branches = ["nMuon", "Muon_pt", "Muon_eta"]
+
+    def begin(self, ctx):
+        ctx.outputs["muons"] = 0
+
+    def process(self, events, ctx):
+        ctx.outputs["muons"] += int(ak.sum(events["nMuon"]))

@@ -50,7 +50,14 @@ def test_objects_with_merge_or_add():
 
 
 def test_unmergeable_outputs_are_named():
-    with pytest.raises(MergeError, match=r"^h: cannot merge str with int$"):
+    with pytest.raises(MergeError, match=r"^h: cannot merge str with int \(give the output one "
+                                         r"type on every worker; outputs that merge: hist\.Hist "
+                                         r"and boost-histogram histograms, numpy arrays, numbers "
+                                         r"\(summed\), collections\.Counter, lists, dicts of "
+                                         r"these, or objects with merge\(other\) or __add__\)$"):
         merge("a", 1, name="h")
+    with pytest.raises(MergeError, match=r"^best: objects of type NoneType have neither "
+                                         r"merge\(\) nor __add__ \(outputs that merge: "):
+        merge(None, None, name="best")
     with pytest.raises(MergeError, match=r"booleans do not merge"):
         merge(True, False, name="flag")

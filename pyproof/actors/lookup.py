@@ -89,7 +89,16 @@ def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> E
 
 
 def select_ranges(elements: list[Element], first: int, count: int | None) -> list[WorkRange]:
-    """The global half-open selection [first, first+count) over the elements' own ranges."""
+    """The global half-open selection [first, first+count) over the elements' own ranges.
+
+    A `first` at or past the end is an error naming the dataset's size: an
+    empty result would look like a dataset with nothing in it.
+    """
+    total = sum(max(0, e.stop - e.entry_start) for e in elements)
+    if first > 0 and first >= total:
+        hint = f"numbered from 0 (give first= below {total})" if total else "nothing to skip"
+        raise LookupError_(
+            f"first={first} is past the end of the dataset: it has {total} entries, {hint}")
     ranges: list[WorkRange] = []
     stop_global = None if count is None else first + count
     offset = 0

@@ -256,4 +256,7 @@ class SessionSupervisor(SupervisorActor):
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None and pid is not None:
             self.send(master, m.WorkerLost(worker_id=child_id, pid=pid))
-        get_logger().warning("child_exit_seen", child_id=child_id, pid=pid, reason=reason)
+        # the session stopping (closed, or the daemon shutting down) is no news
+        level = "info" if self.exiting or reason == "shutdown" else "warning"
+        getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,
+                                     reason=reason)

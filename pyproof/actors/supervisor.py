@@ -56,6 +56,7 @@ class SupervisorActor(ProofActor):
         self._ticking = False
         self._corr = itertools.count()
         self._announced = False
+        self.exiting = False  # we got ActorExitRequest: children's exits are our shutdown
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -210,6 +211,7 @@ class SupervisorActor(ProofActor):
         elif isinstance(message, ActorExitRequest):
             # we are being stopped: our children go first, in reverse start order, and
             # their exits are expected (Thespian exits this actor when we return)
+            self.exiting = True
             for child_id in reversed(list(self.refs)):
                 self.stopping[child_id] = None
                 if child_id in self.pids:
@@ -235,6 +237,14 @@ class SupervisorActor(ProofActor):
         expected = child_id in self.stopping
         self.stopping.pop(child_id, None)
         reason = self.kill_reasons.pop(child_id, None) or ("shutdown" if expected else "crashed")
+        if self.exiting:
+            # Thespian reports our children's exits while we stop: an ordinary shutdown,
+            # not a failure for the core to restart (it would log an error and restart)
+            self.starting.pop(child_id, None)
+            get_logger().info("child_terminated", supervisor=self.core.name if self.core
+                              else None, child_id=child_id, reason=reason)
+            self.on_child_exited(child_id, pid, reason)
+            return
         if self.starting.pop(child_id, None) is not None:
             self.run(ev.StartFailed(child_id=child_id, reason=f"exited while starting ({reason})",
                                     now=time.monotonic()))

@@ -24,9 +24,9 @@ from pyproof.actors import protocol as p
 from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
-from pyproof.selector import Context, Selector, SelectorCode, load_selector
+from pyproof.selector import Context, Selector, SelectorCode, SelectorError, load_selector
 from pyproof.transport import frames
-from pyproof.transport.codec import EncodeError, RemoteError
+from pyproof.transport.codec import SUPPORTED_TYPES, EncodeError, RemoteError
 from pyproof.transport.frames import chunk_frame_parts, decode_frame, frame_parts
 from pyproof.transport.wire import parts_size, send_parts
 
@@ -36,17 +36,35 @@ CHUNK = frames.DEFAULT_CHUNK_SIZE  # requests larger than this go as chunks (8 M
 
 
 class _FileCache:
-    """Open files stay open across the packets of one query."""
+    """Open files stay open across the packets of one query, and count the bytes read.
+
+    A packet is charged every byte its file's source requested since the
+    previous charge: opening the file and reading the tree's metadata count
+    (for the packet that caused them) as well as the baskets. The metadata
+    matters: baskets still in memory when a TTree was saved are stored inside
+    its TBranch metadata ("embedded baskets"), so reading them requests
+    nothing more, and counting only around `tree.arrays` said 0 for a small
+    file whose data are all embedded (the likely case of the CMS NanoAOD test
+    file, on which coffea's bytesread also does not grow with the branches).
+    """
 
     def __init__(self) -> None:
         self._files: dict[str, Any] = {}
+        self._charged: dict[str, int] = {}
 
     def tree(self, path: str, tree: str) -> tuple[Any, Any]:
         handle = self._files.get(path)
         if handle is None:
             handle = uproot.open(path)
             self._files[path] = handle
+            self._charged[path] = 0
         return handle, handle[tree]
+
+    def charge(self, path: str) -> int:
+        """Bytes requested from `path` since the last charge."""
+        requested = int(self._files[path].file.source.num_requested_bytes)
+        nbytes, self._charged[path] = requested - self._charged[path], requested
+        return nbytes
 
     def close(self) -> None:
         for handle in self._files.values():
@@ -207,7 +225,9 @@ class WorkerLoop:
                 events: Any = range(start, stop)  # CPU or per-file task: nothing to read
             else:
                 events, nbytes = self._read(reply, path, tree_name, start, stop)
-            self.selector.process(events, ctx)
+            returned = self.selector.process(events, ctx)
+            if returned is not None:
+                raise SelectorError(_returned_message(self.selector, returned))
             seconds = time.perf_counter() - t0
             self._current = None
         except Exception as exc:
@@ -223,16 +243,14 @@ class WorkerLoop:
               stop: int) -> tuple[Any, int]:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
         main, friends = split_branches(self.spec.get("branches"))
-        handle, tree = self._files.tree(path, tree_name)
-        before = handle.file.source.num_requested_bytes
+        _, tree = self._files.tree(path, tree_name)
         events = tree.arrays(main, entry_start=start, entry_stop=stop, library="ak")
-        nbytes = handle.file.source.num_requested_bytes - before
+        nbytes = self._files.charge(path)
         friend_path = reply.get("friend_path")
         if friends and friend_path:
-            fhandle, ftree = self._files.tree(friend_path, reply.get("friend_tree"))
-            fbefore = fhandle.file.source.num_requested_bytes
+            _, ftree = self._files.tree(friend_path, reply.get("friend_tree"))
             friend = ftree.arrays(friends, entry_start=start, entry_stop=stop, library="ak")
-            nbytes += fhandle.file.source.num_requested_bytes - fbefore
+            nbytes += self._files.charge(friend_path)
             fields = {name: events[name] for name in events.fields}
             fields["friend"] = friend
             events = ak.zip(fields, depth_limit=1)
@@ -255,13 +273,16 @@ class WorkerLoop:
         if not self._held:
             return
         assert self.ctx is not None
-        reply = self._request(p.OUTPUTS, {
-            "packets": list(self._held),
-            "processed": self._take_reports(),
-            "outputs": self.ctx.outputs,
-            # files this batch wrote: the master keeps them with its packets, or deletes them
-            "files": [f for f in self.ctx.written if os.path.exists(f)],
-        })
+        try:
+            reply = self._request(p.OUTPUTS, {
+                "packets": list(self._held),
+                "processed": self._take_reports(),
+                "outputs": self.ctx.outputs,
+                # files this batch wrote: the master keeps them with its packets, or deletes
+                "files": [f for f in self.ctx.written if os.path.exists(f)],
+            })
+        except EncodeError as exc:
+            raise EncodeError(f"{exc}; outputs may hold {SUPPORTED_TYPES}") from None
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
         if reply["kind"] != p.ACK or reply.get("more"):  # held packets would wait for ever
@@ -342,6 +363,16 @@ class WorkerLoop:
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
         return reply
+
+
+def _returned_message(selector: Selector, returned: Any) -> str:
+    """The coffea habit (`process` returns the outputs): say where outputs go instead."""
+    name = type(selector).__name__
+    return (f"{name}.process returned a {type(returned).__name__}, but pyproof does not use "
+            "what process returns: create your outputs in begin (ctx.outputs['n'] = 0, "
+            "ctx.outputs['h'] = hist.Hist(...)) and fill them in process "
+            "(ctx.outputs['n'] += len(events), ctx.outputs['h'].fill(...)); the workers' "
+            "ctx.outputs are merged into the result")
 
 
 class OutputsRefused(Exception):

@@ -16,7 +16,9 @@ class WorkerStats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
-    """entries: entries merged exactly once; bytes_read: bytes uproot requested;
+    """entries: entries merged exactly once; bytes_read: bytes uproot requested on the
+    workers (opening files and reading tree metadata included, so a tree whose baskets
+    live in its metadata does not read as 0);
     wall_time: seconds from query start on the master to the merged result."""
 
     entries: int

@@ -28,6 +28,7 @@ from pyproof.selector import Selector, load_selector, selector_code, selector_re
 from pyproof.transport import sealing
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
+    SUPPORTED_TYPES,
     EncodeError,
     ProtocolError,
     RemoteError,
@@ -330,7 +331,8 @@ class Session:
         try:
             size = len(encode(inputs))
         except EncodeError as exc:
-            raise InputError(f"inputs cannot be sent to workers: {exc}") from None
+            raise InputError(f"inputs cannot be sent to workers: {exc}; inputs may hold "
+                             f"{SUPPORTED_TYPES}") from None
         limit = min(DEFAULT_MAX_FRAME, self.control.max_frame) - INPUTS_SLACK
         if size > limit:
             raise InputError(
@@ -484,8 +486,11 @@ class Session:
 
 
 def _describe(error: Any) -> str:
+    """QueryError's message: what and where, short; the traceback stays in err.remote."""
     if isinstance(error, RemoteError):
-        return str(error)
+        if error.traceback:
+            return f"{error.summary()}\n  (remote traceback: err.remote.traceback)"
+        return error.summary()
     return f"query failed: {error!r}"
 
 

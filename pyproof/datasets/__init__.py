@@ -17,6 +17,7 @@ from pyproof.datasets.catalog import Catalog
 from pyproof.datasets.errors import (
     BadFilesError,
     CatalogError,
+    CatalogFullError,
     DatasetError,
     DatasetExistsError,
     DatasetNameError,
@@ -55,6 +56,7 @@ __all__ = [
     "BadFilesError",
     "Catalog",
     "CatalogError",
+    "CatalogFullError",
     "Dataset",
     "DatasetError",
     "DatasetExistsError",

@@ -35,6 +35,7 @@ from pyproof import sandbox
 from pyproof.datasets.errors import (
     BadFilesError,
     CatalogError,
+    CatalogFullError,
     DatasetExistsError,
     DatasetNameError,
     DatasetNotFoundError,
@@ -164,6 +165,11 @@ def _info(row: Sequence[Any]) -> DatasetInfo:
     )
 
 
+def _disk_full(err: sqlite3.Error) -> bool:
+    """SQLITE_FULL: "database or disk is full" (the filesystem, or a size limit)."""
+    return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _default_user() -> str:
     try:
         return getpass.getuser()
@@ -227,6 +233,11 @@ class Catalog:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._init_schema()
+        except sqlite3.OperationalError as err:
+            self._conn.close()
+            if _disk_full(err):
+                raise CatalogFullError(self.path, str(err)) from None
+            raise
         except BaseException:
             self._conn.close()
             raise
@@ -253,14 +264,23 @@ class Catalog:
             raise self._busy(err) from None
         try:
             yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.OperationalError) and _disk_full(exc):
+                raise CatalogFullError(self.path, str(exc)) from None
             raise
         try:
             self._conn.execute("COMMIT")
         except sqlite3.OperationalError as err:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
+            if _disk_full(err):
+                raise CatalogFullError(self.path, str(err)) from None
             raise self._busy(err) from None
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (it does after some I/O errors)
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     def _write(self) -> Any:
         return self._transaction("IMMEDIATE")

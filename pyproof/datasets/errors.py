@@ -7,6 +7,8 @@ which is written for the user: it names what was wrong and what to do.
 
 from __future__ import annotations
 
+from pyproof.errors import ProofError
+
 
 class DatasetError(Exception):
     """Base class of every error the dataset catalog raises on purpose."""
@@ -112,6 +114,20 @@ class BadFilesError(DatasetError):
 
 class CatalogError(DatasetError):
     """The catalog file itself is unusable (for example written by a newer pyproof)."""
+
+
+class CatalogFullError(CatalogError, ProofError):
+    """The disk holding the catalog is full; the change was rolled back (nothing changed).
+
+    Free space on that filesystem and try again.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(
+            f"disk full: cannot write the dataset catalog {path!r} ({detail}); nothing was "
+            "changed; free space on its filesystem and try again"
+        )
 
 
 def format_bytes(n: int) -> str:

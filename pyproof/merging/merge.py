@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+MERGEABLE = ("outputs that merge: hist.Hist and boost-histogram histograms, numpy arrays, "
+             "numbers (summed), collections.Counter, lists, dicts of these, or objects "
+             "with merge(other) or __add__")
+
 
 class MergeError(TypeError):
     """Two outputs cannot be merged; the message names the output and the types."""
@@ -43,7 +47,8 @@ def merge(a: Any, b: Any, *, name: str = "output", concatenate: bool = False) ->
         isinstance(a, int | float) and isinstance(b, int | float)
     ):
         raise MergeError(
-            f"{name}: cannot merge {type(a).__name__} with {type(b).__name__}"
+            f"{name}: cannot merge {type(a).__name__} with {type(b).__name__} "
+            f"(give the output one type on every worker; {MERGEABLE})"
         )
     merge_method = getattr(a, "merge", None)
     if callable(merge_method):
@@ -53,7 +58,8 @@ def merge(a: Any, b: Any, *, name: str = "output", concatenate: bool = False) ->
         return a + b
     except TypeError as exc:
         raise MergeError(
-            f"{name}: objects of type {type(a).__name__} have neither merge() nor __add__"
+            f"{name}: objects of type {type(a).__name__} have neither merge() nor __add__ "
+            f"({MERGEABLE})"
         ) from exc
 
 

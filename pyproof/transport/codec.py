@@ -76,6 +76,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "SUPPORTED_TYPES",
     "TAG_COUNTER",
     "TAG_DATASET_RECORD",
     "TAG_HISTOGRAM",
@@ -135,6 +136,12 @@ class ProtocolError(ValueError):
     """
 
 
+SUPPORTED_TYPES = ("None, bool, int, float, complex, str, bytes, list, tuple, dict, set, "
+                   "collections.Counter, numpy arrays and scalars, hist.Hist and "
+                   "boost-histogram histograms, timezone-aware datetime and date")
+"""What travels on the wire, for messages that refuse something else."""
+
+
 class EncodeError(TypeError):
     """Raised by :func:`encode` when a value cannot travel on the wire.
 
@@ -171,6 +178,12 @@ class RemoteError:
             name = f"{kind.__module__}.{name}"
         tb = "".join(_traceback.format_exception(exc))
         return cls(type=name, message=str(exc), traceback=tb, context=dict(context))
+
+    def summary(self) -> str:
+        """What went wrong and where, without the traceback (``QueryError``'s message)."""
+        head = f"{self.type}: {self.message}" if self.message else self.type
+        where = _describe_context(self.context)
+        return f"{head}\n  {where}" if where else head
 
     def __str__(self) -> str:
         head = f"{self.type}: {self.message}" if self.message else self.type
