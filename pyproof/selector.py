@@ -16,8 +16,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyproof.errors import ProofError
 
-class SelectorError(Exception):
+
+class SelectorError(ProofError):
     """The selector cannot be found or loaded; the message says which and why."""
 
 

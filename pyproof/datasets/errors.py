@@ -7,8 +7,10 @@ which is written for the user: it names what was wrong and what to do.
 
 from __future__ import annotations
 
+from pyproof.errors import ProofError
 
-class DatasetError(Exception):
+
+class DatasetError(ProofError):
     """Base class of every error the dataset catalog raises on purpose."""
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from pyproof.errors import ProofError
 
-class MergeError(TypeError):
+
+class MergeError(ProofError, TypeError):
     """Two outputs cannot be merged; the message names the output and the types."""
 
 
