@@ -90,7 +90,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     inputs = parse_inputs(args.inputs)
     url = daemon_url(args, default="lite://")
-    with stdout_to_stderr(args.json), pyproof.connect(url, workers=args.workers) as session:
+    # --workers, else the URL's ?workers=, else 2
+    workers = args.workers or (None if "workers=" in url else 2)
+    with stdout_to_stderr(args.json), pyproof.connect(url, workers=workers) as session:
         result = session.process(
             args.selector,
             dataset=args.dataset or None,
@@ -227,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", action="append", default=[],
                      help="'file.root:tree' (repeat for several files)")
     run.add_argument("--cycles", type=int, default=None, help="pure CPU task of N cycles")
-    run.add_argument("--workers", type=int, default=2)
+    run.add_argument("--workers", type=int, default=None,
+                     help="workers of the session (default: the URL's ?workers=, else 2)")
     run.add_argument("--entries", type=int, default=None)
     run.add_argument("--first", type=int, default=0)
     run.add_argument("--inputs", default=None, help="inputs as a JSON object")
