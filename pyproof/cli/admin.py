@@ -1,7 +1,8 @@
 """proofctl's daemon and admin commands: daemon start/stop, status, tree, sessions, kill, reset.
 
-Every admin command reaches the daemon named by `--url proof://host:port` or
-`$PYPROOF_URL` (default proof://127.0.0.1:1093).
+Every command that talks to a daemon reaches the one named by `--url
+proof://host:port`, else `$PYPROOF_URL`, else proof://127.0.0.1:1093, the way
+`pyproof.connect` does: over TLS when `$PYPROOF_TLS_CA` is set.
 """
 
 from __future__ import annotations
@@ -9,23 +10,58 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import socket
 import time
 from typing import Any
 from urllib.parse import urlparse
 
 from pyproof.cli.daemon import DEFAULT_PORT, start_daemon, stop_daemon
-from pyproof.client.control import ControlClient
+from pyproof.client.control import ControlClient, dial_daemon
+from pyproof.errors import ConnectError, ProofError
 
 DEFAULT_URL = f"proof://127.0.0.1:{DEFAULT_PORT}"
+ENV_URL = "PYPROOF_URL"
+CONNECT_WITHIN = 1.0  # a refused connection is said at once; a restarting gateway gets 1 s
+
+
+def daemon_url(args: argparse.Namespace, default: str | None = DEFAULT_URL) -> str | None:
+    """--url, else $PYPROOF_URL, else `default`: the one rule of every command."""
+    return getattr(args, "url", None) or os.environ.get(ENV_URL) or default
+
+
+def local_daemon_port(url: str, what: str) -> int:
+    """The port of the daemon at `url`, which must run on this host; `what` says why
+    (it reads the daemon's files, or signals its process)."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "proof" or not parsed.hostname or not port:
+        raise ConnectError(f"{url!r} is not a daemon URL: use proof://host:port")
+    if not _is_this_host(parsed.hostname):
+        raise ConnectError(f"{what}, and {parsed.hostname} is another host: run it there")
+    return port
+
+
+def _is_this_host(host: str) -> bool:
+    """True if `host` names an address of this machine (we can bind to it)."""
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind((address[0], 0))
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def _control(args: argparse.Namespace) -> ControlClient:
-    url = args.url or os.environ.get("PYPROOF_URL") or DEFAULT_URL
-    parsed = urlparse(url)
-    if parsed.scheme != "proof" or not parsed.hostname or not parsed.port:
-        raise SystemExit(f"proofctl: {url!r} is not a proof://host:port URL")
-    return ControlClient(f"tcp://{parsed.hostname}:{parsed.port}", attempt_timeout=2.0)
+    return dial_daemon(daemon_url(args), attempt_timeout=2.0, connect_within=CONNECT_WITHIN)
 
 
 def _call(args: argparse.Namespace, kind: str, payload: dict | None = None, *,
@@ -56,11 +92,12 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon_stop(args: argparse.Namespace) -> int:
-    if stop_daemon(args.port):
-        print(f"proofd on port {args.port} stopped")
+    port = args.port or local_daemon_port(
+        daemon_url(args), "proofctl daemon stop signals a daemon on this host")
+    if stop_daemon(port):
+        print(f"proofd on port {port} stopped")
         return 0
-    print(f"no proofd known on port {args.port}", file=sys.stderr)
-    return 1
+    raise ConnectError(f"no proofd started by proofctl runs on port {port} of this host")
 
 
 def _sessions(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     tree = _call(args, "tree")["tree"]
     sessions = _sessions(args)
     alive = {s: i for s, i in sessions.items() if i.get("alive")}
-    status = {"url": args.url or os.environ.get("PYPROOF_URL") or DEFAULT_URL,
+    status = {"url": daemon_url(args),
               "root_pid": tree.get("pid"), "sessions": len(alive),
               "workers": sum(i.get("workers", 0) for i in alive.values()),
               "restarts": count_restarts(tree)}
@@ -123,9 +160,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    # closing is idempotent on the daemon (a retried close must succeed), so an
+    # unknown id is caught here, against the sessions this user may see
+    sessions = _sessions(args)
+    if args.session not in sessions:
+        known = ", ".join(sorted(sessions)) or "none"
+        raise ProofError(f"no session {args.session!r} at {daemon_url(args)} (yours: {known}); "
+                         "`proofctl sessions` lists them")
     _call(args, "close_session", session=args.session)
-    print(f"session {args.session} closed")
-    return 0
+    return _out(args, {"closed": [args.session]},
+                lambda _: print(f"session {args.session} closed"))
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -138,8 +182,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if info.get("alive") and (args.hard or info.get("user") == me):
             _call(args, "close_session", session=sid)
             closed.append(sid)
-    print(f"closed {len(closed)} session(s): {' '.join(closed)}".rstrip(": "))
-    return 0
+    return _out(args, {"closed": closed}, lambda _: print(
+        f"closed {len(closed)} session(s): {' '.join(closed)}".rstrip(": ")))
+
+
+def add_url_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_URL) -> None:
+    parser.add_argument("--url", default=None,
+                        help=f"the daemon, proof://host:port (default: ${ENV_URL}, else {default})")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -155,13 +204,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="directory of per-user secret files (0600), named after the users")
     start.add_argument("--admins", default=None, help="comma-separated admin users")
     start.set_defaults(func=cmd_daemon_start)
-    stop = dsub.add_parser("stop", help="stop proofd")
-    stop.add_argument("--port", type=int, default=DEFAULT_PORT)
+    stop = dsub.add_parser("stop", help="stop proofd (on this host)")
+    stop.add_argument("--port", type=int, default=None,
+                      help=f"its port (default: the port of --url, ${ENV_URL}, or {DEFAULT_PORT})")
+    add_url_argument(stop)
     stop.set_defaults(func=cmd_daemon_stop)
 
     def admin(name: str, func, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--url", default=None, help="proof://host:port (or $PYPROOF_URL)")
+        add_url_argument(p)
         p.add_argument("--json", action="store_true")
         p.add_argument("--timeout", type=float, default=10.0)
         p.set_defaults(func=func)

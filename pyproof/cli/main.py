@@ -1,18 +1,23 @@
 """`proofctl`: run queries, the demo and read logs from the shell.
 
-Human-readable output by default, `--json` for scripts.
+Human-readable output by default, `--json` for scripts (then the JSON document
+is all that goes to stdout). Exit codes: 0 done, 1 an error (one line on
+stderr, `proofctl: ...`; `--debug` adds the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
 import sys
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
-from pyproof.errors import ProofError
+from pyproof.errors import InputError, ProofError
 
 
 def _json_default(value: Any) -> Any:
@@ -44,14 +49,53 @@ def _print_stats(result) -> None:
               f"busy {ws.busy_seconds:6.2f} s")
 
 
+def parse_inputs(text: str | None) -> dict[str, Any]:
+    """--inputs: a JSON object (a ProofError says where the JSON breaks)."""
+    if not text:
+        return {}
+    try:
+        inputs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--inputs is not valid JSON: {exc.msg} at column {exc.colno} "
+                         f"of {text!r}") from None
+    if not isinstance(inputs, dict):
+        raise InputError(f"--inputs must be a JSON object ({{\"name\": value, ...}}), "
+                         f"not {type(inputs).__name__}: {text!r}")
+    return inputs
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """With --json, whatever else would reach stdout (a selector's print in terminate(),
+    the cluster's processes started meanwhile) goes to stderr, at the descriptor level,
+    so the JSON document printed afterwards is alone on stdout."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pyproof
+    from pyproof.cli.admin import daemon_url
 
-    inputs = json.loads(args.inputs) if args.inputs else {}
+    inputs = parse_inputs(args.inputs)
     # one --dataset is a string, read as session.process reads one (a catalog name, or
     # files: see datasets.sources.names_catalog); several are a list of files
     dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset or None
-    with pyproof.connect(f"lite://?workers={args.workers}") as session:
+    url = daemon_url(args, default="lite://")
+    # --workers, else the URL's ?workers=, else 2
+    workers = args.workers or (None if "workers=" in url else 2)
+    with stdout_to_stderr(args.json), pyproof.connect(url, workers=workers) as session:
         result = session.process(
             args.selector,
             dataset=dataset,
@@ -84,12 +128,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if len(specs) != args.files or args.regenerate:
         for old in specs:
             os.remove(old)
-        print(f"writing {args.events:,} toy Z->mumu events in {args.files} files to {directory}")
+        print(f"writing {args.events:,} toy Z->mumu events in {args.files} files to {directory}",
+              file=sys.stderr if args.json else sys.stdout)
         specs = write_demo_dataset(directory, files=args.files, events=args.events)
     else:
         specs = [f"{path}:events" for path in specs]
-    print(f"processing {len(specs)} files on a lite cluster of {args.workers} workers")
-    with pyproof.connect(f"lite://?workers={args.workers}") as session:
+    print(f"processing {len(specs)} files on a lite cluster of {args.workers} workers",
+          file=sys.stderr if args.json else sys.stdout)
+    with stdout_to_stderr(args.json), \
+            pyproof.connect(f"lite://?workers={args.workers}") as session:
         result = session.process(DimuonMass, dataset=specs, progress=args.progress)
     h = result.outputs["mass"]
     if args.json:
@@ -105,14 +152,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from pyproof.cli.admin import daemon_url, local_daemon_port
     from pyproof.cli.daemon import daemon_home
     from pyproof.client.lite import lite_sessions_dir
 
-    if args.port is not None:  # a daemon's logs: every session's, filtered below
-        log_dir = os.path.join(daemon_home(args.port), "logs")
+    port = args.port
+    url = daemon_url(args, default=None)
+    if port is None and url is not None and not url.startswith("lite:"):
+        port = local_daemon_port(
+            url, "proofctl logs reads the log files of a daemon on this host")
+    if port is not None:  # a daemon's logs: every session's, filtered below
+        log_dir = os.path.join(daemon_home(port), "logs")
         if not os.path.isdir(log_dir):
-            print(f"no proofd logs in {log_dir}", file=sys.stderr)
-            return 1
+            raise ProofError(f"no proofd logs in {log_dir}: no daemon started by proofctl "
+                             f"ran on port {port} of this host")
     else:
         base = lite_sessions_dir()
         dirs = sorted(glob.glob(os.path.join(base, "*")), key=os.path.getmtime)
@@ -120,8 +173,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             dirs = [d for d in dirs if args.session in os.path.basename(d)] or [
                 d for d in dirs if _mentions_session(d, args.session)]
         if not dirs:
-            print(f"no lite session logs under {base}", file=sys.stderr)
-            return 1
+            raise ProofError(f"no lite session logs under {base}"
+                             + (f" for session {args.session!r}" if args.session else ""))
         log_dir = os.path.join(dirs[-1], "logs")
     lines = []
     for path in glob.glob(os.path.join(log_dir, "*.jsonl")):
@@ -131,7 +184,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     lines.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue
-    if args.port is not None and args.session:
+    if port is not None and args.session:
         lines = [r for r in lines if r.get("session") == args.session]
     lines.sort(key=lambda r: r.get("timestamp", ""))
     for record in lines:
@@ -154,22 +207,40 @@ def _mentions_session(directory: str, session: str) -> bool:
     return False
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("pyproof")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pyproof.cli.admin import add_url_argument
+
     parser = argparse.ArgumentParser(prog="proofctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"proofctl {version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print its traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a selector over a dataset on a lite cluster")
+    run = sub.add_parser("run", help="run a selector over a dataset on a lite cluster "
+                                     "(or the daemon at --url)")
     run.add_argument("selector", help="'path/to/file.py:Class' or 'module:Class'")
     run.add_argument("--dataset", action="append", default=[],
                      help="'file.root:tree' (repeat for several files), or one catalog "
                           "dataset spec: 'name', 'a|b', 'a,b', 'name?entries=0-99' (an "
                           "existing file of that name wins)")
     run.add_argument("--cycles", type=int, default=None, help="pure CPU task of N cycles")
-    run.add_argument("--workers", type=int, default=2)
+    run.add_argument("--workers", type=int, default=None,
+                     help="workers of the session (default: the URL's ?workers=, else 2)")
     run.add_argument("--entries", type=int, default=None)
     run.add_argument("--first", type=int, default=0)
     run.add_argument("--inputs", default=None, help="inputs as a JSON object")
     run.add_argument("--json", action="store_true")
+    add_url_argument(run, default="a private lite:// cluster")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="toy Z->mumu analysis on a local 2-worker cluster")
@@ -184,10 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     logs = sub.add_parser("logs", help="show the logs of the last (or a given) lite session, "
-                                       "or of a proofd session with --port")
+                                       "or of a daemon on this host (--url or --port)")
     logs.add_argument("session", nargs="?", default=None)
     logs.add_argument("--port", type=int, default=None, help="a proofd's port (same host)")
     logs.add_argument("--json", action="store_true")
+    add_url_argument(logs, default="the last lite session")
     logs.set_defaults(func=cmd_logs)
 
     from pyproof.bench.suite import add_command as add_bench_command
@@ -200,13 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line: a remote traceback is left to --debug."""
+    text, cut, _ = str(error).partition("\n\nRemote traceback:")
+    line = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line + (" (--debug shows the remote traceback)" if cut else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except ProofError as exc:
-        print(f"proofctl: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"proofctl: {one_line(exc)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`proofctl logs | head`): that is its choice, not an error;
+        # stdout goes to /dev/null so the flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except KeyboardInterrupt:
         return 130
 

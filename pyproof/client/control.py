@@ -8,10 +8,12 @@ retry: every control request is idempotent by id.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlparse, urlsplit
 
 import pynng
 
@@ -19,10 +21,12 @@ from pyproof.errors import ConnectError, ProofError
 from pyproof.transport import auth
 from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
-from pyproof.transport.tls import TLSSettings
+from pyproof.transport.tls import ENV_CA, TLSSettings
 
 ATTEMPT_TIMEOUT = 5.0
 DEFAULT_DEADLINE = 60.0
+CONNECT_WITHIN = 1.5  # how long a first connection to a daemon may take before we say why not
+REDIAL_PAUSE = 0.1
 
 
 class RequestRefused(ProofError):
@@ -60,8 +64,14 @@ class ControlClient:
     carrying the token it earned; a refused token triggers one fresh login."""
 
     def __init__(self, address: str, *, user: str | None = None, secret: bytes | None = None,
-                 attempt_timeout: float = ATTEMPT_TIMEOUT) -> None:
+                 attempt_timeout: float = ATTEMPT_TIMEOUT, url: str | None = None,
+                 connect_within: float | None = None) -> None:
+        """`connect_within=None`: dial in the background (nng reconnects by itself);
+        seconds: also wait that long for a first connection, and raise a ConnectError
+        that says why there is none (nothing listening, TLS mismatch) instead of
+        letting the first request time out. `url` is what those messages name."""
         self.address = address
+        self.url = url or address
         self.user = user or current_user()
         self._secret = secret
         self._token: dict[str, Any] | None = None
@@ -71,9 +81,41 @@ class ControlClient:
                                  resend_time=-1)
         if address.startswith("tls+"):  # checks the daemon's certificate against our CA
             self.socket.tls_config = TLSSettings.from_env().dial_config(address)
-        self.socket.dial(address, block=False)
+        try:
+            if connect_within is None:
+                self.socket.dial(address, block=False)
+            else:
+                self._first_dial(connect_within)
+        except BaseException:
+            self.socket.close()
+            raise
         # one request at a time: a second send on a req socket cancels the first
         self._lock = threading.Lock()
+
+    def _first_dial(self, within: float) -> None:
+        """Connect once before going on, so that no daemon, or a TLS mismatch, shows at
+        once (a refusal takes about 1 ms) as a ConnectError that says why.
+
+        A plain TCP connect, bounded by what is left of `within`, comes first: a
+        host that drops packets would hold nng's own blocking dial for 10 s. Tried
+        again until `within` seconds pass, since a gateway that restarts refuses
+        connections for a moment; its last answer is what we report.
+        """
+        end = time.monotonic() + within
+        target = urlsplit(self.address)
+        while True:
+            try:
+                with socket.create_connection((target.hostname, target.port),
+                                              timeout=max(0.05, end - time.monotonic())):
+                    pass
+                # once connected, nng's dialer reconnects by itself, as a background one does
+                self.socket.dial(self.address, block=True)
+                return
+            except (OSError, pynng.NNGException) as exc:
+                if time.monotonic() + REDIAL_PAUSE >= end:
+                    raise ConnectError(_why_no_connection(self.url, self.address, exc,
+                                                          within)) from None
+                time.sleep(REDIAL_PAUSE)
 
     def call(self, kind: str, payload: dict[str, Any] | None = None, *,
              session: str | None = None, deadline: float = DEFAULT_DEADLINE,
@@ -180,3 +222,45 @@ class ControlClient:
 
     def close(self) -> None:
         self.socket.close()
+
+
+def daemon_address(url: str) -> str:
+    """The control address of the daemon at `proof://host:port`: `tcp://host:port`, or
+    `tls+tcp://host:port` when TLS is configured ($PYPROOF_TLS_CA): the one place that
+    decides how a client, and proofctl, reach a daemon."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "proof" or not parsed.hostname or not port:
+        raise ConnectError(f"{url!r} is not a daemon URL: use proof://host:port")
+    return TLSSettings.from_env().address(f"tcp://{parsed.hostname}:{port}")
+
+
+def dial_daemon(url: str, *, attempt_timeout: float = ATTEMPT_TIMEOUT,
+                connect_within: float = CONNECT_WITHIN) -> ControlClient:
+    """A ControlClient connected to the daemon at `proof://host:port` (over TLS when
+    configured); ConnectError within about `connect_within` seconds if there is none."""
+    return ControlClient(daemon_address(url), attempt_timeout=attempt_timeout, url=url,
+                         connect_within=connect_within)
+
+
+def _why_no_connection(url: str, address: str, exc: Exception, within: float) -> str:
+    """What a failed first connection means, and what to do about it."""
+    port = urlsplit(address).port
+    if isinstance(exc, ConnectionRefusedError | pynng.ConnectionRefused):
+        return (f"no daemon answers at {url} (connection refused): start one with "
+                f"`proofctl daemon start --port {port}`, or give the URL of a running one")
+    if isinstance(exc, TimeoutError | pynng.Timeout):
+        return (f"{url} did not accept a connection within {within:g} s: the host is "
+                "down, or a firewall drops the connection")
+    if isinstance(exc, socket.gaierror | pynng.AddressInvalid):
+        return f"cannot reach {url}: the host name does not resolve"
+    if isinstance(exc, OSError):
+        return f"cannot reach {url}: {exc.strerror or exc}"
+    if address.startswith("tls+"):
+        return (f"the TLS handshake with {url} failed ({exc}): the daemon does not serve "
+                f"TLS, or its certificate is not signed by the CA in ${ENV_CA}")
+    return (f"{url} closed the connection ({exc}): if the daemon serves TLS, set ${ENV_CA} "
+            "to the cluster's CA certificate")

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import pynng
 
 from pyproof.actors import protocol as p
-from pyproof.client.control import ControlClient, RequestRefused
+from pyproof.client.control import ControlClient, RequestRefused, dial_daemon
 from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
@@ -99,7 +99,7 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
                     "cluster's CA (set PYPROOF_TLS_CERT and PYPROOF_TLS_KEY); "
                     "or use connection='dial'")
             dial = (True, data_port)
-        control = ControlClient(tls.address(f"tcp://{parsed.hostname}:{parsed.port}"))
+        control = dial_daemon(url)
         local = tls.address(f"tcp://{_local_address_towards(parsed.hostname)}:0")
         try:
             return Session(control, workers=workers or default_workers(), cluster=None,

@@ -191,7 +191,7 @@ def _verify_on_cluster(args: argparse.Namespace, catalog_path: str) -> Any:
     import pyproof
     from pyproof.datasets.cluster_verify import verify_on_cluster
 
-    url = args.url or "lite://"
+    url = args.url or os.environ.get("PYPROOF_URL") or "lite://"
     with _catalog(args, catalog_path) as cat:
         cat.show(args.name)  # an unknown dataset is an error before a cluster starts
         with pyproof.connect(url, workers=args.workers) as session:
@@ -295,7 +295,7 @@ def add_commands(subparsers: Any) -> argparse.ArgumentParser:
     verify.add_argument("--workers", type=int, default=None,
                         help="workers of the cluster (default: $PYPROOF_WORKERS or the cores)")
     verify.add_argument("--url", help="with --cluster: proof://host:port of a daemon "
-                                      "(default: a private lite:// cluster)")
+                                      "(default: $PYPROOF_URL, else a private lite:// cluster)")
 
     rm = leaf("rm", cmd_rm, "remove a dataset from the catalog (its files are not touched)")
     rm.add_argument("name")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyproof.errors import ProofError
 
 
-class DatasetError(Exception):
+class DatasetError(ProofError):
     """Base class of every error the dataset catalog raises on purpose."""
 
 

@@ -13,12 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from pyproof.errors import ProofError
+
 MERGEABLE = ("outputs that merge: hist.Hist and boost-histogram histograms, numpy arrays, "
              "numbers (summed), collections.Counter, lists, dicts of these, or objects "
              "with merge(other) or __add__")
 
 
-class MergeError(TypeError):
+
+class MergeError(ProofError, TypeError):
     """Two outputs cannot be merged; the message names the output and the types."""
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pyproof import sandbox
+from pyproof.errors import ProofError
 
 __all__ = [
     "AUTH_ANSWER",
@@ -98,7 +99,7 @@ WRONG_SESSION = "wrong session"
 BAD_TOKEN = "bad token"
 
 
-class AuthError(Exception):
+class AuthError(ProofError):
     """A peer failed to authenticate (or sent something that is not a handshake).
 
     ``reason`` is one short phrase from a closed set: ``"malformed"``,
@@ -120,7 +121,7 @@ class AuthError(Exception):
         super().__init__(f"authentication refused for {who}{where}: {reason}: {detail}")
 
 
-class SecretFileError(Exception):
+class SecretFileError(ProofError):
     """A secret file cannot be used: unsafe permissions, wrong owner, bad content.
 
     The message names the file and the fix. ``path`` is the file.

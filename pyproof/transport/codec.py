@@ -74,6 +74,8 @@ from typing import Any
 import cbor2
 import numpy as np
 
+from pyproof.errors import ProofError
+
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "SUPPORTED_TYPES",
@@ -126,7 +128,7 @@ TAG_BYTES_REF = 0x7070_0008  # index: a byte string in out-of-band buffer `index
 _MAX_NDIM = 64  # numpy's own limit
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ProofError, ValueError):
     """Raised by :func:`decode` when bytes are not a valid pyproof message.
 
     Truncated or trailing data, frames over the size cap, unknown or forbidden
@@ -142,7 +144,7 @@ SUPPORTED_TYPES = ("None, bool, int, float, complex, str, bytes, list, tuple, di
 """What travels on the wire, for messages that refuse something else."""
 
 
-class EncodeError(TypeError):
+class EncodeError(ProofError, TypeError):
     """Raised by :func:`encode` when a value cannot travel on the wire.
 
     The message names where the value sits, e.g.

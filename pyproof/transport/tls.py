@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import pynng
 
+from pyproof.errors import ProofError
+
 __all__ = [
     "ENV_CA",
     "ENV_CERT",
@@ -49,7 +51,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
-class TLSError(ValueError):
+class TLSError(ProofError, ValueError):
     """TLS is misconfigured, or a plain TCP address was used where TLS is required.
 
     The message names the setting (or address) and what to do about it.
