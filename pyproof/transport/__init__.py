@@ -13,6 +13,7 @@
 
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
+    SUPPORTED_TYPES,
     EncodeError,
     ProtocolError,
     RemoteError,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_MAX_FRAME",
     "PROTOCOL_VERSION",
+    "SUPPORTED_TYPES",
     "EncodeError",
     "Frame",
     "ProtocolError",
