@@ -17,6 +17,7 @@ from typing import Any
 import pynng
 
 from pyproof.actors import protocol as p
+from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError, RemoteError
@@ -51,6 +52,7 @@ class MasterPlane:
         self._reassembler = Reassembler(max_streams=4096, remember=KEEP_CHUNK_ANSWERS)
         self._chunk_answers: dict[str, bytes] = {}
         self.finished_queries: list[str] = []
+        self.lookup_cache = LookupCache()  # entry counts of files already looked up
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
@@ -166,7 +168,7 @@ class MasterPlane:
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, user=user, workers=self.workers, keep=self._keep,
-                                      data_key=self.data_key,
+                                      data_key=self.data_key, lookup_cache=self.lookup_cache,
                                       outbox=None if spec.get("client_address") else self.outbox)
             elif command == "stop":
                 query_id, reason = arg
