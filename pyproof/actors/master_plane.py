@@ -26,6 +26,7 @@ from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
+IDLE_POLL_MS = 1000  # no query in flight: a worker's request or close() ends the wait sooner
 KEEP_RESULTS = 10
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 
@@ -110,10 +111,10 @@ class MasterPlane:
 
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()
+        self.socket.close()  # ends the thread's wait at once (pynng.Closed)
         self._thread.join(timeout)
         if self.query is not None:
             self.query.close()  # its socket to the client (callback mode)
-        self.socket.close()
         if self.outbox is not None:
             self.outbox.close()
 
@@ -121,6 +122,9 @@ class MasterPlane:
     def _serve(self) -> None:
         while not self._closed.is_set():
             self._run_commands()
+            # a query starts with its workers' requests, which end the wait: idle, wake rarely
+            idle = self.query is None or self.query.state in ("finished", "failed", "stopped")
+            self.socket.recv_timeout = IDLE_POLL_MS if idle else POLL_MS
             try:
                 raw = recv_view(self.socket)  # worker outputs are read in place
             except pynng.Timeout:
