@@ -114,3 +114,22 @@ def test_a_silent_child_is_hung_at_the_first_tick_after_its_deadline(steps):
         assert result.hung == ()
         if result.pings:
             deadline = now + 0.45
+
+
+def test_pings_due_within_early_go_out_in_one_round_and_stay_together():
+    dog = Watchdog(interval=1.0, timeout=0.5)
+    dog.watch("a", now=0.0)
+    dog.watch("b", now=0.2)
+    assert dog.tick(1.0) == TickResult(pings=(PingDue(child_id="a", seq=1),))
+    dog2 = Watchdog(interval=1.0, timeout=0.5)
+    dog2.watch("a", now=0.0)
+    dog2.watch("b", now=0.2)
+    result = dog2.tick(1.0, early=0.25)
+    assert result.pings == (PingDue(child_id="a", seq=1), PingDue(child_id="b", seq=2))
+    # the early ping's deadline is from when it was sent: detection is not later
+    assert dog2.state("b").deadline == 1.5
+    dog2.pong("a", 1, now=1.01)
+    dog2.pong("b", 2, now=1.01)
+    assert dog2.next_deadline() == 2.0  # both due together from now on: one wake-up
+    assert dog2.tick(2.0).pings == (PingDue(child_id="a", seq=3), PingDue(child_id="b", seq=4))
+    dog2.validate()

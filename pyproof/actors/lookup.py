@@ -9,6 +9,9 @@ the query or, when the user asked to skip them, are listed as missing.
 from __future__ import annotations
 
 import difflib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,8 @@ NOT_A_FILE = (
     "{spec!r} was tried as a file too: no such file where the client runs; a URL, "
     "'file.root:tree' or an existing path is read as files, anything else as catalog datasets"
 )
+LOOKUP_THREADS = 8  # files opened at once: remote ones overlap; bounded so a big list
+                    # does not start hundreds of threads
 
 
 class LookupError_(Exception):
@@ -29,6 +34,10 @@ class LookupError_(Exception):
     def __init__(self, message: str, **context: Any) -> None:
         super().__init__(message)
         self.context = context
+
+
+class MissingBranchError(LookupError_):
+    """A tree lacks a branch the selector reads (found on the master, or on a worker)."""
 
 
 @dataclass(slots=True)
@@ -51,8 +60,68 @@ class Element:
         return self.entries if self.entry_stop is None else min(self.entry_stop, self.entries)
 
 
-def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> Element:
-    """Open a file, find its tree, count entries and check the branches exist."""
+@dataclass(frozen=True, slots=True)
+class TreeInfo:
+    """What a look-up learns about one file's tree: enough to check any query's branches."""
+
+    tree: str
+    entries: int
+    branches: frozenset[str]
+
+
+Stamp = tuple[int, int, int]  # (size, mtime_ns, inode) of a local file
+
+
+def file_stamp(path: str) -> Stamp | None:
+    """A local file's (size, mtime_ns, inode); None for a remote URL (not cached).
+
+    A missing local file is reported here, as the look-up would: "file not found".
+    """
+    if "://" in path and not path.startswith("file://"):
+        return None
+    local = path[len("file://"):] if path.startswith("file://") else path
+    try:
+        st = os.stat(local)
+    except FileNotFoundError:
+        raise LookupError_(f"file not found: {path}", file=path) from None
+    except OSError:
+        return None  # let uproot say what is wrong with it
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class LookupCache:
+    """A session's look-ups, keyed by (path, tree asked for, size, mtime, inode).
+
+    A file rewritten since (another size, mtime or inode) misses and is opened
+    again. Remote URLs have no cheap stamp and are never cached: a file
+    replaced on a server would otherwise be read with stale entry counts.
+    Failures are not cached. Bounded (oldest out first); thread-safe, since
+    a stopped query's look-up thread may still run beside the next one's.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str | None], tuple[Stamp, TreeInfo]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str, tree: str | None, stamp: Stamp) -> TreeInfo | None:
+        with self._lock:
+            hit = self._entries.get((path, tree))
+        return hit[1] if hit is not None and hit[0] == stamp else None
+
+    def put(self, path: str, tree: str | None, stamp: Stamp, info: TreeInfo) -> None:
+        with self._lock:
+            self._entries.pop((path, tree), None)
+            self._entries[(path, tree)] = (stamp, info)
+            while len(self._entries) > self.max_entries:
+                del self._entries[next(iter(self._entries))]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def open_tree(path: str, tree: str | None) -> TreeInfo:
+    """Open a file, find its tree, and read its entry count and branch names."""
     try:
         handle = uproot.open(path)
     except FileNotFoundError:
@@ -77,15 +146,92 @@ def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> E
         if not hasattr(obj, "num_entries"):
             raise LookupError_(f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree",
                                file=path, tree=tree)
-        if branches:
-            known = set(obj.keys(recursive=True, full_paths=True)) | set(obj.keys())
-            for branch in branches:
-                if branch not in known:
-                    near = difflib.get_close_matches(branch, sorted(known), n=5, cutoff=0.0)
-                    raise LookupError_(
-                        f"no branch {branch!r} in tree {tree!r} of {path} "
-                        f"(nearest: {', '.join(near)})", file=path, tree=tree, branch=branch)
-        return Element(path=path, tree=tree, entries=int(obj.num_entries))
+        return TreeInfo(tree=tree, entries=int(obj.num_entries), branches=branch_names(obj))
+
+
+def branch_names(tree: Any) -> frozenset[str]:
+    """Every name a selector may give for a branch of an uproot TTree."""
+    return frozenset(tree.keys(recursive=True, full_paths=True)) | frozenset(tree.keys())
+
+
+def check_branches(info: TreeInfo, path: str, branches: list[str] | None) -> None:
+    """MissingBranchError naming the first branch the tree lacks, and the nearest ones."""
+    for branch in branches or ():
+        if branch not in info.branches:
+            near = difflib.get_close_matches(branch, sorted(info.branches), n=5, cutoff=0.0)
+            raise MissingBranchError(
+                f"no branch {branch!r} in tree {info.tree!r} of {path} "
+                f"(nearest: {', '.join(near)})", file=path, tree=info.tree, branch=branch)
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """One look-up to do: a file's tree, and the branches to check in it."""
+
+    path: str
+    tree: str | None
+    branches: list[str] | None
+
+
+class Lookups:
+    """One query's look-ups: from the session's cache, else opened in a bounded pool.
+
+    Counts what it did (`opened`, `cached`, `catalog`) for the query's stats.
+    """
+
+    def __init__(self, cache: LookupCache | None = None, *, threads: int = LOOKUP_THREADS) -> None:
+        self.cache = cache
+        self.threads = threads
+        self.opened = 0
+        self.cached = 0
+        self.catalog = 0  # entry counts taken from the catalog, no file opened
+
+    def one(self, want: Want) -> tuple[TreeInfo, bool]:
+        """(what the file holds, whether it was opened); LookupError_ if unusable."""
+        stamp = file_stamp(want.path)
+        info = None if stamp is None or self.cache is None else self.cache.get(
+            want.path, want.tree, stamp)
+        opened = info is None
+        if info is None:
+            info = open_tree(want.path, want.tree)
+            if stamp is not None and self.cache is not None:
+                self.cache.put(want.path, want.tree, stamp, info)
+        check_branches(info, want.path, want.branches)
+        return info, opened
+
+    def many(self, wants: list[Want]) -> list[TreeInfo | LookupError_]:
+        """Every look-up, in order; up to `threads` at once (remote files overlap)."""
+        def attempt(want: Want) -> tuple[TreeInfo | LookupError_, bool]:
+            try:
+                return self.one(want)
+            except LookupError_ as exc:
+                return exc, True
+
+        if len(wants) <= 1 or self.threads <= 1:
+            outcomes = [attempt(w) for w in wants]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.threads, len(wants)),
+                                    thread_name_prefix="lookup") as pool:
+                outcomes = list(pool.map(attempt, wants))
+        results: list[TreeInfo | LookupError_] = []
+        for result, opened in outcomes:
+            if isinstance(result, TreeInfo):
+                if opened:
+                    self.opened += 1
+                else:
+                    self.cached += 1
+            results.append(result)
+        return results
+
+    def stats(self) -> dict[str, int]:
+        return {"lookups_opened": self.opened, "lookups_cached": self.cached,
+                "lookups_catalog": self.catalog}
+
+
+def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> Element:
+    """Open a file, find its tree, count entries and check the branches exist."""
+    info, _ = Lookups(threads=1).one(Want(path, tree, branches))
+    return Element(path=path, tree=info.tree, entries=info.entries)
 
 
 def select_ranges(elements: list[Element], first: int, count: int | None) -> list[WorkRange]:
@@ -121,27 +267,47 @@ def split_branches(branches: list[str] | None) -> tuple[list[str] | None, list[s
     return main, [b[len(FRIEND):] for b in branches if b.startswith(FRIEND)]
 
 
-def file_elements(dataset: list[Any], branches: list[str] | None, *,
-                  skip_missing: bool) -> tuple[list[Element], list[dict[str, Any]]]:
-    """Elements of a file list; with skip_missing, bad files are listed instead of failing."""
+def file_elements(dataset: list[Any], branches: list[str] | None, *, skip_missing: bool,
+                  lookups: Lookups | None = None) -> tuple[list[Element], list[dict[str, Any]]]:
+    """Elements of a file list; with skip_missing, bad files are listed instead of failing.
+
+    Every file is looked up (there is no catalog to ask), from the session's
+    cache when it has the file unchanged, else opened, several at once.
+    """
+    lookups = lookups or Lookups()
     main, _ = split_branches(branches)
+    pairs = [(path, tree) for path, tree in dataset]
+    results = lookups.many([Want(path, tree, main) for path, tree in pairs])
     elements, missing = [], []
-    for path, tree in dataset:
-        try:
-            elements.append(lookup_element(path, tree, main))
-        except LookupError_ as exc:
-            if not skip_missing or "branch" in exc.context:
-                raise
-            missing.append({"file": path, "tree": tree, "reason": str(exc)})
+    for (path, tree), result in zip(pairs, results, strict=True):
+        if isinstance(result, LookupError_):
+            if not skip_missing or "branch" in result.context:
+                raise result
+            missing.append({"file": path, "tree": tree, "reason": str(result)})
+        else:
+            elements.append(Element(path=path, tree=result.tree, entries=result.entries))
     return elements, missing
 
 
 def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_missing: bool,
-                     catalog_path: str | None = None) -> tuple[list[Element], list[dict], int]:
-    """Elements of a catalog dataset spec; returns (elements, missing, number of parts)."""
+                     catalog_path: str | None = None, lookups: Lookups | None = None,
+                     ) -> tuple[list[Element], list[dict], int]:
+    """Elements of a catalog dataset spec; returns (elements, missing, number of parts).
+
+    A file the catalog has no entry count for is always opened. Otherwise the
+    count comes from the catalog, and only the first file of each (dataset,
+    tree) is opened, to check the selector's branches (the catalog does not
+    know branches); a later file missing a branch fails on the worker that
+    reads it, naming the file. If that first file cannot be read (and is
+    skipped), the next one of its group is tried in another round. Friend
+    files are opened where their main file is, and their entries compared;
+    elsewhere the catalog's verification vouches for them (a mismatch marks
+    the file bad).
+    """
     from pyproof.datasets import Catalog, DatasetError, DatasetNotFoundError
     from pyproof.sandbox import default_catalog_path
 
+    lookups = lookups or Lookups()
     main, friends = split_branches(branches)
     try:
         catalog = Catalog(catalog_path or default_catalog_path(), user=user or None)
@@ -153,21 +319,52 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
         raise LookupError_(str(exc), dataset=spec) from None
     missing = [{"file": s.url, "dataset": s.dataset, "reason": s.reason}
                for s in resolution.skipped]
+    resolved = list(resolution.elements)
+    checking = bool(main) or bool(friends)
+    infos: dict[int, TreeInfo | LookupError_] = {}
+    checked: set[tuple[str, str]] = set()  # (dataset, tree) whose branches were checked
+    while True:
+        wanted, planned = [], set()
+        for i, e in enumerate(resolved):
+            group = (e.dataset, e.tree)
+            if i in infos:
+                continue
+            unchecked = checking and group not in checked and group not in planned
+            if e.entries is None or unchecked:
+                wanted.append(i)
+            planned.add(group)
+        if not wanted:
+            break
+        results = lookups.many([Want(resolved[i].url, resolved[i].tree, main) for i in wanted])
+        for i, result in zip(wanted, results, strict=True):
+            infos[i] = result
+            if isinstance(result, TreeInfo):
+                checked.add((resolved[i].dataset, resolved[i].tree))
+        if not skip_missing:
+            break  # a failure fails the query below; no second round needed
+    friend_wants = [i for i, r in infos.items()
+                    if friends and isinstance(r, TreeInfo) and resolved[i].friend_url]
+    friend_infos = dict(zip(friend_wants, lookups.many(
+        [Want(resolved[i].friend_url, resolved[i].friend_tree, friends) for i in friend_wants]),
+        strict=True))
     elements: list[Element] = []
-    checked: set[tuple[str, str]] = set()
-    for e in resolution.elements:
+    for i, e in enumerate(resolved):
         try:
-            if e.entries is None or (e.url, e.tree) not in checked:
-                counted = lookup_element(e.url, e.tree, main)  # unverified, or check branches
-                entries = counted.entries
-            else:
+            result = infos.get(i)
+            if isinstance(result, LookupError_):
+                raise result
+            if result is None:
+                lookups.catalog += 1
                 entries = e.file_entries or 0
-            if friends and e.friend_url and (e.friend_url, e.friend_tree) not in checked:
-                friend = lookup_element(e.friend_url, e.friend_tree, friends)
-                if friend.entries != entries:
-                    raise LookupError_(
-                        f"friend {e.friend_url} has {friend.entries} entries in "
-                        f"{e.friend_tree!r}, but {e.url} has {entries}", file=e.url)
+            else:
+                entries = result.entries
+            friend = friend_infos.get(i)
+            if isinstance(friend, LookupError_):
+                raise friend
+            if friend is not None and friend.entries != entries:
+                raise LookupError_(
+                    f"friend {e.friend_url} has {friend.entries} entries in "
+                    f"{e.friend_tree!r}, but {e.url} has {entries}", file=e.url)
             if friends and not e.friend_url:
                 raise LookupError_(f"the selector reads friend branches but {e.url} in "
                                    f"{e.dataset} has no associated file", file=e.url)
@@ -176,12 +373,9 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
                 raise
             missing.append({"file": e.url, "dataset": e.dataset, "reason": str(exc)})
             continue
-        checked.add((e.url, e.tree))
         elements.append(Element(path=e.url, tree=e.tree, entries=entries,
                                 entry_start=e.entry_start, entry_stop=e.entry_stop,
                                 dataset=e.dataset, part=e.part, host=e.host,
                                 friend_path=e.friend_url,
                                 friend_tree=e.friend_tree))
     return elements, missing, len(resolution.parts)
-
-

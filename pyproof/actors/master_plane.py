@@ -17,6 +17,7 @@ from typing import Any
 import pynng
 
 from pyproof.actors import protocol as p
+from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
 from pyproof.transport.codec import ProtocolError, RemoteError
@@ -25,6 +26,7 @@ from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
+IDLE_POLL_MS = 1000  # no query in flight: a worker's request or close() ends the wait sooner
 KEEP_RESULTS = 10
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 
@@ -51,6 +53,7 @@ class MasterPlane:
         self._reassembler = Reassembler(max_streams=4096, remember=KEEP_CHUNK_ANSWERS)
         self._chunk_answers: dict[str, bytes] = {}
         self.finished_queries: list[str] = []
+        self.lookup_cache = LookupCache()  # entry counts of files already looked up
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
@@ -108,10 +111,10 @@ class MasterPlane:
 
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()
+        self.socket.close()  # ends the thread's wait at once (pynng.Closed)
         self._thread.join(timeout)
         if self.query is not None:
             self.query.close()  # its socket to the client (callback mode)
-        self.socket.close()
         if self.outbox is not None:
             self.outbox.close()
 
@@ -119,6 +122,9 @@ class MasterPlane:
     def _serve(self) -> None:
         while not self._closed.is_set():
             self._run_commands()
+            # a query starts with its workers' requests, which end the wait: idle, wake rarely
+            idle = self.query is None or self.query.state in ("finished", "failed", "stopped")
+            self.socket.recv_timeout = IDLE_POLL_MS if idle else POLL_MS
             try:
                 raw = recv_view(self.socket)  # worker outputs are read in place
             except pynng.Timeout:
@@ -166,7 +172,7 @@ class MasterPlane:
                     self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, user=user, workers=self.workers, keep=self._keep,
-                                      data_key=self.data_key,
+                                      data_key=self.data_key, lookup_cache=self.lookup_cache,
                                       outbox=None if spec.get("client_address") else self.outbox)
             elif command == "stop":
                 query_id, reason = arg

@@ -18,7 +18,9 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import (
     Element,
+    LookupCache,
     LookupError_,
+    Lookups,
     catalog_elements,
     file_elements,
     select_ranges,
@@ -66,7 +68,9 @@ class QueryRun:
 
     def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any], user: str = "",
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
-                 outbox: pynng.Push0 | None = None) -> None:
+                 outbox: pynng.Push0 | None = None,
+                 lookup_cache: LookupCache | None = None) -> None:
+        self.lookups = Lookups(lookup_cache)  # the session's cache: files opened once
         self.data_key = data_key
         self.keep = keep  # called with (query id, final frame) to keep the outcome
         self.query_id = query_id
@@ -143,7 +147,7 @@ class QueryRun:
                                                **params)
             self.total = sum(r.entries for r in work)
             self.log.info("query_prepared", elements=len(self.elements), entries=self.total,
-                          packetizer=kind)
+                          packetizer=kind, **self.lookups.stats())
         except LookupError_ as exc:
             self._lookup_error = RemoteError(type="DatasetError", message=str(exc),
                                              traceback="", context=exc.context)
@@ -164,7 +168,8 @@ class QueryRun:
         kind = self.spec.get("packetizer") or DEFAULT_DATA_KIND
         if self.spec.get("dataset_spec"):
             self.elements, self.missing, parts = catalog_elements(
-                self.spec["dataset_spec"], self.user, branches, skip_missing=skip)
+                self.spec["dataset_spec"], self.user, branches, skip_missing=skip,
+                lookups=self.lookups)
             if parts > 1:  # `a,b`: one after the other, the selector told by ctx.dataset
                 self.parts = [[i for i, e in enumerate(self.elements) if e.part == k]
                               for k in range(parts)]
@@ -174,7 +179,7 @@ class QueryRun:
                 kind = "multi"
         else:
             self.elements, self.missing = file_elements(self.spec["dataset"], branches,
-                                                        skip_missing=skip)
+                                                        skip_missing=skip, lookups=self.lookups)
         work = select_ranges(self.elements, int(self.spec.get("first") or 0),
                              self.spec.get("entries"))
         return work, kind
@@ -413,7 +418,7 @@ class QueryRun:
     def stats(self) -> dict[str, Any]:
         return {"entries": self.delivered, "bytes_read": self.bytes,
                 "wall_time": time.monotonic() - self.started,
-                "packets": len(self.packets),
+                "packets": len(self.packets), **self.lookups.stats(),
                 "workers": {w: t.as_dict() for w, t in self.tally.items()}}
 
     def lineage(self) -> dict[str, Any]:

@@ -29,9 +29,12 @@ from pyproof.supervision import events as ev
 from pyproof.supervision.process_tree import is_alive, kill_tree
 from pyproof.supervision.spec import SupervisorSpec
 
-TICK = timedelta(milliseconds=250)  # deadlines and the watchdog need no finer grain
+TICK = 0.25  # deadlines and the watchdog need no finer grain than this...
+TICK_MAX = 0.5  # ...and an idle supervisor wakes only when something is due, at most this late
+PING_EARLY = TICK  # children's pings due within this are sent together (one wake-up a round)
 TREE_TIMEOUT = 2.0
 EXIT_NOTICE_TIMEOUT = 2.0
+WAKE_SLACK = 0.01
 
 
 def import_actor(path: str) -> type:
@@ -53,7 +56,9 @@ class SupervisorActor(ProofActor):
         self.killed: dict[str, tuple[int, float]] = {}  # child id -> (pid, give-up time)
         self.requests: dict[str, Any] = {}      # AddChild cause -> requester
         self.trees: dict[str, dict[str, Any]] = {}
-        self._ticking = False
+        self._wake_at: float | None = None  # when the pending wake-up is due
+        self._wake_ids = itertools.count()
+        self._wake_id = -1  # the pending wake-up's payload; older ones are superseded
         self._corr = itertools.count()
         self._announced = False
         self.exiting = False  # we got ActorExitRequest: children's exits are our shutdown
@@ -145,12 +150,35 @@ class SupervisorActor(ProofActor):
             self.send(ref, ActorExitRequest())
 
     def _ensure_tick(self) -> None:
-        if not self._ticking:
-            self._ticking = True
-            self.wakeupAfter(TICK)
+        """Have a wake-up pending for the next thing due (an earlier one supersedes)."""
+        if self.core is None or self.core.phase == sc.Phase.TERMINATED:
+            return
+        now = time.monotonic()
+        delay = self._next_tick_delay(now)
+        if self._wake_at is None or now + delay < self._wake_at - WAKE_SLACK:
+            self._wake_at = now + delay
+            self._wake_id = next(self._wake_ids)
+            self.wakeupAfter(timedelta(seconds=delay), payload=self._wake_id)
+
+    def _next_tick_delay(self, now: float) -> float:
+        """Seconds until the next deadline or watchdog ping, within [TICK, TICK_MAX].
+
+        An idle supervisor then wakes once per ping round, not four times a second,
+        and no deadline is seen later than before: each is at most TICK late.
+        """
+        due = [*self.starting.values(), *(d for d in self.stopping.values() if d is not None),
+               *(give_up for _, give_up in self.killed.values()),
+               *(pending["deadline"] for pending in self.trees.values())]
+        if self.core is not None and (tick := self.core.next_tick()) is not None:
+            due.append(tick)
+        if not due:
+            return TICK_MAX
+        return min(max(min(due) - now, TICK), TICK_MAX)
 
     def _on_tick(self) -> None:
-        self._ticking = False
+        self._wake_at: float | None = None  # when the pending wake-up is due
+        self._wake_ids = itertools.count()
+        self._wake_id = -1  # the pending wake-up's payload; older ones are superseded
         now = time.monotonic()
         for child_id, deadline in list(self.starting.items()):
             if now > deadline:
@@ -174,13 +202,20 @@ class SupervisorActor(ProofActor):
             if now > pending["deadline"]:  # a frozen subtree: answer with what we have
                 self._tree_done(corr)
         if self.core is not None and self.core.phase != sc.Phase.TERMINATED:
-            self.run(ev.WatchdogTick(now=now))
+            self.run(ev.WatchdogTick(now=now, early=PING_EARLY))
             self._ensure_tick()
 
     # -- Thespian messages --------------------------------------------------
     def receive(self, message, sender) -> None:
+        self._receive(message, sender)
+        if not isinstance(message, ActorExitRequest):
+            # a pong, a start or a request may bring something due before the pending wake-up
+            self._ensure_tick()
+
+    def _receive(self, message, sender) -> None:
         if isinstance(message, WakeupMessage):
-            self._on_tick()
+            if message.payload == self._wake_id:  # else superseded by an earlier one
+                self._on_tick()
         elif isinstance(message, m.Started):
             child_id = self.child_of(sender)
             if child_id is None or child_id not in self.starting:

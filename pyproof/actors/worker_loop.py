@@ -21,7 +21,7 @@ import pynng
 import uproot
 
 from pyproof.actors import protocol as p
-from pyproof.actors.lookup import split_branches
+from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, SelectorCode, SelectorError, load_selector
@@ -91,6 +91,7 @@ class WorkerLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"query-{query_id}", daemon=True)
         self._files = _FileCache()
+        self._checked: set[tuple[str, str]] = set()  # (file, tree) whose branches we checked
         self.selector: Selector | None = None
         self.ctx: Context | None = None
         self._held: list[int] = []       # processed packets whose outputs are not delivered
@@ -244,6 +245,9 @@ class WorkerLoop:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
         main, friends = split_branches(self.spec.get("branches"))
         _, tree = self._files.tree(path, tree_name)
+        if (path, tree_name) not in self._checked:  # the master checked only the first file
+            check_branches(TreeInfo(tree_name, 0, branch_names(tree)), path, main)
+            self._checked.add((path, tree_name))
         events = tree.arrays(main, entry_start=start, entry_stop=stop, library="ak")
         nbytes = self._files.charge(path)
         friend_path = reply.get("friend_path")

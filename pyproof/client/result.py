@@ -19,13 +19,19 @@ class Stats:
     """entries: entries merged exactly once; bytes_read: bytes uproot requested on the
     workers (opening files and reading tree metadata included, so a tree whose baskets
     live in its metadata does not read as 0);
-    wall_time: seconds from query start on the master to the merged result."""
+    wall_time: seconds from query start on the master to the merged result;
+    lookups_opened: files the master opened to count entries or check branches;
+    lookups_cached: files it knew unchanged from an earlier query of the session;
+    lookups_catalog: files whose entries the catalog gave (none opened)."""
 
     entries: int
     bytes_read: int
     wall_time: float
     packets: int
     workers: dict[str, WorkerStats] = field(default_factory=dict)
+    lookups_opened: int = 0
+    lookups_cached: int = 0
+    lookups_catalog: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -35,7 +41,10 @@ class Stats:
     def from_wire(cls, data: dict[str, Any]) -> Stats:
         return cls(entries=int(data["entries"]), bytes_read=int(data["bytes_read"]),
                    wall_time=float(data["wall_time"]), packets=int(data["packets"]),
-                   workers={w: WorkerStats(**s) for w, s in data.get("workers", {}).items()})
+                   workers={w: WorkerStats(**s) for w, s in data.get("workers", {}).items()},
+                   lookups_opened=int(data.get("lookups_opened", 0)),
+                   lookups_cached=int(data.get("lookups_cached", 0)),
+                   lookups_catalog=int(data.get("lookups_catalog", 0)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -478,7 +478,7 @@ class SupervisorCore:
     def _on_tick(self, ev: WatchdogTick) -> None:
         if self._watchdog is None or self._phase in (Phase.NEW, Phase.TERMINATED):
             return
-        result = self._watchdog.tick(ev.now)
+        result = self._watchdog.tick(ev.now, early=ev.early)
         for child_id in result.hung:
             c = self._children[child_id]
             c.state, c.kill_reason = ChildState.KILLING, "hung"

@@ -140,10 +140,15 @@ class RemoveChild:
 
 @dataclass(**_DC)
 class WatchdogTick:
-    """Time passes: send due pings, declare hung the children past their deadline."""
+    """Time passes: send due pings, declare hung the children past their deadline.
+
+    `early`: also ping children whose ping is due within that many seconds, so
+    the children's pings fall into one round (one wake-up) instead of one each.
+    """
 
     now: float
     cause: str = ""
+    early: float = 0.0
 
 
 @dataclass(**_DC)

@@ -90,8 +90,12 @@ class Watchdog:
         w.last_pong = now
         return True
 
-    def tick(self, now: float) -> TickResult:
-        """Pings due at `now` and children that missed their deadline."""
+    def tick(self, now: float, *, early: float = 0.0) -> TickResult:
+        """Pings due at `now` (or within `early` seconds) and children that missed their deadline.
+
+        A ping sent early only shortens that child's interval, never its
+        deadline: hang detection is as quick as before, or quicker.
+        """
         pings: list[PingDue] = []
         hung: list[str] = []
         for child_id, w in self._watches.items():
@@ -103,7 +107,7 @@ class Watchdog:
                     w.deadline = now + self.timeout
                     continue
                 hung.append(child_id)
-            elif now >= w.next_ping:
+            elif now >= w.next_ping - early:
                 self._seq += 1
                 w.seq, w.sent, w.deadline = self._seq, now, now + self.timeout
                 w.next_ping = now + self.interval
