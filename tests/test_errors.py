@@ -19,6 +19,7 @@ from pyproof.transport.tls import TLSError
 INTERNAL = {
     "pyproof.actors.protocol.ProtocolViolation": "master: a worker's malformed report",
     "pyproof.actors.lookup.LookupError_": "master: becomes the query's RemoteError",
+    "pyproof.actors.lookup.MissingBranchError": "master or worker: becomes the query's RemoteError",
     "pyproof.actors.worker_loop.OutputsRefused": "worker: becomes the query's RemoteError",
     "pyproof.actors.gateway.RequestError": "gateway: answered as an error frame",
     "pyproof.transport.sealing.SealError": "data plane: the frame is dropped and logged",
