@@ -469,3 +469,9 @@ class _SentModules(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(
             fullname, file, loader=_SentSource(source),
             submodule_search_locations=[os.path.dirname(file)] if package else None)
+
+
+def forget_loaded() -> None:
+    """Import every selector afresh next time (the packages on sys.path changed)."""
+    with _LOCK:
+        _LOADED.clear()
