@@ -8,6 +8,7 @@ import zipfile
 SELECTORS = """\
 import importlib.resources
 import os
+import time
 
 import pyproof
 
@@ -20,6 +21,7 @@ class Scale(pyproof.Selector):
         ctx.outputs["setups"] = [[os.getpid(), {name}.SETUP_CALLS, {name}.VERSION]]
 
     def process(self, cycles, ctx):
+        time.sleep(ctx.inputs.get("sleep", 0))
         data = importlib.resources.files("{name}").joinpath("data/factor.txt")
         ctx.outputs["x"] += int(data.read_text()) * len(cycles)
 """

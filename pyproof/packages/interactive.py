@@ -37,9 +37,12 @@ _MAX_DEFINITIONS = 200
 
 
 def is_interactive(selector: Any) -> bool:
-    """A selector class from a `__main__` that has no file (notebook, stdin, -c)."""
-    return (isinstance(selector, type) and selector.__module__ == "__main__"
-            and getattr(sys.modules.get("__main__"), "__file__", None) is None)
+    """A selector class from a `__main__` that has no file (notebook, stdin, -c): `python -`
+    sets `__file__` to '<stdin>', which is no file either."""
+    if not (isinstance(selector, type) and selector.__module__ == "__main__"):
+        return False
+    file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return not (isinstance(file, str) and os.path.isfile(file))
 
 
 def code_for(selector: type[Selector] | str, search: list[str],
@@ -89,11 +92,7 @@ def _source_module(cls: type) -> str:
         done.add(name)
         if len(done) > _MAX_DEFINITIONS:
             raise _NoSource
-        try:
-            text = inspect.getsource(obj)
-        except (OSError, TypeError):
-            raise _NoSource from None
-        text = _dedent(text)
+        text = _dedent(_getsource(obj))
         for used in sorted(_free_names(text)):
             if used in done or used not in main:
                 continue  # a builtin, or defined in this code
@@ -108,6 +107,35 @@ def _source_module(cls: type) -> str:
     define(cls.__name__, cls)
     return "\n".join(["# a selector defined interactively, sent by pyproof", *header, "",
                       *definitions])
+
+
+def _getsource(obj: Any) -> str:
+    """inspect.getsource, and for a class whose module has no (true) file, its definition
+    found where its methods' code came from (a notebook cell kept in linecache)."""
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        if not isinstance(obj, type):
+            raise _NoSource from None
+    import linecache
+
+    for value in vars(obj).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        lines = linecache.getlines(code.co_filename) if code is not None else []
+        if not lines:
+            continue
+        text = "".join(lines)
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == obj.__name__
+                 and n.lineno <= code.co_firstlineno <= (n.end_lineno or n.lineno)]
+        if found:
+            node = found[-1]
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            return "".join(lines[first - 1:node.end_lineno])
+    raise _NoSource
 
 
 def _dedent(text: str) -> str:

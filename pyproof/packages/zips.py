@@ -82,7 +82,9 @@ def build_package(path: str | os.PathLike[str], name: str | None = None) -> Buil
     elif os.path.isfile(path) and path.endswith((".zip", ".whl")):
         with open(path, "rb") as f:
             data = f.read(MAX_ZIP + 1)
-        entries = safe_entries(data, where=path)
+        entries = [(e, d) for e, d in safe_entries(data, where=path)
+                   if not e.endswith((".pyc", ".pyo"))
+                   and not _SKIP_DIRS.intersection(e.split("/")[:-1])]
         if path.endswith(".whl"):
             dist = sorted({e.split("/", 1)[0] for e, _ in entries
                            if e.split("/", 1)[0].endswith(".dist-info")})
