@@ -375,6 +375,10 @@ def load_selector(ref: str, code: SelectorCode | None = None) -> type[Selector]:
             module = _import_code(module_part, code)
         except SelectorError:
             raise
+        except SyntaxError as exc:  # where, first: it may be a module the selector imports
+            raise SelectorError(
+                f"cannot import selector module {module_part!r}: syntax error in "
+                f"{exc.filename!r}, line {exc.lineno}: {exc.msg}") from exc
         except Exception as exc:
             raise SelectorError(
                 f"cannot import selector module {module_part!r}: {exc!r}") from exc

@@ -8,6 +8,7 @@ import zipfile
 SELECTORS = """\
 import importlib.resources
 import os
+import sys
 import time
 
 import pyproof
@@ -19,6 +20,8 @@ class Scale(pyproof.Selector):
     def begin(self, ctx):
         ctx.outputs["x"] = 0
         ctx.outputs["setups"] = [[os.getpid(), {name}.SETUP_CALLS, {name}.VERSION]]
+        order = getattr(sys.modules.get("_setup_order"), "names", [])
+        ctx.outputs["order"] = [[os.getpid(), *order]]
 
     def process(self, cycles, ctx):
         time.sleep(ctx.inputs.get("sleep", 0))

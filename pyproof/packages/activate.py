@@ -74,9 +74,13 @@ def _deactivate(name: str, path: str) -> None:
         sys.path.remove(path)
     prefix = path.rstrip(os.sep) + os.sep
     for module_name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None) or ""
-        paths = list(getattr(module, "__path__", None) or [])
-        if file.startswith(prefix) or any(str(p).startswith(prefix) for p in paths):
+        try:  # modules can be odd (lazy loaders, shims): only real paths count
+            file = module.__dict__.get("__file__") or ""
+            paths = [p for p in module.__dict__.get("__path__") or [] if isinstance(p, str)]
+        except Exception:
+            continue
+        if isinstance(file, str) and file.startswith(prefix) or any(
+                p.startswith(prefix) for p in paths):
             del sys.modules[module_name]
     del _ACTIVE[name]
 

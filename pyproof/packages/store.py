@@ -235,7 +235,8 @@ class PackageStore:
                                    f"host (it has: {known}); upload that version first")
             enabled = dict(index["sessions"].get(session, {}))
             enabled[name] = version
-            order = self._order(index, enabled)
+            self._order(index, enabled)  # the whole set must hold together
+            order = self._order(index, {name: version})
             for dep in order:
                 enabled.setdefault(dep, None)
             index["sessions"][session] = enabled
