@@ -277,3 +277,20 @@ def test_ship_sends_a_helper_module_workers_could_not_import(tmp_path):
     assert f"error ModuleNotFoundError: No module named '{helpers}'" in out or \
         f"No module named '{helpers}'" in out, out
     assert "x 5" in out and "x 500" not in out  # 5 * 100 + 7 per packet
+
+
+def test_a_setup_hook_that_raises_fails_the_query_naming_it_and_the_session_goes_on(session,
+                                                                                   tmp_path):
+    name = unique("pkgsetupfail")
+    path = write_package(str(tmp_path), name)
+    with open(os.path.join(path, "pyproof_setup.py"), "w") as f:
+        f.write("requires = []\n\n\ndef setup(ctx):\n    raise RuntimeError('no licence')\n")
+    session.upload_package(path)
+    session.enable_package(name)
+    with pytest.raises(pyproof.QueryError, match=rf"^PackageError: package {name!r} setup hook "
+                                                 rf".*/{name}/pyproof_setup.py: setup\(ctx\) "
+                                                 r"raised at line 5: RuntimeError\('no licence'\)"):
+        run(session, name)
+    session.disable_package(name)
+    assert session.process("tests.sample_selectors:Cycles", cycles=10,
+                           progress=False).outputs

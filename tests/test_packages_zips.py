@@ -202,3 +202,35 @@ def test_a_pinned_version_stays_while_newer_ones_are_uploaded(tmp_path):
     assert store.resolve("t")[0]["version"] == v2.digest
     with pytest.raises(PackageError, match=r"package 'pinned' has no version 2222"):
         store.enable("s", "pinned", version="2" * 64)
+
+
+def test_a_setup_hook_that_hangs_is_bounded(tmp_path, monkeypatch):
+    from pyproof.packages import activate
+
+    release = threading.Event()
+    hook = tmp_path / "v" / "hangs" / "pyproof_setup.py"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("import builtins\n\ndef setup(ctx):\n    builtins._pyproof_release.wait(30)\n")
+    import builtins
+    monkeypatch.setattr(builtins, "_pyproof_release", release, raising=False)
+    monkeypatch.setattr(activate, "SETUP_TIMEOUT", 0.2)
+    package = {"name": "hangs", "version": "a" * 64, "path": str(tmp_path / "v"),
+               "setup": str(hook)}
+    try:
+        with pytest.raises(PackageError, match=r"^package 'hangs' setup hook .*: setup\(ctx\) "
+                                               r"did not return within 0.2 s"):
+            activate.activate([package])
+    finally:
+        release.set()
+        activate.activate([])  # leave this process's sys.path as it was
+    assert str(tmp_path / "v") not in __import__("sys").path
+
+
+def test_the_gateway_refuses_a_query_spec_that_names_packages_itself():
+    from pyproof.actors.gateway import RequestError, validate_spec
+
+    spec = {"selector": "m:C", "cycles": 1, "client_address": "ipc:///x", "branches": None,
+            "entries": None, "packetizer": None, "packetizer_params": None, "sys_path": None,
+            "packages": [{"name": "x", "path": "/etc"}]}
+    with pytest.raises(RequestError, match=r"^unknown query field\(s\): packages$"):
+        validate_spec(spec)
