@@ -56,7 +56,8 @@ def _handle(kind: str, payload: dict[str, Any], user: str,
     if kind == "package_enable":
         version = payload.get("version")
         return {"enabled": store.enable(session, _field(payload, "name", (str,)),
-                                        None if version is None else check_digest(version))}
+                                        None if version is None else
+                                        _field(payload, "version", (str,)))}
     if kind == "package_disable":
         store.disable(session, _field(payload, "name", (str,)))
         return {}

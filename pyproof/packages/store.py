@@ -229,10 +229,15 @@ class PackageStore:
             entry = index["packages"].get(name)
             if entry is None:
                 raise PackageError(self._unknown(index, name))
-            if version is not None and check_digest(version) not in entry["versions"]:
-                known = ", ".join(d[:12] for d in entry["versions"])
-                raise PackageError(f"package {name!r} has no version {version[:16]}... on this "
-                                   f"host (it has: {known}); upload that version first")
+            if version is not None:  # a hash, or a unique prefix of 8+ digits (as ls shows)
+                found = [d for d in entry["versions"] if isinstance(version, str)
+                         and re.match(r"^[0-9a-f]{8,64}$", version) and d.startswith(version)]
+                if len(found) != 1:
+                    known = ", ".join(d[:12] for d in entry["versions"])
+                    raise PackageError(f"package {name!r} has no version {str(version)[:16]} on "
+                                       f"this host (it has: {known}); give 8 or more hex "
+                                       "digits of one, or upload that version first")
+                version = found[0]
             enabled = dict(index["sessions"].get(session, {}))
             enabled[name] = version
             self._order(index, enabled)  # the whole set must hold together
