@@ -237,3 +237,21 @@ def test_the_gateway_refuses_a_query_spec_that_names_packages_itself():
             "packages": [{"name": "x", "path": "/etc"}]}
     with pytest.raises(RequestError, match=r"^unknown query field\(s\): packages$"):
         validate_spec(spec)
+
+
+def test_past_its_size_cap_the_cache_evicts_least_recently_used_versions_no_session_enables(
+        tmp_path, monkeypatch):
+    store = PackageStore("dave", str(tmp_path / "cache"))
+    built = [zips.build_package(write_package(str(tmp_path / str(i)), "evicted", factor=i))
+             for i in range(4)]
+    _upload(store, built[0])
+    store.enable("s", "evicted", version=built[0].digest)  # pinned: never evicted
+    size = store.listing()["packages"][0]["size"]
+    monkeypatch.setenv("PYPROOF_PACKAGE_CACHE", str(3 * size))
+    for b in built[1:]:
+        _upload(store, b)
+    versions = store.listing()["packages"][0]["versions"]
+    assert built[1].digest not in versions  # the least recently used unpinned one went
+    assert {built[0].digest, built[2].digest, built[3].digest} == set(versions)
+    assert not os.path.exists(store.version_dir(built[1].digest))
+    assert store.resolve("s")[0]["version"] == built[0].digest
