@@ -375,6 +375,10 @@ def load_selector(ref: str, code: SelectorCode | None = None) -> type[Selector]:
             module = _import_code(module_part, code)
         except SelectorError:
             raise
+        except SyntaxError as exc:  # where, first: it may be a module the selector imports
+            raise SelectorError(
+                f"cannot import selector module {module_part!r}: syntax error in "
+                f"{exc.filename!r}, line {exc.lineno}: {exc.msg}") from exc
         except Exception as exc:
             raise SelectorError(
                 f"cannot import selector module {module_part!r}: {exc!r}") from exc
@@ -469,3 +473,9 @@ class _SentModules(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(
             fullname, file, loader=_SentSource(source),
             submodule_search_locations=[os.path.dirname(file)] if package else None)
+
+
+def forget_loaded() -> None:
+    """Import every selector afresh next time (the packages on sys.path changed)."""
+    with _LOCK:
+        _LOADED.clear()

@@ -26,6 +26,8 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.logs import get_logger
+from pyproof.packages import service as packages
+from pyproof.packages.errors import PackageError
 from pyproof.transport import auth, sealing
 from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
@@ -367,6 +369,9 @@ class Gateway(ProofActor):
                                                user=None if pending.admin else pending.user))
         elif kind == "tree":
             self.send(self.start.root, m.TreeRequest(corr=corr, reply_to=self.myAddress))
+        elif kind in packages.KINDS:  # stored and checked here; never imported (packages/)
+            self._complete(corr, *packages.handle_request(kind, payload, user=pending.user,
+                                                          session=frame.session))
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
         elif kind in ("start_query", "stop_query", "session_status", "close_session",
@@ -388,9 +393,14 @@ class Gateway(ProofActor):
             query_id = payload.get("query")
             if not isinstance(query_id, str):
                 raise RequestError("'query' must be a string id")
+            spec = validate_spec(payload.get("spec"))
+            try:  # the session's enabled packages, fixed for this query's lifetime
+                spec["packages"] = packages.query_packages(pending.user, session_id)
+            except PackageError as exc:
+                raise RequestError(str(exc)) from None
             self.send(sessions, m.StartQuery(**who,
                 corr=corr, session_id=session_id, query_id=query_id,
-                spec=validate_spec(payload.get("spec")), reply_to=self.myAddress))
+                spec=spec, reply_to=self.myAddress))
         elif kind == "stop_query":
             self.send(sessions, m.StopQuery(**who, corr=corr, session_id=session_id,
                                             query_id=str(payload.get("query")),

@@ -23,6 +23,7 @@ import uproot
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
 from pyproof.logs import get_logger
+from pyproof.packages.activate import activate, adopt_selector_attributes
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, SelectorCode, SelectorError, load_selector
 from pyproof.transport import frames
@@ -147,11 +148,15 @@ class WorkerLoop:
             for path in self.spec.get("sys_path") or []:
                 if isinstance(path, str) and path not in sys.path:
                     sys.path.append(path)
+            # the session's packages first: the selector may come from one of them
+            activate(self.spec.get("packages") or [], worker=self.worker_id,
+                     session=self.session_id)
             ref = self.spec["selector"]
             code = None if self.spec.get("selector_sources") is None else \
                 SelectorCode.from_wire(ref, self.spec["selector_sources"],
                                        self.spec.get("selector_hash"))
             selector_cls = load_selector(ref, code)
+            self.spec = adopt_selector_attributes(self.spec, selector_cls)
             self.selector = selector_cls()
             self._new_outputs()
         except Exception as exc:

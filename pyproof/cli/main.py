@@ -265,9 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     from pyproof.bench.suite import add_command as add_bench_command
     from pyproof.cli.admin import add_commands as add_admin_commands
     from pyproof.datasets.cli import add_commands as add_dataset_commands
+    from pyproof.packages.cli import add_commands as add_package_commands
 
     add_admin_commands(sub)
     add_dataset_commands(sub)
+    add_package_commands(sub)
     add_bench_command(sub)
     return parser
 

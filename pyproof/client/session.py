@@ -23,8 +23,9 @@ from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
+from pyproof.packages.client import PackagesMixin
 from pyproof.sandbox import make_private_paths
-from pyproof.selector import Selector, load_selector, selector_code, selector_ref
+from pyproof.selector import Selector, SelectorError, load_selector
 from pyproof.transport import sealing
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
@@ -165,7 +166,7 @@ def _absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-class Session:
+class Session(PackagesMixin):
     """One user's master and workers. Use as a context manager, or call `close()`.
 
     `detach()` leaves the session running on the daemon (results of queries
@@ -284,7 +285,8 @@ class Session:
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
                 output_dataset: str | None = None, output_overwrite: bool = False,
-                progress: bool | None = None, timeout: float | None = None) -> Result:
+                progress: bool | None = None, timeout: float | None = None,
+                ship: list[str] | None = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
         `dataset` is a file list (`"f.root:tree"`, `{path: tree}`, a list of them)
@@ -307,14 +309,22 @@ class Session:
         `"name#tree"`) registers them, verified, as a new dataset
         (`result.output_dataset`); `output_overwrite=True` replaces one that exists.
 
+        The selector's code travels with the query (its file, the modules of
+        yours it imports, `ship=["helpers.py", "mylib/"]`, or a class defined
+        in a notebook cell or on standard input); `"pkg.module:Class"` names one
+        from an enabled package (see `upload_package`), which this client need
+        not be able to import (then `terminate` does not run here).
+
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
         """
-        ref = selector_ref(selector)
+        from pyproof.packages.interactive import code_for
+
         # workers append these to their sys.path to import the selector by name
         search = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
-        code = selector_code(ref, search)  # what runs: the disk as it is now, sent along
-        cls = selector if isinstance(selector, type) else load_selector(ref, code)
+        # what runs: the disk as it is now (or the interactive class), sent along
+        ref, code = code_for(selector, search, ship)
+        cls = selector if isinstance(selector, type) else self._client_class(ref, code)
         if sum(x is not None for x in (dataset, cycles, files)) != 1:
             raise InputError("give exactly one of dataset=, cycles= and files=")
         if files is not None and (isinstance(files, str) or not all(
@@ -348,8 +358,8 @@ class Session:
             "files": None if files is None else [[_absolute(os.fspath(f)), None] for f in files],
             "output_dataset": output_dataset, "output_overwrite": bool(output_overwrite),
             "entries": entries, "first": first, "cycles": cycles, "inputs": inputs,
-            "branches": list(cls.branches) if cls.branches is not None else None,
-            "concatenate": list(cls.concatenate),
+            "branches": list(cls.branches) if cls and cls.branches is not None else None,
+            "concatenate": list(cls.concatenate) if cls else [],
             "client_address": self.data_address,
             "packetizer": packetizer, "packetizer_params": packetizer_params,
             "sys_path": search,
@@ -366,11 +376,23 @@ class Session:
             raise
         finally:
             bar.close()
-        returned = cls().terminate(result.outputs)
+        returned = cls().terminate(result.outputs) if cls else None
         if returned is not None:
             result = Result(query=result.query, outputs=returned, stats=result.stats,
                             lineage=result.lineage)
         return result
+
+    def _client_class(self, ref: str, code: Any) -> type[Selector] | None:
+        """The selector class named by `ref`, or None when only the workers can import it
+        (a selector from a package enabled in this session)."""
+        try:
+            return load_selector(ref, code)
+        except SelectorError:
+            top = ref.partition(":")[0].partition(".")[0]
+            if code.sources or not any(p["name"] == top and p["enabled"]
+                                       for p in self.packages()):
+                raise
+            return None
 
     def _check_output_dataset(self, name: Any) -> None:
         from pyproof.datasets import DatasetError
