@@ -20,6 +20,7 @@ import awkward as ak
 import pynng
 import uproot
 
+from pyproof import worker_output
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
@@ -117,6 +118,7 @@ class WorkerLoop:
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
         self.log.info("query_started", selector=self.spec["selector"])
+        worker_output.clear_tail()  # a failure carries this query's output only
         try:
             self._loop()
         except _MasterGone as gone:
@@ -295,12 +297,14 @@ class WorkerLoop:
 
     def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> bool:
         """Tell the master the query failed here; False if it could not be told."""
+        output = worker_output.tail()  # the selector's last printed or logged lines
         error = RemoteError(
             type=type(exc).__name__,
             message=str(exc),
             traceback="".join(traceback.format_exception(exc)),
             context={"worker": self.worker_id, "stage": stage,
-                     **{k: v for k, v in where.items() if v is not None}},
+                     **{k: v for k, v in where.items() if v is not None},
+                     **({"output": output} if output else {})},
         )
         self.log.error("selector_failed", stage=stage, error=repr(exc), **where)
         try:

@@ -187,10 +187,19 @@ class RemoteError:
         return cls(type=name, message=str(exc), traceback=tb, context=dict(context))
 
     def summary(self) -> str:
-        """What went wrong and where, without the traceback (``QueryError``'s message)."""
+        """What went wrong and where, without the traceback (``QueryError``'s message).
+
+        A ``context["output"]`` (the failing worker's last printed or logged
+        lines) adds its last :data:`SUMMARY_OUTPUT_LINES` lines.
+        """
         head = f"{self.type}: {self.message}" if self.message else self.type
         where = _describe_context(self.context)
-        return f"{head}\n  {where}" if where else head
+        text = f"{head}\n  {where}" if where else head
+        output = self.context.get("output")
+        if isinstance(output, list) and output:
+            shown = [str(line) for line in output[-SUMMARY_OUTPUT_LINES:]]
+            text += "\n  last output of the worker:\n" + "\n".join(f"    | {x}" for x in shown)
+        return text
 
     def __str__(self) -> str:
         head = f"{self.type}: {self.message}" if self.message else self.type
@@ -205,8 +214,12 @@ class RemoteError:
         return "\n".join(lines)
 
 
+SUMMARY_OUTPUT_LINES = 5
+
+
 def _describe_context(context: dict[str, Any]) -> str:
     ctx = dict(context)
+    ctx.pop("output", None)  # shown by summary() below the location
     parts = []
     if "file" in ctx:
         parts.append(f"in file {ctx.pop('file')}")
