@@ -20,7 +20,7 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.client.control import ControlClient, RequestRefused, dial_daemon
 from pyproof.client.lite import LiteCluster, default_workers
-from pyproof.client.progress import ProgressBar
+from pyproof.client.progress import ProgressBar, make_progress
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.sandbox import make_private_paths
@@ -284,7 +284,7 @@ class Session:
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
                 output_dataset: str | None = None, output_overwrite: bool = False,
-                progress: bool | None = None, timeout: float | None = None) -> Result:
+                progress: bool | str | None = None, timeout: float | None = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
         `dataset` is a file list (`"f.root:tree"`, `{path: tree}`, a list of them)
@@ -306,6 +306,10 @@ class Session:
         exactly once (`result.output_files`); `output_dataset="name"` (or
         `"name#tree"`) registers them, verified, as a new dataset
         (`result.output_dataset`); `output_overwrite=True` replaces one that exists.
+
+        `progress=None` (default) shows live progress (events, rate, MB/s, ETA, each
+        worker's share) in a Jupyter notebook, or on stderr when it is a terminal;
+        True forces it on, False off, "terminal" or "notebook" picks the display.
 
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
@@ -356,14 +360,16 @@ class Session:
             "selector_hash": code.digest, "selector_sources": code.to_wire(),
         }
         query_id = uuid.uuid4().hex[:12]
-        bar = ProgressBar(enabled=progress)
+        bar = make_progress(progress)
         self._call("start_query", {"query": query_id, "spec": spec})
         self.last_query = query_id
         try:
             result = self._collect(query_id, bar, timeout)
         except KeyboardInterrupt:
+            bar.close()
             self._call("stop_query", {"query": query_id})
-            raise
+            # from None: the user pressed Ctrl-C, the socket internals it hit are noise
+            raise KeyboardInterrupt(f"query {query_id} stopped (Ctrl-C)") from None
         finally:
             bar.close()
         returned = cls().terminate(result.outputs)
