@@ -8,6 +8,7 @@ listens on and the session's master dials (callback mode).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -277,14 +278,15 @@ class Session:
         reply = self._call("fetch_result", {"query": query_id})
         return self._result_from_frame(decode_frame(reply["frame"]), query_id)
 
-    def process(self, selector: type[Selector] | str, dataset: Any = None, *,
+    def process(self, selector: type[Selector] | str | Any, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
                 files: list[str] | None = None,
                 inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
                 output_dataset: str | None = None, output_overwrite: bool = False,
-                progress: bool | str | None = None, timeout: float | None = None) -> Result:
+                progress: bool | str | None = None, timeout: float | None = None,
+                schema: Any = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
         `dataset` is a file list (`"f.root:tree"`, `{path: tree}`, a list of them)
@@ -311,9 +313,18 @@ class Session:
         worker's share) in a Jupyter notebook, or on stderr when it is a terminal;
         True forces it on, False off, "terminal" or "notebook" picks the display.
 
+        coffea habits: `selector` may be a coffea processor instance (pickled to
+        this session's workers, its `postprocess` run here; `result.outputs` is
+        what coffea's Runner returns), `dataset` a coffea fileset (`{name: [files]}`
+        or `{name: {"files": {path: tree}, "metadata": {...}}}`: `ctx.dataset` is
+        the name, `ctx.metadata` its metadata), and `schema="nanoaod"` (or a coffea
+        schema class) gives NanoEvents records; see pyproof.coffea_processor.
+
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
         """
+        scikit = _scikit_query(selector, dataset, schema, inputs)  # coffea's forms, if any
+        selector, dataset, inputs = scikit.selector, scikit.dataset, scikit.inputs
         ref = selector_ref(selector)
         # workers append these to their sys.path to import the selector by name
         search = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
@@ -358,6 +369,7 @@ class Session:
             "packetizer": packetizer, "packetizer_params": packetizer_params,
             "sys_path": search,
             "selector_hash": code.digest, "selector_sources": code.to_wire(),
+            **scikit.spec,
         }
         query_id = uuid.uuid4().hex[:12]
         bar = make_progress(progress)
@@ -373,6 +385,8 @@ class Session:
         finally:
             bar.close()
         returned = cls().terminate(result.outputs)
+        if scikit.processor is not None:
+            returned = scikit.processor.finish(result.outputs)
         if returned is not None:
             result = Result(query=result.query, outputs=returned, stats=result.stats,
                             lineage=result.lineage)
@@ -489,6 +503,40 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _ScikitQuery:
+    selector: Any
+    dataset: Any
+    inputs: dict[str, Any] | None
+    spec: dict[str, Any]           # the query spec's "schema" and "fileset" fields
+    processor: Any = None          # a coffea_processor.PreparedProcessor
+
+
+def _scikit_query(selector: Any, dataset: Any, schema: Any,
+                  inputs: dict[str, Any] | None) -> _ScikitQuery:
+    """A coffea processor, fileset or schema, turned into what a query spec carries."""
+    from pyproof import coffea_processor
+    from pyproof.filesets import is_fileset, parse_fileset
+    from pyproof.nanoevents import schema_name
+
+    processor = None
+    if coffea_processor.is_processor(selector):
+        processor = coffea_processor.prepare(selector, dict(inputs or {}))
+        selector, inputs = coffea_processor.ProcessorSelector, processor.inputs
+        schema = schema or "nanoaod"
+    spec: dict[str, Any] = {}
+    if schema is not None:
+        spec["schema"] = schema_name(schema)
+    if is_fileset(dataset):
+        cls_schema = getattr(selector, "schema", None) if isinstance(selector, type) else None
+        fileset = parse_fileset(dataset, default_tree="Events" if (schema or cls_schema)
+                                else None)
+        spec["fileset"] = fileset.to_wire()
+        dataset = [{path: tree} for path, tree in fileset.elements]
+    return _ScikitQuery(selector=selector, dataset=dataset, inputs=inputs, spec=spec,
+                        processor=processor)
 
 
 def _describe(error: Any) -> str:
