@@ -45,3 +45,71 @@ def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None)
 
 def get_logger() -> Any:
     return structlog.get_logger()
+
+
+# -- reading the logs back (proofctl logs) ----------------------------------------------
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+_QUIET_KEYS = ("timestamp", "event", "actor", "level", "session", "pid")
+
+
+def read_records(log_dir: str, offsets: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The JSON records of every `*.jsonl` file in `log_dir`, in time order.
+
+    With `offsets` (path -> bytes already read, updated in place) only what
+    was appended since is read: `proofctl logs --follow` polls this way.
+    """
+    import glob
+    import json
+
+    records = []
+    for path in sorted(glob.glob(os.path.join(log_dir, "*.jsonl"))):
+        start = 0 if offsets is None else offsets.get(path, 0)
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a line being written is read next time
+        if offsets is not None:
+            offsets[path] = start + end
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    records.sort(key=lambda r: str(r.get("timestamp", "")))
+    return records
+
+
+def keep_record(record: dict[str, Any], *, session: str | None = None,
+                worker: str | None = None, level: str | None = None) -> bool:
+    """Whether `proofctl logs` shows `record`: its session, worker and at least `level`.
+
+    `worker` matches the actor name (`worker-1`) or its number (`1`).
+    """
+    if session is not None and record.get("session") != session:
+        return False
+    if worker is not None:
+        name = str(worker) if not str(worker).isdigit() else f"worker-{worker}"
+        if record.get("actor") != name:
+            return False
+    if level is not None:
+        have = str(record.get("level", "info")).lower()
+        if have in LEVELS and LEVELS.index(have) < LEVELS.index(level):
+            return False
+    return True
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One human line: time, level, actor, then the event (a selector's line as it printed)."""
+    head = (f"{record.get('timestamp', '')} {record.get('level', ''):7s} "
+            f"{record.get('actor', ''):14s}")
+    event = record.get("event", "")
+    if event == "selector_output":
+        return f"{head} {record.get('stream', 'stdout')}: {record.get('line', '')}"
+    if event == "selector_log":
+        return f"{head} {record.get('logger', '')}: {record.get('message', '')}"
+    rest = {k: v for k, v in record.items() if k not in _QUIET_KEYS}
+    extra = " ".join(f"{k}={v}" for k, v in rest.items())
+    return f"{head} {event} {extra}".rstrip()

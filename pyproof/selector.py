@@ -40,6 +40,9 @@ class Selector:
     - `branches`: the branch names each packet reads (None: all branches).
     - `concatenate`: names of numpy-array outputs merged by concatenation
       instead of elementwise addition.
+    - `schema`: None (flat branches), or "nanoaod" for NanoEvents-style records
+      (`events.Muon.pt` from `nMuon`/`Muon_pt`; coffea's NanoAODSchema when
+      coffea is installed).
     - `begin(ctx)` runs on each worker before its first packet of a query
       (and again if the worker's outputs were flushed mid-query, because lost
       work came back to it): create the outputs in `ctx.outputs` there.
@@ -54,6 +57,8 @@ class Selector:
 
     branches: list[str] | None = None
     concatenate: tuple[str, ...] = ()
+    # "nanoaod": events as NanoEvents records (events.Muon.pt), see pyproof.nanoevents
+    schema: str | None = None
 
     def begin(self, ctx: Context) -> None:
         pass
@@ -75,7 +80,8 @@ class Context:
     query: str = ""
     session: str = ""
     # set per packet
-    dataset: str | None = None  # the cataloged dataset the packet belongs to
+    dataset: str | None = None  # the cataloged dataset (or fileset name) of the packet
+    metadata: dict[str, Any] = field(default_factory=dict)  # the fileset's, for that dataset
     file: str | None = None
     tree: str | None = None
     entry_start: int = 0

@@ -40,9 +40,10 @@ def test_demo_writes_data_runs_two_workers_and_plots(tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["stats"]["entries"] == 30000
     assert set(report["stats"]["workers"]) == {"worker-0", "worker-1"}
-    values = report["mass"]["values"]
+    values, edges = report["mass"]["values"], report["mass"]["edges"][0]
     peak = max(range(len(values)), key=values.__getitem__)
-    assert 85 <= peak <= 95  # the Z peak, in 1 GeV bins
+    assert 85 <= (edges[peak] + edges[peak + 1]) / 2 <= 95  # the Z peak, in 5 GeV bins
+    assert edges[0] == 40.0 and edges[-1] == 120.0 and min(values) >= 0
     assert plot.stat().st_size > 1000
     human = proofctl(
         "demo", "--data", str(tmp_path / "d"), "--files", "3", "--plot", str(plot), "--no-progress"

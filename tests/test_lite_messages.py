@@ -66,7 +66,8 @@ def test_outputs_that_do_not_merge_fail_the_query_listing_what_merges(session):
     with pytest.raises(pyproof.QueryError,
                        match=r"best: objects of type NoneType have neither merge\(\) nor "
                              r"__add__ \(outputs that merge: hist\.Hist and boost-histogram "
-                             r"histograms, numpy arrays, numbers \(summed\), collections\.Counter"):
+                             r"histograms, numpy arrays, awkward arrays \(concatenated\), "
+                             r"numbers \(summed\), collections\.Counter, sets \(union\)"):
         session.process("tests.sample_selectors:NoneOutput", dataset=zmumu(),
                         packetizer="basic", packetizer_params={"packet_entries": 100})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import awkward as ak
 import hist
 import numpy as np
 import pytest
@@ -38,6 +39,16 @@ def test_numbers_counters_lists_and_dicts():
     }
 
 
+def test_awkward_arrays_concatenate_and_sets_take_the_union():
+    a = ak.Array([[1.0, 2.0], []])
+    b = ak.Array([[3.0]])
+    assert merge(a, b).tolist() == [[1.0, 2.0], [], [3.0]]
+    assert merge({1, 2}, {2, 3}) == {1, 2, 3}
+    acc = {"runs": {"a"}, "mu": ak.Array([{"pt": 1.0}])}
+    merged = merge_outputs(acc, {"runs": {"b"}, "mu": ak.Array([{"pt": 2.0}])})
+    assert merged["runs"] == {"a", "b"} and merged["mu"].pt.tolist() == [1.0, 2.0]
+
+
 def test_objects_with_merge_or_add():
     class Acc:
         def __init__(self, v):
@@ -52,9 +63,11 @@ def test_objects_with_merge_or_add():
 def test_unmergeable_outputs_are_named():
     with pytest.raises(MergeError, match=r"^h: cannot merge str with int \(give the output one "
                                          r"type on every worker; outputs that merge: hist\.Hist "
-                                         r"and boost-histogram histograms, numpy arrays, numbers "
-                                         r"\(summed\), collections\.Counter, lists, dicts of "
-                                         r"these, or objects with merge\(other\) or __add__\)$"):
+                                         r"and boost-histogram histograms, numpy arrays, awkward "
+                                         r"arrays \(concatenated\), numbers \(summed\), "
+                                         r"collections\.Counter, sets \(union\), lists, dicts "
+                                         r"of these, or objects with merge\(other\) or "
+                                         r"__add__\)$"):
         merge("a", 1, name="h")
     with pytest.raises(MergeError, match=r"^best: objects of type NoneType have neither "
                                          r"merge\(\) nor __add__ \(outputs that merge: "):

@@ -18,7 +18,8 @@ def test_progress_line_shows_rate_throughput_and_worker_shares():
             "workers": {"worker-0": 300_000, "worker-1": 200_000},
         }
     )
-    assert line == ("[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s 10.0 MB/s w0:60% w1:40%")
+    assert line == ("[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s 10.0 MB/s ETA 2s "
+                    "w0:60% w1:40%")
 
 
 def test_progress_is_silent_when_not_a_terminal():

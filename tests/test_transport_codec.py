@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 
+import awkward as ak
 import boost_histogram as bh
 import cbor2
 import hist
@@ -40,7 +41,7 @@ from pyproof.transport.codec import (
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OUR_TAGS = [TAG_TUPLE, TAG_COUNTER, TAG_NDARRAY, TAG_HISTOGRAM, TAG_REMOTE_ERROR,
-            TAG_DATASET_RECORD]
+            TAG_DATASET_RECORD, codec.TAG_AWKWARD]
 
 
 def message_id(value: object) -> str:
@@ -212,6 +213,34 @@ def test_arrays_are_bytes_on_the_wire_not_lists() -> None:
     wire = encode(array)
     assert array.tobytes() in wire
     assert len(wire) < array.nbytes + 40
+
+
+def test_awkward_arrays_round_trip_as_columnar_buffers_not_lists() -> None:
+    muons = ak.zip({"pt": ak.Array([[30.5, 20.25], [], [45.0]]),
+                    "charge": ak.Array([[1, -1], [], [1]])})
+    events = ak.Array({"run": np.arange(3, dtype=np.int64), "Muon": muons,
+                       "name": ["a", "bb", None]})
+    out = roundtrip({"events": events})["events"]
+    assert isinstance(out, ak.Array)
+    assert out.tolist() == events.tolist()
+    assert str(out.type) == str(events.type)
+    pts = np.arange(1000, dtype="<f8")
+    wire = encode(ak.Array(pts))
+    assert pts.tobytes() in wire and len(wire) < pts.nbytes + 200
+    assert ak.to_list(roundtrip(events[1:2])) == events[1:2].tolist()  # a slice is packed
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"form": "x", "length": 1}, r"^awkward tag: expected a map with keys form, length, "
+                                 r"buffers$"),
+    ({"form": 1, "length": 1, "buffers": {}}, r"^awkward tag: form must be text"),
+    ({"form": '"float64"', "length": -1, "buffers": {}}, r"non-negative integer"),
+    ({"form": '{"class": "Nope"}', "length": 1, "buffers": {}}, r"^awkward tag: \w+Error: "),
+    ({"form": '"float64"', "length": 5, "buffers": {}}, r"^awkward tag: \w+Error: "),
+], ids=["keys", "form-type", "length", "bad-form", "missing-buffer"])
+def test_bad_awkward_payloads_get_a_protocol_error(payload: dict, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        decode(tagged(codec.TAG_AWKWARD, payload))
 
 
 class MyArray(np.ndarray):
@@ -798,6 +827,7 @@ EVERYTHING = {
     "hist": hist.Hist(hist.axis.Regular(3, 0, 1, name="x"), storage=hist.storage.Weight()),
     "error": RemoteError(type="E", message="m", context={"worker": "w1"}),
     "set": {1, 2},
+    "awkward": ak.Array([[1, 2], [], [3]]),
     "big": 2**70,
     "record": FileRecord(url="/d/a.root", tree="t", entries=3, trees=(("t", 3),)),
 }

@@ -62,9 +62,11 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "files": (list, type(None)),          # a per-file task: [[path, tree], ...]
     "output_dataset": (str, type(None)),  # register ctx.output_file files as this dataset
     "output_overwrite": (bool,),
+    "schema": (str, type(None)),   # events as NanoEvents records ("nanoaod", "module:Class")
+    "fileset": (dict, type(None)),  # a coffea fileset's names and metadata (filesets.py)
 }
 OPTIONAL_FIELDS = ("first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing",
-                   "packet_timeout", "output_overwrite")
+                   "packet_timeout", "output_overwrite", "schema", "fileset")
 
 
 class RequestError(ValueError):

@@ -24,6 +24,7 @@ from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
 from pyproof.logs import get_logger
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
+from pyproof.worker_output import capture_worker_output
 
 EXIT_JOIN_TIMEOUT = 0.5
 PACKET_CHECK = timedelta(seconds=0.5)
@@ -39,6 +40,7 @@ class Worker(ProofActor):
         if isinstance(message, m.WorkerStart):
             self.worker_id, self.session_id = message.worker_id, message.session_id
             self.start_log(message.log_dir, actor=message.worker_id, session=message.session_id)
+            capture_worker_output()  # print() and logging of user code: into this log
             self.packet_address = message.packet_address
             # a user's script imported here must not start clusters of its own
             os.environ["PYPROOF_IN_WORKER"] = message.worker_id

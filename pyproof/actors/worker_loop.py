@@ -20,9 +20,12 @@ import awkward as ak
 import pynng
 import uproot
 
+from pyproof import worker_output
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
+from pyproof.filesets import names_by_file
 from pyproof.logs import get_logger
+from pyproof.nanoevents import read_events
 from pyproof.packages.activate import activate, adopt_selector_attributes
 from pyproof.packetizer.base import CYCLES
 from pyproof.selector import Context, Selector, SelectorCode, SelectorError, load_selector
@@ -101,6 +104,9 @@ class WorkerLoop:
         self._current: tuple[float, dict[str, Any]] | None = None  # packet being processed
         self._batch = 0                  # numbers the output-file directory of each batch
         self._streams = 0                # numbers the chunked requests
+        # a coffea fileset: each file's dataset name and each dataset's metadata
+        self._fileset_names = names_by_file(spec.get("fileset"))
+        self._fileset_metadata = (spec.get("fileset") or {}).get("metadata") or {}
 
     def start(self) -> None:
         self._thread.start()
@@ -119,6 +125,7 @@ class WorkerLoop:
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
         self.log.info("query_started", selector=self.spec["selector"])
+        worker_output.clear_tail()  # a failure carries this query's output only
         try:
             self._loop()
         except _MasterGone as gone:
@@ -221,7 +228,9 @@ class WorkerLoop:
             ctx = self.ctx
             assert ctx is not None
             ctx.file, ctx.tree, ctx.entry_start, ctx.entry_stop = path, tree_name, start, stop
-            ctx.dataset = reply.get("dataset")
+            ctx.dataset = reply.get("dataset") or self._fileset_names.get(
+                (path, tree_name), self._fileset_names.get((path, None)))
+            ctx.metadata = self._fileset_metadata.get(ctx.dataset or "", {})
             t0 = time.perf_counter()
             self._current = (time.monotonic(), {
                 "file": path, "tree": tree_name, "entry_start": start, "entry_stop": stop,
@@ -249,11 +258,17 @@ class WorkerLoop:
               stop: int) -> tuple[Any, int]:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
         main, friends = split_branches(self.spec.get("branches"))
-        _, tree = self._files.tree(path, tree_name)
+        handle, tree = self._files.tree(path, tree_name)
         if (path, tree_name) not in self._checked:  # the master checked only the first file
             check_branches(TreeInfo(tree_name, 0, branch_names(tree)), path, main)
             self._checked.add((path, tree_name))
-        events = tree.arrays(main, entry_start=start, entry_stop=stop, library="ak")
+        schema = self.spec.get("schema") or getattr(self.selector, "schema", None)
+        if schema:  # NanoEvents-style records (nanoevents.py), coffea's metadata keys
+            events = read_events(handle, tree_name, start, stop, schema=schema,
+                                 branches=main, metadata=self._metadata(handle, path,
+                                                                        tree_name, start, stop))
+        else:
+            events = tree.arrays(main, entry_start=start, entry_stop=stop, library="ak")
         nbytes = self._files.charge(path)
         friend_path = reply.get("friend_path")
         if friends and friend_path:
@@ -264,6 +279,13 @@ class WorkerLoop:
             fields["friend"] = friend
             events = ak.zip(fields, depth_limit=1)
         return events, nbytes
+
+    def _metadata(self, handle: Any, path: str, tree: str, start: int,
+                  stop: int) -> dict[str, Any]:
+        assert self.ctx is not None
+        return {"dataset": self.ctx.dataset, "filename": path, "treename": tree,
+                "entrystart": start, "entrystop": stop,
+                "fileuuid": str(getattr(handle.file, "uuid", "")), **self.ctx.metadata}
 
     def current_packet(self, now: float) -> dict[str, Any] | None:
         """Where the selector is now (file, range, worker) and for how many seconds."""
@@ -304,12 +326,14 @@ class WorkerLoop:
 
     def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> bool:
         """Tell the master the query failed here; False if it could not be told."""
+        output = worker_output.tail()  # the selector's last printed or logged lines
         error = RemoteError(
             type=type(exc).__name__,
             message=str(exc),
             traceback="".join(traceback.format_exception(exc)),
             context={"worker": self.worker_id, "stage": stage,
-                     **{k: v for k, v in where.items() if v is not None}},
+                     **{k: v for k, v in where.items() if v is not None},
+                     **({"output": output} if output else {})},
         )
         self.log.error("selector_failed", stage=stage, error=repr(exc), **where)
         try:

@@ -13,11 +13,14 @@ import glob
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
 
 from pyproof.errors import InputError, ProofError
+
+FOLLOW_POLL = 0.25  # seconds between two reads of the log files with --follow
 
 
 def _json_default(value: Any) -> Any:
@@ -176,27 +179,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
             raise ProofError(f"no lite session logs under {base}"
                              + (f" for session {args.session!r}" if args.session else ""))
         log_dir = os.path.join(dirs[-1], "logs")
-    lines = []
-    for path in glob.glob(os.path.join(log_dir, "*.jsonl")):
-        with open(path) as f:
-            for line in f:
-                try:
-                    lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    if port is not None and args.session:
-        lines = [r for r in lines if r.get("session") == args.session]
-    lines.sort(key=lambda r: r.get("timestamp", ""))
-    for record in lines:
-        if args.json:
-            print(json.dumps(record))
-        else:
-            rest = {k: v for k, v in record.items()
-                    if k not in ("timestamp", "event", "actor", "level", "session", "pid")}
-            extra = " ".join(f"{k}={v}" for k, v in rest.items())
-            print(f"{record.get('timestamp', '')} {record.get('level', ''):7s} "
-                  f"{record.get('actor', ''):14s} {record.get('event', '')} {extra}")
-    return 0
+    from pyproof.logs import format_record, keep_record, read_records
+
+    session = args.session if port is not None else None  # a lite dir is one session
+    offsets: dict[str, int] = {}
+    # --follow alone: until Ctrl-C (exit 130); --follow SECONDS: for that long
+    deadline = None if args.follow is None or args.follow < 0 else \
+        time.monotonic() + args.follow
+    while True:
+        for record in read_records(log_dir, offsets):
+            if keep_record(record, session=session, worker=args.worker, level=args.level):
+                print(json.dumps(record) if args.json else format_record(record), flush=True)
+        if args.follow is None or (deadline is not None and time.monotonic() >= deadline):
+            return 0
+        time.sleep(FOLLOW_POLL)
 
 
 def _mentions_session(directory: str, session: str) -> bool:
@@ -258,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or of a daemon on this host (--url or --port)")
     logs.add_argument("session", nargs="?", default=None)
     logs.add_argument("--port", type=int, default=None, help="a proofd's port (same host)")
+    logs.add_argument("--worker", default=None,
+                      help="only this worker's lines (worker-1, or 1): its prints and logging")
+    logs.add_argument("--level", default=None, choices=["debug", "info", "warning", "error",
+                                                        "critical"],
+                      help="only records at this level or above")
+    logs.add_argument("--follow", "-f", nargs="?", type=float, const=-1.0, default=None,
+                      metavar="SECONDS",
+                      help="keep printing new lines (until Ctrl-C, or for SECONDS)")
     logs.add_argument("--json", action="store_true")
     add_url_argument(logs, default="the last lite session")
     logs.set_defaults(func=cmd_logs)

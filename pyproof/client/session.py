@@ -8,6 +8,7 @@ listens on and the session's master dials (callback mode).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.client.control import ControlClient, RequestRefused, dial_daemon
 from pyproof.client.lite import LiteCluster, default_workers
-from pyproof.client.progress import ProgressBar
+from pyproof.client.progress import ProgressBar, make_progress
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.packages.client import PackagesMixin
@@ -278,15 +279,15 @@ class Session(PackagesMixin):
         reply = self._call("fetch_result", {"query": query_id})
         return self._result_from_frame(decode_frame(reply["frame"]), query_id)
 
-    def process(self, selector: type[Selector] | str, dataset: Any = None, *,
+    def process(self, selector: type[Selector] | str | Any, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
                 files: list[str] | None = None,
                 inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
                 output_dataset: str | None = None, output_overwrite: bool = False,
-                progress: bool | None = None, timeout: float | None = None,
-                ship: list[str] | None = None) -> Result:
+                progress: bool | str | None = None, timeout: float | None = None,
+                ship: list[str] | None = None, schema: Any = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
         `dataset` is a file list (`"f.root:tree"`, `{path: tree}`, a list of them)
@@ -315,11 +316,24 @@ class Session(PackagesMixin):
         from an enabled package (see `upload_package`), which this client need
         not be able to import (then `terminate` does not run here).
 
+        `progress=None` (default) shows live progress (events, rate, MB/s, ETA, each
+        worker's share) in a Jupyter notebook, or on stderr when it is a terminal;
+        True forces it on, False off, "terminal" or "notebook" picks the display.
+
+        coffea habits: `selector` may be a coffea processor instance (pickled to
+        this session's workers, its `postprocess` run here; `result.outputs` is
+        what coffea's Runner returns), `dataset` a coffea fileset (`{name: [files]}`
+        or `{name: {"files": {path: tree}, "metadata": {...}}}`: `ctx.dataset` is
+        the name, `ctx.metadata` its metadata), and `schema="nanoaod"` (or a coffea
+        schema class) gives NanoEvents records; see pyproof.coffea_processor.
+
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
         """
         from pyproof.packages.interactive import code_for
 
+        scikit = _scikit_query(selector, dataset, schema, inputs)  # coffea's forms, if any
+        selector, dataset, inputs = scikit.selector, scikit.dataset, scikit.inputs
         # workers append these to their sys.path to import the selector by name
         search = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
         # what runs: the disk as it is now (or the interactive class), sent along
@@ -364,19 +378,24 @@ class Session(PackagesMixin):
             "packetizer": packetizer, "packetizer_params": packetizer_params,
             "sys_path": search,
             "selector_hash": code.digest, "selector_sources": code.to_wire(),
+            **scikit.spec,
         }
         query_id = uuid.uuid4().hex[:12]
-        bar = ProgressBar(enabled=progress)
+        bar = make_progress(progress)
         self._call("start_query", {"query": query_id, "spec": spec})
         self.last_query = query_id
         try:
             result = self._collect(query_id, bar, timeout)
         except KeyboardInterrupt:
+            bar.close()
             self._call("stop_query", {"query": query_id})
-            raise
+            # from None: the user pressed Ctrl-C, the socket internals it hit are noise
+            raise KeyboardInterrupt(f"query {query_id} stopped (Ctrl-C)") from None
         finally:
             bar.close()
         returned = cls().terminate(result.outputs) if cls else None
+        if scikit.processor is not None:
+            returned = scikit.processor.finish(result.outputs)
         if returned is not None:
             result = Result(query=result.query, outputs=returned, stats=result.stats,
                             lineage=result.lineage)
@@ -505,6 +524,40 @@ class Session(PackagesMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _ScikitQuery:
+    selector: Any
+    dataset: Any
+    inputs: dict[str, Any] | None
+    spec: dict[str, Any]           # the query spec's "schema" and "fileset" fields
+    processor: Any = None          # a coffea_processor.PreparedProcessor
+
+
+def _scikit_query(selector: Any, dataset: Any, schema: Any,
+                  inputs: dict[str, Any] | None) -> _ScikitQuery:
+    """A coffea processor, fileset or schema, turned into what a query spec carries."""
+    from pyproof import coffea_processor
+    from pyproof.filesets import is_fileset, parse_fileset
+    from pyproof.nanoevents import schema_name
+
+    processor = None
+    if coffea_processor.is_processor(selector):
+        processor = coffea_processor.prepare(selector, dict(inputs or {}))
+        selector, inputs = coffea_processor.ProcessorSelector, processor.inputs
+        schema = schema or "nanoaod"
+    spec: dict[str, Any] = {}
+    if schema is not None:
+        spec["schema"] = schema_name(schema)
+    if is_fileset(dataset):
+        cls_schema = getattr(selector, "schema", None) if isinstance(selector, type) else None
+        fileset = parse_fileset(dataset, default_tree="Events" if (schema or cls_schema)
+                                else None)
+        spec["fileset"] = fileset.to_wire()
+        dataset = [{path: tree} for path, tree in fileset.elements]
+    return _ScikitQuery(selector=selector, dataset=dataset, inputs=inputs, spec=spec,
+                        processor=processor)
 
 
 def _describe(error: Any) -> str:

@@ -1,14 +1,16 @@
 """Merge selector outputs by type, the way physicists expect them to add up.
 
 hist.Hist / boost-histogram add; numpy arrays add elementwise (or concatenate
-for names the selector lists in `concatenate`); numbers add; Counters add;
-lists concatenate; dicts merge key by key; anything else must offer
-`merge(other)` or `__add__`.
+for names the selector lists in `concatenate`); awkward arrays concatenate
+(`ak.concatenate`, as coffea accumulates them); numbers add; Counters add;
+sets take the union; lists concatenate; dicts merge key by key; anything else
+must offer `merge(other)` or `__add__`.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,9 +18,8 @@ import numpy as np
 from pyproof.errors import ProofError
 
 MERGEABLE = ("outputs that merge: hist.Hist and boost-histogram histograms, numpy arrays, "
-             "numbers (summed), collections.Counter, lists, dicts of these, or objects "
-             "with merge(other) or __add__")
-
+             "awkward arrays (concatenated), numbers (summed), collections.Counter, sets "
+             "(union), lists, dicts of these, or objects with merge(other) or __add__")
 
 
 class MergeError(ProofError, TypeError):
@@ -36,6 +37,11 @@ def merge(a: Any, b: Any, *, name: str = "output", concatenate: bool = False) ->
                 "(list the output in Selector.concatenate to concatenate instead)"
             )
         return a + b
+    awkward = sys.modules.get("awkward")
+    if awkward is not None and isinstance(a, awkward.Array) and isinstance(b, awkward.Array):
+        return awkward.concatenate([a, b])
+    if isinstance(a, set | frozenset) and isinstance(b, set | frozenset):
+        return a | b
     if isinstance(a, collections.Counter) and isinstance(b, collections.Counter):
         a.update(b)
         return a

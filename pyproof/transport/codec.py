@@ -43,6 +43,9 @@ tag                     Python      payload
 1886388231 (0x70700007) ndarray     ``[dtype.str, [shape...], index]``: the data is
                                     out-of-band buffer ``index`` of the frame
 1886388232 (0x70700008) ``bytes``   ``index``: out-of-band buffer ``index`` of the frame
+1886388233 (0x70700009) ``ak.Array``  ``{"form", "length", "buffers"}``: ``ak.to_buffers``
+                                    output; ``form`` is the form's JSON text, ``buffers``
+                                    a map of key -> 1-d ndarray (never a list of values)
 ======================  ==========  ==================================================
 
 The two out-of-band tags appear only inside frames (see ``frames.py``): large
@@ -79,6 +82,7 @@ from pyproof.errors import ProofError
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "SUPPORTED_TYPES",
+    "TAG_AWKWARD",
     "TAG_COUNTER",
     "TAG_DATASET_RECORD",
     "TAG_HISTOGRAM",
@@ -124,6 +128,7 @@ TAG_REMOTE_ERROR = 0x7070_0005
 TAG_NDARRAY_REF = 0x7070_0007  # [dtype, shape, index]: data in out-of-band buffer `index`
 TAG_DATASET_RECORD = 0x7070_0006  # a datasets.records.FileRecord
 TAG_BYTES_REF = 0x7070_0008  # index: a byte string in out-of-band buffer `index`
+TAG_AWKWARD = 0x7070_0009  # an ak.Array: {"form", "length", "buffers"} from ak.to_buffers
 
 _MAX_NDIM = 64  # numpy's own limit
 
@@ -139,7 +144,7 @@ class ProtocolError(ProofError, ValueError):
 
 
 SUPPORTED_TYPES = ("None, bool, int, float, complex, str, bytes, list, tuple, dict, set, "
-                   "collections.Counter, numpy arrays and scalars, hist.Hist and "
+                   "collections.Counter, numpy arrays and scalars, awkward arrays, hist.Hist and "
                    "boost-histogram histograms, timezone-aware datetime and date")
 """What travels on the wire, for messages that refuse something else."""
 
@@ -182,10 +187,19 @@ class RemoteError:
         return cls(type=name, message=str(exc), traceback=tb, context=dict(context))
 
     def summary(self) -> str:
-        """What went wrong and where, without the traceback (``QueryError``'s message)."""
+        """What went wrong and where, without the traceback (``QueryError``'s message).
+
+        A ``context["output"]`` (the failing worker's last printed or logged
+        lines) adds its last :data:`SUMMARY_OUTPUT_LINES` lines.
+        """
         head = f"{self.type}: {self.message}" if self.message else self.type
         where = _describe_context(self.context)
-        return f"{head}\n  {where}" if where else head
+        text = f"{head}\n  {where}" if where else head
+        output = self.context.get("output")
+        if isinstance(output, list) and output:
+            shown = [str(line) for line in output[-SUMMARY_OUTPUT_LINES:]]
+            text += "\n  last output of the worker:\n" + "\n".join(f"    | {x}" for x in shown)
+        return text
 
     def __str__(self) -> str:
         head = f"{self.type}: {self.message}" if self.message else self.type
@@ -200,8 +214,12 @@ class RemoteError:
         return "\n".join(lines)
 
 
+SUMMARY_OUTPUT_LINES = 5
+
+
 def _describe_context(context: dict[str, Any]) -> str:
     ctx = dict(context)
+    ctx.pop("output", None)  # shown by summary() below the location
     parts = []
     if "file" in ctx:
         parts.append(f"in file {ctx.pop('file')}")
@@ -361,11 +379,24 @@ def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
     if isinstance(value, collections.Counter):
         _encode_counter(encoder, value)
         return
+    awkward = sys.modules.get("awkward")
+    if awkward is not None and isinstance(value, awkward.Array):
+        _encode_awkward(encoder, awkward, value)
+        return
     records = sys.modules.get("pyproof.datasets.records")
     if records is not None and isinstance(value, records.FileRecord):
         encoder.encode_semantic(TAG_DATASET_RECORD, value.to_dict())
         return
     raise EncodeError(_cannot(value))
+
+
+def _encode_awkward(encoder: cbor2.CBOREncoder, ak: Any, value: Any) -> None:
+    # columnar buffers, as awkward itself serializes (never lists of Python values);
+    # behaviors are not data: the receiver's ak.behavior (e.g. coffea's) applies
+    form, length, container = ak.to_buffers(ak.to_packed(value))
+    buffers = {key: np.asarray(buf).reshape(-1) for key, buf in container.items()}
+    encoder.encode_semantic(
+        TAG_AWKWARD, {"form": form.to_json(), "length": int(length), "buffers": buffers})
 
 
 _REFUSED_TYPES: tuple[type, ...] = (
@@ -794,6 +825,24 @@ def _decode_histogram(value: Any, immutable: bool) -> Any:
     return histogram
 
 
+def _decode_awkward(value: Any, immutable: bool) -> Any:
+    value = _thaw(value)
+    if not isinstance(value, dict) or set(value) != {"form", "length", "buffers"}:
+        raise ProtocolError("awkward tag: expected a map with keys form, length, buffers")
+    form, length, buffers = value["form"], value["length"], value["buffers"]
+    if not isinstance(form, str) or type(length) is not int or length < 0 or not (
+            isinstance(buffers, dict) and all(
+                isinstance(k, str) and isinstance(b, np.ndarray) for k, b in buffers.items())):
+        raise ProtocolError("awkward tag: form must be text, length a non-negative integer, "
+                            "buffers a map of text -> ndarray")
+    try:
+        import awkward as ak
+
+        return ak.from_buffers(ak.forms.from_json(form), length, buffers)
+    except Exception as exc:  # noqa: BLE001 - awkward raises many types for bad forms
+        raise ProtocolError(f"awkward tag: {type(exc).__name__}: {exc}") from None
+
+
 _REMOTE_ERROR_FIELDS = {"type": str, "message": str, "traceback": str, "context": dict}
 
 
@@ -822,6 +871,7 @@ _TAG_DECODERS: dict[int, Callable[[Any, bool], Any]] = {
     TAG_DATASET_RECORD: _decode_dataset_record,
     TAG_HISTOGRAM: _decode_histogram,
     TAG_REMOTE_ERROR: _decode_remote_error,
+    TAG_AWKWARD: _decode_awkward,
 }
 
 

@@ -1,0 +1,107 @@
+"""Progress: ETA, a line that fits the terminal, the last state drawn, notebooks, Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pyproof.client.progress import NotebookProgress, ProgressBar, make_progress
+from pyproof.errors import InputError
+from tests.conftest import data_file
+
+HALF = {"entries": 500_000, "total": 1_000_000, "bytes": 20_000_000, "elapsed": 2.0,
+        "workers": {"worker-0": 300_000, "worker-1": 200_000}}
+
+
+def test_the_line_has_an_eta_and_fits_any_terminal_width():
+    bar = ProgressBar(stream=io.StringIO(), enabled=True, width=10)
+    assert bar.render(HALF, 160) == ("[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s "
+                                     "10.0 MB/s ETA 2s w0:60% w1:40%")
+    assert bar.render(HALF, 80) == ("[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s "
+                                    "10.0 MB/s ETA 2s")
+    assert bar.render(HALF, 62) == "[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s ETA 2s"
+    assert bar.render(HALF, 60) == " 50.0% 500,000/1,000,000 ev 250.00 kev/s ETA 2s"
+    assert bar.render(HALF, 40) == "50% 500.00k/1.00M ev ETA 2s"
+    for columns in range(1, 200):
+        assert len(bar.render(HALF, columns)) < max(columns, 20)
+    assert "ETA 1m40s" in bar.render(HALF | {"elapsed": 100.0}, 200)
+    assert "done" in bar.render(HALF | {"entries": 1_000_000}, 200)
+
+
+def test_every_redraw_stays_on_one_line_and_the_last_state_is_drawn_at_close():
+    stream = io.StringIO()
+    bar = ProgressBar(stream=stream, enabled=True, columns=40)
+    for n in range(0, 1_000_001, 100_000):  # faster than the redraw interval: most skipped
+        bar.update(HALF | {"entries": n})
+    bar.close()
+    out = stream.getvalue()
+    assert out.count("\n") == 1 and out.endswith("\n")
+    frames = [f.rstrip("\b ") for f in out[:-1].split("\r") if f]
+    assert all(len(f) < 40 for f in frames)
+    assert frames[-1] == "100% 1.00M/1.00M ev done"  # finishes at 100%
+    bar.close()
+    assert stream.getvalue() == out  # a second close adds nothing
+
+
+def test_progress_argument_is_checked():
+    with pytest.raises(InputError, match=r"^progress='yes': use True, False, None "
+                                         r"\(automatic\), 'terminal' or 'notebook'$"):
+        make_progress("yes")
+    assert make_progress(False).enabled is False
+    assert make_progress(True, stream=io.StringIO()).enabled is True
+    assert make_progress(None, stream=io.StringIO()).enabled is False  # not a terminal
+
+
+def test_the_notebook_display_renders_html_with_eta():
+    html = NotebookProgress.render_html(HALF)
+    assert html.startswith("<div><progress value='0.5000' max='1'")
+    assert "50.0% 500,000/1,000,000 events, 250.00 kev/s, 10.0 MB/s, ETA 2s, w0:60% w1:40%" \
+        in html
+
+
+SCRIPT = textwrap.dedent("""
+    import pyproof
+    from tests.sample_selectors import SlowCount
+    if __name__ == "__main__":
+        with pyproof.connect("lite://?workers=1") as s:
+            s.process(SlowCount, dataset={path!r}, inputs={{"sleep": 0.5}}, progress=True,
+                      packetizer="basic", packetizer_params={{"packet_entries": 20}})
+""")
+
+
+def test_ctrl_c_stops_the_query_with_no_socket_traceback(tmp_path):
+    script = tmp_path / "interrupt.py"
+    script.write_text(SCRIPT.format(path=data_file("uproot-Zmumu.root") + ":events"))
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, env=env,
+                            cwd=os.getcwd())
+    fd = proc.stderr.fileno()
+    seen = b""
+    try:
+        # the bar's first frame says the query runs
+        deadline = time.monotonic() + 60
+        while b"% " not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            chunk = os.read(fd, 65536) if ready else b""
+            if ready and not chunk:
+                break  # the script ended
+            seen += chunk
+        assert b"% " in seen, seen
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = (seen + rest).decode()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt: query " in err and "stopped (Ctrl-C)" in err, err
+    assert "pynng" not in err and "nng" not in err.replace("pyproof", ""), err
