@@ -15,12 +15,13 @@ from pyproof.actors.base import ProofActor
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
 from pyproof.logs import get_logger
+from pyproof.query.spec import QuerySpec
 from pyproof.transport.tls import TLSError, TLSSettings
 
 
 class Master(ProofActor):
     plane: MasterPlane | None = None
-    current: tuple[str, dict] | None = None  # the accepted query, for workers that join
+    current: tuple[str, QuerySpec] | None = None  # the accepted query, for workers that join
 
     def receive(self, message, sender) -> None:
         if isinstance(message, m.MasterStart):
@@ -82,14 +83,14 @@ class Master(ProofActor):
                 error="the session is already running a query; wait for it or stop it"))
             return
         try:  # a client that listens with TLS is checked against this host's CA
-            TLSSettings.from_env().callback_config(message.spec.get("client_address") or "")
+            TLSSettings.from_env().callback_config(message.spec.client_address)
         except TLSError as exc:
             self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
                                                 error=f"cannot dial the client back: {exc}"))
             return
         # where its selectors' ctx.output_file(...) paths go (see output_files.py)
-        spec = {**message.spec,
-                "output_dir": query_output_dir(self.plane.session_id, message.query_id)}
+        spec = message.spec.with_output_dir(
+            query_output_dir(self.plane.session_id, message.query_id))
         self.plane.start_query(message.query_id, spec, message.user)
         self.current = (message.query_id, spec)
         for ref, _pid in self.workers.values():

@@ -19,6 +19,7 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
+from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
@@ -60,7 +61,7 @@ class MasterPlane:
     def worker_joined(self, name: str) -> None:
         self._commands.put(("joined", name))
 
-    def start_query(self, query_id: str, spec: dict[str, Any], user: str = "") -> None:
+    def start_query(self, query_id: str, spec: QuerySpec, user: str = "") -> None:
         self.accepted = query_id  # set here, on the actor thread: busy() sees it at once
         self._commands.put(("start", (query_id, spec, user)))
 
@@ -167,7 +168,7 @@ class MasterPlane:
                 self.query = QueryRun(query_id=query_id, session_id=self.session_id,
                                       spec=spec, user=user, workers=self.workers, keep=self._keep,
                                       data_key=self.data_key,
-                                      outbox=None if spec.get("client_address") else self.outbox)
+                                      outbox=None if spec.client_address else self.outbox)
             elif command == "stop":
                 query_id, reason = arg
                 if self.query is not None and self.query.query_id == query_id:

@@ -32,6 +32,7 @@ from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
 from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
+from pyproof.query.spec import QuerySpec
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import chunk_frame_parts, encode_frame
@@ -64,7 +65,7 @@ def worker_id(incarnation: str) -> str:
 class QueryRun:
     """State of one query on the master. Methods are called from one thread."""
 
-    def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any], user: str = "",
+    def __init__(self, *, query_id: str, session_id: str, spec: QuerySpec, user: str = "",
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
                  outbox: pynng.Push0 | None = None) -> None:
         self.data_key = data_key
@@ -72,6 +73,7 @@ class QueryRun:
         self.query_id = query_id
         self.session_id = session_id
         self.spec = spec
+        self._packetizer_params = spec.packetizer_params
         self.workers = list(workers)
         self.log = get_logger().bind(query=query_id)
         self.state = "preparing"
@@ -90,7 +92,7 @@ class QueryRun:
         self.tally: dict[str, WorkerTally] = {worker_id(w): WorkerTally() for w in workers}
         self.duplicates = 0
         self.requeued: list[dict[str, Any]] = []
-        self.concatenate = tuple(spec.get("concatenate") or ())
+        self.concatenate = spec.concatenate
         self._last_progress = 0.0
         self._lookup_error: RemoteError | None = None
         if outbox is not None:  # client-dials mode: the session's listening socket
@@ -98,18 +100,18 @@ class QueryRun:
         else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
             try:  # a client that listens with TLS is checked against our CA
-                tls = TLSSettings.from_env().callback_config(spec["client_address"])
+                tls = TLSSettings.from_env().callback_config(spec.client_address)
                 if tls is not None:
                     self.client.tls_config = tls
-                self.client.dial(spec["client_address"], block=False)
+                self.client.dial(spec.client_address, block=False)
             except (TLSError, pynng.NNGException) as exc:  # fail this query, not the plane
                 self._lookup_error = RemoteError(
                     type="TLSError", message=f"cannot dial the client back: {exc}",
-                    traceback="", context={"client": spec["client_address"]})
+                    traceback="", context={"client": spec.client_address})
         self._packetizer: Packetizer | None = None  # built by the look-up thread
         self.lost: set[str] = set()
         # files selectors write (ctx.output_file): kept for accepted packets only
-        self.output_files = OutputFiles(spec["output_dir"]) if spec.get("output_dir") else None
+        self.output_files = OutputFiles(spec.output_dir) if spec.output_dir else None
         self.output_dataset: dict[str, Any] | None = None
         self._finish_thread: threading.Thread | None = None
         self._finish_error: RemoteError | None = None
@@ -119,18 +121,17 @@ class QueryRun:
     # -- preparation (its own thread; the data thread answers WAIT meanwhile) --
     def _lookup(self) -> None:
         try:
-            if self.spec.get("output_dataset"):
-                check_output_dataset(self.spec["output_dataset"], self.user,
-                                     overwrite=bool(self.spec.get("output_overwrite")))
-            if self.spec.get("cycles") is not None:
-                work = [WorkRange(element=CYCLES, entry_start=0,
-                                  entry_stop=int(self.spec["cycles"]))]
-                kind = self.spec.get("packetizer") or "unit"
-            elif self.spec.get("files") is not None:
+            if self.spec.output_dataset:
+                check_output_dataset(self.spec.output_dataset, self.user,
+                                     overwrite=self.spec.output_overwrite)
+            if self.spec.cycles is not None:
+                work = [WorkRange(element=CYCLES, entry_start=0, entry_stop=self.spec.cycles)]
+                kind = self.spec.packetizer or "unit"
+            elif self.spec.files is not None:
                 work, kind = self._file_work()
             else:
                 work, kind = self._data_work()
-            params = dict(self.spec.get("packetizer_params") or {})
+            params = dict(self._packetizer_params or {})
             if kind == "multi":
                 params.setdefault("parts", self.parts)
             if kind == "adaptive" and any(e.host for e in self.elements):
@@ -153,30 +154,28 @@ class QueryRun:
     def _file_work(self) -> tuple[list[WorkRange], str]:
         """A per-file task: one unit per file, files not opened here (they may be bad)."""
         self.elements = [Element(path=path, tree=tree or "", entries=1)
-                         for path, tree in self.spec["files"]]
+                         for path, tree in self.spec.files]
         work = [WorkRange(element=i, entry_start=0, entry_stop=1)
                 for i in range(len(self.elements))]
-        return work, self.spec.get("packetizer") or "file"
+        return work, self.spec.packetizer or "file"
 
     def _data_work(self) -> tuple[list[WorkRange], str]:
-        branches = self.spec.get("branches")
-        skip = self.spec.get("on_missing") == "skip"
-        kind = self.spec.get("packetizer") or DEFAULT_DATA_KIND
-        if self.spec.get("dataset_spec"):
+        branches = list(self.spec.branches) if self.spec.branches is not None else None
+        skip = self.spec.on_missing == "skip"
+        kind = self.spec.packetizer or DEFAULT_DATA_KIND
+        if self.spec.dataset_spec:
             self.elements, self.missing, parts = catalog_elements(
-                self.spec["dataset_spec"], self.user, branches, skip_missing=skip)
+                self.spec.dataset_spec, self.user, branches, skip_missing=skip)
             if parts > 1:  # `a,b`: one after the other, the selector told by ctx.dataset
                 self.parts = [[i for i, e in enumerate(self.elements) if e.part == k]
                               for k in range(parts)]
-                params = self.spec.get("packetizer_params") or {}
-                self.spec = {**self.spec, "packetizer_params": {"part_kind": kind,
-                                                                "params": params}}
+                params = self.spec.packetizer_params or {}
+                self._packetizer_params = {"part_kind": kind, "params": params}
                 kind = "multi"
         else:
-            self.elements, self.missing = file_elements(self.spec["dataset"], branches,
-                                                        skip_missing=skip)
-        work = select_ranges(self.elements, int(self.spec.get("first") or 0),
-                             self.spec.get("entries"))
+            self.elements, self.missing = file_elements(
+                [list(d) for d in self.spec.dataset or ()], branches, skip_missing=skip)
+        work = select_ranges(self.elements, self.spec.first, self.spec.entries)
         return work, kind
 
     # -- worker requests ---------------------------------------------------
@@ -297,7 +296,7 @@ class QueryRun:
     def _maybe_finish(self) -> None:
         if self.state == "running" and self.packetizer is not None and self.packetizer.finished:
             poisoned = self.packetizer.poisoned
-            if poisoned and self.spec.get("on_missing") != "skip":
+            if poisoned and self.spec.on_missing != "skip":
                 worst = poisoned[0]
                 self.fail(RemoteError(
                     type="PoisonedPacket",
@@ -308,7 +307,7 @@ class QueryRun:
                     traceback="", context=self._range_dict(worst)))
                 return
             if self.output_files is not None and (self.output_files.exists()
-                                                  or self.spec.get("output_dataset")):
+                                                  or self.spec.output_dataset):
                 # sweeping and registering read files: off the data thread
                 self.state = "finishing"
                 self._finish_thread = threading.Thread(target=self._finish_files, daemon=True)
@@ -322,7 +321,7 @@ class QueryRun:
             removed = self.output_files.sweep()
             if removed:
                 self.log.info("output_files_swept", files=len(removed))
-            name = self.spec.get("output_dataset")
+            name = self.spec.output_dataset
             if name:
                 if not self.output_files.kept:
                     raise LookupError_(f"output_dataset={name!r}: the selector wrote no files "
@@ -330,7 +329,7 @@ class QueryRun:
                                        dataset=name)
                 self.output_dataset = register_output_dataset(
                     name, self.user, self.output_files.kept,
-                    overwrite=bool(self.spec.get("output_overwrite")))
+                    overwrite=self.spec.output_overwrite)
                 self.log.info("output_dataset_registered", dataset=self.output_dataset["name"],
                               files=len(self.output_files.kept))
         except LookupError_ as exc:

@@ -60,7 +60,7 @@ class Worker(ProofActor):
 
     def _check_packet_time(self) -> None:
         assert self.loop is not None
-        limit = self.loop.spec.get("packet_timeout")
+        limit = self.loop.spec.packet_timeout
         stuck = self.loop.current_packet(time.monotonic())
         if not limit or stuck is None or stuck["seconds"] <= limit:
             return

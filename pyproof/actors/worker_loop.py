@@ -24,6 +24,7 @@ from pyproof.actors import protocol as p
 from pyproof.actors.lookup import split_branches
 from pyproof.logs import get_logger
 from pyproof.packetizer.base import CYCLES
+from pyproof.query.spec import QuerySpec
 from pyproof.selector import Context, Selector, SelectorCode, SelectorError, load_selector
 from pyproof.transport import frames
 from pyproof.transport.codec import SUPPORTED_TYPES, EncodeError, RemoteError
@@ -77,7 +78,7 @@ class WorkerLoop:
     """Runs one query on one worker in a thread; `stop()` ends it early."""
 
     def __init__(self, *, worker_id: str, session_id: str, query_id: str,
-                 spec: dict[str, Any], socket: pynng.Req0, owns_socket: bool = False,
+                 spec: QuerySpec, socket: pynng.Req0, owns_socket: bool = False,
                  die: Any = None) -> None:
         self.owns_socket = owns_socket
         # what to do when the master cannot be told we hold packets (the actor exits)
@@ -116,7 +117,7 @@ class WorkerLoop:
 
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
-        self.log.info("query_started", selector=self.spec["selector"])
+        self.log.info("query_started", selector=self.spec.selector)
         try:
             self._loop()
         except _MasterGone as gone:
@@ -143,13 +144,12 @@ class WorkerLoop:
     def _loop(self) -> None:
         try:
             # appended, never prepended: a user's directory must not shadow the stdlib
-            for path in self.spec.get("sys_path") or []:
+            for path in self.spec.sys_path:
                 if isinstance(path, str) and path not in sys.path:
                     sys.path.append(path)
-            ref = self.spec["selector"]
-            code = None if self.spec.get("selector_sources") is None else \
-                SelectorCode.from_wire(ref, self.spec["selector_sources"],
-                                       self.spec.get("selector_hash"))
+            ref = self.spec.selector
+            code = None if self.spec.selector_sources is None else \
+                SelectorCode.from_wire(ref, self.spec.selector_sources, self.spec.selector_hash)
             selector_cls = load_selector(ref, code)
             self.selector = selector_cls()
             self._new_outputs()
@@ -190,16 +190,16 @@ class WorkerLoop:
     def _new_outputs(self) -> None:
         assert self.selector is not None
         self.ctx = Context(
-            inputs=self.spec.get("inputs") or {},
+            inputs=self.spec.inputs,
             worker=self.worker_id,
             query=self.query_id,
             session=self.session_id,
         )
-        if self.spec.get("output_dir"):
+        if self.spec.output_dir:
             # one directory per worker process and batch: workers never collide, and a
             # batch's files are kept or deleted with its packets (see output_files.py)
             self.ctx.output_dir = os.path.join(
-                self.spec["output_dir"], f"{self.worker_id}-{os.getpid()}-b{self._batch}")
+                self.spec.output_dir, f"{self.worker_id}-{os.getpid()}-b{self._batch}")
         self._batch += 1
         self.selector.begin(self.ctx)
         self._fresh_outputs = False
@@ -221,7 +221,7 @@ class WorkerLoop:
                 "file": path, "tree": tree_name, "entry_start": start, "entry_stop": stop,
                 "worker": self.worker_id})
             nbytes = 0
-            if element == CYCLES or self.spec.get("files") is not None:
+            if element == CYCLES or self.spec.files is not None:
                 events: Any = range(start, stop)  # CPU or per-file task: nothing to read
             else:
                 events, nbytes = self._read(reply, path, tree_name, start, stop)
@@ -242,7 +242,7 @@ class WorkerLoop:
     def _read(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
               stop: int) -> tuple[Any, int]:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
-        main, friends = split_branches(self.spec.get("branches"))
+        main, friends = split_branches(self.spec.branches)
         _, tree = self._files.tree(path, tree_name)
         events = tree.arrays(main, entry_start=start, entry_stop=stop, library="ak")
         nbytes = self._files.charge(path)

@@ -23,6 +23,7 @@ from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result, Stats
 from pyproof.errors import ConnectError, InputError, QueryError
+from pyproof.query.spec import QuerySpec
 from pyproof.sandbox import make_private_paths
 from pyproof.selector import Selector, load_selector, selector_code, selector_ref
 from pyproof.transport import sealing
@@ -339,25 +340,28 @@ class Session:
                 f"inputs are {size / 1e6:.0f} MB, over what one request may carry "
                 f"({limit / 1e6:.0f} MB, see $PYPROOF_MAX_FRAME): "
                 "write large inputs to a file the workers read, and pass its path")
-        spec: dict[str, Any] = {
-            "selector": ref,
-            "dataset": parse_dataset(dataset) if dataset is not None and not named else None,
-            "dataset_spec": dataset if named else None,
-            "on_missing": on_missing,
-            "packet_timeout": packet_timeout,
-            "files": None if files is None else [[_absolute(os.fspath(f)), None] for f in files],
-            "output_dataset": output_dataset, "output_overwrite": bool(output_overwrite),
-            "entries": entries, "first": first, "cycles": cycles, "inputs": inputs,
-            "branches": list(cls.branches) if cls.branches is not None else None,
-            "concatenate": list(cls.concatenate),
-            "client_address": self.data_address,
-            "packetizer": packetizer, "packetizer_params": packetizer_params,
-            "sys_path": search,
-            "selector_hash": code.digest, "selector_sources": code.to_wire(),
-        }
+        spec = QuerySpec(
+            selector=ref,
+            dataset=(tuple((path, tree) for path, tree in parse_dataset(dataset))
+                     if dataset is not None and not named else None),
+            dataset_spec=dataset if named else None,
+            on_missing=on_missing,
+            packet_timeout=packet_timeout,
+            files=None if files is None else tuple((_absolute(os.fspath(f)), None)
+                                                    for f in files),
+            output_dataset=output_dataset, output_overwrite=bool(output_overwrite),
+            entries=entries, first=first, cycles=cycles, inputs=inputs,
+            branches=tuple(cls.branches) if cls.branches is not None else None,
+            concatenate=tuple(cls.concatenate),
+            client_address=self.data_address,
+            packetizer=packetizer, packetizer_params=packetizer_params,
+            sys_path=tuple(search),
+            selector_hash=code.digest,
+            selector_sources=tuple(tuple(s) for s in code.to_wire()),
+        )
         query_id = uuid.uuid4().hex[:12]
         bar = ProgressBar(enabled=progress)
-        self._call("start_query", {"query": query_id, "spec": spec})
+        self._call("start_query", {"query": query_id, "spec": spec.to_wire()})
         self.last_query = query_id
         try:
             result = self._collect(query_id, bar, timeout)
