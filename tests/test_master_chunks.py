@@ -58,6 +58,7 @@ def test_outputs_in_chunks_are_merged_once_even_when_the_last_chunk_comes_twice(
     assert ask(sock, frames[0]) == (p.ACK, {"more": True})
     assert ask(sock, frames[1]) == (p.ACK, {"accepted": True})
     assert ask(sock, frames[1]) == (p.ACK, {"accepted": True})  # a resend: same answer
+    assert master.query.settle(5)  # merges run on their own thread
     np.testing.assert_array_equal(master.query.outputs["big"], big)  # merged once
     assert master.query.delivered == 1000
 

@@ -334,6 +334,7 @@ class Gateway(ProofActor):
         elif kind == "stop_query":
             self.send(sessions, m.StopQuery(**who, corr=corr, session_id=session_id,
                                             query_id=str(payload.get("query")),
+                                            abort=payload.get("abort") is True,
                                             reply_to=self.myAddress))
         elif kind == "session_status":
             self.send(sessions, m.StatusRequest(**who, corr=corr, session_id=session_id,

@@ -165,9 +165,12 @@ class RunQuery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopQuery:
+    """Stop a query (finish what is in flight, partial result); `abort`: discard, fail it."""
+
     corr: str
     session_id: str = ""
     query_id: str
+    abort: bool = False
     reply_to: Any = None
     user: str = ""
     admin: bool = False

@@ -100,6 +100,7 @@ class WorkerLoop:
         self._current: tuple[float, dict[str, Any]] | None = None  # packet being processed
         self._batch = 0                  # numbers the output-file directory of each batch
         self._streams = 0                # numbers the chunked requests
+        self._flushed = time.monotonic()  # outputs last sent (live feedback)
 
     def start(self) -> None:
         self._thread.start()
@@ -167,6 +168,9 @@ class WorkerLoop:
                 if not self._process(reply):
                     return
                 reply = self._recv(p.NEXT)
+                if self.spec.feedback and time.monotonic() - self._flushed >= \
+                        self.spec.feedback_interval:
+                    self._flush()  # live feedback: the master merges what we have so far
             elif kind == p.WAIT:
                 self._flush()
                 self._stop.wait(backoff)
@@ -283,6 +287,7 @@ class WorkerLoop:
             })
         except EncodeError as exc:
             raise EncodeError(f"{exc}; outputs may hold {SUPPORTED_TYPES}") from None
+        self._flushed = time.monotonic()
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
         if reply["kind"] != p.ACK or reply.get("more"):  # held packets would wait for ever

@@ -12,16 +12,17 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pynng
 
-from pyproof.actors import protocol as p
 from pyproof.client.control import ControlClient, RequestRefused, dial_daemon
+from pyproof.client.handle import ACTIVE_STATES, QueryHandle
 from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
-from pyproof.client.result import Result, Stats
+from pyproof.client.result import Result
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.query.spec import QuerySpec
 from pyproof.sandbox import make_private_paths
@@ -32,7 +33,6 @@ from pyproof.transport.codec import (
     SUPPORTED_TYPES,
     EncodeError,
     ProtocolError,
-    RemoteError,
     encode,
 )
 from pyproof.transport.frames import CHUNK, Reassembler, decode_frame
@@ -201,6 +201,9 @@ class Session:
         # data frames are sealed with a key both ends derive; it never travels
         self.data_key = sealing.data_key(control.secret(), self.id or "")
         self.rejected_frames = 0
+        self._handles: dict[str, QueryHandle] = {}
+        self._heard: dict[str, float] = {}  # when a frame of each query last came
+        self._reassembler = Reassembler()
 
     def _open_data(self, dial: tuple[bool, int | None], dial_host: str,
                    data_address: str) -> None:
@@ -273,11 +276,6 @@ class Session:
         """The master's view of this session: workers, current query, kept results."""
         return self._call("session_status")
 
-    def result(self, query_id: str) -> Result:
-        """A kept result of an earlier query (e.g. one that finished while detached)."""
-        reply = self._call("fetch_result", {"query": query_id})
-        return self._result_from_frame(decode_frame(reply["frame"]), query_id)
-
     def process(self, selector: type[Selector] | str, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
                 files: list[str] | None = None,
@@ -285,6 +283,8 @@ class Session:
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
                 output_dataset: str | None = None, output_overwrite: bool = False,
+                feedback: list[str] | tuple[str, ...] = (), feedback_interval: float = 1.0,
+                on_feedback: Callable[[dict[str, Any]], Any] | None = None,
                 progress: bool | None = None, timeout: float | None = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
 
@@ -308,8 +308,59 @@ class Session:
         `"name#tree"`) registers them, verified, as a new dataset
         (`result.output_dataset`); `output_overwrite=True` replaces one that exists.
 
+        `feedback=["name", ...]` calls `on_feedback(snapshot)` (in this thread)
+        every `feedback_interval` seconds while the query runs, with the named
+        outputs as merged so far (PROOF's feedback histograms); snapshots only
+        grow, and the final result is the same with or without them.
+
+        `process` is `submit(...).result()`: it waits. Ctrl-C stops the query
+        (the packets in flight finish; a partial Result, `result.stopped`, comes
+        back); a second Ctrl-C aborts it. `timeout` aborts it after that many seconds.
+
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
+        """
+        handle = self.submit(selector, dataset, entries=entries, first=first, cycles=cycles,
+                             files=files, inputs=inputs, packetizer=packetizer,
+                             packetizer_params=packetizer_params, on_missing=on_missing,
+                             packet_timeout=packet_timeout, output_dataset=output_dataset,
+                             output_overwrite=output_overwrite, feedback=feedback,
+                             feedback_interval=feedback_interval, on_feedback=on_feedback,
+                             progress=progress)
+        try:
+            try:
+                return handle.result(timeout)
+            except KeyboardInterrupt:
+                handle.stop()  # PROOF's Ctrl-C: keep what was done
+                try:
+                    return handle.result()
+                except KeyboardInterrupt:
+                    handle.abort()
+                    raise
+            except QueryError as exc:
+                if handle._final is not None or "did not finish within" not in str(exc):
+                    raise
+                handle.abort()
+                raise QueryError(f"query {handle.query} did not finish within {timeout} s; "
+                                 "aborted") from None
+        finally:
+            if handle.bar is not None:
+                handle.bar.close()
+
+    def submit(self, selector: type[Selector] | str, dataset: Any = None, *,
+               entries: int | None = None, first: int = 0, cycles: int | None = None,
+               files: list[str] | None = None,
+               inputs: dict[str, Any] | None = None, packetizer: str | None = None,
+               packetizer_params: dict[str, Any] | None = None,
+               on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+               output_dataset: str | None = None, output_overwrite: bool = False,
+               feedback: list[str] | tuple[str, ...] = (), feedback_interval: float = 1.0,
+               on_feedback: Callable[[dict[str, Any]], Any] | None = None,
+               progress: bool | None = False) -> QueryHandle:
+        """Queue a query (same arguments as `process`) and return its `QueryHandle` at once.
+
+        The session runs its queries one after another, in the order submitted;
+        `handle.result()` waits for one, `session.queries()` lists them.
         """
         ref = selector_ref(selector)
         # workers append these to their sys.path to import the selector by name
@@ -358,23 +409,34 @@ class Session:
             sys_path=tuple(search),
             selector_hash=code.digest,
             selector_sources=tuple(tuple(s) for s in code.to_wire()),
+            feedback=tuple(feedback), feedback_interval=float(feedback_interval),
         )
         query_id = uuid.uuid4().hex[:12]
-        bar = ProgressBar(enabled=progress)
         self._call("start_query", {"query": query_id, "spec": spec.to_wire()})
         self.last_query = query_id
-        try:
-            result = self._collect(query_id, bar, timeout)
-        except KeyboardInterrupt:
-            self._call("stop_query", {"query": query_id})
-            raise
-        finally:
-            bar.close()
-        returned = cls().terminate(result.outputs)
-        if returned is not None:
-            result = Result(query=result.query, outputs=returned, stats=result.stats,
-                            lineage=result.lineage)
-        return result
+        handle = QueryHandle(self, query_id, selector=cls, on_feedback=on_feedback,
+                             bar=ProgressBar(enabled=progress) if progress is not False
+                             else None)
+        self._handles[query_id] = handle
+        return handle
+
+    def queries(self) -> list[QueryHandle]:
+        """This session's queries the master remembers (running, queued, recent), oldest first.
+
+        After `connect(url, session=ID)` these are the handles of queries started
+        before: `handle.result()` waits for one still running and returns its result.
+        """
+        listed = (self.status().get("master") or {}).get("queries") or []
+        handles = []
+        for q in listed:
+            handle = self._handles.get(q["id"])
+            if handle is None:
+                handle = self._handles[q["id"]] = QueryHandle(self, q["id"])
+            if handle._final is None:
+                handle.state = q["state"]
+            handle.summary = q
+            handles.append(handle)
+        return handles
 
     def _check_output_dataset(self, name: Any) -> None:
         from pyproof.datasets import DatasetError
@@ -387,75 +449,71 @@ class Session:
         except DatasetError as exc:
             raise InputError(f"output_dataset={name!r}: {exc}") from None
 
-    def _collect(self, query_id: str, bar: ProgressBar, timeout: float | None) -> Result:
-        assert self.data is not None
-        started = last_heard = time.monotonic()
-        reassembler = Reassembler()
-        while True:
-            now = time.monotonic()
-            if timeout is not None and now - started > timeout:
-                self._call("stop_query", {"query": query_id})
-                raise QueryError(f"query {query_id} did not finish within {timeout} s; stopped")
-            if now - last_heard > MASTER_SILENCE_CHECK:
-                kept = self._check_alive(query_id)
-                if kept is not None:
-                    return kept
-                last_heard = time.monotonic()
-            try:
-                frame = decode_frame(sealing.unseal(self.data_key, recv_view(self.data)))
-                if frame.type == CHUNK:  # a large result, in pieces
-                    last_heard = time.monotonic()
-                    frame = reassembler.add(frame)
-                    if frame is None:
-                        continue
-            except pynng.Timeout:
-                if self.cluster and self.cluster.process.poll() is not None:
-                    raise QueryError("the lite daemon died during the query; "
-                                     f"see the logs in {self.log_dir}") from None
-                continue
-            except (sealing.SealError, ProtocolError):
-                self.rejected_frames += 1  # not from our master: drop it, keep listening
-                continue
-            payload = frame.payload
-            if not isinstance(payload, dict) or payload.get("query") != query_id:
-                continue  # a late message of an earlier query
-            last_heard = time.monotonic()
-            if frame.type == p.PROGRESS:
-                bar.update(payload)
-            elif frame.type in (p.RESULT, p.ERROR):
-                result = self._result_from_frame(frame, query_id)
-                bar.update({"entries": result.stats.entries, "total": result.stats.entries,
-                            "bytes": result.stats.bytes_read, "elapsed": result.stats.wall_time,
-                            "workers": {w: s.entries for w, s in result.stats.workers.items()}})
-                return result
+    def _pump(self, waiting: QueryHandle, deadline: float | None) -> None:
+        """Read data frames (for every handle of this session) until one comes or a poll ends.
 
-    def _check_alive(self, query_id: str) -> Result | None:
-        """The data plane went quiet: ask the master (through the control plane) why.
-
-        None: the query runs on. A Result: it finished but its frame did not reach
-        us (a dropped connection): here it is, from the master's kept results.
+        The master sends progress every 0.25 s while a query runs; after
+        MASTER_SILENCE_CHECK s without a frame for `waiting`, ask the master (control
+        plane) how the query stands: still queued or running, finished while its
+        frame did not reach us (then fetch the kept one), or lost.
         """
+        assert self.data is not None
+        now = time.monotonic()
+        heard = self._heard.setdefault(waiting.query, now)
+        if now - heard > MASTER_SILENCE_CHECK:
+            self._check_alive(waiting)
+            self._heard[waiting.query] = time.monotonic()
+            if waiting._final is not None:
+                return
+        if deadline is not None and deadline <= now:  # done(): do not wait
+            self.data.recv_timeout = 1
+        else:
+            self.data.recv_timeout = DATA_POLL_MS
+        try:
+            frame = decode_frame(sealing.unseal(self.data_key, recv_view(self.data)))
+            if frame.type == CHUNK:  # a large result, in pieces
+                self._heard[waiting.query] = time.monotonic()
+                frame = self._reassembler.add(frame)
+                if frame is None:
+                    return
+        except pynng.Timeout:
+            if self.cluster and self.cluster.process.poll() is not None:
+                raise QueryError("the lite daemon died during the query; "
+                                 f"see the logs in {self.log_dir}") from None
+            return
+        except (sealing.SealError, ProtocolError):
+            self.rejected_frames += 1  # not from our master: drop it, keep listening
+            return
+        payload = frame.payload
+        handle = self._handles.get(payload.get("query")) if isinstance(payload, dict) else None
+        if handle is None:
+            return  # a late message of a query nobody waits for
+        self._heard[handle.query] = time.monotonic()
+        handle._frame(frame)
+
+    def _check_alive(self, handle: QueryHandle) -> None:
+        """The data plane went quiet for `handle`: ask the master (control plane) why."""
+        query_id = handle.query
         try:
             status = self._call("session_status", deadline=30.0)
         except (QueryError, ConnectError) as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
-        query = (status.get("master") or {}).get("query") or {}
-        if query.get("id") == query_id and query.get("state") in ("preparing", "running",
-                                                                   "finishing"):
-            return None
-        if query_id in (status.get("master") or {}).get("results", []):
-            return self.result(query_id)
+        master = status.get("master") or {}
+        for q in master.get("queries") or []:
+            if q.get("id") == query_id and q.get("state") in ACTIVE_STATES:
+                handle.state = q["state"]
+                return
+        if query_id in master.get("results", []):
+            reply = self._call("fetch_result", {"query": query_id})
+            handle._frame(decode_frame(reply["frame"]))
+            return
         raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                          "while it ran; run it again")
 
-    @staticmethod
-    def _result_from_frame(frame: Any, query_id: str) -> Result:
-        payload = frame.payload
-        if frame.type == p.ERROR:
-            error = payload.get("error")
-            raise QueryError(_describe(error), remote=error, lineage=payload.get("lineage"))
-        return Result(query=query_id, outputs=payload["outputs"],
-                      stats=Stats.from_wire(payload["stats"]), lineage=payload.get("lineage", {}))
+    def result(self, query_id: str) -> Result:
+        """A kept result of an earlier query (e.g. one that finished while detached)."""
+        reply = self._call("fetch_result", {"query": query_id})
+        return QueryHandle(self, query_id)._from_frame(decode_frame(reply["frame"]))
 
     def detach(self) -> str:
         """Leave the session running on the daemon; returns its id for `connect(session=...)`."""
@@ -487,15 +545,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _describe(error: Any) -> str:
-    """QueryError's message: what and where, short; the traceback stays in err.remote."""
-    if isinstance(error, RemoteError):
-        if error.traceback:
-            return f"{error.summary()}\n  (remote traceback: err.remote.traceback)"
-        return error.summary()
-    return f"query failed: {error!r}"
 
 
 def _bound_address(socket: pynng.Pull0, requested: str) -> str:

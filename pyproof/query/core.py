@@ -371,6 +371,11 @@ class QueryCore:
         return self.state in ENDED
 
     @property
+    def merging(self) -> int:
+        """Merges handed out (`Merge`) and not yet confirmed (`Merged`)."""
+        return len(self._merging)
+
+    @property
     def busy(self) -> bool:
         """Still running (the session's next query waits for it)."""
         return self.state in ACTIVE
