@@ -33,6 +33,7 @@ from pyproof.actors.output_files import (
     check_output_dataset,
     register_output_dataset,
 )
+from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND

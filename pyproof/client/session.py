@@ -23,6 +23,7 @@ from pyproof.client.handle import ACTIVE_STATES, QueryHandle
 from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import ProgressBar
 from pyproof.client.result import Result
+from pyproof.datasets import records as _records  # noqa: F401  (registers its CBOR tag)
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.query.spec import QuerySpec
 from pyproof.sandbox import make_private_paths
@@ -261,7 +262,7 @@ class Session:
         Returns the `VerifySummary`. Raises DatasetError (unknown dataset, not
         yours to change) before any file is read, QueryError if the cluster fails.
         """
-        from pyproof.datasets.cluster_verify import verify_on_cluster
+        from pyproof.client.verify import verify_on_cluster
 
         own = catalog is None
         catalog = self.datasets if own else catalog
