@@ -32,3 +32,8 @@ class InputError(ProofError, ValueError):
 class BenchError(ProofError):
     """`proofctl bench` could not measure: bad arguments, or results that disagree
     (the message names the run and the outputs)."""
+
+
+class QueryAborted(QueryError):
+    """A query was aborted (`handle.abort()`, `proofctl queries abort`, a second Ctrl-C):
+    its outputs were discarded. Run it again, or use `stop()` to keep what was done."""

@@ -11,6 +11,7 @@ import pytest
 
 from pyproof.actors import protocol as p
 from pyproof.actors.master_plane import MasterPlane
+from pyproof.query.spec import QuerySpec
 from pyproof.transport.frames import CHUNK, chunk, decode_frame, encode_frame
 
 
@@ -19,9 +20,9 @@ def plane(tmp_path):
     address = f"ipc://{tmp_path}/master.ipc"
     plane = MasterPlane(session_id="s1", address=address)
     plane.worker_joined(f"worker-0#{os.getpid()}")
-    plane.start_query("q1", {"cycles": 1000, "packetizer": "basic",
-                             "packetizer_params": {"packet_entries": 1000},
-                             "client_address": f"ipc://{tmp_path}/nobody.ipc"})
+    plane.start_query("q1", QuerySpec(selector="m:S", cycles=1000, packetizer="basic",
+                                      packetizer_params={"packet_entries": 1000},
+                                      client_address=f"ipc://{tmp_path}/nobody.ipc"))
     with pynng.Req0(dial=address, recv_timeout=5000, send_timeout=5000) as sock:
         yield plane, sock
     plane.close()
@@ -57,6 +58,7 @@ def test_outputs_in_chunks_are_merged_once_even_when_the_last_chunk_comes_twice(
     assert ask(sock, frames[0]) == (p.ACK, {"more": True})
     assert ask(sock, frames[1]) == (p.ACK, {"accepted": True})
     assert ask(sock, frames[1]) == (p.ACK, {"accepted": True})  # a resend: same answer
+    assert master.query.settle(5)  # merges run on their own thread
     np.testing.assert_array_equal(master.query.outputs["big"], big)  # merged once
     assert master.query.delivered == 1000
 

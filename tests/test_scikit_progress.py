@@ -72,17 +72,21 @@ SCRIPT = textwrap.dedent("""
     from tests.sample_selectors import SlowCount
     if __name__ == "__main__":
         with pyproof.connect("lite://?workers=1") as s:
-            s.process(SlowCount, dataset={path!r}, inputs={{"sleep": 0.5}}, progress=True,
-                      packetizer="basic", packetizer_params={{"packet_entries": 20}})
+            r = s.process(SlowCount, dataset={path!r}, inputs={{"sleep": {sleep}}},
+                          progress=True, packetizer="basic",
+                          packetizer_params={{"packet_entries": 20}})
+            print("STOPPED", r.stopped, r.stats.entries, flush=True)
 """)
 
 
-def test_ctrl_c_stops_the_query_with_no_socket_traceback(tmp_path):
+def _interrupt(tmp_path, *, presses: int, sleep: float) -> tuple[int, str, str]:
+    """Run SCRIPT, press Ctrl-C `presses` times once its bar shows; (code, stdout, stderr)."""
     script = tmp_path / "interrupt.py"
-    script.write_text(SCRIPT.format(path=data_file("uproot-Zmumu.root") + ":events"))
+    script.write_text(SCRIPT.format(path=data_file("uproot-Zmumu.root") + ":events",
+                                    sleep=sleep))
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, env=env,
-                            cwd=os.getcwd())
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=os.getcwd())
     fd = proc.stderr.fileno()
     seen = b""
     try:
@@ -95,13 +99,29 @@ def test_ctrl_c_stops_the_query_with_no_socket_traceback(tmp_path):
                 break  # the script ended
             seen += chunk
         assert b"% " in seen, seen
-        proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=60)
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            # two presses during one blocking wait arrive as one interrupt (Python's
+            # signal flag): give the first time to be handled (stop() sent)
+            time.sleep(1.0)
+        out, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    err = (seen + rest).decode()
-    assert proc.returncode != 0
-    assert "KeyboardInterrupt: query " in err and "stopped (Ctrl-C)" in err, err
+    return proc.returncode, out.decode(), (seen + rest).decode()
+
+
+def test_ctrl_c_stops_the_query_and_returns_what_was_done(tmp_path):
+    code, out, err = _interrupt(tmp_path, presses=1, sleep=0.5)
+    assert code == 0, err
+    stopped, entries = out.split()[1:3]
+    assert stopped == "True" and 0 < int(entries) < 2304, out
+    assert "Traceback" not in err, err
+
+
+def test_ctrl_c_twice_aborts_with_no_socket_traceback(tmp_path):
+    code, _, err = _interrupt(tmp_path, presses=2, sleep=5.0)
+    assert code != 0
+    assert "KeyboardInterrupt: query " in err and "aborted (Ctrl-C twice)" in err, err
     assert "pynng" not in err and "nng" not in err.replace("pyproof", ""), err

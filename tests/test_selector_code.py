@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 import pyproof
-from pyproof.actors.gateway import RequestError, validate_spec
+from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.selector import SelectorCode, load_selector, selector_code
 
 SELECTOR = """\
@@ -165,7 +165,9 @@ def test_the_gateway_accepts_the_code_and_checks_its_shape():
             "concatenate": [], "client_address": "tcp://x", "packetizer": None,
             "packetizer_params": None, "sys_path": [], "selector_hash": "ab",
             "selector_sources": [[None, "/a.py", "x = 1"], ["m", "/m.py", ""]]}
-    assert validate_spec(spec) is spec
-    with pytest.raises(RequestError, match=r"selector_sources element must be "
-                                           r"\[module, path, source\]"):
-        validate_spec({**spec, "selector_sources": [["m", "/m.py"]]})
+    checked = QuerySpec.from_wire(spec)
+    assert checked.selector_sources == ((None, "/a.py", "x = 1"), ("m", "/m.py", ""))
+    assert QuerySpec.from_wire(checked.to_wire()) == checked
+    with pytest.raises(SpecError, match=r"^selector_sources element must be "
+                                        r"\[module, path, source\]$"):
+        QuerySpec.from_wire({**spec, "selector_sources": [["m", "/m.py"]]})

@@ -8,6 +8,7 @@ import threading
 import pynng
 
 from pyproof.actors import worker_loop
+from pyproof.query.spec import QuerySpec
 from pyproof.transport.frames import encode_frame
 
 
@@ -39,7 +40,7 @@ def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
         sock.dial(address, block=False)
         loop = worker_loop.WorkerLoop(
             worker_id="worker-0", session_id="s", query_id="q", socket=sock,
-            spec={"selector": f"tests.sample_selectors:{selector}", "inputs": {}})
+            spec=QuerySpec(selector=f"tests.sample_selectors:{selector}", cycles=1))
         loop.start()
         assert loop.join(20), "the worker loop did not end"
     stop.set()

@@ -28,6 +28,7 @@ from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.logs import get_logger
 from pyproof.packages import service as packages
 from pyproof.packages.errors import PackageError
+from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.transport import auth, sealing
 from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
@@ -41,73 +42,10 @@ REQUEST_TIMEOUT = 20.0
 CONTEXTS = 16
 MAX_WORKERS = 256
 
-SPEC_FIELDS: dict[str, tuple[type, ...]] = {
-    "selector": (str,),
-    "dataset": (list, type(None)),
-    "entries": (int, type(None)),
-    "first": (int,),
-    "cycles": (int, type(None)),
-    "inputs": (dict,),
-    "branches": (list, type(None)),
-    "concatenate": (list,),
-    "client_address": (str,),
-    "packetizer": (str, type(None)),
-    "packetizer_params": (dict, type(None)),
-    "sys_path": (list, type(None)),
-    "selector_hash": (str, type(None)),     # sha256 of the selector's code (selector_code)
-    "selector_sources": (list, type(None)),  # that code: [[module, path, source], ...]
-    "dataset_spec": (str, type(None)),
-    "on_missing": (str, type(None)),
-    "packet_timeout": (int, float, type(None)),
-    "files": (list, type(None)),          # a per-file task: [[path, tree], ...]
-    "output_dataset": (str, type(None)),  # register ctx.output_file files as this dataset
-    "output_overwrite": (bool,),
-    "schema": (str, type(None)),   # events as NanoEvents records ("nanoaod", "module:Class")
-    "fileset": (dict, type(None)),  # a coffea fileset's names and metadata (filesets.py)
-}
-OPTIONAL_FIELDS = ("first", "inputs", "concatenate", "dataset", "dataset_spec", "on_missing",
-                   "packet_timeout", "output_overwrite", "schema", "fileset")
 
 
 class RequestError(ValueError):
     """A control request is malformed; the message says which field."""
-
-
-def validate_spec(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise RequestError("query spec must be a map")
-    unknown = set(spec) - set(SPEC_FIELDS)
-    if unknown:
-        raise RequestError(f"unknown query field(s): {', '.join(sorted(unknown))}")
-    for name, kinds in SPEC_FIELDS.items():
-        if name not in spec and type(None) not in kinds and name not in OPTIONAL_FIELDS:
-            raise RequestError(f"missing query field {name!r}")
-        if name in spec and (not isinstance(spec[name], kinds)
-                             or isinstance(spec[name], bool) and bool not in kinds):
-            raise RequestError(f"query field {name!r} has the wrong type "
-                               f"({type(spec[name]).__name__})")
-    dataset, cycles = spec.get("dataset"), spec.get("cycles")
-    given = [k for k in ("dataset", "dataset_spec", "cycles", "files")
-             if spec.get(k) is not None]
-    if len(given) != 1:
-        raise RequestError("a query needs exactly one of 'dataset', 'dataset_spec', 'cycles' "
-                           "and 'files'")
-    if spec.get("on_missing") not in (None, "fail", "skip"):
-        raise RequestError("'on_missing' must be 'fail' or 'skip'")
-    for item in (dataset or []) + (spec.get("files") or []):
-        if not (isinstance(item, list | tuple) and len(item) == 2
-                and isinstance(item[0], str) and isinstance(item[1], str | type(None))):
-            raise RequestError(f"dataset element {item!r} must be [path, tree]")
-    for item in spec.get("selector_sources") or []:
-        if not (isinstance(item, list | tuple) and len(item) == 3
-                and isinstance(item[0], str | type(None)) and isinstance(item[1], str)
-                and isinstance(item[2], str)):
-            raise RequestError("selector_sources element must be [module, path, source]")
-    if cycles is not None and cycles < 0:
-        raise RequestError("'cycles' must not be negative")
-    if spec.get("first", 0) < 0 or (spec.get("entries") or 0) < 0:
-        raise RequestError("'first' and 'entries' must not be negative")
-    return spec
 
 
 @dataclass(slots=True)
@@ -343,7 +281,7 @@ class Gateway(ProofActor):
             self.pending[corr] = pending
             try:
                 self._dispatch(corr, pending)
-            except RequestError as exc:
+            except (RequestError, SpecError) as exc:
                 self._complete(corr, "error", {"message": str(exc)})
 
     def _dispatch(self, corr: str, pending: _Pending) -> None:
@@ -395,9 +333,9 @@ class Gateway(ProofActor):
             query_id = payload.get("query")
             if not isinstance(query_id, str):
                 raise RequestError("'query' must be a string id")
-            spec = validate_spec(payload.get("spec"))
+            spec = QuerySpec.from_wire(payload.get("spec"))
             try:  # the session's enabled packages, fixed for this query's lifetime
-                spec["packages"] = packages.query_packages(pending.user, session_id)
+                spec = spec.with_packages(packages.query_packages(pending.user, session_id))
             except PackageError as exc:
                 raise RequestError(str(exc)) from None
             self.send(sessions, m.StartQuery(**who,
@@ -406,6 +344,7 @@ class Gateway(ProofActor):
         elif kind == "stop_query":
             self.send(sessions, m.StopQuery(**who, corr=corr, session_id=session_id,
                                             query_id=str(payload.get("query")),
+                                            abort=payload.get("abort") is True,
                                             reply_to=self.myAddress))
         elif kind == "session_status":
             self.send(sessions, m.StatusRequest(**who, corr=corr, session_id=session_id,

@@ -15,16 +15,18 @@ from pyproof.actors.base import ProofActor
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
 from pyproof.logs import get_logger
+from pyproof.query.spec import QuerySpec
 from pyproof.transport.tls import TLSError, TLSSettings
 
 
 class Master(ProofActor):
     plane: MasterPlane | None = None
-    current: tuple[str, dict] | None = None  # the accepted query, for workers that join
+    specs: dict[str, QuerySpec] = {}  # queries running or queued, in order (for workers that join)
 
     def receive(self, message, sender) -> None:
         if isinstance(message, m.MasterStart):
             self.workers: dict[str, tuple] = {}  # worker id -> (actor address, pid)
+            self.specs = {}
             self.start_log(message.log_dir, actor="master", session=message.session_id)
             self.plane = MasterPlane(session_id=message.session_id,
                                      address=message.packet_address, data_key=message.data_key)
@@ -35,9 +37,11 @@ class Master(ProofActor):
             assert self.plane is not None
             self.workers[message.worker_id] = (message.ref, message.pid)
             self.plane.worker_joined(incarnation(message.worker_id, message.pid))
-            if self.plane.busy() and self.current is not None:
-                # a worker joining mid-query gets work at once
-                self.send(message.ref, m.RunQuery(query_id=self.current[0], spec=self.current[1]))
+            # a worker joining mid-query gets work at once (and the queued ones, in order)
+            active = self.plane.active_queries()
+            self.specs = {q: self.specs[q] for q in active if q in self.specs}
+            for query_id, spec in self.specs.items():
+                self.send(message.ref, m.RunQuery(query_id=query_id, spec=spec))
         elif isinstance(message, m.WorkerLost):
             assert self.plane is not None
             current = self.workers.get(message.worker_id)
@@ -48,7 +52,8 @@ class Master(ProofActor):
             self._start_query(message, sender)
         elif isinstance(message, m.StopQuery):
             if self.plane is not None:
-                self.plane.stop_query(message.query_id, "stopped by the user")
+                self.plane.stop_query(message.query_id, "aborted by the user" if message.abort
+                                      else "stopped by the user", abort=message.abort)
             self.send(message.reply_to or sender,
                       m.QueryAccepted(corr=message.corr, query_id=message.query_id))
         elif isinstance(message, m.StatusRequest):
@@ -76,22 +81,21 @@ class Master(ProofActor):
         if self.plane.knows_query(message.query_id):  # a client retry: already accepted
             self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
             return
-        if self.plane.busy():
-            self.send(reply_to, m.QueryRejected(
-                corr=message.corr, query_id=message.query_id,
-                error="the session is already running a query; wait for it or stop it"))
-            return
         try:  # a client that listens with TLS is checked against this host's CA
-            TLSSettings.from_env().callback_config(message.spec.get("client_address") or "")
+            TLSSettings.from_env().callback_config(message.spec.client_address)
         except TLSError as exc:
             self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
                                                 error=f"cannot dial the client back: {exc}"))
             return
         # where its selectors' ctx.output_file(...) paths go (see output_files.py)
-        spec = {**message.spec,
-                "output_dir": query_output_dir(self.plane.session_id, message.query_id)}
+        spec = message.spec.with_output_dir(
+            query_output_dir(self.plane.session_id, message.query_id))
+        # queued behind the running query, if any: workers queue it too, and ask for its
+        # packets once they are done with the one before
         self.plane.start_query(message.query_id, spec, message.user)
-        self.current = (message.query_id, spec)
+        active = self.plane.active_queries()
+        self.specs = {q: s for q, s in self.specs.items() if q in active}
+        self.specs[message.query_id] = spec
         for ref, _pid in self.workers.values():
             self.send(ref, m.RunQuery(query_id=message.query_id, spec=spec))
         get_logger().info("query_accepted", query=message.query_id)

@@ -1,17 +1,22 @@
-"""The master's data plane: one thread serving workers on an nng rep socket.
+"""The master's data plane: one thread serving workers on an nng rep socket, and the queue.
 
 Workers send every request (next packet, outputs, failure) to this one
-socket, so the packetizer and the merge are driven from a single thread with
-no locks around them. The actor thread only hands queries in and out through
-`start_query` / `stop_query` / `worker_lost`, which are queued as commands.
+socket; each is fed to the query's `QueryRun` (its core decides, under the
+run's lock). Queries a session is given while one runs wait in a queue and
+start, in order, the moment the one before ends (the run tells the plane:
+no polling). The actor thread calls `start_query`, `stop_query`,
+`worker_joined` and `worker_lost` directly; they only take short locks.
+
+Lock order: a run's lock may be held while taking the plane's (`_query_ended`),
+never the other way round.
 """
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import pynng
@@ -20,14 +25,17 @@ from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import QueryRun
 from pyproof.logs import get_logger
+from pyproof.query.core import PROGRESS_PERIOD
+from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT, recv_view
 
-POLL_MS = 100  # a recv timeout, not a busy loop: ticks for progress and commands
-IDLE_POLL_MS = 1000  # no query in flight: a worker's request or close() ends the wait sooner
+BUSY_POLL_MS = int(PROGRESS_PERIOD * 1000 / 2)  # while a query runs: progress and feedback ticks
+IDLE_POLL_MS = 2_000  # nothing to tick: only `close()` is waited for
 KEEP_RESULTS = 10
+KEEP_HISTORY = 100
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 
 
@@ -37,61 +45,127 @@ class MasterPlane:
         self.data_key = data_key
         self.address = address
         self.log = get_logger()
-        self.socket = pynng.Rep0(recv_timeout=POLL_MS, send_timeout=5_000,
+        self.socket = pynng.Rep0(recv_timeout=IDLE_POLL_MS, send_timeout=5_000,
                                  recv_max_size=RECV_LIMIT)
         self.socket.listen(address)
         self.workers: list[str] = []
-        self.query: QueryRun | None = None
-        self.accepted: str | None = None
-        self.stopped: set[str] = set()  # actor thread only
+        self.query: QueryRun | None = None  # the running one (or the last to run)
+        self.queued: deque[QueryRun] = deque()
+        self.history: deque[QueryRun] = deque(maxlen=KEEP_HISTORY)
         self.outbox: pynng.Push0 | None = None
         self.outbox_address = ""
+        self._lock = threading.RLock()
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
         self.results: dict[str, bytes] = {}
         # large worker requests arrive in chunks (see worker_loop._send_chunks)
         # one stream at most per worker at a time; a lost worker's partial one is dropped
         self._reassembler = Reassembler(max_streams=4096, remember=KEEP_CHUNK_ANSWERS)
         self._chunk_answers: dict[str, bytes] = {}
-        self.finished_queries: list[str] = []
         self.lookup_cache = LookupCache()  # entry counts of files already looked up
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
     # -- called from the actor thread --------------------------------------
     def worker_joined(self, name: str) -> None:
-        self._commands.put(("joined", name))
+        with self._lock:
+            if name not in self.workers:
+                self.workers.append(name)
+            q = self.query
+        if q is not None:
+            q.worker_joined(name)
 
-    def start_query(self, query_id: str, spec: dict[str, Any], user: str = "") -> None:
-        self.accepted = query_id  # set here, on the actor thread: busy() sees it at once
-        self._commands.put(("start", (query_id, spec, user)))
+    def start_query(self, query_id: str, spec: QuerySpec, user: str = "") -> None:
+        """Run the query now, or after the ones before it (a queue, in order)."""
+        run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
+                       workers=list(self.workers), keep=self._keep, data_key=self.data_key,
+                       outbox=None if spec.client_address else self.outbox,
+                       on_end=self._query_ended, lookup_cache=self.lookup_cache)
+        with self._lock:
+            if self.query is not None and self.query.core.busy:
+                self.queued.append(run)
+                return
+            self._begin(run)
 
-    def stop_query(self, query_id: str, reason: str) -> None:
-        if query_id == self.accepted:  # on the actor thread: the next query may start now
-            self.stopped.add(query_id)
-            self.accepted = None
-        self._commands.put(("stop", (query_id, reason)))
+    def _begin(self, run: QueryRun) -> None:
+        with self._lock:
+            previous = self.query
+            if previous is not None:
+                self.history.append(previous)
+            self.query = run
+            for w in self.workers:  # joined while it was queued
+                run.worker_joined(w)
+            self.socket.recv_timeout = BUSY_POLL_MS
+        run.start()
+        if previous is not None:
+            previous.close()  # its merge thread and socket to the client: it has ended
+
+    def _query_ended(self, run: QueryRun) -> None:
+        """A run ended (any thread): start the next queued query, if any."""
+        with self._lock:
+            if run is not self.query:
+                return
+            nxt = self.queued.popleft() if self.queued else None
+            if nxt is None:
+                self.socket.recv_timeout = IDLE_POLL_MS
+                return
+        self._begin(nxt)
+
+    def stop_query(self, query_id: str, reason: str, *, abort: bool = False) -> bool:
+        """Stop (or abort) a running or queued query; False if the plane does not know it."""
+        with self._lock:
+            run = self._find(query_id)
+            if run is None:
+                return False
+            if run in self.queued:  # never ran: it ends at once (empty, or aborted)
+                self.queued.remove(run)
+                self.history.append(run)
+                run.on_end = None
+        run.stop(reason, abort=abort)
+        return True
+
+    def _find(self, query_id: str) -> QueryRun | None:
+        for run in (self.query, *self.queued, *self.history):
+            if run is not None and run.query_id == query_id:
+                return run
+        return None
 
     def worker_lost(self, worker: str) -> None:
-        self._commands.put(("lost", worker))
+        with self._lock:
+            if worker in self.workers:
+                self.workers.remove(worker)
+            for stream in self._reassembler.open_streams():  # worker#pid/query/n
+                if stream.startswith(f"{worker}/"):
+                    self._reassembler.discard(stream)
+            q = self.query
+        if q is not None:
+            q.worker_lost(worker)
 
     def busy(self) -> bool:
-        q = self.query
-        if self.accepted is None:
-            return False
-        if q is None or q.query_id != self.accepted:
-            return True  # accepted, not yet taken in by the data thread
-        return q.state in ("preparing", "running", "finishing")
+        with self._lock:
+            return bool(self.queued) or (self.query is not None and self.query.core.busy)
+
+    def active_queries(self) -> list[str]:
+        """Queries running or queued, in the order they run (for workers that join)."""
+        with self._lock:
+            runs = ([self.query] if self.query is not None and self.query.core.busy else []) \
+                + list(self.queued)
+        return [r.query_id for r in runs]
 
     def knows_query(self, query_id: str) -> bool:
-        return (query_id == self.accepted or query_id in self.stopped
-                or query_id in self.finished_queries)
+        with self._lock:
+            return self._find(query_id) is not None
+
+    def queries(self) -> list[dict[str, Any]]:
+        """Every query this plane remembers, oldest first, as `session.queries()` shows."""
+        with self._lock:
+            runs = [*self.history, *([self.query] if self.query else []), *self.queued]
+        return [r.summary() for r in runs]
 
     def statistics(self) -> dict[str, Any]:
         q = self.query
         return {"address": self.address, "workers": list(self.workers),
-                "results": list(self.results),
+                "results": list(self.results), "queries": self.queries(),
                 "query": None if q is None else {"id": q.query_id, "state": q.state,
                                                  "processed": q.processed, "total": q.total}}
 
@@ -111,20 +185,18 @@ class MasterPlane:
 
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()
-        self.socket.close()  # ends the thread's wait at once (pynng.Closed)
+        self.socket.close()  # ends the serving thread's wait at once
         self._thread.join(timeout)
-        if self.query is not None:
-            self.query.close()  # its socket to the client (callback mode)
+        with self._lock:
+            runs = [*self.history, *([self.query] if self.query else []), *self.queued]
+        for run in runs:
+            run.close()  # its merge thread, its socket to the client (callback mode)
         if self.outbox is not None:
             self.outbox.close()
 
     # -- the data-plane thread ----------------------------------------------
     def _serve(self) -> None:
         while not self._closed.is_set():
-            self._run_commands()
-            # a query starts with its workers' requests, which end the wait: idle, wake rarely
-            idle = self.query is None or self.query.state in ("finished", "failed", "stopped")
-            self.socket.recv_timeout = IDLE_POLL_MS if idle else POLL_MS
             try:
                 raw = recv_view(self.socket)  # worker outputs are read in place
             except pynng.Timeout:
@@ -132,12 +204,9 @@ class MasterPlane:
             except pynng.Closed:
                 return
             if raw is not None:
-                # a query started by the actor is queued before its workers are told
-                # of it: take it in before answering them
-                self._run_commands()
                 try:
                     reply = self._answer(raw)
-                except Exception as exc:  # likewise: answer, fail the query, keep serving
+                except Exception as exc:  # answer, fail the query, keep serving
                     self.log.error("request_failed", error=repr(exc), exc_info=True)
                     if self.query is not None:
                         self.query.fail(RemoteError.from_exception(exc, stage="master"))
@@ -147,50 +216,19 @@ class MasterPlane:
                     self.socket.send(reply)
                 except (pynng.Timeout, pynng.Closed):
                     self.log.warning("reply_not_sent")
-            if self.query is not None:
+            q = self.query
+            if q is not None and q.core.busy:
                 try:
-                    self.query.tick(time.monotonic())
+                    q.tick(time.monotonic())
                 except Exception as exc:  # a bug must fail the query, not the data plane
                     self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
-                    self.query.fail(RemoteError.from_exception(exc, stage="master"))
-
-    def _run_commands(self) -> None:
-        while True:
-            try:
-                command, arg = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if command == "joined":
-                if arg not in self.workers:
-                    self.workers.append(arg)
-                if self.query is not None:
-                    self.query.worker_joined(arg)
-            elif command == "start":
-                query_id, spec, user = arg
-                if self.query is not None:
-                    self.query.close()
-                    self.finished_queries = [*self.finished_queries[-99:], self.query.query_id]
-                self.query = QueryRun(query_id=query_id, session_id=self.session_id,
-                                      spec=spec, user=user, workers=self.workers, keep=self._keep,
-                                      data_key=self.data_key, lookup_cache=self.lookup_cache,
-                                      outbox=None if spec.get("client_address") else self.outbox)
-            elif command == "stop":
-                query_id, reason = arg
-                if self.query is not None and self.query.query_id == query_id:
-                    self.query.stop(reason)
-            elif command == "lost":
-                if arg in self.workers:
-                    self.workers.remove(arg)
-                for stream in self._reassembler.open_streams():  # worker#pid/query/n
-                    if stream.startswith(f"{arg}/"):
-                        self._reassembler.discard(stream)
-                if self.query is not None:
-                    self.query.worker_lost(arg)
+                    q.fail(RemoteError.from_exception(exc, stage="master"))
 
     def _keep(self, query_id: str, frame: bytes) -> None:
-        self.results[query_id] = frame
-        while len(self.results) > KEEP_RESULTS:
-            del self.results[next(iter(self.results))]
+        with self._lock:
+            self.results[query_id] = frame
+            while len(self.results) > KEEP_RESULTS:
+                del self.results[next(iter(self.results))]
 
     def _answer(self, raw: bytes | memoryview) -> bytes:
         try:
@@ -226,8 +264,12 @@ class MasterPlane:
         try:
             payload = frame.payload
             query_id = p.require(payload, "query", str)
-            q = self.query
-            if q is None or q.query_id != query_id:
+            with self._lock:
+                q = self.query
+                queued = any(r.query_id == query_id for r in self.queued)
+            if queued:  # its turn comes when the one before ends
+                kind, body = p.WAIT, {}
+            elif q is None or q.query_id != query_id:
                 kind, body = p.ABORT, {"reason": f"no running query {query_id}"}
             else:
                 kind, body = q.handle(frame.type, payload)

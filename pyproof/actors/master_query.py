@@ -1,16 +1,21 @@
-"""One query as the master runs it: look-up, packetizer, exactly-once merge, client stream.
+"""One query as the master runs it: the shell around its `QueryCore` (query/core.py).
 
-Everything here runs on the master's data-plane thread (or the look-up
-thread it starts), never on the actor thread, so a busy control plane does
-not stall packets and a long merge does not stall control.
+The core decides (packets, exactly-once merges, stop, abort, the end); this
+shell does: it looks the input up (a thread), answers worker requests (the
+data-plane thread), merges outputs (its own merge thread, so a large merge
+never blocks packet grants), keeps output files, and streams progress,
+feedback and the result to the client. Every thread feeds the core through
+`feed()`, one at a time under `self.lock`, and carries out what it returns:
+nothing polls for the look-up or the finish, they feed the core when done.
 """
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pynng
@@ -30,111 +35,130 @@ from pyproof.actors.output_files import (
     check_output_dataset,
     register_output_dataset,
 )
+from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
-from pyproof.packetizer import DEFAULT_DATA_KIND, make_packetizer
-from pyproof.packetizer.base import CYCLES, Packetizer, WorkRange
+from pyproof.packetizer import DEFAULT_DATA_KIND
+from pyproof.packetizer.base import CYCLES, WorkRange
+from pyproof.query import core as qc
+from pyproof.query.spec import QuerySpec
 from pyproof.transport import sealing
 from pyproof.transport.codec import EncodeError, RemoteError
 from pyproof.transport.frames import chunk_frame_parts, encode_frame
 from pyproof.transport.tls import TLSError, TLSSettings
 from pyproof.transport.wire import send_parts
 
-PROGRESS_PERIOD = 0.25
 FINAL_FRAME_GRACE = 2.0
 CHUNK_SIZE = 8 * 1024 * 1024
+MERGE_JOIN = 5.0
 WORKER_HOST = socket.gethostname()
+FEEDBACK = "feedback"  # master -> client: {query, outputs: {name: merged so far}}
 
-
-@dataclass(slots=True)
-class WorkerTally:
-    entries: int = 0
-    packets: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"entries": self.entries, "packets": self.packets,
-                "bytes": self.bytes, "busy_seconds": self.seconds}
-
-
-def worker_id(incarnation: str) -> str:
-    """'worker-0#1234' -> 'worker-0': statistics are per worker, not per process."""
-    return incarnation.partition("#")[0]
+worker_id = qc.worker_id
 
 
 class QueryRun:
-    """State of one query on the master. Methods are called from one thread."""
+    """One query on the master: see the module docstring. Thread-safe through `feed`."""
 
-    def __init__(self, *, query_id: str, session_id: str, spec: dict[str, Any], user: str = "",
+    def __init__(self, *, query_id: str, session_id: str, spec: QuerySpec, user: str = "",
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
                  outbox: pynng.Push0 | None = None,
+                 on_end: Callable[[QueryRun], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  lookup_cache: LookupCache | None = None) -> None:
         self.lookups = Lookups(lookup_cache)  # the session's cache: files opened once
         self.data_key = data_key
         self.keep = keep  # called with (query id, final frame) to keep the outcome
+        self.on_end = on_end  # called (without our lock) once the query has ended
+        self.clock = clock
         self.query_id = query_id
         self.session_id = session_id
         self.spec = spec
-        self.workers = list(workers)
-        self.log = get_logger().bind(query=query_id)
-        self.state = "preparing"
-        self.started = time.monotonic()
         self.user = user
+        self.log = get_logger().bind(query=query_id)
+        self.lock = threading.RLock()
+        self.core = qc.QueryCore(query_id=query_id, spec=spec, workers=workers, now=clock())
+        self.outputs: dict[str, Any] = {}
+        self._outputs_lock = threading.Lock()  # merges vs feedback snapshots
+        self._merges: queue.SimpleQueue = queue.SimpleQueue()
+        self._merge_thread = threading.Thread(target=self._merge_loop, daemon=True,
+                                              name=f"merge-{query_id}")
+        self._request: dict[str, Any] = {}  # the worker request being fed (outputs, files)
+        self._answer: tuple[str, dict[str, Any]] | None = None
+        self._events: list[qc.Event] = []
+        self._started = False
+        self._ended_told = False
+        self._dial_error: RemoteError | None = None
+        self._packetizer_params = spec.packetizer_params
         self.elements: list[Element] = []
         self.missing: list[dict[str, Any]] = []
         self.parts: list[list[int]] = []
-        self.packetizer: Packetizer | None = None
-        self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
-        self.total = 0
-        self.outputs: dict[str, Any] = {}
-        self.processed = 0            # entries reported processed (progress)
-        self.delivered = 0            # entries whose outputs were merged (exactly once)
-        self.bytes = 0
-        self.tally: dict[str, WorkerTally] = {worker_id(w): WorkerTally() for w in workers}
-        self.duplicates = 0
-        self.requeued: list[dict[str, Any]] = []
-        self.concatenate = tuple(spec.get("concatenate") or ())
-        self._last_progress = 0.0
-        self._lookup_error: RemoteError | None = None
+        self.output_files = OutputFiles(spec.output_dir) if spec.output_dir else None
+        self.output_dataset: dict[str, Any] | None = None
         if outbox is not None:  # client-dials mode: the session's listening socket
             self.client, self._own_client = outbox, False
         else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
             try:  # a client that listens with TLS is checked against our CA
-                tls = TLSSettings.from_env().callback_config(spec["client_address"])
+                tls = TLSSettings.from_env().callback_config(spec.client_address)
                 if tls is not None:
                     self.client.tls_config = tls
-                self.client.dial(spec["client_address"], block=False)
+                self.client.dial(spec.client_address, block=False)
             except (TLSError, pynng.NNGException) as exc:  # fail this query, not the plane
-                self._lookup_error = RemoteError(
+                self._dial_error = RemoteError(
                     type="TLSError", message=f"cannot dial the client back: {exc}",
-                    traceback="", context={"client": spec["client_address"]})
-        self._packetizer: Packetizer | None = None  # built by the look-up thread
-        self.lost: set[str] = set()
-        # files selectors write (ctx.output_file): kept for accepted packets only
-        self.output_files = OutputFiles(spec["output_dir"]) if spec.get("output_dir") else None
-        self.output_dataset: dict[str, Any] | None = None
-        self._finish_thread: threading.Thread | None = None
-        self._finish_error: RemoteError | None = None
-        self._lookup_thread = threading.Thread(target=self._lookup, daemon=True)
-        self._lookup_thread.start()
+                    traceback="", context={"client": spec.client_address})
 
-    # -- preparation (its own thread; the data thread answers WAIT meanwhile) --
+    # -- views (any thread) ------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return str(self.core.state)
+
+    @property
+    def delivered(self) -> int:
+        return self.core.delivered
+
+    @property
+    def processed(self) -> int:
+        return self.core.processed
+
+    @property
+    def total(self) -> int:
+        return self.core.total
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            summary = self.core.summary(self.clock())
+        if not self._started and self.core.busy:
+            summary["state"] = "queued"
+        return summary
+
+    # -- starting (the plane, when the query's turn comes) -----------------------------
+    def start(self) -> None:
+        """Begin: look the input up (its own thread) and start merging."""
+        if self._started:
+            return
+        self._started = True
+        self._merge_thread.start()
+        if self._dial_error is not None:
+            self.feed(qc.LookupFailed(error=self._dial_error, cause="dial"))
+            return
+        threading.Thread(target=self._lookup, daemon=True, name=f"lookup-{self.query_id}").start()
+
     def _lookup(self) -> None:
+        """Look-up thread: find the work, then tell the core (no one polls for it)."""
         try:
-            if self.spec.get("output_dataset"):
-                check_output_dataset(self.spec["output_dataset"], self.user,
-                                     overwrite=bool(self.spec.get("output_overwrite")))
-            if self.spec.get("cycles") is not None:
-                work = [WorkRange(element=CYCLES, entry_start=0,
-                                  entry_stop=int(self.spec["cycles"]))]
-                kind = self.spec.get("packetizer") or "unit"
-            elif self.spec.get("files") is not None:
+            if self.spec.output_dataset:
+                check_output_dataset(self.spec.output_dataset, self.user,
+                                     overwrite=self.spec.output_overwrite)
+            if self.spec.cycles is not None:
+                work = [WorkRange(element=CYCLES, entry_start=0, entry_stop=self.spec.cycles)]
+                kind = self.spec.packetizer or "unit"
+            elif self.spec.files is not None:
                 work, kind = self._file_work()
             else:
                 work, kind = self._data_work()
-            params = dict(self.spec.get("packetizer_params") or {})
+            params = dict(self._packetizer_params or {})
             if kind == "multi":
                 params.setdefault("parts", self.parts)
             if kind == "adaptive" and any(e.host for e in self.elements):
@@ -142,106 +166,109 @@ class QueryRun:
                 # the daemon's host in this version)
                 params.setdefault("element_hosts", {i: e.host for i, e in
                                                     enumerate(self.elements) if e.host})
-                params.setdefault("worker_hosts", {w: WORKER_HOST for w in self.workers})
-            self._packetizer = make_packetizer(kind, work, workers=max(1, len(self.workers)),
-                                               **params)
-            self.total = sum(r.entries for r in work)
-            self.log.info("query_prepared", elements=len(self.elements), entries=self.total,
-                          packetizer=kind, **self.lookups.stats())
+                params.setdefault("worker_hosts", {w: WORKER_HOST for w in self.core.workers})
         except LookupError_ as exc:
-            self._lookup_error = RemoteError(type="DatasetError", message=str(exc),
-                                             traceback="", context=exc.context)
+            self.feed(qc.LookupFailed(error=RemoteError(
+                type="DatasetError", message=str(exc), traceback="", context=exc.context),
+                cause="lookup"))
+            return
         except Exception as exc:
-            self._lookup_error = RemoteError.from_exception(exc, stage="lookup")
+            self.feed(qc.LookupFailed(error=RemoteError.from_exception(exc, stage="lookup"),
+                                      cause="lookup"))
+            return
+        self.log.info("query_prepared", elements=len(self.elements),
+                      entries=sum(r.entries for r in work), packetizer=kind,
+                      **self.lookups.stats())
+        self.feed(qc.LookupDone(work=tuple(work), kind=kind, params=params,
+                                elements=tuple(self.elements), missing=tuple(self.missing),
+                                lookups=self.lookups.stats(), now=self.clock(),
+                                cause="lookup"))
 
     def _file_work(self) -> tuple[list[WorkRange], str]:
         """A per-file task: one unit per file, files not opened here (they may be bad)."""
         self.elements = [Element(path=path, tree=tree or "", entries=1)
-                         for path, tree in self.spec["files"]]
+                         for path, tree in self.spec.files]
         work = [WorkRange(element=i, entry_start=0, entry_stop=1)
                 for i in range(len(self.elements))]
-        return work, self.spec.get("packetizer") or "file"
+        return work, self.spec.packetizer or "file"
 
     def _data_work(self) -> tuple[list[WorkRange], str]:
-        branches = self.spec.get("branches")
-        skip = self.spec.get("on_missing") == "skip"
-        kind = self.spec.get("packetizer") or DEFAULT_DATA_KIND
-        if self.spec.get("dataset_spec"):
+        branches = list(self.spec.branches) if self.spec.branches is not None else None
+        skip = self.spec.on_missing == "skip"
+        kind = self.spec.packetizer or DEFAULT_DATA_KIND
+        if self.spec.dataset_spec:
             self.elements, self.missing, parts = catalog_elements(
-                self.spec["dataset_spec"], self.user, branches, skip_missing=skip,
+                self.spec.dataset_spec, self.user, branches, skip_missing=skip,
                 lookups=self.lookups)
             if parts > 1:  # `a,b`: one after the other, the selector told by ctx.dataset
                 self.parts = [[i for i, e in enumerate(self.elements) if e.part == k]
                               for k in range(parts)]
-                params = self.spec.get("packetizer_params") or {}
-                self.spec = {**self.spec, "packetizer_params": {"part_kind": kind,
-                                                                "params": params}}
+                params = self.spec.packetizer_params or {}
+                self._packetizer_params = {"part_kind": kind, "params": params}
                 kind = "multi"
         else:
-            self.elements, self.missing = file_elements(self.spec["dataset"], branches,
-                                                        skip_missing=skip, lookups=self.lookups)
-        work = select_ranges(self.elements, int(self.spec.get("first") or 0),
-                             self.spec.get("entries"))
+            self.elements, self.missing = file_elements(
+                [list(d) for d in self.spec.dataset or ()], branches, skip_missing=skip,
+                lookups=self.lookups)
+        work = select_ranges(self.elements, self.spec.first, self.spec.entries)
         return work, kind
 
-    # -- worker requests ---------------------------------------------------
-    def handle(self, kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        worker = f"{p.require(payload, 'worker', str)}#{p.require(payload, 'pid', int)}"
-        if self.state in ("failed", "stopped"):
-            return p.ABORT, {"reason": f"query {self.query_id} {self.state}"}
-        if self.state in ("finishing", "finished"):
-            return p.DONE, {}
-        if worker in self.lost:
-            return p.ABORT, {"reason": f"{worker} was declared lost"}
-        self.tally.setdefault(worker_id(worker), WorkerTally())
-        if kind == p.FAILED:
-            error = payload.get("error")
-            if not isinstance(error, RemoteError):
-                error = RemoteError(type="WorkerError", message=repr(error), traceback="",
-                                    context={"worker": worker})
-            self.fail(error)
-            return p.ABORT, {"reason": "query failed"}
-        self._prepare_done()
-        if self.state != "running":
-            return (p.ABORT, {"reason": "query failed"}) if self.state == "failed" else (
-                p.WAIT, {})
-        assert self.packetizer is not None
-        if worker not in self.workers:  # joined before the master heard of it
-            self.worker_joined(worker)
-        self._reports(worker, payload.get("processed") or [])
-        if kind == p.OUTPUTS:
-            ids = frozenset(p.require(payload, "packets", list))
-            files = self._reported_files(worker, payload)
-            if files is None:
-                return p.ABORT, {"reason": "bad output files"}
-            accepted = self.packetizer.accept_output(worker, ids)
+    # -- feeding the core (any thread) ---------------------------------------------------
+    def feed(self, *events: qc.Event) -> tuple[str, dict[str, Any]] | None:
+        """Feed events and carry out the instructions; the answer to a worker, if any."""
+        ended = False
+        with self.lock:
+            self._events.extend(events)
+            answer = None
+            while self._events:
+                ev = self._events.pop(0)
+                self._answer = None
+                for instruction in self.core.handle(ev):
+                    self._carry_out(instruction)
+                if self._answer is not None:
+                    answer = self._answer
+            if self.core.ended and not self._ended_told:
+                self._ended_told = ended = True
+                self._merges.put(None)  # the merge thread ends
+        if ended and self.on_end is not None:
+            self.on_end(self)
+        return answer
+
+    def _carry_out(self, ins: qc.Instruction) -> None:
+        if isinstance(ins, qc.Grant):
+            self._answer = (p.PACKET, self._packet_reply(ins.packet))
+        elif isinstance(ins, qc.Wait):
+            self._answer = (p.WAIT, {})
+        elif isinstance(ins, qc.Done):
+            self._answer = (p.DONE, {})
+        elif isinstance(ins, qc.Refuse):
+            self._answer = (p.ABORT, {"reason": ins.reason})
+        elif isinstance(ins, qc.Ack):
+            files = self._request.get("files") or []
+            if files and not ins.accepted:
+                OutputFiles.refuse(files)
+            if not ins.accepted:
+                self.log.warning("output_refused", worker=ins.worker,
+                                 packets=sorted(self._request.get("packets") or []))
+            self._answer = (p.ACK, {"accepted": ins.accepted})
+        elif isinstance(ins, qc.Merge):
+            files = self._request.get("files") or []
             if files and self.output_files is not None:
-                if accepted:
-                    self.output_files.keep(files, min(self.packets[i][:2] for i in ids))
-                else:
-                    self.output_files.refuse(files)
-            if accepted:
-                try:
-                    merge_outputs(self.outputs, p.require(payload, "outputs", dict),
-                                  concatenate=self.concatenate)
-                except Exception as exc:
-                    self.fail(RemoteError.from_exception(exc, stage="merge", worker=worker))
-                    return p.ABORT, {"reason": "merge failed"}
-                for pid in ids:
-                    _, start, stop = self.packets[pid]
-                    self.delivered += stop - start
-            else:
-                self.duplicates += 1
-                self.log.warning("output_refused", worker=worker, packets=sorted(ids))
-            self._maybe_finish()
-            return p.ACK, {"accepted": accepted}
-        if kind != p.NEXT:
-            raise p.ProtocolViolation(f"unknown request {kind!r}")
-        packet = self.packetizer.next_packet(worker, time.monotonic())
-        if packet is None:
-            self._maybe_finish()
-            return (p.DONE, {}) if self.state == "finished" else (p.WAIT, {})
-        self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+                self.output_files.keep(files, ins.first)
+            self._merges.put((ins.token, ins.worker, self._request.get("outputs") or {}))
+        elif isinstance(ins, qc.SendProgress):
+            self._send_client(p.PROGRESS, {
+                "query": self.query_id, "entries": ins.entries, "total": ins.total,
+                "bytes": ins.bytes, "elapsed": self.clock() - self.core.started,
+                "workers": ins.workers})
+        elif isinstance(ins, qc.SendFeedback):
+            self._send_feedback(ins.names)
+        elif isinstance(ins, qc.Finish):
+            self._finish(ins)
+        elif isinstance(ins, qc.Fail):
+            self._fail(ins)
+
+    def _packet_reply(self, packet: Any) -> dict[str, Any]:
         reply: dict[str, Any] = {"packet": {
             "packet_id": packet.packet_id, "element": packet.element,
             "entry_start": packet.entry_start, "entry_stop": packet.entry_stop}}
@@ -253,7 +280,48 @@ class QueryRun:
             if element.friend_path:
                 reply["friend_path"] = element.friend_path
                 reply["friend_tree"] = element.friend_tree
-        return p.PACKET, reply
+        return reply
+
+    # -- worker requests (the data-plane thread) ---------------------------------------
+    def handle(self, kind: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        worker = f"{p.require(payload, 'worker', str)}#{p.require(payload, 'pid', int)}"
+        now = self.clock()
+        if kind == p.FAILED:
+            error = payload.get("error")
+            if not isinstance(error, RemoteError):
+                error = RemoteError(type="WorkerError", message=repr(error), traceback="",
+                                    context={"worker": worker})
+            return self._fed(qc.WorkerFailed(worker=worker, error=error, cause=kind))
+        reports = tuple(self._report(r) for r in payload.get("processed") or [])
+        if kind == p.OUTPUTS:
+            ids = frozenset(p.require(payload, "packets", list))
+            files = self._reported_files(worker, payload)
+            if files is None:
+                return p.ABORT, {"reason": "bad output files"}
+            outputs = p.require(payload, "outputs", dict)
+            with self.lock:
+                self._request = {"files": files, "outputs": outputs, "packets": ids}
+                try:
+                    return self._fed(qc.OutputArrived(worker=worker, packet_ids=ids,
+                                                      reports=reports, now=now, cause=kind))
+                finally:
+                    self._request = {}
+        if kind != p.NEXT:
+            raise p.ProtocolViolation(f"unknown request {kind!r}")
+        return self._fed(qc.PacketRequested(worker=worker, reports=reports, now=now,
+                                            cause=kind))
+
+    def _fed(self, event: qc.Event) -> tuple[str, dict[str, Any]]:
+        answer = self.feed(event)
+        assert answer is not None, f"the core did not answer {event}"
+        return answer
+
+    @staticmethod
+    def _report(report: Any) -> qc.Report:
+        return qc.Report(packet=p.require(report, "packet", int),
+                         entries=int(report.get("entries", 0)),
+                         bytes=int(report.get("bytes", 0)),
+                         seconds=float(report.get("seconds", 0.0)))
 
     def _reported_files(self, worker: str, payload: dict[str, Any]) -> list[str] | None:
         """The files an OUTPUTS message carries; None (the query failed) if they are bad."""
@@ -266,197 +334,147 @@ class QueryRun:
                                           "has no output directory")
             return self.output_files.check(worker, files)
         except p.ProtocolViolation as exc:
-            self.fail(RemoteError(type="OutputFileError", message=str(exc), traceback="",
-                                  context={"worker": worker}))
+            self.feed(qc.WorkerFailed(worker=worker, error=RemoteError(
+                type="OutputFileError", message=str(exc), traceback="",
+                context={"worker": worker}), cause="outputs"))
             return None
 
-    def _prepare_done(self) -> None:
-        if self.state != "preparing" or self._lookup_thread.is_alive():
+    # -- merging (the merge thread) ---------------------------------------------------
+    def _merge_loop(self) -> None:
+        while True:
+            job = self._merges.get()
+            if job is None:
+                return
+            token, worker, outputs = job
+            error = None
+            try:
+                with self._outputs_lock:
+                    merge_outputs(self.outputs, outputs, concatenate=self.spec.concatenate)
+            except Exception as exc:
+                error = RemoteError.from_exception(exc, stage="merge", worker=worker)
+            self.feed(qc.Merged(token=token, error=error, cause="merge"))
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every merge handed out so far is done (tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.core.merging:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # -- the other actions -------------------------------------------------------------
+    def _send_feedback(self, names: tuple[str, ...]) -> None:
+        with self._outputs_lock:  # encoded (a snapshot) before a merge can change them
+            snapshot = {n: self.outputs[n] for n in names if n in self.outputs}
+            try:
+                frame = encode_frame(FEEDBACK, {"query": self.query_id, "outputs": snapshot},
+                                     session=self.session_id)
+            except EncodeError as exc:
+                self.log.warning("feedback_not_encodable", error=str(exc))
+                return
+        self._send_frame(frame, FEEDBACK, final=False)
+
+    def _finish(self, ins: qc.Finish) -> None:
+        if self.output_files is not None and (self.output_files.exists()
+                                              or self.spec.output_dataset):
+            # sweeping and registering read files: off the thread that fed us
+            threading.Thread(target=self._finish_files, daemon=True,
+                             name=f"finish-{self.query_id}").start()
             return
-        if self._lookup_error is not None:
-            self.fail(self._lookup_error)
-        else:
-            self.packetizer = self._packetizer
-            assert self.packetizer is not None
-            for worker in self.workers:
-                self.packetizer.add_worker(worker, time.monotonic())
-            self.state = "running"
-            self._maybe_finish()
-
-    def _reports(self, worker: str, reports: list[Any]) -> None:
-        assert self.packetizer is not None
-        tally = self.tally[worker_id(worker)]
-        for report in reports:
-            pid = p.require(report, "packet", int)
-            seconds = float(report.get("seconds", 0.0))
-            self.packetizer.packet_processed(worker, pid, time.monotonic(), seconds=seconds)
-            entries = int(report.get("entries", 0))
-            nbytes = int(report.get("bytes", 0))
-            tally.entries += entries
-            tally.packets += 1
-            tally.bytes += nbytes
-            tally.seconds += seconds
-            self.processed += entries
-            self.bytes += nbytes
-
-    def _maybe_finish(self) -> None:
-        if self.state == "running" and self.packetizer is not None and self.packetizer.finished:
-            poisoned = self.packetizer.poisoned
-            if poisoned and self.spec.get("on_missing") != "skip":
-                worst = poisoned[0]
-                self.fail(RemoteError(
-                    type="PoisonedPacket",
-                    message=f"{len(poisoned)} packet(s) killed the worker that processed them "
-                            f"{len(worst.workers)} times and were given up (poisoned); run "
-                            "with on_missing='skip' to get the rest; reasons: "
-                            f"{', '.join(sorted(set(worst.reasons)))}",
-                    traceback="", context=self._range_dict(worst)))
-                return
-            if self.output_files is not None and (self.output_files.exists()
-                                                  or self.spec.get("output_dataset")):
-                # sweeping and registering read files: off the data thread
-                self.state = "finishing"
-                self._finish_thread = threading.Thread(target=self._finish_files, daemon=True)
-                self._finish_thread.start()
-                return
-            self._send_result()
+        self._events.append(qc.Finished(error=self._send_result(), now=self.clock(),
+                                        cause="finish"))
 
     def _finish_files(self) -> None:
         assert self.output_files is not None
+        error: RemoteError | None = None
         try:
             removed = self.output_files.sweep()
             if removed:
                 self.log.info("output_files_swept", files=len(removed))
-            name = self.spec.get("output_dataset")
-            if name:
+            name = self.spec.output_dataset
+            if name and not self.core.stop_reason:
                 if not self.output_files.kept:
                     raise LookupError_(f"output_dataset={name!r}: the selector wrote no files "
                                        "(write them at paths from ctx.output_file(...))",
                                        dataset=name)
                 self.output_dataset = register_output_dataset(
                     name, self.user, self.output_files.kept,
-                    overwrite=bool(self.spec.get("output_overwrite")))
+                    overwrite=self.spec.output_overwrite)
                 self.log.info("output_dataset_registered", dataset=self.output_dataset["name"],
                               files=len(self.output_files.kept))
         except LookupError_ as exc:
-            self._finish_error = RemoteError(type="DatasetError", message=str(exc),
-                                             traceback="", context=exc.context)
+            error = RemoteError(type="DatasetError", message=str(exc), traceback="",
+                                context=exc.context)
         except Exception as exc:
-            self._finish_error = RemoteError.from_exception(exc, stage="output_dataset")
+            error = RemoteError.from_exception(exc, stage="output_dataset")
+        with self.lock:
+            if error is None:
+                error = self._send_result()
+            self.feed(qc.Finished(error=error, now=self.clock(), cause="finish"))
 
-    def _finish_done(self) -> None:
-        thread = self._finish_thread
-        if self.state != "finishing" or thread is None or thread.is_alive():
-            return
-        if self._finish_error is not None:
-            self.state = "running"  # so that fail() ends it and removes its files
-            self.fail(self._finish_error)
-        else:
-            self._send_result()
+    def _send_result(self) -> RemoteError | None:
+        """Send the RESULT frame; the error if the outputs cannot be encoded."""
+        now = self.clock()
+        with self._outputs_lock:
+            try:
+                data = encode_frame(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
+                                               "stats": self.core.stats(now),
+                                               "lineage": self.lineage()},
+                                    session=self.session_id)
+            except EncodeError as exc:  # an output the wire cannot carry: name it
+                return RemoteError(type="OutputError", message=f"outputs cannot be sent: {exc}",
+                                   traceback="", context={})
+        self._send_frame(data, p.RESULT, final=True)
+        self.log.info("query_finished", entries=self.core.delivered,
+                      stopped=bool(self.core.stop_reason),
+                      seconds=round(now - self.core.started, 3))
+        return None
 
-    def _send_result(self) -> None:
-        self.state = "finished"
-        self._send_client(p.RESULT, {"query": self.query_id, "outputs": self.outputs,
-                                     "stats": self.stats(), "lineage": self.lineage()},
-                          final=True)
-        self.log.info("query_finished", entries=self.delivered,
-                      seconds=round(time.monotonic() - self.started, 3))
-
-    # -- ending ------------------------------------------------------------
-    def fail(self, error: RemoteError) -> None:
-        # while finishing, the outputs are being registered: that ends on its own (bounded)
-        if self.state in ("failed", "finishing", "finished", "stopped"):
-            return
-        self.state = "failed"
+    def _fail(self, ins: qc.Fail) -> None:
         if self.output_files is not None:
             self.output_files.discard()
-        self.log.error("query_failed", error=str(error), **error.context)
-        self._send_client(p.ERROR, {"query": self.query_id, "error": error,
+        self.log.error("query_failed", error=str(ins.error), aborted=ins.aborted,
+                       **ins.error.context)
+        self._send_client(p.ERROR, {"query": self.query_id, "error": ins.error,
                                     "lineage": self.lineage()}, final=True)
 
-    def stop(self, reason: str) -> None:
-        if self.state == "finishing":
-            return
-        self.fail(RemoteError(type="QueryStopped", message=reason, traceback="", context={}))
-        self.state = "stopped"
+    # -- ending (the actor thread, through the plane) ----------------------------------
+    def stop(self, reason: str, *, abort: bool = False) -> None:
+        """PROOF's StopProcess: finish what is in flight (or, with `abort`, discard all)."""
+        if abort:
+            self.feed(qc.AbortRequested(reason=reason, cause="user"))
+        else:
+            self.feed(qc.StopRequested(reason=reason, now=self.clock(), cause="user"))
+
+    def fail(self, error: RemoteError) -> None:
+        """A bug in the shell: fail the query (not the plane)."""
+        self.feed(qc.LookupFailed(error=error, cause="master") if self.core.state ==
+                  qc.QueryState.PREPARING else qc.WorkerFailed(worker="master", error=error,
+                                                               cause="master"))
 
     def worker_joined(self, worker: str) -> None:
-        if worker in self.workers or worker in self.lost:
-            return
-        self.workers.append(worker)
-        self.tally.setdefault(worker_id(worker), WorkerTally())
-        if self.packetizer is not None:
-            self.packetizer.add_worker(worker, time.monotonic())
-            self.log.info("worker_joined", worker=worker)
+        self.feed(qc.WorkerJoined(worker=worker, now=self.clock(), cause="actor"))
 
     def worker_lost(self, worker: str) -> None:
-        self.lost.add(worker)
-        if worker in self.workers:
-            self.workers.remove(worker)
-        if self.packetizer is None or self.state != "running":
-            return
-        ranges = self.packetizer.worker_lost(worker, time.monotonic(),
-                                             reason=f"{worker} died")
-        self.log.warning("worker_lost", worker=worker, requeued=len(ranges))
-        for r in ranges:
-            self.requeued.append({"worker": worker, "element": r.element,
-                                  "entry_start": r.entry_start, "entry_stop": r.entry_stop,
-                                  "reason": "worker lost"})
-        self._maybe_finish()
+        self.feed(qc.WorkerLost(worker=worker, now=self.clock(), cause="actor"))
+        self.log.warning("worker_lost", worker=worker)
 
     def tick(self, now: float) -> None:
-        if self.state in ("preparing", "running"):
-            self._prepare_done()
-        self._finish_done()
-        if self.state == "running" and now - self._last_progress >= PROGRESS_PERIOD:
-            self._last_progress = now
-            self._send_client(p.PROGRESS, {
-                "query": self.query_id, "entries": self.processed, "total": self.total,
-                "bytes": self.bytes, "elapsed": now - self.started,
-                "workers": {w: t.entries for w, t in self.tally.items()}})
-
-    def stats(self) -> dict[str, Any]:
-        return {"entries": self.delivered, "bytes_read": self.bytes,
-                "wall_time": time.monotonic() - self.started,
-                "packets": len(self.packets), **self.lookups.stats(),
-                "workers": {w: t.as_dict() for w, t in self.tally.items()}}
+        self.feed(qc.Tick(now=now, cause="tick"))
 
     def lineage(self) -> dict[str, Any]:
-        poisoned = self.packetizer.poisoned if self.packetizer else ()
-        return {"entries_requested": self.total, "entries_processed": self.delivered,
-                "missing": list(self.missing) + [
-                    self._range_dict(r) | {"reason": "poisoned: killed its workers"}
-                    for r in poisoned],
-                "packets": len(self.packets), "duplicates_dropped": self.duplicates,
-                "requeued": list(self.requeued),
-                "poisoned": [self._range_dict(r) | {"workers": list(r.workers),
-                                                    "reasons": list(r.reasons)}
-                             for r in poisoned],
-                "output_files": self.output_files.kept if self.output_files else [],
-                "output_dataset": self.output_dataset,
-                "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
-                              "dataset": e.dataset} for e in self.elements]}
+        lineage = self.core.lineage()
+        lineage["output_files"] = self.output_files.kept if self.output_files else []
+        lineage["output_dataset"] = self.output_dataset
+        return lineage
 
-    def _range_dict(self, r: Any) -> dict[str, Any]:
-        where: dict[str, Any] = {"entry_start": r.entry_start, "entry_stop": r.entry_stop}
-        if r.element != CYCLES and r.element < len(self.elements):
-            where["file"] = self.elements[r.element].path
-            where["tree"] = self.elements[r.element].tree
-        return where
-
+    # -- the client stream -------------------------------------------------------------
     def _send_client(self, kind: str, payload: dict[str, Any], *, final: bool = False) -> None:
-        try:
-            data = encode_frame(kind, payload, session=self.session_id)
-        except EncodeError as exc:
-            if kind != p.RESULT:
-                raise
-            # an output the wire cannot carry: the user gets an error naming it
-            self.state = "failed"
-            error = RemoteError(type="OutputError", message=f"outputs cannot be sent: {exc}",
-                                traceback="", context={})
-            kind = p.ERROR
-            data = encode_frame(kind, {"query": self.query_id, "error": error,
-                                       "lineage": self.lineage()}, session=self.session_id)
+        self._send_frame(encode_frame(kind, payload, session=self.session_id), kind, final)
+
+    def _send_frame(self, data: bytes, kind: str, final: bool) -> None:
         if final and self.keep is not None:
             self.keep(self.query_id, data)
         # a large result travels as chunk frames (each sealed), never as one huge frame
@@ -491,5 +509,9 @@ class QueryRun:
         return False
 
     def close(self) -> None:
+        self._merges.put(None)
+        if self._merge_thread.is_alive() and threading.current_thread() is not \
+                self._merge_thread:  # the merge thread itself may end the query
+            self._merge_thread.join(MERGE_JOIN)
         if self._own_client:
             self.client.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyproof.query.spec import QuerySpec
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Boot:
@@ -134,7 +136,7 @@ class StartQuery:
     corr: str
     session_id: str = ""
     query_id: str
-    spec: dict[str, Any]
+    spec: QuerySpec
     reply_to: Any = None
     user: str = ""
     admin: bool = False
@@ -158,14 +160,17 @@ class RunQuery:
     """Master -> worker: start pulling packets of this query."""
 
     query_id: str
-    spec: dict[str, Any]
+    spec: QuerySpec
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopQuery:
+    """Stop a query (finish what is in flight, partial result); `abort`: discard, fail it."""
+
     corr: str
     session_id: str = ""
     query_id: str
+    abort: bool = False
     reply_to: Any = None
     user: str = ""
     admin: bool = False

@@ -32,6 +32,7 @@ PACKET_CHECK = timedelta(seconds=0.5)
 
 class Worker(ProofActor):
     loop: WorkerLoop | None = None
+    queued: list[m.RunQuery] = []  # replaced per actor at start
     worker_id = ""
     session_id = ""
     packet_address = ""
@@ -39,6 +40,7 @@ class Worker(ProofActor):
     def receive(self, message, sender) -> None:
         if isinstance(message, m.WorkerStart):
             self.worker_id, self.session_id = message.worker_id, message.session_id
+            self.queued = []
             self.start_log(message.log_dir, actor=message.worker_id, session=message.session_id)
             capture_worker_output()  # print() and logging of user code: into this log
             self.packet_address = message.packet_address
@@ -53,6 +55,9 @@ class Worker(ProofActor):
             if self.loop is not None and self.loop.running:
                 self._check_packet_time()
                 self.wakeupAfter(PACKET_CHECK)
+            elif self.queued:  # the session's next query: its turn has come
+                self._run(self.queued.pop(0))
+                self.wakeupAfter(PACKET_CHECK)
         elif isinstance(message, m.StopQuery):
             if self.loop is not None:
                 self.loop.stop()
@@ -62,7 +67,7 @@ class Worker(ProofActor):
 
     def _check_packet_time(self) -> None:
         assert self.loop is not None
-        limit = self.loop.spec.get("packet_timeout")
+        limit = self.loop.spec.packet_timeout
         stuck = self.loop.current_packet(time.monotonic())
         if not limit or stuck is None or stuck["seconds"] <= limit:
             return
@@ -85,12 +90,15 @@ class Worker(ProofActor):
         os._exit(CRASH_EXIT_CODE)
 
     def _run(self, message: m.RunQuery) -> None:
+        """Run the query now, or after the one running (the master queues queries too)."""
+        if any(q.query_id == message.query_id for q in self.queued) or (
+                self.loop is not None and self.loop.query_id == message.query_id):
+            return  # told twice (a join racing the query start): already on it
         if self.loop is not None and self.loop.running:
-            if self.loop.query_id == message.query_id:
-                return  # told twice (a join racing the query start): already on it
-            # never join on the actor thread (the watchdog would call us hung): the old
-            # loop has its own socket and ends at its next packet boundary
-            self.loop.stop()
+            # never join on the actor thread (the watchdog would call us hung): the next
+            # query starts at a wake-up after this one's loop has ended
+            self.queued.append(message)
+            return
         # one socket per query, resend disabled: a resent request would be processed
         # twice by the master
         socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,

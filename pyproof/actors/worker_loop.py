@@ -28,6 +28,7 @@ from pyproof.logs import get_logger
 from pyproof.nanoevents import read_events
 from pyproof.packages.activate import activate, adopt_selector_attributes
 from pyproof.packetizer.base import CYCLES
+from pyproof.query.spec import QuerySpec
 from pyproof.selector import Context, Selector, SelectorCode, SelectorError, load_selector
 from pyproof.transport import frames
 from pyproof.transport.codec import SUPPORTED_TYPES, EncodeError, RemoteError
@@ -81,7 +82,7 @@ class WorkerLoop:
     """Runs one query on one worker in a thread; `stop()` ends it early."""
 
     def __init__(self, *, worker_id: str, session_id: str, query_id: str,
-                 spec: dict[str, Any], socket: pynng.Req0, owns_socket: bool = False,
+                 spec: QuerySpec, socket: pynng.Req0, owns_socket: bool = False,
                  die: Any = None) -> None:
         self.owns_socket = owns_socket
         # what to do when the master cannot be told we hold packets (the actor exits)
@@ -105,8 +106,9 @@ class WorkerLoop:
         self._batch = 0                  # numbers the output-file directory of each batch
         self._streams = 0                # numbers the chunked requests
         # a coffea fileset: each file's dataset name and each dataset's metadata
-        self._fileset_names = names_by_file(spec.get("fileset"))
-        self._fileset_metadata = (spec.get("fileset") or {}).get("metadata") or {}
+        self._fileset_names = names_by_file(spec.fileset)
+        self._fileset_metadata = (spec.fileset or {}).get("metadata") or {}
+        self._flushed = time.monotonic()  # outputs last sent (live feedback)
 
     def start(self) -> None:
         self._thread.start()
@@ -124,7 +126,7 @@ class WorkerLoop:
 
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
-        self.log.info("query_started", selector=self.spec["selector"])
+        self.log.info("query_started", selector=self.spec.selector)
         worker_output.clear_tail()  # a failure carries this query's output only
         try:
             self._loop()
@@ -152,16 +154,15 @@ class WorkerLoop:
     def _loop(self) -> None:
         try:
             # appended, never prepended: a user's directory must not shadow the stdlib
-            for path in self.spec.get("sys_path") or []:
+            for path in self.spec.sys_path:
                 if isinstance(path, str) and path not in sys.path:
                     sys.path.append(path)
             # the session's packages first: the selector may come from one of them
-            activate(self.spec.get("packages") or [], worker=self.worker_id,
+            activate(list(self.spec.packages), worker=self.worker_id,
                      session=self.session_id)
-            ref = self.spec["selector"]
-            code = None if self.spec.get("selector_sources") is None else \
-                SelectorCode.from_wire(ref, self.spec["selector_sources"],
-                                       self.spec.get("selector_hash"))
+            ref = self.spec.selector
+            code = None if self.spec.selector_sources is None else \
+                SelectorCode.from_wire(ref, self.spec.selector_sources, self.spec.selector_hash)
             selector_cls = load_selector(ref, code)
             self.spec = adopt_selector_attributes(self.spec, selector_cls)
             self.selector = selector_cls()
@@ -180,6 +181,9 @@ class WorkerLoop:
                 if not self._process(reply):
                     return
                 reply = self._recv(p.NEXT)
+                if self.spec.feedback and time.monotonic() - self._flushed >= \
+                        self.spec.feedback_interval:
+                    self._flush()  # live feedback: the master merges what we have so far
             elif kind == p.WAIT:
                 self._flush()
                 self._stop.wait(backoff)
@@ -203,16 +207,16 @@ class WorkerLoop:
     def _new_outputs(self) -> None:
         assert self.selector is not None
         self.ctx = Context(
-            inputs=self.spec.get("inputs") or {},
+            inputs=self.spec.inputs,
             worker=self.worker_id,
             query=self.query_id,
             session=self.session_id,
         )
-        if self.spec.get("output_dir"):
+        if self.spec.output_dir:
             # one directory per worker process and batch: workers never collide, and a
             # batch's files are kept or deleted with its packets (see output_files.py)
             self.ctx.output_dir = os.path.join(
-                self.spec["output_dir"], f"{self.worker_id}-{os.getpid()}-b{self._batch}")
+                self.spec.output_dir, f"{self.worker_id}-{os.getpid()}-b{self._batch}")
         self._batch += 1
         self.selector.begin(self.ctx)
         self._fresh_outputs = False
@@ -236,7 +240,7 @@ class WorkerLoop:
                 "file": path, "tree": tree_name, "entry_start": start, "entry_stop": stop,
                 "worker": self.worker_id})
             nbytes = 0
-            if element == CYCLES or self.spec.get("files") is not None:
+            if element == CYCLES or self.spec.files is not None:
                 events: Any = range(start, stop)  # CPU or per-file task: nothing to read
             else:
                 events, nbytes = self._read(reply, path, tree_name, start, stop)
@@ -257,12 +261,12 @@ class WorkerLoop:
     def _read(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
               stop: int) -> tuple[Any, int]:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
-        main, friends = split_branches(self.spec.get("branches"))
+        main, friends = split_branches(self.spec.branches)
         handle, tree = self._files.tree(path, tree_name)
         if (path, tree_name) not in self._checked:  # the master checked only the first file
             check_branches(TreeInfo(tree_name, 0, branch_names(tree)), path, main)
             self._checked.add((path, tree_name))
-        schema = self.spec.get("schema") or getattr(self.selector, "schema", None)
+        schema = self.spec.schema or getattr(self.selector, "schema", None)
         if schema:  # NanoEvents-style records (nanoevents.py), coffea's metadata keys
             events = read_events(handle, tree_name, start, stop, schema=schema,
                                  branches=main, metadata=self._metadata(handle, path,
@@ -314,6 +318,7 @@ class WorkerLoop:
             })
         except EncodeError as exc:
             raise EncodeError(f"{exc}; outputs may hold {SUPPORTED_TYPES}") from None
+        self._flushed = time.monotonic()
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
         if reply["kind"] != p.ACK or reply.get("more"):  # held packets would wait for ever

@@ -222,5 +222,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     admin("tree", cmd_tree, "the live supervision tree with pids and restart counts")
     admin("sessions", cmd_sessions, "list sessions")
     admin("kill", cmd_kill, "close a session").add_argument("session")
+    from pyproof.cli.queries import add_command as add_queries
+
+    add_queries(admin)
     admin("reset", cmd_reset, "close your sessions (--hard: all)").add_argument(
         "--hard", action="store_true")

@@ -69,3 +69,14 @@ class Result:
         """The dataset the output files were registered as (process(output_dataset=...))."""
         registered = self.lineage.get("output_dataset")
         return registered["name"] if registered else None
+
+    @property
+    def stopped(self) -> bool:
+        """The query was stopped (`handle.stop()`, Ctrl-C): the outputs cover `covered` only."""
+        return bool(self.lineage.get("stopped"))
+
+    @property
+    def covered(self) -> list[dict[str, Any]]:
+        """A stopped query's merged entry ranges ({file, tree, entry_start, entry_stop}), each
+        entry once: its outputs equal a sequential loop over exactly these ranges."""
+        return list(self.lineage.get("covered") or [])

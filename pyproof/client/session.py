@@ -13,18 +13,21 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pynng
 
-from pyproof.actors import protocol as p
 from pyproof.client.control import ControlClient, RequestRefused, dial_daemon
+from pyproof.client.handle import ACTIVE_STATES, QueryHandle
 from pyproof.client.lite import LiteCluster, default_workers
-from pyproof.client.progress import ProgressBar, make_progress
-from pyproof.client.result import Result, Stats
+from pyproof.client.progress import make_progress
+from pyproof.client.result import Result
+from pyproof.datasets import records as _records  # noqa: F401  (registers its CBOR tag)
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.packages.client import PackagesMixin
+from pyproof.query.spec import QuerySpec
 from pyproof.sandbox import make_private_paths
 from pyproof.selector import Selector, SelectorError, load_selector
 from pyproof.transport import sealing
@@ -33,7 +36,6 @@ from pyproof.transport.codec import (
     SUPPORTED_TYPES,
     EncodeError,
     ProtocolError,
-    RemoteError,
     encode,
 )
 from pyproof.transport.frames import CHUNK, Reassembler, decode_frame
@@ -202,6 +204,9 @@ class Session(PackagesMixin):
         # data frames are sealed with a key both ends derive; it never travels
         self.data_key = sealing.data_key(control.secret(), self.id or "")
         self.rejected_frames = 0
+        self._handles: dict[str, QueryHandle] = {}
+        self._heard: dict[str, float] = {}  # when a frame of each query last came
+        self._reassembler = Reassembler()
 
     def _open_data(self, dial: tuple[bool, int | None], dial_host: str,
                    data_address: str) -> None:
@@ -259,7 +264,7 @@ class Session(PackagesMixin):
         Returns the `VerifySummary`. Raises DatasetError (unknown dataset, not
         yours to change) before any file is read, QueryError if the cluster fails.
         """
-        from pyproof.datasets.cluster_verify import verify_on_cluster
+        from pyproof.client.verify import verify_on_cluster
 
         own = catalog is None
         catalog = self.datasets if own else catalog
@@ -274,11 +279,6 @@ class Session(PackagesMixin):
         """The master's view of this session: workers, current query, kept results."""
         return self._call("session_status")
 
-    def result(self, query_id: str) -> Result:
-        """A kept result of an earlier query (e.g. one that finished while detached)."""
-        reply = self._call("fetch_result", {"query": query_id})
-        return self._result_from_frame(decode_frame(reply["frame"]), query_id)
-
     def process(self, selector: type[Selector] | str | Any, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,
                 files: list[str] | None = None,
@@ -286,6 +286,8 @@ class Session(PackagesMixin):
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
                 output_dataset: str | None = None, output_overwrite: bool = False,
+                feedback: list[str] | tuple[str, ...] = (), feedback_interval: float = 1.0,
+                on_feedback: Callable[[dict[str, Any]], Any] | None = None,
                 progress: bool | str | None = None, timeout: float | None = None,
                 ship: list[str] | None = None, schema: Any = None) -> Result:
         """Run `selector` over `dataset` (or `cycles` CPU iterations); return the merged Result.
@@ -327,8 +329,62 @@ class Session(PackagesMixin):
         the name, `ctx.metadata` its metadata), and `schema="nanoaod"` (or a coffea
         schema class) gives NanoEvents records; see pyproof.coffea_processor.
 
+        `feedback=["name", ...]` calls `on_feedback(snapshot)` (in this thread)
+        every `feedback_interval` seconds while the query runs, with the named
+        outputs as merged so far (PROOF's feedback histograms); snapshots only
+        grow, and the final result is the same with or without them.
+
+        `process` is `submit(...).result()`: it waits. Ctrl-C stops the query
+        (the packets in flight finish; a partial Result, `result.stopped`, comes
+        back); a second Ctrl-C aborts it. `timeout` aborts it after that many seconds.
+
         Raises QueryError if the query fails (the error names file, entry range,
         worker and carries the remote traceback); the session stays usable.
+        """
+        handle = self.submit(selector, dataset, entries=entries, first=first, cycles=cycles,
+                             files=files, inputs=inputs, packetizer=packetizer,
+                             packetizer_params=packetizer_params, on_missing=on_missing,
+                             packet_timeout=packet_timeout, output_dataset=output_dataset,
+                             output_overwrite=output_overwrite, feedback=feedback,
+                             feedback_interval=feedback_interval, on_feedback=on_feedback,
+                             progress=progress, ship=ship, schema=schema)
+        try:
+            try:
+                return handle.result(timeout)
+            except KeyboardInterrupt:
+                handle.stop()  # PROOF's Ctrl-C: keep what was done
+                try:
+                    return handle.result()
+                except KeyboardInterrupt:
+                    handle.abort()
+                    # from None: the user pressed Ctrl-C; the socket internals it hit are noise
+                    raise KeyboardInterrupt(
+                        f"query {handle.query} aborted (Ctrl-C twice)") from None
+            except QueryError as exc:
+                if handle._final is not None or "did not finish within" not in str(exc):
+                    raise
+                handle.abort()
+                raise QueryError(f"query {handle.query} did not finish within {timeout} s; "
+                                 "aborted") from None
+        finally:
+            if handle.bar is not None:
+                handle.bar.close()
+
+    def submit(self, selector: type[Selector] | str | Any, dataset: Any = None, *,
+               entries: int | None = None, first: int = 0, cycles: int | None = None,
+               files: list[str] | None = None,
+               inputs: dict[str, Any] | None = None, packetizer: str | None = None,
+               packetizer_params: dict[str, Any] | None = None,
+               on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+               output_dataset: str | None = None, output_overwrite: bool = False,
+               feedback: list[str] | tuple[str, ...] = (), feedback_interval: float = 1.0,
+               on_feedback: Callable[[dict[str, Any]], Any] | None = None,
+               progress: bool | str | None = False, ship: list[str] | None = None,
+               schema: Any = None) -> QueryHandle:
+        """Queue a query (same arguments as `process`) and return its `QueryHandle` at once.
+
+        The session runs its queries one after another, in the order submitted;
+        `handle.result()` waits for one, `session.queries()` lists them.
         """
         from pyproof.packages.interactive import code_for
 
@@ -363,43 +419,53 @@ class Session(PackagesMixin):
                 f"inputs are {size / 1e6:.0f} MB, over what one request may carry "
                 f"({limit / 1e6:.0f} MB, see $PYPROOF_MAX_FRAME): "
                 "write large inputs to a file the workers read, and pass its path")
-        spec: dict[str, Any] = {
-            "selector": ref,
-            "dataset": parse_dataset(dataset) if dataset is not None and not named else None,
-            "dataset_spec": dataset if named else None,
-            "on_missing": on_missing,
-            "packet_timeout": packet_timeout,
-            "files": None if files is None else [[_absolute(os.fspath(f)), None] for f in files],
-            "output_dataset": output_dataset, "output_overwrite": bool(output_overwrite),
-            "entries": entries, "first": first, "cycles": cycles, "inputs": inputs,
-            "branches": list(cls.branches) if cls and cls.branches is not None else None,
-            "concatenate": list(cls.concatenate) if cls else [],
-            "client_address": self.data_address,
-            "packetizer": packetizer, "packetizer_params": packetizer_params,
-            "sys_path": search,
-            "selector_hash": code.digest, "selector_sources": code.to_wire(),
+        spec = QuerySpec(
+            selector=ref,
+            dataset=(tuple((path, tree) for path, tree in parse_dataset(dataset))
+                     if dataset is not None and not named else None),
+            dataset_spec=dataset if named else None,
+            on_missing=on_missing,
+            packet_timeout=packet_timeout,
+            files=None if files is None else tuple((_absolute(os.fspath(f)), None)
+                                                    for f in files),
+            output_dataset=output_dataset, output_overwrite=bool(output_overwrite),
+            entries=entries, first=first, cycles=cycles, inputs=inputs,
+            branches=tuple(cls.branches) if cls and cls.branches is not None else None,
+            concatenate=tuple(cls.concatenate) if cls else (),
+            client_address=self.data_address,
+            packetizer=packetizer, packetizer_params=packetizer_params,
+            sys_path=tuple(search),
+            selector_hash=code.digest,
+            selector_sources=tuple(tuple(s) for s in code.to_wire()),
+            feedback=tuple(feedback), feedback_interval=float(feedback_interval),
             **scikit.spec,
-        }
+        )
         query_id = uuid.uuid4().hex[:12]
-        bar = make_progress(progress)
-        self._call("start_query", {"query": query_id, "spec": spec})
+        self._call("start_query", {"query": query_id, "spec": spec.to_wire()})
         self.last_query = query_id
-        try:
-            result = self._collect(query_id, bar, timeout)
-        except KeyboardInterrupt:
-            bar.close()
-            self._call("stop_query", {"query": query_id})
-            # from None: the user pressed Ctrl-C, the socket internals it hit are noise
-            raise KeyboardInterrupt(f"query {query_id} stopped (Ctrl-C)") from None
-        finally:
-            bar.close()
-        returned = cls().terminate(result.outputs) if cls else None
-        if scikit.processor is not None:
-            returned = scikit.processor.finish(result.outputs)
-        if returned is not None:
-            result = Result(query=result.query, outputs=returned, stats=result.stats,
-                            lineage=result.lineage)
-        return result
+        handle = QueryHandle(self, query_id, selector=cls, on_feedback=on_feedback,
+                             bar=make_progress(progress) if progress is not False else None,
+                             processor=scikit.processor)
+        self._handles[query_id] = handle
+        return handle
+
+    def queries(self) -> list[QueryHandle]:
+        """This session's queries the master remembers (running, queued, recent), oldest first.
+
+        After `connect(url, session=ID)` these are the handles of queries started
+        before: `handle.result()` waits for one still running and returns its result.
+        """
+        listed = (self.status().get("master") or {}).get("queries") or []
+        handles = []
+        for q in listed:
+            handle = self._handles.get(q["id"])
+            if handle is None:
+                handle = self._handles[q["id"]] = QueryHandle(self, q["id"])
+            if handle._final is None:
+                handle.state = q["state"]
+            handle.summary = q
+            handles.append(handle)
+        return handles
 
     def _client_class(self, ref: str, code: Any) -> type[Selector] | None:
         """The selector class named by `ref`, or None when only the workers can import it
@@ -424,75 +490,71 @@ class Session(PackagesMixin):
         except DatasetError as exc:
             raise InputError(f"output_dataset={name!r}: {exc}") from None
 
-    def _collect(self, query_id: str, bar: ProgressBar, timeout: float | None) -> Result:
-        assert self.data is not None
-        started = last_heard = time.monotonic()
-        reassembler = Reassembler()
-        while True:
-            now = time.monotonic()
-            if timeout is not None and now - started > timeout:
-                self._call("stop_query", {"query": query_id})
-                raise QueryError(f"query {query_id} did not finish within {timeout} s; stopped")
-            if now - last_heard > MASTER_SILENCE_CHECK:
-                kept = self._check_alive(query_id)
-                if kept is not None:
-                    return kept
-                last_heard = time.monotonic()
-            try:
-                frame = decode_frame(sealing.unseal(self.data_key, recv_view(self.data)))
-                if frame.type == CHUNK:  # a large result, in pieces
-                    last_heard = time.monotonic()
-                    frame = reassembler.add(frame)
-                    if frame is None:
-                        continue
-            except pynng.Timeout:
-                if self.cluster and self.cluster.process.poll() is not None:
-                    raise QueryError("the lite daemon died during the query; "
-                                     f"see the logs in {self.log_dir}") from None
-                continue
-            except (sealing.SealError, ProtocolError):
-                self.rejected_frames += 1  # not from our master: drop it, keep listening
-                continue
-            payload = frame.payload
-            if not isinstance(payload, dict) or payload.get("query") != query_id:
-                continue  # a late message of an earlier query
-            last_heard = time.monotonic()
-            if frame.type == p.PROGRESS:
-                bar.update(payload)
-            elif frame.type in (p.RESULT, p.ERROR):
-                result = self._result_from_frame(frame, query_id)
-                bar.update({"entries": result.stats.entries, "total": result.stats.entries,
-                            "bytes": result.stats.bytes_read, "elapsed": result.stats.wall_time,
-                            "workers": {w: s.entries for w, s in result.stats.workers.items()}})
-                return result
+    def _pump(self, waiting: QueryHandle, deadline: float | None) -> None:
+        """Read data frames (for every handle of this session) until one comes or a poll ends.
 
-    def _check_alive(self, query_id: str) -> Result | None:
-        """The data plane went quiet: ask the master (through the control plane) why.
-
-        None: the query runs on. A Result: it finished but its frame did not reach
-        us (a dropped connection): here it is, from the master's kept results.
+        The master sends progress every 0.25 s while a query runs; after
+        MASTER_SILENCE_CHECK s without a frame for `waiting`, ask the master (control
+        plane) how the query stands: still queued or running, finished while its
+        frame did not reach us (then fetch the kept one), or lost.
         """
+        assert self.data is not None
+        now = time.monotonic()
+        heard = self._heard.setdefault(waiting.query, now)
+        if now - heard > MASTER_SILENCE_CHECK:
+            self._check_alive(waiting)
+            self._heard[waiting.query] = time.monotonic()
+            if waiting._final is not None:
+                return
+        if deadline is not None and deadline <= now:  # done(): do not wait
+            self.data.recv_timeout = 1
+        else:
+            self.data.recv_timeout = DATA_POLL_MS
+        try:
+            frame = decode_frame(sealing.unseal(self.data_key, recv_view(self.data)))
+            if frame.type == CHUNK:  # a large result, in pieces
+                self._heard[waiting.query] = time.monotonic()
+                frame = self._reassembler.add(frame)
+                if frame is None:
+                    return
+        except pynng.Timeout:
+            if self.cluster and self.cluster.process.poll() is not None:
+                raise QueryError("the lite daemon died during the query; "
+                                 f"see the logs in {self.log_dir}") from None
+            return
+        except (sealing.SealError, ProtocolError):
+            self.rejected_frames += 1  # not from our master: drop it, keep listening
+            return
+        payload = frame.payload
+        handle = self._handles.get(payload.get("query")) if isinstance(payload, dict) else None
+        if handle is None:
+            return  # a late message of a query nobody waits for
+        self._heard[handle.query] = time.monotonic()
+        handle._frame(frame)
+
+    def _check_alive(self, handle: QueryHandle) -> None:
+        """The data plane went quiet for `handle`: ask the master (control plane) why."""
+        query_id = handle.query
         try:
             status = self._call("session_status", deadline=30.0)
         except (QueryError, ConnectError) as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
-        query = (status.get("master") or {}).get("query") or {}
-        if query.get("id") == query_id and query.get("state") in ("preparing", "running",
-                                                                   "finishing"):
-            return None
-        if query_id in (status.get("master") or {}).get("results", []):
-            return self.result(query_id)
+        master = status.get("master") or {}
+        for q in master.get("queries") or []:
+            if q.get("id") == query_id and q.get("state") in ACTIVE_STATES:
+                handle.state = q["state"]
+                return
+        if query_id in master.get("results", []):
+            reply = self._call("fetch_result", {"query": query_id})
+            handle._frame(decode_frame(reply["frame"]))
+            return
         raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                          "while it ran; run it again")
 
-    @staticmethod
-    def _result_from_frame(frame: Any, query_id: str) -> Result:
-        payload = frame.payload
-        if frame.type == p.ERROR:
-            error = payload.get("error")
-            raise QueryError(_describe(error), remote=error, lineage=payload.get("lineage"))
-        return Result(query=query_id, outputs=payload["outputs"],
-                      stats=Stats.from_wire(payload["stats"]), lineage=payload.get("lineage", {}))
+    def result(self, query_id: str) -> Result:
+        """A kept result of an earlier query (e.g. one that finished while detached)."""
+        reply = self._call("fetch_result", {"query": query_id})
+        return QueryHandle(self, query_id)._from_frame(decode_frame(reply["frame"]))
 
     def detach(self) -> str:
         """Leave the session running on the daemon; returns its id for `connect(session=...)`."""
@@ -558,15 +620,6 @@ def _scikit_query(selector: Any, dataset: Any, schema: Any,
         dataset = [{path: tree} for path, tree in fileset.elements]
     return _ScikitQuery(selector=selector, dataset=dataset, inputs=inputs, spec=spec,
                         processor=processor)
-
-
-def _describe(error: Any) -> str:
-    """QueryError's message: what and where, short; the traceback stays in err.remote."""
-    if isinstance(error, RemoteError):
-        if error.traceback:
-            return f"{error.summary()}\n  (remote traceback: err.remote.traceback)"
-        return error.summary()
-    return f"query failed: {error!r}"
 
 
 def _bound_address(socket: pynng.Pull0, requested: str) -> str:

@@ -189,7 +189,7 @@ def cmd_verify(args: argparse.Namespace, catalog_path: str) -> int:
 def _verify_on_cluster(args: argparse.Namespace, catalog_path: str) -> Any:
     """`ds verify --cluster`: on a lite cluster of --workers N, or the daemon at --url."""
     import pyproof
-    from pyproof.datasets.cluster_verify import verify_on_cluster
+    from pyproof.client.verify import verify_on_cluster
 
     url = args.url or os.environ.get("PYPROOF_URL") or "lite://"
     with _catalog(args, catalog_path) as cat:

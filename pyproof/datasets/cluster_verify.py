@@ -1,29 +1,17 @@
-"""Verification on the cluster: `verify_file` on the workers, one file per packet.
+"""Verification on the cluster, the workers' half: `VerifySelector`, one file per packet.
 
-`verify_on_cluster(session, catalog, name)` runs `VerifySelector` as a
-per-file task (`session.process(..., files=[...])`, the "file" packetizer):
-each worker verifies the files it is handed with `verify_record`, exactly as
+Each worker verifies the files it is handed with `verify_record`, exactly as
 `verify_dataset` does locally, and sends the records back as a list output.
-The client writes them to the catalog in one transaction and returns the
-same `VerifySummary` a local verification gives.
-
-A file whose verification killed its worker three times (a crash in a
-decompression library, say) is given up by the packetizer and recorded as
-corrupt, naming why.
+The client's half (`pyproof.client.verify.verify_on_cluster`) submits it and
+records the results; this module imports nothing of the client.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pyproof.datasets.records import FileRecord
-from pyproof.datasets.verify import VerifySummary, summarize, verify_record
+from pyproof.datasets.verify import verify_record
 from pyproof.selector import Selector
-
-if TYPE_CHECKING:
-    from pyproof.client.session import Session
-    from pyproof.datasets.catalog import Catalog
 
 
 class VerifySelector(Selector):
@@ -39,37 +27,3 @@ class VerifySelector(Selector):
         found = verify_record(record, inputs.get("default_tree"), checksum=inputs["checksum"],
                               deep=inputs["deep"], now=inputs["now"])
         ctx.outputs["records"].append(found)
-
-
-def verify_on_cluster(session: Session, catalog: Catalog, name: str, *, checksum: bool = True,
-                      deep: bool = False, record: bool = True,
-                      timeout: float | None = None) -> VerifySummary:
-    """Verify every file of dataset `name` on `session`'s workers; record and summarise.
-
-    Same contract as `verify_dataset`: `record=False` only reports; with
-    `record=True` a DatasetPermissionError comes before any file is read.
-    Raises QueryError if the cluster cannot run the verification.
-    """
-    dataset = catalog.show(name)
-    if record:
-        catalog.check_may_change(dataset.info.path)
-    files = list(dataset.files)
-    if not files:
-        results: list[FileRecord] = []
-    else:
-        now = catalog.now()
-        result = session.process(
-            VerifySelector, files=[f.url for f in files], on_missing="skip", progress=False,
-            timeout=timeout,
-            inputs={"records": {f.url: f for f in files},
-                    "default_tree": dataset.info.default_tree, "checksum": checksum,
-                    "deep": deep, "now": now})
-        found = {r.url: r for r in result.outputs.get("records", [])}
-        given_up = {m["file"]: m.get("reason", "") for m in result.missing}
-        results = [found.get(f.url) or replace(
-            f, corrupt=True, verified_at=now,
-            problem=f"verification failed on the cluster: {given_up.get(f.url) or 'no result'}")
-            for f in files]
-    if record:
-        catalog.record_verification(dataset.info.path, results)
-    return summarize(dataset.info.path, results)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from pyproof.datasets.names import DatasetName
+from pyproof.transport.codec import TAG_DATASET_RECORD, register_tag
 
 
 class _Plain:
@@ -294,3 +295,8 @@ class Resolution:
             elements=tuple(Element.from_dict(e) for e in data["elements"]),
             skipped=tuple(SkippedFile.from_dict(s) for s in data["skipped"]),
         )
+
+
+# the transport knows no dataset type: this package registers its own tag
+register_tag(TAG_DATASET_RECORD, FileRecord, to_wire=FileRecord.to_dict,
+             from_wire=FileRecord.from_wire, name="dataset record")

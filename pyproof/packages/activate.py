@@ -10,6 +10,7 @@ import runs the new files. Each version's setup hook (`pyproof_setup.py`,
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyproof.packages.errors import PackageError
+from pyproof.query.spec import QuerySpec
 from pyproof.selector import forget_loaded
 
 SETUP_TIMEOUT = float(os.environ.get("PYPROOF_SETUP_TIMEOUT") or 60.0)
@@ -138,18 +140,17 @@ def active() -> dict[str, str]:
         return {name: version for name, (version, _) in _ACTIVE.items()}
 
 
-def adopt_selector_attributes(spec: dict[str, Any], cls: type) -> dict[str, Any]:
+def adopt_selector_attributes(spec: QuerySpec, cls: type) -> QuerySpec:
     """The spec with the selector's `branches` when the client could not import it (a
     selector from a package): those are read. Its `concatenate` decides how the master
     merges, so a selector that lists one the client did not send is refused, not merged
     wrongly."""
-    if spec.get("branches") is None and getattr(cls, "branches", None) is not None:
-        spec = {**spec, "branches": list(cls.branches)}
-    missing = [n for n in getattr(cls, "concatenate", ()) if n not in (
-        spec.get("concatenate") or [])]
+    if spec.branches is None and getattr(cls, "branches", None) is not None:
+        spec = dataclasses.replace(spec, branches=tuple(cls.branches))
+    missing = [n for n in getattr(cls, "concatenate", ()) if n not in spec.concatenate]
     if missing:
         raise PackageError(
-            f"selector {spec.get('selector')!r} concatenates {', '.join(missing)}, but the "
+            f"selector {spec.selector!r} concatenates {', '.join(missing)}, but the "
             "client could not import it to tell the master how to merge them; make its "
             "package importable where the client runs (its parent directory on sys.path)")
     return spec

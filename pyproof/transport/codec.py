@@ -37,9 +37,9 @@ tag                     Python      payload
                                     without storage; ``data`` is the flow view as one
                                     ndarray or a map of field name -> ndarray
 1886388229 (0x70700005) RemoteError ``{"type", "message", "traceback", "context"}``
-1886388230 (0x70700006) FileRecord  a dataset's file record: map of its fields
-                                    (``pyproof.datasets.records.FileRecord.to_dict``),
-                                    checked field by field on decode
+1886388230 (0x70700006) FileRecord  a dataset's file record: map of its fields, checked
+                                    field by field on decode; registered by the
+                                    datasets package (``register_tag``), not known here
 1886388231 (0x70700007) ndarray     ``[dtype.str, [shape...], index]``: the data is
                                     out-of-band buffer ``index`` of the frame
 1886388232 (0x70700008) ``bytes``   ``index``: out-of-band buffer ``index`` of the frame
@@ -126,7 +126,7 @@ TAG_NDARRAY = 0x7070_0003
 TAG_HISTOGRAM = 0x7070_0004
 TAG_REMOTE_ERROR = 0x7070_0005
 TAG_NDARRAY_REF = 0x7070_0007  # [dtype, shape, index]: data in out-of-band buffer `index`
-TAG_DATASET_RECORD = 0x7070_0006  # a datasets.records.FileRecord
+TAG_DATASET_RECORD = 0x7070_0006  # reserved for datasets/records.py (it registers it)
 TAG_BYTES_REF = 0x7070_0008  # index: a byte string in out-of-band buffer `index`
 TAG_AWKWARD = 0x7070_0009  # an ak.Array: {"form", "length", "buffers"} from ak.to_buffers
 
@@ -383,10 +383,10 @@ def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
     if awkward is not None and isinstance(value, awkward.Array):
         _encode_awkward(encoder, awkward, value)
         return
-    records = sys.modules.get("pyproof.datasets.records")
-    if records is not None and isinstance(value, records.FileRecord):
-        encoder.encode_semantic(TAG_DATASET_RECORD, value.to_dict())
-        return
+    for cls, (tag, to_wire) in _REGISTERED.items():
+        if isinstance(value, cls):
+            encoder.encode_semantic(tag, to_wire(value))
+            return
     raise EncodeError(_cannot(value))
 
 
@@ -397,6 +397,30 @@ def _encode_awkward(encoder: cbor2.CBOREncoder, ak: Any, value: Any) -> None:
     buffers = {key: np.asarray(buf).reshape(-1) for key, buf in container.items()}
     encoder.encode_semantic(
         TAG_AWKWARD, {"form": form.to_json(), "length": int(length), "buffers": buffers})
+
+
+_REGISTERED: dict[type, tuple[int, Callable[[Any], Any]]] = {}
+
+
+def register_tag(tag: int, cls: type, *, to_wire: Callable[[Any], Any],
+                 from_wire: Callable[[Any], Any], name: str) -> None:
+    """Let another package carry its own type under its own extension tag.
+
+    The package calls this when it is imported (the codec knows no package
+    above it): `to_wire(value)` gives plain CBOR data, `from_wire(data)` builds
+    the value again and raises TypeError or ValueError for a bad payload (a
+    ProtocolError naming the tag `name` then). A process decodes the tag once
+    the package is imported.
+    """
+    _REGISTERED[cls] = (tag, to_wire)
+
+    def decode(value: Any, immutable: bool) -> Any:
+        try:
+            return from_wire(_thaw(value))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"{name} tag: {exc}") from None
+
+    _TAG_DECODERS[tag] = decode
 
 
 _REFUSED_TYPES: tuple[type, ...] = (
@@ -667,15 +691,6 @@ def _decode_ndarray_ref(value: Any, immutable: bool) -> np.ndarray:
     return _decode_ndarray((value[0], value[1], buffer), immutable)
 
 
-def _decode_dataset_record(value: Any, immutable: bool) -> Any:
-    from pyproof.datasets.records import FileRecord
-
-    try:
-        return FileRecord.from_wire(_thaw(value))
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"dataset record tag: {exc}") from None
-
-
 def _decode_bytes_ref(value: Any, immutable: bool) -> bytes:
     return bytes(_oob_buffer(value, "bytes"))
 
@@ -868,7 +883,6 @@ _TAG_DECODERS: dict[int, Callable[[Any, bool], Any]] = {
     TAG_NDARRAY: _decode_ndarray,
     TAG_NDARRAY_REF: _decode_ndarray_ref,
     TAG_BYTES_REF: _decode_bytes_ref,
-    TAG_DATASET_RECORD: _decode_dataset_record,
     TAG_HISTOGRAM: _decode_histogram,
     TAG_REMOTE_ERROR: _decode_remote_error,
     TAG_AWKWARD: _decode_awkward,

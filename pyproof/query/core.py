@@ -1,0 +1,684 @@
+"""`QueryCore`: one query on the master as a pure state machine (events in, instructions out).
+
+The master's data plane (a thin shell, `actors/master_query.py`) decodes what
+workers and the actor thread say, feeds it here as events, and carries out the
+instructions returned, in order. The core never reads a clock (every event
+that needs the time carries `now`), never touches a socket, a thread or a
+file: it decides, the shell does.
+
+What it decides:
+
+* the packets (it owns the packetizer, and through it the exactly-once ledger
+  of `packetizer/ledger.py`): who gets which range, which outputs are merged
+  (`Merge`, carried out by the shell off the socket thread and confirmed with
+  `Merged`) and which are refused (a duplicate, a revoked packet);
+* when the query ends: `Finish` once every range is delivered and every merge
+  done (or, after `StopRequested`, once no packet is in flight: PROOF's
+  StopProcess(abort=false), a partial result covering exactly the merged
+  ranges), `Fail` on an error or `AbortRequested` (StopProcess(abort=true));
+* what the client hears meanwhile: `SendProgress` every `PROGRESS_PERIOD`,
+  `SendFeedback` every `spec.feedback_interval` when something new was merged.
+
+States (`QueryState`) move only forward:
+
+    PREPARING -> RUNNING -> STOPPING -> FINISHING -> FINISHED | STOPPED
+         \\__________\\__________\\___________\\______> FAILED | ABORTED
+
+`validate()` checks the bookkeeping (tests call it after every event), and a
+bounded event log answers `story(worker)` when debugging.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pyproof.packetizer import make_packetizer
+from pyproof.packetizer.base import CYCLES, Packet, Packetizer, WorkRange
+from pyproof.query.spec import QuerySpec
+from pyproof.transport.codec import RemoteError
+
+PROGRESS_PERIOD = 0.25
+STORY_LENGTH = 2000
+
+__all__ = [
+    "QueryCore", "QueryState", "Report",
+    # events
+    "LookupDone", "LookupFailed", "WorkerJoined", "WorkerLost", "PacketRequested",
+    "OutputArrived", "WorkerFailed", "Merged", "Finished", "StopRequested", "AbortRequested",
+    "Tick",
+    # instructions
+    "Grant", "Wait", "Done", "Refuse", "Ack", "Merge", "SendProgress", "SendFeedback",
+    "Finish", "Fail",
+]
+
+
+class QueryState(StrEnum):
+    PREPARING = "preparing"
+    """Looking up the input (files, catalog) off the data thread; workers are told to wait."""
+    RUNNING = "running"
+    STOPPING = "stopping"
+    """Stop asked: no new packets; the ones in flight are finished and merged."""
+    FINISHING = "finishing"
+    """`Finish` issued: the shell keeps output files, sends the result, says `Finished`."""
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    """Finished after a stop: the result is partial (its lineage lists the covered ranges)."""
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+ACTIVE = (QueryState.PREPARING, QueryState.RUNNING, QueryState.STOPPING, QueryState.FINISHING)
+ENDED = (QueryState.FINISHED, QueryState.STOPPED, QueryState.FAILED, QueryState.ABORTED)
+
+
+# -- events ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """A worker processed `packet` (`entries` entries, `bytes` read, in `seconds`)."""
+
+    packet: int
+    entries: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupDone:
+    """The input is known: `work` ranges for a `kind` packetizer over `elements`.
+
+    `elements` are opaque to the core except for `path`/`tree` (used to name
+    ranges in errors and lineage); `missing` are files left out (on_missing='skip').
+    """
+
+    work: tuple[WorkRange, ...]
+    kind: str
+    params: dict[str, Any]
+    elements: tuple[Any, ...] = ()
+    missing: tuple[dict[str, Any], ...] = ()
+    lookups: dict[str, int] = field(default_factory=dict)  # files opened, cached, from catalog
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupFailed:
+    error: RemoteError
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerJoined:
+    worker: str
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLost:
+    worker: str
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PacketRequested:
+    """NEXT: `worker` wants work; `reports` are packets it processed since it last asked."""
+
+    worker: str
+    reports: tuple[Report, ...] = ()
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputArrived:
+    """OUTPUTS: `worker` sends the merged outputs of `packet_ids` (the shell keeps them)."""
+
+    worker: str
+    packet_ids: frozenset[int]
+    reports: tuple[Report, ...] = ()
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerFailed:
+    """FAILED (the selector raised), or the shell found a worker's request unusable."""
+
+    worker: str
+    error: RemoteError
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Merged:
+    """The shell merged what `Merge(token)` named (or could not: `error`)."""
+
+    token: int
+    error: RemoteError | None = None
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """The shell carried out `Finish`: the result is sent, or `error` says why it could not be."""
+
+    error: RemoteError | None = None
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopRequested:
+    reason: str = "stopped by the user"
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AbortRequested:
+    reason: str = "aborted by the user"
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick:
+    now: float
+    cause: str = ""
+
+
+Event = (LookupDone | LookupFailed | WorkerJoined | WorkerLost | PacketRequested | OutputArrived
+         | WorkerFailed | Merged | Finished | StopRequested | AbortRequested | Tick)
+
+
+# -- instructions ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    """Answer `worker`: process `packet`."""
+
+    worker: str
+    packet: Packet
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wait:
+    """Answer `worker`: nothing now, ask again."""
+
+    worker: str
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    """Answer `worker`: no more packets for you in this query; send what you hold."""
+
+    worker: str
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refuse:
+    """Answer `worker`: this query is over for you (failed, aborted, or you were lost)."""
+
+    worker: str
+    reason: str
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """Answer `worker`'s outputs: `accepted` (merged) or not (they would count twice)."""
+
+    worker: str
+    accepted: bool
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Merge:
+    """Merge the outputs `worker` sent for `packet_ids` (off the socket thread), then `Merged`.
+
+    `first` is the smallest (element, entry_start) they cover: where kept output
+    files sort.
+    """
+
+    worker: str
+    token: int
+    packet_ids: frozenset[int]
+    first: tuple[int, int]
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendProgress:
+    entries: int
+    total: int
+    bytes: int
+    workers: dict[str, int]
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendFeedback:
+    """Send the client a snapshot of the outputs `names` as merged so far."""
+
+    names: tuple[str, ...]
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finish:
+    """Every merge is done: keep the output files, send the result, then say `Finished`."""
+
+    stopped: bool
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fail:
+    """Send the client `error` (the query is over); `aborted` if the user asked for it."""
+
+    error: RemoteError
+    aborted: bool = False
+    cause: str = ""
+
+
+Instruction = (Grant | Wait | Done | Refuse | Ack | Merge | SendProgress | SendFeedback | Finish
+               | Fail)
+ANSWERS = (Grant, Wait, Done, Refuse, Ack)
+"""Instructions that answer a worker's request (every request gets exactly one)."""
+
+
+@dataclass(slots=True)
+class WorkerTally:
+    entries: int = 0
+    packets: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entries": self.entries, "packets": self.packets,
+                "bytes": self.bytes, "busy_seconds": self.seconds}
+
+
+def worker_id(incarnation: str) -> str:
+    """'worker-0#1234' -> 'worker-0': statistics are per worker, not per process."""
+    return incarnation.partition("#")[0]
+
+
+@dataclass(slots=True)
+class _Pending:
+    worker: str
+    packet_ids: frozenset[int]
+
+
+# -- the core -------------------------------------------------------------------------------
+
+class QueryCore:
+    """One query's decisions; see the module docstring. Not thread-safe: one caller at a time."""
+
+    def __init__(self, *, query_id: str, spec: QuerySpec, workers: Sequence[str] = (),
+                 now: float) -> None:
+        self.query_id = query_id
+        self.spec = spec
+        self.state = QueryState.PREPARING
+        self.started = now
+        self.ended_at: float | None = None
+        self.workers: list[str] = list(dict.fromkeys(workers))
+        self.lost: set[str] = set()
+        self.packetizer: Packetizer | None = None
+        self.elements: tuple[Any, ...] = ()
+        self.missing: tuple[dict[str, Any], ...] = ()
+        self.lookups: dict[str, int] = {}  # look-up statistics (files opened, cached, cataloged)
+        self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
+        self.total = 0
+        self.processed = 0  # entries reported processed (progress)
+        self.delivered = 0  # entries whose outputs were accepted for merging (exactly once)
+        self.bytes = 0
+        self.duplicates = 0
+        self.requeued: list[dict[str, Any]] = []
+        self.covered: list[tuple[int, int, int]] = []  # (element, start, stop) accepted
+        self.tally: dict[str, WorkerTally] = {worker_id(w): WorkerTally() for w in self.workers}
+        self.error: RemoteError | None = None
+        self.stop_reason = ""
+        self._merging: dict[int, _Pending] = {}
+        self._tokens = 0
+        self._merged_since_feedback = False
+        self._last_progress: float | None = None
+        self._last_feedback = now
+        self._out: list[Instruction] = []
+        self._log: deque[tuple[Event, tuple[Instruction, ...]]] = deque(maxlen=STORY_LENGTH)
+
+    # -- the one entry point ------------------------------------------------------------
+    def handle(self, *events: Event) -> list[Instruction]:
+        """Feed events in order; the instructions to carry out, in order."""
+        out: list[Instruction] = []
+        for ev in events:
+            self._out = []
+            handler = _HANDLERS[type(ev)]
+            handler(self, ev)
+            self._log.append((ev, tuple(self._out)))
+            out.extend(self._out)
+        return out
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def merging(self) -> int:
+        """Merges handed out (`Merge`) and not yet confirmed (`Merged`)."""
+        return len(self._merging)
+
+    @property
+    def busy(self) -> bool:
+        """Still running (the session's next query waits for it)."""
+        return self.state in ACTIVE
+
+    def story(self, worker: str | None = None) -> list[tuple[Event, tuple[Instruction, ...]]]:
+        """The remembered events (and what they caused), those about `worker` if given."""
+        if worker is None:
+            return list(self._log)
+        return [(ev, ins) for ev, ins in self._log
+                if getattr(ev, "worker", None) == worker
+                or any(getattr(i, "worker", None) == worker for i in ins)]
+
+    # -- handlers ------------------------------------------------------------------------
+    def _on_lookup_done(self, ev: LookupDone) -> None:
+        if self.state != QueryState.PREPARING:
+            return  # stopped or aborted while looking up
+        try:
+            self.packetizer = make_packetizer(ev.kind, list(ev.work),
+                                              workers=max(1, len(self.workers)), **ev.params)
+        except (TypeError, ValueError) as exc:
+            self._fail(RemoteError.from_exception(exc, stage="lookup"), ev.cause)
+            return
+        self.elements, self.missing = ev.elements, ev.missing
+        self.lookups = dict(ev.lookups)
+        self.total = sum(w.entries for w in ev.work)
+        for w in self.workers:
+            self.packetizer.add_worker(w, ev.now)
+        self.state = QueryState.RUNNING
+        self._maybe_finish(ev.cause)
+
+    def _on_lookup_failed(self, ev: LookupFailed) -> None:
+        if self.state == QueryState.PREPARING:
+            self._fail(ev.error, ev.cause)
+
+    def _on_joined(self, ev: WorkerJoined) -> None:
+        self._join(ev.worker, ev.now)
+
+    def _join(self, worker: str, now: float) -> None:
+        if worker in self.workers or worker in self.lost:
+            return
+        self.workers.append(worker)
+        self.tally.setdefault(worker_id(worker), WorkerTally())
+        if self.packetizer is not None:
+            self.packetizer.add_worker(worker, now)
+
+    def _on_lost(self, ev: WorkerLost) -> None:
+        self.lost.add(ev.worker)
+        if ev.worker in self.workers:
+            self.workers.remove(ev.worker)
+        if self.packetizer is None or self.state not in (QueryState.RUNNING,
+                                                         QueryState.STOPPING):
+            return
+        for r in self.packetizer.worker_lost(ev.worker, ev.now, reason=f"{ev.worker} died"):
+            self.requeued.append({"worker": ev.worker, "element": r.element,
+                                  "entry_start": r.entry_start, "entry_stop": r.entry_stop,
+                                  "reason": "worker lost"})
+        self._maybe_finish(ev.cause)
+
+    def _gate(self, worker: str, cause: str) -> bool:
+        """Answer a request the query cannot serve; True if it was answered."""
+        if self.state in (QueryState.FAILED, QueryState.ABORTED):
+            self._emit(Refuse(worker=worker, reason=f"query {self.query_id} {self.state}",
+                              cause=cause))
+        elif self.state in (QueryState.FINISHING, QueryState.FINISHED, QueryState.STOPPED):
+            self._emit(Done(worker=worker, cause=cause))
+        elif worker in self.lost:
+            self._emit(Refuse(worker=worker, reason=f"{worker} was declared lost", cause=cause))
+        elif self.state == QueryState.PREPARING:
+            self._emit(Wait(worker=worker, cause=cause))
+        else:
+            return False
+        return True
+
+    def _on_request(self, ev: PacketRequested) -> None:
+        if self._gate(ev.worker, ev.cause):
+            return
+        assert self.packetizer is not None
+        self._join(ev.worker, ev.now)  # it may ask before the master heard it joined
+        self._reports(ev.worker, ev.reports, ev.now)
+        if self.state == QueryState.STOPPING:
+            self._emit(Done(worker=ev.worker, cause=ev.cause))
+            return
+        packet = self.packetizer.next_packet(ev.worker, ev.now)
+        if packet is None:
+            self._maybe_finish(ev.cause)
+            if self.state == QueryState.RUNNING:  # a lost worker's packets may come back
+                self._emit(Wait(worker=ev.worker, cause=ev.cause))
+            elif not self._gate(ev.worker, ev.cause):
+                self._emit(Done(worker=ev.worker, cause=ev.cause))
+            return
+        self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+        self._emit(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
+
+    def _on_outputs(self, ev: OutputArrived) -> None:
+        if self._gate(ev.worker, ev.cause):
+            return
+        assert self.packetizer is not None
+        self._join(ev.worker, ev.now)
+        self._reports(ev.worker, ev.reports, ev.now)
+        accepted = bool(ev.packet_ids) and self.packetizer.accept_output(ev.worker,
+                                                                          ev.packet_ids)
+        if accepted:
+            self._tokens += 1
+            ranges = [self.packets[i] for i in ev.packet_ids]
+            self._merging[self._tokens] = _Pending(worker=ev.worker, packet_ids=ev.packet_ids)
+            for element, start, stop in ranges:
+                self.delivered += stop - start
+                self.covered.append((element, start, stop))
+            self._emit(Merge(worker=ev.worker, token=self._tokens, packet_ids=ev.packet_ids,
+                             first=min((e, s) for e, s, _ in ranges), cause=ev.cause))
+        else:
+            self.duplicates += 1
+        self._emit(Ack(worker=ev.worker, accepted=accepted, cause=ev.cause))
+
+    def _on_failed(self, ev: WorkerFailed) -> None:
+        if self._gate(ev.worker, ev.cause):
+            return
+        self._fail(ev.error, ev.cause)
+        self._emit(Refuse(worker=ev.worker, reason="query failed", cause=ev.cause))
+
+    def _on_merged(self, ev: Merged) -> None:
+        if self._merging.pop(ev.token, None) is None or self.ended:
+            return
+        if ev.error is not None:
+            self._fail(ev.error, ev.cause)
+            return
+        self._merged_since_feedback = True
+        self._maybe_finish(ev.cause)
+
+    def _on_finished(self, ev: Finished) -> None:
+        if self.state != QueryState.FINISHING:
+            return
+        if ev.error is not None:
+            self._fail(ev.error, ev.cause)
+            return
+        self.state = QueryState.STOPPED if self.stop_reason else QueryState.FINISHED
+        self.ended_at = ev.now
+
+    def _on_stop(self, ev: StopRequested) -> None:
+        if self.state not in (QueryState.PREPARING, QueryState.RUNNING):
+            return
+        self.stop_reason = ev.reason
+        self.state = QueryState.STOPPING
+        self._maybe_finish(ev.cause)
+
+    def _on_abort(self, ev: AbortRequested) -> None:
+        if self.ended:
+            return
+        self._fail(RemoteError(type="QueryAborted", message=ev.reason, traceback="",
+                               context={}), ev.cause, aborted=True)
+
+    def _on_tick(self, ev: Tick) -> None:
+        if self.state not in (QueryState.RUNNING, QueryState.STOPPING):
+            return
+        if self._last_progress is None or ev.now - self._last_progress >= PROGRESS_PERIOD:
+            self._last_progress = ev.now
+            self._emit(SendProgress(entries=self.processed, total=self.total, bytes=self.bytes,
+                                    workers={w: t.entries for w, t in self.tally.items()},
+                                    cause=ev.cause))
+        if (self.spec.feedback and self._merged_since_feedback
+                and ev.now - self._last_feedback >= self.spec.feedback_interval):
+            self._last_feedback = ev.now
+            self._merged_since_feedback = False
+            self._emit(SendFeedback(names=self.spec.feedback, cause=ev.cause))
+
+    # -- helpers -------------------------------------------------------------------------
+    def _reports(self, worker: str, reports: Sequence[Report], now: float) -> None:
+        assert self.packetizer is not None
+        tally = self.tally.setdefault(worker_id(worker), WorkerTally())
+        for r in reports:
+            self.packetizer.packet_processed(worker, r.packet, now, seconds=r.seconds)
+            tally.entries += r.entries
+            tally.packets += 1
+            tally.bytes += r.bytes
+            tally.seconds += r.seconds
+            self.processed += r.entries
+            self.bytes += r.bytes
+
+    def _in_flight(self) -> int:
+        assert self.packetizer is not None
+        stats = self.packetizer.statistics()
+        return stats.entries_assigned + stats.entries_processed
+
+    def _maybe_finish(self, cause: str) -> None:
+        if self._merging:
+            return
+        if self.state == QueryState.STOPPING and (self.packetizer is None
+                                                  or self._in_flight() == 0):
+            self.state = QueryState.FINISHING
+            self._emit(Finish(stopped=True, cause=cause))
+        elif self.state == QueryState.RUNNING and self.packetizer is not None \
+                and self.packetizer.finished:
+            poisoned = self.packetizer.poisoned
+            if poisoned and self.spec.on_missing != "skip":
+                worst = poisoned[0]
+                self._fail(RemoteError(
+                    type="PoisonedPacket",
+                    message=f"{len(poisoned)} packet(s) killed the worker that processed them "
+                            f"{len(worst.workers)} times and were given up (poisoned); run "
+                            "with on_missing='skip' to get the rest; reasons: "
+                            f"{', '.join(sorted(set(worst.reasons)))}",
+                    traceback="", context=self.range_dict(worst)), cause)
+                return
+            self.state = QueryState.FINISHING
+            self._emit(Finish(stopped=False, cause=cause))
+
+    def _fail(self, error: RemoteError, cause: str, *, aborted: bool = False) -> None:
+        if self.ended:
+            return
+        self.state = QueryState.ABORTED if aborted else QueryState.FAILED
+        self.error = error
+        self._emit(Fail(error=error, aborted=aborted, cause=cause))
+
+    def _emit(self, instruction: Instruction) -> None:
+        self._out.append(instruction)
+
+    # -- views ---------------------------------------------------------------------------
+    def range_dict(self, r: Any) -> dict[str, Any]:
+        """A range as the user reads it: entries, and the file and tree when it has one."""
+        where: dict[str, Any] = {"entry_start": r.entry_start, "entry_stop": r.entry_stop}
+        if r.element != CYCLES and r.element < len(self.elements):
+            where["file"] = self.elements[r.element].path
+            where["tree"] = self.elements[r.element].tree
+        return where
+
+    def covered_ranges(self) -> list[dict[str, Any]]:
+        """The merged entry ranges, adjacent ones joined, in element and entry order."""
+        joined: list[list[int]] = []
+        for element, start, stop in sorted(self.covered):
+            if joined and joined[-1][0] == element and joined[-1][2] == start:
+                joined[-1][2] = stop
+            else:
+                joined.append([element, start, stop])
+        return [self.range_dict(WorkRange(element=e, entry_start=s, entry_stop=t))
+                for e, s, t in joined]
+
+    def stats(self, now: float) -> dict[str, Any]:
+        end = self.ended_at if self.ended_at is not None else now
+        return {"entries": self.delivered, "bytes_read": self.bytes,
+                "wall_time": end - self.started, "packets": len(self.packets),
+                **self.lookups,
+                "workers": {w: t.as_dict() for w, t in self.tally.items()}}
+
+    def lineage(self) -> dict[str, Any]:
+        poisoned = self.packetizer.poisoned if self.packetizer else ()
+        lineage = {
+            "entries_requested": self.total, "entries_processed": self.delivered,
+            "missing": list(self.missing) + [
+                self.range_dict(r) | {"reason": "poisoned: killed its workers"}
+                for r in poisoned],
+            "packets": len(self.packets), "duplicates_dropped": self.duplicates,
+            "requeued": list(self.requeued),
+            "poisoned": [self.range_dict(r) | {"workers": list(r.workers),
+                                               "reasons": list(r.reasons)}
+                         for r in poisoned],
+            "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
+                          "dataset": e.dataset} for e in self.elements],
+            "stopped": bool(self.stop_reason),
+        }
+        if self.stop_reason:
+            lineage["stop_reason"] = self.stop_reason
+            lineage["covered"] = self.covered_ranges()
+        return lineage
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """What `session.queries()` and `proofctl queries` show of this query."""
+        end = self.ended_at if self.ended_at is not None else now
+        return {"id": self.query_id, "state": str(self.state), "processed": self.processed,
+                "delivered": self.delivered, "total": self.total,
+                "wall_time": end - self.started}
+
+    def validate(self) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (tests call this)."""
+        assert isinstance(self.state, QueryState)
+        covered = sum(stop - start for _, start, stop in self.covered)
+        assert covered == self.delivered, (covered, self.delivered)
+        by_element: dict[int, list[tuple[int, int]]] = {}
+        for element, start, stop in self.covered:
+            by_element.setdefault(element, []).append((start, stop))
+        for element, ranges in by_element.items():
+            ranges.sort()
+            for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False):
+                assert start >= stop, f"element {element}: entry {start} merged twice"
+        if self.packetizer is not None:
+            self.packetizer.validate()
+            assert self.packetizer.statistics().entries_delivered == self.delivered
+        else:
+            assert self.delivered == 0 and not self._merging
+        if self.state == QueryState.FINISHED:
+            assert self.packetizer is not None and self.packetizer.finished
+            assert not self._merging
+        if self.state in (QueryState.FINISHING, QueryState.STOPPED):
+            assert not self._merging
+        assert not set(self.workers) & self.lost
+
+
+_HANDLERS: dict[type, Any] = {
+    LookupDone: QueryCore._on_lookup_done, LookupFailed: QueryCore._on_lookup_failed,
+    WorkerJoined: QueryCore._on_joined, WorkerLost: QueryCore._on_lost,
+    PacketRequested: QueryCore._on_request, OutputArrived: QueryCore._on_outputs,
+    WorkerFailed: QueryCore._on_failed, Merged: QueryCore._on_merged,
+    Finished: QueryCore._on_finished, StopRequested: QueryCore._on_stop,
+    AbortRequested: QueryCore._on_abort, Tick: QueryCore._on_tick,
+}

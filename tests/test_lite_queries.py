@@ -1,0 +1,150 @@
+"""Queued, stoppable, abortable queries with live feedback, on a real lite cluster.
+
+A stopped query's partial result is compared with a sequential uproot loop
+over exactly the ranges it says it covered (exactly once).
+"""
+
+from __future__ import annotations
+
+import time
+
+import hist
+import numpy as np
+import pytest
+import uproot
+
+import pyproof
+from pyproof.errors import QueryAborted
+from tests.conftest import data_file
+from tests.sample_selectors import ZmumuMass
+
+SLOW = "tests.sample_selectors:SlowCount"
+SMALL_PACKETS = {"packetizer": "basic", "packetizer_params": {"packet_entries": 100}}
+
+
+@pytest.fixture(scope="module")
+def session():
+    with pyproof.connect("lite://?workers=2") as s:
+        yield s
+
+
+def zmumu() -> str:
+    return data_file("uproot-Zmumu.root") + ":events"
+
+
+def sequential(ranges: list[dict]) -> tuple[int, hist.Hist]:
+    """What a plain loop over `ranges` gives: the reference a partial result must equal."""
+    h = hist.Hist.new.Reg(100, 0, 200, name="M").Double()
+    n = 0
+    for r in ranges:
+        tree = uproot.open(r["file"])[r["tree"]]
+        m = tree["M"].array(entry_start=r["entry_start"], entry_stop=r["entry_stop"],
+                            library="np")
+        h.fill(np.asarray(m))
+        n += len(m)
+    return n, h
+
+
+def wait_for_progress(handle, entries: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while handle.progress().get("entries", 0) < entries:
+        assert time.monotonic() < deadline, f"no progress past {entries} entries"
+        assert not handle.done(), "the query ended before it could be stopped"
+
+
+def test_a_stopped_query_returns_a_partial_result_equal_to_a_loop_over_its_ranges(session):
+    handle = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.2}, **SMALL_PACKETS)
+    wait_for_progress(handle, 100)
+    handle.stop()
+    result = handle.result(timeout=30)
+    assert result.stopped and 0 < result.stats.entries < 2304
+    covered = result.covered
+    assert covered and all(r["tree"] == "events" for r in covered)
+    n, h = sequential(covered)
+    assert n == result.stats.entries == result.outputs["n"]
+    assert result.outputs["mass"] == h
+    assert result.lineage["stop_reason"] == "stopped by the user"
+    assert handle.state == "stopped"
+
+
+def test_an_aborted_query_raises_query_aborted_and_the_session_goes_on(session):
+    handle = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.2}, **SMALL_PACKETS)
+    wait_for_progress(handle, 1)
+    handle.abort()
+    with pytest.raises(QueryAborted, match=rf"^query {handle.query} was aborted \(aborted by "
+                                           r"the user\); its outputs were discarded$"):
+        handle.result(timeout=30)
+    assert isinstance(QueryAborted("x"), pyproof.QueryError)
+    assert session.process(ZmumuMass, dataset=zmumu(), progress=False).stats.entries == 2304
+
+
+def test_submitted_queries_run_one_after_another_and_are_listed(session):
+    first = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.05}, **SMALL_PACKETS)
+    second = session.submit(ZmumuMass, dataset=zmumu())
+    third = session.submit(ZmumuMass, cycles=None, dataset=zmumu(), entries=1000)
+    listed = {h.query: h.state for h in session.queries()}
+    assert listed[third.query] == "queued"
+    assert listed[first.query] in ("preparing", "running")
+    results = [h.result(timeout=60) for h in (third, second, first)]
+    assert [r.stats.entries for r in results] == [1000, 2304, 2304]
+    assert all(h.done() for h in (first, second, third))
+    # one after another: the second started once the first had ended
+    walls = {h.query: h.summary for h in session.queries()}
+    assert walls[first.query]["state"] == walls[second.query]["state"] == "finished"
+
+
+def test_a_queued_query_stopped_before_it_runs_ends_empty_and_the_next_still_runs(session):
+    first = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.05}, **SMALL_PACKETS)
+    queued = session.submit(ZmumuMass, dataset=zmumu())
+    last = session.submit(ZmumuMass, dataset=zmumu())
+    queued.stop()
+    empty = queued.result(timeout=30)
+    assert empty.stopped and empty.stats.entries == 0 and empty.covered == []
+    assert first.result(timeout=60).stats.entries == 2304
+    assert last.result(timeout=60).stats.entries == 2304
+
+
+def test_feedback_snapshots_grow_and_leave_the_result_unchanged(session):
+    snapshots: list[float] = []
+
+    def seen(outputs):
+        snapshots.append(outputs["mass"].sum())
+
+    result = session.process(SLOW, dataset=zmumu(), inputs={"sleep": 0.05}, feedback=["mass"],
+                             feedback_interval=0.1, on_feedback=seen, progress=False,
+                             **SMALL_PACKETS)
+    plain = session.process(SLOW, dataset=zmumu(), inputs={"sleep": 0.0}, progress=False,
+                            **SMALL_PACKETS)
+    assert len(snapshots) >= 2, snapshots
+    assert snapshots == sorted(snapshots) and snapshots[0] > 0 and snapshots[-1] <= 2304
+    assert result.outputs["mass"] == plain.outputs["mass"]
+    assert result.stats.entries == 2304
+
+
+def test_ctrl_c_in_process_stops_the_query_and_returns_what_was_done(session):
+    pressed = []
+
+    def interrupt(outputs):
+        if not pressed:  # as if the user pressed Ctrl-C (once) while it ran
+            pressed.append(outputs["n"])
+            raise KeyboardInterrupt
+
+    result = session.process(SLOW, dataset=zmumu(), inputs={"sleep": 0.2}, feedback=["n"],
+                             feedback_interval=0.1, on_feedback=interrupt, progress=False,
+                             **SMALL_PACKETS)
+    assert pressed and result.stopped and result.stats.entries < 2304
+    n, _ = sequential(result.covered)
+    assert result.outputs["n"] == n
+
+
+def test_a_second_ctrl_c_aborts_the_query_and_is_raised(session):
+    def interrupt(outputs):
+        raise KeyboardInterrupt  # pressed again and again
+
+    with pytest.raises(KeyboardInterrupt):
+        session.process(SLOW, dataset=zmumu(), inputs={"sleep": 0.2}, feedback=["n"],
+                        feedback_interval=0.1, on_feedback=interrupt, progress=False,
+                        **SMALL_PACKETS)
+    last = session.queries()[-1]
+    with pytest.raises(QueryAborted):
+        last.result(timeout=30)

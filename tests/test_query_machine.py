@@ -1,0 +1,321 @@
+"""QueryCore under fake workers: exactly once through duplicates, resends, deaths, stop, abort.
+
+Fake workers ask, process, send outputs (sometimes twice: a chunk resent after
+its answer was lost, or a duplicate), die before or after delivering, and join
+late; merges complete in any order; the user stops or aborts at any point.
+The model counts every merged entry, so the invariants are the issue's:
+every entry counted at most once, exactly once at a normal finish, a stopped
+result's ranges equal what was merged, and no instruction after the end.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from pyproof.packetizer.base import WorkRange
+from pyproof.query import core as qc
+from pyproof.query.spec import QuerySpec
+from pyproof.transport.codec import RemoteError
+
+
+class FakeWorker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.alive = True
+        self.assigned: list[int] = []
+        self.held: list[int] = []
+        self.reports: list[qc.Report] = []
+        self.done = False
+
+
+class QueryMachine(RuleBasedStateMachine):
+    @initialize(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+                packet=st.integers(1, 12), feedback=st.booleans(),
+                workers=st.integers(0, 3))
+    def setup(self, sizes, packet, feedback, workers):
+        self.now = 0.0
+        self.work = tuple(WorkRange(element=i, entry_start=0, entry_stop=n)
+                          for i, n in enumerate(sizes))
+        self.packet_entries = packet
+        spec = QuerySpec(selector="m:S", cycles=1, feedback=("h",) if feedback else ())
+        self.workers: dict[str, FakeWorker] = {}
+        self.serial = 0
+        for _ in range(workers):
+            self._new_worker()
+        self.core = qc.QueryCore(query_id="q", spec=spec, workers=list(self.workers), now=0.0)
+        self.ranges: dict[int, tuple[int, int, int]] = {}  # packet id -> range (from Grant)
+        self.pending: dict[int, frozenset[int]] = {}        # merge token -> packet ids
+        self.merged: Counter[tuple[int, int]] = Counter()   # (element, entry) -> times
+        self.batches: list[tuple[str, frozenset[int]]] = []
+        self.finish_pending = False
+        self.looked_up = False
+        self.cause = 0
+
+    def _new_worker(self) -> str:
+        name = f"worker-{self.serial}#{100 + self.serial}"
+        self.serial += 1
+        self.workers[name] = FakeWorker(name)
+        return name
+
+    # -- feeding the core, checking what comes back -----------------------------------
+    def feed(self, event: qc.Event, *, request: str | None = None) -> list:
+        ended_before = self.core.ended
+        out = self.core.handle(event)
+        self.core.validate()
+        if ended_before:  # nothing but answers to workers once the query is over
+            assert all(isinstance(i, qc.ANSWERS) for i in out), out
+        answers = [i for i in out if isinstance(i, qc.ANSWERS)]
+        if request is not None:
+            assert len(answers) == 1 and answers[0].worker == request, out
+        else:
+            assert not answers, out
+        for i in out:
+            if isinstance(i, qc.Grant):
+                p = i.packet
+                assert p.packet_id not in self.ranges
+                self.ranges[p.packet_id] = (p.element, p.entry_start, p.entry_stop)
+                self.workers[i.worker].assigned.append(p.packet_id)
+            elif isinstance(i, qc.Merge):
+                self.pending[i.token] = i.packet_ids
+            elif isinstance(i, qc.Finish):
+                assert not self.pending, "Finish before every merge was done"
+                assert not self.finish_pending
+                self.finish_pending = True
+            elif isinstance(i, qc.Done):
+                self.workers[i.worker].done = True
+        return out
+
+    def cause_id(self) -> str:
+        self.cause += 1
+        return f"e{self.cause}"
+
+    def alive(self) -> list[str]:
+        return sorted(w for w, f in self.workers.items() if f.alive)
+
+    # -- rules ---------------------------------------------------------------------------
+    @precondition(lambda self: not self.looked_up)
+    @rule()
+    def lookup(self):
+        self.looked_up = True
+        self.feed(qc.LookupDone(work=self.work, kind="basic",
+                                params={"packet_entries": self.packet_entries},
+                                now=self.now, cause=self.cause_id()))
+
+    @rule()
+    def join(self):
+        self.feed(qc.WorkerJoined(worker=self._new_worker(), now=self.now,
+                                  cause=self.cause_id()))
+
+    @rule(data=st.data())
+    def request(self, data):
+        names = self.alive()
+        if not names:
+            return
+        w = self.workers[data.draw(st.sampled_from(names))]
+        reports, w.reports = tuple(w.reports), []
+        self.feed(qc.PacketRequested(worker=w.name, reports=reports, now=self.now,
+                                     cause=self.cause_id()), request=w.name)
+
+    @rule(data=st.data())
+    def process(self, data):
+        busy = [w for w in self.alive() if self.workers[w].assigned]
+        if not busy:
+            return
+        w = self.workers[data.draw(st.sampled_from(busy))]
+        pid = w.assigned.pop(0)
+        element, start, stop = self.ranges[pid]
+        w.held.append(pid)
+        w.reports.append(qc.Report(packet=pid, entries=stop - start, seconds=0.01))
+
+    @rule(data=st.data())
+    def send_outputs(self, data):
+        holding = [w for w in self.alive() if self.workers[w].held]
+        if not holding:
+            return
+        w = self.workers[data.draw(st.sampled_from(holding))]
+        ids = frozenset(w.held)
+        reports, w.reports = tuple(w.reports), []
+        w.held = []
+        self.batches.append((w.name, ids))
+        self.feed(qc.OutputArrived(worker=w.name, packet_ids=ids, reports=reports,
+                                   now=self.now, cause=self.cause_id()), request=w.name)
+
+    @precondition(lambda self: self.batches)
+    @rule(data=st.data())
+    def resend_outputs(self, data):
+        """A chunk resent, or a duplicated request: never merged a second time."""
+        worker, ids = data.draw(st.sampled_from(self.batches))
+        out = self.feed(qc.OutputArrived(worker=worker, packet_ids=ids, now=self.now,
+                                         cause=self.cause_id()), request=worker)
+        assert not any(isinstance(i, qc.Merge) for i in out)
+        assert not any(isinstance(i, qc.Ack) and i.accepted for i in out)
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data(), fail=st.integers(0, 30))
+    def complete_merge(self, data, fail):
+        token = data.draw(st.sampled_from(sorted(self.pending)))
+        ids = self.pending.pop(token)
+        error = RemoteError(type="MergeError", message="boom") if fail == 0 else None
+        if error is None:
+            for pid in ids:
+                element, start, stop = self.ranges[pid]
+                for entry in range(start, stop):
+                    self.merged[(element, entry)] += 1
+        self.feed(qc.Merged(token=token, error=error, cause=self.cause_id()))
+
+    @rule(data=st.data(), dice=st.integers(0, 2))
+    def lose_worker(self, data, dice):
+        names = self.alive()
+        if not names or dice:
+            return
+        w = self.workers[data.draw(st.sampled_from(names))]
+        w.alive = False
+        self.feed(qc.WorkerLost(worker=w.name, now=self.now, cause=self.cause_id()))
+
+    @rule(dt=st.floats(0.0, 2.0))
+    def tick(self, dt):
+        self.now += dt
+        self.feed(qc.Tick(now=self.now, cause=self.cause_id()))
+
+    # stop and abort end the interesting part: rarer than the other rules
+    @rule(dice=st.integers(0, 5))
+    def stop(self, dice):
+        if dice == 0:
+            self.feed(qc.StopRequested(now=self.now, cause=self.cause_id()))
+
+    @rule(dice=st.integers(0, 11))
+    def abort(self, dice):
+        if dice == 0:
+            self.feed(qc.AbortRequested(cause=self.cause_id()))
+
+    @precondition(lambda self: self.finish_pending)
+    @rule()
+    def finished(self):
+        self.finish_pending = False
+        self.feed(qc.Finished(now=self.now, cause=self.cause_id()))
+
+    @rule()
+    def run_to_the_end(self):
+        """Every live worker does all it can until the query ends (or no one is left)."""
+        if not self.looked_up:
+            self.lookup()
+        if not self.alive() and not self.core.ended:
+            self.join()
+        for _ in range(500):
+            if self.core.ended:
+                break
+            for token in sorted(self.pending):
+                ids = self.pending.pop(token)
+                for pid in ids:
+                    element, start, stop = self.ranges[pid]
+                    for entry in range(start, stop):
+                        self.merged[(element, entry)] += 1
+                self.feed(qc.Merged(token=token, cause=self.cause_id()))
+            if self.finish_pending:
+                self.finished()
+                continue
+            for name in self.alive():
+                w = self.workers[name]
+                while w.assigned:
+                    pid = w.assigned.pop(0)
+                    w.held.append(pid)
+                    e, s, t = self.ranges[pid]
+                    w.reports.append(qc.Report(packet=pid, entries=t - s))
+                reports, w.reports = tuple(w.reports), []
+                out = self.feed(qc.PacketRequested(worker=name, reports=reports, now=self.now,
+                                                   cause=self.cause_id()), request=name)
+                if w.held and any(isinstance(i, qc.Done | qc.Wait) for i in out):
+                    ids = frozenset(w.held)
+                    w.held = []
+                    self.batches.append((name, ids))
+                    self.feed(qc.OutputArrived(worker=name, packet_ids=ids, now=self.now,
+                                               cause=self.cause_id()), request=name)
+        assert self.core.ended, (self.core.state, self.core.story()[-5:])
+
+    # -- invariants ------------------------------------------------------------------
+    @invariant()
+    def every_entry_is_counted_at_most_once(self):
+        assert all(n == 1 for n in self.merged.values()), self.merged.most_common(1)
+
+    @invariant()
+    def a_normal_finish_counts_every_entry_exactly_once(self):
+        if self.core.state == qc.QueryState.FINISHED:
+            expected = {(w.element, e) for w in self.work for e in range(w.entry_start,
+                                                                        w.entry_stop)}
+            poisoned = {(r.element, e) for r in self.core.packetizer.poisoned
+                        for e in range(r.entry_start, r.entry_stop)}
+            assert set(self.merged) == expected - poisoned
+            assert self.core.delivered == len(self.merged)
+
+    @invariant()
+    def a_stopped_result_covers_exactly_what_was_merged(self):
+        if self.core.state == qc.QueryState.STOPPED:
+            covered = {(c_element, e)
+                       for c_element, s, t in self.core.covered for e in range(s, t)}
+            assert covered == set(self.merged)
+            lineage = self.core.lineage()
+            assert lineage["stopped"] is True
+            assert sum(r["entry_stop"] - r["entry_start"] for r in lineage["covered"]) \
+                == len(self.merged)
+
+
+QueryMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50,
+                                          deadline=None)
+TestQueryMachine = QueryMachine.TestCase
+
+
+def fed(core: qc.QueryCore, *events: qc.Event) -> list:
+    out = core.handle(*events)
+    core.validate()
+    return out
+
+
+def test_a_stop_while_packets_are_in_flight_finishes_them_then_ends_partial():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1"], now=0.0)
+    fed(core, qc.LookupDone(work=(WorkRange(element=0, entry_start=0, entry_stop=100),),
+                            kind="basic", params={"packet_entries": 10}, now=0.0))
+    [grant] = fed(core, qc.PacketRequested(worker="w#1", now=0.1))
+    assert isinstance(grant, qc.Grant) and grant.packet.entry_stop == 10
+    assert fed(core, qc.StopRequested(now=0.2)) == []
+    assert core.state == qc.QueryState.STOPPING
+    report = qc.Report(packet=grant.packet.packet_id, entries=10)
+    assert fed(core, qc.PacketRequested(worker="w#1", reports=(report,), now=0.3)) == [
+        qc.Done(worker="w#1")]
+    merge, ack = fed(core, qc.OutputArrived(worker="w#1", now=0.4,
+                                            packet_ids=frozenset({grant.packet.packet_id})))
+    assert isinstance(merge, qc.Merge) and ack == qc.Ack(worker="w#1", accepted=True)
+    assert fed(core, qc.Merged(token=merge.token)) == [qc.Finish(stopped=True)]
+    assert fed(core, qc.Finished(now=0.5)) == []
+    assert core.state == qc.QueryState.STOPPED
+    assert core.lineage()["covered"] == [{"entry_start": 0, "entry_stop": 10}]
+    assert core.stats(9.0)["wall_time"] == pytest.approx(0.5)
+
+
+def test_an_abort_fails_the_query_and_refuses_the_workers_after_it():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1"], now=0.0)
+    [fail] = fed(core, qc.AbortRequested(reason="aborted by the user"))
+    assert fail.aborted and fail.error.type == "QueryAborted"
+    assert fed(core, qc.PacketRequested(worker="w#1", now=1.0)) == [
+        qc.Refuse(worker="w#1", reason="query q aborted")]
+
+
+def test_feedback_is_sent_at_its_interval_only_after_something_new_was_merged():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1, feedback=("h",),
+                                                     feedback_interval=1.0),
+                        workers=["w#1"], now=0.0)
+    fed(core, qc.LookupDone(work=(WorkRange(element=0, entry_start=0, entry_stop=100),),
+                            kind="basic", params={"packet_entries": 10}, now=0.0))
+    [grant] = fed(core, qc.PacketRequested(worker="w#1", now=0.0))
+    merge, _ = fed(core, qc.OutputArrived(worker="w#1", now=0.1,
+                                          packet_ids=frozenset({grant.packet.packet_id})))
+    assert not any(isinstance(i, qc.SendFeedback) for i in fed(core, qc.Tick(now=1.5)))
+    fed(core, qc.Merged(token=merge.token))
+    assert fed(core, qc.Tick(now=1.6))[-1] == qc.SendFeedback(names=("h",))
+    assert not any(isinstance(i, qc.SendFeedback) for i in fed(core, qc.Tick(now=3.0)))
