@@ -230,13 +230,18 @@ def test_a_setup_hook_that_hangs_is_bounded(tmp_path, monkeypatch):
 
 
 def test_the_gateway_refuses_a_query_spec_that_names_packages_itself():
-    from pyproof.actors.gateway import RequestError, validate_spec
+    from pyproof.query.spec import QuerySpec, SpecError
 
     spec = {"selector": "m:C", "cycles": 1, "client_address": "ipc:///x", "branches": None,
             "entries": None, "packetizer": None, "packetizer_params": None, "sys_path": None,
             "packages": [{"name": "x", "path": "/etc"}]}
-    with pytest.raises(RequestError, match=r"^unknown query field\(s\): packages$"):
-        validate_spec(spec)
+    with pytest.raises(SpecError, match=r"^unknown query field\(s\): packages$"):
+        QuerySpec.from_wire(spec)  # what the gateway calls on every start_query
+    spec.pop("packages")
+    assert QuerySpec.from_wire(spec).packages == ()
+    spec["output_dir"] = "/etc"  # nor where workers write
+    with pytest.raises(SpecError, match=r"^unknown query field\(s\): output_dir$"):
+        QuerySpec.from_wire(spec)
 
 
 def test_past_its_size_cap_the_cache_evicts_least_recently_used_versions_no_session_enables(
