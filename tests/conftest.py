@@ -1,4 +1,5 @@
-"""Fixtures shared by all tests: a private sandbox, and a process-leak check.
+"""Fixtures shared by all tests: a private sandbox, a process-leak check, and a lite
+session for the tests that ask for one.
 
 The test process makes itself a child subreaper, so any process our code
 orphans is re-parented to it and shows up as its descendant: a test that
@@ -14,6 +15,7 @@ import time
 
 import pytest
 
+import pyproof
 from pyproof.supervision.process_tree import (
     become_subreaper,
     cmdline,
@@ -35,6 +37,19 @@ def data_file(name: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"test data file not found: {path} (see tests/data/README.md)")
     return path
+
+
+def zmumu() -> str:
+    """The real Z->mumu sample's tree, as a dataset: `path:events`."""
+    return data_file("uproot-Zmumu.root") + ":events"
+
+
+@pytest.fixture(scope="module")
+def session():
+    """A real lite cluster of two workers, one per test module that asks for `session`
+    (a module that needs another cluster defines its own fixture of that name)."""
+    with pyproof.connect("lite://?workers=2") as s:
+        yield s
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,15 +10,9 @@ import time
 import pytest
 
 import pyproof
-from tests.conftest import data_file
+from tests.conftest import data_file, zmumu
 from tests.daemon_helpers import Background
 from tests.test_lite import assert_same_zmumu, reference_zmumu
-
-ZMUMU = None
-
-
-def zmumu() -> str:
-    return data_file("uproot-Zmumu.root") + ":events"
 
 
 def worker_pids(session, count: int = 2) -> dict[str, int]:

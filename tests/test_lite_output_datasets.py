@@ -40,12 +40,6 @@ def files_on_disk(directory: str) -> set[str]:
     return {os.path.join(root, name) for root, _, names in os.walk(directory) for name in names}
 
 
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
 def test_files_written_on_workers_become_a_dataset_holding_each_selected_event_once(session):
     result = session.process("tests.sample_selectors:Skim", dataset=f"{zmumu()}:events",
                              inputs={"cut": CUT}, packetizer="basic",

@@ -27,12 +27,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as session:
-        yield session
-
-
 def run(session, name: str, cycles: int = 100, **kwargs):
     return session.process(f"{name}.selectors:Scale", cycles=cycles, progress=False, **kwargs)
 
