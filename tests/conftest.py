@@ -11,7 +11,9 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -42,6 +44,33 @@ def data_file(name: str) -> str:
 def zmumu() -> str:
     """The real Z->mumu sample's tree, as a dataset: `path:events`."""
     return data_file("uproot-Zmumu.root") + ":events"
+
+
+def at_once(count: int, call: Callable[[], object], timeout: float = 30.0) -> list[object]:
+    """Run `call` in `count` threads released together by a barrier; each one's result, or
+    the exception it raised, in no particular order. Fails the test if the threads do not
+    all meet within `timeout` seconds, or one has not finished by then (a hang is a failure,
+    never a missing result)."""
+    barrier = threading.Barrier(count)
+    outcomes: list[object] = []
+
+    def one() -> None:
+        try:
+            barrier.wait(timeout)
+            outcomes.append(call())
+        except BaseException as exc:  # handed back to the test to judge
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        pytest.fail(f"{sum(t.is_alive() for t in threads)} of {count} threads still running "
+                    f"{getattr(call, '__name__', call)} after {timeout} s")
+    return outcomes
 
 
 @pytest.fixture(scope="module")
