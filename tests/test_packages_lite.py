@@ -31,6 +31,22 @@ def run(session, name: str, cycles: int = 100, **kwargs):
     return session.process(f"{name}.selectors:Scale", cycles=cycles, progress=False, **kwargs)
 
 
+def still_usable(session) -> None:
+    """A query with no package still runs: a refused or broken package spoiled nothing."""
+    assert session.process("tests.sample_selectors:Cycles", cycles=10, progress=False).outputs
+
+
+def enabled_then_fails(session, path: str, name: str, match: str) -> None:
+    """Upload and enable the package at `path`: its query fails with QueryError matching
+    `match`, and once it is disabled the session goes on."""
+    session.upload_package(path)
+    session.enable_package(name)
+    with pytest.raises(pyproof.QueryError, match=match):
+        run(session, name)
+    session.disable_package(name)
+    still_usable(session)
+
+
 def setups(result) -> dict[int, tuple[int, int]]:
     """worker pid -> (setup calls seen, package VERSION) from the selector's outputs."""
     return {pid: (calls, version) for pid, calls, version in result.outputs["setups"]}
@@ -134,8 +150,7 @@ def test_a_dependency_cycle_is_refused_and_the_session_stays_usable(session, tmp
     with pytest.raises(PackageError, match=rf"^package dependencies form a cycle: "
                                            rf"{a} -> {b} -> {a}; remove one"):
         session.enable_package(a)
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    still_usable(session)
 
 
 def test_a_malicious_zip_is_refused_by_the_daemon_with_a_clear_error(session):
@@ -153,8 +168,7 @@ def test_a_malicious_zip_is_refused_by_the_daemon_with_a_clear_error(session):
                                            r"has '..'; a package holds only relative paths"):
         package_client.upload(session.control, hostile)
     assert not any(p["name"] == "evil" for p in session.packages())
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    still_usable(session)
 
 
 def test_a_package_syntax_error_names_the_file_and_line(session, tmp_path):
@@ -162,15 +176,9 @@ def test_a_package_syntax_error_names_the_file_and_line(session, tmp_path):
     path = write_package(str(tmp_path), name)
     with open(os.path.join(path, "selectors.py"), "a") as f:
         f.write("\ndef broken(:\n")
-    session.upload_package(path)
-    session.enable_package(name)
-    with pytest.raises(pyproof.QueryError, match=rf"^SelectorError: cannot import selector "
-                                                 rf"module '{name}.selectors': syntax error "
-                                                 rf"in '.*/{name}/selectors.py', line 2\d: "):
-        run(session, name)
-    session.disable_package(name)
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    enabled_then_fails(session, path, name, rf"^SelectorError: cannot import selector module "
+                                            rf"'{name}.selectors': syntax error in "
+                                            rf"'.*/{name}/selectors.py', line 2\d: ")
 
 
 def test_a_worker_restarted_mid_session_gets_the_packages_before_its_first_packet(tmp_path):
@@ -279,12 +287,6 @@ def test_a_setup_hook_that_raises_fails_the_query_naming_it_and_the_session_goes
     path = write_package(str(tmp_path), name)
     with open(os.path.join(path, "pyproof_setup.py"), "w") as f:
         f.write("requires = []\n\n\ndef setup(ctx):\n    raise RuntimeError('no licence')\n")
-    session.upload_package(path)
-    session.enable_package(name)
-    with pytest.raises(pyproof.QueryError, match=rf"^PackageError: package {name!r} setup hook "
-                                                 rf".*/{name}/pyproof_setup.py: setup\(ctx\) "
-                                                 r"raised at line 5: RuntimeError\('no licence'\)"):
-        run(session, name)
-    session.disable_package(name)
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    enabled_then_fails(session, path, name, rf"^PackageError: package {name!r} setup hook "
+                                            rf".*/{name}/pyproof_setup.py: setup\(ctx\) "
+                                            r"raised at line 5: RuntimeError\('no licence'\)")
