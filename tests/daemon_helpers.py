@@ -89,6 +89,19 @@ def zmumu_reference() -> tuple[int, hist.Hist]:
     return len(m), h
 
 
+def wait_processed(session, entries: int, timeout: float) -> bool:
+    """Poll the running query's status until it has processed at least `entries` entries,
+    for at most `timeout` seconds; whether it got there (the callers go on either way, and
+    check afterwards what they need to have happened)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        query = session.status()["master"]["query"] or {}
+        if query.get("processed", 0) >= entries:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class Background:
     """Run a callable in a thread; `result()` re-raises its exception (bounded wait)."""
 

@@ -16,7 +16,7 @@ import pytest
 import pyproof
 from pyproof.packages import PackageError, zips
 from pyproof.packages import client as package_client
-from tests.daemon_helpers import Background
+from tests.daemon_helpers import Background, wait_processed
 from tests.package_helpers import write_package, zip_dir
 from tests.test_lite_faults import worker_pids
 
@@ -101,12 +101,7 @@ def test_a_changed_package_replaces_the_old_for_the_next_query_never_mid_query(s
     session.enable_package(name)
     running = Background(run, session, name, cycles=40, packetizer="basic",
                          packetizer_params={"packet_entries": 1}, inputs={"sleep": 0.05})
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # the query runs, its workers have version 1
-        query = session.status()["master"]["query"] or {}
-        if query.get("processed", 0) >= 4:
-            break
-        time.sleep(0.02)
+    wait_processed(session, 4, timeout=20)  # the query runs, its workers have version 1
     session.upload_package(write_package(str(tmp_path / "2"), name, factor=7, version=2))
     during = running.result(60)
     assert during.outputs["x"] == 3 * 40
