@@ -1,4 +1,5 @@
-"""Fixtures shared by all tests: a private sandbox, and a process-leak check.
+"""Fixtures shared by all tests: a private sandbox, a process-leak check, and a lite
+session for the tests that ask for one.
 
 The test process makes itself a child subreaper, so any process our code
 orphans is re-parented to it and shows up as its descendant: a test that
@@ -10,10 +11,13 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
+import pyproof
 from pyproof.supervision.process_tree import (
     become_subreaper,
     cmdline,
@@ -35,6 +39,46 @@ def data_file(name: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"test data file not found: {path} (see tests/data/README.md)")
     return path
+
+
+def zmumu() -> str:
+    """The real Z->mumu sample's tree, as a dataset: `path:events`."""
+    return data_file("uproot-Zmumu.root") + ":events"
+
+
+def at_once(count: int, call: Callable[[], object], timeout: float = 30.0) -> list[object]:
+    """Run `call` in `count` threads released together by a barrier; each one's result, or
+    the exception it raised, in no particular order. Fails the test if the threads do not
+    all meet within `timeout` seconds, or one has not finished by then (a hang is a failure,
+    never a missing result)."""
+    barrier = threading.Barrier(count)
+    outcomes: list[object] = []
+
+    def one() -> None:
+        try:
+            barrier.wait(timeout)
+            outcomes.append(call())
+        except BaseException as exc:  # handed back to the test to judge
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        pytest.fail(f"{sum(t.is_alive() for t in threads)} of {count} threads still running "
+                    f"{getattr(call, '__name__', call)} after {timeout} s")
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def session():
+    """A real lite cluster of two workers, one per test module that asks for `session`
+    (a module that needs another cluster defines its own fixture of that name)."""
+    with pyproof.connect("lite://?workers=2") as s:
+        yield s
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import hist
 import numpy as np
+import pytest
 import uproot
 
 from pyproof.actors.system import free_port
@@ -16,6 +19,20 @@ from pyproof.cli.daemon import start_daemon, stop_daemon
 from pyproof.client.control import ControlClient
 from pyproof.transport.tls import TLSSettings
 from tests.conftest import data_file
+from tests.test_transport_tls import make_ca, make_cert
+
+
+def tls_server_env(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test CA and a server certificate for localhost made in `directory`, and the
+    PYPROOF_TLS_* variables set (by `monkeypatch`) so that a Daemon started next serves
+    TLS; skips the test where there is no openssl command to make them."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: cannot make test certificates")
+    make_ca(directory, "ca")
+    make_cert(directory, "server", "ca", "DNS:localhost,IP:127.0.0.1")
+    monkeypatch.setenv("PYPROOF_TLS_CA", str(directory / "ca.crt"))
+    monkeypatch.setenv("PYPROOF_TLS_CERT", str(directory / "server.crt"))
+    monkeypatch.setenv("PYPROOF_TLS_KEY", str(directory / "server.key"))
 
 
 class Daemon:
@@ -70,6 +87,19 @@ def zmumu_reference() -> tuple[int, hist.Hist]:
     h = hist.Hist.new.Reg(100, 0, 200, name="M").Double()
     h.fill(np.asarray(m))
     return len(m), h
+
+
+def wait_processed(session, entries: int, timeout: float) -> bool:
+    """Poll the running query's status until it has processed at least `entries` entries,
+    for at most `timeout` seconds; whether it got there (the callers go on either way, and
+    check afterwards what they need to have happened)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        query = session.status()["master"]["query"] or {}
+        if query.get("processed", 0) >= entries:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 class Background:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,9 +20,8 @@ import pyproof
 from pyproof.actors.system import free_port
 from pyproof.cli.main import main
 from tests.conftest import data_file
-from tests.daemon_helpers import Daemon
+from tests.daemon_helpers import Daemon, tls_server_env
 from tests.test_cli import ROOT
-from tests.test_transport_tls import make_ca, make_cert
 
 ZMUMU = data_file("uproot-Zmumu.root") + ":events"
 
@@ -44,13 +42,7 @@ def one_error_line(out: subprocess.CompletedProcess, pattern: str) -> None:
 
 @pytest.fixture
 def tls_daemon(tmp_path, monkeypatch):
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed: cannot make test certificates")
-    make_ca(tmp_path, "ca")
-    make_cert(tmp_path, "server", "ca", "DNS:localhost,IP:127.0.0.1")
-    monkeypatch.setenv("PYPROOF_TLS_CA", str(tmp_path / "ca.crt"))
-    monkeypatch.setenv("PYPROOF_TLS_CERT", str(tmp_path / "server.crt"))
-    monkeypatch.setenv("PYPROOF_TLS_KEY", str(tmp_path / "server.key"))
+    tls_server_env(tmp_path, monkeypatch)
     monkeypatch.delenv("PYPROOF_URL", raising=False)
     d = Daemon()
     # from here on a client: it trusts the CA, has no certificate of its own

@@ -18,12 +18,6 @@ from pyproof.datasets import Catalog, verify_dataset
 from tests.conftest import data_file
 
 
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
 def mixed_files(directory: Path) -> list[str]:
     """Three good files, a truncated one, a missing one and one without the tree."""
     good = []

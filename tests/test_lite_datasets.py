@@ -17,12 +17,6 @@ from tests.conftest import data_file
 from tests.sample_selectors import ZmumuMass, zmumu_mass
 
 
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
 @pytest.fixture
 def catalog(session):
     # the sandbox's catalog, which the cluster's master reads too; names are per test

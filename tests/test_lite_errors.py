@@ -6,20 +6,8 @@ from __future__ import annotations
 import pytest
 
 import pyproof
-from tests.conftest import data_file
+from tests.conftest import data_file, zmumu
 from tests.sample_selectors import ZmumuMass
-
-ZMUMU = None
-
-
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
-def zmumu() -> str:
-    return data_file("uproot-Zmumu.root") + ":events"
 
 
 def still_works(session) -> None:

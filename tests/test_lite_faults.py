@@ -10,15 +10,9 @@ import time
 import pytest
 
 import pyproof
-from tests.conftest import data_file
-from tests.daemon_helpers import Background
+from tests.conftest import data_file, zmumu
+from tests.daemon_helpers import Background, wait_processed
 from tests.test_lite import assert_same_zmumu, reference_zmumu
-
-ZMUMU = None
-
-
-def zmumu() -> str:
-    return data_file("uproot-Zmumu.root") + ":events"
 
 
 def worker_pids(session, count: int = 2) -> dict[str, int]:
@@ -39,12 +33,7 @@ def test_a_worker_killed_after_delivering_nothing_is_requeued_exactly_once():
                              dataset=zmumu(), inputs={"per_entry": 0.0004, "factor": 1.0},
                              packetizer="basic", packetizer_params={"packet_entries": 64},
                              progress=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # let it hold packets, not yet delivered
-            query = session.status()["master"]["query"] or {}
-            if query.get("processed", 0) > 300:
-                break
-            time.sleep(0.02)
+        wait_processed(session, 301, timeout=10)  # let it hold packets, not yet delivered
         os.kill(pids["worker-1"], signal.SIGKILL)
         result = running.result(60)
         assert_same_zmumu(result.outputs, reference_zmumu([data_file("uproot-Zmumu.root")]))

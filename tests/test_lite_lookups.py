@@ -14,12 +14,6 @@ from pyproof.datasets import Catalog
 from pyproof.datasets.cli import default_catalog_path
 
 
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
 def write(path, start: int, n: int, branch: str = "x") -> str:
     with uproot.recreate(path) as f:
         f["t"] = {branch: np.arange(start, start + n, dtype=np.int64)}

@@ -14,18 +14,8 @@ import pytest
 import uproot
 
 import pyproof
-from tests.conftest import data_file
+from tests.conftest import data_file, zmumu
 from tests.sample_selectors import HZZMuons, NanoMuons, ZmumuMass
-
-
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
-def zmumu() -> str:
-    return data_file("uproot-Zmumu.root") + ":events"
 
 
 def test_a_query_error_is_short_and_keeps_the_remote_traceback_aside(session):

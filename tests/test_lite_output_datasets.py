@@ -18,7 +18,7 @@ from pyproof.client.control import current_user
 from pyproof.datasets import Catalog
 from pyproof.datasets.cli import default_catalog_path
 from tests.conftest import data_file
-from tests.daemon_helpers import Background
+from tests.daemon_helpers import Background, wait_processed
 from tests.sample_selectors import zmumu_mass
 from tests.test_lite_faults import worker_pids
 
@@ -38,12 +38,6 @@ def reference_selected(path: str, cut: float = CUT) -> tuple[int, float]:
 
 def files_on_disk(directory: str) -> set[str]:
     return {os.path.join(root, name) for root, _, names in os.walk(directory) for name in names}
-
-
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
 
 
 def test_files_written_on_workers_become_a_dataset_holding_each_selected_event_once(session):
@@ -79,12 +73,8 @@ def test_a_worker_killed_mid_query_leaves_no_duplicate_entries_in_the_output_dat
                              packetizer="basic", packetizer_params={"packet_entries": 64},
                              output_dataset="skim_killed", output_overwrite=True,
                              progress=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # let worker-1 hold written, undelivered packets
-            query = session.status()["master"]["query"] or {}
-            if query.get("processed", 0) > 300:
-                break
-            time.sleep(0.02)
+        # let worker-1 hold written, undelivered packets
+        wait_processed(session, 301, timeout=10)
         os.kill(pids["worker-1"], signal.SIGKILL)
         result = running.result(60)
         assert result.lineage["requeued"], "the kill came too late to test anything"

@@ -10,8 +10,6 @@ import uuid
 
 import pytest
 
-import pyproof
-
 SELECTOR = """\
 import pyproof
 {imports}
@@ -23,12 +21,6 @@ class Scaled(pyproof.Selector):
     def process(self, cycles, ctx):
         ctx.outputs["x"] += {factor} * len(cycles)
 """
-
-
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as session:
-        yield session
 
 
 @pytest.mark.parametrize("by", ["file", "module"])

@@ -16,7 +16,7 @@ import pytest
 import pyproof
 from pyproof.packages import PackageError, zips
 from pyproof.packages import client as package_client
-from tests.daemon_helpers import Background
+from tests.daemon_helpers import Background, wait_processed
 from tests.package_helpers import write_package, zip_dir
 from tests.test_lite_faults import worker_pids
 
@@ -27,14 +27,24 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as session:
-        yield session
-
-
 def run(session, name: str, cycles: int = 100, **kwargs):
     return session.process(f"{name}.selectors:Scale", cycles=cycles, progress=False, **kwargs)
+
+
+def still_usable(session) -> None:
+    """A query with no package still runs: a refused or broken package spoiled nothing."""
+    assert session.process("tests.sample_selectors:Cycles", cycles=10, progress=False).outputs
+
+
+def enabled_then_fails(session, path: str, name: str, match: str) -> None:
+    """Upload and enable the package at `path`: its query fails with QueryError matching
+    `match`, and once it is disabled the session goes on."""
+    session.upload_package(path)
+    session.enable_package(name)
+    with pytest.raises(pyproof.QueryError, match=match):
+        run(session, name)
+    session.disable_package(name)
+    still_usable(session)
 
 
 def setups(result) -> dict[int, tuple[int, int]]:
@@ -91,12 +101,7 @@ def test_a_changed_package_replaces_the_old_for_the_next_query_never_mid_query(s
     session.enable_package(name)
     running = Background(run, session, name, cycles=40, packetizer="basic",
                          packetizer_params={"packet_entries": 1}, inputs={"sleep": 0.05})
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # the query runs, its workers have version 1
-        query = session.status()["master"]["query"] or {}
-        if query.get("processed", 0) >= 4:
-            break
-        time.sleep(0.02)
+    wait_processed(session, 4, timeout=20)  # the query runs, its workers have version 1
     session.upload_package(write_package(str(tmp_path / "2"), name, factor=7, version=2))
     during = running.result(60)
     assert during.outputs["x"] == 3 * 40
@@ -140,8 +145,7 @@ def test_a_dependency_cycle_is_refused_and_the_session_stays_usable(session, tmp
     with pytest.raises(PackageError, match=rf"^package dependencies form a cycle: "
                                            rf"{a} -> {b} -> {a}; remove one"):
         session.enable_package(a)
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    still_usable(session)
 
 
 def test_a_malicious_zip_is_refused_by_the_daemon_with_a_clear_error(session):
@@ -159,8 +163,7 @@ def test_a_malicious_zip_is_refused_by_the_daemon_with_a_clear_error(session):
                                            r"has '..'; a package holds only relative paths"):
         package_client.upload(session.control, hostile)
     assert not any(p["name"] == "evil" for p in session.packages())
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    still_usable(session)
 
 
 def test_a_package_syntax_error_names_the_file_and_line(session, tmp_path):
@@ -168,15 +171,9 @@ def test_a_package_syntax_error_names_the_file_and_line(session, tmp_path):
     path = write_package(str(tmp_path), name)
     with open(os.path.join(path, "selectors.py"), "a") as f:
         f.write("\ndef broken(:\n")
-    session.upload_package(path)
-    session.enable_package(name)
-    with pytest.raises(pyproof.QueryError, match=rf"^SelectorError: cannot import selector "
-                                                 rf"module '{name}.selectors': syntax error "
-                                                 rf"in '.*/{name}/selectors.py', line 2\d: "):
-        run(session, name)
-    session.disable_package(name)
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    enabled_then_fails(session, path, name, rf"^SelectorError: cannot import selector module "
+                                            rf"'{name}.selectors': syntax error in "
+                                            rf"'.*/{name}/selectors.py', line 2\d: ")
 
 
 def test_a_worker_restarted_mid_session_gets_the_packages_before_its_first_packet(tmp_path):
@@ -285,12 +282,6 @@ def test_a_setup_hook_that_raises_fails_the_query_naming_it_and_the_session_goes
     path = write_package(str(tmp_path), name)
     with open(os.path.join(path, "pyproof_setup.py"), "w") as f:
         f.write("requires = []\n\n\ndef setup(ctx):\n    raise RuntimeError('no licence')\n")
-    session.upload_package(path)
-    session.enable_package(name)
-    with pytest.raises(pyproof.QueryError, match=rf"^PackageError: package {name!r} setup hook "
-                                                 rf".*/{name}/pyproof_setup.py: setup\(ctx\) "
-                                                 r"raised at line 5: RuntimeError\('no licence'\)"):
-        run(session, name)
-    session.disable_package(name)
-    assert session.process("tests.sample_selectors:Cycles", cycles=10,
-                           progress=False).outputs
+    enabled_then_fails(session, path, name, rf"^PackageError: package {name!r} setup hook "
+                                            rf".*/{name}/pyproof_setup.py: setup\(ctx\) "
+                                            r"raised at line 5: RuntimeError\('no licence'\)")

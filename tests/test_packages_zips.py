@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pyproof.packages import PackageError, zips
 from pyproof.packages.store import PackageStore
+from tests.conftest import at_once
 from tests.package_helpers import write_package, zip_dir
 
 
@@ -142,22 +143,9 @@ def _upload(store: PackageStore, built: zips.Built) -> dict:
 def test_eight_concurrent_uploads_of_one_package_unpack_it_once_and_whole(tmp_path):
     built = zips.build_package(write_package(str(tmp_path), "pkg_many"))
     root = str(tmp_path / "cache")
-    barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def one() -> None:
-        try:
-            barrier.wait(10)
-            assert _upload(PackageStore("alice", root), built)["have"]  # own lock fd each
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
+    # each its own store, so its own lock fd
+    outcomes = at_once(8, lambda: _upload(PackageStore("alice", root), built)["have"])
+    assert outcomes == [True] * 8, outcomes
     store = PackageStore("alice", root)
     listing = store.listing()
     assert listing["stats"]["unpacked"] == 1

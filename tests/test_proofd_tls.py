@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pynng
 import pytest
 
 import pyproof
 from pyproof.client.control import ControlClient
 from tests.conftest import data_file
-from tests.daemon_helpers import Daemon
+from tests.daemon_helpers import Daemon, tls_server_env
 from tests.test_transport_reconnect import data_connections
 from tests.test_transport_tls import make_ca, make_cert
 
 
 @pytest.fixture
 def tls_daemon(tmp_path, monkeypatch):
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed: cannot make test certificates")
-    make_ca(tmp_path, "ca")
-    make_cert(tmp_path, "server", "ca", "DNS:localhost,IP:127.0.0.1")
-    monkeypatch.setenv("PYPROOF_TLS_CA", str(tmp_path / "ca.crt"))
-    monkeypatch.setenv("PYPROOF_TLS_CERT", str(tmp_path / "server.crt"))
-    monkeypatch.setenv("PYPROOF_TLS_KEY", str(tmp_path / "server.key"))
+    tls_server_env(tmp_path, monkeypatch)
     d = Daemon()
     yield d
     d.stop()

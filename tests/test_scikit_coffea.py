@@ -28,12 +28,6 @@ NANO = data_file("coffea-nano_dy.root")
 
 
 @pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def nano_like(tmp_path_factory):
     """Two NanoAOD-like files: nMuon with jagged Muon_pt, _eta, _phi, _mass, _charge; ids."""
     rng = np.random.default_rng(16)

@@ -9,18 +9,8 @@ import pytest
 import pyproof
 from pyproof.cli.main import main as proofctl
 from pyproof.logs import format_record, keep_record, read_records
-from tests.conftest import data_file
+from tests.conftest import zmumu
 from tests.scikit_selectors import Chatty
-
-
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
-
-
-def zmumu() -> str:
-    return data_file("uproot-Zmumu.root") + ":events"
 
 
 def test_prints_stderr_and_logging_of_a_selector_go_to_its_workers_log(session):

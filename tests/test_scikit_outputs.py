@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import awkward as ak
 import numpy as np
-import pytest
 import uproot
 
-import pyproof
 from tests.conftest import data_file
 from tests.scikit_selectors import AwkwardAndSetOutputs
-
-
-@pytest.fixture(scope="module")
-def session():
-    with pyproof.connect("lite://?workers=2") as s:
-        yield s
 
 
 def test_awkward_arrays_concatenate_and_sets_unite_across_workers(session):

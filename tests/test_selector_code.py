@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import threading
 import uuid
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 import pyproof
 from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.selector import SelectorCode, load_selector, selector_code
+from tests.conftest import at_once
 
 SELECTOR = """\
 import pyproof
@@ -141,21 +141,7 @@ def test_two_threads_loading_one_new_selector_file_both_get_the_same_class(tmp_p
     path.write_text("import time\nimport pyproof\ntime.sleep(0.5)\n\n"
                     "class Slow(pyproof.Selector):\n    pass\n")
     ref = f"{path}:Slow"
-    barrier = threading.Barrier(2)
-    got: list = []
-
-    def load() -> None:
-        barrier.wait(5)
-        try:
-            got.append(load_selector(ref))
-        except Exception as exc:
-            got.append(exc)
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    got = at_once(2, lambda: load_selector(ref), timeout=10)
     assert len(got) == 2 and all(isinstance(c, type) for c in got), got
     assert got[0] is got[1]
 

@@ -13,10 +13,9 @@ import os
 import socket
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 from pyproof.cli.daemon import DEFAULT_PORT, start_daemon, stop_daemon
-from pyproof.client.control import ControlClient, dial_daemon
+from pyproof.client.control import ControlClient, daemon_host_port, dial_daemon
 from pyproof.errors import ConnectError, ProofError
 
 DEFAULT_URL = f"proof://127.0.0.1:{DEFAULT_PORT}"
@@ -32,15 +31,9 @@ def daemon_url(args: argparse.Namespace, default: str | None = DEFAULT_URL) -> s
 def local_daemon_port(url: str, what: str) -> int:
     """The port of the daemon at `url`, which must run on this host; `what` says why
     (it reads the daemon's files, or signals its process)."""
-    parsed = urlparse(url)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    if parsed.scheme != "proof" or not parsed.hostname or not port:
-        raise ConnectError(f"{url!r} is not a daemon URL: use proof://host:port")
-    if not _is_this_host(parsed.hostname):
-        raise ConnectError(f"{what}, and {parsed.hostname} is another host: run it there")
+    host, port = daemon_host_port(url)
+    if not _is_this_host(host):
+        raise ConnectError(f"{what}, and {host} is another host: run it there")
     return port
 
 

@@ -224,10 +224,10 @@ class ControlClient:
         self.socket.close()
 
 
-def daemon_address(url: str) -> str:
-    """The control address of the daemon at `proof://host:port`: `tcp://host:port`, or
-    `tls+tcp://host:port` when TLS is configured ($PYPROOF_TLS_CA): the one place that
-    decides how a client, and proofctl, reach a daemon."""
+def daemon_host_port(url: str) -> tuple[str, int]:
+    """The host and port of a daemon URL `proof://host:port`; ConnectError for anything
+    else (a port out of range included): the one parse of a daemon URL, for the client
+    and for proofctl's commands that must run on the daemon's host."""
     parsed = urlparse(url)
     try:
         port = parsed.port
@@ -235,7 +235,15 @@ def daemon_address(url: str) -> str:
         port = None
     if parsed.scheme != "proof" or not parsed.hostname or not port:
         raise ConnectError(f"{url!r} is not a daemon URL: use proof://host:port")
-    return TLSSettings.from_env().address(f"tcp://{parsed.hostname}:{port}")
+    return parsed.hostname, port
+
+
+def daemon_address(url: str) -> str:
+    """The control address of the daemon at `proof://host:port`: `tcp://host:port`, or
+    `tls+tcp://host:port` when TLS is configured ($PYPROOF_TLS_CA): the one place that
+    decides how a client, and proofctl, reach a daemon."""
+    host, port = daemon_host_port(url)
+    return TLSSettings.from_env().address(f"tcp://{host}:{port}")
 
 
 def dial_daemon(url: str, *, attempt_timeout: float = ATTEMPT_TIMEOUT,
