@@ -367,6 +367,11 @@ class Gateway(ProofActor):
                                                user=None if pending.admin else pending.user))
         elif kind == "tree":
             self.send(self.start.root, m.TreeRequest(corr=corr, reply_to=self.myAddress))
+        elif kind == "hosts":
+            if self.start.hosts is None:
+                raise RequestError("this daemon is not part of a cluster: start it with "
+                                   "--cluster-secret FILE (see proofctl daemon start --help)")
+            self.send(self.start.hosts, m.HostsRequest(corr=corr, reply_to=self.myAddress))
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
         elif kind in ("start_query", "stop_query", "session_status", "close_session",

@@ -21,6 +21,7 @@ class Boot:
     daemon_pid: int
     limits: dict[str, int] = field(default_factory=dict)
     auth: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] | None = None  # HostsStart.config, when started with a cluster secret
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +64,7 @@ class GatewayStart:
     control_address: str
     sessions: Any  # ActorAddress of the sessions supervisor
     root: Any = None
+    hosts: Any = None  # ActorAddress of the hosts actor (None: not in a cluster)
     auth: dict[str, Any] = field(default_factory=dict)  # see gateway.Authenticator
     run_dir: str
     log_dir: str
@@ -272,3 +274,24 @@ class WorkerLost:
 
     worker_id: str
     pid: int
+
+
+# -- hosts (many hosts: see actors/hosts.py) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostsStart:
+    """Root -> hosts actor. `config`: info (this host, HostInfo wire form), secret_file,
+    join (a master's URL or None), listed (HostInfo wire forms), heartbeat, lost_after,
+    incarnation, tls (TLSSettings fields or None)."""
+
+    log_dir: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostsRequest:
+    """Gateway -> hosts actor: the registry (answered with StatusReply)."""
+
+    corr: str
+    reply_to: Any = None
