@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         control = tls.address(control)
 
     try:
-        cluster = cluster_options.cluster_config(args, args.url)
+        cluster = cluster_options.cluster_config(args, args.url, args.run_dir, args.log_dir)
     except ProofError as exc:
         _write_ready(args.run_dir, {"error": str(exc)})
         return 1

@@ -302,7 +302,9 @@ class Gateway(ProofActor):
             self.wakeupAfter(POLL_BUSY if busy else POLL_IDLE)
         elif isinstance(message, m.SessionReady):
             self._complete(message.corr, "ok", {"session": message.session_id,
-                                                "workers": list(message.workers)})
+                                                "workers": list(message.workers),
+                                                **({"host": message.host} if message.host
+                                                   else {})})
         elif isinstance(message, m.SessionFailed):
             self._complete(message.corr, "error", {"message": message.error})
         elif isinstance(message, m.SessionClosed):
@@ -357,11 +359,21 @@ class Gateway(ProofActor):
             session_id = uuid.uuid4().hex[:12]
             user = pending.user
             secret = self.server.auth.secret_of(user) if self.server else None
-            self.send(sessions, m.CreateSession(
+            create = m.CreateSession(
                 data_key=sealing.data_key(secret, session_id) if secret else b"",
                 corr=corr, session_id=session_id, workers=workers,
                 run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress,
-                user=user, request_id=request_id))
+                user=user, request_id=request_id)
+            placement = payload.get("placement", "")
+            if not isinstance(placement, str) or len(placement) > 4096:
+                raise RequestError("'placement' must be a string of host:count pairs")
+            if self.start.hosts is not None:  # in a cluster: workers spread over its hosts
+                self.send(self.start.hosts, m.PlaceSession(create=create, placement=placement))
+            elif placement:
+                raise RequestError("this daemon is not part of a cluster: workers cannot be "
+                                   "placed on hosts (start it with --cluster-secret FILE)")
+            else:
+                self.send(sessions, create)
         elif kind == "status":
             self.send(sessions, m.ListSessions(corr=corr, reply_to=self.myAddress,
                                                user=None if pending.admin else pending.user))

@@ -22,221 +22,45 @@ Thespian never leaves the host: daemons meet only here, over authenticated nng.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import itertools
 import os
 import queue
+import re
 import threading
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import pynng
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import ProofActor
-from pyproof.errors import ProofError
+from pyproof.actors.host_links import (
+    ClusterClient,
+    ClusterEndpoint,
+    ClusterError,
+    Forwarder,
+    PeerLink,
+    Tunnel,
+    cluster_address,
+)
+from pyproof.actors.sessions import master_address
+from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
-from pyproof.hosts.channel import CLUSTER, ChannelClient, ChannelError, ChannelServer
+from pyproof.hosts.channel import ChannelServer
 from pyproof.logs import get_logger
 from pyproof.transport import auth
-from pyproof.transport.codec import ProtocolError
-from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import RECV_LIMIT
 
-CLUSTER_PORT_OFFSET = 1  # the cluster endpoint listens on the control port + 1
-CONTEXTS = 4
 TICK = timedelta(seconds=0.25)
-CALL_TIMEOUT = 2.0
-
-
-class ClusterError(ProofError):
-    """A call to another daemon of the cluster failed (refused, or no answer in time)."""
-
-
-def cluster_address(url: str) -> str:
-    """``proof://HOST:PORT`` -> the nng address of that daemon's cluster endpoint."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "proof" or not parts.hostname or not port:
-        raise ClusterError(f"{url!r} is not a daemon URL: use proof://host:port")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"tcp://{host}:{port + CLUSTER_PORT_OFFSET}"
-
-
-def _peer(message: Any) -> str:
-    try:
-        address = message.pipe.remote_address
-        return f"{address.family_as_str}:{address}"
-    except Exception:
-        return "unknown peer"
-
-
-class ClusterEndpoint:
-    """The nng side: handshakes answered here; sealed requests passed to `handler`
-    (peer name, kind, body) -> (kind, body), from several threads."""
-
-    def __init__(self, address: str, server: ChannelServer, handler, *,
-                 tls: TLSSettings | None = None, contexts: int = CONTEXTS) -> None:
-        self.server = server
-        self.handler = handler
-        self.socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
-        if tls is not None and tls.enabled:
-            address = tls.address(address)
-            self.socket.tls_config = tls.server_config()
-        self.address = address
-        self.socket.listen(address)
-        self._closed = threading.Event()
-        self._threads = [threading.Thread(target=self._serve, args=(self.socket.new_context(),),
-                                          name=f"cluster-{i}", daemon=True)
-                         for i in range(contexts)]
-        for thread in self._threads:
-            thread.start()
-
-    def _serve(self, context: Any) -> None:
-        while not self._closed.is_set():
-            try:
-                message = context.recv_msg()
-            except pynng.NNGException:  # closed
-                return
-            reply = self._answer(message)
-            with contextlib.suppress(pynng.NNGException):
-                context.send(reply)
-
-    def _answer(self, message: Any) -> bytes:
-        log = get_logger()
-        peer = _peer(message)
-        try:
-            frame = decode_frame(message.bytes)
-        except ProtocolError as exc:
-            log.warning("bad_cluster_frame", peer=peer, error=str(exc))
-            return encode_frame("error", {"reason": "malformed", "message": str(exc)})
-        now = time.monotonic()
-        try:
-            if frame.type == auth.AUTH_CHALLENGE:
-                return encode_frame(auth.AUTH_CHALLENGE, self.server.challenge(now))
-            if frame.type == auth.AUTH_ANSWER:
-                ok = self.server.accept(frame.payload, now, peer=peer)
-                log.info("cluster_login", peer=peer, host=ok["ok"]["user"])
-                return encode_frame(auth.AUTH_OK, ok)
-            if frame.type != CLUSTER:
-                return encode_frame("error", {"reason": "malformed",
-                                              "message": f"unknown frame {frame.type!r}"})
-            channel_id, name, kind, seq, body = self.server.open(frame.payload)
-        except auth.AuthError as exc:
-            log.warning("cluster_refused", peer=peer, host=exc.user, reason=exc.reason,
-                        detail=exc.detail)
-            return encode_frame("error", {"reason": exc.reason,
-                                          "message": f"not admitted: {exc.reason}"})
-        except ChannelError as exc:
-            log.warning("cluster_refused", peer=peer, reason=exc.reason, detail=exc.detail)
-            return encode_frame("error", {"reason": exc.reason, "message": str(exc)})
-        try:
-            kind, body = self.handler(name, kind, body, peer)
-        except reg.HostListError as exc:
-            kind, body = "refused", {"message": str(exc)}
-        except Exception as exc:  # a bug answers an error, never kills the endpoint
-            log.error("cluster_request_failed", host=name, error=repr(exc), exc_info=True)
-            kind, body = "refused", {"message": f"the daemon failed: {exc!r}"}
-        try:
-            return encode_frame(CLUSTER, self.server.seal_reply(channel_id, seq, kind, body))
-        except ChannelError as exc:
-            return encode_frame("error", {"reason": exc.reason, "message": str(exc)})
-
-    def close(self) -> None:
-        self._closed.set()
-        self.socket.close()
-        for thread in self._threads:
-            thread.join(1.0)
-
-
-class ClusterClient:
-    """Calls to one other daemon's cluster endpoint: logs in on first use (and again when
-    the channel is gone), one call at a time, each bounded by `timeout`."""
-
-    def __init__(self, address: str, name: str, secret: bytes, *, server_id: str | None = None,
-                 timeout: float = CALL_TIMEOUT, tls: TLSSettings | None = None) -> None:
-        self.channel = ChannelClient(name, secret, server_id=server_id)
-        self.timeout = timeout
-        self.socket = pynng.Req0(recv_timeout=int(timeout * 1000), send_timeout=int(
-            timeout * 1000), resend_time=-1, recv_max_size=RECV_LIMIT)
-        if tls is not None and tls.enabled:
-            address = tls.address(address)
-            self.socket.tls_config = tls.dial_config(address)
-        self.address = address
-        self.socket.dial(address, block=False)
-        self._lock = threading.Lock()
-
-    def _exchange(self, kind: str, payload: Any) -> tuple[str, Any]:
-        try:
-            self.socket.send(encode_frame(kind, payload))
-            frame = decode_frame(self.socket.recv())
-        except pynng.NNGException as exc:
-            # a Req0 socket whose answer never came cannot send again until it is
-            # reset: a fresh request on it does that (nng cancels the old one)
-            raise ClusterError(f"no answer from the cluster endpoint at {self.address} "
-                               f"within {self.timeout:g} s ({exc})") from None
-        except ProtocolError as exc:
-            raise ClusterError(f"bad answer from {self.address}: {exc}") from None
-        if frame.type == "error":
-            payload = frame.payload if isinstance(frame.payload, dict) else {}
-            raise _Refused(str(payload.get("reason")), str(payload.get("message")))
-        return frame.type, frame.payload
-
-    def _login(self) -> None:
-        try:
-            _, challenge = self._exchange(auth.AUTH_CHALLENGE, {})
-            _, ok = self._exchange(auth.AUTH_ANSWER, self.channel.answer(challenge))
-            self.channel.confirm(ok, peer=self.address)
-        except auth.AuthError as exc:
-            self.channel.reset()
-            raise ClusterError(f"the daemon at {self.address} is not a member of this "
-                               f"cluster: {exc.reason} ({exc.detail})") from None
-        except _Refused as exc:
-            self.channel.reset()
-            raise ClusterError(f"the daemon at {self.address} refused to admit this host "
-                               f"({exc.reason}): check that both use the same "
-                               f"--cluster-secret file") from None
-
-    def call(self, kind: str, body: Any) -> tuple[str, Any]:
-        with self._lock:
-            for attempt in (1, 2):
-                if not self.channel.open:
-                    self._login()
-                seq, payload = self.channel.request(kind, body)
-                try:
-                    answer_kind, answer = self._exchange(CLUSTER, payload)
-                except _Refused as exc:
-                    if exc.reason in ("unknown channel", "replayed") and attempt == 1:
-                        self.channel.reset()  # it restarted: log in again, once
-                        continue
-                    raise ClusterError(f"{self.address} refused {kind!r}: {exc.message}") \
-                        from None
-                except ClusterError:
-                    self.channel.reset()  # a lost answer leaves the numbering unknown
-                    raise
-                try:
-                    return self.channel.reply(seq, answer)
-                except ChannelError as exc:
-                    self.channel.reset()
-                    raise ClusterError(f"forged or stray answer from {self.address}: "
-                                       f"{exc}") from None
-            raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self.socket.close()
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
+BUSY_TICK = timedelta(seconds=0.05)  # while sessions span hosts: their events go quickly
+SESSIONS_CHECK = 2.0  # seconds between checks that spanned sessions still run
+START_WAIT = 40.0  # a host starting a session's workers answers within this
+SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
+WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class Joiner:
@@ -293,71 +117,149 @@ class Joiner:
         self.client.close()
 
 
+@dataclasses.dataclass(slots=True)
+class Spanned:
+    """Master's side: a session whose workers this daemon placed over hosts."""
+
+    create: m.CreateSession
+    reply_to: Any
+    corr: str
+    plan: dict[str, int]
+    master: Any = None
+    local: tuple[str, ...] = ()
+    remote: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    pending: set[str] = dataclasses.field(default_factory=set)
+    sent: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (query, host)
+    ready: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class Hosted:
+    """Worker's side: a session of a master on another host, with workers here."""
+
+    master: str
+    master_url: str
+    expected: int
+    tunnel: Tunnel
+    workers: dict[str, int] = dataclasses.field(default_factory=dict)
+    ref: Any = None
+    waiter: tuple[threading.Event, dict] | None = None
+    corr: str = ""
+
+
 class Hosts(ProofActor):
-    """The shell around the registry; see the module docstring."""
+    """The shell around the registry and the sessions spanning hosts (module docstring)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.endpoint: ClusterEndpoint | None = None
         self.joiner: Joiner | None = None
+        self.forwarder: Forwarder | None = None
         self.lock = threading.Lock()
-        self.changes: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # from threads, to this thread
+        self.spanned: dict[str, Spanned] = {}
+        self.by_request: dict[str, str] = {}
+        self.data_hosts: dict[str, frozenset[str]] = {}  # session -> hosts (endpoint threads)
+        self.hosted: dict[str, Hosted] = {}
+        self.links: dict[str, PeerLink] = {}
+        self.master_ok: dict[str, float] = {}  # master host -> last answer to sessions_alive
+        self.next_check = 0.0
+        self._ids = itertools.count()
 
+    # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
         if isinstance(message, m.HostsStart):
             self._start(message, sender)
         elif isinstance(message, WakeupMessage):
             self._tick()
-            self.wakeupAfter(TICK)
+            busy = self.spanned or self.hosted
+            self.wakeupAfter(BUSY_TICK if busy else TICK)
         elif isinstance(message, m.HostsRequest):
-            now = time.monotonic()
-            with self.lock:
-                rows = self.registry.snapshot(now)
-            joined = None if self.joiner is None else {
-                "master": self.joiner.master_url, "state": self.joiner.state,
-                "error": self.joiner.last_error if not self.joiner.joined else ""}
-            self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
-                "name": self.info.name, "address": self.info.address, "hosts": rows,
-                "joined": joined, "channel": self.endpoint.server.statistics()
-                if self.endpoint else {}}))
+            self._status(message, sender)
+        elif isinstance(message, m.PlaceSession):
+            self._place(message)
+        elif isinstance(message, m.SessionReady):
+            self._session_ready(message)
+        elif isinstance(message, m.SessionFailed):
+            self._session_failed(message)
+        elif isinstance(message, m.RunQuery):
+            self._run_query(message, sender)
+        elif isinstance(message, m.RemoteWorker):
+            self._remote_worker(message, sender)
+        elif isinstance(message, m.StatusReply):
+            self._sessions_listed(message)
         elif isinstance(message, ActorExitRequest):
             if self.joiner is not None:
                 self.joiner.stop()
             if self.endpoint is not None:
                 self.endpoint.close()
+            for hosted in self.hosted.values():
+                hosted.tunnel.close()
+            for link in self.links.values():
+                link.close()
+            if self.forwarder is not None:
+                self.forwarder.close()
 
     def _start(self, message: m.HostsStart, sender) -> None:
         config = message.config
+        self.config, self.sessions = config, message.sessions
         self.start_log(message.log_dir, actor="hosts")
         self.incarnation = config.get("incarnation") or uuid.uuid4().hex
         self.info = reg.HostInfo.from_wire(config["info"])
-        secret = auth.read_secret(config["secret_file"])
-        tls = TLSSettings(**config["tls"]) if config.get("tls") else None
+        self.secret = auth.read_secret(config["secret_file"])
+        self.tls = TLSSettings(**config["tls"]) if config.get("tls") else None
+        self.strategy = config.get("placement") or "round-robin"
         listed = [reg.HostInfo.from_wire(h) for h in config.get("listed", [])]
         self.registry = reg.HostRegistry(lost_after=float(config["lost_after"]),
                                          listed=[h for h in listed if h.name != self.info.name])
         self._self_heard(time.monotonic())
+        run_dir = config["run_dir"]
+        self.forwarder = Forwarder(self.secret, lambda sid: master_address(run_dir, sid))
         try:
             self.endpoint = ClusterEndpoint(cluster_address(self.info.address),
-                                            ChannelServer(self.info.name, secret),
-                                            self._handle, tls=tls)
+                                            ChannelServer(self.info.name, self.secret),
+                                            self._handle, tls=self.tls)
         except (pynng.NNGException, ClusterError) as exc:
             self.send(sender, m.StartError(reason=f"cannot listen for the cluster on "
                                                   f"{self.info.address} (+1): {exc}"))
             return
         if config.get("join"):
             self.joiner = Joiner(master_url=config["join"], info=self.info,
-                                 incarnation=self.incarnation, secret=secret,
-                                 interval=float(config["heartbeat"]), tls=tls)
+                                 incarnation=self.incarnation, secret=self.secret,
+                                 interval=float(config["heartbeat"]), tls=self.tls,
+                                 workers=self._hosted_workers)
         get_logger().info("hosts_started", name=self.info.name, endpoint=self.endpoint.address,
                           join=config.get("join"))
         self.wakeupAfter(TICK)
         self.send(sender, m.Started(pid=os.getpid(), info={"endpoint": self.endpoint.address}))
 
+    def _hosted_workers(self) -> int:
+        return sum(len(h.workers) for h in list(self.hosted.values()))
+
+    def _status(self, message: m.HostsRequest, sender) -> None:
+        now = time.monotonic()
+        with self.lock:
+            rows = self.registry.snapshot(now)
+        used = self._placed_counts()
+        for row in rows:  # workers this daemon placed there (the registry has their own count)
+            row["workers"] = max(row["workers"], used.get(row["name"], 0))
+        joined = None if self.joiner is None else {
+            "master": self.joiner.master_url, "state": self.joiner.state,
+            "error": self.joiner.last_error if not self.joiner.joined else ""}
+        self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
+            "name": self.info.name, "address": self.info.address, "hosts": rows,
+            "joined": joined, "channel": self.endpoint.server.statistics()
+            if self.endpoint else {},
+            "sessions": {sid: {"local": list(s.local),
+                               "remote": {h: sorted(w) for h, w in s.remote.items()}}
+                         for sid, s in self.spanned.items()}}))
+
+    # -- the registry ------------------------------------------------------------
     def _self_heard(self, now: float) -> None:
         with self.lock:
             changes = self.registry.handle(reg.Heartbeat(
-                name=self.info.name, incarnation=self.incarnation, now=now))
+                name=self.info.name, incarnation=self.incarnation, now=now,
+                workers=self._placed_counts().get(self.info.name, 0)))
             if changes:  # first time (or after a long stall): this host is its own member
                 self.registry.handle(reg.Announce(info=self.info, incarnation=self.incarnation,
                                                   now=now))
@@ -367,14 +269,78 @@ class Hosts(ProofActor):
         self._self_heard(now)
         with self.lock:
             changes = self.registry.handle(reg.Tick(now=now))
-        self._log(changes)
+        self._changed(changes)
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            item[0](*item[1:])
+        if now >= self.next_check:
+            self.next_check = now + SESSIONS_CHECK
+            if self.spanned and self.sessions is not None:
+                self.send(self.sessions, m.ListSessions(corr=f"hosts-{next(self._ids)}",
+                                                        reply_to=self.myAddress))
+            self._check_masters(now)
 
+    def _changed(self, changes: list, peer: str | None = None) -> None:
+        log = get_logger()
+        for change in changes:
+            if isinstance(change, reg.HostJoined):
+                log.info("host_joined", host=change.name, rejoined=change.rejoined, peer=peer)
+            elif isinstance(change, reg.HostRestarted):
+                log.warning("host_restarted", host=change.name)
+                self._host_gone(change.name)
+            elif isinstance(change, reg.HostLost):
+                log.warning("host_lost", host=change.name, reason=change.reason)
+                self._host_gone(change.name)
+
+    def _host_gone(self, host: str) -> None:
+        """Its workers are gone: the masters re-queue what they had not delivered."""
+        for sid, span in self.spanned.items():
+            workers = span.remote.pop(host, {})
+            for worker_id, pid in workers.items():
+                self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+            if workers:
+                get_logger().warning("remote_workers_lost", session=sid, host=host,
+                                     workers=sorted(workers))
+            span.pending.discard(host)
+            self._maybe_ready(sid, span)
+        self._update_data_hosts()
+
+    # -- requests from other daemons (endpoint threads) ---------------------------
     def _handle(self, name: str, kind: str, body: Any, peer: str) -> tuple[str, Any]:
         """A sealed request from host `name` (the name it proved, not one it claims)."""
         body = body if isinstance(body, dict) else {}
+        if kind == "data":
+            sid = body.get("session")
+            if not isinstance(sid, str) or name not in self.data_hosts.get(sid, ()):
+                get_logger().warning("data_refused", host=name, session=sid,
+                                     reason="no workers of this session there")
+                return "refused", {"message": f"session {sid!r} has no workers on host "
+                                              f"{name!r}"}
+            assert self.forwarder is not None
+            return self.forwarder.forward(sid, body.get("sealed"))
+        if kind in ("announce", "heartbeat", "leave"):
+            return self._membership(name, kind, body, peer)
+        if kind == "start_workers":
+            return self._start_workers(name, body)
+        if kind in ("run_query", "worker_event"):
+            sid = body.get("session")
+            if not isinstance(sid, str):
+                return "refused", {"message": "'session' must be a string"}
+            self.inbox.put((self._peer_request, name, kind, body))
+            return "ok", {}
+        if kind == "sessions_alive":
+            asked = body.get("sessions")
+            asked = [s for s in asked if isinstance(s, str)] if isinstance(asked, list) else []
+            alive = [s for s in asked if name in self.data_hosts.get(s, ())]
+            return "ok", {"alive": alive}
+        return "refused", {"message": f"unknown cluster request {kind!r}"}
+
+    def _membership(self, name: str, kind: str, body: dict, peer: str) -> tuple[str, Any]:
         incarnation = body.get("incarnation")
-        if kind in ("announce", "heartbeat", "leave") and not (
-                isinstance(incarnation, str) and 0 < len(incarnation) <= 64):
+        if not (isinstance(incarnation, str) and 0 < len(incarnation) <= 64):
             return "refused", {"message": "'incarnation' must be a short string"}
         now = time.monotonic()
         if kind == "announce":
@@ -389,7 +355,7 @@ class Hosts(ProofActor):
             with self.lock:
                 changes = self.registry.handle(reg.Announce(info=info, incarnation=incarnation,
                                                             now=now))
-            self._log(changes, peer=peer)
+            self.inbox.put((self._changed, changes, peer))
             return "ok", {"name": self.info.name}
         if kind == "heartbeat":
             workers = body.get("workers", 0)
@@ -400,20 +366,302 @@ class Hosts(ProofActor):
             if any(isinstance(c, reg.AnnounceAgain) for c in changes):
                 return "announce", {}
             return "ok", {}
-        if kind == "leave":
-            with self.lock:
-                changes = self.registry.handle(reg.Leave(name=name, incarnation=incarnation,
-                                                         now=now))
-            self._log(changes, peer=peer)
-            return "ok", {}
-        return "refused", {"message": f"unknown cluster request {kind!r}"}
+        with self.lock:
+            changes = self.registry.handle(reg.Leave(name=name, incarnation=incarnation,
+                                                     now=now))
+        self.inbox.put((self._changed, changes, peer))
+        return "ok", {}
 
-    def _log(self, changes: list, peer: str | None = None) -> None:
-        log = get_logger()
-        for change in changes:
-            if isinstance(change, reg.HostJoined):
-                log.info("host_joined", host=change.name, rejoined=change.rejoined, peer=peer)
-            elif isinstance(change, reg.HostRestarted):
-                log.warning("host_restarted", host=change.name)
-            elif isinstance(change, reg.HostLost):
-                log.warning("host_lost", host=change.name, reason=change.reason)
+    # -- master's side: placing a session -------------------------------------------
+    def _placed_counts(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for span in self.spanned.values():
+            used[self.info.name] = used.get(self.info.name, 0) + len(span.local)
+            for host, workers in span.remote.items():
+                used[host] = used.get(host, 0) + len(workers)
+        return used
+
+    def _place(self, message: m.PlaceSession) -> None:
+        create = message.create
+        if create.request_id and create.request_id in self.by_request:  # a client's retry
+            sid = self.by_request[create.request_id]
+            span = self.spanned.get(sid)
+            if span is not None:
+                span.corr, span.reply_to = create.corr, create.reply_to
+                if span.ready:
+                    self._announce(sid, span)
+                return
+        with self.lock:
+            alive = [self.registry.hosts[n] for n in self.registry.alive()]
+        used = self._placed_counts()
+        candidates = [pl.Candidate(name=h.info.name, cores=h.info.cores,
+                                   used=max(h.workers, used.get(h.info.name, 0)))
+                      for h in alive]
+        try:
+            explicit = pl.parse_explicit(message.placement) if message.placement else None
+            plan = pl.place(create.workers, candidates, local=self.info.name,
+                            strategy=self.strategy, explicit=explicit)
+        except pl.PlacementError as exc:
+            self.send(create.reply_to, m.SessionFailed(corr=create.corr,
+                                                       session_id=create.session_id,
+                                                       error=str(exc)))
+            return
+        sid = create.session_id
+        self.spanned[sid] = Spanned(create=create, reply_to=create.reply_to, corr=create.corr,
+                                    plan=plan,
+                                    pending={h for h in plan if h != self.info.name})
+        if create.request_id:
+            self.by_request[create.request_id] = sid
+        get_logger().info("session_placed", session=sid, plan=plan)
+        self.send(self.sessions, dataclasses.replace(
+            create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress))
+
+    def _session_ready(self, message: m.SessionReady) -> None:
+        span = self.spanned.get(message.session_id)
+        if span is None:
+            return
+        if span.master is not None:  # announced again (a retry through the sessions actor)
+            if span.ready:
+                self._announce(message.session_id, span)
+            return
+        span.master, span.local = message.master, tuple(message.workers)
+        sid = message.session_id
+        with self.lock:
+            hosts = dict(self.registry.hosts)
+        for host in sorted(span.pending):
+            count = span.plan[host]
+            info = hosts[host].info if host in hosts else None
+            if info is None:
+                span.pending.discard(host)
+                continue
+            self._link(host, info.address).submit("start_workers", {
+                "session": sid, "master_url": self.info.address, "user": span.create.user,
+                "worker_ids": [f"worker-{i}@{host}" for i in range(count)]},
+                ("started", sid, host))
+        self._maybe_ready(sid, span)
+
+    def _session_failed(self, message: m.SessionFailed) -> None:
+        span = self.spanned.pop(message.session_id, None)
+        if span is not None:  # the local part failed to start
+            self.send(span.reply_to, m.SessionFailed(corr=span.corr,
+                                                     session_id=message.session_id,
+                                                     error=message.error))
+            return
+        for sid, hosted in self.hosted.items():  # a remote part failed to start
+            if hosted.corr == message.corr and hosted.waiter is not None:
+                event, box = hosted.waiter
+                box["error"] = message.error
+                event.set()
+                hosted.waiter = None
+                self.inbox.put((self._drop_hosted, sid))
+
+    def _link(self, host: str, url: str) -> PeerLink:
+        link = self.links.get(host)
+        if link is None or link.url != url:
+            if link is not None:
+                link.close()
+            link = self.links[host] = PeerLink(
+                name=self.info.name, peer=host, url=url, secret=self.secret, tls=self.tls,
+                deliver=lambda tag, kind, body, error: self.inbox.put(
+                    (self._delivered, tag, kind, body, error)))
+        return link
+
+    def _delivered(self, tag: Any, kind: str, body: Any, error: str | None) -> None:
+        """An answer from another daemon (via a PeerLink), on the actor thread."""
+        if not isinstance(tag, tuple):
+            return
+        if tag[0] == "started":
+            _, sid, host = tag
+            span = self.spanned.get(sid)
+            if span is None or host not in span.pending:
+                return
+            span.pending.discard(host)
+            workers = (body or {}).get("workers") if kind == "ok" else None
+            if not isinstance(workers, dict):
+                reason = error or str((body or {}).get("message", kind))
+                get_logger().warning("remote_start_failed", session=sid, host=host,
+                                     error=reason)
+            else:
+                span.remote[host] = {}
+                for worker_id, pid in workers.items():
+                    if isinstance(worker_id, str) and isinstance(pid, int):
+                        span.remote[host][worker_id] = pid
+                        self.send(span.master, m.WorkerJoined(worker_id=worker_id,
+                                                              ref=self.myAddress, pid=pid))
+                self._update_data_hosts()
+            self._maybe_ready(sid, span)
+        elif tag[0] == "alive":
+            _, master = tag
+            if error is None and kind == "ok":
+                self.master_ok[master] = time.monotonic()
+                alive = set((body or {}).get("alive") or [])
+                for sid in [s for s, h in self.hosted.items()
+                            if h.master == master and h.waiter is None and s not in alive]:
+                    get_logger().info("remote_session_ended", session=sid, master=master)
+                    self._drop_hosted(sid)
+
+    def _maybe_ready(self, sid: str, span: Spanned) -> None:
+        if span.ready or span.pending or span.master is None:
+            return
+        span.ready = True
+        if not span.local and not any(span.remote.values()):
+            self.spanned.pop(sid, None)
+            self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
+                                                    session_id=sid, admin=True,
+                                                    reply_to=self.myAddress))
+            self.send(span.reply_to, m.SessionFailed(
+                corr=span.corr, session_id=sid,
+                error=f"no host could start the session's workers (plan {span.plan})"))
+            return
+        self._announce(sid, span)
+
+    def _announce(self, sid: str, span: Spanned) -> None:
+        workers = tuple(span.local) + tuple(sorted(w for ws in span.remote.values()
+                                                   for w in ws))
+        self.send(span.reply_to, m.SessionReady(corr=span.corr, session_id=sid,
+                                                master=span.master, workers=workers,
+                                                host=self.info.name))
+
+    def _update_data_hosts(self) -> None:
+        self.data_hosts = {sid: frozenset(h for h, w in s.remote.items() if w)
+                           for sid, s in self.spanned.items()}
+
+    def _run_query(self, message: m.RunQuery, sender) -> None:
+        """The master tells its workers of a query: those on other hosts via their daemon."""
+        for sid, span in self.spanned.items():
+            if span.master != sender:
+                continue
+            for host, workers in span.remote.items():
+                key = (message.query_id, host)
+                if workers and key not in span.sent:
+                    span.sent.add(key)
+                    url = self.registry.hosts[host].info.address
+                    self._link(host, url).submit("run_query", {
+                        "session": sid, "query_id": message.query_id, "spec": message.spec})
+            return
+
+    def _peer_request(self, host: str, kind: str, body: dict) -> None:
+        sid = body["session"]
+        if kind == "run_query":  # worker's side: the master's query, for our workers
+            hosted = self.hosted.get(sid)
+            if hosted is not None and hosted.master == host and hosted.ref is not None and (
+                    isinstance(body.get("query_id"), str) and isinstance(body.get("spec"),
+                                                                         dict)):
+                self.send(hosted.ref, m.RunQuery(query_id=body["query_id"], spec=body["spec"]))
+            return
+        # master's side: a worker there (re)started or exited
+        span = self.spanned.get(sid)
+        worker_id, pid, alive = body.get("worker"), body.get("pid"), body.get("alive")
+        if span is None or span.master is None or not isinstance(worker_id, str) or (
+                not isinstance(pid, int)) or not worker_id.endswith(f"@{host}"):
+            return
+        workers = span.remote.setdefault(host, {})
+        if alive:
+            workers[worker_id] = pid
+            self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
+                                                  pid=pid))
+        elif workers.get(worker_id) == pid:
+            del workers[worker_id]
+            self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+        self._update_data_hosts()
+
+    def _sessions_listed(self, message: m.StatusReply) -> None:
+        sessions = message.status.get("sessions")
+        if not isinstance(sessions, dict):
+            return
+        for sid in [s for s, span in self.spanned.items() if span.ready and not (
+                sessions.get(s) or {}).get("alive")]:
+            get_logger().info("spanned_session_ended", session=sid)
+            del self.spanned[sid]
+            assert self.forwarder is not None
+            self.forwarder.forget(sid)
+        self._update_data_hosts()
+
+    # -- worker's side: a session of another host's master -----------------------------
+    def _start_workers(self, master: str, body: dict) -> tuple[str, Any]:
+        """(endpoint thread) Start this host's part of a session; answer with its workers."""
+        sid, url, ids = body.get("session"), body.get("master_url"), body.get("worker_ids")
+        user = body.get("user") if isinstance(body.get("user"), str) else ""
+        if not (isinstance(sid, str) and SESSION_ID.match(sid) and isinstance(url, str)
+                and isinstance(ids, list) and 0 < len(ids) <= 256
+                and all(isinstance(w, str) and WORKER_ID.match(w)
+                        and w.endswith(f"@{self.info.name}") for w in ids)):
+            return "refused", {"message": "malformed start_workers request"}
+        event, box = threading.Event(), {}
+        self.inbox.put((self._host_session, master, sid, url, tuple(ids), user, event, box))
+        if not event.wait(START_WAIT):
+            return "refused", {"message": f"the workers did not start within {START_WAIT:g} s"}
+        if "error" in box:
+            return "refused", {"message": box["error"]}
+        return "ok", {"workers": box["workers"]}
+
+    def _host_session(self, master: str, sid: str, url: str, ids: tuple[str, ...], user: str,
+                      event: threading.Event, box: dict) -> None:
+        if sid in self.hosted:
+            box["error"] = f"session {sid} already has workers here"
+            event.set()
+            return
+        run_dir = self.config["run_dir"]
+        try:
+            tunnel = Tunnel(address=f"ipc://{os.path.join(run_dir, f'tunnel-{sid}.ipc')}",
+                            session_id=sid, name=self.info.name, master=master,
+                            master_url=url, secret=self.secret, tls=self.tls,
+                            contexts=len(ids) + 1)
+        except (pynng.NNGException, ClusterError) as exc:
+            box["error"] = f"cannot open the tunnel to {master}: {exc}"
+            event.set()
+            return
+        corr = f"hosts-{next(self._ids)}"
+        self.hosted[sid] = Hosted(master=master, master_url=url, expected=len(ids),
+                                  tunnel=tunnel, waiter=(event, box), corr=corr)
+        self.master_ok.setdefault(master, time.monotonic())
+        self.send(self.sessions, m.CreateSession(
+            corr=corr, session_id=sid, workers=len(ids), run_dir=run_dir,
+            log_dir=self.config["log_dir"], reply_to=self.myAddress, user=user,
+            remote_of=master, worker_ids=ids, packet_address=tunnel.address))
+
+    def _remote_worker(self, message: m.RemoteWorker, sender) -> None:
+        hosted = self.hosted.get(message.session_id)
+        if hosted is None:
+            return
+        hosted.ref = sender
+        if message.alive:
+            hosted.workers[message.worker_id] = message.pid
+        elif hosted.workers.get(message.worker_id) == message.pid:
+            del hosted.workers[message.worker_id]
+        if hosted.waiter is not None:
+            if len(hosted.workers) == hosted.expected:
+                event, box = hosted.waiter
+                box["workers"] = dict(hosted.workers)
+                hosted.waiter = None
+                event.set()
+            return
+        link = self._link(hosted.master, hosted.master_url)
+        link.submit("worker_event", {"session": message.session_id,
+                                     "worker": message.worker_id, "pid": message.pid,
+                                     "alive": message.alive})
+
+    def _check_masters(self, now: float) -> None:
+        """Ask each master whether our sessions of it still run; close those that do not,
+        and all of a master silent for longer than a lost host would be."""
+        masters = {h.master: h.master_url for h in self.hosted.values() if h.waiter is None}
+        lost_after = float(self.config["lost_after"])
+        for master, url in masters.items():
+            if now - self.master_ok.get(master, now) > 2 * lost_after + SESSIONS_CHECK:
+                for sid in [s for s, h in self.hosted.items() if h.master == master]:
+                    get_logger().warning("remote_session_orphaned", session=sid, master=master)
+                    self._drop_hosted(sid)
+                self.master_ok.pop(master, None)
+                continue
+            sids = [s for s, h in self.hosted.items() if h.master == master]
+            self._link(master, url).submit("sessions_alive", {"sessions": sids},
+                                           ("alive", master))
+
+    def _drop_hosted(self, sid: str) -> None:
+        hosted = self.hosted.pop(sid, None)
+        if hosted is None:
+            return
+        hosted.tunnel.close()
+        self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
+                                                session_id=sid, admin=True,
+                                                reply_to=self.myAddress))

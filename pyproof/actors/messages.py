@@ -81,6 +81,11 @@ class CreateSession:
     user: str = ""
     request_id: str = ""  # the client's id for its open request: a retry gets the same session
     data_key: bytes = b""  # seals the session's data frames (transport/sealing.py)
+    # a session's part on another host (actors/remote_session.py): the master's host,
+    # the workers' names and where they dial (this host's tunnel to that master)
+    remote_of: str = ""
+    worker_ids: tuple[str, ...] = ()
+    packet_address: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +94,7 @@ class SessionReady:
     session_id: str
     master: Any
     workers: tuple[str, ...]
+    host: str = ""  # the master's host name, in a cluster
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,6 +293,7 @@ class HostsStart:
 
     log_dir: str
     config: dict[str, Any]
+    sessions: Any = None  # ActorAddress of the sessions supervisor (given by the root)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,3 +302,22 @@ class HostsRequest:
 
     corr: str
     reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlaceSession:
+    """Gateway -> hosts actor: open this session with its workers spread over the hosts.
+    `placement`: "" (the daemon's strategy) or host:count pairs ("h2:4,h3:4")."""
+
+    create: CreateSession
+    placement: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteWorker:
+    """Remote session supervisor -> its host's hosts actor: a worker (re)started or exited."""
+
+    session_id: str
+    worker_id: str
+    pid: int
+    alive: bool

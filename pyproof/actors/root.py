@@ -55,6 +55,8 @@ class Root(SupervisorActor):
         if child_id == "gateway":
             return dataclasses.replace(init, sessions=self.refs.get("sessions"),
                                        root=self.myAddress, hosts=self.refs.get("hosts"))
+        if child_id == "hosts":
+            return dataclasses.replace(init, sessions=self.refs.get("sessions"))
         return init
 
     def on_running(self) -> None:

@@ -95,7 +95,7 @@ def _cluster_args(args: argparse.Namespace) -> list[str]:
     """The cluster options given, as the daemon takes them (see pyproof/hosts/config.py)."""
     out: list[str] = []
     for option in ("cluster_secret", "name", "join", "hosts", "cores", "labels",
-                   "heartbeat", "lost_after"):
+                   "heartbeat", "lost_after", "placement"):
         value = getattr(args, option, None)
         if value not in (None, ""):
             out += [f"--{option.replace('_', '-')}", str(value)]

@@ -45,7 +45,7 @@ INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
 
 
-def connect(url: str = "lite://", *, workers: int | None = None, session: str | None = None,
+def connect(url: str = "lite://", *, workers: int | str | None = None, session: str | None = None,
             connection: str | None = None, data_port: int | None = None,
             timeout: float = 60.0) -> Session:
     """Open a session (or attach to an existing one with `session=ID`).
@@ -67,7 +67,14 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
         try:
             workers = int(query["workers"][0])
         except ValueError:
-            raise ConnectError(f"workers={query['workers'][0]!r} is not an integer") from None
+            # on a cluster, workers may name hosts: ?workers=h2:4,h3:4
+            from pyproof.hosts.placement import is_explicit
+
+            if parsed.scheme != "proof" or not is_explicit(query["workers"][0]):
+                raise ConnectError(f"workers={query['workers'][0]!r} is not an integer "
+                                   f"(or, on a cluster, host:count pairs such as "
+                                   f"h2:4,h3:4)") from None
+            workers = query["workers"][0]
     if session is None and "session" in query:
         session = query["session"][0]
     explicit = connection is not None or "connection" in query
@@ -172,7 +179,8 @@ class Session:
     that finish meanwhile are kept); `connect(url, session=ID)` attaches again.
     """
 
-    def __init__(self, control: ControlClient, *, workers: int, cluster: LiteCluster | None,
+    def __init__(self, control: ControlClient, *, workers: int | str,
+                 cluster: LiteCluster | None,
                  data_address: str, attach: str | None = None,
                  dial: tuple[bool, int | None] = (False, None), dial_host: str = "") -> None:
         self.cluster = cluster
@@ -184,9 +192,12 @@ class Session:
             self.id = attach
             self.workers: list[str] = list(reply.get("workers", []))
         else:
-            reply = self._call("open_session", {"workers": workers})
+            reply = self._call("open_session", {"workers": workers} if isinstance(
+                workers, int) else {"workers": sum(int(pair.rpartition(":")[2]) for pair in
+                                                   workers.split(",")), "placement": workers})
             self.id = reply["session"]
             self.workers = reply["workers"]
+        self.host: str = reply.get("host", "")  # the master's host, in a cluster
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS, recv_max_size=RECV_LIMIT)
         try:
             self._open_data(dial, dial_host, data_address)
@@ -444,14 +455,14 @@ class Session:
         raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                          "while it ran; run it again")
 
-    @staticmethod
-    def _result_from_frame(frame: Any, query_id: str) -> Result:
+    def _result_from_frame(self, frame: Any, query_id: str) -> Result:
         payload = frame.payload
         if frame.type == p.ERROR:
             error = payload.get("error")
             raise QueryError(_describe(error), remote=error, lineage=payload.get("lineage"))
         return Result(query=query_id, outputs=payload["outputs"],
-                      stats=Stats.from_wire(payload["stats"]), lineage=payload.get("lineage", {}))
+                      stats=Stats.from_wire(payload["stats"], host=self.host),
+                      lineage=payload.get("lineage", {}))
 
     def detach(self) -> str:
         """Leave the session running on the daemon; returns its id for `connect(session=...)`."""

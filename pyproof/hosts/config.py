@@ -10,6 +10,7 @@ import socket
 import uuid
 from typing import Any
 
+from pyproof.hosts.placement import STRATEGIES
 from pyproof.hosts.registry import HostInfo, HostListError, check_name, parse_hosts_file
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
@@ -33,11 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default="", help="comma-separated labels of this host")
     parser.add_argument("--data-path", action="append", default=[],
                         help="a directory of data files this host holds (repeatable)")
+    parser.add_argument("--placement", choices=STRATEGIES, default="round-robin",
+                        help="how sessions' workers are spread over the hosts")
     parser.add_argument("--heartbeat", type=float, default=HEARTBEAT, help=argparse.SUPPRESS)
     parser.add_argument("--lost-after", type=float, default=LOST_AFTER, help=argparse.SUPPRESS)
 
 
-def cluster_config(args: argparse.Namespace, url: str | None) -> dict[str, Any] | None:
+def cluster_config(args: argparse.Namespace, url: str | None, run_dir: str = "",
+                   log_dir: str = "") -> dict[str, Any] | None:
     """The hosts actor's config (messages.HostsStart), or None without --cluster-secret.
 
     Raises a ProofError (SecretFileError, HostListError) naming what is wrong."""
@@ -69,4 +73,5 @@ def cluster_config(args: argparse.Namespace, url: str | None) -> dict[str, Any] 
     return {"info": info.to_wire(), "secret_file": os.path.abspath(args.cluster_secret),
             "join": args.join, "listed": listed, "heartbeat": args.heartbeat,
             "lost_after": args.lost_after, "incarnation": uuid.uuid4().hex,
+            "placement": args.placement, "run_dir": run_dir, "log_dir": log_dir,
             "tls": dataclasses.asdict(tls) if tls.enabled else None}
