@@ -277,14 +277,22 @@ class Tunnel:
         self.socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
         self.socket.listen(address)
         self._closed = threading.Event()
-        self._clients = [ClusterClient(cluster_address(master_url), name, secret,
-                                       server_id=master, timeout=DATA_TIMEOUT, tls=tls)
-                         for _ in range(contexts)]
-        self._threads = [threading.Thread(target=self._serve,
-                                          args=(self.socket.new_context(), client),
-                                          name=f"tunnel-{i}", daemon=True)
-                         for i, client in enumerate(self._clients)]
-        for thread in self._threads:
+        self._dial = (cluster_address(master_url), name, secret, master, tls)
+        self._clients: list[ClusterClient] = []
+        self._threads: list[threading.Thread] = []
+        self.add_contexts(contexts)
+
+    def add_contexts(self, count: int) -> None:
+        """Serve `count` more requests at once (one per worker, plus one)."""
+        address, name, secret, master, tls = self._dial
+        for _ in range(count):
+            client = ClusterClient(address, name, secret, server_id=master,
+                                   timeout=DATA_TIMEOUT, tls=tls)
+            thread = threading.Thread(target=self._serve, args=(self.socket.new_context(),
+                                                                client),
+                                      name=f"tunnel-{len(self._threads)}", daemon=True)
+            self._clients.append(client)
+            self._threads.append(thread)
             thread.start()
 
     def _serve(self, context: Any, client: ClusterClient) -> None:

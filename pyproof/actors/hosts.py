@@ -131,6 +131,7 @@ class Spanned:
     pending: set[str] = dataclasses.field(default_factory=set)
     sent: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (query, host)
     ready: bool = False
+    next_index: dict[str, int] = dataclasses.field(default_factory=dict)  # per host
 
 
 @dataclasses.dataclass(slots=True)
@@ -165,6 +166,7 @@ class Hosts(ProofActor):
         self.master_ok: dict[str, float] = {}  # master host -> last answer to sessions_alive
         self.next_check = 0.0
         self._ids = itertools.count()
+        self.adds: dict[str, dict[str, Any]] = {}  # add_workers requests awaiting hosts
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -188,6 +190,8 @@ class Hosts(ProofActor):
             self._remote_worker(message, sender)
         elif isinstance(message, m.StatusReply):
             self._sessions_listed(message)
+        elif isinstance(message, m.SessionWorkers):
+            self._session_workers(message, sender)
         elif isinstance(message, ActorExitRequest):
             if self.joiner is not None:
                 self.joiner.stop()
@@ -325,6 +329,13 @@ class Hosts(ProofActor):
             return self._membership(name, kind, body, peer)
         if kind == "start_workers":
             return self._start_workers(name, body)
+        if kind == "stop_workers":
+            sid, ids = body.get("session"), body.get("worker_ids")
+            if not (isinstance(sid, str) and isinstance(ids, list)
+                    and all(isinstance(w, str) for w in ids)):
+                return "refused", {"message": "malformed stop_workers request"}
+            self.inbox.put((self._stop_workers, name, sid, tuple(ids)))
+            return "ok", {}
         if kind in ("run_query", "worker_event"):
             sid = body.get("session")
             if not isinstance(sid, str):
@@ -434,10 +445,11 @@ class Hosts(ProofActor):
             if info is None:
                 span.pending.discard(host)
                 continue
+            span.next_index[host] = count
             self._link(host, info.address).submit("start_workers", {
                 "session": sid, "master_url": self.info.address, "user": span.create.user,
                 "worker_ids": [f"worker-{i}@{host}" for i in range(count)]},
-                ("started", sid, host))
+                ("started", sid, host, ""))
         self._maybe_ready(sid, span)
 
     def _session_failed(self, message: m.SessionFailed) -> None:
@@ -471,25 +483,37 @@ class Hosts(ProofActor):
         if not isinstance(tag, tuple):
             return
         if tag[0] == "started":
-            _, sid, host = tag
+            _, sid, host, add = tag
             span = self.spanned.get(sid)
-            if span is None or host not in span.pending:
+            adding = self.adds.get(add) if add else None
+            if span is None or (not add and host not in span.pending):
                 return
             span.pending.discard(host)
             workers = (body or {}).get("workers") if kind == "ok" else None
+            reason = ""
             if not isinstance(workers, dict):
                 reason = error or str((body or {}).get("message", kind))
                 get_logger().warning("remote_start_failed", session=sid, host=host,
                                      error=reason)
             else:
-                span.remote[host] = {}
+                mine = span.remote.setdefault(host, {})
                 for worker_id, pid in workers.items():
-                    if isinstance(worker_id, str) and isinstance(pid, int):
-                        span.remote[host][worker_id] = pid
+                    if isinstance(worker_id, str) and isinstance(pid, int) and (
+                            mine.get(worker_id) != pid):
+                        if worker_id not in mine and adding is not None:
+                            adding["added"].append(worker_id)
+                        mine[worker_id] = pid
                         self.send(span.master, m.WorkerJoined(worker_id=worker_id,
                                                               ref=self.myAddress, pid=pid))
                 self._update_data_hosts()
-            self._maybe_ready(sid, span)
+            if adding is not None:
+                adding["pending"].discard(host)
+                if reason:
+                    adding["errors"].append(f"{host}: {reason}")
+                if not adding["pending"]:
+                    self._added(add)
+            else:
+                self._maybe_ready(sid, span)
         elif tag[0] == "alive":
             _, master = tag
             if error is None and kind == "ok":
@@ -521,6 +545,112 @@ class Hosts(ProofActor):
         self.send(span.reply_to, m.SessionReady(corr=span.corr, session_id=sid,
                                                 master=span.master, workers=workers,
                                                 host=self.info.name))
+
+    def _session_workers(self, message: m.SessionWorkers, sender) -> None:
+        """List, add or remove a session's workers (`session.add_workers`, `proofctl workers`)."""
+        reply_to = message.reply_to or sender
+        sid = message.session_id
+        span = self.spanned.get(sid)
+
+        def answer(status: dict[str, Any]) -> None:
+            self.send(reply_to, m.StatusReply(corr=message.corr, status=status))
+
+        if span is None or not span.ready:
+            answer({"error": f"no session {sid!r} spanning this cluster's hosts (closed, "
+                             f"still starting, or not opened on this daemon)"})
+            return
+        if not (message.admin or span.create.user == message.user):
+            answer({"error": f"session {sid!r} belongs to another user; only its owner or "
+                             f"an admin may change its workers"})
+            return
+        if message.op == "ls":
+            answer({"workers": self._workers_of(span)})
+        elif message.op == "add":
+            self._add_workers(message, span, answer)
+        else:
+            self._remove_workers(message, span, answer)
+
+    def _workers_of(self, span: Spanned) -> list[dict[str, Any]]:
+        rows = [{"name": w, "host": self.info.name} for w in span.local]
+        rows += [{"name": w, "host": h, "pid": pid} for h, ws in sorted(span.remote.items())
+                 for w, pid in sorted(ws.items())]
+        return rows
+
+    def _add_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
+        sid = message.session_id
+        if message.count < 1:
+            answer({"error": "add at least one worker"})
+            return
+        if message.host == self.info.name:
+            answer({"error": f"{self.info.name!r} is the master's host: its workers are those "
+                             f"the session opened with; add workers on another host"})
+            return
+        with self.lock:
+            alive = [self.registry.hosts[n] for n in self.registry.alive()
+                     if n != self.info.name]
+        used = self._placed_counts()
+        candidates = [pl.Candidate(name=h.info.name, cores=h.info.cores,
+                                   used=max(h.workers, used.get(h.info.name, 0)))
+                      for h in alive]
+        try:
+            plan = pl.place(message.count, candidates, local=self.info.name,
+                            strategy=self.strategy,
+                            explicit={message.host: message.count} if message.host else None)
+        except pl.PlacementError as exc:
+            answer({"error": str(exc)})
+            return
+        add = f"add-{next(self._ids)}"
+        self.adds[add] = {"answer": answer, "sid": sid, "pending": set(plan), "added": [],
+                          "errors": []}
+        for host, count in plan.items():
+            first = span.next_index.get(host, 0)
+            span.next_index[host] = first + count
+            url = self.registry.hosts[host].info.address
+            self._link(host, url).submit("start_workers", {
+                "session": sid, "master_url": self.info.address, "user": span.create.user,
+                "worker_ids": [f"worker-{i}@{host}" for i in range(first, first + count)]},
+                ("started", sid, host, add))
+        get_logger().info("workers_adding", session=sid, plan=plan)
+
+    def _added(self, add: str) -> None:
+        adding = self.adds.pop(add)
+        span = self.spanned.get(adding["sid"])
+        if not adding["added"]:
+            adding["answer"]({"error": "no worker could be added: " + "; ".join(
+                adding["errors"])})
+            return
+        adding["answer"]({"added": sorted(adding["added"]), "errors": adding["errors"],
+                          "workers": self._workers_of(span) if span else []})
+
+    def _remove_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
+        remote = {w: h for h, ws in span.remote.items() for w in ws}
+        if message.names:
+            unknown = [n for n in message.names if n not in remote]
+            if unknown:
+                local = [n for n in unknown if n in span.local]
+                answer({"error": f"cannot remove {', '.join(unknown)}: "
+                                 + ("workers the session opened with on the master's host "
+                                    "stay with it" if local else
+                                    f"no such worker (workers: {', '.join(sorted(remote))})")})
+                return
+            names = list(message.names)
+        else:
+            # the most recently added first
+            names = sorted(remote, key=lambda w: (int(w.split("-")[1].split("@")[0]), w),
+                           reverse=True)[:message.count]
+            if len(names) < max(message.count, 1):
+                answer({"error": f"only {len(remote)} workers can be removed (those on "
+                                 f"other hosts than the master's)"})
+                return
+        by_host: dict[str, list[str]] = {}
+        for name in names:
+            by_host.setdefault(remote[name], []).append(name)
+        for host, ids in by_host.items():
+            url = self.registry.hosts[host].info.address
+            self._link(host, url).submit("stop_workers", {"session": message.session_id,
+                                                          "worker_ids": ids})
+        get_logger().info("workers_removing", session=message.session_id, workers=names)
+        answer({"removed": sorted(names)})
 
     def _update_data_hosts(self) -> None:
         self.data_hosts = {sid: frozenset(h for h, w in s.remote.items() if w)
@@ -597,9 +727,17 @@ class Hosts(ProofActor):
 
     def _host_session(self, master: str, sid: str, url: str, ids: tuple[str, ...], user: str,
                       event: threading.Event, box: dict) -> None:
-        if sid in self.hosted:
-            box["error"] = f"session {sid} already has workers here"
-            event.set()
+        hosted = self.hosted.get(sid)
+        if hosted is not None:  # more workers for a session already here (added on the fly)
+            if hosted.master != master or hosted.ref is None or hosted.waiter is not None:
+                box["error"] = f"session {sid} is not ready for more workers here"
+                event.set()
+                return
+            new = tuple(w for w in ids if w not in hosted.workers)
+            hosted.expected = len(hosted.workers) + len(new)
+            hosted.waiter = (event, box)
+            hosted.tunnel.add_contexts(len(new))
+            self.send(hosted.ref, m.ChangeRemoteWorkers(add=new))
             return
         run_dir = self.config["run_dir"]
         try:
@@ -640,6 +778,13 @@ class Hosts(ProofActor):
         link.submit("worker_event", {"session": message.session_id,
                                      "worker": message.worker_id, "pid": message.pid,
                                      "alive": message.alive})
+
+    def _stop_workers(self, master: str, sid: str, ids: tuple[str, ...]) -> None:
+        hosted = self.hosted.get(sid)
+        if hosted is None or hosted.master != master or hosted.ref is None:
+            return
+        hosted.expected = max(0, hosted.expected - len(ids))
+        self.send(hosted.ref, m.ChangeRemoteWorkers(remove=ids))
 
     def _check_masters(self, now: float) -> None:
         """Ask each master whether our sessions of it still run; close those that do not,

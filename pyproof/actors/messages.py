@@ -321,3 +321,26 @@ class RemoteWorker:
     worker_id: str
     pid: int
     alive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionWorkers:
+    """Gateway -> hosts actor: list (`op="ls"`), add or remove a session's workers."""
+
+    corr: str
+    session_id: str
+    op: str  # "ls", "add", "rm"
+    count: int = 0
+    host: str = ""
+    names: tuple[str, ...] = ()
+    reply_to: Any = None
+    user: str = ""
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeRemoteWorkers:
+    """Hosts actor -> a remote session supervisor: start (`add`) or stop these workers."""
+
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()

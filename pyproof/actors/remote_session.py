@@ -12,11 +12,13 @@ restarts mid-query is given the query at once.
 from __future__ import annotations
 
 import os
+import time
 
 from pyproof.actors import messages as m
 from pyproof.actors.sessions import WATCHDOG
 from pyproof.actors.supervisor import SupervisorActor
 from pyproof.logs import get_logger
+from pyproof.supervision import events as ev
 from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFlags
 
 
@@ -30,12 +32,7 @@ class RemoteSession(SupervisorActor):
         if isinstance(message, m.CreateSession):
             self.request = message
             self.start_log(message.log_dir, actor="remote-session", session=message.session_id)
-            children = tuple(ChildSpec(id=worker_id, start=m.ActorStart(
-                actor="pyproof.actors.worker:Worker",
-                init=m.WorkerStart(session_id=message.session_id, worker_id=worker_id,
-                                   packet_address=message.packet_address,
-                                   log_dir=message.log_dir)))
-                for worker_id in message.worker_ids)
+            children = tuple(self._worker(worker_id) for worker_id in message.worker_ids)
             self.supervise(SupervisorSpec(
                 name=f"remote-session-{message.session_id}", children=children,
                 flags=SupFlags(strategy=Strategy.ONE_FOR_ONE,
@@ -43,11 +40,27 @@ class RemoteSession(SupervisorActor):
             get_logger().info("remote_session_started", master_host=message.remote_of,
                               workers=list(message.worker_ids))
             self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.ChangeRemoteWorkers):  # workers added or removed on the fly
+            assert self.request is not None
+            now = time.monotonic()
+            for worker_id in message.add:
+                if worker_id not in self.refs and worker_id not in self.starting:
+                    self.run(ev.AddChild(spec=self._worker(worker_id), now=now))
+            for worker_id in message.remove:
+                self.run(ev.RemoveChild(child_id=worker_id, now=now))
         elif isinstance(message, m.RunQuery):
             self.query = message
             for child_id, ref in self.refs.items():
                 if child_id in self.pids:
                     self.send(ref, message)
+
+    def _worker(self, worker_id: str) -> ChildSpec:
+        assert self.request is not None
+        return ChildSpec(id=worker_id, start=m.ActorStart(
+            actor="pyproof.actors.worker:Worker",
+            init=m.WorkerStart(session_id=self.request.session_id, worker_id=worker_id,
+                               packet_address=self.request.packet_address,
+                               log_dir=self.request.log_dir)))
 
     def on_child_started(self, child_id: str, ref, pid: int, info: dict) -> None:
         assert self.request is not None

@@ -283,6 +283,24 @@ class Session:
         """The master's view of this session: workers, current query, kept results."""
         return self._call("session_status")
 
+    def add_workers(self, n: int, host: str | None = None) -> list[str]:
+        """Start `n` more workers (on `host`, else spread over the cluster's hosts other than
+        the master's); also mid-query: they get packets at once. Returns their names.
+        A cluster's sessions only (a daemon started with --cluster-secret)."""
+        reply = self._call("add_workers", {"count": n, "host": host or ""})
+        self.workers = [w["name"] for w in reply.get("workers", [])] or self.workers
+        return list(reply["added"])
+
+    def remove_workers(self, workers: int | list[str]) -> list[str]:
+        """Stop workers (a number: the last added first; or their names), also mid-query:
+        what they had not delivered goes back to the queue, counted exactly once. Workers
+        on the master's host that the session opened with stay. Returns their names."""
+        payload = ({"count": workers} if isinstance(workers, int)
+                   else {"names": list(workers)})
+        removed = list(self._call("remove_workers", payload)["removed"])
+        self.workers = [w for w in self.workers if w not in removed]
+        return removed
+
     def result(self, query_id: str) -> Result:
         """A kept result of an earlier query (e.g. one that finished while detached)."""
         reply = self._call("fetch_result", {"query": query_id})
