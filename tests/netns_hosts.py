@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,9 +182,14 @@ class NetnsHosts:
 
 
 @pytest.fixture
-def netns_hosts(tmp_path: Path):
+def netns_hosts():
     reason = why_no_namespaces()
     if reason:
         pytest.skip(f"hosts as network namespaces: {reason}")
-    with NetnsHosts(tmp_path) as hosts:
-        yield hosts
+    # a short base: a proofd's ipc socket paths must fit in 107 bytes
+    base = Path(tempfile.mkdtemp(prefix="pph-", dir="/tmp"))
+    try:
+        with NetnsHosts(base) as hosts:
+            yield hosts
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
