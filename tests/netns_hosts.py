@@ -90,8 +90,9 @@ class NetnsHosts:
             self.close()
             raise
 
-    def add(self, name: str) -> Host:
-        """A new host: a namespace on the bridge, with its own HOME and sandbox."""
+    def add(self, name: str, env: dict[str, str] | None = None) -> Host:
+        """A new host: a namespace on the bridge, with its own HOME and sandbox (and `env`,
+        e.g. its TLS settings, over the test's environment)."""
         index = len(self.hosts) + 2
         host = Host(name=name, netns=f"pp{self.tag}{name}"[:15],
                     address=f"{self.subnet}.{index}", home=self.base / name,
@@ -110,10 +111,9 @@ class NetnsHosts:
         # the same user on every host: the client's secret, as a shared home would hold it
         auth.write_secret(sandbox / "secret", auth.load_or_create_secret(
             auth.default_secret_path()))
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("PYPROOF_") or k == "PYPROOF_TEST_HOOKS"}
-        env.update(HOME=str(host.home), PYPROOF_SANDBOX=str(sandbox))
-        host.env = env
+        host.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("PYPROOF_") or k == "PYPROOF_TEST_HOOKS"}
+        host.env.update(HOME=str(host.home), PYPROOF_SANDBOX=str(sandbox), **(env or {}))
         return host
 
     def run(self, host: Host, *argv: str, timeout: float = 90.0,

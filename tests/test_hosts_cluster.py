@@ -196,3 +196,46 @@ def test_no_secret_no_cluster_and_a_session_hears_only_its_own_workers(
         finally:
             member.close()
             other.close()
+
+
+def test_with_tls_the_cluster_port_speaks_only_tls_and_sessions_still_span_hosts(
+        netns_hosts: NetnsHosts, tmp_path, monkeypatch):  # noqa: F811
+    import shutil
+
+    from tests.test_transport_tls import make_ca, make_cert
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: cannot make test certificates")
+    hosts = netns_hosts
+    make_ca(tmp_path, "ca")
+    secret = auth.fresh_cluster_secret()
+    made = []
+    for name in ("m", "h2"):
+        address = f"{hosts.subnet}.{len(hosts.hosts) + 2}"
+        make_cert(tmp_path, name, "ca", f"IP:{address}")
+        made.append(hosts.add(name, env={"PYPROOF_TLS_CA": str(tmp_path / "ca.crt"),
+                                         "PYPROOF_TLS_CERT": str(tmp_path / f"{name}.crt"),
+                                         "PYPROOF_TLS_KEY": str(tmp_path / f"{name}.key")}))
+        assert made[-1].address == address
+    m, h2 = made
+    monkeypatch.setenv("PYPROOF_TLS_CA", str(tmp_path / "ca.crt"))  # the client trusts the CA
+    start(hosts, m, secret, "--cores", "2")
+    url = m.url(PORT)
+    start(hosts, h2, secret, "--cores", "2", "--join", url)
+    wait_for(url, lambda r: r.get("h2", {}).get("state") == "alive", "h2 joined over TLS")
+    # plain TCP to the cluster port gets nothing, even with the secret
+    monkeypatch.delenv("PYPROOF_TLS_CA")
+    plain = ClusterClient(cluster_address(url), "h9", secret, timeout=2.0)
+    try:
+        with pytest.raises(ClusterError, match="no answer from the cluster endpoint"):
+            plain.call("heartbeat", {})
+    finally:
+        plain.close()
+    monkeypatch.setenv("PYPROOF_TLS_CA", str(tmp_path / "ca.crt"))
+    with pyproof.connect(f"{url}?workers=h2:2&connection=dial") as session:
+        from tests.sample_selectors import SlowCount
+
+        result = session.process(SlowCount, dataset=DATASET, inputs={"sleep": 0.0},
+                                 progress=False, **BASIC)
+        check_exact(result)
+        assert set(by_host(result)) == {"h2"}
