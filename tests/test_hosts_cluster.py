@@ -239,3 +239,22 @@ def test_with_tls_the_cluster_port_speaks_only_tls_and_sessions_still_span_hosts
                                  progress=False, **BASIC)
         check_exact(result)
         assert set(by_host(result)) == {"h2"}
+
+
+def test_workers_dying_on_another_host_are_restarted_there_and_their_work_requeued(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    url = cluster(netns_hosts, ("m", "h2"), auth.fresh_cluster_secret())
+    with pyproof.connect(f"{url}?workers=h2:2") as session:
+        result = session.process("tests.sample_selectors:DiesOnEntry", dataset=DATASET,
+                                 inputs={"deadly": 1000}, on_missing="skip", progress=False,
+                                 packetizer="basic", packetizer_params={"packet_entries": 100})
+        poisoned = result.lineage["poisoned"]
+        assert [(p["entry_start"], p["entry_stop"]) for p in poisoned] == [(1000, 1100)]
+        assert all(w.endswith("@h2") for w in {w.split("#")[0] for w in poisoned[0][
+            "workers"]}) and len(poisoned[0]["workers"]) == 3
+        assert result.stats.entries == result.outputs["n"] == 2304 - 100
+        # the restarted workers (new processes on h2) run the next query
+        result = session.process("tests.sample_selectors:SlowCount", dataset=DATASET,
+                                 inputs={"sleep": 0.0}, progress=False, **BASIC)
+        check_exact(result)
+        assert set(by_host(result)) == {"h2"}

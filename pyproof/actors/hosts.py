@@ -160,7 +160,10 @@ class Hosts(ProofActor):
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # from threads, to this thread
         self.spanned: dict[str, Spanned] = {}
         self.by_request: dict[str, str] = {}
-        self.data_hosts: dict[str, frozenset[str]] = {}  # session -> hosts (endpoint threads)
+        # session -> the hosts given a part of it (read by endpoint threads): they may send
+        # its workers' frames, and their parts are alive (a part between two workers,
+        # one exited and its replacement starting, is still there)
+        self.data_hosts: dict[str, frozenset[str]] = {}
         self.hosted: dict[str, Hosted] = {}
         self.links: dict[str, PeerLink] = {}
         self.master_ok: dict[str, float] = {}  # master host -> last answer to sessions_alive
@@ -653,8 +656,7 @@ class Hosts(ProofActor):
         answer({"removed": sorted(names)})
 
     def _update_data_hosts(self) -> None:
-        self.data_hosts = {sid: frozenset(h for h, w in s.remote.items() if w)
-                           for sid, s in self.spanned.items()}
+        self.data_hosts = {sid: frozenset(s.remote) for sid, s in self.spanned.items()}
 
     def _run_query(self, message: m.RunQuery, sender) -> None:
         """The master tells its workers of a query: those on other hosts via their daemon."""
