@@ -192,4 +192,7 @@ def netns_hosts():
         with NetnsHosts(base) as hosts:
             yield hosts
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("PYPROOF_KEEP_HOSTS"):  # debugging: keep the hosts' logs
+            print(f"netns hosts' homes kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)

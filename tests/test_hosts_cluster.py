@@ -248,11 +248,12 @@ def test_workers_dying_on_another_host_are_restarted_there_and_their_work_requeu
         result = session.process("tests.sample_selectors:DiesOnEntry", dataset=DATASET,
                                  inputs={"deadly": 1000}, on_missing="skip", progress=False,
                                  packetizer="basic", packetizer_params={"packet_entries": 100})
-        poisoned = result.lineage["poisoned"]
-        assert [(p["entry_start"], p["entry_stop"]) for p in poisoned] == [(1000, 1100)]
-        assert all(w.endswith("@h2") for w in {w.split("#")[0] for w in poisoned[0][
-            "workers"]}) and len(poisoned[0]["workers"]) == 3
-        assert result.stats.entries == result.outputs["n"] == 2304 - 100
+        poisoned = result.lineage["poisoned"]  # a packet prefetched by a dying worker, too
+        assert (1000, 1100) in [(p["entry_start"], p["entry_stop"]) for p in poisoned]
+        assert all(len(p["workers"]) == 3 and all("@h2#" in w for w in p["workers"])
+                   for p in poisoned)
+        lost = sum(p["entry_stop"] - p["entry_start"] for p in poisoned)
+        assert result.stats.entries == result.outputs["n"] == 2304 - lost
         # the restarted workers (new processes on h2) run the next query
         result = session.process("tests.sample_selectors:SlowCount", dataset=DATASET,
                                  inputs={"sleep": 0.0}, progress=False, **BASIC)

@@ -775,6 +775,8 @@ class Hosts(ProofActor):
                 box["workers"] = dict(hosted.workers)
                 hosted.waiter = None
                 event.set()
+                # the master just asked for it: its silence is counted from now
+                self.master_ok[hosted.master] = time.monotonic()
             return
         link = self._link(hosted.master, hosted.master_url)
         link.submit("worker_event", {"session": message.session_id,
@@ -792,9 +794,9 @@ class Hosts(ProofActor):
         """Ask each master whether our sessions of it still run; close those that do not,
         and all of a master silent for longer than a lost host would be."""
         masters = {h.master: h.master_url for h in self.hosted.values() if h.waiter is None}
-        lost_after = float(self.config["lost_after"])
+        silent = max(3 * float(self.config["lost_after"]), 10.0) + SESSIONS_CHECK
         for master, url in masters.items():
-            if now - self.master_ok.get(master, now) > 2 * lost_after + SESSIONS_CHECK:
+            if now - self.master_ok.get(master, now) > silent:
                 for sid in [s for s, h in self.hosted.items() if h.master == master]:
                     get_logger().warning("remote_session_orphaned", session=sid, master=master)
                     self._drop_hosted(sid)
@@ -809,6 +811,11 @@ class Hosts(ProofActor):
         if hosted is None:
             return
         hosted.tunnel.close()
+        # the master, if it still hears us, re-queues what these workers had not delivered
+        link = self._link(hosted.master, hosted.master_url)
+        for worker_id, pid in hosted.workers.items():
+            link.submit("worker_event", {"session": sid, "worker": worker_id, "pid": pid,
+                                         "alive": False})
         self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
                                                 session_id=sid, admin=True,
                                                 reply_to=self.myAddress))
