@@ -56,7 +56,7 @@ from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
 TICK = timedelta(seconds=0.25)
-BUSY_TICK = timedelta(seconds=0.05)  # while sessions span hosts: their events go quickly
+BUSY_TICK = timedelta(seconds=0.05)  # while a session's parts start: answers go quickly
 SESSIONS_CHECK = 2.0  # seconds between checks that spanned sessions still run
 START_WAIT = 40.0  # a host starting a session's workers answers within this
 SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
@@ -177,8 +177,7 @@ class Hosts(ProofActor):
             self._start(message, sender)
         elif isinstance(message, WakeupMessage):
             self._tick()
-            busy = self.spanned or self.hosted
-            self.wakeupAfter(BUSY_TICK if busy else TICK)
+            self.wakeupAfter(BUSY_TICK if self._starting() else TICK)
         elif isinstance(message, m.HostsRequest):
             self._status(message, sender)
         elif isinstance(message, m.PlaceSession):
@@ -239,6 +238,12 @@ class Hosts(ProofActor):
                           join=config.get("join"))
         self.wakeupAfter(TICK)
         self.send(sender, m.Started(pid=os.getpid(), info={"endpoint": self.endpoint.address}))
+
+    def _starting(self) -> bool:
+        """Whether a session's part is starting here or elsewhere (the tick is then short:
+        the answers that arrive on threads are handled within 50 ms, else within 250)."""
+        return bool(self.adds) or any(s.pending or not s.ready for s in self.spanned.values()) \
+            or any(h.waiter is not None for h in self.hosted.values())
 
     def _hosted_workers(self) -> int:
         return sum(len(h.workers) for h in list(self.hosted.values()))
