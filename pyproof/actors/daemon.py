@@ -26,6 +26,8 @@ import uuid
 
 from pyproof import sandbox
 from pyproof.actors import messages as m
+from pyproof.errors import ProofError
+from pyproof.hosts import config as cluster_options
 from pyproof.supervision.process_tree import (
     children_of,
     is_alive,
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admins", default=None, help="comma-separated admin users")
     parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
     parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
+    cluster_options.add_arguments(parser)  # --cluster-secret, --name, --join, --hosts, ...
     args = parser.parse_args(argv)
     # private by default: whatever this tree writes (logs, sockets, catalog, the
     # selectors' output files) is the user's alone; and what an older version
@@ -79,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     tls = TLSSettings.from_env()
     if tls.enabled and control.startswith("tcp://"):
         control = tls.address(control)
+
+    try:
+        cluster = cluster_options.cluster_config(args, args.url, args.run_dir, args.log_dir)
+    except ProofError as exc:
+        _write_ready(args.run_dir, {"error": str(exc)})
+        return 1
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                        "tls": dataclasses.asdict(tls) if tls.enabled else None}
         reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
                                         log_dir=args.log_dir, daemon_pid=os.getpid(),
-                                        limits=limits, auth=auth_config),
+                                        limits=limits, auth=auth_config, cluster=cluster),
                            BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"

@@ -244,7 +244,9 @@ class Gateway(ProofActor):
             self.wakeupAfter(POLL_BUSY if busy else POLL_IDLE)
         elif isinstance(message, m.SessionReady):
             self._complete(message.corr, "ok", {"session": message.session_id,
-                                                "workers": list(message.workers)})
+                                                "workers": list(message.workers),
+                                                **({"host": message.host} if message.host
+                                                   else {})})
         elif isinstance(message, m.SessionFailed):
             self._complete(message.corr, "error", {"message": message.error})
         elif isinstance(message, m.SessionClosed):
@@ -299,11 +301,21 @@ class Gateway(ProofActor):
             session_id = uuid.uuid4().hex[:12]
             user = pending.user
             secret = self.server.auth.secret_of(user) if self.server else None
-            self.send(sessions, m.CreateSession(
+            create = m.CreateSession(
                 data_key=sealing.data_key(secret, session_id) if secret else b"",
                 corr=corr, session_id=session_id, workers=workers,
                 run_dir=self.start.run_dir, log_dir=self.start.log_dir, reply_to=self.myAddress,
-                user=user, request_id=request_id))
+                user=user, request_id=request_id)
+            placement = payload.get("placement", "")
+            if not isinstance(placement, str) or len(placement) > 4096:
+                raise RequestError("'placement' must be a string of host:count pairs")
+            if self.start.hosts is not None:  # in a cluster: workers spread over its hosts
+                self.send(self.start.hosts, m.PlaceSession(create=create, placement=placement))
+            elif placement:
+                raise RequestError("this daemon is not part of a cluster: workers cannot be "
+                                   "placed on hosts (start it with --cluster-secret FILE)")
+            else:
+                self.send(sessions, create)
         elif kind == "status":
             self.send(sessions, m.ListSessions(corr=corr, reply_to=self.myAddress,
                                                user=None if pending.admin else pending.user))
@@ -312,8 +324,15 @@ class Gateway(ProofActor):
         elif kind in packages.KINDS:  # stored and checked here; never imported (packages/)
             self._complete(corr, *packages.handle_request(kind, payload, user=pending.user,
                                                           session=frame.session))
+        elif kind == "hosts":
+            if self.start.hosts is None:
+                raise RequestError("this daemon is not part of a cluster: start it with "
+                                   "--cluster-secret FILE (see proofctl daemon start --help)")
+            self.send(self.start.hosts, m.HostsRequest(corr=corr, reply_to=self.myAddress))
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
+        elif kind in ("add_workers", "remove_workers", "list_workers"):
+            self._workers_request(corr, kind, frame.session, payload, pending)
         elif kind in ("start_query", "stop_query", "session_status", "close_session",
                       "fetch_result", "data_endpoint"):
             session_id = frame.session
@@ -364,6 +383,27 @@ class Gateway(ProofActor):
         else:
             self.send(sessions, m.CloseSession(**who, corr=corr, session_id=session_id,
                                                reply_to=self.myAddress))
+
+    def _workers_request(self, corr: str, kind: str, session_id: Any, payload: dict[str, Any],
+                         pending: _Pending) -> None:
+        """Workers on the fly (a cluster's sessions): the hosts actor places and stops them."""
+        assert self.start is not None
+        if not isinstance(session_id, str) or not session_id:
+            raise RequestError(f"{kind!r} needs a session id")
+        if self.start.hosts is None:
+            raise RequestError("this daemon is not part of a cluster: workers are added on "
+                               "the fly only to a cluster's sessions (--cluster-secret FILE)")
+        count, host, names = payload.get("count", 0), payload.get("host") or "", payload.get(
+            "names") or []
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WORKERS:
+            raise RequestError(f"'count' must be an integer from 0 to {MAX_WORKERS}")
+        if not isinstance(host, str) or not (isinstance(names, list) and all(
+                isinstance(n, str) for n in names)):
+            raise RequestError("'host' must be a host name and 'names' a list of worker names")
+        op = {"add_workers": "add", "remove_workers": "rm", "list_workers": "ls"}[kind]
+        self.send(self.start.hosts, m.SessionWorkers(
+            corr=corr, session_id=session_id, op=op, count=count, host=host, names=tuple(names),
+            reply_to=self.myAddress, user=pending.user, admin=pending.admin))
 
     def _outbox_address(self, session_id: str, payload: dict[str, Any]) -> str:
         """Where a session listens for its client in client-dials mode: beside the gateway."""

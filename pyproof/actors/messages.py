@@ -23,6 +23,7 @@ class Boot:
     daemon_pid: int
     limits: dict[str, int] = field(default_factory=dict)
     auth: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] | None = None  # HostsStart.config, when started with a cluster secret
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +66,7 @@ class GatewayStart:
     control_address: str
     sessions: Any  # ActorAddress of the sessions supervisor
     root: Any = None
+    hosts: Any = None  # ActorAddress of the hosts actor (None: not in a cluster)
     auth: dict[str, Any] = field(default_factory=dict)  # see gateway.Authenticator
     run_dir: str
     log_dir: str
@@ -81,6 +83,11 @@ class CreateSession:
     user: str = ""
     request_id: str = ""  # the client's id for its open request: a retry gets the same session
     data_key: bytes = b""  # seals the session's data frames (transport/sealing.py)
+    # a session's part on another host (actors/remote_session.py): the master's host,
+    # the workers' names and where they dial (this host's tunnel to that master)
+    remote_of: str = ""
+    worker_ids: tuple[str, ...] = ()
+    packet_address: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +96,7 @@ class SessionReady:
     session_id: str
     master: Any
     workers: tuple[str, ...]
+    host: str = ""  # the master's host name, in a cluster
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,3 +285,67 @@ class WorkerLost:
 
     worker_id: str
     pid: int
+
+
+# -- hosts (many hosts: see actors/hosts.py) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostsStart:
+    """Root -> hosts actor. `config`: info (this host, HostInfo wire form), secret_file,
+    join (a master's URL or None), listed (HostInfo wire forms), heartbeat, lost_after,
+    incarnation, tls (TLSSettings fields or None)."""
+
+    log_dir: str
+    config: dict[str, Any]
+    sessions: Any = None  # ActorAddress of the sessions supervisor (given by the root)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostsRequest:
+    """Gateway -> hosts actor: the registry (answered with StatusReply)."""
+
+    corr: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlaceSession:
+    """Gateway -> hosts actor: open this session with its workers spread over the hosts.
+    `placement`: "" (the daemon's strategy) or host:count pairs ("h2:4,h3:4")."""
+
+    create: CreateSession
+    placement: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteWorker:
+    """Remote session supervisor -> its host's hosts actor: a worker (re)started or exited."""
+
+    session_id: str
+    worker_id: str
+    pid: int
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionWorkers:
+    """Gateway -> hosts actor: list (`op="ls"`), add or remove a session's workers."""
+
+    corr: str
+    session_id: str
+    op: str  # "ls", "add", "rm"
+    count: int = 0
+    host: str = ""
+    names: tuple[str, ...] = ()
+    reply_to: Any = None
+    user: str = ""
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeRemoteWorkers:
+    """Hosts actor -> a remote session supervisor: start (`add`) or stop these workers."""
+
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()

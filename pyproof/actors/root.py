@@ -32,6 +32,11 @@ class Root(SupervisorActor):
             gateway_init = m.GatewayStart(
                 corr=message.corr, control_address=message.control_address, sessions=None,
                 run_dir=message.run_dir, log_dir=message.log_dir, auth=dict(message.auth))
+            # a daemon in a cluster runs its hosts actor (actors/hosts.py) before the
+            # gateway, which is given its address
+            hosts = () if message.cluster is None else (ChildSpec(id="hosts", start=m.ActorStart(
+                actor="pyproof.actors.hosts:Hosts",
+                init=m.HostsStart(log_dir=message.log_dir, config=dict(message.cluster)))),)
             self.supervise(SupervisorSpec(
                 name="root",
                 flags=SupFlags(strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0,
@@ -41,6 +46,7 @@ class Root(SupervisorActor):
                         actor="pyproof.actors.sessions:Sessions",
                         init=m.SessionsStart(log_dir=message.log_dir,
                                              limits=dict(message.limits)))),
+                    *hosts,
                     ChildSpec(id="gateway", start=m.ActorStart(
                         actor="pyproof.actors.gateway:Gateway", init=gateway_init)),
                 )))
@@ -48,7 +54,9 @@ class Root(SupervisorActor):
     def child_init(self, child_id: str, init: Any) -> Any:
         if child_id == "gateway":
             return dataclasses.replace(init, sessions=self.refs.get("sessions"),
-                                       root=self.myAddress)
+                                       root=self.myAddress, hosts=self.refs.get("hosts"))
+        if child_id == "hosts":
+            return dataclasses.replace(init, sessions=self.refs.get("sessions"))
         return init
 
     def on_running(self) -> None:

@@ -105,11 +105,15 @@ class Sessions(SupervisorActor):
         init = m.CreateSession(corr=message.corr, session_id=message.session_id,
                                workers=message.workers, run_dir=message.run_dir,
                                log_dir=message.log_dir, reply_to=reply_to, user=message.user,
-                               data_key=message.data_key)
+                               data_key=message.data_key, remote_of=message.remote_of,
+                               worker_ids=message.worker_ids,
+                               packet_address=message.packet_address)
+        # a session's workers on this host for a master on another (actors/hosts.py)
+        actor = ("pyproof.actors.remote_session:RemoteSession" if message.remote_of
+                 else "pyproof.actors.sessions:SessionSupervisor")
         spec = ChildSpec(id=message.session_id, type=ChildType.SUPERVISOR,
                          restart=Restart.TEMPORARY, shutdown=Shutdown.timeout(5.0),
-                         start=m.ActorStart(actor="pyproof.actors.sessions:SessionSupervisor",
-                                            init=init))
+                         start=m.ActorStart(actor=actor, init=init))
         self.requests[message.corr] = (reply_to, message)
         self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=message.corr))
 

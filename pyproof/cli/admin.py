@@ -79,9 +79,22 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
                         max_sessions_per_user=args.max_sessions_per_user,
                         max_workers_per_user=args.max_workers_per_user,
                         users_dir=args.users_dir, admins=args.admins,
-                        foreground=args.foreground)
+                        foreground=args.foreground, cluster_args=_cluster_args(args))
     print(f"proofd running at {info.url} (pid {info.pid}); logs in {info.log_dir}")
     return 0
+
+
+def _cluster_args(args: argparse.Namespace) -> list[str]:
+    """The cluster options given, as the daemon takes them (see pyproof/hosts/config.py)."""
+    out: list[str] = []
+    for option in ("cluster_secret", "name", "join", "hosts", "cores", "labels",
+                   "heartbeat", "lost_after", "placement"):
+        value = getattr(args, option, None)
+        if value not in (None, ""):
+            out += [f"--{option.replace('_', '-')}", str(value)]
+    for path in getattr(args, "data_path", None) or []:
+        out += ["--data-path", path]
+    return out
 
 
 def cmd_daemon_stop(args: argparse.Namespace) -> int:
@@ -196,6 +209,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--users-dir", default=None,
                        help="directory of per-user secret files (0600), named after the users")
     start.add_argument("--admins", default=None, help="comma-separated admin users")
+    from pyproof.hosts.config import add_arguments as add_cluster_arguments
+
+    add_cluster_arguments(start)  # --cluster-secret, --name, --join, --hosts, ...
     start.set_defaults(func=cmd_daemon_start)
     stop = dsub.add_parser("stop", help="stop proofd (on this host)")
     stop.add_argument("--port", type=int, default=None,

@@ -52,8 +52,12 @@ def read_info(port: int) -> DaemonInfo | None:
 def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                  max_sessions_per_user: int = 0, max_workers_per_user: int = 0,
                  users_dir: str | None = None, admins: str | None = None,
-                 foreground: bool = False, timeout: float = START_TIMEOUT) -> DaemonInfo:
-    """Start proofd on host:port in the background (or run it here with foreground=True)."""
+                 foreground: bool = False, timeout: float = START_TIMEOUT,
+                 cluster_args: list[str] | None = None) -> DaemonInfo:
+    """Start proofd on host:port in the background (or run it here with foreground=True).
+
+    `cluster_args`: the daemon's cluster options (--cluster-secret, --name, --join, ...,
+    see pyproof/hosts/config.py), passed as they are."""
     running = read_info(port)
     if running is not None:
         raise ConnectError(f"proofd already runs at {running.url} (pid {running.pid})")
@@ -71,6 +75,7 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
         args += ["--users-dir", users_dir]
     if admins:
         args += ["--admins", admins]
+    args += cluster_args or []
     if foreground:
         os.execv(sys.executable, args)
     with open_private(os.path.join(log_dir, "daemon.out"), "ab") as out:

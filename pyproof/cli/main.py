@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyproof.packages.cli import add_commands as add_package_commands
 
     add_admin_commands(sub)
+    from pyproof.cli.hosts import add_commands as add_hosts_commands
+
+    add_hosts_commands(sub)
     add_dataset_commands(sub)
     add_package_commands(sub)
     add_bench_command(sub)

@@ -113,7 +113,7 @@ class QueryHandle:
                                    lineage=payload.get("lineage"))
             raise QueryError(describe(error), remote=error, lineage=payload.get("lineage"))
         result = Result(query=self.query, outputs=payload["outputs"],
-                        stats=Stats.from_wire(payload["stats"]),
+                        stats=Stats.from_wire(payload["stats"], host=self.session.host),
                         lineage=payload.get("lineage", {}))
         if result.stopped:
             self.state = "stopped"

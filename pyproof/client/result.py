@@ -12,6 +12,7 @@ class WorkerStats:
     packets: int
     bytes: int
     busy_seconds: float
+    host: str = ""  # the host the worker ran on (its name in the cluster); "" without one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,10 +39,13 @@ class Stats:
         return self.entries / self.wall_time if self.wall_time > 0 else 0.0
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Stats:
+    def from_wire(cls, data: dict[str, Any], host: str = "") -> Stats:
+        """`host`: the master's host (in a cluster), where workers not named worker-N@HOST
+        run."""
         return cls(entries=int(data["entries"]), bytes_read=int(data["bytes_read"]),
                    wall_time=float(data["wall_time"]), packets=int(data["packets"]),
-                   workers={w: WorkerStats(**s) for w, s in data.get("workers", {}).items()},
+                   workers={w: WorkerStats(**s, host=w.partition("@")[2] or host)
+                            for w, s in data.get("workers", {}).items()},
                    lookups_opened=int(data.get("lookups_opened", 0)),
                    lookups_cached=int(data.get("lookups_cached", 0)),
                    lookups_catalog=int(data.get("lookups_catalog", 0)))

@@ -49,7 +49,7 @@ INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
 
 
-def connect(url: str = "lite://", *, workers: int | None = None, session: str | None = None,
+def connect(url: str = "lite://", *, workers: int | str | None = None, session: str | None = None,
             connection: str | None = None, data_port: int | None = None,
             timeout: float = 60.0) -> Session:
     """Open a session (or attach to an existing one with `session=ID`).
@@ -71,7 +71,14 @@ def connect(url: str = "lite://", *, workers: int | None = None, session: str | 
         try:
             workers = int(query["workers"][0])
         except ValueError:
-            raise ConnectError(f"workers={query['workers'][0]!r} is not an integer") from None
+            # on a cluster, workers may name hosts: ?workers=h2:4,h3:4
+            from pyproof.hosts.placement import is_explicit
+
+            if parsed.scheme != "proof" or not is_explicit(query["workers"][0]):
+                raise ConnectError(f"workers={query['workers'][0]!r} is not an integer "
+                                   f"(or, on a cluster, host:count pairs such as "
+                                   f"h2:4,h3:4)") from None
+            workers = query["workers"][0]
     if session is None and "session" in query:
         session = query["session"][0]
     explicit = connection is not None or "connection" in query
@@ -176,7 +183,8 @@ class Session(PackagesMixin):
     that finish meanwhile are kept); `connect(url, session=ID)` attaches again.
     """
 
-    def __init__(self, control: ControlClient, *, workers: int, cluster: LiteCluster | None,
+    def __init__(self, control: ControlClient, *, workers: int | str,
+                 cluster: LiteCluster | None,
                  data_address: str, attach: str | None = None,
                  dial: tuple[bool, int | None] = (False, None), dial_host: str = "") -> None:
         self.cluster = cluster
@@ -188,9 +196,12 @@ class Session(PackagesMixin):
             self.id = attach
             self.workers: list[str] = list(reply.get("workers", []))
         else:
-            reply = self._call("open_session", {"workers": workers})
+            reply = self._call("open_session", {"workers": workers} if isinstance(
+                workers, int) else {"workers": sum(int(pair.rpartition(":")[2]) for pair in
+                                                   workers.split(",")), "placement": workers})
             self.id = reply["session"]
             self.workers = reply["workers"]
+        self.host: str = reply.get("host", "")  # the master's host, in a cluster
         self.data = pynng.Pull0(recv_timeout=DATA_POLL_MS, recv_max_size=RECV_LIMIT)
         try:
             self._open_data(dial, dial_host, data_address)
@@ -278,6 +289,24 @@ class Session(PackagesMixin):
     def status(self) -> dict[str, Any]:
         """The master's view of this session: workers, current query, kept results."""
         return self._call("session_status")
+
+    def add_workers(self, n: int, host: str | None = None) -> list[str]:
+        """Start `n` more workers (on `host`, else spread over the cluster's hosts other than
+        the master's); also mid-query: they get packets at once. Returns their names.
+        A cluster's sessions only (a daemon started with --cluster-secret)."""
+        reply = self._call("add_workers", {"count": n, "host": host or ""})
+        self.workers = [w["name"] for w in reply.get("workers", [])] or self.workers
+        return list(reply["added"])
+
+    def remove_workers(self, workers: int | list[str]) -> list[str]:
+        """Stop workers (a number: the last added first; or their names), also mid-query:
+        what they had not delivered goes back to the queue, counted exactly once. Workers
+        on the master's host that the session opened with stay. Returns their names."""
+        payload = ({"count": workers} if isinstance(workers, int)
+                   else {"names": list(workers)})
+        removed = list(self._call("remove_workers", payload)["removed"])
+        self.workers = [w for w in self.workers if w not in removed]
+        return removed
 
     def process(self, selector: type[Selector] | str | Any, dataset: Any = None, *,
                 entries: int | None = None, first: int = 0, cycles: int | None = None,

@@ -1,0 +1,826 @@
+"""The hosts actor: a daemon's cluster endpoint, its host registry, and its joiner.
+
+Every daemon started with ``--cluster-secret`` runs one (a leaf actor under
+the root supervisor; it owns sockets, creates no children):
+
+- the **cluster endpoint**, nng req/rep on ``tcp://ADDR:PORT+1`` (TLS when
+  ``PYPROOF_TLS_*`` is set), where other daemons log in with the cluster
+  secret (see pyproof/hosts/channel.py) and announce themselves, send
+  heartbeats and say goodbye;
+- the **host registry** (pyproof/hosts/registry.py: the pure core) of the
+  hosts that joined this daemon, itself included, and those a ``--hosts``
+  file lists; ``proofctl hosts`` shows it through the gateway;
+- with ``--join proof://MASTER:P``, the **joiner**: a thread that logs in to
+  the master's cluster endpoint, announces this host (name, address, cores,
+  labels, data paths), then sends a heartbeat every ``heartbeat`` seconds. It
+  announces again whenever the master does not know it (the master
+  restarted) and logs in again when its channel is gone; a restarted host
+  announces with a new incarnation.
+
+Thespian never leaves the host: daemons meet only here, over authenticated nng.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import queue
+import re
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pynng
+from thespian.actors import ActorExitRequest, WakeupMessage
+
+from pyproof.actors import messages as m
+from pyproof.actors.base import ProofActor
+from pyproof.actors.host_links import (
+    ClusterClient,
+    ClusterEndpoint,
+    ClusterError,
+    Forwarder,
+    PeerLink,
+    Tunnel,
+    cluster_address,
+)
+from pyproof.actors.sessions import master_address
+from pyproof.hosts import placement as pl
+from pyproof.hosts import registry as reg
+from pyproof.hosts.channel import ChannelServer
+from pyproof.logs import get_logger
+from pyproof.transport import auth
+from pyproof.transport.tls import TLSSettings
+
+TICK = timedelta(seconds=0.25)
+BUSY_TICK = timedelta(seconds=0.05)  # while a session's parts start: answers go quickly
+SESSIONS_CHECK = 2.0  # seconds between checks that spanned sessions still run
+START_WAIT = 40.0  # a host starting a session's workers answers within this
+SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
+WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class Joiner:
+    """Announces this host to the master daemon, then keeps a heartbeat (a thread)."""
+
+    def __init__(self, *, master_url: str, info: reg.HostInfo, incarnation: str,
+                 secret: bytes, interval: float, tls: TLSSettings | None,
+                 workers=lambda: 0) -> None:
+        self.master_url = master_url
+        self.info, self.incarnation, self.interval = info, incarnation, interval
+        self.workers = workers
+        self.client = ClusterClient(cluster_address(master_url), info.name, secret,
+                                    timeout=max(1.0, interval * 2), tls=tls)
+        self.joined = False
+        self.state = "joining"
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="joiner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        log = get_logger()
+        while not self._stop.is_set():
+            try:
+                if not self.joined:
+                    kind, body = self.client.call("announce", {
+                        "info": self.info.to_wire(), "incarnation": self.incarnation})
+                    if kind == "ok":
+                        self.joined, self.state = True, "joined"
+                        log.info("host_announced", master=self.master_url,
+                                 master_name=self.client.channel.server_id)
+                    else:
+                        self.state = "refused"
+                        self.last_error = str((body or {}).get("message"))
+                        log.error("host_refused", master=self.master_url, error=self.last_error)
+                else:
+                    kind, body = self.client.call("heartbeat", {
+                        "incarnation": self.incarnation, "workers": self.workers()})
+                    if kind == "announce":  # the master does not know us (it restarted)
+                        self.joined, self.state = False, "joining"
+                        log.info("host_announce_again", master=self.master_url)
+                        continue
+            except ClusterError as exc:
+                if self.joined or self.last_error != str(exc):
+                    log.warning("master_unreachable", master=self.master_url, error=str(exc))
+                self.joined, self.state, self.last_error = False, "joining", str(exc)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        # no goodbye: the supervisor kills this actor's process on shutdown, so a host
+        # that stops is found lost by its silence (lost_after)
+        self._stop.set()
+        self._thread.join(self.client.timeout + 1.0)
+        self.client.close()
+
+
+@dataclasses.dataclass(slots=True)
+class Spanned:
+    """Master's side: a session whose workers this daemon placed over hosts."""
+
+    create: m.CreateSession
+    reply_to: Any
+    corr: str
+    plan: dict[str, int]
+    master: Any = None
+    local: tuple[str, ...] = ()
+    remote: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    pending: set[str] = dataclasses.field(default_factory=set)
+    sent: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (query, host)
+    ready: bool = False
+    next_index: dict[str, int] = dataclasses.field(default_factory=dict)  # per host
+
+
+@dataclasses.dataclass(slots=True)
+class Hosted:
+    """Worker's side: a session of a master on another host, with workers here."""
+
+    master: str
+    master_url: str
+    expected: int
+    tunnel: Tunnel
+    workers: dict[str, int] = dataclasses.field(default_factory=dict)
+    ref: Any = None
+    waiter: tuple[threading.Event, dict] | None = None
+    corr: str = ""
+
+
+class Hosts(ProofActor):
+    """The shell around the registry and the sessions spanning hosts (module docstring)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.endpoint: ClusterEndpoint | None = None
+        self.joiner: Joiner | None = None
+        self.forwarder: Forwarder | None = None
+        self.lock = threading.Lock()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # from threads, to this thread
+        self.spanned: dict[str, Spanned] = {}
+        self.by_request: dict[str, str] = {}
+        # session -> the hosts given a part of it (read by endpoint threads): they may send
+        # its workers' frames, and their parts are alive (a part between two workers,
+        # one exited and its replacement starting, is still there)
+        self.data_hosts: dict[str, frozenset[str]] = {}
+        self.hosted: dict[str, Hosted] = {}
+        self.links: dict[str, PeerLink] = {}
+        self.master_ok: dict[str, float] = {}  # master host -> last answer to sessions_alive
+        self.next_check = 0.0
+        self._ids = itertools.count()
+        self.adds: dict[str, dict[str, Any]] = {}  # add_workers requests awaiting hosts
+
+    # -- Thespian messages ----------------------------------------------------
+    def receive(self, message, sender) -> None:
+        if isinstance(message, m.HostsStart):
+            self._start(message, sender)
+        elif isinstance(message, WakeupMessage):
+            self._tick()
+            self.wakeupAfter(BUSY_TICK if self._starting() else TICK)
+        elif isinstance(message, m.HostsRequest):
+            self._status(message, sender)
+        elif isinstance(message, m.PlaceSession):
+            self._place(message)
+        elif isinstance(message, m.SessionReady):
+            self._session_ready(message)
+        elif isinstance(message, m.SessionFailed):
+            self._session_failed(message)
+        elif isinstance(message, m.RunQuery):
+            self._run_query(message, sender)
+        elif isinstance(message, m.RemoteWorker):
+            self._remote_worker(message, sender)
+        elif isinstance(message, m.StatusReply):
+            self._sessions_listed(message)
+        elif isinstance(message, m.SessionWorkers):
+            self._session_workers(message, sender)
+        elif isinstance(message, ActorExitRequest):
+            if self.joiner is not None:
+                self.joiner.stop()
+            if self.endpoint is not None:
+                self.endpoint.close()
+            for hosted in self.hosted.values():
+                hosted.tunnel.close()
+            for link in self.links.values():
+                link.close()
+            if self.forwarder is not None:
+                self.forwarder.close()
+
+    def _start(self, message: m.HostsStart, sender) -> None:
+        config = message.config
+        self.config, self.sessions = config, message.sessions
+        self.start_log(message.log_dir, actor="hosts")
+        self.incarnation = config.get("incarnation") or uuid.uuid4().hex
+        self.info = reg.HostInfo.from_wire(config["info"])
+        self.secret = auth.read_secret(config["secret_file"])
+        self.tls = TLSSettings(**config["tls"]) if config.get("tls") else None
+        self.strategy = config.get("placement") or "round-robin"
+        listed = [reg.HostInfo.from_wire(h) for h in config.get("listed", [])]
+        self.registry = reg.HostRegistry(lost_after=float(config["lost_after"]),
+                                         listed=[h for h in listed if h.name != self.info.name])
+        self._self_heard(time.monotonic())
+        run_dir = config["run_dir"]
+        self.forwarder = Forwarder(self.secret, lambda sid: master_address(run_dir, sid))
+        try:
+            self.endpoint = ClusterEndpoint(cluster_address(self.info.address),
+                                            ChannelServer(self.info.name, self.secret),
+                                            self._handle, tls=self.tls)
+        except (pynng.NNGException, ClusterError) as exc:
+            self.send(sender, m.StartError(reason=f"cannot listen for the cluster on "
+                                                  f"{self.info.address} (+1): {exc}"))
+            return
+        if config.get("join"):
+            self.joiner = Joiner(master_url=config["join"], info=self.info,
+                                 incarnation=self.incarnation, secret=self.secret,
+                                 interval=float(config["heartbeat"]), tls=self.tls,
+                                 workers=self._hosted_workers)
+        get_logger().info("hosts_started", name=self.info.name, endpoint=self.endpoint.address,
+                          join=config.get("join"))
+        self.wakeupAfter(TICK)
+        self.send(sender, m.Started(pid=os.getpid(), info={"endpoint": self.endpoint.address}))
+
+    def _starting(self) -> bool:
+        """Whether a session's part is starting here or elsewhere (the tick is then short:
+        the answers that arrive on threads are handled within 50 ms, else within 250)."""
+        return bool(self.adds) or any(s.pending or not s.ready for s in self.spanned.values()) \
+            or any(h.waiter is not None for h in self.hosted.values())
+
+    def _hosted_workers(self) -> int:
+        return sum(len(h.workers) for h in list(self.hosted.values()))
+
+    def _status(self, message: m.HostsRequest, sender) -> None:
+        now = time.monotonic()
+        with self.lock:
+            rows = self.registry.snapshot(now)
+        used = self._placed_counts()
+        for row in rows:  # workers this daemon placed there (the registry has their own count)
+            row["workers"] = max(row["workers"], used.get(row["name"], 0))
+        joined = None if self.joiner is None else {
+            "master": self.joiner.master_url, "state": self.joiner.state,
+            "error": self.joiner.last_error if not self.joiner.joined else ""}
+        self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
+            "name": self.info.name, "address": self.info.address, "hosts": rows,
+            "joined": joined, "channel": self.endpoint.server.statistics()
+            if self.endpoint else {},
+            "sessions": {sid: {"local": list(s.local),
+                               "remote": {h: sorted(w) for h, w in s.remote.items()}}
+                         for sid, s in self.spanned.items()}}))
+
+    # -- the registry ------------------------------------------------------------
+    def _self_heard(self, now: float) -> None:
+        with self.lock:
+            changes = self.registry.handle(reg.Heartbeat(
+                name=self.info.name, incarnation=self.incarnation, now=now,
+                workers=self._placed_counts().get(self.info.name, 0)))
+            if changes:  # first time (or after a long stall): this host is its own member
+                self.registry.handle(reg.Announce(info=self.info, incarnation=self.incarnation,
+                                                  now=now))
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._self_heard(now)
+        with self.lock:
+            changes = self.registry.handle(reg.Tick(now=now))
+        self._changed(changes)
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            item[0](*item[1:])
+        if now >= self.next_check:
+            self.next_check = now + SESSIONS_CHECK
+            if self.spanned and self.sessions is not None:
+                self.send(self.sessions, m.ListSessions(corr=f"hosts-{next(self._ids)}",
+                                                        reply_to=self.myAddress))
+            self._check_masters(now)
+
+    def _changed(self, changes: list, peer: str | None = None) -> None:
+        log = get_logger()
+        for change in changes:
+            if isinstance(change, reg.HostJoined):
+                log.info("host_joined", host=change.name, rejoined=change.rejoined, peer=peer)
+            elif isinstance(change, reg.HostRestarted):
+                log.warning("host_restarted", host=change.name)
+                self._host_gone(change.name)
+            elif isinstance(change, reg.HostLost):
+                log.warning("host_lost", host=change.name, reason=change.reason)
+                self._host_gone(change.name)
+
+    def _host_gone(self, host: str) -> None:
+        """Its workers are gone: the masters re-queue what they had not delivered."""
+        for sid, span in self.spanned.items():
+            workers = span.remote.pop(host, {})
+            for worker_id, pid in workers.items():
+                self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+            if workers:
+                get_logger().warning("remote_workers_lost", session=sid, host=host,
+                                     workers=sorted(workers))
+            span.pending.discard(host)
+            self._maybe_ready(sid, span)
+        self._update_data_hosts()
+
+    # -- requests from other daemons (endpoint threads) ---------------------------
+    def _handle(self, name: str, kind: str, body: Any, peer: str) -> tuple[str, Any]:
+        """A sealed request from host `name` (the name it proved, not one it claims)."""
+        body = body if isinstance(body, dict) else {}
+        if kind == "data":
+            sid = body.get("session")
+            if not isinstance(sid, str) or name not in self.data_hosts.get(sid, ()):
+                get_logger().warning("data_refused", host=name, session=sid,
+                                     reason="no workers of this session there")
+                return "refused", {"message": f"session {sid!r} has no workers on host "
+                                              f"{name!r}"}
+            assert self.forwarder is not None
+            return self.forwarder.forward(sid, body.get("sealed"))
+        if kind in ("announce", "heartbeat", "leave"):
+            return self._membership(name, kind, body, peer)
+        if kind == "start_workers":
+            return self._start_workers(name, body)
+        if kind == "stop_workers":
+            sid, ids = body.get("session"), body.get("worker_ids")
+            if not (isinstance(sid, str) and isinstance(ids, list)
+                    and all(isinstance(w, str) for w in ids)):
+                return "refused", {"message": "malformed stop_workers request"}
+            self.inbox.put((self._stop_workers, name, sid, tuple(ids)))
+            return "ok", {}
+        if kind in ("run_query", "worker_event"):
+            sid = body.get("session")
+            if not isinstance(sid, str):
+                return "refused", {"message": "'session' must be a string"}
+            self.inbox.put((self._peer_request, name, kind, body))
+            return "ok", {}
+        if kind == "sessions_alive":
+            asked = body.get("sessions")
+            asked = [s for s in asked if isinstance(s, str)] if isinstance(asked, list) else []
+            alive = [s for s in asked if name in self.data_hosts.get(s, ())]
+            return "ok", {"alive": alive}
+        return "refused", {"message": f"unknown cluster request {kind!r}"}
+
+    def _membership(self, name: str, kind: str, body: dict, peer: str) -> tuple[str, Any]:
+        incarnation = body.get("incarnation")
+        if not (isinstance(incarnation, str) and 0 < len(incarnation) <= 64):
+            return "refused", {"message": "'incarnation' must be a short string"}
+        now = time.monotonic()
+        if kind == "announce":
+            info = reg.HostInfo.from_wire(body.get("info"))
+            if info.name != name:
+                get_logger().warning("host_impostor", proved=name, claimed=info.name, peer=peer)
+                return "refused", {"message": f"this host logged in as {name!r} but "
+                                              f"announces itself as {info.name!r}"}
+            if name == self.info.name:
+                return "refused", {"message": f"{name!r} is this daemon's own name: give "
+                                              f"each host its own --name"}
+            with self.lock:
+                changes = self.registry.handle(reg.Announce(info=info, incarnation=incarnation,
+                                                            now=now))
+            self.inbox.put((self._changed, changes, peer))
+            return "ok", {"name": self.info.name}
+        if kind == "heartbeat":
+            workers = body.get("workers", 0)
+            workers = workers if isinstance(workers, int) and workers >= 0 else 0
+            with self.lock:
+                changes = self.registry.handle(reg.Heartbeat(name=name, incarnation=incarnation,
+                                                             now=now, workers=workers))
+            if any(isinstance(c, reg.AnnounceAgain) for c in changes):
+                return "announce", {}
+            return "ok", {}
+        with self.lock:
+            changes = self.registry.handle(reg.Leave(name=name, incarnation=incarnation,
+                                                     now=now))
+        self.inbox.put((self._changed, changes, peer))
+        return "ok", {}
+
+    # -- master's side: placing a session -------------------------------------------
+    def _placed_counts(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for span in self.spanned.values():
+            used[self.info.name] = used.get(self.info.name, 0) + len(span.local)
+            for host, workers in span.remote.items():
+                used[host] = used.get(host, 0) + len(workers)
+        return used
+
+    def _place(self, message: m.PlaceSession) -> None:
+        create = message.create
+        if create.request_id and create.request_id in self.by_request:  # a client's retry
+            sid = self.by_request[create.request_id]
+            span = self.spanned.get(sid)
+            if span is not None:
+                span.corr, span.reply_to = create.corr, create.reply_to
+                if span.ready:
+                    self._announce(sid, span)
+                return
+        with self.lock:
+            alive = [self.registry.hosts[n] for n in self.registry.alive()]
+        used = self._placed_counts()
+        candidates = [pl.Candidate(name=h.info.name, cores=h.info.cores,
+                                   used=max(h.workers, used.get(h.info.name, 0)))
+                      for h in alive]
+        try:
+            explicit = pl.parse_explicit(message.placement) if message.placement else None
+            plan = pl.place(create.workers, candidates, local=self.info.name,
+                            strategy=self.strategy, explicit=explicit)
+        except pl.PlacementError as exc:
+            self.send(create.reply_to, m.SessionFailed(corr=create.corr,
+                                                       session_id=create.session_id,
+                                                       error=str(exc)))
+            return
+        sid = create.session_id
+        self.spanned[sid] = Spanned(create=create, reply_to=create.reply_to, corr=create.corr,
+                                    plan=plan,
+                                    pending={h for h in plan if h != self.info.name})
+        if create.request_id:
+            self.by_request[create.request_id] = sid
+        get_logger().info("session_placed", session=sid, plan=plan)
+        self.send(self.sessions, dataclasses.replace(
+            create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress))
+
+    def _session_ready(self, message: m.SessionReady) -> None:
+        span = self.spanned.get(message.session_id)
+        if span is None:
+            return
+        if span.master is not None:  # announced again (a retry through the sessions actor)
+            if span.ready:
+                self._announce(message.session_id, span)
+            return
+        span.master, span.local = message.master, tuple(message.workers)
+        sid = message.session_id
+        with self.lock:
+            hosts = dict(self.registry.hosts)
+        for host in sorted(span.pending):
+            count = span.plan[host]
+            info = hosts[host].info if host in hosts else None
+            if info is None:
+                span.pending.discard(host)
+                continue
+            span.next_index[host] = count
+            self._link(host, info.address).submit("start_workers", {
+                "session": sid, "master_url": self.info.address, "user": span.create.user,
+                "worker_ids": [f"worker-{i}@{host}" for i in range(count)]},
+                ("started", sid, host, ""))
+        self._maybe_ready(sid, span)
+
+    def _session_failed(self, message: m.SessionFailed) -> None:
+        span = self.spanned.pop(message.session_id, None)
+        if span is not None:  # the local part failed to start
+            self.send(span.reply_to, m.SessionFailed(corr=span.corr,
+                                                     session_id=message.session_id,
+                                                     error=message.error))
+            return
+        for sid, hosted in self.hosted.items():  # a remote part failed to start
+            if hosted.corr == message.corr and hosted.waiter is not None:
+                event, box = hosted.waiter
+                box["error"] = message.error
+                event.set()
+                hosted.waiter = None
+                self.inbox.put((self._drop_hosted, sid))
+
+    def _link(self, host: str, url: str) -> PeerLink:
+        link = self.links.get(host)
+        if link is None or link.url != url:
+            if link is not None:
+                link.close()
+            link = self.links[host] = PeerLink(
+                name=self.info.name, peer=host, url=url, secret=self.secret, tls=self.tls,
+                deliver=lambda tag, kind, body, error: self.inbox.put(
+                    (self._delivered, tag, kind, body, error)))
+        return link
+
+    def _delivered(self, tag: Any, kind: str, body: Any, error: str | None) -> None:
+        """An answer from another daemon (via a PeerLink), on the actor thread."""
+        if not isinstance(tag, tuple):
+            return
+        if tag[0] == "started":
+            _, sid, host, add = tag
+            span = self.spanned.get(sid)
+            adding = self.adds.get(add) if add else None
+            if span is None or (not add and host not in span.pending):
+                return
+            span.pending.discard(host)
+            workers = (body or {}).get("workers") if kind == "ok" else None
+            reason = ""
+            if not isinstance(workers, dict):
+                reason = error or str((body or {}).get("message", kind))
+                get_logger().warning("remote_start_failed", session=sid, host=host,
+                                     error=reason)
+            else:
+                mine = span.remote.setdefault(host, {})
+                for worker_id, pid in workers.items():
+                    if isinstance(worker_id, str) and isinstance(pid, int) and (
+                            mine.get(worker_id) != pid):
+                        if worker_id not in mine and adding is not None:
+                            adding["added"].append(worker_id)
+                        mine[worker_id] = pid
+                        self.send(span.master, m.WorkerJoined(worker_id=worker_id,
+                                                              ref=self.myAddress, pid=pid))
+                self._update_data_hosts()
+            if adding is not None:
+                adding["pending"].discard(host)
+                if reason:
+                    adding["errors"].append(f"{host}: {reason}")
+                if not adding["pending"]:
+                    self._added(add)
+            else:
+                self._maybe_ready(sid, span)
+        elif tag[0] == "alive":
+            _, master = tag
+            if error is None and kind == "ok":
+                self.master_ok[master] = time.monotonic()
+                alive = set((body or {}).get("alive") or [])
+                for sid in [s for s, h in self.hosted.items()
+                            if h.master == master and h.waiter is None and s not in alive]:
+                    get_logger().info("remote_session_ended", session=sid, master=master)
+                    self._drop_hosted(sid)
+
+    def _maybe_ready(self, sid: str, span: Spanned) -> None:
+        if span.ready or span.pending or span.master is None:
+            return
+        span.ready = True
+        if not span.local and not any(span.remote.values()):
+            self.spanned.pop(sid, None)
+            self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
+                                                    session_id=sid, admin=True,
+                                                    reply_to=self.myAddress))
+            self.send(span.reply_to, m.SessionFailed(
+                corr=span.corr, session_id=sid,
+                error=f"no host could start the session's workers (plan {span.plan})"))
+            return
+        self._announce(sid, span)
+
+    def _announce(self, sid: str, span: Spanned) -> None:
+        workers = tuple(span.local) + tuple(sorted(w for ws in span.remote.values()
+                                                   for w in ws))
+        self.send(span.reply_to, m.SessionReady(corr=span.corr, session_id=sid,
+                                                master=span.master, workers=workers,
+                                                host=self.info.name))
+
+    def _session_workers(self, message: m.SessionWorkers, sender) -> None:
+        """List, add or remove a session's workers (`session.add_workers`, `proofctl workers`)."""
+        reply_to = message.reply_to or sender
+        sid = message.session_id
+        span = self.spanned.get(sid)
+
+        def answer(status: dict[str, Any]) -> None:
+            self.send(reply_to, m.StatusReply(corr=message.corr, status=status))
+
+        if span is None or not span.ready:
+            answer({"error": f"no session {sid!r} spanning this cluster's hosts (closed, "
+                             f"still starting, or not opened on this daemon)"})
+            return
+        if not (message.admin or span.create.user == message.user):
+            answer({"error": f"session {sid!r} belongs to another user; only its owner or "
+                             f"an admin may change its workers"})
+            return
+        if message.op == "ls":
+            answer({"workers": self._workers_of(span)})
+        elif message.op == "add":
+            self._add_workers(message, span, answer)
+        else:
+            self._remove_workers(message, span, answer)
+
+    def _workers_of(self, span: Spanned) -> list[dict[str, Any]]:
+        rows = [{"name": w, "host": self.info.name} for w in span.local]
+        rows += [{"name": w, "host": h, "pid": pid} for h, ws in sorted(span.remote.items())
+                 for w, pid in sorted(ws.items())]
+        return rows
+
+    def _add_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
+        sid = message.session_id
+        if message.count < 1:
+            answer({"error": "add at least one worker"})
+            return
+        if message.host == self.info.name:
+            answer({"error": f"{self.info.name!r} is the master's host: its workers are those "
+                             f"the session opened with; add workers on another host"})
+            return
+        with self.lock:
+            alive = [self.registry.hosts[n] for n in self.registry.alive()
+                     if n != self.info.name]
+        used = self._placed_counts()
+        candidates = [pl.Candidate(name=h.info.name, cores=h.info.cores,
+                                   used=max(h.workers, used.get(h.info.name, 0)))
+                      for h in alive]
+        try:
+            plan = pl.place(message.count, candidates, local=self.info.name,
+                            strategy=self.strategy,
+                            explicit={message.host: message.count} if message.host else None)
+        except pl.PlacementError as exc:
+            answer({"error": str(exc)})
+            return
+        add = f"add-{next(self._ids)}"
+        self.adds[add] = {"answer": answer, "sid": sid, "pending": set(plan), "added": [],
+                          "errors": []}
+        for host, count in plan.items():
+            first = span.next_index.get(host, 0)
+            span.next_index[host] = first + count
+            url = self.registry.hosts[host].info.address
+            self._link(host, url).submit("start_workers", {
+                "session": sid, "master_url": self.info.address, "user": span.create.user,
+                "worker_ids": [f"worker-{i}@{host}" for i in range(first, first + count)]},
+                ("started", sid, host, add))
+        get_logger().info("workers_adding", session=sid, plan=plan)
+
+    def _added(self, add: str) -> None:
+        adding = self.adds.pop(add)
+        span = self.spanned.get(adding["sid"])
+        if not adding["added"]:
+            adding["answer"]({"error": "no worker could be added: " + "; ".join(
+                adding["errors"])})
+            return
+        adding["answer"]({"added": sorted(adding["added"]), "errors": adding["errors"],
+                          "workers": self._workers_of(span) if span else []})
+
+    def _remove_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
+        remote = {w: h for h, ws in span.remote.items() for w in ws}
+        if message.names:
+            unknown = [n for n in message.names if n not in remote]
+            if unknown:
+                local = [n for n in unknown if n in span.local]
+                answer({"error": f"cannot remove {', '.join(unknown)}: "
+                                 + ("workers the session opened with on the master's host "
+                                    "stay with it" if local else
+                                    f"no such worker (workers: {', '.join(sorted(remote))})")})
+                return
+            names = list(message.names)
+        else:
+            # the most recently added first
+            names = sorted(remote, key=lambda w: (int(w.split("-")[1].split("@")[0]), w),
+                           reverse=True)[:message.count]
+            if len(names) < max(message.count, 1):
+                answer({"error": f"only {len(remote)} workers can be removed (those on "
+                                 f"other hosts than the master's)"})
+                return
+        by_host: dict[str, list[str]] = {}
+        for name in names:
+            by_host.setdefault(remote[name], []).append(name)
+        for host, ids in by_host.items():
+            url = self.registry.hosts[host].info.address
+            self._link(host, url).submit("stop_workers", {"session": message.session_id,
+                                                          "worker_ids": ids})
+        get_logger().info("workers_removing", session=message.session_id, workers=names)
+        answer({"removed": sorted(names)})
+
+    def _update_data_hosts(self) -> None:
+        self.data_hosts = {sid: frozenset(s.remote) for sid, s in self.spanned.items()}
+
+    def _run_query(self, message: m.RunQuery, sender) -> None:
+        """The master tells its workers of a query: those on other hosts via their daemon."""
+        for sid, span in self.spanned.items():
+            if span.master != sender:
+                continue
+            for host, workers in span.remote.items():
+                key = (message.query_id, host)
+                if workers and key not in span.sent:
+                    span.sent.add(key)
+                    url = self.registry.hosts[host].info.address
+                    self._link(host, url).submit("run_query", {
+                        "session": sid, "query_id": message.query_id, "spec": message.spec})
+            return
+
+    def _peer_request(self, host: str, kind: str, body: dict) -> None:
+        sid = body["session"]
+        if kind == "run_query":  # worker's side: the master's query, for our workers
+            hosted = self.hosted.get(sid)
+            if hosted is not None and hosted.master == host and hosted.ref is not None and (
+                    isinstance(body.get("query_id"), str) and isinstance(body.get("spec"),
+                                                                         dict)):
+                self.send(hosted.ref, m.RunQuery(query_id=body["query_id"], spec=body["spec"]))
+            return
+        # master's side: a worker there (re)started or exited
+        span = self.spanned.get(sid)
+        worker_id, pid, alive = body.get("worker"), body.get("pid"), body.get("alive")
+        if span is None or span.master is None or not isinstance(worker_id, str) or (
+                not isinstance(pid, int)) or not worker_id.endswith(f"@{host}"):
+            return
+        workers = span.remote.setdefault(host, {})
+        if alive:
+            workers[worker_id] = pid
+            self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
+                                                  pid=pid))
+        elif workers.get(worker_id) == pid:
+            del workers[worker_id]
+            self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+        self._update_data_hosts()
+
+    def _sessions_listed(self, message: m.StatusReply) -> None:
+        sessions = message.status.get("sessions")
+        if not isinstance(sessions, dict):
+            return
+        for sid in [s for s, span in self.spanned.items() if span.ready and not (
+                sessions.get(s) or {}).get("alive")]:
+            get_logger().info("spanned_session_ended", session=sid)
+            del self.spanned[sid]
+            assert self.forwarder is not None
+            self.forwarder.forget(sid)
+        self._update_data_hosts()
+
+    # -- worker's side: a session of another host's master -----------------------------
+    def _start_workers(self, master: str, body: dict) -> tuple[str, Any]:
+        """(endpoint thread) Start this host's part of a session; answer with its workers."""
+        sid, url, ids = body.get("session"), body.get("master_url"), body.get("worker_ids")
+        user = body.get("user") if isinstance(body.get("user"), str) else ""
+        if not (isinstance(sid, str) and SESSION_ID.match(sid) and isinstance(url, str)
+                and isinstance(ids, list) and 0 < len(ids) <= 256
+                and all(isinstance(w, str) and WORKER_ID.match(w)
+                        and w.endswith(f"@{self.info.name}") for w in ids)):
+            return "refused", {"message": "malformed start_workers request"}
+        event, box = threading.Event(), {}
+        self.inbox.put((self._host_session, master, sid, url, tuple(ids), user, event, box))
+        if not event.wait(START_WAIT):
+            return "refused", {"message": f"the workers did not start within {START_WAIT:g} s"}
+        if "error" in box:
+            return "refused", {"message": box["error"]}
+        return "ok", {"workers": box["workers"]}
+
+    def _host_session(self, master: str, sid: str, url: str, ids: tuple[str, ...], user: str,
+                      event: threading.Event, box: dict) -> None:
+        hosted = self.hosted.get(sid)
+        if hosted is not None:  # more workers for a session already here (added on the fly)
+            if hosted.master != master or hosted.ref is None or hosted.waiter is not None:
+                box["error"] = f"session {sid} is not ready for more workers here"
+                event.set()
+                return
+            new = tuple(w for w in ids if w not in hosted.workers)
+            hosted.expected = len(hosted.workers) + len(new)
+            hosted.waiter = (event, box)
+            hosted.tunnel.add_contexts(len(new))
+            self.send(hosted.ref, m.ChangeRemoteWorkers(add=new))
+            return
+        run_dir = self.config["run_dir"]
+        try:
+            tunnel = Tunnel(address=f"ipc://{os.path.join(run_dir, f'tunnel-{sid}.ipc')}",
+                            session_id=sid, name=self.info.name, master=master,
+                            master_url=url, secret=self.secret, tls=self.tls,
+                            contexts=len(ids) + 1)
+        except (pynng.NNGException, ClusterError) as exc:
+            box["error"] = f"cannot open the tunnel to {master}: {exc}"
+            event.set()
+            return
+        corr = f"hosts-{next(self._ids)}"
+        self.hosted[sid] = Hosted(master=master, master_url=url, expected=len(ids),
+                                  tunnel=tunnel, waiter=(event, box), corr=corr)
+        self.master_ok.setdefault(master, time.monotonic())
+        self.send(self.sessions, m.CreateSession(
+            corr=corr, session_id=sid, workers=len(ids), run_dir=run_dir,
+            log_dir=self.config["log_dir"], reply_to=self.myAddress, user=user,
+            remote_of=master, worker_ids=ids, packet_address=tunnel.address))
+
+    def _remote_worker(self, message: m.RemoteWorker, sender) -> None:
+        hosted = self.hosted.get(message.session_id)
+        if hosted is None:
+            return
+        hosted.ref = sender
+        if message.alive:
+            hosted.workers[message.worker_id] = message.pid
+        elif hosted.workers.get(message.worker_id) == message.pid:
+            del hosted.workers[message.worker_id]
+        if hosted.waiter is not None:
+            if len(hosted.workers) == hosted.expected:
+                event, box = hosted.waiter
+                box["workers"] = dict(hosted.workers)
+                hosted.waiter = None
+                event.set()
+                # the master just asked for it: its silence is counted from now
+                self.master_ok[hosted.master] = time.monotonic()
+            return
+        link = self._link(hosted.master, hosted.master_url)
+        link.submit("worker_event", {"session": message.session_id,
+                                     "worker": message.worker_id, "pid": message.pid,
+                                     "alive": message.alive})
+
+    def _stop_workers(self, master: str, sid: str, ids: tuple[str, ...]) -> None:
+        hosted = self.hosted.get(sid)
+        if hosted is None or hosted.master != master or hosted.ref is None:
+            return
+        hosted.expected = max(0, hosted.expected - len(ids))
+        self.send(hosted.ref, m.ChangeRemoteWorkers(remove=ids))
+
+    def _check_masters(self, now: float) -> None:
+        """Ask each master whether our sessions of it still run; close those that do not,
+        and all of a master silent for longer than a lost host would be."""
+        masters = {h.master: h.master_url for h in self.hosted.values() if h.waiter is None}
+        silent = max(3 * float(self.config["lost_after"]), 10.0) + SESSIONS_CHECK
+        for master, url in masters.items():
+            if now - self.master_ok.get(master, now) > silent:
+                for sid in [s for s, h in self.hosted.items() if h.master == master]:
+                    get_logger().warning("remote_session_orphaned", session=sid, master=master)
+                    self._drop_hosted(sid)
+                self.master_ok.pop(master, None)
+                continue
+            sids = [s for s, h in self.hosted.items() if h.master == master]
+            self._link(master, url).submit("sessions_alive", {"sessions": sids},
+                                           ("alive", master))
+
+    def _drop_hosted(self, sid: str) -> None:
+        hosted = self.hosted.pop(sid, None)
+        if hosted is None:
+            return
+        hosted.tunnel.close()
+        # the master, if it still hears us, re-queues what these workers had not delivered
+        link = self._link(hosted.master, hosted.master_url)
+        for worker_id, pid in hosted.workers.items():
+            link.submit("worker_event", {"session": sid, "worker": worker_id, "pid": pid,
+                                         "alive": False})
+        self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
+                                                session_id=sid, admin=True,
+                                                reply_to=self.myAddress))

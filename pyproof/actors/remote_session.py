@@ -1,0 +1,79 @@
+"""A session's part on another host: a supervisor of the workers placed here.
+
+The master runs on the master's host; here run only workers, supervised
+(one_for_one) like a session's own, under this daemon's sessions supervisor.
+They dial `packet_address`, this host's tunnel to the master (actors/hosts.py:
+sealed with the session's worker key over the cluster channel). The hosts
+actor hears of every worker that starts or exits (`RemoteWorker`) and tells
+the master's host; queries (`RunQuery`) come the other way, and a worker that
+restarts mid-query is given the query at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pyproof.actors import messages as m
+from pyproof.actors.sessions import WATCHDOG
+from pyproof.actors.supervisor import SupervisorActor
+from pyproof.logs import get_logger
+from pyproof.supervision import events as ev
+from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFlags
+
+
+class RemoteSession(SupervisorActor):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.request: m.CreateSession | None = None
+        self.query: m.RunQuery | None = None
+
+    def receive_other(self, message, sender) -> None:
+        if isinstance(message, m.CreateSession):
+            self.request = message
+            self.start_log(message.log_dir, actor="remote-session", session=message.session_id)
+            children = tuple(self._worker(worker_id) for worker_id in message.worker_ids)
+            self.supervise(SupervisorSpec(
+                name=f"remote-session-{message.session_id}", children=children,
+                flags=SupFlags(strategy=Strategy.ONE_FOR_ONE,
+                               intensity=10 + 5 * len(children), period=10.0, **WATCHDOG)))
+            get_logger().info("remote_session_started", master_host=message.remote_of,
+                              workers=list(message.worker_ids))
+            self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.ChangeRemoteWorkers):  # workers added or removed on the fly
+            assert self.request is not None
+            now = time.monotonic()
+            for worker_id in message.add:
+                if worker_id not in self.refs and worker_id not in self.starting:
+                    self.run(ev.AddChild(spec=self._worker(worker_id), now=now))
+            for worker_id in message.remove:
+                self.run(ev.RemoveChild(child_id=worker_id, now=now))
+        elif isinstance(message, m.RunQuery):
+            self.query = message
+            for child_id, ref in self.refs.items():
+                if child_id in self.pids:
+                    self.send(ref, message)
+
+    def _worker(self, worker_id: str) -> ChildSpec:
+        assert self.request is not None
+        return ChildSpec(id=worker_id, start=m.ActorStart(
+            actor="pyproof.actors.worker:Worker",
+            init=m.WorkerStart(session_id=self.request.session_id, worker_id=worker_id,
+                               packet_address=self.request.packet_address,
+                               log_dir=self.request.log_dir)))
+
+    def on_child_started(self, child_id: str, ref, pid: int, info: dict) -> None:
+        assert self.request is not None
+        self.send(self.request.reply_to, m.RemoteWorker(
+            session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=True))
+        if self.query is not None:  # restarted mid-query: back to work at once
+            self.send(ref, self.query)
+
+    def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        assert self.request is not None
+        if pid is not None:
+            self.send(self.request.reply_to, m.RemoteWorker(
+                session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=False))
+        level = "info" if self.exiting or reason == "shutdown" else "warning"
+        getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,
+                                     reason=reason)
