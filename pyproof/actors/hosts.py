@@ -52,6 +52,7 @@ from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
 from pyproof.hosts.channel import ChannelServer
 from pyproof.logs import get_logger
+from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
@@ -673,8 +674,11 @@ class Hosts(ProofActor):
                 if workers and key not in span.sent:
                     span.sent.add(key)
                     url = self.registry.hosts[host].info.address
+                    # the client's fields only: output_dir and packages are paths of
+                    # this host (remote workers' output files and packages: README)
                     self._link(host, url).submit("run_query", {
-                        "session": sid, "query_id": message.query_id, "spec": message.spec})
+                        "session": sid, "query_id": message.query_id,
+                        "spec": message.spec.to_wire()})
             return
 
     def _peer_request(self, host: str, kind: str, body: dict) -> None:
@@ -682,9 +686,13 @@ class Hosts(ProofActor):
         if kind == "run_query":  # worker's side: the master's query, for our workers
             hosted = self.hosted.get(sid)
             if hosted is not None and hosted.master == host and hosted.ref is not None and (
-                    isinstance(body.get("query_id"), str) and isinstance(body.get("spec"),
-                                                                         dict)):
-                self.send(hosted.ref, m.RunQuery(query_id=body["query_id"], spec=body["spec"]))
+                    isinstance(body.get("query_id"), str)):
+                try:  # checked as the gateway checks a client's
+                    spec = QuerySpec.from_wire(body.get("spec"))
+                except SpecError as exc:
+                    get_logger().warning("bad_query_spec", peer=host, error=str(exc))
+                    return
+                self.send(hosted.ref, m.RunQuery(query_id=body["query_id"], spec=spec))
             return
         # master's side: a worker there (re)started or exited
         span = self.spanned.get(sid)
