@@ -1,0 +1,38 @@
+"""Import the data path's heavy modules in the background, once a process is up.
+
+A session's master and workers start without uproot, awkward and hist (about
+a third of a second of CPU each, more than the rest of a start-up), so that a
+session is ready at once and a `cycles=` query never waits for them. Each
+then imports them on a daemon thread right after it reported itself started:
+by the time the user's first data query arrives they are usually loaded, and
+if not, the query's own `import` waits for the thread's (Python's import
+locks make the two one import).
+
+Only leaf actors (master, workers) warm up: they never fork, so no fork can
+catch the thread holding an import lock. A supervisor never calls this.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+DATA_MODULES = ("uproot", "awkward", "hist")
+
+
+def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
+    """Start importing `modules` on a daemon thread (none with PYPROOF_WARMUP=0)."""
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
+        return None
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (the real import, later, reports it)
+                return
+
+    thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
+    thread.start()
+    return thread
