@@ -179,6 +179,8 @@ class Sessions(SupervisorActor):
 class SessionSupervisor(SupervisorActor):
     """One session: a master and its workers (one_for_one)."""
 
+    parallel_start = True  # master and workers need nothing from each other to start
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request: m.CreateSession | None = None

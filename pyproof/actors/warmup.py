@@ -21,6 +21,16 @@ import threading
 DATA_MODULES = ("uproot", "awkward", "hist")
 
 
+def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
+    """Import `modules` now (at once if the warm-up is done; else wait for its import).
+
+    A worker calls this before its first data packet, so that no packet's clock
+    (`packet_timeout`, the packetizer's rates) counts the import.
+    """
+    for name in modules:
+        importlib.import_module(name)
+
+
 def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
     """Start importing `modules` on a daemon thread (none with PYPROOF_WARMUP=0)."""
     if os.environ.get("PYPROOF_WARMUP", "1") == "0":

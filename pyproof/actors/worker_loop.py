@@ -21,6 +21,7 @@ import pynng
 from pyproof import worker_output
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
+from pyproof.actors.warmup import load_data_modules
 from pyproof.filesets import names_by_file
 from pyproof.logs import get_logger
 from pyproof.packages.activate import activate, adopt_selector_attributes
@@ -126,6 +127,8 @@ class WorkerLoop:
         self.log.info("query_started", selector=self.spec["selector"])
         worker_output.clear_tail()  # a failure carries this query's output only
         try:
+            if self.spec.get("cycles") is None:
+                load_data_modules()  # before any packet's clock starts (see warmup.py)
             self._loop()
         except _MasterGone as gone:
             # the master may still count on packets we hold: only our death (reported by
