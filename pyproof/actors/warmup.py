@@ -14,11 +14,13 @@ catch the thread holding an import lock. A supervisor never calls this.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
 
 DATA_MODULES = ("uproot", "awkward", "hist")
+WARMUP_NICE = 10  # added to the thread's niceness
 
 
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
@@ -37,6 +39,10 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
         return None
 
     def run() -> None:
+        # a lower priority for this thread alone (Linux schedules threads): a query
+        # that arrives meanwhile, or a sibling's start, goes first
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
         for name in modules:
             try:
                 importlib.import_module(name)
