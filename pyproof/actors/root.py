@@ -20,6 +20,10 @@ from pyproof.supervision.spec import ChildSpec, ChildType, Strategy, SupervisorS
 
 
 class Root(SupervisorActor):
+    # sessions and gateway are created side by side; the gateway is given the sessions
+    # supervisor's address at once (created early, or started by the core on a restart)
+    parallel_start = True
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.boot: m.Boot | None = None
@@ -47,8 +51,8 @@ class Root(SupervisorActor):
 
     def child_init(self, child_id: str, init: Any) -> Any:
         if child_id == "gateway":
-            return dataclasses.replace(init, sessions=self.refs.get("sessions"),
-                                       root=self.myAddress)
+            sessions = self.refs.get("sessions") or self.early.get("sessions", {}).get("ref")
+            return dataclasses.replace(init, sessions=sessions, root=self.myAddress)
         return init
 
     def on_running(self) -> None:

@@ -9,7 +9,11 @@ if not, the query's own `import` waits for the thread's (Python's import
 locks make the two one import).
 
 Only leaf actors (master, workers) warm up: they never fork, so no fork can
-catch the thread holding an import lock. A supervisor never calls this.
+catch the thread holding an import lock. A supervisor never starts the thread;
+the sessions supervisor instead imports the session's own actor modules
+(light: no uproot, awkward, hist) on its own thread, right after it reported
+itself started, while the gateway starts and the client logs in: every
+session supervisor forked from it then has them already.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ import threading
 
 DATA_MODULES = ("uproot", "awkward", "hist")
 WARMUP_NICE = 10  # added to the thread's niceness
+
+
+SESSION_MODULES = ("pyproof.actors.master", "pyproof.actors.worker")
+
+
+def preload_session_modules() -> None:
+    """Import what a session's supervisor needs to create its master and workers."""
+    for name in SESSION_MODULES:
+        importlib.import_module(name)
 
 
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
