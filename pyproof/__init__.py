@@ -7,19 +7,59 @@ Layers (bottom up):
 - actors/: Thespian actors (thin shells) and their nng data planes;
 - client/: `connect`, `Session`, `Result`, progress display;
 - cli/: `proofctl`.
+
+The public names are imported on first use (PEP 562): the daemon and the
+actors import `pyproof.<module>` without paying for the client's imports
+(numpy, pynng, the codec), which keeps a lite session's start-up short.
 """
 
-from pyproof.client.result import Result, Stats, WorkerStats
-from pyproof.client.session import Session, connect
-from pyproof.errors import ConnectError, InputError, ProofError, QueryError
-from pyproof.selector import Context, Selector, SelectorError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pyproof.errors import ConnectError, InputError, ProofError, QueryAborted, QueryError
+
+if TYPE_CHECKING:
+    from pyproof.client.handle import QueryHandle
+    from pyproof.client.result import Result, Stats, WorkerStats
+    from pyproof.client.session import Session, connect
+    from pyproof.selector import Context, Selector, SelectorError
+
+_LAZY = {
+    "QueryHandle": "pyproof.client.handle",
+    "Result": "pyproof.client.result",
+    "Stats": "pyproof.client.result",
+    "WorkerStats": "pyproof.client.result",
+    "Session": "pyproof.client.session",
+    "connect": "pyproof.client.session",
+    "Context": "pyproof.selector",
+    "Selector": "pyproof.selector",
+    "SelectorError": "pyproof.selector",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyproof' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ConnectError",
     "Context",
     "InputError",
     "ProofError",
+    "QueryAborted",
     "QueryError",
+    "QueryHandle",
     "Result",
     "Selector",
     "SelectorError",

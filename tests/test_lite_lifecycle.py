@@ -9,12 +9,16 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import pyproof
 from pyproof.supervision.process_tree import descendants_of, is_alive, session_members
 from tests.conftest import data_file
 
 CLIENT = """
 import json, sys, time
+import pytest
+
 import pyproof
 session = pyproof.connect("lite://?workers=2")
 print(json.dumps({"daemon": session.cluster.process.pid, "run_dir": session.cluster.run_dir,
@@ -73,3 +77,16 @@ def test_a_session_runs_many_queries_in_a_row():
         counts = [session.process("tests.sample_selectors:ZmumuMass", dataset=path,
                                   progress=False).outputs["n"] for _ in range(5)]
     assert counts == [2304] * 5
+
+
+def test_a_daemon_that_dies_before_it_is_ready_is_reported_with_its_log(tmp_path, monkeypatch):
+    # the daemon's interpreter finds a broken thespian first: it exits while booting; the
+    # client waits on the ready pipe (client/lite.py) and must notice the exit, not hang
+    broken = tmp_path / "thespian"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(pyproof.ConnectError,
+                       match=r"^the lite daemon exited with code 1 before it was ready; "
+                             r"see .*daemon\.out$"):
+        pyproof.connect("lite://?workers=1", timeout=60)

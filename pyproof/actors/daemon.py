@@ -14,6 +14,7 @@ sandbox private (see pyproof.sandbox).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import json
@@ -22,6 +23,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 import uuid
 
 from pyproof import sandbox
@@ -43,14 +45,39 @@ SHUTDOWN_TIMEOUT = 3.0
 ROOT_CHECK = 1.0  # seconds between checks that the root supervisor still runs
 
 
-def _write_ready(run_dir: str, info: dict) -> None:
+def _write_ready(run_dir: str, info: dict, ready_fd: int | None = None) -> None:
     tmp = os.path.join(run_dir, "ready.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
     os.replace(tmp, os.path.join(run_dir, "ready.json"))
+    if ready_fd is not None:
+        # the lite client waits on this pipe (an event, not a poll of the file)
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"\n")
+        with contextlib.suppress(OSError):
+            os.close(ready_fd)
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog as if rich were not installed (a sixth of a lite start-up).
+
+    structlog's console renderer imports rich (and better_exceptions) when it can;
+    the actors log JSON and never use it. The modules stay importable afterwards:
+    only structlog's own optional use of them is off, in this process tree.
+    """
+    optional = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
+    for name in optional:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in optional:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def main(argv: list[str] | None = None) -> int:
+    t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--log-dir", required=True)
@@ -65,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
     parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
     cluster_options.add_arguments(parser)  # --cluster-secret, --name, --join, --hosts, ...
+    parser.add_argument("--ready-fd", type=int, default=None,
+                        help="a pipe to write one line to once ready.json is written")
     args = parser.parse_args(argv)
     # private by default: whatever this tree writes (logs, sockets, catalog, the
     # selectors' output files) is the user's alone; and what an older version
@@ -102,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
         threading.Thread(target=watch, daemon=True).start()
 
+    _import_structlog_without_rich()
     from pyproof.actors.root import Root
     from pyproof.actors.system import start_system
 
     system, port = start_system(args.log_dir)
+    t_system = time.time()
     # the admin double-forks into a session of its own: its first child's pid is
     # that session's id, the handle that finds every actor later
     thespian_sessions = children_of(os.getpid())
@@ -128,11 +159,15 @@ def main(argv: list[str] | None = None) -> int:
                            BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"
-            _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"})
+            _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"},
+                         args.ready_fd)
             return 1
+        # t_*: when main() ran, the actor system was up, the root had booted (bench.startup)
         _write_ready(args.run_dir, {"control": control, "pid": os.getpid(), "url": args.url,
                                     "thespian_port": port, "root_pid": reply.root_pid,
-                                    "thespian_sessions": thespian_sessions})
+                                    "thespian_sessions": thespian_sessions,
+                                    "t_main": t_main, "t_system": t_system,
+                                    "t_booted": time.time()}, args.ready_fd)
         root_started = start_time(reply.root_pid) if reply.root_pid else None
         while not stop.wait(ROOT_CHECK):
             if root_started is not None and not (is_alive(reply.root_pid) and

@@ -15,8 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import uproot
-
 from pyproof.packetizer.base import WorkRange
 
 FRIEND = "friend."
@@ -122,6 +120,8 @@ class LookupCache:
 
 def open_tree(path: str, tree: str | None) -> TreeInfo:
     """Open a file, find its tree, and read its entry count and branch names."""
+    import uproot  # imported on first use: a session starts without it (warmup.py)
+
     try:
         handle = uproot.open(path)
     except FileNotFoundError:

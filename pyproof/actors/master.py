@@ -14,6 +14,7 @@ from pyproof.actors import messages as m
 from pyproof.actors.base import ProofActor
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
+from pyproof.actors.warmup import start_warmup
 from pyproof.logs import get_logger
 from pyproof.query.spec import QuerySpec
 from pyproof.transport.tls import TLSError, TLSSettings
@@ -33,6 +34,7 @@ class Master(ProofActor):
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))
+            start_warmup()  # uproot (look-ups), hist (merging): loaded while idle
         elif isinstance(message, m.WorkerJoined):
             assert self.plane is not None
             self.workers[message.worker_id] = (message.ref, message.pid)

@@ -20,6 +20,10 @@ from pyproof.supervision.spec import ChildSpec, ChildType, Strategy, SupervisorS
 
 
 class Root(SupervisorActor):
+    # sessions and gateway are created side by side; the gateway is given the sessions
+    # supervisor's address at once (created early, or started by the core on a restart)
+    parallel_start = True
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.boot: m.Boot | None = None
@@ -53,11 +57,15 @@ class Root(SupervisorActor):
 
     def child_init(self, child_id: str, init: Any) -> Any:
         if child_id == "gateway":
-            return dataclasses.replace(init, sessions=self.refs.get("sessions"),
-                                       root=self.myAddress, hosts=self.refs.get("hosts"))
+            return dataclasses.replace(init, sessions=self._ref("sessions"),
+                                       root=self.myAddress, hosts=self._ref("hosts"))
         if child_id == "hosts":
-            return dataclasses.replace(init, sessions=self.refs.get("sessions"))
+            return dataclasses.replace(init, sessions=self._ref("sessions"))
         return init
+
+    def _ref(self, child_id: str) -> Any:
+        """A sibling's address, also while children start side by side (parallel_start)."""
+        return self.refs.get(child_id) or self.early.get(child_id, {}).get("ref")
 
     def on_running(self) -> None:
         assert self.boot is not None

@@ -16,6 +16,7 @@ from typing import Any
 
 from pyproof.actors import messages as m
 from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.spec import (
@@ -56,6 +57,7 @@ class Sessions(SupervisorActor):
                 name="sessions", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=100,
                                                 period=1.0, **WATCHDOG)))
             self.send(sender, m.Started(pid=os.getpid()))
+            preload_session_modules()  # while the gateway starts (see actors/warmup.py)
         elif isinstance(message, m.CreateSession):
             self._create(message, sender)
         elif isinstance(message, (m.CloseSession, *ROUTED)) and not self._may(message):
@@ -182,6 +184,8 @@ class Sessions(SupervisorActor):
 
 class SessionSupervisor(SupervisorActor):
     """One session: a master and its workers (one_for_one)."""
+
+    parallel_start = True  # master and workers need nothing from each other to start
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

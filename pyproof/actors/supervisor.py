@@ -9,6 +9,15 @@ tree, ping it. Thespian tells us when a child process ends
 Subclasses customise with three hooks: `child_init` (fill in the init message
 just before a start, e.g. with a sibling's address), `on_child_started` and
 `on_child_exited`, plus `on_running` when every child is up.
+
+`parallel_start = True` (a session's supervisor) creates every initial child
+at once, so their processes start side by side instead of one after another.
+The core still sees them start in list order, one at a time, as in OTP: a
+child created early is only handed to the core when the core asks to start
+it (its `Started`, if already in, is replayed then). One that fails or exits
+before that is dropped and started afresh the ordinary way, so the core sees
+exactly what a serial start would have shown it. Only for children whose
+init needs nothing from an earlier sibling (`child_init` runs early too).
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ def import_actor(path: str) -> type:
 class SupervisorActor(ProofActor):
     """A generic supervisor; start it by sending `Supervise`-like `supervise(spec)`."""
 
+    parallel_start = False  # create every initial child at once (see the module docstring)
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.core: sc.SupervisorCore | None = None
@@ -62,6 +73,10 @@ class SupervisorActor(ProofActor):
         self._corr = itertools.count()
         self._announced = False
         self.exiting = False  # we got ActorExitRequest: children's exits are our shutdown
+        # children created ahead of the core's StartChild (parallel_start):
+        # child id -> {"ref", "started": (pid, info) | None, "failed": bool}
+        self.early: dict[str, dict[str, Any]] = {}
+        self._deferred: list[Any] = []  # events for the core, after the current commands
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -88,6 +103,9 @@ class SupervisorActor(ProofActor):
     # -- driving the core ---------------------------------------------------
     def supervise(self, spec: SupervisorSpec) -> None:
         self.core = sc.SupervisorCore.from_spec(spec)
+        if self.parallel_start:
+            for child in spec.children:
+                self._create_early(child)
         self.run(ev.Init(now=time.monotonic()))
         self._ensure_tick()
 
@@ -95,6 +113,8 @@ class SupervisorActor(ProofActor):
         assert self.core is not None
         for command in self.core.handle(*events):
             self.execute(command)
+        while self._deferred:  # an early child's Started, replayed once the core asked
+            self._deferred.pop(0)()
         if not self._announced and self.core.phase == sc.Phase.RUNNING:
             self._announced = True
             self.on_running()
@@ -132,7 +152,51 @@ class SupervisorActor(ProofActor):
     def reply_added(self, requester: Any, reply: ev.Reply) -> None:
         pass
 
+    def _create_early(self, spec: Any) -> None:
+        start: m.ActorStart = spec.start
+        ref = self.createActor(import_actor(start.actor))
+        self.early[spec.id] = {"ref": ref, "started": None, "failed": False}
+        self.send(ref, self.child_init(spec.id, start.init))
+
+    def _adopt_early(self, spec: Any) -> bool:
+        """Hand the core the child created early for `spec`, if it is still sound."""
+        early = self.early.pop(spec.id, None)
+        if early is None:
+            return False
+        if early["failed"]:  # it failed or exited before the core asked: start afresh
+            return False
+        ref = early["ref"]
+        self.refs[spec.id] = ref
+        self.pids.pop(spec.id, None)
+        self.starting[spec.id] = time.monotonic() + spec.start.start_timeout
+        if early["started"] is not None:
+            pid, info = early["started"]
+
+            def replay() -> None:
+                if spec.id in self.starting and self.refs.get(spec.id) == ref:
+                    self._started(spec.id, ref, pid, info)
+
+            self._deferred.append(replay)
+        return True
+
+    def _early_of(self, ref: Any) -> str | None:
+        for child_id, early in self.early.items():
+            if early["ref"] == ref:
+                return child_id
+        return None
+
+    def _drop_early(self, child_id: str) -> None:
+        """An early child failed before the core asked for it: stop it, start afresh later."""
+        early = self.early[child_id]
+        early["failed"] = True
+        if early["started"] is not None:
+            kill_tree(early["started"][0], reap=False)
+        else:
+            self.send(early["ref"], ActorExitRequest())
+
     def _start(self, spec: Any) -> None:
+        if self._adopt_early(spec):
+            return
         start: m.ActorStart = spec.start
         ref = self.createActor(import_actor(start.actor))
         self.refs[spec.id] = ref
@@ -218,14 +282,16 @@ class SupervisorActor(ProofActor):
                 self._on_tick()
         elif isinstance(message, m.Started):
             child_id = self.child_of(sender)
+            if child_id is None and (early := self._early_of(sender)) is not None:
+                self.early[early]["started"] = (message.pid, message.info)
+                return
             if child_id is None or child_id not in self.starting:
                 return
-            del self.starting[child_id]
-            self.pids[child_id] = message.pid
-            self.run(ev.ChildStarted(child_id=child_id, ref=sender, now=time.monotonic(),
-                                     pid=message.pid))
-            self.on_child_started(child_id, sender, message.pid, message.info)
+            self._started(child_id, sender, message.pid, message.info)
         elif isinstance(message, m.StartError):
+            if self.child_of(sender) is None and (early := self._early_of(sender)) is not None:
+                self._drop_early(early)
+                return
             child_id = self.child_of(sender)
             if child_id is None or child_id not in self.starting:
                 return
@@ -238,6 +304,10 @@ class SupervisorActor(ProofActor):
             if child_id is not None:
                 self.run(ev.Pong(child_id=child_id, seq=message.seq, now=time.monotonic()))
         elif isinstance(message, ChildActorExited):
+            early = self._early_of(message.childAddress)
+            if early is not None and self.child_of(message.childAddress) is None:
+                del self.early[early]  # gone before the core asked: it starts one afresh
+                return
             self._child_exited(message.childAddress)
         elif isinstance(message, m.TreeRequest):
             self._tree_request(message, sender)
@@ -251,9 +321,18 @@ class SupervisorActor(ProofActor):
                 self.stopping[child_id] = None
                 if child_id in self.pids:
                     kill_tree(self.pids[child_id], reap=False)
+            for child_id in list(self.early):  # created early, never handed to the core
+                if not self.early[child_id]["failed"]:
+                    self._drop_early(child_id)
             self.on_exit()
         else:
             self.receive_other(message, sender)
+
+    def _started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        del self.starting[child_id]
+        self.pids[child_id] = pid
+        self.run(ev.ChildStarted(child_id=child_id, ref=ref, now=time.monotonic(), pid=pid))
+        self.on_child_started(child_id, ref, pid, info)
 
     def child_of(self, ref: Any) -> str | None:
         """The id of the live child at `ref` (actor addresses are not hashable)."""

@@ -20,6 +20,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
 from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
+from pyproof.actors.warmup import start_warmup
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
 from pyproof.logs import get_logger
 from pyproof.transport.codec import RemoteError
@@ -48,6 +49,7 @@ class Worker(ProofActor):
             os.environ["PYPROOF_IN_WORKER"] = message.worker_id
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
+            start_warmup()  # uproot, awkward, hist: loaded while the session is idle
         elif isinstance(message, m.RunQuery):
             self._run(message)
             self.wakeupAfter(PACKET_CHECK)

@@ -16,16 +16,14 @@ import time
 import traceback
 from typing import Any
 
-import awkward as ak
 import pynng
-import uproot
 
 from pyproof import worker_output
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
+from pyproof.actors.warmup import load_data_modules
 from pyproof.filesets import names_by_file
 from pyproof.logs import get_logger
-from pyproof.nanoevents import read_events
 from pyproof.packages.activate import activate, adopt_selector_attributes
 from pyproof.packetizer.base import CYCLES
 from pyproof.query.spec import QuerySpec
@@ -60,6 +58,8 @@ class _FileCache:
     def tree(self, path: str, tree: str) -> tuple[Any, Any]:
         handle = self._files.get(path)
         if handle is None:
+            import uproot  # imported on first use: a session starts without it (warmup.py)
+
             handle = uproot.open(path)
             self._files[path] = handle
             self._charged[path] = 0
@@ -129,6 +129,8 @@ class WorkerLoop:
         self.log.info("query_started", selector=self.spec.selector)
         worker_output.clear_tail()  # a failure carries this query's output only
         try:
+            if self.spec.cycles is None:
+                load_data_modules()  # before any packet's clock starts (see warmup.py)
             self._loop()
         except _MasterGone as gone:
             # the master may still count on packets we hold: only our death (reported by
@@ -261,6 +263,10 @@ class WorkerLoop:
     def _read(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
               stop: int) -> tuple[Any, int]:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
+        import awkward as ak  # the data path only: a cycles query never needs it
+
+        from pyproof.nanoevents import read_events
+
         main, friends = split_branches(self.spec.branches)
         handle, tree = self._files.tree(path, tree_name)
         if (path, tree_name) not in self._checked:  # the master checked only the first file

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -55,25 +56,39 @@ class LiteCluster:
         secret_file = str(auth.write_secret(os.path.join(self.run_dir, "secret"), self.secret))
         self._prune_old_sessions(base)
         self._out = open_private(os.path.join(self.log_dir, "daemon.out"), "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
-             "--log-dir", self.log_dir, "--watch-stdin", "--secret-file", secret_file],
-            stdin=subprocess.PIPE, stdout=self._out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # the daemon writes a line on this pipe once ready.json is there: we wait on an
+        # event, not by polling the file
+        ready_r, ready_w = os.pipe()
         try:
-            self.control_address = self._wait_ready(timeout)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
+                 "--log-dir", self.log_dir, "--watch-stdin", "--secret-file", secret_file,
+                 "--ready-fd", str(ready_w)],
+                stdin=subprocess.PIPE, stdout=self._out, stderr=subprocess.STDOUT,
+                start_new_session=True, pass_fds=(ready_w,),
+            )
+        finally:
+            os.close(ready_w)
+        self.ready_info: dict = {}
+        self.t_ready_seen: float | None = None
+        try:
+            self.control_address = self._wait_ready(ready_r, timeout)
         except BaseException:
             self.close()
             raise
+        finally:
+            os.close(ready_r)
 
-    def _wait_ready(self, timeout: float) -> str:
+    def _wait_ready(self, ready_fd: int, timeout: float) -> str:
         ready = os.path.join(self.run_dir, "ready.json")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if os.path.exists(ready):
+        signalled = False
+        waiting_on = [ready_fd]
+        while (left := deadline - time.monotonic()) > 0:
+            if signalled or os.path.exists(ready):
                 with open(ready) as f:
                     info = json.load(f)
+                self.ready_info, self.t_ready_seen = info, time.time()
                 self.thespian_sessions = list(info.get("thespian_sessions", []))
                 if "error" in info:
                     raise ConnectError(f"{info['error']} (logs in {self.log_dir})")
@@ -82,23 +97,36 @@ class LiteCluster:
                 raise ConnectError(
                     f"the lite daemon exited with code {self.process.returncode} before it "
                     f"was ready; see {os.path.join(self.log_dir, 'daemon.out')}")
-            time.sleep(0.01)
+            # woken by the daemon's line; the slice bounds how late a dead daemon is seen
+            readable, _, _ = select.select(waiting_on, [], [], min(left, 0.1))
+            if readable:
+                # a line: ready.json is written; end of file: every holder of the pipe is
+                # gone (the daemon died: poll() says so next round)
+                signalled = bool(os.read(ready_fd, 64))
+                if not signalled:
+                    waiting_on = []
         raise ConnectError(f"the lite daemon was not ready within {timeout:.0f} s "
                            f"(logs in {self.log_dir})")
 
     def close(self) -> None:
+        """Kill the whole cluster at once: nothing in it needs an orderly stop.
+
+        `Session.close()` has already closed the session (its supervisor stops
+        master and workers and answers once they are gone); what is left (root,
+        gateway, sessions supervisor, Thespian's admin and logger) holds no
+        state worth a shutdown: Thespian's takes 0.5-1 s, so its process trees
+        are killed instead. End of file on stdin still tells a daemon we fail
+        to kill (it is not ours any more, say) to stop on its own.
+        """
         proc = self.process
         if proc.poll() is None:
             with contextlib.suppress(OSError):
-                proc.stdin.close()  # the daemon sees EOF and kills its own tree
-            try:
+                proc.stdin.close()
+            kill_tree(proc.pid, timeout=STOP_TIMEOUT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                kill_tree(proc.pid)
-                proc.wait(STOP_TIMEOUT)
-        # whatever the daemon could not reap (say it was killed itself)
-        for sid in [proc.pid, *self.thespian_sessions]:
-            kill_session(sid)
+        # the actors live in sessions of their own (Thespian's admin calls setsid)
+        kill_session([proc.pid, *self.thespian_sessions], timeout=STOP_TIMEOUT)
         if proc.stdin:
             with contextlib.suppress(OSError):
                 proc.stdin.close()

@@ -1,0 +1,67 @@
+"""Import the data path's heavy modules in the background, once a process is up.
+
+A session's master and workers start without uproot, awkward and hist (about
+a third of a second of CPU each, more than the rest of a start-up), so that a
+session is ready at once and a `cycles=` query never waits for them. Each
+then imports them on a daemon thread right after it reported itself started:
+by the time the user's first data query arrives they are usually loaded, and
+if not, the query's own `import` waits for the thread's (Python's import
+locks make the two one import).
+
+Only leaf actors (master, workers) warm up: they never fork, so no fork can
+catch the thread holding an import lock. A supervisor never starts the thread;
+the sessions supervisor instead imports the session's own actor modules
+(light: no uproot, awkward, hist) on its own thread, right after it reported
+itself started, while the gateway starts and the client logs in: every
+session supervisor forked from it then has them already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+
+DATA_MODULES = ("uproot", "awkward", "hist")
+WARMUP_NICE = 10  # added to the thread's niceness
+
+
+SESSION_MODULES = ("pyproof.actors.master", "pyproof.actors.worker")
+
+
+def preload_session_modules() -> None:
+    """Import what a session's supervisor needs to create its master and workers."""
+    for name in SESSION_MODULES:
+        importlib.import_module(name)
+
+
+def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
+    """Import `modules` now (at once if the warm-up is done; else wait for its import).
+
+    A worker calls this before its first data packet, so that no packet's clock
+    (`packet_timeout`, the packetizer's rates) counts the import.
+    """
+    for name in modules:
+        importlib.import_module(name)
+
+
+def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
+    """Start importing `modules` on a daemon thread (none with PYPROOF_WARMUP=0)."""
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
+        return None
+
+    def run() -> None:
+        # a lower priority for this thread alone (Linux schedules threads): a query
+        # that arrives meanwhile, or a sibling's start, goes first
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (the real import, later, reports it)
+                return
+
+    thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
+    thread.start()
+    return thread
