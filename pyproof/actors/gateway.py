@@ -25,6 +25,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
+from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
 from pyproof.packages import service as packages
 from pyproof.packages.errors import PackageError

@@ -24,6 +24,7 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import QueryRun
+from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
 from pyproof.query.core import PROGRESS_PERIOD
 from pyproof.query.spec import QuerySpec

@@ -35,6 +35,7 @@ from pyproof.actors.output_files import (
     check_output_dataset,
     register_output_dataset,
 )
+from pyproof.actors.warmup import wait_warmup
 from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
@@ -147,6 +148,7 @@ class QueryRun:
 
     def _lookup(self) -> None:
         """Look-up thread: find the work, then tell the core (no one polls for it)."""
+        wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
         try:
             if self.spec.output_dataset:
                 check_output_dataset(self.spec.output_dataset, self.user,
@@ -341,6 +343,7 @@ class QueryRun:
 
     # -- merging (the merge thread) ---------------------------------------------------
     def _merge_loop(self) -> None:
+        wait_warmup()  # merging imports hist: never beside the warm-up (warmup.py)
         while True:
             job = self._merges.get()
             if job is None:

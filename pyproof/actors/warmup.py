@@ -4,9 +4,14 @@ A session's master and workers start without uproot, awkward and hist (about
 a third of a second of CPU each, more than the rest of a start-up), so that a
 session is ready at once and a `cycles=` query never waits for them. Each
 then imports them on a daemon thread right after it reported itself started:
-by the time the user's first data query arrives they are usually loaded, and
-if not, the query's own `import` waits for the thread's (Python's import
-locks make the two one import).
+by the time the user's first data query arrives they are usually loaded.
+
+Two threads importing the same package tree at once are NOT safe: Python's
+per-module locks break a cross-thread cycle (awkward's submodules import each
+other) by handing one thread a partially initialized module ("partially
+initialized module 'awkward' has no attribute 'Array'"). So whatever may import
+them on another thread (a selector's module, the master's look-up) first waits
+for the warm-up with `wait_warmup()`: the imports happen one after the other.
 
 Only leaf actors (master, workers) warm up: they never fork, so no fork can
 catch the thread holding an import lock. A supervisor never starts the thread;
@@ -36,12 +41,29 @@ def preload_session_modules() -> None:
         importlib.import_module(name)
 
 
+WARMUP_WAIT = 120.0  # seconds: an import that takes longer is stuck; go on and let it fail
+
+_warmup: threading.Thread | None = None
+
+
+def wait_warmup(timeout: float = WARMUP_WAIT) -> None:
+    """Return once this process's warm-up imports are done (at once if none runs).
+
+    Call before anything that may import the data modules on another thread
+    (loading a selector, a look-up): see the module docstring.
+    """
+    thread = _warmup
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+
+
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
-    """Import `modules` now (at once if the warm-up is done; else wait for its import).
+    """Import `modules` now (at once if the warm-up is done; else after it).
 
     A worker calls this before its first data packet, so that no packet's clock
     (`packet_timeout`, the packetizer's rates) counts the import.
     """
+    wait_warmup()
     for name in modules:
         importlib.import_module(name)
 
@@ -62,6 +84,8 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
             except Exception:  # noqa: BLE001 (the real import, later, reports it)
                 return
 
+    global _warmup
     thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
+    _warmup = thread
     thread.start()
     return thread

@@ -331,6 +331,7 @@ def grants(peer: Peer, directory: str, workers: int, seconds: float) -> dict[str
     process CPU (its thread, nng's threads) is divided by the grants.
     """
     from pyproof.actors.master_plane import MasterPlane
+    from pyproof.query.spec import QuerySpec
 
     # the master's log lines (a query prepared, ...) would interleave with the table
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
@@ -342,9 +343,10 @@ def grants(peer: Peer, directory: str, workers: int, seconds: float) -> dict[str
             pid = peer.process.pid
             for i in range(workers):
                 plane.worker_joined(f"worker-{i}#{pid}")
-            plane.start_query("q1", {"cycles": 10**12, "packetizer": "basic",
-                                     "packetizer_params": {"packet_entries": 1000},
-                                     "client_address": client_address}, "bench")
+            plane.start_query("q1", QuerySpec(
+                selector="bench:Selector", cycles=10**12, packetizer="basic",
+                packetizer_params={"packet_entries": 1000}, client_address=client_address),
+                "bench")
             client.recv_timeout = 100
             stop = threading.Event()
 
