@@ -27,6 +27,7 @@ import itertools
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import uuid
@@ -48,6 +49,7 @@ from pyproof.actors.host_links import (
     cluster_address,
 )
 from pyproof.actors.sessions import master_address
+from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
 from pyproof.hosts.channel import ChannelServer
@@ -220,6 +222,7 @@ class Hosts(ProofActor):
         self.registry = reg.HostRegistry(lost_after=float(config["lost_after"]),
                                          listed=[h for h in listed if h.name != self.info.name])
         self._self_heard(time.monotonic())
+        self._write_layout()
         run_dir = config["run_dir"]
         self.forwarder = Forwarder(self.secret, lambda sid: master_address(run_dir, sid))
         try:
@@ -296,8 +299,23 @@ class Hosts(ProofActor):
                                                         reply_to=self.myAddress))
             self._check_masters(now)
 
+    def _write_layout(self) -> None:
+        """Each host's data roots, for the masters' locality (hosts/locality.py)."""
+        with self.lock:
+            roots = {name: tuple(h.info.data_paths) for name, h in self.registry.hosts.items()}
+        roots[self.info.name] = tuple(self.info.data_paths)
+        layout = loc.Layout(host=self.info.name, machine=socket.gethostname(), roots=roots)
+        if layout != getattr(self, "layout", None) and self.config.get("run_dir"):
+            try:
+                loc.write_layout(self.config["run_dir"], layout)
+                self.layout = layout
+            except OSError as exc:
+                get_logger().warning("layout_not_written", error=str(exc))
+
     def _changed(self, changes: list, peer: str | None = None) -> None:
         log = get_logger()
+        if any(isinstance(c, reg.HostJoined | reg.HostRestarted) for c in changes):
+            self._write_layout()
         for change in changes:
             if isinstance(change, reg.HostJoined):
                 log.info("host_joined", host=change.name, rejoined=change.rejoined, peer=peer)
