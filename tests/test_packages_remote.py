@@ -7,8 +7,8 @@ import os
 import threading
 
 import pytest
-
 from package_helpers import write_package, zip_dir
+
 from pyproof.packages import remote
 from pyproof.packages.errors import PackageError
 from pyproof.packages.store import PackageStore

@@ -35,8 +35,8 @@ from pyproof.actors.output_files import (
     register_output_dataset,
 )
 from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
-from pyproof.logs import get_logger
 from pyproof.hosts.locality import element_hosts, read_layout, worker_host
+from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND
 from pyproof.packetizer.base import CYCLES, WorkRange

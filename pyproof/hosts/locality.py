@@ -82,9 +82,9 @@ def element_host(path: str, record_host: str | None, layout: Layout) -> str | No
         for host, roots in layout.roots.items():
             for root in roots:
                 root = os.path.normpath(root)
-                if local == root or local.startswith(root.rstrip(os.sep) + os.sep):
-                    if best is None or len(root) > best[0]:
-                        best = (len(root), host)
+                inside = local == root or local.startswith(root.rstrip(os.sep) + os.sep)
+                if inside and (best is None or len(root) > best[0]):
+                    best = (len(root), host)
         if best is not None:
             return best[1]
     if record_host is None:
