@@ -259,3 +259,56 @@ def test_workers_dying_on_another_host_are_restarted_there_and_their_work_requeu
                                  inputs={"sleep": 0.0}, progress=False, **BASIC)
         check_exact(result)
         assert set(by_host(result)) == {"h2"}
+
+
+def test_a_zip_package_runs_by_name_on_three_hosts_new_versions_and_late_hosts_too(
+        netns_hosts: NetnsHosts, tmp_path):  # noqa: F811
+    """Hosts without the client's files (nor the master's cache) get the session's enabled
+    packages from the master's host, by hash, before their first packet."""
+    from tests.package_helpers import write_package, zip_dir
+
+    hosts = netns_hosts
+    secret = auth.fresh_cluster_secret()
+    url = cluster(hosts, ("m", "h2", "h3"), secret)
+
+    def upload(session, factor: int) -> None:
+        source = write_package(str(tmp_path / f"src{factor}"), "hostpkg", factor=factor,
+                               version=factor)
+        archive = zip_dir(source, str(tmp_path / f"hostpkg{factor}.zip"))
+        assert session.upload_package(archive) == "hostpkg"
+
+    def versions_on(name: str) -> set[str]:
+        root = hosts.hosts[name].home / "sandbox" / "packages"
+        return {p.name for p in root.glob("*/versions/*")}
+
+    with pyproof.connect(f"{url}?workers=6") as session:
+        upload(session, 3)
+        session.enable_package("hostpkg")
+        assert not versions_on("h2") and not versions_on("h3")  # nothing there yet
+        result = session.process("hostpkg.selectors:Scale", cycles=600, inputs={"sleep": 0.3},
+                                 progress=False, packetizer="basic",
+                                 packetizer_params={"packet_entries": 20})
+        assert result.outputs["x"] == 3 * 600
+        done = {w.partition("@")[2] or "m" for w, s in result.stats.workers.items()
+                if s.packets}
+        assert done == {"m", "h2", "h3"}, result.stats.workers
+        first = versions_on("m")
+        assert versions_on("h2") == versions_on("h3") == first and len(first) == 1
+        # a new version: the next query runs it on every host
+        upload(session, 5)
+        result = session.process("hostpkg.selectors:Scale", cycles=600, inputs={"sleep": 0.3},
+                                 progress=False, packetizer="basic",
+                                 packetizer_params={"packet_entries": 20})
+        assert result.outputs["x"] == 5 * 600
+        assert len(versions_on("h2")) == len(versions_on("h3")) == 2
+        # a host that joins afterwards gets it before its worker's first packet
+        new = hosts.add("h4")
+        start(hosts, new, secret, "--cores", "2", "--join", url)
+        wait_for(url, lambda r: r.get("h4", {}).get("state") == "alive", "h4 joined")
+        assert session.add_workers(1, host="h4") == ["worker-0@h4"]
+        result = session.process("hostpkg.selectors:Scale", cycles=600, inputs={"sleep": 0.3},
+                                 progress=False, packetizer="basic",
+                                 packetizer_params={"packet_entries": 20})
+        assert result.outputs["x"] == 5 * 600
+        assert result.stats.workers["worker-0@h4"].packets > 0, result.stats.workers
+        assert versions_on("h4") == versions_on("m") - first

@@ -27,6 +27,7 @@ import itertools
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import uuid
@@ -48,10 +49,14 @@ from pyproof.actors.host_links import (
     cluster_address,
 )
 from pyproof.actors.sessions import master_address
+from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
 from pyproof.hosts.channel import ChannelServer
 from pyproof.logs import get_logger
+from pyproof.packages import remote as remote_packages
+from pyproof.packages.errors import PackageError
+from pyproof.packages.store import PackageStore
 from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
@@ -59,6 +64,8 @@ from pyproof.transport.tls import TLSSettings
 TICK = timedelta(seconds=0.25)
 BUSY_TICK = timedelta(seconds=0.05)  # while a session's parts start: answers go quickly
 SESSIONS_CHECK = 2.0  # seconds between checks that spanned sessions still run
+SENT = "sent"
+PULL_TIMEOUT = 30.0  # one chunk of a package from the master's host
 START_WAIT = 40.0  # a host starting a session's workers answers within this
 SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
 WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -147,6 +154,10 @@ class Hosted:
     ref: Any = None
     waiter: tuple[threading.Event, dict] | None = None
     corr: str = ""
+    user: str = ""
+    # queries from the master, in order, each sent to the workers once its packages are
+    # here (packages/remote.py): query id -> the RunQuery, or None while they arrive
+    queries: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Hosts(ProofActor):
@@ -165,6 +176,9 @@ class Hosts(ProofActor):
         # its workers' frames, and their parts are alive (a part between two workers,
         # one exited and its replacement starting, is still there)
         self.data_hosts: dict[str, frozenset[str]] = {}
+        # session -> (user, package versions its queries run with): what hosts with its
+        # workers may pull from here (read by endpoint threads; replaced, never changed)
+        self.granted: dict[str, tuple[str, frozenset[str]]] = {}
         self.hosted: dict[str, Hosted] = {}
         self.links: dict[str, PeerLink] = {}
         self.master_ok: dict[str, float] = {}  # master host -> last answer to sessions_alive
@@ -220,6 +234,7 @@ class Hosts(ProofActor):
         self.registry = reg.HostRegistry(lost_after=float(config["lost_after"]),
                                          listed=[h for h in listed if h.name != self.info.name])
         self._self_heard(time.monotonic())
+        self._write_layout()
         run_dir = config["run_dir"]
         self.forwarder = Forwarder(self.secret, lambda sid: master_address(run_dir, sid))
         try:
@@ -296,8 +311,23 @@ class Hosts(ProofActor):
                                                         reply_to=self.myAddress))
             self._check_masters(now)
 
+    def _write_layout(self) -> None:
+        """Each host's data roots, for the masters' locality (hosts/locality.py)."""
+        with self.lock:
+            roots = {name: tuple(h.info.data_paths) for name, h in self.registry.hosts.items()}
+        roots[self.info.name] = tuple(self.info.data_paths)
+        layout = loc.Layout(host=self.info.name, machine=socket.gethostname(), roots=roots)
+        if layout != getattr(self, "layout", None) and self.config.get("run_dir"):
+            try:
+                loc.write_layout(self.config["run_dir"], layout)
+                self.layout = layout
+            except OSError as exc:
+                get_logger().warning("layout_not_written", error=str(exc))
+
     def _changed(self, changes: list, peer: str | None = None) -> None:
         log = get_logger()
+        if any(isinstance(c, reg.HostJoined | reg.HostRestarted) for c in changes):
+            self._write_layout()
         for change in changes:
             if isinstance(change, reg.HostJoined):
                 log.info("host_joined", host=change.name, rejoined=change.rejoined, peer=peer)
@@ -351,12 +381,29 @@ class Hosts(ProofActor):
                 return "refused", {"message": "'session' must be a string"}
             self.inbox.put((self._peer_request, name, kind, body))
             return "ok", {}
+        if kind == "package_get":
+            return self._package_get(name, body)
         if kind == "sessions_alive":
             asked = body.get("sessions")
             asked = [s for s in asked if isinstance(s, str)] if isinstance(asked, list) else []
             alive = [s for s in asked if name in self.data_hosts.get(s, ())]
             return "ok", {"alive": alive}
         return "refused", {"message": f"unknown cluster request {kind!r}"}
+
+    def _package_get(self, name: str, body: dict) -> tuple[str, Any]:
+        """(endpoint thread) A chunk of a package version a session's query runs with, for
+        a host with workers of that session (packages/remote.py)."""
+        sid, digest, offset = body.get("session"), body.get("digest"), body.get("offset")
+        user, versions = self.granted.get(sid, ("", frozenset())) if isinstance(sid, str) \
+            else ("", frozenset())
+        if name not in self.data_hosts.get(sid, ()) or digest not in versions:
+            get_logger().warning("package_refused", host=name, session=sid, digest=digest)
+            return "refused", {"message": f"no query of session {sid!r} with workers on "
+                                          f"{name!r} runs with package version {digest!r}"}
+        try:
+            return "ok", remote_packages.serve(PackageStore(user), digest, offset)
+        except PackageError as exc:
+            return "refused", {"message": str(exc)}
 
     def _membership(self, name: str, kind: str, body: dict, peer: str) -> tuple[str, Any]:
         incarnation = body.get("incarnation")
@@ -669,16 +716,22 @@ class Hosts(ProofActor):
         for sid, span in self.spanned.items():
             if span.master != sender:
                 continue
+            packages = remote_packages.wire_list(message.spec.packages)
+            if packages:
+                user, versions = self.granted.get(sid, (span.create.user, frozenset()))
+                self.granted = {**self.granted, sid: (user, versions | {
+                    p["version"] for p in packages})}
             for host, workers in span.remote.items():
                 key = (message.query_id, host)
                 if workers and key not in span.sent:
                     span.sent.add(key)
                     url = self.registry.hosts[host].info.address
-                    # the client's fields only: output_dir and packages are paths of
-                    # this host (remote workers' output files and packages: README)
+                    # the client's fields, and the packages by version (their paths are
+                    # this host's: that host gets them by hash, packages/remote.py);
+                    # output_dir is this host's too (remote workers' output files: README)
                     self._link(host, url).submit("run_query", {
                         "session": sid, "query_id": message.query_id,
-                        "spec": message.spec.to_wire()})
+                        "spec": message.spec.to_wire(), "packages": packages})
             return
 
     def _peer_request(self, host: str, kind: str, body: dict) -> None:
@@ -689,10 +742,11 @@ class Hosts(ProofActor):
                     isinstance(body.get("query_id"), str)):
                 try:  # checked as the gateway checks a client's
                     spec = QuerySpec.from_wire(body.get("spec"))
-                except SpecError as exc:
+                    wanted = remote_packages.check_wire_list(body.get("packages") or [])
+                except (SpecError, PackageError) as exc:
                     get_logger().warning("bad_query_spec", peer=host, error=str(exc))
                     return
-                self.send(hosted.ref, m.RunQuery(query_id=body["query_id"], spec=spec))
+                self._query_packages(sid, hosted, body["query_id"], spec, wanted)
             return
         # master's side: a worker there (re)started or exited
         span = self.spanned.get(sid)
@@ -709,6 +763,75 @@ class Hosts(ProofActor):
             del workers[worker_id]
             self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
         self._update_data_hosts()
+
+    def _query_packages(self, sid: str, hosted: Hosted, query_id: str, spec: QuerySpec,
+                        wanted: list[dict[str, Any]]) -> None:
+        """Worker's side: have the query's packages here (pulled from the master's host if
+        missing, on a thread), then give the workers the query with their local paths."""
+        if query_id in hosted.queries:
+            return
+        hosted.queries[query_id] = None
+        if not wanted:
+            self._packages_here(sid, query_id, spec, [])
+            return
+        secret, tls, me = self.secret, self.tls, self.info.name
+        master, url, user = hosted.master, hosted.master_url, hosted.user
+
+        def pull() -> None:
+            client = None
+
+            def fetch(digest: str, offset: int) -> dict[str, Any]:
+                nonlocal client
+                if client is None:
+                    client = ClusterClient(cluster_address(url), me, secret, server_id=master,
+                                           timeout=PULL_TIMEOUT, tls=tls)
+                try:
+                    kind, answer = client.call("package_get", {
+                        "session": sid, "digest": digest, "offset": offset})
+                except ClusterError as exc:
+                    raise PackageError(f"cannot get package version {digest[:12]} from host "
+                                       f"{master!r}: {exc}") from None
+                if kind != "ok" or not isinstance(answer, dict):
+                    raise PackageError(f"host {master!r} would not give package version "
+                                       f"{digest[:12]}: {(answer or {}).get('message', kind)}")
+                return answer
+
+            try:
+                local = remote_packages.ensure(PackageStore(user), f"{sid}@{master}", wanted,
+                                               fetch, where=f"host {master!r}")
+                get_logger().info("query_packages_ready", session=sid, query=query_id,
+                                  packages=[p["name"] for p in local])
+            except Exception as exc:  # the query fails on these workers, saying why
+                get_logger().warning("query_packages_failed", session=sid, query=query_id,
+                                     error=str(exc))
+                reason = f"on host {me!r}: {exc}" if isinstance(exc, PackageError) else \
+                    f"on host {me!r}: getting the query's packages failed: {exc!r}"
+                local = [{"name": p["name"], "version": p["version"], "path": "",
+                          "setup": None, "error": reason} for p in wanted[:1]]
+            finally:
+                if client is not None:
+                    client.close()
+            self.inbox.put((self._packages_here, sid, query_id, spec, local))
+
+        threading.Thread(target=pull, name=f"packages-{query_id}", daemon=True).start()
+
+    def _packages_here(self, sid: str, query_id: str, spec: QuerySpec,
+                       local: list[dict[str, Any]]) -> None:
+        hosted = self.hosted.get(sid)
+        if hosted is None or query_id not in hosted.queries:
+            return
+        hosted.queries[query_id] = m.RunQuery(query_id=query_id,
+                                              spec=spec.with_packages(local))
+        for qid, run in hosted.queries.items():  # in the master's order: none overtakes
+            if run is None:
+                break
+            if run is not SENT:
+                self.send(hosted.ref, run)
+                hosted.queries[qid] = SENT  # kept: a repeat is neither pulled nor sent again
+        if len(hosted.queries) > 64:
+            keep = list(hosted.queries.items())[-32:]
+            if all(v is SENT for v in list(hosted.queries.values())[:-32]):
+                hosted.queries = dict(keep)
 
     def _sessions_listed(self, message: m.StatusReply) -> None:
         sessions = message.status.get("sessions")
@@ -766,7 +889,7 @@ class Hosts(ProofActor):
             return
         corr = f"hosts-{next(self._ids)}"
         self.hosted[sid] = Hosted(master=master, master_url=url, expected=len(ids),
-                                  tunnel=tunnel, waiter=(event, box), corr=corr)
+                                  tunnel=tunnel, waiter=(event, box), corr=corr, user=user)
         self.master_ok.setdefault(master, time.monotonic())
         self.send(self.sessions, m.CreateSession(
             corr=corr, session_id=sid, workers=len(ids), run_dir=run_dir,
@@ -824,6 +947,11 @@ class Hosts(ProofActor):
         if hosted is None:
             return
         hosted.tunnel.close()
+        if hosted.user:  # its package versions may be evicted from now on
+            try:
+                PackageStore(hosted.user).unpin(f"{sid}@{hosted.master}")
+            except PackageError as exc:
+                get_logger().warning("packages_unpin_failed", session=sid, error=str(exc))
         # the master, if it still hears us, re-queues what these workers had not delivered
         link = self._link(hosted.master, hosted.master_url)
         for worker_id, pid in hosted.workers.items():

@@ -30,7 +30,8 @@ class Master(ProofActor):
             self.specs = {}
             self.start_log(message.log_dir, actor="master", session=message.session_id)
             self.plane = MasterPlane(session_id=message.session_id,
-                                     address=message.packet_address, data_key=message.data_key)
+                                     address=message.packet_address, data_key=message.data_key,
+                                     run_dir=message.run_dir)
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))

@@ -41,8 +41,10 @@ KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished strea
 
 
 class MasterPlane:
-    def __init__(self, *, session_id: str, address: str, data_key: bytes = b"") -> None:
+    def __init__(self, *, session_id: str, address: str, data_key: bytes = b"",
+                 run_dir: str = "") -> None:
         self.session_id = session_id
+        self.run_dir = run_dir
         self.data_key = data_key
         self.address = address
         self.log = get_logger()
@@ -81,7 +83,8 @@ class MasterPlane:
         run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
-                       on_end=self._query_ended, lookup_cache=self.lookup_cache)
+                       on_end=self._query_ended, lookup_cache=self.lookup_cache,
+                       run_dir=self.run_dir)
         with self._lock:
             if self.query is not None and self.query.core.busy:
                 self.queued.append(run)

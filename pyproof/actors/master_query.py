@@ -12,7 +12,6 @@ nothing polls for the look-up or the finish, they feed the core when done.
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from pyproof.actors.output_files import (
 )
 from pyproof.actors.warmup import wait_warmup
 from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
+from pyproof.hosts.locality import element_hosts, read_layout, worker_host
 from pyproof.logs import get_logger
 from pyproof.merging import merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND
@@ -52,7 +52,6 @@ from pyproof.transport.wire import send_parts
 FINAL_FRAME_GRACE = 2.0
 CHUNK_SIZE = 8 * 1024 * 1024
 MERGE_JOIN = 5.0
-WORKER_HOST = socket.gethostname()
 FEEDBACK = "feedback"  # master -> client: {query, outputs: {name: merged so far}}
 
 worker_id = qc.worker_id
@@ -66,7 +65,8 @@ class QueryRun:
                  outbox: pynng.Push0 | None = None,
                  on_end: Callable[[QueryRun], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 lookup_cache: LookupCache | None = None) -> None:
+                 lookup_cache: LookupCache | None = None, run_dir: str = "") -> None:
+        self.run_dir = run_dir  # the daemon's: where the hosts actor writes the layout
         self.lookups = Lookups(lookup_cache)  # the session's cache: files opened once
         self.data_key = data_key
         self.keep = keep  # called with (query id, final frame) to keep the outcome
@@ -163,12 +163,15 @@ class QueryRun:
             params = dict(self._packetizer_params or {})
             if kind == "multi":
                 params.setdefault("parts", self.parts)
-            if kind == "adaptive" and any(e.host for e in self.elements):
-                # locality: workers prefer files on their own host (all workers run on
-                # the daemon's host in this version)
-                params.setdefault("element_hosts", {i: e.host for i, e in
-                                                    enumerate(self.elements) if e.host})
-                params.setdefault("worker_hosts", {w: WORKER_HOST for w in self.core.workers})
+            if kind == "adaptive":
+                # locality: workers prefer files on their own host (hosts/locality.py)
+                layout = read_layout(self.run_dir)
+                hosts = element_hosts(self.elements, layout)
+                if hosts:
+                    params.setdefault("element_hosts", hosts)
+                    params.setdefault("worker_hosts", {w: worker_host(w, layout.host)
+                                                       for w in self.core.workers})
+                    params.setdefault("local_host", layout.host)  # for workers joining later
         except LookupError_ as exc:
             self.feed(qc.LookupFailed(error=RemoteError(
                 type="DatasetError", message=str(exc), traceback="", context=exc.context),

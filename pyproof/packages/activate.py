@@ -52,6 +52,8 @@ def activate(packages: list[dict[str, Any]], *, worker: str = "", session: str =
                 _deactivate(name, path)
                 changed = True
         for package in packages:
+            if package.get("error"):  # this host could not get it (packages/remote.py)
+                raise PackageError(package["error"])
             name, version, path = package["name"], package["version"], package["path"]
             if _ACTIVE.get(name) == (version, path):
                 continue

@@ -280,8 +280,31 @@ class PackageStore:
                 meta["used"] = now
                 setup = meta.get("setup")
                 out.append({"name": name, "version": digest, "path": path,
-                            "setup": os.path.join(path, *setup.split("/")) if setup else None})
+                            "setup": os.path.join(path, *setup.split("/")) if setup else None,
+                            "requires": list(meta.get("requires", []))})
             return out
+
+    def pin(self, session: str, versions: dict[str, str]) -> None:
+        """Make `session` run exactly these versions (a remote host's part of a session: the
+        master's host chose them); they are kept from eviction while pinned."""
+        with self._locked() as index:
+            for name, digest in versions.items():
+                self._version(index, name, check_digest(digest))
+            index["sessions"][session] = dict(versions)
+
+    def unpin(self, session: str) -> None:
+        with self._locked() as index:
+            index["sessions"].pop(session, None)
+
+    def pack(self, digest: str) -> bytes:
+        """Version `digest` as its canonical zip again (for another host of the cluster),
+        checked to hash to `digest` still."""
+        with self._locked() as index:
+            if not self._known(index, digest) or not os.path.isdir(self.version_dir(digest)):
+                raise PackageError(f"package version {digest[:12]} is not on this host; "
+                                   "upload it again")
+            return zips.pack_tree(self.version_dir(digest), digest,
+                                  where=f"package version {digest[:12]} on this host")
 
     def _version(self, index: dict[str, Any], name: str, digest: str | None) -> dict[str, Any]:
         entry = index["packages"].get(name)

@@ -138,6 +138,26 @@ def _read_dir(root: str, name: str) -> list[tuple[str, bytes]]:
     return files
 
 
+def pack_tree(root: str, digest: str, *, where: str) -> bytes:
+    """An unpacked package tree (its files, not the bytecode Python wrote there) as the
+    canonical zip it was unpacked from; refused unless it still hashes to `digest`."""
+    files: list[tuple[str, bytes]] = []
+    for directory, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for entry in sorted(names):
+            full = os.path.join(directory, entry)
+            if entry.endswith((".pyc", ".pyo")) or not os.path.isfile(full) or (
+                    os.path.islink(full)):
+                continue
+            with open(full, "rb") as f:
+                files.append((os.path.relpath(full, root).replace(os.sep, "/"), f.read()))
+    got = content_digest(files)
+    if got != digest:
+        raise PackageError(f"{where}: its files changed since it was unpacked (they hash to "
+                           f"{got[:16]}...); upload it again")
+    return _canonical_zip(files)
+
+
 def _inside(path: str, root: str) -> bool:
     root = os.path.realpath(root)
     return os.path.commonpath([path, root]) == root

@@ -40,6 +40,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from pyproof.hosts.locality import worker_host
 from pyproof.packetizer.backlog import Backlog
 from pyproof.packetizer.base import Packet, WorkRange
 from pyproof.packetizer.common import LedgerPacketizer, with_rest
@@ -57,7 +58,9 @@ class AdaptivePacketizer(LedgerPacketizer):
     `min_packet_entries` 1,
     `learn_entries` 1000 (first packet, capped at total / (20 * workers)),
     `max_readers_per_node` None (no cap; counts local and remote readers),
-    `local_preference` 1.5, `window` 5 packets for rates, `max_strikes` 3.
+    `local_preference` 1.5, `window` 5 packets for rates, `max_strikes` 3,
+    `local_host` None (else a worker joining later without a `worker_hosts` entry
+    is on the host its `@HOST` name suffix says, or on this one).
     With a reader cap, `next_packet` may answer None while work is queued:
     ask again after a packet is processed.
     """
@@ -78,6 +81,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         local_preference: float = 1.5,
         window: int = 5,
         max_strikes: int = 3,
+        local_host: str | None = None,
     ) -> None:
         if not 0 < min_packet_time <= max_packet_time:
             raise ValueError(
@@ -103,6 +107,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         self._local_preference = local_preference
         self._rates = RateTable(window)
         self._worker_hosts = dict(worker_hosts or {})
+        self._local_host = local_host
         self._hosts: dict[str, Node] = {}
         self._host_workers: Counter[Node] = Counter()
         self._host_measured: Counter[Node] = Counter()
@@ -210,6 +215,8 @@ class AdaptivePacketizer(LedgerPacketizer):
 
     def _on_join(self, worker: str, now: float) -> None:
         host = self._worker_hosts.get(worker)
+        if host is None and self._local_host is not None:  # joined later: its name says
+            host = worker_host(worker, self._local_host)
         self._hosts[worker] = host
         self._host_workers[host] += 1
 
