@@ -11,7 +11,6 @@ import sys
 import pytest
 import uproot
 
-import pyproof
 from pyproof.client.control import current_user
 from pyproof.datasets import Catalog
 from pyproof.datasets.errors import DatasetExistsError
