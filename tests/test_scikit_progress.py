@@ -34,6 +34,9 @@ def test_the_line_has_an_eta_and_fits_any_terminal_width():
         assert len(bar.render(HALF, columns)) < max(columns, 20)
     assert "ETA 1m40s" in bar.render(HALF | {"elapsed": 100.0}, 200)
     assert "done" in bar.render(HALF | {"entries": 1_000_000}, 200)
+    # a query stopped by Ctrl-C ends where it stopped, not at a false 100%
+    assert bar.render(HALF | {"stopped": True}, 200).startswith(
+        "[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s 10.0 MB/s stopped")
 
 
 def test_every_redraw_stays_on_one_line_and_the_last_state_is_drawn_at_close():

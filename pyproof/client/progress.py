@@ -46,7 +46,9 @@ def progress_parts(progress: dict[str, Any]) -> dict[str, Any]:
     elapsed = max(float(progress.get("elapsed", 0.0)), 1e-9)
     rate = entries / elapsed
     frac = min(entries / total, 1.0) if total else 1.0
-    if entries >= total:
+    if progress.get("stopped"):
+        eta = "stopped"
+    elif entries >= total:
         eta = "done"
     elif rate > 0:
         eta = f"ETA {_duration((total - entries) / rate)}"
