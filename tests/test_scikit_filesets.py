@@ -92,6 +92,12 @@ def test_proofctl_names_a_bad_fileset_file(tmp_path):
     out = proofctl("run", "tests.scikit_selectors:DatasetNames", "--fileset",
                    str(tmp_path / "nowhere.json"))
     assert "proofctl: cannot read fileset" in out.stderr and "nowhere.json" in out.stderr
+    out = proofctl("ds", "register", "--catalog", str(tmp_path / "c"))
+    assert out.returncode == 1
+    assert "needs a dataset name (or --fileset FILE)" in out.stderr
+    out = proofctl("ds", "register", "x", "--fileset", str(bad), "--catalog",
+                   str(tmp_path / "c"))
+    assert out.returncode == 1 and "give no name, paths, --list, --from or --tree" in out.stderr
 
 
 def test_the_catalog_schema_1_gains_the_fileset_table(tmp_path):
