@@ -22,7 +22,7 @@ from pyproof.errors import ConnectError, InputError, ProofError, QueryAborted, Q
 
 if TYPE_CHECKING:
     from pyproof.client.handle import QueryHandle
-    from pyproof.client.result import Result, Stats, WorkerStats
+    from pyproof.client.result import Result, Stats, WorkerStats, load
     from pyproof.client.session import Session, connect
     from pyproof.selector import Context, Selector, SelectorError
 
@@ -31,6 +31,7 @@ _LAZY = {
     "Result": "pyproof.client.result",
     "Stats": "pyproof.client.result",
     "WorkerStats": "pyproof.client.result",
+    "load": "pyproof.client.result",
     "Session": "pyproof.client.session",
     "connect": "pyproof.client.session",
     "Context": "pyproof.selector",
@@ -67,4 +68,5 @@ __all__ = [
     "Stats",
     "WorkerStats",
     "connect",
+    "load",
 ]

@@ -99,6 +99,26 @@ def parse_fileset(fileset: dict[str, Any], *, default_tree: str | None = None) -
     return Fileset(elements=elements, names=names, metadata=metadata)
 
 
+def read_fileset(path: str) -> dict[str, Any]:
+    """A coffea fileset from a JSON file (`--fileset fileset.json`), checked as `process` does."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise InputError(f"cannot read fileset {path}: {exc.strerror}; give the path of a "
+                         "JSON file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"fileset {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from None
+    if not is_fileset(data):
+        raise InputError(f"fileset {path} must be a JSON object of dataset name -> list of "
+                         "files (or -> {\"files\": {path: tree}, \"metadata\": {...}})")
+    parse_fileset(data)  # its errors, now, with the file named by the caller
+    return data
+
+
 def names_by_file(wire: dict[str, Any] | None) -> dict[tuple[str, str | None], str]:
     """(path, tree) -> dataset name, from `Fileset.to_wire()` (on a worker)."""
     if not wire:

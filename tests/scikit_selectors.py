@@ -5,12 +5,28 @@ Workers import them by name (`tests.scikit_selectors:...`).
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import sys
 
 import awkward as ak
 
 import pyproof
+
+
+class DatasetNames(pyproof.Selector):
+    """Entries per ctx.dataset, and each dataset's ctx.metadata (as sorted JSON)."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["entries"] = collections.Counter()
+        ctx.outputs["metadata"] = collections.Counter()
+
+    def process(self, events, ctx):
+        ctx.outputs["entries"][ctx.dataset] += len(events)
+        ctx.outputs["metadata"][f"{ctx.dataset}={json.dumps(ctx.metadata, sort_keys=True)}"] = 1
 
 
 class AwkwardAndSetOutputs(pyproof.Selector):

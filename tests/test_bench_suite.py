@@ -71,3 +71,41 @@ def test_bad_arguments_are_refused_by_name(tmp_path, capsys: pytest.CaptureFixtu
         capsys.readouterr().err)
     assert main(["bench", "io", "--events", "1", "--files", "2", "--out", str(tmp_path)]) == 1
     assert "need --files >= 1 and --events >= --files" in capsys.readouterr().err
+
+
+def _report() -> dict:
+    rows = [{"mode": "pyproof", "workers": k, "wall": 1.0 / k, "events_per_s": 1000.0 * k,
+             "mb_per_s": 1.0, "speedup": float(k)} for k in (1, 2)]
+    return {"kind": "cpu", "events": 1000, "files": 2, "url": "lite://", "rows": rows,
+            "peers": [{"mode": "pool", "workers": 2, "events_per_s": 1500.0}]}
+
+
+def test_the_bench_plots_are_in_mplhep_style_and_keep_the_users_backend(tmp_path) -> None:
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    figures = dict(suite.bench_figures(_report()))
+    ax = figures["bench-cpu-events.png"].axes[0]
+    assert ax.get_xlabel() == "Workers" and ax.get_ylabel() == "Events / s"
+    assert [line.get_label() for line in ax.get_lines()] == ["pyproof", "ideal (linear)",
+                                                             "pool"]
+    # mplhep's CMS style (matplotlib's default: ticks out, on two sides only)
+    assert mplhep.style.CMS["xtick.direction"] == "in" and mplhep.style.CMS["xtick.top"]
+    tick = ax.xaxis.get_major_ticks()[0]
+    assert tick.tick1line.get_marker() == matplotlib.lines.TICKUP  # pointing in
+    assert tick.tick2line.get_visible()                          # on the top axis too
+    before = matplotlib.get_backend()
+    open_figures = plt.get_fignums()
+    matplotlib.use("svg")
+    try:
+        paths = suite.plot(_report(), str(tmp_path))
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == open_figures
+    finally:
+        matplotlib.use(before)
+    assert sorted(os.path.basename(p) for p in paths) == ["bench-cpu-events.png",
+                                                          "bench-cpu-speedup.png"]
+    for path in paths:
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG

@@ -88,7 +88,8 @@ def test_a_catalog_from_a_newer_pyproof_is_refused(db: Path) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
-    with pytest.raises(CatalogError, match=r"has schema version 2, newer than this pyproof's"):
+    with pytest.raises(CatalogError,
+                       match=rf"has schema version {SCHEMA_VERSION + 1}, newer than this"):
         Catalog(db, user="alice", group="cms")
 
 

@@ -34,6 +34,9 @@ def test_the_line_has_an_eta_and_fits_any_terminal_width():
         assert len(bar.render(HALF, columns)) < max(columns, 20)
     assert "ETA 1m40s" in bar.render(HALF | {"elapsed": 100.0}, 200)
     assert "done" in bar.render(HALF | {"entries": 1_000_000}, 200)
+    # a query stopped by Ctrl-C ends where it stopped, not at a false 100%
+    assert bar.render(HALF | {"stopped": True}, 200).startswith(
+        "[#####-----]  50.0% 500,000/1,000,000 ev 250.00 kev/s 10.0 MB/s stopped")
 
 
 def test_every_redraw_stays_on_one_line_and_the_last_state_is_drawn_at_close():
@@ -125,3 +128,45 @@ def test_ctrl_c_twice_aborts_with_no_socket_traceback(tmp_path):
     assert code != 0
     assert "KeyboardInterrupt: query " in err and "aborted (Ctrl-C twice)" in err, err
     assert "pynng" not in err and "nng" not in err.replace("pyproof", ""), err
+
+
+def test_the_rich_bar_fits_the_width_and_ends_at_100_percent():
+    from pyproof.client.progress import RichProgress
+
+    wide = RichProgress(stream=io.StringIO(), columns=160)
+    try:
+        bar, line = wide.fit(HALF, 160)
+        assert bar == RichProgress.BAR
+        assert line == " 50.0% 500,000/1,000,000 ev 250.00 kev/s 10.0 MB/s ETA 2s w0:60% w1:40%"
+        assert wide.fit(HALF, 60) == (10, " 50.0% 500,000/1,000,000 ev 250.00 kev/s ETA 2s")
+        assert wide.fit(HALF, 40) == (0, "50% 500.00k/1.00M ev ETA 2s")
+        for columns in range(1, 200):
+            bar, line = wide.fit(HALF, columns)
+            assert (bar + 1 if bar else 0) + len(line) < max(columns, 20)
+    finally:
+        wide.close()
+    for columns in (60, 160):
+        stream = io.StringIO()
+        rich_bar = RichProgress(stream=stream, columns=columns)
+        rich_bar.update(HALF)
+        rich_bar.close(HALF | {"entries": 1_000_000})
+        rich_bar.close()  # a second close adds nothing
+        lines = stream.getvalue().splitlines()
+        assert lines and all(len(line) < columns for line in lines)
+        assert "100.0% 1,000,000/1,000,000 ev" in lines[-1] and "done" in lines[-1]
+
+
+def test_a_terminal_gets_the_rich_bar_unless_told_otherwise(monkeypatch):
+    from pyproof.client.progress import RichProgress
+
+    leader, follower = os.openpty()
+    with open(follower, "w") as tty:
+        display = make_progress(None, stream=tty)
+        try:
+            assert isinstance(display, RichProgress)
+        finally:
+            display.close()
+        monkeypatch.setenv("PYPROOF_PROGRESS", "line")
+        line = make_progress(None, stream=tty)
+        assert isinstance(line, ProgressBar) and line.enabled
+    os.close(leader)

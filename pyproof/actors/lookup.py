@@ -52,6 +52,8 @@ class Element:
     friend_path: str | None = None
     friend_tree: str | None = None
     host: str | None = None  # the storage node holding the file, when the catalog knows
+    label: str | None = None  # a dataset registered from a fileset: its short name ...
+    metadata: dict | None = None  # ... and metadata, for ctx.dataset and ctx.metadata
 
     @property
     def stop(self) -> int:
@@ -377,5 +379,6 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
                                 entry_start=e.entry_start, entry_stop=e.entry_stop,
                                 dataset=e.dataset, part=e.part, host=e.host,
                                 friend_path=e.friend_url,
-                                friend_tree=e.friend_tree))
+                                friend_tree=e.friend_tree, label=e.label,
+                                metadata=e.metadata))
     return elements, missing, len(resolution.parts)

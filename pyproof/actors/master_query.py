@@ -281,7 +281,9 @@ class QueryRun:
             element = self.elements[packet.element]
             reply["path"], reply["tree"] = element.path, element.tree
             if element.dataset:
-                reply["dataset"] = element.dataset
+                reply["dataset"] = element.label or element.dataset
+            if element.metadata is not None:
+                reply["metadata"] = element.metadata
             if element.friend_path:
                 reply["friend_path"] = element.friend_path
                 reply["friend_tree"] = element.friend_tree

@@ -238,7 +238,8 @@ class WorkerLoop:
             ctx.file, ctx.tree, ctx.entry_start, ctx.entry_stop = path, tree_name, start, stop
             ctx.dataset = reply.get("dataset") or self._fileset_names.get(
                 (path, tree_name), self._fileset_names.get((path, None)))
-            ctx.metadata = self._fileset_metadata.get(ctx.dataset or "", {})
+            ctx.metadata = reply.get("metadata") or self._fileset_metadata.get(
+                ctx.dataset or "", {})
             t0 = time.perf_counter()
             self._current = (time.monotonic(), {
                 "file": path, "tree": tree_name, "entry_start": start, "entry_stop": stop,

@@ -340,41 +340,71 @@ def _speedups(rows: list[dict[str, Any]]) -> None:
         r["speedup"] = r["events_per_s"] / per_worker
 
 
-def plot(report: dict[str, Any], out: str) -> list[str]:
-    """events/s and speedup against the number of workers, with the ideal line; the paths."""
+def bench_figures(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """events/s and speedup against the number of workers, with the ideal line, as
+    `(name, Figure)` pairs in mplhep's style (plain matplotlib without mplhep).
+
+    Built on bare `Figure`s (no pyplot), as the demo's plot: the user's matplotlib
+    backend is never switched, and nothing is left open in pyplot's registry.
+    """
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    try:
+        import mplhep
+    except ImportError:
+        mplhep = None
+    style = mplhep.style.CMS if mplhep is not None else {}
     rows = sorted(report["rows"], key=lambda r: r["workers"])
     n = [r["workers"] for r in rows]
     first = rows[0]
     per_worker = first["events_per_s"] / first["workers"]
-    paths = []
+    figures = []
     for what, ylabel, ideal in (
-        ("events_per_s", "events / s", [per_worker * k for k in n]),
-        ("speedup", "speedup", list(map(float, n))),
+        ("events_per_s", "Events / s", [per_worker * k for k in n]),
+        ("speedup", r"Speedup ($\times$ one worker)", list(map(float, n))),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(n, [r[what] for r in rows], "o-", label="pyproof")
-        ax.plot(n, ideal, "--", color="grey", label="ideal")
-        if what == "events_per_s":
-            for name in sorted({p["mode"] for p in report["peers"]}):
-                pts = sorted((p["workers"], p["events_per_s"]) for p in report["peers"]
-                             if p["mode"] == name)
-                ax.plot([x for x, _ in pts], [y for _, y in pts], "s:", label=name)
-        ax.set_xlabel("workers")
-        ax.set_ylabel(ylabel)
-        ax.set_xticks(n)
-        ax.set_title(f"{report['kind']}: {report['events']:,} events in "
-                     f"{report['files']} files ({report['url']})")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = os.path.join(out, f"bench-{report['kind']}-{what.replace('_per_s', '')}.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
+        with matplotlib.rc_context(style):
+            fig = Figure(figsize=(8, 6))
+            ax = fig.add_subplot()
+            ax.plot(n, [r[what] for r in rows], "o-", color="black", label="pyproof")
+            ax.plot(n, ideal, "--", color="grey", label="ideal (linear)")
+            if what == "events_per_s":
+                for name in sorted({p["mode"] for p in report["peers"]}):
+                    pts = sorted((p["workers"], p["events_per_s"]) for p in report["peers"]
+                                 if p["mode"] == name)
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], "s:", label=name)
+            ax.set_xlabel("Workers")
+            ax.set_ylabel(ylabel)
+            ax.set_xticks(n)
+            ax.set_ylim(0, None)
+            ax.set_title("pyproof bench", loc="left", fontweight="bold")
+            ax.set_title(f"{report['kind']}: {report['events']:,} events, "
+                         f"{report['files']} files", loc="right", fontsize="small")
+            ax.legend()
+            fig.tight_layout()
+        figures.append((f"bench-{report['kind']}-{what.replace('_per_s', '')}.png", fig))
+    return figures
+
+
+def plot(report: dict[str, Any], out: str) -> list[str]:
+    """Write `bench_figures(report)` as PNGs in `out`; the paths."""
+    import logging
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)  # mplhep's styles name fonts most machines lack: noise
+    paths = []
+    try:
+        for name, fig in bench_figures(report):
+            FigureCanvasAgg(fig)
+            path = os.path.join(out, name)
+            fig.savefig(path, dpi=100)
+            paths.append(path)
+    finally:
+        fonts.setLevel(level)
     return paths
 
 

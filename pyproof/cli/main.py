@@ -95,6 +95,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # one --dataset is a string, read as session.process reads one (a catalog name, or
     # files: see datasets.sources.names_catalog); several are a list of files
     dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset or None
+    if args.fileset is not None:
+        from pyproof.filesets import read_fileset
+
+        if dataset is not None:
+            raise InputError("give --dataset or --fileset, not both")
+        dataset = read_fileset(args.fileset)  # ctx.dataset: the fileset's names
     url = daemon_url(args, default="lite://")
     # --workers, else the URL's ?workers=, else 2
     workers = args.workers or (None if "workers=" in url else 2)
@@ -229,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'file.root:tree' (repeat for several files), or one catalog "
                           "dataset spec: 'name', 'a|b', 'a,b', 'name?entries=0-99' (an "
                           "existing file of that name wins)")
+    run.add_argument("--fileset", default=None, metavar="FILE",
+                     help="a coffea fileset (JSON: {name: [files]} or {name: {\"files\": "
+                          "{path: tree}, \"metadata\": {...}}}): ctx.dataset is the name")
     run.add_argument("--cycles", type=int, default=None, help="pure CPU task of N cycles")
     run.add_argument("--workers", type=int, default=None,
                      help="workers of the session (default: the URL's ?workers=, else 2)")

@@ -118,8 +118,11 @@ class QueryHandle:
         if result.stopped:
             self.state = "stopped"
         if self.bar is not None:
-            self.bar.update({"entries": result.stats.entries, "total": result.stats.entries,
-                             "bytes": result.stats.bytes_read,
+            # a stopped query (Ctrl-C) ends at what it did of the whole, saying so
+            total = max(int((self._progress or {}).get("total", 0)), result.stats.entries) \
+                if result.stopped else result.stats.entries
+            self.bar.update({"entries": result.stats.entries, "total": total,
+                             "stopped": result.stopped, "bytes": result.stats.bytes_read,
                              "elapsed": result.stats.wall_time,
                              "workers": {w: s.entries for w, s in result.stats.workers.items()}})
         returned = self.selector().terminate(result.outputs) if self.selector else None

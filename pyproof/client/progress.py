@@ -1,6 +1,9 @@
 """The live progress display: entries, events/s, MB/s, ETA and each worker's share.
 
-In a terminal it is one line redrawn in place, cut to the terminal's width
+In a terminal, with rich installed (it comes with several of our dependencies),
+it is a rich live bar (`RichProgress`) that fits the terminal's width at every
+refresh; `PYPROOF_PROGRESS=line` (or no rich) gives the plain line instead.
+The plain line is one line redrawn in place, cut to the terminal's width
 so it never wraps (a wrapped line cannot be redrawn and fills the screen). In
 Jupyter it is a notebook display updated in place: an ipywidgets bar when
 ipywidgets is installed, else an HTML line. `progress=` of `Session.process`
@@ -43,7 +46,9 @@ def progress_parts(progress: dict[str, Any]) -> dict[str, Any]:
     elapsed = max(float(progress.get("elapsed", 0.0)), 1e-9)
     rate = entries / elapsed
     frac = min(entries / total, 1.0) if total else 1.0
-    if entries >= total:
+    if progress.get("stopped"):
+        eta = "stopped"
+    elif entries >= total:
         eta = "done"
     elif rate > 0:
         eta = f"ETA {_duration((total - entries) / rate)}"
@@ -149,6 +154,90 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
+class RichProgress:
+    """A rich live bar on a terminal: one line that fits the width at every refresh.
+
+    What goes first when space is short is the plain line's order (worker shares,
+    MB/s, then the bar narrows). `close` draws the last state, so a finished query
+    ends at 100% and Ctrl-C leaves one clean line.
+    """
+
+    BAR = 30  # the bar's widest
+
+    def __init__(self, *, stream: TextIO | None = None, columns: int | None = None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.enabled = True
+        self._latest: dict[str, Any] = {"entries": 0, "total": 0}
+        self.console = Console(file=stream or sys.stderr, width=columns, highlight=False)
+        self._live = Live(self, console=self.console, refresh_per_second=1 / REDRAW_EVERY,
+                          transient=False, redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
+
+    def fit(self, progress: dict[str, Any], columns: int) -> tuple[int, str]:
+        """(bar width, text) of the richest line that fits `columns - 1` characters."""
+        q = progress_parts(progress)
+        room = max(columns, MIN_COLUMNS) - 1
+
+        def text(mbs: bool, shares: bool) -> str:
+            out = (f"{100 * q['frac']:5.1f}% {q['entries']:,}/{q['total']:,} ev "
+                   f"{_si(q['rate'])}ev/s")
+            if mbs:
+                out += f" {q['mbs']:.1f} MB/s"
+            out += f" {q['eta']}"
+            if shares and q["shares"]:
+                out += f" {q['shares']}"
+            return out
+
+        for bar, mbs, shares in ((self.BAR, True, True), (self.BAR, True, False),
+                                 (10, True, False), (10, False, False), (0, False, False)):
+            line = text(mbs, shares)
+            if (bar + 1 if bar else 0) + len(line) <= room:
+                return bar, line
+        compact = (f"{100 * q['frac']:.0f}% {_si(q['entries']).replace(' ', '')}/"
+                   f"{_si(q['total']).replace(' ', '')} ev {q['eta']}")
+        return 0, compact[:room]
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.progress_bar import ProgressBar as Bar
+        from rich.table import Table
+        from rich.text import Text
+
+        progress = self._latest
+        bar, line = self.fit(progress, options.max_width)
+        if not bar:
+            yield Text(line, no_wrap=True, overflow="crop")
+            return
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(width=bar, no_wrap=True)
+        grid.add_column(no_wrap=True, overflow="crop")
+        frac = progress_parts(progress)["frac"]
+        grid.add_row(Bar(total=1.0, completed=frac, width=bar), Text(line))
+        yield grid
+
+    def update(self, progress: dict[str, Any]) -> None:
+        self._latest = progress  # the live thread redraws it
+
+    def close(self, final: dict[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        self.enabled = False  # closing twice (Ctrl-C, then finally) ends the line once
+        if final is not None:
+            self._latest = final
+        self._live.stop()  # draws the last state and ends the line
+
+
+def _rich_wanted() -> bool:
+    if os.environ.get("PYPROOF_PROGRESS", "").lower() == "line":
+        return False
+    try:
+        import rich.live  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class NotebookProgress:
     """A display in a Jupyter notebook, updated in place; ipywidgets if installed, else HTML."""
 
@@ -219,8 +308,9 @@ def make_progress(progress: bool | str | None, *, stream: TextIO | None = None) 
     """The display `Session.process(progress=...)` asks for.
 
     None (default): a notebook display in Jupyter, a terminal line when stderr is a
-    terminal, else nothing. True: the notebook display in Jupyter, else the line even
-    when stderr is not a terminal. False: nothing. "terminal" or "notebook": that one.
+    terminal (rich's live bar when rich is installed), else nothing. True: the notebook
+    display in Jupyter, else the line even when stderr is not a terminal. False: nothing.
+    "terminal" or "notebook": that one.
     """
     if progress not in (None, True, False, "terminal", "notebook"):
         from pyproof.errors import InputError
@@ -231,4 +321,6 @@ def make_progress(progress: bool | str | None, *, stream: TextIO | None = None) 
         return ProgressBar(stream=stream, enabled=False)
     if progress == "notebook" or progress in (None, True) and in_notebook():
         return NotebookProgress()
+    if _isatty(stream or sys.stderr) and _rich_wanted():
+        return RichProgress(stream=stream)
     return ProgressBar(stream=stream, enabled=None if progress is None else True)

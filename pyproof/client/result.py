@@ -1,9 +1,30 @@
-"""What a query returns: merged outputs, statistics and lineage."""
+"""What a query returns: merged outputs, statistics and lineage; `save` and `load` keep one.
+
+A saved result is a file users can keep (and read without a cluster): the
+codec's own CBOR, so whatever a query can return round-trips (hist.Hist,
+numpy arrays, ak.Array, sets, Counters):
+
+    MAGIC (16 bytes) | header length (4 bytes, big-endian) | header | body
+
+`header` is a CBOR map `{"format": FORMAT, "pyproof": version, "saved": unix
+time}`; `body` one CBOR item `{"query", "outputs", "stats", "lineage"}`. A
+reader refuses a format newer than its own (the header says which pyproof
+wrote it).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import struct
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pyproof.errors import InputError
+
+MAGIC = b"\x89pyproof-result\n"  # 16 bytes: not text, not CBOR, names itself
+FORMAT = 1
+_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,3 +105,85 @@ class Result:
         """A stopped query's merged entry ranges ({file, tree, entry_start, entry_stop}), each
         entry once: its outputs equal a sequential loop over exactly these ranges."""
         return list(self.lineage.get("covered") or [])
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write this result to `path` (replaced atomically); `pyproof.load(path)` reads it.
+
+        Raises InputError if an output cannot be saved (the codec names which) or
+        the file cannot be written.
+        """
+        from pyproof.transport import codec
+
+        path = os.fspath(path)
+        stats = asdict(self.stats)
+        try:
+            body = codec.encode({"query": self.query, "outputs": self.outputs,
+                                 "stats": stats, "lineage": self.lineage})
+        except codec.EncodeError as exc:
+            raise InputError(f"cannot save the result of query {self.query} to {path}: "
+                             f"{exc}") from None
+        header = codec.encode({"format": FORMAT, "pyproof": _version(), "saved": time.time()})
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + _LENGTH.pack(len(header)) + header + body)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with _quiet():
+                os.remove(tmp)
+            raise InputError(f"cannot save the result of query {self.query} to {path}: "
+                             f"{exc.strerror}") from None
+        return path
+
+
+def load(path: str | os.PathLike[str]) -> Result:
+    """A result saved by `Result.save`, with its outputs, stats and lineage.
+
+    Raises InputError naming the file if it is not a saved result, is cut
+    short, or was written in a newer format than this pyproof reads.
+    """
+    from pyproof.transport import codec
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot load a result from {path}: {exc.strerror}") from None
+    if not data.startswith(MAGIC):
+        raise InputError(f"{path} is not a saved pyproof result (no pyproof header); "
+                         "write one with result.save(path)")
+    start = len(MAGIC) + _LENGTH.size
+    try:
+        (length,) = _LENGTH.unpack_from(data, len(MAGIC))
+        header = codec.decode(data[start:start + length], max_size=len(data))
+        if not isinstance(header, dict) or not isinstance(header.get("format"), int):
+            raise codec.ProtocolError("header without a format")
+        if header["format"] > FORMAT:
+            raise InputError(
+                f"{path} was saved in result format {header['format']} by pyproof "
+                f"{header.get('pyproof')}; this pyproof ({_version()}) reads format "
+                f"{FORMAT} and older: upgrade pyproof")
+        body = codec.decode(data[start + length:], max_size=len(data))
+        stats = dict(body["stats"])
+        workers = {w: WorkerStats(**s) for w, s in stats.pop("workers").items()}
+        return Result(query=body["query"], outputs=body["outputs"],
+                      stats=Stats(**stats, workers=workers), lineage=body["lineage"])
+    except (struct.error, codec.ProtocolError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is a damaged pyproof result (cut short or altered: "
+                         f"{exc})") from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyproof")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _quiet() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)

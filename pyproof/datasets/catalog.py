@@ -67,7 +67,7 @@ from pyproof.datasets.records import (
 from pyproof.datasets.resolve import BadFiles, Selection, elements_for
 from pyproof.datasets.sources import expand, host_of, local_path, read_list_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 AVERAGE_FILE_SIZE = 50_000_000
 """Bytes counted toward a quota for a file of unknown size (PROOF's default, 50 MB)."""
 
@@ -108,6 +108,15 @@ _SCHEMA = (
         UNIQUE (dataset_id, url)
     ) WITHOUT ROWID""",
     "CREATE TABLE quotas (grp TEXT PRIMARY KEY, bytes INTEGER NOT NULL)",
+    *(_V2 := (
+        # a dataset registered from a coffea fileset: the name the user gave it (what
+        # `ctx.dataset` says) and the fileset's metadata (`ctx.metadata`), as JSON
+        """CREATE TABLE IF NOT EXISTS fileset_metadata (
+            dataset_id INTEGER PRIMARY KEY REFERENCES datasets (id) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            metadata TEXT NOT NULL
+        )""",
+    )),
 )
 
 _FILE_COLUMNS = (
@@ -303,10 +312,10 @@ class Catalog:
                     f"catalog {self.path!r} has schema version {version}, newer than this "
                     f"pyproof's ({SCHEMA_VERSION}); upgrade pyproof"
                 )
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # version 1 catalogs lack only the fileset metadata table
+            for statement in _SCHEMA if version == 0 else _V2:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ---- names and permissions ---------------------------------------------------------
 
@@ -418,6 +427,7 @@ class Catalog:
         trust: bool = False,
         verify: bool = False,
         map: Callable[..., Iterator[FileRecord]] = builtins.map,
+        metadata: dict[str, Any] | None = None,
     ) -> DatasetInfo:
         """Register dataset `name` (`name#tree` sets its default tree, as `tree=` does).
 
@@ -431,6 +441,8 @@ class Catalog:
         does not hold yet (creating the dataset if absent); neither, and the
         name exists: DatasetExistsError.
         `verify` verifies the new files first (with the map-like `map`).
+        `metadata` (a coffea fileset's, JSON-able) is kept with the dataset: a
+        query over it then sees `ctx.dataset` = the short name, `ctx.metadata` it.
         Raises FriendMismatchError (known entry counts of a file and its
         associated file differ), QuotaExceededError, DatasetPermissionError,
         SourceError; on any error nothing is changed.
@@ -481,6 +493,10 @@ class Catalog:
         for record in records:
             self._check_friend(record, tree)
 
+        try:
+            meta_text = None if metadata is None else json.dumps(metadata, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise SourceError(f"metadata of dataset {target.path!r} is not JSON: {exc}") from None
         now = self.now()
         with self._write() as conn:
             row = conn.execute(
@@ -516,7 +532,52 @@ class Catalog:
                 start = len(old_files)
             self._check_quota(conn, target, added=records, removed=removed)
             self._insert_files(conn, dataset_id, start, records)
+            if metadata is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO fileset_metadata (dataset_id, label, metadata) "
+                    "VALUES (?, ?, ?)", (dataset_id, target.name, meta_text))
             return self._info_of(conn, dataset_id)
+
+    def register_fileset(
+        self,
+        fileset: dict[str, Any],
+        *,
+        overwrite: bool = False,
+        update: bool = False,
+        trust: bool = False,
+        verify: bool = False,
+        map: Callable[..., Iterator[FileRecord]] = builtins.map,
+    ) -> list[DatasetInfo]:
+        """Register each dataset of a coffea fileset under its name, metadata kept.
+
+        `{"ttbar": {"files": {"a.root": "Events"}, "metadata": {...}}}` (or
+        `{"ttbar": ["a.root:Events"]}`) registers dataset `ttbar` in this
+        user's area; processing it by name gives `ctx.dataset == "ttbar"` and
+        `ctx.metadata` the fileset's metadata. Every name is checked before any
+        is registered (a DatasetExistsError leaves the catalog unchanged).
+        """
+        from pyproof.filesets import parse_fileset
+
+        parsed = parse_fileset(fileset)
+        by_name: dict[str, list[FileRecord]] = {name: [] for name in fileset}
+        for path, tree, name in parsed.names:
+            assert isinstance(path, str) and isinstance(name, str)
+            by_name[name].append(FileRecord(url=path, tree=tree))
+        if not (overwrite or update):
+            for name in by_name:
+                if self.exists(name):
+                    raise DatasetExistsError(self.name(name).path)
+        return [self.register(name, records, overwrite=overwrite, update=update, trust=trust,
+                              verify=verify, map=map, metadata=parsed.metadata.get(name, {}))
+                for name, records in by_name.items()]
+
+    def fileset_metadata(self, name: str) -> dict[str, Any] | None:
+        """The fileset metadata a dataset was registered with (None: not from a fileset)."""
+        with self._read() as conn:
+            dataset_id = self._get(conn, self.name(name))[0]
+            row = conn.execute("SELECT metadata FROM fileset_metadata WHERE dataset_id = ?",
+                               (dataset_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def _prepare(self, record: FileRecord, trust: bool) -> FileRecord:
         if not trust:
@@ -718,9 +779,14 @@ class Catalog:
                     row = self._get(conn, ref.name)
                     path = f"/{row[1]}/{row[2]}/{row[3]}"
                     names.append(path)
+                    labelled = conn.execute(
+                        "SELECT label, metadata FROM fileset_metadata WHERE dataset_id = ?",
+                        (row[0],)).fetchone()
                     selection = Selection(
                         dataset=path, default_tree=row[4], files=self._files_of(conn, row[0]),
                         tree=ref.tree, entries=ref.entries, part=number,
+                        label=None if labelled is None else labelled[0],
+                        metadata=None if labelled is None else json.loads(labelled[1]),
                     )
                     found, bad = elements_for(selection)
                     elements += found

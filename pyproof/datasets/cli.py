@@ -31,7 +31,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from pyproof.datasets.catalog import Catalog
-from pyproof.datasets.errors import DatasetError, format_bytes
+from pyproof.datasets.errors import DatasetError, SourceError, format_bytes
 from pyproof.datasets.records import DatasetInfo, FileRecord, QuotaInfo
 from pyproof.errors import ProofError
 
@@ -154,6 +154,10 @@ def cmd_show(args: argparse.Namespace, catalog_path: str) -> int:
 
 
 def cmd_register(args: argparse.Namespace, catalog_path: str) -> int:
+    if args.fileset is not None:
+        return _register_fileset(args, catalog_path)
+    if args.name is None:
+        raise SourceError("proofctl ds register needs a dataset name (or --fileset FILE)")
     with _catalog(args, catalog_path) as cat, _mapper(args.jobs) as mapper:
         info = cat.register(
             args.name, args.paths, tree=args.tree, list_file=args.list_file,
@@ -161,6 +165,21 @@ def cmd_register(args: argparse.Namespace, catalog_path: str) -> int:
             trust=args.trust, verify=args.verify, map=mapper,
         )
     _emit(args, info.to_dict(), f"registered {info.path}\n\n{_info_rows([info])}")
+    return EXIT_OK
+
+
+def _register_fileset(args: argparse.Namespace, catalog_path: str) -> int:
+    from pyproof.filesets import read_fileset
+
+    if args.name is not None or args.paths or args.list_file or args.from_dataset or args.tree:
+        raise SourceError("--fileset registers the fileset's datasets under their own names: "
+                          "give no name, paths, --list, --from or --tree with it")
+    fileset = read_fileset(args.fileset)
+    with _catalog(args, catalog_path) as cat, _mapper(args.jobs) as mapper:
+        infos = cat.register_fileset(fileset, overwrite=args.overwrite, update=args.update,
+                                     trust=args.trust, verify=args.verify, map=mapper)
+    _emit(args, [i.to_dict() for i in infos],
+          f"registered {', '.join(i.path for i in infos)}\n\n{_info_rows(infos)}")
     return EXIT_OK
 
 
@@ -270,7 +289,8 @@ def add_commands(subparsers: Any) -> argparse.ArgumentParser:
     show.add_argument("--summary", action="store_true", help="the summary only, no file list")
 
     register = leaf("register", cmd_register, "register a dataset from files, a list or a dataset")
-    register.add_argument("name", help="name, user/name or /group/user/name; '#tree' sets the tree")
+    register.add_argument("name", nargs="?", default=None,
+                          help="name, user/name or /group/user/name; '#tree' sets the tree")
     register.add_argument("paths", nargs="*",
                           help="paths, URLs or quoted globs; 'file.root:tree' names a tree")
     register.add_argument("--tree", help="the default tree, e.g. events or dir/events")
@@ -278,6 +298,8 @@ def add_commands(subparsers: Any) -> argparse.ArgumentParser:
                           help="a text file of paths, one per line (optional key=value metadata)")
     register.add_argument("--from", dest="from_dataset", metavar="DATASET",
                           help="copy the files of another dataset")
+    register.add_argument("--fileset", metavar="FILE", default=None,
+                          help="a coffea fileset (JSON): one dataset per name, metadata kept")
     mode = register.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     mode.add_argument("--update", action="store_true", help="add files to an existing dataset")

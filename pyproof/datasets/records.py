@@ -237,6 +237,8 @@ class Element(_Plain):
     file_index: int
     friend_url: str | None = None
     friend_tree: str | None = None
+    label: str | None = None                # registered from a fileset: its short name
+    metadata: dict[str, Any] | None = None  # and the fileset's metadata
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

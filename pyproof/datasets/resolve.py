@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pyproof.datasets.errors import EntriesUnknownError, NoTreeError
 from pyproof.datasets.names import EntrySelection
@@ -30,6 +30,8 @@ class Selection:
     tree: str | None = None
     entries: EntrySelection | None = None
     part: int = 0
+    label: str | None = None                 # a fileset dataset's short name
+    metadata: dict[str, Any] | None = None   # and its metadata
 
 
 def file_problem(record: FileRecord, tree: str, default_tree: str | None) -> str | None:
@@ -122,6 +124,8 @@ def _element(
         file_entries=file_entries,
         host=record.host,
         dataset=selection.dataset,
+        label=selection.label,
+        metadata=selection.metadata,
         part=selection.part,
         file_index=index,
         friend_url=record.url if record.has_friend and record.friend_url is None
