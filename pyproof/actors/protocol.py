@@ -2,6 +2,8 @@
 
 Worker -> master (req/rep, one socket, so the master serves it from one thread):
   NEXT     {worker, query, processed: [report...]}  -> PACKET | WAIT | DONE | ABORT
+           (with no packet to give yet, the master holds a NEXT until there is one, or
+           answers WAIT {held: seconds} at its bound: ask again at once)
   OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...},
             files: [path...]}                       -> ACK {accepted: bool}
   FAILED   {worker, query, error: RemoteError}      -> ABORT
