@@ -246,7 +246,18 @@ class MasterPlane:
                 except Exception as exc:  # a bug must fail the query, not the data plane
                     self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
                     q.fail(RemoteError.from_exception(exc, stage="master"))
+            self._heartbeats(time.monotonic())
             self._answer_held(time.monotonic())
+
+    def _heartbeats(self, now: float) -> None:
+        """Queued, preparing or finishing queries say they live (see `QueryRun.heartbeat`)."""
+        with self._lock:
+            runs = [*([self.query] if self.query is not None else []), *self.queued]
+        for run in runs:
+            try:
+                run.heartbeat(now)
+            except Exception as exc:  # a lost heartbeat only costs the client a control check
+                self.log.warning("heartbeat_failed", query=run.query_id, error=repr(exc))
 
     def _answer_held(self, now: float) -> None:
         """Ask again for every held request; answer those with work, an end, or held too long.

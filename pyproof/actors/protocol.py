@@ -13,6 +13,7 @@ deleted (output_files.py).
 
 Master -> client (push, the master dials the client's listening socket):
   PROGRESS {query, entries, total, bytes, elapsed, workers: {id: entries}}
+  HEARTBEAT {query, state}  (queued, preparing or finishing: no progress to send)
   RESULT   {query, outputs, stats, lineage}
   ERROR    {query, error: RemoteError, lineage}
 """
@@ -32,6 +33,7 @@ ABORT = "abort"
 ACK = "ack"
 
 PROGRESS = "progress"
+HEARTBEAT = "heartbeat"
 RESULT = "result"
 ERROR = "error"
 
