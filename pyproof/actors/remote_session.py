@@ -17,6 +17,7 @@ import time
 from pyproof.actors import messages as m
 from pyproof.actors.sessions import WATCHDOG
 from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.trees import worker_child
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFlags
@@ -67,11 +68,9 @@ class RemoteSession(SupervisorActor):
     def _worker(self, worker_id: str) -> ChildSpec:
         """Run by `receive_other` (actor thread): the spec of one hosted worker (pure)."""
         assert self.request is not None
-        return ChildSpec(id=worker_id, start=m.ActorStart(
-            actor="pyproof.actors.worker:Worker",
-            init=m.WorkerStart(session_id=self.request.session_id, worker_id=worker_id,
-                               packet_address=self.request.packet_address,
-                               log_dir=self.request.log_dir)))
+        return worker_child(session_id=self.request.session_id, worker_id=worker_id,
+                            packet_address=self.request.packet_address,
+                            log_dir=self.request.log_dir)
 
     def on_child_started(self, child_id: str, ref, pid: int, info: dict) -> None:
         """Run by `SupervisorActor` (actor thread) when a child answered its start message.
