@@ -90,3 +90,19 @@ def test_a_request_held_when_the_plane_closes_is_dropped_cleanly(tmp_path):
 def _recv_within(sock: pynng.Req0, seconds: float) -> bytes:
     sock.recv_timeout = int(seconds * 1000)
     return sock.recv()
+
+
+def test_a_held_request_of_a_worker_declared_lost_is_refused_not_given_a_packet(plane):
+    master, sock = plane
+    sock.send(next_for("q2"))
+    time.sleep(0.5)  # held
+    master.worker_lost(f"worker-0#{os.getpid()}")
+    frame = decode_frame(_recv_within(sock, 5))
+    assert frame.type == p.ABORT and "declared lost" in frame.payload["reason"]
+    assert master.stop_query("q1", "aborted by the test", abort=True)
+    deadline = time.monotonic() + 5
+    while master.query.query_id != "q2" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert master.query.query_id == "q2"
+    time.sleep(0.5)  # q2 ran its held requests: none of the dead worker's
+    assert f"worker-0#{os.getpid()}" not in master.query.core.workers

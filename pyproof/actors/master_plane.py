@@ -71,6 +71,7 @@ class MasterPlane:
         self._closed = threading.Event()
         # requests held for work: (context, next-request payload, when held)
         self._held: list[tuple[pynng.Context, dict[str, Any], float]] = []
+        self._gone: set[str] = set()  # lost workers' names: their held requests are dropped
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -103,6 +104,10 @@ class MasterPlane:
             self.query = run
             for w in self.workers:  # joined while it was queued
                 run.worker_joined(w)
+            lost = [w for w in list(run.core.workers) if w not in self.workers]
+        for w in lost:  # lost while it was queued: no packet may wait for them
+            run.worker_lost(w)
+        with self._lock:
             self.socket.recv_timeout = BUSY_POLL_MS
         run.start()
         if previous is not None:
@@ -143,6 +148,16 @@ class MasterPlane:
         with self._lock:
             if worker in self.workers:
                 self.workers.remove(worker)
+            # a dead worker's held request must not be granted a packet (the next query
+            # would count on it); names carry the pid, so they are never reused
+            if len(self._gone) > 10_000:
+                self._gone.clear()
+            self._gone.add(worker)
+            dropped = [h for h in self._held if _incarnation(h[1]) == worker]
+            self._held = [h for h in self._held if _incarnation(h[1]) != worker]
+        for ctx, _, _ in dropped:
+            self._refuse_lost(ctx, worker)
+        with self._lock:
             for stream in self._reassembler.open_streams():  # worker#pid/query/n
                 if stream.startswith(f"{worker}/"):
                     self._reassembler.discard(stream)
@@ -272,6 +287,9 @@ class MasterPlane:
         for ctx, payload, since in held:
             if self._closed.is_set():
                 break
+            if _incarnation(payload) in self._gone:  # lost while held: never a packet
+                self._refuse_lost(ctx, _incarnation(payload))
+                continue
             try:
                 kind, body = self._answer_payload(p.NEXT, {**payload, "processed": []})
             except Exception as exc:  # as for any request: the query fails, the plane serves on
@@ -288,6 +306,12 @@ class MasterPlane:
             self._held[:0] = keep
         for ctx, _, _ in (keep if self._closed.is_set() else []):
             self._close_context(ctx)
+
+    def _refuse_lost(self, ctx: pynng.Context, worker: str) -> None:
+        """A held request of a worker declared lost: ABORT (dropped by nng if it is dead)."""
+        self._reply(ctx, encode_frame(p.ABORT, {"reason": f"{worker} was declared lost"},
+                                      session=self.session_id))
+        self._close_context(ctx)
 
     def _reply(self, ctx: pynng.Context, reply: bytes) -> None:
         try:
@@ -355,3 +379,8 @@ class MasterPlane:
         except (ProtocolError, p.ProtocolViolation) as exc:
             self.log.warning("bad_request", error=str(exc))
             return p.ERROR, {"reason": f"protocol error: {exc}"}
+
+
+def _incarnation(payload: dict[str, Any]) -> str:
+    """The name a held request's worker has on the plane (as `master.incarnation`)."""
+    return f"{payload.get('worker')}#{payload.get('pid')}"
