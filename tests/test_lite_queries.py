@@ -148,3 +148,18 @@ def test_a_second_ctrl_c_aborts_the_query_and_is_raised(session):
     last = session.queries()[-1]
     with pytest.raises(QueryAborted):
         last.result(timeout=30)
+
+
+def test_a_queued_query_is_watched_on_the_data_plane_not_the_control_plane(session,
+                                                                            monkeypatch):
+    """Heartbeats keep a queued query's handle fed: no control-plane status checks."""
+    checks: list[str] = []
+    check = session._check_alive
+    monkeypatch.setattr(session, "_check_alive",
+                        lambda handle: (checks.append(handle.query), check(handle))[1])
+    first = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.4}, **SMALL_PACKETS)
+    second = session.submit(ZmumuMass, dataset=zmumu())
+    t0 = time.monotonic()
+    assert second.result(timeout=120).outputs["n"] == 2304
+    assert time.monotonic() - t0 > 4  # queued longer than the client's silence check (3 s)
+    assert first.done() and checks == []

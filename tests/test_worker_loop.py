@@ -78,3 +78,18 @@ def test_a_refused_chunk_fails_the_query_instead_of_leaving_packets_held(tmp_pat
     assert [f.type for f in frames] == ["next", "next", "chunk", "failed"]
     error = frames[-1].payload["error"]
     assert error.type.endswith("OutputsRefused") and "chunk 0 of 2" in error.message
+
+
+def test_after_a_held_wait_the_worker_asks_again_at_once_without_polling(tmp_path):
+    """The master held the request to its bound: a pause here would only add latency."""
+    import time
+
+    from pyproof.transport.frames import decode_frame
+
+    held = [encode_frame("wait", {"held": 2.0})] * 20
+    seen: list[bytes] = []
+    t0 = time.monotonic()
+    run_against(tmp_path, [*held, encode_frame("done", {})], seen=seen)
+    assert [decode_frame(raw).type for raw in seen] == ["next"] * 21
+    # the old backoff (10 ms doubling to 200 ms) spent over 3 s on 20 WAITs
+    assert time.monotonic() - t0 < 1.5

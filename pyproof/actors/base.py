@@ -28,6 +28,12 @@ class ProofActor(Actor):
     _armed = False
 
     def receiveMessage(self, message, sender):  # noqa: N802 (Thespian's API)
+        """Run by Thespian on the actor's thread for every message, one at a time.
+
+        Answers PingChild itself (the supervisor's liveness check), hands the rest
+        to `receive`. Raises nothing: whatever `receive` raises ends the process
+        through `crash` (Thespian's retry-then-PoisonMessage would keep a broken actor).
+        """
         if not self._armed:
             self._armed = True
             # Thespian leaves children of a SIGKILLed actor running as orphans;
@@ -42,6 +48,11 @@ class ProofActor(Actor):
             self.crash(exc)
 
     def crash(self, exc: BaseException) -> None:
+        """Run by `receiveMessage` (actor thread) when `receive` raised; never returns.
+
+        Logs the error and ends the process with CRASH_EXIT_CODE, even if logging
+        itself raises; the supervisor sees the exit and restarts the actor.
+        """
         try:
             get_logger().error("actor_crashed", actor_class=type(self).__name__,
                                error=repr(exc), traceback=traceback.format_exc())
@@ -49,7 +60,18 @@ class ProofActor(Actor):
             os._exit(CRASH_EXIT_CODE)
 
     def receive(self, message, sender) -> None:
+        """Run by `receiveMessage` on the actor thread for every message but pings.
+
+        Subclasses implement it. If it raises, `ProofActor.receiveMessage` logs the error
+        and ends the process (exit 70); the supervisor restarts the actor from a clean
+        state.
+        """
         raise NotImplementedError
 
     def start_log(self, log_dir: str, *, actor: str, session: str | None = None) -> None:
+        """Run by a subclass's start handler (actor thread): this process logs to `log_dir`.
+
+        If it raises (the directory cannot be written), the start handler raises:
+        the actor crashes as from `receive` and its supervisor counts a start failure.
+        """
         configure_actor_log(log_dir, actor=actor, session=session)

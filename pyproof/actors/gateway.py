@@ -134,6 +134,12 @@ class ControlServer:
             thread.start()
 
     def _serve(self, context: Any) -> None:
+        """Run by each of the server's `control-N` threads on its own nng context, until close.
+
+        Ends quietly when the socket closes. `_handle` answers protocol and login
+        errors itself; anything else it raised would end this thread only (one context
+        fewer), never the gateway actor.
+        """
         while not self._closed.is_set():
             try:
                 message = context.recv_msg()
@@ -145,6 +151,11 @@ class ControlServer:
         context.close()
 
     def _handle(self, context: Any, message: Any) -> None:
+        """Run by `_serve` (a control thread): answer logins here, queue the rest for the actor.
+
+        Bad frames and refused logins are answered with an error frame; a request the
+        actor does not complete within REQUEST_TIMEOUT is answered "retry".
+        """
         log = get_logger()
         peer = _peer(message)
         try:
@@ -218,6 +229,11 @@ def _peer(message: Any) -> str:
 
 class Gateway(ProofActor):
     def __init__(self, *args, **kwargs) -> None:
+        """Run by Thespian in the new actor process; nothing here can fail but memory.
+
+        If it raised, the process would end before answering GatewayStart and the
+        root supervisor would count a start failure.
+        """
         super().__init__(*args, **kwargs)
         self.server: ControlServer | None = None
         self.start: m.GatewayStart | None = None
@@ -225,6 +241,14 @@ class Gateway(ProofActor):
         self._ids = itertools.count()
 
     def receive(self, message, sender) -> None:
+        """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
+
+        Starts the control server (a port that cannot be taken is answered as
+        StartError), drains its queue at wake-ups, and completes pending requests with
+        the replies of sessions and masters. If it raises, `ProofActor.receiveMessage` logs
+        the error and ends the process (exit 70); the supervisor restarts the actor from a
+        clean state. Clients whose requests were pending ask again with the same request id.
+        """
         if isinstance(message, m.GatewayStart):
             self.start = message
             self.start_log(message.log_dir, actor="gateway")
@@ -271,7 +295,11 @@ class Gateway(ProofActor):
             self.server.close()
 
     def _drain(self) -> bool:
-        """Dispatch every queued request; True if there was any."""
+        """Run by `receive` at each wake-up: dispatch every queued request; True if any.
+
+        A bad request (RequestError, SpecError) is answered to its client; anything
+        else raised crashes the gateway as from `receive`.
+        """
         assert self.server is not None
         drained = False
         while True:
@@ -288,6 +316,10 @@ class Gateway(ProofActor):
                 self._complete(corr, "error", {"message": str(exc)})
 
     def _dispatch(self, corr: str, pending: _Pending) -> None:
+        """Run by `_drain` (actor thread): send one request to the actor that can answer it.
+
+        Raises RequestError or SpecError for a bad request (`_drain` answers them).
+        """
         assert self.start is not None
         frame = pending.frame
         payload = frame.payload if isinstance(frame.payload, dict) else {}

@@ -90,6 +90,12 @@ class Joiner:
         self._thread.start()
 
     def _run(self) -> None:
+        """Run by the `joiner` thread until `stop`: announce this host, then heartbeat.
+
+        ClusterError (master unreachable or refusing) is logged and retried after
+        `interval`; anything else raised would end the thread only (the host would go
+        silent and the master would find it lost), never the actor.
+        """
         log = get_logger()
         while not self._stop.is_set():
             try:
@@ -164,6 +170,11 @@ class Hosts(ProofActor):
     """The shell around the registry and the sessions spanning hosts (module docstring)."""
 
     def __init__(self, *args, **kwargs) -> None:
+        """Run by Thespian in the new actor process; only plain assignments.
+
+        If it raised, the process would end before answering HostsStart and the root
+        supervisor would count a start failure.
+        """
         super().__init__(*args, **kwargs)
         self.endpoint: ClusterEndpoint | None = None
         self.joiner: Joiner | None = None
@@ -188,6 +199,13 @@ class Hosts(ProofActor):
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
+        """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
+
+        Starts the endpoint and joiner, ticks the registry at wake-ups (which also
+        runs the callbacks threads queued in `inbox`), places and serves spanning
+        sessions. If it raises, `ProofActor.receiveMessage` logs the error and ends the
+        process (exit 70); the supervisor restarts the actor from a clean state.
+        """
         if isinstance(message, m.HostsStart):
             self._start(message, sender)
         elif isinstance(message, WakeupMessage):
@@ -293,6 +311,11 @@ class Hosts(ProofActor):
                                                   now=now))
 
     def _tick(self) -> None:
+        """Run by `receive` at each wake-up: registry tick, queued thread callbacks, checks.
+
+        Callbacks from `inbox` (e.g. `_delivered`) run here, so whatever they raise
+        crashes the actor as from `receive`.
+        """
         now = time.monotonic()
         self._self_heard(now)
         with self.lock:
@@ -353,7 +376,12 @@ class Hosts(ProofActor):
 
     # -- requests from other daemons (endpoint threads) ---------------------------
     def _handle(self, name: str, kind: str, body: Any, peer: str) -> tuple[str, Any]:
-        """A sealed request from host `name` (the name it proved, not one it claims)."""
+        """Run by the ClusterEndpoint's threads: a sealed request from host `name`.
+
+        `name` is the name it proved, not one it claims. HostListError is answered
+        "refused" with its message; any other exception is logged by the endpoint
+        and answered "refused" (the endpoint and the actor serve on).
+        """
         body = body if isinstance(body, dict) else {}
         if kind == "data":
             sid = body.get("session")
@@ -535,7 +563,11 @@ class Hosts(ProofActor):
         return link
 
     def _delivered(self, tag: Any, kind: str, body: Any, error: str | None) -> None:
-        """An answer from another daemon (via a PeerLink), on the actor thread."""
+        """Run by `_tick` on the actor thread: an answer from another daemon (via a PeerLink).
+
+        The link's thread only queues it in `inbox`; if it raises, the actor crashes
+        as from `receive`.
+        """
         if not isinstance(tag, tuple):
             return
         if tag[0] == "started":

@@ -25,6 +25,15 @@ class Master(ProofActor):
     specs: dict[str, QuerySpec] = {}  # queries running or queued, in order (for workers that join)
 
     def receive(self, message, sender) -> None:
+        """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
+
+        Control only: starts the data plane, tells it of workers joining or lost,
+        starts, stops and lists queries, answers status. If it raises,
+        `ProofActor.receiveMessage` logs the error and ends the process (exit 70); the
+        supervisor restarts the actor from a clean state.
+        The session supervisor restarts the master; running queries are lost (clients
+        are told by `_check_alive`).
+        """
         if isinstance(message, m.MasterStart):
             self.workers: dict[str, tuple] = {}  # worker id -> (actor address, pid)
             self.specs = {}
@@ -79,6 +88,11 @@ class Master(ProofActor):
             self.plane.close()
 
     def _start_query(self, message: m.StartQuery, sender) -> None:
+        """Run by `receive` for StartQuery: accept (or reject) the query and tell the workers.
+
+        A TLS problem with the client's callback address is answered as QueryRejected;
+        anything else raised crashes the master as from `receive`.
+        """
         reply_to = message.reply_to or sender
         assert self.plane is not None
         if self.plane.knows_query(message.query_id):  # a client retry: already accepted

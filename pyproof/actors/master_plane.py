@@ -4,7 +4,11 @@ Workers send every request (next packet, outputs, failure) to this one
 socket; each is fed to the query's `QueryRun` (its core decides, under the
 run's lock). Queries a session is given while one runs wait in a queue and
 start, in order, the moment the one before ends (the run tells the plane:
-no polling). The actor thread calls `start_query`, `stop_query`,
+no polling). A worker asking for a packet when there is none yet (its query is
+queued, looking up, or every packet is out) is not told "wait, ask again": its
+request is held (a Rep0 context keeps its reply route) and answered as soon as
+there is work or an end, after any event the plane sees, or with WAIT after
+`HOLD_SECONDS` at most. The actor thread calls `start_query`, `stop_query`,
 `worker_joined` and `worker_lost` directly; they only take short locks.
 
 Lock order: a run's lock may be held while taking the plane's (`_query_ended`),
@@ -13,6 +17,7 @@ never the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -31,13 +36,14 @@ from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import RECV_LIMIT, recv_view
+from pyproof.transport.wire import RECV_LIMIT, context_recv_view
 
 BUSY_POLL_MS = int(PROGRESS_PERIOD * 1000 / 2)  # while a query runs: progress and feedback ticks
 IDLE_POLL_MS = 2_000  # nothing to tick: only `close()` is waited for
 KEEP_RESULTS = 10
 KEEP_HISTORY = 100
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
+HOLD_SECONDS = 2.0  # a worker's "next" with nothing to give is held this long at most
 
 
 class MasterPlane:
@@ -66,6 +72,9 @@ class MasterPlane:
         self._chunk_answers: dict[str, bytes] = {}
         self.lookup_cache = LookupCache()  # entry counts of files already looked up
         self._closed = threading.Event()
+        # requests held for work: (context, next-request payload, when held)
+        self._held: list[tuple[pynng.Context, dict[str, Any], float]] = []
+        self._gone: set[str] = set()  # lost workers' names: their held requests are dropped
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -99,10 +108,15 @@ class MasterPlane:
             self.query = run
             for w in self.workers:  # joined while it was queued
                 run.worker_joined(w)
+            lost = [w for w in list(run.core.workers) if w not in self.workers]
+        for w in lost:  # lost while it was queued: no packet may wait for them
+            run.worker_lost(w)
+        with self._lock:
             self.socket.recv_timeout = BUSY_POLL_MS
         run.start()
         if previous is not None:
             previous.close()  # its merge thread and socket to the client: it has ended
+        self._answer_held(time.monotonic())  # workers held for this query: it is its turn
 
     def _query_ended(self, run: QueryRun) -> None:
         """A run ended (any thread): start the next queued query, if any."""
@@ -138,6 +152,16 @@ class MasterPlane:
         with self._lock:
             if worker in self.workers:
                 self.workers.remove(worker)
+            # a dead worker's held request must not be granted a packet (the next query
+            # would count on it); names carry the pid, so they are never reused
+            if len(self._gone) > 10_000:
+                self._gone.clear()
+            self._gone.add(worker)
+            dropped = [h for h in self._held if _incarnation(h[1]) == worker]
+            self._held = [h for h in self._held if _incarnation(h[1]) != worker]
+        for ctx, _, _ in dropped:
+            self._refuse_lost(ctx, worker)
+        with self._lock:
             for stream in self._reassembler.open_streams():  # worker#pid/query/n
                 if stream.startswith(f"{worker}/"):
                     self._reassembler.discard(stream)
@@ -192,6 +216,10 @@ class MasterPlane:
         self.socket.close()  # ends the serving thread's wait at once
         self._thread.join(timeout)
         with self._lock:
+            held, self._held = self._held, []
+        for ctx, _, _ in held:
+            self._close_context(ctx)
+        with self._lock:
             runs = [*self.history, *([self.query] if self.query else []), *self.queued]
         for run in runs:
             run.close()  # its merge thread, its socket to the client (callback mode)
@@ -202,24 +230,34 @@ class MasterPlane:
     def _serve(self) -> None:
         while not self._closed.is_set():
             try:
-                raw = recv_view(self.socket)  # worker outputs are read in place
+                ctx = self.socket.new_context()  # takes the socket's recv_timeout
+            except pynng.Closed:
+                return
+            held = False
+            try:
+                raw = context_recv_view(ctx)  # worker outputs are read in place
             except pynng.Timeout:
                 raw = None
             except pynng.Closed:
+                self._close_context(ctx)
                 return
             if raw is not None:
                 try:
-                    reply = self._answer(raw)
+                    reply, hold = self._answer(raw)
                 except Exception as exc:  # answer, fail the query, keep serving
                     self.log.error("request_failed", error=repr(exc), exc_info=True)
                     if self.query is not None:
                         self.query.fail(RemoteError.from_exception(exc, stage="master"))
-                    reply = encode_frame(p.ABORT, {"reason": "master error"},
-                                         session=self.session_id)
-                try:
-                    self.socket.send(reply)
-                except (pynng.Timeout, pynng.Closed):
-                    self.log.warning("reply_not_sent")
+                    reply, hold = encode_frame(p.ABORT, {"reason": "master error"},
+                                               session=self.session_id), None
+                if hold is not None:
+                    with self._lock:
+                        self._held.append((ctx, hold, time.monotonic()))
+                    held = True
+                else:
+                    self._reply(ctx, reply)
+            if not held:
+                self._close_context(ctx)
             q = self.query
             if q is not None and q.core.busy:
                 try:
@@ -227,6 +265,68 @@ class MasterPlane:
                 except Exception as exc:  # a bug must fail the query, not the data plane
                     self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
                     q.fail(RemoteError.from_exception(exc, stage="master"))
+            self._heartbeats(time.monotonic())
+            self._answer_held(time.monotonic())
+
+    def _heartbeats(self, now: float) -> None:
+        """Queued, preparing or finishing queries say they live (see `QueryRun.heartbeat`)."""
+        with self._lock:
+            runs = [*([self.query] if self.query is not None else []), *self.queued]
+        for run in runs:
+            try:
+                run.heartbeat(now)
+            except Exception as exc:  # a lost heartbeat only costs the client a control check
+                self.log.warning("heartbeat_failed", query=run.query_id, error=repr(exc))
+
+    def _answer_held(self, now: float) -> None:
+        """Ask again for every held request; answer those with work, an end, or held too long.
+
+        Runs after every request, tick and query start (any thread): whatever
+        freed work has happened by then. Each held request is taken out under the
+        lock, so two threads never answer the same one.
+        """
+        with self._lock:
+            held, self._held = self._held, []
+        keep = []
+        for ctx, payload, since in held:
+            if self._closed.is_set():
+                break
+            if _incarnation(payload) in self._gone:  # lost while held: never a packet
+                self._refuse_lost(ctx, _incarnation(payload))
+                continue
+            try:
+                kind, body = self._answer_payload(p.NEXT, {**payload, "processed": []})
+            except Exception as exc:  # as for any request: the query fails, the plane serves on
+                self.log.error("request_failed", error=repr(exc), exc_info=True)
+                kind, body = p.ABORT, {"reason": "master error"}
+            if kind == p.WAIT and now - since < HOLD_SECONDS:
+                keep.append((ctx, payload, since))
+                continue
+            if kind == p.WAIT:  # held to the bound: the worker asks again at once
+                body = {**body, "held": round(now - since, 3)}
+            self._reply(ctx, encode_frame(kind, body, session=self.session_id))
+            self._close_context(ctx)
+        with self._lock:
+            self._held[:0] = keep
+        for ctx, _, _ in (keep if self._closed.is_set() else []):
+            self._close_context(ctx)
+
+    def _refuse_lost(self, ctx: pynng.Context, worker: str) -> None:
+        """A held request of a worker declared lost: ABORT (dropped by nng if it is dead)."""
+        self._reply(ctx, encode_frame(p.ABORT, {"reason": f"{worker} was declared lost"},
+                                      session=self.session_id))
+        self._close_context(ctx)
+
+    def _reply(self, ctx: pynng.Context, reply: bytes) -> None:
+        try:
+            ctx.send(reply)
+        except (pynng.Timeout, pynng.Closed):
+            self.log.warning("reply_not_sent")
+
+    @staticmethod
+    def _close_context(ctx: pynng.Context) -> None:
+        with contextlib.suppress(pynng.NNGException):  # the socket closed it first
+            ctx.close()
 
     def _keep(self, query_id: str, frame: bytes) -> None:
         with self._lock:
@@ -234,16 +334,20 @@ class MasterPlane:
             while len(self.results) > KEEP_RESULTS:
                 del self.results[next(iter(self.results))]
 
-    def _answer(self, raw: bytes | memoryview) -> bytes:
+    def _answer(self, raw: bytes | memoryview) -> tuple[bytes, dict[str, Any] | None]:
+        """The reply, or a NEXT request's payload to hold (no work yet: see `_answer_held`)."""
         try:
             frame = decode_frame(raw)
             if frame.type == CHUNK:  # a large request (outputs), in pieces
-                return self._answer_chunk(frame)
+                return self._answer_chunk(frame), None
         except ProtocolError as exc:
             self.log.warning("bad_request", error=str(exc))
             return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
-                                session=self.session_id)
-        return self._answer_frame(frame)
+                                session=self.session_id), None
+        kind, body = self._answer_payload(frame.type, frame.payload)
+        if kind == p.WAIT and frame.type == p.NEXT and not self._closed.is_set():
+            return b"", frame.payload
+        return encode_frame(kind, body, session=self.session_id), None
 
     def _answer_chunk(self, frame: Frame) -> bytes:
         """"more" until the last chunk, then the answer to the whole request.
@@ -259,25 +363,28 @@ class MasterPlane:
             if self._reassembler.finished(stream):  # an old resend: it was answered
                 return encode_frame(p.ACK, {"accepted": False}, session=self.session_id)
             return encode_frame(p.ACK, {"more": True}, session=self.session_id)
-        answer = self._chunk_answers[stream] = self._answer_frame(whole)
+        kind, body = self._answer_payload(whole.type, whole.payload)
+        answer = self._chunk_answers[stream] = encode_frame(kind, body, session=self.session_id)
         while len(self._chunk_answers) > KEEP_CHUNK_ANSWERS:
             del self._chunk_answers[next(iter(self._chunk_answers))]
         return answer
 
-    def _answer_frame(self, frame: Frame) -> bytes:
+    def _answer_payload(self, kind: str, payload: Any) -> tuple[str, dict[str, Any]]:
         try:
-            payload = frame.payload
             query_id = p.require(payload, "query", str)
             with self._lock:
                 q = self.query
                 queued = any(r.query_id == query_id for r in self.queued)
             if queued:  # its turn comes when the one before ends
-                kind, body = p.WAIT, {}
-            elif q is None or q.query_id != query_id:
-                kind, body = p.ABORT, {"reason": f"no running query {query_id}"}
-            else:
-                kind, body = q.handle(frame.type, payload)
+                return p.WAIT, {}
+            if q is None or q.query_id != query_id:
+                return p.ABORT, {"reason": f"no running query {query_id}"}
+            return q.handle(kind, payload)
         except (ProtocolError, p.ProtocolViolation) as exc:
             self.log.warning("bad_request", error=str(exc))
-            kind, body = p.ERROR, {"reason": f"protocol error: {exc}"}
-        return encode_frame(kind, body, session=self.session_id)
+            return p.ERROR, {"reason": f"protocol error: {exc}"}
+
+
+def _incarnation(payload: dict[str, Any]) -> str:
+    """The name a held request's worker has on the plane (as `master.incarnation`)."""
+    return f"{payload.get('worker')}#{payload.get('pid')}"

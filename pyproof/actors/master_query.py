@@ -50,6 +50,7 @@ from pyproof.transport.tls import TLSError, TLSSettings
 from pyproof.transport.wire import send_parts
 
 FINAL_FRAME_GRACE = 2.0
+HEARTBEAT_PERIOD = 1.0  # well under the client's MASTER_SILENCE_CHECK (3 s)
 CHUNK_SIZE = 8 * 1024 * 1024
 MERGE_JOIN = 5.0
 FEEDBACK = "feedback"  # master -> client: {query, outputs: {name: merged so far}}
@@ -90,6 +91,7 @@ class QueryRun:
         self._started = False
         self._ended_told = False
         self._dial_error: RemoteError | None = None
+        self._heartbeat_at = float("-inf")
         self._packetizer_params = spec.packetizer_params
         self.elements: list[Element] = []
         self.missing: list[dict[str, Any]] = []
@@ -133,6 +135,24 @@ class QueryRun:
         if not self._started and self.core.busy:
             summary["state"] = "queued"
         return summary
+
+    def heartbeat(self, now: float) -> None:
+        """Data-plane thread: tell the client the query lives while it sends no progress.
+
+        Progress goes out every PROGRESS_PERIOD while the query runs; queued,
+        looking up or merging at the end it would be silent, and the client
+        would have to ask over the control plane whether it is still alive.
+        With a heartbeat every HEARTBEAT_PERIOD in those states too, silence on
+        the data plane means trouble (session.py `_pump`). Raises nothing the
+        plane must handle: a client that cannot take it is logged, as progress.
+        """
+        with self.lock:
+            state = "queued" if not self._started else str(self.core.state)
+            if not self.core.busy or state in ("running", "stopping") or \
+                    now - self._heartbeat_at < HEARTBEAT_PERIOD:
+                return
+            self._heartbeat_at = now
+            self._send_client(p.HEARTBEAT, {"query": self.query_id, "state": state})
 
     # -- starting (the plane, when the query's turn comes) -----------------------------
     def start(self) -> None:

@@ -2,6 +2,8 @@
 
 Worker -> master (req/rep, one socket, so the master serves it from one thread):
   NEXT     {worker, query, processed: [report...]}  -> PACKET | WAIT | DONE | ABORT
+           (with no packet to give yet, the master holds a NEXT until there is one, or
+           answers WAIT {held: seconds} at its bound: ask again at once)
   OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...},
             files: [path...]}                       -> ACK {accepted: bool}
   FAILED   {worker, query, error: RemoteError}      -> ABORT
@@ -11,6 +13,7 @@ deleted (output_files.py).
 
 Master -> client (push, the master dials the client's listening socket):
   PROGRESS {query, entries, total, bytes, elapsed, workers: {id: entries}}
+  HEARTBEAT {query, state}  (queued, preparing or finishing: no progress to send)
   RESULT   {query, outputs, stats, lineage}
   ERROR    {query, error: RemoteError, lineage}
 """
@@ -30,6 +33,7 @@ ABORT = "abort"
 ACK = "ack"
 
 PROGRESS = "progress"
+HEARTBEAT = "heartbeat"
 RESULT = "result"
 ERROR = "error"
 

@@ -17,6 +17,7 @@ import time
 from pyproof.actors import messages as m
 from pyproof.actors.sessions import WATCHDOG
 from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.trees import worker_child
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFlags
@@ -24,11 +25,21 @@ from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFla
 
 class RemoteSession(SupervisorActor):
     def __init__(self, *args, **kwargs) -> None:
+        """Run by Thespian in the new actor process (plain assignments).
+
+        If it raised, the process would end before its start message and the hosts
+        actor would see the session part fail to start.
+        """
         super().__init__(*args, **kwargs)
         self.request: m.CreateSession | None = None
         self.query: m.RunQuery | None = None
 
     def receive_other(self, message, sender) -> None:
+        """Run by `SupervisorActor.receive` (actor thread) for messages it does not handle.
+
+        If it raises, `ProofActor.receiveMessage` logs the error and ends the process (exit
+        70); the supervisor restarts this supervisor from a clean state.
+        """
         if isinstance(message, m.CreateSession):
             self.request = message
             self.start_log(message.log_dir, actor="remote-session", session=message.session_id)
@@ -55,14 +66,19 @@ class RemoteSession(SupervisorActor):
                     self.send(ref, message)
 
     def _worker(self, worker_id: str) -> ChildSpec:
+        """Run by `receive_other` (actor thread): the spec of one hosted worker (pure)."""
         assert self.request is not None
-        return ChildSpec(id=worker_id, start=m.ActorStart(
-            actor="pyproof.actors.worker:Worker",
-            init=m.WorkerStart(session_id=self.request.session_id, worker_id=worker_id,
-                               packet_address=self.request.packet_address,
-                               log_dir=self.request.log_dir)))
+        return worker_child(session_id=self.request.session_id, worker_id=worker_id,
+                            packet_address=self.request.packet_address,
+                            log_dir=self.request.log_dir)
 
     def on_child_started(self, child_id: str, ref, pid: int, info: dict) -> None:
+        """Run by `SupervisorActor` (actor thread) when a child answered its start message.
+
+        If it raises, `ProofActor.receiveMessage` logs the error and ends the process (exit
+        70); the supervisor restarts this supervisor (its children die with it) from a clean
+        state.
+        """
         assert self.request is not None
         self.send(self.request.reply_to, m.RemoteWorker(
             session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=True))
@@ -70,6 +86,12 @@ class RemoteSession(SupervisorActor):
             self.send(ref, self.query)
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        """Run by `SupervisorActor` (actor thread) after a child exited or failed to start.
+
+        If it raises, `ProofActor.receiveMessage` logs the error and ends the process (exit
+        70); the supervisor restarts this supervisor (its children die with it) from a clean
+        state.
+        """
         assert self.request is not None
         if pid is not None:
             self.send(self.request.reply_to, m.RemoteWorker(

@@ -16,6 +16,7 @@ from typing import Any
 
 from pyproof.actors import messages as m
 from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.trees import session_tree
 from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
@@ -196,24 +197,7 @@ class SessionSupervisor(SupervisorActor):
         if isinstance(message, m.CreateSession):
             self.request = message
             self.start_log(message.log_dir, actor="session", session=message.session_id)
-            address = master_address(message.run_dir, message.session_id)
-            children = [ChildSpec(id="master", start=m.ActorStart(
-                actor="pyproof.actors.master:Master",
-                init=m.MasterStart(session_id=message.session_id, run_dir=message.run_dir,
-                                   log_dir=message.log_dir, packet_address=address,
-                                   data_key=message.data_key)))]
-            for index in range(message.workers):
-                worker_id = f"worker-{index}"
-                children.append(ChildSpec(id=worker_id, start=m.ActorStart(
-                    actor="pyproof.actors.worker:Worker",
-                    init=m.WorkerStart(session_id=message.session_id, worker_id=worker_id,
-                                       packet_address=address, log_dir=message.log_dir))))
-            self.supervise(SupervisorSpec(
-                name=f"session-{message.session_id}", children=tuple(children),
-                # restarts allowed scale with the session: poisoned packets alone kill
-                # three workers each before they are given up
-                flags=SupFlags(strategy=Strategy.ONE_FOR_ONE,
-                               intensity=10 + 5 * message.workers, period=10.0, **WATCHDOG)))
+            self.supervise(session_tree(message))  # master, then workers (trees.py)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.Resend):
             if self._announced:

@@ -39,6 +39,14 @@ class Worker(ProofActor):
     packet_address = ""
 
     def receive(self, message, sender) -> None:
+        """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
+
+        Starts, queues and stops query loops (which run on their own thread, see
+        worker_loop.py) and checks the packet in progress at each wake-up. If it raises,
+        `ProofActor.receiveMessage` logs the error and ends the process (exit 70); the
+        supervisor restarts the actor from a clean state.
+        The master hears of the exit as a lost worker and gives its packets to others.
+        """
         if isinstance(message, m.WorkerStart):
             self.worker_id, self.session_id = message.worker_id, message.session_id
             self.queued = []
@@ -68,6 +76,12 @@ class Worker(ProofActor):
             self.loop.join(EXIT_JOIN_TIMEOUT)
 
     def _check_packet_time(self) -> None:
+        """Run by `receive` at each PACKET_CHECK wake-up while a query loop runs.
+
+        A selector stuck past the packet timeout is reported to the master (FAILED)
+        and the process exits (CRASH_EXIT_CODE): it does not return in that case.
+        nng errors while reporting are logged, not raised.
+        """
         assert self.loop is not None
         limit = self.loop.spec.packet_timeout
         stuck = self.loop.current_packet(time.monotonic())
@@ -92,7 +106,13 @@ class Worker(ProofActor):
         os._exit(CRASH_EXIT_CODE)
 
     def _run(self, message: m.RunQuery) -> None:
-        """Run the query now, or after the one running (the master queues queries too)."""
+        """Run by `receive` (RunQuery, or a wake-up for a queued one): run the query now, or
+        after the one running (the master queues queries too).
+
+        If it raises (the socket cannot be made), the worker crashes as from `receive`.
+
+        Run the query now, or after the one running (the master queues queries too).
+        """
         if any(q.query_id == message.query_id for q in self.queued) or (
                 self.loop is not None and self.loop.query_id == message.query_id):
             return  # told twice (a join racing the query start): already on it

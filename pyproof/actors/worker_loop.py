@@ -2,7 +2,9 @@
 
 The loop asks for its next packet before processing the current one (the
 reply waits in the socket meanwhile), so the worker never idles on the
-master. Processing reports ride on the next request.
+master. Processing reports ride on the next request. When there is no packet
+yet the master holds the request until there is one (or its bound passes), so
+waiting for a queued query or a look-up costs no polling here.
 """
 
 from __future__ import annotations
@@ -189,9 +191,14 @@ class WorkerLoop:
                         self.spec.feedback_interval:
                     self._flush()  # live feedback: the master merges what we have so far
             elif kind == p.WAIT:
+                # the master held our request until its bound (master_plane.HOLD_SECONDS)
+                # and will hold the next one too: ask again at once, no polling here. The
+                # pause is a guard against a master that answers WAIT without holding.
                 self._flush()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
+                if not reply.get("held"):
+                    if self._stop.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
                 reply = self._request(p.NEXT, {"processed": self._take_reports()})
             elif kind == p.DONE:
                 self._flush()

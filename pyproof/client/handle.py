@@ -93,6 +93,10 @@ class QueryHandle:
             self.state = "running"
             if self.bar is not None:
                 self.bar.update(payload)
+        elif frame.type == p.HEARTBEAT:  # alive, sending no progress (queued, looking up...)
+            state = payload.get("state")
+            if self._final is None and isinstance(state, str) and state in ACTIVE_STATES:
+                self.state = state
         elif frame.type == "feedback":
             if self.on_feedback is not None:
                 self.on_feedback(dict(payload.get("outputs") or {}))

@@ -522,10 +522,13 @@ class Session(PackagesMixin):
     def _pump(self, waiting: QueryHandle, deadline: float | None) -> None:
         """Read data frames (for every handle of this session) until one comes or a poll ends.
 
-        The master sends progress every 0.25 s while a query runs; after
-        MASTER_SILENCE_CHECK s without a frame for `waiting`, ask the master (control
-        plane) how the query stands: still queued or running, finished while its
-        frame did not reach us (then fetch the kept one), or lost.
+        The master sends progress every 0.25 s while a query runs, and a heartbeat
+        every second while it is queued, looking up or merging, so data-plane
+        silence means trouble: after MASTER_SILENCE_CHECK s without a frame for
+        `waiting`, ask the master (control plane) how the query stands: still
+        queued or running (frames lost: a client that re-attached, a dropped
+        callback), finished while its frame did not reach us (then fetch the kept
+        one), or lost.
         """
         assert self.data is not None
         now = time.monotonic()

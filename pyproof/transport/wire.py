@@ -19,7 +19,7 @@ from pynng.exceptions import check_err
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "parts_size", "recv_view", "send_parts"]
+__all__ = ["RECV_LIMIT", "SMALL", "context_recv_view", "parts_size", "recv_view", "send_parts"]
 
 SMALL = 64 * 1024
 """Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
@@ -70,7 +70,33 @@ def recv_view(sock: pynng.Socket, *, block: bool = True) -> bytes | memoryview:
     message = ffi.new("nng_msg **")
     flags = 0 if block else lib.NNG_FLAG_NONBLOCK
     check_err(lib.nng_recvmsg(sock.socket, message, flags))
-    msg = message[0]
+    return _view(message[0])
+
+
+def context_recv_view(ctx: pynng.Context) -> bytes | memoryview:
+    """`recv_view` on a socket's context: a request whose reply may be sent later.
+
+    A Rep0 context holds its request's reply route, so one thread can leave a
+    request unanswered (the master holds a worker's "next packet" until there is
+    one) while it serves others on new contexts. Waits up to the socket's
+    ``recv_timeout`` (nng gives each context the socket's value when it opens);
+    raises ``pynng.Timeout`` or ``pynng.Closed`` as ``recv`` does.
+    """
+    aio_p = ffi.new("nng_aio **")
+    check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
+    aio = aio_p[0]
+    try:
+        lib.nng_ctx_recv(ctx.context, aio)  # void: the result is the aio's
+        lib.nng_aio_wait(aio)
+        check_err(lib.nng_aio_result(aio))
+        msg = lib.nng_aio_get_msg(aio)
+    finally:
+        lib.nng_aio_free(aio)
+    return _view(msg)
+
+
+def _view(msg) -> bytes | memoryview:
+    """The body of a received nng message, which this call now owns (see `recv_view`)."""
     size = lib.nng_msg_len(msg)
     if size < SMALL:
         data = ffi.unpack(ffi.cast("char *", lib.nng_msg_body(msg)), size)

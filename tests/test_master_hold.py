@@ -1,0 +1,108 @@
+"""A worker asking for a packet when there is none yet is held, not told to poll.
+
+Real MasterPlane, real nng sockets; the worker's side is a bare Req0.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pynng
+import pytest
+
+from pyproof.actors import master_plane
+from pyproof.actors import protocol as p
+from pyproof.actors.master_plane import MasterPlane
+from pyproof.query.spec import QuerySpec
+from pyproof.transport.frames import decode_frame, encode_frame
+
+
+def spec(tmp_path) -> QuerySpec:
+    return QuerySpec(selector="m:S", cycles=1000, packetizer="basic",
+                     packetizer_params={"packet_entries": 1000},
+                     client_address=f"ipc://{tmp_path}/nobody.ipc")
+
+
+@pytest.fixture
+def plane(tmp_path):
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    plane.worker_joined(f"worker-0#{os.getpid()}")
+    plane.start_query("q1", spec(tmp_path))
+    plane.start_query("q2", spec(tmp_path))  # queued behind q1
+    with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
+        yield plane, sock
+    plane.close()
+
+
+def next_for(query: str) -> bytes:
+    return encode_frame(p.NEXT, {"worker": "worker-0", "pid": os.getpid(), "query": query,
+                                 "processed": []})
+
+
+def test_a_queued_querys_request_is_held_and_answered_when_its_turn_comes(plane, monkeypatch):
+    monkeypatch.setattr(master_plane, "HOLD_SECONDS", 30.0)  # only the event can answer
+    master, sock = plane
+    answers: list[bytes] = []
+    got = threading.Event()
+
+    def ask() -> None:
+        sock.send(next_for("q2"))
+        answers.append(sock.recv())
+        got.set()
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    assert not got.wait(0.8)  # held: no WAIT to poll with
+    assert master.stop_query("q1", "aborted by the test", abort=True)
+    assert got.wait(8), "the held request was not answered when q2 began"
+    asker.join(1)
+    frame = decode_frame(answers[0])
+    assert frame.type == p.PACKET, frame
+    assert frame.payload["packet"]["entry_stop"] == 1000
+
+
+def test_a_held_request_is_answered_wait_at_the_bound(plane, monkeypatch):
+    monkeypatch.setattr(master_plane, "HOLD_SECONDS", 0.5)
+    _, sock = plane
+    t0 = time.monotonic()
+    sock.send(next_for("q2"))
+    frame = decode_frame(_recv_within(sock, 5))
+    waited = time.monotonic() - t0
+    assert frame.type == p.WAIT and frame.payload["held"] >= 0.5
+    assert 0.5 <= waited < 3.0
+
+
+def test_a_request_held_when_the_plane_closes_is_dropped_cleanly(tmp_path):
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    plane.start_query("q1", spec(tmp_path))
+    plane.start_query("q2", spec(tmp_path))
+    with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
+        sock.send(next_for("q2"))
+        time.sleep(0.3)
+        plane.close()
+        assert not plane._held
+
+
+def _recv_within(sock: pynng.Req0, seconds: float) -> bytes:
+    sock.recv_timeout = int(seconds * 1000)
+    return sock.recv()
+
+
+def test_a_held_request_of_a_worker_declared_lost_is_refused_not_given_a_packet(plane):
+    master, sock = plane
+    sock.send(next_for("q2"))
+    time.sleep(0.5)  # held
+    master.worker_lost(f"worker-0#{os.getpid()}")
+    frame = decode_frame(_recv_within(sock, 5))
+    assert frame.type == p.ABORT and "declared lost" in frame.payload["reason"]
+    assert master.stop_query("q1", "aborted by the test", abort=True)
+    deadline = time.monotonic() + 5
+    while master.query.query_id != "q2" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert master.query.query_id == "q2"
+    time.sleep(0.5)  # q2 ran its held requests: none of the dead worker's
+    assert f"worker-0#{os.getpid()}" not in master.query.core.workers
