@@ -10,6 +10,7 @@ restarts the actor from a clean state.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 
 from thespian.actors import Actor
@@ -26,14 +27,20 @@ class ProofActor(Actor):
     """Base class: subclasses implement `receive(message, sender)`."""
 
     _armed = False
+    dies_with_parent = True
+    """False for a session supervisor: a session outlives the control process above it."""
+    last_ping = 0.0
+    """When our supervisor last pinged us (monotonic; 0.0: never)."""
 
     def receiveMessage(self, message, sender):  # noqa: N802 (Thespian's API)
         if not self._armed:
             self._armed = True
             # Thespian leaves children of a SIGKILLed actor running as orphans;
             # the kernel's parent-death signal takes the whole subtree down
-            set_parent_death_signal()
+            if self.dies_with_parent:
+                set_parent_death_signal()
         if isinstance(message, m.PingChild):
+            self.last_ping = time.monotonic()
             self.send(sender, m.PongChild(seq=message.seq))
             return
         try:

@@ -26,6 +26,8 @@ import uuid
 
 from pyproof import sandbox
 from pyproof.actors import messages as m
+from pyproof.actors.registry import stop_registered
+from pyproof.actors.survival import stop_sessions_too
 from pyproof.supervision.process_tree import (
     children_of,
     is_alive,
@@ -41,11 +43,23 @@ SHUTDOWN_TIMEOUT = 3.0
 ROOT_CHECK = 1.0  # seconds between checks that the root supervisor still runs
 
 
-def _write_ready(run_dir: str, info: dict) -> None:
-    tmp = os.path.join(run_dir, "ready.json.tmp")
+def _write_json(run_dir: str, name: str, info: dict) -> None:
+    tmp = os.path.join(run_dir, f"{name}.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
-    os.replace(tmp, os.path.join(run_dir, "ready.json"))
+    os.replace(tmp, os.path.join(run_dir, name))
+
+
+def _write_ready(run_dir: str, info: dict) -> None:
+    _write_json(run_dir, "ready.json", info)
+
+
+def control_pids(thespian_sessions: list[int]) -> dict:
+    """What finds this daemon's control tree: its pid and the Thespian system's sessions,
+    each with its start time (a recycled pid is never taken for ours)."""
+    me = os.getpid()
+    return {"pid": me, "start": start_time(me),
+            "thespian_sessions": [[sid, start_time(sid)] for sid in thespian_sessions]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admins", default=None, help="comma-separated admin users")
     parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
     parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
+    parser.add_argument("--session-orphan-grace", type=int, default=0,
+                        help="seconds a session runs on with no daemon (0: the default, "
+                             "600); then it stops itself")
     args = parser.parse_args(argv)
     # private by default: whatever this tree writes (logs, sockets, catalog, the
     # selectors' output files) is the user's alone; and what an older version
@@ -98,13 +115,17 @@ def main(argv: list[str] | None = None) -> int:
 
     system, port = start_system(args.log_dir)
     # the admin double-forks into a session of its own: its first child's pid is
-    # that session's id, the handle that finds every actor later
+    # that session's id, the handle that finds every actor later; written at once so
+    # that whoever stops or restarts us finds the control tree even if the boot fails
     thespian_sessions = children_of(os.getpid())
+    _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
+    requested = False
     try:
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,
-                  "workers_per_user": args.max_workers_per_user}
+                  "workers_per_user": args.max_workers_per_user,
+                  "orphan_grace": args.session_orphan_grace}
         owner = getpass.getuser()
         secret_file = args.secret_file or str(auth.default_secret_path())
         auth.load_or_create_secret(secret_file)  # refuses a file others can read
@@ -133,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"proofd: the root supervisor (pid {reply.root_pid}) is gone; exiting",
                       file=sys.stderr, flush=True)
                 return 3
+        requested = True
         return 0
     finally:
         done = threading.Event()
@@ -145,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=shutdown, daemon=True).start()
         done.wait(SHUTDOWN_TIMEOUT)
+        # sessions lead process sessions of their own: they outlive a daemon that dies
+        # (a restarted one re-adopts them); a daemon told to stop stops them too: those
+        # under its actors, and those it adopted (found in the registry)
+        if requested:
+            stop_sessions_too(thespian_sessions)
+            stop_registered(args.run_dir)
         for sid in thespian_sessions:
             kill_session(sid)
-        kill_tree(os.getpid(), include_root=False)
+        kill_tree(os.getpid(), include_root=False, spare_sessions=not requested)
 
 
 if __name__ == "__main__":

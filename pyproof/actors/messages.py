@@ -40,6 +40,7 @@ class BootFailed:
 class SessionsStart:
     log_dir: str
     limits: dict[str, int] = field(default_factory=dict)
+    run_dir: str = ""  # holds the durable session registry (actors/registry.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +80,7 @@ class CreateSession:
     user: str = ""
     request_id: str = ""  # the client's id for its open request: a retry gets the same session
     data_key: bytes = b""  # seals the session's data frames (transport/sealing.py)
+    orphan_grace: float = 600.0  # with no supervisor pinging it this long, the session stops
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +224,23 @@ class ActorStart:
     actor: str
     init: Any = None
     start_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdoptStart:
+    """How a supervisor "starts" a child that already runs (re-adopted from the registry):
+    it sends `Adopt` to `address` ((ip, port)), and the child answers `Started` as usual."""
+
+    address: tuple = ()
+    pid: int = 0
+    start_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adopt:
+    """To a running session supervisor: you have a new supervisor (the sender)."""
+
+    session_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,8 @@ from pyproof.supervision.spec import ChildSpec, ChildType, Strategy, SupervisorS
 
 
 class Root(SupervisorActor):
+    spare_sessions = True  # a killed (hung) sessions supervisor takes no session with it
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.boot: m.Boot | None = None
@@ -39,7 +41,7 @@ class Root(SupervisorActor):
                 children=(
                     ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
                         actor="pyproof.actors.sessions:Sessions",
-                        init=m.SessionsStart(log_dir=message.log_dir,
+                        init=m.SessionsStart(log_dir=message.log_dir, run_dir=message.run_dir,
                                              limits=dict(message.limits)))),
                     ChildSpec(id="gateway", start=m.ActorStart(
                         actor="pyproof.actors.gateway:Gateway", init=gateway_init)),

@@ -5,6 +5,15 @@ its own restart intensity is gone (its client gets an error), it is never
 restarted blindly, and it never takes its siblings or the daemon down.
 Control messages for a session are routed through here, so the gateway keeps
 no state and can be restarted at any time.
+
+Sessions outlive the control tree: a session supervisor leads a process
+session of its own (setsid) and has no parent-death signal, so killing or
+freezing any control process (this supervisor, the root, the Thespian admin
+and logger, the daemon's main process) leaves it running. It records itself
+in the durable registry (actors/registry.py); a new `Sessions` re-adopts
+every live entry and cleans up stale ones (supervision/adoption.py). A
+session that no supervisor pings for `orphan_grace` seconds (its daemon is
+gone for good) stops itself cleanly.
 """
 
 from __future__ import annotations
@@ -15,9 +24,12 @@ import time
 from typing import Any
 
 from pyproof.actors import messages as m
+from pyproof.actors.registry import Registry, address_to_wire, running_processes
 from pyproof.actors.supervisor import SupervisorActor
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
+from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
+from pyproof.supervision.process_tree import detach_session, kill_tree, start_time
 from pyproof.supervision.spec import (
     ChildSpec,
     ChildType,
@@ -29,6 +41,7 @@ from pyproof.supervision.spec import (
 )
 
 WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
+ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
 ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
 
 
@@ -45,6 +58,7 @@ class Sessions(SupervisorActor):
         self.info: dict[str, dict[str, Any]] = {}
         self.opened: dict[str, str] = {}  # client request id -> session id (idempotent open)
         self.resends: dict[str, list[m.Resend]] = {}  # retries for sessions still starting
+        self.registry: Registry | None = None
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.Started):
@@ -55,6 +69,9 @@ class Sessions(SupervisorActor):
             self.supervise(SupervisorSpec(
                 name="sessions", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=100,
                                                 period=1.0, **WATCHDOG)))
+            if message.run_dir:
+                self.registry = Registry(message.run_dir)
+                self._adopt_registered()
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.CreateSession):
             self._create(message, sender)
@@ -105,7 +122,9 @@ class Sessions(SupervisorActor):
         init = m.CreateSession(corr=message.corr, session_id=message.session_id,
                                workers=message.workers, run_dir=message.run_dir,
                                log_dir=message.log_dir, reply_to=reply_to, user=message.user,
-                               data_key=message.data_key)
+                               data_key=message.data_key,
+                               orphan_grace=float(self.config.limits.get("orphan_grace")
+                                                  or ORPHAN_GRACE))
         spec = ChildSpec(id=message.session_id, type=ChildType.SUPERVISOR,
                          restart=Restart.TEMPORARY, shutdown=Shutdown.timeout(5.0),
                          start=m.ActorStart(actor="pyproof.actors.sessions:SessionSupervisor",
@@ -129,7 +148,56 @@ class Sessions(SupervisorActor):
                     f"(limit {max_workers}, {used} in use)")
         return None
 
+    def _adopt_registered(self) -> None:
+        """Adopt every session the registry knows that still runs; clean up the others."""
+        assert self.registry is not None
+        log = get_logger()
+        entries = self.registry.entries()
+        plan = reconcile(entries, running_processes(entries))
+        for proc in plan.kill:
+            if start_time(proc.pid) == proc.start:
+                kill_tree(proc.pid, reap=False)
+        for name in plan.remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.run_dir, name))
+        for entry in plan.stale:
+            self.registry.remove(entry.session_id)
+            log.warning("stale_session_removed", session=entry.session_id,
+                        pid=entry.supervisor.pid, killed=[p.pid for p in plan.kill])
+        for entry in plan.adopt:
+            sid = entry.session_id
+            self.info[sid] = {"user": entry.user, "workers": entry.workers,
+                              "created": entry.created, "adopted": True}
+            spec = ChildSpec(id=sid, type=ChildType.SUPERVISOR, restart=Restart.TEMPORARY,
+                             shutdown=Shutdown.timeout(5.0),
+                             start=m.AdoptStart(address=tuple(entry.address or ()),
+                                                pid=entry.supervisor.pid))
+            cause = f"adopt-{sid}"
+            self.requests[cause] = ("adopt", entry)
+            log.info("session_adopting", session=sid, pid=entry.supervisor.pid)
+            self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=cause))
+
+    def _adoption_failed(self, entry: Entry, reason: str | None) -> None:
+        """A registered session that runs but does not answer: unreachable, so stopped."""
+        get_logger().error("session_adoption_failed", session=entry.session_id,
+                           pid=entry.supervisor.pid, reason=reason)
+        self.info.pop(entry.session_id, None)
+        for proc in (entry.supervisor, *entry.children.values()):
+            if start_time(proc.pid) == proc.start:
+                kill_tree(proc.pid, reap=False)
+        for name in session_files(entry.session_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.run_dir, name))
+        if self.registry is not None:
+            self.registry.remove(entry.session_id)
+
     def reply_added(self, requester: Any, reply: ev.Reply) -> None:
+        if requester[0] == "adopt":
+            if reply.ok:
+                get_logger().info("session_adopted", session=requester[1].session_id)
+            else:
+                self._adoption_failed(requester[1], reply.reason)
+            return
         reply_to, message = requester
         if not reply.ok:
             self.send(reply_to, m.SessionFailed(corr=message.corr, session_id=message.session_id,
@@ -169,6 +237,8 @@ class Sessions(SupervisorActor):
             self.send(ref, resend)
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        if self.registry is not None:
+            self.registry.remove(child_id)
         if child_id in self.info and child_id not in self.refs:
             self.info[child_id]["ended"] = reason
         for resend in self.resends.pop(child_id, []):
@@ -177,17 +247,35 @@ class Sessions(SupervisorActor):
 
 
 class SessionSupervisor(SupervisorActor):
-    """One session: a master and its workers (one_for_one)."""
+    """One session: a master and its workers (one_for_one).
+
+    It leads a process session of its own and outlives its parent (see the
+    module docstring); its master and workers die with it.
+    """
+
+    dies_with_parent = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request: m.CreateSession | None = None
         self.pending_resends: list[m.Resend] = []
+        self.registry: Registry | None = None
+        self.orphaned = False
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
             self.request = message
+            # out of the control tree's process session: killing the daemon's tree
+            # (or the sessions supervisor's, with spare_sessions) leaves this one running
+            detach_session()
+            self.last_ping = time.monotonic()
             self.start_log(message.log_dir, actor="session", session=message.session_id)
+            self.registry = Registry(message.run_dir)
+            me = os.getpid()
+            self.registry.put(Entry(
+                session_id=message.session_id, user=message.user, workers=message.workers,
+                created=time.time(), supervisor=Proc(pid=me, start=start_time(me) or 0),
+                address=address_to_wire(self.myAddress)))
             address = master_address(message.run_dir, message.session_id)
             children = [ChildSpec(id="master", start=m.ActorStart(
                 actor="pyproof.actors.master:Master",
@@ -206,6 +294,11 @@ class SessionSupervisor(SupervisorActor):
                 # three workers each before they are given up
                 flags=SupFlags(strategy=Strategy.ONE_FOR_ONE,
                                intensity=10 + 5 * message.workers, period=10.0, **WATCHDOG)))
+            self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.Adopt):
+            # a new sessions supervisor (the old one died): answer it as if just started
+            self.last_ping = time.monotonic()
+            get_logger().info("session_adopted", supervisor=str(sender))
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.Resend):
             if self._announced:
@@ -228,10 +321,26 @@ class SessionSupervisor(SupervisorActor):
             self._announce(resend.corr, resend.reply_to)
         self.pending_resends = []
 
+    def on_tick(self, now: float) -> None:
+        request = self.request
+        if request is None or self.core is None or self.core.phase != "running":
+            return
+        if now - self.last_ping > request.orphan_grace:
+            # no supervisor for that long: the daemon is gone for good; stop cleanly
+            get_logger().warning("session_orphaned", session=request.session_id,
+                                 grace=request.orphan_grace)
+            self.orphaned = True
+            self.run(ev.ShutdownRequested(now=now, reason="orphaned"))
+
     def on_exit(self) -> None:
         """The master was killed, not closed: remove the socket files it listened on."""
         if self.request is None:
             return
+        if self.registry is not None and self.orphaned:
+            # nobody supervises us to remove our row once we are gone (a supervisor does:
+            # until this process has exited, `daemon stop` must still find it)
+            with contextlib.suppress(Exception):  # a full disk must not stop the exit
+                self.registry.remove(self.request.session_id)
         for name in (f"master-{self.request.session_id}.ipc",
                      f"outbox-{self.request.session_id}.ipc"):
             with contextlib.suppress(FileNotFoundError):
@@ -244,6 +353,9 @@ class SessionSupervisor(SupervisorActor):
                                            master=self.refs.get("master"), workers=workers))
 
     def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        if self.registry is not None and self.request is not None:
+            self.registry.set_child(self.request.session_id, child_id,
+                                    Proc(pid=pid, start=start_time(pid) or 0))
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None:
             self.send(master, m.WorkerJoined(worker_id=child_id, ref=ref, pid=pid))

@@ -26,7 +26,7 @@ from pyproof.actors.base import ProofActor
 from pyproof.logs import get_logger
 from pyproof.supervision import core as sc
 from pyproof.supervision import events as ev
-from pyproof.supervision.process_tree import is_alive, kill_tree
+from pyproof.supervision.process_tree import is_alive, kill_tree, start_time
 from pyproof.supervision.spec import SupervisorSpec
 
 TICK = timedelta(milliseconds=250)  # deadlines and the watchdog need no finer grain
@@ -40,7 +40,16 @@ def import_actor(path: str) -> type:
 
 
 class SupervisorActor(ProofActor):
-    """A generic supervisor; start it by sending `Supervise`-like `supervise(spec)`."""
+    """A generic supervisor; start it by sending `Supervise`-like `supervise(spec)`.
+
+    A child may also be adopted rather than created (`m.AdoptStart`): an actor
+    that already runs, found in the durable session registry after the
+    supervisor that created it died. Thespian reports exits only to a child's
+    creator, so an adopted child's exit is noticed by its pid on each tick.
+    """
+
+    spare_sessions = False
+    """True in control supervisors: killing a child's tree spares the sessions under it."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -56,6 +65,7 @@ class SupervisorActor(ProofActor):
         self._ticking = False
         self._corr = itertools.count()
         self._announced = False
+        self.adopted: dict[str, tuple[int, int | None]] = {}  # child id -> (pid, start time)
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -78,6 +88,9 @@ class SupervisorActor(ProofActor):
 
     def on_exit(self) -> None:
         """This supervisor is being stopped; its children are already killed."""
+
+    def on_tick(self, now: float) -> None:
+        """Called on every timer tick (about 4 times a second) with the monotonic time."""
 
     # -- driving the core ---------------------------------------------------
     def supervise(self, spec: SupervisorSpec) -> None:
@@ -128,6 +141,16 @@ class SupervisorActor(ProofActor):
 
     def _start(self, spec: Any) -> None:
         start: m.ActorStart = spec.start
+        if isinstance(start, m.AdoptStart):
+            from pyproof.actors.registry import address_from_wire
+
+            ref = address_from_wire(start.address)
+            self.refs[spec.id] = ref
+            self.pids.pop(spec.id, None)
+            self.adopted[spec.id] = (start.pid, start_time(start.pid))
+            self.starting[spec.id] = time.monotonic() + start.start_timeout
+            self.send(ref, m.Adopt(session_id=spec.id))
+            return
         ref = self.createActor(import_actor(start.actor))
         self.refs[spec.id] = ref
         self.pids.pop(spec.id, None)
@@ -137,9 +160,14 @@ class SupervisorActor(ProofActor):
     def _kill(self, child_id: str, reason: str) -> None:
         pid = self.pids.get(child_id)
         ref = self.refs.get(child_id)
+        if pid is None and child_id in self.adopted:
+            pid = self.adopted[child_id][0]
         if pid is not None:
-            kill_tree(pid, reap=False)  # Thespian reaps it and tells us ChildActorExited
-            self.killed[child_id] = (pid, time.monotonic() + EXIT_NOTICE_TIMEOUT)
+            # Thespian reaps it and tells us ChildActorExited (not for an adopted child:
+            # it is not ours, so its death is taken as its exit at the next tick)
+            kill_tree(pid, reap=False, spare_sessions=self.spare_sessions)
+            notice = 0.0 if child_id in self.adopted else EXIT_NOTICE_TIMEOUT
+            self.killed[child_id] = (pid, time.monotonic() + notice)
         elif ref is not None:
             self.send(ref, ActorExitRequest())
 
@@ -154,7 +182,12 @@ class SupervisorActor(ProofActor):
         for child_id, deadline in list(self.starting.items()):
             if now > deadline:
                 del self.starting[child_id]
-                self._kill(child_id, "start timeout")
+                if self.adopted.pop(child_id, None) is not None:
+                    # an adoption nobody answered: not our process to kill (the pid
+                    # may be a stranger's by now); the caller cleans up its entry
+                    self.refs.pop(child_id, None)
+                else:
+                    self._kill(child_id, "start timeout")
                 self.run(ev.StartFailed(child_id=child_id, reason="start timeout", now=now))
         for child_id, deadline in list(self.stopping.items()):
             if deadline is not None and now > deadline:
@@ -167,8 +200,16 @@ class SupervisorActor(ProofActor):
             if ref is None or self.pids.get(child_id) != pid:
                 del self.killed[child_id]
             elif now > give_up and not is_alive(pid):
-                get_logger().warning("exit_notice_missing", child_id=child_id, pid=pid)
+                if child_id not in self.adopted:
+                    get_logger().warning("exit_notice_missing", child_id=child_id, pid=pid)
                 self._child_exited(ref)
+        for child_id, (pid, started) in list(self.adopted.items()):
+            ref = self.refs.get(child_id)
+            if ref is not None and child_id not in self.killed and (
+                    not is_alive(pid) or start_time(pid) != started):
+                get_logger().warning("adopted_child_gone", child_id=child_id, pid=pid)
+                self._child_exited(ref)
+        self.on_tick(now)
         for corr, pending in list(self.trees.items()):
             if now > pending["deadline"]:  # a frozen subtree: answer with what we have
                 self._tree_done(corr)
@@ -212,8 +253,9 @@ class SupervisorActor(ProofActor):
             # their exits are expected (Thespian exits this actor when we return)
             for child_id in reversed(list(self.refs)):
                 self.stopping[child_id] = None
-                if child_id in self.pids:
-                    kill_tree(self.pids[child_id], reap=False)
+                pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
+                if pid is not None:
+                    kill_tree(pid, reap=False, spare_sessions=self.spare_sessions)
             self.on_exit()
         else:
             self.receive_other(message, sender)
@@ -231,6 +273,7 @@ class SupervisorActor(ProofActor):
             return
         del self.refs[child_id]
         self.killed.pop(child_id, None)
+        self.adopted.pop(child_id, None)
         pid = self.pids.pop(child_id, None)
         expected = child_id in self.stopping
         self.stopping.pop(child_id, None)

@@ -126,8 +126,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _freeze(roots: list[int]) -> list[int]:
+def _is_session_leader(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[3] == str(pid)
+
+
+def _freeze(roots: list[int], *, spare_sessions: bool = False) -> list[int]:
     """SIGSTOP `roots` and all their descendants, top-down; the frozen pids, parents first.
+
+    With `spare_sessions`, a descendant that leads a session of its own (a
+    pyproof session supervisor, which calls setsid) is left alone, with its
+    subtree: a session outlives the control process it was started from.
 
     Each process is stopped before its children are read, so none of them can
     fork or be re-parented unseen; a fork already in flight when a parent was
@@ -144,6 +153,8 @@ def _freeze(roots: list[int]) -> list[int]:
                 if p in seen or p == me:
                     continue
                 seen.add(p)
+                if spare_sessions and p not in roots and _is_session_leader(p):
+                    continue
                 _signal(p, signal.SIGSTOP)
                 victims.append(p)
                 nxt.extend(children_of(p))
@@ -161,6 +172,7 @@ def kill_tree(
     include_root: bool = True,
     timeout: float = 5.0,
     reap: bool = True,
+    spare_sessions: bool = False,
 ) -> list[int]:
     """Send `sig` to `pid` and every descendant; wait (bounded) until they are gone.
 
@@ -173,9 +185,11 @@ def kill_tree(
     parents first. `include_root=False` spares `pid` itself (e.g. ourselves).
     `reap=False` leaves the zombies of our own children to whoever waits for
     them (Thespian must see its child exit to report ChildActorExited).
+    `spare_sessions=True` leaves descendants that lead their own session (and
+    their subtrees) running: how control processes die without their sessions.
     """
     roots = [pid] if include_root else children_of(pid)
-    victims = _freeze(roots)
+    victims = _freeze(roots, spare_sessions=spare_sessions)
     for p in victims:
         _signal(p, sig)
     if sig != signal.SIGKILL:
@@ -192,7 +206,8 @@ def kill_tree(
             time.sleep(0.002)
     if pending and sig != signal.SIGKILL:
         for p in pending:
-            victims.extend(v for v in kill_tree(p, timeout=timeout, reap=reap)
+            victims.extend(v for v in kill_tree(p, timeout=timeout, reap=reap,
+                                                spare_sessions=spare_sessions)
                            if v not in victims)
     if reap:
         for p in victims:
@@ -265,6 +280,17 @@ def kill_session(sid: int, *, timeout: float = 5.0) -> list[int]:
 
 
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def detach_session() -> bool:
+    """Lead a new session (setsid): killing the session of the process that started us, or
+    its process tree with `spare_sessions`, then leaves us and our children running.
+    False if we already lead one (or setsid is refused)."""
+    try:
+        os.setsid()
+    except OSError:
+        return False
+    return True
 
 
 def become_subreaper() -> bool:
