@@ -247,3 +247,37 @@ class BigCycles(pyproof.Selector):
 
     def process(self, cycles, ctx):
         ctx.outputs["big"][: len(cycles)] += 1.0
+
+
+class ExitsBelow(ZmumuMass):
+    """Ends its own worker with os._exit(1) in every packet that starts below
+    `inputs['below']` (a selector that kills its worker, again and again)."""
+
+    def process(self, events, ctx):
+        import os
+
+        if ctx.entry_start < ctx.inputs["below"]:
+            os._exit(1)
+        super().process(events, ctx)
+
+
+class Segfaults(ZmumuMass):
+    """Crashes its worker with a segmentation fault in the packet holding entry
+    `inputs['deadly']`."""
+
+    def process(self, events, ctx):
+        import ctypes
+
+        if ctx.entry_start <= ctx.inputs["deadly"] < ctx.entry_stop:
+            ctypes.string_at(0)
+        super().process(events, ctx)
+
+
+class HangsInBegin(ZmumuMass):
+    """Hangs (for a long time) in begin()."""
+
+    def begin(self, ctx):
+        import time
+
+        time.sleep(300)
+        super().begin(ctx)

@@ -39,6 +39,7 @@ class MasterPlane:
                                  recv_max_size=RECV_LIMIT)
         self.socket.listen(address)
         self.workers: list[str] = []
+        self.lost_reasons: dict[str, str] = {}  # worker -> how it died (from its supervisor)
         self.query: QueryRun | None = None
         self.accepted: str | None = None
         self.stopped: set[str] = set()  # actor thread only
@@ -70,7 +71,8 @@ class MasterPlane:
             self.accepted = None
         self._commands.put(("stop", (query_id, reason)))
 
-    def worker_lost(self, worker: str) -> None:
+    def worker_lost(self, worker: str, reason: str = "") -> None:
+        self.lost_reasons[worker] = reason
         self._commands.put(("lost", worker))
 
     def busy(self) -> bool:
@@ -179,7 +181,7 @@ class MasterPlane:
                     if stream.startswith(f"{arg}/"):
                         self._reassembler.discard(stream)
                 if self.query is not None:
-                    self.query.worker_lost(arg)
+                    self.query.worker_lost(arg, self.lost_reasons.pop(arg, ""))
 
     def _keep(self, query_id: str, frame: bytes) -> None:
         self.results[query_id] = frame

@@ -296,16 +296,8 @@ class QueryRun:
 
     def _maybe_finish(self) -> None:
         if self.state == "running" and self.packetizer is not None and self.packetizer.finished:
-            poisoned = self.packetizer.poisoned
-            if poisoned and self.spec.get("on_missing") != "skip":
-                worst = poisoned[0]
-                self.fail(RemoteError(
-                    type="PoisonedPacket",
-                    message=f"{len(poisoned)} packet(s) killed the worker that processed them "
-                            f"{len(worst.workers)} times and were given up (poisoned); run "
-                            "with on_missing='skip' to get the rest; reasons: "
-                            f"{', '.join(sorted(set(worst.reasons)))}",
-                    traceback="", context=self._range_dict(worst)))
+            if self.packetizer.poisoned and self.spec.get("on_missing") != "skip":
+                self._fail_poisoned()
                 return
             if self.output_files is not None and (self.output_files.exists()
                                                   or self.spec.get("output_dataset")):
@@ -315,6 +307,18 @@ class QueryRun:
                 self._finish_thread.start()
                 return
             self._send_result()
+
+    def _fail_poisoned(self) -> None:
+        assert self.packetizer is not None
+        poisoned = self.packetizer.poisoned
+        worst = poisoned[0]
+        self.fail(RemoteError(
+            type="PoisonedPacket",
+            message=f"{len(poisoned)} packet(s) killed the worker that processed them "
+                    f"{len(worst.workers)} times and were given up (poisoned); run "
+                    "with on_missing='skip' to get the rest; reasons: "
+                    f"{', '.join(sorted(set(worst.reasons)))}",
+            traceback="", context=self._range_dict(worst)))
 
     def _finish_files(self) -> None:
         assert self.output_files is not None
@@ -384,19 +388,22 @@ class QueryRun:
             self.packetizer.add_worker(worker, time.monotonic())
             self.log.info("worker_joined", worker=worker)
 
-    def worker_lost(self, worker: str) -> None:
+    def worker_lost(self, worker: str, how: str = "") -> None:
         self.lost.add(worker)
         if worker in self.workers:
             self.workers.remove(worker)
         if self.packetizer is None or self.state != "running":
             return
         ranges = self.packetizer.worker_lost(worker, time.monotonic(),
-                                             reason=f"{worker} died")
+                                             reason=f"{worker} died" + (f" ({how})" if how else ""))
         self.log.warning("worker_lost", worker=worker, requeued=len(ranges))
         for r in ranges:
             self.requeued.append({"worker": worker, "element": r.element,
                                   "entry_start": r.entry_start, "entry_stop": r.entry_stop,
                                   "reason": "worker lost"})
+        if self.packetizer.poisoned and self.spec.get("on_missing") != "skip":
+            self._fail_poisoned()  # the first poisoned packet fails the query: no waiting
+            return
         self._maybe_finish()
 
     def tick(self, now: float) -> None:

@@ -291,3 +291,4 @@ class WorkerLost:
 
     worker_id: str
     pid: int
+    reason: str = ""  # how it died, e.g. "crashed: killed by signal SIGSEGV"

@@ -24,12 +24,14 @@ import time
 from typing import Any
 
 from pyproof.actors import messages as m
+from pyproof.actors.base import CRASH_EXIT_CODE
 from pyproof.actors.registry import Registry, address_to_wire, running_processes
-from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.supervisor import SupervisorActor, describe_exit
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
 from pyproof.supervision.process_tree import detach_session, kill_tree, start_time
+from pyproof.supervision.restart import Decision, RestartWindow
 from pyproof.supervision.spec import (
     ChildSpec,
     ChildType,
@@ -42,6 +44,7 @@ from pyproof.supervision.spec import (
 
 WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
 ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
+SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD = 100, 10.0  # uncharged worker deaths, then charged
 ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
 
 
@@ -261,6 +264,7 @@ class SessionSupervisor(SupervisorActor):
         self.pending_resends: list[m.Resend] = []
         self.registry: Registry | None = None
         self.orphaned = False
+        self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
@@ -321,6 +325,17 @@ class SessionSupervisor(SupervisorActor):
             self._announce(resend.corr, resend.reply_to)
         self.pending_resends = []
 
+    def charged(self, child_id: str, exit_code: int | None, reason: str, now: float) -> bool:
+        """A worker that its selector killed (any exit but pyproof's own crash code, or a
+        signal: segfault, out of memory, os._exit) is the user's fault, not the session's:
+        it is replaced without counting against the session's restart intensity, up to a
+        generous bound of its own (a worker that dies at once every time still escalates)."""
+        if not child_id.startswith("worker-") or reason != "crashed" or exit_code is None:
+            return True
+        if exit_code == CRASH_EXIT_CODE:
+            return True
+        return self.selector_deaths.add(now) is Decision.ESCALATE
+
     def on_tick(self, now: float) -> None:
         request = self.request
         if request is None or self.core is None or self.core.phase != "running":
@@ -367,5 +382,7 @@ class SessionSupervisor(SupervisorActor):
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None and pid is not None:
-            self.send(master, m.WorkerLost(worker_id=child_id, pid=pid))
+            code = self.exit_codes.get(child_id)
+            how = reason if code is None else describe_exit(code)
+            self.send(master, m.WorkerLost(worker_id=child_id, pid=pid, reason=how))
         get_logger().warning("child_exit_seen", child_id=child_id, pid=pid, reason=reason)

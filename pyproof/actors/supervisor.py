@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import signal
 import time
 from datetime import timedelta
 from typing import Any
@@ -37,6 +38,35 @@ EXIT_NOTICE_TIMEOUT = 2.0
 def import_actor(path: str) -> type:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _last_child_process(actor: Any) -> Any:
+    """The multiprocessing Process of the child `createActor` just forked (thespian 4.0.1
+    keeps them in its actor manager's `_child_procs`): how we learn a child's exit status,
+    which ChildActorExited does not carry. None if that ever changes."""
+    procs = getattr(getattr(actor, "_myRef", None), "_child_procs", None)
+    return getattr(procs[-1], "childProc", None) if procs else None
+
+
+def exit_code(process: Any) -> int | None:
+    """A dead child's exit status (negative: killed by that signal), None if unknown."""
+    if process is None:
+        return None
+    try:
+        return process.exitcode
+    except Exception:  # not our child any more, or Thespian reaped it another way
+        return None
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 class SupervisorActor(ProofActor):
@@ -66,6 +96,8 @@ class SupervisorActor(ProofActor):
         self._corr = itertools.count()
         self._announced = False
         self.adopted: dict[str, tuple[int, int | None]] = {}  # child id -> (pid, start time)
+        self.processes: dict[str, Any] = {}  # child id -> Thespian's Process object
+        self.exit_codes: dict[str, int | None] = {}  # child id -> its last exit status
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -88,6 +120,10 @@ class SupervisorActor(ProofActor):
 
     def on_exit(self) -> None:
         """This supervisor is being stopped; its children are already killed."""
+
+    def charged(self, child_id: str, exit_code: int | None, reason: str, now: float) -> bool:
+        """Whether an exit counts against our restart intensity (see `ev.ChildExited`)."""
+        return True
 
     def on_tick(self, now: float) -> None:
         """Called on every timer tick (about 4 times a second) with the monotonic time."""
@@ -152,6 +188,7 @@ class SupervisorActor(ProofActor):
             self.send(ref, m.Adopt(session_id=spec.id))
             return
         ref = self.createActor(import_actor(start.actor))
+        self.processes[spec.id] = _last_child_process(self)
         self.refs[spec.id] = ref
         self.pids.pop(spec.id, None)
         self.starting[spec.id] = time.monotonic() + start.start_timeout
@@ -278,12 +315,18 @@ class SupervisorActor(ProofActor):
         expected = child_id in self.stopping
         self.stopping.pop(child_id, None)
         reason = self.kill_reasons.pop(child_id, None) or ("shutdown" if expected else "crashed")
+        code = exit_code(self.processes.pop(child_id, None))
+        self.exit_codes[child_id] = code
+        now = time.monotonic()
         if self.starting.pop(child_id, None) is not None:
             self.run(ev.StartFailed(child_id=child_id, reason=f"exited while starting ({reason})",
-                                    now=time.monotonic()))
+                                    now=now))
         else:
+            charged = expected or self.charged(child_id, code, reason, now)
+            if not charged:
+                reason = f"{reason}: {describe_exit(code)}"
             self.run(ev.ChildExited(child_id=child_id, reason=reason, abnormal=not expected,
-                                    now=time.monotonic(), ref=ref))
+                                    now=now, ref=ref, charged=charged))
         self.on_child_exited(child_id, pid, reason)
 
     # -- the live tree (proofctl tree) ---------------------------------------

@@ -19,7 +19,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
-from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
+from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
 from pyproof.logs import get_logger
 from pyproof.transport.codec import RemoteError
@@ -64,9 +64,10 @@ class Worker(ProofActor):
         stuck = self.loop.current_packet(time.monotonic())
         if not limit or stuck is None or stuck["seconds"] <= limit:
             return
+        where = "begin()" if stuck.get("stage") == "begin" else "one packet"
         error = RemoteError(
             type="PacketTimeout",
-            message=f"the selector spent more than {limit:g} s in one packet "
+            message=f"the selector spent more than {limit:g} s in {where} "
                     f"({stuck['seconds']:.0f} s so far); the worker is restarted",
             traceback="", context={k: v for k, v in stuck.items() if k != "seconds"})
         get_logger().error("packet_timeout", **error.context, limit=limit)
@@ -80,7 +81,7 @@ class Worker(ProofActor):
                 report.recv()
             except pynng.NNGException as exc:
                 get_logger().error("packet_timeout_not_reported", error=repr(exc))
-        os._exit(CRASH_EXIT_CODE)
+        os._exit(SELECTOR_EXIT_CODE)  # the selector's fault: not counted against the session
 
     def _run(self, message: m.RunQuery) -> None:
         if self.loop is not None and self.loop.running:

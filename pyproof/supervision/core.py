@@ -422,7 +422,7 @@ class SupervisorCore:
                 self._log("child_terminated", "error", c.id, reason, ev.cause,
                           restart=str(c.spec.restart))
             if permanent or (abnormal and c.spec.restart is Restart.TRANSIENT):
-                self._restart(c, reason, ev.now, ev.cause)
+                self._restart(c, reason, ev.now, ev.cause, charged=ev.charged)
             elif c.spec.restart is Restart.TEMPORARY:
                 self._delete(c)
         self._pump(ev.cause)
@@ -509,9 +509,10 @@ class SupervisorCore:
 
     # ------------------------------------------------------------ decisions
 
-    def _restart(self, c: _Child, reason: str, now: float, cause: str) -> None:
-        """`c` (idle) must be restarted: count it, then plan per the strategy."""
-        if self._window.add(now) is Decision.ESCALATE:
+    def _restart(self, c: _Child, reason: str, now: float, cause: str, *,
+                 charged: bool = True) -> None:
+        """`c` (idle) must be restarted: count it (if `charged`), then plan per the strategy."""
+        if charged and self._window.add(now) is Decision.ESCALATE:
             self._log("reached_max_restart_intensity", "error", c.id, reason, cause,
                       intensity=self.flags.intensity, period=self.flags.period)
             self._terminate(Escalate(reason="reached_max_restart_intensity", child_id=c.id,

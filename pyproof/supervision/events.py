@@ -108,6 +108,10 @@ class ChildExited:
     abnormal: bool
     now: float
     ref: Any = None
+    charged: bool = True
+    """False: the exit was the fault of user code the child ran (a selector that exited or
+    crashed its worker), not of the child: restarted, but not counted against the restart
+    intensity, so users' code cannot exhaust it and take the supervisor down."""
     cause: str = ""
 
 
