@@ -281,3 +281,17 @@ class HangsInBegin(ZmumuMass):
 
         time.sleep(300)
         super().begin(ctx)
+
+
+class LeavesDaemons(ZmumuMass):
+    """Starts, in begin(), a `sleep` that outlives the shell that started it (re-parented,
+    as a double-forked daemon is): in a session of its own with `inputs['setsid']`. Its
+    pid goes to the file `inputs['pidfile']`."""
+
+    def begin(self, ctx):
+        import subprocess
+
+        subprocess.run(["sh", "-c", f"sleep 300 & echo $! > {ctx.inputs['pidfile']}"],
+                       start_new_session=bool(ctx.inputs.get("setsid")), check=True,
+                       timeout=10)
+        super().begin(ctx)

@@ -3,11 +3,14 @@ costs its query, never its session; the query fails at the first poisoned packet
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 
 import pyproof
+from pyproof.supervision.process_tree import is_alive
 from tests.conftest import data_file
 from tests.daemon_helpers import Daemon
 from tests.test_proofd_faults import assert_exact, slow_query
@@ -62,3 +65,44 @@ def test_a_selector_that_hangs_in_begin_is_bounded_like_a_packet(daemon):
         assert time.monotonic() - t0 < 20
         assert info.value.remote.context["worker"] == "worker-0"
         assert_exact(slow_query(session))  # its worker was replaced
+
+
+def read_pid(path, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise AssertionError(f"no pid in {path}")
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and is_alive(pid):
+        time.sleep(0.05)
+    return not is_alive(pid)
+
+
+def test_a_daemon_a_selector_started_in_a_session_of_its_own_dies_with_the_session(
+        daemon, tmp_path):
+    pidfile = tmp_path / "daemon.pid"
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        session.process("tests.sample_selectors:LeavesDaemons", dataset=ZMUMU,
+                        inputs={"pidfile": str(pidfile), "setsid": True}, **PACKETS)
+        orphan = read_pid(pidfile)
+        assert is_alive(orphan)
+    assert wait_gone(orphan)
+
+
+def test_what_a_selector_started_dies_with_its_worker(daemon, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        session.process("tests.sample_selectors:LeavesDaemons", dataset=ZMUMU,
+                        inputs={"pidfile": str(pidfile)}, **PACKETS)
+        orphan = read_pid(pidfile)
+        worker = daemon.pids()[f"{session.id}/worker-0"]
+        os.kill(worker, signal.SIGKILL)
+        assert wait_gone(orphan)
+        assert_exact(slow_query(session))

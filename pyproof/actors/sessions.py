@@ -30,7 +30,14 @@ from pyproof.actors.supervisor import SupervisorActor, describe_exit
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
-from pyproof.supervision.process_tree import detach_session, kill_tree, start_time
+from pyproof.supervision.process_tree import (
+    become_subreaper,
+    detach_session,
+    kill_group,
+    kill_tree,
+    reap_orphans,
+    start_time,
+)
 from pyproof.supervision.restart import Decision, RestartWindow
 from pyproof.supervision.spec import (
     ChildSpec,
@@ -272,6 +279,9 @@ class SessionSupervisor(SupervisorActor):
             # out of the control tree's process session: killing the daemon's tree
             # (or the sessions supervisor's, with spare_sessions) leaves this one running
             detach_session()
+            # orphans of our subtree (a selector's double-forked daemons) come to us, not to
+            # init: our process tree then holds them, and closing the session kills them
+            become_subreaper()
             self.last_ping = time.monotonic()
             self.start_log(message.log_dir, actor="session", session=message.session_id)
             self.registry = Registry(message.run_dir)
@@ -340,6 +350,8 @@ class SessionSupervisor(SupervisorActor):
         request = self.request
         if request is None or self.core is None or self.core.phase != "running":
             return
+        reap_orphans(set(self.pids.values()) | {
+            getattr(p, "pid", None) for p in self.processes.values()})
         if now - self.last_ping > request.orphan_grace:
             # no supervisor for that long: the daemon is gone for good; stop cleanly
             get_logger().warning("session_orphaned", session=request.session_id,
@@ -348,9 +360,11 @@ class SessionSupervisor(SupervisorActor):
             self.run(ev.ShutdownRequested(now=now, reason="orphaned"))
 
     def on_exit(self) -> None:
-        """The master was killed, not closed: remove the socket files it listened on."""
+        """The master was killed, not closed: remove the socket files it listened on.
+        Whatever else runs under us (orphans of the selectors, re-parented to us) dies."""
         if self.request is None:
             return
+        kill_tree(os.getpid(), include_root=False)
         if self.registry is not None and self.orphaned:
             # nobody supervises us to remove our row once we are gone (a supervisor does:
             # until this process has exited, `daemon stop` must still find it)
@@ -380,6 +394,8 @@ class SessionSupervisor(SupervisorActor):
                     self.send(ref, m.WorkerJoined(worker_id=wid, ref=wref, pid=self.pids[wid]))
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        if pid is not None and child_id.startswith("worker-"):
+            kill_group(pid)  # what its selector started and left behind dies with it
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None and pid is not None:
             code = self.exit_codes.get(child_id)

@@ -22,6 +22,7 @@ from pyproof.actors import protocol as p
 from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
 from pyproof.logs import get_logger
+from pyproof.supervision.process_tree import lead_process_group
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
 
@@ -42,6 +43,9 @@ class Worker(ProofActor):
             self.packet_address = message.packet_address
             # a user's script imported here must not start clusters of its own
             os.environ["PYPROOF_IN_WORKER"] = message.worker_id
+            # what the selector starts inherits our process group: when we die, our
+            # supervisor kills the group (see SessionSupervisor.on_child_exited)
+            lead_process_group()
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.RunQuery):

@@ -320,3 +320,36 @@ def cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
     except OSError:
         return "?"
+
+
+def lead_process_group() -> bool:
+    """Lead a new process group (setpgid): what the processes we start (and theirs) inherit,
+    so `kill_group(our pid)` finds them after we are gone, even re-parented."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        return False
+    return True
+
+
+def kill_group(pgid: int) -> bool:
+    """SIGKILL every process of process group `pgid`; False if there was none."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def reap_orphans(keep: set[int]) -> list[int]:
+    """Reap exited children of ours that are not in `keep` (orphans re-parented to us as a
+    subreaper), never waiting, and never touching the children in `keep` (whose exit
+    statuses belong to someone else, e.g. Thespian)."""
+    reaped = []
+    for child in children_of(os.getpid()):
+        if child in keep or is_alive(child):
+            continue
+        with contextlib.suppress(ChildProcessError, OSError):
+            if os.waitpid(child, os.WNOHANG)[0] == child:
+                reaped.append(child)
+    return reaped
