@@ -175,3 +175,24 @@ def test_a_stale_registry_entry_is_cleaned_when_the_daemon_starts(daemon):
     assert not Registry(run_dir).entries()
     assert not any(is_alive(p) for p in procs)
     assert not [f for f in os.listdir(run_dir) if session.id in f]
+
+
+def test_a_detached_session_is_closed_after_the_idle_timeout_but_never_mid_query():
+    d = Daemon(session_idle_timeout=1)
+    try:
+        busy = pyproof.connect(f"{d.url}?workers=2")
+        idle = pyproof.connect(f"{d.url}?workers=1")
+        procs = session_processes(d, idle.id)
+        idle.detach()
+        # SlowCount runs for seconds with no control request: a running query is use
+        assert_exact(slow_query(busy))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(is_alive(p) for p in procs):
+            time.sleep(0.1)
+        assert not any(is_alive(p) for p in procs)
+        assert idle.id not in listed(d)
+        with open(os.path.join(d.info.log_dir, "sessions.jsonl")) as f:
+            assert "session_idle_closed" in f.read()
+        busy.close()
+    finally:
+        d.stop()

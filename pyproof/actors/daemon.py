@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-orphan-grace", type=int, default=0,
                         help="seconds a session runs on with no daemon (0: the default, "
                              "600); then it stops itself")
+    parser.add_argument("--session-idle-timeout", type=int, default=None,
+                        help="close a session no client used for this many seconds while no "
+                             "query ran (default 86400; 0: never)")
+    parser.add_argument("--result-ttl", type=int, default=None,
+                        help="the same for a session whose client went silent after "
+                             "starting its last query: its result is kept this long "
+                             "(default 86400; 0: the idle timeout applies)")
     args = parser.parse_args(argv)
     # private by default: whatever this tree writes (logs, sockets, catalog, the
     # selectors' output files) is the user's alone; and what an older version
@@ -126,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         limits = {"sessions_per_user": args.max_sessions_per_user,
                   "workers_per_user": args.max_workers_per_user,
                   "orphan_grace": args.session_orphan_grace}
+        if args.session_idle_timeout is not None:
+            limits["idle_timeout"] = args.session_idle_timeout
+        if args.result_ttl is not None:
+            limits["result_ttl"] = args.result_ttl
         owner = getpass.getuser()
         secret_file = args.secret_file or str(auth.default_secret_path())
         auth.load_or_create_secret(secret_file)  # refuses a file others can read

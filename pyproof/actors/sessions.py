@@ -52,6 +52,9 @@ from pyproof.supervision.spec import (
 WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
 ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
 SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD = 100, 10.0  # uncharged worker deaths, then charged
+IDLE_TIMEOUT = 86400.0  # a session no client used for this long (no query running) is closed
+RESULT_TTL = 86400.0  # the same, when its client went silent after starting its last query
+IDLE_ASK = "idle/"  # correlation ids of the status requests of the idle check
 ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
 
 
@@ -69,9 +72,16 @@ class Sessions(SupervisorActor):
         self.opened: dict[str, str] = {}  # client request id -> session id (idempotent open)
         self.resends: dict[str, list[m.Resend]] = {}  # retries for sessions still starting
         self.registry: Registry | None = None
+        self.used: dict[str, tuple[float, str]] = {}  # session -> (last client request, kind)
+        self.idle_asked: dict[str, float] = {}  # session -> when its state was asked
 
     def receive_other(self, message, sender) -> None:
+        if isinstance(message, (m.CloseSession, *ROUTED)) and message.session_id in self.used:
+            self.used[message.session_id] = (time.monotonic(), type(message).__name__)
         if isinstance(message, m.Started):
+            return
+        if isinstance(message, m.StatusReply) and message.corr.startswith(IDLE_ASK):
+            self._idle_answer(message)
             return
         if isinstance(message, m.SessionsStart):
             self.start_log(message.log_dir, actor="sessions")
@@ -129,6 +139,7 @@ class Sessions(SupervisorActor):
         self.opened[message.request_id or message.session_id] = message.session_id
         self.info[message.session_id] = {"user": message.user, "workers": message.workers,
                                          "created": time.time()}
+        self.used[message.session_id] = (time.monotonic(), "CreateSession")
         init = m.CreateSession(corr=message.corr, session_id=message.session_id,
                                workers=message.workers, run_dir=message.run_dir,
                                log_dir=message.log_dir, reply_to=reply_to, user=message.user,
@@ -158,6 +169,52 @@ class Sessions(SupervisorActor):
                     f"(limit {max_workers}, {used} in use)")
         return None
 
+    def _limits(self) -> tuple[float, float]:
+        limits = self.config.limits
+        idle = limits.get("idle_timeout")
+        ttl = limits.get("result_ttl")
+        return (IDLE_TIMEOUT if idle is None else float(idle),
+                RESULT_TTL if ttl is None else float(ttl))
+
+    def _idle_limit(self, kind: str) -> float:
+        """Seconds of client silence after which a session is closed (0: never)."""
+        idle, ttl = self._limits()
+        if kind == "StartQuery" and ttl:  # silent since it started a query: TTL of its result
+            return min(ttl, idle) if idle else ttl
+        return idle
+
+    def on_tick(self, now: float) -> None:
+        """Ask each session silent beyond its limit whether a query runs (then it is used)."""
+        for sid, (last, kind) in list(self.used.items()):
+            limit = self._idle_limit(kind)
+            ref = self.refs.get(sid)
+            if not limit or ref is None or now - last <= limit:
+                continue
+            if now - self.idle_asked.get(sid, -1e18) < 5.0:
+                continue  # asked already: wait for its answer (a frozen session: ask again)
+            self.idle_asked[sid] = now
+            self.send(ref, m.StatusRequest(corr=f"{IDLE_ASK}{sid}", session_id=sid,
+                                           reply_to=self.myAddress, admin=True))
+
+    def _idle_answer(self, message: m.StatusReply) -> None:
+        sid = message.corr[len(IDLE_ASK):]
+        self.idle_asked.pop(sid, None)
+        if sid not in self.used or sid not in self.refs:
+            return
+        query = (message.status.get("master") or {}).get("query") or {}
+        now = time.monotonic()
+        last, kind = self.used[sid]
+        if query.get("state") in ("preparing", "running", "finishing"):
+            self.used[sid] = (now, "running")  # a query runs: the session is in use
+            return
+        limit = self._idle_limit(kind)
+        if limit and now - last > limit:
+            get_logger().warning("session_idle_closed", session=sid, idle=round(now - last),
+                                 limit=limit, user=self.info.get(sid, {}).get("user"))
+            self.used.pop(sid, None)
+            self.info.pop(sid, None)
+            self.run(ev.RemoveChild(child_id=sid, now=now, cause=f"idle-{sid}"))
+
     def _adopt_registered(self) -> None:
         """Adopt every session the registry knows that still runs; clean up the others."""
         assert self.registry is not None
@@ -178,6 +235,7 @@ class Sessions(SupervisorActor):
             sid = entry.session_id
             self.info[sid] = {"user": entry.user, "workers": entry.workers,
                               "created": entry.created, "adopted": True}
+            self.used[sid] = (time.monotonic(), "Adopt")  # its idle clock starts again
             spec = ChildSpec(id=sid, type=ChildType.SUPERVISOR, restart=Restart.TEMPORARY,
                              shutdown=Shutdown.timeout(5.0),
                              start=m.AdoptStart(address=tuple(entry.address or ()),
@@ -218,6 +276,7 @@ class Sessions(SupervisorActor):
         if message.session_id in self.refs:
             self.run(ev.RemoveChild(child_id=message.session_id, now=time.monotonic()))
         self.info.pop(message.session_id, None)
+        self.used.pop(message.session_id, None)
         self.send(reply_to, m.SessionClosed(corr=message.corr, session_id=message.session_id))
 
     def _may(self, message: Any) -> bool:
@@ -247,6 +306,7 @@ class Sessions(SupervisorActor):
             self.send(ref, resend)
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        self.used.pop(child_id, None)
         if self.registry is not None:
             self.registry.remove(child_id)
         if child_id in self.info and child_id not in self.refs:

@@ -50,7 +50,9 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
                         max_sessions_per_user=args.max_sessions_per_user,
                         max_workers_per_user=args.max_workers_per_user,
                         users_dir=args.users_dir, admins=args.admins,
-                        foreground=args.foreground)
+                        session_orphan_grace=args.session_orphan_grace,
+                        session_idle_timeout=args.session_idle_timeout,
+                        result_ttl=args.result_ttl, foreground=args.foreground)
     print(f"proofd running at {info.url} (pid {info.pid}); logs in {info.log_dir}")
     return 0
 
@@ -154,6 +156,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--users-dir", default=None,
                        help="directory of per-user secret files (0600), named after the users")
     start.add_argument("--admins", default=None, help="comma-separated admin users")
+    start.add_argument("--session-idle-timeout", type=int, default=None, metavar="SECONDS",
+                       help="close sessions no client used for this long (default 86400; "
+                            "0: never)")
+    start.add_argument("--result-ttl", type=int, default=None, metavar="SECONDS",
+                       help="keep a session whose client went silent mid-query (and its "
+                            "result) this long (default 86400)")
+    start.add_argument("--session-orphan-grace", type=int, default=0, metavar="SECONDS",
+                       help="a session whose daemon is gone stops itself after this long "
+                            "(default 600)")
     start.set_defaults(func=cmd_daemon_start)
     stop = dsub.add_parser("stop", help="stop proofd")
     stop.add_argument("--port", type=int, default=DEFAULT_PORT)

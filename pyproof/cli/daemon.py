@@ -51,7 +51,8 @@ def read_info(port: int) -> DaemonInfo | None:
 
 def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                  max_sessions_per_user: int = 0, max_workers_per_user: int = 0,
-                 session_orphan_grace: int = 0,
+                 session_orphan_grace: int = 0, session_idle_timeout: int | None = None,
+                 result_ttl: int | None = None,
                  users_dir: str | None = None, admins: str | None = None,
                  foreground: bool = False, timeout: float = START_TIMEOUT) -> DaemonInfo:
     """Start proofd on host:port in the background (or run it here with foreground=True)."""
@@ -71,6 +72,10 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
             "--max-sessions-per-user", str(max_sessions_per_user),
             "--max-workers-per-user", str(max_workers_per_user),
             "--session-orphan-grace", str(session_orphan_grace)]
+    if session_idle_timeout is not None:
+        args += ["--session-idle-timeout", str(session_idle_timeout)]
+    if result_ttl is not None:
+        args += ["--result-ttl", str(result_ttl)]
     if users_dir:
         args += ["--users-dir", users_dir]
     if admins:
