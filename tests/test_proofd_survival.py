@@ -196,3 +196,39 @@ def test_a_detached_session_is_closed_after_the_idle_timeout_but_never_mid_query
         busy.close()
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("victim", ["root", "admin"])
+def test_a_daemon_that_lost_its_root_or_admin_exits_and_its_restart_adopts_the_sessions(
+        daemon, victim):
+    from pyproof.cli.daemon import info_process
+    from pyproof.supervision.process_tree import stat_field
+
+    session = pyproof.connect(f"{daemon.url}?workers=1")
+    try:
+        procs = session_processes(daemon, session.id)
+        root = daemon.pids()["root"]
+        pid = root if victim == "root" else stat_field(root, 1)  # the admin forked the root
+        os.kill(pid, signal.SIGKILL)
+        assert info_process[daemon.info.pid].wait(timeout=15) == 3
+        assert all(is_alive(p) for p in procs)
+        daemon.info = start_daemon(daemon.port)
+        assert session.id in listed(daemon)
+        assert_exact(slow_query(session))
+    finally:
+        session.close()
+
+
+def test_a_start_that_fails_leaves_nothing_running_and_keeps_no_lock_on_the_port():
+    import socket
+
+    from pyproof.actors.system import free_port
+    from pyproof.errors import ConnectError
+
+    port = free_port()
+    with socket.socket() as taken:  # the control port is taken: the gateway cannot listen
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(ConnectError, match=r"proofd failed to start: .*gave up"):
+            start_daemon(port)
+        assert read_control(os.path.join(daemon_home(port), "run")) is None

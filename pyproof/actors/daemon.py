@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     # that session's id, the handle that finds every actor later; written at once so
     # that whoever stops or restarts us finds the control tree even if the boot fails
     thespian_sessions = children_of(os.getpid())
-    _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
     requested = False
-    try:
+    try:  # whatever fails from here on (a full disk, say), the finally stops the system
+        _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,

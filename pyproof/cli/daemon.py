@@ -89,12 +89,18 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
     ready = os.path.join(run_dir, "ready.json")
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop_control_leftovers(run_dir)  # what it started before it died
             raise ConnectError(f"proofd exited with code {process.returncode} while starting; "
                                f"see {os.path.join(log_dir, 'daemon.out')}")
         if os.path.exists(ready):
             with open(ready) as f:
                 status = json.load(f)
             if "error" in status:
+                try:  # it stops itself after writing the error: wait for it (bounded)
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    kill_tree(process.pid)
+                    process.wait(STOP_TIMEOUT)
                 stop_daemon(port)
                 raise ConnectError(f"proofd failed to start: {status['error']}")
             info = read_info(port)
@@ -103,6 +109,8 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                 return info
         time.sleep(0.02)
     kill_tree(process.pid)
+    process.wait(STOP_TIMEOUT)
+    stop_control_leftovers(run_dir)
     raise ConnectError(f"proofd did not become ready within {timeout:.0f} s; "
                        f"see {os.path.join(log_dir, 'daemon.out')}")
 
