@@ -295,3 +295,13 @@ class LeavesDaemons(ZmumuMass):
                        start_new_session=bool(ctx.inputs.get("setsid")), check=True,
                        timeout=10)
         super().begin(ctx)
+
+
+class SizedOutput(pyproof.Selector):
+    """A CPU task whose output is an array of `inputs['mb']` MB (a huge merge)."""
+
+    def begin(self, ctx):
+        ctx.outputs["big"] = np.zeros(int(ctx.inputs["mb"] * 2**20 // 8))
+
+    def process(self, cycles, ctx):
+        ctx.outputs["big"][: len(cycles)] += 1.0

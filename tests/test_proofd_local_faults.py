@@ -106,3 +106,19 @@ def test_what_a_selector_started_dies_with_its_worker(daemon, tmp_path):
         os.kill(worker, signal.SIGKILL)
         assert wait_gone(orphan)
         assert_exact(slow_query(session))
+
+
+@pytest.mark.slow
+def test_a_huge_merge_never_makes_a_healthy_master_look_hung(daemon):
+    # 512 MB per worker: decoding and merging hold the GIL for seconds at a time, beyond the
+    # watchdog's ping timeout; the master and workers use CPU meanwhile, so they are busy,
+    # not hung (about 20 s and 3 GB of memory)
+    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        master = daemon.pids()[f"{session.id}/master"]
+        result = session.process("tests.sample_selectors:SizedOutput", cycles=2,
+                                 inputs={"mb": 512}, packetizer="basic",
+                                 packetizer_params={"packet_entries": 1}, progress=False)
+        big = result.outputs["big"]
+        assert big.nbytes == 512 * 2**20 and big[0] == 2.0 and big[1:].sum() == 0.0
+        del result, big
+        assert daemon.pids()[f"{session.id}/master"] == master

@@ -114,3 +114,26 @@ def test_a_silent_child_is_hung_at_the_first_tick_after_its_deadline(steps):
         assert result.hung == ()
         if result.pings:
             deadline = now + 0.45
+
+
+def test_a_busy_child_gets_more_time_but_not_for_ever():
+    w = Watchdog(interval=1.0, timeout=2.0, max_busy=10.0)
+    w.watch("master", now=0.0)
+    assert w.tick(1.0).pings == (PingDue(child_id="master", seq=1),)
+    assert w.waiting() == ["master"]
+    busy = frozenset({"master"})
+    for t in (3.0, 5.0, 7.0, 9.0):  # past its deadline, but its process works (a merge)
+        assert w.tick(t, busy).hung == ()
+    assert w.pong("master", 1, 9.5)  # and then it answers: healthy all along
+    assert w.tick(10.5).pings == (PingDue(child_id="master", seq=2),)
+    for t in (12.5, 14.5, 16.5, 18.5):
+        assert w.tick(t, busy).hung == ()
+    assert w.tick(20.6, busy).hung == ("master",)  # busy for over max_busy: hung
+
+
+def test_a_child_that_uses_no_cpu_is_hung_on_time_whatever_its_siblings_do():
+    w = Watchdog(interval=1.0, timeout=2.0)
+    w.watch("a", now=0.0)
+    w.watch("b", now=0.0)
+    w.tick(1.0)
+    assert w.tick(3.0, frozenset({"b"})).hung == ("a",)

@@ -27,7 +27,7 @@ from pyproof.actors.base import ProofActor
 from pyproof.logs import get_logger
 from pyproof.supervision import core as sc
 from pyproof.supervision import events as ev
-from pyproof.supervision.process_tree import is_alive, kill_tree, start_time
+from pyproof.supervision.process_tree import cpu_ticks, is_alive, kill_tree, start_time
 from pyproof.supervision.spec import SupervisorSpec
 
 TICK = timedelta(milliseconds=250)  # deadlines and the watchdog need no finer grain
@@ -98,6 +98,7 @@ class SupervisorActor(ProofActor):
         self.adopted: dict[str, tuple[int, int | None]] = {}  # child id -> (pid, start time)
         self.processes: dict[str, Any] = {}  # child id -> Thespian's Process object
         self.exit_codes: dict[str, int | None] = {}  # child id -> its last exit status
+        self.cpu_samples: dict[str, tuple[int, int]] = {}  # child id -> (pid, CPU ticks)
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -251,8 +252,25 @@ class SupervisorActor(ProofActor):
             if now > pending["deadline"]:  # a frozen subtree: answer with what we have
                 self._tree_done(corr)
         if self.core is not None and self.core.phase != sc.Phase.TERMINATED:
-            self.run(ev.WatchdogTick(now=now))
+            self.run(ev.WatchdogTick(now=now, busy=self._busy_children()))
             self._ensure_tick()
+
+    def _busy_children(self) -> frozenset[str]:
+        """Children with a ping outstanding whose process used CPU since the last tick."""
+        assert self.core is not None
+        busy = set()
+        samples: dict[str, tuple[int, int]] = {}
+        for child_id in self.core.waiting():
+            pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
+            cpu = cpu_ticks(pid) if pid is not None else None
+            if pid is None or cpu is None:
+                continue
+            samples[child_id] = (pid, cpu)
+            before = self.cpu_samples.get(child_id)
+            if before is not None and before[0] == pid and cpu > before[1]:
+                busy.add(child_id)
+        self.cpu_samples = samples
+        return frozenset(busy)
 
     # -- Thespian messages --------------------------------------------------
     def receive(self, message, sender) -> None:

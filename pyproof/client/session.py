@@ -439,6 +439,8 @@ class Session:
             return None
         if query_id in (status.get("master") or {}).get("results", []):
             return self.result(query_id)
+        if query.get("id") == query_id and query.get("state") == "finished":
+            return None  # its result is being encoded and sent: a large one takes seconds
         raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                          "while it ran; run it again")
 

@@ -233,6 +233,10 @@ class SupervisorCore:
             return None
         return self._watchdog.next_deadline()
 
+    def waiting(self) -> list[str]:
+        """Children with a ping outstanding (whose CPU time the shell may sample)."""
+        return [] if self._watchdog is None else self._watchdog.waiting()
+
     def child_ids(self) -> list[str]:
         """The children's ids in start order."""
         return list(self._children)
@@ -478,7 +482,7 @@ class SupervisorCore:
     def _on_tick(self, ev: WatchdogTick) -> None:
         if self._watchdog is None or self._phase in (Phase.NEW, Phase.TERMINATED):
             return
-        result = self._watchdog.tick(ev.now)
+        result = self._watchdog.tick(ev.now, ev.busy)
         for child_id in result.hung:
             c = self._children[child_id]
             c.state, c.kill_reason = ChildState.KILLING, "hung"

@@ -144,9 +144,13 @@ class RemoveChild:
 
 @dataclass(**_DC)
 class WatchdogTick:
-    """Time passes: send due pings, declare hung the children past their deadline."""
+    """Time passes: send due pings, declare hung the children past their deadline.
+
+    `busy`: children whose process used CPU since their outstanding ping was
+    sent (see `SupervisorCore.waiting`): working, not hung (watchdog.py)."""
 
     now: float
+    busy: frozenset[str] = frozenset()
     cause: str = ""
 
 

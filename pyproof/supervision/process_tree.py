@@ -101,6 +101,15 @@ def stat_field(pid: int, index: int) -> int | None:
         return None
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time (user + system, all threads) `pid` has used, in clock ticks; None if gone."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[11]) + int(fields[12]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
     return stat_field(pid, 19)
