@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from typing import Any
 
@@ -139,7 +140,6 @@ class Sessions(SupervisorActor):
         self.opened[message.request_id or message.session_id] = message.session_id
         self.info[message.session_id] = {"user": message.user, "workers": message.workers,
                                          "created": time.time()}
-        self.used[message.session_id] = (time.monotonic(), "CreateSession")
         init = m.CreateSession(corr=message.corr, session_id=message.session_id,
                                workers=message.workers, run_dir=message.run_dir,
                                log_dir=message.log_dir, reply_to=reply_to, user=message.user,
@@ -235,7 +235,6 @@ class Sessions(SupervisorActor):
             sid = entry.session_id
             self.info[sid] = {"user": entry.user, "workers": entry.workers,
                               "created": entry.created, "adopted": True}
-            self.used[sid] = (time.monotonic(), "Adopt")  # its idle clock starts again
             spec = ChildSpec(id=sid, type=ChildType.SUPERVISOR, restart=Restart.TEMPORARY,
                              shutdown=Shutdown.timeout(5.0),
                              start=m.AdoptStart(address=tuple(entry.address or ()),
@@ -302,6 +301,8 @@ class Sessions(SupervisorActor):
         return tree
 
     def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        # the idle clock starts once the session runs (a start can take seconds under load)
+        self.used[child_id] = (time.monotonic(), "Started")
         for resend in self.resends.pop(child_id, []):
             self.send(ref, resend)
 
@@ -402,8 +403,8 @@ class SessionSupervisor(SupervisorActor):
         generous bound of its own (a worker that dies at once every time still escalates)."""
         if not child_id.startswith("worker-") or reason != "crashed" or exit_code is None:
             return True
-        if exit_code == CRASH_EXIT_CODE:
-            return True
+        if exit_code in (0, CRASH_EXIT_CODE, -signal.SIGTERM):
+            return True  # pyproof's own crash, or an exit we did not ask for but Thespian ran
         return self.selector_deaths.add(now) is Decision.ESCALATE
 
     def on_tick(self, now: float) -> None:
