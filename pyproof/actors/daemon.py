@@ -54,6 +54,25 @@ def _write_ready(run_dir: str, info: dict) -> None:
     _write_json(run_dir, "ready.json", info)
 
 
+def _token_key(run_dir: str) -> bytes:
+    """The key that signs clients' login tokens: kept in the run directory (0600), so that a
+    daemon restarted on the same port (which re-adopts the sessions) honours the tokens of
+    their clients; a new one when the directory has none (`daemon stop` removes it)."""
+    path = os.path.join(run_dir, "token.key")
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) == 32:
+            return key
+    except OSError:
+        pass
+    key = secrets.token_bytes(32)
+    sandbox.create_private_file(path)
+    with open(path, "wb") as f:
+        f.write(key)
+    return key
+
+
 def control_pids(thespian_sessions: list[int]) -> dict:
     """What finds this daemon's control tree: its pid and the Thespian system's sessions,
     each with its start time (a recycled pid is never taken for ours)."""
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         owner = getpass.getuser()
         secret_file = args.secret_file or str(auth.default_secret_path())
         auth.load_or_create_secret(secret_file)  # refuses a file others can read
-        auth_config = {"token_key": secrets.token_bytes(32), "owner": owner,
+        auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
                        "secret_file": secret_file, "users_dir": args.users_dir,
                        "admins": args.admins.split(",") if args.admins else [owner],
                        "server_id": args.url or control,

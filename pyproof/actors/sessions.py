@@ -26,7 +26,12 @@ from typing import Any
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import CRASH_EXIT_CODE
-from pyproof.actors.registry import Registry, address_to_wire, running_processes
+from pyproof.actors.registry import (
+    Registry,
+    address_from_wire,
+    address_to_wire,
+    running_processes,
+)
 from pyproof.actors.supervisor import SupervisorActor, describe_exit
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
@@ -53,6 +58,7 @@ from pyproof.supervision.spec import (
 WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
 ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
 SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD = 100, 10.0  # uncharged worker deaths, then charged
+ADOPT_TIMEOUT, ADOPT_TRIES = 10.0, 3  # a live session that never answers then is stopped
 IDLE_TIMEOUT = 86400.0  # a session no client used for this long (no query running) is closed
 RESULT_TTL = 86400.0  # the same, when its client went silent after starting its last query
 IDLE_ASK = "idle/"  # correlation ids of the status requests of the idle check
@@ -74,6 +80,8 @@ class Sessions(SupervisorActor):
         self.resends: dict[str, list[m.Resend]] = {}  # retries for sessions still starting
         self.registry: Registry | None = None
         self.used: dict[str, tuple[float, str]] = {}  # session -> (last client request, kind)
+        self.adopting: dict[str, Any] = {}  # session -> its address, until adopted
+        self.adoption_tries: dict[str, int] = {}
         self.idle_asked: dict[str, float] = {}  # session -> when its state was asked
 
     def receive_other(self, message, sender) -> None:
@@ -106,7 +114,8 @@ class Sessions(SupervisorActor):
         elif isinstance(message, m.CloseSession):
             self._close(message, sender)
         elif isinstance(message, ROUTED):
-            ref = self.refs.get(message.session_id)
+            # a session being re-adopted is alive and answers at its registered address
+            ref = self.refs.get(message.session_id) or self.adopting.get(message.session_id)
             if ref is None:
                 self._no_session(message, sender)
             else:
@@ -232,17 +241,24 @@ class Sessions(SupervisorActor):
             log.warning("stale_session_removed", session=entry.session_id,
                         pid=entry.supervisor.pid, killed=[p.pid for p in plan.kill])
         for entry in plan.adopt:
-            sid = entry.session_id
-            self.info[sid] = {"user": entry.user, "workers": entry.workers,
-                              "created": entry.created, "adopted": True}
-            spec = ChildSpec(id=sid, type=ChildType.SUPERVISOR, restart=Restart.TEMPORARY,
-                             shutdown=Shutdown.timeout(5.0),
-                             start=m.AdoptStart(address=tuple(entry.address or ()),
-                                                pid=entry.supervisor.pid))
-            cause = f"adopt-{sid}"
-            self.requests[cause] = ("adopt", entry)
-            log.info("session_adopting", session=sid, pid=entry.supervisor.pid)
-            self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=cause))
+            self.info[entry.session_id] = {"user": entry.user, "workers": entry.workers,
+                                           "created": entry.created, "adopted": True}
+            self.adopting[entry.session_id] = address_from_wire(entry.address or ())
+        for entry in plan.adopt:
+            log.info("session_adopting", session=entry.session_id, pid=entry.supervisor.pid)
+            self._adopt(entry)
+
+    def _adopt(self, entry: Entry) -> None:
+        sid = entry.session_id
+        self.adoption_tries[sid] = self.adoption_tries.get(sid, 0) + 1
+        spec = ChildSpec(id=sid, type=ChildType.SUPERVISOR, restart=Restart.TEMPORARY,
+                         shutdown=Shutdown.timeout(5.0),
+                         start=m.AdoptStart(address=tuple(entry.address or ()),
+                                            pid=entry.supervisor.pid,
+                                            start_timeout=ADOPT_TIMEOUT))
+        cause = f"adopt-{sid}-{self.adoption_tries[sid]}"
+        self.requests[cause] = ("adopt", entry)
+        self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=cause))
 
     def _adoption_failed(self, entry: Entry, reason: str | None) -> None:
         """A registered session that runs but does not answer: unreachable, so stopped."""
@@ -260,10 +276,21 @@ class Sessions(SupervisorActor):
 
     def reply_added(self, requester: Any, reply: ev.Reply) -> None:
         if requester[0] == "adopt":
+            entry = requester[1]
             if reply.ok:
-                get_logger().info("session_adopted", session=requester[1].session_id)
+                self.adopting.pop(entry.session_id, None)
+                self.adoption_tries.pop(entry.session_id, None)
+                get_logger().info("session_adopted", session=entry.session_id)
+            elif (start_time(entry.supervisor.pid) == entry.supervisor.start
+                  and self.adoption_tries.get(entry.session_id, 0) < ADOPT_TRIES):
+                # alive but slow to answer (a loaded host): never kill it for that at once
+                get_logger().warning("session_adoption_retry", session=entry.session_id,
+                                     reason=reply.reason)
+                self._adopt(entry)
             else:
-                self._adoption_failed(requester[1], reply.reason)
+                self.adopting.pop(entry.session_id, None)
+                self.adoption_tries.pop(entry.session_id, None)
+                self._adoption_failed(entry, reply.reason)
             return
         reply_to, message = requester
         if not reply.ok:
