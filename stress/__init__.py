@@ -181,6 +181,10 @@ class SandboxDaemon:
         stop_seconds = time.monotonic() - t0
         audit = self.audit()
         audit["stop_seconds"] = round(stop_seconds, 2)
+        keep = os.environ.get("PYPROOF_STRESS_KEEP_LOGS")  # a directory: keep the logs there
+        if keep:
+            shutil.copytree(self.info.log_dir, os.path.join(keep, f"proofd-{self.port}"),
+                            dirs_exist_ok=True)
         self._restore_env()
         shutil.rmtree(self.sandbox, ignore_errors=True)
         return audit

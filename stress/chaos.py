@@ -70,8 +70,11 @@ MASTER_BLAME_BEFORE = 5.0  # a master fault this long before a query can still e
 GATEWAY_FAULTS_PER_10S = 3  # root's intensity is 5 restarts in 10 s: stay below it
 ROLES = (("gateway", 0.2), ("master", 0.15), ("worker", 0.3), ("sessions", 0.1),
          ("logger", 0.04), ("admin", 0.05), ("root", 0.05), ("main", 0.05), ("restart", 0.06))
-DAEMON_ROLES = ("admin", "root", "main", "restart")  # a kill of these: the daemon restarts
-CONTROL_ROLES = ("sessions", "logger", *DAEMON_ROLES)
+# a kill of these ends the daemon (exit 3, or gone): it is restarted. The logger too: in
+# thespian 4.0.1 the admin's restart of a dead logger raises (no attribute 'logDefs') and
+# the admin dies, and the root with it
+DAEMON_ROLES = ("logger", "admin", "root", "main", "restart")
+CONTROL_ROLES = ("sessions", *DAEMON_ROLES)
 DAEMON_FAULT_GAP = 5.0    # seconds between two faults that restart the daemon
 PAUSE = 2.0               # a frozen control process (not watched by a watchdog) thaws after
 DAEMON_EXIT_TIMEOUT = 15.0  # a daemon whose root or admin was killed exits within this
