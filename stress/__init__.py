@@ -130,7 +130,7 @@ class SandboxDaemon:
         process sessions of their own)."""
         if not is_alive(pid):
             return False
-        return session_of(pid) in self.sessions or (
+        return pid == self.info.pid or session_of(pid) in self.sessions or (
             pid in self.seen and self.seen[pid] == start_time(pid))
 
     def control_pids(self) -> dict[str, int]:

@@ -428,8 +428,8 @@ class Run:
             event.update(at=round(self.now(), 3), pid=main, killed=len(killed))
             self._restart(event, daemon, main)
             return
-        try:
-            pids = daemon.control_pids()
+        try:  # the main process needs no look-up (the tree may be down: a restart)
+            pids = {"main": daemon.info.pid} if fault.role == "main" else daemon.control_pids()
         except Exception as exc:
             self._skip(fault, f"live tree unavailable: {exc}")
             return
