@@ -28,6 +28,7 @@ from pyproof.cli.daemon import DaemonInfo, start_daemon, stop_daemon
 from pyproof.client.control import ControlClient
 from pyproof.supervision.process_tree import (  # noqa: F401 (become_subreaper: re-exported)
     become_subreaper,
+    children_of,
     cmdline,
     descendants_of,
     is_alive,
@@ -100,6 +101,7 @@ class SandboxDaemon:
         self._old_sandbox = os.environ.get("PYPROOF_SANDBOX")
         os.environ["PYPROOF_SANDBOX"] = self.sandbox
         self.port = free_port()
+        self.limits = limits
         self.seen: dict[int, int | None] = {}  # pid -> start time, every actor ever seen
         try:
             self.info: DaemonInfo = start_daemon(self.port, **limits)
@@ -123,8 +125,39 @@ class SandboxDaemon:
         return found
 
     def owns(self, pid: int) -> bool:
-        """True if `pid` is a live process of this daemon (not a recycled pid)."""
-        return is_alive(pid) and session_of(pid) in self.sessions
+        """True if `pid` is a live process of this daemon (not a recycled pid): of its
+        control tree's process sessions, or an actor seen in its live tree (sessions lead
+        process sessions of their own)."""
+        if not is_alive(pid):
+            return False
+        return pid == self.info.pid or session_of(pid) in self.sessions or (
+            pid in self.seen and self.seen[pid] == start_time(pid))
+
+    def control_pids(self) -> dict[str, int]:
+        """The control tree's processes: 'main', 'admin', 'logger', 'root', 'sessions',
+        'gateway' (the admin is the root's parent; the logger its other child)."""
+        pids = self.pids()
+        found = {"main": self.info.pid}
+        for key in ("root", "sessions", "gateway"):
+            if key in pids:
+                found[key] = pids[key]
+        admin = stat_field(pids["root"], 1) if "root" in pids else None
+        if admin and admin > 1 and session_of(admin) in self.sessions:
+            found["admin"] = admin
+            for child in children_of(admin):
+                if child != pids.get("root") and is_alive(child):
+                    found["logger"] = child
+                    self.seen.setdefault(child, start_time(child))
+            self.seen.setdefault(admin, start_time(admin))
+        return found
+
+    def restart(self) -> float:
+        """Start the daemon again on its port (as systemd would after it died): what is left
+        of its control tree is stopped, its sessions re-adopted. Returns the seconds taken."""
+        t0 = time.monotonic()
+        self.info = start_daemon(self.port, **self.limits)
+        self.sessions = (*self.sessions, self.info.pid, *self.info.thespian_sessions)
+        return time.monotonic() - t0
 
     def stale_socket_files(self) -> list[str]:
         """Socket files of the run directory no live session explains (closed sessions')."""
@@ -148,6 +181,10 @@ class SandboxDaemon:
         stop_seconds = time.monotonic() - t0
         audit = self.audit()
         audit["stop_seconds"] = round(stop_seconds, 2)
+        keep = os.environ.get("PYPROOF_STRESS_KEEP_LOGS")  # a directory: keep the logs there
+        if keep:
+            shutil.copytree(self.info.log_dir, os.path.join(keep, f"proofd-{self.port}"),
+                            dirs_exist_ok=True)
         self._restore_env()
         shutil.rmtree(self.sandbox, ignore_errors=True)
         return audit

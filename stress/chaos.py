@@ -1,16 +1,26 @@
 """Chaos: clients run queries with exact known answers while actors are killed or frozen.
 
     python -m stress.chaos --seed S --duration T [--clients C] [--workers W] [--json]
+    python -m stress.chaos --faults 1000   (a soak: runs until that many faults were injected)
 
 Starts its own proofd (sandboxed in a temp dir), runs C client threads, each
 opening sessions and running queries in a loop, while an injector SIGKILLs
-or SIGSTOPs the gateway, masters and workers found through the live tree.
+or SIGSTOPs the gateway, masters and workers found through the live tree,
+and every control process: the sessions supervisor, the root, the Thespian
+admin and logger, the daemon's main process (a killed daemon is started again
+on its port, as systemd would: it must re-adopt every session), or all of
+them at once ("restart"). A control process other than the sessions
+supervisor is "frozen" for a pause (a GC or swap stall), then thawed. Clients
+also run selectors that fault (exit, segfault, hang in begin()): each must
+fail its own query with a clean error naming the fault, and cost nothing else.
 The injection plan is a pure function of (seed, duration, clients, workers)
 and is printed, so a run can be replayed (the timing of the clients varies).
 
 Every query ends in one of: exact (the result equals the reference bit for
 bit), wrong (a failure), a clean QueryError (explained when the session's
-master was killed or frozen around it), a timeout, or a control failure.
+master was killed or frozen around it, or the daemon restarted), a timeout, or
+a control failure. A session that disappears under its client is "lost" (a
+failure: sessions outlive every control process).
 At the end the daemon is stopped and audited: no process of its tree or its
 Thespian session may survive, and no socket file may be left. Exit status 1
 on any wrong result, leak, stuck client or failed final check (and, with
@@ -25,6 +35,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -37,11 +48,14 @@ import numpy as np
 import uproot
 
 import pyproof
+from pyproof.actors.survival import control_sessions, read_control
 from pyproof.errors import ConnectError, QueryError
 from stress import (
     SandboxDaemon,
     become_subreaper,
     data_file,
+    is_alive,
+    kill_session,
     process_state,
     run_audited,
     sigcont,
@@ -54,7 +68,19 @@ JOIN_GRACE = 75.0         # clients finish their current query within this after
 FINAL_CHECK_TIMEOUT = 30.0
 MASTER_BLAME_BEFORE = 5.0  # a master fault this long before a query can still explain its error
 GATEWAY_FAULTS_PER_10S = 3  # root's intensity is 5 restarts in 10 s: stay below it
-ROLES = (("gateway", 0.3), ("master", 0.25), ("worker", 0.45))
+ROLES = (("gateway", 0.2), ("master", 0.15), ("worker", 0.3), ("sessions", 0.1),
+         ("logger", 0.04), ("admin", 0.05), ("root", 0.05), ("main", 0.05), ("restart", 0.06))
+# a kill of these ends the daemon (exit 3, or gone): it is restarted. The logger too: in
+# thespian 4.0.1 the admin's restart of a dead logger raises (no attribute 'logDefs') and
+# the admin dies, and the root with it
+DAEMON_ROLES = ("logger", "admin", "root", "main", "restart")
+CONTROL_ROLES = ("sessions", *DAEMON_ROLES)
+DAEMON_FAULT_GAP = 5.0    # seconds between two faults that restart the daemon
+PAUSE = 2.0               # a frozen control process (not watched by a watchdog) thaws after
+DAEMON_EXIT_TIMEOUT = 15.0  # a daemon whose root or admin was killed exits within this
+SELECTOR_FAULTS = 0.08     # share of client queries that run a faulting selector
+BLAME_CONTROL_WITHIN = 8.0  # an error this close to a daemon restart may be explained by it
+LOST = ("no session '", "the session is gone")  # errors that mean a session was lost
 
 
 # -- the plan: pure, seeded --------------------------------------------------------------
@@ -64,13 +90,15 @@ class Fault:
     index: int
     at: float          # seconds after the clients started
     action: str        # "kill" (SIGKILL) or "freeze" (SIGSTOP)
-    role: str          # "gateway", "master" or "worker"
+    role: str          # "gateway", "master", "worker", or a control process (CONTROL_ROLES)
     client: int        # whose session (master, worker)
     worker: int        # which worker
 
     def target(self) -> str:
-        if self.role == "gateway":
-            return "gateway"
+        if self.role == "restart":
+            return "every control process (then the daemon restarts)"
+        if self.role == "gateway" or self.role in CONTROL_ROLES:
+            return self.role
         if self.role == "master":
             return f"client-{self.client}/master"
         return f"client-{self.client}/worker-{self.worker}"
@@ -84,16 +112,23 @@ def make_plan(seed: int, duration: float, clients: int, workers: int) -> list[Fa
     rng = random.Random(seed)
     plan: list[Fault] = []
     gateway_times: list[float] = []
+    daemon_faults: list[float] = []
     t = rng.uniform(1.0, 2.0)  # let the clients open their first sessions
     while t < duration - 0.5:
         role = rng.choices([r for r, _ in ROLES], weights=[w for _, w in ROLES])[0]
-        if role == "gateway" and sum(1 for g in gateway_times if t - g < 10.0) >= \
-                GATEWAY_FAULTS_PER_10S:
+        # the root restarts the gateway and the sessions supervisor: 5 restarts in 10 s
+        if role in ("gateway", "sessions") and sum(1 for g in gateway_times if t - g < 10.0) \
+                >= GATEWAY_FAULTS_PER_10S:
             role = "worker"
-        if role == "gateway":
+        action = "kill" if rng.random() < 0.65 or role == "restart" else "freeze"
+        if role in DAEMON_ROLES and action == "kill" and (
+                t > duration - 3.0 or any(t - d < DAEMON_FAULT_GAP for d in daemon_faults)):
+            role = "worker"  # restarts take a moment: spaced out, not at the very end
+        if role in ("gateway", "sessions"):
             gateway_times.append(t)
-        plan.append(Fault(index=len(plan), at=round(t, 3),
-                          action="kill" if rng.random() < 0.65 else "freeze",
+        if role in DAEMON_ROLES and action == "kill":
+            daemon_faults.append(t)
+        plan.append(Fault(index=len(plan), at=round(t, 3), action=action,
                           role=role, client=rng.randrange(clients),
                           worker=rng.randrange(workers)))
         t += rng.uniform(0.6, 1.8)
@@ -141,6 +176,8 @@ class References:
                 "pt": h}
 
     def pick(self, rng: random.Random) -> QuerySpec:
+        if rng.random() < SELECTOR_FAULTS:
+            return self.pick_fault(rng)
         kind = rng.choice(("zmumu", "zmumu2", "hzz", "cycles"))
         sleep = {"sleep": 0.04}
         if kind == "zmumu":
@@ -164,6 +201,24 @@ class References:
             cycles=n, inputs=sleep, packetizer="basic",
             packetizer_params={"packet_entries": max(1, n // 12)}),
             {"n": n, "sum": n * (n - 1) // 2})
+
+
+    def pick_fault(self, rng: random.Random) -> QuerySpec:
+        """A selector that faults: its query must fail cleanly, naming the fault."""
+        kind = rng.choice(("exit", "segfault", "hang_begin"))
+        path = self.zmumu_files[0]
+        options = dict(dataset=f"{path}:events", packetizer="basic",
+                       packetizer_params={"packet_entries": 192})
+        if kind == "hang_begin":
+            return QuerySpec(kind, "stress.selectors:HangsInBegin",
+                             dict(options, packet_timeout=1.0),
+                             {"error": r"PacketTimeout: .*in begin\(\)"})
+        deadly = {"deadly": rng.randrange(self.zmumu[path]["n"])}
+        if kind == "exit":
+            return QuerySpec(kind, "stress.selectors:ExitsWorker", dict(options, inputs=deadly),
+                             {"error": r"PoisonedPacket: .*exit status 1"})
+        return QuerySpec(kind, "stress.selectors:Segfaults", dict(options, inputs=deadly),
+                         {"error": r"PoisonedPacket: .*killed by signal SIGSEGV"})
 
 
 def compare(outputs: dict[str, Any], entries: int, expected: dict[str, Any]) -> str | None:
@@ -192,7 +247,7 @@ class Outcome:
     query: str
     start: float
     end: float
-    outcome: str   # exact | wrong | error | timeout | control_failed | unexpected
+    outcome: str   # exact | fault_ok | wrong | error | timeout | control_failed | unexpected
     detail: str = ""
     explained: bool = False
 
@@ -214,6 +269,7 @@ class Run:
         self.injected: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self.frozen: dict[int, dict[str, Any]] = {}
+        self.restarts: list[dict[str, Any]] = []
         self.freezes_unhandled: list[dict[str, Any]] = []
         self.t0 = 0.0
 
@@ -251,7 +307,10 @@ class Run:
             finally:
                 with self.lock:
                     self.current[index] = None
-                session.close()
+                try:
+                    session.close()
+                except (QueryError, ConnectError) as exc:  # e.g. the daemon is restarting
+                    self._connect("close_failed", exc)
 
     def _connect(self, kind: str, exc: BaseException | None) -> None:
         with self.lock:
@@ -269,12 +328,15 @@ class Run:
         except QueryError as exc:
             timed_out = "did not finish within" in str(exc)
             record.outcome, record.detail = ("timeout" if timed_out else "error"), str(exc)
+            if "error" in spec.expected and re.search(spec.expected["error"], str(exc)):
+                record.outcome = "fault_ok"  # the faulting selector failed its query only
         except ConnectError as exc:
             record.outcome, record.detail = "control_failed", str(exc)
         except Exception as exc:
             record.outcome, record.detail = "unexpected", f"{type(exc).__name__}: {exc}"
         else:
-            diff = compare(result.outputs, result.stats.entries, spec.expected)
+            diff = ("a faulting selector's query succeeded" if "error" in spec.expected
+                    else compare(result.outputs, result.stats.entries, spec.expected))
             if diff is not None:
                 record.outcome, record.detail = "wrong", diff
         record.end = self.now()
@@ -283,7 +345,7 @@ class Run:
             record.detail += f" [session then: {self._diagnose(record.session)}]"
         with self.lock:
             self.outcomes.append(record)
-        return record.outcome == "exact"
+        return record.outcome in ("exact", "fault_ok")
 
     def _diagnose(self, session: str) -> str:
         """The session's actors in the live tree, with their process states (T: stopped)."""
@@ -311,6 +373,9 @@ class Run:
             self._check_frozen()
 
     def _inject(self, fault: Fault, daemon: SandboxDaemon) -> None:
+        if fault.role in CONTROL_ROLES:
+            self._inject_control(fault, daemon)
+            return
         t = time.monotonic()
         try:
             pids = daemon.pids()
@@ -350,6 +415,61 @@ class Run:
             self.injected.append(event)
             if fault.action == "freeze":
                 self.frozen[pid] = event
+
+    def _inject_control(self, fault: Fault, daemon: SandboxDaemon) -> None:
+        """SIGKILL or freeze a control process; a killed daemon is started again."""
+        event: dict[str, Any] = {"index": fault.index, "planned": fault.at, "action": fault.action,
+                                 "role": fault.role, "target": fault.role, "session": None}
+        if fault.role == "restart":
+            main = daemon.info.pid
+            info = read_control(os.path.join(daemon.info.home, "run"))
+            killed = [p for sid in control_sessions(info or {"pid": main})
+                      for p in kill_session(sid)]
+            event.update(at=round(self.now(), 3), pid=main, killed=len(killed))
+            self._restart(event, daemon, main)
+            return
+        try:  # the main process needs no look-up (the tree may be down: a restart)
+            pids = {"main": daemon.info.pid} if fault.role == "main" else daemon.control_pids()
+        except Exception as exc:
+            self._skip(fault, f"live tree unavailable: {exc}")
+            return
+        pid = pids.get(fault.role)
+        if pid is None or not daemon.owns(pid):
+            self._skip(fault, f"no live {fault.role} process found")
+            return
+        main = daemon.info.pid
+        event.update(at=round(self.now(), 3), pid=pid)
+        if fault.action == "freeze":
+            os.kill(pid, signal.SIGSTOP)
+            with self.lock:
+                self.injected.append(event)
+                if fault.role == "sessions":  # watched: the root's watchdog must replace it
+                    self.frozen[pid] = event
+                    return
+            self.stop.wait(PAUSE)  # the others are watched by nobody: a stall, then thawed
+            sigcont(pid)
+            event["thawed_after"] = PAUSE
+            return
+        os.kill(pid, signal.SIGKILL)
+        if fault.role not in DAEMON_ROLES:
+            with self.lock:
+                self.injected.append(event)
+            return
+        self._restart(event, daemon, main)
+
+    def _restart(self, event: dict[str, Any], daemon: SandboxDaemon, main: int) -> None:
+        """The daemon's main process exits (its root is gone) or was killed: start it again
+        on its port, as systemd would; it must re-adopt every session."""
+        deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
+        while is_alive(main) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            event["restart_seconds"] = round(daemon.restart(), 2)
+        except Exception as exc:
+            event["restart_failed"] = f"{type(exc).__name__}: {exc}"[:300]
+        with self.lock:
+            self.injected.append(event)
+            self.restarts.append(event)
 
     def _skip(self, fault: Fault, reason: str) -> None:
         with self.lock:
@@ -466,14 +586,25 @@ class Run:
             if o.outcome == "error":
                 o.explained = any(e["session"] == o.session and
                                   o.start - MASTER_BLAME_BEFORE <= e["at"] <= o.end
-                                  for e in master_faults)
+                                  for e in master_faults) or any(
+                    o.start - BLAME_CONTROL_WITHIN <= e["at"] <= o.end + 1.0
+                    for e in self.restarts)
         by = Counter(o.outcome for o in outcomes)
+        lost = [o for o in outcomes if any(mark in o.detail for mark in LOST)]
         errors = [o for o in outcomes if o.outcome == "error"]
         return {
             "seed": self.args.seed, "duration": self.args.duration,
             "clients": self.args.clients, "workers": self.args.workers,
             "plan": [f.describe() for f in self.plan],
             "queries": len(outcomes), "exact": by["exact"], "wrong": by["wrong"],
+            "selector_faults": {kind: {"clean": sum(o.outcome == "fault_ok" for o in outcomes
+                                                    if o.query == kind),
+                                       "runs": sum(o.query == kind for o in outcomes)}
+                                for kind in ("exit", "segfault", "hang_begin")},
+            "sessions_lost": len(lost),
+            "daemon_restarts": len(self.restarts),
+            "daemon_restarts_failed": [e["restart_failed"] for e in self.restarts
+                                       if "restart_failed" in e],
             "clean_errors": len(errors),
             "clean_errors_explained": sum(o.explained for o in errors),
             "clean_errors_unexplained": sum(not o.explained for o in errors),
@@ -494,7 +625,8 @@ class Run:
                 "count": len(self.tree_calls),
                 "unanswered": sum(not ok for _, ok in self.tree_calls),
                 "max_seconds": round(max((d for d, _ in self.tree_calls), default=0.0), 2)},
-            "connects": {k: self.connects[k] for k in ("ok", "refused", "failed")},
+            "connects": {k: self.connects[k] for k in ("ok", "refused", "failed",
+                                                       "close_failed")},
             "connect_errors": self.connect_errors[:20],
             "problems": [asdict(o) for o in outcomes if o.outcome != "exact"],
             "stuck_clients": stuck, "final_check": final,
@@ -509,6 +641,10 @@ class Run:
             failures.append(f"{r['unexpected']} unexpected client exception(s)")
         if r.get("stuck_clients"):
             failures.append(f"stuck clients: {', '.join(r['stuck_clients'])}")
+        if r.get("sessions_lost"):
+            failures.append(f"{r['sessions_lost']} session(s) lost")
+        if r.get("daemon_restarts_failed"):
+            failures.append(f"daemon restart(s) failed: {r['daemon_restarts_failed']}")
         if not (r.get("final_check") or {}).get("ok"):
             failures.append(f"final check failed: {(r.get('final_check') or {}).get('error')}")
         if self.args.strict:
@@ -552,6 +688,9 @@ def render(r: dict[str, Any]) -> str:
                  f"{tc.get('unanswered')}, slowest {tc.get('max_seconds')} s")
     for e in r.get("freezes_unhandled", []):
         lines.append(f"  FREEZE NOT HANDLED: {e['target']} pid {e['pid']} (state {e['state']})")
+    lines.append(f"sessions lost: {r.get('sessions_lost')}; daemon restarts: "
+                 f"{r.get('daemon_restarts')} (failed: {len(r.get('daemon_restarts_failed', []))})"
+                 f"; selector faults: {json.dumps(r.get('selector_faults', {}), sort_keys=True)}")
     lines.append(f"queries: {r.get('queries')}  exact: {r.get('exact')}  wrong: {r.get('wrong')}"
                  f"  clean errors: {r.get('clean_errors')} "
                  f"(explained by a master fault: {r.get('clean_errors_explained')}, "
@@ -590,6 +729,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "\n")[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of chaos")
+    parser.add_argument("--faults", type=int, default=0,
+                        help="a soak: run as long as it takes to plan this many faults "
+                             "(overrides --duration)")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="workers per session")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -601,8 +743,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also fail on unexplained errors, timeouts, unhandled freezes "
                              "and stale socket files of closed sessions")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.workers < 1 or args.duration <= 0:
-        parser.error("--clients and --workers must be >= 1, --duration > 0")
+    if args.clients < 1 or args.workers < 1 or args.duration <= 0 or args.faults < 0:
+        parser.error("--clients and --workers must be >= 1, --duration > 0, --faults >= 0")
+    if args.faults:
+        plan = make_plan(args.seed, 2.0 * args.faults + 10.0, args.clients, args.workers)
+        args.duration = plan[min(args.faults, len(plan)) - 1].at + 0.6
     return args
 
 

@@ -78,3 +78,35 @@ class CycleSum(pyproof.Selector):
         time.sleep(ctx.inputs.get("sleep", 0.0))
         ctx.outputs["n"] += len(cycles)
         ctx.outputs["sum"] += sum(cycles)
+
+
+# -- selectors that fault (chaos's selector faults): each must cost its query only -----
+
+class ExitsWorker(MassCount):
+    """os._exit(1) in the packet holding entry `inputs['deadly']`."""
+
+    def process(self, events, ctx):
+        import os
+
+        if ctx.entry_start <= ctx.inputs["deadly"] < ctx.entry_stop:
+            os._exit(1)
+        super().process(events, ctx)
+
+
+class Segfaults(MassCount):
+    """A segmentation fault in the packet holding entry `inputs['deadly']`."""
+
+    def process(self, events, ctx):
+        import ctypes
+
+        if ctx.entry_start <= ctx.inputs["deadly"] < ctx.entry_stop:
+            ctypes.string_at(0)
+        super().process(events, ctx)
+
+
+class HangsInBegin(MassCount):
+    """Hangs in begin() (bounded by the query's packet_timeout)."""
+
+    def begin(self, ctx):
+        time.sleep(600)
+        super().begin(ctx)

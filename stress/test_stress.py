@@ -68,7 +68,17 @@ def test_the_same_seed_gives_the_same_injection_plan_and_another_seed_another():
     assert make_plan(1, 12, 3, 2) != make_plan(2, 12, 3, 2)
     plan = make_plan(1, 12, 3, 2)
     assert plan and all(0 < f.at < 12 for f in plan)
-    assert {f.role for f in plan} <= {"gateway", "master", "worker"}
+    assert {f.role for f in plan} <= {"gateway", "master", "worker", "sessions", "logger",
+                                      "admin", "root", "main", "restart"}
+
+
+def test_a_long_plan_hits_every_control_process_and_spaces_out_daemon_restarts():
+    plan = make_plan(3, 400, 3, 2)
+    assert {f.role for f in plan} == {"gateway", "master", "worker", "sessions", "logger",
+                                      "admin", "root", "main", "restart"}
+    restarts = [f.at for f in plan if f.role in ("logger", "admin", "root", "main", "restart")
+                and f.action == "kill"]
+    assert all(b - a >= 5.0 for a, b in zip(restarts, restarts[1:], strict=False))
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -82,6 +92,9 @@ def test_chaos_run_injects_faults_and_every_answer_is_exact_or_a_clean_error(cha
     assert report["exact"] >= 3, summary(report)
     assert report["final_check"]["ok"], summary(report)
     assert not report["stuck_clients"], summary(report)
+    assert report["sessions_lost"] == 0, summary(report)
+    assert report["daemon_restarts"] >= 1 and not report["daemon_restarts_failed"], \
+        summary(report)  # seed 1 kills the daemon's main process: its sessions are adopted
 
 
 def test_chaos_run_leaves_no_process_and_no_socket_file_behind(chaos):

@@ -280,3 +280,61 @@ class NanoMuons(pyproof.Selector):
 
     def process(self, events, ctx):
         ctx.outputs["muons"] += int(ak.sum(events["nMuon"]))
+
+
+class ExitsBelow(ZmumuMass):
+    """Ends its own worker with os._exit(1) in every packet that starts below
+    `inputs['below']` (a selector that kills its worker, again and again)."""
+
+    def process(self, events, ctx):
+        import os
+
+        if ctx.entry_start < ctx.inputs["below"]:
+            os._exit(1)
+        super().process(events, ctx)
+
+
+class Segfaults(ZmumuMass):
+    """Crashes its worker with a segmentation fault in the packet holding entry
+    `inputs['deadly']`."""
+
+    def process(self, events, ctx):
+        import ctypes
+
+        if ctx.entry_start <= ctx.inputs["deadly"] < ctx.entry_stop:
+            ctypes.string_at(0)
+        super().process(events, ctx)
+
+
+class HangsInBegin(ZmumuMass):
+    """Hangs (for a long time) in begin()."""
+
+    def begin(self, ctx):
+        import time
+
+        time.sleep(300)
+        super().begin(ctx)
+
+
+class LeavesDaemons(ZmumuMass):
+    """Starts, in begin(), a `sleep` that outlives the shell that started it (re-parented,
+    as a double-forked daemon is): in a session of its own with `inputs['setsid']`. Its
+    pid goes to the file `inputs['pidfile']`."""
+
+    def begin(self, ctx):
+        import subprocess
+
+        subprocess.run(["sh", "-c", f"sleep 300 & echo $! > {ctx.inputs['pidfile']}"],
+                       start_new_session=bool(ctx.inputs.get("setsid")), check=True,
+                       timeout=10)
+        super().begin(ctx)
+
+
+class SizedOutput(pyproof.Selector):
+    """A CPU task whose output is an array of `inputs['mb']` MB (a huge merge)."""
+
+    def begin(self, ctx):
+        ctx.outputs["big"] = np.zeros(int(ctx.inputs["mb"] * 2**20 // 8))
+
+    def process(self, cycles, ctx):
+        ctx.outputs["big"][: len(cycles)] += 1.0

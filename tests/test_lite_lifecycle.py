@@ -42,7 +42,10 @@ def test_a_client_killed_with_sigkill_leaves_no_process_behind():
                               cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
         info = json.loads(client.stdout.readline())
-        tree = [client.pid, *descendants_of(client.pid), *session_members(info["thespian"])]
+        # sessions lead process sessions of their own, under the sessions supervisor
+        members = session_members(info["thespian"])
+        tree = [client.pid, *descendants_of(client.pid), *members,
+                *(d for m in members for d in descendants_of(m))]
         assert info["daemon"] in tree
         # client, daemon, admin, logger, root, gateway, sessions, session, master, 2 workers
         assert len(tree) >= 10, tree
@@ -63,7 +66,9 @@ def test_a_client_killed_with_sigkill_leaves_no_process_behind():
 def test_closing_a_session_stops_every_actor_process():
     session = pyproof.connect("lite://?workers=3")
     daemon = session.cluster.process.pid
-    tree = [daemon, *descendants_of(daemon), *session_members(session.cluster.thespian_sessions[0])]
+    members = session_members(session.cluster.thespian_sessions[0])
+    tree = [daemon, *descendants_of(daemon), *members,
+            *(d for m in members for d in descendants_of(m))]  # sessions: their own sessions
     assert len(tree) >= 10, tree
     result = session.process("tests.sample_selectors:Cycles", cycles=1000)
     assert result.outputs["count"] == 1000

@@ -285,6 +285,18 @@ def test_a_second_restart_within_the_period_escalates_after_stopping_everyone():
     core.validate()
 
 
+def test_exits_not_charged_to_the_child_restart_it_without_counting_against_the_intensity():
+    core, shell = make("one_for_one", intensity=1, period=5.0)
+    shell.up()
+    for _ in range(10):  # a user's code killed its process: a fault of the user's code
+        out = shell.send(ChildExited(child_id="a", reason="exit status 1", abnormal=True,
+                                     ref=shell.refs["a"], now=shell.now, charged=False))
+        assert ops(out) == [("StartChild", "a")]
+    assert core.statistics().window == ()
+    assert ops(shell.crash("a")) == [("StartChild", "a")]  # a charged one still counts
+    assert ops(shell.crash("b"))[-1] == ("Escalate", "reached_max_restart_intensity")
+
+
 def test_restarts_spread_wider_than_the_period_never_escalate():
     core, shell = make("one_for_one", intensity=1, period=5.0)
     shell.up()

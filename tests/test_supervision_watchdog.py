@@ -133,3 +133,26 @@ def test_pings_due_within_early_go_out_in_one_round_and_stay_together():
     assert dog2.next_deadline() == 2.0  # both due together from now on: one wake-up
     assert dog2.tick(2.0).pings == (PingDue(child_id="a", seq=3), PingDue(child_id="b", seq=4))
     dog2.validate()
+
+
+def test_a_busy_child_gets_more_time_but_not_for_ever():
+    w = Watchdog(interval=1.0, timeout=2.0, max_busy=10.0)
+    w.watch("master", now=0.0)
+    assert w.tick(1.0).pings == (PingDue(child_id="master", seq=1),)
+    assert w.waiting() == ["master"]
+    busy = frozenset({"master"})
+    for t in (3.0, 5.0, 7.0, 9.0):  # past its deadline, but its process works (a merge)
+        assert w.tick(t, busy).hung == ()
+    assert w.pong("master", 1, 9.5)  # and then it answers: healthy all along
+    assert w.tick(10.5).pings == (PingDue(child_id="master", seq=2),)
+    for t in (12.5, 14.5, 16.5, 18.5):
+        assert w.tick(t, busy).hung == ()
+    assert w.tick(20.6, busy).hung == ("master",)  # busy for over max_busy: hung
+
+
+def test_a_child_that_uses_no_cpu_is_hung_on_time_whatever_its_siblings_do():
+    w = Watchdog(interval=1.0, timeout=2.0)
+    w.watch("a", now=0.0)
+    w.watch("b", now=0.0)
+    w.tick(1.0)
+    assert w.tick(3.0, frozenset({"b"})).hung == ("a",)

@@ -9,7 +9,11 @@ restarts the actor from a clean state.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
+import signal
+import time
 import traceback
 
 from thespian.actors import Actor
@@ -18,14 +22,37 @@ from pyproof.actors import messages as m
 from pyproof.logs import configure_actor_log, get_logger
 from pyproof.supervision.process_tree import set_parent_death_signal
 
-CRASH_EXIT_CODE = 70
+CRASH_EXIT_CODE = 70  # pyproof's own fault ("let it crash"): counts against restart intensity
+SELECTOR_EXIT_CODE = 71  # the selector's fault (e.g. stuck beyond packet_timeout): does not
 TEST_HOOKS = os.environ.get("PYPROOF_TEST_HOOKS") == "1"
+
+
+FATAL_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT")
+
+
+def die_on_fatal_signals() -> None:
+    """Let a segfault (in a selector's C code, say) kill the process, as it should.
+
+    Thespian gives every actor a Python handler for every signal; for SIGSEGV that
+    handler only sets a flag and returns, so the faulting instruction runs again, for
+    ever: the process spins until a watchdog kills it, and its exit says SIGKILL.
+    faulthandler dumps the Python stacks (to the actor's stderr, its log) first.
+    """
+    for name in FATAL_SIGNALS:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        faulthandler.enable(all_threads=True)
 
 
 class ProofActor(Actor):
     """Base class: subclasses implement `receive(message, sender)`."""
 
     _armed = False
+    dies_with_parent = True
+    """False for a session supervisor: a session outlives the control process above it."""
+    last_ping = 0.0
+    """When our supervisor last pinged us (monotonic; 0.0: never)."""
 
     def receiveMessage(self, message, sender):  # noqa: N802 (Thespian's API)
         """Run by Thespian on the actor's thread for every message, one at a time.
@@ -38,8 +65,11 @@ class ProofActor(Actor):
             self._armed = True
             # Thespian leaves children of a SIGKILLed actor running as orphans;
             # the kernel's parent-death signal takes the whole subtree down
-            set_parent_death_signal()
+            if self.dies_with_parent:
+                set_parent_death_signal()
+            die_on_fatal_signals()
         if isinstance(message, m.PingChild):
+            self.last_ping = time.monotonic()
             self.send(sender, m.PongChild(seq=message.seq))
             return
         try:

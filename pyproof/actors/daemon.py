@@ -28,6 +28,8 @@ import uuid
 
 from pyproof import sandbox
 from pyproof.actors import messages as m
+from pyproof.actors.registry import stop_registered
+from pyproof.actors.survival import stop_sessions_too
 from pyproof.errors import ProofError
 from pyproof.hosts import config as cluster_options
 from pyproof.supervision.process_tree import (
@@ -45,11 +47,15 @@ SHUTDOWN_TIMEOUT = 3.0
 ROOT_CHECK = 1.0  # seconds between checks that the root supervisor still runs
 
 
-def _write_ready(run_dir: str, info: dict, ready_fd: int | None = None) -> None:
-    tmp = os.path.join(run_dir, "ready.json.tmp")
+def _write_json(run_dir: str, name: str, info: dict) -> None:
+    tmp = os.path.join(run_dir, f"{name}.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
-    os.replace(tmp, os.path.join(run_dir, "ready.json"))
+    os.replace(tmp, os.path.join(run_dir, name))
+
+
+def _write_ready(run_dir: str, info: dict, ready_fd: int | None = None) -> None:
+    _write_json(run_dir, "ready.json", info)
     if ready_fd is not None:
         # the lite client waits on this pipe (an event, not a poll of the file)
         with contextlib.suppress(OSError):
@@ -76,6 +82,33 @@ def _import_structlog_without_rich() -> None:
                 del sys.modules[name]
 
 
+def _token_key(run_dir: str) -> bytes:
+    """The key that signs clients' login tokens: kept in the run directory (0600), so that a
+    daemon restarted on the same port (which re-adopts the sessions) honours the tokens of
+    their clients; a new one when the directory has none (`daemon stop` removes it)."""
+    path = os.path.join(run_dir, "token.key")
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) == 32:
+            return key
+    except OSError:
+        pass
+    key = secrets.token_bytes(32)
+    sandbox.create_private_file(path)
+    with open(path, "wb") as f:
+        f.write(key)
+    return key
+
+
+def control_pids(thespian_sessions: list[int]) -> dict:
+    """What finds this daemon's control tree: its pid and the Thespian system's sessions,
+    each with its start time (a recycled pid is never taken for ours)."""
+    me = os.getpid()
+    return {"pid": me, "start": start_time(me),
+            "thespian_sessions": [[sid, start_time(sid)] for sid in thespian_sessions]}
+
+
 def main(argv: list[str] | None = None) -> int:
     t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
@@ -94,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     cluster_options.add_arguments(parser)  # --cluster-secret, --name, --join, --hosts, ...
     parser.add_argument("--ready-fd", type=int, default=None,
                         help="a pipe to write one line to once ready.json is written")
+    parser.add_argument("--session-orphan-grace", type=int, default=0,
+                        help="seconds a session runs on with no daemon (0: the default, "
+                             "600); then it stops itself")
+    parser.add_argument("--session-idle-timeout", type=int, default=None,
+                        help="close a session no client used for this many seconds while no "
+                             "query ran (default 86400; 0: never)")
+    parser.add_argument("--result-ttl", type=int, default=None,
+                        help="the same for a session whose client went silent after "
+                             "starting its last query: its result is kept this long "
+                             "(default 86400; 0: the idle timeout applies)")
     args = parser.parse_args(argv)
     # private by default: whatever this tree writes (logs, sockets, catalog, the
     # selectors' output files) is the user's alone; and what an older version
@@ -138,17 +181,25 @@ def main(argv: list[str] | None = None) -> int:
     system, port = start_system(args.log_dir)
     t_system = time.time()
     # the admin double-forks into a session of its own: its first child's pid is
-    # that session's id, the handle that finds every actor later
+    # that session's id, the handle that finds every actor later; written at once so
+    # that whoever stops or restarts us finds the control tree even if the boot fails
     thespian_sessions = children_of(os.getpid())
-    try:
+    requested = False
+    try:  # whatever fails from here on (a full disk, say), the finally stops the system
+        _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,
-                  "workers_per_user": args.max_workers_per_user}
+                  "workers_per_user": args.max_workers_per_user,
+                  "orphan_grace": args.session_orphan_grace}
+        if args.session_idle_timeout is not None:
+            limits["idle_timeout"] = args.session_idle_timeout
+        if args.result_ttl is not None:
+            limits["result_ttl"] = args.result_ttl
         owner = getpass.getuser()
         secret_file = args.secret_file or str(auth.default_secret_path())
         auth.load_or_create_secret(secret_file)  # refuses a file others can read
-        auth_config = {"token_key": secrets.token_bytes(32), "owner": owner,
+        auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
                        "secret_file": secret_file, "users_dir": args.users_dir,
                        "admins": args.admins.split(",") if args.admins else [owner],
                        "server_id": args.url or control,
@@ -177,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"proofd: the root supervisor (pid {reply.root_pid}) is gone; exiting",
                       file=sys.stderr, flush=True)
                 return 3
+        requested = True
         return 0
     finally:
         done = threading.Event()
@@ -189,9 +241,15 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=shutdown, daemon=True).start()
         done.wait(SHUTDOWN_TIMEOUT)
+        # sessions lead process sessions of their own: they outlive a daemon that dies
+        # (a restarted one re-adopts them); a daemon told to stop stops them too: those
+        # under its actors, and those it adopted (found in the registry)
+        if requested:
+            stop_sessions_too(thespian_sessions)
+            stop_registered(args.run_dir)
         for sid in thespian_sessions:
             kill_session(sid)
-        kill_tree(os.getpid(), include_root=False)
+        kill_tree(os.getpid(), include_root=False, spare_sessions=not requested)
 
 
 if __name__ == "__main__":

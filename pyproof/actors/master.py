@@ -59,7 +59,7 @@ class Master(ProofActor):
             current = self.workers.get(message.worker_id)
             if current is not None and current[1] == message.pid:
                 del self.workers[message.worker_id]
-            self.plane.worker_lost(incarnation(message.worker_id, message.pid))
+            self.plane.worker_lost(incarnation(message.worker_id, message.pid), message.reason)
         elif isinstance(message, m.StartQuery):
             self._start_query(message, sender)
         elif isinstance(message, m.StopQuery):

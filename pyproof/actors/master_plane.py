@@ -148,7 +148,8 @@ class MasterPlane:
                 return run
         return None
 
-    def worker_lost(self, worker: str) -> None:
+    def worker_lost(self, worker: str, how: str = "") -> None:
+        """A worker is gone (`how`: its exit status or signal, from its supervisor)."""
         with self._lock:
             if worker in self.workers:
                 self.workers.remove(worker)
@@ -167,7 +168,7 @@ class MasterPlane:
                     self._reassembler.discard(stream)
             q = self.query
         if q is not None:
-            q.worker_lost(worker)
+            q.worker_lost(worker, how)
 
     def busy(self) -> bool:
         with self._lock:

@@ -414,6 +414,18 @@ class QueryRun:
         self._events.append(qc.Finished(error=self._send_result(), now=self.clock(),
                                         cause="finish"))
 
+    def _fail_poisoned(self) -> None:
+        assert self.packetizer is not None
+        poisoned = self.packetizer.poisoned
+        worst = poisoned[0]
+        self.fail(RemoteError(
+            type="PoisonedPacket",
+            message=f"{len(poisoned)} packet(s) killed the worker that processed them "
+                    f"{len(worst.workers)} times and were given up (poisoned); run "
+                    "with on_missing='skip' to get the rest; reasons: "
+                    f"{', '.join(sorted(set(worst.reasons)))}",
+            traceback="", context=self._range_dict(worst)))
+
     def _finish_files(self) -> None:
         assert self.output_files is not None
         error: RemoteError | None = None
@@ -485,9 +497,9 @@ class QueryRun:
     def worker_joined(self, worker: str) -> None:
         self.feed(qc.WorkerJoined(worker=worker, now=self.clock(), cause="actor"))
 
-    def worker_lost(self, worker: str) -> None:
-        self.feed(qc.WorkerLost(worker=worker, now=self.clock(), cause="actor"))
-        self.log.warning("worker_lost", worker=worker)
+    def worker_lost(self, worker: str, how: str = "") -> None:
+        self.feed(qc.WorkerLost(worker=worker, how=how, now=self.clock(), cause="actor"))
+        self.log.warning("worker_lost", worker=worker, how=how)
 
     def tick(self, now: float) -> None:
         self.feed(qc.Tick(now=now, cause="tick"))

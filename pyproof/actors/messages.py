@@ -43,6 +43,7 @@ class BootFailed:
 class SessionsStart:
     log_dir: str
     limits: dict[str, int] = field(default_factory=dict)
+    run_dir: str = ""  # holds the durable session registry (actors/registry.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +89,7 @@ class CreateSession:
     remote_of: str = ""
     worker_ids: tuple[str, ...] = ()
     packet_address: str = ""
+    orphan_grace: float = 600.0  # with no supervisor pinging it this long, the session stops
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +240,23 @@ class ActorStart:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdoptStart:
+    """How a supervisor "starts" a child that already runs (re-adopted from the registry):
+    it sends `Adopt` to `address` ((ip, port)), and the child answers `Started` as usual."""
+
+    address: tuple = ()
+    pid: int = 0
+    start_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adopt:
+    """To a running session supervisor: you have a new supervisor (the sender)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Started:
     pid: int
     info: dict[str, Any] = field(default_factory=dict)
@@ -285,6 +304,7 @@ class WorkerLost:
 
     worker_id: str
     pid: int
+    reason: str = ""  # how it died, e.g. "crashed: killed by signal SIGSEGV"
 
 
 # -- hosts (many hosts: see actors/hosts.py) ----------------------------------

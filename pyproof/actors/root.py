@@ -23,6 +23,7 @@ class Root(SupervisorActor):
     # sessions and gateway are created side by side; the gateway is given the sessions
     # supervisor's address at once (created early, or started by the core on a restart)
     parallel_start = True
+    spare_sessions = True  # a killed (hung) sessions supervisor takes no session with it
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -48,7 +49,7 @@ class Root(SupervisorActor):
                 children=(
                     ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
                         actor="pyproof.actors.sessions:Sessions",
-                        init=m.SessionsStart(log_dir=message.log_dir,
+                        init=m.SessionsStart(log_dir=message.log_dir, run_dir=message.run_dir,
                                              limits=dict(message.limits)))),
                     *hosts,
                     ChildSpec(id="gateway", start=m.ActorStart(

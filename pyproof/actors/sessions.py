@@ -5,21 +5,48 @@ its own restart intensity is gone (its client gets an error), it is never
 restarted blindly, and it never takes its siblings or the daemon down.
 Control messages for a session are routed through here, so the gateway keeps
 no state and can be restarted at any time.
+
+Sessions outlive the control tree: a session supervisor leads a process
+session of its own (setsid) and has no parent-death signal, so killing or
+freezing any control process (this supervisor, the root, the Thespian admin
+and logger, the daemon's main process) leaves it running. It records itself
+in the durable registry (actors/registry.py); a new `Sessions` re-adopts
+every live entry and cleans up stale ones (supervision/adoption.py). A
+session that no supervisor pings for `orphan_grace` seconds (its daemon is
+gone for good) stops itself cleanly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from typing import Any
 
 from pyproof.actors import messages as m
-from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.base import CRASH_EXIT_CODE
+from pyproof.actors.registry import (
+    Registry,
+    address_from_wire,
+    address_to_wire,
+    running_processes,
+)
+from pyproof.actors.supervisor import SupervisorActor, describe_exit
 from pyproof.actors.trees import session_tree
 from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
+from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
+from pyproof.supervision.process_tree import (
+    become_subreaper,
+    detach_session,
+    kill_group,
+    kill_tree,
+    reap_orphans,
+    start_time,
+)
+from pyproof.supervision.restart import Decision, RestartWindow
 from pyproof.supervision.spec import (
     ChildSpec,
     ChildType,
@@ -31,6 +58,12 @@ from pyproof.supervision.spec import (
 )
 
 WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
+ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
+SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD = 100, 10.0  # uncharged worker deaths, then charged
+ADOPT_TIMEOUT, ADOPT_TRIES = 10.0, 3  # a live session that never answers then is stopped
+IDLE_TIMEOUT = 86400.0  # a session no client used for this long (no query running) is closed
+RESULT_TTL = 86400.0  # the same, when its client went silent after starting its last query
+IDLE_ASK = "idle/"  # correlation ids of the status requests of the idle check
 ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
 
 
@@ -47,9 +80,19 @@ class Sessions(SupervisorActor):
         self.info: dict[str, dict[str, Any]] = {}
         self.opened: dict[str, str] = {}  # client request id -> session id (idempotent open)
         self.resends: dict[str, list[m.Resend]] = {}  # retries for sessions still starting
+        self.registry: Registry | None = None
+        self.used: dict[str, tuple[float, str]] = {}  # session -> (last client request, kind)
+        self.adopting: dict[str, Any] = {}  # session -> its address, until adopted
+        self.adoption_tries: dict[str, int] = {}
+        self.idle_asked: dict[str, float] = {}  # session -> when its state was asked
 
     def receive_other(self, message, sender) -> None:
+        if isinstance(message, (m.CloseSession, *ROUTED)) and message.session_id in self.used:
+            self.used[message.session_id] = (time.monotonic(), type(message).__name__)
         if isinstance(message, m.Started):
+            return
+        if isinstance(message, m.StatusReply) and message.corr.startswith(IDLE_ASK):
+            self._idle_answer(message)
             return
         if isinstance(message, m.SessionsStart):
             self.start_log(message.log_dir, actor="sessions")
@@ -57,6 +100,9 @@ class Sessions(SupervisorActor):
             self.supervise(SupervisorSpec(
                 name="sessions", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=100,
                                                 period=1.0, **WATCHDOG)))
+            if message.run_dir:
+                self.registry = Registry(message.run_dir)
+                self._adopt_registered()
             self.send(sender, m.Started(pid=os.getpid()))
             preload_session_modules()  # while the gateway starts (see actors/warmup.py)
         elif isinstance(message, m.CreateSession):
@@ -71,7 +117,8 @@ class Sessions(SupervisorActor):
         elif isinstance(message, m.CloseSession):
             self._close(message, sender)
         elif isinstance(message, ROUTED):
-            ref = self.refs.get(message.session_id)
+            # a session being re-adopted is alive and answers at its registered address
+            ref = self.refs.get(message.session_id) or self.adopting.get(message.session_id)
             if ref is None:
                 self._no_session(message, sender)
             else:
@@ -110,7 +157,9 @@ class Sessions(SupervisorActor):
                                log_dir=message.log_dir, reply_to=reply_to, user=message.user,
                                data_key=message.data_key, remote_of=message.remote_of,
                                worker_ids=message.worker_ids,
-                               packet_address=message.packet_address)
+                               packet_address=message.packet_address,
+                               orphan_grace=float(self.config.limits.get("orphan_grace")
+                                                  or ORPHAN_GRACE))
         # a session's workers on this host for a master on another (actors/hosts.py)
         actor = ("pyproof.actors.remote_session:RemoteSession" if message.remote_of
                  else "pyproof.actors.sessions:SessionSupervisor")
@@ -136,7 +185,120 @@ class Sessions(SupervisorActor):
                     f"(limit {max_workers}, {used} in use)")
         return None
 
+    def _limits(self) -> tuple[float, float]:
+        limits = self.config.limits
+        idle = limits.get("idle_timeout")
+        ttl = limits.get("result_ttl")
+        return (IDLE_TIMEOUT if idle is None else float(idle),
+                RESULT_TTL if ttl is None else float(ttl))
+
+    def _idle_limit(self, kind: str) -> float:
+        """Seconds of client silence after which a session is closed (0: never)."""
+        idle, ttl = self._limits()
+        if kind == "StartQuery" and ttl:  # silent since it started a query: TTL of its result
+            return min(ttl, idle) if idle else ttl
+        return idle
+
+    def on_tick(self, now: float) -> None:
+        """Ask each session silent beyond its limit whether a query runs (then it is used)."""
+        for sid, (last, kind) in list(self.used.items()):
+            limit = self._idle_limit(kind)
+            ref = self.refs.get(sid)
+            if not limit or ref is None or now - last <= limit:
+                continue
+            if now - self.idle_asked.get(sid, -1e18) < 5.0:
+                continue  # asked already: wait for its answer (a frozen session: ask again)
+            self.idle_asked[sid] = now
+            self.send(ref, m.StatusRequest(corr=f"{IDLE_ASK}{sid}", session_id=sid,
+                                           reply_to=self.myAddress, admin=True))
+
+    def _idle_answer(self, message: m.StatusReply) -> None:
+        sid = message.corr[len(IDLE_ASK):]
+        self.idle_asked.pop(sid, None)
+        if sid not in self.used or sid not in self.refs:
+            return
+        query = (message.status.get("master") or {}).get("query") or {}
+        now = time.monotonic()
+        last, kind = self.used[sid]
+        if query.get("state") in ("preparing", "running", "finishing"):
+            self.used[sid] = (now, "running")  # a query runs: the session is in use
+            return
+        limit = self._idle_limit(kind)
+        if limit and now - last > limit:
+            get_logger().warning("session_idle_closed", session=sid, idle=round(now - last),
+                                 limit=limit, user=self.info.get(sid, {}).get("user"))
+            self.used.pop(sid, None)
+            self.info.pop(sid, None)
+            self.run(ev.RemoveChild(child_id=sid, now=now, cause=f"idle-{sid}"))
+
+    def _adopt_registered(self) -> None:
+        """Adopt every session the registry knows that still runs; clean up the others."""
+        assert self.registry is not None
+        log = get_logger()
+        entries = self.registry.entries()
+        plan = reconcile(entries, running_processes(entries))
+        for proc in plan.kill:
+            if start_time(proc.pid) == proc.start:
+                kill_tree(proc.pid, reap=False)
+        for name in plan.remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.run_dir, name))
+        for entry in plan.stale:
+            self.registry.remove(entry.session_id)
+            log.warning("stale_session_removed", session=entry.session_id,
+                        pid=entry.supervisor.pid, killed=[p.pid for p in plan.kill])
+        for entry in plan.adopt:
+            self.info[entry.session_id] = {"user": entry.user, "workers": entry.workers,
+                                           "created": entry.created, "adopted": True}
+            self.adopting[entry.session_id] = address_from_wire(entry.address or ())
+        for entry in plan.adopt:
+            log.info("session_adopting", session=entry.session_id, pid=entry.supervisor.pid)
+            self._adopt(entry)
+
+    def _adopt(self, entry: Entry) -> None:
+        sid = entry.session_id
+        self.adoption_tries[sid] = self.adoption_tries.get(sid, 0) + 1
+        spec = ChildSpec(id=sid, type=ChildType.SUPERVISOR, restart=Restart.TEMPORARY,
+                         shutdown=Shutdown.timeout(5.0),
+                         start=m.AdoptStart(address=tuple(entry.address or ()),
+                                            pid=entry.supervisor.pid,
+                                            start_timeout=ADOPT_TIMEOUT))
+        cause = f"adopt-{sid}-{self.adoption_tries[sid]}"
+        self.requests[cause] = ("adopt", entry)
+        self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=cause))
+
+    def _adoption_failed(self, entry: Entry, reason: str | None) -> None:
+        """A registered session that runs but does not answer: unreachable, so stopped."""
+        get_logger().error("session_adoption_failed", session=entry.session_id,
+                           pid=entry.supervisor.pid, reason=reason)
+        self.info.pop(entry.session_id, None)
+        for proc in (entry.supervisor, *entry.children.values()):
+            if start_time(proc.pid) == proc.start:
+                kill_tree(proc.pid, reap=False)
+        for name in session_files(entry.session_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.run_dir, name))
+        if self.registry is not None:
+            self.registry.remove(entry.session_id)
+
     def reply_added(self, requester: Any, reply: ev.Reply) -> None:
+        if requester[0] == "adopt":
+            entry = requester[1]
+            if reply.ok:
+                self.adopting.pop(entry.session_id, None)
+                self.adoption_tries.pop(entry.session_id, None)
+                get_logger().info("session_adopted", session=entry.session_id)
+            elif (start_time(entry.supervisor.pid) == entry.supervisor.start
+                  and self.adoption_tries.get(entry.session_id, 0) < ADOPT_TRIES):
+                # alive but slow to answer (a loaded host): never kill it for that at once
+                get_logger().warning("session_adoption_retry", session=entry.session_id,
+                                     reason=reply.reason)
+                self._adopt(entry)
+            else:
+                self.adopting.pop(entry.session_id, None)
+                self.adoption_tries.pop(entry.session_id, None)
+                self._adoption_failed(entry, reply.reason)
+            return
         reply_to, message = requester
         if not reply.ok:
             self.send(reply_to, m.SessionFailed(corr=message.corr, session_id=message.session_id,
@@ -147,6 +309,7 @@ class Sessions(SupervisorActor):
         if message.session_id in self.refs:
             self.run(ev.RemoveChild(child_id=message.session_id, now=time.monotonic()))
         self.info.pop(message.session_id, None)
+        self.used.pop(message.session_id, None)
         self.send(reply_to, m.SessionClosed(corr=message.corr, session_id=message.session_id))
 
     def _may(self, message: Any) -> bool:
@@ -172,10 +335,15 @@ class Sessions(SupervisorActor):
         return tree
 
     def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        # the idle clock starts once the session runs (a start can take seconds under load)
+        self.used[child_id] = (time.monotonic(), "Started")
         for resend in self.resends.pop(child_id, []):
             self.send(ref, resend)
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        self.used.pop(child_id, None)
+        if self.registry is not None:
+            self.registry.remove(child_id)
         if child_id in self.info and child_id not in self.refs:
             self.info[child_id]["ended"] = reason
         for resend in self.resends.pop(child_id, []):
@@ -184,7 +352,13 @@ class Sessions(SupervisorActor):
 
 
 class SessionSupervisor(SupervisorActor):
-    """One session: a master and its workers (one_for_one)."""
+    """One session: a master and its workers (one_for_one).
+
+    It leads a process session of its own and outlives its parent (see the
+    module docstring); its master and workers die with it.
+    """
+
+    dies_with_parent = False
 
     parallel_start = True  # master and workers need nothing from each other to start
 
@@ -192,12 +366,33 @@ class SessionSupervisor(SupervisorActor):
         super().__init__(*args, **kwargs)
         self.request: m.CreateSession | None = None
         self.pending_resends: list[m.Resend] = []
+        self.registry: Registry | None = None
+        self.orphaned = False
+        self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
             self.request = message
+            # out of the control tree's process session: killing the daemon's tree
+            # (or the sessions supervisor's, with spare_sessions) leaves this one running
+            detach_session()
+            # orphans of our subtree (a selector's double-forked daemons) come to us, not to
+            # init: our process tree then holds them, and closing the session kills them
+            become_subreaper()
+            self.last_ping = time.monotonic()
             self.start_log(message.log_dir, actor="session", session=message.session_id)
+            self.registry = Registry(message.run_dir)
+            me = os.getpid()
+            self.registry.put(Entry(
+                session_id=message.session_id, user=message.user, workers=message.workers,
+                created=time.time(), supervisor=Proc(pid=me, start=start_time(me) or 0),
+                address=address_to_wire(self.myAddress)))
             self.supervise(session_tree(message))  # master, then workers (trees.py)
+            self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.Adopt):
+            # a new sessions supervisor (the old one died): answer it as if just started
+            self.last_ping = time.monotonic()
+            get_logger().info("session_adopted", supervisor=str(sender))
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.Resend):
             if self._announced:
@@ -220,10 +415,41 @@ class SessionSupervisor(SupervisorActor):
             self._announce(resend.corr, resend.reply_to)
         self.pending_resends = []
 
+    def charged(self, child_id: str, exit_code: int | None, reason: str, now: float) -> bool:
+        """A worker that its selector killed (any exit but pyproof's own crash code, or a
+        signal: segfault, out of memory, os._exit) is the user's fault, not the session's:
+        it is replaced without counting against the session's restart intensity, up to a
+        generous bound of its own (a worker that dies at once every time still escalates)."""
+        if not child_id.startswith("worker-") or reason != "crashed" or exit_code is None:
+            return True
+        if exit_code in (0, CRASH_EXIT_CODE, -signal.SIGTERM):
+            return True  # pyproof's own crash, or an exit we did not ask for but Thespian ran
+        return self.selector_deaths.add(now) is Decision.ESCALATE
+
+    def on_tick(self, now: float) -> None:
+        request = self.request
+        if request is None or self.core is None or self.core.phase != "running":
+            return
+        reap_orphans(set(self.pids.values()) | {
+            getattr(p, "pid", None) for p in self.processes.values()})
+        if now - self.last_ping > request.orphan_grace:
+            # no supervisor for that long: the daemon is gone for good; stop cleanly
+            get_logger().warning("session_orphaned", session=request.session_id,
+                                 grace=request.orphan_grace)
+            self.orphaned = True
+            self.run(ev.ShutdownRequested(now=now, reason="orphaned"))
+
     def on_exit(self) -> None:
-        """The master was killed, not closed: remove the socket files it listened on."""
+        """The master was killed, not closed: remove the socket files it listened on.
+        Whatever else runs under us (orphans of the selectors, re-parented to us) dies."""
         if self.request is None:
             return
+        kill_tree(os.getpid(), include_root=False)
+        if self.registry is not None and self.orphaned:
+            # nobody supervises us to remove our row once we are gone (a supervisor does:
+            # until this process has exited, `daemon stop` must still find it)
+            with contextlib.suppress(Exception):  # a full disk must not stop the exit
+                self.registry.remove(self.request.session_id)
         for name in (f"master-{self.request.session_id}.ipc",
                      f"outbox-{self.request.session_id}.ipc"):
             with contextlib.suppress(FileNotFoundError):
@@ -236,6 +462,9 @@ class SessionSupervisor(SupervisorActor):
                                            master=self.refs.get("master"), workers=workers))
 
     def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
+        if self.registry is not None and self.request is not None:
+            self.registry.set_child(self.request.session_id, child_id,
+                                    Proc(pid=pid, start=start_time(pid) or 0))
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None:
             self.send(master, m.WorkerJoined(worker_id=child_id, ref=ref, pid=pid))
@@ -245,9 +474,13 @@ class SessionSupervisor(SupervisorActor):
                     self.send(ref, m.WorkerJoined(worker_id=wid, ref=wref, pid=self.pids[wid]))
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        if pid is not None and child_id.startswith("worker-"):
+            kill_group(pid)  # what its selector started and left behind dies with it
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None and pid is not None:
-            self.send(master, m.WorkerLost(worker_id=child_id, pid=pid))
+            code = self.exit_codes.get(child_id)
+            how = reason if code is None else describe_exit(code)
+            self.send(master, m.WorkerLost(worker_id=child_id, pid=pid, reason=how))
         # the session stopping (closed, or the daemon shutting down) is no news
         level = "info" if self.exiting or reason == "shutdown" else "warning"
         getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,

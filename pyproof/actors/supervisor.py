@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import signal
 import time
 from datetime import timedelta
 from typing import Any
@@ -35,7 +36,7 @@ from pyproof.actors.base import ProofActor
 from pyproof.logs import get_logger
 from pyproof.supervision import core as sc
 from pyproof.supervision import events as ev
-from pyproof.supervision.process_tree import is_alive, kill_tree
+from pyproof.supervision.process_tree import cpu_ticks, is_alive, kill_tree, start_time
 from pyproof.supervision.spec import SupervisorSpec
 
 TICK = 0.25  # deadlines and the watchdog need no finer grain than this...
@@ -51,8 +52,46 @@ def import_actor(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def _last_child_process(actor: Any) -> Any:
+    """The multiprocessing Process of the child `createActor` just forked (thespian 4.0.1
+    keeps them in its actor manager's `_child_procs`): how we learn a child's exit status,
+    which ChildActorExited does not carry. None if that ever changes."""
+    procs = getattr(getattr(actor, "_myRef", None), "_child_procs", None)
+    return getattr(procs[-1], "childProc", None) if procs else None
+
+
+def exit_code(process: Any) -> int | None:
+    """A dead child's exit status (negative: killed by that signal), None if unknown."""
+    if process is None:
+        return None
+    try:
+        return process.exitcode
+    except Exception:  # not our child any more, or Thespian reaped it another way
+        return None
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 class SupervisorActor(ProofActor):
-    """A generic supervisor; start it by sending `Supervise`-like `supervise(spec)`."""
+    """A generic supervisor; start it by sending `Supervise`-like `supervise(spec)`.
+
+    A child may also be adopted rather than created (`m.AdoptStart`): an actor
+    that already runs, found in the durable session registry after the
+    supervisor that created it died. Thespian reports exits only to a child's
+    creator, so an adopted child's exit is noticed by its pid on each tick.
+    """
+
+    spare_sessions = False
+    """True in control supervisors: killing a child's tree spares the sessions under it."""
 
     parallel_start = False  # create every initial child at once (see the module docstring)
 
@@ -77,6 +116,10 @@ class SupervisorActor(ProofActor):
         # child id -> {"ref", "started": (pid, info) | None, "failed": bool}
         self.early: dict[str, dict[str, Any]] = {}
         self._deferred: list[Any] = []  # events for the core, after the current commands
+        self.adopted: dict[str, tuple[int, int | None]] = {}  # child id -> (pid, start time)
+        self.processes: dict[str, Any] = {}  # child id -> Thespian's Process object
+        self.exit_codes: dict[str, int | None] = {}  # child id -> its last exit status
+        self.cpu_samples: dict[str, tuple[int, int]] = {}  # child id -> (pid, CPU ticks)
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -99,6 +142,13 @@ class SupervisorActor(ProofActor):
 
     def on_exit(self) -> None:
         """This supervisor is being stopped; its children are already killed."""
+
+    def charged(self, child_id: str, exit_code: int | None, reason: str, now: float) -> bool:
+        """Whether an exit counts against our restart intensity (see `ev.ChildExited`)."""
+        return True
+
+    def on_tick(self, now: float) -> None:
+        """Called on every timer tick (about 4 times a second) with the monotonic time."""
 
     # -- driving the core ---------------------------------------------------
     def supervise(self, spec: SupervisorSpec) -> None:
@@ -198,7 +248,18 @@ class SupervisorActor(ProofActor):
         if self._adopt_early(spec):
             return
         start: m.ActorStart = spec.start
+        if isinstance(start, m.AdoptStart):
+            from pyproof.actors.registry import address_from_wire
+
+            ref = address_from_wire(start.address)
+            self.refs[spec.id] = ref
+            self.pids.pop(spec.id, None)
+            self.adopted[spec.id] = (start.pid, start_time(start.pid))
+            self.starting[spec.id] = time.monotonic() + start.start_timeout
+            self.send(ref, m.Adopt(session_id=spec.id))
+            return
         ref = self.createActor(import_actor(start.actor))
+        self.processes[spec.id] = _last_child_process(self)
         self.refs[spec.id] = ref
         self.pids.pop(spec.id, None)
         self.starting[spec.id] = time.monotonic() + start.start_timeout
@@ -207,9 +268,14 @@ class SupervisorActor(ProofActor):
     def _kill(self, child_id: str, reason: str) -> None:
         pid = self.pids.get(child_id)
         ref = self.refs.get(child_id)
+        if pid is None and child_id in self.adopted:
+            pid = self.adopted[child_id][0]
         if pid is not None:
-            kill_tree(pid, reap=False)  # Thespian reaps it and tells us ChildActorExited
-            self.killed[child_id] = (pid, time.monotonic() + EXIT_NOTICE_TIMEOUT)
+            # Thespian reaps it and tells us ChildActorExited (not for an adopted child:
+            # it is not ours, so its death is taken as its exit at the next tick)
+            kill_tree(pid, reap=False, spare_sessions=self.spare_sessions)
+            notice = 0.0 if child_id in self.adopted else EXIT_NOTICE_TIMEOUT
+            self.killed[child_id] = (pid, time.monotonic() + notice)
         elif ref is not None:
             self.send(ref, ActorExitRequest())
 
@@ -247,7 +313,12 @@ class SupervisorActor(ProofActor):
         for child_id, deadline in list(self.starting.items()):
             if now > deadline:
                 del self.starting[child_id]
-                self._kill(child_id, "start timeout")
+                if self.adopted.pop(child_id, None) is not None:
+                    # an adoption nobody answered: not our process to kill (the pid
+                    # may be a stranger's by now); the caller cleans up its entry
+                    self.refs.pop(child_id, None)
+                else:
+                    self._kill(child_id, "start timeout")
                 self.run(ev.StartFailed(child_id=child_id, reason="start timeout", now=now))
         for child_id, deadline in list(self.stopping.items()):
             if deadline is not None and now > deadline:
@@ -260,14 +331,39 @@ class SupervisorActor(ProofActor):
             if ref is None or self.pids.get(child_id) != pid:
                 del self.killed[child_id]
             elif now > give_up and not is_alive(pid):
-                get_logger().warning("exit_notice_missing", child_id=child_id, pid=pid)
+                if child_id not in self.adopted:
+                    get_logger().warning("exit_notice_missing", child_id=child_id, pid=pid)
                 self._child_exited(ref)
+        for child_id, (pid, started) in list(self.adopted.items()):
+            ref = self.refs.get(child_id)
+            if ref is not None and child_id not in self.killed and (
+                    not is_alive(pid) or start_time(pid) != started):
+                get_logger().warning("adopted_child_gone", child_id=child_id, pid=pid)
+                self._child_exited(ref)
+        self.on_tick(now)
         for corr, pending in list(self.trees.items()):
             if now > pending["deadline"]:  # a frozen subtree: answer with what we have
                 self._tree_done(corr)
         if self.core is not None and self.core.phase != sc.Phase.TERMINATED:
-            self.run(ev.WatchdogTick(now=now, early=PING_EARLY))
+            self.run(ev.WatchdogTick(now=now, early=PING_EARLY, busy=self._busy_children()))
             self._ensure_tick()
+
+    def _busy_children(self) -> frozenset[str]:
+        """Children with a ping outstanding whose process used CPU since the last tick."""
+        assert self.core is not None
+        busy = set()
+        samples: dict[str, tuple[int, int]] = {}
+        for child_id in self.core.waiting():
+            pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
+            cpu = cpu_ticks(pid) if pid is not None else None
+            if pid is None or cpu is None:
+                continue
+            samples[child_id] = (pid, cpu)
+            before = self.cpu_samples.get(child_id)
+            if before is not None and before[0] == pid and cpu > before[1]:
+                busy.add(child_id)
+        self.cpu_samples = samples
+        return frozenset(busy)
 
     # -- Thespian messages --------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -319,8 +415,9 @@ class SupervisorActor(ProofActor):
             self.exiting = True
             for child_id in reversed(list(self.refs)):
                 self.stopping[child_id] = None
-                if child_id in self.pids:
-                    kill_tree(self.pids[child_id], reap=False)
+                pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
+                if pid is not None:
+                    kill_tree(pid, reap=False, spare_sessions=self.spare_sessions)
             for child_id in list(self.early):  # created early, never handed to the core
                 if not self.early[child_id]["failed"]:
                     self._drop_early(child_id)
@@ -347,10 +444,14 @@ class SupervisorActor(ProofActor):
             return
         del self.refs[child_id]
         self.killed.pop(child_id, None)
+        self.adopted.pop(child_id, None)
         pid = self.pids.pop(child_id, None)
         expected = child_id in self.stopping
         self.stopping.pop(child_id, None)
         reason = self.kill_reasons.pop(child_id, None) or ("shutdown" if expected else "crashed")
+        code = exit_code(self.processes.pop(child_id, None))
+        self.exit_codes[child_id] = code
+        now = time.monotonic()
         if self.exiting:
             # Thespian reports our children's exits while we stop: an ordinary shutdown,
             # not a failure for the core to restart (it would log an error and restart)
@@ -361,10 +462,13 @@ class SupervisorActor(ProofActor):
             return
         if self.starting.pop(child_id, None) is not None:
             self.run(ev.StartFailed(child_id=child_id, reason=f"exited while starting ({reason})",
-                                    now=time.monotonic()))
+                                    now=now))
         else:
+            charged = expected or self.charged(child_id, code, reason, now)
+            if not charged:
+                reason = f"{reason}: {describe_exit(code)}"
             self.run(ev.ChildExited(child_id=child_id, reason=reason, abnormal=not expected,
-                                    now=time.monotonic(), ref=ref))
+                                    now=now, ref=ref, charged=charged))
         self.on_child_exited(child_id, pid, reason)
 
     # -- the live tree (proofctl tree) ---------------------------------------

@@ -19,10 +19,11 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
-from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
+from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
 from pyproof.actors.warmup import start_warmup
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
 from pyproof.logs import get_logger
+from pyproof.supervision.process_tree import lead_process_group
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
 from pyproof.worker_output import capture_worker_output
@@ -55,6 +56,9 @@ class Worker(ProofActor):
             self.packet_address = message.packet_address
             # a user's script imported here must not start clusters of its own
             os.environ["PYPROOF_IN_WORKER"] = message.worker_id
+            # what the selector starts inherits our process group: when we die, our
+            # supervisor kills the group (see SessionSupervisor.on_child_exited)
+            lead_process_group()
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
             start_warmup()  # uproot, awkward, hist: loaded while the session is idle
@@ -87,9 +91,10 @@ class Worker(ProofActor):
         stuck = self.loop.current_packet(time.monotonic())
         if not limit or stuck is None or stuck["seconds"] <= limit:
             return
+        where = "begin()" if stuck.get("stage") == "begin" else "one packet"
         error = RemoteError(
             type="PacketTimeout",
-            message=f"the selector spent more than {limit:g} s in one packet "
+            message=f"the selector spent more than {limit:g} s in {where} "
                     f"({stuck['seconds']:.0f} s so far); the worker is restarted",
             traceback="", context={k: v for k, v in stuck.items() if k != "seconds"})
         get_logger().error("packet_timeout", **error.context, limit=limit)
@@ -103,7 +108,7 @@ class Worker(ProofActor):
                 report.recv()
             except pynng.NNGException as exc:
                 get_logger().error("packet_timeout_not_reported", error=repr(exc))
-        os._exit(CRASH_EXIT_CODE)
+        os._exit(SELECTOR_EXIT_CODE)  # the selector's fault: not counted against the session
 
     def _run(self, message: m.RunQuery) -> None:
         """Run by `receive` (RunQuery, or a wake-up for a queued one): run the query now, or

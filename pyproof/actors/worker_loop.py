@@ -229,7 +229,12 @@ class WorkerLoop:
             self.ctx.output_dir = os.path.join(
                 self.spec.output_dir, f"{self.worker_id}-{os.getpid()}-b{self._batch}")
         self._batch += 1
-        self.selector.begin(self.ctx)
+        # watched like a packet (worker.py): a begin() that hangs fails the query too
+        self._current = (time.monotonic(), {"stage": "begin", "worker": self.worker_id})
+        try:
+            self.selector.begin(self.ctx)
+        finally:
+            self._current = None
         self._fresh_outputs = False
 
     def _process(self, reply: dict[str, Any]) -> bool:

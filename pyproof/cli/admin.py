@@ -79,7 +79,10 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
                         max_sessions_per_user=args.max_sessions_per_user,
                         max_workers_per_user=args.max_workers_per_user,
                         users_dir=args.users_dir, admins=args.admins,
-                        foreground=args.foreground, cluster_args=_cluster_args(args))
+                        session_orphan_grace=args.session_orphan_grace,
+                        session_idle_timeout=args.session_idle_timeout,
+                        result_ttl=args.result_ttl, foreground=args.foreground,
+                        cluster_args=_cluster_args(args))
     print(f"proofd running at {info.url} (pid {info.pid}); logs in {info.log_dir}")
     return 0
 
@@ -212,6 +215,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from pyproof.hosts.config import add_arguments as add_cluster_arguments
 
     add_cluster_arguments(start)  # --cluster-secret, --name, --join, --hosts, ...
+    start.add_argument("--session-idle-timeout", type=int, default=None, metavar="SECONDS",
+                       help="close sessions no client used for this long (default 86400; "
+                            "0: never)")
+    start.add_argument("--result-ttl", type=int, default=None, metavar="SECONDS",
+                       help="keep a session whose client went silent mid-query (and its "
+                            "result) this long (default 86400)")
+    start.add_argument("--session-orphan-grace", type=int, default=0, metavar="SECONDS",
+                       help="a session whose daemon is gone stops itself after this long "
+                            "(default 600)")
     start.set_defaults(func=cmd_daemon_start)
     stop = dsub.add_parser("stop", help="stop proofd (on this host)")
     stop.add_argument("--port", type=int, default=None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pyproof.errors import ConnectError
 from pyproof.sandbox import daemon_home, make_private_dir, open_private
-from pyproof.supervision.process_tree import is_alive, kill_session, kill_tree
+from pyproof.supervision.process_tree import is_alive, kill_tree
 
 DEFAULT_PORT = 1093  # PROOF's own port
 START_TIMEOUT = 60.0
@@ -51,6 +51,8 @@ def read_info(port: int) -> DaemonInfo | None:
 
 def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                  max_sessions_per_user: int = 0, max_workers_per_user: int = 0,
+                 session_orphan_grace: int = 0, session_idle_timeout: int | None = None,
+                 result_ttl: int | None = None,
                  users_dir: str | None = None, admins: str | None = None,
                  foreground: bool = False, timeout: float = START_TIMEOUT,
                  cluster_args: list[str] | None = None) -> DaemonInfo:
@@ -63,14 +65,21 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
         raise ConnectError(f"proofd already runs at {running.url} (pid {running.pid})")
     home = daemon_home(port)
     run_dir, log_dir = os.path.join(home, "run"), os.path.join(home, "logs")
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # a previous daemon on this port died: stop what is left of its control tree, but
+    # keep its sessions (and their files and registry): the new daemon re-adopts them
+    stop_control_leftovers(run_dir)
     make_private_dir(run_dir)  # the daemon makes the rest of the sandbox private
     make_private_dir(log_dir)
     args = [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", run_dir,
             "--log-dir", log_dir, "--control", f"tcp://{host}:{port}",
             "--url", f"proof://{host}:{port}",
             "--max-sessions-per-user", str(max_sessions_per_user),
-            "--max-workers-per-user", str(max_workers_per_user)]
+            "--max-workers-per-user", str(max_workers_per_user),
+            "--session-orphan-grace", str(session_orphan_grace)]
+    if session_idle_timeout is not None:
+        args += ["--session-idle-timeout", str(session_idle_timeout)]
+    if result_ttl is not None:
+        args += ["--result-ttl", str(result_ttl)]
     if users_dir:
         args += ["--users-dir", users_dir]
     if admins:
@@ -85,12 +94,18 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
     ready = os.path.join(run_dir, "ready.json")
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop_control_leftovers(run_dir)  # what it started before it died
             raise ConnectError(f"proofd exited with code {process.returncode} while starting; "
                                f"see {os.path.join(log_dir, 'daemon.out')}")
         if os.path.exists(ready):
             with open(ready) as f:
                 status = json.load(f)
             if "error" in status:
+                try:  # it stops itself after writing the error: wait for it (bounded)
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    kill_tree(process.pid)
+                    process.wait(STOP_TIMEOUT)
                 stop_daemon(port)
                 raise ConnectError(f"proofd failed to start: {status['error']}")
             info = read_info(port)
@@ -99,6 +114,8 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                 return info
         time.sleep(0.02)
     kill_tree(process.pid)
+    process.wait(STOP_TIMEOUT)
+    stop_control_leftovers(run_dir)
     raise ConnectError(f"proofd did not become ready within {timeout:.0f} s; "
                        f"see {os.path.join(log_dir, 'daemon.out')}")
 
@@ -107,12 +124,26 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
 info_process: dict[int, subprocess.Popen] = {}
 
 
+def stop_control_leftovers(run_dir: str) -> list[int]:
+    """Kill what a dead daemon left of its control tree (see pyproof.actors.survival)."""
+    from pyproof.actors.survival import stop_control_leftovers as stop
+
+    return stop(run_dir)
+
+
 def stop_daemon(port: int = DEFAULT_PORT, *, timeout: float = STOP_TIMEOUT) -> bool:
-    """Stop proofd on `port`: SIGTERM, then kill whatever is left. False if none ran."""
+    """Stop proofd on `port`: SIGTERM, then kill whatever is left, its sessions too (found
+    in its registry, so even those of a daemon that died). False if none ran."""
+    from pyproof.actors.registry import Registry, stop_registered
+    from pyproof.actors.survival import stop_sessions_too
+
     home = daemon_home(port)
-    info = _ready(port)
+    run_dir = os.path.join(home, "run")
+    info = _ready(port) or _control(run_dir)
     if info is None:
-        return False
+        if not Registry(run_dir).entries():
+            return False
+        info = {}
     pid = int(info.get("pid", 0))
     if pid and is_alive(pid):
         with contextlib.suppress(ProcessLookupError):
@@ -129,8 +160,19 @@ def stop_daemon(port: int = DEFAULT_PORT, *, timeout: float = STOP_TIMEOUT) -> b
     if process is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout)
-    for sid in (pid, *info.get("thespian_sessions", ())):
-        if sid:
-            kill_session(sid)
-    shutil.rmtree(os.path.join(home, "run"), ignore_errors=True)
+    sids = [sid[0] if isinstance(sid, list) else sid
+            for sid in (pid, *info.get("thespian_sessions", ())) if sid]
+    stop_sessions_too(sids)
+    stop_registered(run_dir)
+    stop_control_leftovers(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return True
+
+
+def _control(run_dir: str) -> dict | None:
+    """pids.json: written by a daemon as soon as its actor system runs (before ready.json)."""
+    try:
+        with open(os.path.join(run_dir, "pids.json")) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None

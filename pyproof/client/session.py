@@ -580,6 +580,9 @@ class Session(PackagesMixin):
             reply = self._call("fetch_result", {"query": query_id})
             handle._frame(decode_frame(reply["frame"]))
             return
+        for q in master.get("queries") or []:
+            if q.get("id") == query_id and q.get("state") == "finished":
+                return  # its result is being encoded and sent: a large one takes seconds
         raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                          "while it ran; run it again")
 

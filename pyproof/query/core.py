@@ -122,6 +122,7 @@ class WorkerJoined:
 class WorkerLost:
     worker: str
     now: float
+    how: str = ""  # how it died, from its supervisor (e.g. "killed by signal SIGSEGV")
     cause: str = ""
 
 
@@ -430,10 +431,15 @@ class QueryCore:
         if self.packetizer is None or self.state not in (QueryState.RUNNING,
                                                          QueryState.STOPPING):
             return
-        for r in self.packetizer.worker_lost(ev.worker, ev.now, reason=f"{ev.worker} died"):
+        reason = f"{ev.worker} died" + (f" ({ev.how})" if ev.how else "")
+        for r in self.packetizer.worker_lost(ev.worker, ev.now, reason=reason):
             self.requeued.append({"worker": ev.worker, "element": r.element,
                                   "entry_start": r.entry_start, "entry_stop": r.entry_stop,
                                   "reason": "worker lost"})
+        if self.packetizer.poisoned and self.spec.on_missing != "skip" \
+                and self.state == QueryState.RUNNING:
+            self._fail_poisoned(ev.cause)  # the first poisoned packet fails the query at once
+            return
         self._maybe_finish(ev.cause)
 
     def _gate(self, worker: str, cause: str) -> bool:
@@ -570,19 +576,23 @@ class QueryCore:
             self._emit(Finish(stopped=True, cause=cause))
         elif self.state == QueryState.RUNNING and self.packetizer is not None \
                 and self.packetizer.finished:
-            poisoned = self.packetizer.poisoned
-            if poisoned and self.spec.on_missing != "skip":
-                worst = poisoned[0]
-                self._fail(RemoteError(
-                    type="PoisonedPacket",
-                    message=f"{len(poisoned)} packet(s) killed the worker that processed them "
-                            f"{len(worst.workers)} times and were given up (poisoned); run "
-                            "with on_missing='skip' to get the rest; reasons: "
-                            f"{', '.join(sorted(set(worst.reasons)))}",
-                    traceback="", context=self.range_dict(worst)), cause)
+            if self.packetizer.poisoned and self.spec.on_missing != "skip":
+                self._fail_poisoned(cause)
                 return
             self.state = QueryState.FINISHING
             self._emit(Finish(stopped=False, cause=cause))
+
+    def _fail_poisoned(self, cause: str) -> None:
+        assert self.packetizer is not None
+        poisoned = self.packetizer.poisoned
+        worst = poisoned[0]
+        self._fail(RemoteError(
+            type="PoisonedPacket",
+            message=f"{len(poisoned)} packet(s) killed the worker that processed them "
+                    f"{len(worst.workers)} times and were given up (poisoned); run "
+                    "with on_missing='skip' to get the rest; reasons: "
+                    f"{', '.join(sorted(set(worst.reasons)))}",
+            traceback="", context=self.range_dict(worst)), cause)
 
     def _fail(self, error: RemoteError, cause: str, *, aborted: bool = False) -> None:
         if self.ended:

@@ -233,6 +233,10 @@ class SupervisorCore:
             return None
         return self._watchdog.next_deadline()
 
+    def waiting(self) -> list[str]:
+        """Children with a ping outstanding (whose CPU time the shell may sample)."""
+        return [] if self._watchdog is None else self._watchdog.waiting()
+
     def child_ids(self) -> list[str]:
         """The children's ids in start order."""
         return list(self._children)
@@ -422,7 +426,7 @@ class SupervisorCore:
                 self._log("child_terminated", "error", c.id, reason, ev.cause,
                           restart=str(c.spec.restart))
             if permanent or (abnormal and c.spec.restart is Restart.TRANSIENT):
-                self._restart(c, reason, ev.now, ev.cause)
+                self._restart(c, reason, ev.now, ev.cause, charged=ev.charged)
             elif c.spec.restart is Restart.TEMPORARY:
                 self._delete(c)
         self._pump(ev.cause)
@@ -478,7 +482,7 @@ class SupervisorCore:
     def _on_tick(self, ev: WatchdogTick) -> None:
         if self._watchdog is None or self._phase in (Phase.NEW, Phase.TERMINATED):
             return
-        result = self._watchdog.tick(ev.now, early=ev.early)
+        result = self._watchdog.tick(ev.now, early=ev.early, busy=ev.busy)
         for child_id in result.hung:
             c = self._children[child_id]
             c.state, c.kill_reason = ChildState.KILLING, "hung"
@@ -509,9 +513,10 @@ class SupervisorCore:
 
     # ------------------------------------------------------------ decisions
 
-    def _restart(self, c: _Child, reason: str, now: float, cause: str) -> None:
-        """`c` (idle) must be restarted: count it, then plan per the strategy."""
-        if self._window.add(now) is Decision.ESCALATE:
+    def _restart(self, c: _Child, reason: str, now: float, cause: str, *,
+                 charged: bool = True) -> None:
+        """`c` (idle) must be restarted: count it (if `charged`), then plan per the strategy."""
+        if charged and self._window.add(now) is Decision.ESCALATE:
             self._log("reached_max_restart_intensity", "error", c.id, reason, cause,
                       intensity=self.flags.intensity, period=self.flags.period)
             self._terminate(Escalate(reason="reached_max_restart_intensity", child_id=c.id,

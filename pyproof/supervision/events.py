@@ -108,6 +108,10 @@ class ChildExited:
     abnormal: bool
     now: float
     ref: Any = None
+    charged: bool = True
+    """False: the exit was the fault of user code the child ran (a selector that exited or
+    crashed its worker), not of the child: restarted, but not counted against the restart
+    intensity, so users' code cannot exhaust it and take the supervisor down."""
     cause: str = ""
 
 
@@ -144,9 +148,13 @@ class WatchdogTick:
 
     `early`: also ping children whose ping is due within that many seconds, so
     the children's pings fall into one round (one wake-up) instead of one each.
+    `busy`: children whose process used CPU since their outstanding ping was
+    sent (see `SupervisorCore.waiting`): working, not hung (watchdog.py).
     """
 
     now: float
+    early: float = 0.0
+    busy: frozenset[str] = frozenset()
     cause: str = ""
     early: float = 0.0
 

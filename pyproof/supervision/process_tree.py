@@ -102,6 +102,15 @@ def stat_field(pid: int, index: int) -> int | None:
         return None
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time (user + system, all threads) `pid` has used, in clock ticks; None if gone."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[11]) + int(fields[12]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
     return stat_field(pid, 19)
@@ -127,8 +136,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _freeze(roots: list[int]) -> list[int]:
+def _is_session_leader(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[3] == str(pid)
+
+
+def _freeze(roots: list[int], *, spare_sessions: bool = False) -> list[int]:
     """SIGSTOP `roots` and all their descendants, top-down; the frozen pids, parents first.
+
+    With `spare_sessions`, a descendant that leads a session of its own (a
+    pyproof session supervisor, which calls setsid) is left alone, with its
+    subtree: a session outlives the control process it was started from.
 
     Each process is stopped before its children are read, so none of them can
     fork or be re-parented unseen; a fork already in flight when a parent was
@@ -145,6 +163,8 @@ def _freeze(roots: list[int]) -> list[int]:
                 if p in seen or p == me:
                     continue
                 seen.add(p)
+                if spare_sessions and p not in roots and _is_session_leader(p):
+                    continue
                 _signal(p, signal.SIGSTOP)
                 victims.append(p)
                 nxt.extend(children_of(p))
@@ -162,6 +182,7 @@ def kill_tree(
     include_root: bool = True,
     timeout: float = 5.0,
     reap: bool = True,
+    spare_sessions: bool = False,
 ) -> list[int]:
     """Send `sig` to `pid` and every descendant; wait (bounded) until they are gone.
 
@@ -174,9 +195,11 @@ def kill_tree(
     parents first. `include_root=False` spares `pid` itself (e.g. ourselves).
     `reap=False` leaves the zombies of our own children to whoever waits for
     them (Thespian must see its child exit to report ChildActorExited).
+    `spare_sessions=True` leaves descendants that lead their own session (and
+    their subtrees) running: how control processes die without their sessions.
     """
     roots = [pid] if include_root else children_of(pid)
-    victims = _freeze(roots)
+    victims = _freeze(roots, spare_sessions=spare_sessions)
     for p in victims:
         _signal(p, sig)
     if sig != signal.SIGKILL:
@@ -193,7 +216,8 @@ def kill_tree(
             time.sleep(0.002)
     if pending and sig != signal.SIGKILL:
         for p in pending:
-            victims.extend(v for v in kill_tree(p, timeout=timeout, reap=reap)
+            victims.extend(v for v in kill_tree(p, timeout=timeout, reap=reap,
+                                                spare_sessions=spare_sessions)
                            if v not in victims)
     if reap:
         for p in victims:
@@ -270,6 +294,17 @@ def kill_session(sid: int | Iterable[int], *, timeout: float = 5.0) -> list[int]
 PR_SET_CHILD_SUBREAPER = 36
 
 
+def detach_session() -> bool:
+    """Lead a new session (setsid): killing the session of the process that started us, or
+    its process tree with `spare_sessions`, then leaves us and our children running.
+    False if we already lead one (or setsid is refused)."""
+    try:
+        os.setsid()
+    except OSError:
+        return False
+    return True
+
+
 def become_subreaper() -> bool:
     """Orphans of our descendants are re-parented to us (Linux), so they can be found and
     reaped: what test fixtures and the stress harness use to prove nothing leaks."""
@@ -297,3 +332,36 @@ def cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
     except OSError:
         return "?"
+
+
+def lead_process_group() -> bool:
+    """Lead a new process group (setpgid): what the processes we start (and theirs) inherit,
+    so `kill_group(our pid)` finds them after we are gone, even re-parented."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        return False
+    return True
+
+
+def kill_group(pgid: int) -> bool:
+    """SIGKILL every process of process group `pgid`; False if there was none."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def reap_orphans(keep: set[int]) -> list[int]:
+    """Reap exited children of ours that are not in `keep` (orphans re-parented to us as a
+    subreaper), never waiting, and never touching the children in `keep` (whose exit
+    statuses belong to someone else, e.g. Thespian)."""
+    reaped = []
+    for child in children_of(os.getpid()):
+        if child in keep or is_alive(child):
+            continue
+        with contextlib.suppress(ChildProcessError, OSError):
+            if os.waitpid(child, os.WNOHANG)[0] == child:
+                reaped.append(child)
+    return reaped

@@ -12,13 +12,21 @@ supervisor itself was frozen or busy, and the answer may be waiting in its
 own mailbox: each outstanding ping then gets one fresh `timeout` before its
 child is declared hung. So a supervisor resuming from a SIGSTOP does not
 kill every child, and a hung child is still killed on the next tick after.
+
+A child past its deadline that the shell reports `busy` (its process used
+CPU since the ping: a large merge holds Python's GIL in one C call for
+seconds, and the actor thread cannot answer) gets another `timeout`, for up
+to `max_busy` seconds after the ping; a deadlocked or frozen child uses no
+CPU and is declared hung on time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PingDue", "TickResult", "Watchdog", "WatchState"]
+__all__ = ["MAX_BUSY", "PingDue", "TickResult", "Watchdog", "WatchState"]
+
+MAX_BUSY = 120.0  # seconds a busy child may leave a ping unanswered
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +70,7 @@ class Watchdog:
 
     interval: float
     timeout: float
+    max_busy: float = MAX_BUSY
     _watches: dict[str, _Watch] = field(default_factory=dict)
     _seq: int = 0
 
@@ -90,8 +99,14 @@ class Watchdog:
         w.last_pong = now
         return True
 
-    def tick(self, now: float, *, early: float = 0.0) -> TickResult:
-        """Pings due at `now` (or within `early` seconds) and children that missed their deadline.
+    def waiting(self) -> list[str]:
+        """Children with a ping outstanding (the shell samples their CPU time for `busy`)."""
+        return [child_id for child_id, w in self._watches.items() if w.deadline is not None]
+
+    def tick(self, now: float, *, early: float = 0.0,
+             busy: frozenset[str] = frozenset()) -> TickResult:
+        """Pings due at `now` (or within `early` seconds) and children that missed their
+        deadline (unless `busy`: their process used CPU since the ping, up to max_busy).
 
         A ping sent early only shortens that child's interval, never its
         deadline: hang detection is as quick as before, or quicker.
@@ -101,6 +116,9 @@ class Watchdog:
         for child_id, w in self._watches.items():
             if w.deadline is not None:
                 if now < w.deadline:
+                    continue
+                if child_id in busy and w.sent is not None and now - w.sent < self.max_busy:
+                    w.deadline = now + self.timeout  # working, not hung: more time
                     continue
                 if now - w.deadline > self.timeout and not w.grace_used:
                     w.grace_used = True

@@ -1,0 +1,242 @@
+"""Sessions outlive the daemon: kill -9 any control process, or all of them, and no session
+is lost (issue 13). Each test runs its own real daemon; the leak fixture checks nothing
+is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+
+import pyproof
+from pyproof.actors.registry import Registry
+from pyproof.actors.survival import control_sessions, read_control
+from pyproof.cli.daemon import read_info, start_daemon
+from pyproof.sandbox import daemon_home
+from pyproof.supervision.process_tree import (
+    descendants_of,
+    is_alive,
+    kill_session,
+    session_members,
+)
+from tests.conftest import data_file
+from tests.daemon_helpers import Background, Daemon
+from tests.test_proofd_faults import assert_exact, session_pids, slow_query, wait_running
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon()
+    yield d
+    d.stop()
+
+
+def listed(daemon: Daemon) -> dict:
+    return daemon.control.call("status", deadline=20.0)["sessions"]
+
+
+def session_processes(daemon: Daemon, session_id: str) -> set[int]:
+    pids = daemon.pids()
+    sup = pids[f"session-{session_id}"]
+    return {sup, *descendants_of(sup)}
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_a_killed_or_frozen_sessions_supervisor_loses_no_session(daemon, fault):
+    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        before = daemon.pids()
+        mine = session_pids(before, session.id)
+        running = Background(slow_query, session)
+        wait_running(session)
+        os.kill(before["sessions"], getattr(signal, fault))
+        try:  # frozen: the root's watchdog kills it within its ping timeout
+            after = daemon.wait_for(
+                lambda p: p.get("sessions") not in (None, before["sessions"])
+                and f"session-{session.id}" in p, timeout=20)
+        finally:
+            if is_alive(before["sessions"]):
+                os.kill(before["sessions"], signal.SIGCONT)
+        assert_exact(running.result(60))
+        assert session_pids(after, session.id) == mine
+        assert listed(daemon)[session.id]["alive"]
+        assert_exact(slow_query(session))  # the adopted session runs the next query
+        with pyproof.connect(f"{daemon.url}?workers=1") as newcomer:
+            assert newcomer.id != session.id
+        assert not is_alive(before["sessions"])
+
+
+def kill_every_control_process(port: int) -> list[int]:
+    """SIGKILL the daemon's main process, Thespian admin and logger, root, sessions
+    supervisor and gateway, all at once (their process sessions)."""
+    info = read_control(os.path.join(daemon_home(port), "run"))
+    assert info is not None
+    killed = []
+    for sid in control_sessions(info):
+        killed += kill_session(sid)
+    return killed
+
+
+def test_sigkill_of_every_control_process_mid_query_then_a_restart_re_adopts_the_session(
+        daemon):
+    session = pyproof.connect(f"{daemon.url}?workers=2")
+    try:
+        before = daemon.pids()
+        survivors = session_processes(daemon, session.id)
+        control = {before["root"], before["sessions"], before["gateway"], daemon.info.pid}
+        running = Background(slow_query, session)
+        wait_running(session)
+        killed = kill_every_control_process(daemon.port)
+        assert control <= set(killed)
+        assert not survivors & set(killed)
+        assert_exact(running.result(60))  # the data plane never needed the daemon
+        assert all(is_alive(p) for p in survivors)
+        assert read_info(daemon.port) is None
+        daemon.info = start_daemon(daemon.port)  # the same port: adopt, never delete
+        assert session.id in listed(daemon)
+        after = daemon.pids()
+        assert session_pids(after, session.id) == session_pids(before, session.id)
+        assert_exact(slow_query(session))  # the client logs in again and goes on
+        with pyproof.connect(f"{daemon.url}?workers=1") as newcomer:
+            assert newcomer.id in listed(daemon)
+    finally:
+        session.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and session.id in listed(daemon):
+        time.sleep(0.05)
+    assert session.id not in listed(daemon)
+    while time.monotonic() < deadline and any(is_alive(p) for p in survivors):
+        time.sleep(0.05)
+    assert not any(is_alive(p) for p in survivors)
+    run_dir = os.path.join(daemon.info.home, "run")
+    daemon.stop()
+    assert not os.path.exists(run_dir)
+    assert not any(session_members(s) for s in (daemon.info.pid,))
+
+
+def test_a_daemon_whose_main_process_was_killed_is_replaced_and_its_sessions_adopted(daemon):
+    session = pyproof.connect(f"{daemon.url}?workers=1")
+    try:
+        before = daemon.pids()
+        os.kill(daemon.info.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and is_alive(daemon.info.pid):
+            time.sleep(0.02)
+        # its actors run on, holding the port: a new start stops them, keeps the session
+        old_control = [before["root"], before["sessions"], before["gateway"]]
+        assert all(is_alive(p) for p in old_control)
+        daemon.info = start_daemon(daemon.port)
+        assert not any(is_alive(p) for p in old_control)
+        assert session.id in listed(daemon)
+        assert_exact(slow_query(session))
+    finally:
+        session.close()
+
+
+def test_daemon_stop_finds_sessions_whose_daemon_died(daemon):
+    session = pyproof.connect(f"{daemon.url}?workers=1")
+    procs = session_processes(daemon, session.id)
+    kill_every_control_process(daemon.port)
+    assert all(is_alive(p) for p in procs)
+    session.detach()
+    daemon.stop()  # no daemon runs; the registry still names the session
+    assert not any(is_alive(p) for p in procs)
+
+
+def test_a_session_whose_daemon_is_gone_for_good_stops_itself_after_the_grace_period():
+    d = Daemon(session_orphan_grace=2)
+    try:
+        session = pyproof.connect(f"{d.url}?workers=1")
+        procs = session_processes(d, session.id)
+        run_dir = os.path.join(d.info.home, "run")
+        kill_every_control_process(d.port)
+        session.detach()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(is_alive(p) for p in procs):
+            time.sleep(0.1)
+        assert not any(is_alive(p) for p in procs)
+        assert not Registry(run_dir).entries()
+        assert not [f for f in os.listdir(run_dir) if session.id in f]
+    finally:
+        d.stop()
+
+
+def test_a_stale_registry_entry_is_cleaned_when_the_daemon_starts(daemon):
+    session = pyproof.connect(f"{daemon.url}?workers=1")
+    procs = session_processes(daemon, session.id)
+    run_dir = os.path.join(daemon.info.home, "run")
+    kill_every_control_process(daemon.port)
+    entry = Registry(run_dir).entries()[0]
+    os.kill(entry.supervisor.pid, signal.SIGKILL)  # its master and workers die with it
+    session.detach()
+    daemon.info = start_daemon(daemon.port)
+    assert session.id not in listed(daemon)
+    assert not Registry(run_dir).entries()
+    assert not any(is_alive(p) for p in procs)
+    assert not [f for f in os.listdir(run_dir) if session.id in f]
+
+
+def test_a_detached_session_is_closed_after_the_idle_timeout_but_never_mid_query():
+    d = Daemon(session_idle_timeout=3)
+    try:
+        busy = pyproof.connect(f"{d.url}?workers=2")
+        # about 7 s with no control request: a running query is use, never idleness
+        running = Background(busy.process, "tests.sample_selectors:SlowCount",
+                             dataset=data_file("uproot-Zmumu.root") + ":events",
+                             inputs={"sleep": 0.25}, packetizer="basic",
+                             packetizer_params={"packet_entries": 40}, progress=False)
+        wait_running(busy)
+        idle = pyproof.connect(f"{d.url}?workers=1")
+        procs = session_processes(d, idle.id)
+        idle.detach()
+        assert_exact(running.result(60))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(is_alive(p) for p in procs):
+            time.sleep(0.1)
+        assert not any(is_alive(p) for p in procs)
+        assert idle.id not in listed(d)
+        with open(os.path.join(d.info.log_dir, "sessions.jsonl")) as f:
+            assert "session_idle_closed" in f.read()
+        with contextlib.suppress(pyproof.QueryError):  # closed by now if it idled 3 s
+            busy.close()
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("victim", ["root", "admin"])
+def test_a_daemon_that_lost_its_root_or_admin_exits_and_its_restart_adopts_the_sessions(
+        daemon, victim):
+    from pyproof.cli.daemon import info_process
+    from pyproof.supervision.process_tree import stat_field
+
+    session = pyproof.connect(f"{daemon.url}?workers=1")
+    try:
+        procs = session_processes(daemon, session.id)
+        root = daemon.pids()["root"]
+        pid = root if victim == "root" else stat_field(root, 1)  # the admin forked the root
+        os.kill(pid, signal.SIGKILL)
+        assert info_process[daemon.info.pid].wait(timeout=15) == 3
+        assert all(is_alive(p) for p in procs)
+        daemon.info = start_daemon(daemon.port)
+        assert session.id in listed(daemon)
+        assert_exact(slow_query(session))
+    finally:
+        session.close()
+
+
+def test_a_start_that_fails_leaves_nothing_running_and_keeps_no_lock_on_the_port():
+    import socket
+
+    from pyproof.actors.system import free_port
+    from pyproof.errors import ConnectError
+
+    port = free_port()
+    with socket.socket() as taken:  # the control port is taken: the gateway cannot listen
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(ConnectError, match=r"proofd failed to start: .*gave up"):
+            start_daemon(port)
+        assert read_control(os.path.join(daemon_home(port), "run")) is None
