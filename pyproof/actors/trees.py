@@ -62,7 +62,8 @@ def root_tree(boot: m.Boot) -> SupervisorSpec:
         children=(
             ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
                 actor="pyproof.actors.sessions:Sessions",
-                init=m.SessionsStart(log_dir=boot.log_dir, limits=dict(boot.limits)))),
+                init=m.SessionsStart(log_dir=boot.log_dir, run_dir=boot.run_dir,
+                                     limits=dict(boot.limits)))),
             *hosts,
             ChildSpec(id="gateway", start=m.ActorStart(
                 actor="pyproof.actors.gateway:Gateway", init=gateway_init)),

@@ -103,8 +103,8 @@ class Watchdog:
         """Children with a ping outstanding (the shell samples their CPU time for `busy`)."""
         return [child_id for child_id, w in self._watches.items() if w.deadline is not None]
 
-    def tick(self, now: float, *, early: float = 0.0,
-             busy: frozenset[str] = frozenset()) -> TickResult:
+    def tick(self, now: float, busy: frozenset[str] = frozenset(), *,
+             early: float = 0.0) -> TickResult:
         """Pings due at `now` (or within `early` seconds) and children that missed their
         deadline (unless `busy`: their process used CPU since the ping, up to max_busy).
 
