@@ -42,7 +42,8 @@ def is_fileset(dataset: Any) -> bool:
         isinstance(v, list | tuple | dict) for v in dataset.values())
 
 
-def _absolute(path: str) -> str:
+def absolute(path: str) -> str:
+    """A local path made absolute (the workers' working directory differs); URLs as given."""
     return path if "://" in path else os.path.abspath(path)
 
 
@@ -89,7 +90,7 @@ def parse_fileset(fileset: dict[str, Any], *, default_tree: str | None = None) -
             raise InputError(f"fileset entry {name!r}: 'files' must be a list of paths or a "
                              f"dict of path -> tree, not {type(files).__name__}")
         for path, tree in pairs:
-            key = (_absolute(path), tree)
+            key = (absolute(path), tree)
             if key in seen:
                 raise InputError(f"file {path} (tree {tree}) is in datasets {seen[key]!r} and "
                                  f"{name!r} of the fileset: give each file to one dataset")

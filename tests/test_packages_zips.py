@@ -70,6 +70,9 @@ def test_a_link_out_of_a_package_directory_is_refused(tmp_path):
     ([("C:/evil.py", b"")], None, r"has an absolute path"),
     ([("pkg\\..\\evil.py", b"")], None, r"has a backslash"),
     ([("pkg/a.py", b"")], "pkg/link", r"entry 'pkg/link' is a symbolic link"),
+    # the same file twice under two spellings would crash the unpacker
+    ([("pkg/x.py", b""), ("pkg/./x.py", b"")], None, r"has an empty or '\.' path segment"),
+    ([("pkg//x.py", b"")], None, r"has an empty or '\.' path segment"),
 ])
 def test_hostile_zip_entries_are_refused_before_anything_is_unpacked(tmp_path, entries, link,
                                                                      message):
@@ -248,3 +251,14 @@ def test_past_its_size_cap_the_cache_evicts_least_recently_used_versions_no_sess
     assert {built[0].digest, built[2].digest, built[3].digest} == set(versions)
     assert not os.path.exists(store.version_dir(built[1].digest))
     assert store.resolve("s")[0]["version"] == built[0].digest
+
+
+@pytest.mark.parametrize("size", [0, -1, zips.MAX_ZIP + 2])
+def test_an_upload_of_an_impossible_size_is_refused_not_a_crash(tmp_path, monkeypatch, size):
+    from pyproof.packages.service import handle_request
+
+    monkeypatch.setenv("PYPROOF_SANDBOX", str(tmp_path))
+    kind, body = handle_request("package_put", {"name": "abc", "digest": "0" * 64,
+                                                "size": size}, user="erin", session=None)
+    assert kind == "error"
+    assert body["message"].startswith(f"package 'abc': size {size} is not between 1 and ")

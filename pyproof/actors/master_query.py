@@ -414,18 +414,6 @@ class QueryRun:
         self._events.append(qc.Finished(error=self._send_result(), now=self.clock(),
                                         cause="finish"))
 
-    def _fail_poisoned(self) -> None:
-        assert self.packetizer is not None
-        poisoned = self.packetizer.poisoned
-        worst = poisoned[0]
-        self.fail(RemoteError(
-            type="PoisonedPacket",
-            message=f"{len(poisoned)} packet(s) killed the worker that processed them "
-                    f"{len(worst.workers)} times and were given up (poisoned); run "
-                    "with on_missing='skip' to get the rest; reasons: "
-                    f"{', '.join(sorted(set(worst.reasons)))}",
-            traceback="", context=self._range_dict(worst)))
-
     def _finish_files(self) -> None:
         assert self.output_files is not None
         error: RemoteError | None = None
@@ -452,7 +440,8 @@ class QueryRun:
         with self.lock:
             if error is None:
                 error = self._send_result()
-            self.feed(qc.Finished(error=error, now=self.clock(), cause="finish"))
+        # fed after the lock is left: `on_end` (the next queued query) runs without it
+        self.feed(qc.Finished(error=error, now=self.clock(), cause="finish"))
 
     def _send_result(self) -> RemoteError | None:
         """Send the RESULT frame; the error if the outputs cannot be encoded."""

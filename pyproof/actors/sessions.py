@@ -33,7 +33,7 @@ from pyproof.actors.registry import (
     running_processes,
 )
 from pyproof.actors.supervisor import SupervisorActor, describe_exit
-from pyproof.actors.trees import session_tree
+from pyproof.actors.trees import master_address, session_tree  # noqa: F401 (re-exported)
 from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
@@ -65,11 +65,6 @@ IDLE_TIMEOUT = 86400.0  # a session no client used for this long (no query runni
 RESULT_TTL = 86400.0  # the same, when its client went silent after starting its last query
 IDLE_ASK = "idle/"  # correlation ids of the status requests of the idle check
 ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
-
-
-def master_address(run_dir: str, session_id: str) -> str:
-    """Deterministic, so restarted workers and masters find each other without asking."""
-    return f"ipc://{os.path.join(run_dir, f'master-{session_id}.ipc')}"
 
 
 class Sessions(SupervisorActor):

@@ -205,7 +205,9 @@ class SupervisorActor(ProofActor):
     def _create_early(self, spec: Any) -> None:
         start: m.ActorStart = spec.start
         ref = self.createActor(import_actor(start.actor))
-        self.early[spec.id] = {"ref": ref, "started": None, "failed": False}
+        # its Process object: the exit status when it dies (local faults: charged())
+        self.early[spec.id] = {"ref": ref, "started": None, "failed": False,
+                               "process": _last_child_process(self)}
         self.send(ref, self.child_init(spec.id, start.init))
 
     def _adopt_early(self, spec: Any) -> bool:
@@ -217,6 +219,7 @@ class SupervisorActor(ProofActor):
             return False
         ref = early["ref"]
         self.refs[spec.id] = ref
+        self.processes[spec.id] = early["process"]
         self.pids.pop(spec.id, None)
         self.starting[spec.id] = time.monotonic() + spec.start.start_timeout
         if early["started"] is not None:
@@ -306,9 +309,7 @@ class SupervisorActor(ProofActor):
         return min(max(min(due) - now, TICK), TICK_MAX)
 
     def _on_tick(self) -> None:
-        self._wake_at: float | None = None  # when the pending wake-up is due
-        self._wake_ids = itertools.count()
-        self._wake_id = -1  # the pending wake-up's payload; older ones are superseded
+        self._wake_at = None  # this wake-up is spent
         now = time.monotonic()
         for child_id, deadline in list(self.starting.items()):
             if now > deadline:

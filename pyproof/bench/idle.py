@@ -18,7 +18,12 @@ import os
 import time
 
 import pyproof
-from pyproof.supervision.process_tree import become_subreaper, cmdline, descendants_of
+from pyproof.supervision.process_tree import (
+    become_subreaper,
+    cmdline,
+    cpu_ticks,
+    descendants_of,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -28,17 +33,6 @@ class Nothing(pyproof.Selector):
 
     def process(self, events, ctx):
         pass
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """utime + stime of one process (all its threads), in clock ticks; None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(")") + 2:].split()  # the command may hold spaces
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
 def cluster_cpu(pids: list[int]) -> dict[int, int]:

@@ -26,6 +26,7 @@ from pyproof.client.progress import make_progress
 from pyproof.client.result import Result
 from pyproof.datasets import records as _records  # noqa: F401  (registers its CBOR tag)
 from pyproof.errors import ConnectError, InputError, QueryError
+from pyproof.filesets import absolute
 from pyproof.packages.client import PackagesMixin
 from pyproof.query.spec import QuerySpec
 from pyproof.sandbox import make_private_paths
@@ -160,9 +161,9 @@ def parse_dataset(dataset: Any) -> list[list[str | None]]:
 
     if isinstance(dataset, str | os.PathLike):
         path, tree = split_file_tree(os.fspath(dataset))
-        return [[_absolute(path), tree]]
+        return [[absolute(path), tree]]
     if isinstance(dataset, dict):
-        return [[_absolute(os.fspath(k)), v] for k, v in dataset.items()]
+        return [[absolute(os.fspath(k)), v] for k, v in dataset.items()]
     if isinstance(dataset, list | tuple):
         out: list[list[str | None]] = []
         for item in dataset:
@@ -170,10 +171,6 @@ def parse_dataset(dataset: Any) -> list[list[str | None]]:
         return out
     raise InputError(f"dataset must be 'file.root:tree', {{path: tree}} or a list of them, "
                      f"not {type(dataset).__name__}")
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 class Session(PackagesMixin):
@@ -455,7 +452,7 @@ class Session(PackagesMixin):
             dataset_spec=dataset if named else None,
             on_missing=on_missing,
             packet_timeout=packet_timeout,
-            files=None if files is None else tuple((_absolute(os.fspath(f)), None)
+            files=None if files is None else tuple((absolute(os.fspath(f)), None)
                                                     for f in files),
             output_dataset=output_dataset, output_overwrite=bool(output_overwrite),
             entries=entries, first=first, cycles=cycles, inputs=inputs,

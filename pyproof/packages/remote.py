@@ -89,6 +89,7 @@ def serve(store: PackageStore, digest: str, offset: int, length: int = CHUNK) ->
 
 
 Fetch = Callable[[str, int], dict[str, Any]]
+PULL_LOCK_TIMEOUT = 300.0  # seconds to wait for another thread's pull of the same version
 
 
 def ensure(store: PackageStore, session: str, wanted: list[dict[str, Any]],
@@ -97,8 +98,14 @@ def ensure(store: PackageStore, session: str, wanted: list[dict[str, Any]],
     offset)`), pin them for `session`, and return them resolved to local paths."""
     for p in wanted:
         name, digest = p["name"], p["version"]
-        with _pull_lock(store.root, digest):
+        lock = _pull_lock(store.root, digest)
+        if not lock.acquire(timeout=PULL_LOCK_TIMEOUT):  # another thread pulls it: bounded
+            raise PackageError(f"package {name!r} ({digest[:12]}): another pull of it from "
+                               f"{where} did not end within {PULL_LOCK_TIMEOUT:.0f} s")
+        try:
             _pull(store, name, digest, fetch, where)
+        finally:
+            lock.release()
     store.pin(session, {p["name"]: p["version"] for p in wanted})
     return store.resolve(session)
 

@@ -33,6 +33,8 @@ def handle_request(kind: str, payload: dict[str, Any], *, user: str,
         return "ok", _handle(kind, payload, user, session)
     except PackageError as exc:
         return "error", {"message": str(exc)}
+    except OSError as exc:  # a disk error or a case the checks missed: refused, gateway lives
+        return "error", {"message": f"{kind} failed on the daemon: {exc}"}
 
 
 def _handle(kind: str, payload: dict[str, Any], user: str,

@@ -32,7 +32,7 @@ from pyproof.sandbox import create_private_file, make_private_dir, open_private,
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
-LOCK_TIMEOUT = 30.0
+LOCK_TIMEOUT = 10.0  # below the gateway's 20 s request timeout: it runs on the gateway
 
 
 def cache_limit() -> int:
@@ -113,13 +113,16 @@ class PackageStore:
         arrived); else say how many bytes of it arrived so far. Idempotent."""
         zips.check_name(name)
         check_digest(digest)
+        if not 1 <= size <= zips.MAX_ZIP + 1:  # MAX_ZIP + 1: "have it?" (packages/remote.py)
+            raise PackageError(f"package {name!r}: size {size} is not between 1 and "
+                               f"{zips.MAX_ZIP} bytes")
         with self._locked() as index:
             if os.path.isdir(self.version_dir(digest)) and self._known(index, digest):
                 self._register(index, name, digest, self._meta_of(index, digest))
                 return {"have": True, "name": name, "digest": digest}
             part = self._part(digest)
             received = os.path.getsize(part) if os.path.exists(part) else 0
-            if received < size:
+            if received < size or not os.path.exists(part):
                 return {"have": False, "received": received}
             with open(part, "rb") as f:
                 data = f.read()

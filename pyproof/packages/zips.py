@@ -188,6 +188,8 @@ def check_entry_name(name: str, where: str) -> str:
         bad = "a backslash"
     elif any(part == ".." for part in name.split("/")):
         bad = "'..'"
+    elif any(part in ("", ".") for part in name.rstrip("/").split("/")):
+        bad = "an empty or '.' path segment"
     if bad:
         raise PackageError(f"{where}: entry {name!r} has {bad}; a package holds only "
                            "relative paths inside itself (refused, nothing unpacked)")
