@@ -125,7 +125,13 @@ class LiteCluster:
             kill_tree(proc.pid, timeout=STOP_TIMEOUT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(STOP_TIMEOUT)
-        # the actors live in sessions of their own (Thespian's admin calls setsid)
+        # the actors live in sessions of their own (Thespian's admin calls setsid), and so
+        # does each session supervisor (it outlives the control tree): one that was
+        # re-parented away from the tree is found through the session registry
+        from pyproof.actors.registry import stop_registered
+
+        with contextlib.suppress(Exception):  # no registry yet, or already gone
+            stop_registered(self.run_dir)
         kill_session([proc.pid, *self.thespian_sessions], timeout=STOP_TIMEOUT)
         if proc.stdin:
             with contextlib.suppress(OSError):
