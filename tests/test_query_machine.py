@@ -319,3 +319,17 @@ def test_feedback_is_sent_at_its_interval_only_after_something_new_was_merged():
     fed(core, qc.Merged(token=merge.token))
     assert fed(core, qc.Tick(now=1.6))[-1] == qc.SendFeedback(names=("h",))
     assert not any(isinstance(i, qc.SendFeedback) for i in fed(core, qc.Tick(now=3.0)))
+
+
+def test_a_worker_failing_before_the_look_up_is_done_fails_the_query_at_once():
+    # the selector did not import on the worker while the master still looked files up:
+    # telling it to wait would lose the error, and the query would wait for ever
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1"], now=0.0)
+    error = RemoteError(type="SelectorError", message="cannot import", traceback="")
+    fail, refuse = fed(core, qc.WorkerFailed(worker="w#1", error=error))
+    assert isinstance(fail, qc.Fail) and fail.error.type == "SelectorError"
+    assert refuse == qc.Refuse(worker="w#1", reason="query failed")
+    assert core.state == qc.QueryState.FAILED
+    assert fed(core, qc.LookupDone(work=(WorkRange(element=0, entry_start=0, entry_stop=1),),
+                                   kind="unit", params={}, now=0.1)) == []

@@ -499,6 +499,13 @@ class QueryCore:
         self._emit(Ack(worker=ev.worker, accepted=accepted, cause=ev.cause))
 
     def _on_failed(self, ev: WorkerFailed) -> None:
+        if self.state == QueryState.PREPARING and ev.worker not in self.lost:
+            # a worker whose selector fails (say, does not import) before the look-up is
+            # done: fail now. Telling it to wait would lose the error, and with every
+            # worker gone the query would wait for ever.
+            self._fail(ev.error, ev.cause)
+            self._emit(Refuse(worker=ev.worker, reason="query failed", cause=ev.cause))
+            return
         if self._gate(ev.worker, ev.cause):
             return
         self._fail(ev.error, ev.cause)
