@@ -33,7 +33,11 @@ from pyproof.actors.registry import (
     running_processes,
 )
 from pyproof.actors.supervisor import SupervisorActor, describe_exit
-from pyproof.actors.trees import master_address, session_tree  # noqa: F401 (re-exported)
+from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-exported)
+    WATCHDOG,
+    master_address,
+    session_tree,
+)
 from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
@@ -57,7 +61,6 @@ from pyproof.supervision.spec import (
     SupFlags,
 )
 
-WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0}
 ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
 SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD = 100, 10.0  # uncharged worker deaths, then charged
 ADOPT_TIMEOUT, ADOPT_TRIES = 10.0, 3  # a live session that never answers then is stopped
