@@ -70,12 +70,24 @@ class ProofActor(Actor):
             die_on_fatal_signals()
         if isinstance(message, m.PingChild):
             self.last_ping = time.monotonic()
-            self.send(sender, m.PongChild(seq=message.seq))
+            if self.healthy():
+                self.send(sender, m.PongChild(seq=message.seq))
             return
         try:
             self.receive(message, sender)
         except Exception as exc:
             self.crash(exc)
+
+    def healthy(self) -> bool:
+        """Run on the actor thread as it answers its supervisor's liveness check.
+
+        True: answer it. An actor with threads of its own (the master's data
+        plane) checks them here and, finding one stuck, ends its process
+        (`CRASH_EXIT_CODE`, restarted as a crash) or returns False (no answer:
+        the watchdog declares it hung). Must not block: take no lock a stuck
+        thread could hold.
+        """
+        return True
 
     def crash(self, exc: BaseException) -> None:
         """Run by `receiveMessage` (actor thread) when `receive` raised; never returns.

@@ -7,17 +7,21 @@ traffic never does.
 from __future__ import annotations
 
 import os
+import time
 
 from thespian.actors import ActorExitRequest
 
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
+from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
 from pyproof.actors.warmup import start_warmup
 from pyproof.logs import get_logger
 from pyproof.query.spec import QuerySpec
+from pyproof.transport.codec import RemoteError
 from pyproof.transport.tls import TLSError, TLSSettings
+
+STUCK_LINGER = 0.25  # after the clients were told: their ERROR frames leave the sockets
 
 
 class Master(ProofActor):
@@ -86,6 +90,36 @@ class Master(ProofActor):
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))
         elif isinstance(message, ActorExitRequest) and self.plane is not None:
             self.plane.close()
+
+    def healthy(self) -> bool:
+        """Answering the supervisor's ping (actor thread): are the data threads alive?
+
+        A data thread that should be running and has not stamped for
+        `thread_beats.STUCK_AFTER` s (and is not busy on the CPU) is stuck: the
+        queries running or queued are told so (an ERROR frame each, naming the
+        thread) and the process ends as a crash, so the session supervisor
+        restarts the master and the next query runs on a fresh one. Never
+        returns in that case; takes no lock.
+        """
+        if self.plane is None:
+            return True
+        stuck = self.plane.beats.stuck(time.monotonic())
+        if not stuck:
+            return True
+        worst = max(stuck, key=lambda s: s.silent)
+        message = (f"the session's master data thread {worst.name} stopped answering for "
+                   f"{worst.silent:.0f} s; the master was restarted; run the query again")
+        try:
+            get_logger().error("data_thread_stuck", thread=worst.name,
+                               silent=round(worst.silent, 1),
+                               threads=[s.name for s in stuck])
+            error = RemoteError(type="MasterStuck", message=message, traceback="",
+                                context={"thread": worst.name})
+            for run in self.plane.runs_unlocked():
+                run.fail_stuck(error)
+            time.sleep(STUCK_LINGER)
+        finally:
+            os._exit(CRASH_EXIT_CODE)  # a pyproof fault: counted, restarted clean
 
     def _start_query(self, message: m.StartQuery, sender) -> None:
         """Run by `receive` for StartQuery: accept (or reject) the query and tell the workers.

@@ -29,6 +29,7 @@ import pynng
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import QueryRun
+from pyproof.actors.thread_beats import ThreadBeats
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
 from pyproof.query.core import PROGRESS_PERIOD
@@ -75,6 +76,9 @@ class MasterPlane:
         # requests held for work: (context, next-request payload, when held)
         self._held: list[tuple[pynng.Context, dict[str, Any], float]] = []
         self._gone: set[str] = set()  # lost workers' names: their held requests are dropped
+        # this thread and the merge threads stamp each turn; the master's answer to its
+        # supervisor's ping checks them (Master.healthy)
+        self.beats = ThreadBeats()
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -93,7 +97,7 @@ class MasterPlane:
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
                        on_end=self._query_ended, lookup_cache=self.lookup_cache,
-                       run_dir=self.run_dir)
+                       run_dir=self.run_dir, beats=self.beats)
         with self._lock:
             if self.query is not None and self.query.core.busy:
                 self.queued.append(run)
@@ -227,9 +231,24 @@ class MasterPlane:
         if self.outbox is not None:
             self.outbox.close()
 
+    def runs_unlocked(self) -> list[QueryRun]:
+        """The running and queued queries, read without the plane's lock (which a stuck
+        data thread may hold): for `Master.healthy`, about to end the process."""
+        try:
+            return [r for r in (self.query, *tuple(self.queued)) if r is not None]
+        except RuntimeError:  # the queue changed while read
+            return [self.query] if self.query is not None else []
+
     # -- the data-plane thread ----------------------------------------------
     def _serve(self) -> None:
+        try:
+            self._serve_loop()
+        finally:
+            self.beats.forget()
+
+    def _serve_loop(self) -> None:
         while not self._closed.is_set():
+            self.beats.stamp()  # every wait below is bounded: a silent thread is stuck
             try:
                 ctx = self.socket.new_context()  # takes the socket's recv_timeout
             except pynng.Closed:

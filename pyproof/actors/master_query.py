@@ -34,11 +34,12 @@ from pyproof.actors.output_files import (
     check_output_dataset,
     register_output_dataset,
 )
+from pyproof.actors.thread_beats import ThreadBeats, deadlock, injected_fault
 from pyproof.actors.warmup import wait_warmup
 from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
 from pyproof.hosts.locality import element_hosts, read_layout, worker_host
 from pyproof.logs import get_logger
-from pyproof.merging import merge_outputs
+from pyproof.merging import OutputTooLarge, check_output_sizes, merge_outputs
 from pyproof.packetizer import DEFAULT_DATA_KIND
 from pyproof.packetizer.base import CYCLES, WorkRange
 from pyproof.query import core as qc
@@ -66,7 +67,10 @@ class QueryRun:
                  outbox: pynng.Push0 | None = None,
                  on_end: Callable[[QueryRun], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 lookup_cache: LookupCache | None = None, run_dir: str = "") -> None:
+                 lookup_cache: LookupCache | None = None, run_dir: str = "",
+                 beats: ThreadBeats | None = None) -> None:
+        self.beats = beats or ThreadBeats()  # the plane's: our merge thread stamps there
+        self._fault = injected_fault(spec.inputs)  # tests only (thread_beats.FAULT_INPUT)
         self.run_dir = run_dir  # the daemon's: where the hosts actor writes the layout
         self.lookups = Lookups(lookup_cache)  # the session's cache: files opened once
         self.data_key = data_key
@@ -326,6 +330,13 @@ class QueryRun:
             if files is None:
                 return p.ABORT, {"reason": "bad output files"}
             outputs = p.require(payload, "outputs", dict)
+            try:  # a worker that did not check (see worker_loop._flush): refused unmerged
+                check_output_sizes(outputs, self.spec.max_output_bytes, worker=worker)
+            except OutputTooLarge as exc:
+                self.feed(qc.WorkerFailed(worker=worker, error=RemoteError(
+                    type="OutputTooLarge", message=str(exc), traceback="",
+                    context={"worker": worker}), cause="outputs"))
+                return p.ABORT, {"reason": "output over max_output_bytes"}
             with self.lock:
                 self._request = {"files": files, "outputs": outputs, "packets": ids}
                 try:
@@ -335,6 +346,10 @@ class QueryRun:
                     self._request = {}
         if kind != p.NEXT:
             raise p.ProtocolViolation(f"unknown request {kind!r}")
+        if self._fault == "deadlock:master-plane":
+            self._fault = None
+            self.log.warning("test_fault_injected", fault="deadlock:master-plane")
+            deadlock()
         return self._fed(qc.PacketRequested(worker=worker, reports=reports, now=now,
                                             cause=kind))
 
@@ -368,16 +383,35 @@ class QueryRun:
 
     # -- merging (the merge thread) ---------------------------------------------------
     def _merge_loop(self) -> None:
+        self.beats.idle()
+        try:
+            self._merge_jobs()
+        finally:
+            self.beats.forget()
+
+    def _merge_jobs(self) -> None:
         wait_warmup()  # merging imports hist: never beside the warm-up (warmup.py)
         while True:
+            self.beats.idle()  # waiting for work is not being stuck
             job = self._merges.get()
             if job is None:
                 return
+            self.beats.stamp()  # a merge (and feeding its end) must not stall
             token, worker, outputs = job
+            if self._fault == "deadlock:merge":
+                self._fault = None
+                self.log.warning("test_fault_injected", fault="deadlock:merge")
+                deadlock()
             error = None
             try:
                 with self._outputs_lock:
                     merge_outputs(self.outputs, outputs, concatenate=self.spec.concatenate)
+                    # concatenated outputs grow with every merge: the cap holds for them too
+                    check_output_sizes(self.outputs, self.spec.max_output_bytes,
+                                       worker=worker, names=outputs, merged=True)
+            except OutputTooLarge as exc:
+                error = RemoteError(type="OutputTooLarge", message=str(exc), traceback="",
+                                    context={"worker": worker, "stage": "merge"})
             except Exception as exc:
                 error = RemoteError.from_exception(exc, stage="merge", worker=worker)
             self.feed(qc.Merged(token=token, error=error, cause="merge"))
@@ -512,6 +546,7 @@ class QueryRun:
             pieces = chunk_frame_parts(data, stream=self.query_id, chunk_size=CHUNK_SIZE,
                                        session=self.session_id)
         for parts in pieces:
+            self.beats.touch()  # each piece's send is bounded: a long result is not stuck
             if not self._send_wire(parts, kind, final):
                 return
 
@@ -536,6 +571,21 @@ class QueryRun:
         except pynng.NNGException as exc:
             self.log.error("client_send_failed", message=kind, error=repr(exc))
         return False
+
+    def fail_stuck(self, error: RemoteError) -> None:
+        """The master is about to end (a data thread is stuck): tell the client at once.
+
+        Called on the actor thread; takes no lock (the stuck thread may hold any of
+        them) and bypasses the core: the process ends right after.
+        """
+        if self._ended_told:
+            return
+        try:
+            frame = encode_frame(p.ERROR, {"query": self.query_id, "error": error},
+                                 session=self.session_id)
+            self._send_wire([frame], p.ERROR, final=True)
+        except Exception as exc:  # the client then learns it over the control plane
+            self.log.error("stuck_error_not_sent", error=repr(exc))
 
     def close(self) -> None:
         self._merges.put(None)
