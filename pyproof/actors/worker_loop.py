@@ -27,6 +27,7 @@ from pyproof.actors.warmup import load_data_modules, wait_warmup
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.filesets import names_by_file
 from pyproof.logs import get_logger
+from pyproof.merging.sizes import check_output_sizes
 from pyproof.packages.activate import activate, adopt_selector_attributes
 from pyproof.packetizer.base import CYCLES
 from pyproof.query.spec import QuerySpec
@@ -329,6 +330,10 @@ class WorkerLoop:
         if not self._held:
             return
         assert self.ctx is not None
+        # an output over the query's cap fails the query here, before it is encoded and
+        # shipped (OutputTooLarge names it; the master would refuse it anyway)
+        check_output_sizes(self.ctx.outputs, self.spec.max_output_bytes,
+                           worker=self.worker_id)
         try:
             reply = self._request(p.OUTPUTS, {
                 "packets": list(self._held),

@@ -87,6 +87,12 @@ def stdout_to_stderr(enabled: bool) -> Iterator[None]:
         os.close(saved)
 
 
+def _size(text: str) -> int:
+    from pyproof.datasets.cli import parse_bytes
+
+    return parse_bytes(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pyproof
     from pyproof.cli.admin import daemon_url
@@ -113,6 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             first=args.first,
             inputs=inputs,
             progress=None if not args.json else False,
+            **({} if args.max_output_bytes is None else
+               {"max_output_bytes": args.max_output_bytes or None}),
         )
     if args.json:
         json.dump({"query": result.query, "stats": _stats_dict(result),
@@ -244,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--entries", type=int, default=None)
     run.add_argument("--first", type=int, default=0)
     run.add_argument("--inputs", default=None, help="inputs as a JSON object")
+    run.add_argument("--max-output-bytes", type=_size, default=None, metavar="SIZE",
+                     help="cap on each output's size, e.g. 4GiB (default 1GiB; 0: no cap)")
     run.add_argument("--json", action="store_true")
     add_url_argument(run, default="a private lite:// cluster")
     run.set_defaults(func=cmd_run)

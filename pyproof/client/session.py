@@ -28,7 +28,7 @@ from pyproof.datasets import records as _records  # noqa: F401  (registers its C
 from pyproof.errors import ConnectError, InputError, QueryError
 from pyproof.filesets import absolute
 from pyproof.packages.client import PackagesMixin
-from pyproof.query.spec import QuerySpec
+from pyproof.query.spec import DEFAULT_MAX_OUTPUT_BYTES, QuerySpec
 from pyproof.sandbox import make_private_paths
 from pyproof.selector import Selector, SelectorError, load_selector
 from pyproof.transport import sealing
@@ -311,6 +311,7 @@ class Session(PackagesMixin):
                 inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                 packetizer_params: dict[str, Any] | None = None,
                 on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+                max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
                 output_dataset: str | None = None, output_overwrite: bool = False,
                 feedback: list[str] | tuple[str, ...] = (), feedback_interval: float = 1.0,
                 on_feedback: Callable[[dict[str, Any]], Any] | None = None,
@@ -328,6 +329,9 @@ class Session(PackagesMixin):
         in `result.missing` instead of failing the query. A selector that
         spends more than `packet_timeout` seconds in one packet fails the
         query, naming the packet, and its worker is restarted (None: no limit).
+        An output bigger than `max_output_bytes` (1 GiB by default; None: no cap)
+        fails the query at once, naming the output, the worker and its size: raise the
+        cap, or write big data to a file at `ctx.output_file(name)`.
 
         `files=[path, ...]` runs a per-file task instead (verification, file
         generation): `process(range(0, 1), ctx)` once per file, with `ctx.file`
@@ -370,7 +374,8 @@ class Session(PackagesMixin):
         handle = self.submit(selector, dataset, entries=entries, first=first, cycles=cycles,
                              files=files, inputs=inputs, packetizer=packetizer,
                              packetizer_params=packetizer_params, on_missing=on_missing,
-                             packet_timeout=packet_timeout, output_dataset=output_dataset,
+                             packet_timeout=packet_timeout,
+                             max_output_bytes=max_output_bytes, output_dataset=output_dataset,
                              output_overwrite=output_overwrite, feedback=feedback,
                              feedback_interval=feedback_interval, on_feedback=on_feedback,
                              progress=progress, ship=ship, schema=schema)
@@ -402,6 +407,7 @@ class Session(PackagesMixin):
                inputs: dict[str, Any] | None = None, packetizer: str | None = None,
                packetizer_params: dict[str, Any] | None = None,
                on_missing: str = "fail", packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+               max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
                output_dataset: str | None = None, output_overwrite: bool = False,
                feedback: list[str] | tuple[str, ...] = (), feedback_interval: float = 1.0,
                on_feedback: Callable[[dict[str, Any]], Any] | None = None,
@@ -451,7 +457,7 @@ class Session(PackagesMixin):
                      if dataset is not None and not named else None),
             dataset_spec=dataset if named else None,
             on_missing=on_missing,
-            packet_timeout=packet_timeout,
+            packet_timeout=packet_timeout, max_output_bytes=max_output_bytes,
             files=None if files is None else tuple((absolute(os.fspath(f)), None)
                                                     for f in files),
             output_dataset=output_dataset, output_overwrite=bool(output_overwrite),

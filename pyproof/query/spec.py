@@ -18,6 +18,8 @@ from pyproof.errors import InputError
 ON_MISSING = ("fail", "skip")
 DEFAULT_FEEDBACK_INTERVAL = 1.0
 MIN_FEEDBACK_INTERVAL = 0.05
+DEFAULT_MAX_OUTPUT_BYTES = 1 << 30
+"""1 GiB per output object, unless the query says otherwise (see pyproof.merging.sizes)."""
 
 
 class SpecError(InputError):
@@ -56,6 +58,8 @@ class QuerySpec:
     selector_sources: tuple[tuple[str | None, str, str], ...] | None = None
     on_missing: str = "fail"
     packet_timeout: float | None = None
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES
+    """The cap on each output object's size (merging/sizes.py); None: no cap."""
     output_dataset: str | None = None
     output_overwrite: bool = False
     feedback: tuple[str, ...] = ()
@@ -109,6 +113,8 @@ class QuerySpec:
                             f"got {self.feedback_interval}")
         if self.packet_timeout is not None and self.packet_timeout <= 0:
             raise SpecError("'packet_timeout' must be positive (or None: no limit)")
+        if self.max_output_bytes is not None and self.max_output_bytes <= 0:
+            raise SpecError("'max_output_bytes' must be positive (or None: no cap)")
 
     # -- the wire -------------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
@@ -158,7 +164,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "packetizer": (str, type(None)), "packetizer_params": (dict, type(None)),
     "sys_path": (tuple,), "selector_hash": (str, type(None)),
     "selector_sources": (tuple, type(None)), "on_missing": (str,),
-    "packet_timeout": (int, float, type(None)), "output_dataset": (str, type(None)),
+    "packet_timeout": (int, float, type(None)), "max_output_bytes": (int, type(None)),
+    "output_dataset": (str, type(None)),
     "output_overwrite": (bool,), "feedback": (tuple,), "feedback_interval": (int, float),
     "schema": (str, type(None)), "fileset": (dict, type(None)),
     "output_dir": (str,), "packages": (tuple,),
