@@ -11,8 +11,11 @@ admin and logger, the daemon's main process (a killed daemon is started again
 on its port, as systemd would: it must re-adopt every session), or all of
 them at once ("restart"). A control process other than the sessions
 supervisor is "frozen" for a pause (a GC or swap stall), then thawed. Clients
-also run selectors that fault (exit, segfault, hang in begin()): each must
-fail its own query with a clean error naming the fault, and cost nothing else.
+also run selectors that fault (exit, segfault, hang in begin(), an output over
+the query's max_output_bytes) and queries whose master data thread deadlocks
+(the test hook `thread_beats.FAULT_INPUT`; the daemon runs with
+PYPROOF_TEST_HOOKS=1): each must fail its own query with a clean error naming
+the fault, and cost nothing else.
 The injection plan is a pure function of (seed, duration, clients, workers)
 and is printed, so a run can be replayed (the timing of the clients varies).
 
@@ -49,6 +52,7 @@ import uproot
 
 import pyproof
 from pyproof.actors.survival import control_sessions, read_control
+from pyproof.actors.thread_beats import FAULT_INPUT
 from pyproof.errors import ConnectError, QueryError
 from stress import (
     SandboxDaemon,
@@ -79,6 +83,8 @@ DAEMON_FAULT_GAP = 5.0    # seconds between two faults that restart the daemon
 PAUSE = 2.0               # a frozen control process (not watched by a watchdog) thaws after
 DAEMON_EXIT_TIMEOUT = 15.0  # a daemon whose root or admin was killed exits within this
 SELECTOR_FAULTS = 0.08     # share of client queries that run a faulting selector
+SELECTOR_FAULT_KINDS = ("exit", "segfault", "hang_begin", "huge_output", "deadlock")
+STUCK_AFTER = 3.0          # the masters' data-thread bound here (PYPROOF_TEST_STUCK_AFTER)
 BLAME_CONTROL_WITHIN = 8.0  # an error this close to a daemon restart may be explained by it
 LOST = ("no session '", "the session is gone")  # errors that mean a session was lost
 
@@ -205,7 +211,7 @@ class References:
 
     def pick_fault(self, rng: random.Random) -> QuerySpec:
         """A selector that faults: its query must fail cleanly, naming the fault."""
-        kind = rng.choice(("exit", "segfault", "hang_begin"))
+        kind = rng.choice(SELECTOR_FAULT_KINDS)
         path = self.zmumu_files[0]
         options = dict(dataset=f"{path}:events", packetizer="basic",
                        packetizer_params={"packet_entries": 192})
@@ -213,6 +219,15 @@ class References:
             return QuerySpec(kind, "stress.selectors:HangsInBegin",
                              dict(options, packet_timeout=1.0),
                              {"error": r"PacketTimeout: .*in begin\(\)"})
+        if kind == "huge_output":
+            return QuerySpec(kind, "stress.selectors:HugeOutput",
+                             dict(options, inputs={"mb": 2}, max_output_bytes=2**20),
+                             {"error": r"OutputTooLarge: output 'huge' of worker-\d+ is 2\.0 MiB"})
+        if kind == "deadlock":
+            return QuerySpec(kind, "stress.selectors:MassCount",
+                             dict(options, inputs={FAULT_INPUT: "deadlock:master-plane"}),
+                             {"error": r"MasterStuck: the session's master data thread "
+                                       r"master-plane stopped answering"})
         deadly = {"deadly": rng.randrange(self.zmumu[path]["n"])}
         if kind == "exit":
             return QuerySpec(kind, "stress.selectors:ExitsWorker", dict(options, inputs=deadly),
@@ -600,7 +615,7 @@ class Run:
             "selector_faults": {kind: {"clean": sum(o.outcome == "fault_ok" for o in outcomes
                                                     if o.query == kind),
                                        "runs": sum(o.query == kind for o in outcomes)}
-                                for kind in ("exit", "segfault", "hang_begin")},
+                                for kind in SELECTOR_FAULT_KINDS},
             "sessions_lost": len(lost),
             "daemon_restarts": len(self.restarts),
             "daemon_restarts_failed": [e["restart_failed"] for e in self.restarts
@@ -757,6 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         for fault in make_plan(args.seed, args.duration, args.clients, args.workers):
             print(fault.describe())
         return 0
+    # the daemon honours the data-thread deadlock hook ("deadlock" faults) and finds a
+    # stuck thread within STUCK_AFTER s
+    os.environ["PYPROOF_TEST_HOOKS"] = "1"
+    os.environ.setdefault("PYPROOF_TEST_STUCK_AFTER", str(STUCK_AFTER))
     report = Run(args).execute()
     print(json.dumps(report, indent=1, default=str) if args.json else render(report),
           flush=True)

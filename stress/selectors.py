@@ -110,3 +110,11 @@ class HangsInBegin(MassCount):
     def begin(self, ctx):
         time.sleep(600)
         super().begin(ctx)
+
+
+class HugeOutput(MassCount):
+    """Adds an output of `inputs['mb']` MiB (over the query's max_output_bytes in chaos)."""
+
+    def begin(self, ctx):
+        super().begin(ctx)
+        ctx.outputs["huge"] = np.zeros(int(ctx.inputs["mb"] * 2**20) // 8)
