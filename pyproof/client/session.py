@@ -45,6 +45,9 @@ from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 DATA_POLL_MS = 250
 MASTER_SILENCE_CHECK = 3.0
+# how long a daemon's session may not answer, once its data plane went quiet, before its
+# queries fail (a lite cluster's death is seen at once: its process exits)
+MASTER_LOST_WITHIN = 12.0
 DEFAULT_PACKET_TIMEOUT = 600.0
 INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
@@ -565,8 +568,18 @@ class Session(PackagesMixin):
         """The data plane went quiet for `handle`: ask the master (control plane) why."""
         query_id = handle.query
         try:
-            status = self._call("session_status", deadline=30.0)
-        except (QueryError, ConnectError) as exc:
+            status = self._call("session_status", deadline=30.0 if self.cluster else
+                                MASTER_LOST_WITHIN)
+        except ConnectError as exc:
+            # no answer at all: the master's host died or is cut off (in a cluster, the
+            # session's parts on other hosts stop once they stop hearing it)
+            url = self.control.url.split("?", 1)[0]
+            where = (f"the session's master host {self.host!r} ({url})" if self.host
+                     else f"the session's daemon at {url}")
+            raise QueryError(f"query {query_id}: {where} does not answer: it died or is cut "
+                             f"off from this client; the session and its queries are lost: "
+                             f"open a new session once the host is back ({exc})") from None
+        except QueryError as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
         master = status.get("master") or {}
         for q in master.get("queries") or []:
