@@ -248,7 +248,8 @@ class Session(PackagesMixin):
     def _call(self, kind: str, payload: dict[str, Any] | None = None, *,
               session: str | None = None, deadline: float = 60.0) -> dict[str, Any]:
         # opening a session starts processes: give each attempt longer before a retry
-        attempt = SLOW_ATTEMPT if kind == "open_session" else None
+        # (and adding workers: a retry would add them twice)
+        attempt = SLOW_ATTEMPT if kind in ("open_session", "add_workers") else None
         try:
             return self.control.call(kind, payload, session=session or self.id,
                                      deadline=deadline, attempt=attempt)
@@ -291,17 +292,18 @@ class Session(PackagesMixin):
         return self._call("session_status")
 
     def add_workers(self, n: int, host: str | None = None) -> list[str]:
-        """Start `n` more workers (on `host`, else spread over the cluster's hosts other than
-        the master's); also mid-query: they get packets at once. Returns their names.
-        A cluster's sessions only (a daemon started with --cluster-secret)."""
+        """Start `n` more workers (on `host`, else spread over the cluster's hosts by the
+        daemon's placement, the master's own host included while it has cores to spare;
+        without a cluster, on the daemon's host, e.g. a lite cluster's); also mid-query:
+        they get packets at once. Returns their names."""
         reply = self._call("add_workers", {"count": n, "host": host or ""})
         self.workers = [w["name"] for w in reply.get("workers", [])] or self.workers
         return list(reply["added"])
 
     def remove_workers(self, workers: int | list[str]) -> list[str]:
         """Stop workers (a number: the last added first; or their names), also mid-query:
-        what they had not delivered goes back to the queue, counted exactly once. Workers
-        on the master's host that the session opened with stay. Returns their names."""
+        what they had not delivered goes back to the queue, counted exactly once. A session
+        keeps at least one worker. Returns their names."""
         payload = ({"count": workers} if isinstance(workers, int)
                    else {"names": list(workers)})
         removed = list(self._call("remove_workers", payload)["removed"])
