@@ -48,6 +48,7 @@ from pyproof.actors.host_links import (
     Tunnel,
     cluster_address,
 )
+from pyproof.actors.output_files import query_output_dir
 from pyproof.actors.sessions import master_address
 from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
@@ -803,7 +804,7 @@ class Hosts(ProofActor):
                     url = self.registry.hosts[host].info.address
                     # the client's fields, and the packages by version (their paths are
                     # this host's: that host gets them by hash, packages/remote.py);
-                    # output_dir is this host's too (remote workers' output files: README)
+                    # that host gives them an output_dir of its own (_packages_here)
                     self._link(host, url).submit("run_query", {
                         "session": sid, "query_id": message.query_id,
                         "spec": message.spec.to_wire(), "packages": packages})
@@ -895,8 +896,10 @@ class Hosts(ProofActor):
         hosted = self.hosted.get(sid)
         if hosted is None or query_id not in hosted.queries:
             return
-        hosted.queries[query_id] = m.RunQuery(query_id=query_id,
-                                              spec=spec.with_packages(local))
+        # ctx.output_file files stay on this host, in its sandbox (the master's output_dir,
+        # a path there, does not travel with the spec): output_files.py
+        spec = spec.with_packages(local).with_output_dir(query_output_dir(sid, query_id))
+        hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec)
         for qid, run in hosted.queries.items():  # in the master's order: none overtakes
             if run is None:
                 break
