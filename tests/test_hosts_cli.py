@@ -41,8 +41,10 @@ def test_hosts_and_workers_of_a_daemon_outside_a_cluster_say_how_to_join_one():
         one_error_line(proofctl("hosts", "--url", daemon.url),
                        r"^proofctl: this daemon is not part of a cluster: start it with "
                        r"--cluster-secret FILE")
-        one_error_line(proofctl("workers", "add", "abc", "2", "--url", daemon.url),
-                       r"^proofctl: this daemon is not part of a cluster: workers are added "
-                       r"on the fly only to a cluster's sessions")
+        one_error_line(proofctl("workers", "add", "abc", "2", "--host", "h2", "--url",
+                                daemon.url),
+                       r"^proofctl: this daemon is not part of a cluster: workers can be "
+                       r"added only on its own host, not on 'h2' \(start the daemons with "
+                       r"--cluster-secret FILE\)$")
     finally:
         daemon.stop()

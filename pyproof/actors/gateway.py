@@ -419,13 +419,11 @@ class Gateway(ProofActor):
 
     def _workers_request(self, corr: str, kind: str, session_id: Any, payload: dict[str, Any],
                          pending: _Pending) -> None:
-        """Workers on the fly (a cluster's sessions): the hosts actor places and stops them."""
+        """Workers on the fly: in a cluster the hosts actor places and stops them; else the
+        session's own supervisor (through the sessions supervisor) does, on this host."""
         assert self.start is not None
         if not isinstance(session_id, str) or not session_id:
             raise RequestError(f"{kind!r} needs a session id")
-        if self.start.hosts is None:
-            raise RequestError("this daemon is not part of a cluster: workers are added on "
-                               "the fly only to a cluster's sessions (--cluster-secret FILE)")
         count, host, names = payload.get("count", 0), payload.get("host") or "", payload.get(
             "names") or []
         if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WORKERS:
@@ -434,7 +432,12 @@ class Gateway(ProofActor):
                 isinstance(n, str) for n in names)):
             raise RequestError("'host' must be a host name and 'names' a list of worker names")
         op = {"add_workers": "add", "remove_workers": "rm", "list_workers": "ls"}[kind]
-        self.send(self.start.hosts, m.SessionWorkers(
+        if self.start.hosts is None and host:
+            raise RequestError(f"this daemon is not part of a cluster: workers can be added "
+                               f"only on its own host, not on {host!r} (start the daemons "
+                               f"with --cluster-secret FILE)")
+        # in a cluster the hosts actor places them; else the session adds them here itself
+        self.send(self.start.hosts or self.start.sessions, m.SessionWorkers(
             corr=corr, session_id=session_id, op=op, count=count, host=host, names=tuple(names),
             reply_to=self.myAddress, user=pending.user, admin=pending.admin))
 

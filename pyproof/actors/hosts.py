@@ -48,6 +48,7 @@ from pyproof.actors.host_links import (
     Tunnel,
     cluster_address,
 )
+from pyproof.actors.output_files import query_output_dir
 from pyproof.actors.sessions import master_address
 from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
@@ -196,6 +197,9 @@ class Hosts(ProofActor):
         self.next_check = 0.0
         self._ids = itertools.count()
         self.adds: dict[str, dict[str, Any]] = {}  # add_workers requests awaiting hosts
+        # workers added to or removed from a session's part on this (the master's) host:
+        # the request's corr -> (session, op, add request or "")
+        self.local_ops: dict[str, tuple[str, str, str]] = {}
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -223,6 +227,8 @@ class Hosts(ProofActor):
             self._run_query(message, sender)
         elif isinstance(message, m.RemoteWorker):
             self._remote_worker(message, sender)
+        elif isinstance(message, m.StatusReply) and message.corr in self.local_ops:
+            self._local_answer(message)
         elif isinstance(message, m.StatusReply):
             self._sessions_listed(message)
         elif isinstance(message, m.SessionWorkers):
@@ -669,13 +675,8 @@ class Hosts(ProofActor):
         if message.count < 1:
             answer({"error": "add at least one worker"})
             return
-        if message.host == self.info.name:
-            answer({"error": f"{self.info.name!r} is the master's host: its workers are those "
-                             f"the session opened with; add workers on another host"})
-            return
-        with self.lock:
-            alive = [self.registry.hosts[n] for n in self.registry.alive()
-                     if n != self.info.name]
+        with self.lock:  # this host too: its part of the session adds them (sessions.py)
+            alive = [self.registry.hosts[n] for n in self.registry.alive()]
         used = self._placed_counts()
         candidates = [pl.Candidate(name=h.info.name, cores=h.info.cores,
                                    used=max(h.workers, used.get(h.info.name, 0)))
@@ -691,6 +692,10 @@ class Hosts(ProofActor):
         self.adds[add] = {"answer": answer, "sid": sid, "pending": set(plan), "added": [],
                           "errors": []}
         for host, count in plan.items():
+            if host == self.info.name:
+                self._local_op(sid, span, add, m.SessionWorkers(
+                    corr=f"{add}/local", session_id=sid, op="add", count=count, host=host))
+                continue
             first = span.next_index.get(host, 0)
             span.next_index[host] = first + count
             url = self.registry.hosts[host].info.address
@@ -710,29 +715,68 @@ class Hosts(ProofActor):
         adding["answer"]({"added": sorted(adding["added"]), "errors": adding["errors"],
                           "workers": self._workers_of(span) if span else []})
 
+    def _local_op(self, sid: str, span: Spanned, add: str, ask: m.SessionWorkers) -> None:
+        """Add or remove workers of the session's part on this host: its own supervisor
+        does (sessions.py), and answers `_local_answer`."""
+        self.local_ops[ask.corr] = (sid, ask.op, add)
+        self.send(self.sessions, dataclasses.replace(ask, reply_to=self.myAddress,
+                                                     user=span.create.user, admin=True))
+
+    def _local_answer(self, message: m.StatusReply) -> None:
+        sid, op, add = self.local_ops.pop(message.corr)
+        span, status = self.spanned.get(sid), message.status
+        error = status.get("error")
+        if error:
+            get_logger().warning("local_workers_failed", session=sid, op=op, error=error)
+        if op == "add" and span is not None:
+            added = [w for w in status.get("added") or [] if isinstance(w, str)]
+            span.local = tuple(span.local) + tuple(w for w in added if w not in span.local)
+            adding = self.adds.get(add)
+            if adding is not None:
+                adding["added"].extend(added)
+                adding["errors"].extend(f"{self.info.name}: {e}" for e in (
+                    [error] if error else status.get("errors") or []))
+                adding["pending"].discard(self.info.name)
+                if not adding["pending"]:
+                    self._added(add)
+
     def _remove_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
         remote = {w: h for h, ws in span.remote.items() for w in ws}
+        every = sorted([*remote, *span.local])
+
+        def newest(names) -> list[str]:
+            return sorted(names, key=lambda w: (int(w.split("-")[1].split("@")[0]), w),
+                          reverse=True)
+
         if message.names:
-            unknown = [n for n in message.names if n not in remote]
+            unknown = [n for n in message.names if n not in remote and n not in span.local]
             if unknown:
-                local = [n for n in unknown if n in span.local]
-                answer({"error": f"cannot remove {', '.join(unknown)}: "
-                                 + ("workers the session opened with on the master's host "
-                                    "stay with it" if local else
-                                    f"no such worker (workers: {', '.join(sorted(remote))})")})
+                answer({"error": f"cannot remove {', '.join(unknown)}: no such worker "
+                                 f"(workers: {', '.join(every)})"})
                 return
-            names = list(message.names)
+            names = list(dict.fromkeys(message.names))
         else:
-            # the most recently added first
-            names = sorted(remote, key=lambda w: (int(w.split("-")[1].split("@")[0]), w),
-                           reverse=True)[:message.count]
+            # the most recently added first: other hosts' workers, then this host's
+            names = (newest(remote) + newest(span.local))[:message.count]
             if len(names) < max(message.count, 1):
-                answer({"error": f"only {len(remote)} workers can be removed (those on "
-                                 f"other hosts than the master's)"})
+                answer({"error": f"only {len(every)} workers can be removed, not "
+                                 f"{message.count}"})
                 return
+        if len(names) >= len(every):
+            answer({"error": f"cannot remove every worker of session {message.session_id}: "
+                             f"a session keeps at least one (close the session to stop "
+                             f"them all)"})
+            return
+        local = [n for n in names if n in span.local]
+        if local:
+            self._local_op(message.session_id, span, "", m.SessionWorkers(
+                corr=f"rm-{next(self._ids)}", session_id=message.session_id, op="rm",
+                names=tuple(local), host=self.info.name))
+            span.local = tuple(w for w in span.local if w not in local)
         by_host: dict[str, list[str]] = {}
         for name in names:
-            by_host.setdefault(remote[name], []).append(name)
+            if name in remote:
+                by_host.setdefault(remote[name], []).append(name)
         for host, ids in by_host.items():
             url = self.registry.hosts[host].info.address
             self._link(host, url).submit("stop_workers", {"session": message.session_id,
@@ -760,7 +804,7 @@ class Hosts(ProofActor):
                     url = self.registry.hosts[host].info.address
                     # the client's fields, and the packages by version (their paths are
                     # this host's: that host gets them by hash, packages/remote.py);
-                    # output_dir is this host's too (remote workers' output files: README)
+                    # that host gives them an output_dir of its own (_packages_here)
                     self._link(host, url).submit("run_query", {
                         "session": sid, "query_id": message.query_id,
                         "spec": message.spec.to_wire(), "packages": packages})
@@ -852,8 +896,10 @@ class Hosts(ProofActor):
         hosted = self.hosted.get(sid)
         if hosted is None or query_id not in hosted.queries:
             return
-        hosted.queries[query_id] = m.RunQuery(query_id=query_id,
-                                              spec=spec.with_packages(local))
+        # ctx.output_file files stay on this host, in its sandbox (the master's output_dir,
+        # a path there, does not travel with the spec): output_files.py
+        spec = spec.with_packages(local).with_output_dir(query_output_dir(sid, query_id))
+        hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec)
         for qid, run in hosted.queries.items():  # in the master's order: none overtakes
             if run is None:
                 break

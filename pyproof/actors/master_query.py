@@ -530,6 +530,7 @@ class QueryRun:
     def lineage(self) -> dict[str, Any]:
         lineage = self.core.lineage()
         lineage["output_files"] = self.output_files.kept if self.output_files else []
+        lineage["output_file_hosts"] = self.output_files.kept_hosts if self.output_files else []
         lineage["output_dataset"] = self.output_dataset
         return lineage
 

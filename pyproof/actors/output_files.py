@@ -13,6 +13,12 @@ declared lost), and at the end of the query sweeps away every other file
 directory is removed. So the kept files cover every processed entry exactly
 once. With `output_dataset=NAME` they are registered (verified) as dataset
 NAME in the catalog.
+
+Workers on other hosts of a cluster (`worker-N@HOST`) write under their own
+host's sandbox (the hosts actor there gives them its own output directory):
+their files stay on that host and are listed with it (`kept_hosts`). The
+master never deletes a path outside its own sandbox's outputs, so a refused
+packet's file on another host stays there (and is not listed).
 """
 
 from __future__ import annotations
@@ -37,13 +43,28 @@ class OutputFiles:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.realpath(directory)
         self._kept: list[tuple[tuple[int, int], str]] = []  # (first packet's place, path)
+        self._hosts: dict[str, str] = {}  # a path on another host -> that host
+
+    def _check_remote(self, worker: str, host: str, path: Any) -> str:
+        """A file a worker on `host` wrote there: only its form can be checked here."""
+        tail = os.path.join(*self.directory.split(os.sep)[-2:])  # <session>/<query>
+        if not (isinstance(path, str) and os.path.isabs(path) and os.path.normpath(path) == path
+                and f"{os.sep}{tail}{os.sep}" in path):
+            raise p.ProtocolViolation(f"{worker} reported output file {path!r} outside the "
+                                      f"query's output directory on host {host!r}")
+        self._hosts[path] = host
+        return path
 
     def check(self, worker: str, files: Any) -> list[str]:
         """The reported paths, each a file under this query's directory (or ProtocolViolation)."""
         if not isinstance(files, list):
             raise p.ProtocolViolation(f"field 'files' must be a list, got {type(files).__name__}")
         checked = []
+        host = worker.split("#", 1)[0].partition("@")[2]
         for path in files:
+            if host:
+                checked.append(self._check_remote(worker, host, path))
+                continue
             real = os.path.realpath(path) if isinstance(path, str) else None
             if real is None or os.path.commonpath([real, self.directory]) != self.directory:
                 raise p.ProtocolViolation(
@@ -63,12 +84,21 @@ class OutputFiles:
     def kept(self) -> list[str]:
         return [path for _, path in sorted(self._kept)]
 
+    @property
+    def kept_hosts(self) -> list[str]:
+        """The host of each `kept` file: "" for the master's, else the worker's host."""
+        return [self._hosts.get(path, "") for path in self.kept]
+
     @staticmethod
     def refuse(files: list[str]) -> None:
-        """Files of refused packets: another copy of their entries was kept (or will be)."""
+        """Files of refused packets: another copy of their entries was kept (or will be).
+        Only files under this host's outputs are deleted (not a path of another host)."""
+        root = os.path.realpath(outputs_dir())
         for path in files:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            real = os.path.realpath(path) if isinstance(path, str) else ""
+            if real and os.path.commonpath([real, root]) == root:
+                with contextlib.suppress(OSError):
+                    os.unlink(real)
 
     def sweep(self) -> list[str]:
         """Delete every file under the directory that is not kept; returns what went."""

@@ -37,6 +37,7 @@ from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-e
     WATCHDOG,
     master_address,
     session_tree,
+    worker_child,
 )
 from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
@@ -67,7 +68,9 @@ ADOPT_TIMEOUT, ADOPT_TRIES = 10.0, 3  # a live session that never answers then i
 IDLE_TIMEOUT = 86400.0  # a session no client used for this long (no query running) is closed
 RESULT_TTL = 86400.0  # the same, when its client went silent after starting its last query
 IDLE_ASK = "idle/"  # correlation ids of the status requests of the idle check
-ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox)
+ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox,
+          m.SessionWorkers)
+MAX_ADD = 256  # workers one request may add to a session on its host
 
 
 class Sessions(SupervisorActor):
@@ -367,10 +370,13 @@ class SessionSupervisor(SupervisorActor):
         self.registry: Registry | None = None
         self.orphaned = False
         self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
+        self.next_worker = 0  # the index of the next worker added on the fly
+        self.adding: dict[str, dict[str, Any]] = {}  # add request corr -> its progress
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
             self.request = message
+            self.next_worker = message.workers
             # out of the control tree's process session: killing the daemon's tree
             # (or the sessions supervisor's, with spare_sessions) leaves this one running
             detach_session()
@@ -397,6 +403,8 @@ class SessionSupervisor(SupervisorActor):
                 self._announce(message.corr, message.reply_to)
             else:  # still starting: answer every attempt once running
                 self.pending_resends.append(message)
+        elif isinstance(message, m.SessionWorkers):
+            self._change_workers(message, message.reply_to or sender)
         elif isinstance(message, ROUTED):
             master = self.refs.get("master")
             if master is not None:
@@ -405,6 +413,99 @@ class SessionSupervisor(SupervisorActor):
                 self.send(message.reply_to or sender, m.QueryRejected(
                     corr=message.corr, query_id=message.query_id,
                     error="the session's master is restarting; try again"))
+
+    # -- workers on the fly (this host's: session.add_workers / remove_workers) -------
+    def _workers(self) -> list[str]:
+        """This session's workers here, running or starting, in index order."""
+        return sorted({c for c in (*self.refs, *self.starting) if c.startswith("worker-")},
+                      key=lambda w: int(w.split("-", 1)[1]))
+
+    def _change_workers(self, message: m.SessionWorkers, reply_to: Any) -> None:
+        """List, add (answered once they run: a query running gets them at once, through
+        the master's WorkerJoined) or remove (answered at once: what a removed worker had
+        not delivered goes back to the queue when it exits, the master's WorkerLost) this
+        host's workers. `host` empty: the whole session is here (a lite cluster, a daemon
+        without hosts), so its last worker is never removed; set: a cluster's hosts actor
+        asks for its part on the master's host, and checks the session's total itself."""
+        def answer(status: dict[str, Any]) -> None:
+            self.send(reply_to, m.StatusReply(corr=message.corr, status=status))
+
+        assert self.request is not None
+        workers = self._workers()
+        if self.core is None or self.core.phase != "running":
+            answer({"error": f"session {self.request.session_id} is starting or stopping: "
+                             f"try again"})
+        elif message.op == "ls":
+            answer({"workers": self._rows(message.host)})
+        elif message.op == "add":
+            if not 1 <= message.count <= MAX_ADD:
+                answer({"error": f"add from 1 to {MAX_ADD} workers at a time, not "
+                                 f"{message.count}"})
+                return
+            names = [f"worker-{i}" for i in range(self.next_worker,
+                                                  self.next_worker + message.count)]
+            self.next_worker += message.count
+            self.adding[message.corr] = {"answer": answer, "left": set(names), "added": [],
+                                         "errors": [], "host": message.host}
+            get_logger().info("workers_adding", workers=names)
+            now = time.monotonic()
+            for name in names:
+                self.requests[f"add/{message.corr}/{name}"] = ("add", message.corr)
+                self.run(ev.AddChild(spec=worker_child(
+                    session_id=self.request.session_id, worker_id=name,
+                    packet_address=master_address(self.request.run_dir,
+                                                  self.request.session_id),
+                    log_dir=self.request.log_dir), now=now, cause=f"add/{message.corr}/{name}"))
+        else:
+            if message.names:
+                unknown = [n for n in message.names if n not in workers]
+                if unknown:
+                    answer({"error": f"cannot remove {', '.join(unknown)}: no such worker "
+                                     f"(workers: {', '.join(workers) or 'none'})"})
+                    return
+                names = list(dict.fromkeys(message.names))
+            else:
+                names = workers[::-1][:message.count]  # the most recently added first
+                if len(names) < max(message.count, 1):
+                    answer({"error": f"only {len(workers)} workers can be removed, not "
+                                     f"{message.count}"})
+                    return
+            if not message.host and len(names) >= len(workers):
+                answer({"error": f"cannot remove every worker of session "
+                                 f"{self.request.session_id}: a session keeps at least one "
+                                 f"(close the session to stop them all)"})
+                return
+            get_logger().info("workers_removing", workers=names)
+            now = time.monotonic()
+            for name in names:
+                self.run(ev.RemoveChild(child_id=name, now=now))
+                if self.registry is not None:
+                    self.registry.set_child(self.request.session_id, name, None)
+            answer({"removed": sorted(names), "workers": self._rows(message.host)})
+
+    def _rows(self, host: str = "") -> list[dict[str, Any]]:
+        return [{"name": w, "host": host, **({"pid": self.pids[w]} if w in self.pids else {})}
+                for w in self._workers()]
+
+    def reply_added(self, requester: Any, reply: ev.Reply) -> None:
+        """A worker added on the fly runs (or failed to start): answer once all did."""
+        if requester[0] != "add" or requester[1] not in self.adding:
+            return
+        adding = self.adding[requester[1]]
+        adding["left"].discard(reply.child_id)
+        if reply.ok:
+            adding["added"].append(reply.child_id)
+        else:
+            adding["errors"].append(f"{reply.child_id}: {reply.reason or 'did not start'}")
+        if adding["left"]:
+            return
+        del self.adding[requester[1]]
+        if adding["added"]:
+            adding["answer"]({"added": sorted(adding["added"]), "errors": adding["errors"],
+                              "workers": self._rows(adding["host"])})
+        else:
+            adding["answer"]({"error": "no worker could be added: " + "; ".join(
+                adding["errors"])})
 
     def on_running(self) -> None:
         assert self.request is not None

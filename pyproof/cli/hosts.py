@@ -28,7 +28,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    """proofctl workers ls|add|rm SESSION: a cluster session's workers, on the fly."""
+    """proofctl workers ls|add|rm SESSION: a session's workers, on the fly (in a cluster, on
+    any of its hosts; else on the daemon's own)."""
     if args.op == "ls":
         data = _call(args, "list_workers", session=args.session)
     elif args.op == "add":
@@ -47,7 +48,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         if "workers" in d and args.op == "ls":
             print(f"{'worker':24s} host")
             for w in d["workers"]:
-                print(f"{w['name']:24s} {w['host']}")
+                print(f"{w['name']:24s} {w.get('host') or '-'}")
     return _out(args, data, human)
 
 

@@ -132,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, value in result.outputs.items():
             text = repr(value)
             print(f"{name}: {text if len(text) < 200 else text[:200] + '...'}")
+        for host, path in result.output_file_hosts:  # each on the host that wrote it
+            print(f"output file: {host + ':' if host else ''}{path}")
     return 0
 
 

@@ -116,9 +116,14 @@ class QueryHandle:
                                    "outputs were discarded", remote=error,
                                    lineage=payload.get("lineage"))
             raise QueryError(describe(error), remote=error, lineage=payload.get("lineage"))
+        lineage = payload.get("lineage", {})
+        if isinstance(lineage, dict) and lineage.get("output_file_hosts"):
+            # the master's own files: its host's name (as for the stats' workers)
+            lineage["output_file_hosts"] = [h or self.session.host
+                                            for h in lineage["output_file_hosts"]]
         result = Result(query=self.query, outputs=payload["outputs"],
                         stats=Stats.from_wire(payload["stats"], host=self.session.host),
-                        lineage=payload.get("lineage", {}))
+                        lineage=lineage)
         if result.stopped:
             self.state = "stopped"
         if self.bar is not None:

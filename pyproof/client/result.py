@@ -90,6 +90,14 @@ class Result:
         return list(self.lineage.get("output_files") or [])
 
     @property
+    def output_file_hosts(self) -> list[tuple[str, str]]:
+        """(host, path) of each output file: files written on a cluster's other hosts stay
+        there; the host is "" without a cluster."""
+        hosts = list(self.lineage.get("output_file_hosts") or [])
+        files = self.output_files
+        return list(zip(hosts + [""] * (len(files) - len(hosts)), files, strict=True))
+
+    @property
     def output_dataset(self) -> str | None:
         """The dataset the output files were registered as (process(output_dataset=...))."""
         registered = self.lineage.get("output_dataset")

@@ -45,6 +45,9 @@ from pyproof.transport.wire import RECV_LIMIT, recv_view
 
 DATA_POLL_MS = 250
 MASTER_SILENCE_CHECK = 3.0
+# how long a daemon's session may not answer, once its data plane went quiet, before its
+# queries fail (a lite cluster's death is seen at once: its process exits)
+MASTER_LOST_WITHIN = 12.0
 DEFAULT_PACKET_TIMEOUT = 600.0
 INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
@@ -245,7 +248,8 @@ class Session(PackagesMixin):
     def _call(self, kind: str, payload: dict[str, Any] | None = None, *,
               session: str | None = None, deadline: float = 60.0) -> dict[str, Any]:
         # opening a session starts processes: give each attempt longer before a retry
-        attempt = SLOW_ATTEMPT if kind == "open_session" else None
+        # (and adding workers: a retry would add them twice)
+        attempt = SLOW_ATTEMPT if kind in ("open_session", "add_workers") else None
         try:
             return self.control.call(kind, payload, session=session or self.id,
                                      deadline=deadline, attempt=attempt)
@@ -288,17 +292,18 @@ class Session(PackagesMixin):
         return self._call("session_status")
 
     def add_workers(self, n: int, host: str | None = None) -> list[str]:
-        """Start `n` more workers (on `host`, else spread over the cluster's hosts other than
-        the master's); also mid-query: they get packets at once. Returns their names.
-        A cluster's sessions only (a daemon started with --cluster-secret)."""
+        """Start `n` more workers (on `host`, else spread over the cluster's hosts by the
+        daemon's placement, the master's own host included while it has cores to spare;
+        without a cluster, on the daemon's host, e.g. a lite cluster's); also mid-query:
+        they get packets at once. Returns their names."""
         reply = self._call("add_workers", {"count": n, "host": host or ""})
         self.workers = [w["name"] for w in reply.get("workers", [])] or self.workers
         return list(reply["added"])
 
     def remove_workers(self, workers: int | list[str]) -> list[str]:
         """Stop workers (a number: the last added first; or their names), also mid-query:
-        what they had not delivered goes back to the queue, counted exactly once. Workers
-        on the master's host that the session opened with stay. Returns their names."""
+        what they had not delivered goes back to the queue, counted exactly once. A session
+        keeps at least one worker. Returns their names."""
         payload = ({"count": workers} if isinstance(workers, int)
                    else {"names": list(workers)})
         removed = list(self._call("remove_workers", payload)["removed"])
@@ -571,8 +576,18 @@ class Session(PackagesMixin):
         """The data plane went quiet for `handle`: ask the master (control plane) why."""
         query_id = handle.query
         try:
-            status = self._call("session_status", deadline=30.0)
-        except (QueryError, ConnectError) as exc:
+            status = self._call("session_status", deadline=30.0 if self.cluster else
+                                MASTER_LOST_WITHIN)
+        except ConnectError as exc:
+            # no answer at all: the master's host died or is cut off (in a cluster, the
+            # session's parts on other hosts stop once they stop hearing it)
+            url = self.control.url.split("?", 1)[0]
+            where = (f"the session's master host {self.host!r} ({url})" if self.host
+                     else f"the session's daemon at {url}")
+            raise QueryError(f"query {query_id}: {where} does not answer: it died or is cut "
+                             f"off from this client; the session and its queries are lost: "
+                             f"open a new session once the host is back ({exc})") from None
+        except QueryError as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
         master = status.get("master") or {}
         for q in master.get("queries") or []:

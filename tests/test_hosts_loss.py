@@ -1,0 +1,64 @@
+"""The master's host lost (network namespaces, one proofd each; the client in the root
+namespace): the session's queries fail cleanly, naming the host, and the session's parts on
+the other hosts stop."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+import pyproof
+from pyproof.transport import auth
+from tests.netns_hosts import NetnsHosts, _ip, netns_hosts  # noqa: F401 (the fixture)
+from tests.test_hosts_cluster import Running, cluster
+
+ERROR_WITHIN = 25.0  # the client's error after the master's host is cut off (seconds)
+REAPED_WITHIN = 30.0  # the session's processes on another host gone after that
+
+
+def _wait_gone(hosts: NetnsHosts, host, pids: set[int], timeout: float) -> set[int]:
+    """The pids of `pids` still running on `host` after at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = pids & set(hosts.pids(host))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_the_master_host_cut_off_fails_the_query_naming_it_and_its_remote_workers_stop(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    hosts = netns_hosts
+    url = cluster(hosts, ("m", "h2"), auth.fresh_cluster_secret())
+    m, h2 = hosts.hosts["m"], hosts.hosts["h2"]
+    before = set(hosts.pids(h2))
+    session = pyproof.connect(f"{url}?workers=m:1,h2:2")
+    try:
+        parts = set(hosts.pids(h2)) - before  # the session's part on h2: supervisor, workers
+        assert len(parts) >= 3, parts
+        query = Running(session, sleep=0.3)
+        deadline = time.monotonic() + 30
+        while ((session.status().get("master") or {}).get("query") or {}).get(
+                "processed", 0) < 100:
+            assert time.monotonic() < deadline, "the query made no progress"
+            time.sleep(0.1)
+        _ip("link", "set", m.veth, "down")  # the master's host is cut off from everyone
+        cut = time.monotonic()
+        with pytest.raises(pyproof.ProofError, match=(
+                rf"^query [0-9a-f]+: the session's master host 'm' "
+                rf"\({re.escape(url)}\) does not answer: it died or is cut off from this "
+                rf"client; the session and its queries are lost: open a new session once "
+                rf"the host is back \(")):
+            query.get(timeout=ERROR_WITHIN + 30)
+        took = time.monotonic() - cut
+        assert took < ERROR_WITHIN, f"the error came after {took:.1f} s"
+        # h2 stops hearing the master: the session's part there is reaped
+        left = _wait_gone(hosts, h2, parts, REAPED_WITHIN)
+        assert not left, f"the session's processes on h2 still run: {sorted(left)}"
+        assert set(hosts.pids(h2)) >= before - parts  # h2's daemon itself runs on
+    finally:
+        start = time.monotonic()
+        session.close()  # the master is unreachable: bounded
+        assert time.monotonic() - start < 20
