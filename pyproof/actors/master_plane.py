@@ -92,7 +92,8 @@ class MasterPlane:
         run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
-                       on_end=self._query_ended, lookup_cache=self.lookup_cache,
+                       on_end=self._query_ended, on_change=self._wake,
+                       lookup_cache=self.lookup_cache,
                        run_dir=self.run_dir)
         with self._lock:
             if self.query is not None and self.query.core.busy:
@@ -117,6 +118,13 @@ class MasterPlane:
         if previous is not None:
             previous.close()  # its merge thread and socket to the client: it has ended
         self._answer_held(time.monotonic())  # workers held for this query: it is its turn
+
+    def _wake(self) -> None:
+        """A run changed off the data-plane thread (look-up, merge...): answer held requests."""
+        with self._lock:
+            if not self._held:
+                return
+        self._answer_held(time.monotonic())
 
     def _query_ended(self, run: QueryRun) -> None:
         """A run ended (any thread): start the next queued query, if any."""
@@ -300,7 +308,7 @@ class MasterPlane:
             except Exception as exc:  # as for any request: the query fails, the plane serves on
                 self.log.error("request_failed", error=repr(exc), exc_info=True)
                 kind, body = p.ABORT, {"reason": "master error"}
-            if kind == p.WAIT and now - since < HOLD_SECONDS:
+            if kind == p.WAIT and not body.get("flush") and now - since < HOLD_SECONDS:
                 keep.append((ctx, payload, since))
                 continue
             if kind == p.WAIT:  # held to the bound: the worker asks again at once
@@ -346,7 +354,8 @@ class MasterPlane:
             return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
                                 session=self.session_id), None
         kind, body = self._answer_payload(frame.type, frame.payload)
-        if kind == p.WAIT and frame.type == p.NEXT and not self._closed.is_set():
+        if kind == p.WAIT and frame.type == p.NEXT and not body.get("flush") \
+                and not self._closed.is_set():
             return b"", frame.payload
         return encode_frame(kind, body, session=self.session_id), None
 
