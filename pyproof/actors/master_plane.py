@@ -75,6 +75,10 @@ class MasterPlane:
         # requests held for work: (context, next-request payload, when held)
         self._held: list[tuple[pynng.Context, dict[str, Any], float]] = []
         self._gone: set[str] = set()  # lost workers' names: their held requests are dropped
+        # threads answering held requests now (any thread may): `close` waits for them,
+        # since nng aborts the process when a context is sent on as its socket closes
+        self._answering = 0
+        self._answered = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -222,6 +226,8 @@ class MasterPlane:
 
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()
+        with self._answered:
+            self._answered.wait_for(lambda: self._answering == 0, timeout)
         self.socket.close()  # ends the serving thread's wait at once
         self._thread.join(timeout)
         with self._lock:
@@ -295,11 +301,24 @@ class MasterPlane:
         lock, so two threads never answer the same one.
         """
         with self._lock:
+            if self._closed.is_set():
+                return
             held, self._held = self._held, []
+            self._answering += 1
+        try:
+            self._answer_each(held, now)
+        finally:
+            with self._answered:
+                self._answering -= 1
+                self._answered.notify_all()
+
+    def _answer_each(self, held: list[tuple[pynng.Context, dict[str, Any], float]],
+                     now: float) -> None:
         keep = []
         for ctx, payload, since in held:
-            if self._closed.is_set():
-                break
+            if self._closed.is_set():  # closing: left for `close` to close
+                keep.append((ctx, payload, since))
+                continue
             if _incarnation(payload) in self._gone:  # lost while held: never a packet
                 self._refuse_lost(ctx, _incarnation(payload))
                 continue
