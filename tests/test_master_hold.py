@@ -106,3 +106,59 @@ def test_a_held_request_of_a_worker_declared_lost_is_refused_not_given_a_packet(
     assert master.query.query_id == "q2"
     time.sleep(0.5)  # q2 ran its held requests: none of the dead worker's
     assert f"worker-0#{os.getpid()}" not in master.query.core.workers
+
+
+def _unit_spec(tmp_path) -> QuerySpec:
+    return QuerySpec(selector="m:S", cycles=1, client_address=f"ipc://{tmp_path}/nobody.ipc")
+
+
+def test_a_worker_asking_ahead_while_holding_the_last_packet_is_answered_at_once(
+        tmp_path, monkeypatch):
+    # the worker asks for its next packet before processing the one it has (worker_loop);
+    # held, that request kept the query's last outputs (and the result) for HOLD_SECONDS
+    monkeypatch.setattr(master_plane, "HOLD_SECONDS", 30.0)
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    try:
+        plane.worker_joined(f"worker-0#{os.getpid()}")
+        plane.start_query("q1", _unit_spec(tmp_path))
+        with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
+            sock.send(next_for("q1"))
+            assert decode_frame(_recv_within(sock, 8)).type == p.PACKET
+            sock.send(next_for("q1"))
+            frame = decode_frame(_recv_within(sock, 8))
+            assert frame.type == p.WAIT and frame.payload == {"flush": True}
+    finally:
+        plane.close()
+
+
+def test_a_request_held_during_the_look_up_is_answered_when_the_look_up_ends(
+        tmp_path, monkeypatch):
+    # the look-up thread feeds the run: the plane must answer at once, not at its next poll
+    monkeypatch.setattr(master_plane, "HOLD_SECONDS", 30.0)
+    monkeypatch.setattr(master_plane, "IDLE_POLL_MS", 60_000)
+    monkeypatch.setattr(master_plane, "BUSY_POLL_MS", 60_000)
+    gate = threading.Event()
+    real_lookup = master_plane.QueryRun._lookup
+
+    def slow_lookup(self):
+        gate.wait(10)
+        real_lookup(self)
+
+    monkeypatch.setattr(master_plane.QueryRun, "_lookup", slow_lookup)
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    try:
+        plane.worker_joined(f"worker-0#{os.getpid()}")
+        plane.start_query("q1", _unit_spec(tmp_path))
+        with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
+            sock.send(next_for("q1"))
+            deadline = time.monotonic() + 5
+            while not plane._held and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert plane._held, "the request was not held during the look-up"
+            gate.set()
+            assert decode_frame(_recv_within(sock, 8)).type == p.PACKET
+    finally:
+        gate.set()
+        plane.close()

@@ -333,3 +333,21 @@ def test_a_worker_failing_before_the_look_up_is_done_fails_the_query_at_once():
     assert core.state == qc.QueryState.FAILED
     assert fed(core, qc.LookupDone(work=(WorkRange(element=0, entry_start=0, entry_stop=1),),
                                    kind="unit", params={}, now=0.1)) == []
+
+
+def test_a_worker_asking_ahead_with_unsent_outputs_is_told_not_to_be_held():
+    # it asked for its next packet before processing its last one: the end of the query
+    # waits for that packet's outputs, so holding its request would stall the query
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1", "w#2"], now=0.0)
+    fed(core, qc.LookupDone(work=(WorkRange(element=-1, entry_start=0, entry_stop=1),),
+                            kind="unit", params={}, now=0.0))
+    [grant] = fed(core, qc.PacketRequested(worker="w#1", now=0.1))
+    assert fed(core, qc.PacketRequested(worker="w#1", now=0.1)) == [
+        qc.Wait(worker="w#1", hold=False)]
+    assert fed(core, qc.PacketRequested(worker="w#2", now=0.1)) == [
+        qc.Wait(worker="w#2", hold=True)]  # nothing of its own: it may wait for work
+    merge, ack = fed(core, qc.OutputArrived(worker="w#1", now=0.2,
+                                            packet_ids=frozenset({grant.packet.packet_id})))
+    assert ack.accepted and fed(core, qc.Merged(token=merge.token)) == [
+        qc.Finish(stopped=False)]

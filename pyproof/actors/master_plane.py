@@ -45,6 +45,7 @@ KEEP_RESULTS = 10
 KEEP_HISTORY = 100
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 HOLD_SECONDS = 2.0  # a worker's "next" with nothing to give is held this long at most
+SEND_TIMEOUT_MS = 5_000  # a reply that cannot leave by then is dropped (the worker asks again)
 
 
 class MasterPlane:
@@ -55,7 +56,7 @@ class MasterPlane:
         self.data_key = data_key
         self.address = address
         self.log = get_logger()
-        self.socket = pynng.Rep0(recv_timeout=IDLE_POLL_MS, send_timeout=5_000,
+        self.socket = pynng.Rep0(recv_timeout=IDLE_POLL_MS, send_timeout=SEND_TIMEOUT_MS,
                                  recv_max_size=RECV_LIMIT)
         self.socket.listen(address)
         self.workers: list[str] = []
@@ -79,6 +80,12 @@ class MasterPlane:
         # this thread and the merge threads stamp each turn; the master's answer to its
         # supervisor's ping checks them (Master.healthy)
         self.beats = ThreadBeats()
+        # replies being sent now (any thread may send: this one, the actor's, a look-up
+        # or merge thread through `_wake`): `close` waits for them before it closes the
+        # socket, since nng aborts the process when a context is sent on as its socket
+        # closes (seen about once in 20 runs of test_master_hold)
+        self._sending = 0
+        self._sends_done = threading.Condition(threading.Lock())
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -96,7 +103,8 @@ class MasterPlane:
         run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
-                       on_end=self._query_ended, lookup_cache=self.lookup_cache,
+                       on_end=self._query_ended, on_change=self._wake,
+                       lookup_cache=self.lookup_cache,
                        run_dir=self.run_dir, beats=self.beats)
         with self._lock:
             if self.query is not None and self.query.core.busy:
@@ -121,6 +129,13 @@ class MasterPlane:
         if previous is not None:
             previous.close()  # its merge thread and socket to the client: it has ended
         self._answer_held(time.monotonic())  # workers held for this query: it is its turn
+
+    def _wake(self) -> None:
+        """A run changed off the data-plane thread (look-up, merge...): answer held requests."""
+        with self._lock:
+            if not self._held:
+                return
+        self._answer_held(time.monotonic())
 
     def _query_ended(self, run: QueryRun) -> None:
         """A run ended (any thread): start the next queued query, if any."""
@@ -217,7 +232,11 @@ class MasterPlane:
         return self.outbox_address
 
     def close(self, timeout: float = 2.0) -> None:
-        self._closed.set()
+        with self._sends_done:  # no send starts after this; those under way end first
+            self._closed.set()
+            # a send is bounded by the socket's send timeout: wait that out at most
+            self._sends_done.wait_for(lambda: self._sending == 0,
+                                      max(timeout, SEND_TIMEOUT_MS / 1000 + 0.5))
         self.socket.close()  # ends the serving thread's wait at once
         self._thread.join(timeout)
         with self._lock:
@@ -306,11 +325,14 @@ class MasterPlane:
         lock, so two threads never answer the same one.
         """
         with self._lock:
+            if self._closed.is_set():
+                return
             held, self._held = self._held, []
         keep = []
         for ctx, payload, since in held:
-            if self._closed.is_set():
-                break
+            if self._closed.is_set():  # closing: left for `close` to close
+                keep.append((ctx, payload, since))
+                continue
             if _incarnation(payload) in self._gone:  # lost while held: never a packet
                 self._refuse_lost(ctx, _incarnation(payload))
                 continue
@@ -319,7 +341,7 @@ class MasterPlane:
             except Exception as exc:  # as for any request: the query fails, the plane serves on
                 self.log.error("request_failed", error=repr(exc), exc_info=True)
                 kind, body = p.ABORT, {"reason": "master error"}
-            if kind == p.WAIT and now - since < HOLD_SECONDS:
+            if kind == p.WAIT and not body.get("flush") and now - since < HOLD_SECONDS:
                 keep.append((ctx, payload, since))
                 continue
             if kind == p.WAIT:  # held to the bound: the worker asks again at once
@@ -328,8 +350,6 @@ class MasterPlane:
             self._close_context(ctx)
         with self._lock:
             self._held[:0] = keep
-        for ctx, _, _ in (keep if self._closed.is_set() else []):
-            self._close_context(ctx)
 
     def _refuse_lost(self, ctx: pynng.Context, worker: str) -> None:
         """A held request of a worker declared lost: ABORT (dropped by nng if it is dead)."""
@@ -338,15 +358,42 @@ class MasterPlane:
         self._close_context(ctx)
 
     def _reply(self, ctx: pynng.Context, reply: bytes) -> None:
-        try:
-            ctx.send(reply)
-        except (pynng.Timeout, pynng.Closed):
-            self.log.warning("reply_not_sent")
+        """Send on `ctx` unless the plane is closing (then the socket closes it)."""
+        with self._using_context() as usable:
+            if not usable:
+                return
+            try:
+                ctx.send(reply)
+            except (pynng.Timeout, pynng.Closed):
+                self.log.warning("reply_not_sent")
 
     @staticmethod
     def _close_context(ctx: pynng.Context) -> None:
+        # safe while the socket closes (only a send is not); a context left to the
+        # garbage collector would raise from its __del__ once the socket is closed
         with contextlib.suppress(pynng.NNGException):  # the socket closed it first
             ctx.close()
+
+    @contextlib.contextmanager
+    def _using_context(self):
+        """Yield True while this thread may use a context: `close` waits for it to finish.
+
+        nng aborts the whole process (not an exception) when a context is sent on
+        while its socket closes; every thread that touches a context comes through here.
+        """
+        with self._sends_done:
+            if self._closed.is_set():
+                usable = False
+            else:
+                usable = True
+                self._sending += 1
+        try:
+            yield usable
+        finally:
+            if usable:
+                with self._sends_done:
+                    self._sending -= 1
+                    self._sends_done.notify_all()
 
     def _keep(self, query_id: str, frame: bytes) -> None:
         with self._lock:
@@ -365,7 +412,8 @@ class MasterPlane:
             return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
                                 session=self.session_id), None
         kind, body = self._answer_payload(frame.type, frame.payload)
-        if kind == p.WAIT and frame.type == p.NEXT and not self._closed.is_set():
+        if kind == p.WAIT and frame.type == p.NEXT and not body.get("flush") \
+                and not self._closed.is_set():
             return b"", frame.payload
         return encode_frame(kind, body, session=self.session_id), None
 

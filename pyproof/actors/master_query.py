@@ -66,6 +66,7 @@ class QueryRun:
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
                  outbox: pynng.Push0 | None = None,
                  on_end: Callable[[QueryRun], None] | None = None,
+                 on_change: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  lookup_cache: LookupCache | None = None, run_dir: str = "",
                  beats: ThreadBeats | None = None) -> None:
@@ -76,6 +77,10 @@ class QueryRun:
         self.data_key = data_key
         self.keep = keep  # called with (query id, final frame) to keep the outcome
         self.on_end = on_end  # called (without our lock) once the query has ended
+        # called (without our lock) after an event that came from off the data-plane
+        # thread (look-up done, merge done, worker lost, stop): held requests may now
+        # have an answer, and the plane must not wait for its next poll to give it
+        self.on_change = on_change
         self.clock = clock
         self.query_id = query_id
         self.session_id = session_id
@@ -243,8 +248,12 @@ class QueryRun:
         return work, kind
 
     # -- feeding the core (any thread) ---------------------------------------------------
-    def feed(self, *events: qc.Event) -> tuple[str, dict[str, Any]] | None:
-        """Feed events and carry out the instructions; the answer to a worker, if any."""
+    def feed(self, *events: qc.Event, wake: bool = True) -> tuple[str, dict[str, Any]] | None:
+        """Feed events and carry out the instructions; the answer to a worker, if any.
+
+        With `wake` (events from any thread but the data plane's, which answers its
+        held requests itself after each request), `on_change` is called afterwards.
+        """
         ended = False
         with self.lock:
             self._events.extend(events)
@@ -261,13 +270,15 @@ class QueryRun:
                 self._merges.put(None)  # the merge thread ends
         if ended and self.on_end is not None:
             self.on_end(self)
+        if wake and self.on_change is not None:
+            self.on_change()
         return answer
 
     def _carry_out(self, ins: qc.Instruction) -> None:
         if isinstance(ins, qc.Grant):
             self._answer = (p.PACKET, self._packet_reply(ins.packet))
-        elif isinstance(ins, qc.Wait):
-            self._answer = (p.WAIT, {})
+        elif isinstance(ins, qc.Wait):  # not held: send your outputs, then ask again
+            self._answer = (p.WAIT, {} if ins.hold else {"flush": True})
         elif isinstance(ins, qc.Done):
             self._answer = (p.DONE, {})
         elif isinstance(ins, qc.Refuse):
@@ -354,7 +365,7 @@ class QueryRun:
                                             cause=kind))
 
     def _fed(self, event: qc.Event) -> tuple[str, dict[str, Any]]:
-        answer = self.feed(event)
+        answer = self.feed(event, wake=False)
         assert answer is not None, f"the core did not answer {event}"
         return answer
 
@@ -525,7 +536,7 @@ class QueryRun:
         self.log.warning("worker_lost", worker=worker, how=how)
 
     def tick(self, now: float) -> None:
-        self.feed(qc.Tick(now=now, cause="tick"))
+        self.feed(qc.Tick(now=now, cause="tick"), wake=False)
 
     def lineage(self) -> dict[str, Any]:
         lineage = self.core.lineage()

@@ -195,8 +195,10 @@ class WorkerLoop:
                 # the master held our request until its bound (master_plane.HOLD_SECONDS)
                 # and will hold the next one too: ask again at once, no polling here. The
                 # pause is a guard against a master that answers WAIT without holding.
+                # "flush": nothing for us until our outputs are in (the query's end
+                # may wait for them): send them and ask again at once.
                 self._flush()
-                if not reply.get("held"):
+                if not reply.get("held") and not reply.get("flush"):
                     if self._stop.wait(backoff):
                         break
                     backoff = min(backoff * 2, WAIT_BACKOFF_MAX)

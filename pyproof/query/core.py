@@ -210,9 +210,17 @@ class Grant:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Wait:
-    """Answer `worker`: nothing now, ask again."""
+    """Answer `worker`: nothing now, ask again.
+
+    `hold`: the shell may hold the request until work appears. Not when the
+    worker itself has packets whose outputs it has not sent: it asked ahead (it
+    asks for its next packet before processing the current one), and the end of
+    the query waits for its outputs, so it must be told at once to send them
+    (`flush`), or the query would wait for the hold's bound.
+    """
 
     worker: str
+    hold: bool = True
     cause: str = ""
 
 
@@ -339,6 +347,7 @@ class QueryCore:
         self.missing: tuple[dict[str, Any], ...] = ()
         self.lookups: dict[str, int] = {}  # look-up statistics (files opened, cached, cataloged)
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
+        self.outstanding: dict[str, set[int]] = {}  # worker -> granted ids, outputs not sent
         self.total = 0
         self.processed = 0  # entries reported processed (progress)
         self.delivered = 0  # entries whose outputs were accepted for merging (exactly once)
@@ -426,6 +435,7 @@ class QueryCore:
 
     def _on_lost(self, ev: WorkerLost) -> None:
         self.lost.add(ev.worker)
+        self.outstanding.pop(ev.worker, None)
         if ev.worker in self.workers:
             self.workers.remove(ev.worker)
         if self.packetizer is None or self.state not in (QueryState.RUNNING,
@@ -470,11 +480,13 @@ class QueryCore:
         if packet is None:
             self._maybe_finish(ev.cause)
             if self.state == QueryState.RUNNING:  # a lost worker's packets may come back
-                self._emit(Wait(worker=ev.worker, cause=ev.cause))
+                self._emit(Wait(worker=ev.worker, hold=not self.outstanding.get(ev.worker),
+                                cause=ev.cause))
             elif not self._gate(ev.worker, ev.cause):
                 self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
         self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+        self.outstanding.setdefault(ev.worker, set()).add(packet.packet_id)
         self._emit(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
 
     def _on_outputs(self, ev: OutputArrived) -> None:
@@ -485,6 +497,8 @@ class QueryCore:
         self._reports(ev.worker, ev.reports, ev.now)
         accepted = bool(ev.packet_ids) and self.packetizer.accept_output(ev.worker,
                                                                           ev.packet_ids)
+        # sent (accepted or refused as duplicates): the worker holds them no longer
+        self.outstanding.get(ev.worker, set()).difference_update(ev.packet_ids)
         if accepted:
             self._tokens += 1
             ranges = [self.packets[i] for i in ev.packet_ids]
