@@ -18,15 +18,43 @@ CPU since the ping: a large merge holds Python's GIL in one C call for
 seconds, and the actor thread cannot answer) gets another `timeout`, for up
 to `max_busy` seconds after the ping; a deadlocked or frozen child uses no
 CPU and is declared hung on time.
+
+Pings cost both processes a wake-up, so when the shell can see a child
+without asking it (`Seen`: its heartbeat page says whether its actor thread
+is inside a message handler and since when, /proc whether it is frozen), a
+ping falls due only when that view cannot vouch for the child: it is frozen,
+or has been in one handler for `interval` or more, or asks for pings, or
+`quiet_interval` has passed since its last answer (so the whole path,
+Thespian's transport included, is still checked now and then). A child pinged
+because it is stuck in a handler gets its deadline counted from when that
+handler began (as if pinged then; it could not have answered meanwhile), but
+never less than `interval` from the ping: hang detection stays within about
+`timeout` of the hang, as with a ping every `interval`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_BUSY", "PingDue", "TickResult", "Watchdog", "WatchState"]
+from collections.abc import Mapping
+
+__all__ = ["MAX_BUSY", "QUIET_INTERVAL", "PingDue", "Seen", "TickResult", "Watchdog",
+           "WatchState"]
 
 MAX_BUSY = 120.0  # seconds a busy child may leave a ping unanswered
+QUIET_INTERVAL = 10.0  # a child that looks fine is still pinged this often
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seen:
+    """What the shell saw of a child without asking it (heartbeat page and /proc)."""
+
+    entered: float | None = None
+    """When its current message handler began; None between messages."""
+    stopped: bool = False
+    """Frozen (SIGSTOP, a debugger): it cannot answer anything."""
+    wants_pings: bool = False
+    """It asks to be pinged every interval anyway (its health is more than its thread)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +85,7 @@ class WatchState:
 @dataclass(slots=True)
 class _Watch:
     next_ping: float
+    since: float = 0.0  # when watching began: the quiet interval counts from here at first
     seq: int | None = None
     sent: float | None = None
     deadline: float | None = None
@@ -71,12 +100,13 @@ class Watchdog:
     interval: float
     timeout: float
     max_busy: float = MAX_BUSY
+    quiet_interval: float = QUIET_INTERVAL
     _watches: dict[str, _Watch] = field(default_factory=dict)
     _seq: int = 0
 
     def watch(self, child_id: str, now: float) -> None:
         """Start watching a child that just started; its first ping is due at now + interval."""
-        self._watches[child_id] = _Watch(next_ping=now + self.interval)
+        self._watches[child_id] = _Watch(next_ping=now + self.interval, since=now)
 
     def unwatch(self, child_id: str) -> None:
         """Stop watching (the child is stopping, exited or removed). Unknown ids are ignored."""
@@ -104,13 +134,15 @@ class Watchdog:
         return [child_id for child_id, w in self._watches.items() if w.deadline is not None]
 
     def tick(self, now: float, busy: frozenset[str] = frozenset(), *,
-             early: float = 0.0) -> TickResult:
+             early: float = 0.0, seen: Mapping[str, Seen] | None = None) -> TickResult:
         """Pings due at `now` (or within `early` seconds) and children that missed their
         deadline (unless `busy`: their process used CPU since the ping, up to max_busy).
 
         A ping sent early only shortens that child's interval, never its
-        deadline: hang detection is as quick as before, or quicker.
+        deadline: hang detection is as quick as before, or quicker. A child in
+        `seen` that looks fine is not pinged (see the module docstring).
         """
+        seen = seen or {}
         pings: list[PingDue] = []
         hung: list[str] = []
         for child_id, w in self._watches.items():
@@ -126,13 +158,30 @@ class Watchdog:
                     continue
                 hung.append(child_id)
             elif now >= w.next_ping - early:
+                view = seen.get(child_id)
+                deadline = now + self.timeout
+                if view is not None:
+                    if self._vouches(view, w, now):
+                        w.next_ping = now + self.interval  # look again next round
+                        continue
+                    if view.entered is not None and not view.stopped:
+                        deadline = max(view.entered + self.timeout, now + self.interval)
                 self._seq += 1
-                w.seq, w.sent, w.deadline = self._seq, now, now + self.timeout
+                w.seq, w.sent, w.deadline = self._seq, now, deadline
                 w.next_ping = now + self.interval
                 pings.append(PingDue(child_id=child_id, seq=self._seq))
         for child_id in hung:
             del self._watches[child_id]
         return TickResult(pings=tuple(pings), hung=tuple(hung))
+
+    def _vouches(self, view: Seen, w: _Watch, now: float) -> bool:
+        """Whether what the shell saw makes a ping to this child needless now."""
+        if view.stopped or view.wants_pings:
+            return False
+        if view.entered is not None and now - view.entered >= self.interval:
+            return False  # in one handler that long: ask it
+        last = w.last_pong if w.last_pong is not None else w.since
+        return now - last < self.quiet_interval
 
     def next_deadline(self) -> float | None:
         """When the next tick has something to do (a ping or a deadline), or None."""
