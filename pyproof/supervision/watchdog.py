@@ -157,15 +157,17 @@ class Watchdog:
                     w.deadline = now + self.timeout
                     continue
                 hung.append(child_id)
-            elif now >= w.next_ping - early:
+            else:
                 view = seen.get(child_id)
+                alarm = view is not None and self._alarming(view, now)
+                if not alarm and now < w.next_ping - early:
+                    continue
                 deadline = now + self.timeout
-                if view is not None:
-                    if self._vouches(view, w, now):
-                        w.next_ping = now + self.interval  # look again next round
-                        continue
-                    if view.entered is not None and not view.stopped:
-                        deadline = max(view.entered + self.timeout, now + self.interval)
+                if view is not None and not alarm and self._vouches(view, w, now):
+                    w.next_ping = now + self.interval  # looked fine; look again next round
+                    continue
+                if view is not None and view.entered is not None and not view.stopped:
+                    deadline = max(view.entered + self.timeout, now + self.interval)
                 self._seq += 1
                 w.seq, w.sent, w.deadline = self._seq, now, deadline
                 w.next_ping = now + self.interval
@@ -174,12 +176,14 @@ class Watchdog:
             del self._watches[child_id]
         return TickResult(pings=tuple(pings), hung=tuple(hung))
 
+    def _alarming(self, view: Seen, now: float) -> bool:
+        """Frozen, or in one handler for an interval: ask it now, whatever the round."""
+        return view.stopped or (view.entered is not None and now - view.entered >= self.interval)
+
     def _vouches(self, view: Seen, w: _Watch, now: float) -> bool:
-        """Whether what the shell saw makes a ping to this child needless now."""
-        if view.stopped or view.wants_pings:
+        """Whether what the shell saw makes this round's ping needless."""
+        if view.wants_pings:
             return False
-        if view.entered is not None and now - view.entered >= self.interval:
-            return False  # in one handler that long: ask it
         last = w.last_pong if w.last_pong is not None else w.since
         return now - last < self.quiet_interval
 
