@@ -34,9 +34,8 @@ never less than `interval` from the ping: hang detection stays within about
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["MAX_BUSY", "QUIET_INTERVAL", "PingDue", "Seen", "TickResult", "Watchdog",
            "WatchState"]
