@@ -40,6 +40,12 @@ def system(tmp_path_factory):
         yield system
     finally:
         kill_session(sessions)
+        # Thespian keeps the system as a class-level singleton: forget the dead one, so
+        # the next module that starts a system gets a fresh one
+        from thespian.actors import ActorSystem
+
+        if getattr(ActorSystem, "systemBase", None) is not None:
+            del ActorSystem.systemBase
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -105,7 +111,7 @@ def test_a_frozen_idle_child_is_killed_and_restarted_within_the_old_bound(superv
         if is_alive(pid):
             os.kill(pid, signal.SIGCONT)
     assert new_pid != pid and not is_alive(pid)
-    assert 2.0 <= restarted - frozen < 4.0, restarted - frozen
+    assert 0.5 <= restarted - frozen < 3.5, restarted - frozen  # it froze after its last look
     assert starts(d, "b") == [(sibling, starts(d, "b")[0][1])]  # the sibling is untouched
 
 

@@ -39,10 +39,12 @@ from pyproof.supervision import events as ev
 from pyproof.supervision import heartbeat
 from pyproof.supervision.process_tree import is_alive, kill_tree, start_time, state_and_cpu
 from pyproof.supervision.spec import SupervisorSpec
-from pyproof.supervision.watchdog import Seen
+from pyproof.supervision.watchdog import LOOK_INTERVAL, Seen
 
 TICK = 0.25  # deadlines and the watchdog need no finer grain than this...
-TICK_MAX = 0.5  # ...and an idle supervisor wakes only when something is due, at most this late
+# ...and an idle supervisor wakes only when something is due, at most this late: children
+# its watchdog vouches for (heartbeats) are looked at this often, and nothing else is due
+TICK_MAX = LOOK_INTERVAL
 PING_EARLY = TICK  # children's pings due within this are sent together (one wake-up a round)
 TREE_TIMEOUT = 2.0
 EXIT_NOTICE_TIMEOUT = 2.0
@@ -152,7 +154,8 @@ class SupervisorActor(ProofActor):
         return True
 
     def on_tick(self, now: float) -> None:
-        """Called on every timer tick (about 4 times a second) with the monotonic time."""
+        """Called on every timer tick (at least once a second; more often while something is
+        due) with the monotonic time."""
 
     # -- driving the core ---------------------------------------------------
     def supervise(self, spec: SupervisorSpec) -> None:
@@ -300,8 +303,9 @@ class SupervisorActor(ProofActor):
     def _next_tick_delay(self, now: float) -> float:
         """Seconds until the next deadline or watchdog ping, within [TICK, TICK_MAX].
 
-        An idle supervisor then wakes once per ping round, not four times a second,
-        and no deadline is seen later than before: each is at most TICK late.
+        An idle supervisor then wakes once per look at its children (once a second when
+        their heartbeats vouch for them), and no deadline is seen later than before: each
+        is at most TICK late.
         """
         due = [*self.starting.values(), *(d for d in self.stopping.values() if d is not None),
                *(give_up for _, give_up in self.killed.values()),

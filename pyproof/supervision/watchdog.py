@@ -27,9 +27,12 @@ or has been in one handler for `interval` or more, or asks for pings, or
 `quiet_interval` has passed since its last answer (so the whole path,
 Thespian's transport included, is still checked now and then). A child pinged
 because it is stuck in a handler gets its deadline counted from when that
-handler began (as if pinged then; it could not have answered meanwhile), but
-never less than `interval` from the ping: hang detection stays within about
-`timeout` of the hang, as with a ping every `interval`.
+handler began (as if pinged then; it could not have answered meanwhile); a
+frozen one from the last time it was seen fine (it froze after that); either
+way never less than `interval` from the ping. So hang detection stays within
+about `timeout` of the hang, as with a ping every `interval`, even though a
+child that looks fine is only looked at again `look_interval` later (each
+look is a wake-up of the supervisor).
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_BUSY", "QUIET_INTERVAL", "PingDue", "Seen", "TickResult", "Watchdog",
-           "WatchState"]
+__all__ = ["LOOK_INTERVAL", "MAX_BUSY", "QUIET_INTERVAL", "PingDue", "Seen", "TickResult",
+           "Watchdog", "WatchState"]
 
 MAX_BUSY = 120.0  # seconds a busy child may leave a ping unanswered
 QUIET_INTERVAL = 10.0  # a child that looks fine is still pinged this often
+LOOK_INTERVAL = 1.0  # ...and looked at (its heartbeat read) this often
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +89,7 @@ class WatchState:
 class _Watch:
     next_ping: float
     since: float = 0.0  # when watching began: the quiet interval counts from here at first
+    fine_at: float = 0.0  # when it was last seen fine (an answer, or a look that vouched)
     seq: int | None = None
     sent: float | None = None
     deadline: float | None = None
@@ -100,12 +105,13 @@ class Watchdog:
     timeout: float
     max_busy: float = MAX_BUSY
     quiet_interval: float = QUIET_INTERVAL
+    look_interval: float = LOOK_INTERVAL
     _watches: dict[str, _Watch] = field(default_factory=dict)
     _seq: int = 0
 
     def watch(self, child_id: str, now: float) -> None:
         """Start watching a child that just started; its first ping is due at now + interval."""
-        self._watches[child_id] = _Watch(next_ping=now + self.interval, since=now)
+        self._watches[child_id] = _Watch(next_ping=now + self.interval, since=now, fine_at=now)
 
     def unwatch(self, child_id: str) -> None:
         """Stop watching (the child is stopping, exited or removed). Unknown ids are ignored."""
@@ -125,7 +131,7 @@ class Watchdog:
             return False
         w.seq = w.sent = w.deadline = None
         w.grace_used = False
-        w.last_pong = now
+        w.last_pong = w.fine_at = now
         return True
 
     def waiting(self) -> list[str]:
@@ -159,13 +165,17 @@ class Watchdog:
             else:
                 view = seen.get(child_id)
                 alarm = view is not None and self._alarming(view, now)
+                if view is not None and not alarm:
+                    w.fine_at = now
                 if not alarm and now < w.next_ping - early:
                     continue
                 deadline = now + self.timeout
                 if view is not None and not alarm and self._vouches(view, w, now):
-                    w.next_ping = now + self.interval  # looked fine; look again next round
+                    w.next_ping = now + max(self.interval, self.look_interval)  # look again
                     continue
-                if view is not None and view.entered is not None and not view.stopped:
+                if view is not None and view.stopped:  # it froze after it was last fine
+                    deadline = max(w.fine_at + self.timeout, now + self.interval)
+                elif view is not None and view.entered is not None:
                     deadline = max(view.entered + self.timeout, now + self.interval)
                 self._seq += 1
                 w.seq, w.sent, w.deadline = self._seq, now, deadline
