@@ -182,9 +182,10 @@ class Patient(ProofActor):
             assert self.start is not None
             _log_line(self.start.directory, self.start.name, "stalls", f"{time.monotonic()}")
             until = time.monotonic() + message.seconds
+            if not message.spin:
+                time.sleep(message.seconds)  # deadlocked: no CPU at all
             while time.monotonic() < until:
-                if not message.spin:
-                    time.sleep(0.05)
+                pass
             _log_line(self.start.directory, self.start.name, "stalls", "done")
 
     def answer_ping(self, message, sender) -> None:

@@ -126,6 +126,7 @@ class SupervisorActor(ProofActor):
         self.cpu_samples: dict[str, tuple[int, int]] = {}  # child id -> (pid, CPU ticks)
         # child id -> (pid, its heartbeat page or None: not found, ping it as before)
         self.watchers: dict[str, tuple[int, heartbeat.Watcher | None]] = {}
+        self.last_looks: dict[str, tuple[Seen | None, bool]] = {}  # child id -> (seen, busy)
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -192,6 +193,14 @@ class SupervisorActor(ProofActor):
                         time.monotonic() + (command.shutdown.seconds or 0.0))
         elif isinstance(command, ev.KillChild):
             self.kill_reasons[command.child_id] = command.reason
+            if command.reason == "hung":  # what the watchdog went by, for whoever debugs it
+                view, busy = self.last_looks.get(command.child_id, (None, False))
+                log.warning("hung_child_seen", supervisor=self.core.name if self.core else None,
+                            child_id=command.child_id, heartbeat=view is not None,
+                            in_handler_for=None if view is None or view.entered is None
+                            else round(time.monotonic() - view.entered, 3),
+                            stopped=view is not None and view.stopped, busy=busy,
+                            cpu_ticks=self.cpu_samples.get(command.child_id, (0, None))[1])
             self._kill(command.child_id, command.reason)
         elif isinstance(command, ev.Ping):
             self.send(command.ref, m.PingChild(seq=command.seq))
@@ -383,6 +392,8 @@ class SupervisorActor(ProofActor):
                 seen[child_id] = Seen(entered=entered, stopped=state in ("T", "t"),
                                       wants_pings=wants_pings)
         self.cpu_samples = samples
+        self.last_looks = {child_id: (seen.get(child_id), child_id in busy)
+                           for child_id in samples}
         return frozenset(busy), seen
 
     def _watcher(self, child_id: str, pid: int) -> heartbeat.Watcher | None:

@@ -27,10 +27,11 @@ or has been in one handler for `interval` or more, or asks for pings, or
 `quiet_interval` has passed since its last answer (so the whole path,
 Thespian's transport included, is still checked now and then). A child pinged
 because it is stuck in a handler gets its deadline counted from when that
-handler began (as if pinged then; it could not have answered meanwhile); a
-frozen one from the last time it was seen fine (it froze after that); either
-way never less than `interval` from the ping. So hang detection stays within
-about `timeout` of the hang, as with a ping every `interval`, even though a
+handler began (as if pinged at the round after it began: it could not have
+answered meanwhile); a frozen one from the last time it was seen fine (it
+froze after that); either way never less than `interval` from the ping. So
+hang detection stays within `timeout + interval` of the hang, as with a ping
+every `interval`, even though a
 child that looks fine is only looked at again `look_interval` later (each
 look is a wake-up of the supervisor).
 """
@@ -176,7 +177,10 @@ class Watchdog:
                 if view is not None and view.stopped:  # it froze after it was last fine
                     deadline = max(w.fine_at + self.timeout, now + self.interval)
                 elif view is not None and view.entered is not None:
-                    deadline = max(view.entered + self.timeout, now + self.interval)
+                    # as if pinged at its next round after the handler began (the old
+                    # rhythm: a handler always had timeout, up to timeout + interval)
+                    deadline = max(view.entered + self.timeout + self.interval,
+                                   now + self.interval)
                 self._seq += 1
                 w.seq, w.sent, w.deadline = self._seq, now, deadline
                 w.next_ping = now + self.interval
