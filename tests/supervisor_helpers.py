@@ -119,3 +119,102 @@ class ChoosySupervisor(SupervisorActor):
     def on_gone(self, reason, escalated) -> None:
         self.send(self.asker, Running(corr=self.corr, started=(f"gone: {reason}",),
                                       restarts=-1, pid=os.getpid()))
+
+
+# ---------------------------------------------- the watchdog with heartbeats (real Thespian)
+
+@dataclass(frozen=True)
+class Stall:
+    """Stay in the handler `seconds`: spinning on the CPU (busy) or asleep (hung)."""
+
+    seconds: float
+    spin: bool
+
+
+@dataclass(frozen=True)
+class PatientStart:
+    """A watched child's init: log each start and ping under `directory`; first incarnation
+    stalls as told once started."""
+
+    directory: str
+    name: str
+    stall: Stall | None = None
+
+
+@dataclass(frozen=True)
+class Watched:
+    """Start these children (`needy`: ones that want pings) under a watchdog of 0.5 s
+    interval and 2 s timeout; answer `Running` once all run."""
+
+    corr: str
+    children: tuple[PatientStart, ...]
+    needy: tuple[str, ...] = ()
+
+
+def _log_line(directory: str, name: str, kind: str, text: str) -> None:
+    with open(os.path.join(directory, f"{name}.{kind}"), "a") as f:
+        f.write(text + "\n")
+
+
+def read_lines(directory: str, name: str, kind: str) -> list[str]:
+    try:
+        with open(os.path.join(directory, f"{name}.{kind}")) as f:
+            return [line for line in f.read().splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
+class Patient(ProofActor):
+    """Logs its starts ('<pid> <monotonic>') and the pings it answers; stalls once if told."""
+
+    start: PatientStart | None = None
+
+    def receive(self, message, sender) -> None:
+        if isinstance(message, PatientStart):
+            self.start = message
+            first = not read_lines(message.directory, message.name, "starts")
+            _log_line(message.directory, message.name, "starts",
+                      f"{os.getpid()} {time.monotonic()}")
+            self.send(sender, m.Started(pid=os.getpid()))
+            if message.stall is not None and first:
+                self.send(self.myAddress, message.stall)
+        elif isinstance(message, Stall):
+            assert self.start is not None
+            _log_line(self.start.directory, self.start.name, "stalls", f"{time.monotonic()}")
+            until = time.monotonic() + message.seconds
+            if not message.spin:
+                time.sleep(message.seconds)  # deadlocked: no CPU at all
+            while time.monotonic() < until:
+                pass
+            _log_line(self.start.directory, self.start.name, "stalls", "done")
+
+    def answer_ping(self, message, sender) -> None:
+        if self.start is not None:
+            _log_line(self.start.directory, self.start.name, "pings", str(message.seq))
+        super().answer_ping(message, sender)
+
+
+class NeedyPatient(Patient):
+    wants_pings = True
+
+
+class WatchingSupervisor(SupervisorActor):
+    asker = None
+    corr = ""
+
+    def receive_other(self, message, sender) -> None:
+        if isinstance(message, Watched):
+            self.asker, self.corr = sender, message.corr
+            self.supervise(SupervisorSpec(
+                name="watching", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=10,
+                                                period=60.0, ping_interval=0.5,
+                                                ping_timeout=2.0),
+                children=tuple(ChildSpec(id=c.name, start=m.ActorStart(
+                    actor="tests.supervisor_helpers:"
+                          + ("NeedyPatient" if c.name in message.needy else "Patient"),
+                    init=c, start_timeout=60.0)) for c in message.children)))
+
+    def on_running(self) -> None:
+        assert self.core is not None
+        self.send(self.asker, Running(corr=self.corr, started=tuple(self.core.child_ids()),
+                                      restarts=0, pid=os.getpid()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyproof.supervision import PingDue, TickResult, Watchdog
+from pyproof.supervision import PingDue, Seen, TickResult, Watchdog
 
 
 def test_nothing_is_due_before_the_first_interval():
@@ -156,3 +156,142 @@ def test_a_child_that_uses_no_cpu_is_hung_on_time_whatever_its_siblings_do():
     w.watch("b", now=0.0)
     w.tick(1.0)
     assert w.tick(3.0, frozenset({"b"})).hung == ("a",)
+
+
+# ------------------------------------------------ heartbeats: a ping only when in doubt
+
+IDLE = Seen()
+
+
+def test_a_child_seen_between_messages_is_pinged_only_each_quiet_interval():
+    w = Watchdog(interval=0.5, timeout=2.0, quiet_interval=10.0, look_interval=1.0)
+    w.watch("a", now=0.0)
+    t = 0.5
+    while t < 10.0:
+        assert w.tick(t, seen={"a": IDLE}) == TickResult(), t
+        assert w.next_deadline() == t + 1.0  # looked at once a second, not each interval
+        t += 1.0
+    assert w.tick(10.5, seen={"a": IDLE}).pings == (PingDue(child_id="a", seq=1),)
+    assert w.pong("a", 1, now=10.51)
+    assert w.tick(11.5, seen={"a": IDLE}) == TickResult()  # the quiet interval starts again
+    w.validate()
+
+
+def test_a_child_not_seen_is_pinged_every_interval_as_before():
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("a", now=0.0)
+    w.watch("b", now=0.0)
+    assert w.tick(0.5, seen={"b": IDLE}).pings == (PingDue(child_id="a", seq=1),)
+
+
+def test_a_child_stuck_in_one_handler_is_hung_timeout_and_interval_after_it_began():
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("a", now=0.0)
+    assert w.tick(3.5, seen={"a": Seen(entered=3.2)}) == TickResult()  # 0.3 s: fine
+    assert w.tick(4.0, seen={"a": Seen(entered=3.2)}).pings == (PingDue(child_id="a", seq=1),)
+    assert w.state("a").deadline == 5.7  # as if pinged at the round after it entered
+    assert w.tick(5.6) == TickResult()
+    assert w.tick(5.7) == TickResult(hung=("a",))
+
+
+def test_a_child_pinged_late_in_a_handler_still_gets_an_interval_to_answer():
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("a", now=0.0)
+    w.tick(9.0, seen={"a": Seen(entered=1.0)})  # its supervisor looked late
+    assert w.state("a").deadline == 9.5
+
+
+def test_a_frozen_child_is_pinged_at_once_and_hung_a_timeout_after_it_was_last_fine():
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("a", now=0.0)
+    assert w.tick(0.5, seen={"a": IDLE}) == TickResult()
+    assert w.tick(1.4, seen={"a": Seen(stopped=True)}).pings == (PingDue(child_id="a", seq=1),)
+    assert w.state("a").deadline == 2.5  # it froze after 0.5, when it was seen fine
+    assert w.tick(2.4, seen={"a": Seen(stopped=True)}) == TickResult()
+    assert w.tick(2.5, seen={"a": Seen(stopped=True)}) == TickResult(hung=("a",))
+
+
+def test_a_frozen_child_seen_late_still_gets_an_interval_to_answer():
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("a", now=0.0)
+    w.tick(30.0, seen={"a": Seen(stopped=True)})  # its supervisor was frozen itself
+    assert w.state("a").deadline == 30.5  # a SIGCONT just now would be in time
+
+
+def test_a_busy_child_in_a_long_handler_is_not_hung():
+    w = Watchdog(interval=0.5, timeout=2.0, max_busy=60.0)
+    w.watch("a", now=0.0)
+    seen = {"a": Seen(entered=1.0)}
+    assert w.tick(1.5, seen=seen).pings == (PingDue(child_id="a", seq=1),)
+    for t in (3.0, 5.0, 7.0, 9.0):  # a big merge: its process uses CPU all along
+        assert w.tick(t, frozenset({"a"}), seen=seen).hung == ()
+    assert w.pong("a", 1, now=9.2)
+    assert w.tick(9.5, seen={"a": IDLE}) == TickResult()
+
+
+def test_a_child_that_wants_pings_is_pinged_every_interval():
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("master", now=0.0)
+    assert w.tick(0.5, seen={"master": Seen(wants_pings=True)}).pings == (
+        PingDue(child_id="master", seq=1),)
+
+
+gaps = st.lists(st.floats(min_value=0.05, max_value=0.5), min_size=60, max_size=120)
+
+
+@settings(max_examples=200, deadline=None)
+@given(gaps=gaps, handlers=st.lists(st.tuples(st.floats(min_value=0.0, max_value=3.0),
+                                              st.floats(min_value=0.0, max_value=1.9)),
+                                    max_size=20))
+def test_a_healthy_child_seen_through_its_heartbeat_is_never_hung(gaps, handlers):
+    # handlers: (idle time before it, how long it runs), each shorter than the timeout;
+    # a ping is answered when the handler running at that time returns (or at once)
+    runs, t = [], 0.0
+    for idle, length in handlers:
+        t += idle
+        runs.append((t, t + length))
+        t += length + 0.001
+
+    def running(at: float) -> tuple[float, float] | None:
+        return next((r for r in runs if r[0] <= at < r[1]), None)
+
+    w = Watchdog(interval=0.5, timeout=2.0, quiet_interval=3.0)
+    w.watch("a", now=0.0)
+    answers: list[tuple[float, int]] = []
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        for when, seq in sorted(answers):
+            if when <= now:
+                w.pong("a", seq, now=when)
+        answers = [(when, seq) for when, seq in answers if when > now]
+        run = running(now)
+        result = w.tick(now, seen={"a": Seen(entered=run[0] if run else None)})
+        assert result.hung == (), (now, run)
+        for ping in result.pings:
+            answers.append(((run[1] if run else now) + 0.001, ping.seq))
+        w.validate()
+
+
+@settings(max_examples=300, deadline=None)
+@given(gaps=st.lists(st.floats(min_value=0.05, max_value=1.0), min_size=30, max_size=80),
+       stuck=st.floats(min_value=0.0, max_value=5.0), frozen=st.booleans())
+def test_a_child_stuck_or_frozen_is_hung_within_about_the_old_bound(gaps, stuck, frozen):
+    # the old bound: a ping every interval (0.5) answered within timeout (2.0): a hang found
+    # 2 to 2.5 s after it began. The shell ticks when the watchdog says (a deadline) or
+    # after a gap (a look, or anything else that woke it): a hang is found timeout +
+    # interval after it began, a frozen child timeout after it was last seen fine, never
+    # sooner than interval
+    w = Watchdog(interval=0.5, timeout=2.0)
+    w.watch("a", now=0.0)
+    now = 0.0
+    for gap in gaps:
+        due = w.next_deadline()
+        now = min(now + gap, due) if due is not None and due > now else now + gap
+        view = IDLE if now < stuck else Seen(stopped=True) if frozen else Seen(entered=stuck)
+        result = w.tick(now, seen={"a": view})
+        if result.hung:
+            lowest, highest = (stuck + 0.5, stuck + 2.0) if frozen else (stuck + 2.5,) * 2
+            assert lowest - 1e-9 <= now <= highest + 1e-9, (now, stuck)
+            return
+    assert now < stuck + 2.5  # not found only because the ticks stopped first

@@ -1,4 +1,10 @@
-"""What every pyproof actor shares: die with its parent, answer pings, crash cleanly.
+"""What every pyproof actor shares: die with its parent, answer pings, keep a heartbeat,
+crash cleanly.
+
+The heartbeat (supervision/heartbeat.py) is a shared page where the actor
+thread stamps when each message handler begins and clears it when it returns:
+the supervisor reads it without a message, and pings only a child it cannot
+vouch for (frozen, stuck in one handler, or now and then to check the path).
 
 Thespian's own reaction to an exception in a handler is to retry the message
 once and then return it as a PoisonMessage, leaving the actor running in
@@ -16,10 +22,11 @@ import signal
 import time
 import traceback
 
-from thespian.actors import Actor
+from thespian.actors import Actor, ThespianWatch
 
 from pyproof.actors import messages as m
 from pyproof.logs import configure_actor_log, get_logger
+from pyproof.supervision import heartbeat
 from pyproof.supervision.process_tree import set_parent_death_signal
 
 CRASH_EXIT_CODE = 70  # pyproof's own fault ("let it crash"): counts against restart intensity
@@ -53,11 +60,18 @@ class ProofActor(Actor):
     """False for a session supervisor: a session outlives the control process above it."""
     last_ping = 0.0
     """When our supervisor last pinged us (monotonic; 0.0: never)."""
+    wants_pings = False
+    """True: be pinged every ping interval even when the heartbeat vouches for us (an
+    actor whose health is more than its actor thread: see `answer_ping`)."""
+    _beat: heartbeat.Beat | None = None
+    watch_fds: tuple[int, ...] = ()
+    """File descriptors Thespian watches for us: one readable brings a `WatchMessage`
+    (an event from one of our threads, instead of a timer that polls)."""
 
     def receiveMessage(self, message, sender):  # noqa: N802 (Thespian's API)
         """Run by Thespian on the actor's thread for every message, one at a time.
 
-        Answers PingChild itself (the supervisor's liveness check), hands the rest
+        Stamps the heartbeat, answers PingChild through `answer_ping`, hands the rest
         to `receive`. Raises nothing: whatever `receive` raises ends the process
         through `crash` (Thespian's retry-then-PoisonMessage would keep a broken actor).
         """
@@ -68,15 +82,47 @@ class ProofActor(Actor):
             if self.dies_with_parent:
                 set_parent_death_signal()
             die_on_fatal_signals()
-        if isinstance(message, m.PingChild):
-            self.last_ping = time.monotonic()
-            if self.healthy():
-                self.send(sender, m.PongChild(seq=message.seq))
-            return
+            self._beat = heartbeat.beat()
+            self._beat.want_pings(self.wants_pings)
+        beat = self._beat
+        beat.enter(time.monotonic())
         try:
-            self.receive(message, sender)
-        except Exception as exc:
-            self.crash(exc)
+            if isinstance(message, m.PingChild):
+                self.last_ping = time.monotonic()
+                self.answer_ping(message, sender)
+            else:
+                try:
+                    self.receive(message, sender)
+                except Exception as exc:
+                    self.crash(exc)
+        finally:
+            beat.leave()
+        # Thespian keeps watching only what the latest handler returned
+        return ThespianWatch(list(self.watch_fds)) if self.watch_fds else None
+
+    def answer_ping(self, message: m.PingChild, sender) -> None:
+        """Run by `receiveMessage` (actor thread) for each ping of our supervisor.
+
+        Answers at once if `healthy()`. An actor whose health is more than its
+        actor thread overrides `healthy` (not answering means hung: the supervisor
+        kills and restarts it) and asks to be pinged every interval while that
+        matters (`want_pings`).
+        """
+        if self.healthy():
+            self.send(sender, m.PongChild(seq=message.seq))
+
+    def want_pings(self, wanted: bool) -> None:
+        """Be pinged every interval (True) or only when the heartbeat cannot vouch for us
+        (False: what costs nothing when idle). Any thread; a flag in the heartbeat page."""
+        self.wants_pings = wanted
+        if self._beat is not None:
+            self._beat.want_pings(wanted)
+
+    def supervisor_seen(self) -> float:
+        """When our supervisor last pinged us or read our heartbeat (monotonic; 0.0: never):
+        a session supervisor nobody has looked at for long is an orphan."""
+        watched = self._beat.watched() if self._beat is not None else 0.0
+        return max(self.last_ping, watched)
 
     def healthy(self) -> bool:
         """Run on the actor thread as it answers its supervisor's liveness check.

@@ -1,7 +1,9 @@
 """The gateway: serves the control endpoint (CBOR frames on nng req/rep).
 
-An nng thread receives and validates requests and queues them; the actor
-drains the queue on a short `wakeupAfter` timer, turns each request into
+An nng thread receives and validates requests and queues them, then writes
+a byte on a pipe that Thespian watches for the actor (`ThespianWatch`): the
+actor wakes on that event (no timer: an idle gateway uses no CPU), drains
+the queue, turns each request into
 control messages, and completes it when the reply message arrives. The
 gateway never unpickles what a client sends: frames are CBOR, fields checked.
 """
@@ -17,11 +19,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pynng
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorExitRequest, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
@@ -36,9 +37,6 @@ from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT
 
-POLL_BUSY = timedelta(milliseconds=5)   # right after a request: answer fast
-POLL_IDLE = timedelta(milliseconds=50)  # otherwise: cheap (logins never wait for this)
-BUSY_FOR = 2.0
 REQUEST_TIMEOUT = 20.0
 CONTEXTS = 16
 MAX_WORKERS = 256
@@ -125,6 +123,8 @@ class ControlServer:
             self.socket.tls_config = authenticator.tls.server_config()
         self.socket.listen(address)
         self.inbox: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        # a byte here after each queued request: the actor's event (Thespian watches it)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = threading.Event()
         self._lock = threading.Lock()  # the handshake state is shared by the threads
         self._threads = [threading.Thread(target=self._serve, args=(self.socket.new_context(),),
@@ -179,6 +179,7 @@ class ControlServer:
             return
         pending = _Pending(frame=frame, user=user, admin=admin)
         self.inbox.put(pending)
+        self._wake()
         if not pending.done.wait(REQUEST_TIMEOUT):
             # not a refusal: the request may still complete (a session starting under
             # load); the client asks again with the same request id, which is idempotent
@@ -207,6 +208,22 @@ class ControlServer:
                                 request_id=frame.request_id)
         return None
 
+    def _wake(self) -> None:
+        """Run by a control thread after queueing: makes the actor's pipe readable.
+
+        A full pipe is readable already (the actor is behind, not asleep); a closed one
+        means the server is closing.
+        """
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"!")
+
+    def woken(self) -> None:
+        """Run by the actor (its thread) on a WatchMessage, before draining the queue:
+        empties the pipe, so it is readable again only for requests queued after this."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.wake_r, 4096):
+                pass
+
     @staticmethod
     def _send(context: Any, data: bytes) -> None:
         with contextlib.suppress(pynng.NNGException):
@@ -217,6 +234,9 @@ class ControlServer:
         self.socket.close()
         for thread in self._threads:
             thread.join(1.0)
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _peer(message: Any) -> str:
@@ -244,10 +264,11 @@ class Gateway(ProofActor):
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
 
         Starts the control server (a port that cannot be taken is answered as
-        StartError), drains its queue at wake-ups, and completes pending requests with
-        the replies of sessions and masters. If it raises, `ProofActor.receiveMessage` logs
-        the error and ends the process (exit 70); the supervisor restarts the actor from a
-        clean state. Clients whose requests were pending ask again with the same request id.
+        StartError), drains its queue when its pipe says a request came, and completes
+        pending requests with the replies of sessions and masters. If it raises,
+        `ProofActor.receiveMessage` logs the error and ends the process (exit 70); the
+        supervisor restarts the actor from a clean state. Clients whose requests were
+        pending ask again with the same request id.
         """
         if isinstance(message, m.GatewayStart):
             self.start = message
@@ -259,14 +280,13 @@ class Gateway(ProofActor):
                     reason=f"cannot listen on {message.control_address}: {exc}"))
                 return
             get_logger().info("gateway_started", address=message.control_address)
-            self.last_request = 0.0
-            self.wakeupAfter(POLL_IDLE)
+            self.watch_fds = (self.server.wake_r,)
             self.send(sender, m.Started(pid=os.getpid()))
-        elif isinstance(message, WakeupMessage):
-            if self._drain():
-                self.last_request = time.monotonic()
-            busy = time.monotonic() - self.last_request < BUSY_FOR
-            self.wakeupAfter(POLL_BUSY if busy else POLL_IDLE)
+            self._drain()  # requests queued before the watch began
+        elif isinstance(message, WatchMessage):
+            if self.server is not None:
+                self.server.woken()
+                self._drain()
         elif isinstance(message, m.SessionReady):
             self._complete(message.corr, "ok", {"session": message.session_id,
                                                 "workers": list(message.workers),
@@ -295,7 +315,7 @@ class Gateway(ProofActor):
             self.server.close()
 
     def _drain(self) -> bool:
-        """Run by `receive` at each wake-up: dispatch every queued request; True if any.
+        """Run by `receive` when a request came: dispatch every queued request; True if any.
 
         A bad request (RequestError, SpecError) is answered to its client; anything
         else raised crashes the gateway as from `receive`.

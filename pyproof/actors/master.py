@@ -103,6 +103,9 @@ class Master(ProofActor):
         """
         if self.plane is None:
             return True
+        # watched every ping interval while a query runs or waits; idle, the heartbeat
+        # page vouches for the actor thread and no data thread should be running
+        self.want_pings(any(run.core.busy for run in self.plane.runs_unlocked()))
         stuck = self.plane.beats.stuck(time.monotonic())
         if not stuck:
             return True
@@ -144,13 +147,16 @@ class Master(ProofActor):
         # queued behind the running query, if any: workers queue it too, and ask for its
         # packets once they are done with the one before
         self.plane.start_query(message.query_id, spec, message.user)
+        self.want_pings(True)  # its data threads are watched while it runs (see `healthy`)
+        # the client hears first (a trivial query's latency is mostly this path); the
+        # workers' RunQuery follows at once
+        self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
         active = self.plane.active_queries()
         self.specs = {q: s for q, s in self.specs.items() if q in active}
         self.specs[message.query_id] = spec
         for ref, _pid in self.workers.values():
             self.send(ref, m.RunQuery(query_id=message.query_id, spec=spec))
         get_logger().info("query_accepted", query=message.query_id)
-        self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
 
 
 def incarnation(worker_id: str, pid: int) -> str:

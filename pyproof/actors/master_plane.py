@@ -37,7 +37,7 @@ from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import RECV_LIMIT, context_recv_view
+from pyproof.transport.wire import RECV_LIMIT, ContextReceiver
 
 BUSY_POLL_MS = int(PROGRESS_PERIOD * 1000 / 2)  # while a query runs: progress and feedback ticks
 IDLE_POLL_MS = 2_000  # nothing to tick: only `close()` is waited for
@@ -86,6 +86,7 @@ class MasterPlane:
         # closes (seen about once in 20 runs of test_master_hold)
         self._sending = 0
         self._sends_done = threading.Condition(threading.Lock())
+        self._receiver = ContextReceiver()  # its wait is cancelled, not closed under it
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -237,8 +238,9 @@ class MasterPlane:
             # a send is bounded by the socket's send timeout: wait that out at most
             self._sends_done.wait_for(lambda: self._sending == 0,
                                       max(timeout, SEND_TIMEOUT_MS / 1000 + 0.5))
-        self.socket.close()  # ends the serving thread's wait at once
+        self._receiver.cancel()  # ends the serving thread's wait at once
         self._thread.join(timeout)
+        self.socket.close()  # no thread waits on it any more (nng aborts if one does)
         with self._lock:
             held, self._held = self._held, []
         for ctx, _, _ in held:
@@ -274,7 +276,7 @@ class MasterPlane:
                 return
             held = False
             try:
-                raw = context_recv_view(ctx)  # worker outputs are read in place
+                raw = self._receiver.recv(ctx)  # worker outputs are read in place
             except pynng.Timeout:
                 raw = None
             except pynng.Closed:

@@ -12,8 +12,8 @@ freezing any control process (this supervisor, the root, the Thespian admin
 and logger, the daemon's main process) leaves it running. It records itself
 in the durable registry (actors/registry.py); a new `Sessions` re-adopts
 every live entry and cleans up stale ones (supervision/adoption.py). A
-session that no supervisor pings for `orphan_grace` seconds (its daemon is
-gone for good) stops itself cleanly.
+session that no supervisor pings or looks at (its heartbeat page) for
+`orphan_grace` seconds (its daemon is gone for good) stops itself cleanly.
 """
 
 from __future__ import annotations
@@ -531,7 +531,7 @@ class SessionSupervisor(SupervisorActor):
             return
         reap_orphans(set(self.pids.values()) | {
             getattr(p, "pid", None) for p in self.processes.values()})
-        if now - self.last_ping > request.orphan_grace:
+        if now - self.supervisor_seen() > request.orphan_grace:
             # no supervisor for that long: the daemon is gone for good; stop cleanly
             get_logger().warning("session_orphaned", session=request.session_id,
                                  grace=request.orphan_grace)

@@ -36,11 +36,15 @@ from pyproof.actors.base import ProofActor
 from pyproof.logs import get_logger
 from pyproof.supervision import core as sc
 from pyproof.supervision import events as ev
-from pyproof.supervision.process_tree import cpu_ticks, is_alive, kill_tree, start_time
+from pyproof.supervision import heartbeat
+from pyproof.supervision.process_tree import is_alive, kill_tree, start_time, state_and_cpu
 from pyproof.supervision.spec import SupervisorSpec
+from pyproof.supervision.watchdog import LOOK_INTERVAL, Seen
 
 TICK = 0.25  # deadlines and the watchdog need no finer grain than this...
-TICK_MAX = 0.5  # ...and an idle supervisor wakes only when something is due, at most this late
+# ...and an idle supervisor wakes only when something is due, at most this late: children
+# its watchdog vouches for (heartbeats) are looked at this often, and nothing else is due
+TICK_MAX = LOOK_INTERVAL
 PING_EARLY = TICK  # children's pings due within this are sent together (one wake-up a round)
 TREE_TIMEOUT = 2.0
 EXIT_NOTICE_TIMEOUT = 2.0
@@ -120,6 +124,9 @@ class SupervisorActor(ProofActor):
         self.processes: dict[str, Any] = {}  # child id -> Thespian's Process object
         self.exit_codes: dict[str, int | None] = {}  # child id -> its last exit status
         self.cpu_samples: dict[str, tuple[int, int]] = {}  # child id -> (pid, CPU ticks)
+        # child id -> (pid, its heartbeat page or None: not found, ping it as before)
+        self.watchers: dict[str, tuple[int, heartbeat.Watcher | None]] = {}
+        self.last_looks: dict[str, tuple[Seen | None, bool]] = {}  # child id -> (seen, busy)
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -148,7 +155,8 @@ class SupervisorActor(ProofActor):
         return True
 
     def on_tick(self, now: float) -> None:
-        """Called on every timer tick (about 4 times a second) with the monotonic time."""
+        """Called on every timer tick (at least once a second; more often while something is
+        due) with the monotonic time."""
 
     # -- driving the core ---------------------------------------------------
     def supervise(self, spec: SupervisorSpec) -> None:
@@ -185,6 +193,14 @@ class SupervisorActor(ProofActor):
                         time.monotonic() + (command.shutdown.seconds or 0.0))
         elif isinstance(command, ev.KillChild):
             self.kill_reasons[command.child_id] = command.reason
+            if command.reason == "hung":  # what the watchdog went by, for whoever debugs it
+                view, busy = self.last_looks.get(command.child_id, (None, False))
+                log.warning("hung_child_seen", supervisor=self.core.name if self.core else None,
+                            child_id=command.child_id, heartbeat=view is not None,
+                            in_handler_for=None if view is None or view.entered is None
+                            else round(time.monotonic() - view.entered, 3),
+                            stopped=view is not None and view.stopped, busy=busy,
+                            cpu_ticks=self.cpu_samples.get(command.child_id, (0, None))[1])
             self._kill(command.child_id, command.reason)
         elif isinstance(command, ev.Ping):
             self.send(command.ref, m.PingChild(seq=command.seq))
@@ -296,8 +312,9 @@ class SupervisorActor(ProofActor):
     def _next_tick_delay(self, now: float) -> float:
         """Seconds until the next deadline or watchdog ping, within [TICK, TICK_MAX].
 
-        An idle supervisor then wakes once per ping round, not four times a second,
-        and no deadline is seen later than before: each is at most TICK late.
+        An idle supervisor then wakes once per look at its children (once a second when
+        their heartbeats vouch for them), and no deadline is seen later than before: each
+        is at most TICK late.
         """
         due = [*self.starting.values(), *(d for d in self.stopping.values() if d is not None),
                *(give_up for _, give_up in self.killed.values()),
@@ -346,25 +363,57 @@ class SupervisorActor(ProofActor):
             if now > pending["deadline"]:  # a frozen subtree: answer with what we have
                 self._tree_done(corr)
         if self.core is not None and self.core.phase != sc.Phase.TERMINATED:
-            self.run(ev.WatchdogTick(now=now, early=PING_EARLY, busy=self._busy_children()))
+            busy, seen = self._look_at_children(now)
+            self.run(ev.WatchdogTick(now=now, early=PING_EARLY, busy=busy, seen=seen))
             self._ensure_tick()
 
-    def _busy_children(self) -> frozenset[str]:
-        """Children with a ping outstanding whose process used CPU since the last tick."""
+    def _look_at_children(self, now: float) -> tuple[frozenset[str], dict[str, Seen]]:
+        """What we can see of each watched child without a message: whether its process
+        used CPU since the last tick (busy), and its heartbeat page with its process state
+        (seen; a child without a page is pinged as before). Stamps each page as looked at.
+        """
         assert self.core is not None
         busy = set()
+        seen: dict[str, Seen] = {}
         samples: dict[str, tuple[int, int]] = {}
-        for child_id in self.core.waiting():
+        for child_id in self.core.watched():
             pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
-            cpu = cpu_ticks(pid) if pid is not None else None
-            if pid is None or cpu is None:
+            stat = state_and_cpu(pid) if pid is not None else None
+            if pid is None or stat is None:
                 continue
+            state, cpu = stat
             samples[child_id] = (pid, cpu)
             before = self.cpu_samples.get(child_id)
             if before is not None and before[0] == pid and cpu > before[1]:
                 busy.add(child_id)
+            watcher = self._watcher(child_id, pid)
+            if watcher is not None:
+                entered, wants_pings = watcher.read(now)
+                seen[child_id] = Seen(entered=entered, stopped=state in ("T", "t"),
+                                      wants_pings=wants_pings)
         self.cpu_samples = samples
-        return frozenset(busy)
+        self.last_looks = {child_id: (seen.get(child_id), child_id in busy)
+                           for child_id in samples}
+        return frozenset(busy), seen
+
+    def _watcher(self, child_id: str, pid: int) -> heartbeat.Watcher | None:
+        """The heartbeat page of child `child_id` (process `pid`), mapped once per process.
+
+        A child maps its page before it answers its start, so one not found
+        then is not a pyproof actor (or not ours to read): it is pinged as before.
+        """
+        known = self.watchers.get(child_id)
+        if known is not None and known[0] == pid:
+            return known[1]
+        self._drop_watcher(child_id)
+        watcher = heartbeat.find(pid)
+        self.watchers[child_id] = (pid, watcher)
+        return watcher
+
+    def _drop_watcher(self, child_id: str) -> None:
+        known = self.watchers.pop(child_id, None)
+        if known is not None and known[1] is not None:
+            known[1].close()
 
     # -- Thespian messages --------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -444,6 +493,7 @@ class SupervisorActor(ProofActor):
         if child_id is None:
             return
         del self.refs[child_id]
+        self._drop_watcher(child_id)
         self.killed.pop(child_id, None)
         self.adopted.pop(child_id, None)
         pid = self.pids.pop(child_id, None)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 import pyproof
 from pyproof.supervision.process_tree import (
@@ -40,7 +41,30 @@ def cluster_cpu(pids: list[int]) -> dict[int, int]:
     return {pid: t for pid, t in ticks.items() if t is not None}
 
 
-def measure(seconds: float) -> dict[str, float]:
+def roles(session: Any) -> dict[int, str]:
+    """pid -> role in the supervision tree ('root', 'gateway', 'master', ...), from the
+    daemon's live tree; processes not in it (daemon, Thespian admin and logger) unnamed."""
+    try:
+        tree = session.control.call("tree", deadline=10.0)["tree"]
+    except Exception:  # an older daemon, or a gateway that cannot answer: names are optional
+        return {}
+    found: dict[int, str] = {}
+
+    def walk(node: dict[str, Any], name: str) -> None:
+        if node.get("pid"):
+            found[node["pid"]] = name
+        for child in node.get("children", []):
+            if child.get("pid"):
+                found[child["pid"]] = child["id"]
+            if child.get("tree"):
+                walk(child["tree"], child["id"] if child["id"] in ("sessions",)
+                     else f"session {child['id'][:8]}")
+
+    walk(tree, "root")
+    return found
+
+
+def measure(seconds: float, names: dict[int, str] | None = None) -> dict[str, Any]:
     """One window: the cluster's and this client's CPU, in % of a core."""
     pids = descendants_of(os.getpid())
     before = cluster_cpu(pids)
@@ -55,8 +79,21 @@ def measure(seconds: float) -> dict[str, float]:
     mine = (me_after.user - me_before.user) + (me_after.system - me_before.system)
     return {"cluster_percent": 100.0 * used / wall, "client_percent": 100.0 * mine / wall,
             "processes": len(after), "seconds": wall,
-            "by_process": {f"{pid} {cmdline(pid)[:80]}": 100.0 * t / TICKS / wall
+            "by_process": {f"{pid} {_name(pid, names or {})}": 100.0 * t / TICKS / wall
                            for pid, t in sorted(per.items(), key=lambda kv: -kv[1])}}
+
+
+def _name(pid: int, names: dict[int, str]) -> str:
+    """A tree role, else what the process is (the daemon's main process, Thespian's
+    admin and logger are not in the tree)."""
+    if pid in names:
+        return names[pid]
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return "?"
+    return f"not in the tree (parent {ppid}): {cmdline(pid)[:40]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     with pyproof.connect(f"lite://?workers={args.workers}") as session:
         session.process("pyproof.bench.idle:Nothing", cycles=1, progress=False)
         time.sleep(args.settle)  # let start-up work (imports, logs) finish
+        names = roles(session) if args.by_process else {}
+        if args.by_process:
+            time.sleep(1.0)  # the tree request's own work is not measured
         for i in range(args.rounds):
-            r = measure(args.seconds)
+            r = measure(args.seconds, names)
             rounds.append(r)
             if not args.json:
                 print(f"round {i + 1}: cluster {r['cluster_percent']:.2f}% of a core "

@@ -1,16 +1,19 @@
 """Erlang/OTP-style supervision for pyproof's actors.
 
 Layers (bottom up), all pure (no thespian, no pynng, no clock: time is an
-argument) except the last:
+argument) except the last two:
 
 - `spec`: `ChildSpec`, `SupFlags`, `SupervisorSpec`, `Restart`, `Shutdown`,
   `ChildType`, `Strategy`: the tree as data, with OTP's defaults;
 - `restart`: `RestartWindow.add(now) -> Decision`, OTP's restart intensity;
-- `watchdog`: `Watchdog`, hang detection by ping and deadline;
+- `watchdog`: `Watchdog`, hang detection by ping and deadline (pings only when a
+  heartbeat `Seen` cannot vouch for a child);
 - `events`: the events the core takes and the commands it returns;
 - `core`: `SupervisorCore`, the state machine that decides (strategies,
   restart types, escalation, ordered start and stop, dynamic children);
-- `process_tree`: killing whole process trees (Linux /proc), for the shells.
+- `process_tree`: killing whole process trees (Linux /proc), for the shells;
+- `heartbeat`: each actor's shared page (a memfd) saying whether its actor
+  thread is in a handler and since when, read by its supervisor's shell.
 
 The Thespian shell that carries out the commands lives in `pyproof.actors`.
 """
@@ -48,7 +51,7 @@ from .spec import (
     SupFlags,
     check_unique_ids,
 )
-from .watchdog import PingDue, TickResult, Watchdog, WatchState
+from .watchdog import PingDue, Seen, TickResult, Watchdog, WatchState
 
 __all__ = [
     "AddChild",
@@ -74,6 +77,7 @@ __all__ = [
     "Reply",
     "Restart",
     "RestartWindow",
+    "Seen",
     "Shutdown",
     "ShutdownRequested",
     "StartChild",

@@ -233,6 +233,10 @@ class SupervisorCore:
             return None
         return self._watchdog.next_deadline()
 
+    def watched(self) -> frozenset[str]:
+        """Children the watchdog watches (whose heartbeat the shell reads each tick)."""
+        return frozenset() if self._watchdog is None else self._watchdog.watched
+
     def waiting(self) -> list[str]:
         """Children with a ping outstanding (whose CPU time the shell may sample)."""
         return [] if self._watchdog is None else self._watchdog.waiting()
@@ -482,7 +486,7 @@ class SupervisorCore:
     def _on_tick(self, ev: WatchdogTick) -> None:
         if self._watchdog is None or self._phase in (Phase.NEW, Phase.TERMINATED):
             return
-        result = self._watchdog.tick(ev.now, early=ev.early, busy=ev.busy)
+        result = self._watchdog.tick(ev.now, early=ev.early, busy=ev.busy, seen=ev.seen)
         for child_id in result.hung:
             c = self._children[child_id]
             c.state, c.kill_reason = ChildState.KILLING, "hung"

@@ -32,10 +32,12 @@ The shell's contract, in short:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .spec import ChildSpec, Shutdown
+from .watchdog import Seen
 
 __all__ = [
     "AddChild",
@@ -148,15 +150,17 @@ class WatchdogTick:
 
     `early`: also ping children whose ping is due within that many seconds, so
     the children's pings fall into one round (one wake-up) instead of one each.
-    `busy`: children whose process used CPU since their outstanding ping was
-    sent (see `SupervisorCore.waiting`): working, not hung (watchdog.py).
+    `busy`: children whose process used CPU since the last tick: working, not
+    hung (watchdog.py). `seen`: child id -> `Seen`, what the shell read of each
+    child it can see without a message (its heartbeat page, /proc); those that
+    look fine are not pinged (watchdog.py).
     """
 
     now: float
     early: float = 0.0
     busy: frozenset[str] = frozenset()
+    seen: Mapping[str, Seen] = field(default_factory=dict)
     cause: str = ""
-    early: float = 0.0
 
 
 @dataclass(**_DC)

@@ -111,6 +111,16 @@ def cpu_ticks(pid: int) -> int | None:
         return None
 
 
+def state_and_cpu(pid: int) -> tuple[str, int] | None:
+    """(state letter, CPU ticks used) of `pid` in one read of /proc; None if gone.
+    'T' or 't': stopped (SIGSTOP, a debugger); 'Z': a zombie."""
+    fields = _stat_fields(pid)
+    try:
+        return (fields[0], int(fields[11]) + int(fields[12])) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
     return stat_field(pid, 19)

@@ -18,15 +18,47 @@ CPU since the ping: a large merge holds Python's GIL in one C call for
 seconds, and the actor thread cannot answer) gets another `timeout`, for up
 to `max_busy` seconds after the ping; a deadlocked or frozen child uses no
 CPU and is declared hung on time.
+
+Pings cost both processes a wake-up, so when the shell can see a child
+without asking it (`Seen`: its heartbeat page says whether its actor thread
+is inside a message handler and since when, /proc whether it is frozen), a
+ping falls due only when that view cannot vouch for the child: it is frozen,
+or has been in one handler for `interval` or more, or asks for pings, or
+`quiet_interval` has passed since its last answer (so the whole path,
+Thespian's transport included, is still checked now and then). A child pinged
+because it is stuck in a handler gets its deadline counted from when that
+handler began (as if pinged at the round after it began: it could not have
+answered meanwhile); a frozen one from the last time it was seen fine (it
+froze after that); either way never less than `interval` from the ping. So
+hang detection stays within `timeout + interval` of the hang, as with a ping
+every `interval`, even though a
+child that looks fine is only looked at again `look_interval` later (each
+look is a wake-up of the supervisor).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_BUSY", "PingDue", "TickResult", "Watchdog", "WatchState"]
+__all__ = ["LOOK_INTERVAL", "MAX_BUSY", "QUIET_INTERVAL", "PingDue", "Seen", "TickResult",
+           "Watchdog", "WatchState"]
 
 MAX_BUSY = 120.0  # seconds a busy child may leave a ping unanswered
+QUIET_INTERVAL = 10.0  # a child that looks fine is still pinged this often
+LOOK_INTERVAL = 1.0  # ...and looked at (its heartbeat read) this often
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seen:
+    """What the shell saw of a child without asking it (heartbeat page and /proc)."""
+
+    entered: float | None = None
+    """When its current message handler began; None between messages."""
+    stopped: bool = False
+    """Frozen (SIGSTOP, a debugger): it cannot answer anything."""
+    wants_pings: bool = False
+    """It asks to be pinged every interval anyway (its health is more than its thread)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +89,8 @@ class WatchState:
 @dataclass(slots=True)
 class _Watch:
     next_ping: float
+    since: float = 0.0  # when watching began: the quiet interval counts from here at first
+    fine_at: float = 0.0  # when it was last seen fine (an answer, or a look that vouched)
     seq: int | None = None
     sent: float | None = None
     deadline: float | None = None
@@ -71,12 +105,14 @@ class Watchdog:
     interval: float
     timeout: float
     max_busy: float = MAX_BUSY
+    quiet_interval: float = QUIET_INTERVAL
+    look_interval: float = LOOK_INTERVAL
     _watches: dict[str, _Watch] = field(default_factory=dict)
     _seq: int = 0
 
     def watch(self, child_id: str, now: float) -> None:
         """Start watching a child that just started; its first ping is due at now + interval."""
-        self._watches[child_id] = _Watch(next_ping=now + self.interval)
+        self._watches[child_id] = _Watch(next_ping=now + self.interval, since=now, fine_at=now)
 
     def unwatch(self, child_id: str) -> None:
         """Stop watching (the child is stopping, exited or removed). Unknown ids are ignored."""
@@ -96,7 +132,7 @@ class Watchdog:
             return False
         w.seq = w.sent = w.deadline = None
         w.grace_used = False
-        w.last_pong = now
+        w.last_pong = w.fine_at = now
         return True
 
     def waiting(self) -> list[str]:
@@ -104,13 +140,15 @@ class Watchdog:
         return [child_id for child_id, w in self._watches.items() if w.deadline is not None]
 
     def tick(self, now: float, busy: frozenset[str] = frozenset(), *,
-             early: float = 0.0) -> TickResult:
+             early: float = 0.0, seen: Mapping[str, Seen] | None = None) -> TickResult:
         """Pings due at `now` (or within `early` seconds) and children that missed their
         deadline (unless `busy`: their process used CPU since the ping, up to max_busy).
 
         A ping sent early only shortens that child's interval, never its
-        deadline: hang detection is as quick as before, or quicker.
+        deadline: hang detection is as quick as before, or quicker. A child in
+        `seen` that looks fine is not pinged (see the module docstring).
         """
+        seen = seen or {}
         pings: list[PingDue] = []
         hung: list[str] = []
         for child_id, w in self._watches.items():
@@ -125,14 +163,42 @@ class Watchdog:
                     w.deadline = now + self.timeout
                     continue
                 hung.append(child_id)
-            elif now >= w.next_ping - early:
+            else:
+                view = seen.get(child_id)
+                alarm = view is not None and self._alarming(view, now)
+                if view is not None and not alarm:
+                    w.fine_at = now
+                if not alarm and now < w.next_ping - early:
+                    continue
+                deadline = now + self.timeout
+                if view is not None and not alarm and self._vouches(view, w, now):
+                    w.next_ping = now + max(self.interval, self.look_interval)  # look again
+                    continue
+                if view is not None and view.stopped:  # it froze after it was last fine
+                    deadline = max(w.fine_at + self.timeout, now + self.interval)
+                elif view is not None and view.entered is not None:
+                    # as if pinged at its next round after the handler began (the old
+                    # rhythm: a handler always had timeout, up to timeout + interval)
+                    deadline = max(view.entered + self.timeout + self.interval,
+                                   now + self.interval)
                 self._seq += 1
-                w.seq, w.sent, w.deadline = self._seq, now, now + self.timeout
+                w.seq, w.sent, w.deadline = self._seq, now, deadline
                 w.next_ping = now + self.interval
                 pings.append(PingDue(child_id=child_id, seq=self._seq))
         for child_id in hung:
             del self._watches[child_id]
         return TickResult(pings=tuple(pings), hung=tuple(hung))
+
+    def _alarming(self, view: Seen, now: float) -> bool:
+        """Frozen, or in one handler for an interval: ask it now, whatever the round."""
+        return view.stopped or (view.entered is not None and now - view.entered >= self.interval)
+
+    def _vouches(self, view: Seen, w: _Watch, now: float) -> bool:
+        """Whether what the shell saw makes this round's ping needless."""
+        if view.wants_pings:
+            return False
+        last = w.last_pong if w.last_pong is not None else w.since
+        return now - last < self.quiet_interval
 
     def next_deadline(self) -> float | None:
         """When the next tick has something to do (a ping or a deadline), or None."""

@@ -11,6 +11,7 @@ the message when the last view of it is gone, so no view can outlive it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pynng
@@ -19,7 +20,7 @@ from pynng.exceptions import check_err
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "context_recv_view", "parts_size", "recv_view", "send_parts"]
+__all__ = ["RECV_LIMIT", "SMALL", "ContextReceiver", "parts_size", "recv_view", "send_parts"]
 
 SMALL = 64 * 1024
 """Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
@@ -73,26 +74,58 @@ def recv_view(sock: pynng.Socket, *, block: bool = True) -> bytes | memoryview:
     return _view(message[0])
 
 
-def context_recv_view(ctx: pynng.Context) -> bytes | memoryview:
-    """`recv_view` on a socket's context: a request whose reply may be sent later.
+class ContextReceiver:
+    """`recv_view` on a socket's context, for one thread, with a wait another may cancel.
 
     A Rep0 context holds its request's reply route, so one thread can leave a
     request unanswered (the master holds a worker's "next packet" until there is
-    one) while it serves others on new contexts. Waits up to the socket's
-    ``recv_timeout`` (nng gives each context the socket's value when it opens);
-    raises ``pynng.Timeout`` or ``pynng.Closed`` as ``recv`` does.
+    one) while it serves others on new contexts. `recv` waits up to the socket's
+    ``recv_timeout`` (nng gives each context the socket's value when it opens)
+    and raises ``pynng.Timeout`` or ``pynng.Closed`` as ``recv`` does.
+
+    Why `cancel`: closing the socket under a thread that waits in a context
+    receive makes nng abort the whole process now and then (about once in 20
+    closes here). The owner cancels the wait instead (the thread gets
+    ``pynng.Closed`` at once, and every later `recv` too), joins the thread,
+    and only then closes the socket.
     """
-    aio_p = ffi.new("nng_aio **")
-    check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
-    aio = aio_p[0]
-    try:
-        lib.nng_ctx_recv(ctx.context, aio)  # void: the result is the aio's
-        lib.nng_aio_wait(aio)
-        check_err(lib.nng_aio_result(aio))
-        msg = lib.nng_aio_get_msg(aio)
-    finally:
-        lib.nng_aio_free(aio)
-    return _view(msg)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._aio = None
+        self._cancelled = False
+
+    def recv(self, ctx: pynng.Context) -> bytes | memoryview:
+        aio_p = ffi.new("nng_aio **")
+        check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
+        aio = aio_p[0]
+        try:
+            with self._lock:
+                if self._cancelled:
+                    raise pynng.Closed("the receiver was cancelled", lib.NNG_ECLOSED)
+                self._aio = aio
+            lib.nng_ctx_recv(ctx.context, aio)  # void: the result is the aio's
+            lib.nng_aio_wait(aio)
+            with self._lock:
+                self._aio = None
+                cancelled = self._cancelled
+            status = lib.nng_aio_result(aio)
+            if status and cancelled:
+                raise pynng.Closed("the receiver was cancelled", lib.NNG_ECLOSED)
+            check_err(status)
+            msg = lib.nng_aio_get_msg(aio)
+        finally:
+            with self._lock:
+                self._aio = None
+            lib.nng_aio_free(aio)
+        return _view(msg)
+
+    def cancel(self) -> None:
+        """End the current wait (if any) and every later one with ``pynng.Closed``."""
+        with self._lock:
+            self._cancelled = True
+            if self._aio is not None:
+                lib.nng_aio_cancel(self._aio)
 
 
 def _view(msg) -> bytes | memoryview:
