@@ -19,6 +19,7 @@ gone for good) stops itself cleanly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -103,6 +104,15 @@ class Sessions(SupervisorActor):
                 self._adopt_registered()
             self.send(sender, m.Started(pid=os.getpid()))
             preload_session_modules()  # while the gateway starts (see actors/warmup.py)
+            if message.preopen is not None:
+                # the lite client's session, opened while the gateway starts and the client
+                # logs in; its open_session (same request_id) then finds it (`_create`)
+                self._create(dataclasses.replace(message.preopen, reply_to=self.myAddress),
+                             self.myAddress)
+        elif isinstance(message, m.SessionReady | m.SessionFailed):
+            if isinstance(message, m.SessionFailed):  # our own pre-opened session's answer
+                get_logger().warning("preopen_failed", session=message.session_id,
+                                     error=message.error)
         elif isinstance(message, m.CreateSession):
             self._create(message, sender)
         elif isinstance(message, (m.CloseSession, *ROUTED)) and not self._may(message):
@@ -129,7 +139,8 @@ class Sessions(SupervisorActor):
 
     def _create(self, message: m.CreateSession, sender) -> None:
         reply_to = message.reply_to or sender
-        if message.request_id and message.request_id in self.opened:
+        if message.request_id and message.request_id in self.opened and self._same_request(
+                message, self.opened[message.request_id]):
             # a client's retry: answer it from the session its first attempt opened
             sid = self.opened[message.request_id]
             resend = m.Resend(corr=message.corr, reply_to=reply_to)
@@ -166,6 +177,13 @@ class Sessions(SupervisorActor):
                          start=m.ActorStart(actor=actor, init=init))
         self.requests[message.corr] = (reply_to, message)
         self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=message.corr))
+
+    def _same_request(self, message: m.CreateSession, sid: str) -> bool:
+        """Whether `message` asks again for session `sid`: same user, same workers (a request
+        id names a request; another user's or another size is a new one)."""
+        info = self.info.get(sid)
+        return info is None or (info["user"] == message.user
+                                and info["workers"] == message.workers)
 
     def _admission(self, message: m.CreateSession) -> str | None:
         """A clear refusal when the user is over a limit, else None."""

@@ -28,7 +28,7 @@ import importlib
 import os
 import threading
 
-DATA_MODULES = ("uproot", "awkward", "hist")
+DATA_MODULES = ("numpy", "uproot", "awkward", "hist")  # numpy: the codec and merging need it
 WARMUP_NICE = 10  # added to the thread's niceness
 
 
