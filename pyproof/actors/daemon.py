@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     _import_structlog_without_rich()
     from pyproof.actors.root import Root
     from pyproof.actors.system import start_system
+    from pyproof.actors.warmup import preload_actor_modules
+
+    # every actor is forked (through Thespian's admin) from this process: what it imports
+    # now, each of them has at once, paid for once (see actors/warmup.py)
+    preload_actor_modules()
 
     system, port = start_system(args.log_dir)
     t_system = time.time()

@@ -39,7 +39,6 @@ from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-e
     master_address,
     session_tree,
 )
-from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
@@ -103,7 +102,6 @@ class Sessions(SupervisorActor):
                 self.registry = Registry(message.run_dir)
                 self._adopt_registered()
             self.send(sender, m.Started(pid=os.getpid()))
-            preload_session_modules()  # while the gateway starts (see actors/warmup.py)
             if message.preopen is not None:
                 # the lite client's session, opened while the gateway starts and the client
                 # logs in; its open_session (same request_id) then finds it (`_create`)
