@@ -105,6 +105,8 @@ class Sessions(SupervisorActor):
             if message.preopen is not None:
                 # the lite client's session, opened while the gateway starts and the client
                 # logs in; its open_session (same request_id) then finds it (`_create`)
+                get_logger().info("session_preopened", session=message.preopen.session_id,
+                                  workers=message.preopen.workers)
                 self._create(dataclasses.replace(message.preopen, reply_to=self.myAddress),
                              self.myAddress)
         elif isinstance(message, m.SessionReady | m.SessionFailed):
