@@ -77,12 +77,12 @@ def test_a_pre_opened_session_that_exits_before_it_runs_answers_its_waiting_clie
         ("client-c1", "session s1 failed to start: crashed")]
 
 
-def test_a_pre_opened_session_that_runs_answers_its_waiting_clients_itself() -> None:
+def test_a_pre_opened_session_that_runs_is_announced_to_its_waiting_clients() -> None:
     sent: list = []
     actor = _sessions_actor(sent)
     actor.refs["s1"] = "session-s1"
     _ask_again(actor, "c1")
     actor.receive_other(m.SessionReady(corr="preopen-s1", session_id="s1", master=None,
                                        workers=("worker-0", "worker-1")), None)
-    assert [(to, type(msg).__name__, msg.corr) for to, msg in sent] == [
-        ("session-s1", "Resend", "c1")]
+    assert [(to, type(msg).__name__, msg.corr, msg.workers) for to, msg in sent] == [
+        ("client-c1", "SessionReady", "c1", ("worker-0", "worker-1"))]

@@ -184,7 +184,7 @@ class Sessions(SupervisorActor):
 
     def _preopen_answered(self, answer: m.SessionReady | m.SessionFailed) -> None:
         """The pre-opened session announced itself (or failed to start): answer the
-        client's requests for it (a running session answers each of them itself)."""
+        client's requests for it with the same news."""
         sid = answer.session_id
         if sid not in self.preopen_waiting:  # answered already (or not ours)
             return
@@ -196,7 +196,7 @@ class Sessions(SupervisorActor):
                 self.info[sid].setdefault("ended", answer.error)
         for resend in waiting:
             if ref is not None and isinstance(answer, m.SessionReady):
-                self.send(ref, resend)
+                self.send(resend.reply_to, dataclasses.replace(answer, corr=resend.corr))
             else:
                 error = answer.error if isinstance(answer, m.SessionFailed) else "it ended"
                 self.send(resend.reply_to, m.SessionFailed(
