@@ -181,6 +181,8 @@ class TLSSettings:
         ``server_name`` (else the configured one) must match the server's
         certificate; pass the host you dial (see :func:`host_of`).
         """
+        import pynng
+
         if not self.ca_file:
             raise TLSError(f"a TLS client needs a CA to check servers against: set {ENV_CA}")
         _read("ca_file", self.ca_file)
