@@ -71,7 +71,7 @@ def test_trees_agree_with_the_actors_that_still_build_their_own():
 
 
 def test_root_tree_is_the_tree_root_py_builds_today(monkeypatch):
-    """root.py still builds its own spec (being rewritten elsewhere): the two must agree."""
+    """Root hands its core what trees.root_tree builds (it used to build its own)."""
     from pyproof.actors.root import Root
 
     for cluster in (None, {"info": {}}):
