@@ -1,4 +1,8 @@
-"""What a lite session's processes import to start: neither the client nor the data path."""
+"""What a lite session's processes import to start: neither the client nor the data path.
+
+Every actor is forked from the daemon, which imports their modules before its
+actor system starts: what they import is on the critical path of a start-up.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,22 @@ import json
 import subprocess
 import sys
 
-import pyproof
+import numpy as np
 
-HEAVY = ("pyproof.client.session", "pyproof.client.progress", "uproot", "awkward", "hist")
+import pyproof
+from pyproof.transport.codec import decode, encode
+
+HEAVY = ("pyproof.client.session", "pyproof.client.progress", "uproot", "awkward", "hist",
+         "numpy")
+
+
+def imported(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code`."""
+    probe = f"{code}; import sys, json; print(json.dumps([m for m in {modules!r} " \
+            "if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return json.loads(out.splitlines()[-1])
 
 
 def test_every_public_name_of_pyproof_resolves() -> None:
@@ -18,11 +35,26 @@ def test_every_public_name_of_pyproof_resolves() -> None:
 
 
 def test_the_daemon_and_the_actors_start_without_the_client_and_the_data_modules() -> None:
-    # uproot, awkward and hist load later, on a warm-up thread (actors/warmup.py)
-    code = ("import sys, json, pyproof.actors.daemon, pyproof.actors.root, "
-            "pyproof.actors.gateway, pyproof.actors.sessions, pyproof.actors.master, "
-            f"pyproof.actors.worker; print(json.dumps([m for m in {HEAVY!r} "
-            "if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert json.loads(out) == []
+    # numpy, uproot, awkward and hist load later, on a warm-up thread (actors/warmup.py)
+    code = ("import pyproof.actors.daemon; "
+            "from pyproof.actors.warmup import preload_actor_modules; preload_actor_modules()")
+    assert imported(code, HEAVY) == []
+
+
+def test_the_daemon_module_imports_no_nng_and_no_codec() -> None:
+    # its own start (interpreter, imports) comes before anything else can start
+    assert imported("import pyproof.actors.daemon",
+                    ("pynng", "cbor2", "pyproof.transport.codec", *HEAVY)) == []
+
+
+def test_the_codec_imports_numpy_only_for_an_array() -> None:
+    array = encode({"a": np.arange(3.0), "n": np.int64(7)})
+    code = ("from pyproof.transport.codec import decode, encode; "
+            "assert decode(encode({'k': [1, 2.5, 'x', b'y', (1, 2)]}))['k'][3] == b'y'")
+    assert imported(code, ("numpy",)) == []
+    # a decoded array imports it; arrays and numpy scalars then encode as before
+    code = (f"from pyproof.transport.codec import decode, encode; v = decode({array!r}); "
+            "assert v['a'].tolist() == [0.0, 1.0, 2.0] and v['n'] == 7; "
+            "assert encode(v) == encode(decode(encode(v)))")
+    assert imported(code, ("numpy",)) == ["numpy"]
+    assert decode(encode(decode(array)))["a"].tolist() == [0.0, 1.0, 2.0]

@@ -71,7 +71,7 @@ def test_trees_agree_with_the_actors_that_still_build_their_own():
 
 
 def test_root_tree_is_the_tree_root_py_builds_today(monkeypatch):
-    """root.py still builds its own spec (being rewritten elsewhere): the two must agree."""
+    """Root hands its core what trees.root_tree builds (it used to build its own)."""
     from pyproof.actors.root import Root
 
     for cluster in (None, {"info": {}}):
@@ -83,3 +83,18 @@ def test_root_tree_is_the_tree_root_py_builds_today(monkeypatch):
         monkeypatch.setattr(root, "supervise", built.append)
         root.receive_other(boot, sender=None)
         assert built == [trees.root_tree(boot)]
+
+
+def test_the_boots_pre_opened_session_goes_to_the_first_sessions_supervisor_only():
+    """A restarted sessions supervisor re-adopts that session; it must not open another."""
+    from pyproof.actors.root import Root
+
+    preopen = m.CreateSession(corr="preopen-s1", session_id="s1", workers=2, run_dir="/run/p",
+                              log_dir="/log/p", user="u", request_id="r1")
+    boot = m.Boot(corr="b", control_address="ipc:///run/p/control", run_dir="/run/p",
+                  log_dir="/log/p", daemon_pid=1, preopen=preopen)
+    init = trees.root_tree(boot).children[0].start.init
+    assert init.preopen == preopen
+    root = Root()
+    assert root.child_init("sessions", init).preopen == preopen
+    assert root.child_init("sessions", init).preopen is None

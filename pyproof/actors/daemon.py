@@ -39,7 +39,7 @@ from pyproof.supervision.process_tree import (
     kill_tree,
     start_time,
 )
-from pyproof.transport import auth
+from pyproof.transport import auth, sealing
 from pyproof.transport.tls import TLSSettings
 
 BOOT_TIMEOUT = 60.0
@@ -109,6 +109,23 @@ def control_pids(thespian_sessions: list[int]) -> dict:
             "thespian_sessions": [[sid, start_time(sid)] for sid in thespian_sessions]}
 
 
+def _preopen(spec: str | None, *, owner: str, secret: bytes, run_dir: str,
+             log_dir: str) -> m.CreateSession | None:
+    """The session `--open-session WORKERS:REQUEST_ID` asks for, opened while we boot.
+
+    A lite client would otherwise ask for it only once the gateway runs and it
+    has logged in; so its processes start side by side with the control tree's.
+    """
+    if not spec:
+        return None
+    workers, _, request_id = spec.partition(":")
+    session_id = uuid.uuid4().hex[:12]
+    return m.CreateSession(corr=f"preopen-{session_id}", session_id=session_id,
+                           workers=int(workers), run_dir=run_dir, log_dir=log_dir, user=owner,
+                           request_id=request_id,
+                           data_key=sealing.data_key(secret, session_id))
+
+
 def main(argv: list[str] | None = None) -> int:
     t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
@@ -125,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions-per-user", type=int, default=0, help="0: no limit")
     parser.add_argument("--max-workers-per-user", type=int, default=0, help="0: no limit")
     cluster_options.add_arguments(parser)  # --cluster-secret, --name, --join, --hosts, ...
+    parser.add_argument("--open-session", default=None, metavar="WORKERS:REQUEST_ID",
+                        help="open a session for the owner while booting (lite: the client's "
+                             "open_session with this request id gets it, ready sooner)")
     parser.add_argument("--ready-fd", type=int, default=None,
                         help="a pipe to write one line to once ready.json is written")
     parser.add_argument("--session-orphan-grace", type=int, default=0,
@@ -177,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     _import_structlog_without_rich()
     from pyproof.actors.root import Root
     from pyproof.actors.system import start_system
+    from pyproof.actors.warmup import preload_actor_modules
+
+    # every actor is forked (through Thespian's admin) from this process: what it imports
+    # now, each of them has at once, paid for once (see actors/warmup.py)
+    preload_actor_modules()
 
     system, port = start_system(args.log_dir)
     t_system = time.time()
@@ -198,15 +223,18 @@ def main(argv: list[str] | None = None) -> int:
             limits["result_ttl"] = args.result_ttl
         owner = getpass.getuser()
         secret_file = args.secret_file or str(auth.default_secret_path())
-        auth.load_or_create_secret(secret_file)  # refuses a file others can read
+        secret = auth.load_or_create_secret(secret_file)  # refuses a file others can read
         auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
                        "secret_file": secret_file, "users_dir": args.users_dir,
                        "admins": args.admins.split(",") if args.admins else [owner],
                        "server_id": args.url or control,
                        "tls": dataclasses.asdict(tls) if tls.enabled else None}
+        preopen = _preopen(args.open_session, owner=owner, secret=secret,
+                           run_dir=args.run_dir, log_dir=args.log_dir)
         reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
                                         log_dir=args.log_dir, daemon_pid=os.getpid(),
-                                        limits=limits, auth=auth_config, cluster=cluster),
+                                        limits=limits, auth=auth_config, cluster=cluster,
+                                        preopen=preopen),
                            BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"

@@ -24,6 +24,8 @@ class Boot:
     limits: dict[str, int] = field(default_factory=dict)
     auth: dict[str, Any] = field(default_factory=dict)
     cluster: dict[str, Any] | None = None  # HostsStart.config, when started with a cluster secret
+    # a lite daemon opens its client's first session while it boots (see SessionsStart)
+    preopen: CreateSession | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +46,9 @@ class SessionsStart:
     log_dir: str
     limits: dict[str, int] = field(default_factory=dict)
     run_dir: str = ""  # holds the durable session registry (actors/registry.py)
+    # a session to open at once, while the gateway starts and the client logs in: the
+    # client's `open_session` with the same request_id then gets it (the retry path)
+    preopen: CreateSession | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,10 +13,9 @@ import os
 from typing import Any
 
 from pyproof.actors import messages as m
-from pyproof.actors.sessions import WATCHDOG
 from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.trees import root_tree
 from pyproof.logs import get_logger
-from pyproof.supervision.spec import ChildSpec, ChildType, Strategy, SupervisorSpec, SupFlags
 
 
 class Root(SupervisorActor):
@@ -29,32 +28,13 @@ class Root(SupervisorActor):
         super().__init__(*args, **kwargs)
         self.boot: m.Boot | None = None
         self.booter = None
+        self.preopened = False  # the boot's session is opened once, not by a restarted child
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.Boot):
             self.boot, self.booter = message, sender
             self.start_log(message.log_dir, actor="root")
-            gateway_init = m.GatewayStart(
-                corr=message.corr, control_address=message.control_address, sessions=None,
-                run_dir=message.run_dir, log_dir=message.log_dir, auth=dict(message.auth))
-            # a daemon in a cluster runs its hosts actor (actors/hosts.py) before the
-            # gateway, which is given its address
-            hosts = () if message.cluster is None else (ChildSpec(id="hosts", start=m.ActorStart(
-                actor="pyproof.actors.hosts:Hosts",
-                init=m.HostsStart(log_dir=message.log_dir, config=dict(message.cluster)))),)
-            self.supervise(SupervisorSpec(
-                name="root",
-                flags=SupFlags(strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0,
-                               **WATCHDOG),
-                children=(
-                    ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
-                        actor="pyproof.actors.sessions:Sessions",
-                        init=m.SessionsStart(log_dir=message.log_dir, run_dir=message.run_dir,
-                                             limits=dict(message.limits)))),
-                    *hosts,
-                    ChildSpec(id="gateway", start=m.ActorStart(
-                        actor="pyproof.actors.gateway:Gateway", init=gateway_init)),
-                )))
+            self.supervise(root_tree(message))  # trees.py: the shape as data
 
     def child_init(self, child_id: str, init: Any) -> Any:
         if child_id == "gateway":
@@ -62,6 +42,10 @@ class Root(SupervisorActor):
                                        root=self.myAddress, hosts=self._ref("hosts"))
         if child_id == "hosts":
             return dataclasses.replace(init, sessions=self._ref("sessions"))
+        if child_id == "sessions" and init.preopen is not None:
+            if self.preopened:  # a restarted sessions supervisor re-adopts that session
+                return dataclasses.replace(init, preopen=None)
+            self.preopened = True
         return init
 
     def _ref(self, child_id: str) -> Any:

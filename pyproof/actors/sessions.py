@@ -19,6 +19,7 @@ session that no supervisor pings or looks at (its heartbeat page) for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -39,7 +40,6 @@ from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-e
     session_tree,
     worker_child,
 )
-from pyproof.actors.warmup import preload_session_modules
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
@@ -86,6 +86,9 @@ class Sessions(SupervisorActor):
         self.adopting: dict[str, Any] = {}  # session -> its address, until adopted
         self.adoption_tries: dict[str, int] = {}
         self.idle_asked: dict[str, float] = {}  # session -> when its state was asked
+        # the pre-opened session (SessionsStart.preopen), until it answered us: the client's
+        # requests for it wait here, so that a failed start answers them too
+        self.preopen_waiting: dict[str, list[m.Resend]] = {}
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, (m.CloseSession, *ROUTED)) and message.session_id in self.used:
@@ -105,7 +108,16 @@ class Sessions(SupervisorActor):
                 self.registry = Registry(message.run_dir)
                 self._adopt_registered()
             self.send(sender, m.Started(pid=os.getpid()))
-            preload_session_modules()  # while the gateway starts (see actors/warmup.py)
+            if message.preopen is not None:
+                # the lite client's session, opened while the gateway starts and the client
+                # logs in; its open_session (same request_id) then finds it (`_create`)
+                get_logger().info("session_preopened", session=message.preopen.session_id,
+                                  workers=message.preopen.workers)
+                self.preopen_waiting[message.preopen.session_id] = []
+                self._create(dataclasses.replace(message.preopen, reply_to=self.myAddress),
+                             self.myAddress)
+        elif isinstance(message, m.SessionReady | m.SessionFailed):
+            self._preopen_answered(message)  # our pre-opened session runs, or failed
         elif isinstance(message, m.CreateSession):
             self._create(message, sender)
         elif isinstance(message, (m.CloseSession, *ROUTED)) and not self._may(message):
@@ -132,11 +144,14 @@ class Sessions(SupervisorActor):
 
     def _create(self, message: m.CreateSession, sender) -> None:
         reply_to = message.reply_to or sender
-        if message.request_id and message.request_id in self.opened:
+        if message.request_id and message.request_id in self.opened and self._same_request(
+                message, self.opened[message.request_id]):
             # a client's retry: answer it from the session its first attempt opened
             sid = self.opened[message.request_id]
             resend = m.Resend(corr=message.corr, reply_to=reply_to)
-            if sid in self.refs:
+            if sid in self.preopen_waiting:
+                self.preopen_waiting[sid].append(resend)  # answered once it runs (or failed)
+            elif sid in self.refs:
                 self.send(self.refs[sid], resend)
             elif sid in self.info and "ended" not in self.info[sid]:
                 self.resends.setdefault(sid, []).append(resend)  # not started yet
@@ -169,6 +184,34 @@ class Sessions(SupervisorActor):
                          start=m.ActorStart(actor=actor, init=init))
         self.requests[message.corr] = (reply_to, message)
         self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=message.corr))
+
+    def _preopen_answered(self, answer: m.SessionReady | m.SessionFailed) -> None:
+        """The pre-opened session announced itself (or failed to start): answer the
+        client's requests for it with the same news."""
+        sid = answer.session_id
+        if sid not in self.preopen_waiting:  # answered already (or not ours)
+            return
+        waiting = self.preopen_waiting.pop(sid)
+        ref = self.refs.get(sid)
+        if isinstance(answer, m.SessionFailed):
+            get_logger().warning("preopen_failed", session=sid, error=answer.error)
+            if sid in self.info:
+                self.info[sid].setdefault("ended", answer.error)
+        for resend in waiting:
+            if ref is not None and isinstance(answer, m.SessionReady):
+                self.send(resend.reply_to, dataclasses.replace(answer, corr=resend.corr))
+            else:
+                error = answer.error if isinstance(answer, m.SessionFailed) else "it ended"
+                self.send(resend.reply_to, m.SessionFailed(
+                    corr=resend.corr, session_id=sid,
+                    error=f"session {sid} failed to start: {error}"))
+
+    def _same_request(self, message: m.CreateSession, sid: str) -> bool:
+        """Whether `message` asks again for session `sid`: same user, same workers (a request
+        id names a request; another user's or another size is a new one)."""
+        info = self.info.get(sid)
+        return info is None or (info["user"] == message.user
+                                and info["workers"] == message.workers)
 
     def _admission(self, message: m.CreateSession) -> str | None:
         """A clear refusal when the user is over a limit, else None."""
@@ -342,6 +385,8 @@ class Sessions(SupervisorActor):
             self.send(ref, resend)
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        if child_id in self.preopen_waiting:  # the pre-opened session ended before it ran
+            self._preopen_answered(m.SessionFailed(corr="", session_id=child_id, error=reason))
         self.used.pop(child_id, None)
         if self.registry is not None:
             self.registry.remove(child_id)
@@ -385,13 +430,15 @@ class SessionSupervisor(SupervisorActor):
             become_subreaper()
             self.last_ping = time.monotonic()
             self.start_log(message.log_dir, actor="session", session=message.session_id)
+            # master and workers first: their processes start while we write the registry
+            # (they die with us; their rows come with their Started, after this handler)
+            self.supervise(session_tree(message))  # master, then workers (trees.py)
             self.registry = Registry(message.run_dir)
             me = os.getpid()
             self.registry.put(Entry(
                 session_id=message.session_id, user=message.user, workers=message.workers,
                 created=time.time(), supervisor=Proc(pid=me, start=start_time(me) or 0),
                 address=address_to_wire(self.myAddress)))
-            self.supervise(session_tree(message))  # master, then workers (trees.py)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.Adopt):
             # a new sessions supervisor (the old one died): answer it as if just started

@@ -63,7 +63,7 @@ def root_tree(boot: m.Boot) -> SupervisorSpec:
             ChildSpec(id="sessions", type=ChildType.SUPERVISOR, start=m.ActorStart(
                 actor="pyproof.actors.sessions:Sessions",
                 init=m.SessionsStart(log_dir=boot.log_dir, run_dir=boot.run_dir,
-                                     limits=dict(boot.limits)))),
+                                     limits=dict(boot.limits), preopen=boot.preopen))),
             *hosts,
             ChildSpec(id="gateway", start=m.ActorStart(
                 actor="pyproof.actors.gateway:Gateway", init=gateway_init)),

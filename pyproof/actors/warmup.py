@@ -14,11 +14,12 @@ them on another thread (a selector's module, the master's look-up) first waits
 for the warm-up with `wait_warmup()`: the imports happen one after the other.
 
 Only leaf actors (master, workers) warm up: they never fork, so no fork can
-catch the thread holding an import lock. A supervisor never starts the thread;
-the sessions supervisor instead imports the session's own actor modules
-(light: no uproot, awkward, hist) on its own thread, right after it reported
-itself started, while the gateway starts and the client logs in: every
-session supervisor forked from it then has them already.
+catch the thread holding an import lock. A supervisor never starts the thread.
+The actors' own modules (light: no numpy, uproot, awkward, hist) are imported
+once, by the daemon before its actor system starts (`preload_actor_modules`):
+every actor is forked from it, so none imports them again. numpy comes first
+in the warm-up: the codec and merging import it on first use, and a query's
+first array then finds it loaded.
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ import importlib
 import os
 import threading
 
-DATA_MODULES = ("uproot", "awkward", "hist")
+DATA_MODULES = ("numpy", "uproot", "awkward", "hist")  # numpy: the codec and merging need it
 WARMUP_NICE = 10  # added to the thread's niceness
 
 
-SESSION_MODULES = ("pyproof.actors.master", "pyproof.actors.worker")
+ACTOR_MODULES = ("pyproof.actors.root", "pyproof.actors.sessions", "pyproof.actors.gateway",
+                 "pyproof.actors.master", "pyproof.actors.worker")
 
 
-def preload_session_modules() -> None:
-    """Import what a session's supervisor needs to create its master and workers."""
-    for name in SESSION_MODULES:
+def preload_actor_modules() -> None:
+    """Import every actor's module (light: no numpy, uproot, awkward, hist): the daemon
+    does, before its actor system starts, so that every actor forked from it has them."""
+    for name in ACTOR_MODULES:
         importlib.import_module(name)
 
 

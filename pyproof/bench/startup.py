@@ -3,16 +3,23 @@
     python -m pyproof.bench.startup [--workers 2] [--cycles 5] [--first-query] [--json]
 
 Runs N connect/close cycles of `lite://?workers=W` and prints the median of
-each figure. The start-up is cut into phases by milestones in the order they
-happen; each phase is the time from the previous milestone to its own:
+each figure. The start-up is cut into phases by milestones; each phase is the
+time from the milestone just before it (in time) to its own, so the phases
+add up to the connect time. They are printed in the order they happened, with
+when each ended ("at", from the start of `connect`):
 
 - daemon process: the daemon's `main()` runs (interpreter start, imports);
-- thespian system: the actor system is up (admin and logger processes);
+- thespian system: the actor system is up (the actors' modules imported, the
+  admin and logger processes started);
 - root, sessions, gateway: the root supervisor booted its children;
-- ready seen: the client saw `ready.json` and logged in;
+- ready seen: the client saw `ready.json` (then it logs in);
 - session supervisor: the session's supervisor runs;
 - master: the session's master is up;
 - workers ready: every worker is up and the client holds the session.
+
+The daemon opens the client's session while it boots (`--open-session`), so
+the session's milestones may come before "root, sessions, gateway" or
+"ready seen": the two branches run side by side.
 
 Milestones come from `ready.json` (daemon-side clock readings) and from the
 actors' own log records (their timestamps); all are on this host's wall clock.
@@ -111,17 +118,15 @@ def one_cycle(workers: int, first_query: bool) -> dict[str, Any]:
     at = milestones(log_dir, run_info, workers)
     at["ready seen"] = t_ready_seen
     at["workers ready"] = t_connected  # the client holds the session: the end of start-up
-    phases: dict[str, float | None] = {}
+    phases: dict[str, float | None] = dict.fromkeys(PHASES)
+    offsets: dict[str, float | None] = dict.fromkeys(PHASES)
     previous = t0
-    for name in PHASES:
-        t = at[name]
-        if t is None or t < previous:
-            phases[name] = None
-            continue
-        phases[name] = t - previous
+    for t, name in sorted((t, name) for name, t in at.items()
+                          if t is not None and t0 <= t <= t_connected):
+        phases[name], offsets[name] = t - previous, t - t0
         previous = t
     return {"connect": t_connected - t0, "close": close, "first_query": query,
-            "cluster_cpu": cpu, "phases": phases}
+            "cluster_cpu": cpu, "phases": phases, "at": offsets}
 
 
 def _children_cpu() -> float:
@@ -147,6 +152,7 @@ def run(workers: int = 2, cycles: int = 5, first_query: bool = False) -> dict[st
         "first_query": median([r["first_query"] for r in rows]),
         "cluster_cpu": median([r["cluster_cpu"] for r in rows]),
         "phases": {name: median([r["phases"][name] for r in rows]) for name in PHASES},
+        "at": {name: median([r["at"][name] for r in rows]) for name in PHASES},
         "rows": rows,
     }
 
@@ -171,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     print(f"lite session start-up, {args.workers} workers, median of {args.cycles} cycles "
           f"({report['cpus']} cpus, load {load:.1f}); ms")
-    for name in PHASES:
-        print(f"  {name:26s} {_ms(report['phases'][name])}")
+    at = report["at"]
+    for name in sorted(PHASES, key=lambda n: (at[n] is None, at[n] or 0.0)):
+        print(f"  {name:26s} {_ms(report['phases'][name])}   (at {_ms(at[name]).strip()})")
     print(f"  {'connect (total)':26s} {_ms(report['connect'])}   "
           f"(min {_ms(report['connect_min']).strip()}, max {_ms(report['connect_max']).strip()})")
     if args.first_query:

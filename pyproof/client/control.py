@@ -119,8 +119,11 @@ class ControlClient:
 
     def call(self, kind: str, payload: dict[str, Any] | None = None, *,
              session: str | None = None, deadline: float = DEFAULT_DEADLINE,
-             attempt: float | None = None) -> dict[str, Any]:
+             attempt: float | None = None, request_id: str | None = None) -> dict[str, Any]:
         """Send a request and return the answer's payload; retries until `deadline` seconds.
+
+        `request_id` (default: a fresh one) names the request: the daemon answers a
+        repeated one as it answered the first (`open_session`: the same session).
 
         Raises RequestRefused when the daemon says no, ConnectError when it
         never answers.
@@ -134,7 +137,7 @@ class ControlClient:
             for login_round in (1, 2):
                 if self._token is None:
                     self._login(end, deadline)
-                request_id = uuid.uuid4().hex
+                request_id = request_id or uuid.uuid4().hex
                 data = encode_frame(kind, {**(payload or {}), "token": self._token},
                                     session=session, request_id=request_id)
                 try:

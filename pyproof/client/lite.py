@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 from pyproof.errors import ConnectError
 from pyproof.sandbox import lite_sessions_dir, make_private_dir, open_private, sandbox_dir
@@ -31,6 +32,7 @@ __all__ = ["LiteCluster", "default_workers", "lite_sessions_dir", "sandbox_dir"]
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 KEEP_SESSION_DIRS = 10
+MAX_PREOPEN = 256  # the gateway's MAX_WORKERS: a larger session is refused, not pre-opened
 
 
 def default_workers() -> int:
@@ -44,7 +46,10 @@ def default_workers() -> int:
 class LiteCluster:
     """Starts the daemon process and reaps everything it started on `close()`."""
 
-    def __init__(self, *, timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, *, timeout: float = START_TIMEOUT, workers: int | None = None) -> None:
+        """`workers`: the daemon opens a session of that many workers while it boots,
+        side by side with its control tree; `open_session` with `open_request` as its
+        request id gets it (see bench/startup.py for what that saves)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = make_private_dir(lite_sessions_dir())  # the daemon fixes what is older
         self.session_dir = tempfile.mkdtemp(prefix=f"{stamp}-{os.getpid()}-", dir=base)
@@ -58,12 +63,17 @@ class LiteCluster:
         self._out = open_private(os.path.join(self.log_dir, "daemon.out"), "ab")
         # the daemon writes a line on this pipe once ready.json is there: we wait on an
         # event, not by polling the file
+        self.open_request: str | None = None
+        preopen: list[str] = []
+        if workers is not None and 1 <= workers <= MAX_PREOPEN:  # else the gateway says no
+            self.open_request = uuid.uuid4().hex
+            preopen = ["--open-session", f"{workers}:{self.open_request}"]
         ready_r, ready_w = os.pipe()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pyproof.actors.daemon", "--run-dir", self.run_dir,
                  "--log-dir", self.log_dir, "--watch-stdin", "--secret-file", secret_file,
-                 "--ready-fd", str(ready_w)],
+                 "--ready-fd", str(ready_w), *preopen],
                 stdin=subprocess.PIPE, stdout=self._out, stderr=subprocess.STDOUT,
                 start_new_session=True, pass_fds=(ready_w,),
             )

@@ -93,12 +93,15 @@ def connect(url: str = "lite://", *, workers: int | str | None = None, session: 
         data_port = int(query["data_port"][0])
     dial = (connection == "dial", data_port)
     if parsed.scheme == "lite":
-        cluster = LiteCluster(timeout=timeout)
+        workers = workers or default_workers()
+        # the daemon opens this session while it boots (LiteCluster.open_request)
+        cluster = LiteCluster(timeout=timeout, workers=workers if isinstance(workers, int)
+                              else None)
         try:
             return Session(ControlClient(cluster.control_address, secret=cluster.secret),
-                           workers=workers or
-                           default_workers(), cluster=cluster,
-                           data_address=f"ipc://{cluster.run_dir}/client-{uuid.uuid4().hex}.ipc")
+                           workers=workers, cluster=cluster,
+                           data_address=f"ipc://{cluster.run_dir}/client-{uuid.uuid4().hex}.ipc",
+                           open_request=cluster.open_request)
         except BaseException:
             cluster.close()
             raise
@@ -186,7 +189,10 @@ class Session(PackagesMixin):
     def __init__(self, control: ControlClient, *, workers: int | str,
                  cluster: LiteCluster | None,
                  data_address: str, attach: str | None = None,
-                 dial: tuple[bool, int | None] = (False, None), dial_host: str = "") -> None:
+                 dial: tuple[bool, int | None] = (False, None), dial_host: str = "",
+                 open_request: str | None = None) -> None:
+        """`open_request`: the request id of the `open_session` (a lite daemon opened that
+        session while it booted, and answers with it)."""
         self.cluster = cluster
         self.control = control
         self.data: pynng.Pull0 | None = None
@@ -198,7 +204,8 @@ class Session(PackagesMixin):
         else:
             reply = self._call("open_session", {"workers": workers} if isinstance(
                 workers, int) else {"workers": sum(int(pair.rpartition(":")[2]) for pair in
-                                                   workers.split(",")), "placement": workers})
+                                                   workers.split(",")), "placement": workers},
+                request_id=open_request)
             self.id = reply["session"]
             self.workers = reply["workers"]
         self.host: str = reply.get("host", "")  # the master's host, in a cluster
@@ -246,13 +253,14 @@ class Session(PackagesMixin):
         return self.cluster.log_dir if self.cluster else None
 
     def _call(self, kind: str, payload: dict[str, Any] | None = None, *,
-              session: str | None = None, deadline: float = 60.0) -> dict[str, Any]:
+              session: str | None = None, deadline: float = 60.0,
+              request_id: str | None = None) -> dict[str, Any]:
         # opening a session starts processes: give each attempt longer before a retry
         # (and adding workers: a retry would add them twice)
         attempt = SLOW_ATTEMPT if kind in ("open_session", "add_workers") else None
         try:
             return self.control.call(kind, payload, session=session or self.id,
-                                     deadline=deadline, attempt=attempt)
+                                     deadline=deadline, attempt=attempt, request_id=request_id)
         except RequestRefused as exc:
             raise QueryError(str(exc)) from None
 

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 from pyproof.hosts.placement import STRATEGIES
-from pyproof.hosts.registry import HostInfo, HostListError, check_name, parse_hosts_file
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
@@ -45,6 +44,9 @@ def cluster_config(args: argparse.Namespace, url: str | None, run_dir: str = "",
     """The hosts actor's config (messages.HostsStart), or None without --cluster-secret.
 
     Raises a ProofError (SecretFileError, HostListError) naming what is wrong."""
+    # here, not at the top: a daemon that is no cluster member (lite) boots without it
+    from pyproof.hosts.registry import HostInfo, HostListError, check_name, parse_hosts_file
+
     if not args.cluster_secret:
         for option in ("join", "hosts"):
             if getattr(args, option):

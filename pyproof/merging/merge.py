@@ -13,8 +13,6 @@ import collections
 import sys
 from typing import Any
 
-import numpy as np
-
 from pyproof.errors import ProofError
 
 MERGEABLE = ("outputs that merge: hist.Hist and boost-histogram histograms, numpy arrays, "
@@ -28,7 +26,8 @@ class MergeError(ProofError, TypeError):
 
 def merge(a: Any, b: Any, *, name: str = "output", concatenate: bool = False) -> Any:
     """Return a merged with b. `a` may be modified in place (it is the accumulator)."""
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+    np = sys.modules.get("numpy")  # no array exists where numpy was never imported
+    if np is not None and isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         if concatenate:
             return np.concatenate([a, b])
         if a.shape != b.shape:

@@ -9,31 +9,59 @@
 - :mod:`pyproof.transport.sealing`: HMAC-sealed data frames.
 - :mod:`pyproof.transport.auth` and :mod:`pyproof.transport.tls`: the login
   handshake, secrets and tokens; TLS configuration in one place.
+
+The names are imported on first use (PEP 562): the daemon imports `auth` and
+`tls` to boot, and must not pay for the codec (numpy) there: that is on the
+critical path of a lite session's start-up (see pyproof/bench/startup.py).
 """
 
-from pyproof.transport.codec import (
-    DEFAULT_MAX_FRAME,
-    SUPPORTED_TYPES,
-    EncodeError,
-    ProtocolError,
-    RemoteError,
-    decode,
-    encode,
-)
-from pyproof.transport.frames import (
-    CHUNK,
-    DEFAULT_CHUNK_SIZE,
-    PROTOCOL_VERSION,
-    Frame,
-    Reassembler,
-    ReassemblerStatistics,
-    chunk,
-    chunk_frame_parts,
-    decode_frame,
-    encode_frame,
-    encode_frames,
-    frame_parts,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyproof.transport.codec import (
+        DEFAULT_MAX_FRAME,
+        SUPPORTED_TYPES,
+        EncodeError,
+        ProtocolError,
+        RemoteError,
+        decode,
+        encode,
+    )
+    from pyproof.transport.frames import (
+        CHUNK,
+        DEFAULT_CHUNK_SIZE,
+        PROTOCOL_VERSION,
+        Frame,
+        Reassembler,
+        ReassemblerStatistics,
+        chunk,
+        chunk_frame_parts,
+        decode_frame,
+        encode_frame,
+        encode_frames,
+        frame_parts,
+    )
+
+_CODEC = ("DEFAULT_MAX_FRAME", "SUPPORTED_TYPES", "EncodeError", "ProtocolError", "RemoteError",
+          "decode", "encode")
+_LAZY = {name: "pyproof.transport.codec" for name in _CODEC}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name, "pyproof.transport.frames" if name in __all__ else None)
+    if module is None:
+        raise AttributeError(f"module 'pyproof.transport' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "CHUNK",

@@ -75,9 +75,23 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import cbor2
-import numpy as np
 
 from pyproof.errors import ProofError
+
+
+class _LazyNumpy:
+    """numpy, imported on first use: a process that never meets an array (the daemon's
+    gateway, a session that has not run a query yet) starts without it, a tenth of a
+    second sooner (numpy comes with uproot, on the warm-up thread: actors/warmup.py)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        globals()["np"] = numpy  # later uses skip this proxy
+        return getattr(numpy, name)
+
+
+np: Any = _LazyNumpy()
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -353,9 +367,20 @@ def _encode_remote_error(encoder: cbor2.CBOREncoder, value: RemoteError) -> None
     )
 
 
+def _numpy_loaded() -> Any:
+    """numpy if this process imported it (no array or numpy scalar exists otherwise);
+    the first time, its types get their direct encoders too."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and numpy.ndarray not in _ENCODERS:
+        _ENCODERS[numpy.complex128] = _encode_complex
+        _ENCODERS[numpy.ndarray] = _encode_ndarray
+    return numpy
+
+
 def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
     # Called by cbor2 for every type it has no encoder for (subclasses included).
-    if isinstance(value, np.generic):
+    np = _numpy_loaded()
+    if np is not None and isinstance(value, np.generic):
         if isinstance(value, np.bool_):
             encoder.encode(bool(value))
             return
@@ -369,7 +394,7 @@ def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
             encoder.encode(complex(value))
             return
         raise EncodeError(_cannot(value))
-    if isinstance(value, np.ndarray):
+    if np is not None and isinstance(value, np.ndarray):
         _encode_ndarray(encoder, value)
         return
     class_name = _histogram_class_name(value)
@@ -451,9 +476,8 @@ _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
     memoryview: _encode_bytes,
     set: _encode_set,
     complex: _encode_complex,
-    np.complex128: _encode_complex,
     frozenset: _encode_set,
-    np.ndarray: _encode_ndarray,
+    # numpy.complex128 and numpy.ndarray: added once numpy is imported (_numpy_loaded)
     RemoteError: _encode_remote_error,
 }
 

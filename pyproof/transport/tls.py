@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import pynng
-
 from pyproof.errors import ProofError
+
+if TYPE_CHECKING:  # imported where a TLSConfig is built: the daemon boots without pynng
+    import pynng
 
 __all__ = [
     "ENV_CA",
@@ -157,6 +158,8 @@ class TLSSettings:
 
     def server_config(self) -> pynng.TLSConfig:
         """A pynng server ``TLSConfig`` with this host's certificate and key."""
+        import pynng
+
         if not (self.cert_file and self.key_file):
             raise TLSError(
                 f"a TLS listener needs a certificate and key: set {ENV_CERT} and {ENV_KEY}"
@@ -178,6 +181,8 @@ class TLSSettings:
         ``server_name`` (else the configured one) must match the server's
         certificate; pass the host you dial (see :func:`host_of`).
         """
+        import pynng
+
         if not self.ca_file:
             raise TLSError(f"a TLS client needs a CA to check servers against: set {ENV_CA}")
         _read("ca_file", self.ca_file)

@@ -1,0 +1,88 @@
+"""A lite daemon opens its client's session while it boots (`--open-session`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyproof
+from pyproof.actors import messages as m
+from pyproof.logs import read_records
+
+
+def test_the_lite_daemon_opens_the_clients_session_while_it_boots_and_only_that_one() -> None:
+    with pyproof.connect("lite://?workers=2") as session:
+        cluster = session.cluster
+        assert cluster is not None and cluster.open_request
+        records = read_records(cluster.log_dir)
+        preopened = [r for r in records if r.get("event") == "session_preopened"]
+        assert [(r["session"], r["workers"]) for r in preopened] == [(session.id, 2)]
+        # the client's open_session found it: no second session was started
+        started = [r for r in records if r.get("actor") == "sessions"
+                   and r.get("event") == "child_started"]
+        assert [r["child_id"] for r in started] == [session.id]
+        assert len(session.workers) == 2
+        result = session.process("tests.sample_selectors:Cycles", cycles=40, progress=False)
+        assert result.outputs["sum"] == sum(range(40))
+
+
+def test_the_pre_opened_session_goes_only_to_the_same_request() -> None:
+    with pyproof.connect("lite://?workers=2") as session:
+        request = session.cluster.open_request
+        again = session.control.call("open_session", {"workers": 2}, request_id=request)
+        assert again["session"] == session.id
+        # the same request id asking for another size is another request: a new session
+        other = session.control.call("open_session", {"workers": 1}, request_id=request)
+        assert other["session"] != session.id and len(other["workers"]) == 1
+        session.control.call("close_session", session=other["session"], deadline=10.0)
+
+
+def _sessions_actor(sent: list) -> Any:
+    """A Sessions shell outside any actor system: what it sends is collected."""
+    from pyproof.actors.sessions import Sessions
+
+    actor = Sessions()
+    actor.send = lambda to, message: sent.append((to, message))  # type: ignore[method-assign]
+    actor.info["s1"] = {"user": "u", "workers": 2, "created": 0.0}
+    actor.opened["r1"] = "s1"
+    actor.preopen_waiting["s1"] = []
+    return actor
+
+
+def _ask_again(actor: Any, corr: str) -> None:
+    actor._create(m.CreateSession(corr=corr, session_id="new", workers=2, run_dir="/r",
+                                  log_dir="/l", user="u", request_id="r1",
+                                  reply_to=f"client-{corr}"), None)
+
+
+def test_a_client_waiting_for_a_pre_opened_session_that_fails_gets_the_reason() -> None:
+    sent: list = []
+    actor = _sessions_actor(sent)
+    _ask_again(actor, "c1")
+    assert sent == []  # it waits for the session to run
+    actor.receive_other(m.SessionFailed(corr="preopen-s1", session_id="s1",
+                                        error="start timeout"), None)
+    assert [(to, type(msg).__name__, msg.corr, msg.error) for to, msg in sent] == [
+        ("client-c1", "SessionFailed", "c1", "session s1 failed to start: start timeout")]
+    sent.clear()
+    _ask_again(actor, "c2")  # a later attempt is told at once
+    assert [(to, msg.error) for to, msg in sent] == [("client-c2", "session s1 ended")]
+
+
+def test_a_pre_opened_session_that_exits_before_it_runs_answers_its_waiting_clients() -> None:
+    sent: list = []
+    actor = _sessions_actor(sent)
+    _ask_again(actor, "c1")
+    actor.on_child_exited("s1", 123, "crashed")
+    assert [(to, msg.error) for to, msg in sent] == [
+        ("client-c1", "session s1 failed to start: crashed")]
+
+
+def test_a_pre_opened_session_that_runs_is_announced_to_its_waiting_clients() -> None:
+    sent: list = []
+    actor = _sessions_actor(sent)
+    actor.refs["s1"] = "session-s1"
+    _ask_again(actor, "c1")
+    actor.receive_other(m.SessionReady(corr="preopen-s1", session_id="s1", master=None,
+                                       workers=("worker-0", "worker-1")), None)
+    assert [(to, type(msg).__name__, msg.corr, msg.workers) for to, msg in sent] == [
+        ("client-c1", "SessionReady", "c1", ("worker-0", "worker-1"))]
