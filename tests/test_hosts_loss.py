@@ -62,3 +62,44 @@ def test_the_master_host_cut_off_fails_the_query_naming_it_and_its_remote_worker
         start = time.monotonic()
         session.close()  # the master is unreachable: bounded
         assert time.monotonic() - start < 20
+
+
+def test_a_host_stopped_with_proofctl_leaves_at_once_drains_and_the_query_completes_exactly(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    from tests.test_hosts_cluster import BASIC, DATASET, by_host, check_exact
+    from tests.test_hosts_netns import PORT, registry
+
+    hosts = netns_hosts
+    url = cluster(hosts, ("m", "h2", "h3"), auth.fresh_cluster_secret())
+    h3 = hosts.hosts["h3"]
+    with pyproof.connect(f"{url}?workers=h2:2,h3:2") as session:
+        query = Running(session, sleep=0.4)  # 46 packets: some 5 s on four workers
+        deadline = time.monotonic() + 30
+        while ((session.status().get("master") or {}).get("query") or {}).get(
+                "processed", 0) < 300:
+            assert time.monotonic() < deadline, "the query made no progress"
+            time.sleep(0.1)
+        stopped = hosts.proofctl(h3, "daemon", "stop", "--port", str(PORT))
+        assert stopped.stdout.splitlines() == [
+            f"left the cluster of {url} (2 workers drained)",
+            f"proofd on port {PORT} stopped"], stopped
+        # said goodbye: "left" at once (not "lost" after missed heartbeats), nothing of it
+        # runs any more, and the query still runs, on h2 alone
+        assert {h["name"]: h["state"] for h in registry(url)["hosts"]} == {
+            "m": "alive", "h2": "alive", "h3": "left"}
+        assert hosts.pids(h3) == []
+        assert query.thread.is_alive(), "the query ended before h3 left: nothing was shown"
+        result = query.get()
+        check_exact(result)  # every entry once
+        # drained: each of h3's workers sent what it had processed; at most the packet it
+        # was given and had not started went back to the queue
+        requeued = [r["worker"].partition("#")[0] for r in result.lineage["requeued"]]
+        assert all(requeued.count(w) <= 1 for w in ("worker-0@h3", "worker-1@h3")), \
+            result.lineage["requeued"]
+        assert by_host(result)["h3"] > 0 and by_host(result)["h2"] > 0, by_host(result)
+        # the session goes on without h3; h3 stays "left", never "lost"
+        result = session.process("tests.sample_selectors:SlowCount", dataset=DATASET,
+                                 inputs={"sleep": 0.0}, progress=False, **BASIC)
+        check_exact(result)
+        assert set(by_host(result)) == {"h2"}
+        assert {h["name"]: h["state"] for h in registry(url)["hosts"]}["h3"] == "left"

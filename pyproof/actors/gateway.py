@@ -362,6 +362,14 @@ class Gateway(ProofActor):
                 raise RequestError("this daemon is not part of a cluster: start it with "
                                    "--cluster-secret FILE (see proofctl daemon start --help)")
             self.send(self.start.hosts, m.HostsRequest(corr=corr, reply_to=self.myAddress))
+        elif kind == "leave_cluster":  # proofctl daemon stop, on a joined host (hosts.py)
+            if not pending.admin:
+                raise RequestError("only an admin of this daemon may make it leave its cluster")
+            if self.start.hosts is None:
+                self._complete(corr, "ok", {"left": None})
+            else:
+                self.send(self.start.hosts, m.HostsRequest(corr=corr, reply_to=self.myAddress,
+                                                           op="leave"))
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
         elif kind in ("add_workers", "remove_workers", "list_workers"):

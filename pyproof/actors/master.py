@@ -58,6 +58,8 @@ class Master(ProofActor):
             self.specs = {q: self.specs[q] for q in active if q in self.specs}
             for query_id, spec in self.specs.items():
                 self.send(message.ref, m.RunQuery(query_id=query_id, spec=spec))
+        elif isinstance(message, m.WorkerLeaving):  # removed: it finishes, starts nothing
+            self.workers.pop(message.worker_id, None)
         elif isinstance(message, m.WorkerLost):
             assert self.plane is not None
             current = self.workers.get(message.worker_id)

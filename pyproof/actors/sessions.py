@@ -477,7 +477,10 @@ class SessionSupervisor(SupervisorActor):
                 return
             get_logger().info("workers_removing", workers=names)
             now = time.monotonic()
+            master = self.refs.get("master")
             for name in names:
+                if master is not None:  # no next query for it (it may take a while to exit)
+                    self.send(master, m.WorkerLeaving(worker_id=name))
                 self.run(ev.RemoveChild(child_id=name, now=now))
                 if self.registry is not None:
                     self.registry.set_child(self.request.session_id, name, None)
