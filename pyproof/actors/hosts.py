@@ -35,6 +35,7 @@ import os
 import queue
 import re
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -56,6 +57,7 @@ from pyproof.actors.host_links import (
     cluster_address,
 )
 from pyproof.actors.output_files import query_output_dir
+from pyproof.actors.registry import Registry, address_from_wire
 from pyproof.actors.sessions import master_address
 from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
@@ -66,6 +68,7 @@ from pyproof.packages import remote as remote_packages
 from pyproof.packages.errors import PackageError
 from pyproof.packages.store import PackageStore
 from pyproof.query.spec import QuerySpec, SpecError
+from pyproof.supervision.process_tree import start_time
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
@@ -76,6 +79,7 @@ SENT = "sent"
 PULL_TIMEOUT = 30.0  # one chunk of a package from the master's host
 START_WAIT = 40.0  # a host starting a session's workers answers within this
 LEAVE_DRAIN = 15.0  # a leaving host's workers drain within this (then they are killed)
+INCARNATION_FILE = "host-incarnation"  # in the run directory (`_keep_incarnation`)
 SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
 WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -266,6 +270,8 @@ class Hosts(ProofActor):
         self.config, self.sessions = config, message.sessions
         self.start_log(message.log_dir, actor="hosts")
         self.incarnation = config.get("incarnation") or uuid.uuid4().hex
+        parts = self._surviving_parts(config["run_dir"])
+        self._keep_incarnation(config["run_dir"], bool(parts))
         self.info = reg.HostInfo.from_wire(config["info"])
         self.secret = auth.read_secret(config["secret_file"])
         self.tls = TLSSettings(**config["tls"]) if config.get("tls") else None
@@ -285,6 +291,7 @@ class Hosts(ProofActor):
             self.send(sender, m.StartError(reason=f"cannot listen for the cluster on "
                                                   f"{self.info.address} (+1): {exc}"))
             return
+        self._readopt(parts)
         if config.get("join"):
             self.joiner = Joiner(master_url=config["join"], info=self.info,
                                  incarnation=self.incarnation, secret=self.secret,
@@ -294,6 +301,71 @@ class Hosts(ProofActor):
                           join=config.get("join"))
         self.wakeupAfter(TICK)
         self.send(sender, m.Started(pid=os.getpid(), info={"endpoint": self.endpoint.address}))
+
+    # -- a restarted daemon (or hosts actor): the session parts that still run here -------
+    def _surviving_parts(self, run_dir: str) -> dict[str, tuple[str, str, Any]]:
+        """session -> (master, its URL, registry entry) of the parts of other hosts' sessions
+        whose supervisor still runs here (the registry: actors/registry.py); rows of the
+        others are removed."""
+        registry = Registry(run_dir)
+        try:
+            parts = registry.remote_parts()
+            entries = {e.session_id: e for e in registry.entries()} if parts else {}
+        except sqlite3.Error as exc:
+            get_logger().warning("remote_parts_unreadable", error=str(exc))
+            return {}
+        alive = {}
+        for sid, (master, url) in parts.items():
+            entry = entries.get(sid)
+            if entry is not None and entry.address is not None and (
+                    start_time(entry.supervisor.pid) == entry.supervisor.start):
+                alive[sid] = (master, url, entry)
+            elif entry is None:
+                registry.remove(sid)
+        return alive
+
+    def _keep_incarnation(self, run_dir: str, parts: bool) -> None:
+        """A daemon restarted while parts of sessions still run here is the same member for
+        the master (it does not drop their workers): it keeps its incarnation."""
+        path = os.path.join(run_dir, INCARNATION_FILE)
+        if parts:
+            try:
+                with open(path) as f:
+                    kept = f.read().strip()
+                if 0 < len(kept) <= 64:
+                    self.incarnation = kept
+                    return
+            except OSError:
+                pass
+        try:
+            with open(path, "w") as f:
+                f.write(self.incarnation)
+        except OSError as exc:
+            get_logger().warning("incarnation_not_written", error=str(exc))
+
+    def _readopt(self, parts: dict[str, tuple[str, str, Any]]) -> None:
+        """Re-open the tunnel of each surviving part and become its hosts actor; the master
+        is asked whether the session still runs (`_check_masters`), else it is closed."""
+        run_dir = self.config["run_dir"]
+        for sid, (master, url, entry) in parts.items():
+            workers = {w: p.pid for w, p in entry.children.items()
+                       if start_time(p.pid) == p.start}
+            try:
+                tunnel = Tunnel(address=f"ipc://{os.path.join(run_dir, f'tunnel-{sid}.ipc')}",
+                                session_id=sid, name=self.info.name, master=master,
+                                master_url=url, secret=self.secret, tls=self.tls,
+                                contexts=len(workers) + 1)
+            except (pynng.NNGException, ClusterError) as exc:
+                get_logger().warning("remote_session_not_readopted", session=sid,
+                                     error=str(exc))
+                continue
+            hosted = self.hosted[sid] = Hosted(
+                master=master, master_url=url, expected=len(workers), tunnel=tunnel,
+                workers=workers, ref=address_from_wire(entry.address), user=entry.user)
+            self.master_ok[master] = time.monotonic()
+            self.send(hosted.ref, m.ChangeRemoteWorkers())  # its hosts actor is this one now
+            get_logger().info("remote_session_readopted", session=sid, master=master,
+                              workers=sorted(workers))
 
     def _starting(self) -> bool:
         """Whether a session's part is starting here or elsewhere (the tick is then short:
@@ -1066,6 +1138,10 @@ class Hosts(ProofActor):
         corr = f"hosts-{next(self._ids)}"
         self.hosted[sid] = Hosted(master=master, master_url=url, expected=len(ids),
                                   tunnel=tunnel, waiter=(event, box), corr=corr, user=user)
+        try:  # so that a restarted daemon re-opens its tunnel (`_readopt`)
+            Registry(run_dir).set_remote(sid, master, url)
+        except sqlite3.Error as exc:
+            get_logger().warning("remote_part_not_recorded", session=sid, error=str(exc))
         self.master_ok.setdefault(master, time.monotonic())
         self.send(self.sessions, m.CreateSession(
             corr=corr, session_id=sid, workers=len(ids), run_dir=run_dir,
@@ -1077,6 +1153,7 @@ class Hosts(ProofActor):
         if hosted is None:
             return
         hosted.ref = sender
+        known = hosted.workers.get(message.worker_id) == message.pid
         if message.alive:
             hosted.workers[message.worker_id] = message.pid
         elif hosted.workers.get(message.worker_id) == message.pid:
@@ -1089,6 +1166,8 @@ class Hosts(ProofActor):
                 event.set()
                 # the master just asked for it: its silence is counted from now
                 self.master_ok[hosted.master] = time.monotonic()
+            return
+        if message.alive and known:  # a re-adopted part saying who runs: no news
             return
         link = self._link(hosted.master, hosted.master_url)
         link.submit("worker_event", {"session": message.session_id,

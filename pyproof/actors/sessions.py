@@ -484,6 +484,8 @@ class SessionSupervisor(SupervisorActor):
                 self.run(ev.RemoveChild(child_id=name, now=now))
                 if self.registry is not None:
                     self.registry.set_child(self.request.session_id, name, None)
+            if self.registry is not None:
+                self.registry.set_workers(self.request.session_id, len(workers) - len(names))
             answer({"removed": sorted(names), "workers": self._rows(message.host)})
 
     def _rows(self, host: str = "") -> list[dict[str, Any]]:
@@ -503,6 +505,8 @@ class SessionSupervisor(SupervisorActor):
         if adding["left"]:
             return
         del self.adding[requester[1]]
+        if self.registry is not None and self.request is not None:
+            self.registry.set_workers(self.request.session_id, len(self._workers()))
         if adding["added"]:
             adding["answer"]({"added": sorted(adding["added"]), "errors": adding["errors"],
                               "workers": self._rows(adding["host"])})
