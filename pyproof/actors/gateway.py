@@ -447,7 +447,8 @@ class Gateway(ProofActor):
         # in a cluster the hosts actor places them; else the session adds them here itself
         self.send(self.start.hosts or self.start.sessions, m.SessionWorkers(
             corr=corr, session_id=session_id, op=op, count=count, host=host, names=tuple(names),
-            reply_to=self.myAddress, user=pending.user, admin=pending.admin))
+            reply_to=self.myAddress, user=pending.user, admin=pending.admin,
+            request_id=pending.frame.request_id or ""))
 
     def _outbox_address(self, session_id: str, payload: dict[str, Any]) -> str:
         """Where a session listens for its client in client-dials mode: beside the gateway."""

@@ -63,6 +63,7 @@ from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
 from pyproof.hosts.channel import ChannelServer
+from pyproof.hosts.once import Once
 from pyproof.logs import get_logger
 from pyproof.packages import remote as remote_packages
 from pyproof.packages.errors import PackageError
@@ -218,6 +219,7 @@ class Hosts(ProofActor):
         # worker's side, while this host leaves: the answer's (corr, reply_to), deadline,
         # the workers drained, and whether the master has been told it is over
         self.leaving: dict[str, Any] | None = None
+        self.once = Once()  # add_workers by the client's request id (a retry adds nothing)
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -785,8 +787,15 @@ class Hosts(ProofActor):
                  for w, pid in sorted(ws.items())]
         return rows
 
-    def _add_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
-        sid = message.session_id
+    def _add_workers(self, message: m.SessionWorkers, span: Spanned, reply) -> None:
+        sid, rid = message.session_id, message.request_id
+        if not self.once.begin(rid, reply):  # a retry: answered with the first's outcome
+            return
+
+        def answer(status: dict[str, Any]) -> None:
+            reply(status)
+            self.once.end(rid, status)
+
         if message.count < 1:
             answer({"error": "add at least one worker"})
             return

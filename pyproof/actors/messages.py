@@ -372,6 +372,7 @@ class SessionWorkers:
     reply_to: Any = None
     user: str = ""
     admin: bool = False
+    request_id: str = ""  # the client's: a retried add is answered, never done twice
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

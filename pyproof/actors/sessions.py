@@ -40,6 +40,7 @@ from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-e
     worker_child,
 )
 from pyproof.actors.warmup import preload_session_modules
+from pyproof.hosts.once import Once
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
@@ -372,6 +373,7 @@ class SessionSupervisor(SupervisorActor):
         self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
         self.next_worker = 0  # the index of the next worker added on the fly
         self.adding: dict[str, dict[str, Any]] = {}  # add request corr -> its progress
+        self.once = Once()  # adds by the client's request id (a retry adds nothing)
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
@@ -438,6 +440,14 @@ class SessionSupervisor(SupervisorActor):
         elif message.op == "ls":
             answer({"workers": self._rows(message.host)})
         elif message.op == "add":
+            rid, reply = message.request_id, answer
+            if not self.once.begin(rid, reply):  # a retry: answered with the first's outcome
+                return
+
+            def answer(status: dict[str, Any]) -> None:  # noqa: F811 (the first's, kept)
+                reply(status)
+                self.once.end(rid, status)
+
             if not 1 <= message.count <= MAX_ADD:
                 answer({"error": f"add from 1 to {MAX_ADD} workers at a time, not "
                                  f"{message.count}"})
