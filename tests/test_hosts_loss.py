@@ -109,7 +109,8 @@ def test_a_joined_hosts_session_part_is_registered_readopted_after_a_restart_and
         netns_hosts: NetnsHosts):  # noqa: F811
     """The part of a session on a joined host is in that host's durable registry (its
     worker count kept right); that host's daemon dying and started again re-adopts it (the
-    same worker processes run the next query); `proofctl daemon stop` there stops it."""
+    same worker processes run the next query), or cleans it if its session was closed
+    meanwhile; `proofctl daemon stop` there stops it."""
     from pyproof.actors.registry import Registry
     from pyproof.actors.survival import stop_control_leftovers
     from pyproof.supervision.process_tree import is_alive
@@ -136,8 +137,10 @@ def test_a_joined_hosts_session_part_is_registered_readopted_after_a_restart_and
             assert time.monotonic() < deadline, f"h2's registry: {registry.entries()}"
             time.sleep(0.1)
 
+    closed = pyproof.connect(f"{url}?workers=h2:1")  # closed while h2's daemon is down
     with pyproof.connect(f"{url}?workers=h2:2") as session:
-        assert registry.remote_parts() == {session.id: ("m", url)}
+        assert registry.remote_parts() == {closed.id: ("m", url), session.id: ("m", url)}
+        gone = part(closed.id, 1)
         assert sorted(part(session.id, 2)) == ["worker-0@h2", "worker-1@h2"]
         assert session.add_workers(1, host="h2") == ["worker-2@h2"]
         part(session.id, 3)
@@ -146,8 +149,14 @@ def test_a_joined_hosts_session_part_is_registered_readopted_after_a_restart_and
         # h2's daemon dies (its control tree; the session's part lives on) and is started
         # again: it re-adopts the part, whose workers run the next query
         stop_control_leftovers(str(run_dir))
+        closed.close()
         start(hosts, h2, secret, "--cores", "4", "--join", url)
         wait_for(url, lambda r: r["h2"]["state"] == "alive", "h2 back")
+        # the part of the session closed meanwhile is cleaned (its master says it ended)
+        deadline = time.monotonic() + 20
+        while any(is_alive(p) for p in gone.values()) or closed.id in registry.remote_parts():
+            assert time.monotonic() < deadline, f"the closed session's part runs: {gone}"
+            time.sleep(0.1)
         result = session.process("tests.sample_selectors:SlowCount", dataset=DATASET,
                                  inputs={"sleep": 0.0}, progress=False, **BASIC)
         check_exact(result)
