@@ -338,3 +338,26 @@ class SizedOutput(pyproof.Selector):
 
     def process(self, cycles, ctx):
         ctx.outputs["big"][: len(cycles)] += 1.0
+
+
+class PacketLog(pyproof.Selector):
+    """Counts and fills like SlowCount, sleeping `inputs['sleep_per_entry']` seconds per entry
+    (so a worker's measured rate does not depend on its packets' sizes), and records, per
+    packet, [worker, file, entry_start, entry_stop, when it ended (time.time(): one clock for
+    every namespace of a test machine)]: which worker read what, in which order."""
+
+    branches = ["M"]
+
+    def begin(self, ctx):
+        ctx.outputs["n"] = 0
+        ctx.outputs["mass"] = hist.Hist.new.Reg(100, 0, 200, name="M").Double()
+        ctx.outputs["packets"] = []
+
+    def process(self, events, ctx):
+        import time
+
+        time.sleep(ctx.inputs.get("sleep_per_entry", 0.0) * len(events))
+        ctx.outputs["n"] += len(events)
+        ctx.outputs["mass"].fill(ak.to_numpy(events["M"]))
+        ctx.outputs["packets"].append([ctx.worker, ctx.file, ctx.entry_start, ctx.entry_stop,
+                                       time.time()])

@@ -13,6 +13,7 @@ from pyproof.hosts.registry import (
     Heartbeat,
     HostInfo,
     HostJoined,
+    HostLeft,
     HostListError,
     HostLost,
     HostRegistry,
@@ -72,12 +73,19 @@ def test_an_alive_host_announcing_a_new_incarnation_restarted():
     assert r.snapshot(2.0)[0]["cores"] == 8
 
 
-def test_a_host_that_leaves_is_lost_at_once_but_only_its_own_incarnation_may_say_so():
+def test_a_host_that_leaves_is_left_at_once_never_lost_and_only_its_own_incarnation_may_say_so():
     r = HostRegistry(lost_after=5.0)
     r.handle(Announce(info=info("h2"), incarnation="a", now=0.0))
     assert r.handle(Leave(name="h2", incarnation="old", now=1.0)) == []
-    assert r.handle(Leave(name="h2", incarnation="a", now=1.0)) == [
-        HostLost(name="h2", reason="left")]
+    assert r.handle(Leave(name="h2", incarnation="a", now=1.0)) == [HostLeft(name="h2")]
+    assert r.snapshot(1.0)[0]["state"] == "left" and r.alive() == []
+    assert r.handle(Tick(now=100.0)) == []  # its silence from now on is no loss
+    assert r.handle(Leave(name="h2", incarnation="a", now=101.0)) == []  # said once
+    r.validate()
+    # started again, it joins again
+    assert r.handle(Announce(info=info("h2"), incarnation="b", now=102.0)) == [
+        HostJoined(name="h2", rejoined=True)]
+    assert r.alive() == ["h2"]
 
 
 def test_listed_hosts_are_shown_never_heard_until_they_announce():

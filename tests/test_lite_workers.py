@@ -50,3 +50,25 @@ def test_workers_added_and_removed_mid_query_on_a_lite_cluster_give_the_exact_re
                                  inputs={"sleep": 0.0}, progress=False, **BASIC)
         assert result.outputs["n"] == n
         assert set(result.stats.workers) <= {"worker-0", "worker-2"}
+
+
+def test_a_retried_add_workers_request_is_answered_again_and_adds_nothing(monkeypatch):
+    import uuid
+
+    from pyproof.actors.registry import Registry
+    from pyproof.client import control
+
+    with pyproof.connect("lite://?workers=1") as session:
+        fixed = uuid.uuid4()
+        with monkeypatch.context() as patch:  # every request gets the same id: a retry
+            patch.setattr(control.uuid, "uuid4", lambda: fixed)
+            first = session.add_workers(1)
+            again = session.add_workers(1)  # its answer was lost: the client asks again
+        assert first == again == ["worker-1"]
+        assert session.add_workers(1) == ["worker-2"]  # a new request adds
+        assert session.workers == ["worker-0", "worker-1", "worker-2"]
+        # the durable registry counts them (what a restarted daemon re-adopts)
+        registry = Registry(session.cluster.run_dir)
+        assert [e.workers for e in registry.entries()] == [3]
+        assert session.remove_workers(["worker-1"]) == ["worker-1"]
+        assert [e.workers for e in registry.entries()] == [2]

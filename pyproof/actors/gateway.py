@@ -382,6 +382,14 @@ class Gateway(ProofActor):
                 raise RequestError("this daemon is not part of a cluster: start it with "
                                    "--cluster-secret FILE (see proofctl daemon start --help)")
             self.send(self.start.hosts, m.HostsRequest(corr=corr, reply_to=self.myAddress))
+        elif kind == "leave_cluster":  # proofctl daemon stop, on a joined host (hosts.py)
+            if not pending.admin:
+                raise RequestError("only an admin of this daemon may make it leave its cluster")
+            if self.start.hosts is None:
+                self._complete(corr, "ok", {"left": None})
+            else:
+                self.send(self.start.hosts, m.HostsRequest(corr=corr, reply_to=self.myAddress,
+                                                           op="leave"))
         elif kind == "debug_crash" and TEST_HOOKS:
             raise RuntimeError("crash requested by a test")
         elif kind in ("add_workers", "remove_workers", "list_workers"):
@@ -459,7 +467,8 @@ class Gateway(ProofActor):
         # in a cluster the hosts actor places them; else the session adds them here itself
         self.send(self.start.hosts or self.start.sessions, m.SessionWorkers(
             corr=corr, session_id=session_id, op=op, count=count, host=host, names=tuple(names),
-            reply_to=self.myAddress, user=pending.user, admin=pending.admin))
+            reply_to=self.myAddress, user=pending.user, admin=pending.admin,
+            request_id=pending.frame.request_id or ""))
 
     def _outbox_address(self, session_id: str, payload: dict[str, Any]) -> str:
         """Where a session listens for its client in client-dials mode: beside the gateway."""

@@ -16,6 +16,13 @@ the root supervisor; it owns sockets, creates no children):
   announces again whenever the master does not know it (the master
   restarted) and logs in again when its channel is gone; a restarted host
   announces with a new incarnation.
+- **leaving** (``proofctl daemon stop`` on a joined host, before it signals the
+  daemon): the host tells the master it leaves (the master's registry shows it
+  "left" at once and places nothing more there), stops the heartbeat, and
+  removes its workers of the master's sessions, as ``remove_workers`` would:
+  each finishes its packet or the master re-queues it, exactly once. Once they
+  are gone (or after ``LEAVE_DRAIN`` s) it says "drained" and the master
+  re-queues whatever those workers still held; then the stop goes on.
 
 Thespian never leaves the host: daemons meet only here, over authenticated nng.
 """
@@ -28,6 +35,7 @@ import os
 import queue
 import re
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -49,16 +57,19 @@ from pyproof.actors.host_links import (
     cluster_address,
 )
 from pyproof.actors.output_files import query_output_dir
+from pyproof.actors.registry import Registry, address_from_wire
 from pyproof.actors.sessions import master_address
 from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
 from pyproof.hosts.channel import ChannelServer
+from pyproof.hosts.once import Once
 from pyproof.logs import get_logger
 from pyproof.packages import remote as remote_packages
 from pyproof.packages.errors import PackageError
 from pyproof.packages.store import PackageStore
 from pyproof.query.spec import QuerySpec, SpecError
+from pyproof.supervision.process_tree import start_time
 from pyproof.transport import auth
 from pyproof.transport.tls import TLSSettings
 
@@ -68,6 +79,8 @@ SESSIONS_CHECK = 2.0  # seconds between checks that spanned sessions still run
 SENT = "sent"
 PULL_TIMEOUT = 30.0  # one chunk of a package from the master's host
 START_WAIT = 40.0  # a host starting a session's workers answers within this
+LEAVE_DRAIN = 15.0  # a leaving host's workers drain within this (then they are killed)
+INCARNATION_FILE = "host-incarnation"  # in the run directory (`_keep_incarnation`)
 SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
 WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -125,8 +138,8 @@ class Joiner:
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
-        # no goodbye: the supervisor kills this actor's process on shutdown, so a host
-        # that stops is found lost by its silence (lost_after)
+        # no goodbye here: `proofctl daemon stop` leaves first (Hosts._leave); a host that
+        # stops any other way is found lost by its silence (lost_after)
         self._stop.set()
         self._thread.join(self.client.timeout + 1.0)
         self.client.close()
@@ -200,6 +213,13 @@ class Hosts(ProofActor):
         # workers added to or removed from a session's part on this (the master's) host:
         # the request's corr -> (session, op, add request or "")
         self.local_ops: dict[str, tuple[str, str, str]] = {}
+        # master's side: hosts that said goodbye -> when their workers count as lost if
+        # they have not drained by then
+        self.leaving_hosts: dict[str, float] = {}
+        # worker's side, while this host leaves: the answer's (corr, reply_to), deadline,
+        # the workers drained, and whether the master has been told it is over
+        self.leaving: dict[str, Any] | None = None
+        self.once = Once()  # add_workers by the client's request id (a retry adds nothing)
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -215,6 +235,8 @@ class Hosts(ProofActor):
         elif isinstance(message, WakeupMessage):
             self._tick()
             self.wakeupAfter(BUSY_TICK if self._starting() else TICK)
+        elif isinstance(message, m.HostsRequest) and message.op == "leave":
+            self._leave(message, sender)
         elif isinstance(message, m.HostsRequest):
             self._status(message, sender)
         elif isinstance(message, m.PlaceSession):
@@ -250,6 +272,8 @@ class Hosts(ProofActor):
         self.config, self.sessions = config, message.sessions
         self.start_log(message.log_dir, actor="hosts")
         self.incarnation = config.get("incarnation") or uuid.uuid4().hex
+        parts = self._surviving_parts(config["run_dir"])
+        self._keep_incarnation(config["run_dir"], bool(parts))
         self.info = reg.HostInfo.from_wire(config["info"])
         self.secret = auth.read_secret(config["secret_file"])
         self.tls = TLSSettings(**config["tls"]) if config.get("tls") else None
@@ -269,6 +293,7 @@ class Hosts(ProofActor):
             self.send(sender, m.StartError(reason=f"cannot listen for the cluster on "
                                                   f"{self.info.address} (+1): {exc}"))
             return
+        self._readopt(parts)
         if config.get("join"):
             self.joiner = Joiner(master_url=config["join"], info=self.info,
                                  incarnation=self.incarnation, secret=self.secret,
@@ -279,11 +304,76 @@ class Hosts(ProofActor):
         self.wakeupAfter(TICK)
         self.send(sender, m.Started(pid=os.getpid(), info={"endpoint": self.endpoint.address}))
 
+    # -- a restarted daemon (or hosts actor): the session parts that still run here -------
+    def _surviving_parts(self, run_dir: str) -> dict[str, tuple[str, str, Any]]:
+        """session -> (master, its URL, registry entry) of the parts of other hosts' sessions
+        whose supervisor still runs here (the registry: actors/registry.py); rows of the
+        others are removed."""
+        registry = Registry(run_dir)
+        try:
+            parts = registry.remote_parts()
+            entries = {e.session_id: e for e in registry.entries()} if parts else {}
+        except sqlite3.Error as exc:
+            get_logger().warning("remote_parts_unreadable", error=str(exc))
+            return {}
+        alive = {}
+        for sid, (master, url) in parts.items():
+            entry = entries.get(sid)
+            if entry is not None and entry.address is not None and (
+                    start_time(entry.supervisor.pid) == entry.supervisor.start):
+                alive[sid] = (master, url, entry)
+            elif entry is None:
+                registry.remove(sid)
+        return alive
+
+    def _keep_incarnation(self, run_dir: str, parts: bool) -> None:
+        """A daemon restarted while parts of sessions still run here is the same member for
+        the master (it does not drop their workers): it keeps its incarnation."""
+        path = os.path.join(run_dir, INCARNATION_FILE)
+        if parts:
+            try:
+                with open(path) as f:
+                    kept = f.read().strip()
+                if 0 < len(kept) <= 64:
+                    self.incarnation = kept
+                    return
+            except OSError:
+                pass
+        try:
+            with open(path, "w") as f:
+                f.write(self.incarnation)
+        except OSError as exc:
+            get_logger().warning("incarnation_not_written", error=str(exc))
+
+    def _readopt(self, parts: dict[str, tuple[str, str, Any]]) -> None:
+        """Re-open the tunnel of each surviving part and become its hosts actor; the master
+        is asked whether the session still runs (`_check_masters`), else it is closed."""
+        run_dir = self.config["run_dir"]
+        for sid, (master, url, entry) in parts.items():
+            workers = {w: p.pid for w, p in entry.children.items()
+                       if start_time(p.pid) == p.start}
+            try:
+                tunnel = Tunnel(address=f"ipc://{os.path.join(run_dir, f'tunnel-{sid}.ipc')}",
+                                session_id=sid, name=self.info.name, master=master,
+                                master_url=url, secret=self.secret, tls=self.tls,
+                                contexts=len(workers) + 1)
+            except (pynng.NNGException, ClusterError) as exc:
+                get_logger().warning("remote_session_not_readopted", session=sid,
+                                     error=str(exc))
+                continue
+            hosted = self.hosted[sid] = Hosted(
+                master=master, master_url=url, expected=len(workers), tunnel=tunnel,
+                workers=workers, ref=address_from_wire(entry.address), user=entry.user)
+            self.master_ok[master] = time.monotonic()
+            self.send(hosted.ref, m.ChangeRemoteWorkers())  # its hosts actor is this one now
+            get_logger().info("remote_session_readopted", session=sid, master=master,
+                              workers=sorted(workers))
+
     def _starting(self) -> bool:
         """Whether a session's part is starting here or elsewhere (the tick is then short:
         the answers that arrive on threads are handled within 50 ms, else within 250)."""
         return bool(self.adds) or any(s.pending or not s.ready for s in self.spanned.values()) \
-            or any(h.waiter is not None for h in self.hosted.values())
+            or any(h.waiter is not None for h in self.hosted.values()) or bool(self.leaving)
 
     def _hosted_workers(self) -> int:
         return sum(len(h.workers) for h in list(self.hosted.values()))
@@ -333,6 +423,12 @@ class Hosts(ProofActor):
             except queue.Empty:
                 break
             item[0](*item[1:])
+        for host in [h for h, until in self.leaving_hosts.items() if now >= until]:
+            get_logger().warning("host_left_undrained", host=host)
+            del self.leaving_hosts[host]
+            self._host_gone(host)
+        if self.leaving is not None:
+            self._leaving_tick(now)
         if now >= self.next_check:
             self.next_check = now + SESSIONS_CHECK
             if self.spanned and self.sessions is not None:
@@ -360,6 +456,16 @@ class Hosts(ProofActor):
         for change in changes:
             if isinstance(change, reg.HostJoined):
                 log.info("host_joined", host=change.name, rejoined=change.rejoined, peer=peer)
+                if self.leaving_hosts.pop(change.name, None) is not None:
+                    self._host_gone(change.name)  # back before its goodbye was over
+            elif isinstance(change, reg.HostLeft):
+                # its workers drain (it removes them itself); what they hold is re-queued
+                # when it says "drained", or at the bound if it never does
+                log.info("host_left", host=change.name, peer=peer)
+                self.leaving_hosts[change.name] = time.monotonic() + LEAVE_DRAIN + 10.0
+                for span in self.spanned.values():  # no next query for them
+                    for worker_id in span.remote.get(change.name, {}):
+                        self.send(span.master, m.WorkerLeaving(worker_id=worker_id))
             elif isinstance(change, reg.HostRestarted):
                 log.warning("host_restarted", host=change.name)
                 self._host_gone(change.name)
@@ -471,7 +577,16 @@ class Hosts(ProofActor):
             changes = self.registry.handle(reg.Leave(name=name, incarnation=incarnation,
                                                      now=now))
         self.inbox.put((self._changed, changes, peer))
+        if body.get("drained") is True:  # its workers are gone: re-queue what they held
+            self.inbox.put((self._host_drained, name))
         return "ok", {}
+
+    def _host_drained(self, host: str) -> None:
+        with self.lock:
+            state = self.registry.hosts[host].state if host in self.registry.hosts else None
+        if state is reg.State.LEFT:
+            self.leaving_hosts.pop(host, None)
+            self._host_gone(host)
 
     # -- master's side: placing a session -------------------------------------------
     def _placed_counts(self) -> dict[str, int]:
@@ -608,6 +723,8 @@ class Hosts(ProofActor):
                     self._added(add)
             else:
                 self._maybe_ready(sid, span)
+        elif tag[0] == "left":
+            self._left(tag[1], error)
         elif tag[0] == "alive":
             _, master = tag
             if error is None and kind == "ok":
@@ -670,8 +787,15 @@ class Hosts(ProofActor):
                  for w, pid in sorted(ws.items())]
         return rows
 
-    def _add_workers(self, message: m.SessionWorkers, span: Spanned, answer) -> None:
-        sid = message.session_id
+    def _add_workers(self, message: m.SessionWorkers, span: Spanned, reply) -> None:
+        sid, rid = message.session_id, message.request_id
+        if not self.once.begin(rid, reply):  # a retry: answered with the first's outcome
+            return
+
+        def answer(status: dict[str, Any]) -> None:
+            reply(status)
+            self.once.end(rid, status)
+
         if message.count < 1:
             answer({"error": "add at least one worker"})
             return
@@ -778,6 +902,8 @@ class Hosts(ProofActor):
             if name in remote:
                 by_host.setdefault(remote[name], []).append(name)
         for host, ids in by_host.items():
+            for worker_id in ids:  # no next query for them while they drain
+                self.send(span.master, m.WorkerLeaving(worker_id=worker_id))
             url = self.registry.hosts[host].info.address
             self._link(host, url).submit("stop_workers", {"session": message.session_id,
                                                           "worker_ids": ids})
@@ -799,7 +925,7 @@ class Hosts(ProofActor):
                     p["version"] for p in packages})}
             for host, workers in span.remote.items():
                 key = (message.query_id, host)
-                if workers and key not in span.sent:
+                if workers and key not in span.sent and host not in self.leaving_hosts:
                     span.sent.add(key)
                     url = self.registry.hosts[host].info.address
                     # the client's fields, and the packages by version (their paths are
@@ -923,6 +1049,59 @@ class Hosts(ProofActor):
             self.forwarder.forget(sid)
         self._update_data_hosts()
 
+    # -- worker's side: leaving the cluster ------------------------------------------------
+    def _leave(self, message: m.HostsRequest, sender) -> None:
+        """`proofctl daemon stop` on this host: say goodbye, drain, then answer (module
+        docstring). A repeated request (a retry) only changes who is answered."""
+        reply_to = message.reply_to or sender
+        if self.joiner is None:
+            self.send(reply_to, m.StatusReply(corr=message.corr, status={"left": None}))
+            return
+        if self.leaving is not None:
+            self.leaving.update(corr=message.corr, reply_to=reply_to)
+            return
+        joiner = self.joiner
+        master = joiner.client.channel.server_id if joiner.joined else None
+        joiner.stop()  # no heartbeat (nor announce) from now on
+        self.leaving = {"corr": message.corr, "reply_to": reply_to, "master": master,
+                        "deadline": time.monotonic() + LEAVE_DRAIN, "told": False,
+                        "drained": sorted(w for h in self.hosted.values() for w in h.workers)}
+        if master:
+            self._link(master, joiner.master_url).submit("leave", {
+                "incarnation": self.incarnation})
+        for hosted in self.hosted.values():  # as remove_workers: each drains on its own
+            if hosted.ref is not None and hosted.workers:
+                hosted.expected = 0
+                self.send(hosted.ref, m.ChangeRemoteWorkers(remove=tuple(hosted.workers)))
+        get_logger().info("host_leaving", master=joiner.master_url,
+                          workers=self.leaving["drained"])
+        self._leaving_tick(time.monotonic())
+
+    def _leaving_tick(self, now: float) -> None:
+        """Run at each tick while leaving: once the workers are gone (or at the bound), tell
+        the master (after their exits, on the same ordered link), then answer."""
+        leaving = self.leaving
+        assert leaving is not None and self.joiner is not None
+        if leaving["told"] or (self._hosted_workers() and now < leaving["deadline"]):
+            return
+        leaving["told"] = True
+        left = self._hosted_workers() == 0
+        if not left:
+            get_logger().warning("host_leave_undrained", workers=self._hosted_workers())
+        if leaving["master"]:
+            self._link(leaving["master"], self.joiner.master_url).submit(
+                "leave", {"incarnation": self.incarnation, "drained": True}, ("left", left))
+        else:
+            self._left(left)
+
+    def _left(self, drained: bool, error: str | None = None) -> None:
+        leaving = self.leaving
+        assert leaving is not None and self.joiner is not None
+        get_logger().info("host_left_cluster", master=self.joiner.master_url, error=error)
+        self.send(leaving["reply_to"], m.StatusReply(corr=leaving["corr"], status={
+            "left": self.joiner.master_url, "workers": leaving["drained"],
+            "drained": drained, "master_error": error or ""}))  # "error" would fail it
+
     # -- worker's side: a session of another host's master -----------------------------
     def _start_workers(self, master: str, body: dict) -> tuple[str, Any]:
         """(endpoint thread) Start this host's part of a session; answer with its workers."""
@@ -968,6 +1147,10 @@ class Hosts(ProofActor):
         corr = f"hosts-{next(self._ids)}"
         self.hosted[sid] = Hosted(master=master, master_url=url, expected=len(ids),
                                   tunnel=tunnel, waiter=(event, box), corr=corr, user=user)
+        try:  # so that a restarted daemon re-opens its tunnel (`_readopt`)
+            Registry(run_dir).set_remote(sid, master, url)
+        except sqlite3.Error as exc:
+            get_logger().warning("remote_part_not_recorded", session=sid, error=str(exc))
         self.master_ok.setdefault(master, time.monotonic())
         self.send(self.sessions, m.CreateSession(
             corr=corr, session_id=sid, workers=len(ids), run_dir=run_dir,
@@ -979,6 +1162,7 @@ class Hosts(ProofActor):
         if hosted is None:
             return
         hosted.ref = sender
+        known = hosted.workers.get(message.worker_id) == message.pid
         if message.alive:
             hosted.workers[message.worker_id] = message.pid
         elif hosted.workers.get(message.worker_id) == message.pid:
@@ -991,6 +1175,8 @@ class Hosts(ProofActor):
                 event.set()
                 # the master just asked for it: its silence is counted from now
                 self.master_ok[hosted.master] = time.monotonic()
+            return
+        if message.alive and known:  # a re-adopted part saying who runs: no news
             return
         link = self._link(hosted.master, hosted.master_url)
         link.submit("worker_event", {"session": message.session_id,

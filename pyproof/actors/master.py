@@ -58,6 +58,10 @@ class Master(ProofActor):
             self.specs = {q: self.specs[q] for q in active if q in self.specs}
             for query_id, spec in self.specs.items():
                 self.send(message.ref, m.RunQuery(query_id=query_id, spec=spec))
+        elif isinstance(message, m.WorkerLeaving):  # removed: it finishes, starts nothing
+            current = self.workers.pop(message.worker_id, None)
+            if current is not None and self.plane is not None:
+                self.plane.worker_leaving(incarnation(message.worker_id, current[1]))
         elif isinstance(message, m.WorkerLost):
             assert self.plane is not None
             current = self.workers.get(message.worker_id)

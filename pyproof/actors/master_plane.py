@@ -168,6 +168,13 @@ class MasterPlane:
                 return run
         return None
 
+    def worker_leaving(self, worker: str) -> None:
+        """A worker is being removed: no query begun from now on counts on it (a running one
+        keeps it until it has drained: its `worker_lost` follows)."""
+        with self._lock:
+            if worker in self.workers:
+                self.workers.remove(worker)
+
     def worker_lost(self, worker: str, how: str = "") -> None:
         """A worker is gone (`how`: its exit status or signal, from its supervisor)."""
         with self._lock:

@@ -312,6 +312,14 @@ class WorkerLost:
     reason: str = ""  # how it died, e.g. "crashed: killed by signal SIGSEGV"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLeaving:
+    """Session supervisor or hosts actor -> master: this worker is being removed (it
+    drains); give it no new query. Its WorkerLost follows when it has exited."""
+
+    worker_id: str
+
+
 # -- hosts (many hosts: see actors/hosts.py) ----------------------------------
 
 
@@ -328,10 +336,13 @@ class HostsStart:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostsRequest:
-    """Gateway -> hosts actor: the registry (answered with StatusReply)."""
+    """Gateway -> hosts actor: the registry (op "list"), or leave the cluster (op "leave":
+    `proofctl daemon stop` on a joined host, answered once its workers drained); answered
+    with StatusReply."""
 
     corr: str
     reply_to: Any = None
+    op: str = "list"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -366,6 +377,7 @@ class SessionWorkers:
     reply_to: Any = None
     user: str = ""
     admin: bool = False
+    request_id: str = ""  # the client's: a retried add is answered, never done twice
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

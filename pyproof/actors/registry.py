@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     address TEXT,
     children TEXT NOT NULL DEFAULT '{}',
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS remote_parts (
+    session_id TEXT PRIMARY KEY,
+    master TEXT NOT NULL,
+    master_url TEXT NOT NULL
 )
 """
 
@@ -84,7 +89,7 @@ class Registry:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
             yield db
         finally:
             db.close()
@@ -118,11 +123,33 @@ class Registry:
                        (json.dumps(children), time.time(), session_id))
             db.execute("COMMIT")
 
+    def set_workers(self, session_id: str, workers: int) -> None:
+        """A session's worker count, after workers were added or removed on the fly."""
+        with self._db() as db:
+            db.execute("UPDATE sessions SET workers = ?, updated = ? WHERE session_id = ?",
+                       (workers, time.time(), session_id))
+
+    def set_remote(self, session_id: str, master: str, master_url: str) -> None:
+        """This host runs a part of `session_id` for the master host `master`
+        (actors/hosts.py re-opens its tunnel after a restart from this)."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO remote_parts (session_id, master, master_url) "
+                       "VALUES (?, ?, ?)", (session_id, master, master_url))
+
+    def remote_parts(self) -> dict[str, tuple[str, str]]:
+        """session id -> (master host, its URL), for the session parts run here."""
+        if not os.path.exists(self.path):
+            return {}
+        with self._db() as db:
+            rows = db.execute("SELECT session_id, master, master_url FROM remote_parts")
+            return {sid: (master, url) for sid, master, url in rows.fetchall()}
+
     def remove(self, session_id: str) -> None:
         if not os.path.exists(self.path):
             return
         with self._db() as db:
             db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM remote_parts WHERE session_id = ?", (session_id,))
 
     def entries(self) -> list[Entry]:
         if not os.path.exists(self.path):

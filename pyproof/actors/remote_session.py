@@ -7,6 +7,14 @@ sealed with the session's worker key over the cluster channel). The hosts
 actor hears of every worker that starts or exits (`RemoteWorker`) and tells
 the master's host; queries (`RunQuery`) come the other way, and a worker that
 restarts mid-query is given the query at once.
+
+It is as durable as a session of the master's host (it is a `SessionSupervisor`
+for that): it leads a process session of its own, records itself and its
+workers in the durable registry (actors/registry.py, with its master in
+`remote_parts`), so a restarted daemon re-adopts it (its hosts actor re-opens
+the tunnel and asks the master whether the session still runs, else closes
+it) and `proofctl daemon stop` finds it; it stops itself when no supervisor
+pings it for `orphan_grace` seconds.
 """
 
 from __future__ import annotations
@@ -15,15 +23,22 @@ import os
 import time
 
 from pyproof.actors import messages as m
-from pyproof.actors.sessions import WATCHDOG
-from pyproof.actors.supervisor import SupervisorActor
+from pyproof.actors.registry import Registry, address_to_wire
+from pyproof.actors.sessions import WATCHDOG, SessionSupervisor
 from pyproof.actors.trees import worker_child
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
+from pyproof.supervision.adoption import Entry, Proc
+from pyproof.supervision.process_tree import (
+    become_subreaper,
+    detach_session,
+    kill_group,
+    start_time,
+)
 from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFlags
 
 
-class RemoteSession(SupervisorActor):
+class RemoteSession(SessionSupervisor):
     def __init__(self, *args, **kwargs) -> None:
         """Run by Thespian in the new actor process (plain assignments).
 
@@ -31,8 +46,8 @@ class RemoteSession(SupervisorActor):
         actor would see the session part fail to start.
         """
         super().__init__(*args, **kwargs)
-        self.request: m.CreateSession | None = None
         self.query: m.RunQuery | None = None
+        self.hosts_ref = None  # the hosts actor that last spoke to us (a restarted one too)
 
     def receive_other(self, message, sender) -> None:
         """Run by `SupervisorActor.receive` (actor thread) for messages it does not handle.
@@ -41,8 +56,18 @@ class RemoteSession(SupervisorActor):
         70); the supervisor restarts this supervisor from a clean state.
         """
         if isinstance(message, m.CreateSession):
-            self.request = message
+            self.request, self.hosts_ref = message, message.reply_to
+            detach_session()  # outlives the daemon's control tree (sessions.py)
+            become_subreaper()
+            self.last_ping = time.monotonic()
             self.start_log(message.log_dir, actor="remote-session", session=message.session_id)
+            self.registry = Registry(message.run_dir)
+            me = os.getpid()
+            self.registry.put(Entry(
+                session_id=message.session_id, user=message.user,
+                workers=len(message.worker_ids), created=time.time(),
+                supervisor=Proc(pid=me, start=start_time(me) or 0),
+                address=address_to_wire(self.myAddress)))
             children = tuple(self._worker(worker_id) for worker_id in message.worker_ids)
             self.supervise(SupervisorSpec(
                 name=f"remote-session-{message.session_id}", children=children,
@@ -52,18 +77,33 @@ class RemoteSession(SupervisorActor):
                               workers=list(message.worker_ids))
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.ChangeRemoteWorkers):  # workers added or removed on the fly
-            assert self.request is not None
+            assert self.request is not None and self.registry is not None
+            self.hosts_ref = sender
             now = time.monotonic()
+            count = len((set(self._workers()) | set(message.add)) - set(message.remove))
             for worker_id in message.add:
                 if worker_id not in self.refs and worker_id not in self.starting:
                     self.run(ev.AddChild(spec=self._worker(worker_id), now=now))
             for worker_id in message.remove:
                 self.run(ev.RemoveChild(child_id=worker_id, now=now))
+                self.registry.set_child(self.request.session_id, worker_id, None)
+            self.registry.set_workers(self.request.session_id, count)
+            if not message.add and not message.remove:  # a restarted hosts actor: who runs
+                for child_id, pid in self.pids.items():
+                    self.send(sender, m.RemoteWorker(session_id=self.request.session_id,
+                                                     worker_id=child_id, pid=pid, alive=True))
         elif isinstance(message, m.RunQuery):
+            self.hosts_ref = sender
             self.query = message
             for child_id, ref in self.refs.items():
                 if child_id in self.pids:
                     self.send(ref, message)
+        elif not isinstance(message, m.SessionWorkers):  # Adopt, ... (sessions.py)
+            super().receive_other(message, sender)
+
+    def _workers(self) -> list[str]:
+        """Its workers, running or starting ('worker-N@HOST': sorted by name)."""
+        return sorted(c for c in (*self.refs, *self.starting) if c.startswith("worker-"))
 
     def _worker(self, worker_id: str) -> ChildSpec:
         """Run by `receive_other` (actor thread): the spec of one hosted worker (pure)."""
@@ -72,6 +112,9 @@ class RemoteSession(SupervisorActor):
                             packet_address=self.request.packet_address,
                             log_dir=self.request.log_dir)
 
+    def on_running(self) -> None:
+        """Nothing to announce: the hosts actor hears of each worker (`on_child_started`)."""
+
     def on_child_started(self, child_id: str, ref, pid: int, info: dict) -> None:
         """Run by `SupervisorActor` (actor thread) when a child answered its start message.
 
@@ -79,8 +122,10 @@ class RemoteSession(SupervisorActor):
         70); the supervisor restarts this supervisor (its children die with it) from a clean
         state.
         """
-        assert self.request is not None
-        self.send(self.request.reply_to, m.RemoteWorker(
+        assert self.request is not None and self.registry is not None
+        self.registry.set_child(self.request.session_id, child_id,
+                                Proc(pid=pid, start=start_time(pid) or 0))
+        self.send(self.hosts_ref, m.RemoteWorker(
             session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=True))
         if self.query is not None:  # restarted mid-query: back to work at once
             self.send(ref, self.query)
@@ -94,7 +139,8 @@ class RemoteSession(SupervisorActor):
         """
         assert self.request is not None
         if pid is not None:
-            self.send(self.request.reply_to, m.RemoteWorker(
+            kill_group(pid)  # what its selector started and left behind dies with it
+            self.send(self.hosts_ref, m.RemoteWorker(
                 session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=False))
         level = "info" if self.exiting or reason == "shutdown" else "warning"
         getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,

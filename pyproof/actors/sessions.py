@@ -40,6 +40,7 @@ from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-e
     session_tree,
     worker_child,
 )
+from pyproof.hosts.once import Once
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
 from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
@@ -417,6 +418,7 @@ class SessionSupervisor(SupervisorActor):
         self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
         self.next_worker = 0  # the index of the next worker added on the fly
         self.adding: dict[str, dict[str, Any]] = {}  # add request corr -> its progress
+        self.once = Once()  # adds by the client's request id (a retry adds nothing)
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
@@ -485,6 +487,14 @@ class SessionSupervisor(SupervisorActor):
         elif message.op == "ls":
             answer({"workers": self._rows(message.host)})
         elif message.op == "add":
+            rid, reply = message.request_id, answer
+            if not self.once.begin(rid, reply):  # a retry: answered with the first's outcome
+                return
+
+            def answer(status: dict[str, Any]) -> None:  # noqa: F811 (the first's, kept)
+                reply(status)
+                self.once.end(rid, status)
+
             if not 1 <= message.count <= MAX_ADD:
                 answer({"error": f"add from 1 to {MAX_ADD} workers at a time, not "
                                  f"{message.count}"})
@@ -524,10 +534,15 @@ class SessionSupervisor(SupervisorActor):
                 return
             get_logger().info("workers_removing", workers=names)
             now = time.monotonic()
+            master = self.refs.get("master")
             for name in names:
+                if master is not None:  # no next query for it (it may take a while to exit)
+                    self.send(master, m.WorkerLeaving(worker_id=name))
                 self.run(ev.RemoveChild(child_id=name, now=now))
                 if self.registry is not None:
                     self.registry.set_child(self.request.session_id, name, None)
+            if self.registry is not None:
+                self.registry.set_workers(self.request.session_id, len(workers) - len(names))
             answer({"removed": sorted(names), "workers": self._rows(message.host)})
 
     def _rows(self, host: str = "") -> list[dict[str, Any]]:
@@ -547,6 +562,8 @@ class SessionSupervisor(SupervisorActor):
         if adding["left"]:
             return
         del self.adding[requester[1]]
+        if self.registry is not None and self.request is not None:
+            self.registry.set_workers(self.request.session_id, len(self._workers()))
         if adding["added"]:
             adding["answer"]({"added": sorted(adding["added"]), "errors": adding["errors"],
                               "workers": self._rows(adding["host"])})

@@ -28,7 +28,7 @@ from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
 from pyproof.worker_output import capture_worker_output
 
-EXIT_JOIN_TIMEOUT = 0.5
+EXIT_JOIN_TIMEOUT = 2.0  # its packet's end and its last outputs (worker_loop.py), if quick
 PACKET_CHECK = timedelta(seconds=0.5)
 
 

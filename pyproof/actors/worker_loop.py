@@ -208,6 +208,10 @@ class WorkerLoop:
                 return
             else:
                 raise _Abort(reply.get("reason", kind))
+        # stopped (removed, or its host leaves the cluster): what it processed goes to the
+        # master now rather than being processed again elsewhere; a packet it was just
+        # given and did not start goes back to the queue when the worker is gone
+        self._flush()
 
     def _drop_unsent_files(self) -> None:
         """The query ended without our current batch: its files must not outlive it."""

@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import socket
+import sys
 import time
 from typing import Any
 
-from pyproof.cli.daemon import DEFAULT_PORT, start_daemon, stop_daemon
+from pyproof.cli.daemon import DEFAULT_PORT, leave_cluster, start_daemon, stop_daemon
 from pyproof.client.control import ControlClient, daemon_host_port, dial_daemon
 from pyproof.errors import ConnectError, ProofError
 
@@ -103,6 +104,13 @@ def _cluster_args(args: argparse.Namespace) -> list[str]:
 def cmd_daemon_stop(args: argparse.Namespace) -> int:
     port = args.port or local_daemon_port(
         daemon_url(args), "proofctl daemon stop signals a daemon on this host")
+    left = leave_cluster(port)  # a joined host leaves its cluster first (drained)
+    if left.get("left"):
+        drained = "drained" if left.get("drained") else "not all drained in time"
+        print(f"left the cluster of {left['left']} ({len(left.get('workers') or [])} "
+              f"workers {drained})")
+    elif left.get("error"):
+        print(f"warning: could not leave the cluster first: {left['error']}", file=sys.stderr)
     if stop_daemon(port):
         print(f"proofd on port {port} stopped")
         return 0

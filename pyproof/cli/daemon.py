@@ -12,13 +12,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pyproof.errors import ConnectError
+from pyproof.errors import ConnectError, ProofError
 from pyproof.sandbox import daemon_home, make_private_dir, open_private
 from pyproof.supervision.process_tree import is_alive, kill_tree
 
 DEFAULT_PORT = 1093  # PROOF's own port
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+LEAVE_TIMEOUT = 60.0  # a joined host's workers drain (hosts.py LEAVE_DRAIN) within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,28 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
 
 # Popen objects of daemons this process started, so stop_daemon can reap them
 info_process: dict[int, subprocess.Popen] = {}
+
+
+def leave_cluster(port: int = DEFAULT_PORT, *, timeout: float = LEAVE_TIMEOUT) -> dict:
+    """Before a joined host's daemon stops: it tells its master it leaves and drains its
+    workers of the master's sessions (actors/hosts.py). The daemon's answer: {"left": None}
+    when it is no cluster member, else {"left": MASTER_URL, "workers": [...], "drained":
+    bool, "master_error": str}; {"error": ...} if it could not be asked (the stop goes on)."""
+    from pyproof.client.control import dial_daemon
+
+    info = _ready(port)
+    if not info or not info.get("url") or not is_alive(int(info.get("pid", 0))):
+        return {"left": None}
+    try:
+        control = dial_daemon(info["url"], connect_within=5.0)
+    except ProofError as exc:
+        return {"error": str(exc)}
+    try:
+        return control.call("leave_cluster", deadline=timeout)
+    except ProofError as exc:
+        return {"error": str(exc)}
+    finally:
+        control.close()
 
 
 def stop_control_leftovers(run_dir: str) -> list[int]:

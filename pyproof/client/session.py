@@ -255,8 +255,8 @@ class Session(PackagesMixin):
     def _call(self, kind: str, payload: dict[str, Any] | None = None, *,
               session: str | None = None, deadline: float = 60.0,
               request_id: str | None = None) -> dict[str, Any]:
-        # opening a session starts processes: give each attempt longer before a retry
-        # (and adding workers: a retry would add them twice)
+        # opening a session or adding workers starts processes: give each attempt longer
+        # before a retry (a retry is answered, never done twice: the same request id)
         attempt = SLOW_ATTEMPT if kind in ("open_session", "add_workers") else None
         try:
             return self.control.call(kind, payload, session=session or self.id,

@@ -34,7 +34,8 @@ class HostListError(ProofError):
 class State(enum.Enum):
     LISTED = "listed"
     ALIVE = "alive"
-    LOST = "lost"
+    LOST = "lost"  # silent for longer than lost_after
+    LEFT = "left"  # said goodbye (`proofctl daemon stop` on it): not a failure
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +136,14 @@ class HostRestarted:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HostLost:
     name: str
-    reason: str  # "silent for N s" or "left"
+    reason: str  # "silent for N s"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HostLeft:
+    """It said goodbye: nothing new goes there; its workers drain (the shell's part)."""
+
+    name: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,7 +154,7 @@ class AnnounceAgain:
     name: str
 
 
-Change = HostJoined | HostRestarted | HostLost | AnnounceAgain
+Change = HostJoined | HostRestarted | HostLost | HostLeft | AnnounceAgain
 
 
 @dataclasses.dataclass(slots=True)
@@ -187,8 +195,8 @@ class HostRegistry:
             if host is None or host.incarnation != event.incarnation or (
                     host.state is not State.ALIVE):
                 return []
-            host.state, host.workers = State.LOST, 0
-            return [HostLost(name=event.name, reason="left")]
+            host.state, host.workers = State.LEFT, 0
+            return [HostLeft(name=event.name)]
         return self._tick(event.now)
 
     def _announce(self, event: Announce) -> list[Change]:
