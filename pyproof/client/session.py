@@ -566,8 +566,11 @@ class Session(PackagesMixin):
         query_id = handle.query
         try:
             status = self._call("session_status", deadline=30.0)
-        except (QueryError, ConnectError) as exc:
+        except QueryError as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
+        except ConnectError as exc:  # the daemon is down: the session may well run on
+            raise QueryError(f"query {query_id}: its data plane went quiet and its daemon "
+                             f"cannot be asked how it stands ({exc})") from None
         master = status.get("master") or {}
         for q in master.get("queries") or []:
             if q.get("id") == query_id and q.get("state") in ACTIVE_STATES:
