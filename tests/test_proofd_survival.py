@@ -297,3 +297,25 @@ def test_calls_on_sessions_whose_daemon_died_end_within_seconds_and_work_once_it
     finally:
         lost.detach()
         kept.close()
+
+
+def test_requests_to_a_hung_master_are_answered_once_its_replacement_runs(daemon):
+    """A master that hangs is killed by its watchdog (2 s) and replaced: the requests it had
+    been given are asked again at once, so a status and a query start cost the watchdog's
+    delay, not the client's 5 s attempt timeout (nor an error 'master is restarting')."""
+    from pyproof.client.control import ATTEMPT_TIMEOUT
+
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        for call in ("status", "submit"):
+            hung = daemon.pids()[f"{session.id}/master"]
+            os.kill(hung, signal.SIGSTOP)
+            t = time.monotonic()
+            if call == "status":
+                assert session.status()["pid"] != hung
+            else:
+                handle = session.submit("tests.sample_selectors:SlowCount",
+                                        dataset=data_file("uproot-Zmumu.root") + ":events",
+                                        packetizer="basic", progress=False)
+            assert time.monotonic() - t < ATTEMPT_TIMEOUT - 1.0, call
+            assert not is_alive(hung)
+        assert_exact(handle.result(timeout=60))
