@@ -35,9 +35,6 @@ SEND_SLICE = 0.5  # a send waits for a connection in slices this long (to notice
 # nng redials a lost connection after 1 s by default: a restarted daemon would wait for it
 RECONNECT_MIN_MS, RECONNECT_MAX_MS = 100, 250
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 0.5  # pauses between attempts that failed at once
-# a request during whose answer the gateway died this often is not sent again: it may be
-# what kills it, and the root gives up after 5 gateway restarts in 10 s (the whole daemon)
-RESETS_MAX = 3
 
 
 class RequestRefused(ProofError):
@@ -223,7 +220,7 @@ class ControlClient:
         """One request until answered; ConnectError at `end`, or once the daemon has
         accepted no connection for `unreachable_within` seconds (it is down: waiting the
         whole deadline would only hide that)."""
-        attempts = resets = 0
+        attempts = 0
         pause = BACKOFF_MIN
         while True:
             attempts += 1
@@ -249,13 +246,6 @@ class ControlClient:
                 self._down = None
                 try:
                     frame = decode_frame(self.socket.recv())
-                except pynng.ConnectionReset:  # the gateway died while it had our request
-                    resets += 1
-                    if resets >= RESETS_MAX and resend:
-                        raise ConnectError(
-                            f"the daemon at {self.url} dropped the connection {resets} times "
-                            f"while answering {kind!r} (its gateway died each time): not sent "
-                            "again; see the daemon's gateway log") from None
                 except (pynng.NNGException, ProtocolError):
                     pass
                 else:
