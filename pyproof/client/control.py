@@ -82,7 +82,8 @@ class ControlClient:
         `unreachable_within`: how long a call waits for a daemon that went away (a
         restart) before it fails with a ConnectError naming the daemon and the session."""
         self.address = address
-        self.url = (url or address).split("?", 1)[0]  # the daemon, not the connect options
+        self.url = url or address
+        self.daemon = self.url.split("?", 1)[0]  # the daemon, without the connect options
         self.user = user or current_user()
         self._secret = secret
         self._token: dict[str, Any] | None = None
@@ -268,7 +269,7 @@ class ControlClient:
                 raise _LoginAgain(f"no answer to {kind!r}") from None
             if time.monotonic() >= end:
                 raise ConnectError(
-                    f"the daemon at {self.url} did not answer {kind!r} "
+                    f"the daemon at {self.daemon} did not answer {kind!r} "
                     f"({attempts} attempts in {deadline:.0f} s)"
                     + (f" about session {session}" if session else "")) from None
             time.sleep(min(pause, max(0.0, end - time.monotonic())))
@@ -290,7 +291,7 @@ class ControlClient:
 
     def _unreachable(self, kind: str, session: str | None, waited: float, why: str) -> str:
         """Why a call failed when the daemon accepts no connection, and what to do."""
-        message = (f"no daemon answers at {self.url} ({why}; waited {waited:.0f} s for it to "
+        message = (f"no daemon answers at {self.daemon} ({why}; waited {waited:.0f} s for it to "
                    f"come back): it stopped or is restarting, so {kind!r} was not sent")
         if session:
             return (f"{message}. Session {session} is not lost if its processes run: a daemon "
