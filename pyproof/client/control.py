@@ -229,6 +229,12 @@ class ControlClient:
                 self.socket.send(data)
             except pynng.Timeout:  # a req socket's send waits for a connection: there is none
                 now = time.monotonic()
+                if self.socket.pipes:  # connected, still sending a large request: not down
+                    self._down = None
+                    if now >= end:
+                        raise ConnectError(f"the daemon at {self.daemon} did not take "
+                                           f"{kind!r} within {deadline:.0f} s") from None
+                    continue
                 since, seen = self._down or (now - SEND_SLICE, now)
                 if now - seen > 2 * SEND_SLICE + 1.0:  # an old outage: this one is new
                     since = now - SEND_SLICE
