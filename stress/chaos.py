@@ -3,6 +3,11 @@
     python -m stress.chaos --seed S --duration T [--clients C] [--workers W] [--json]
     python -m stress.chaos --faults 1000   (a soak: runs until that many faults were injected)
 
+A soak runs until N faults were injected (a fault whose target is not there at
+that instant is skipped and does not count), within --max-wall seconds; a
+50-fault soak takes about 75 s of wall time on 2 cores (about 1.5 s a fault),
+so 1000 faults take about 25-30 minutes.
+
 Starts its own proofd (sandboxed in a temp dir), runs C client threads, each
 opening sessions and running queries in a loop, while an injector SIGKILLs
 or SIGSTOPs the gateway, masters and workers found through the live tree,
@@ -87,6 +92,15 @@ SELECTOR_FAULT_KINDS = ("exit", "segfault", "hang_begin", "huge_output", "deadlo
 STUCK_AFTER = 3.0          # the masters' data-thread bound here (PYPROOF_TEST_STUCK_AFTER)
 BLAME_CONTROL_WITHIN = 8.0  # an error this close to a daemon restart may be explained by it
 LOST = ("no session '", "the session is gone")  # errors that mean a session was lost
+LOST_CHECK_DEADLINE = 20.0  # after an error: is the session still there? (a restart: 12 s)
+SOAK_PLAN_SECONDS = 3.0    # a soak's plan covers this many seconds per fault asked (skips)
+SOAK_WALL_SECONDS = 4.0    # ...and the soak gives up after this many per fault (+ 120 s)
+
+
+def soak_horizon(faults: int) -> float:
+    """How many seconds of plan a soak of `faults` faults gets: far more than it needs
+    (faults are about 1.2 s apart; some are skipped), so it ends by count, not by plan."""
+    return SOAK_PLAN_SECONDS * faults + 30.0
 
 
 # -- the plan: pure, seeded --------------------------------------------------------------
@@ -265,6 +279,7 @@ class Outcome:
     outcome: str   # exact | fault_ok | wrong | error | timeout | control_failed | unexpected
     detail: str = ""
     explained: bool = False
+    lost: bool = False  # after it, the daemon no longer knew the session (checked)
 
 
 class Run:
@@ -273,6 +288,9 @@ class Run:
         self.refs = References()
         self.plan = make_plan(args.seed, args.duration, args.clients, args.workers)
         self.stop = threading.Event()
+        self.enough = threading.Event()  # a soak: as many faults injected as asked
+        self.chaos_seconds = 0.0
+        self.reached = -1  # the index of the last fault the injector got to
         self.watch_stop = threading.Event()
         self.daemon: SandboxDaemon | None = None
         self.tree_calls: list[tuple[float, bool]] = []  # (seconds, answered) of the injector
@@ -356,11 +374,26 @@ class Run:
                 record.outcome, record.detail = "wrong", diff
         record.end = self.now()
         record.detail = record.detail[:400]
+        if record.outcome in ("error", "timeout", "control_failed", "unexpected"):
+            record.lost = self._session_lost(session)
         if record.outcome in ("timeout", "unexpected", "wrong"):
             record.detail += f" [session then: {self._diagnose(record.session)}]"
         with self.lock:
             self.outcomes.append(record)
         return record.outcome in ("exact", "fault_ok")
+
+    @staticmethod
+    def _session_lost(session: Any) -> bool:
+        """After a failed query: does the daemon still know the session? (Its error text
+        alone cannot tell a lost session from a lost query.) A daemon that cannot be asked
+        (restarting for longer than the check's deadline) proves nothing either way."""
+        try:
+            session._call("session_status", deadline=LOST_CHECK_DEADLINE)
+        except QueryError as exc:
+            return str(exc).startswith("no session '")
+        except Exception:
+            return False
+        return False
 
     def _diagnose(self, session: str) -> str:
         """The session's actors in the live tree, with their process states (T: stopped)."""
@@ -382,6 +415,10 @@ class Run:
             if self.stop.is_set():
                 return
             self._inject(fault, daemon)
+            self.reached = fault.index
+            if self.args.faults and len(self.injected) >= self.args.faults:
+                break
+        self.enough.set()  # a soak: as many as asked (or the plan ran out)
 
     def watcher(self) -> None:
         while not self.watch_stop.wait(0.05):
@@ -532,7 +569,11 @@ class Run:
         watcher = threading.Thread(target=self.watcher, daemon=True, name="watcher")
         for t in (*threads, injector, watcher):
             t.start()
-        self.stop.wait(args.duration)
+        if args.faults:  # a soak ends by count, within a bound
+            self.enough.wait(args.max_wall)
+        else:
+            self.stop.wait(args.duration)
+        self.chaos_seconds = self.now()
         self.stop.set()
         injector.join(10.0)
         deadline = time.monotonic() + args.join_grace
@@ -605,12 +646,18 @@ class Run:
                     o.start - BLAME_CONTROL_WITHIN <= e["at"] <= o.end + 1.0
                     for e in self.restarts)
         by = Counter(o.outcome for o in outcomes)
-        lost = [o for o in outcomes if any(mark in o.detail for mark in LOST)]
+        lost = [o for o in outcomes if o.lost or any(mark in o.detail for mark in LOST)]
         errors = [o for o in outcomes if o.outcome == "error"]
         return {
             "seed": self.args.seed, "duration": self.args.duration,
+            "faults_asked": self.args.faults or None,
+            "chaos_seconds": round(self.chaos_seconds, 2),
+            "seconds_per_fault": round(self.chaos_seconds / len(self.injected), 2)
+            if self.injected else None,
+            "sessions_lost_checked": sum(o.lost for o in outcomes),
             "clients": self.args.clients, "workers": self.args.workers,
-            "plan": [f.describe() for f in self.plan],
+            # a soak's plan is longer than the run: what came due is what it was given
+            "plan": [f.describe() for f in self.plan if self._due(f)],
             "queries": len(outcomes), "exact": by["exact"], "wrong": by["wrong"],
             "selector_faults": {kind: {"clean": sum(o.outcome == "fault_ok" for o in outcomes
                                                     if o.query == kind),
@@ -628,12 +675,13 @@ class Run:
             "query_seconds": _quantiles([o.end - o.start for o in outcomes]),
             "queries_by_kind": dict(Counter(o.query for o in outcomes)),
             "exact_by_kind": dict(Counter(o.query for o in outcomes if o.outcome == "exact")),
-            "faults_planned": len(self.plan), "faults_injected": len(self.injected),
+            "faults_planned": sum(map(self._due, self.plan)),
+            "faults_injected": len(self.injected),
             "faults_by_kind": dict(Counter(f"{e['action']} {e['role']}"
                                            for e in self.injected)),
             "faults": self.injected, "faults_skipped": self.skipped,
-            "faults_not_reached": [f.index for f in self.plan
-                                   if f.index not in {e["index"] for e in self.injected}
+            "faults_not_reached": [f.index for f in self.plan if self._due(f)
+                                   and f.index not in {e["index"] for e in self.injected}
                                    and f.index not in {e["index"] for e in self.skipped}],
             "freezes_unhandled": self.freezes_unhandled,
             "injector_tree_calls": {
@@ -648,6 +696,14 @@ class Run:
             "stale_socket_files_before_stop": stale,
         }
 
+    def _due(self, fault: Fault) -> bool:
+        """Part of this run's plan: a soak's, up to the fault that made the count; a timed
+        run's, every fault due before the end (those the injector did not get to, late
+        behind a daemon restart, are reported as not reached)."""
+        if self.args.faults:
+            return fault.index <= self.reached
+        return fault.at <= self.args.duration
+
     def _failures(self, r: dict[str, Any]) -> list[str]:
         failures = []
         if r.get("wrong"):
@@ -660,6 +716,9 @@ class Run:
             failures.append(f"{r['sessions_lost']} session(s) lost")
         if r.get("daemon_restarts_failed"):
             failures.append(f"daemon restart(s) failed: {r['daemon_restarts_failed']}")
+        if r.get("faults_asked") and r.get("faults_injected", 0) < r["faults_asked"]:
+            failures.append(f"only {r.get('faults_injected')} of {r['faults_asked']} faults "
+                            f"injected within {self.args.max_wall:.0f} s")
         if not (r.get("final_check") or {}).get("ok"):
             failures.append(f"final check failed: {(r.get('final_check') or {}).get('error')}")
         if self.args.strict:
@@ -735,8 +794,40 @@ def render(r: dict[str, Any]) -> str:
                  + (" (pyproof leaks them; see the stress report)" if stale else ""))
     if r.get("stuck_clients"):
         lines.append(f"stuck clients: {r['stuck_clients']}")
+    lines += summary_lines(r)
     lines.append("RESULT: " + ("ok" if r.get("ok") else "FAILED: " + "; ".join(r["failures"])))
     return "\n".join(lines)
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    """The figures a soak is judged by, in one block (what goes in a note)."""
+    asked = f" of {r['faults_asked']} asked" if r.get("faults_asked") else ""
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.get("faults_by_kind", {}).items()))
+    faults = r.get("selector_faults", {})
+    clean = sum(v["clean"] for v in faults.values())
+    runs = sum(v["runs"] for v in faults.values())
+    return [
+        "SUMMARY",
+        f"  faults injected: {r.get('faults_injected')}{asked} (skipped: no target at that "
+        f"instant {len(r.get('faults_skipped', []))}; not reached "
+        f"{len(r.get('faults_not_reached', []))}) in {r.get('chaos_seconds')} s of chaos "
+        f"({r.get('seconds_per_fault')} s a fault), wall {r.get('wall_seconds')} s",
+        f"  by kind: {kinds}",
+        f"  daemon restarts: {r.get('daemon_restarts')} (failed "
+        f"{len(r.get('daemon_restarts_failed', []))}); freezes not handled: "
+        f"{len(r.get('freezes_unhandled', []))}",
+        f"  queries: {r.get('queries')}; exact: {r.get('exact')}; wrong: {r.get('wrong')}; "
+        f"clean errors: {r.get('clean_errors')} (explained {r.get('clean_errors_explained')}, "
+        f"unexplained {r.get('clean_errors_unexplained')}); selector faults failed cleanly: "
+        f"{clean}/{runs}; timeouts: {r.get('timeouts')}; control failed: "
+        f"{r.get('control_failed')}; unexpected: {r.get('unexpected')}",
+        f"  sessions lost: {r.get('sessions_lost')} (of them checked gone after an error: "
+        f"{r.get('sessions_lost_checked')}); stuck clients: {len(r.get('stuck_clients', []))}"
+        f"; final check: {'ok' if (r.get('final_check') or {}).get('ok') else 'FAILED'}",
+        f"  leaks: processes {r.get('processes_leaked')}, socket files after stop "
+        f"{len(r.get('socket_files_left', []))}, socket files of closed sessions while the "
+        f"daemon ran {len(r.get('stale_socket_files_before_stop', []))}",
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -747,6 +838,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--faults", type=int, default=0,
                         help="a soak: run as long as it takes to plan this many faults "
                              "(overrides --duration)")
+    parser.add_argument("--max-wall", type=float, default=None,
+                        help="a soak gives up after this many seconds of chaos (default: "
+                             f"{SOAK_WALL_SECONDS:g} s a fault + 120 s); too few faults fail it")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="workers per session")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -760,9 +854,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.workers < 1 or args.duration <= 0 or args.faults < 0:
         parser.error("--clients and --workers must be >= 1, --duration > 0, --faults >= 0")
-    if args.faults:
-        plan = make_plan(args.seed, 2.0 * args.faults + 10.0, args.clients, args.workers)
-        args.duration = plan[min(args.faults, len(plan)) - 1].at + 0.6
+    if args.faults:  # the plan is long; the soak ends when that many were injected
+        args.duration = soak_horizon(args.faults)
+        if args.max_wall is None:
+            args.max_wall = SOAK_WALL_SECONDS * args.faults + 120.0
     return args
 
 

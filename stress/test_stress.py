@@ -109,6 +109,27 @@ def test_chaos_report_prints_the_plan_it_was_given(chaos):
     assert report["plan"] == expected
 
 
+def test_a_soak_is_asked_for_faults_and_gets_a_plan_longer_than_it_needs_and_a_bound():
+    from stress.chaos import parse_args, soak_horizon
+
+    args = parse_args(["--faults", "1000"])
+    assert args.duration == soak_horizon(1000)
+    assert len(make_plan(1, args.duration, 3, 2)) > 2 * 1000  # skips never starve it
+    assert 1000 * 1.5 < args.max_wall < 3 * 3600
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_a_short_soak_runs_until_exactly_the_faults_asked_were_injected_and_says_so():
+    code, report, _ = run_harness("stress.chaos", ["--seed", "2", "--faults", "4",
+                                                   "--clients", "2", "--workers", "1"])
+    assert code == 0, summary(report)
+    assert report["faults_asked"] == report["faults_injected"] == 4, summary(report)
+    assert sum(report["faults_by_kind"].values()) == 4, summary(report)
+    assert report["faults_not_reached"] == [], summary(report)
+    assert report["wrong"] == report["sessions_lost"] == report["processes_leaked"] == 0
+    assert report["chaos_seconds"] > 0 and report["seconds_per_fault"] > 0
+
+
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
 def test_connect_storm_is_served_refused_clearly_and_the_daemon_stays_healthy(storm):
     code, report, _ = storm

@@ -78,6 +78,21 @@ def test_an_aborted_query_raises_query_aborted_and_the_session_goes_on(session):
     assert session.process(ZmumuMass, dataset=zmumu(), progress=False).stats.entries == 2304
 
 
+def test_a_stop_or_abort_of_a_query_the_session_does_not_know_is_refused_naming_it(session):
+    from pyproof.client.handle import QueryHandle
+
+    unknown = QueryHandle(session, "no-such-query")
+    for call, what in ((unknown.stop, "stop"), (unknown.abort, "abort")):
+        with pytest.raises(pyproof.QueryError, match=rf"^cannot {what} query 'no-such-query': "
+                                                    rf"session {session.id} has no such query "
+                                                    r"\(it never started here"):
+            call()
+    # a query that ended is known: stopping it again is no error (idempotent)
+    done = session.submit(ZmumuMass, dataset=zmumu())
+    assert done.result(timeout=30).stats.entries == 2304
+    done.stop()
+
+
 def test_submitted_queries_run_one_after_another_and_are_listed(session):
     first = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.05}, **SMALL_PACKETS)
     second = session.submit(ZmumuMass, dataset=zmumu())

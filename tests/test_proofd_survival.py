@@ -54,9 +54,10 @@ def test_a_killed_or_frozen_sessions_supervisor_loses_no_session(daemon, fault):
         wait_running(session)
         os.kill(before["sessions"], getattr(signal, fault))
         try:  # frozen: the root's watchdog kills it within its ping timeout
+            # adopted: listed with its pid (while being adopted, it is listed without one)
             after = daemon.wait_for(
                 lambda p: p.get("sessions") not in (None, before["sessions"])
-                and f"session-{session.id}" in p, timeout=20)
+                and p.get(f"session-{session.id}") is not None, timeout=20)
         finally:
             if is_alive(before["sessions"]):
                 os.kill(before["sessions"], signal.SIGCONT)
@@ -240,3 +241,82 @@ def test_a_start_that_fails_leaves_nothing_running_and_keeps_no_lock_on_the_port
         with pytest.raises(ConnectError, match=r"proofd failed to start: .*gave up"):
             start_daemon(port)
         assert read_control(os.path.join(daemon_home(port), "run")) is None
+
+
+
+def test_calls_on_sessions_whose_daemon_died_end_within_seconds_and_work_once_it_is_back(
+        daemon):
+    """A call made while the daemon is restarted (its root was killed) is answered once it
+    is back, and a session that died with it is reported gone at once; while no daemon
+    runs (its Thespian admin was killed), a call fails within seconds naming the daemon
+    and the session: it took 60 s ('did not answer ... (13 attempts in 60 s)')."""
+    from pyproof.cli.daemon import info_process
+    from pyproof.client.control import UNREACHABLE_WITHIN
+    from pyproof.errors import ConnectError
+    from pyproof.supervision.process_tree import stat_field
+
+    kept = pyproof.connect(f"{daemon.url}?workers=1")
+    lost = pyproof.connect(f"{daemon.url}?workers=1")
+    try:
+        pids = daemon.pids()
+        os.kill(pids["root"], signal.SIGKILL)
+        os.kill(pids[f"session-{lost.id}"], signal.SIGKILL)  # its master and workers follow
+        restarted: dict = {}
+
+        def restart() -> None:  # as systemd would, once the daemon has exited
+            assert info_process[daemon.info.pid].wait(timeout=15) == 3
+            restarted["info"] = start_daemon(daemon.port)
+            restarted["at"] = time.monotonic()
+
+        starter = Background(restart)
+        assert kept.status()["workers"] == ["worker-0"]  # asked at once, answered once back
+        starter.result(60)
+        daemon.info = restarted["info"]
+        assert time.monotonic() - restarted["at"] < 3.0
+        t = time.monotonic()
+        with pytest.raises(pyproof.QueryError, match=rf"^no session '{lost.id}'"):
+            lost.status()
+        assert time.monotonic() - t < 3.0
+
+        root = daemon.pids()["root"]
+        os.kill(stat_field(root, 1), signal.SIGKILL)  # the admin (it forked the root)
+        assert info_process[daemon.info.pid].wait(timeout=15) == 3
+        t = time.monotonic()
+        with pytest.raises(ConnectError, match=(
+                rf"^no daemon answers at {daemon.url} \(connection refused; waited \d+ s for "
+                rf"it to come back\): it stopped or is restarting, so 'session_status' was not "
+                rf"sent\. Session {kept.id} is not lost if its processes run: a daemon started "
+                r"again on that port re-adopts it")):
+            kept.status()
+        assert time.monotonic() - t < UNREACHABLE_WITHIN + 3
+        t = time.monotonic()
+        with pytest.raises(ConnectError, match=r"^no daemon answers"):
+            kept.status()  # known to be down: no second wait
+        assert time.monotonic() - t < 2.0
+        daemon.info = start_daemon(daemon.port)
+        assert_exact(slow_query(kept))
+    finally:
+        lost.detach()
+        kept.close()
+
+
+def test_requests_to_a_hung_master_are_answered_once_its_replacement_runs(daemon):
+    """A master that hangs is killed by its watchdog (2 s) and replaced: the requests it had
+    been given are asked again at once, so a status and a query start cost the watchdog's
+    delay, not the client's 5 s attempt timeout (nor an error 'master is restarting')."""
+    from pyproof.client.control import ATTEMPT_TIMEOUT
+
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        for call in ("status", "submit"):
+            hung = daemon.pids()[f"{session.id}/master"]
+            os.kill(hung, signal.SIGSTOP)
+            t = time.monotonic()
+            if call == "status":
+                assert session.status()["pid"] != hung
+            else:
+                handle = session.submit("tests.sample_selectors:SlowCount",
+                                        dataset=data_file("uproot-Zmumu.root") + ":events",
+                                        packetizer="basic", progress=False)
+            assert time.monotonic() - t < ATTEMPT_TIMEOUT - 1.0, call
+            assert not is_alive(hung)
+        assert_exact(handle.result(timeout=60))

@@ -239,6 +239,12 @@ class ControlServer:
                 os.close(fd)
 
 
+def _error(message: str, retry: bool) -> dict[str, Any]:
+    """An error answer; `retry`: not a refusal (a master or the daemon restarting), the
+    client asks again under the same request id, with a short back-off, until its deadline."""
+    return {"message": message, "retry": True} if retry else {"message": message}
+
+
 def _peer(message: Any) -> str:
     try:
         address = message.pipe.remote_address
@@ -293,16 +299,17 @@ class Gateway(ProofActor):
                                                 **({"host": message.host} if message.host
                                                    else {})})
         elif isinstance(message, m.SessionFailed):
-            self._complete(message.corr, "error", {"message": message.error})
+            self._complete(message.corr, "error", _error(message.error, message.retry))
         elif isinstance(message, m.SessionClosed):
             self._complete(message.corr, "ok", {"session": message.session_id})
         elif isinstance(message, m.QueryAccepted):
             self._complete(message.corr, "ok", {"query": message.query_id})
         elif isinstance(message, m.QueryRejected):
-            self._complete(message.corr, "error", {"message": message.error})
+            self._complete(message.corr, "error", _error(message.error, message.retry))
         elif isinstance(message, m.StatusReply):
             if "error" in message.status:
-                self._complete(message.corr, "error", {"message": message.status["error"]})
+                self._complete(message.corr, "error", _error(
+                    message.status["error"], message.status.get("retry") is True))
             else:
                 self._complete(message.corr, "ok", message.status)
         elif isinstance(message, m.TreeReply):

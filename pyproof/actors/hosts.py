@@ -662,7 +662,7 @@ class Hosts(ProofActor):
         if span is not None:  # the local part failed to start
             self.send(span.reply_to, m.SessionFailed(corr=span.corr,
                                                      session_id=message.session_id,
-                                                     error=message.error))
+                                                     error=message.error, retry=message.retry))
             return
         for sid, hosted in self.hosted.items():  # a remote part failed to start
             if hosted.corr == message.corr and hosted.waiter is not None:

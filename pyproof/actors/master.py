@@ -71,11 +71,7 @@ class Master(ProofActor):
         elif isinstance(message, m.StartQuery):
             self._start_query(message, sender)
         elif isinstance(message, m.StopQuery):
-            if self.plane is not None:
-                self.plane.stop_query(message.query_id, "aborted by the user" if message.abort
-                                      else "stopped by the user", abort=message.abort)
-            self.send(message.reply_to or sender,
-                      m.QueryAccepted(corr=message.corr, query_id=message.query_id))
+            self._stop_query(message, sender)
         elif isinstance(message, m.StatusRequest):
             status = self.plane.statistics() if self.plane else {}
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
@@ -127,6 +123,29 @@ class Master(ProofActor):
             time.sleep(STUCK_LINGER)
         finally:
             os._exit(CRASH_EXIT_CODE)  # a pyproof fault: counted, restarted clean
+
+    def _stop_query(self, message: m.StopQuery, sender) -> None:
+        """Run by `receive` for StopQuery: stop (or abort) a query this master knows.
+
+        A query it does not know (never started here, or run by a master since restarted)
+        is answered QueryRejected naming it: a stop that silently did nothing would let a
+        user believe the query was stopped. A retried stop of a query that already ended is
+        accepted (stopping is idempotent).
+        """
+        known = self.plane is not None and self.plane.stop_query(
+            message.query_id, "aborted by the user" if message.abort else "stopped by the user",
+            abort=message.abort)
+        reply_to = message.reply_to or sender
+        if known:
+            self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
+            return
+        what = "abort" if message.abort else "stop"
+        session = self.plane.session_id if self.plane is not None else message.session_id
+        self.send(reply_to, m.QueryRejected(
+            corr=message.corr, query_id=message.query_id,
+            error=f"cannot {what} query {message.query_id!r}: session {session} has no such "
+                  "query (it never started here, or the session's master was restarted "
+                  "since); session.queries() lists the queries it knows"))
 
     def _start_query(self, message: m.StartQuery, sender) -> None:
         """Run by `receive` for StartQuery: accept (or reject) the query and tell the workers.

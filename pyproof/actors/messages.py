@@ -111,6 +111,7 @@ class SessionFailed:
     corr: str
     session_id: str
     error: str
+    retry: bool = False  # not a refusal: the daemon is starting; the client asks again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +169,7 @@ class QueryRejected:
     corr: str
     query_id: str
     error: str
+    retry: bool = False  # not a refusal: the session's master is restarting; ask again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import signal
 import time
+from collections import deque
 from typing import Any
 
 from pyproof.actors import messages as m
@@ -72,6 +73,9 @@ IDLE_ASK = "idle/"  # correlation ids of the status requests of the idle check
 ROUTED = (m.StartQuery, m.StopQuery, m.StatusRequest, m.FetchResult, m.OpenOutbox,
           m.SessionWorkers)
 MAX_ADD = 256  # workers one request may add to a session on its host
+# a request the master got this recently (a client asks again itself after 5 s) is answered
+# "retry" when the master dies; at most FORWARDED_KEPT of them are remembered
+FORWARDED_FOR, FORWARDED_KEPT = 6.0, 256
 
 
 class Sessions(SupervisorActor):
@@ -90,11 +94,20 @@ class Sessions(SupervisorActor):
         # the pre-opened session (SessionsStart.preopen), until it answered us: the client's
         # requests for it wait here, so that a failed start answers them too
         self.preopen_waiting: dict[str, list[m.Resend]] = {}
+        self.config: m.SessionsStart | None = None
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, (m.CloseSession, *ROUTED)) and message.session_id in self.used:
             self.used[message.session_id] = (time.monotonic(), type(message).__name__)
         if isinstance(message, m.Started):
+            return
+        if self.config is None and isinstance(message, (m.CreateSession, m.CloseSession,
+                                                        m.ListSessions, *ROUTED)):
+            # a request before our start message (it comes from the root, requests from the
+            # gateway: no order between them): the registry is not read yet, so "no such
+            # session" would be a lie; the client asks again in a moment
+            retry_later(self, message, sender, "the daemon is starting (re-adopting its "
+                                               "sessions); try again")
             return
         if isinstance(message, m.StatusReply) and message.corr.startswith(IDLE_ASK):
             self._idle_answer(message)
@@ -419,6 +432,10 @@ class SessionSupervisor(SupervisorActor):
         self.next_worker = 0  # the index of the next worker added on the fly
         self.adding: dict[str, dict[str, Any]] = {}  # add request corr -> its progress
         self.once = Once()  # adds by the client's request id (a retry adds nothing)
+        # requests passed to the master lately: (when, (message, sender)); if it dies (a
+        # hang the watchdog ended), they are answered "retry" at once, not after the
+        # client's attempt timeout (an answered one is ignored by the gateway)
+        self.forwarded: deque[tuple[float, tuple[Any, Any]]] = deque(maxlen=FORWARDED_KEPT)
 
     def receive_other(self, message, sender) -> None:
         if isinstance(message, m.CreateSession):
@@ -458,10 +475,14 @@ class SessionSupervisor(SupervisorActor):
             master = self.refs.get("master")
             if master is not None:
                 self.send(master, message)
-            elif isinstance(message, m.StartQuery):
-                self.send(message.reply_to or sender, m.QueryRejected(
-                    corr=message.corr, query_id=message.query_id,
-                    error="the session's master is restarting; try again"))
+            else:  # answered at once, to be asked again: not after the gateway's timeout
+                retry_later(self, message, sender, f"session {message.session_id}'s master "
+                                                   "is restarting; try again")
+            if master is not None and not message.corr.startswith(IDLE_ASK):
+                now = time.monotonic()
+                while self.forwarded and now - self.forwarded[0][0] >= FORWARDED_FOR:
+                    self.forwarded.popleft()
+                self.forwarded.append((now, (message, sender)))
 
     # -- workers on the fly (this host's: session.add_workers / remove_workers) -------
     def _workers(self) -> list[str]:
@@ -637,6 +658,14 @@ class SessionSupervisor(SupervisorActor):
                     self.send(ref, m.WorkerJoined(worker_id=wid, ref=wref, pid=self.pids[wid]))
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
+        if child_id == "master" and self.request is not None:
+            now = time.monotonic()
+            forwarded, self.forwarded = self.forwarded, deque(maxlen=FORWARDED_KEPT)
+            for at, (message, sender) in forwarded:
+                if now - at >= FORWARDED_FOR:
+                    continue
+                retry_later(self, message, sender, f"session {self.request.session_id}'s "
+                                                   "master was restarted; try again")
         if pid is not None and child_id.startswith("worker-"):
             kill_group(pid)  # what its selector started and left behind dies with it
         master = self.refs.get("master")
@@ -648,3 +677,18 @@ class SessionSupervisor(SupervisorActor):
         level = "info" if self.exiting or reason == "shutdown" else "warning"
         getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,
                                      reason=reason)
+
+
+def retry_later(actor: Any, message: Any, sender: Any, error: str) -> None:
+    """Answer a request that cannot be served this instant (the daemon starting, a master
+    restarting) with an error the gateway turns into "retry": the client asks again under
+    the same request id (every request is idempotent by id), with a short back-off."""
+    to = getattr(message, "reply_to", None) or sender
+    if isinstance(message, m.CreateSession):
+        actor.send(to, m.SessionFailed(corr=message.corr, session_id=message.session_id,
+                                       error=error, retry=True))
+    elif isinstance(message, m.StartQuery):
+        actor.send(to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
+                                       error=error, retry=True))
+    else:
+        actor.send(to, m.StatusReply(corr=message.corr, status={"error": error, "retry": True}))

@@ -587,14 +587,18 @@ class Session(PackagesMixin):
             status = self._call("session_status", deadline=30.0 if self.cluster else
                                 MASTER_LOST_WITHIN)
         except ConnectError as exc:
-            # no answer at all: the master's host died or is cut off (in a cluster, the
-            # session's parts on other hosts stop once they stop hearing it)
             url = self.control.url.split("?", 1)[0]
-            where = (f"the session's master host {self.host!r} ({url})" if self.host
-                     else f"the session's daemon at {url}")
-            raise QueryError(f"query {query_id}: {where} does not answer: it died or is cut "
-                             f"off from this client; the session and its queries are lost: "
-                             f"open a new session once the host is back ({exc})") from None
+            if self.host:
+                # no answer at all: the master's host died or is cut off (the session's
+                # parts on other hosts stop once they stop hearing it)
+                raise QueryError(
+                    f"query {query_id}: the session's master host {self.host!r} ({url}) does "
+                    f"not answer: it died or is cut off from this client; the session and "
+                    f"its queries are lost: open a new session once the host is back "
+                    f"({exc})") from None
+            # one daemon: the session may well run on (a daemon started again re-adopts it)
+            raise QueryError(f"query {query_id}: its data plane went quiet and its daemon "
+                             f"at {url} cannot be asked how it stands ({exc})") from None
         except QueryError as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
         master = status.get("master") or {}
