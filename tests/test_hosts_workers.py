@@ -4,6 +4,7 @@ they write stay on their host and are listed with it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,9 @@ def test_output_files_stay_on_the_host_that_wrote_them_and_are_listed_with_it(
     url = cluster(hosts, ("m", "h2"), auth.fresh_cluster_secret())
     run = subprocess.run([sys.executable, "-m", "pyproof.cli.main", "run",
                           "tests.sample_selectors:Skim", "--dataset", DATASET[0],
+                          # about 4 s of work: h2's worker, still warming up when a
+                          # query this small starts, surely gets packets too
+                          "--inputs", json.dumps({"per_entry": 0.002}),
                           "--url", f"{url}?workers=m:1,h2:1"], env=os.environ,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -65,7 +69,7 @@ def test_output_files_stay_on_the_host_that_wrote_them_and_are_listed_with_it(
     n, _ = zmumu_reference()
     with pyproof.connect(f"{url}?workers=m:1,h2:1") as session:
         result = session.process("tests.sample_selectors:Skim", dataset=DATASET,
-                                 progress=False, **BASIC)
+                                 inputs={"per_entry": 0.002}, progress=False, **BASIC)
         assert result.stats.entries == n
         assert [p for _, p in result.output_file_hosts] == result.output_files
         on = {h: [p for h2, p in result.output_file_hosts if h2 == h] for h in ("m", "h2")}

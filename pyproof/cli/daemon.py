@@ -94,10 +94,8 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
     deadline = time.monotonic() + timeout
     ready = os.path.join(run_dir, "ready.json")
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stop_control_leftovers(run_dir)  # what it started before it died
-            raise ConnectError(f"proofd exited with code {process.returncode} while starting; "
-                               f"see {os.path.join(log_dir, 'daemon.out')}")
+        exited = process.poll() is not None
+        # an error it wrote before exiting says more than its exit code: read that first
         if os.path.exists(ready):
             with open(ready) as f:
                 status = json.load(f)
@@ -110,9 +108,13 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
                 stop_daemon(port)
                 raise ConnectError(f"proofd failed to start: {status['error']}")
             info = read_info(port)
-            if info is not None:
+            if info is not None and not exited:
                 info_process[info.pid] = process
                 return info
+        if exited:
+            stop_control_leftovers(run_dir)  # what it started before it died
+            raise ConnectError(f"proofd exited with code {process.returncode} while starting; "
+                               f"see {os.path.join(log_dir, 'daemon.out')}")
         time.sleep(0.02)
     kill_tree(process.pid)
     process.wait(STOP_TIMEOUT)
