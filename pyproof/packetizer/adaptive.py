@@ -149,11 +149,14 @@ class AdaptivePacketizer(LedgerPacketizer):
         O(nodes with work) per decision, arithmetic inlined: the hot loop.
         """
         host, ledger, cap = self._hosts.get(worker), self._ledger, self._cap
+        nodes = ledger.nodes_with_work()
+        if len(nodes) == 1 and None in nodes:  # no locality: unplaced work, anyone reads it
+            return None
         mean = self._rates.mean() or 1.0
         cluster = self._rates.cluster(len(self._workers)) or float(len(self._workers))
         remote: tuple[float, int, Node] | None = None  # (lag, queued, node) of the worst
         local: tuple[float, int, Node] | None = None
-        for node in ledger.nodes_with_work():
+        for node in nodes:
             if node is not None and cap is not None and ledger.node_readers(node) >= cap:
                 continue
             queued = ledger.node_queued(node)

@@ -89,7 +89,7 @@ class Ledger:
         self._pending: dict[Node, OrderedDict[int, None]] = {}
         self._idle: dict[Node, OrderedDict[int, None]] = {}
         self._node_queued: Counter[Node] = Counter()
-        self._readers: Counter[int] = Counter()
+        self._readers: dict[int, int] = {}  # a plain dict: Counter's Python methods are slow
         self._node_readers: Counter[Node] = Counter()
         self._records: dict[int, Record] = {}
         self._held: dict[str, dict[int, None]] = defaultdict(dict)
@@ -193,16 +193,15 @@ class Ledger:
                 raise ValueError(f"element {element}: no queued segment starts at entry {start}")
             index = starts.index(start)
         seg = segments[index]
-        stop = min(seg.stop, seg.start + max(1, entries))
-        packet = Packet(
-            packet_id=self._next_id, element=element, entry_start=seg.start, entry_stop=stop
-        )
-        self._next_id += 1
-        self._records[packet.packet_id] = Record(
-            packet, worker, State.ASSIGNED, now, seg.strikes, seg.deaths
-        )
-        self._held[worker][packet.packet_id] = None
-        node = self.node_of(element)
+        first = seg.start
+        stop = min(seg.stop, first + max(1, entries))
+        packet_id = self._next_id
+        packet = Packet(packet_id=packet_id, element=element, entry_start=first, entry_stop=stop)
+        self._next_id = packet_id + 1
+        self._records[packet_id] = Record(packet, worker, State.ASSIGNED, now, seg.strikes,
+                                          seg.deaths)
+        self._held[worker][packet_id] = None
+        node = self._nodes.get(element)
         if stop == seg.stop:
             del segments[index]
         else:
@@ -210,12 +209,15 @@ class Ledger:
         if not segments:
             del self._segments[element]
             self._unindex(self._pending, node, element)
-        self._node_queued[node] -= packet.entries
-        self.queued -= packet.entries
-        self.assigned += packet.entries
-        self._readers[element] += 1
+        size = stop - first
+        self._node_queued[node] -= size
+        self.queued -= size
+        self.assigned += size
+        readers = self._readers.get(element, 0)
+        self._readers[element] = readers + 1
         self._node_readers[node] += 1
-        self._unindex(self._idle, node, element)
+        if not readers:  # it had no reader: it was idle (if it has work left)
+            self._unindex(self._idle, node, element)
         return packet
 
     def mark_processed(self, worker: str, packet_id: int) -> Record | None:
@@ -325,7 +327,7 @@ class Ledger:
         self._node_queued[node] += entries
         self.queued += entries
         self._index(self._pending, node, element, front)
-        if not self._readers[element]:
+        if not self._readers.get(element):
             self._index(self._idle, node, element, front)
 
     def _release(self, rec: Record) -> bool:
@@ -340,10 +342,12 @@ class Ledger:
 
     def _stop_reading(self, rec: Record) -> None:
         element = rec.packet.element
-        node = self.node_of(element)
-        self._readers[element] -= 1
+        node = self._nodes.get(element)
+        readers = self._readers[element] - 1
         self._node_readers[node] -= 1
-        if not self._readers[element]:
+        if readers:
+            self._readers[element] = readers
+        else:
             del self._readers[element]
             if element in self._segments:
                 self._index(self._idle, node, element, front=False)

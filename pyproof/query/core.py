@@ -340,7 +340,8 @@ class QueryCore:
         self.state = QueryState.PREPARING
         self.started = now
         self.ended_at: float | None = None
-        self.workers: list[str] = list(dict.fromkeys(workers))
+        # ordered, O(1) membership and removal: checked on every request (1,000s of workers)
+        self.workers: dict[str, None] = dict.fromkeys(workers)
         self.lost: set[str] = set()
         self.packetizer: Packetizer | None = None
         self.elements: tuple[Any, ...] = ()
@@ -356,6 +357,7 @@ class QueryCore:
         self.requeued: list[dict[str, Any]] = []
         self.covered: list[tuple[int, int, int]] = []  # (element, start, stop) accepted
         self.tally: dict[str, WorkerTally] = {worker_id(w): WorkerTally() for w in self.workers}
+        self._tallies: dict[str, WorkerTally] = {}  # incarnation -> its worker's tally (cache)
         self.error: RemoteError | None = None
         self.stop_reason = ""
         self._merging: dict[int, _Pending] = {}
@@ -369,11 +371,16 @@ class QueryCore:
     # -- the one entry point ------------------------------------------------------------
     def handle(self, *events: Event) -> list[Instruction]:
         """Feed events in order; the instructions to carry out, in order."""
-        out: list[Instruction] = []
+        if len(events) == 1:  # the usual case, kept cheap: one event per request
+            ev = events[0]
+            self._out = out = []
+            _HANDLERS[type(ev)](self, ev)
+            self._log.append((ev, tuple(out)))
+            return out
+        out = []
         for ev in events:
             self._out = []
-            handler = _HANDLERS[type(ev)]
-            handler(self, ev)
+            _HANDLERS[type(ev)](self, ev)
             self._log.append((ev, tuple(self._out)))
             out.extend(self._out)
         return out
@@ -428,7 +435,7 @@ class QueryCore:
     def _join(self, worker: str, now: float) -> None:
         if worker in self.workers or worker in self.lost:
             return
-        self.workers.append(worker)
+        self.workers[worker] = None
         self.tally.setdefault(worker_id(worker), WorkerTally())
         if self.packetizer is not None:
             self.packetizer.add_worker(worker, now)
@@ -436,8 +443,7 @@ class QueryCore:
     def _on_lost(self, ev: WorkerLost) -> None:
         self.lost.add(ev.worker)
         self.outstanding.pop(ev.worker, None)
-        if ev.worker in self.workers:
-            self.workers.remove(ev.worker)
+        self.workers.pop(ev.worker, None)
         if self.packetizer is None or self.state not in (QueryState.RUNNING,
                                                          QueryState.STOPPING):
             return
@@ -468,12 +474,15 @@ class QueryCore:
         return True
 
     def _on_request(self, ev: PacketRequested) -> None:
-        if self._gate(ev.worker, ev.cause):
-            return
+        # the hot path (every grant): a running query and a worker it knows
+        if self.state is not QueryState.RUNNING or ev.worker not in self.workers:
+            if self._gate(ev.worker, ev.cause):
+                return
+            self._join(ev.worker, ev.now)  # it may ask before the master heard it joined
         assert self.packetizer is not None
-        self._join(ev.worker, ev.now)  # it may ask before the master heard it joined
-        self._reports(ev.worker, ev.reports, ev.now)
-        if self.state == QueryState.STOPPING:
+        if ev.reports:
+            self._reports(ev.worker, ev.reports, ev.now)
+        if self.state is QueryState.STOPPING:
             self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
         packet = self.packetizer.next_packet(ev.worker, ev.now)
@@ -486,8 +495,11 @@ class QueryCore:
                 self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
         self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
-        self.outstanding.setdefault(ev.worker, set()).add(packet.packet_id)
-        self._emit(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
+        held = self.outstanding.get(ev.worker)
+        if held is None:
+            held = self.outstanding[ev.worker] = set()
+        held.add(packet.packet_id)
+        self._out.append(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
 
     def _on_outputs(self, ev: OutputArrived) -> None:
         if self._gate(ev.worker, ev.cause):
@@ -573,9 +585,13 @@ class QueryCore:
     # -- helpers -------------------------------------------------------------------------
     def _reports(self, worker: str, reports: Sequence[Report], now: float) -> None:
         assert self.packetizer is not None
-        tally = self.tally.setdefault(worker_id(worker), WorkerTally())
+        tally = self._tallies.get(worker)
+        if tally is None:
+            tally = self._tallies[worker] = self.tally.setdefault(worker_id(worker),
+                                                                  WorkerTally())
+        processed = self.packetizer.packet_processed
         for r in reports:
-            self.packetizer.packet_processed(worker, r.packet, now, seconds=r.seconds)
+            processed(worker, r.packet, now, seconds=r.seconds)
             tally.entries += r.entries
             tally.packets += 1
             tally.bytes += r.bytes
