@@ -36,7 +36,7 @@ from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import RECV_LIMIT, context_recv_view
+from pyproof.transport.wire import RECV_LIMIT, ContextIO
 
 BUSY_POLL_MS = int(PROGRESS_PERIOD * 1000 / 2)  # while a query runs: progress and feedback ticks
 IDLE_POLL_MS = 2_000  # nothing to tick: only `close()` is waited for
@@ -44,6 +44,8 @@ KEEP_RESULTS = 10
 KEEP_HISTORY = 100
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 HOLD_SECONDS = 2.0  # a worker's "next" with nothing to give is held this long at most
+TICK_SECONDS = 0.02  # the query's tick (progress, feedback) and heartbeats, at most this often
+SEND_TIMEOUT_MS = 5_000
 
 
 class MasterPlane:
@@ -54,8 +56,9 @@ class MasterPlane:
         self.data_key = data_key
         self.address = address
         self.log = get_logger()
-        self.socket = pynng.Rep0(recv_timeout=IDLE_POLL_MS, send_timeout=5_000,
+        self.socket = pynng.Rep0(recv_timeout=IDLE_POLL_MS, send_timeout=SEND_TIMEOUT_MS,
                                  recv_max_size=RECV_LIMIT)
+        self._poll_ms = IDLE_POLL_MS  # the serving thread's wait for a request
         self.socket.listen(address)
         self.workers: list[str] = []
         self.query: QueryRun | None = None  # the running one (or the last to run)
@@ -117,7 +120,7 @@ class MasterPlane:
         for w in lost:  # lost while it was queued: no packet may wait for them
             run.worker_lost(w)
         with self._lock:
-            self.socket.recv_timeout = BUSY_POLL_MS
+            self._poll_ms = BUSY_POLL_MS
         run.start()
         if previous is not None:
             previous.close()  # its merge thread and socket to the client: it has ended
@@ -137,7 +140,7 @@ class MasterPlane:
                 return
             nxt = self.queued.popleft() if self.queued else None
             if nxt is None:
-                self.socket.recv_timeout = IDLE_POLL_MS
+                self._poll_ms = IDLE_POLL_MS
                 return
         self._begin(nxt)
 
@@ -243,45 +246,67 @@ class MasterPlane:
 
     # -- the data-plane thread ----------------------------------------------
     def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                ctx = self.socket.new_context()  # takes the socket's recv_timeout
-            except pynng.Closed:
-                return
-            held = False
-            try:
-                raw = context_recv_view(ctx)  # worker outputs are read in place
-            except pynng.Timeout:
-                raw = None
-            except pynng.Closed:
-                self._close_context(ctx)
-                return
-            if raw is not None:
+        """Serve requests until closed.
+
+        The hot path of every packet grant, so: one context is reused from
+        request to request (a new one only when a request is held on it, or
+        after an error), with this thread's own aios (`ContextIO`); the query's
+        tick and the heartbeats run every `TICK_SECONDS`, not per request; held
+        requests are looked at only when there are some.
+        """
+        io = ContextIO()
+        ctx: pynng.Context | None = None
+        next_tick = 0.0
+        try:
+            while not self._closed.is_set():
+                if ctx is None:
+                    try:
+                        ctx = self.socket.new_context()
+                    except pynng.Closed:
+                        return
                 try:
-                    reply, hold = self._answer(raw)
-                except Exception as exc:  # answer, fail the query, keep serving
-                    self.log.error("request_failed", error=repr(exc), exc_info=True)
-                    if self.query is not None:
-                        self.query.fail(RemoteError.from_exception(exc, stage="master"))
-                    reply, hold = encode_frame(p.ABORT, {"reason": "master error"},
-                                               session=self.session_id), None
-                if hold is not None:
-                    with self._lock:
-                        self._held.append((ctx, hold, time.monotonic()))
-                    held = True
-                else:
-                    self._reply(ctx, reply)
-            if not held:
+                    raw = io.recv(ctx, self._poll_ms)  # worker outputs are read in place
+                except pynng.Timeout:
+                    raw = None
+                except pynng.Closed:
+                    return
+                if raw is not None:
+                    try:
+                        reply, hold = self._answer(raw)
+                    except Exception as exc:  # answer, fail the query, keep serving
+                        self.log.error("request_failed", error=repr(exc), exc_info=True)
+                        if self.query is not None:
+                            self.query.fail(RemoteError.from_exception(exc, stage="master"))
+                        reply, hold = encode_frame(p.ABORT, {"reason": "master error"},
+                                                   session=self.session_id), None
+                    if hold is not None:
+                        with self._lock:
+                            self._held.append((ctx, hold, time.monotonic()))
+                        ctx = None  # it keeps the held request's reply route
+                    else:
+                        try:
+                            io.send(ctx, reply, SEND_TIMEOUT_MS)
+                        except (pynng.Timeout, pynng.Closed):
+                            self.log.warning("reply_not_sent")
+                            self._close_context(ctx)
+                            ctx = None
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_SECONDS
+                    q = self.query
+                    if q is not None and q.core.busy:
+                        try:
+                            q.tick(now)
+                        except Exception as exc:  # a bug must fail the query, not the plane
+                            self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
+                            q.fail(RemoteError.from_exception(exc, stage="master"))
+                    self._heartbeats(now)
+                if self._held:  # taken under the lock there; a race only defers to next time
+                    self._answer_held(time.monotonic())
+        finally:
+            if ctx is not None:
                 self._close_context(ctx)
-            q = self.query
-            if q is not None and q.core.busy:
-                try:
-                    q.tick(time.monotonic())
-                except Exception as exc:  # a bug must fail the query, not the data plane
-                    self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
-                    q.fail(RemoteError.from_exception(exc, stage="master"))
-            self._heartbeats(time.monotonic())
-            self._answer_held(time.monotonic())
+            io.close()
 
     def _heartbeats(self, now: float) -> None:
         """Queued, preparing or finishing queries say they live (see `QueryRun.heartbeat`)."""
@@ -403,7 +428,7 @@ class MasterPlane:
             query_id = p.require(payload, "query", str)
             with self._lock:
                 q = self.query
-                queued = any(r.query_id == query_id for r in self.queued)
+                queued = bool(self.queued) and any(r.query_id == query_id for r in self.queued)
             if queued:  # its turn comes when the one before ends
                 return p.WAIT, {}
             if q is None or q.query_id != query_id:

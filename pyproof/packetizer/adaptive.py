@@ -135,7 +135,8 @@ class AdaptivePacketizer(LedgerPacketizer):
         assert element is not None
         packet = self._ledger.cut(worker, element, self._size(worker, element, now), now)
         self._backlog.assign(
-            worker, packet.packet_id, packet.entries, self._rates.rate_or_mean(worker), now
+            worker, packet.packet_id, packet.entry_stop - packet.entry_start,
+            self._rates.rate_or_mean(worker), now
         )
         self._current[worker] = element
         self._start_reading(worker, packet.packet_id, node)
@@ -227,7 +228,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         self._end_reading(worker, record.packet.packet_id)
         host = self._hosts[worker]
         old = self._rates.rate(worker)
-        self._rates.record(worker, record.packet.entries, seconds)
+        self._rates.record(worker, record.entries, seconds)
         new = self._rates.rate(worker)
         assert new is not None
         self._backlog.finish(record.packet.packet_id, new, now)

@@ -64,6 +64,8 @@ class Record:
     deaths: tuple[tuple[str, str], ...]
     reported: bool = False
     """packet_processed was seen (so a duplicated report is not measured twice)."""
+    entries: int = 0
+    """The packet's entries (kept here: `Packet.entries` is a property, on the hot path)."""
 
 
 class Ledger:
@@ -199,7 +201,7 @@ class Ledger:
         packet = Packet(packet_id=packet_id, element=element, entry_start=first, entry_stop=stop)
         self._next_id = packet_id + 1
         self._records[packet_id] = Record(packet, worker, State.ASSIGNED, now, seg.strikes,
-                                          seg.deaths)
+                                          seg.deaths, False, stop - first)
         self._held[worker][packet_id] = None
         node = self._nodes.get(element)
         if stop == seg.stop:
@@ -229,8 +231,8 @@ class Ledger:
         if rec.state is State.ASSIGNED:
             self._stop_reading(rec)
             rec.state = State.PROCESSED
-            self.assigned -= rec.packet.entries
-            self.processed += rec.packet.entries
+            self.assigned -= rec.entries
+            self.processed += rec.entries
         return rec
 
     def acceptable(self, worker: str, packet_ids: frozenset[int]) -> bool:
@@ -248,7 +250,7 @@ class Ledger:
         for rec in (self._records[i] for i in packet_ids):
             self._release(rec)
             rec.state = State.DELIVERED
-            self.delivered += rec.packet.entries
+            self.delivered += rec.entries
             self.packets_delivered += 1
             del self._held[worker][rec.packet.packet_id]
         return True
@@ -335,9 +337,9 @@ class Ledger:
         its new state); True if it was still in flight (assigned)."""
         if rec.state is State.ASSIGNED:
             self._stop_reading(rec)
-            self.assigned -= rec.packet.entries
+            self.assigned -= rec.entries
             return True
-        self.processed -= rec.packet.entries
+        self.processed -= rec.entries
         return False
 
     def _stop_reading(self, rec: Record) -> None:
@@ -383,7 +385,7 @@ class Ledger:
                 pieces[element].append((seg.start, seg.stop))
         for packet_id, rec in self._records.items():
             p = rec.packet
-            assert p.packet_id == packet_id and p.entries > 0
+            assert p.packet_id == packet_id and p.entries > 0 and rec.entries == p.entries
             held = packet_id in self._held.get(rec.worker, ())
             live = rec.state in _LIVE
             assert held == live, f"packet {packet_id} ({rec.state.value}) held={held}"

@@ -19,7 +19,8 @@ from pynng.exceptions import check_err
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "context_recv_view", "parts_size", "recv_view", "send_parts"]
+__all__ = ["RECV_LIMIT", "SMALL", "ContextIO", "context_recv_view", "parts_size", "recv_view",
+           "send_parts"]
 
 SMALL = 64 * 1024
 """Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
@@ -93,6 +94,56 @@ def context_recv_view(ctx: pynng.Context) -> bytes | memoryview:
     finally:
         lib.nng_aio_free(aio)
     return _view(msg)
+
+
+class ContextIO:
+    """One thread's receive and reply on Rep0 contexts, with two aios allocated once.
+
+    `context_recv_view` and pynng's `Context.send` allocate and free an aio
+    (and pynng a `Message` with its lock) per call; a master granting tens of
+    thousands of packets a second does it once. Not thread-safe: one owner
+    thread, which calls `close` when done (after its socket closed, or with no
+    operation running).
+    """
+
+    def __init__(self) -> None:
+        self._aios = []
+        for _ in range(2):
+            aio_p = ffi.new("nng_aio **")
+            check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
+            self._aios.append(aio_p[0])
+        self._recv, self._send = self._aios
+
+    def recv(self, ctx: pynng.Context, timeout_ms: int) -> bytes | memoryview:
+        """A request on `ctx` (see `context_recv_view`); pynng.Timeout after `timeout_ms`."""
+        aio = self._recv
+        lib.nng_aio_set_timeout(aio, timeout_ms)
+        lib.nng_ctx_recv(ctx.context, aio)
+        lib.nng_aio_wait(aio)
+        check_err(lib.nng_aio_result(aio))
+        return _view(lib.nng_aio_get_msg(aio))
+
+    def send(self, ctx: pynng.Context, data: bytes, timeout_ms: int) -> None:
+        """Reply `data` on `ctx`; raises what `Context.send` raises (the message is freed)."""
+        message = ffi.new("nng_msg **")
+        check_err(lib.nng_msg_alloc(message, len(data)))
+        msg = message[0]
+        if data:
+            ffi.memmove(lib.nng_msg_body(msg), data, len(data))
+        aio = self._send
+        lib.nng_aio_set_timeout(aio, timeout_ms)
+        lib.nng_aio_set_msg(aio, msg)
+        lib.nng_ctx_send(ctx.context, aio)
+        lib.nng_aio_wait(aio)
+        status = lib.nng_aio_result(aio)
+        if status:  # not sent: the message is still ours
+            lib.nng_msg_free(msg)
+            check_err(status)
+
+    def close(self) -> None:
+        for aio in self._aios:
+            lib.nng_aio_free(aio)  # stops anything still running first
+        self._aios = []
 
 
 def _view(msg) -> bytes | memoryview:
