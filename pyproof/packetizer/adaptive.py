@@ -21,6 +21,12 @@ Why each rule:
   workers, 3x speed spread, 1% stragglers 10x slower: a 1 s floor ended 1.8%
   after the ideal with workers finishing 1.3 s apart; 50 ms, 0.3% and 0.06 s.)
 - A worker's first packet is small (`learn_entries`): its rate is unknown.
+- Work may arrive after the start (files looked up one by one, `add_work`):
+  until the look-up ends, the entries still expected (`expect`, an estimate
+  from the files known so far) count as queued when sizing packets, so the
+  end-game is planned on the estimate and corrected as counts come in; the
+  last packets are cut once everything is known, since `finished` waits for
+  the input to be complete.
 - The rest of a file goes in one packet when under 1.5 packet sizes.
 - Locality: elements may live on a storage node (`element_hosts`), workers on
   a host (`worker_hosts` or `add_worker(..., host=)`). A node's lag is its
@@ -185,11 +191,12 @@ class AdaptivePacketizer(LedgerPacketizer):
         """Entries for `worker`'s next packet: `packet_time_fraction` of the time it has
         left before the projected common finish, from when it will start the packet."""
         rate = self._rates.rate(worker)
+        expected = self._expected or 0.0  # still being looked up: planned for, as queued
         if rate is None:
-            size = min(self._learn, self._ledger.total // (20 * self.worker_count))
+            size = min(self._learn, int(self._ledger.total + expected) // (20 * self.worker_count))
         else:
             cluster = self._rates.cluster(self.worker_count)
-            left = (self._ledger.queued + self._backlog.entries(now)) / cluster
+            left = (self._ledger.queued + expected + self._backlog.entries(now)) / cluster
             own = max(0.0, self._backlog.busy(worker) - now)  # its own in-flight work first
             packet_time = min(max((left - own) / self._fraction, self._min_time), self._max_time)
             size = max(int(rate * packet_time), self._min_entries)

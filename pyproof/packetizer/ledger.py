@@ -104,6 +104,18 @@ class Ledger:
         self._work = self._load(work)
         self.total = self.queued
 
+    def add(self, work: Sequence[WorkRange]) -> int:
+        """Queue the ranges of elements that had none (looked up after the start); the
+        entries added. ValueError for a bad range, or an element that already had work."""
+        known = [w.element for w in work if w.element in self._work]
+        if known:
+            raise ValueError(f"element {known[0]} already has work: add an element once")
+        before = self.queued
+        self._work.update(self._load(work))
+        added = self.queued - before
+        self.total += added
+        return added
+
     def _load(self, work: Sequence[WorkRange]) -> dict[int, list[tuple[int, int]]]:
         by_element: dict[int, list[tuple[int, int]]] = {}
         for w in work:

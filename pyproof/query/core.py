@@ -47,7 +47,8 @@ STORY_LENGTH = 2000
 __all__ = [
     "QueryCore", "QueryState", "Report",
     # events
-    "LookupDone", "LookupFailed", "WorkerJoined", "WorkerLost", "PacketRequested",
+    "LookupDone", "LookupBegun", "ElementFound", "ElementMissing", "LookupFailed",
+    "WorkerJoined", "WorkerLost", "PacketRequested",
     "OutputArrived", "WorkerFailed", "Merged", "Finished", "StopRequested", "AbortRequested",
     "Tick",
     # instructions
@@ -101,6 +102,44 @@ class LookupDone:
     elements: tuple[Any, ...] = ()
     missing: tuple[dict[str, Any], ...] = ()
     lookups: dict[str, int] = field(default_factory=dict)  # files opened, cached, from catalog
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupBegun:
+    """The look-up goes file by file: packets may go out before it ends.
+
+    `elements` are every file the query may read, in order (their entries are
+    not known yet); each gets exactly one `ElementFound` or `ElementMissing`,
+    in any order, then `LookupDone` (its `work` empty) says the input is
+    complete, or `LookupFailed` fails the query. Workers are served from the
+    files found so far meanwhile.
+    """
+
+    kind: str
+    params: dict[str, Any]
+    elements: tuple[Any, ...]
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElementFound:
+    """The look-up of `element` ended: its `work` ranges may be handed out."""
+
+    element: int
+    work: tuple[WorkRange, ...]
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElementMissing:
+    """The look-up of `element` failed and the query skips it (on_missing='skip')."""
+
+    element: int
+    missing: dict[str, Any]
     now: float
     cause: str = ""
 
@@ -193,7 +232,8 @@ class Tick:
     cause: str = ""
 
 
-Event = (LookupDone | LookupFailed | WorkerJoined | WorkerLost | PacketRequested | OutputArrived
+Event = (LookupDone | LookupBegun | ElementFound | ElementMissing | LookupFailed | WorkerJoined
+         | WorkerLost | PacketRequested | OutputArrived
          | WorkerFailed | Merged | Finished | StopRequested | AbortRequested | Tick)
 
 
@@ -347,6 +387,15 @@ class QueryCore:
         self.elements: tuple[Any, ...] = ()
         self.missing: tuple[dict[str, Any], ...] = ()
         self.lookups: dict[str, int] = {}  # look-up statistics (files opened, cached, cataloged)
+        # a look-up file by file (LookupBegun): elements not yet found or missing, and the
+        # entries of those found (to estimate what is still coming)
+        self.incremental = False
+        self.looking_up: set[int] = set()
+        self._found = [0, 0]  # elements found, their entries
+        self._missing_elements: set[int] = set()
+        self.lookup_done_at: float | None = None
+        self.first_packet_at: float | None = None
+        self.packets_before_lookup = 0  # granted while the look-up was still running
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
         self.outstanding: dict[str, set[int]] = {}  # worker -> granted ids, outputs not sent
         self.total = 0
@@ -408,15 +457,97 @@ class QueryCore:
                 or any(getattr(i, "worker", None) == worker for i in ins)]
 
     # -- handlers ------------------------------------------------------------------------
-    def _on_lookup_done(self, ev: LookupDone) -> None:
+    def _on_lookup_begun(self, ev: LookupBegun) -> None:
         if self.state != QueryState.PREPARING:
-            return  # stopped or aborted while looking up
+            return
+        if not self._make_packetizer(ev.kind, (), ev.params, ev.cause):
+            return
+        assert self.packetizer is not None
+        if not hasattr(self.packetizer, "add_work"):
+            self._fail(RemoteError(
+                type="QuerySpecError", message=f"the {ev.kind!r} packetizer cannot take files "
+                "looked up one by one", traceback="", context={}), ev.cause)
+            return
+        self.incremental = True
+        self.elements = ev.elements
+        self.looking_up = set(range(len(ev.elements)))
+        self.packetizer.expect(0.0)  # not finished: the input is coming
+        for w in self.workers:
+            self.packetizer.add_worker(w, ev.now)
+        self.state = QueryState.RUNNING
+
+    def _on_element_found(self, ev: ElementFound) -> None:
+        if not self._take_element(ev.element):
+            return
+        assert self.packetizer is not None
+        entries = sum(w.entries for w in ev.work)
         try:
-            self.packetizer = make_packetizer(ev.kind, list(ev.work),
-                                              workers=max(1, len(self.workers)), **ev.params)
-        except (TypeError, ValueError) as exc:
+            self.packetizer.add_work(ev.work, ev.now)  # type: ignore[attr-defined]
+        except ValueError as exc:
             self._fail(RemoteError.from_exception(exc, stage="lookup"), ev.cause)
             return
+        self.total += entries
+        self._found[0] += 1
+        self._found[1] += entries
+        self._expect()
+
+    def _on_element_missing(self, ev: ElementMissing) -> None:
+        if not self._take_element(ev.element):
+            return
+        self._missing_elements.add(ev.element)
+        self.missing = (*self.missing, ev.missing)
+        self._expect()
+
+    def _take_element(self, element: int) -> bool:
+        """Whether an element's look-up result is to be used (once, while running)."""
+        if not self.incremental or element not in self.looking_up or self.packetizer is None \
+                or self.state not in (QueryState.RUNNING, QueryState.STOPPING):
+            return False
+        self.looking_up.discard(element)
+        return True
+
+    def _expect(self) -> None:
+        """Tell the packetizer the entries still coming: the files not looked up yet at
+        the mean of those found (an estimate it plans on, corrected as counts arrive)."""
+        assert self.packetizer is not None
+        found, entries = self._found
+        self.packetizer.expect(len(self.looking_up) * entries / found if found else 0.0)
+
+    def _make_packetizer(self, kind: str, work: tuple[WorkRange, ...], params: dict[str, Any],
+                         cause: str) -> bool:
+        try:
+            self.packetizer = make_packetizer(kind, list(work),
+                                              workers=max(1, len(self.workers)), **params)
+        except (TypeError, ValueError) as exc:
+            self._fail(RemoteError.from_exception(exc, stage="lookup"), cause)
+            return False
+        return True
+
+    def _on_lookup_done(self, ev: LookupDone) -> None:
+        if self.incremental:  # the end of a look-up file by file: the input is complete
+            if self.state in (QueryState.RUNNING, QueryState.STOPPING) \
+                    and self.lookup_done_at is None:
+                assert self.packetizer is not None
+                if self.looking_up:  # never silently short: every file is found or missing
+                    names = [self.elements[i].path for i in sorted(self.looking_up)[:3]]
+                    self._fail(RemoteError(
+                        type="DatasetError", message=f"the look-up ended without "
+                        f"{len(self.looking_up)} file(s): {', '.join(names)}", traceback="",
+                        context={"file": names[0]}), ev.cause)
+                    return
+                self.lookup_done_at = ev.now
+                self.lookups = dict(ev.lookups)
+                if ev.missing:  # the shell's list, in the dataset's order
+                    self.missing = ev.missing
+                self.packetizer.expect(None)
+                self._maybe_finish(ev.cause)
+            return
+        if self.state != QueryState.PREPARING:
+            return  # stopped or aborted while looking up
+        self.lookup_done_at = ev.now
+        if not self._make_packetizer(ev.kind, ev.work, ev.params, ev.cause):
+            return
+        assert self.packetizer is not None
         self.elements, self.missing = ev.elements, ev.missing
         self.lookups = dict(ev.lookups)
         self.total = sum(w.entries for w in ev.work)
@@ -426,7 +557,9 @@ class QueryCore:
         self._maybe_finish(ev.cause)
 
     def _on_lookup_failed(self, ev: LookupFailed) -> None:
-        if self.state == QueryState.PREPARING:
+        if self.state == QueryState.PREPARING or (
+                self.state == QueryState.RUNNING and self.incremental
+                and self.lookup_done_at is None):
             self._fail(ev.error, ev.cause)
 
     def _on_joined(self, ev: WorkerJoined) -> None:
@@ -495,6 +628,10 @@ class QueryCore:
                 self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
         self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+        if self.first_packet_at is None:
+            self.first_packet_at = ev.now
+        if self.incremental and self.lookup_done_at is None:
+            self.packets_before_lookup += 1
         held = self.outstanding.get(ev.worker)
         if held is None:
             held = self.outstanding[ev.worker] = set()
@@ -663,10 +800,19 @@ class QueryCore:
 
     def stats(self, now: float) -> dict[str, Any]:
         end = self.ended_at if self.ended_at is not None else now
-        return {"entries": self.delivered, "bytes_read": self.bytes,
-                "wall_time": end - self.started, "packets": len(self.packets),
-                **self.lookups,
-                "workers": {w: t.as_dict() for w, t in self.tally.items()}}
+        stats = {"entries": self.delivered, "bytes_read": self.bytes,
+                 "wall_time": end - self.started, "packets": len(self.packets),
+                 **self.lookups,
+                 "workers": {w: t.as_dict() for w, t in self.tally.items()}}
+        # when the first packet went out and the look-up ended (seconds from the start):
+        # with a look-up file by file, packets go out before it ends
+        if self.first_packet_at is not None:
+            stats["first_packet_seconds"] = self.first_packet_at - self.started
+        if self.lookup_done_at is not None:
+            stats["lookup_seconds"] = self.lookup_done_at - self.started
+        if self.incremental:
+            stats["packets_before_lookup_done"] = self.packets_before_lookup
+        return stats
 
     def lineage(self) -> dict[str, Any]:
         poisoned = self.packetizer.poisoned if self.packetizer else ()
@@ -681,7 +827,8 @@ class QueryCore:
                                                "reasons": list(r.reasons)}
                          for r in poisoned],
             "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
-                          "dataset": e.dataset} for e in self.elements],
+                          "dataset": e.dataset} for i, e in enumerate(self.elements)
+                         if i not in self._missing_elements],
             "stopped": bool(self.stop_reason),
         }
         if self.stop_reason:
@@ -723,6 +870,8 @@ class QueryCore:
 
 _HANDLERS: dict[type, Any] = {
     LookupDone: QueryCore._on_lookup_done, LookupFailed: QueryCore._on_lookup_failed,
+    LookupBegun: QueryCore._on_lookup_begun, ElementFound: QueryCore._on_element_found,
+    ElementMissing: QueryCore._on_element_missing,
     WorkerJoined: QueryCore._on_joined, WorkerLost: QueryCore._on_lost,
     PacketRequested: QueryCore._on_request, OutputArrived: QueryCore._on_outputs,
     WorkerFailed: QueryCore._on_failed, Merged: QueryCore._on_merged,
