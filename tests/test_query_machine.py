@@ -485,11 +485,11 @@ def test_packets_go_out_from_files_found_while_others_are_looked_up():
                                        missing={"file": "/d/0.root", "reason": "gone"})) == []
     assert fed(core, qc.LookupDone(work=(), kind="basic", params={}, now=0.6)) == [
         qc.Finish(stopped=False)]
-    stats = core.stats(1.0)
-    assert stats["first_packet_seconds"] == pytest.approx(0.3)
-    assert stats["lookup_seconds"] == pytest.approx(0.6)
-    assert stats["packets_before_lookup_done"] == 1
     lineage = core.lineage()
+    assert lineage["lookup"] == {
+        "file_by_file": True, "first_packet_seconds": pytest.approx(0.3),
+        "lookup_seconds": pytest.approx(0.6), "packets_before_lookup_done": 1,
+        "entries_processed_before_lookup_done": 0}
     assert [e["file"] for e in lineage["elements"]] == ["/d/1.root"]
     assert lineage["missing"] == [{"file": "/d/0.root", "reason": "gone"}]
 

@@ -396,6 +396,7 @@ class QueryCore:
         self.lookup_done_at: float | None = None
         self.first_packet_at: float | None = None
         self.packets_before_lookup = 0  # granted while the look-up was still running
+        self.processed_before_lookup = 0  # entries reported processed meanwhile
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
         self.outstanding: dict[str, set[int]] = {}  # worker -> granted ids, outputs not sent
         self.total = 0
@@ -735,6 +736,8 @@ class QueryCore:
             tally.seconds += r.seconds
             self.processed += r.entries
             self.bytes += r.bytes
+        if self.incremental and self.lookup_done_at is None:
+            self.processed_before_lookup += sum(r.entries for r in reports)
 
     def _in_flight(self) -> int:
         assert self.packetizer is not None
@@ -800,19 +803,23 @@ class QueryCore:
 
     def stats(self, now: float) -> dict[str, Any]:
         end = self.ended_at if self.ended_at is not None else now
-        stats = {"entries": self.delivered, "bytes_read": self.bytes,
-                 "wall_time": end - self.started, "packets": len(self.packets),
-                 **self.lookups,
-                 "workers": {w: t.as_dict() for w, t in self.tally.items()}}
-        # when the first packet went out and the look-up ended (seconds from the start):
-        # with a look-up file by file, packets go out before it ends
+        return {"entries": self.delivered, "bytes_read": self.bytes,
+                "wall_time": end - self.started, "packets": len(self.packets),
+                **self.lookups,
+                "workers": {w: t.as_dict() for w, t in self.tally.items()}}
+
+    def lookup_timing(self) -> dict[str, Any]:
+        """When the first packet went out and the look-up ended (seconds from the start);
+        with a look-up file by file, what was granted and processed before it ended."""
+        timing: dict[str, Any] = {"file_by_file": self.incremental}
         if self.first_packet_at is not None:
-            stats["first_packet_seconds"] = self.first_packet_at - self.started
+            timing["first_packet_seconds"] = self.first_packet_at - self.started
         if self.lookup_done_at is not None:
-            stats["lookup_seconds"] = self.lookup_done_at - self.started
+            timing["lookup_seconds"] = self.lookup_done_at - self.started
         if self.incremental:
-            stats["packets_before_lookup_done"] = self.packets_before_lookup
-        return stats
+            timing["packets_before_lookup_done"] = self.packets_before_lookup
+            timing["entries_processed_before_lookup_done"] = self.processed_before_lookup
+        return timing
 
     def lineage(self) -> dict[str, Any]:
         poisoned = self.packetizer.poisoned if self.packetizer else ()
@@ -830,6 +837,7 @@ class QueryCore:
                           "dataset": e.dataset} for i, e in enumerate(self.elements)
                          if i not in self._missing_elements],
             "stopped": bool(self.stop_reason),
+            "lookup": self.lookup_timing(),
         }
         if self.stop_reason:
             lineage["stop_reason"] = self.stop_reason
