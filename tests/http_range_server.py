@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -19,8 +20,13 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class RangeServer:
     """Serves the files of `directory` on 127.0.0.1 (a free port) until `close()`."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, slow: dict[str, tuple[int, float]] | None = None
+                 ) -> None:
+        """`slow`: file name -> (n, seconds): its first n requests each wait `seconds`
+        before the answer (a slow server while a client opens the file)."""
         self.directory = directory
+        self.slow = dict(slow or {})
+        self.served: dict[str, int] = {}  # requests per file name
         self.ranges = 0          # 206 answers given
         self.whole = 0           # 200 answers (a GET without Range)
         self._lock = threading.Lock()
@@ -34,6 +40,11 @@ class RangeServer:
 
             def _file(self) -> str | None:
                 name = os.path.basename(self.path.split("?", 1)[0])
+                with server._lock:
+                    count = server.served[name] = server.served.get(name, 0) + 1
+                n, seconds = server.slow.get(name, (0, 0.0))
+                if count <= n:
+                    time.sleep(seconds)
                 path = os.path.join(server.directory, name)
                 if not os.path.isfile(path):
                     self.send_response(404)

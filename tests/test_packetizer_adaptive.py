@@ -223,3 +223,30 @@ TestEndGameMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_work_may_arrive_after_the_start_and_the_end_waits_for_the_whole_input():
+    from pyproof.packetizer import make_packetizer
+
+    p = make_packetizer("adaptive", [], workers=2, learn_entries=1000)
+    p.expect(0.0)  # files are being looked up: nothing known yet
+    assert p.next_packet("w1", 0.0) is None and not p.finished
+    p.add_work([WorkRange(element=1, entry_start=0, entry_stop=40_000)], 0.1)
+    p.expect(400_000.0)  # ten more files like it, estimated
+    first = p.next_packet("w1", 0.2)
+    # the learning packet is sized on the whole expected input, not the 40,000 known
+    assert (first.element, first.entry_start, first.entry_stop) == (1, 0, 1000)
+    with pytest.raises(ValueError, match=r"^element 1 already has work: add an element once$"):
+        p.add_work([WorkRange(element=1, entry_start=40_000, entry_stop=40_001)], 0.3)
+    p.add_work([WorkRange(element=0, entry_start=0, entry_stop=5)], 0.3)
+    packets = [first]
+    while (packet := p.next_packet("w2", 0.4)) is not None:
+        packets.append(packet)
+    for packet in packets:
+        worker = "w1" if packet is first else "w2"
+        assert p.accept_output(worker, frozenset({packet.packet_id}))
+    assert not p.finished  # every known entry delivered, but the look-up goes on
+    p.expect(None)
+    assert p.finished
+    p.validate()
+    assert sum(x.entries for x in packets) == 40_005

@@ -71,7 +71,7 @@ def test_the_cli_prints_a_json_report(capsys: pytest.CaptureFixture[str]) -> Non
     report = json.loads(capsys.readouterr().out)
     for key in ("makespan", "ideal", "makespan_over_ideal", "finish_spread"):
         assert isinstance(report[key], float)
-    assert set(report["decision_cpu_us"]) == {"mean", "p99", "max", "decisions"}
+    assert set(report["decision_cpu_us"]) == {"mean", "p99", "max", "decisions", "per_cpu_second"}
 
 
 def test_the_cli_prints_a_table_by_default(capsys: pytest.CaptureFixture[str]) -> None:

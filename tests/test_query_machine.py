@@ -351,3 +351,168 @@ def test_a_worker_asking_ahead_with_unsent_outputs_is_told_not_to_be_held():
                                             packet_ids=frozenset({grant.packet.packet_id})))
     assert ack.accepted and fed(core, qc.Merged(token=merge.token)) == [
         qc.Finish(stopped=False)]
+
+
+# -- a look-up file by file: packets go out while other files are still looked up ----------
+
+class _File:
+    """An element as the shell gives it (the core reads path, tree, entries, dataset)."""
+
+    def __init__(self, index: int) -> None:
+        self.path, self.tree, self.entries, self.dataset = f"/d/{index}.root", "t", 0, None
+
+
+class IncrementalQueryMachine(QueryMachine):
+    """The same workers and invariants, with the input arriving file by file: counts in
+    any order, interleaved with requests, outputs, losses, stop and abort; some files
+    missing (skipped). Every entry of the files found is counted exactly once."""
+
+    def setup(self, **kwargs):  # not an initialize rule here: setup_incremental is
+        super().setup(**kwargs)
+
+    @initialize(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=5),
+                packet=st.integers(1, 12), workers=st.integers(1, 3),
+                kind=st.sampled_from(["basic", "adaptive"]))
+    def setup_incremental(self, sizes, packet, workers, kind):
+        super().setup(sizes=sizes, packet=packet, feedback=False, workers=workers)
+        self.all_work = self.work
+        self.work = ()  # what the invariants expect: the files found so far
+        self.kind = kind
+        self.params = {"packet_entries": packet} if kind == "basic" else {
+            "learn_entries": packet, "min_packet_time": 0.01}
+        self.begun = False
+        self.unresolved = list(range(len(sizes)))
+        self.found_entries = 0
+
+    def lookup(self):  # what run_to_the_end calls: finish the look-up, every file found
+        if not self.begun:
+            self.begin()
+        while self.unresolved:
+            self._resolve(self.unresolved[0], missing=False)
+        self.end_lookup()
+
+    # run_to_the_end only once every file is looked up (or the look-up failed): before,
+    # requests, outputs and losses interleave with the counts arriving one by one
+    @precondition(lambda self: not self.unresolved or self.looked_up)
+    @rule()
+    def run_to_the_end(self):
+        super().run_to_the_end()
+
+    @precondition(lambda self: not self.begun)
+    @rule()
+    def begin(self):
+        self.begun = True
+        self.feed(qc.LookupBegun(kind=self.kind, params=self.params,
+                                 elements=tuple(_File(i) for i in range(len(self.all_work))),
+                                 now=self.now, cause=self.cause_id()))
+
+    @precondition(lambda self: self.begun and self.unresolved)
+    @rule(data=st.data(), missing=st.integers(0, 4), ask=st.booleans())
+    def look_up_one(self, data, missing, ask):
+        element = data.draw(st.sampled_from(self.unresolved))
+        self._resolve(element, missing=missing == 0)
+        if ask:  # the workers held for work ask again (the plane answers held requests)
+            for name in self.alive():
+                w = self.workers[name]
+                reports, w.reports = tuple(w.reports), []
+                self.feed(qc.PacketRequested(worker=name, reports=reports, now=self.now,
+                                             cause=self.cause_id()), request=name)
+
+    def _resolve(self, element: int, *, missing: bool) -> None:
+        self.unresolved.remove(element)
+        running = self.core.state in (qc.QueryState.RUNNING, qc.QueryState.STOPPING)
+        if missing:
+            self.feed(qc.ElementMissing(element=element, now=self.now, cause=self.cause_id(),
+                                        missing={"file": f"/d/{element}.root", "reason": "x"}))
+            return
+        work = self.all_work[element]
+        self.feed(qc.ElementFound(element=element, work=(work,), now=self.now,
+                                  cause=self.cause_id()))
+        if running:
+            self.work = (*self.work, work)
+            self.found_entries += work.entries
+
+    @precondition(lambda self: self.begun and not self.unresolved and not self.looked_up)
+    @rule()
+    def end_lookup(self):
+        self.looked_up = True
+        self.feed(qc.LookupDone(work=(), kind=self.kind, params={}, now=self.now,
+                                lookups={"lookups_opened": len(self.all_work)},
+                                cause=self.cause_id()))
+
+    @precondition(lambda self: self.begun and not self.looked_up)
+    @rule(dice=st.integers(0, 9))
+    def look_up_fails(self, dice):
+        if dice == 0:
+            self.looked_up = True
+            out = self.feed(qc.LookupFailed(error=RemoteError(type="DatasetError",
+                                                              message="gone"),
+                                            cause=self.cause_id()))
+            if self.core.state == qc.QueryState.FAILED:
+                assert any(isinstance(i, qc.Fail) for i in out) or not out
+
+    @invariant()
+    def the_total_is_what_was_found(self):
+        if self.begun and not self.core.ended and self.core.state != qc.QueryState.PREPARING:
+            assert self.core.total == self.found_entries
+
+    @invariant()
+    def nothing_finishes_before_the_look_up_ends(self):
+        if self.core.state in (qc.QueryState.FINISHING, qc.QueryState.FINISHED) \
+                and not self.core.stop_reason:
+            assert self.core.lookup_done_at is not None and not self.unresolved
+
+
+IncrementalQueryMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60,
+                                                     deadline=None)
+TestIncrementalQueryMachine = IncrementalQueryMachine.TestCase
+
+
+def test_packets_go_out_from_files_found_while_others_are_looked_up():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1"], now=0.0)
+    fed(core, qc.LookupBegun(kind="basic", params={"packet_entries": 10},
+                             elements=(_File(0), _File(1)), now=0.0))
+    assert fed(core, qc.PacketRequested(worker="w#1", now=0.1)) == [qc.Wait(worker="w#1")]
+    fed(core, qc.ElementFound(element=1, now=0.2,
+                              work=(WorkRange(element=1, entry_start=0, entry_stop=10),)))
+    [grant] = fed(core, qc.PacketRequested(worker="w#1", now=0.3))
+    assert grant.packet.element == 1 and core.packets_before_lookup == 1
+    merge, _ = fed(core, qc.OutputArrived(worker="w#1", now=0.4,
+                                          packet_ids=frozenset({grant.packet.packet_id})))
+    assert fed(core, qc.Merged(token=merge.token)) == []  # file 0 is still looked up
+    assert fed(core, qc.ElementMissing(element=0, now=0.5,
+                                       missing={"file": "/d/0.root", "reason": "gone"})) == []
+    assert fed(core, qc.LookupDone(work=(), kind="basic", params={}, now=0.6)) == [
+        qc.Finish(stopped=False)]
+    lineage = core.lineage()
+    assert lineage["lookup"] == {
+        "file_by_file": True, "first_packet_seconds": pytest.approx(0.3),
+        "lookup_seconds": pytest.approx(0.6), "packets_before_lookup_done": 1,
+        "entries_processed_before_lookup_done": 0}
+    assert [e["file"] for e in lineage["elements"]] == ["/d/1.root"]
+    assert lineage["missing"] == [{"file": "/d/0.root", "reason": "gone"}]
+
+
+def test_a_look_up_that_ends_without_a_file_fails_the_query_instead_of_losing_it():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1"], now=0.0)
+    fed(core, qc.LookupBegun(kind="adaptive", params={}, elements=(_File(0), _File(1)),
+                             now=0.0))
+    fed(core, qc.ElementFound(element=0, now=0.1,
+                              work=(WorkRange(element=0, entry_start=0, entry_stop=5),)))
+    [fail] = fed(core, qc.LookupDone(work=(), kind="adaptive", params={}, now=0.2))
+    assert isinstance(fail, qc.Fail)
+    assert fail.error.message == "the look-up ended without 1 file(s): /d/1.root"
+
+
+def test_a_failed_look_up_of_one_file_fails_a_running_query():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1"], now=0.0)
+    fed(core, qc.LookupBegun(kind="basic", params={}, elements=(_File(0), _File(1)), now=0.0))
+    fed(core, qc.ElementFound(element=0, now=0.1,
+                              work=(WorkRange(element=0, entry_start=0, entry_stop=5),)))
+    [grant] = fed(core, qc.PacketRequested(worker="w#1", now=0.2))
+    error = RemoteError(type="DatasetError", message="file not found: /d/1.root")
+    [fail] = fed(core, qc.LookupFailed(error=error))
+    assert fail.error is error and core.state == qc.QueryState.FAILED

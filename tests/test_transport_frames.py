@@ -314,3 +314,43 @@ def test_a_reassembled_message_that_is_not_a_frame_is_a_protocol_error() -> None
     reassembler.add(chunk_frame(index=0, data=b"\x82"))
     with pytest.raises(ProtocolError, match=r"^truncated CBOR data \(2 bytes\)$"):
         reassembler.add(chunk_frame(index=1, data=b"\x01"))
+
+
+# -- the fast path of small plain frames (every packet grant) ---------------------------------
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=plain, session=ids)
+def test_a_plain_payload_takes_the_fast_path_to_the_same_bytes(payload, session):
+    assert codec.is_plain(payload)
+    generic = encode({"version": PROTOCOL_VERSION, "type": "next", "session": session,
+                      "request_id": None, "payload": payload})
+    assert encode_frame("next", payload, session=session) == generic
+    assert decode_frame(generic).payload == payload
+
+
+class _Kind(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    (1, 2), {"a": (1,)}, [b"x"], {1: "int key"}, _Kind("sub"), {"s": {1, 2}},
+    np.int64(3), [[[[[[[[[[1]]]]]]]]]], {"a": np.zeros(3)},
+])
+def test_anything_but_exact_plain_types_takes_the_tagged_path(value):
+    assert not codec.is_plain(value)
+    assert decode_frame(encode_frame("x", value)).payload is not None  # and still travels
+
+
+def test_the_grant_frames_are_plain():
+    packet = {"packet": {"packet_id": 7, "element": 0, "entry_start": 0, "entry_stop": 10},
+              "path": "/data/a.root", "tree": "Events"}
+    nxt = {"worker": "worker-0", "pid": 12, "query": "q1",
+           "processed": [{"packet": 6, "entries": 10, "bytes": 0, "seconds": 0.5}]}
+    assert codec.is_plain(packet) and codec.is_plain(nxt)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +201,39 @@ class Lookups:
                 self.cache.put(want.path, want.tree, stamp, info)
         check_branches(info, want.path, want.branches)
         return info, opened
+
+    def each(self, wants: list[Want]) -> Iterator[tuple[int, TreeInfo | LookupError_]]:
+        """Every look-up as `many` does, but each (index, result) as soon as it is known.
+
+        The master hands out packets of a file while others are still being
+        looked up. Leaving the loop early cancels the look-ups not yet started.
+        """
+        def attempt(want: Want) -> tuple[TreeInfo | LookupError_, bool]:
+            try:
+                return self.one(want)
+            except LookupError_ as exc:
+                return exc, True
+
+        if len(wants) <= 1 or self.threads <= 1:
+            for index, want in enumerate(wants):
+                yield index, self._counted(*attempt(want))
+            return
+        pool = ThreadPoolExecutor(max_workers=min(self.threads, len(wants)),
+                                  thread_name_prefix="lookup")
+        try:
+            futures = {pool.submit(attempt, want): i for i, want in enumerate(wants)}
+            for future in as_completed(futures):
+                yield futures[future], self._counted(*future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _counted(self, result: TreeInfo | LookupError_, opened: bool) -> TreeInfo | LookupError_:
+        if isinstance(result, TreeInfo):
+            if opened:
+                self.opened += 1
+            else:
+                self.cached += 1
+        return result
 
     def many(self, wants: list[Want]) -> list[TreeInfo | LookupError_]:
         """Every look-up, in order; up to `threads` at once (remote files overlap)."""

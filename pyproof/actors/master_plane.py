@@ -37,7 +37,7 @@ from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import RECV_LIMIT, ContextReceiver
+from pyproof.transport.wire import RECV_LIMIT, ContextIO
 
 BUSY_POLL_MS = int(PROGRESS_PERIOD * 1000 / 2)  # while a query runs: progress and feedback ticks
 IDLE_POLL_MS = 2_000  # nothing to tick: only `close()` is waited for
@@ -46,6 +46,7 @@ KEEP_HISTORY = 100
 KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished streams
 HOLD_SECONDS = 2.0  # a worker's "next" with nothing to give is held this long at most
 SEND_TIMEOUT_MS = 5_000  # a reply that cannot leave by then is dropped (the worker asks again)
+TICK_SECONDS = 0.02  # the query's tick (progress, feedback) and heartbeats, at most this often
 
 
 class MasterPlane:
@@ -86,7 +87,10 @@ class MasterPlane:
         # closes (seen about once in 20 runs of test_master_hold)
         self._sending = 0
         self._sends_done = threading.Condition(threading.Lock())
-        self._receiver = ContextReceiver()  # its wait is cancelled, not closed under it
+        # the serving thread's receive and send (aios made once: the grant path); their
+        # waits are cancelled by `close`, never closed under them
+        self._io = ContextIO()
+        self._poll_ms = IDLE_POLL_MS  # the serving thread's wait for a request
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
         self._thread.start()
 
@@ -125,7 +129,7 @@ class MasterPlane:
         for w in lost:  # lost while it was queued: no packet may wait for them
             run.worker_lost(w)
         with self._lock:
-            self.socket.recv_timeout = BUSY_POLL_MS
+            self._poll_ms = BUSY_POLL_MS
         run.start()
         if previous is not None:
             previous.close()  # its merge thread and socket to the client: it has ended
@@ -145,7 +149,7 @@ class MasterPlane:
                 return
             nxt = self.queued.popleft() if self.queued else None
             if nxt is None:
-                self.socket.recv_timeout = IDLE_POLL_MS
+                self._poll_ms = IDLE_POLL_MS
                 return
         self._begin(nxt)
 
@@ -245,7 +249,7 @@ class MasterPlane:
             # a send is bounded by the socket's send timeout: wait that out at most
             self._sends_done.wait_for(lambda: self._sending == 0,
                                       max(timeout, SEND_TIMEOUT_MS / 1000 + 0.5))
-        self._receiver.cancel()  # ends the serving thread's wait at once
+        self._io.cancel()  # ends the serving thread's wait at once
         self._thread.join(timeout)
         self.socket.close()  # no thread waits on it any more (nng aborts if one does)
         with self._lock:
@@ -273,48 +277,71 @@ class MasterPlane:
             self._serve_loop()
         finally:
             self.beats.forget()
+            self._io.close()  # this thread's: no operation of it runs any more
 
     def _serve_loop(self) -> None:
-        while not self._closed.is_set():
-            self.beats.stamp()  # every wait below is bounded: a silent thread is stuck
-            try:
-                ctx = self.socket.new_context()  # takes the socket's recv_timeout
-            except pynng.Closed:
-                return
-            held = False
-            try:
-                raw = self._receiver.recv(ctx)  # worker outputs are read in place
-            except pynng.Timeout:
-                raw = None
-            except pynng.Closed:
-                self._close_context(ctx)
-                return
-            if raw is not None:
+        """Serve requests until closed.
+
+        The hot path of every packet grant, so: one context is reused from
+        request to request (a new one only when a request is held on it, or
+        after an error), with this thread's own aios (`ContextIO`); the query's
+        tick and the heartbeats run every `TICK_SECONDS`, not per request; held
+        requests are looked at only when there are some. Every wait is bounded
+        (the poll, the send timeout) and each turn stamps the thread's beat.
+        """
+        io = self._io
+        ctx: pynng.Context | None = None
+        next_tick = 0.0
+        try:
+            while not self._closed.is_set():
+                self.beats.stamp()  # every wait below is bounded: a silent thread is stuck
+                if ctx is None:
+                    try:
+                        ctx = self.socket.new_context()
+                    except pynng.Closed:
+                        return
                 try:
-                    reply, hold = self._answer(raw)
-                except Exception as exc:  # answer, fail the query, keep serving
-                    self.log.error("request_failed", error=repr(exc), exc_info=True)
-                    if self.query is not None:
-                        self.query.fail(RemoteError.from_exception(exc, stage="master"))
-                    reply, hold = encode_frame(p.ABORT, {"reason": "master error"},
-                                               session=self.session_id), None
-                if hold is not None:
-                    with self._lock:
-                        self._held.append((ctx, hold, time.monotonic()))
-                    held = True
-                else:
-                    self._reply(ctx, reply)
-            if not held:
+                    raw = io.recv(ctx, self._poll_ms)  # worker outputs are read in place
+                except pynng.Timeout:
+                    raw = None
+                except pynng.Closed:  # closing: `close` cancelled the wait
+                    return
+                if raw is not None:
+                    try:
+                        reply, hold = self._answer(raw)
+                    except Exception as exc:  # answer, fail the query, keep serving
+                        self.log.error("request_failed", error=repr(exc), exc_info=True)
+                        if self.query is not None:
+                            self.query.fail(RemoteError.from_exception(exc, stage="master"))
+                        reply, hold = encode_frame(p.ABORT, {"reason": "master error"},
+                                                   session=self.session_id), None
+                    if hold is not None:
+                        with self._lock:
+                            self._held.append((ctx, hold, time.monotonic()))
+                        ctx = None  # it keeps the held request's reply route
+                    else:
+                        try:
+                            io.send(ctx, reply, SEND_TIMEOUT_MS)
+                        except (pynng.Timeout, pynng.Closed):
+                            self.log.warning("reply_not_sent")
+                            self._close_context(ctx)
+                            ctx = None
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_SECONDS
+                    q = self.query
+                    if q is not None and q.core.busy:
+                        try:
+                            q.tick(now)
+                        except Exception as exc:  # a bug must fail the query, not the plane
+                            self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
+                            q.fail(RemoteError.from_exception(exc, stage="master"))
+                    self._heartbeats(now)
+                if self._held:  # taken under the lock there; a race only defers to next time
+                    self._answer_held(time.monotonic())
+        finally:
+            if ctx is not None:
                 self._close_context(ctx)
-            q = self.query
-            if q is not None and q.core.busy:
-                try:
-                    q.tick(time.monotonic())
-                except Exception as exc:  # a bug must fail the query, not the data plane
-                    self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
-                    q.fail(RemoteError.from_exception(exc, stage="master"))
-            self._heartbeats(time.monotonic())
-            self._answer_held(time.monotonic())
 
     def _heartbeats(self, now: float) -> None:
         """Queued, preparing or finishing queries say they live (see `QueryRun.heartbeat`)."""
@@ -451,7 +478,7 @@ class MasterPlane:
             query_id = p.require(payload, "query", str)
             with self._lock:
                 q = self.query
-                queued = any(r.query_id == query_id for r in self.queued)
+                queued = bool(self.queued) and any(r.query_id == query_id for r in self.queued)
             if queued:  # its turn comes when the one before ends
                 return p.WAIT, {}
             if q is None or q.query_id != query_id:

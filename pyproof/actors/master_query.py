@@ -25,9 +25,11 @@ from pyproof.actors.lookup import (
     LookupCache,
     LookupError_,
     Lookups,
+    Want,
     catalog_elements,
     file_elements,
     select_ranges,
+    split_branches,
 )
 from pyproof.actors.output_files import (
     OutputFiles,
@@ -182,6 +184,9 @@ class QueryRun:
             if self.spec.output_dataset:
                 check_output_dataset(self.spec.output_dataset, self.user,
                                      overwrite=self.spec.output_overwrite)
+            if self._file_by_file():
+                self._lookup_each()
+                return
             if self.spec.cycles is not None:
                 work = [WorkRange(element=CYCLES, entry_start=0, entry_stop=self.spec.cycles)]
                 kind = self.spec.packetizer or "unit"
@@ -193,14 +198,7 @@ class QueryRun:
             if kind == "multi":
                 params.setdefault("parts", self.parts)
             if kind == "adaptive":
-                # locality: workers prefer files on their own host (hosts/locality.py)
-                layout = read_layout(self.run_dir)
-                hosts = element_hosts(self.elements, layout)
-                if hosts:
-                    params.setdefault("element_hosts", hosts)
-                    params.setdefault("worker_hosts", {w: worker_host(w, layout.host)
-                                                       for w in self.core.workers})
-                    params.setdefault("local_host", layout.host)  # for workers joining later
+                self._locality(params)
         except LookupError_ as exc:
             self.feed(qc.LookupFailed(error=RemoteError(
                 type="DatasetError", message=str(exc), traceback="", context=exc.context),
@@ -217,6 +215,70 @@ class QueryRun:
                                 elements=tuple(self.elements), missing=tuple(self.missing),
                                 lookups=self.lookups.stats(), now=self.clock(),
                                 cause="lookup"))
+
+    def _file_by_file(self) -> bool:
+        """Whether packets may go out while files are still looked up: a list of files,
+        read whole (with `first=`/`entries=` a file's range depends on the counts of
+        those before it), by one packetizer (not one dataset after another)."""
+        spec = self.spec
+        return (spec.dataset is not None and len(spec.dataset) > 1 and spec.first == 0
+                and spec.entries is None
+                and (spec.packetizer or DEFAULT_DATA_KIND) in ("adaptive", "basic"))
+
+    def _lookup_each(self) -> None:
+        """Look the files up in parallel and tell the core of each as soon as it is known:
+        workers get packets of the files found while the others are still looked up."""
+        kind = self.spec.packetizer or DEFAULT_DATA_KIND
+        dataset = [(path, tree) for path, tree in self.spec.dataset or ()]
+        self.elements = [Element(path=path, tree=tree or "", entries=0) for path, tree in dataset]
+        params = dict(self._packetizer_params or {})
+        if kind == "adaptive":
+            self._locality(params)
+        self.feed(qc.LookupBegun(kind=kind, params=params, elements=tuple(self.elements),
+                                 now=self.clock(), cause="lookup"))
+        if self.core.state is not qc.QueryState.RUNNING:
+            return  # the packetizer could not be made (the query failed), or stopped
+        main, _ = split_branches(list(self.spec.branches)
+                                 if self.spec.branches is not None else None)
+        skip = self.spec.on_missing == "skip"
+        missing: dict[int, dict[str, Any]] = {}
+        for index, result in self.lookups.each([Want(path, tree, main)
+                                                for path, tree in dataset]):
+            if self.core.state not in (qc.QueryState.RUNNING, qc.QueryState.STOPPING):
+                return  # failed, aborted or over: the rest is not needed
+            path, tree = dataset[index]
+            if isinstance(result, LookupError_):
+                if not skip or "branch" in result.context:
+                    self.feed(qc.LookupFailed(error=RemoteError(
+                        type="DatasetError", message=str(result), traceback="",
+                        context=result.context), cause="lookup"))
+                    return
+                missing[index] = {"file": path, "tree": tree, "reason": str(result)}
+                self.feed(qc.ElementMissing(element=index, missing=missing[index],
+                                            now=self.clock(), cause="lookup"))
+                continue
+            element = self.elements[index]
+            element.tree, element.entries = result.tree, result.entries  # before any packet
+            self.log.debug("file_looked_up", file=path, entries=result.entries)
+            self.feed(qc.ElementFound(element=index, now=self.clock(), cause="lookup", work=(
+                WorkRange(element=index, entry_start=0, entry_stop=result.entries),)))
+        self.missing = [missing[i] for i in sorted(missing)]
+        self.log.info("query_prepared", elements=len(self.elements) - len(missing),
+                      entries=self.core.total, packetizer=kind, file_by_file=True,
+                      packets_before=self.core.packets_before_lookup, **self.lookups.stats())
+        self.feed(qc.LookupDone(work=(), kind=kind, params=params, elements=(),
+                                missing=tuple(self.missing), lookups=self.lookups.stats(),
+                                now=self.clock(), cause="lookup"))
+
+    def _locality(self, params: dict[str, Any]) -> None:
+        """Workers prefer files on their own host (hosts/locality.py)."""
+        layout = read_layout(self.run_dir)
+        hosts = element_hosts(self.elements, layout)
+        if hosts:
+            params.setdefault("element_hosts", hosts)
+            params.setdefault("worker_hosts", {w: worker_host(w, layout.host)
+                                               for w in self.core.workers})
+            params.setdefault("local_host", layout.host)  # for workers joining later
 
     def _file_work(self) -> tuple[list[WorkRange], str]:
         """A per-file task: one unit per file, files not opened here (they may be bad)."""

@@ -1,6 +1,6 @@
 """Benchmark: the data path through pyproof frames vs bare pynng, and packet grants/s.
 
-    python -m pyproof.bench.transport [--quick] [--json]
+    python -m pyproof.bench.transport [--quick] [--grants] [--json]
 
 The two ends run in two processes (this one and a peer it spawns and reaps),
 as they do in a cluster. For ``tcp://127.0.0.1`` and ``ipc://`` (in a private
@@ -16,7 +16,8 @@ each *bare* (pynng with bytes in and bytes out; an array as ``tobytes()`` /
 (a versioned frame, sealed with HMAC-SHA256, checked and decoded on arrival),
 with the framed/bare ratio.
 
-Then the packet grants per second the real master data plane sustains (a
+Then the packet grants per second of the pure query core (no socket, no
+codec), and those the real master data plane sustains (a
 ``MasterPlane`` in this process running a CPU query with basic packets) for 2,
 8 and 32 simulated workers (threads of the peer process speaking the worker
 protocol: report the last packet and get the next; every 10 packets send
@@ -68,6 +69,7 @@ class Plan:
     messages_large: int = 40
     grant_seconds: float = 1.5
     workers: tuple[int, ...] = (2, 8, 32)
+    core_grants: int = 50_000
 
 
 QUICK = Plan(
@@ -76,6 +78,7 @@ QUICK = Plan(
     messages_small=3000,
     messages_large=8,
     grant_seconds=0.4,
+    core_grants=10_000,
 )
 
 
@@ -376,6 +379,57 @@ def grants(peer: Peer, directory: str, workers: int, seconds: float) -> dict[str
     }
 
 
+def core_grants(workers: int, kind: str, grants: int) -> dict[str, float]:
+    """Packet grants/s of the pure query core alone (no socket, no codec, no thread).
+
+    The same traffic as `grants`: each worker asks with the report of its last
+    packet and every 10 packets sends outputs (merged at once); a tick every
+    20 grants. `kind` "basic" packets of 1000 cycles as the real-plane rows, or
+    "adaptive" packets over 100 files (rates from the reports). CPU time of
+    this thread, so other processes on the machine count less.
+    """
+    from pyproof.packetizer.base import CYCLES, WorkRange
+    from pyproof.query import core as qc
+    from pyproof.query.spec import QuerySpec
+
+    if kind == "basic":
+        params: dict[str, Any] = {"packet_entries": 1000}
+        work = (WorkRange(element=CYCLES, entry_start=0, entry_stop=10**15),)
+    else:
+        params = {"min_packet_time": 0.01, "max_packet_time": 0.05}
+        work = tuple(WorkRange(element=i, entry_start=0, entry_stop=10**12) for i in range(100))
+    spec = QuerySpec(selector="bench:Selector", cycles=10**15, packetizer=kind,
+                     packetizer_params=params)
+    names = [f"worker-{i}#1" for i in range(workers)]
+    core = qc.QueryCore(query_id="q", spec=spec, workers=names, now=0.0)
+    core.handle(qc.LookupDone(work=work, kind=kind, params=params, now=0.0))
+    last: dict[str, Any] = dict.fromkeys(names)
+    held: dict[str, list[int]] = {w: [] for w in names}
+    now, start = 0.0, time.thread_time()
+    for k in range(grants):
+        worker = names[k % workers]
+        now += 1e-5
+        packet = last[worker]
+        reports = () if packet is None else (
+            qc.Report(packet=packet.packet_id, entries=packet.entries,
+                      seconds=packet.entries / 1e6),)
+        grant = core.handle(qc.PacketRequested(worker=worker, reports=reports, now=now))[-1]
+        if not isinstance(grant, qc.Grant):
+            raise AssertionError(f"the core answered {grant}")
+        last[worker] = grant.packet
+        held[worker].append(grant.packet.packet_id)
+        if len(held[worker]) == 10:
+            for ins in core.handle(qc.OutputArrived(
+                    worker=worker, packet_ids=frozenset(held[worker]), now=now)):
+                if isinstance(ins, qc.Merge):
+                    core.handle(qc.Merged(token=ins.token))
+            held[worker] = []
+        if k % 20 == 0:
+            core.handle(qc.Tick(now=now))
+    seconds = max(time.thread_time() - start, 1e-9)
+    return {"grants_per_s": grants / seconds, "cpu_us": seconds / grants * 1e6}
+
+
 def codec(payload: Payload, count: int) -> dict[str, float]:
     """Framing and sealing alone (no socket): microseconds per message, each side."""
     value = payload.make()
@@ -429,6 +483,44 @@ def _counts(plan: Plan, payload: Payload) -> tuple[int, int]:
     return plan.rounds_large, plan.messages_large
 
 
+def run_core(plan: Plan, emit: Callable[[str], None], results: dict[str, Any]) -> None:
+    emit("\n== packet grants of the pure query core (no socket, no codec; CPU of one thread) ==")
+    emit(f"{'workers':<10}{'basic':>22}{'adaptive':>22}")
+    results["core"] = []
+    for workers in (*plan.workers, 1000):
+        row = {kind: core_grants(workers, kind, plan.core_grants)
+               for kind in ("basic", "adaptive")}
+        emit(f"{workers:<10}" + "".join(f"{row[k]['grants_per_s']:>10.0f}/s"
+                                        f"{row[k]['cpu_us']:>6.1f} us"
+                                        for k in ("basic", "adaptive")))
+        results["core"].append({"workers": workers, **row})
+
+
+def run_grants(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
+    """Only the packet grant rows: the pure core, then the real master data plane."""
+    results: dict[str, Any] = {"grants": []}
+    run_core(plan, emit, results)
+    peer = Peer()
+    try:
+        with _private_dir() as directory:
+            _run_grants(peer, plan, directory, results, emit)
+    finally:
+        peer.close()
+    return results
+
+
+def _run_grants(peer: Peer, plan: Plan, directory: str, results: dict[str, Any],
+                emit: Callable[[str], None]) -> None:
+    emit("\n== packet grants: the real master data plane (ipc, as in a session), "
+         "simulated workers in another process ==")
+    emit(f"{'workers':<10}{'grants/s':>10}{'median request':>16}{'master CPU':>18}")
+    for workers in plan.workers:
+        row = grants(peer, directory, workers, plan.grant_seconds)
+        emit(f"{workers:<10}{row['grants_per_s']:>10.0f}{row['median_us']:>13.0f} us"
+             f"{row['master_cpu_us']:>10.0f} us/grant")
+        results["grants"].append({"workers": workers, **row})
+
+
 def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every measurement, printing tables as it goes; return the numbers."""
     results: dict[str, Any] = {"codec": [], "latency": [], "throughput": [], "grants": []}
@@ -445,14 +537,8 @@ def run(plan: Plan, emit: Callable[[str], None] = print) -> dict[str, Any]:
         with _private_dir() as directory:
             for transport in ("tcp", "ipc"):
                 _run_transport(peer, plan, _Addresses(transport, directory), results, emit)
-            emit("\n== packet grants: the real master data plane (ipc, as in a session), "
-                 "simulated workers in another process ==")
-            emit(f"{'workers':<10}{'grants/s':>10}{'median request':>16}{'master CPU':>18}")
-            for workers in plan.workers:
-                row = grants(peer, directory, workers, plan.grant_seconds)
-                emit(f"{workers:<10}{row['grants_per_s']:>10.0f}{row['median_us']:>13.0f} us"
-                     f"{row['master_cpu_us']:>10.0f} us/grant")
-                results["grants"].append({"workers": workers, **row})
+            run_core(plan, emit, results)
+            _run_grants(peer, plan, directory, results, emit)
     finally:
         peer.close()
     return results
@@ -489,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON at the end")
+    parser.add_argument("--grants", action="store_true",
+                        help="only the packet grant rows (pure core, then the real master)")
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer:  # the other end, started by Peer
@@ -497,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else Plan()
     start = time.perf_counter()
     print(f"pyproof transport benchmark (pynng {pynng.__version__}, {os.cpu_count()} CPUs)")
-    results = run(plan)
+    results = run_grants(plan) if args.grants else run(plan)
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     if args.json:
         print(json.dumps(results, indent=2))

@@ -21,6 +21,12 @@ Why each rule:
   workers, 3x speed spread, 1% stragglers 10x slower: a 1 s floor ended 1.8%
   after the ideal with workers finishing 1.3 s apart; 50 ms, 0.3% and 0.06 s.)
 - A worker's first packet is small (`learn_entries`): its rate is unknown.
+- Work may arrive after the start (files looked up one by one, `add_work`):
+  until the look-up ends, the entries still expected (`expect`, an estimate
+  from the files known so far) count as queued when sizing packets, so the
+  end-game is planned on the estimate and corrected as counts come in; the
+  last packets are cut once everything is known, since `finished` waits for
+  the input to be complete.
 - The rest of a file goes in one packet when under 1.5 packet sizes.
 - Locality: elements may live on a storage node (`element_hosts`), workers on
   a host (`worker_hosts` or `add_worker(..., host=)`). A node's lag is its
@@ -135,7 +141,8 @@ class AdaptivePacketizer(LedgerPacketizer):
         assert element is not None
         packet = self._ledger.cut(worker, element, self._size(worker, element, now), now)
         self._backlog.assign(
-            worker, packet.packet_id, packet.entries, self._rates.rate_or_mean(worker), now
+            worker, packet.packet_id, packet.entry_stop - packet.entry_start,
+            self._rates.rate_or_mean(worker), now
         )
         self._current[worker] = element
         self._start_reading(worker, packet.packet_id, node)
@@ -149,11 +156,14 @@ class AdaptivePacketizer(LedgerPacketizer):
         O(nodes with work) per decision, arithmetic inlined: the hot loop.
         """
         host, ledger, cap = self._hosts.get(worker), self._ledger, self._cap
+        nodes = ledger.nodes_with_work()
+        if len(nodes) == 1 and None in nodes:  # no locality: unplaced work, anyone reads it
+            return None
         mean = self._rates.mean() or 1.0
         cluster = self._rates.cluster(len(self._workers)) or float(len(self._workers))
         remote: tuple[float, int, Node] | None = None  # (lag, queued, node) of the worst
         local: tuple[float, int, Node] | None = None
-        for node in ledger.nodes_with_work():
+        for node in nodes:
             if node is not None and cap is not None and ledger.node_readers(node) >= cap:
                 continue
             queued = ledger.node_queued(node)
@@ -181,11 +191,12 @@ class AdaptivePacketizer(LedgerPacketizer):
         """Entries for `worker`'s next packet: `packet_time_fraction` of the time it has
         left before the projected common finish, from when it will start the packet."""
         rate = self._rates.rate(worker)
+        expected = self._expected or 0.0  # still being looked up: planned for, as queued
         if rate is None:
-            size = min(self._learn, self._ledger.total // (20 * self.worker_count))
+            size = min(self._learn, int(self._ledger.total + expected) // (20 * self.worker_count))
         else:
             cluster = self._rates.cluster(self.worker_count)
-            left = (self._ledger.queued + self._backlog.entries(now)) / cluster
+            left = (self._ledger.queued + expected + self._backlog.entries(now)) / cluster
             own = max(0.0, self._backlog.busy(worker) - now)  # its own in-flight work first
             packet_time = min(max((left - own) / self._fraction, self._min_time), self._max_time)
             size = max(int(rate * packet_time), self._min_entries)
@@ -224,7 +235,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         self._end_reading(worker, record.packet.packet_id)
         host = self._hosts[worker]
         old = self._rates.rate(worker)
-        self._rates.record(worker, record.packet.entries, seconds)
+        self._rates.record(worker, record.entries, seconds)
         new = self._rates.rate(worker)
         assert new is not None
         self._backlog.finish(record.packet.packet_id, new, now)

@@ -78,7 +78,14 @@ class Backlog:
         return max(0.0, self._sum_rb - now * self._sum_r)
 
     def _set(self, worker: str, busy: float, rate: float) -> None:
-        self._uncount(worker)
+        ends = self._ends
+        end = ends.pop(worker, None)  # `_uncount`, inlined: twice per grant
+        if end is not None:
+            if ends:
+                self._sum_rb -= end[1] * end[0]
+                self._sum_r -= end[1]
+            else:
+                self._sum_rb = self._sum_r = 0.0
         self._version += 1
         self._ends[worker] = (busy, rate, self._version)
         self._sum_rb += rate * busy

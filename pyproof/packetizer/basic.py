@@ -45,7 +45,8 @@ class BasicPacketizer(LedgerPacketizer):
         """The base packet size; recomputed when more workers join than planned (as PROOF)."""
         if self._packet_entries is not None:
             return self._packet_entries
-        return max(1, self._ledger.total // (PACKET_AS_A_FRACTION * self.worker_count))
+        total = self._ledger.total + int(self._expected or 0)  # what is still looked up too
+        return max(1, total // (PACKET_AS_A_FRACTION * self.worker_count))
 
     def _next(self, worker: str, now: float) -> Packet | None:
         element = self._ledger.pick(None, self._current.get(worker))

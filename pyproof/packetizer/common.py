@@ -8,6 +8,8 @@ exactly-once moves are the same everywhere and live here once, as does
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyproof.packetizer.base import (
     Packet,
     PacketizerStatistics,
@@ -38,6 +40,7 @@ class LedgerPacketizer:
         self._planned = workers
         self._workers: dict[str, None] = {}
         self._lost: set[str] = set()
+        self._expected: float | None = None  # entries still being looked up (estimate)
 
     @property
     def worker_count(self) -> int:
@@ -94,10 +97,29 @@ class LedgerPacketizer:
             self._on_failed(worker, packet_id, now)
         return skipped
 
+    def add_work(self, work: Sequence[WorkRange], now: float) -> None:
+        """Ranges of elements not known so far (their look-up ended after the start).
+
+        Work may be handed out while the rest of the input is still being looked
+        up; `expect` says how much more is coming. ValueError as `Ledger.add`.
+        """
+        self._ledger.add(work)
+
+    def expect(self, entries: float | None) -> None:
+        """Entries still being looked up (an estimate, for planning), or None: the input
+        is complete. The packetizer is not `finished` until told None."""
+        self._expected = entries
+
+    @property
+    def expected(self) -> float:
+        """Entries still being looked up (0 when the input is complete)."""
+        return self._expected or 0.0
+
     @property
     def finished(self) -> bool:
-        """Every entry delivered exactly once, or poisoned or skipped and reported."""
-        return self._ledger.finished
+        """Every entry delivered exactly once, or poisoned or skipped and reported,
+        and no more input coming."""
+        return self._expected is None and self._ledger.finished
 
     @property
     def skipped(self) -> tuple[SkippedRange, ...]:

@@ -64,6 +64,8 @@ class Record:
     deaths: tuple[tuple[str, str], ...]
     reported: bool = False
     """packet_processed was seen (so a duplicated report is not measured twice)."""
+    entries: int = 0
+    """The packet's entries (kept here: `Packet.entries` is a property, on the hot path)."""
 
 
 class Ledger:
@@ -89,7 +91,7 @@ class Ledger:
         self._pending: dict[Node, OrderedDict[int, None]] = {}
         self._idle: dict[Node, OrderedDict[int, None]] = {}
         self._node_queued: Counter[Node] = Counter()
-        self._readers: Counter[int] = Counter()
+        self._readers: dict[int, int] = {}  # a plain dict: Counter's Python methods are slow
         self._node_readers: Counter[Node] = Counter()
         self._records: dict[int, Record] = {}
         self._held: dict[str, dict[int, None]] = defaultdict(dict)
@@ -101,6 +103,18 @@ class Ledger:
         self.packets_delivered = self.packets_requeued = self.outputs_refused = 0
         self._work = self._load(work)
         self.total = self.queued
+
+    def add(self, work: Sequence[WorkRange]) -> int:
+        """Queue the ranges of elements that had none (looked up after the start); the
+        entries added. ValueError for a bad range, or an element that already had work."""
+        known = [w.element for w in work if w.element in self._work]
+        if known:
+            raise ValueError(f"element {known[0]} already has work: add an element once")
+        before = self.queued
+        self._work.update(self._load(work))
+        added = self.queued - before
+        self.total += added
+        return added
 
     def _load(self, work: Sequence[WorkRange]) -> dict[int, list[tuple[int, int]]]:
         by_element: dict[int, list[tuple[int, int]]] = {}
@@ -193,16 +207,15 @@ class Ledger:
                 raise ValueError(f"element {element}: no queued segment starts at entry {start}")
             index = starts.index(start)
         seg = segments[index]
-        stop = min(seg.stop, seg.start + max(1, entries))
-        packet = Packet(
-            packet_id=self._next_id, element=element, entry_start=seg.start, entry_stop=stop
-        )
-        self._next_id += 1
-        self._records[packet.packet_id] = Record(
-            packet, worker, State.ASSIGNED, now, seg.strikes, seg.deaths
-        )
-        self._held[worker][packet.packet_id] = None
-        node = self.node_of(element)
+        first = seg.start
+        stop = min(seg.stop, first + max(1, entries))
+        packet_id = self._next_id
+        packet = Packet(packet_id=packet_id, element=element, entry_start=first, entry_stop=stop)
+        self._next_id = packet_id + 1
+        self._records[packet_id] = Record(packet, worker, State.ASSIGNED, now, seg.strikes,
+                                          seg.deaths, False, stop - first)
+        self._held[worker][packet_id] = None
+        node = self._nodes.get(element)
         if stop == seg.stop:
             del segments[index]
         else:
@@ -210,12 +223,15 @@ class Ledger:
         if not segments:
             del self._segments[element]
             self._unindex(self._pending, node, element)
-        self._node_queued[node] -= packet.entries
-        self.queued -= packet.entries
-        self.assigned += packet.entries
-        self._readers[element] += 1
+        size = stop - first
+        self._node_queued[node] -= size
+        self.queued -= size
+        self.assigned += size
+        readers = self._readers.get(element, 0)
+        self._readers[element] = readers + 1
         self._node_readers[node] += 1
-        self._unindex(self._idle, node, element)
+        if not readers:  # it had no reader: it was idle (if it has work left)
+            self._unindex(self._idle, node, element)
         return packet
 
     def mark_processed(self, worker: str, packet_id: int) -> Record | None:
@@ -227,8 +243,8 @@ class Ledger:
         if rec.state is State.ASSIGNED:
             self._stop_reading(rec)
             rec.state = State.PROCESSED
-            self.assigned -= rec.packet.entries
-            self.processed += rec.packet.entries
+            self.assigned -= rec.entries
+            self.processed += rec.entries
         return rec
 
     def acceptable(self, worker: str, packet_ids: frozenset[int]) -> bool:
@@ -246,7 +262,7 @@ class Ledger:
         for rec in (self._records[i] for i in packet_ids):
             self._release(rec)
             rec.state = State.DELIVERED
-            self.delivered += rec.packet.entries
+            self.delivered += rec.entries
             self.packets_delivered += 1
             del self._held[worker][rec.packet.packet_id]
         return True
@@ -325,7 +341,7 @@ class Ledger:
         self._node_queued[node] += entries
         self.queued += entries
         self._index(self._pending, node, element, front)
-        if not self._readers[element]:
+        if not self._readers.get(element):
             self._index(self._idle, node, element, front)
 
     def _release(self, rec: Record) -> bool:
@@ -333,17 +349,19 @@ class Ledger:
         its new state); True if it was still in flight (assigned)."""
         if rec.state is State.ASSIGNED:
             self._stop_reading(rec)
-            self.assigned -= rec.packet.entries
+            self.assigned -= rec.entries
             return True
-        self.processed -= rec.packet.entries
+        self.processed -= rec.entries
         return False
 
     def _stop_reading(self, rec: Record) -> None:
         element = rec.packet.element
-        node = self.node_of(element)
-        self._readers[element] -= 1
+        node = self._nodes.get(element)
+        readers = self._readers[element] - 1
         self._node_readers[node] -= 1
-        if not self._readers[element]:
+        if readers:
+            self._readers[element] = readers
+        else:
             del self._readers[element]
             if element in self._segments:
                 self._index(self._idle, node, element, front=False)
@@ -379,7 +397,7 @@ class Ledger:
                 pieces[element].append((seg.start, seg.stop))
         for packet_id, rec in self._records.items():
             p = rec.packet
-            assert p.packet_id == packet_id and p.entries > 0
+            assert p.packet_id == packet_id and p.entries > 0 and rec.entries == p.entries
             held = packet_id in self._held.get(rec.worker, ())
             live = rec.state in _LIVE
             assert held == live, f"packet {packet_id} ({rec.state.value}) held={held}"

@@ -47,7 +47,8 @@ STORY_LENGTH = 2000
 __all__ = [
     "QueryCore", "QueryState", "Report",
     # events
-    "LookupDone", "LookupFailed", "WorkerJoined", "WorkerLost", "PacketRequested",
+    "LookupDone", "LookupBegun", "ElementFound", "ElementMissing", "LookupFailed",
+    "WorkerJoined", "WorkerLost", "PacketRequested",
     "OutputArrived", "WorkerFailed", "Merged", "Finished", "StopRequested", "AbortRequested",
     "Tick",
     # instructions
@@ -101,6 +102,44 @@ class LookupDone:
     elements: tuple[Any, ...] = ()
     missing: tuple[dict[str, Any], ...] = ()
     lookups: dict[str, int] = field(default_factory=dict)  # files opened, cached, from catalog
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupBegun:
+    """The look-up goes file by file: packets may go out before it ends.
+
+    `elements` are every file the query may read, in order (their entries are
+    not known yet); each gets exactly one `ElementFound` or `ElementMissing`,
+    in any order, then `LookupDone` (its `work` empty) says the input is
+    complete, or `LookupFailed` fails the query. Workers are served from the
+    files found so far meanwhile.
+    """
+
+    kind: str
+    params: dict[str, Any]
+    elements: tuple[Any, ...]
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElementFound:
+    """The look-up of `element` ended: its `work` ranges may be handed out."""
+
+    element: int
+    work: tuple[WorkRange, ...]
+    now: float
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElementMissing:
+    """The look-up of `element` failed and the query skips it (on_missing='skip')."""
+
+    element: int
+    missing: dict[str, Any]
     now: float
     cause: str = ""
 
@@ -193,7 +232,8 @@ class Tick:
     cause: str = ""
 
 
-Event = (LookupDone | LookupFailed | WorkerJoined | WorkerLost | PacketRequested | OutputArrived
+Event = (LookupDone | LookupBegun | ElementFound | ElementMissing | LookupFailed | WorkerJoined
+         | WorkerLost | PacketRequested | OutputArrived
          | WorkerFailed | Merged | Finished | StopRequested | AbortRequested | Tick)
 
 
@@ -340,12 +380,23 @@ class QueryCore:
         self.state = QueryState.PREPARING
         self.started = now
         self.ended_at: float | None = None
-        self.workers: list[str] = list(dict.fromkeys(workers))
+        # ordered, O(1) membership and removal: checked on every request (1,000s of workers)
+        self.workers: dict[str, None] = dict.fromkeys(workers)
         self.lost: set[str] = set()
         self.packetizer: Packetizer | None = None
         self.elements: tuple[Any, ...] = ()
         self.missing: tuple[dict[str, Any], ...] = ()
         self.lookups: dict[str, int] = {}  # look-up statistics (files opened, cached, cataloged)
+        # a look-up file by file (LookupBegun): elements not yet found or missing, and the
+        # entries of those found (to estimate what is still coming)
+        self.incremental = False
+        self.looking_up: set[int] = set()
+        self._found = [0, 0]  # elements found, their entries
+        self._missing_elements: set[int] = set()
+        self.lookup_done_at: float | None = None
+        self.first_packet_at: float | None = None
+        self.packets_before_lookup = 0  # granted while the look-up was still running
+        self.processed_before_lookup = 0  # entries reported processed meanwhile
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
         self.outstanding: dict[str, set[int]] = {}  # worker -> granted ids, outputs not sent
         self.total = 0
@@ -356,6 +407,7 @@ class QueryCore:
         self.requeued: list[dict[str, Any]] = []
         self.covered: list[tuple[int, int, int]] = []  # (element, start, stop) accepted
         self.tally: dict[str, WorkerTally] = {worker_id(w): WorkerTally() for w in self.workers}
+        self._tallies: dict[str, WorkerTally] = {}  # incarnation -> its worker's tally (cache)
         self.error: RemoteError | None = None
         self.stop_reason = ""
         self._merging: dict[int, _Pending] = {}
@@ -369,11 +421,16 @@ class QueryCore:
     # -- the one entry point ------------------------------------------------------------
     def handle(self, *events: Event) -> list[Instruction]:
         """Feed events in order; the instructions to carry out, in order."""
-        out: list[Instruction] = []
+        if len(events) == 1:  # the usual case, kept cheap: one event per request
+            ev = events[0]
+            self._out = out = []
+            _HANDLERS[type(ev)](self, ev)
+            self._log.append((ev, tuple(out)))
+            return out
+        out = []
         for ev in events:
             self._out = []
-            handler = _HANDLERS[type(ev)]
-            handler(self, ev)
+            _HANDLERS[type(ev)](self, ev)
             self._log.append((ev, tuple(self._out)))
             out.extend(self._out)
         return out
@@ -401,15 +458,97 @@ class QueryCore:
                 or any(getattr(i, "worker", None) == worker for i in ins)]
 
     # -- handlers ------------------------------------------------------------------------
-    def _on_lookup_done(self, ev: LookupDone) -> None:
+    def _on_lookup_begun(self, ev: LookupBegun) -> None:
         if self.state != QueryState.PREPARING:
-            return  # stopped or aborted while looking up
+            return
+        if not self._make_packetizer(ev.kind, (), ev.params, ev.cause):
+            return
+        assert self.packetizer is not None
+        if not hasattr(self.packetizer, "add_work"):
+            self._fail(RemoteError(
+                type="QuerySpecError", message=f"the {ev.kind!r} packetizer cannot take files "
+                "looked up one by one", traceback="", context={}), ev.cause)
+            return
+        self.incremental = True
+        self.elements = ev.elements
+        self.looking_up = set(range(len(ev.elements)))
+        self.packetizer.expect(0.0)  # not finished: the input is coming
+        for w in self.workers:
+            self.packetizer.add_worker(w, ev.now)
+        self.state = QueryState.RUNNING
+
+    def _on_element_found(self, ev: ElementFound) -> None:
+        if not self._take_element(ev.element):
+            return
+        assert self.packetizer is not None
+        entries = sum(w.entries for w in ev.work)
         try:
-            self.packetizer = make_packetizer(ev.kind, list(ev.work),
-                                              workers=max(1, len(self.workers)), **ev.params)
-        except (TypeError, ValueError) as exc:
+            self.packetizer.add_work(ev.work, ev.now)  # type: ignore[attr-defined]
+        except ValueError as exc:
             self._fail(RemoteError.from_exception(exc, stage="lookup"), ev.cause)
             return
+        self.total += entries
+        self._found[0] += 1
+        self._found[1] += entries
+        self._expect()
+
+    def _on_element_missing(self, ev: ElementMissing) -> None:
+        if not self._take_element(ev.element):
+            return
+        self._missing_elements.add(ev.element)
+        self.missing = (*self.missing, ev.missing)
+        self._expect()
+
+    def _take_element(self, element: int) -> bool:
+        """Whether an element's look-up result is to be used (once, while running)."""
+        if not self.incremental or element not in self.looking_up or self.packetizer is None \
+                or self.state not in (QueryState.RUNNING, QueryState.STOPPING):
+            return False
+        self.looking_up.discard(element)
+        return True
+
+    def _expect(self) -> None:
+        """Tell the packetizer the entries still coming: the files not looked up yet at
+        the mean of those found (an estimate it plans on, corrected as counts arrive)."""
+        assert self.packetizer is not None
+        found, entries = self._found
+        self.packetizer.expect(len(self.looking_up) * entries / found if found else 0.0)
+
+    def _make_packetizer(self, kind: str, work: tuple[WorkRange, ...], params: dict[str, Any],
+                         cause: str) -> bool:
+        try:
+            self.packetizer = make_packetizer(kind, list(work),
+                                              workers=max(1, len(self.workers)), **params)
+        except (TypeError, ValueError) as exc:
+            self._fail(RemoteError.from_exception(exc, stage="lookup"), cause)
+            return False
+        return True
+
+    def _on_lookup_done(self, ev: LookupDone) -> None:
+        if self.incremental:  # the end of a look-up file by file: the input is complete
+            if self.state in (QueryState.RUNNING, QueryState.STOPPING) \
+                    and self.lookup_done_at is None:
+                assert self.packetizer is not None
+                if self.looking_up:  # never silently short: every file is found or missing
+                    names = [self.elements[i].path for i in sorted(self.looking_up)[:3]]
+                    self._fail(RemoteError(
+                        type="DatasetError", message=f"the look-up ended without "
+                        f"{len(self.looking_up)} file(s): {', '.join(names)}", traceback="",
+                        context={"file": names[0]}), ev.cause)
+                    return
+                self.lookup_done_at = ev.now
+                self.lookups = dict(ev.lookups)
+                if ev.missing:  # the shell's list, in the dataset's order
+                    self.missing = ev.missing
+                self.packetizer.expect(None)
+                self._maybe_finish(ev.cause)
+            return
+        if self.state != QueryState.PREPARING:
+            return  # stopped or aborted while looking up
+        self.lookup_done_at = ev.now
+        if not self._make_packetizer(ev.kind, ev.work, ev.params, ev.cause):
+            return
+        assert self.packetizer is not None
         self.elements, self.missing = ev.elements, ev.missing
         self.lookups = dict(ev.lookups)
         self.total = sum(w.entries for w in ev.work)
@@ -419,7 +558,9 @@ class QueryCore:
         self._maybe_finish(ev.cause)
 
     def _on_lookup_failed(self, ev: LookupFailed) -> None:
-        if self.state == QueryState.PREPARING:
+        if self.state == QueryState.PREPARING or (
+                self.state == QueryState.RUNNING and self.incremental
+                and self.lookup_done_at is None):
             self._fail(ev.error, ev.cause)
 
     def _on_joined(self, ev: WorkerJoined) -> None:
@@ -428,7 +569,7 @@ class QueryCore:
     def _join(self, worker: str, now: float) -> None:
         if worker in self.workers or worker in self.lost:
             return
-        self.workers.append(worker)
+        self.workers[worker] = None
         self.tally.setdefault(worker_id(worker), WorkerTally())
         if self.packetizer is not None:
             self.packetizer.add_worker(worker, now)
@@ -436,8 +577,7 @@ class QueryCore:
     def _on_lost(self, ev: WorkerLost) -> None:
         self.lost.add(ev.worker)
         self.outstanding.pop(ev.worker, None)
-        if ev.worker in self.workers:
-            self.workers.remove(ev.worker)
+        self.workers.pop(ev.worker, None)
         if self.packetizer is None or self.state not in (QueryState.RUNNING,
                                                          QueryState.STOPPING):
             return
@@ -468,12 +608,15 @@ class QueryCore:
         return True
 
     def _on_request(self, ev: PacketRequested) -> None:
-        if self._gate(ev.worker, ev.cause):
-            return
+        # the hot path (every grant): a running query and a worker it knows
+        if self.state is not QueryState.RUNNING or ev.worker not in self.workers:
+            if self._gate(ev.worker, ev.cause):
+                return
+            self._join(ev.worker, ev.now)  # it may ask before the master heard it joined
         assert self.packetizer is not None
-        self._join(ev.worker, ev.now)  # it may ask before the master heard it joined
-        self._reports(ev.worker, ev.reports, ev.now)
-        if self.state == QueryState.STOPPING:
+        if ev.reports:
+            self._reports(ev.worker, ev.reports, ev.now)
+        if self.state is QueryState.STOPPING:
             self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
         packet = self.packetizer.next_packet(ev.worker, ev.now)
@@ -486,8 +629,15 @@ class QueryCore:
                 self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
         self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
-        self.outstanding.setdefault(ev.worker, set()).add(packet.packet_id)
-        self._emit(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
+        if self.first_packet_at is None:
+            self.first_packet_at = ev.now
+        if self.incremental and self.lookup_done_at is None:
+            self.packets_before_lookup += 1
+        held = self.outstanding.get(ev.worker)
+        if held is None:
+            held = self.outstanding[ev.worker] = set()
+        held.add(packet.packet_id)
+        self._out.append(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
 
     def _on_outputs(self, ev: OutputArrived) -> None:
         if self._gate(ev.worker, ev.cause):
@@ -573,15 +723,21 @@ class QueryCore:
     # -- helpers -------------------------------------------------------------------------
     def _reports(self, worker: str, reports: Sequence[Report], now: float) -> None:
         assert self.packetizer is not None
-        tally = self.tally.setdefault(worker_id(worker), WorkerTally())
+        tally = self._tallies.get(worker)
+        if tally is None:
+            tally = self._tallies[worker] = self.tally.setdefault(worker_id(worker),
+                                                                  WorkerTally())
+        processed = self.packetizer.packet_processed
         for r in reports:
-            self.packetizer.packet_processed(worker, r.packet, now, seconds=r.seconds)
+            processed(worker, r.packet, now, seconds=r.seconds)
             tally.entries += r.entries
             tally.packets += 1
             tally.bytes += r.bytes
             tally.seconds += r.seconds
             self.processed += r.entries
             self.bytes += r.bytes
+        if self.incremental and self.lookup_done_at is None:
+            self.processed_before_lookup += sum(r.entries for r in reports)
 
     def _in_flight(self) -> int:
         assert self.packetizer is not None
@@ -652,6 +808,19 @@ class QueryCore:
                 **self.lookups,
                 "workers": {w: t.as_dict() for w, t in self.tally.items()}}
 
+    def lookup_timing(self) -> dict[str, Any]:
+        """When the first packet went out and the look-up ended (seconds from the start);
+        with a look-up file by file, what was granted and processed before it ended."""
+        timing: dict[str, Any] = {"file_by_file": self.incremental}
+        if self.first_packet_at is not None:
+            timing["first_packet_seconds"] = self.first_packet_at - self.started
+        if self.lookup_done_at is not None:
+            timing["lookup_seconds"] = self.lookup_done_at - self.started
+        if self.incremental:
+            timing["packets_before_lookup_done"] = self.packets_before_lookup
+            timing["entries_processed_before_lookup_done"] = self.processed_before_lookup
+        return timing
+
     def lineage(self) -> dict[str, Any]:
         poisoned = self.packetizer.poisoned if self.packetizer else ()
         lineage = {
@@ -665,8 +834,10 @@ class QueryCore:
                                                "reasons": list(r.reasons)}
                          for r in poisoned],
             "elements": [{"file": e.path, "tree": e.tree, "entries": e.entries,
-                          "dataset": e.dataset} for e in self.elements],
+                          "dataset": e.dataset} for i, e in enumerate(self.elements)
+                         if i not in self._missing_elements],
             "stopped": bool(self.stop_reason),
+            "lookup": self.lookup_timing(),
         }
         if self.stop_reason:
             lineage["stop_reason"] = self.stop_reason
@@ -707,6 +878,8 @@ class QueryCore:
 
 _HANDLERS: dict[type, Any] = {
     LookupDone: QueryCore._on_lookup_done, LookupFailed: QueryCore._on_lookup_failed,
+    LookupBegun: QueryCore._on_lookup_begun, ElementFound: QueryCore._on_element_found,
+    ElementMissing: QueryCore._on_element_missing,
     WorkerJoined: QueryCore._on_joined, WorkerLost: QueryCore._on_lost,
     PacketRequested: QueryCore._on_request, OutputArrived: QueryCore._on_outputs,
     WorkerFailed: QueryCore._on_failed, Merged: QueryCore._on_merged,

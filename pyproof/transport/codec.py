@@ -517,6 +517,44 @@ def decode_with_buffers(data: bytes | memoryview, buffers: list[memoryview], *,
         _OOB.buffers = _OOB.used = None
 
 
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+PLAIN_DEPTH = 8
+"""Nesting that :func:`encode_plain` follows before leaving a value to :func:`encode`."""
+
+
+def is_plain(value: object, depth: int = 0) -> bool:
+    """True if ``value`` holds only exact str/int/float/bool/None, lists, and str-keyed dicts.
+
+    Such a value encodes to the same bytes with cbor2's C encoder alone as
+    through :func:`encode` (whose list and dict hooks run in Python, and whose
+    tags never apply to these exact types): the fast path of the small frames
+    every packet grant sends (NEXT, PACKET, ACK). Anything else (a subclass, a
+    tuple, bytes that may go out of band, deep nesting) is not plain.
+    """
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth >= PLAIN_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str or (type(item) not in _PLAIN_SCALARS
+                                        and not is_plain(item, depth + 1)):
+                return False
+        return True
+    if kind is list:
+        for item in value:  # type: ignore[attr-defined]
+            if type(item) not in _PLAIN_SCALARS and not is_plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def encode_plain(obj: object) -> bytes | None:
+    """``encode(obj)`` when ``obj`` is plain (see :func:`is_plain`), faster; else None."""
+    return cbor2.dumps(obj) if is_plain(obj) else None
+
+
 def encode(obj: object) -> bytes:
     """Encode ``obj`` as one CBOR item; raise :class:`EncodeError` if it cannot travel."""
     try:

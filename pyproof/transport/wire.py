@@ -20,7 +20,8 @@ from pynng.exceptions import check_err
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "ContextReceiver", "parts_size", "recv_view", "send_parts"]
+__all__ = ["RECV_LIMIT", "SMALL", "ContextIO", "ContextReceiver", "parts_size", "recv_view",
+           "send_parts"]
 
 SMALL = 64 * 1024
 """Messages under this many bytes are joined and copied as pynng does (fewer calls)."""
@@ -126,6 +127,94 @@ class ContextReceiver:
             self._cancelled = True
             if self._aio is not None:
                 lib.nng_aio_cancel(self._aio)
+
+
+class ContextIO:
+    """One thread's receive and reply on Rep0 contexts, with two aios allocated once.
+
+    pynng's `Context.send` (and a receive of our own making) allocate and free
+    an aio (and pynng a `Message` with its lock) per call; a master granting
+    thousands of packets a second does it once. One owner thread runs `recv`,
+    `send` and, when done, `close`; any thread may `cancel`.
+
+    Why `cancel`: closing the socket under a thread that waits in a context
+    receive or send makes nng abort the whole process now and then (about once
+    in 20 closes here). The owner of the socket cancels instead (the thread's
+    wait ends with ``pynng.Closed`` at once, and every later call too), joins the
+    thread, and only then closes the socket. Operations start under a lock that
+    `cancel` and `close` take too, so a cancel never misses an operation about to
+    start, nor touches an aio already freed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._aios = []
+        for _ in range(2):
+            aio_p = ffi.new("nng_aio **")
+            check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
+            self._aios.append(aio_p[0])
+        self._recv, self._send = self._aios
+
+    def _start(self, aio, timeout_ms: int, start) -> None:
+        with self._lock:
+            if self._cancelled:
+                raise pynng.Closed("cancelled: the socket is closing", lib.NNG_ECLOSED)
+            lib.nng_aio_set_timeout(aio, timeout_ms)
+            start()  # asynchronous: returns at once
+
+    def recv(self, ctx: pynng.Context, timeout_ms: int) -> bytes | memoryview:
+        """A request on `ctx` (a large one as a view, see `recv_view`); pynng.Timeout after
+        `timeout_ms`, pynng.Closed once cancelled."""
+        aio = self._recv
+        self._start(aio, timeout_ms, lambda: lib.nng_ctx_recv(ctx.context, aio))
+        lib.nng_aio_wait(aio)
+        status = lib.nng_aio_result(aio)
+        if status and self._cancelled:
+            raise pynng.Closed("cancelled: the socket is closing", lib.NNG_ECLOSED)
+        check_err(status)
+        return _view(lib.nng_aio_get_msg(aio))
+
+    def send(self, ctx: pynng.Context, data: bytes, timeout_ms: int) -> None:
+        """Reply `data` on `ctx`; raises what `Context.send` raises (the message is freed)."""
+        message = ffi.new("nng_msg **")
+        check_err(lib.nng_msg_alloc(message, len(data)))
+        msg = message[0]
+        if data:
+            ffi.memmove(lib.nng_msg_body(msg), data, len(data))
+        aio = self._send
+        lib.nng_aio_set_msg(aio, msg)
+
+        def start() -> None:
+            lib.nng_ctx_send(ctx.context, aio)
+
+        try:
+            self._start(aio, timeout_ms, start)
+        except pynng.Closed:
+            lib.nng_msg_free(msg)
+            raise
+        lib.nng_aio_wait(aio)
+        status = lib.nng_aio_result(aio)
+        if status:  # not sent: the message is still ours
+            lib.nng_msg_free(msg)
+            if self._cancelled:
+                raise pynng.Closed("cancelled: the socket is closing", lib.NNG_ECLOSED)
+            check_err(status)
+
+    def cancel(self) -> None:
+        """End the running wait (if any) and refuse every later one (any thread)."""
+        with self._lock:
+            self._cancelled = True
+            for aio in self._aios:
+                lib.nng_aio_cancel(aio)
+
+    def close(self) -> None:
+        """Free the aios (the owner thread, with no operation of its own running)."""
+        with self._lock:
+            self._cancelled = True
+            aios, self._aios = self._aios, []
+            for aio in aios:
+                lib.nng_aio_free(aio)  # stops anything still running first
 
 
 def _view(msg) -> bytes | memoryview:
