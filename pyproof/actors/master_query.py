@@ -64,7 +64,7 @@ class QueryRun:
 
     def __init__(self, *, query_id: str, session_id: str, spec: QuerySpec, user: str = "",
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
-                 outbox: pynng.Push0 | None = None,
+                 outbox: pynng.Push0 | None = None, callback: pynng.Push0 | None = None,
                  on_end: Callable[[QueryRun], None] | None = None,
                  on_change: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -109,6 +109,8 @@ class QueryRun:
         self.output_dataset: dict[str, Any] | None = None
         if outbox is not None:  # client-dials mode: the session's listening socket
             self.client, self._own_client = outbox, False
+        elif callback is not None:  # callback mode, dialled before (the plane's, reused)
+            self.client, self._own_client = callback, False
         else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
             try:  # a client that listens with TLS is checked against our CA
@@ -173,11 +175,19 @@ class QueryRun:
         if self._dial_error is not None:
             self.feed(qc.LookupFailed(error=self._dial_error, cause="dial"))
             return
+        if self.spec.cycles is not None and not self.spec.output_dataset:
+            self._lookup()  # nothing to open or import: no thread (a trivial query's latency)
+            return
         threading.Thread(target=self._lookup, daemon=True, name=f"lookup-{self.query_id}").start()
 
     def _lookup(self) -> None:
-        """Look-up thread: find the work, then tell the core (no one polls for it)."""
-        wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
+        """Look-up thread: find the work, then tell the core (no one polls for it).
+
+        A cycles query without an output dataset opens and imports nothing: `start`
+        runs this on the caller's thread.
+        """
+        if self.spec.cycles is None or self.spec.output_dataset:
+            wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
         try:
             if self.spec.output_dataset:
                 check_output_dataset(self.spec.output_dataset, self.user,
