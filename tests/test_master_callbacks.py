@@ -8,7 +8,6 @@ and connected per query (and closed after it).
 from __future__ import annotations
 
 import os
-import threading
 
 import pynng
 import pytest
@@ -70,23 +69,3 @@ def test_sockets_to_clients_gone_elsewhere_are_closed_beyond_the_bound(plane, tm
     for closed in sockets:
         with pytest.raises(pynng.Closed):
             closed.send(b"x")
-
-
-def test_a_cycles_query_is_prepared_without_a_lookup_thread(plane, tmp_path, monkeypatch):
-    started: list[str] = []
-
-    class Recording(threading.Thread):
-        def start(self) -> None:
-            started.append(self.name)
-            super().start()
-
-    monkeypatch.setattr(master_query.threading, "Thread", Recording)
-    plane.start_query("q1", cycles(f"ipc://{tmp_path}/client.ipc"))
-    assert plane.query is not None and plane.query.total == 1000  # prepared on return
-    assert not [n for n in started if n.startswith("lookup-")]
-    assert plane.stop_query("q1", "aborted by the test", abort=True)
-    # a data query still looks its files up on a thread (they may be slow to open)
-    plane.start_query("q2", QuerySpec(selector="m:S", dataset=((str(tmp_path / "no.root"),
-                                                                 "Events"),),
-                                      client_address=f"ipc://{tmp_path}/client.ipc"))
-    assert "lookup-q2" in started

@@ -17,7 +17,6 @@ from pyproof.actors import protocol as p
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.query.spec import QuerySpec
 from pyproof.transport.frames import decode_frame, encode_frame
-from tests.conftest import data_file
 
 
 def spec(tmp_path) -> QuerySpec:
@@ -151,10 +150,7 @@ def test_a_request_held_during_the_look_up_is_answered_when_the_look_up_ends(
     plane = MasterPlane(session_id="s1", address=address)
     try:
         plane.worker_joined(f"worker-0#{os.getpid()}")
-        # a data query: a cycles query's look-up opens nothing and runs on the caller's thread
-        plane.start_query("q1", QuerySpec(selector="m:S", client_address=f"ipc://{tmp_path}/"
-                                          "nobody.ipc", dataset=((data_file(
-                                              "uproot-Zmumu.root"), "events"),)))
+        plane.start_query("q1", _unit_spec(tmp_path))
         with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
             sock.send(next_for("q1"))
             deadline = time.monotonic() + 5

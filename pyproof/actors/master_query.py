@@ -175,19 +175,11 @@ class QueryRun:
         if self._dial_error is not None:
             self.feed(qc.LookupFailed(error=self._dial_error, cause="dial"))
             return
-        if self.spec.cycles is not None and not self.spec.output_dataset:
-            self._lookup()  # nothing to open or import: no thread (a trivial query's latency)
-            return
         threading.Thread(target=self._lookup, daemon=True, name=f"lookup-{self.query_id}").start()
 
     def _lookup(self) -> None:
-        """Look-up thread: find the work, then tell the core (no one polls for it).
-
-        A cycles query without an output dataset opens and imports nothing: `start`
-        runs this on the caller's thread.
-        """
-        if self.spec.cycles is None or self.spec.output_dataset:
-            wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
+        """Look-up thread: find the work, then tell the core (no one polls for it)."""
+        wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
         try:
             if self.spec.output_dataset:
                 check_output_dataset(self.spec.output_dataset, self.user,
