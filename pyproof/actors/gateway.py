@@ -18,11 +18,13 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pynng
-from thespian.actors import ActorExitRequest, WatchMessage
+from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
@@ -40,6 +42,10 @@ from pyproof.transport.wire import RECV_LIMIT
 REQUEST_TIMEOUT = 20.0
 CONTEXTS = 16
 MAX_WORKERS = 256
+# a query sent straight to a session's master not answered by then goes the long way (the
+# master was restarted: its old address is dead, or another actor's now)
+DIRECT_FALLBACK = 0.5
+KEEP_MASTERS = 1024  # (session, user) -> master address, most recently used last
 
 
 
@@ -265,6 +271,10 @@ class Gateway(ProofActor):
         self.start: m.GatewayStart | None = None
         self.pending: dict[str, _Pending] = {}
         self._ids = itertools.count()
+        # where each session's master answered a user's query (the sessions supervisor had
+        # checked the session is theirs): their next queries go straight there
+        self.masters: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.direct: dict[str, tuple[tuple[str, str], m.StartQuery]] = {}  # corr -> sent
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -303,8 +313,10 @@ class Gateway(ProofActor):
         elif isinstance(message, m.SessionClosed):
             self._complete(message.corr, "ok", {"session": message.session_id})
         elif isinstance(message, m.QueryAccepted):
+            self._learn_master(message)
             self._complete(message.corr, "ok", {"query": message.query_id})
         elif isinstance(message, m.QueryRejected):
+            self.direct.pop(message.corr, None)
             self._complete(message.corr, "error", _error(message.error, message.retry))
         elif isinstance(message, m.StatusReply):
             if "error" in message.status:
@@ -318,8 +330,34 @@ class Gateway(ProofActor):
             if pending is not None and not pending.admin:  # users see their own sessions
                 tree = visible_tree(tree, pending.user)
             self._complete(message.corr, "ok", {"tree": tree})
+        elif isinstance(message, WakeupMessage) and isinstance(message.payload, str):
+            self._direct_unanswered(message.payload)
         elif isinstance(message, ActorExitRequest) and self.server is not None:
             self.server.close()
+
+    def _learn_master(self, message: m.QueryAccepted) -> None:
+        """A master accepted a query: remember it for its session's (and user's) next ones."""
+        sent = self.direct.pop(message.corr, None)
+        pending = self.pending.get(message.corr)
+        if message.master is None or pending is None or pending.frame.type != "start_query":
+            return
+        key = sent[0] if sent else (str(pending.frame.session), pending.user)
+        self.masters[key] = message.master
+        self.masters.move_to_end(key)
+        while len(self.masters) > KEEP_MASTERS:
+            self.masters.popitem(last=False)
+
+    def _direct_unanswered(self, corr: str) -> None:
+        """A query sent straight to a master got no answer in DIRECT_FALLBACK s: forget that
+        master and send the query the long way (a master that was only slow answers the
+        second one as a retry: the query id is the same)."""
+        sent = self.direct.pop(corr, None)
+        if sent is None or corr not in self.pending or self.start is None:
+            return
+        key, message = sent
+        self.masters.pop(key, None)
+        get_logger().info("direct_route_unanswered", session=key[0], query=message.query_id)
+        self.send(self.start.sessions, message)
 
     def _drain(self) -> bool:
         """Run by `receive` when a request came: dispatch every queued request; True if any.
@@ -425,9 +463,18 @@ class Gateway(ProofActor):
                 spec = spec.with_packages(packages.query_packages(pending.user, session_id))
             except PackageError as exc:
                 raise RequestError(str(exc)) from None
-            self.send(sessions, m.StartQuery(**who,
-                corr=corr, session_id=session_id, query_id=query_id,
-                spec=spec, reply_to=self.myAddress))
+            message = m.StartQuery(**who, corr=corr, session_id=session_id, query_id=query_id,
+                                   spec=spec, reply_to=self.myAddress)
+            key = (session_id, pending.user)
+            master = self.masters.get(key)
+            if master is None:
+                self.send(sessions, message)  # it checks the session is this user's
+                return
+            # the session's master is known: two actor hops fewer for a trivial query
+            self.direct[corr] = (key, message)
+            self.send(master, message)
+            self.send(sessions, m.SessionTouched(session_id=session_id))  # the idle check
+            self.wakeupAfter(timedelta(seconds=DIRECT_FALLBACK), payload=corr)
         elif kind == "stop_query":
             self.send(sessions, m.StopQuery(**who, corr=corr, session_id=session_id,
                                             query_id=str(payload.get("query")),
@@ -449,6 +496,8 @@ class Gateway(ProofActor):
             self.send(sessions, m.FetchResult(**who, corr=corr, session_id=session_id,
                                               query_id=query_id, reply_to=self.myAddress))
         else:
+            for key in [k for k in self.masters if k[0] == session_id]:
+                del self.masters[key]
             self.send(sessions, m.CloseSession(**who, corr=corr, session_id=session_id,
                                                reply_to=self.myAddress))
 

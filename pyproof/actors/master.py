@@ -68,6 +68,9 @@ class Master(ProofActor):
             if current is not None and current[1] == message.pid:
                 del self.workers[message.worker_id]
             self.plane.worker_lost(incarnation(message.worker_id, message.pid), message.reason)
+        elif isinstance(message, m.StartQuery) and self.plane is not None and \
+                message.session_id not in ("", self.plane.session_id):
+            pass  # sent straight to an address another actor holds now: the gateway resends
         elif isinstance(message, m.StartQuery):
             self._start_query(message, sender)
         elif isinstance(message, m.StopQuery):
@@ -156,7 +159,8 @@ class Master(ProofActor):
         reply_to = message.reply_to or sender
         assert self.plane is not None
         if self.plane.knows_query(message.query_id):  # a client retry: already accepted
-            self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
+            self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id,
+                                                master=self.myAddress))
             return
         try:  # a client that listens with TLS is checked against this host's CA
             TLSSettings.from_env().callback_config(message.spec.client_address)
@@ -173,7 +177,8 @@ class Master(ProofActor):
         self.want_pings(True)  # its data threads are watched while it runs (see `healthy`)
         # the client hears first (a trivial query's latency is mostly this path); the
         # workers' RunQuery follows at once
-        self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
+        self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id,
+                                            master=self.myAddress))
         active = self.plane.active_queries()
         self.specs = {q: s for q, s in self.specs.items() if q in active}
         self.specs[message.query_id] = spec

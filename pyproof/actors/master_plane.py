@@ -47,6 +47,7 @@ KEEP_CHUNK_ANSWERS = 1024  # as many as the reassembler remembers finished strea
 HOLD_SECONDS = 2.0  # a worker's "next" with nothing to give is held this long at most
 SEND_TIMEOUT_MS = 5_000  # a reply that cannot leave by then is dropped (the worker asks again)
 TICK_SECONDS = 0.02  # the query's tick (progress, feedback) and heartbeats, at most this often
+KEEP_CALLBACKS = 4  # sockets dialled back to clients, kept for their next queries
 
 
 class MasterPlane:
@@ -66,6 +67,9 @@ class MasterPlane:
         self.history: deque[QueryRun] = deque(maxlen=KEEP_HISTORY)
         self.outbox: pynng.Push0 | None = None
         self.outbox_address = ""
+        # callback mode: the socket dialled to a client's address, reused by its next
+        # queries (no dial, no connection to wait for, no close per query); oldest first
+        self.callbacks: dict[str, pynng.Push0] = {}
         self._lock = threading.RLock()
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
         self.results: dict[str, bytes] = {}
@@ -108,6 +112,7 @@ class MasterPlane:
         run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
+                       callback=self._callback(spec.client_address),
                        on_end=self._query_ended, on_change=self._wake,
                        lookup_cache=self.lookup_cache,
                        run_dir=self.run_dir, beats=self.beats)
@@ -116,6 +121,40 @@ class MasterPlane:
                 self.queued.append(run)
                 return
             self._begin(run)
+
+    def _callback(self, address: str) -> pynng.Push0 | None:
+        """The socket dialled back to the client at `address` (made on its first query).
+
+        None when there is no address (client-dials mode) or it cannot be dialled: the
+        run then dials itself and fails the query with the reason. At most
+        KEEP_CALLBACKS are kept; the oldest that no running or queued query uses is
+        closed (a client that re-attached listens elsewhere now).
+        """
+        if not address:
+            return None
+        with self._lock:
+            socket_ = self.callbacks.pop(address, None)
+            if socket_ is not None:
+                self.callbacks[address] = socket_  # the most recent last
+                return socket_
+        socket_ = pynng.Push0()
+        try:  # a client that listens with TLS is checked against our CA
+            tls = TLSSettings.from_env().callback_config(address)
+            if tls is not None:
+                socket_.tls_config = tls
+            socket_.dial(address, block=False)
+        except Exception:  # TLSError, NNGException: the run says why
+            socket_.close()
+            return None
+        with self._lock:
+            self.callbacks[address] = socket_
+            used = {r.spec.client_address for r in (self.query, *self.queued) if r is not None}
+            spare = [a for a in self.callbacks if a not in used and a != address]
+            gone = [self.callbacks.pop(a) for a in spare[:max(0, len(self.callbacks) -
+                                                               KEEP_CALLBACKS)]]
+        for old in gone:
+            old.close()
+        return socket_
 
     def _begin(self, run: QueryRun) -> None:
         with self._lock:
@@ -262,6 +301,10 @@ class MasterPlane:
             run.close()  # its merge thread, its socket to the client (callback mode)
         if self.outbox is not None:
             self.outbox.close()
+        with self._lock:
+            callbacks, self.callbacks = list(self.callbacks.values()), {}
+        for callback in callbacks:
+            callback.close()
 
     def runs_unlocked(self) -> list[QueryRun]:
         """The running and queued queries, read without the plane's lock (which a stuck

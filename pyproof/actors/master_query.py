@@ -66,7 +66,7 @@ class QueryRun:
 
     def __init__(self, *, query_id: str, session_id: str, spec: QuerySpec, user: str = "",
                  workers: list[str], keep: Any = None, data_key: bytes = b"",
-                 outbox: pynng.Push0 | None = None,
+                 outbox: pynng.Push0 | None = None, callback: pynng.Push0 | None = None,
                  on_end: Callable[[QueryRun], None] | None = None,
                  on_change: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -111,6 +111,8 @@ class QueryRun:
         self.output_dataset: dict[str, Any] | None = None
         if outbox is not None:  # client-dials mode: the session's listening socket
             self.client, self._own_client = outbox, False
+        elif callback is not None:  # callback mode, dialled before (the plane's, reused)
+            self.client, self._own_client = callback, False
         else:  # callback mode: dial the client back, in the background (never block here)
             self.client, self._own_client = pynng.Push0(), True
             try:  # a client that listens with TLS is checked against our CA

@@ -162,6 +162,16 @@ class StartQuery:
 class QueryAccepted:
     corr: str
     query_id: str
+    # the accepting master (StartQuery only): the gateway sends the session's next queries
+    # straight to it, past the sessions and session supervisors
+    master: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionTouched:
+    """Gateway -> sessions: a request went straight to the session's master (idle checks)."""
+    session_id: str
+    kind: str = "StartQuery"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

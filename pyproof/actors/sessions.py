@@ -99,6 +99,10 @@ class Sessions(SupervisorActor):
     def receive_other(self, message, sender) -> None:
         if isinstance(message, (m.CloseSession, *ROUTED)) and message.session_id in self.used:
             self.used[message.session_id] = (time.monotonic(), type(message).__name__)
+        if isinstance(message, m.SessionTouched):  # a query went straight to its master
+            if message.session_id in self.used:
+                self.used[message.session_id] = (time.monotonic(), message.kind)
+            return
         if isinstance(message, m.Started):
             return
         if self.config is None and isinstance(message, (m.CreateSession, m.CloseSession,
