@@ -57,13 +57,13 @@ class ContextPoolServer:
     """Serve `socket` (a listening Rep0) with `contexts` threads named ``{name}-N``.
 
     `handler` runs on those threads, several at once. If it raises, the error is
-    logged (``{name}_request_failed``) and `on_error(exc)`'s reply is sent (None: no
+    logged (``{name}_request_failed``) and `on_error(request, exc)`'s reply is sent (None: no
     reply): one bad request never ends a thread. The server owns the socket from
     here on: `close` closes it.
     """
 
     def __init__(self, socket: pynng.Socket, handler: Handler, *, contexts: int, name: str,
-                 on_error: Callable[[BaseException], bytes | None] | None = None,
+                 on_error: Callable[[Request, Exception], bytes | None] | None = None,
                  poll_ms: int = POLL_MS) -> None:
         self.socket = socket
         self.handler = handler
@@ -123,7 +123,7 @@ class ContextPoolServer:
             if self.on_error is None:
                 return None
             try:
-                return self.on_error(exc)
+                return self.on_error(request, exc)
             except Exception as again:
                 get_logger().error(f"{self.name}_error_reply_failed", error=repr(again))
                 return None
