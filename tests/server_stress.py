@@ -1,13 +1,17 @@
 """Close a context-pool server while requests are in flight, again and again (a script).
 
-    python tests/server_stress.py {pool|old} ITERATIONS SEED
+    python tests/server_stress.py {pool|old|plain} ITERATIONS SEED
 
 `pool` is `pyproof.transport.server.ContextPoolServer`; `old` is the pattern it
 replaced (kept here, verbatim in spirit, as the control): threads in
 ``context.recv_msg()`` / ``context.send()`` with `close` closing the socket
-under them. nng aborts the process now and then with the old one, so the test
-runs this in a subprocess and reads its exit status. Prints one line per
-run: iterations done, requests answered.
+under them. nng aborts the process now and then with the old one (seen: exit
+134, "panic: pthread_mutex_lock: Invalid argument" in 3 runs of 4), so the
+test runs this in a subprocess and reads its exit status. `plain` is `pool`,
+and in addition each client's plain Req0 socket is closed by the main thread
+while the client's thread is in its send or recv (the pattern of
+`ClusterClient`, `Forwarder` and the tunnel's close). Prints one line per run:
+iterations done, requests answered.
 """
 
 from __future__ import annotations
@@ -63,9 +67,8 @@ def handler(request: Request) -> bytes:
     return bytes(request.data)
 
 
-def client(address: str, stop: threading.Event, answered: list[int]) -> None:
-    with pynng.Req0(recv_timeout=200, send_timeout=200, resend_time=-1) as sock:
-        sock.dial(address, block=False)
+def client(sock: pynng.Socket, stop: threading.Event, answered: list[int]) -> None:
+    with sock:
         while not stop.is_set():
             try:
                 sock.send(b"x" * random.randrange(1, 200))  # noqa: S311
@@ -84,16 +87,23 @@ def main(kind: str, iterations: int, seed: int) -> int:
             address = f"ipc://{os.path.join(tmp, f's{i}.ipc')}"
             sock = pynng.Rep0(send_timeout=1_000)
             sock.listen(address)
-            if kind == "pool":
+            if kind in ("pool", "plain"):
                 server = ContextPoolServer(sock, handler, contexts=CONTEXTS, name="stress")
             else:
                 server = OldServer(sock, handler, contexts=CONTEXTS, name="stress")
             stop = threading.Event()
-            clients = [threading.Thread(target=client, args=(address, stop, answered),
-                                        daemon=True) for _ in range(CLIENTS)]
+            socks = [pynng.Req0(recv_timeout=200, send_timeout=200, resend_time=-1)
+                     for _ in range(CLIENTS)]
+            for s in socks:
+                s.dial(address, block=False)
+            clients = [threading.Thread(target=client, args=(s, stop, answered), daemon=True)
+                       for s in socks]
             for c in clients:
                 c.start()
             time.sleep(random.random() / 200)  # noqa: S311 (requests in flight, at random)
+            if kind == "plain":  # under the clients' threads, mid-call
+                for s in socks:
+                    s.close()
             server.close()
             stop.set()
             for c in clients:
