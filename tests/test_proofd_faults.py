@@ -6,6 +6,7 @@ files); the autouse leak fixture then checks nothing was left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,7 +14,9 @@ import time
 import pytest
 
 import pyproof
-from pyproof.client.control import ControlClient
+from pyproof.client.control import ControlClient, RequestRefused, current_user
+from pyproof.logs import read_records
+from pyproof.sandbox import make_private_dir, open_private, sandbox_dir
 from pyproof.supervision.process_tree import is_alive
 from tests.conftest import data_file
 from tests.daemon_helpers import Background, Daemon, zmumu_reference
@@ -80,16 +83,44 @@ def test_a_killed_or_frozen_gateway_is_replaced_and_the_running_query_completes_
         assert not is_alive(before["gateway"])
 
 
-def test_an_exception_in_the_gateway_restarts_it_and_other_sessions_see_nothing(daemon):
+def test_a_request_that_makes_the_gateway_raise_fails_alone_and_the_gateway_goes_on(daemon):
     with pyproof.connect(f"{daemon.url}?workers=2") as session:
         before = daemon.pids()
         running = Background(slow_query, session)
         wait_running(session)
-        with pytest.raises(pyproof.ConnectError):
-            daemon.control.call("debug_crash", deadline=1.0)
-        daemon.wait_for(lambda p: p.get("gateway") not in (None, before["gateway"]))
+        with pytest.raises(RequestRefused, match=(
+                r"^the daemon failed while handling request 'debug_crash' \(request id crash-1\):"
+                r" RuntimeError: crash requested by a test\. It logged the error with the "
+                r"request id \(event 'request_failed' in the gateway's log: `proofctl logs`\); "
+                r"other requests are not affected$")):
+            daemon.control.call("debug_crash", deadline=5.0, request_id="crash-1")
+        # the next request is answered by the same gateway (no restart, no crash loop)
+        assert session.id in daemon.control.call("status", deadline=5.0)["sessions"]
         assert_exact(running.result(60))
-        assert session_pids(daemon.pids(), session.id) == session_pids(before, session.id)
+        after = daemon.pids()
+        assert after["gateway"] == before["gateway"]
+        assert session_pids(after, session.id) == session_pids(before, session.id)
+        failed = [r for r in read_records(daemon.info.log_dir)
+                  if r.get("event") == "request_failed"]
+        assert [(r["request"], r["request_id"]) for r in failed] == [("debug_crash", "crash-1")]
+
+
+def test_a_damaged_package_index_fails_only_the_queries_that_read_it(daemon):
+    # well-formed JSON of the wrong shape: it passes the index reader and breaks the
+    # gateway's start_query handler (a real code path, no hook)
+    store = os.path.join(sandbox_dir(), "packages", current_user())
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        gateway = daemon.pids()["gateway"]
+        make_private_dir(store)
+        with open_private(os.path.join(store, "index.json"), "w") as f:
+            json.dump({"sessions": []}, f)
+        with pytest.raises(pyproof.ProofError, match=(
+                r"the daemon failed while handling request 'start_query' \(request id \w+\): "
+                r"AttributeError: .*It logged the error with the request id")):
+            slow_query(session)
+        os.remove(os.path.join(store, "index.json"))
+        assert_exact(slow_query(session))  # the same session, the same gateway
+        assert daemon.pids()["gateway"] == gateway
 
 
 def test_a_worker_killed_mid_query_is_replaced_and_the_result_is_exact(daemon):

@@ -36,6 +36,7 @@ from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.transport import auth, sealing
 from pyproof.transport.codec import DEFAULT_MAX_FRAME, ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.server import ContextPoolServer, Request
 from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT
 
@@ -122,78 +123,71 @@ class ControlServer:
     def __init__(self, address: str, authenticator: Authenticator, *,
                  contexts: int = CONTEXTS) -> None:
         self.auth = authenticator
-        # contexts wait for requests without a timeout (no idle wake-ups): close()
-        # closes the socket, which ends every wait
-        self.socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
-        if address.startswith("tls+"):
-            self.socket.tls_config = authenticator.tls.server_config()
-        self.socket.listen(address)
+        socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
+        try:
+            if address.startswith("tls+"):
+                socket.tls_config = authenticator.tls.server_config()
+            socket.listen(address)
+        except BaseException:
+            socket.close()
+            raise
         self.inbox: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         # a byte here after each queued request: the actor's event (Thespian watches it)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._closed = threading.Event()
         self._lock = threading.Lock()  # the handshake state is shared by the threads
-        self._threads = [threading.Thread(target=self._serve, args=(self.socket.new_context(),),
-                                          name=f"control-{i}", daemon=True)
-                         for i in range(contexts)]
-        for thread in self._threads:
-            thread.start()
+        self._waiting: dict[int, _Pending] = {}  # queued requests whose thread waits
+        self._closing = False
+        self.pool = ContextPoolServer(socket, self._handle, contexts=contexts, name="control",
+                                      on_error=_failed_answer)
 
-    def _serve(self, context: Any) -> None:
-        """Run by each of the server's `control-N` threads on its own nng context, until close.
+    @property
+    def socket(self) -> pynng.Socket:
+        return self.pool.socket
 
-        Ends quietly when the socket closes. `_handle` answers protocol and login
-        errors itself; anything else it raised would end this thread only (one context
-        fewer), never the gateway actor.
-        """
-        while not self._closed.is_set():
-            try:
-                message = context.recv_msg()
-            except pynng.Timeout:
-                continue
-            except pynng.NNGException:  # closed
-                return
-            self._handle(context, message)
-        context.close()
-
-    def _handle(self, context: Any, message: Any) -> None:
-        """Run by `_serve` (a control thread): answer logins here, queue the rest for the actor.
+    def _handle(self, request: Request) -> bytes:
+        """Run by a `control-N` thread (see ContextPoolServer): answer logins here, queue the
+        rest for the actor and wait for its answer.
 
         Bad frames and refused logins are answered with an error frame; a request the
         actor does not complete within REQUEST_TIMEOUT is answered "retry".
         """
         log = get_logger()
-        peer = _peer(message)
+        peer = request.peer
         try:
-            frame = decode_frame(message.bytes)
+            frame = decode_frame(request.data)
         except ProtocolError as exc:
             log.warning("bad_control_frame", peer=peer, error=str(exc))
-            self._send(context, encode_frame("error", {"message": f"protocol error: {exc}"}))
-            return
+            return encode_frame("error", {"message": f"protocol error: {exc}"})
         try:
             reply = self._login(frame, peer)
             if reply is not None:
-                self._send(context, reply)
-                return
+                return reply
             user, admin = self.auth.check(frame.payload, peer)
         except auth.AuthError as exc:
             log.warning("auth_refused", peer=peer, user=exc.user, reason=exc.reason,
                         detail=exc.detail)
-            self._send(context, encode_frame(
+            return encode_frame(
                 "error", {"message": f"not authenticated: {exc.reason}", "auth": exc.reason},
-                request_id=frame.request_id))
-            return
-        pending = _Pending(frame=frame, user=user, admin=admin)
-        self.inbox.put(pending)
-        self._wake()
-        if not pending.done.wait(REQUEST_TIMEOUT):
-            # not a refusal: the request may still complete (a session starting under
-            # load); the client asks again with the same request id, which is idempotent
-            pending.reply = encode_frame("error", {
-                "message": f"the daemon did not answer {frame.type!r} "
-                           f"within {REQUEST_TIMEOUT:.0f} s", "retry": True},
                 request_id=frame.request_id)
-        self._send(context, pending.reply)
+        pending = _Pending(frame=frame, user=user, admin=admin)
+        with self._lock:
+            if self._closing:  # the gateway is going: the client asks its successor
+                return b""
+            self._waiting[id(pending)] = pending
+        try:
+            self.inbox.put(pending)
+            self._wake()
+            if not pending.done.wait(REQUEST_TIMEOUT):
+                # not a refusal: the request may still complete (a session starting under
+                # load); the client asks again with the same request id, which is idempotent
+                pending.reply = encode_frame("error", {
+                    "message": f"the daemon did not answer {frame.type!r} "
+                               f"within {REQUEST_TIMEOUT:.0f} s", "retry": True},
+                    request_id=frame.request_id)
+        finally:
+            with self._lock:
+                self._waiting.pop(id(pending), None)
+        return pending.reply or None
 
     def _login(self, frame: Any, peer: str) -> bytes | None:
         with self._lock:
@@ -230,19 +224,31 @@ class ControlServer:
             while os.read(self.wake_r, 4096):
                 pass
 
-    @staticmethod
-    def _send(context: Any, data: bytes) -> None:
-        with contextlib.suppress(pynng.NNGException):
-            context.send(data)
-
     def close(self) -> None:
-        self._closed.set()
-        self.socket.close()
-        for thread in self._threads:
-            thread.join(1.0)
+        """Run by the actor on its exit: stop serving (the socket is closed after every
+        control thread left it; see ContextPoolServer) and release waiting threads."""
+        with self._lock:
+            self._closing = True
+            waiting = list(self._waiting.values())
+        for pending in waiting:  # no answer will come: their clients ask the next gateway
+            pending.done.set()
+        self.pool.close()
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _failed_answer(request: Request, exc: Exception) -> bytes:
+    """What a client is told when its control thread failed on its request (a bug, logged
+    as control_request_failed): "retry" would only fail again."""
+    try:
+        frame = decode_frame(request.data)
+        what, request_id = f"request {frame.type!r}", frame.request_id
+    except ProtocolError:
+        what, request_id = "a request", None
+    return encode_frame("error", {"message": f"the daemon failed on {what} ({exc!r}); it "
+                                             f"logged the error (control_request_failed)"},
+                        request_id=request_id)
 
 
 def _error(message: str, retry: bool) -> dict[str, Any]:
@@ -251,12 +257,9 @@ def _error(message: str, retry: bool) -> dict[str, Any]:
     return {"message": message, "retry": True} if retry else {"message": message}
 
 
-def _peer(message: Any) -> str:
-    try:
-        address = message.pipe.remote_address
-        return f"{address.family_as_str}:{address}"
-    except Exception:
-        return "unknown peer"
+REPLIES = (m.SessionReady, m.SessionFailed, m.SessionClosed, m.QueryAccepted,
+           m.QueryRejected, m.StatusReply, m.TreeReply)
+"""Messages that answer a request the gateway dispatched (each has its `corr`)."""
 
 
 class Gateway(ProofActor):
@@ -281,10 +284,12 @@ class Gateway(ProofActor):
 
         Starts the control server (a port that cannot be taken is answered as
         StartError), drains its queue when its pipe says a request came, and completes
-        pending requests with the replies of sessions and masters. If it raises,
-        `ProofActor.receiveMessage` logs the error and ends the process (exit 70); the
-        supervisor restarts the actor from a clean state. Clients whose requests were
-        pending ask again with the same request id.
+        pending requests with the replies of sessions and masters. A failure while
+        handling one request or its reply stays that request's (see `_request_failed`):
+        its client resends a request that crashed the gateway, so a crash would loop.
+        Anything else it raises, `ProofActor.receiveMessage` logs and ends the process
+        (exit 70); the supervisor restarts the actor from a clean state. Clients whose
+        requests were pending ask again with the same request id.
         """
         if isinstance(message, m.GatewayStart):
             self.start = message
@@ -303,7 +308,19 @@ class Gateway(ProofActor):
             if self.server is not None:
                 self.server.woken()
                 self._drain()
-        elif isinstance(message, m.SessionReady):
+        elif isinstance(message, REPLIES):
+            try:
+                self._reply(message)
+            except Exception as exc:  # this request's failure, not the gateway's
+                self._request_failed(message.corr, exc, type(message).__name__)
+        elif isinstance(message, WakeupMessage) and isinstance(message.payload, str):
+            self._direct_unanswered(message.payload)  # a query sent straight to a master
+        elif isinstance(message, ActorExitRequest) and self.server is not None:
+            self.server.close()
+
+    def _reply(self, message: Any) -> None:
+        """Run by `receive` for a reply message (REPLIES): complete its pending request."""
+        if isinstance(message, m.SessionReady):
             self._complete(message.corr, "ok", {"session": message.session_id,
                                                 "workers": list(message.workers),
                                                 **({"host": message.host} if message.host
@@ -330,10 +347,6 @@ class Gateway(ProofActor):
             if pending is not None and not pending.admin:  # users see their own sessions
                 tree = visible_tree(tree, pending.user)
             self._complete(message.corr, "ok", {"tree": tree})
-        elif isinstance(message, WakeupMessage) and isinstance(message.payload, str):
-            self._direct_unanswered(message.payload)
-        elif isinstance(message, ActorExitRequest) and self.server is not None:
-            self.server.close()
 
     def _learn_master(self, message: m.QueryAccepted) -> None:
         """A master accepted a query: remember it for its session's (and user's) next ones."""
@@ -362,8 +375,9 @@ class Gateway(ProofActor):
     def _drain(self) -> bool:
         """Run by `receive` when a request came: dispatch every queued request; True if any.
 
-        A bad request (RequestError, SpecError) is answered to its client; anything
-        else raised crashes the gateway as from `receive`.
+        A bad request (RequestError, SpecError) is answered to its client; any other
+        exception is this request's failure (`_request_failed`): logged, answered, and
+        the next request is served.
         """
         assert self.server is not None
         drained = False
@@ -379,6 +393,8 @@ class Gateway(ProofActor):
                 self._dispatch(corr, pending)
             except (RequestError, SpecError) as exc:
                 self._complete(corr, "error", {"message": str(exc)})
+            except Exception as exc:  # a bug: this request fails, the gateway goes on
+                self._request_failed(corr, exc, "dispatch")
 
     def _dispatch(self, corr: str, pending: _Pending) -> None:
         """Run by `_drain` (actor thread): send one request to the actor that can answer it.
@@ -537,10 +553,38 @@ class Gateway(ProofActor):
             raise RequestError("'port' must be an integer from 0 to 65535")
         return f"{control.rsplit(':', 1)[0]}:{port}"
 
-    def _complete(self, corr: str, kind: str, payload: dict[str, Any]) -> None:
-        pending = self.pending.pop(corr, None)
+    def _request_failed(self, corr: str, exc: Exception, stage: str) -> None:
+        """One request made the gateway raise (a bug, or damaged state such as a package
+        index): log it with the request's type and id, answer its client with an error
+        that says so (not "retry": the same request would fail again), and go on.
+        `stage`: "dispatch", or the name of the reply message being completed.
+
+        Failing only the request matters here more than anywhere: the client resends a
+        request whose connection was reset, so a gateway that crashed on it would crash
+        again on every resend until its supervisor gave up.
+        """
+        pending = self.pending.get(corr)
+        kind = getattr(getattr(pending, "frame", None), "type", None)
+        request_id = getattr(getattr(pending, "frame", None), "request_id", None)
+        get_logger().error("request_failed", request=kind, request_id=request_id,
+                           user=getattr(pending, "user", None), stage=stage,
+                           error=repr(exc), exc_info=True)
         if pending is None:
             return
-        pending.reply = encode_frame(kind, payload, session=pending.frame.session,
-                                     request_id=pending.frame.request_id)
+        self._complete(corr, "error", {"message": (
+            f"the daemon failed while handling request {kind!r} (request id {request_id}): "
+            f"{type(exc).__name__}: {exc}. It logged the error with the request id (event "
+            f"'request_failed' in the gateway's log: `proofctl logs`); other requests are "
+            f"not affected")})
+
+    def _complete(self, corr: str, kind: str, payload: dict[str, Any]) -> None:
+        pending = self.pending.get(corr)
+        if pending is None:
+            return
+        # encoded before it is taken out: an answer that cannot be encoded leaves the
+        # request pending for `_request_failed` to answer
+        reply = encode_frame(kind, payload, session=pending.frame.session,
+                             request_id=pending.frame.request_id)
+        del self.pending[corr]
+        pending.reply = reply
         pending.done.set()

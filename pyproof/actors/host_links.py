@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -35,6 +34,7 @@ from pyproof.logs import get_logger
 from pyproof.transport import auth, sealing
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.server import ContextPoolServer, Request
 from pyproof.transport.tls import TLSSettings
 from pyproof.transport.wire import RECV_LIMIT
 
@@ -61,14 +61,6 @@ def cluster_address(url: str) -> str:
     return f"tcp://{host}:{port + CLUSTER_PORT_OFFSET}"
 
 
-def _peer(message: Any) -> str:
-    try:
-        address = message.pipe.remote_address
-        return f"{address.family_as_str}:{address}"
-    except Exception:
-        return "unknown peer"
-
-
 class ClusterEndpoint:
     """The nng side: handshakes answered here; sealed requests passed to `handler`
     (peer name, kind, body) -> (kind, body), from several threads."""
@@ -77,34 +69,29 @@ class ClusterEndpoint:
                  tls: TLSSettings | None = None, contexts: int = CONTEXTS) -> None:
         self.server = server
         self.handler = handler
-        self.socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
-        if tls is not None and tls.enabled:
-            address = tls.address(address)
-            self.socket.tls_config = tls.server_config()
-        self.address = address
-        self.socket.listen(address)
-        self._closed = threading.Event()
-        self._threads = [threading.Thread(target=self._serve, args=(self.socket.new_context(),),
-                                          name=f"cluster-{i}", daemon=True)
-                         for i in range(contexts)]
-        for thread in self._threads:
-            thread.start()
-
-    def _serve(self, context: Any) -> None:
-        while not self._closed.is_set():
-            try:
-                message = context.recv_msg()
-            except pynng.NNGException:  # closed
-                return
-            reply = self._answer(message)
-            with contextlib.suppress(pynng.NNGException):
-                context.send(reply)
-
-    def _answer(self, message: Any) -> bytes:
-        log = get_logger()
-        peer = _peer(message)
+        socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
         try:
-            frame = decode_frame(message.bytes)
+            if tls is not None and tls.enabled:
+                address = tls.address(address)
+                socket.tls_config = tls.server_config()
+            socket.listen(address)
+        except BaseException:
+            socket.close()
+            raise
+        self.address = address
+        self.pool = ContextPoolServer(socket, self._answer, contexts=contexts, name="cluster",
+                                      on_error=_endpoint_failed)
+
+    @property
+    def socket(self) -> pynng.Socket:
+        return self.pool.socket
+
+    def _answer(self, request: Request) -> bytes:
+        """Run by a `cluster-N` thread (see ContextPoolServer): one request's answer."""
+        log = get_logger()
+        peer = request.peer
+        try:
+            frame = decode_frame(request.data)
         except ProtocolError as exc:
             log.warning("bad_cluster_frame", peer=peer, error=str(exc))
             return encode_frame("error", {"reason": "malformed", "message": str(exc)})
@@ -141,10 +128,13 @@ class ClusterEndpoint:
             return encode_frame("error", {"reason": exc.reason, "message": str(exc)})
 
     def close(self) -> None:
-        self._closed.set()
-        self.socket.close()
-        for thread in self._threads:
-            thread.join(1.0)
+        self.pool.close()
+
+
+def _endpoint_failed(request: Request, exc: Exception) -> bytes:
+    """The answer to a request the endpoint itself failed on (logged: a bug)."""
+    return encode_frame("error", {"reason": "failed",
+                                  "message": f"the daemon failed on this request: {exc!r}"})
 
 
 class ClusterClient:
@@ -274,54 +264,55 @@ class Tunnel:
         self.session_id = session_id
         self.key = worker_key(secret, session_id)
         self.address = address
-        self.socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
-        self.socket.listen(address)
-        self._closed = threading.Event()
+        socket = pynng.Rep0(send_timeout=5_000, recv_max_size=RECV_LIMIT)
+        try:
+            socket.listen(address)
+        except BaseException:
+            socket.close()
+            raise
         self._dial = (cluster_address(master_url), name, secret, master, tls)
-        self._clients: list[ClusterClient] = []
-        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._clients: list[ClusterClient] = []  # one per thread of the pool, by its slot
+        self.pool = ContextPoolServer(socket, self._forward, contexts=0, name="tunnel")
         self.add_contexts(contexts)
 
     def add_contexts(self, count: int) -> None:
         """Serve `count` more requests at once (one per worker, plus one)."""
         address, name, secret, master, tls = self._dial
-        for _ in range(count):
-            client = ClusterClient(address, name, secret, server_id=master,
-                                   timeout=DATA_TIMEOUT, tls=tls)
-            thread = threading.Thread(target=self._serve, args=(self.socket.new_context(),
-                                                                client),
-                                      name=f"tunnel-{len(self._threads)}", daemon=True)
-            self._clients.append(client)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, context: Any, client: ClusterClient) -> None:
-        while not self._closed.is_set():
-            try:
-                raw = context.recv()
-            except pynng.NNGException:
+        with self._lock:
+            if self.pool.closed:
                 return
-            try:
-                kind, body = client.call("data", {"session": self.session_id,
-                                                  "sealed": sealing.seal(self.key, raw)})
-                if kind != "data" or not isinstance(body, dict):
-                    raise ClusterError(str((body or {}).get("message", kind)))
-                reply = bytes(sealing.unseal(self.key, body.get("sealed") or b""))
-            except (ClusterError, sealing.SealError) as exc:
-                get_logger().warning("tunnel_failed", session=self.session_id, error=str(exc))
-                reply = encode_frame(p.ABORT, {"reason": f"the master's host is not "
-                                                         f"reachable: {exc}"},
-                                     session=self.session_id)
-            with contextlib.suppress(pynng.NNGException):
-                context.send(reply)
+            for _ in range(count):  # the pool's next threads take the next slots
+                self._clients.append(ClusterClient(address, name, secret, server_id=master,
+                                                   timeout=DATA_TIMEOUT, tls=tls))
+            self.pool.add_contexts(count)
+
+    def _forward(self, request: Request) -> bytes:
+        """Run by a `tunnel-N` thread: a worker's request there and back, through this
+        thread's own cluster client (one call at a time each)."""
+        with self._lock:
+            client = self._clients[request.slot]
+        try:
+            kind, body = client.call("data", {"session": self.session_id,
+                                              "sealed": sealing.seal(self.key,
+                                                                     bytes(request.data))})
+            if kind != "data" or not isinstance(body, dict):
+                raise ClusterError(str((body or {}).get("message", kind)))
+            return bytes(sealing.unseal(self.key, body.get("sealed") or b""))
+        except (ClusterError, sealing.SealError) as exc:
+            get_logger().warning("tunnel_failed", session=self.session_id, error=str(exc))
+            return encode_frame(p.ABORT, {"reason": f"the master's host is not "
+                                                    f"reachable: {exc}"},
+                                session=self.session_id)
 
     def close(self) -> None:
-        self._closed.set()
-        self.socket.close()
-        for client in self._clients:
+        # the clients first: that ends the calls the pool's threads wait in (a plain
+        # Req0 socket may be closed under a thread in send or recv: it gets Closed)
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
             client.close()
-        for thread in self._threads:
-            thread.join(1.0)
+        self.pool.close()
 
 
 class Forwarder:

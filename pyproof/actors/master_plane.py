@@ -37,7 +37,7 @@ from pyproof.query.spec import QuerySpec
 from pyproof.transport.codec import ProtocolError, RemoteError
 from pyproof.transport.frames import CHUNK, Frame, Reassembler, decode_frame, encode_frame
 from pyproof.transport.tls import TLSSettings
-from pyproof.transport.wire import RECV_LIMIT, ContextIO
+from pyproof.transport.wire import RECV_LIMIT, ContextIO, SendGuard
 
 BUSY_POLL_MS = int(PROGRESS_PERIOD * 1000 / 2)  # while a query runs: progress and feedback ticks
 IDLE_POLL_MS = 2_000  # nothing to tick: only `close()` is waited for
@@ -89,8 +89,7 @@ class MasterPlane:
         # or merge thread through `_wake`): `close` waits for them before it closes the
         # socket, since nng aborts the process when a context is sent on as its socket
         # closes (seen about once in 20 runs of test_master_hold)
-        self._sending = 0
-        self._sends_done = threading.Condition(threading.Lock())
+        self._sends = SendGuard()
         # the serving thread's receive and send (aios made once: the grant path); their
         # waits are cancelled by `close`, never closed under them
         self._io = ContextIO()
@@ -283,11 +282,10 @@ class MasterPlane:
         return self.outbox_address
 
     def close(self, timeout: float = 2.0) -> None:
-        with self._sends_done:  # no send starts after this; those under way end first
-            self._closed.set()
-            # a send is bounded by the socket's send timeout: wait that out at most
-            self._sends_done.wait_for(lambda: self._sending == 0,
-                                      max(timeout, SEND_TIMEOUT_MS / 1000 + 0.5))
+        self._closed.set()
+        # no send starts after this; those under way end first (each is bounded by the
+        # socket's send timeout: wait that out at most)
+        self._sends.close(max(timeout, SEND_TIMEOUT_MS / 1000 + 0.5))
         self._io.cancel()  # ends the serving thread's wait at once
         self._thread.join(timeout)
         self.socket.close()  # no thread waits on it any more (nng aborts if one does)
@@ -453,26 +451,13 @@ class MasterPlane:
         with contextlib.suppress(pynng.NNGException):  # the socket closed it first
             ctx.close()
 
-    @contextlib.contextmanager
     def _using_context(self):
         """Yield True while this thread may use a context: `close` waits for it to finish.
 
         nng aborts the whole process (not an exception) when a context is sent on
         while its socket closes; every thread that touches a context comes through here.
         """
-        with self._sends_done:
-            if self._closed.is_set():
-                usable = False
-            else:
-                usable = True
-                self._sending += 1
-        try:
-            yield usable
-        finally:
-            if usable:
-                with self._sends_done:
-                    self._sending -= 1
-                    self._sends_done.notify_all()
+        return self._sends.sending()
 
     def _keep(self, query_id: str, frame: bytes) -> None:
         with self._lock:

@@ -11,16 +11,19 @@ the message when the last view of it is gone, so no view can outlive it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pynng
 from pynng import ffi, lib
 from pynng.exceptions import check_err
+from pynng.sockaddr import _nng_sockaddr
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "ContextIO", "ContextReceiver", "parts_size", "recv_view",
+__all__ = ["RECV_LIMIT", "SMALL", "ContextIO", "ContextReceiver", "SendGuard", "parts_size",
+           "recv_view",
            "send_parts"]
 
 SMALL = 64 * 1024
@@ -80,9 +83,10 @@ class ContextReceiver:
 
     A Rep0 context holds its request's reply route, so one thread can leave a
     request unanswered (the master holds a worker's "next packet" until there is
-    one) while it serves others on new contexts. `recv` waits up to the socket's
-    ``recv_timeout`` (nng gives each context the socket's value when it opens)
-    and raises ``pynng.Timeout`` or ``pynng.Closed`` as ``recv`` does.
+    one) while it serves others on new contexts. `recv` waits up to ``timeout_ms``
+    or else the socket's ``recv_timeout`` (nng gives each context the socket's
+    value when it opens) and raises ``pynng.Timeout`` or ``pynng.Closed`` as
+    ``recv`` does.
 
     Why `cancel`: closing the socket under a thread that waits in a context
     receive makes nng abort the whole process now and then (about once in 20
@@ -96,16 +100,39 @@ class ContextReceiver:
         self._aio = None
         self._cancelled = False
 
-    def recv(self, ctx: pynng.Context) -> bytes | memoryview:
+    def recv(self, ctx: pynng.Context, *, timeout_ms: int | None = None) -> bytes | memoryview:
+        """One message on `ctx`; `timeout_ms` bounds this wait (None: the context's own)."""
+        return _view(self._recv_msg(ctx, timeout_ms))
+
+    def recv_from(self, ctx: pynng.Context, *,
+                  timeout_ms: int | None = None) -> tuple[bytes | memoryview, str]:
+        """As `recv`, with the peer the message came from ("tcp:127.0.0.1:5555"), for logs
+        and logins ("unknown peer" when its connection is already gone)."""
+        msg = self._recv_msg(ctx, timeout_ms)
+        try:
+            peer = _peer_of(msg)
+        except BaseException:
+            lib.nng_msg_free(msg)
+            raise
+        return _view(msg), peer
+
+    def _recv_msg(self, ctx: pynng.Context, timeout_ms: int | None):
         aio_p = ffi.new("nng_aio **")
         check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
         aio = aio_p[0]
         try:
+            if timeout_ms is not None:
+                lib.nng_aio_set_timeout(aio, max(1, int(timeout_ms)))
             with self._lock:
                 if self._cancelled:
                     raise pynng.Closed("the receiver was cancelled", lib.NNG_ECLOSED)
                 self._aio = aio
             lib.nng_ctx_recv(ctx.context, aio)  # void: the result is the aio's
+            with self._lock:
+                # a `cancel` between publishing the aio and starting the receive found
+                # nothing to cancel (nng ignores a cancel of an idle aio): do it now
+                if self._cancelled:
+                    lib.nng_aio_cancel(aio)
             lib.nng_aio_wait(aio)
             with self._lock:
                 self._aio = None
@@ -114,12 +141,11 @@ class ContextReceiver:
             if status and cancelled:
                 raise pynng.Closed("the receiver was cancelled", lib.NNG_ECLOSED)
             check_err(status)
-            msg = lib.nng_aio_get_msg(aio)
+            return lib.nng_aio_get_msg(aio)
         finally:
             with self._lock:
                 self._aio = None
             lib.nng_aio_free(aio)
-        return _view(msg)
 
     def cancel(self) -> None:
         """End the current wait (if any) and every later one with ``pynng.Closed``."""
@@ -215,6 +241,57 @@ class ContextIO:
             aios, self._aios = self._aios, []
             for aio in aios:
                 lib.nng_aio_free(aio)  # stops anything still running first
+
+
+class SendGuard:
+    """Lets threads send on contexts until the owner closes their socket, never during it.
+
+    nng aborts the whole process (no exception) when a context is sent on while
+    its socket closes. Every send goes through `sending()`; `close` refuses new
+    ones and waits for those under way (each is bounded by the socket's
+    ``send_timeout``) before the owner closes the socket.
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._active = 0
+        self._idle = threading.Condition(threading.Lock())
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[bool]:
+        """Yield True while this thread may send (`close` waits for it); False once closed."""
+        with self._idle:
+            usable = not self._closed
+            if usable:
+                self._active += 1
+        try:
+            yield usable
+        finally:
+            if usable:
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float) -> bool:
+        """Refuse every later send; wait up to `timeout` s for those under way (True: done)."""
+        with self._idle:
+            self._closed = True
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+
+def _peer_of(msg) -> str:
+    """"family:address" of the pipe a received message came by (pynng's `Pipe` spelling)."""
+    try:
+        address = ffi.new("nng_sockaddr []", 1)
+        check_err(lib.nng_pipe_get_addr(lib.nng_msg_get_pipe(msg), b"remote-address", address))
+        sockaddr = _nng_sockaddr(address)
+        return f"{sockaddr.family_as_str}:{sockaddr}"
+    except Exception:  # the connection closed since: the message is still good
+        return "unknown peer"
 
 
 def _view(msg) -> bytes | memoryview:
