@@ -8,17 +8,13 @@ system, real `Sessions` actor.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from pyproof.actors import messages as m
 from pyproof.actors.sessions import Sessions
-from pyproof.actors.system import start_system
-from pyproof.supervision.process_tree import children_of, kill_session
+from tests.thespian_system import in_process_system
 
 ASK_TIMEOUT = 30.0
-ENV = ("THESPLOG_FILE", "THESPLOG_THRESHOLD", "THESPIAN_BASE_IPADDR")
 # the actor system's client end lives in this process: its sockets are Thespian's own
 pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
@@ -26,22 +22,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
 
 @pytest.fixture
 def system(tmp_path):
-    saved = {name: os.environ.get(name) for name in ENV}
-    before = set(children_of(os.getpid()))
-    logs = tmp_path / "thespian-logs"
-    logs.mkdir()
-    system, _ = start_system(str(logs))
-    # the admin double-forks into a session of its own (see actors/daemon.py)
-    sessions = [pid for pid in children_of(os.getpid()) if pid not in before]
-    try:
+    with in_process_system(str(tmp_path)) as system:
         yield system
-    finally:
-        kill_session(sessions)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def test_requests_before_the_start_are_answered_retry_and_after_it_for_real(system, tmp_path):

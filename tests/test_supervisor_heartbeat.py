@@ -11,9 +11,8 @@ import uuid
 
 import pytest
 
-from pyproof.actors.system import start_system
 from pyproof.supervision import heartbeat
-from pyproof.supervision.process_tree import children_of, is_alive, kill_session, kill_tree
+from pyproof.supervision.process_tree import is_alive, kill_tree
 from tests.supervisor_helpers import (
     PatientStart,
     Running,
@@ -22,35 +21,18 @@ from tests.supervisor_helpers import (
     WatchingSupervisor,
     read_lines,
 )
+from tests.thespian_system import in_process_system
 
 ASK_TIMEOUT = 60.0
 RESTART_WAIT = 15.0
 pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
-ENV = ("THESPLOG_FILE", "THESPLOG_THRESHOLD", "THESPIAN_BASE_IPADDR")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    saved = {name: os.environ.get(name) for name in ENV}
-    before = set(children_of(os.getpid()))
-    system, _ = start_system(str(tmp_path_factory.mktemp("thespian-logs")))
-    sessions = [pid for pid in children_of(os.getpid()) if pid not in before]
-    try:
+    with in_process_system(str(tmp_path_factory.mktemp("thespian-logs"))) as system:
         yield system
-    finally:
-        kill_session(sessions)
-        # Thespian keeps the system as a class-level singleton: forget the dead one, so
-        # the next module that starts a system gets a fresh one
-        from thespian.actors import ActorSystem
-
-        if getattr(ActorSystem, "systemBase", None) is not None:
-            del ActorSystem.systemBase
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture

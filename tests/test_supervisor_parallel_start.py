@@ -3,14 +3,13 @@ system, while its core still sees them start one at a time, in list order."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
-from pyproof.actors.system import start_system
-from pyproof.supervision.process_tree import children_of, kill_session, kill_tree
+from pyproof.supervision.process_tree import kill_tree
 from tests.supervisor_helpers import Children, ChoosySupervisor, Meet, Running
+from tests.thespian_system import in_process_system
 
 ASK_TIMEOUT = 60.0
 # the actor system's client end lives in this process: its sockets are Thespian's own
@@ -18,27 +17,12 @@ pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 
-ENV = ("THESPLOG_FILE", "THESPLOG_THRESHOLD", "THESPIAN_BASE_IPADDR")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    # one actor system per process (Thespian keeps it global); start_system sets these
-    # variables for this process: undone after
-    saved = {name: os.environ.get(name) for name in ENV}
-    before = set(children_of(os.getpid()))
-    system, _ = start_system(str(tmp_path_factory.mktemp("thespian-logs")))
-    # the admin double-forks into a session of its own (see actors/daemon.py)
-    sessions = [pid for pid in children_of(os.getpid()) if pid not in before]
-    try:
+    with in_process_system(str(tmp_path_factory.mktemp("thespian-logs"))) as system:
         yield system
-    finally:
-        kill_session(sessions)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def start(system, directory, children, parallel=True) -> Running:

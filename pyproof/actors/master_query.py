@@ -225,7 +225,17 @@ class QueryRun:
         spec = self.spec
         return (spec.dataset is not None and len(spec.dataset) > 1 and spec.first == 0
                 and spec.entries is None
-                and (spec.packetizer or DEFAULT_DATA_KIND) in ("adaptive", "basic"))
+                and (spec.packetizer or DEFAULT_DATA_KIND) in ("adaptive", "basic")
+                and not self._files_on_hosts())
+
+    def _files_on_hosts(self) -> bool:
+        """Whether some files are known to be on a host (locality): then every count is
+        known first, so that each worker's first packets are files of its own host (with
+        counts arriving one by one it would be given another host's file while none of
+        its own was known yet)."""
+        elements = [Element(path=path, tree=tree or "", entries=0)
+                    for path, tree in self.spec.dataset or ()]
+        return bool(element_hosts(elements, read_layout(self.run_dir)))
 
     def _lookup_each(self) -> None:
         """Look the files up in parallel and tell the core of each as soon as it is known:
@@ -244,6 +254,10 @@ class QueryRun:
                                  if self.spec.branches is not None else None)
         skip = self.spec.on_missing == "skip"
         missing: dict[int, dict[str, Any]] = {}
+        # files that fail the query: it fails once every look-up (in parallel, bounded) is
+        # in, naming the first of them in the dataset's order, as an all-at-once look-up
+        # does (the same error whichever look-up happened to end first)
+        fatal: dict[int, LookupError_] = {}
         for index, result in self.lookups.each([Want(path, tree, main)
                                                 for path, tree in dataset]):
             if self.core.state not in (qc.QueryState.RUNNING, qc.QueryState.STOPPING):
@@ -251,10 +265,8 @@ class QueryRun:
             path, tree = dataset[index]
             if isinstance(result, LookupError_):
                 if not skip or "branch" in result.context:
-                    self.feed(qc.LookupFailed(error=RemoteError(
-                        type="DatasetError", message=str(result), traceback="",
-                        context=result.context), cause="lookup"))
-                    return
+                    fatal[index] = result
+                    continue
                 missing[index] = {"file": path, "tree": tree, "reason": str(result)}
                 self.feed(qc.ElementMissing(element=index, missing=missing[index],
                                             now=self.clock(), cause="lookup"))
@@ -264,6 +276,12 @@ class QueryRun:
             self.log.debug("file_looked_up", file=path, entries=result.entries)
             self.feed(qc.ElementFound(element=index, now=self.clock(), cause="lookup", work=(
                 WorkRange(element=index, entry_start=0, entry_stop=result.entries),)))
+        if fatal:
+            first = fatal[min(fatal)]
+            self.feed(qc.LookupFailed(error=RemoteError(
+                type="DatasetError", message=str(first), traceback="", context=first.context),
+                cause="lookup"))
+            return
         self.missing = [missing[i] for i in sorted(missing)]
         self.log.info("query_prepared", elements=len(self.elements) - len(missing),
                       entries=self.core.total, packetizer=kind, file_by_file=True,

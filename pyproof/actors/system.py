@@ -186,10 +186,13 @@ def start_system(log_dir: str):
     for _ in range(5):
         port = free_port()
         try:
+            # transientUnique: not Thespian's process-wide singleton (a later system in
+            # the same process, e.g. the next test module's, must not find a dead one)
             system = ActorSystem(
                 "multiprocTCPBase",
                 {"Admin Port": port},
                 logDefs=thespian_log_defs(log_dir),
+                transientUnique=True,
             )
             return system, port
         except Exception as exc:  # port taken between probe and bind: try another

@@ -1,0 +1,34 @@
+"""One real Thespian actor system in the test process, for tests of actor shells.
+
+`in_process_system` starts it (`start_system`: loopback, a free port), yields it, and
+then kills the process sessions its admin made (it double-forks into one of its own,
+see actors/daemon.py) and restores the environment variables `start_system` sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from pyproof.actors.system import start_system
+from pyproof.supervision.process_tree import children_of, kill_session
+
+ENV = ("THESPLOG_FILE", "THESPLOG_THRESHOLD", "THESPIAN_BASE_IPADDR")
+
+
+@contextlib.contextmanager
+def in_process_system(log_dir: str) -> Iterator[object]:
+    saved = {name: os.environ.get(name) for name in ENV}
+    before = set(children_of(os.getpid()))
+    system, _ = start_system(log_dir)
+    sessions = [pid for pid in children_of(os.getpid()) if pid not in before]
+    try:
+        yield system
+    finally:
+        kill_session(sessions)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
