@@ -21,7 +21,7 @@ from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
 from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
 from pyproof.actors.warmup import start_warmup
-from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
+from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, OpenFiles, WorkerLoop
 from pyproof.logs import get_logger
 from pyproof.supervision.process_tree import lead_process_group
 from pyproof.transport.codec import RemoteError
@@ -38,6 +38,9 @@ class Worker(ProofActor):
     worker_id = ""
     session_id = ""
     packet_address = ""
+    # kept across queries: the connection to the master and the open ROOT files
+    socket: pynng.Req0 | None = None
+    files: OpenFiles | None = None
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -75,9 +78,24 @@ class Worker(ProofActor):
         elif isinstance(message, m.StopQuery):
             if self.loop is not None:
                 self.loop.stop()
-        elif isinstance(message, ActorExitRequest) and self.loop is not None:
+        elif isinstance(message, ActorExitRequest):
+            self._exit()
+
+    def _exit(self) -> None:
+        """The actor is asked to exit: end the query loop, then close the socket and files.
+
+        Closed only once the loop's thread has ended (it uses them); if it has not
+        (a selector stuck in user code), the process's exit closes them.
+        """
+        if self.loop is not None:
             self.loop.stop()
-            self.loop.join(EXIT_JOIN_TIMEOUT)
+            if not self.loop.join(EXIT_JOIN_TIMEOUT):
+                return
+        if self.files is not None:
+            self.files.close()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
     def _check_packet_time(self) -> None:
         """Run by `receive` at each PACKET_CHECK wake-up while a query loop runs.
@@ -126,12 +144,26 @@ class Worker(ProofActor):
             # query starts at a wake-up after this one's loop has ended
             self.queued.append(message)
             return
-        # one socket per query, resend disabled: a resent request would be processed
-        # twice by the master
-        socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
-                            resend_time=-1)
-        socket.dial(self.packet_address, block=False)
+        if self.files is None:
+            self.files = OpenFiles()
         self.loop = WorkerLoop(worker_id=self.worker_id, session_id=self.session_id,
-                               query_id=message.query_id, spec=message.spec, socket=socket,
-                               owns_socket=True, die=lambda: os._exit(CRASH_EXIT_CODE))
+                               query_id=message.query_id, spec=message.spec,
+                               socket=self._socket(), files=self.files,
+                               die=lambda: os._exit(CRASH_EXIT_CODE))
         self.loop.start()
+
+    def _socket(self) -> pynng.Req0:
+        """The connection to the master, kept across queries (no dial, no connection to wait
+        for per query); made afresh after a query whose exchange with the master failed.
+
+        A restarted master listens at the same address: nng re-dials by itself.
+        Resend disabled: a resent request would be processed twice by the master.
+        """
+        if self.socket is not None and self.loop is not None and not self.loop.socket_ok:
+            self.socket.close()  # its loop has ended: no thread uses it
+            self.socket = None
+        if self.socket is None:
+            self.socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
+                                     resend_time=-1)
+            self.socket.dial(self.packet_address, block=False)
+        return self.socket
