@@ -26,6 +26,7 @@ def serve(address: str, replies: list[bytes], stop: threading.Event,
             if stop.is_set():
                 return
             rep.send(reply)
+        stop.wait(20)  # the last reply is delivered before the socket closes
 
 
 def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
@@ -93,3 +94,19 @@ def test_after_a_held_wait_the_worker_asks_again_at_once_without_polling(tmp_pat
     assert [decode_frame(raw).type for raw in seen] == ["next"] * 21
     # the old backoff (10 ms doubling to 200 ms) spent over 3 s on 20 WAITs
     assert time.monotonic() - t0 < 1.5
+
+
+def test_a_workers_last_outputs_carry_its_next_request(tmp_path):
+    """At a query's end: outputs and the next request in one round trip, not two."""
+    from pyproof.packetizer.base import CYCLES
+    from pyproof.transport.frames import decode_frame
+
+    packet = {"packet_id": 0, "element": CYCLES, "entry_start": 0, "entry_stop": 10}
+    replies = [encode_frame("packet", {"packet": packet}), encode_frame("wait", {"flush": True}),
+               encode_frame("done", {"accepted": True})]
+    seen: list[bytes] = []
+    loop = run_against(tmp_path, replies, seen=seen)
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "next", "outputs"]
+    assert frames[-1].payload["next"] is True and frames[-1].payload["packets"] == [0]
+    assert loop.socket_ok

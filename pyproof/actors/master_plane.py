@@ -423,6 +423,8 @@ class MasterPlane:
             if kind == p.WAIT and not body.get("flush") and now - since < HOLD_SECONDS:
                 keep.append((ctx, payload, since))
                 continue
+            if "accepted" in payload:  # held outputs-with-next: their ACK rides along
+                body = {**body, "accepted": payload["accepted"]}
             if kind == p.WAIT:  # held to the bound: the worker asks again at once
                 body = {**body, "held": round(now - since, 3)}
             self._reply(ctx, encode_frame(kind, body, session=self.session_id))
@@ -491,9 +493,13 @@ class MasterPlane:
             return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
                                 session=self.session_id), None
         kind, body = self._answer_payload(frame.type, frame.payload)
-        if kind == p.WAIT and frame.type == p.NEXT and not body.get("flush") \
-                and not self._closed.is_set():
-            return b"", frame.payload
+        if kind == p.WAIT and not body.get("flush") and not self._closed.is_set():
+            if frame.type == p.NEXT:
+                return b"", frame.payload
+            if frame.type == p.OUTPUTS and "accepted" in body:  # outputs with "next"
+                # held as a plain next request (not its outputs), answered with the ACK
+                return b"", {**{k: frame.payload.get(k) for k in ("worker", "pid", "query")},
+                             "accepted": body["accepted"]}
         return encode_frame(kind, body, session=self.session_id), None
 
     def _answer_chunk(self, frame: Frame) -> bytes:
@@ -511,6 +517,8 @@ class MasterPlane:
                 return encode_frame(p.ACK, {"accepted": False}, session=self.session_id)
             return encode_frame(p.ACK, {"more": True}, session=self.session_id)
         kind, body = self._answer_payload(whole.type, whole.payload)
+        if kind == p.WAIT and not body.get("flush"):  # outputs with "next": not held here,
+            body = {**body, "held": 0.0}  # the worker asks again at once (and is held then)
         answer = self._chunk_answers[stream] = encode_frame(kind, body, session=self.session_id)
         while len(self._chunk_answers) > KEEP_CHUNK_ANSWERS:
             del self._chunk_answers[next(iter(self._chunk_answers))]

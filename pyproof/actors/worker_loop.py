@@ -254,12 +254,14 @@ class WorkerLoop:
                 # and will hold the next one too: ask again at once, no polling here. The
                 # pause is a guard against a master that answers WAIT without holding.
                 # "flush": nothing for us until our outputs are in (the query's end
-                # may wait for them): send them and ask again at once.
+                # may wait for them): send them, and the next request with them.
+                if reply.get("held") is not None or reply.get("flush"):
+                    reply = self._flush(then_next=True)
+                    continue
                 self._flush()
-                if not reply.get("held") and not reply.get("flush"):
-                    if self._stop.wait(backoff):
-                        break
-                    backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
                 reply = self._request(p.NEXT, {"processed": self._take_reports()})
             elif kind == p.DONE:
                 self._flush()
@@ -400,10 +402,16 @@ class WorkerLoop:
         reports, self._reports = self._reports, []
         return reports
 
-    def _flush(self) -> None:
-        """Send the outputs of every held packet; afterwards outputs start afresh."""
+    def _flush(self, *, then_next: bool = False) -> Any:
+        """Send the outputs of every held packet; afterwards outputs start afresh.
+
+        With `then_next`, the request for the next packet rides on them (one round trip
+        at a query's end, not two) and its answer is returned (a packet, wait, done).
+        """
         if not self._held:
-            return
+            if then_next:
+                return self._request(p.NEXT, {"processed": self._take_reports()})
+            return None
         assert self.ctx is not None
         # an output over the query's cap fails the query here, before it is encoded and
         # shipped (OutputTooLarge names it; the master would refuse it anyway)
@@ -416,19 +424,23 @@ class WorkerLoop:
                 "outputs": self.ctx.outputs,
                 # files this batch wrote: the master keeps them with its packets, or deletes
                 "files": [f for f in self.ctx.written if os.path.exists(f)],
+                **({"next": True} if then_next else {}),
             })
         except EncodeError as exc:
             raise EncodeError(f"{exc}; outputs may hold {SUPPORTED_TYPES}") from None
         self._flushed = time.monotonic()
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
-        if reply["kind"] != p.ACK or reply.get("more"):  # held packets would wait for ever
+        taken = reply["kind"] == p.ACK and not reply.get("more") if not then_next else \
+            reply["kind"] in (p.PACKET, p.WAIT, p.DONE) and "accepted" in reply
+        if not taken:  # held packets would wait for ever
             raise OutputsRefused(f"the master could not take {len(self._held)} packets' "
                                  f"outputs: {reply.get('reason') or reply['kind']}")
         self.log.info("outputs_sent", packets=len(self._held), accepted=reply.get("accepted"))
         self._held = []
         self.ctx.outputs = {}
         self._fresh_outputs = True
+        return reply if then_next else None
 
     def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> bool:
         """Tell the master the query failed here; False if it could not be told."""
