@@ -195,3 +195,34 @@ def test_a_workers_last_outputs_carry_its_next_request_answered_done_after_the_m
         assert plane.query.state == "finished" and plane.query.outputs == {"n": 1}
     finally:
         plane.close()
+
+
+def test_a_query_begins_without_the_planes_lock_so_the_last_ones_merge_thread_can_end(
+        tmp_path, monkeypatch):
+    # the last query's merge thread may still be answering held requests (under the
+    # plane's lock) when the next query begins and joins it: with the lock held there,
+    # the actor thread hung until the watchdog killed the master (seen under load)
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    could_lock: list[bool] = []
+    real_close = master_plane.QueryRun.close
+
+    def close(run):
+        def other_thread():  # as the merge thread in `_wake`
+            got = plane._lock.acquire(timeout=1.0)
+            could_lock.append(got)
+            if got:
+                plane._lock.release()
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join(5)
+        real_close(run)
+
+    monkeypatch.setattr(master_plane.QueryRun, "close", close)
+    try:
+        plane.start_query("q1", _unit_spec(tmp_path))
+        assert plane.stop_query("q1", "aborted by the test", abort=True)
+        plane.start_query("q2", _unit_spec(tmp_path))
+        assert could_lock == [True]
+    finally:
+        plane.close()

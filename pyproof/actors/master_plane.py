@@ -120,7 +120,11 @@ class MasterPlane:
             if self.query is not None and self.query.core.busy:
                 self.queued.append(run)
                 return
-            self._begin(run)
+        # begun without the plane's lock: `_begin` joins the last query's merge thread,
+        # which may be waiting for that lock (answering held requests as its query
+        # ended), and answers held requests itself (a run's lock is never taken under
+        # the plane's). Only this (actor) thread begins a query while none is busy.
+        self._begin(run)
 
     def _callback(self, address: str) -> pynng.Push0 | None:
         """The socket dialled back to the client at `address` (made on its first query).
