@@ -152,7 +152,9 @@ class WorkerLoop:
         self.socket = socket
         self.log = get_logger().bind(query=query_id)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"query-{query_id}", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._begun = False
+        self._ended = threading.Event()
         self._checked: set[tuple[str, str]] = set()  # (file, tree) whose branches we checked
         self.selector: Selector | None = None
         self.ctx: Context | None = None
@@ -168,22 +170,36 @@ class WorkerLoop:
         self._flushed = time.monotonic()  # outputs last sent (live feedback)
 
     def start(self) -> None:
+        """Run the query on a thread of its own (tests; a worker runs it on its query
+        thread, see `run`)."""
+        self._thread = threading.Thread(target=self.run, name=f"query-{self.query_id}",
+                                        daemon=True)
         self._thread.start()
+
+    def run(self) -> None:
+        """Run the query on the calling thread, to its end (never raises)."""
+        self._begun = True
+        try:
+            self._run()
+        finally:
+            self._ended.set()
 
     def stop(self) -> None:
         self._stop.set()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait (at most `timeout` s) for the query's end; True if it has ended (or never
+        began)."""
+        return not self._begun and self._thread is None or self._ended.wait(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._begun and not self._ended.is_set()
 
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
-        self.log.info("query_started", selector=self.spec.selector)
+        self.log.info("query_started", selector=self.spec.selector,
+                      thread=threading.current_thread().name)
         worker_output.clear_tail()  # a failure carries this query's output only
         try:
             if self.spec.cycles is None:
