@@ -50,7 +50,8 @@ def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
 
 
 def test_garbage_from_the_master_ends_the_query_cleanly(tmp_path):
-    run_against(tmp_path, [b"\x00\x01garbage"])
+    loop = run_against(tmp_path, [b"\x00\x01garbage"])
+    assert not loop.socket_ok  # the worker's next query dials afresh (worker.py)
 
 
 def test_a_packet_of_the_wrong_shape_ends_the_query_cleanly(tmp_path):
@@ -62,7 +63,8 @@ def test_an_abort_ends_the_query(tmp_path):
 
 
 def test_a_silent_master_ends_the_query_within_the_request_timeout(tmp_path):
-    run_against(tmp_path, [])
+    loop = run_against(tmp_path, [])
+    assert not loop.socket_ok
 
 
 def test_a_refused_chunk_fails_the_query_instead_of_leaving_packets_held(tmp_path):
