@@ -108,6 +108,28 @@ def test_submitted_queries_run_one_after_another_and_are_listed(session):
     assert walls[first.query]["state"] == walls[second.query]["state"] == "finished"
 
 
+def test_a_workers_queries_run_on_its_one_query_thread_one_after_another(session):
+    """No thread started per query on a worker: a query's start there is a hand-over, and
+    a query queued behind another begins the moment it ends (not at a later wake-up)."""
+    import json
+    import os
+
+    first = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.02}, **SMALL_PACKETS)
+    second = session.submit(ZmumuMass, dataset=zmumu())
+    assert second.result(timeout=60).stats.entries == first.result(timeout=60).stats.entries
+    runs: dict[str, list[tuple[str, str]]] = {}
+    for name in os.listdir(session.log_dir):
+        if name.startswith("worker") and name.endswith(".jsonl"):
+            with open(os.path.join(session.log_dir, name), encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f]
+            runs[name] = [(r["query"], r.get("thread")) for r in rows
+                          if r.get("event") == "query_started"
+                          and r.get("query") in (first.query, second.query)]
+    assert sorted(runs) == ["worker-0.jsonl", "worker-1.jsonl"]
+    for started in runs.values():
+        assert started == [(first.query, "queries"), (second.query, "queries")]
+
+
 def test_a_queued_query_stopped_before_it_runs_ends_empty_and_the_next_still_runs(session):
     first = session.submit(SLOW, dataset=zmumu(), inputs={"sleep": 0.05}, **SMALL_PACKETS)
     queued = session.submit(ZmumuMass, dataset=zmumu())

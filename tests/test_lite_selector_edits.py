@@ -6,6 +6,7 @@ it imports) is rewritten between queries, and every query's outputs follow.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -56,6 +57,11 @@ def test_a_selector_file_rewritten_after_it_was_read_runs_as_it_was_read(session
     path.write_text(SELECTOR.format(
         imports=f"with open(__file__, 'w') as f:\n    f.write({seven!r})", factor=1))
     result = session.process(f"{path}:Scaled", cycles=40, progress=False)
+    # the workers run that code too (rewriting the file), and one that got no packet may
+    # still be at it when the result is in (a query takes milliseconds): wait for it
+    deadline = time.monotonic() + 10
+    while path.read_text() != seven and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert path.read_text() == seven
     assert result.outputs["x"] == 40
     assert session.process(f"{path}:Scaled", cycles=40, progress=False).outputs["x"] == 280

@@ -162,3 +162,67 @@ def test_a_request_held_during_the_look_up_is_answered_when_the_look_up_ends(
     finally:
         gate.set()
         plane.close()
+
+
+def test_a_workers_last_outputs_carry_its_next_request_answered_done_after_the_merge(
+        tmp_path, monkeypatch):
+    # one round trip at a query's end, not two: the outputs' ACK rides on the answer to
+    # the next request, which is held until the merge is done and the query finishing
+    monkeypatch.setattr(master_plane, "HOLD_SECONDS", 30.0)  # only the event can answer
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    me = {"worker": "worker-0", "pid": os.getpid(), "query": "q1"}
+    try:
+        plane.worker_joined(f"worker-0#{os.getpid()}")
+        plane.start_query("q1", _unit_spec(tmp_path))
+        with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
+            sock.send(next_for("q1"))
+            packet = decode_frame(_recv_within(sock, 8)).payload["packet"]
+            report = {"packet": packet["packet_id"], "entries": 1, "seconds": 0.001}
+            outputs = encode_frame(p.OUTPUTS, {**me, "packets": [packet["packet_id"]],
+                                               "processed": [report], "outputs": {"n": 1},
+                                               "next": True})
+            sock.send(outputs)
+            frame = decode_frame(_recv_within(sock, 8))
+            assert frame.type == p.DONE and frame.payload == {"accepted": True}
+            assert plane.query.core.delivered == 1
+            sock.send(outputs)  # sent twice (a resend): never merged twice
+            frame = decode_frame(_recv_within(sock, 8))
+            assert frame.type == p.DONE
+        deadline = time.monotonic() + 5
+        while plane.query.core.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert plane.query.state == "finished" and plane.query.outputs == {"n": 1}
+    finally:
+        plane.close()
+
+
+def test_a_query_begins_without_the_planes_lock_so_the_last_ones_merge_thread_can_end(
+        tmp_path, monkeypatch):
+    # the last query's merge thread may still be answering held requests (under the
+    # plane's lock) when the next query begins and joins it: with the lock held there,
+    # the actor thread hung until the watchdog killed the master (seen under load)
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    could_lock: list[bool] = []
+    real_close = master_plane.QueryRun.close
+
+    def close(run):
+        def other_thread():  # as the merge thread in `_wake`
+            got = plane._lock.acquire(timeout=1.0)
+            could_lock.append(got)
+            if got:
+                plane._lock.release()
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join(5)
+        real_close(run)
+
+    monkeypatch.setattr(master_plane.QueryRun, "close", close)
+    try:
+        plane.start_query("q1", _unit_spec(tmp_path))
+        assert plane.stop_query("q1", "aborted by the test", abort=True)
+        plane.start_query("q2", _unit_spec(tmp_path))
+        assert could_lock == [True]
+    finally:
+        plane.close()

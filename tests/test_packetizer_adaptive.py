@@ -30,8 +30,20 @@ def learn(p: AdaptivePacketizer, worker: str, rate: float, now: float = 0.0) -> 
 def test_a_workers_first_packet_is_a_small_learning_packet() -> None:
     p = AdaptivePacketizer(files(10**7), workers=2)
     assert got(p.next_packet("a", 0.0)).entries == 1000
-    q = AdaptivePacketizer(files(4000), workers=2, learn_entries=1000)
-    assert got(q.next_packet("a", 0.0)).entries == 100  # capped at total / (20 * workers)
+    q = AdaptivePacketizer(files(40_000), workers=2, learn_entries=1000)
+    assert got(q.next_packet("a", 0.0)).entries == 1000
+    r = AdaptivePacketizer(files(16_000), workers=2, learn_entries=1000)
+    assert got(r.next_packet("a", 0.0)).entries == 500  # not below min_learn_entries
+    s = AdaptivePacketizer(files(4000), workers=2, learn_entries=1000, min_learn_entries=1)
+    assert got(s.next_packet("a", 0.0)).entries == 100  # capped at total / (20 * workers)
+
+
+def test_a_tiny_query_goes_out_as_one_packet_per_file() -> None:
+    """1,000 events over 8 files: 8 packets, not 25-entry slivers (a round trip each)."""
+    p = AdaptivePacketizer(files(*[125] * 8), workers=2)
+    packets = [p.next_packet(w, 0.0) for w in ["a", "b"] * 4]
+    assert [(x.element, x.entries) for x in map(got, packets)] == [(i, 125) for i in range(8)]
+    assert p.next_packet("a", 0.0) is None
 
 
 def test_packets_are_sized_in_time_by_each_workers_own_rate() -> None:

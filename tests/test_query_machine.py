@@ -145,6 +145,24 @@ class QueryMachine(RuleBasedStateMachine):
         self.feed(qc.OutputArrived(worker=w.name, packet_ids=ids, reports=reports,
                                    now=self.now, cause=self.cause_id()), request=w.name)
 
+    @rule(data=st.data())
+    def send_outputs_with_next(self, data):
+        """A worker's outputs carry its next request (master_query.QueryRun.handle): the
+        shell feeds OutputArrived, then, if it was answered Ack, PacketRequested."""
+        holding = [w for w in self.alive() if self.workers[w].held]
+        if not holding:
+            return
+        w = self.workers[data.draw(st.sampled_from(holding))]
+        ids = frozenset(w.held)
+        reports, w.reports = tuple(w.reports), []
+        w.held = []
+        self.batches.append((w.name, ids))
+        out = self.feed(qc.OutputArrived(worker=w.name, packet_ids=ids, reports=reports,
+                                         now=self.now, cause=self.cause_id()), request=w.name)
+        if any(isinstance(i, qc.Ack) for i in out):
+            self.feed(qc.PacketRequested(worker=w.name, now=self.now, cause=self.cause_id()),
+                      request=w.name)
+
     @precondition(lambda self: self.batches)
     @rule(data=st.data())
     def resend_outputs(self, data):
@@ -516,3 +534,25 @@ def test_a_failed_look_up_of_one_file_fails_a_running_query():
     error = RemoteError(type="DatasetError", message="file not found: /d/1.root")
     [fail] = fed(core, qc.LookupFailed(error=error))
     assert fail.error is error and core.state == qc.QueryState.FAILED
+
+
+def test_last_outputs_with_the_next_request_are_held_until_merged_then_done():
+    # the worker's next request rides on its outputs: while the merge runs the query
+    # is not over (a lost worker's packets could come back), so it is held, not done
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1", "w#2"], now=0.0)
+    fed(core, qc.LookupDone(work=(WorkRange(element=-1, entry_start=0, entry_stop=1),),
+                            kind="unit", params={}, now=0.0))
+    [grant] = fed(core, qc.PacketRequested(worker="w#1", now=0.1))
+    ids = frozenset({grant.packet.packet_id})
+    report = qc.Report(packet=grant.packet.packet_id, entries=1)
+    merge, ack = fed(core, qc.OutputArrived(worker="w#1", packet_ids=ids, reports=(report,),
+                                            now=0.2))
+    assert isinstance(merge, qc.Merge) and ack.accepted
+    assert fed(core, qc.PacketRequested(worker="w#1", now=0.2)) == [
+        qc.Wait(worker="w#1", hold=True)]
+    assert fed(core, qc.Merged(token=merge.token)) == [qc.Finish(stopped=False)]
+    assert fed(core, qc.PacketRequested(worker="w#1", now=0.3)) == [qc.Done(worker="w#1")]
+    # sent again (a resend): refused, never merged twice
+    [ack] = fed(core, qc.OutputArrived(worker="w#1", packet_ids=ids, now=0.4))
+    assert ack == qc.Done(worker="w#1") and core.delivered == 1

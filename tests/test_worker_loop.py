@@ -26,6 +26,7 @@ def serve(address: str, replies: list[bytes], stop: threading.Event,
             if stop.is_set():
                 return
             rep.send(reply)
+        stop.wait(20)  # the last reply is delivered before the socket closes
 
 
 def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
@@ -49,7 +50,8 @@ def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
 
 
 def test_garbage_from_the_master_ends_the_query_cleanly(tmp_path):
-    run_against(tmp_path, [b"\x00\x01garbage"])
+    loop = run_against(tmp_path, [b"\x00\x01garbage"])
+    assert not loop.socket_ok  # the worker's next query dials afresh (worker.py)
 
 
 def test_a_packet_of_the_wrong_shape_ends_the_query_cleanly(tmp_path):
@@ -61,7 +63,8 @@ def test_an_abort_ends_the_query(tmp_path):
 
 
 def test_a_silent_master_ends_the_query_within_the_request_timeout(tmp_path):
-    run_against(tmp_path, [])
+    loop = run_against(tmp_path, [])
+    assert not loop.socket_ok
 
 
 def test_a_refused_chunk_fails_the_query_instead_of_leaving_packets_held(tmp_path):
@@ -93,3 +96,19 @@ def test_after_a_held_wait_the_worker_asks_again_at_once_without_polling(tmp_pat
     assert [decode_frame(raw).type for raw in seen] == ["next"] * 21
     # the old backoff (10 ms doubling to 200 ms) spent over 3 s on 20 WAITs
     assert time.monotonic() - t0 < 1.5
+
+
+def test_a_workers_last_outputs_carry_its_next_request(tmp_path):
+    """At a query's end: outputs and the next request in one round trip, not two."""
+    from pyproof.packetizer.base import CYCLES
+    from pyproof.transport.frames import decode_frame
+
+    packet = {"packet_id": 0, "element": CYCLES, "entry_start": 0, "entry_stop": 10}
+    replies = [encode_frame("packet", {"packet": packet}), encode_frame("wait", {"flush": True}),
+               encode_frame("done", {"accepted": True})]
+    seen: list[bytes] = []
+    loop = run_against(tmp_path, replies, seen=seen)
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "next", "outputs"]
+    assert frames[-1].payload["next"] is True and frames[-1].payload["packets"] == [0]
+    assert loop.socket_ok

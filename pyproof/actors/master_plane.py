@@ -119,7 +119,11 @@ class MasterPlane:
             if self.query is not None and self.query.core.busy:
                 self.queued.append(run)
                 return
-            self._begin(run)
+        # begun without the plane's lock: `_begin` joins the last query's merge thread,
+        # which may be waiting for that lock (answering held requests as its query
+        # ended), and answers held requests itself (a run's lock is never taken under
+        # the plane's). Only this (actor) thread begins a query while none is busy.
+        self._begin(run)
 
     def _callback(self, address: str) -> pynng.Push0 | None:
         """The socket dialled back to the client at `address` (made on its first query).
@@ -421,6 +425,8 @@ class MasterPlane:
             if kind == p.WAIT and not body.get("flush") and now - since < HOLD_SECONDS:
                 keep.append((ctx, payload, since))
                 continue
+            if "accepted" in payload:  # held outputs-with-next: their ACK rides along
+                body = {**body, "accepted": payload["accepted"]}
             if kind == p.WAIT:  # held to the bound: the worker asks again at once
                 body = {**body, "held": round(now - since, 3)}
             self._reply(ctx, encode_frame(kind, body, session=self.session_id))
@@ -476,9 +482,13 @@ class MasterPlane:
             return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
                                 session=self.session_id), None
         kind, body = self._answer_payload(frame.type, frame.payload)
-        if kind == p.WAIT and frame.type == p.NEXT and not body.get("flush") \
-                and not self._closed.is_set():
-            return b"", frame.payload
+        if kind == p.WAIT and not body.get("flush") and not self._closed.is_set():
+            if frame.type == p.NEXT:
+                return b"", frame.payload
+            if frame.type == p.OUTPUTS and "accepted" in body:  # outputs with "next"
+                # held as a plain next request (not its outputs), answered with the ACK
+                return b"", {**{k: frame.payload.get(k) for k in ("worker", "pid", "query")},
+                             "accepted": body["accepted"]}
         return encode_frame(kind, body, session=self.session_id), None
 
     def _answer_chunk(self, frame: Frame) -> bytes:
@@ -496,6 +506,8 @@ class MasterPlane:
                 return encode_frame(p.ACK, {"accepted": False}, session=self.session_id)
             return encode_frame(p.ACK, {"more": True}, session=self.session_id)
         kind, body = self._answer_payload(whole.type, whole.payload)
+        if kind == p.WAIT and not body.get("flush"):  # outputs with "next": not held here,
+            body = {**body, "held": 0.0}  # the worker asks again at once (and is held then)
         answer = self._chunk_answers[stream] = encode_frame(kind, body, session=self.session_id)
         while len(self._chunk_answers) > KEEP_CHUNK_ANSWERS:
             del self._chunk_answers[next(iter(self._chunk_answers))]

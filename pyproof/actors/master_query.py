@@ -433,10 +433,17 @@ class QueryRun:
             with self.lock:
                 self._request = {"files": files, "outputs": outputs, "packets": ids}
                 try:
-                    return self._fed(qc.OutputArrived(worker=worker, packet_ids=ids,
-                                                      reports=reports, now=now, cause=kind))
+                    answer = self._fed(qc.OutputArrived(worker=worker, packet_ids=ids,
+                                                        reports=reports, now=now, cause=kind))
                 finally:
                     self._request = {}
+                if answer[0] != p.ACK or not payload.get("next"):
+                    return answer
+                # the worker's next request rides on its outputs (one round trip, not two):
+                # its answer carries the outputs' ACK as "accepted"
+                kind_, body = self._fed(qc.PacketRequested(worker=worker, now=now,
+                                                           cause=p.NEXT))
+                return kind_, {**body, "accepted": answer[1]["accepted"]}
         if kind != p.NEXT:
             raise p.ProtocolViolation(f"unknown request {kind!r}")
         if self._fault == "deadlock:master-plane":

@@ -11,7 +11,9 @@ be stopped any other way).
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import deque
 from datetime import timedelta
 
 import pynng
@@ -21,7 +23,7 @@ from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
 from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
 from pyproof.actors.warmup import start_warmup
-from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, WorkerLoop
+from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, OpenFiles, WorkerLoop
 from pyproof.logs import get_logger
 from pyproof.supervision.process_tree import lead_process_group
 from pyproof.transport.codec import RemoteError
@@ -30,27 +32,40 @@ from pyproof.worker_output import capture_worker_output
 
 EXIT_JOIN_TIMEOUT = 2.0  # its packet's end and its last outputs (worker_loop.py), if quick
 PACKET_CHECK = timedelta(seconds=0.5)
+KEEP_SEEN = 1000  # query ids remembered, so that one told twice runs once
+QUEUE_WAIT = 60.0  # the idle query thread's wait for a query (it waits again)
 
 
 class Worker(ProofActor):
-    loop: WorkerLoop | None = None
-    queued: list[m.RunQuery] = []  # replaced per actor at start
+    loop: WorkerLoop | None = None  # the query running or last run
+    # RunQuery messages not yet begun, in order (appended here, taken by the query thread)
+    queued: deque[m.RunQuery | None] = deque()  # replaced per actor at start
+    runner: threading.Thread | None = None  # the query thread, one for the worker's life
+    busy = False  # the query thread runs a query (or is about to)
+    seen: deque[str] = deque(maxlen=KEEP_SEEN)  # queries queued (replaced per actor)
+    _queries: threading.Event  # set when a query (or the end: None) is queued
     worker_id = ""
     session_id = ""
     packet_address = ""
+    # kept across queries: the connection to the master and the open ROOT files
+    socket: pynng.Req0 | None = None
+    files: OpenFiles | None = None
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
 
-        Starts, queues and stops query loops (which run on their own thread, see
-        worker_loop.py) and checks the packet in progress at each wake-up. If it raises,
+        Queues queries for the worker's query thread (which runs them one after the
+        other, see worker_loop.py), stops them, and checks the packet in progress at
+        each wake-up. If it raises,
         `ProofActor.receiveMessage` logs the error and ends the process (exit 70); the
         supervisor restarts the actor from a clean state.
         The master hears of the exit as a lost worker and gives its packets to others.
         """
         if isinstance(message, m.WorkerStart):
             self.worker_id, self.session_id = message.worker_id, message.session_id
-            self.queued = []
+            self.queued = deque()
+            self.seen = deque(maxlen=KEEP_SEEN)
+            self._queries = threading.Event()
             self.start_log(message.log_dir, actor=message.worker_id, session=message.session_id)
             capture_worker_output()  # print() and logging of user code: into this log
             self.packet_address = message.packet_address
@@ -62,22 +77,44 @@ class Worker(ProofActor):
             get_logger().info("worker_started", master=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid()))
             start_warmup()  # uproot, awkward, hist: loaded while the session is idle
+            # started now, not per query: a query's start is only a hand-over
+            self.runner = threading.Thread(target=self._run_queries, name="queries",
+                                           daemon=True)
+            self.runner.start()
         elif isinstance(message, m.RunQuery):
             self._run(message)
             self.wakeupAfter(PACKET_CHECK)
         elif isinstance(message, WakeupMessage):
             if self.loop is not None and self.loop.running:
                 self._check_packet_time()
-                self.wakeupAfter(PACKET_CHECK)
-            elif self.queued:  # the session's next query: its turn has come
-                self._run(self.queued.pop(0))
+            if self.queued or self.busy:
                 self.wakeupAfter(PACKET_CHECK)
         elif isinstance(message, m.StopQuery):
             if self.loop is not None:
                 self.loop.stop()
-        elif isinstance(message, ActorExitRequest) and self.loop is not None:
-            self.loop.stop()
-            self.loop.join(EXIT_JOIN_TIMEOUT)
+        elif isinstance(message, ActorExitRequest):
+            self._exit()
+
+    def _exit(self) -> None:
+        """The actor is asked to exit: end the query loop, then close the socket and files.
+
+        Closed only once the loop's thread has ended (it uses them); if it has not
+        (a selector stuck in user code), the process's exit closes them.
+        """
+        if self.runner is not None:
+            self.queued.clear()
+            self.queued.append(None)  # the query thread ends after the running query
+            self._queries.set()
+            if self.loop is not None:
+                self.loop.stop()
+            self.runner.join(EXIT_JOIN_TIMEOUT)
+            if self.runner.is_alive():
+                return
+        if self.files is not None:
+            self.files.close()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
     def _check_packet_time(self) -> None:
         """Run by `receive` at each PACKET_CHECK wake-up while a query loop runs.
@@ -111,27 +148,52 @@ class Worker(ProofActor):
         os._exit(SELECTOR_EXIT_CODE)  # the selector's fault: not counted against the session
 
     def _run(self, message: m.RunQuery) -> None:
-        """Run by `receive` (RunQuery, or a wake-up for a queued one): run the query now, or
-        after the one running (the master queues queries too).
-
-        If it raises (the socket cannot be made), the worker crashes as from `receive`.
-
-        Run the query now, or after the one running (the master queues queries too).
-        """
-        if any(q.query_id == message.query_id for q in self.queued) or (
-                self.loop is not None and self.loop.query_id == message.query_id):
+        """Run by `receive` for RunQuery: queue the query for the query thread (it runs
+        now, or after the one running: the master queues queries too)."""
+        if message.query_id in self.seen:
             return  # told twice (a join racing the query start): already on it
-        if self.loop is not None and self.loop.running:
-            # never join on the actor thread (the watchdog would call us hung): the next
-            # query starts at a wake-up after this one's loop has ended
-            self.queued.append(message)
-            return
-        # one socket per query, resend disabled: a resent request would be processed
-        # twice by the master
-        socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
-                            resend_time=-1)
-        socket.dial(self.packet_address, block=False)
-        self.loop = WorkerLoop(worker_id=self.worker_id, session_id=self.session_id,
-                               query_id=message.query_id, spec=message.spec, socket=socket,
-                               owns_socket=True, die=lambda: os._exit(CRASH_EXIT_CODE))
-        self.loop.start()
+        self.seen.append(message.query_id)
+        self.queued.append(message)
+        self._queries.set()
+
+    def _run_queries(self) -> None:
+        """The query thread: run the queued queries one after the other, until told to end.
+
+        One thread for the worker's life: no thread start per query, and the next
+        query begins the moment the one before ends (never at a later wake-up).
+        What a query raises is handled by its loop (`WorkerLoop.run` never raises).
+        """
+        while True:
+            self.busy = True  # before the queue is empty: the wake-ups keep watching
+            try:
+                message = self.queued.popleft()
+            except IndexError:
+                self.busy = False
+                self._queries.wait(QUEUE_WAIT)  # bounded: an idle worker looks again
+                self._queries.clear()
+                continue
+            if message is None:
+                return
+            if self.files is None:
+                self.files = OpenFiles()
+            self.loop = WorkerLoop(worker_id=self.worker_id, session_id=self.session_id,
+                                   query_id=message.query_id, spec=message.spec,
+                                   socket=self._socket(), files=self.files,
+                                   die=lambda: os._exit(CRASH_EXIT_CODE))
+            self.loop.run()
+
+    def _socket(self) -> pynng.Req0:
+        """The connection to the master, kept across queries (no dial, no connection to wait
+        for per query); made afresh after a query whose exchange with the master failed.
+
+        A restarted master listens at the same address: nng re-dials by itself.
+        Resend disabled: a resent request would be processed twice by the master.
+        """
+        if self.socket is not None and self.loop is not None and not self.loop.socket_ok:
+            self.socket.close()  # its loop has ended (this thread ran it): no one uses it
+            self.socket = None
+        if self.socket is None:
+            self.socket = pynng.Req0(recv_timeout=REQUEST_TIMEOUT_MS, send_timeout=10_000,
+                                     resend_time=-1)
+            self.socket.dial(self.packet_address, block=False)
+        return self.socket

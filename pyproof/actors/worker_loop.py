@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from typing import Any
 
 import pynng
@@ -42,8 +43,21 @@ WAIT_BACKOFF_MAX = 0.2
 CHUNK = frames.DEFAULT_CHUNK_SIZE  # requests larger than this go as chunks (8 MiB)
 
 
-class _FileCache:
-    """Open files stay open across the packets of one query, and count the bytes read.
+OPEN_FILES = 64  # files a worker keeps open across queries (least recently used closed)
+
+
+class OpenFiles:
+    """A worker's open ROOT files, kept across packets and queries; counts the bytes read.
+
+    Opening a file and reading its tree's metadata costs milliseconds per
+    file: a session's next query on the same files opens nothing. A file is
+    known by its path, size and mtime, so a file rewritten since is opened
+    afresh; one that is not on the local disk (a URL) is kept for one query
+    only (`end_query`). At most `limit` stay open, the least recently used
+    is closed first. A file whose read failed is closed (`evict`): the next
+    packet opens it again rather than reuse a handle in a bad state. Files
+    are opened without uproot's per-file array cache (100 MB each by default:
+    64 of them would be 6.4 GB); the metadata cache is kept.
 
     A packet is charged every byte its file's source requested since the
     previous charge: opening the file and reading the tree's metadata count
@@ -53,33 +67,68 @@ class _FileCache:
     nothing more, and counting only around `tree.arrays` said 0 for a small
     file whose data are all embedded (the likely case of the CMS NanoAOD test
     file, on which coffea's bytesread also does not grow with the branches).
+
+    Used by one thread at a time (the worker's query loop).
     """
 
-    def __init__(self) -> None:
-        self._files: dict[str, Any] = {}
-        self._charged: dict[str, int] = {}
+    def __init__(self, limit: int = OPEN_FILES) -> None:
+        self.limit = limit
+        # path -> (its stat key, the open file, bytes requested at the last charge)
+        self._files: OrderedDict[str, list[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._files)
 
     def tree(self, path: str, tree: str) -> tuple[Any, Any]:
-        handle = self._files.get(path)
-        if handle is None:
+        key = _stat_key(path)
+        entry = self._files.get(path)
+        if entry is not None and entry[0] != key:
+            self.evict(path)  # rewritten since it was opened
+            entry = None
+        if entry is None:
             import uproot  # imported on first use: a session starts without it (warmup.py)
 
-            handle = uproot.open(path)
-            self._files[path] = handle
-            self._charged[path] = 0
-        return handle, handle[tree]
+            entry = [key, uproot.open(path, array_cache=None), 0]
+            self._files[path] = entry
+            while len(self._files) > self.limit:
+                self.evict(next(iter(self._files)))
+        else:
+            self._files.move_to_end(path)
+        return entry[1], entry[1][tree]
 
     def charge(self, path: str) -> int:
         """Bytes requested from `path` since the last charge."""
-        requested = int(self._files[path].file.source.num_requested_bytes)
-        nbytes, self._charged[path] = requested - self._charged[path], requested
+        entry = self._files[path]
+        requested = int(entry[1].file.source.num_requested_bytes)
+        nbytes, entry[2] = requested - entry[2], requested
         return nbytes
 
-    def close(self) -> None:
-        for handle in self._files.values():
+    def evict(self, path: str) -> None:
+        entry = self._files.pop(path, None)
+        if entry is not None:
             with contextlib.suppress(Exception):
-                handle.close()
-        self._files.clear()
+                entry[1].close()
+
+    def end_query(self) -> None:
+        """A query ended: files that cannot be checked for changes are not reused."""
+        for path, entry in list(self._files.items()):
+            if entry[0] is None:
+                self.evict(path)
+
+    def close(self) -> None:
+        for path in list(self._files):
+            self.evict(path)
+
+
+def _stat_key(path: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a local file; None for a URL or a file that cannot be read."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    try:
+        st = os.stat(path[7:] if path.startswith("file://") else path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 class WorkerLoop:
@@ -87,8 +136,13 @@ class WorkerLoop:
 
     def __init__(self, *, worker_id: str, session_id: str, query_id: str,
                  spec: QuerySpec, socket: pynng.Req0, owns_socket: bool = False,
-                 die: Any = None) -> None:
+                 die: Any = None, files: OpenFiles | None = None) -> None:
         self.owns_socket = owns_socket
+        # the worker's open files, kept across its queries (else this query's own)
+        self._files, self._owns_files = (files, False) if files is not None else \
+            (OpenFiles(), True)
+        # False once a request failed here (timeout, garbage): the socket is not reused
+        self.socket_ok = True
         # what to do when the master cannot be told we hold packets (the actor exits)
         self.die = die or (lambda: None)
         self.worker_id = worker_id
@@ -98,8 +152,9 @@ class WorkerLoop:
         self.socket = socket
         self.log = get_logger().bind(query=query_id)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"query-{query_id}", daemon=True)
-        self._files = _FileCache()
+        self._thread: threading.Thread | None = None
+        self._begun = False
+        self._ended = threading.Event()
         self._checked: set[tuple[str, str]] = set()  # (file, tree) whose branches we checked
         self.selector: Selector | None = None
         self.ctx: Context | None = None
@@ -115,28 +170,43 @@ class WorkerLoop:
         self._flushed = time.monotonic()  # outputs last sent (live feedback)
 
     def start(self) -> None:
+        """Run the query on a thread of its own (tests; a worker runs it on its query
+        thread, see `run`)."""
+        self._thread = threading.Thread(target=self.run, name=f"query-{self.query_id}",
+                                        daemon=True)
         self._thread.start()
+
+    def run(self) -> None:
+        """Run the query on the calling thread, to its end (never raises)."""
+        self._begun = True
+        try:
+            self._run()
+        finally:
+            self._ended.set()
 
     def stop(self) -> None:
         self._stop.set()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait (at most `timeout` s) for the query's end; True if it has ended (or never
+        began)."""
+        return not self._begun and self._thread is None or self._ended.wait(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._begun and not self._ended.is_set()
 
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
-        self.log.info("query_started", selector=self.spec.selector)
+        self.log.info("query_started", selector=self.spec.selector,
+                      thread=threading.current_thread().name)
         worker_output.clear_tail()  # a failure carries this query's output only
         try:
             if self.spec.cycles is None:
                 load_data_modules()  # before any packet's clock starts (see warmup.py)
             self._loop()
         except _MasterGone as gone:
+            self.socket_ok = False
             # the master may still count on packets we hold: only our death (reported by
             # supervision as a lost worker) reliably gives them back
             self.log.error("master_unreachable", reason=str(gone))
@@ -147,12 +217,16 @@ class WorkerLoop:
         except Exception as exc:
             # outputs that cannot be encoded, or our own bug: the master must hear of it,
             # or the packets this worker holds would wait for ever
+            self.socket_ok = False  # a garbled exchange: the next query dials afresh
             self.log.error("worker_loop_crashed", error=repr(exc), exc_info=True)
             if not self._fail(exc, stage="outputs" if isinstance(exc, EncodeError)
                               else "worker"):
                 self.die()
         finally:
-            self._files.close()
+            if self._owns_files:
+                self._files.close()
+            else:
+                self._files.end_query()
             if self.owns_socket:
                 self.socket.close()
             self.log.info("query_ended")
@@ -196,12 +270,14 @@ class WorkerLoop:
                 # and will hold the next one too: ask again at once, no polling here. The
                 # pause is a guard against a master that answers WAIT without holding.
                 # "flush": nothing for us until our outputs are in (the query's end
-                # may wait for them): send them and ask again at once.
+                # may wait for them): send them, and the next request with them.
+                if reply.get("held") is not None or reply.get("flush"):
+                    reply = self._flush(then_next=True)
+                    continue
                 self._flush()
-                if not reply.get("held") and not reply.get("flush"):
-                    if self._stop.wait(backoff):
-                        break
-                    backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
                 reply = self._request(p.NEXT, {"processed": self._take_reports()})
             elif kind == p.DONE:
                 self._flush()
@@ -285,6 +361,17 @@ class WorkerLoop:
     def _read(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
               stop: int) -> tuple[Any, int]:
         """The packet's entries (with the friend tree's as `events.friend`), and bytes read."""
+        try:
+            return self._read_files(reply, path, tree_name, start, stop)
+        except Exception:
+            # a file that fails (truncated, rewritten under us) is opened afresh next time
+            self._files.evict(path)
+            if reply.get("friend_path"):
+                self._files.evict(reply["friend_path"])
+            raise
+
+    def _read_files(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
+                    stop: int) -> tuple[Any, int]:
         import awkward as ak  # the data path only: a cycles query never needs it
 
         from pyproof.nanoevents import read_events
@@ -331,10 +418,16 @@ class WorkerLoop:
         reports, self._reports = self._reports, []
         return reports
 
-    def _flush(self) -> None:
-        """Send the outputs of every held packet; afterwards outputs start afresh."""
+    def _flush(self, *, then_next: bool = False) -> Any:
+        """Send the outputs of every held packet; afterwards outputs start afresh.
+
+        With `then_next`, the request for the next packet rides on them (one round trip
+        at a query's end, not two) and its answer is returned (a packet, wait, done).
+        """
         if not self._held:
-            return
+            if then_next:
+                return self._request(p.NEXT, {"processed": self._take_reports()})
+            return None
         assert self.ctx is not None
         # an output over the query's cap fails the query here, before it is encoded and
         # shipped (OutputTooLarge names it; the master would refuse it anyway)
@@ -347,19 +440,23 @@ class WorkerLoop:
                 "outputs": self.ctx.outputs,
                 # files this batch wrote: the master keeps them with its packets, or deletes
                 "files": [f for f in self.ctx.written if os.path.exists(f)],
+                **({"next": True} if then_next else {}),
             })
         except EncodeError as exc:
             raise EncodeError(f"{exc}; outputs may hold {SUPPORTED_TYPES}") from None
         self._flushed = time.monotonic()
         if reply["kind"] == p.ABORT:
             raise _Abort(reply.get("reason", "aborted"))
-        if reply["kind"] != p.ACK or reply.get("more"):  # held packets would wait for ever
+        taken = reply["kind"] == p.ACK and not reply.get("more") if not then_next else \
+            reply["kind"] in (p.PACKET, p.WAIT, p.DONE) and "accepted" in reply
+        if not taken:  # held packets would wait for ever
             raise OutputsRefused(f"the master could not take {len(self._held)} packets' "
                                  f"outputs: {reply.get('reason') or reply['kind']}")
         self.log.info("outputs_sent", packets=len(self._held), accepted=reply.get("accepted"))
         self._held = []
         self.ctx.outputs = {}
         self._fresh_outputs = True
+        return reply if then_next else None
 
     def _fail(self, exc: BaseException, *, stage: str, **where: Any) -> bool:
         """Tell the master the query failed here; False if it could not be told."""

@@ -21,6 +21,10 @@ Why each rule:
   workers, 3x speed spread, 1% stragglers 10x slower: a 1 s floor ended 1.8%
   after the ideal with workers finishing 1.3 s apart; 50 ms, 0.3% and 0.06 s.)
 - A worker's first packet is small (`learn_entries`): its rate is unknown.
+  It is capped at total / (20 * workers) so that a small query is still
+  shared, but never below `min_learn_entries` (500): a tiny query (1,000
+  events over 8 files) goes out as one packet per file, not dozens of
+  25-entry packets each costing a round trip, a read and a report.
 - Work may arrive after the start (files looked up one by one, `add_work`):
   until the look-up ends, the entries still expected (`expect`, an estimate
   from the files known so far) count as queued when sizing packets, so the
@@ -62,7 +66,8 @@ class AdaptivePacketizer(LedgerPacketizer):
     Parameters (settable per query): `min_packet_time` 0.05 s, `max_packet_time`
     20 s, `packet_time_fraction` 4 (packet time = time left / 4),
     `min_packet_entries` 1,
-    `learn_entries` 1000 (first packet, capped at total / (20 * workers)),
+    `learn_entries` 1000 (first packet, capped at total / (20 * workers), but not
+    below `min_learn_entries` 500),
     `max_readers_per_node` None (no cap; counts local and remote readers),
     `local_preference` 1.5, `window` 5 packets for rates, `max_strikes` 3,
     `local_host` None (else a worker joining later without a `worker_hosts` entry
@@ -83,6 +88,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         packet_time_fraction: float = 4.0,
         min_packet_entries: int = 1,
         learn_entries: int = 1000,
+        min_learn_entries: int = 500,
         max_readers_per_node: int | None = None,
         local_preference: float = 1.5,
         window: int = 5,
@@ -98,6 +104,8 @@ class AdaptivePacketizer(LedgerPacketizer):
             raise ValueError(f"packet_time_fraction must be >= 1, got {packet_time_fraction}")
         if learn_entries < 1:
             raise ValueError(f"learn_entries must be >= 1, got {learn_entries}")
+        if min_learn_entries < 1:
+            raise ValueError(f"min_learn_entries must be >= 1, got {min_learn_entries}")
         if min_packet_entries < 1:
             raise ValueError(f"min_packet_entries must be >= 1, got {min_packet_entries}")
         if max_readers_per_node is not None and max_readers_per_node < 1:
@@ -107,6 +115,7 @@ class AdaptivePacketizer(LedgerPacketizer):
         self._min_time, self._max_time = min_packet_time, max_packet_time
         self._fraction = packet_time_fraction
         self._learn = learn_entries
+        self._min_learn = min_learn_entries
         self._min_entries = min_packet_entries
         self._backlog = Backlog()
         self._cap = max_readers_per_node
@@ -193,7 +202,8 @@ class AdaptivePacketizer(LedgerPacketizer):
         rate = self._rates.rate(worker)
         expected = self._expected or 0.0  # still being looked up: planned for, as queued
         if rate is None:
-            size = min(self._learn, int(self._ledger.total + expected) // (20 * self.worker_count))
+            share = int(self._ledger.total + expected) // (20 * self.worker_count)
+            size = min(self._learn, max(share, self._min_learn))
         else:
             cluster = self._rates.cluster(self.worker_count)
             left = (self._ledger.queued + expected + self._backlog.entries(now)) / cluster
