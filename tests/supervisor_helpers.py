@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -125,10 +127,14 @@ class ChoosySupervisor(SupervisorActor):
 
 @dataclass(frozen=True)
 class Stall:
-    """Stay in the handler `seconds`: spinning on the CPU (busy) or asleep (hung)."""
+    """Stay in the handler `seconds`: spinning on the CPU (busy) or asleep (hung). With
+    `starve_on` (a CPU number), spin there under SCHED_IDLE next to three CPU burners of its
+    own (its session: autogroup shares the CPU between sessions first) that stop after
+    `seconds`: runnable all along, but left waiting for the CPU (an overloaded machine)."""
 
     seconds: float
     spin: bool
+    starve_on: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,10 @@ def read_lines(directory: str, name: str, kind: str) -> list[str]:
         return []
 
 
+_BURN = ("import os, sys, time; os.sched_setaffinity(0, {int(sys.argv[1])}); print(flush=True)\n"
+         "while time.monotonic() < float(sys.argv[2]): pass")
+
+
 class Patient(ProofActor):
     """Logs its starts ('<pid> <monotonic>') and the pings it answers; stalls once if told."""
 
@@ -182,10 +192,29 @@ class Patient(ProofActor):
             assert self.start is not None
             _log_line(self.start.directory, self.start.name, "stalls", f"{time.monotonic()}")
             until = time.monotonic() + message.seconds
+            burners = []
+            if message.starve_on is not None:
+                burners = [subprocess.Popen(
+                    [sys.executable, "-c", _BURN, str(message.starve_on), str(until)],
+                    stdout=subprocess.PIPE) for _ in range(3)]
+                for b in burners:  # each burns on that CPU before this one goes there
+                    assert b.stdout is not None and b.stdout.readline() == b"\n"
+                os.sched_setaffinity(0, {message.starve_on})
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                cpu = time.thread_time()
             if not message.spin:
                 time.sleep(message.seconds)  # deadlocked: no CPU at all
             while time.monotonic() < until:
                 pass
+            if message.starve_on is not None:
+                _log_line(self.start.directory, self.start.name, "cpu",
+                          f"{time.thread_time() - cpu}")
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                os.sched_setaffinity(0, range(os.cpu_count() or 1))
+                for b in burners:
+                    b.wait(30.0)
+                    if b.stdout is not None:
+                        b.stdout.close()
             _log_line(self.start.directory, self.start.name, "stalls", "done")
 
     def answer_ping(self, message, sender) -> None:

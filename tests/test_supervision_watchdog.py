@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyproof.supervision import PingDue, Seen, TickResult, Watchdog
+from pyproof.supervision.watchdog import CpuSample, progress
 
 
 def test_nothing_is_due_before_the_first_interval():
@@ -295,3 +296,59 @@ def test_a_child_stuck_or_frozen_is_hung_within_about_the_old_bound(gaps, stuck,
             assert lowest - 1e-9 <= now <= highest + 1e-9, (now, stuck)
             return
     assert now < stuck + 2.5  # not found only because the ticks stopped first
+
+
+# ---------------------------------------------------- starved is not hung (issue 13)
+
+def _sample(cpu=0, waited=None, state="S", pid=1):
+    return CpuSample(pid=pid, cpu=cpu, waited=waited, state=state)
+
+
+def test_progress_tells_working_and_starved_from_hung():
+    assert progress(None, _sample(cpu=5)) is None  # a first look says nothing
+    assert progress(_sample(cpu=1), _sample(cpu=2)) == "cpu"
+    assert progress(_sample(waited=10), _sample(waited=11)) == "starved"  # waited for a CPU
+    assert progress(_sample(state="R"), _sample(state="R")) == "starved"  # runnable all along
+    assert progress(_sample(waited=10, state="R"), _sample(waited=10, state="R")) == "starved"
+    assert progress(_sample(waited=10), _sample(waited=10)) is None  # asleep: a hang
+    assert progress(_sample(state="R"), _sample(state="S")) is None
+    assert progress(_sample(state="D"), _sample(state="D")) is None  # blocked in the kernel
+    assert progress(_sample(waited=1, state="R"), _sample(waited=2, state="T")) is None  # frozen
+    assert progress(_sample(cpu=1, pid=1), _sample(cpu=9, pid=2)) is None  # another process
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 50), st.integers(0, 50), st.none() | st.integers(0, 50),
+       st.none() | st.integers(0, 50), st.sampled_from("RSDTtZ"), st.sampled_from("RSDTtZ"))
+def test_progress_is_cpu_or_a_wait_for_one_and_never_for_a_sleeper(cpu0, cpu1, w0, w1, s0, s1):
+    why = progress(_sample(cpu=cpu0, waited=w0, state=s0),
+                   _sample(cpu=cpu1, waited=w1, state=s1))
+    if cpu1 > cpu0:
+        assert why == "cpu"
+    elif s1 in "TtZ":
+        assert why is None  # frozen or dead: never given more time for it
+    elif w0 is not None and w1 is not None and w1 > w0 or s0 == s1 == "R":
+        assert why == "starved"
+    else:
+        assert why is None  # no CPU, no wait for one: asleep or blocked, hung on time
+
+
+def test_a_starved_child_gets_more_time_up_to_the_busy_cap_then_a_sleeper_is_hung_on_time():
+    """The shell's samples through `progress` into the watchdog: a starved child (runnable,
+    no CPU) is kept past its deadline up to max_busy; the same child asleep is hung."""
+    w = Watchdog(interval=1.0, timeout=2.0, max_busy=10.0)
+    w.watch("gw", now=0.0)
+    w.tick(1.0)  # ping, deadline 3.0
+    before = _sample(cpu=3, waited=100, state="R")
+    t = 3.0
+    while t < 11.0:
+        after = _sample(cpu=3, waited=100, state="R")
+        busy = frozenset({"gw"}) if progress(before, after) else frozenset()
+        assert w.tick(t, busy).hung == (), t
+        before, t = after, t + 1.0
+    assert w.tick(11.5, frozenset({"gw"})).hung == ("gw",)  # starved past the cap: hung
+    w.watch("gw", now=20.0)
+    w.tick(21.0)
+    asleep = _sample(cpu=3, waited=100, state="S")
+    busy = frozenset({"gw"}) if progress(asleep, asleep) else frozenset()
+    assert w.tick(23.0, busy).hung == ("gw",)  # on time, as before

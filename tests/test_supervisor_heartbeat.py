@@ -120,6 +120,26 @@ def test_a_child_busy_in_a_long_handler_is_not_taken_for_hung(supervise, tmp_pat
     assert read_lines(d, "a", "pings")  # it was asked while busy, and answered after
 
 
+def test_a_child_starved_of_cpu_in_a_handler_is_not_taken_for_hung(supervise, tmp_path):
+    """Runnable but waiting for a CPU (the machine overloaded: here SCHED_IDLE on a CPU
+    taken by three burners for 6 s) is starved, not hung: its run-queue wait grows, not its
+    CPU time. It finishes once the load is gone and answers; it used to be killed as hung."""
+    d = str(tmp_path)
+    cpu = max(os.sched_getaffinity(0))
+    supervise([PatientStart(directory=d, name="a",
+                            stall=Stall(seconds=6.0, spin=True, starve_on=cpu))])
+    (pid, _), = starts(d, "a")
+    deadline = time.monotonic() + 30.0
+    while read_lines(d, "a", "stalls")[-1:] != ["done"]:
+        assert time.monotonic() < deadline, "the starved handler never finished"
+        assert [p for p, _ in starts(d, "a")] == [pid], "the starved child was killed"
+        time.sleep(0.05)
+    time.sleep(0.5)  # its answer to the ping sent while it was starved is in flight
+    assert [p for p, _ in starts(d, "a")] == [pid] and is_alive(pid)
+    assert read_lines(d, "a", "pings")  # it was asked while starved, and answered after
+    assert float(read_lines(d, "a", "cpu")[0]) < 1.0  # 6 s in the handler, starved
+
+
 def test_a_supervisor_finds_and_stamps_its_childs_heartbeat_page():
     beat = heartbeat.beat()
     watcher = heartbeat.find(os.getpid())

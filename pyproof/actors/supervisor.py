@@ -37,9 +37,15 @@ from pyproof.logs import get_logger
 from pyproof.supervision import core as sc
 from pyproof.supervision import events as ev
 from pyproof.supervision import heartbeat
-from pyproof.supervision.process_tree import is_alive, kill_tree, start_time, state_and_cpu
+from pyproof.supervision.process_tree import (
+    is_alive,
+    kill_tree,
+    run_wait,
+    start_time,
+    state_and_cpu,
+)
 from pyproof.supervision.spec import SupervisorSpec
-from pyproof.supervision.watchdog import LOOK_INTERVAL, Seen
+from pyproof.supervision.watchdog import LOOK_INTERVAL, CpuSample, Seen, progress
 
 TICK = 0.25  # deadlines and the watchdog need no finer grain than this...
 # ...and an idle supervisor wakes only when something is due, at most this late: children
@@ -123,10 +129,11 @@ class SupervisorActor(ProofActor):
         self.adopted: dict[str, tuple[int, int | None]] = {}  # child id -> (pid, start time)
         self.processes: dict[str, Any] = {}  # child id -> Thespian's Process object
         self.exit_codes: dict[str, int | None] = {}  # child id -> its last exit status
-        self.cpu_samples: dict[str, tuple[int, int]] = {}  # child id -> (pid, CPU ticks)
+        self.cpu_samples: dict[str, CpuSample] = {}  # child id -> its last look in /proc
         # child id -> (pid, its heartbeat page or None: not found, ping it as before)
         self.watchers: dict[str, tuple[int, heartbeat.Watcher | None]] = {}
-        self.last_looks: dict[str, tuple[Seen | None, bool]] = {}  # child id -> (seen, busy)
+        # child id -> (seen, why busy: "cpu", "starved" or None)
+        self.last_looks: dict[str, tuple[Seen | None, str | None]] = {}
 
     # -- hooks --------------------------------------------------------------
     def child_init(self, child_id: str, init: Any) -> Any:
@@ -194,13 +201,16 @@ class SupervisorActor(ProofActor):
         elif isinstance(command, ev.KillChild):
             self.kill_reasons[command.child_id] = command.reason
             if command.reason == "hung":  # what the watchdog went by, for whoever debugs it
-                view, busy = self.last_looks.get(command.child_id, (None, False))
+                view, busy = self.last_looks.get(command.child_id, (None, None))
+                sample = self.cpu_samples.get(command.child_id)
                 log.warning("hung_child_seen", supervisor=self.core.name if self.core else None,
                             child_id=command.child_id, heartbeat=view is not None,
                             in_handler_for=None if view is None or view.entered is None
                             else round(time.monotonic() - view.entered, 3),
                             stopped=view is not None and view.stopped, busy=busy,
-                            cpu_ticks=self.cpu_samples.get(command.child_id, (0, None))[1])
+                            cpu_ticks=None if sample is None else sample.cpu,
+                            run_wait_ns=None if sample is None else sample.waited,
+                            state=None if sample is None else sample.state)
             self._kill(command.child_id, command.reason)
         elif isinstance(command, ev.Ping):
             self.send(command.ref, m.PingChild(seq=command.seq))
@@ -369,30 +379,32 @@ class SupervisorActor(ProofActor):
 
     def _look_at_children(self, now: float) -> tuple[frozenset[str], dict[str, Seen]]:
         """What we can see of each watched child without a message: whether its process
-        used CPU since the last tick (busy), and its heartbeat page with its process state
+        used CPU, or waited on a run queue for one, since the last tick (busy: starved is
+        not hung, watchdog.py `progress`), and its heartbeat page with its process state
         (seen; a child without a page is pinged as before). Stamps each page as looked at.
         """
         assert self.core is not None
-        busy = set()
+        busy: dict[str, str] = {}
         seen: dict[str, Seen] = {}
-        samples: dict[str, tuple[int, int]] = {}
+        samples: dict[str, CpuSample] = {}
         for child_id in self.core.watched():
             pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
             stat = state_and_cpu(pid) if pid is not None else None
             if pid is None or stat is None:
                 continue
             state, cpu = stat
-            samples[child_id] = (pid, cpu)
-            before = self.cpu_samples.get(child_id)
-            if before is not None and before[0] == pid and cpu > before[1]:
-                busy.add(child_id)
+            sample = samples[child_id] = CpuSample(pid=pid, cpu=cpu, waited=run_wait(pid),
+                                                   state=state)
+            why = progress(self.cpu_samples.get(child_id), sample)
+            if why is not None:
+                busy[child_id] = why
             watcher = self._watcher(child_id, pid)
             if watcher is not None:
                 entered, wants_pings = watcher.read(now)
                 seen[child_id] = Seen(entered=entered, stopped=state in ("T", "t"),
                                       wants_pings=wants_pings)
         self.cpu_samples = samples
-        self.last_looks = {child_id: (seen.get(child_id), child_id in busy)
+        self.last_looks = {child_id: (seen.get(child_id), busy.get(child_id))
                            for child_id in samples}
         return frozenset(busy), seen
 

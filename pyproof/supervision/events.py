@@ -150,9 +150,10 @@ class WatchdogTick:
 
     `early`: also ping children whose ping is due within that many seconds, so
     the children's pings fall into one round (one wake-up) instead of one each.
-    `busy`: children whose process used CPU since the last tick: working, not
-    hung (watchdog.py). `seen`: child id -> `Seen`, what the shell read of each
-    child it can see without a message (its heartbeat page, /proc); those that
+    `busy`: children whose process used CPU, or waited for one (starved), since
+    the last tick: working, not hung (watchdog.py `progress`). `seen`: child id ->
+    `Seen`, what the shell read of each child it can see without a message (its
+    heartbeat page, /proc); those that
     look fine are not pinged (watchdog.py).
     """
 

@@ -121,6 +121,16 @@ def state_and_cpu(pid: int) -> tuple[str, int] | None:
         return None
 
 
+def run_wait(pid: int) -> int | None:
+    """Time the main thread of `pid` spent runnable, waiting on a run queue for a CPU, in
+    ns (second field of /proc/PID/schedstat); None if gone or the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks: (pid, start) names a process, pids recycle."""
     return stat_field(pid, 19)

@@ -17,7 +17,11 @@ A child past its deadline that the shell reports `busy` (its process used
 CPU since the ping: a large merge holds Python's GIL in one C call for
 seconds, and the actor thread cannot answer) gets another `timeout`, for up
 to `max_busy` seconds after the ping; a deadlocked or frozen child uses no
-CPU and is declared hung on time.
+CPU and is declared hung on time. A child that was runnable but waited for a
+CPU (its run-queue wait grew: the machine is overloaded, 33 runnable processes
+on 2 cores) is starved, not hung, and counts as busy too (`progress`): killing
+it would only add the load of its restart. A child blocked in a sleep or a lock,
+or frozen, neither runs nor waits for a CPU, so it is still declared hung on time.
 
 Pings cost both processes a wake-up, so when the shell can see a child
 without asking it (`Seen`: its heartbeat page says whether its actor thread
@@ -41,8 +45,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["LOOK_INTERVAL", "MAX_BUSY", "QUIET_INTERVAL", "PingDue", "Seen", "TickResult",
-           "Watchdog", "WatchState"]
+__all__ = ["LOOK_INTERVAL", "MAX_BUSY", "QUIET_INTERVAL", "CpuSample", "PingDue", "Seen",
+           "TickResult", "Watchdog", "WatchState", "progress"]
 
 MAX_BUSY = 120.0  # seconds a busy child may leave a ping unanswered
 QUIET_INTERVAL = 10.0  # a child that looks fine is still pinged this often
@@ -59,6 +63,40 @@ class Seen:
     """Frozen (SIGSTOP, a debugger): it cannot answer anything."""
     wants_pings: bool = False
     """It asks to be pinged every interval anyway (its health is more than its thread)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuSample:
+    """One look at a child's process in /proc, taken by the shell at each tick."""
+
+    pid: int
+    cpu: int
+    """CPU time used (all threads), in clock ticks."""
+    waited: int | None = None
+    """Time its main (actor) thread spent runnable on a run queue waiting for a CPU, in
+    ns (/proc/PID/schedstat); None where the kernel does not say."""
+    state: str = "S"
+    """Its state letter ('R' runnable, 'S' asleep, 'T' stopped...)."""
+
+
+def progress(before: CpuSample | None, after: CpuSample) -> str | None:
+    """Why the child counts as working between two looks, or None (it may be hung).
+
+    "cpu": it used CPU. "starved": it wanted a CPU but waited for one: its run-queue
+    wait grew, or it was runnable ('R') at both looks (the kernel adds a wait to the
+    count only once the thread gets the CPU, so one starved all along shows no growth,
+    only its state): an overloaded machine, not a hang. None: a new process (another
+    pid), a first look, or neither: blocked, asleep or frozen (a hang).
+    """
+    if before is None or before.pid != after.pid:
+        return None
+    if after.cpu > before.cpu:
+        return "cpu"
+    if after.state in ("T", "t", "Z", "X"):
+        return None
+    if before.waited is not None and after.waited is not None and after.waited > before.waited:
+        return "starved"
+    return "starved" if before.state == after.state == "R" else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +180,8 @@ class Watchdog:
     def tick(self, now: float, busy: frozenset[str] = frozenset(), *,
              early: float = 0.0, seen: Mapping[str, Seen] | None = None) -> TickResult:
         """Pings due at `now` (or within `early` seconds) and children that missed their
-        deadline (unless `busy`: their process used CPU since the ping, up to max_busy).
+        deadline (unless `busy`: their process used CPU, or waited for one, since the last
+        look (`progress`), up to max_busy after the ping).
 
         A ping sent early only shortens that child's interval, never its
         deadline: hang detection is as quick as before, or quicker. A child in
