@@ -320,3 +320,51 @@ def test_requests_to_a_hung_master_are_answered_once_its_replacement_runs(daemon
             assert time.monotonic() - t < ATTEMPT_TIMEOUT - 1.0, call
             assert not is_alive(hung)
         assert_exact(handle.result(timeout=60))
+
+
+def test_a_close_during_a_daemon_restart_closes_the_session_once_it_is_back(daemon):
+    """A close made while no daemon runs keeps trying (bounded) and closes the session once
+    the daemon is back; it was dropped, and the re-adopted session lived until its idle
+    timeout (issue 13: 128 of them after a 45 min chaos soak). A close that cannot reach
+    the daemon within its bound says so, and how the session will end."""
+    from pyproof.cli.daemon import info_process
+    from pyproof.errors import ConnectError
+    from pyproof.supervision.process_tree import stat_field
+
+    gone = pyproof.connect(f"{daemon.url}?workers=1")
+    left = pyproof.connect(f"{daemon.url}?workers=1")
+    left_id = left.id
+    try:
+        for s in (gone, left):
+            s.control.unreachable_within = 1.0  # fail fast: the close's own retries count
+        root = daemon.pids()["root"]
+        os.kill(stat_field(root, 1), signal.SIGKILL)  # the admin: no daemon runs
+        assert info_process[daemon.info.pid].wait(timeout=15) == 3
+        t = time.monotonic()
+        with pytest.raises(ConnectError, match=(
+                rf"^session {left_id} was not closed: the daemon at {daemon.url} was "
+                r"unreachable for 3 s \(.*\)\. The daemon closes it after its idle timeout "
+                r"\(`--session-idle-timeout` of `proofctl daemon start`\); to close it now, "
+                rf"once the daemon is back: `proofctl kill {left_id}`$")):
+            left.close(within=3.0)
+        assert time.monotonic() - t < 3.0 + 3.0
+        restarted: dict = {}
+
+        def restart() -> None:
+            time.sleep(3.0)  # longer than a call waits for it (unreachable_within)
+            restarted["info"] = start_daemon(daemon.port)
+
+        starter = Background(restart)
+        t = time.monotonic()
+        gone.close()  # kept trying while the daemon was down
+        assert time.monotonic() - t < 30.0 + 3.0
+        starter.result(60)
+        daemon.info = restarted["info"]
+        sessions = listed(daemon)
+        assert gone.id not in sessions
+        assert left_id in sessions  # re-adopted: the one whose close gave up
+    finally:
+        with contextlib.suppress(Exception):
+            gone.close(within=5.0)
+        with contextlib.suppress(Exception):
+            pyproof.connect(daemon.url, session=left_id).close(within=5.0)

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -51,6 +52,8 @@ MASTER_LOST_WITHIN = 12.0
 DEFAULT_PACKET_TIMEOUT = 600.0
 INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
+CLOSE_WITHIN = 30.0  # a close waits this long for a restarting daemon
+CLOSE_PAUSE, CLOSE_PAUSE_MAX = 0.2, 2.0  # between tries of a close while it is down
 
 
 def connect(url: str = "lite://", *, workers: int | str | None = None, session: str | None = None,
@@ -633,24 +636,60 @@ class Session(PackagesMixin):
             self.data = None
         self.control.close()
 
-    def close(self) -> None:
-        """End the session on the daemon (for lite://, stop the whole local cluster)."""
+    def close(self, *, within: float = CLOSE_WITHIN) -> None:
+        """End the session on the daemon (for lite://, stop the whole local cluster).
+
+        A daemon that is restarting is waited for, up to `within` seconds (a close
+        dropped then left the session's processes running until the daemon's idle
+        timeout, which re-adopted them: a long chaos soak piled up hundreds). If it
+        is still unreachable, ConnectError says how the session will end.
+        """
         try:
-            if self.id and self.data is not None:
-                self._call("close_session", deadline=10.0)
-        except Exception:
-            pass  # the daemon is unreachable or being torn down: nothing more to ask
+            if self.id and self.data is not None and self.cluster is None:
+                self._close_on_daemon(within)
+            elif self.id and self.data is not None:
+                with contextlib.suppress(Exception):  # the cluster is stopped below anyway
+                    self._call("close_session", deadline=10.0)
         finally:
             self._close_sockets()
             if self.cluster is not None:
                 self.cluster.close()
                 self.cluster = None
 
+    def _close_on_daemon(self, within: float) -> None:
+        """Ask the daemon to close this session, through its restarts, for `within` s."""
+        end = time.monotonic() + within
+        pause = CLOSE_PAUSE
+        while True:
+            left = end - time.monotonic()
+            try:
+                self._call("close_session", deadline=max(1.0, min(10.0, left)))
+                return
+            except QueryError:
+                return  # answered: closed already (a lost answer to an earlier try), or gone
+            except ConnectError as exc:
+                if time.monotonic() + pause >= end:
+                    raise ConnectError(
+                        f"session {self.id} was not closed: the daemon at "
+                        f"{self.control.daemon} was unreachable for {within:.0f} s ({exc}). "
+                        "The daemon closes it after its idle timeout (`--session-idle-timeout` "
+                        "of `proofctl daemon start`); to close it now, once the daemon is "
+                        f"back: `proofctl kill {self.id}`"
+                    ) from None
+            time.sleep(pause)
+            pause = min(CLOSE_PAUSE_MAX, pause * 2)
+
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # never hide the error that ended the block behind one about closing
+            self.close()
+        except ConnectError as error:
+            warnings.warn(str(error), RuntimeWarning, stacklevel=2)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
