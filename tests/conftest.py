@@ -81,6 +81,16 @@ def session():
         yield s
 
 
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    """One real Thespian actor system in this process for a module's tests of actor shells
+    (see tests/thespian_system.py)."""
+    from tests.thespian_system import in_process_system
+
+    with in_process_system(str(tmp_path_factory.mktemp("thespian-logs"))) as system:
+        yield system
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sandbox(tmp_path_factory: pytest.TempPathFactory):
     sandbox = tmp_path_factory.mktemp("sandbox")

@@ -21,7 +21,6 @@ from tests.supervisor_helpers import (
     WatchingSupervisor,
     read_lines,
 )
-from tests.thespian_system import in_process_system
 
 ASK_TIMEOUT = 60.0
 RESTART_WAIT = 15.0
@@ -29,10 +28,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    with in_process_system(str(tmp_path_factory.mktemp("thespian-logs"))) as system:
-        yield system
 
 
 @pytest.fixture

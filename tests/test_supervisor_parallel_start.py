@@ -9,7 +9,6 @@ import pytest
 
 from pyproof.supervision.process_tree import kill_tree
 from tests.supervisor_helpers import Children, ChoosySupervisor, Meet, Running
-from tests.thespian_system import in_process_system
 
 ASK_TIMEOUT = 60.0
 # the actor system's client end lives in this process: its sockets are Thespian's own
@@ -19,10 +18,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"),
 
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    with in_process_system(str(tmp_path_factory.mktemp("thespian-logs"))) as system:
-        yield system
 
 
 def start(system, directory, children, parallel=True) -> Running:

@@ -32,3 +32,4 @@ def in_process_system(log_dir: str) -> Iterator[object]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+

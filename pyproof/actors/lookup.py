@@ -237,27 +237,10 @@ class Lookups:
 
     def many(self, wants: list[Want]) -> list[TreeInfo | LookupError_]:
         """Every look-up, in order; up to `threads` at once (remote files overlap)."""
-        def attempt(want: Want) -> tuple[TreeInfo | LookupError_, bool]:
-            try:
-                return self.one(want)
-            except LookupError_ as exc:
-                return exc, True
-
-        if len(wants) <= 1 or self.threads <= 1:
-            outcomes = [attempt(w) for w in wants]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.threads, len(wants)),
-                                    thread_name_prefix="lookup") as pool:
-                outcomes = list(pool.map(attempt, wants))
-        results: list[TreeInfo | LookupError_] = []
-        for result, opened in outcomes:
-            if isinstance(result, TreeInfo):
-                if opened:
-                    self.opened += 1
-                else:
-                    self.cached += 1
-            results.append(result)
-        return results
+        results: list[TreeInfo | LookupError_ | None] = [None] * len(wants)
+        for index, result in self.each(wants):
+            results[index] = result
+        return results  # type: ignore[return-value]  (every index was filled)
 
     def stats(self) -> dict[str, int]:
         return {"lookups_opened": self.opened, "lookups_cached": self.cached,
