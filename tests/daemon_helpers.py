@@ -96,7 +96,8 @@ def wait_processed(session, entries: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         query = session.status()["master"]["query"] or {}
-        if query.get("processed", 0) >= entries:
+        # running: the session's last query, already over, may also have processed that many
+        if query.get("state") == "running" and query.get("processed", 0) >= entries:
             return True
         time.sleep(0.02)
     return False

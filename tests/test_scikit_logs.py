@@ -67,7 +67,9 @@ def test_a_failing_workers_last_output_is_in_the_query_error(session):
                              r"(    \| .*\n){4}"
                              r"    \| stdout: about to fail: the last words\n"
                              r"  \(remote traceback: err\.remote\.traceback\)$") as info:
-        session.process(Chatty, dataset=zmumu(), progress=False, inputs={"fail_at": 1234})
+        # small packets: the failing worker has printed a few lines before entry 1234
+        session.process(Chatty, dataset=zmumu(), progress=False, inputs={"fail_at": 1234},
+                        packetizer="basic", packetizer_params={"packet_entries": 100})
     output = info.value.remote.context["output"]
     assert output[-1] == "stdout: about to fail: the last words"
     assert any(line.startswith("WARNING analysis: a logged warning at ") for line in output)

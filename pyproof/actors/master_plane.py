@@ -48,6 +48,7 @@ HOLD_SECONDS = 2.0  # a worker's "next" with nothing to give is held this long a
 SEND_TIMEOUT_MS = 5_000  # a reply that cannot leave by then is dropped (the worker asks again)
 TICK_SECONDS = 0.02  # the query's tick (progress, feedback) and heartbeats, at most this often
 KEEP_CALLBACKS = 4  # sockets dialled back to clients, kept for their next queries
+CALLBACK_BUFFER = 64  # frames a socket dialled back to a client queues (see _callback)
 
 
 class MasterPlane:
@@ -140,7 +141,10 @@ class MasterPlane:
             if socket_ is not None:
                 self.callbacks[address] = socket_  # the most recent last
                 return socket_
-        socket_ = pynng.Push0()
+        # a buffer: the queries sharing it send without blocking (progress of one,
+        # heartbeats of another queued behind it, in the same turn); with none, the
+        # second send of a turn found the pipe busy and was dropped
+        socket_ = pynng.Push0(send_buffer_size=CALLBACK_BUFFER)
         try:  # a client that listens with TLS is checked against our CA
             tls = TLSSettings.from_env().callback_config(address)
             if tls is not None:

@@ -198,6 +198,7 @@ class Session(PackagesMixin):
         session while it booted, and answers with it)."""
         self.cluster = cluster
         self.control = control
+        self._host_lost = False  # the master's host stopped answering (see _check_alive)
         self.data: pynng.Pull0 | None = None
         self.id: str | None = None
         if attach:
@@ -594,6 +595,7 @@ class Session(PackagesMixin):
             if self.host:
                 # no answer at all: the master's host died or is cut off (the session's
                 # parts on other hosts stop once they stop hearing it)
+                self._host_lost = True
                 raise QueryError(
                     f"query {query_id}: the session's master host {self.host!r} ({url}) does "
                     f"not answer: it died or is cut off from this client; the session and "
@@ -646,7 +648,11 @@ class Session(PackagesMixin):
         """
         try:
             if self.id and self.data is not None and self.cluster is None:
-                self._close_on_daemon(within)
+                if self._host_lost:  # the user was told the session is lost with its host
+                    with contextlib.suppress(ConnectError, QueryError):
+                        self._call("close_session", deadline=2.0)
+                else:
+                    self._close_on_daemon(within)
             elif self.id and self.data is not None:
                 with contextlib.suppress(Exception):  # the cluster is stopped below anyway
                     self._call("close_session", deadline=10.0)
