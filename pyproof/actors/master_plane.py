@@ -445,8 +445,12 @@ class MasterPlane:
         self._close_context(ctx)
 
     def _reply(self, ctx: pynng.Context, reply: bytes) -> None:
-        """Send on `ctx` unless the plane is closing (then the socket closes it)."""
-        with self._using_context() as usable:
+        """Send on `ctx` unless the plane is closing (then the socket closes it).
+
+        Any thread may reply (held requests are answered by look-up, merge and actor
+        threads too): the guard lets `close` wait for sends under way, since nng aborts
+        the process when a context is sent on while its socket closes."""
+        with self._sends.sending() as usable:
             if not usable:
                 return
             try:
@@ -460,14 +464,6 @@ class MasterPlane:
         # garbage collector would raise from its __del__ once the socket is closed
         with contextlib.suppress(pynng.NNGException):  # the socket closed it first
             ctx.close()
-
-    def _using_context(self):
-        """Yield True while this thread may use a context: `close` waits for it to finish.
-
-        nng aborts the whole process (not an exception) when a context is sent on
-        while its socket closes; every thread that touches a context comes through here.
-        """
-        return self._sends.sending()
 
     def _keep(self, query_id: str, frame: bytes) -> None:
         with self._lock:
