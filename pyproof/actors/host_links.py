@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -313,6 +313,26 @@ class Tunnel:
         for client in clients:
             client.close()
         self.pool.close()
+
+
+def close_host_links(*, forwarder: Forwarder | None = None, endpoint: ClusterEndpoint | None = None,
+                     clients: Iterable[Any] = ()) -> None:
+    """Close a host daemon's cluster parts, in the order that never waits needlessly.
+
+    The forwarder goes first: an endpoint thread in `Forwarder.forward` waits for a
+    session master's reply for up to the data timeout, and the endpoint's close
+    joins its threads, so closing the endpoint first sat out the whole join
+    (`CLOSE_TIMEOUT`) whenever a worker's request was in flight. A plain Req0
+    socket closed under a thread in recv ends that recv at once (`Closed`), and the
+    forward answers a refusal. Then the outgoing clients (tunnels, links), which
+    endpoint threads may also be calling, and the endpoint last.
+    """
+    if forwarder is not None:
+        forwarder.close()
+    for client in clients:
+        client.close()
+    if endpoint is not None:
+        endpoint.close()
 
 
 class Forwarder:

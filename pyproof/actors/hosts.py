@@ -54,6 +54,7 @@ from pyproof.actors.host_links import (
     Forwarder,
     PeerLink,
     Tunnel,
+    close_host_links,
     cluster_address,
 )
 from pyproof.actors.output_files import query_output_dir
@@ -258,14 +259,8 @@ class Hosts(ProofActor):
         elif isinstance(message, ActorExitRequest):
             if self.joiner is not None:
                 self.joiner.stop()
-            if self.endpoint is not None:
-                self.endpoint.close()
-            for hosted in self.hosted.values():
-                hosted.tunnel.close()
-            for link in self.links.values():
-                link.close()
-            if self.forwarder is not None:
-                self.forwarder.close()
+            close_host_links(forwarder=self.forwarder, endpoint=self.endpoint, clients=[
+                *(hosted.tunnel for hosted in self.hosted.values()), *self.links.values()])
 
     def _start(self, message: m.HostsStart, sender) -> None:
         config = message.config
