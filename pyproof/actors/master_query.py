@@ -589,10 +589,12 @@ class QueryRun:
             except EncodeError as exc:  # an output the wire cannot carry: name it
                 return RemoteError(type="OutputError", message=f"outputs cannot be sent: {exc}",
                                    traceback="", context={})
-        self._send_frame(data, p.RESULT, final=True)
+        # logged before the client can hold the result: `proofctl logs` run right after
+        # `proofctl run` shows the query finished (the log file is line-buffered)
         self.log.info("query_finished", entries=self.core.delivered,
                       stopped=bool(self.core.stop_reason),
                       seconds=round(now - self.core.started, 3))
+        self._send_frame(data, p.RESULT, final=True)
         return None
 
     def _fail(self, ins: qc.Fail) -> None:
