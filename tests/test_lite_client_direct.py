@@ -134,3 +134,33 @@ def test_a_request_not_sealed_with_the_sessions_key_or_for_another_session_is_re
         assert _direct(session)["served"] == 0  # refused before anything was done
         assert session.process(CYCLES, cycles=2).outputs["count"] == 2  # the session's own
         assert _direct(session)["served"] == 1
+
+
+def test_a_daemons_session_goes_straight_and_a_client_that_cannot_reach_it_goes_the_long_way():
+    d = Daemon()
+    try:
+        session = pyproof.connect(f"{d.url}?workers=1")
+        try:
+            session.process(CYCLES, cycles=1)
+            assert session.process(CYCLES, cycles=3).outputs["count"] == 3
+            direct = _direct(session)
+            assert direct["served"] == 1
+            # a client that cannot reach the master's socket (another host: here, its file is
+            # gone) is offered the route, cannot dial it and goes on the long way
+            os.unlink(direct["address"][len("ipc://"):])
+            other = pyproof.connect(f"{d.url}", session=session.id)
+            try:
+                for n in (4, 5):
+                    assert other.process(CYCLES, cycles=n).outputs["count"] == n
+                assert other._direct is None
+                assert other._direct_unreachable == {direct["address"]}
+            finally:
+                other.detach()
+            assert _direct(session)["served"] == 1
+            # the first client's connection outlives the file: it still goes straight
+            assert session.process(CYCLES, cycles=6).outputs["count"] == 6
+            assert _direct(session)["served"] == 2
+        finally:
+            session.close()
+    finally:
+        d.stop()

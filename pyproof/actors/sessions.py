@@ -86,7 +86,7 @@ def last_use(used: tuple[float, str], status: dict[str, Any], now: float) -> tup
     direct = (status.get("master") or {}).get("direct") or {}
     idle_for = direct.get("idle_for")
     if isinstance(idle_for, int | float) and not isinstance(idle_for, bool) and \
-            0 <= idle_for and now - idle_for > used[0]:
+            idle_for >= 0 and now - idle_for > used[0]:
         return now - idle_for, "StartQuery"
     return used
 
