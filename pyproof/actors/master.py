@@ -129,33 +129,40 @@ class Master(ProofActor):
             return
         self.watch_fds = (self.direct.fd,)
 
-    def _direct_answer(self, data: bytes) -> bytes:
+    def _direct_answer(self, data: bytes, reply: Any) -> None:
         """Run by `DirectServer.serve` (actor thread) for one request of the client: the
-        same start and stop as the long way's (exactly once by query id), answered in a
-        frame sealed with the session's key; a refusal in a plain one saying why."""
+        same start and stop as the long way's (exactly once by query id), answered by
+        `reply` in a frame sealed with the session's key (a start: before its workers
+        are told); a refusal in a plain one saying why."""
         assert self.plane is not None
         try:
             request = parse_request(self.plane.data_key, self.plane.session_id, data)
         except DirectRefused as exc:
             get_logger().warning("direct_request_refused", reason=str(exc))
-            return encode_frame("error", {"message": str(exc), "refused": True})
+            reply(encode_frame("error", {"message": str(exc), "refused": True}))
+            return
         self.direct_served += 1
         self.direct_last = time.monotonic()
+
+        def answer(error: str | None = None) -> None:
+            kind, body = ("error", {"message": error}) if error else ("ok", {
+                "query": request.query_id})
+            reply(sealing.seal(self.plane.data_key, encode_frame(
+                kind, body, session=self.plane.session_id)))
+
         if request.kind == "stop_query":
-            error = self._stop(request.query_id, request.abort)
-        else:
-            assert request.spec is not None
-            try:  # the session's enabled packages, fixed for this query (as the gateway does)
-                spec = request.spec.with_packages(
-                    packages.query_packages(self.user, self.plane.session_id))
-            except PackageError as exc:
-                error = str(exc)
-            else:
-                error = self._accept(request.query_id, spec, self.user)
-        kind, body = ("error", {"message": error}) if error else ("ok", {
-            "query": request.query_id})
-        return sealing.seal(self.plane.data_key, encode_frame(
-            kind, body, session=self.plane.session_id))
+            answer(self._stop(request.query_id, request.abort))
+            return
+        assert request.spec is not None
+        try:  # the session's enabled packages, fixed for this query (as the gateway does)
+            spec = request.spec.with_packages(
+                packages.query_packages(self.user, self.plane.session_id))
+        except PackageError as exc:
+            answer(str(exc))
+            return
+        error = self._accept(request.query_id, spec, self.user, answer)
+        if error is not None:
+            answer(error)
 
     def healthy(self) -> bool:
         """Answering the supervisor's ping (actor thread): are the data threads alive?

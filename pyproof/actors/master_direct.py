@@ -29,7 +29,7 @@ from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.sandbox import make_private_paths
 from pyproof.transport import sealing
 from pyproof.transport.codec import ProtocolError
-from pyproof.transport.frames import decode_frame
+from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.wire import RECV_LIMIT
 
 SEND_TIMEOUT_MS = 1_000  # a reply that cannot leave by then is dropped (the client falls back)
@@ -111,10 +111,13 @@ class DirectServer:
             raise
 
     def serve(self, answer: Any) -> int:
-        """Answer every request waiting (`answer(bytes) -> bytes`); how many there were.
+        """Answer every request waiting; how many there were.
 
-        Never blocks on a receive; a reply is bounded by the send timeout (a client
-        gone meanwhile: nng drops it).
+        `answer(data, reply)` handles one request and calls `reply(bytes)` once, as
+        early as it can (a query's start is answered before its workers are told);
+        one that returned without replying is answered with an error, so the next
+        request can be read. Never blocks on a receive; a reply is bounded by the send
+        timeout (a client gone meanwhile: nng drops it).
         """
         served = 0
         while True:
@@ -123,9 +126,27 @@ class DirectServer:
             except (pynng.TryAgain, pynng.Closed):
                 return served
             served += 1
-            # a client that timed out first went the long way: its answer is dropped
-            with contextlib.suppress(pynng.Timeout, pynng.Closed):
-                self.socket.send(answer(data))
+            reply = _Reply(self.socket)
+            try:
+                answer(data, reply)
+            finally:
+                reply(encode_frame("error", {"message": "the master did not answer", "retry":
+                                             True}))
 
     def close(self) -> None:
         self.socket.close()  # nng removes the socket file
+
+
+class _Reply:
+    """Sends the answer to one request, once (later calls do nothing)."""
+
+    def __init__(self, socket: pynng.Socket) -> None:
+        self.socket, self.sent = socket, False
+
+    def __call__(self, frame: bytes) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        # a client that timed out first went the long way: its answer is dropped
+        with contextlib.suppress(pynng.Timeout, pynng.Closed):
+            self.socket.send(frame)
