@@ -20,7 +20,8 @@ import time
 import pytest
 
 import pyproof
-from pyproof.client.direct import DirectRefused, DirectRoute
+from pyproof.client.direct import DirectRoute
+from pyproof.errors import DirectRefused
 from pyproof.transport import sealing
 from tests.daemon_helpers import Daemon
 

@@ -20,18 +20,16 @@ from typing import Any
 
 import pynng
 
-from pyproof.errors import QueryError
+from pyproof.errors import DirectRefused, QueryError
 from pyproof.transport import sealing
 from pyproof.transport.codec import ProtocolError
 from pyproof.transport.frames import decode_frame, encode_frame
 from pyproof.transport.wire import RECV_LIMIT
 
+__all__ = ["DirectRefused", "DirectRoute"]
+
 SEND_WITHIN_MS = 500  # nothing takes the request by then: the master is down, go the long way
 ANSWER_WITHIN_MS = 1_000  # nor answers it: the long way (the same query id: run once)
-
-
-class DirectRefused(QueryError):
-    """The session's master refused a request sent to it directly (the message says why)."""
 
 
 class DirectRoute:
