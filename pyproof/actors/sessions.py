@@ -650,8 +650,7 @@ class SessionSupervisor(SupervisorActor):
             # until this process has exited, `daemon stop` must still find it)
             with contextlib.suppress(Exception):  # a full disk must not stop the exit
                 self.registry.remove(self.request.session_id)
-        for name in (f"master-{self.request.session_id}.ipc",
-                     f"outbox-{self.request.session_id}.ipc"):
+        for name in session_files(self.request.session_id):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.request.run_dir, name))
 
