@@ -37,3 +37,10 @@ class BenchError(ProofError):
 class QueryAborted(QueryError):
     """A query was aborted (`handle.abort()`, `proofctl queries abort`, a second Ctrl-C):
     its outputs were discarded. Run it again, or use `stop()` to keep what was done."""
+
+
+class DirectRefused(QueryError):
+    """A session's master refused a query's start or stop sent to it directly (not sealed
+    with the session's key: another user's secret, or another session's; malformed). The
+    message names the session, the master's address and the reason; check that the
+    client's secret is the session owner's (`proofctl` uses the same one)."""

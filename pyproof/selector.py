@@ -12,6 +12,7 @@ what the client had when it submitted, and an edited selector is re-imported.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import importlib.abc
@@ -322,7 +323,10 @@ def _module_file(name: str, search: list[str]) -> str | None:
     return os.path.abspath(origin) if origin and origin.endswith(".py") else None
 
 
-def _installed_dirs() -> list[str]:
+@functools.cache
+def _installed_dirs() -> tuple[str, ...]:
+    """Where installed code lives (never the user's own): fixed for the process, so asked
+    once (sysconfig's answer costs about a millisecond, on every query's submit)."""
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
             os.path.dirname(os.path.abspath(__file__))}  # pyproof's own package
     dirs.update(sysconfig.get_paths().get(k, "") for k in ("stdlib", "platstdlib", "purelib",
@@ -332,7 +336,7 @@ def _installed_dirs() -> list[str]:
         dirs.add(site.getusersitepackages())
     except AttributeError:  # site of some virtualenvs
         pass
-    return [os.path.realpath(d) for d in dirs if d]
+    return tuple(os.path.realpath(d) for d in dirs if d)
 
 
 def _within(path: str, directory: str) -> bool:

@@ -35,6 +35,7 @@ def _gateway_log(log_dir: str) -> str:
 
 def test_a_query_after_its_master_was_restarted_goes_the_long_way_and_runs():
     with pyproof.connect("lite://?workers=1") as session:
+        session.direct_route = False  # the gateway's route (the client's: test_lite_client_direct)
         assert session.process("tests.sample_selectors:Cycles", cycles=10).outputs["count"] == 10
         assert session.process("tests.sample_selectors:Cycles", cycles=10).outputs["count"] == 10
         assert "direct_route_unanswered" not in _gateway_log(session.log_dir)

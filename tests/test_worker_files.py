@@ -80,3 +80,21 @@ def test_a_second_query_on_the_same_file_opens_nothing_on_the_worker(tmp_path):
         write(path, 30, start=7)  # rewritten: the worker reads the new file
         third = session.process("tests.sample_selectors:EntryList", dataset=[f"{path}:t"])
         assert sorted(third.outputs["x"].tolist()) == list(range(7, 37))
+
+
+def test_a_local_file_is_read_on_the_workers_own_thread_and_its_bytes_are_charged(tmp_path):
+    import threading
+
+    path = write(tmp_path / "a.root", 1000)
+    files = OpenFiles()
+    try:
+        handle, tree = files.tree(path, "t")
+        before = {t.ident for t in threading.enumerate()}
+        assert tree["x"].array(entry_start=100, entry_stop=300, library="np").tolist() == \
+            list(range(100, 300))
+        # no hand-over per read to uproot's asyncio thread (its default source): none started
+        assert {t.ident for t in threading.enumerate()} <= before
+        assert type(handle.file.source).__name__ == "MultithreadedFileSource"
+        assert files.charge(path) > 0
+    finally:
+        files.close()

@@ -331,7 +331,8 @@ class Gateway(ProofActor):
             self._complete(message.corr, "ok", {"session": message.session_id})
         elif isinstance(message, m.QueryAccepted):
             self._learn_master(message)
-            self._complete(message.corr, "ok", {"query": message.query_id})
+            self._complete(message.corr, "ok", {"query": message.query_id,
+                                                **self._direct_offer(message)})
         elif isinstance(message, m.QueryRejected):
             self.direct.pop(message.corr, None)
             self._complete(message.corr, "error", _error(message.error, message.retry))
@@ -359,6 +360,19 @@ class Gateway(ProofActor):
         self.masters.move_to_end(key)
         while len(self.masters) > KEEP_MASTERS:
             self.masters.popitem(last=False)
+
+    def _direct_offer(self, message: m.QueryAccepted) -> dict[str, Any]:
+        """Where the client may send its session's next starts and stops itself (the master's
+        direct route, master_direct.py): the session is the user's (checked on this query's
+        way). Not offered in a cluster (a session's master may run on another host, whose
+        package store is not this one's) nor with TLS (the route is a local socket: a client
+        on this host needs no TLS to reach it, one elsewhere cannot)."""
+        pending = self.pending.get(message.corr)
+        if not message.direct or pending is None or pending.frame.type != "start_query" \
+                or self.start is None or self.start.hosts is not None \
+                or (self.server is not None and self.server.auth.tls is not None):
+            return {}
+        return {"direct": message.direct}
 
     def _direct_unanswered(self, corr: str) -> None:
         """A query sent straight to a master got no answer in DIRECT_FALLBACK s: forget that

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
+from pyproof.actors.master_direct import DirectRefused, DirectServer, direct_address, parse_request
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
 from pyproof.actors.warmup import start_warmup
 from pyproof.logs import get_logger
+from pyproof.packages import service as packages
+from pyproof.packages.errors import PackageError
 from pyproof.query.spec import QuerySpec
+from pyproof.transport import sealing
 from pyproof.transport.codec import RemoteError
+from pyproof.transport.frames import encode_frame
 from pyproof.transport.tls import TLSError, TLSSettings
 
 STUCK_LINGER = 0.25  # after the clients were told: their ERROR frames leave the sockets
@@ -27,6 +33,10 @@ STUCK_LINGER = 0.25  # after the clients were told: their ERROR frames leave the
 class Master(ProofActor):
     plane: MasterPlane | None = None
     specs: dict[str, QuerySpec] = {}  # queries running or queued, in order (for workers that join)
+    direct: DirectServer | None = None  # the session's client starts queries here (see below)
+    user = ""  # the session's
+    direct_served = 0  # requests that came straight from the client (tests, status)
+    direct_last = 0.0  # when the last one came (monotonic): the sessions' idle check
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -45,6 +55,8 @@ class Master(ProofActor):
             self.plane = MasterPlane(session_id=message.session_id,
                                      address=message.packet_address, data_key=message.data_key,
                                      run_dir=message.run_dir)
+            self.user = message.user
+            self._listen_direct(message.packet_address)
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))
@@ -75,8 +87,15 @@ class Master(ProofActor):
             self._start_query(message, sender)
         elif isinstance(message, m.StopQuery):
             self._stop_query(message, sender)
+        elif isinstance(message, WatchMessage):
+            if self.direct is not None:
+                self.direct.serve(self._direct_answer)
         elif isinstance(message, m.StatusRequest):
             status = self.plane.statistics() if self.plane else {}
+            if self.direct is not None:  # queries that came straight: the session is in use
+                status["direct"] = {"address": self.direct.address, "served": self.direct_served,
+                                    "idle_for": None if not self.direct_last else round(
+                                        time.monotonic() - self.direct_last, 3)}
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status={
                 "master": status, "workers": sorted(self.workers), "pid": os.getpid()}))
         elif isinstance(message, m.OpenOutbox):
@@ -92,7 +111,58 @@ class Master(ProofActor):
                 "error": f"no kept result for query {message.query_id!r}"}
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))
         elif isinstance(message, ActorExitRequest) and self.plane is not None:
+            if self.direct is not None:
+                self.direct.close()
             self.plane.close()
+
+    def _listen_direct(self, packet_address: str) -> None:
+        """Serve the session's client its direct route (master_direct.py), when the session
+        has a data key to check requests with. A socket that cannot be made is logged: the
+        client then goes the long way, as before."""
+        address = direct_address(packet_address)
+        if not address or self.plane is None or not self.plane.data_key:
+            return
+        try:
+            self.direct = DirectServer(address)
+        except Exception as exc:  # NNGException, OSError: the long way still works
+            get_logger().warning("direct_route_unavailable", address=address, error=repr(exc))
+            return
+        self.watch_fds = (self.direct.fd,)
+
+    def _direct_answer(self, data: bytes, reply: Any) -> None:
+        """Run by `DirectServer.serve` (actor thread) for one request of the client: the
+        same start and stop as the long way's (exactly once by query id), answered by
+        `reply` in a frame sealed with the session's key (a start: before its workers
+        are told); a refusal in a plain one saying why."""
+        assert self.plane is not None
+        try:
+            request = parse_request(self.plane.data_key, self.plane.session_id, data)
+        except DirectRefused as exc:
+            get_logger().warning("direct_request_refused", reason=str(exc))
+            reply(encode_frame("error", {"message": str(exc), "refused": True}))
+            return
+        self.direct_served += 1
+        self.direct_last = time.monotonic()
+
+        def answer(error: str | None = None) -> None:
+            kind, body = ("error", {"message": error}) if error else ("ok", {
+                "query": request.query_id})
+            reply(sealing.seal(self.plane.data_key, encode_frame(
+                kind, body, session=self.plane.session_id)))
+
+        if request.kind == "stop_query":
+            answer(self._stop(request.query_id, request.abort))
+            return
+        assert request.spec is not None
+        try:  # the session's enabled packages, fixed for this query (as the gateway does)
+            spec = request.spec.with_packages(
+                packages.query_packages(self.user, self.plane.session_id))
+        except PackageError as exc:
+            answer(str(exc))
+            return
+        error = self._accept(request.query_id, spec, self.user, answer)
+        if error is not None:
+            answer(error)
 
     def healthy(self) -> bool:
         """Answering the supervisor's ping (actor thread): are the data threads alive?
@@ -135,20 +205,25 @@ class Master(ProofActor):
         user believe the query was stopped. A retried stop of a query that already ended is
         accepted (stopping is idempotent).
         """
-        known = self.plane is not None and self.plane.stop_query(
-            message.query_id, "aborted by the user" if message.abort else "stopped by the user",
-            abort=message.abort)
+        error = self._stop(message.query_id, message.abort, message.session_id)
         reply_to = message.reply_to or sender
-        if known:
+        if error is None:
             self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id))
-            return
-        what = "abort" if message.abort else "stop"
-        session = self.plane.session_id if self.plane is not None else message.session_id
-        self.send(reply_to, m.QueryRejected(
-            corr=message.corr, query_id=message.query_id,
-            error=f"cannot {what} query {message.query_id!r}: session {session} has no such "
-                  "query (it never started here, or the session's master was restarted "
-                  "since); session.queries() lists the queries it knows"))
+        else:
+            self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
+                                                error=error))
+
+    def _stop(self, query_id: str, abort: bool, session_id: str = "") -> str | None:
+        """Stop (or abort) `query_id`; None if done, else why not (both routes)."""
+        known = self.plane is not None and self.plane.stop_query(
+            query_id, "aborted by the user" if abort else "stopped by the user", abort=abort)
+        if known:
+            return None
+        what = "abort" if abort else "stop"
+        session = self.plane.session_id if self.plane is not None else session_id
+        return (f"cannot {what} query {query_id!r}: session {session} has no such "
+                "query (it never started here, or the session's master was restarted "
+                "since); session.queries() lists the queries it knows")
 
     def _start_query(self, message: m.StartQuery, sender) -> None:
         """Run by `receive` for StartQuery: accept (or reject) the query and tell the workers.
@@ -157,34 +232,46 @@ class Master(ProofActor):
         anything else raised crashes the master as from `receive`.
         """
         reply_to = message.reply_to or sender
-        assert self.plane is not None
-        if self.plane.knows_query(message.query_id):  # a client retry: already accepted
-            self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id,
-                                                master=self.myAddress))
-            return
-        try:  # a client that listens with TLS is checked against this host's CA
-            TLSSettings.from_env().callback_config(message.spec.client_address)
-        except TLSError as exc:
+
+        def accepted() -> None:  # the client hears first (most of a trivial query's latency)
+            self.send(reply_to, m.QueryAccepted(
+                corr=message.corr, query_id=message.query_id, master=self.myAddress,
+                direct=self.direct.address if self.direct is not None else ""))
+
+        error = self._accept(message.query_id, message.spec, message.user, accepted)
+        if error is not None:
             self.send(reply_to, m.QueryRejected(corr=message.corr, query_id=message.query_id,
-                                                error=f"cannot dial the client back: {exc}"))
-            return
+                                                error=error))
+
+    def _accept(self, query_id: str, spec: QuerySpec, user: str,
+                accepted: Any = None) -> str | None:
+        """Start `query_id` (both routes); None if accepted (or known: a retry, by either
+        route, is never run twice), else why not. `accepted()` is called as soon as the
+        query is queued, before the workers are told."""
+        assert self.plane is not None
+        if self.plane.knows_query(query_id):  # a client retry: already accepted
+            if accepted is not None:
+                accepted()
+            return None
+        try:  # a client that listens with TLS is checked against this host's CA
+            TLSSettings.from_env().callback_config(spec.client_address)
+        except TLSError as exc:
+            return f"cannot dial the client back: {exc}"
         # where its selectors' ctx.output_file(...) paths go (see output_files.py)
-        spec = message.spec.with_output_dir(
-            query_output_dir(self.plane.session_id, message.query_id))
+        spec = spec.with_output_dir(query_output_dir(self.plane.session_id, query_id))
         # queued behind the running query, if any: workers queue it too, and ask for its
         # packets once they are done with the one before
-        self.plane.start_query(message.query_id, spec, message.user)
+        self.plane.start_query(query_id, spec, user)
         self.want_pings(True)  # its data threads are watched while it runs (see `healthy`)
-        # the client hears first (a trivial query's latency is mostly this path); the
-        # workers' RunQuery follows at once
-        self.send(reply_to, m.QueryAccepted(corr=message.corr, query_id=message.query_id,
-                                            master=self.myAddress))
+        if accepted is not None:  # the workers' RunQuery follows at once
+            accepted()
         active = self.plane.active_queries()
         self.specs = {q: s for q, s in self.specs.items() if q in active}
-        self.specs[message.query_id] = spec
+        self.specs[query_id] = spec
         for ref, _pid in self.workers.values():
-            self.send(ref, m.RunQuery(query_id=message.query_id, spec=spec))
-        get_logger().info("query_accepted", query=message.query_id)
+            self.send(ref, m.RunQuery(query_id=query_id, spec=spec))
+        get_logger().info("query_accepted", query=query_id)
+        return None
 
 
 def incarnation(worker_id: str, pid: int) -> str:

@@ -137,6 +137,7 @@ class MasterStart:
     packet_address: str
     data_key: bytes = b""
     bind_host: str = "127.0.0.1"  # where the master listens for clients that dial in
+    user: str = ""  # the session's (its queries that come straight from the client run as)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +166,8 @@ class QueryAccepted:
     # the accepting master (StartQuery only): the gateway sends the session's next queries
     # straight to it, past the sessions and session supervisors
     master: Any = None
+    # where the master takes its client's next starts and stops itself (master_direct.py)
+    direct: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -78,6 +78,18 @@ MAX_ADD = 256  # workers one request may add to a session on its host
 FORWARDED_FOR, FORWARDED_KEPT = 6.0, 256
 
 
+
+def last_use(used: tuple[float, str], status: dict[str, Any], now: float) -> tuple[float, str]:
+    """When a session was last used, from what we saw (`used`: when, and by what request) and
+    its master's status: queries its client sent straight to the master (master_direct.py)
+    never pass here, so the master says how long ago the last came. Pure."""
+    direct = (status.get("master") or {}).get("direct") or {}
+    idle_for = direct.get("idle_for")
+    if isinstance(idle_for, int | float) and not isinstance(idle_for, bool) and \
+            idle_for >= 0 and now - idle_for > used[0]:
+        return now - idle_for, "StartQuery"
+    return used
+
 class Sessions(SupervisorActor):
     """Creates, routes to and closes session supervisors."""
 
@@ -281,7 +293,7 @@ class Sessions(SupervisorActor):
             return
         query = (message.status.get("master") or {}).get("query") or {}
         now = time.monotonic()
-        last, kind = self.used[sid]
+        last, kind = self.used[sid] = last_use(self.used[sid], message.status, now)
         if query.get("state") in ("preparing", "running", "finishing"):
             self.used[sid] = (now, "running")  # a query runs: the session is in use
             return
@@ -638,8 +650,7 @@ class SessionSupervisor(SupervisorActor):
             # until this process has exited, `daemon stop` must still find it)
             with contextlib.suppress(Exception):  # a full disk must not stop the exit
                 self.registry.remove(self.request.session_id)
-        for name in (f"master-{self.request.session_id}.ipc",
-                     f"outbox-{self.request.session_id}.ipc"):
+        for name in session_files(self.request.session_id):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.request.run_dir, name))
 

@@ -105,7 +105,7 @@ def session_tree(init: m.CreateSession) -> SupervisorSpec:
     address = master_address(init.run_dir, init.session_id)
     master = ChildSpec(id="master", start=m.ActorStart(actor=MASTER, init=m.MasterStart(
         session_id=init.session_id, run_dir=init.run_dir, log_dir=init.log_dir,
-        packet_address=address, data_key=init.data_key)))
+        packet_address=address, data_key=init.data_key, user=init.user)))
     workers = tuple(worker_child(session_id=init.session_id, worker_id=f"worker-{index}",
                                  packet_address=address, log_dir=init.log_dir)
                     for index in range(init.workers))

@@ -88,7 +88,13 @@ class OpenFiles:
         if entry is None:
             import uproot  # imported on first use: a session starts without it (warmup.py)
 
-            entry = [key, uproot.open(path, array_cache=None), 0]
+            # a local file is read in this thread (pread): uproot's default source hands
+            # every read to its asyncio thread and waits for it, which costs more than the
+            # read of a small packet (twice the time of a 200-entry packet, more on a
+            # loaded machine); a URL keeps the default (its reads may overlap)
+            local = {"handler": uproot.MultithreadedFileSource, "use_threads": False} \
+                if "://" not in path else {}
+            entry = [key, uproot.open(path, array_cache=None, **local), 0]
             self._files[path] = entry
             while len(self._files) > self.limit:
                 self.evict(next(iter(self._files)))

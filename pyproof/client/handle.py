@@ -79,11 +79,11 @@ class QueryHandle:
     # -- ending ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Finish the packets in flight, merge what was done, end with a partial Result."""
-        self.session._call("stop_query", {"query": self.query})
+        self.session._query_request("stop_query", {"query": self.query})
 
     def abort(self) -> None:
         """Discard the query at once; `result()` raises QueryAborted."""
-        self.session._call("stop_query", {"query": self.query, "abort": True})
+        self.session._query_request("stop_query", {"query": self.query, "abort": True})
 
     # -- frames (called by Session._pump) -------------------------------------------------
     def _frame(self, frame: Any) -> None:

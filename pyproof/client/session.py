@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import pynng
 
 from pyproof.client.control import ControlClient, RequestRefused, dial_daemon
+from pyproof.client.direct import DirectRoute
 from pyproof.client.handle import ACTIVE_STATES, QueryHandle
 from pyproof.client.lite import LiteCluster, default_workers
 from pyproof.client.progress import make_progress
@@ -187,7 +188,14 @@ class Session(PackagesMixin):
 
     `detach()` leaves the session running on the daemon (results of queries
     that finish meanwhile are kept); `connect(url, session=ID)` attaches again.
+
+    Once the daemon has let a query of this session through, the next ones start
+    (and stop) by a direct route to the session's master, when this client can
+    reach it (same host, no TLS); else, or while it does not answer, the long way
+    through the daemon. `direct_route = False` always goes the long way.
     """
+
+    direct_route = True
 
     def __init__(self, control: ControlClient, *, workers: int | str,
                  cluster: LiteCluster | None,
@@ -226,6 +234,8 @@ class Session(PackagesMixin):
         # data frames are sealed with a key both ends derive; it never travels
         self.data_key = sealing.data_key(control.secret(), self.id or "")
         self.rejected_frames = 0
+        self._direct: DirectRoute | None = None  # see `_query_request`
+        self._direct_unreachable: set[str] = set()  # offered addresses we could not dial
         self._handles: dict[str, QueryHandle] = {}
         self._heard: dict[str, float] = {}  # when a frame of each query last came
         self._reassembler = Reassembler()
@@ -267,6 +277,33 @@ class Session(PackagesMixin):
                                      deadline=deadline, attempt=attempt, request_id=request_id)
         except RequestRefused as exc:
             raise QueryError(str(exc)) from None
+
+    def _query_request(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A query's start or stop: by the direct route to the master when there is one
+        (see client/direct.py), else (or when it does not answer) the long way, which may
+        offer a direct route for the next ones. Both are keyed by the query id: whichever
+        reached the master first, it acts once."""
+        route = self._direct
+        if route is not None:
+            reply = route.call(kind, payload)
+            if reply is not None:
+                return reply
+            self._forget_direct()  # the next long-way answer offers it again
+        reply = self._call(kind, payload)
+        offered = reply.get("direct")
+        if (self._direct is None and isinstance(offered, str) and offered.startswith("ipc://")
+                and self.direct_route and not self.control.address.startswith("tls+")
+                and offered not in self._direct_unreachable and self.id):
+            try:
+                self._direct = DirectRoute(offered, self.id, self.data_key)
+            except pynng.NNGException:  # not on this host, or the master has none
+                self._direct_unreachable.add(offered)
+        return reply
+
+    def _forget_direct(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
 
     @property
     def datasets(self) -> Any:
@@ -490,7 +527,7 @@ class Session(PackagesMixin):
             **scikit.spec,
         )
         query_id = uuid.uuid4().hex[:12]
-        self._call("start_query", {"query": query_id, "spec": spec.to_wire()})
+        self._query_request("start_query", {"query": query_id, "spec": spec.to_wire()})
         self.last_query = query_id
         handle = QueryHandle(self, query_id, selector=cls, on_feedback=on_feedback,
                              bar=make_progress(progress) if progress is not False else None,
@@ -633,6 +670,7 @@ class Session(PackagesMixin):
         return session_id or ""
 
     def _close_sockets(self) -> None:
+        self._forget_direct()
         if self.data is not None:
             self.data.close()
             self.data = None

@@ -60,8 +60,9 @@ class Reconciliation:
 
 
 def session_files(session_id: str) -> tuple[str, ...]:
-    """The socket files a session's master listens on, in the run directory."""
-    return (f"master-{session_id}.ipc", f"outbox-{session_id}.ipc")
+    """The socket files a session's master listens on, in the run directory (its data plane,
+    its outbox for clients that dial in, its direct route: actors/master_direct.py)."""
+    return (f"master-{session_id}.ipc", f"outbox-{session_id}.ipc", f"direct-{session_id}.ipc")
 
 
 def reconcile(entries: Iterable[Entry], running: Mapping[int, int]) -> Reconciliation:
