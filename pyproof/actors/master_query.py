@@ -358,7 +358,10 @@ class QueryRun:
 
     def _carry_out(self, ins: qc.Instruction) -> None:
         if isinstance(ins, qc.Grant):
-            self._answer = (p.PACKET, self._packet_reply(ins.packet))
+            reply = self._packet_reply(ins.packets[0])
+            if len(ins.packets) > 1:  # a batch: the worker queues the rest (worker_loop)
+                reply["more"] = [self._packet_reply(packet) for packet in ins.packets[1:]]
+            self._answer = (p.PACKET, reply)
         elif isinstance(ins, qc.Wait):  # not held: send your outputs, then ask again
             self._answer = (p.WAIT, {} if ins.hold else {"flush": True})
         elif isinstance(ins, qc.Done):

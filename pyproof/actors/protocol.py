@@ -7,6 +7,10 @@ Worker -> master (req/rep, one socket, so the master serves it from one thread):
   OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...},
             files: [path...]}                       -> ACK {accepted: bool}
   FAILED   {worker, query, error: RemoteError}      -> ABORT
+A PACKET is {packet: {packet_id, element, entry_start, entry_stop}, path, tree, ...},
+with `more: [PACKET body...]` when the master grants a batch of short packets: the
+worker queues them, processes them in order, and sends its next NEXT (with the
+reports) as it starts the last one.
 A report is {packet, seconds, entries, bytes}. `files` lists the files the
 selector wrote (ctx.output_file) for those packets: kept if accepted, else
 deleted (output_files.py).
