@@ -32,7 +32,6 @@ from pyproof.packetizer.base import (
 )
 from pyproof.packetizer.ledger import Ledger, Record
 
-
 BATCH_SECONDS = 0.02
 """At most this much work (by the worker's speed) in one answer of several packets."""
 MAX_BATCH = 16
