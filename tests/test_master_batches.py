@@ -2,7 +2,7 @@
 
 Workers here are bare Req0 sockets speaking the worker protocol, so each test
 controls exactly what a worker holds: a fast worker gets several short
-packets per PACKET ("more"), every one is merged exactly once, and a worker
+packets per PACKET ("batch"), every one is merged exactly once, and a worker
 lost holding a batch has every range of it requeued once.
 """
 
@@ -17,9 +17,11 @@ import pytest
 
 from pyproof.actors import protocol as p
 from pyproof.actors.master_plane import MasterPlane
+from pyproof.actors.worker_loop import _batch
 from pyproof.packetizer.common import MAX_BATCH
 from pyproof.query.spec import QuerySpec
 from pyproof.transport.frames import decode_frame, encode_frame
+from tests.conftest import data_file
 
 CYCLES = 100_000
 PACKET = 100
@@ -62,7 +64,7 @@ class BareWorker:
         kind, body = self.request(p.NEXT, {"processed": reports})
         if kind != p.PACKET:
             return kind, []
-        batch = [body["packet"], *(m["packet"] for m in body.get("more", ()))]
+        batch = [body["packet"], *(m["packet"] for m in body.get("batch", ()))]
         self.batches.append(len(batch))
         return kind, batch
 
@@ -89,9 +91,9 @@ def run_to_the_end(worker: BareWorker, plane: MasterPlane) -> None:
         kind, batch = worker.next()
         for packet in batch:
             worker.process(packet)
-        if kind == p.DONE or (kind == p.WAIT and worker.held) or len(worker.held) > 50:
+        if worker.held and (kind in (p.DONE, p.WAIT) or len(worker.held) > 50):
             assert worker.flush() == p.ACK
-        elif kind not in (p.PACKET, p.WAIT):
+        elif kind not in (p.PACKET, p.WAIT, p.DONE):
             raise AssertionError(f"the master answered {kind}")
     assert plane.query.state == "finished", plane.query.state
 
@@ -153,3 +155,48 @@ def test_a_worker_lost_holding_a_batch_has_each_of_its_ranges_requeued_once(plan
     finally:
         w0.close()
         w1.close()
+
+
+def test_a_batch_packet_of_the_same_file_takes_the_file_fields_of_the_one_before():
+    def packet(i: int, element: int) -> dict[str, Any]:
+        return {"packet_id": i, "element": element, "entry_start": i, "entry_stop": i + 1}
+
+    reply = {"kind": p.PACKET, "packet": packet(1, 0), "path": "/a.root", "tree": "t",
+             "metadata": {"x": 1}, "accepted": True,
+             "batch": [{"packet": packet(2, 0)},
+                       {"packet": packet(3, 1), "path": "/b.root", "tree": "t"},
+                       {"packet": packet(4, 1)}]}
+    batch = _batch(reply)
+    assert [b["packet"]["packet_id"] for b in batch] == [1, 2, 3, 4]
+    assert batch[1] == {"packet": packet(2, 0), "path": "/a.root", "tree": "t",
+                        "metadata": {"x": 1}}
+    assert batch[2]["path"] == batch[3]["path"] == "/b.root" and "metadata" not in batch[3]
+
+
+def test_a_data_batch_names_its_file_once_and_the_worker_gets_it_for_every_packet(tmp_path):
+    """A real ROOT file: packets of the same file after the first carry no file fields on
+    the wire, and the worker's queue has them all (worker_loop._batch)."""
+    path = data_file("uproot-Zmumu.root")
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    plane.worker_joined(f"worker-0#{os.getpid()}")
+    plane.start_query("q1", QuerySpec(
+        selector="m:S", dataset=((path, "events"),), packetizer="basic",
+        packetizer_params={"packet_entries": 4},
+        client_address=f"ipc://{tmp_path}/nobody.ipc"))
+    worker = BareWorker(address, 0)
+    try:
+        _, first = worker.next()
+        worker.reports.append({"packet": first[0]["packet_id"], "entries": 4,
+                               "seconds": 0.004})  # 1000 entries/s: 4 ms packets
+        worker.sock.send(encode_frame(p.NEXT, {**worker.me, "processed": worker.reports}))
+        frame = decode_frame(worker.sock.recv())
+        assert frame.type == p.PACKET and frame.payload["path"] == path
+        more = frame.payload["batch"]
+        assert len(more) == 4  # 20 ms of 4 ms packets, then one packet at a time
+        assert all(set(m) == {"packet"} for m in more)
+        batch = _batch({"kind": frame.type, **frame.payload})
+        assert all(b["path"] == path and b["tree"] == "events" for b in batch)
+    finally:
+        worker.close()
+        plane.close()

@@ -261,10 +261,10 @@ class WorkerLoop:
             kind = reply["kind"]
             if kind == p.PACKET:
                 backoff = 0.01
-                # a batch of short packets (PACKET's "more") is queued here and processed
+                # a batch of short packets (PACKET's "batch") is queued here and processed
                 # in order; the next request goes as the last one starts (ahead: its
                 # reply waits while we process), with the reports of the others
-                queue = [reply, *(reply.get("more") or ())]
+                queue = _batch(reply)
                 last = len(queue) - 1
                 for index, packet in enumerate(queue):
                     if index == last:
@@ -547,6 +547,22 @@ class WorkerLoop:
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
         return reply
+
+
+_NOT_FILE = ("kind", "batch", "accepted", "packet")
+
+
+def _batch(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """A PACKET reply's packets, each with its file fields: a packet of the same element
+    as the one before it comes without them ("batch", see master_query._carry_out)."""
+    batch = [reply]
+    for item in reply.get("batch") or ():
+        before = batch[-1]
+        if "path" not in item and item["packet"]["element"] == before["packet"]["element"]:
+            item = {k: v for k, v in before.items() if k not in _NOT_FILE} | \
+                {"packet": item["packet"]}
+        batch.append(item)
+    return batch
 
 
 def _returned_message(selector: Selector, returned: Any) -> str:

@@ -199,8 +199,8 @@ def _peer_workers(address: str, workers: int,
                         continue
                     if kind != "packet":
                         raise RuntimeError(f"{name}: the master answered {kind}: {reply}")
-                    # a batch of short packets ("more"), as worker_loop queues and runs it
-                    batch = [reply["packet"]] + [m["packet"] for m in reply.get("more") or ()]
+                    # a batch of short packets ("batch"), as worker_loop queues and runs it
+                    batch = [reply["packet"]] + [m["packet"] for m in reply.get("batch") or ()]
                     counts[index] += len(batch)
                     asked[index] += 1
                     for packet in batch:
