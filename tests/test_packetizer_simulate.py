@@ -92,7 +92,7 @@ def test_an_unknown_packetizer_is_refused() -> None:
 def test_short_packets_in_batches_take_fewer_requests_and_still_finish_together() -> None:
     """1 ms packets: a batch per request cuts requests ~4x; the end-game goes one packet
     at a time, so the makespan and the finish spread (under 50 ms) do not change."""
-    short = Scenario(workers=32, files=100, entries=200_000, speed=1e6, stragglers=0.05,
+    short = Scenario(workers=32, files=200, entries=300_000, speed=1e6, stragglers=0.05,
                      packetizer="basic", packet_entries=1000, prefetch=True,
                      overhead=5e-5, deaths=2)
     one, batched = simulate(short), simulate(replace(short, batches=True))
