@@ -18,13 +18,14 @@ import pytest
 from pyproof.actors import protocol as p
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.worker_loop import _batch
-from pyproof.packetizer.common import MAX_BATCH
+from pyproof.packetizer.common import BATCH_SECONDS, MAX_BATCH
 from pyproof.query.spec import QuerySpec
 from pyproof.transport.frames import decode_frame, encode_frame
 from tests.conftest import data_file
 
 CYCLES = 100_000
 PACKET = 100
+BATCH = min(MAX_BATCH, round(BATCH_SECONDS / 0.001))  # of 1 ms packets
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_short_packets_are_granted_in_batches_and_every_one_is_merged_exactly_on
             assert kind == p.PACKET and len(batch) == 1
             w.process(batch[0])
         kind, batch = workers[0].next()  # 1 ms packets, plenty of work left: a batch
-        assert kind == p.PACKET and len(batch) == MAX_BATCH
+        assert kind == p.PACKET and len(batch) == BATCH
         ranges = [(b["entry_start"], b["entry_stop"]) for b in batch]
         assert len({b["packet_id"] for b in batch}) == len(batch)
         assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
@@ -122,7 +123,7 @@ def test_short_packets_are_granted_in_batches_and_every_one_is_merged_exactly_on
         assert run.core.batches >= 2 and run.core.stats(0.0)["packet_batches"] >= 2
         # the end-game goes one packet at a time: the last answers were single packets
         assert workers[1].batches[-1] == 1
-        assert max(workers[1].batches) == MAX_BATCH
+        assert max(workers[1].batches) == BATCH
     finally:
         for w in workers:
             w.close()
@@ -135,7 +136,7 @@ def test_a_worker_lost_holding_a_batch_has_each_of_its_ranges_requeued_once(plan
         _, first = w0.next()
         w0.process(first[0])
         _, batch = w0.next()  # processed the first, holds a batch it did not start
-        assert len(batch) == MAX_BATCH
+        assert len(batch) == BATCH
         w0.process(batch[0])  # one of the batch processed, its outputs never sent
         master.worker_lost(f"worker-0#{os.getpid()}", "killed by signal SIGKILL")
         requeued = master.query.core.requeued
@@ -193,7 +194,7 @@ def test_a_data_batch_names_its_file_once_and_the_worker_gets_it_for_every_packe
         frame = decode_frame(worker.sock.recv())
         assert frame.type == p.PACKET and frame.payload["path"] == path
         more = frame.payload["batch"]
-        assert len(more) == 4  # 20 ms of 4 ms packets, then one packet at a time
+        assert len(more) == int(BATCH_SECONDS / 0.004) - 1  # 4 ms packets: 30 ms of them
         assert all(set(m) == {"packet"} for m in more)
         batch = _batch({"kind": frame.type, **frame.payload})
         assert all(b["path"] == path and b["tree"] == "events" for b in batch)

@@ -21,11 +21,11 @@ def measured(p: BasicPacketizer, worker: str, speed: float) -> None:
 
 def test_short_packets_go_out_in_batches_of_at_most_the_batch_time() -> None:
     p = BasicPacketizer(files(10**7), workers=2, packet_entries=1000)
-    measured(p, "w0", speed=1e6)  # 1 ms packets: 20 fit in 20 ms, capped at MAX_BATCH
+    measured(p, "w0", speed=1e7)  # 0.1 ms packets: 300 fit in 30 ms, capped at MAX_BATCH
     batch = p.next_packets("w0", 0.0)
     assert len(batch) == MAX_BATCH
     assert [b.entry_start for b in batch] == sorted(b.entry_start for b in batch)
-    measured(p, "w1", speed=1e5)  # 10 ms packets: two fill the 20 ms budget
+    measured(p, "w1", speed=1e5)  # 10 ms packets: three fill the 30 ms budget
     assert len(p.next_packets("w1", 0.0)) == round(BATCH_SECONDS / 0.01)
     p.validate()
 
