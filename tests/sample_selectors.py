@@ -87,6 +87,16 @@ class Cycles(pyproof.Selector):
         ctx.outputs["count"] += len(cycles)
 
 
+class SlowCycles(Cycles):
+    """Cycles that take `inputs['per_entry']` seconds each (short packets, many of them)."""
+
+    def process(self, cycles, ctx):
+        import time
+
+        time.sleep(ctx.inputs.get("per_entry", 0.0) * len(cycles))
+        super().process(cycles, ctx)
+
+
 class RaisesInProcess(ZmumuMass):
     def process(self, events, ctx):
         if ctx.entry_start <= ctx.inputs.get("bad_entry", 1000) < ctx.entry_stop:

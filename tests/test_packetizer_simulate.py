@@ -87,3 +87,15 @@ def test_parts_other_than_one_are_refused_for_static_chunks() -> None:
 def test_an_unknown_packetizer_is_refused() -> None:
     with pytest.raises(ValueError, match=r"^unknown packetizer 'magic'; valid: adaptive, basic"):
         simulate(Scenario(packetizer="magic"))
+
+
+def test_short_packets_in_batches_take_fewer_requests_and_still_finish_together() -> None:
+    """1 ms packets: a batch per request cuts requests ~4x; the end-game goes one packet
+    at a time, so the makespan and the finish spread (under 50 ms) do not change."""
+    short = Scenario(workers=32, files=200, entries=300_000, speed=1e6, stragglers=0.05,
+                     packetizer="basic", packet_entries=1000, prefetch=True,
+                     overhead=5e-5, deaths=2)
+    one, batched = simulate(short), simulate(replace(short, batches=True))
+    assert one["packets_per_request"] < 1.05 < 3 < batched["packets_per_request"]
+    assert batched["finish_spread"] < 0.05
+    assert batched["makespan_over_ideal"] < one["makespan_over_ideal"] * 1.01

@@ -55,6 +55,10 @@ class QueryMachine(RuleBasedStateMachine):
         self.finish_pending = False
         self.looked_up = False
         self.cause = 0
+        self.granted_batches = 0
+        # batches of any length from the start: the real policy (20 ms of work, never in
+        # the end-game) would rarely batch a query this small
+        self.policy = (1e6, 0.0, 4)
 
     def _new_worker(self) -> str:
         name = f"worker-{self.serial}#{100 + self.serial}"
@@ -65,7 +69,10 @@ class QueryMachine(RuleBasedStateMachine):
     # -- feeding the core, checking what comes back -----------------------------------
     def feed(self, event: qc.Event, *, request: str | None = None) -> list:
         ended_before = self.core.ended
+        had_packetizer = self.core.packetizer is not None
         out = self.core.handle(event)
+        if not had_packetizer:
+            self._set_policy()
         self.core.validate()
         if ended_before:  # nothing but answers to workers once the query is over
             assert all(isinstance(i, qc.ANSWERS) for i in out), out
@@ -76,10 +83,13 @@ class QueryMachine(RuleBasedStateMachine):
             assert not answers, out
         for i in out:
             if isinstance(i, qc.Grant):
-                p = i.packet
-                assert p.packet_id not in self.ranges
-                self.ranges[p.packet_id] = (p.element, p.entry_start, p.entry_stop)
-                self.workers[i.worker].assigned.append(p.packet_id)
+                assert i.packets and i.packet is i.packets[0]
+                if len(i.packets) > 1:
+                    self.granted_batches += 1
+                for p in i.packets:  # a batch: queued at the worker, processed in order
+                    assert p.packet_id not in self.ranges
+                    self.ranges[p.packet_id] = (p.element, p.entry_start, p.entry_stop)
+                    self.workers[i.worker].assigned.append(p.packet_id)
             elif isinstance(i, qc.Merge):
                 self.pending[i.token] = i.packet_ids
             elif isinstance(i, qc.Finish):
@@ -105,6 +115,38 @@ class QueryMachine(RuleBasedStateMachine):
         self.feed(qc.LookupDone(work=self.work, kind="basic",
                                 params={"packet_entries": self.packet_entries},
                                 now=self.now, cause=self.cause_id()))
+
+    @rule(budget=st.sampled_from([0.02, 1e6]), endgame=st.sampled_from([0.0, 0.25, 1e6]),
+          most=st.integers(1, 6))
+    def batch_policy(self, budget, endgame, most):
+        """Change the batch policy mid-query (see `_policy`)."""
+        self.policy = (budget, endgame, most)
+        self._set_policy()
+
+    def _set_policy(self):
+        p = self.core.packetizer
+        if p is not None and hasattr(p, "batch_seconds"):
+            p.batch_seconds, p.endgame_seconds, p.max_batch = self.policy
+
+    @rule(data=st.data())
+    def leave_dropping_queue(self, data):
+        """A worker stopped locally (removed, its host leaving): it sends the outputs of what
+        it processed, drops the queued packets it did not start, and is then lost: the
+        master requeues exactly those."""
+        names = [w for w in self.alive() if self.workers[w].assigned]
+        if not names:
+            return
+        w = self.workers[data.draw(st.sampled_from(names))]
+        if w.held:
+            ids = frozenset(w.held)
+            reports, w.reports = tuple(w.reports), []
+            w.held = []
+            self.batches.append((w.name, ids))
+            self.feed(qc.OutputArrived(worker=w.name, packet_ids=ids, reports=reports,
+                                       now=self.now, cause=self.cause_id()), request=w.name)
+        w.assigned = []
+        w.alive = False
+        self.feed(qc.WorkerLost(worker=w.name, now=self.now, cause=self.cause_id()))
 
     @rule()
     def join(self):
@@ -256,6 +298,14 @@ class QueryMachine(RuleBasedStateMachine):
         assert self.core.ended, (self.core.state, self.core.story()[-5:])
 
     # -- invariants ------------------------------------------------------------------
+    @invariant()
+    def a_worker_s_queued_and_unsent_packets_are_outstanding(self):
+        """What `flush` and a loss rely on: the core knows every packet a worker holds."""
+        for name in self.alive():
+            w = self.workers[name]
+            mine = set(w.assigned) | set(w.held)
+            assert mine <= self.core.outstanding.get(name, set()), (name, mine)
+
     @invariant()
     def every_entry_is_counted_at_most_once(self):
         assert all(n == 1 for n in self.merged.values()), self.merged.most_common(1)

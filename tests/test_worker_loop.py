@@ -112,3 +112,64 @@ def test_a_workers_last_outputs_carry_its_next_request(tmp_path):
     assert [f.type for f in frames] == ["next", "next", "outputs"]
     assert frames[-1].payload["next"] is True and frames[-1].payload["packets"] == [0]
     assert loop.socket_ok
+
+
+def _cycles(packet_id: int, start: int, stop: int) -> dict:
+    from pyproof.packetizer.base import CYCLES
+
+    return {"packet": {"packet_id": packet_id, "element": CYCLES, "entry_start": start,
+                       "entry_stop": stop}}
+
+
+def test_a_batch_is_processed_in_order_and_the_next_request_goes_as_the_last_starts(tmp_path):
+    from pyproof.transport.frames import decode_frame
+
+    batch = [_cycles(i, 10 * i, 10 * i + 10) for i in range(4)]
+    replies = [encode_frame("packet", {**batch[0], "batch": batch[1:]}),
+               encode_frame("done", {}), encode_frame("ack", {"accepted": True})]
+    seen: list[bytes] = []
+    loop = run_against(tmp_path, replies, seen=seen)
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "next", "outputs"]
+    # asked ahead as it started the last packet: the reports of the three before it
+    assert [r["packet"] for r in frames[1].payload["processed"]] == [0, 1, 2]
+    outputs = frames[2].payload
+    assert outputs["packets"] == [0, 1, 2, 3] and [r["packet"] for r in outputs["processed"]] \
+        == [3]
+    assert outputs["outputs"] == {"sum": sum(range(40)), "count": 40}
+    assert loop.socket_ok and loop.packets_queued == 3
+
+
+def test_a_worker_stopped_mid_batch_drops_the_packets_it_did_not_start(tmp_path):
+    """Stopped (removed, its host leaving): it sends what it processed and nothing more;
+    the packets it did not start go back to the master's queue when it is gone."""
+    import time
+
+    from pyproof.transport.frames import decode_frame
+
+    batch = [_cycles(i, 10 * i, 10 * i + 10) for i in range(5)]
+    address = f"ipc://{tmp_path}/master.ipc"
+    stop, seen = threading.Event(), []
+    replies = [encode_frame("packet", {**batch[0], "batch": batch[1:]}),
+               encode_frame("ack", {"accepted": True})]
+    server = threading.Thread(target=serve, args=(address, replies, stop, seen), daemon=True)
+    server.start()
+    with pynng.Req0(recv_timeout=2000, send_timeout=2000, resend_time=-1) as sock:
+        sock.dial(address, block=False)
+        loop = worker_loop.WorkerLoop(  # 10 cycles of 20 ms: 0.2 s per packet
+            worker_id="worker-0", session_id="s", query_id="q", socket=sock,
+            spec=QuerySpec(selector="tests.sample_selectors:SlowCycles", cycles=1,
+                           inputs={"per_entry": 0.02}))
+        loop.start()
+        deadline = time.monotonic() + 20
+        while len(loop._held) < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        loop.stop()  # during the second packet
+        assert loop.join(20), "the worker loop did not end"
+    stop.set()
+    server.join(5)
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "outputs"]  # no next request: it stopped
+    sent = frames[1].payload["packets"]
+    assert sent in ([0], [0, 1]), sent  # the packet under way is finished, no other starts
+    assert frames[1].payload["outputs"]["count"] == 10 * len(sent)

@@ -358,7 +358,18 @@ class QueryRun:
 
     def _carry_out(self, ins: qc.Instruction) -> None:
         if isinstance(ins, qc.Grant):
-            self._answer = (p.PACKET, self._packet_reply(ins.packet))
+            packets = ins.packets
+            reply = self._packet_reply(packets[0])
+            if len(packets) > 1:  # a batch: the worker queues the rest (worker_loop)
+                # a packet of the same element as the one before it carries no file fields
+                # (path, tree, metadata...): the worker takes them from that one
+                reply["batch"] = [
+                    {"packet": {"packet_id": packet.packet_id, "element": packet.element,
+                                "entry_start": packet.entry_start,
+                                "entry_stop": packet.entry_stop}}
+                    if packet.element == before.element else self._packet_reply(packet)
+                    for before, packet in zip(packets, packets[1:], strict=False)]
+            self._answer = (p.PACKET, reply)
         elif isinstance(ins, qc.Wait):  # not held: send your outputs, then ask again
             self._answer = (p.WAIT, {} if ins.hold else {"flush": True})
         elif isinstance(ins, qc.Done):

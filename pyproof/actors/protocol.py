@@ -7,6 +7,11 @@ Worker -> master (req/rep, one socket, so the master serves it from one thread):
   OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...},
             files: [path...]}                       -> ACK {accepted: bool}
   FAILED   {worker, query, error: RemoteError}      -> ABORT
+A PACKET is {packet: {packet_id, element, entry_start, entry_stop}, path, tree, ...},
+with `batch: [PACKET body...]` (the packets after the first) when the master grants
+several short packets at once: the worker queues them, processes them in order, and
+sends its next NEXT (with the reports) as it starts the last one. A packet of the same
+element as the one before it carries only `packet` (the file fields are that one's).
 A report is {packet, seconds, entries, bytes}. `files` lists the files the
 selector wrote (ctx.output_file) for those packets: kept if accepted, else
 deleted (output_files.py).

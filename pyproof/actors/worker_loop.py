@@ -4,7 +4,10 @@ The loop asks for its next packet before processing the current one (the
 reply waits in the socket meanwhile), so the worker never idles on the
 master. Processing reports ride on the next request. When there is no packet
 yet the master holds the request until there is one (or its bound passes), so
-waiting for a queued query or a look-up costs no polling here.
+waiting for a queued query or a look-up costs no polling here. When packets
+are short the master grants several at once (a batch, see
+packetizer/common.py): they wait in a local queue and the next request goes as
+the last one starts, so one round trip serves many packets.
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ class WorkerLoop:
         self._fileset_names = names_by_file(spec.fileset)
         self._fileset_metadata = (spec.fileset or {}).get("metadata") or {}
         self._flushed = time.monotonic()  # outputs last sent (live feedback)
+        self.packets_queued = 0          # packets that came in a batch, after its first
 
     def start(self) -> None:
         """Run the query on a thread of its own (tests; a worker runs it on its query
@@ -263,10 +267,23 @@ class WorkerLoop:
             kind = reply["kind"]
             if kind == p.PACKET:
                 backoff = 0.01
-                # ask for the next packet first: its reply waits while we process
-                self._send(p.NEXT, {"processed": self._take_reports()})
-                if not self._process(reply):
-                    return
+                # a batch of short packets (PACKET's "batch") is queued here and processed
+                # in order; the next request goes as the last one starts (ahead: its
+                # reply waits while we process), with the reports of the others
+                queue = _batch(reply)
+                last = len(queue) - 1
+                for index, packet in enumerate(queue):
+                    if index == last:
+                        self._send(p.NEXT, {"processed": self._take_reports()})
+                    elif self._stop.is_set():
+                        # stopped: the queued packets not started are dropped here, and
+                        # go back to the master's queue when this worker is gone
+                        self.log.info("queued_packets_dropped", packets=last + 1 - index)
+                        self._flush()
+                        return
+                    if not self._process(packet):
+                        return
+                self.packets_queued += last
                 reply = self._recv(p.NEXT)
                 if self.spec.feedback and time.monotonic() - self._flushed >= \
                         self.spec.feedback_interval:
@@ -536,6 +553,22 @@ class WorkerLoop:
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
         return reply
+
+
+_NOT_FILE = ("kind", "batch", "accepted", "packet")
+
+
+def _batch(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """A PACKET reply's packets, each with its file fields: a packet of the same element
+    as the one before it comes without them ("batch", see master_query._carry_out)."""
+    batch = [reply]
+    for item in reply.get("batch") or ():
+        before = batch[-1]
+        if "path" not in item and item["packet"]["element"] == before["packet"]["element"]:
+            item = {k: v for k, v in before.items() if k not in _NOT_FILE} | \
+                {"packet": item["packet"]}
+        batch.append(item)
+    return batch
 
 
 def _returned_message(selector: Selector, returned: Any) -> str:

@@ -20,8 +20,10 @@ Then the packet grants per second of the pure query core (no socket, no
 codec), and those the real master data plane sustains (a
 ``MasterPlane`` in this process running a CPU query with basic packets) for 2,
 8 and 32 simulated workers (threads of the peer process speaking the worker
-protocol: report the last packet and get the next; every 10 packets send
-outputs, which the master merges).
+protocol: report the last packets and get the next; every 10 packets or more
+send outputs, which the master merges). The packets are short (1 ms by the
+reports), so the master grants them in batches (packetizer/common.py):
+grants/s counts packets granted, requests/s the requests that carried them.
 """
 
 from __future__ import annotations
@@ -162,11 +164,14 @@ def _peer_sink(address: str, kind: str, mode: str, count: int) -> int:
     return received
 
 
-def _peer_workers(address: str, workers: int, seconds: float) -> tuple[int, float, list[float]]:
-    """Simulated workers on the real protocol, for `seconds` once all are served."""
+def _peer_workers(address: str, workers: int,
+                  seconds: float) -> tuple[int, int, float, list[float]]:
+    """Simulated workers on the real protocol, for `seconds` once all are served: the
+    packets granted, the requests that got them, the window's length, request latencies."""
     latencies: list[float] = []
     errors: list[BaseException] = []
-    counts = [0] * workers
+    counts = [0] * workers  # packets granted
+    asked = [0] * workers  # requests answered with packets
     window: list[float] = []  # start, end
     ready = threading.Barrier(workers + 1)
 
@@ -194,12 +199,16 @@ def _peer_workers(address: str, workers: int, seconds: float) -> tuple[int, floa
                         continue
                     if kind != "packet":
                         raise RuntimeError(f"{name}: the master answered {kind}: {reply}")
-                    packet = reply["packet"]
-                    counts[index] += 1
-                    done.append(packet["packet_id"])
-                    reports = [{"packet": packet["packet_id"], "seconds": 0.001, "bytes": 0,
-                                "entries": packet["entry_stop"] - packet["entry_start"]}]
-                    if len(done) == 10:
+                    # a batch of short packets ("batch"), as worker_loop queues and runs it
+                    batch = [reply["packet"]] + [m["packet"] for m in reply.get("batch") or ()]
+                    counts[index] += len(batch)
+                    asked[index] += 1
+                    for packet in batch:
+                        done.append(packet["packet_id"])
+                        reports.append({"packet": packet["packet_id"], "seconds": 0.001,
+                                        "bytes": 0,
+                                        "entries": packet["entry_stop"] - packet["entry_start"]})
+                    if len(done) >= 10:
                         kind, _ = request(sock, "outputs", {
                             **base, "packets": done, "processed": reports,
                             "outputs": {"h": np.ones(100)}, "files": []})
@@ -214,16 +223,17 @@ def _peer_workers(address: str, workers: int, seconds: float) -> tuple[int, floa
     for thread in threads:
         thread.start()
     ready.wait(timeout=TIMEOUT_MS / 1000)  # every worker has been answered once
-    before = sum(counts)
+    before, requests_before = sum(counts), sum(asked)
     start = time.perf_counter()
     window[:] = [start, start + seconds]
     time.sleep(seconds)
-    counted, elapsed = sum(counts) - before, time.perf_counter() - start
+    counted, requests = sum(counts) - before, sum(asked) - requests_before
+    elapsed = time.perf_counter() - start
     for thread in threads:
         thread.join(timeout=TIMEOUT_MS / 1000)
     if errors:
         raise errors[0]
-    return counted, elapsed, latencies
+    return counted, requests, elapsed, latencies
 
 
 _TASKS: dict[str, Callable[..., Any]] = {
@@ -363,7 +373,7 @@ def grants(peer: Peer, directory: str, workers: int, seconds: float) -> dict[str
             cpu = time.process_time()
             try:
                 peer.start("workers", address, workers, seconds)
-                counted, elapsed, latencies = peer.wait()
+                counted, requests, elapsed, latencies = peer.wait()
                 cpu = time.process_time() - cpu
                 plane.stop_query("q1", "benchmark over")
             finally:
@@ -374,13 +384,15 @@ def grants(peer: Peer, directory: str, workers: int, seconds: float) -> dict[str
     latencies.sort()
     return {
         "grants_per_s": counted / elapsed,
+        "requests_per_s": requests / elapsed,
         "median_us": statistics.median(latencies) * 1e6,
         "master_cpu_us": cpu / max(1, counted) * 1e6,
     }
 
 
 def core_grants(workers: int, kind: str, grants: int) -> dict[str, float]:
-    """Packet grants/s of the pure query core alone (no socket, no codec, no thread).
+    """Packet grants/s of the pure query core alone (no socket, no codec, no thread),
+    until `grants` packets are granted (a request may be granted a batch).
 
     The same traffic as `grants`: each worker asks with the report of its last
     packet and every 10 packets sends outputs (merged at once); a tick every
@@ -405,20 +417,21 @@ def core_grants(workers: int, kind: str, grants: int) -> dict[str, float]:
     core.handle(qc.LookupDone(work=work, kind=kind, params=params, now=0.0))
     last: dict[str, Any] = dict.fromkeys(names)
     held: dict[str, list[int]] = {w: [] for w in names}
-    now, start = 0.0, time.thread_time()
-    for k in range(grants):
+    now, start, granted, k = 0.0, time.thread_time(), 0, -1
+    while granted < grants:
+        k += 1
         worker = names[k % workers]
         now += 1e-5
-        packet = last[worker]
-        reports = () if packet is None else (
-            qc.Report(packet=packet.packet_id, entries=packet.entries,
-                      seconds=packet.entries / 1e6),)
+        reports = tuple(qc.Report(packet=packet.packet_id, entries=packet.entries,
+                                  seconds=packet.entries / 1e6)
+                        for packet in last[worker] or ())
         grant = core.handle(qc.PacketRequested(worker=worker, reports=reports, now=now))[-1]
         if not isinstance(grant, qc.Grant):
             raise AssertionError(f"the core answered {grant}")
-        last[worker] = grant.packet
-        held[worker].append(grant.packet.packet_id)
-        if len(held[worker]) == 10:
+        last[worker] = grant.packets
+        granted += len(grant.packets)
+        held[worker].extend(packet.packet_id for packet in grant.packets)
+        if len(held[worker]) >= 10:
             for ins in core.handle(qc.OutputArrived(
                     worker=worker, packet_ids=frozenset(held[worker]), now=now)):
                 if isinstance(ins, qc.Merge):
@@ -427,7 +440,8 @@ def core_grants(workers: int, kind: str, grants: int) -> dict[str, float]:
         if k % 20 == 0:
             core.handle(qc.Tick(now=now))
     seconds = max(time.thread_time() - start, 1e-9)
-    return {"grants_per_s": grants / seconds, "cpu_us": seconds / grants * 1e6}
+    return {"grants_per_s": granted / seconds, "requests_per_s": (k + 1) / seconds,
+            "cpu_us": seconds / granted * 1e6}
 
 
 def codec(payload: Payload, count: int) -> dict[str, float]:
@@ -513,11 +527,12 @@ def _run_grants(peer: Peer, plan: Plan, directory: str, results: dict[str, Any],
                 emit: Callable[[str], None]) -> None:
     emit("\n== packet grants: the real master data plane (ipc, as in a session), "
          "simulated workers in another process ==")
-    emit(f"{'workers':<10}{'grants/s':>10}{'median request':>16}{'master CPU':>18}")
+    emit(f"{'workers':<10}{'grants/s':>10}{'requests/s':>12}{'median request':>16}"
+         f"{'master CPU':>18}")
     for workers in plan.workers:
         row = grants(peer, directory, workers, plan.grant_seconds)
-        emit(f"{workers:<10}{row['grants_per_s']:>10.0f}{row['median_us']:>13.0f} us"
-             f"{row['master_cpu_us']:>10.0f} us/grant")
+        emit(f"{workers:<10}{row['grants_per_s']:>10.0f}{row['requests_per_s']:>12.0f}"
+             f"{row['median_us']:>13.0f} us{row['master_cpu_us']:>10.0f} us/grant")
         results["grants"].append({"workers": workers, **row})
 
 

@@ -44,7 +44,8 @@ class Stats:
     wall_time: seconds from query start on the master to the merged result;
     lookups_opened: files the master opened to count entries or check branches;
     lookups_cached: files it knew unchanged from an earlier query of the session;
-    lookups_catalog: files whose entries the catalog gave (none opened)."""
+    lookups_catalog: files whose entries the catalog gave (none opened);
+    packet_batches: answers that granted a worker several short packets at once."""
 
     entries: int
     bytes_read: int
@@ -54,6 +55,7 @@ class Stats:
     lookups_opened: int = 0
     lookups_cached: int = 0
     lookups_catalog: int = 0
+    packet_batches: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -69,7 +71,8 @@ class Stats:
                             for w, s in data.get("workers", {}).items()},
                    lookups_opened=int(data.get("lookups_opened", 0)),
                    lookups_cached=int(data.get("lookups_cached", 0)),
-                   lookups_catalog=int(data.get("lookups_catalog", 0)))
+                   lookups_catalog=int(data.get("lookups_catalog", 0)),
+                   packet_batches=int(data.get("packet_batches", 0)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

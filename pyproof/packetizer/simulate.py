@@ -10,7 +10,10 @@ slower); with `--parts N` they form N datasets processed in turn (the
 "multi" packetizer over parts of the chosen kind). Each packet costs
 `overhead` seconds on top (request, file open). With `--prefetch` a worker
 asks for its next packet when it starts one, as the real worker loop does
-(the request's round trip hides behind the processing). Workers may die or
+(the request's round trip hides behind the processing). With `--batches` a
+request is answered as the master does (`next_packets`: several short packets
+at once, see packetizer/common.py); the worker queues them and, with
+`--prefetch`, asks again as it starts the last one. Workers may die or
 join mid-run. The report compares the makespan with the
 ideal (total entries / total speed of the starting workers, no overhead) and
 gives the spread of the workers' finish times and the packetizer's own CPU
@@ -58,6 +61,8 @@ class Scenario:
     overhead: float = 0.005
     flush_every: int = 1
     prefetch: bool = False
+    batches: bool = False
+    packet_entries: int | None = None  # basic: a fixed packet size (None: its default)
     parts: int = 1
     packetizer: str = "adaptive"
     seed: int = 0
@@ -98,7 +103,8 @@ class _Cluster:
         self.outputs: dict[str, list[int]] = {}
         self.last_done: dict[str, float] = {}
         self.packets: dict[str, int] = {}
-        self.next: dict[str, Packet] = {}  # prefetched: granted, not started
+        self.queue: dict[str, list[Packet]] = {}  # granted (a batch, or prefetched), not started
+        self.requests = 0
         self.cpu: list[float] = []
         self.makespan = 0.0
 
@@ -107,6 +113,8 @@ class _Cluster:
         if s.packetizer == "static":
             return StaticPacketizer(self.work, workers=s.workers)
         params: dict[str, Any] = {}
+        if s.packetizer == "basic" and s.packet_entries is not None:
+            params["packet_entries"] = s.packet_entries
         if s.packetizer == "adaptive":
             params = {"element_hosts": self.file_host, "worker_hosts": self.worker_host}
             params["max_readers_per_node"] = s.reader_cap
@@ -147,31 +155,41 @@ class _Cluster:
                 self.alive.discard(worker)
                 self.idle.discard(worker)
                 self.outputs.pop(worker, None)
-                self.next.pop(worker, None)
+                self.queue.pop(worker, None)
                 self.packetizer.worker_lost(worker, t)
                 self._wake(t)
         if not self.packetizer.finished:
             raise RuntimeError(f"simulation stalled: {self.packetizer.statistics()}")
 
-    def _grant(self, worker: str, t: float) -> Packet | None:
+    def _grant(self, worker: str, t: float) -> list[Packet]:
+        """One request: a packet, or a batch with `batches` (empty: nothing now)."""
+        self.requests += 1
         start = time.process_time()
-        packet = self.packetizer.next_packet(worker, t)
+        many = getattr(self.packetizer, "next_packets", None) if self.s.batches else None
+        if many is not None:
+            packets = many(worker, t)
+        else:
+            packet = self.packetizer.next_packet(worker, t)
+            packets = [] if packet is None else [packet]
         self.cpu.append(time.process_time() - start)
-        return packet
+        return packets
 
     def _ask(self, worker: str, t: float) -> None:
-        packet = self.next.pop(worker, None) or self._grant(worker, t)
-        if packet is None:
+        queue = self.queue.pop(worker, None) or self._grant(worker, t)
+        if not queue:
             self._flush(worker, t)
             self.idle.add(worker)
             return
+        packet = queue.pop(0)
         self.idle.discard(worker)
         host = self.file_host.get(packet.element)
         slowdown = self.s.remote_slowdown if host and host != self.worker_host[worker] else 1.0
         seconds = self.s.overhead + packet.entries * slowdown / self.speed[worker]
         self._push(t + seconds, "done", worker, (packet, seconds))
-        if self.s.prefetch and (following := self._grant(worker, t)) is not None:
-            self.next[worker] = following
+        if not queue and self.s.prefetch:  # it starts its last packet: it asks ahead
+            queue = self._grant(worker, t)
+        if queue:
+            self.queue[worker] = queue
 
     def _done(self, worker: str, packet: Packet, seconds: float, t: float) -> None:
         self.packetizer.packet_processed(worker, packet.packet_id, t, seconds=seconds)
@@ -217,6 +235,8 @@ class _Cluster:
                 "max": max(counts, default=0),
             },
             "requeued_packets": stats.packets_requeued,
+            "requests": self.requests,
+            "packets_per_request": stats.packets_assigned / max(1, self.requests),
             "decision_cpu_us": {
                 "mean": 1e6 * sum(cpu) / len(cpu) if cpu else 0.0,
                 "p99": 1e6 * cpu[int(0.99 * (len(cpu) - 1))] if cpu else 0.0,
@@ -268,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--overhead", type=float, default=d.overhead, help="seconds per packet")
     add("--flush-every", type=int, default=d.flush_every, help="packets per output")
     add("--prefetch", action="store_true", help="ask for the next packet when starting one")
+    add("--batches", action="store_true", help="several short packets per request")
+    add("--packet-entries", type=int, default=d.packet_entries, help="basic: packet size")
     add("--parts", type=int, default=d.parts, help="datasets in turn (multi packetizer)")
     add("--packetizer", choices=PACKETIZERS, default=d.packetizer)
     add("--seed", type=int, default=d.seed)
@@ -294,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"packets              {report['packets']}"
         f" (per worker {per['min']}..{per['max']}, mean {per['mean']:.1f});"
         f" requeued {report['requeued_packets']}"
+    )
+    print(
+        f"requests             {report['requests']}"
+        f" ({report['packets_per_request']:.2f} packets per request)"
     )
     print(
         f"decision CPU         mean {cpu['mean']:.1f} us, p99 {cpu['p99']:.1f} us,"

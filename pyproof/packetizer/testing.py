@@ -57,6 +57,32 @@ class Driver:
             return None
         if packet is None:
             return None
+        return self._take(worker, packet)
+
+    def request_batch(self, worker: str) -> list[Packet]:
+        """Ask for a batch (`next_packets`, when the packetizer cuts batches); assert each
+        packet covers queued entries only, and that the batch respects the policy: one
+        packet for a worker not measured yet or in the end-game, never over `max_batch`."""
+        many = getattr(self.packetizer, "next_packets", None)
+        if many is None:
+            packet = self.request(worker)
+            return [] if packet is None else [packet]
+        stats = self.packetizer.statistics()
+        batch = many(worker, self.now)
+        if worker in self.gone:
+            assert batch == [], f"lost worker {worker} was given {batch}"
+            return []
+        if len(batch) > 1:
+            p = self.packetizer
+            assert len(batch) <= p.max_batch, f"a batch of {len(batch)} > {p.max_batch}"
+            speed = p._speed.get(worker)  # noqa: SLF001 - the model checks the policy
+            assert speed is not None, f"{worker} got a batch before its speed was known"
+            seconds = sum(x.entries for x in batch) / speed
+            assert seconds <= p.batch_seconds * (1 + 1e-9), f"a batch of {seconds} s"
+            assert stats.entries_queued + p.expected > 0
+        return [self._take(worker, packet) for packet in batch]
+
+    def _take(self, worker: str, packet: Packet) -> Packet:
         slots = self.place[packet.element]
         span = slots[packet.entry_start : packet.entry_stop]
         assert packet.entries > 0 and len(span) == packet.entries, f"bad packet {packet}"
@@ -213,6 +239,24 @@ class PacketizerMachine(RuleBasedStateMachine):
         names = self.driver.workers + sorted(self.driver.gone)
         if names:
             self.driver.request(data.draw(st.sampled_from(names), label="requester"))
+
+    @rule(data=st.data())
+    def request_batch(self, data: st.DataObject) -> None:
+        """Ask for several packets at once (the master's batched grant)."""
+        assert self.driver is not None
+        names = self.driver.workers + sorted(self.driver.gone)
+        if names:
+            self.driver.request_batch(data.draw(st.sampled_from(names), label="batch asker"))
+
+    @rule(data=st.data())
+    def batch_policy(self, data: st.DataObject) -> None:
+        """Batches of any length (the real policy's times are too short for small work)."""
+        assert self.driver is not None
+        p = self.driver.packetizer
+        if hasattr(p, "batch_seconds"):
+            p.batch_seconds = data.draw(st.sampled_from([0.02, 10.0, 1e6]), label="budget")
+            p.endgame_seconds = data.draw(st.sampled_from([0.0, 0.25, 10.0]), label="endgame")
+            p.max_batch = data.draw(st.integers(1, 5), label="max batch")
 
     @rule(data=st.data())
     def report(self, data: st.DataObject) -> None:

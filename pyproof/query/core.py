@@ -241,11 +241,21 @@ Event = (LookupDone | LookupBegun | ElementFound | ElementMissing | LookupFailed
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Grant:
-    """Answer `worker`: process `packet`."""
+    """Answer `worker`: process `packets`, in order (one, or a batch of short ones).
+
+    The worker keeps a batch in a local queue and asks again (ahead) when it
+    starts the last one; every packet of it is the worker's until its outputs
+    arrive (`outstanding`), and a loss requeues each exactly once.
+    """
 
     worker: str
-    packet: Packet
+    packets: tuple[Packet, ...]
     cause: str = ""
+
+    @property
+    def packet(self) -> Packet:
+        """The first packet (the only one unless the grant is a batch)."""
+        return self.packets[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -398,6 +408,7 @@ class QueryCore:
         self.packets_before_lookup = 0  # granted while the look-up was still running
         self.processed_before_lookup = 0  # entries reported processed meanwhile
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
+        self.batches = 0  # grants of several packets
         self.outstanding: dict[str, set[int]] = {}  # worker -> granted ids, outputs not sent
         self.total = 0
         self.processed = 0  # entries reported processed (progress)
@@ -619,8 +630,8 @@ class QueryCore:
         if self.state is QueryState.STOPPING:
             self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
-        packet = self.packetizer.next_packet(ev.worker, ev.now)
-        if packet is None:
+        batch = self._next_packets(ev.worker, ev.now)
+        if not batch:
             self._maybe_finish(ev.cause)
             if self.state == QueryState.RUNNING:  # a lost worker's packets may come back
                 self._emit(Wait(worker=ev.worker, hold=not self.outstanding.get(ev.worker),
@@ -628,16 +639,28 @@ class QueryCore:
             elif not self._gate(ev.worker, ev.cause):
                 self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
-        self.packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
-        if self.first_packet_at is None:
-            self.first_packet_at = ev.now
-        if self.incremental and self.lookup_done_at is None:
-            self.packets_before_lookup += 1
         held = self.outstanding.get(ev.worker)
         if held is None:
             held = self.outstanding[ev.worker] = set()
-        held.add(packet.packet_id)
-        self._out.append(Grant(worker=ev.worker, packet=packet, cause=ev.cause))
+        packets = self.packets
+        for packet in batch:
+            packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+            held.add(packet.packet_id)
+        self.batches += len(batch) > 1
+        if self.first_packet_at is None:
+            self.first_packet_at = ev.now
+        if self.incremental and self.lookup_done_at is None:
+            self.packets_before_lookup += len(batch)
+        self._out.append(Grant(worker=ev.worker, packets=tuple(batch), cause=ev.cause))
+
+    def _next_packets(self, worker: str, now: float) -> list[Packet]:
+        """One packet, or a batch of short ones when the packetizer cuts batches."""
+        assert self.packetizer is not None
+        many = getattr(self.packetizer, "next_packets", None)
+        if many is not None:
+            return many(worker, now)
+        packet = self.packetizer.next_packet(worker, now)
+        return [] if packet is None else [packet]
 
     def _on_outputs(self, ev: OutputArrived) -> None:
         if self._gate(ev.worker, ev.cause):
@@ -805,6 +828,7 @@ class QueryCore:
         end = self.ended_at if self.ended_at is not None else now
         return {"entries": self.delivered, "bytes_read": self.bytes,
                 "wall_time": end - self.started, "packets": len(self.packets),
+                "packet_batches": self.batches,
                 **self.lookups,
                 "workers": {w: t.as_dict() for w, t in self.tally.items()}}
 
