@@ -25,6 +25,16 @@ def test_the_lite_daemon_opens_the_clients_session_while_it_boots_and_only_that_
         assert result.outputs["sum"] == sum(range(40))
 
 
+def test_the_actors_share_the_daemons_modules_frozen_and_collect_their_own_garbage() -> None:
+    # the daemon loads the modules with the collector off and freezes them before its first
+    # fork: a collection in an actor leaves those shared pages alone (actors/daemon.py)
+    with pyproof.connect("lite://?workers=2") as session:
+        result = session.process("tests.sample_selectors:CollectorState", cycles=20,
+                                 progress=False)
+    assert result.outputs == {"collector_off": 0, "nothing_frozen": 0}
+    assert result.stats.entries == 20
+
+
 def test_the_pre_opened_session_goes_only_to_the_same_request() -> None:
     with pyproof.connect("lite://?workers=2") as session:
         request = session.cluster.open_request

@@ -9,9 +9,21 @@ tree: Thespian's shutdown does not reap orphans and can block on a hung actor.
 This process never opens an nng socket itself, so the actors forked from it
 may. It runs with umask 077 (so does every actor) and, on start, makes the
 sandbox private (see pyproof.sandbox).
+
+The garbage collector is off while the modules load (first thing: imports
+make no garbage worth a collection, and each collection walks every object
+loaded so far) and whatever is loaded is frozen before the first fork
+(`gc.freeze`): every actor is forked from this process, and a collection in
+an actor then leaves the shared pages alone instead of writing to all of
+them (copy on write).
 """
 
 from __future__ import annotations
+
+import gc
+
+if __name__ == "__main__":  # the daemon process (not a module that imports our helpers)
+    gc.disable()  # until the modules are loaded: see the module docstring, _freeze_modules
 
 import argparse
 import contextlib
@@ -126,6 +138,14 @@ def _preopen(spec: str | None, *, owner: str, secret: bytes, run_dir: str,
                            data_key=sealing.data_key(secret, session_id))
 
 
+def _freeze_modules() -> None:
+    """Called once the modules every actor needs are loaded, just before the first fork:
+    what is loaded moves to the collector's permanent generation (never walked again, in
+    this process or in any actor forked from it), and collections resume."""
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
@@ -202,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     # every actor is forked (through Thespian's admin) from this process: what it imports
     # now, each of them has at once, paid for once (see actors/warmup.py)
     preload_actor_modules()
+    _freeze_modules()
 
     system, port = start_system(args.log_dir)
     t_system = time.time()
