@@ -40,7 +40,7 @@ import uuid
 
 from pyproof import sandbox
 from pyproof.actors import messages as m
-from pyproof.actors.registry import stop_registered
+from pyproof.actors.registry import keep_open, stop_registered
 from pyproof.actors.survival import stop_sessions_too
 from pyproof.errors import ProofError
 from pyproof.hosts import config as cluster_options
@@ -138,6 +138,16 @@ def _preopen(spec: str | None, *, owner: str, secret: bytes, run_dir: str,
                            data_key=sealing.data_key(secret, session_id))
 
 
+_held: list = []  # the daemon's own connection to the session registry (never used)
+
+
+def _hold_registry(run_dir: str) -> None:
+    """Keep the registry open in this process (see registry.keep_open): a failure (a full
+    disk, say) only makes the registry's writes slower, the next one reports it."""
+    with contextlib.suppress(Exception):
+        _held.append(keep_open(run_dir))
+
+
 def _freeze_modules() -> None:
     """Called once the modules every actor needs are loaded, just before the first fork:
     what is loaded moves to the collector's permanent generation (never walked again, in
@@ -233,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     requested = False
     try:  # whatever fails from here on (a full disk, say), the finally stops the system
         _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
+        # the session registry, held open for as long as we run (registry.keep_open says
+        # why); on a thread: creating it syncs the disk, and the root's start need not wait
+        threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
+                         name="pyproof-registry").start()
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,
@@ -293,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         # sessions lead process sessions of their own: they outlive a daemon that dies
         # (a restarted one re-adopts them); a daemon told to stop stops them too: those
         # under its actors, and those it adopted (found in the registry)
+        for db in _held:  # the last connection to close then tidies the registry's files
+            with contextlib.suppress(Exception):
+                db.close()
         if requested:
             stop_sessions_too(thespian_sessions)
             stop_registered(args.run_dir)
