@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from pyproof.errors import ConnectError, InputError, ProofError, QueryAborted, QueryError
 
 if TYPE_CHECKING:
+    from pyproof.client.connect import connect
     from pyproof.client.handle import QueryHandle
     from pyproof.client.result import Result, Stats, WorkerStats, load
-    from pyproof.client.session import Session, connect
+    from pyproof.client.session import Session
     from pyproof.selector import Context, Selector, SelectorError
 
 _LAZY = {
@@ -33,7 +34,7 @@ _LAZY = {
     "WorkerStats": "pyproof.client.result",
     "load": "pyproof.client.result",
     "Session": "pyproof.client.session",
-    "connect": "pyproof.client.session",
+    "connect": "pyproof.client.connect",  # light: starts a lite daemon, then imports the rest
     "Context": "pyproof.selector",
     "Selector": "pyproof.selector",
     "SelectorError": "pyproof.selector",

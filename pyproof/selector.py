@@ -24,9 +24,10 @@ import site
 import sys
 import sysconfig
 import threading
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.errors import ProofError
 from pyproof.sandbox import make_private_dir
 

@@ -371,3 +371,18 @@ class PacketLog(pyproof.Selector):
         ctx.outputs["mass"].fill(ak.to_numpy(events["M"]))
         ctx.outputs["packets"].append([ctx.worker, ctx.file, ctx.entry_start, ctx.entry_stop,
                                        time.time()])
+
+
+class CollectorState(pyproof.Selector):
+    """Counts the packets processed where the garbage collector was off, or where nothing
+    loaded before the daemon forked was frozen (gc.freeze: see actors/daemon.py)."""
+
+    def begin(self, ctx):
+        ctx.outputs["collector_off"] = 0
+        ctx.outputs["nothing_frozen"] = 0
+
+    def process(self, cycles, ctx):
+        import gc
+
+        ctx.outputs["collector_off"] += not gc.isenabled()
+        ctx.outputs["nothing_frozen"] += gc.get_freeze_count() == 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from typing import Any
 
 import pyproof
@@ -23,6 +26,37 @@ def test_the_lite_daemon_opens_the_clients_session_while_it_boots_and_only_that_
         assert len(session.workers) == 2
         result = session.process("tests.sample_selectors:Cycles", cycles=40, progress=False)
         assert result.outputs["sum"] == sum(range(40))
+
+
+def test_the_actors_share_the_daemons_modules_frozen_and_collect_their_own_garbage() -> None:
+    # the daemon loads the modules with the collector off and freezes them before its first
+    # fork: a collection in an actor leaves those shared pages alone (actors/daemon.py)
+    with pyproof.connect("lite://?workers=2") as session:
+        result = session.process("tests.sample_selectors:CollectorState", cycles=20,
+                                 progress=False)
+    assert result.outputs == {"collector_off": 0, "nothing_frozen": 0}
+    assert result.stats.entries == 20
+
+
+def test_the_daemon_process_keeps_the_session_registry_open_while_it_runs() -> None:
+    # so a session's registry writes do not each copy the WAL back and sync the disk, as the
+    # last connection's close does (registry.keep_open)
+    with pyproof.connect("lite://?workers=1") as session:
+        cluster = session.cluster
+        registry = os.path.join(cluster.run_dir, "sessions.db")
+        deadline = time.monotonic() + 10.0
+        while registry not in _open_files(cluster.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert registry in _open_files(cluster.process.pid)
+
+
+def _open_files(pid: int) -> set[str]:
+    fds = f"/proc/{pid}/fd"
+    names = set()
+    for fd in os.listdir(fds):
+        with contextlib.suppress(OSError):
+            names.add(os.readlink(os.path.join(fds, fd)))
+    return names
 
 
 def test_the_pre_opened_session_goes_only_to_the_same_request() -> None:

@@ -47,6 +47,26 @@ def test_the_daemon_module_imports_no_nng_and_no_codec() -> None:
                     ("pynng", "cbor2", "pyproof.transport.codec", *HEAVY)) == []
 
 
+def test_connect_starts_a_lite_daemon_before_it_imports_the_rest_of_the_client() -> None:
+    # nng, the codec and Session load while the daemon boots (client/connect.py)
+    heavy = ("pynng", "pyproof.client.session", "pyproof.transport.codec",
+             "pyproof.supervision.core")
+    assert imported("import pyproof; pyproof.connect", heavy) == []
+    # what was loaded when the cluster's process is started (here: a class that records it)
+    code = ("import sys, pyproof\n"
+            "from pyproof.client import connect as c\n"
+            "class Started(Exception): pass\n"
+            "class Cluster:\n"
+            "    def __init__(self, **kwargs): raise Started(sorted(sys.modules))\n"
+            "c.LiteCluster = Cluster\n"
+            "try: pyproof.connect('lite://?workers=2')\n"
+            "except Started as started: print([m for m in started.args[0] if m in "
+            f"{heavy!r}])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.splitlines() == ["[]"]
+
+
 def test_the_codec_imports_numpy_only_for_an_array() -> None:
     array = encode({"a": np.arange(3.0), "n": np.int64(7)})
     code = ("from pyproof.transport.codec import decode, encode; "

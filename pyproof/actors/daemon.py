@@ -9,9 +9,21 @@ tree: Thespian's shutdown does not reap orphans and can block on a hung actor.
 This process never opens an nng socket itself, so the actors forked from it
 may. It runs with umask 077 (so does every actor) and, on start, makes the
 sandbox private (see pyproof.sandbox).
+
+The garbage collector is off while the modules load (first thing: imports
+make no garbage worth a collection, and each collection walks every object
+loaded so far) and whatever is loaded is frozen before the first fork
+(`gc.freeze`): every actor is forked from this process, and a collection in
+an actor then leaves the shared pages alone instead of writing to all of
+them (copy on write).
 """
 
 from __future__ import annotations
+
+import gc
+
+if __name__ == "__main__":  # the daemon process (not a module that imports our helpers)
+    gc.disable()  # until the modules are loaded: see the module docstring, _freeze_modules
 
 import argparse
 import contextlib
@@ -28,7 +40,7 @@ import uuid
 
 from pyproof import sandbox
 from pyproof.actors import messages as m
-from pyproof.actors.registry import stop_registered
+from pyproof.actors.registry import keep_open, stop_registered
 from pyproof.actors.survival import stop_sessions_too
 from pyproof.errors import ProofError
 from pyproof.hosts import config as cluster_options
@@ -126,6 +138,24 @@ def _preopen(spec: str | None, *, owner: str, secret: bytes, run_dir: str,
                            data_key=sealing.data_key(secret, session_id))
 
 
+_held: list = []  # the daemon's own connection to the session registry (never used)
+
+
+def _hold_registry(run_dir: str) -> None:
+    """Keep the registry open in this process (see registry.keep_open): a failure (a full
+    disk, say) only makes the registry's writes slower, the next one reports it."""
+    with contextlib.suppress(Exception):
+        _held.append(keep_open(run_dir))
+
+
+def _freeze_modules() -> None:
+    """Called once the modules every actor needs are loaded, just before the first fork:
+    what is loaded moves to the collector's permanent generation (never walked again, in
+    this process or in any actor forked from it), and collections resume."""
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
@@ -202,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     # every actor is forked (through Thespian's admin) from this process: what it imports
     # now, each of them has at once, paid for once (see actors/warmup.py)
     preload_actor_modules()
+    _freeze_modules()
 
     system, port = start_system(args.log_dir)
     t_system = time.time()
@@ -212,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     requested = False
     try:  # whatever fails from here on (a full disk, say), the finally stops the system
         _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
+        # the session registry, held open for as long as we run (registry.keep_open says
+        # why); on a thread: creating it syncs the disk, and the root's start need not wait
+        threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
+                         name="pyproof-registry").start()
         root = system.createActor(Root)
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,
@@ -272,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         # sessions lead process sessions of their own: they outlive a daemon that dies
         # (a restarted one re-adopts them); a daemon told to stop stops them too: those
         # under its actors, and those it adopted (found in the registry)
+        for db in _held:  # the last connection to close then tidies the registry's files
+            with contextlib.suppress(Exception):
+                db.close()
         if requested:
             stop_sessions_too(thespian_sessions)
             stop_registered(args.run_dir)

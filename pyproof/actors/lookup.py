@@ -13,9 +13,9 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.packetizer.base import WorkRange
 
 FRIEND = "friend."

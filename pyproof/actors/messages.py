@@ -8,9 +8,10 @@ validates them and turns them into these messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.query.spec import QuerySpec
 
 

@@ -46,10 +46,14 @@ def default_workers() -> int:
 class LiteCluster:
     """Starts the daemon process and reaps everything it started on `close()`."""
 
-    def __init__(self, *, timeout: float = START_TIMEOUT, workers: int | None = None) -> None:
+    def __init__(self, *, timeout: float = START_TIMEOUT, workers: int | None = None,
+                 wait: bool = True) -> None:
         """`workers`: the daemon opens a session of that many workers while it boots,
         side by side with its control tree; `open_session` with `open_request` as its
-        request id gets it (see bench/startup.py for what that saves)."""
+        request id gets it (see bench/startup.py for what that saves).
+
+        `wait=False`: return as soon as the daemon process is started; `wait_ready()`
+        then waits for it (`connect` imports the rest of the client meanwhile)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = make_private_dir(lite_sessions_dir())  # the daemon fixes what is older
         self.session_dir = tempfile.mkdtemp(prefix=f"{stamp}-{os.getpid()}-", dir=base)
@@ -81,8 +85,22 @@ class LiteCluster:
             os.close(ready_w)
         self.ready_info: dict = {}
         self.t_ready_seen: float | None = None
+        self.control_address = ""
+        self._ready_r: int | None = ready_r
+        self._timeout = timeout
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait (within the start timeout) until the daemon is ready; at once if it was.
+
+        Raises ConnectError (the cluster closed) if it exits or fails to boot first.
+        """
+        ready_r, self._ready_r = self._ready_r, None
+        if ready_r is None:
+            return
         try:
-            self.control_address = self._wait_ready(ready_r, timeout)
+            self.control_address = self._wait_ready(ready_r, self._timeout)
         except BaseException:
             self.close()
             raise
@@ -128,6 +146,10 @@ class LiteCluster:
         are killed instead. End of file on stdin still tells a daemon we fail
         to kill (it is not ours any more, say) to stop on its own.
         """
+        if self._ready_r is not None:  # closed before wait_ready
+            with contextlib.suppress(OSError):
+                os.close(self._ready_r)
+            self._ready_r = None
         proc = self.process
         if proc.poll() is None:
             with contextlib.suppress(OSError):

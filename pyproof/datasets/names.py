@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from fnmatch import fnmatchcase
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.datasets.errors import DatasetNameError
 
 COMMON = "COMMON"

@@ -17,8 +17,8 @@ from __future__ import annotations
 import enum
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.packetizer.base import (
     Packet,
     PacketizerStatistics,

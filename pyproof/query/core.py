@@ -32,10 +32,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.packetizer import make_packetizer
 from pyproof.packetizer.base import CYCLES, Packet, Packetizer, WorkRange
 from pyproof.query.spec import QuerySpec

@@ -10,9 +10,10 @@ read it as attributes. The master adds `output_dir` itself with
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.errors import InputError
 
 ON_MISSING = ("fail", "skip")

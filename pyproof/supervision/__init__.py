@@ -18,40 +18,103 @@ argument) except the last two:
 The Thespian shell that carries out the commands lives in `pyproof.actors`.
 """
 
-from .core import ChildState, ChildStats, Phase, SupervisorCore, SupervisorStats
-from .events import (
-    AddChild,
-    ChildExited,
-    ChildStarted,
-    Command,
-    Escalate,
-    Event,
-    Exit,
-    Init,
-    KillChild,
-    Log,
-    Ping,
-    Pong,
-    RemoveChild,
-    Reply,
-    ShutdownRequested,
-    StartChild,
-    StartFailed,
-    StopChild,
-    WatchdogTick,
-)
-from .restart import Decision, RestartWindow, add_restart
-from .spec import (
-    ChildSpec,
-    ChildType,
-    Restart,
-    Shutdown,
-    Strategy,
-    SupervisorSpec,
-    SupFlags,
-    check_unique_ids,
-)
-from .watchdog import PingDue, Seen, TickResult, Watchdog, WatchState
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from .core import ChildState, ChildStats, Phase, SupervisorCore, SupervisorStats
+    from .events import (
+        AddChild,
+        ChildExited,
+        ChildStarted,
+        Command,
+        Escalate,
+        Event,
+        Exit,
+        Init,
+        KillChild,
+        Log,
+        Ping,
+        Pong,
+        RemoveChild,
+        Reply,
+        ShutdownRequested,
+        StartChild,
+        StartFailed,
+        StopChild,
+        WatchdogTick,
+    )
+    from .restart import Decision, RestartWindow, add_restart
+    from .spec import (
+        ChildSpec,
+        ChildType,
+        Restart,
+        Shutdown,
+        Strategy,
+        SupervisorSpec,
+        SupFlags,
+        check_unique_ids,
+    )
+    from .watchdog import PingDue, Seen, TickResult, Watchdog, WatchState
+
+# name -> submodule: imported on first use (PEP 562), so that importing one submodule
+# (a lite client imports `process_tree` to reap its cluster) does not load them all
+_LAZY = {
+    "ChildState": "core",
+    "ChildStats": "core",
+    "Phase": "core",
+    "SupervisorCore": "core",
+    "SupervisorStats": "core",
+    "AddChild": "events",
+    "ChildExited": "events",
+    "ChildStarted": "events",
+    "Command": "events",
+    "Escalate": "events",
+    "Event": "events",
+    "Exit": "events",
+    "Init": "events",
+    "KillChild": "events",
+    "Log": "events",
+    "Ping": "events",
+    "Pong": "events",
+    "RemoveChild": "events",
+    "Reply": "events",
+    "ShutdownRequested": "events",
+    "StartChild": "events",
+    "StartFailed": "events",
+    "StopChild": "events",
+    "WatchdogTick": "events",
+    "Decision": "restart",
+    "RestartWindow": "restart",
+    "add_restart": "restart",
+    "ChildSpec": "spec",
+    "ChildType": "spec",
+    "Restart": "spec",
+    "Shutdown": "spec",
+    "Strategy": "spec",
+    "SupervisorSpec": "spec",
+    "SupFlags": "spec",
+    "check_unique_ids": "spec",
+    "PingDue": "watchdog",
+    "Seen": "watchdog",
+    "TickResult": "watchdog",
+    "Watchdog": "watchdog",
+    "WatchState": "watchdog",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyproof.supervision' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AddChild",

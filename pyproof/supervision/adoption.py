@@ -15,7 +15,9 @@ supervisor leaves nothing behind. A live session is never killed here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
 __all__ = ["Entry", "Proc", "Reconciliation", "reconcile", "session_files"]
 

@@ -38,9 +38,10 @@ reason "hung", handled by the strategy like any crash.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
 from .events import (
     AddChild,

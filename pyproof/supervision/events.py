@@ -33,8 +33,10 @@ The shell's contract, in short:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
 from .spec import ChildSpec, Shutdown
 from .watchdog import Seen

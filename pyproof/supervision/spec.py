@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 from typing import Any, ClassVar
+
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
 __all__ = [
     "ChildSpec",

@@ -43,7 +43,9 @@ look is a wake-up of the supervisor).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
 __all__ = ["LOOK_INTERVAL", "MAX_BUSY", "QUIET_INTERVAL", "CpuSample", "PingDue", "Seen",
            "TickResult", "Watchdog", "WatchState", "progress"]
