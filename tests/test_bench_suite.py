@@ -32,6 +32,8 @@ def test_a_cpu_scan_with_a_pool_beside_it_writes_json_and_plots(
         assert r["mode"] == "pyproof" and r["wall"] > 0 and r["mb_per_s"] > 0
         assert r["events_per_s"] == pytest.approx(4000 / r["wall"])
         assert len(r["share"]) == r["workers"]
+        # the warm query looked every file up, as the peers' chunks are counted untimed
+        assert r["lookups_opened"] == 0
         assert sum(r["share"].values()) == pytest.approx(1.0)
     assert rows[0]["speedup"] == pytest.approx(1.0)
     assert [(p["mode"], p["workers"]) for p in report["peers"]] == [

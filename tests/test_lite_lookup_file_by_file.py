@@ -64,3 +64,22 @@ def test_a_file_that_cannot_be_looked_up_still_fails_or_is_skipped(session, file
     assert result.stats.entries == 9003
     [missing] = result.missing
     assert missing["file"] == server.url("absent.root")
+
+
+def test_packets_of_files_looked_up_one_by_one_start_and_end_on_baskets(session, tmp_path):
+    """The look-up passes each file's basket boundaries to the packetizer with its entries:
+    no packet edge falls inside a basket (both packets would decompress all of it)."""
+    paths = []
+    for i in range(3):
+        path = str(tmp_path / f"baskets{i}.root")
+        with uproot.recreate(path) as f:
+            f.mktree("t", {"M": np.float64})
+            for _ in range(30):  # one basket of 1000 entries per extend
+                f["t"].extend({"M": np.full(1000, 91.0)})
+        paths.append(path)
+    result = session.process("tests.sample_selectors:PacketLog", dataset=[f"{p}:t" for p in paths],
+                             inputs={"sleep_per_entry": 2e-6}, progress=False)
+    assert result.lineage["lookup"]["file_by_file"] is True
+    packets = result.outputs["packets"]
+    assert len(packets) > 6 and result.outputs["n"] == 90_000
+    assert [p for p in packets if p[2] % 1000 or p[3] % 1000] == []

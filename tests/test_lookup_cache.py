@@ -110,3 +110,21 @@ def test_the_first_bad_file_in_list_order_fails_the_look_up(tmp_path):
                                       lookups=Lookups(threads=4))
     assert len(elements) == 4
     assert [m["file"] for m in missing] == [dataset[2][0], dataset[4][0]]
+
+
+def test_a_look_up_learns_where_baskets_begin_and_the_work_carries_it(tmp_path):
+    """Packet edges go on basket boundaries (packetizer.common.on_boundary): the look-up
+    reads them from the file's metadata, and the work ranges carry them to the packetizer."""
+    from pyproof.actors.lookup import select_ranges
+
+    path = str(tmp_path / "b.root")
+    with uproot.recreate(path) as f:
+        f.mktree("t", {"x": np.int64, "y": np.float32})
+        for start in range(0, 25, 10):  # one basket per extend: 10, 10, 5 entries
+            n = min(10, 25 - start)
+            f["t"].extend({"x": np.arange(n, dtype=np.int64), "y": np.ones(n, np.float32)})
+    info, _ = Lookups().one(Want(path, "t", ["x"]))
+    assert info.clusters == (0, 10, 20, 25)
+    elements, _ = file_elements([(path, "t")], ["x"], skip_missing=False)
+    (work,) = select_ranges(elements, 0, None)
+    assert work.boundaries == (0, 10, 20, 25)

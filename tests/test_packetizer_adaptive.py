@@ -7,12 +7,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from pyproof.packetizer import AdaptivePacketizer, Packet, Packetizer, WorkRange, make_packetizer
+from pyproof.packetizer.common import on_boundary
 from pyproof.packetizer.simulate import Scenario, simulate
 from pyproof.packetizer.testing import PacketizerMachine
 
 
-def files(*sizes: int) -> list[WorkRange]:
-    return [WorkRange(element=i, entry_start=0, entry_stop=n) for i, n in enumerate(sizes)]
+def files(*sizes: int, basket: int | None = None) -> list[WorkRange]:
+    """Whole files of `sizes` entries; with `basket`, baskets of that many entries."""
+    return [WorkRange(element=i, entry_start=0, entry_stop=n,
+                      boundaries=() if basket is None else (*range(0, n, basket), n))
+            for i, n in enumerate(sizes)]
 
 
 def got(packet: Packet | None) -> Packet:
@@ -179,14 +183,67 @@ def test_make_packetizer_builds_an_adaptive_packetizer_with_parameters() -> None
     assert got(p.next_packet("w", 0.0)).entries == 10
 
 
+def drain_at(p: AdaptivePacketizer, rates: dict[str, float]) -> list[Packet]:
+    """Every packet, workers asking in turn and processing at `rates` (entries/s)."""
+    now, out = 0.0, []
+    while not p.finished:
+        for worker, rate in rates.items():
+            packet = p.next_packet(worker, now)
+            if packet is None:
+                continue
+            now += packet.entries / rate
+            p.packet_processed(worker, packet.packet_id, now, seconds=packet.entries / rate)
+            assert p.accept_output(worker, frozenset({packet.packet_id}))
+            out.append(packet)
+    return out
+
+
+def test_packet_edges_are_on_basket_boundaries() -> None:
+    """An edge inside a basket makes two packets decompress it: 8 files of 166,666 entries
+    in baskets of 10,000, as the bench's, go out in packets that start and end on one."""
+    p = AdaptivePacketizer(files(*[166_666] * 8, basket=10_000), workers=2)
+    packets = drain_at(p, {"a": 1.5e6, "b": 1.2e6})
+    assert len(packets) > 16
+    cut = [(x.element, x.entry_start, x.entry_stop) for x in packets
+           if x.entry_start % 10_000 or x.entry_stop % 10_000 and x.entry_stop != 166_666]
+    assert cut == []
+    assert sum(x.entries for x in packets) == 8 * 166_666
+
+
+def test_the_learning_packet_grows_to_its_basket_only_within_its_cap() -> None:
+    p = AdaptivePacketizer(files(10**7, basket=10_000), workers=2)
+    assert got(p.next_packet("a", 0.0)).entries == 10_000  # cap 250,000: one basket
+    q = AdaptivePacketizer(files(100_000, basket=50_000), workers=2, min_learn_entries=1)
+    assert got(q.next_packet("a", 0.0)).entries == 1000  # cap 2,500: cut inside
+
+
+def test_without_boundaries_packets_are_cut_as_sized() -> None:
+    p = AdaptivePacketizer(files(10**7), workers=2)
+    assert got(p.next_packet("a", 0.0)).entries == 1000
+
+
+def test_on_boundary_moves_an_edge_to_the_nearest_basket_start_within_half_a_packet() -> None:
+    grid = (0, 100, 200, 300, 400)
+    assert on_boundary(grid, 0, 400, 140) == 100
+    assert on_boundary(grid, 0, 400, 160) == 200
+    assert on_boundary(grid, 0, 400, 30) == 30  # 100 is too far: cut inside the basket
+    assert on_boundary(grid, 50, 400, 120) == 150  # a packet that began inside one
+    assert on_boundary(grid, 0, 330, 280) == 300
+    assert on_boundary((0, 100, 200), 0, 230, 215) == 230  # the segment's end counts
+    assert on_boundary((), 0, 400, 140) == 140
+    assert on_boundary(grid, 0, 400, 500) == 500  # past the end: with_rest decides
+    assert on_boundary(grid, 0, 400, 10, slack=20.0) == 100
+
+
 class AdaptiveMachine(PacketizerMachine):
     def build(self, data: st.DataObject) -> tuple[Packetizer, list[WorkRange], int]:
         sizes = data.draw(st.lists(st.sampled_from([0, 1, 3, 20, 60]), max_size=6))
+        basket = data.draw(st.sampled_from([None, 1, 4, 7]), label="basket")
         places = st.sampled_from(["a", "b", "s", None])
         hosts = {i: h for i in range(len(sizes)) if (h := data.draw(places)) is not None}
         worker_hosts = {f"w{i}": h for i in range(12) if (h := data.draw(places)) is not None}
         packetizer = AdaptivePacketizer(
-            files(*sizes),
+            files(*sizes, basket=basket),
             workers=data.draw(st.integers(1, 4), label="planned workers"),
             element_hosts=hosts,
             worker_hosts=worker_hosts,
@@ -215,8 +272,9 @@ class EndGameMachine(PacketizerMachine):
 
     def build(self, data: st.DataObject) -> tuple[Packetizer, list[WorkRange], int]:
         sizes = data.draw(st.lists(st.sampled_from([1, 7, 40, 150]), min_size=1, max_size=5))
+        basket = data.draw(st.sampled_from([None, 3, 10]), label="basket")
         packetizer = AdaptivePacketizer(
-            files(*sizes),
+            files(*sizes, basket=basket),
             workers=data.draw(st.integers(1, 4), label="planned workers"),
             min_packet_time=data.draw(st.sampled_from([0.001, 0.05])),
             max_packet_time=data.draw(st.sampled_from([0.5, 20.0])),

@@ -48,14 +48,32 @@ def test_calibration_is_at_least_one_cycle() -> None:
     assert p.next_packet("w", 0.0).entries == 1  # type: ignore[union-attr]
 
 
-def test_after_calibration_a_worker_gets_its_share_of_what_is_left_by_rate() -> None:
-    p = UnitPacketizer(1_000_000, workers=2, max_packet_time=1e9)
+def test_after_calibration_a_packet_is_a_fraction_of_the_time_left_at_its_rate() -> None:
+    """Fraction 1: the worker's whole share of what is left, by rate (PROOF's rule)."""
+    p = UnitPacketizer(1_000_000, workers=2, max_packet_time=1e9, packet_time_fraction=1.0)
     for w, speed in (("fast", 3000.0), ("slow", 1000.0)):
         packet = p.next_packet(w, 0.0)
         assert packet
         p.packet_processed(w, packet.packet_id, 1.0, seconds=packet.entries / speed)
     left = 1_000_000 - 2 * 5000
     assert p.next_packet("fast", 1.0).entries == left * 3 // 4  # type: ignore[union-attr]
+    q = UnitPacketizer(1_000_000, workers=2, max_packet_time=1e9)  # default: a quarter
+    for w, speed in (("fast", 3000.0), ("slow", 1000.0)):
+        packet = q.next_packet(w, 0.0)
+        assert packet
+        q.packet_processed(w, packet.packet_id, 1.0, seconds=packet.entries / speed)
+    assert q.next_packet("fast", 1.0).entries == left * 3 // 16  # type: ignore[union-attr]
+
+
+def test_a_short_query_is_shared_and_the_workers_finish_within_50_ms() -> None:
+    """0.4 s of work per worker: both work (the old 1 s floor gave it all to the first
+    that asked), and the packets shrink to 50 ms at the end."""
+    speeds = {"a": 500_000.0, "b": 450_000.0}
+    done = run(UnitPacketizer(400_000, workers=2), speeds)
+    finishes = [t for t, _ in done.values()]
+    assert all(len(sizes) > 2 for _, sizes in done.values())
+    assert max(finishes) - min(finishes) <= 0.05
+    assert max(finishes) <= 400_000 / sum(speeds.values()) * 1.05
 
 
 def test_packet_time_is_clamped_between_min_and_max() -> None:
@@ -76,13 +94,13 @@ def test_fixed_gives_every_worker_an_equal_count_whatever_its_speed() -> None:
     assert sorted(sizes for _, sizes in done.values()) == [[300]] * 3
 
 
-def test_workers_of_different_speeds_finish_within_a_max_packet_time() -> None:
+def test_workers_of_different_speeds_finish_within_a_min_packet_time() -> None:
     speeds = {"a": 1000.0, "b": 2000.0, "c": 500.0, "d": 4000.0}
     done = run(UnitPacketizer(1_000_000, workers=4), speeds)
     finishes = [t for t, _ in done.values()]
     ideal = 1_000_000 / sum(speeds.values())
-    assert max(finishes) - min(finishes) <= 3.0
-    assert max(finishes) <= ideal * 1.05
+    assert max(finishes) - min(finishes) <= 0.05  # one min_packet_time, not max's 3 s
+    assert max(finishes) <= ideal * 1.01
 
 
 def test_zero_cycles_is_finished_at_once() -> None:
@@ -93,6 +111,8 @@ def test_zero_cycles_is_finished_at_once() -> None:
 def test_bad_parameters_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"^need 0 < min_packet_time <= max_packet_time"):
         UnitPacketizer(10, workers=1, min_packet_time=5.0, max_packet_time=1.0)
+    with pytest.raises(ValueError, match=r"^packet_time_fraction must be >= 1, got 0.5$"):
+        UnitPacketizer(10, workers=1, packet_time_fraction=0.5)
     with pytest.raises(ValueError, match=r"^cycles must be >= 0, got -1$"):
         UnitPacketizer(-1, workers=1)
 
@@ -118,6 +138,7 @@ class UnitMachine(PacketizerMachine):
             workers=data.draw(st.integers(1, 4), label="planned workers"),
             min_packet_time=data.draw(st.sampled_from([0.01, 0.5, 1.0])),
             max_packet_time=3.0,
+            packet_time_fraction=data.draw(st.sampled_from([1.0, 4.0])),
             calibration_fraction=data.draw(st.sampled_from([0.01, 0.2, 1.0])),
             fixed=data.draw(st.booleans(), label="fixed"),
             max_strikes=data.draw(st.integers(1, 3), label="max_strikes"),

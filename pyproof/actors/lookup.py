@@ -53,6 +53,7 @@ class Element:
     friend_path: str | None = None
     friend_tree: str | None = None
     host: str | None = None  # the storage node holding the file, when the catalog knows
+    clusters: tuple[int, ...] = ()  # entries where baskets of every branch begin (TreeInfo)
     label: str | None = None  # a dataset registered from a fileset: its short name ...
     metadata: dict | None = None  # ... and metadata, for ctx.dataset and ctx.metadata
 
@@ -68,6 +69,8 @@ class TreeInfo:
     tree: str
     entries: int
     branches: frozenset[str]
+    clusters: tuple[int, ...] = ()
+    """Entries where a basket of every branch begins (packet edges go there)."""
 
 
 Stamp = tuple[int, int, int]  # (size, mtime_ns, inode) of a local file
@@ -149,7 +152,17 @@ def open_tree(path: str, tree: str | None) -> TreeInfo:
         if not hasattr(obj, "num_entries"):
             raise LookupError_(f"{tree!r} in {path} is a {type(obj).__name__}, not a TTree",
                                file=path, tree=tree)
-        return TreeInfo(tree=tree, entries=int(obj.num_entries), branches=branch_names(obj))
+        return TreeInfo(tree=tree, entries=int(obj.num_entries), branches=branch_names(obj),
+                        clusters=clusters(obj))
+
+
+def clusters(tree: Any) -> tuple[int, ...]:
+    """Entries where a basket of every branch of an uproot TTree begins (metadata only:
+    no basket is read); empty if uproot cannot tell."""
+    try:
+        return tuple(int(e) for e in tree.common_entry_offsets())
+    except Exception:  # noqa: BLE001 (an optimization only: packets are cut anywhere)
+        return ()
 
 
 def branch_names(tree: Any) -> frozenset[str]:
@@ -250,7 +263,7 @@ class Lookups:
 def lookup_element(path: str, tree: str | None, branches: list[str] | None) -> Element:
     """Open a file, find its tree, count entries and check the branches exist."""
     info, _ = Lookups(threads=1).one(Want(path, tree, branches))
-    return Element(path=path, tree=info.tree, entries=info.entries)
+    return Element(path=path, tree=info.tree, entries=info.entries, clusters=info.clusters)
 
 
 def select_ranges(elements: list[Element], first: int, count: int | None) -> list[WorkRange]:
@@ -273,7 +286,8 @@ def select_ranges(elements: list[Element], first: int, count: int | None) -> lis
         hi = offset + n if stop_global is None else min(offset + n, stop_global)
         if hi > lo:
             base = element.entry_start - offset
-            ranges.append(WorkRange(element=index, entry_start=lo + base, entry_stop=hi + base))
+            ranges.append(WorkRange(element=index, entry_start=lo + base, entry_stop=hi + base,
+                                    boundaries=element.clusters))
         offset += n
     return ranges
 
@@ -304,7 +318,8 @@ def file_elements(dataset: list[Any], branches: list[str] | None, *, skip_missin
                 raise result
             missing.append({"file": path, "tree": tree, "reason": str(result)})
         else:
-            elements.append(Element(path=path, tree=result.tree, entries=result.entries))
+            elements.append(Element(path=path, tree=result.tree, entries=result.entries,
+                                    clusters=result.clusters))
     return elements, missing
 
 
@@ -372,11 +387,12 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
             result = infos.get(i)
             if isinstance(result, LookupError_):
                 raise result
+            clusters: tuple[int, ...] = ()
             if result is None:
                 lookups.catalog += 1
                 entries = e.file_entries or 0
             else:
-                entries = result.entries
+                entries, clusters = result.entries, result.clusters
             friend = friend_infos.get(i)
             if isinstance(friend, LookupError_):
                 raise friend
@@ -397,5 +413,5 @@ def catalog_elements(spec: str, user: str, branches: list[str] | None, *, skip_m
                                 dataset=e.dataset, part=e.part, host=e.host,
                                 friend_path=e.friend_url,
                                 friend_tree=e.friend_tree, label=e.label,
-                                metadata=e.metadata))
+                                metadata=e.metadata, clusters=clusters))
     return elements, missing, len(resolution.parts)

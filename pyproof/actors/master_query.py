@@ -275,7 +275,8 @@ class QueryRun:
             element.tree, element.entries = result.tree, result.entries  # before any packet
             self.log.debug("file_looked_up", file=path, entries=result.entries)
             self.feed(qc.ElementFound(element=index, now=self.clock(), cause="lookup", work=(
-                WorkRange(element=index, entry_start=0, entry_stop=result.entries),)))
+                WorkRange(element=index, entry_start=0, entry_stop=result.entries,
+                          boundaries=result.clusters),)))
         if fatal:
             first = fatal[min(fatal)]
             self.feed(qc.LookupFailed(error=RemoteError(

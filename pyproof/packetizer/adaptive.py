@@ -32,6 +32,10 @@ Why each rule:
   last packets are cut once everything is known, since `finished` waits for
   the input to be complete.
 - The rest of a file goes in one packet when under 1.5 packet sizes.
+- Packet edges go where baskets begin (`WorkRange.boundaries`, from the
+  look-up) when one is within half a packet of the size asked: an edge inside
+  a basket makes both packets decompress all of it (`on_boundary`); a first
+  packet may grow to the end of its basket while that stays within its cap.
 - Locality: elements may live on a storage node (`element_hosts`), workers on
   a host (`worker_hosts` or `add_worker(..., host=)`). A node's lag is its
   queued entries over the rate of the workers that will read it (its local
@@ -53,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from pyproof.hosts.locality import worker_host
 from pyproof.packetizer.backlog import Backlog
 from pyproof.packetizer.base import Packet, WorkRange
-from pyproof.packetizer.common import LedgerPacketizer, with_rest
+from pyproof.packetizer.common import LedgerPacketizer, on_boundary, with_rest
 from pyproof.packetizer.ledger import Ledger, Node, Record
 from pyproof.packetizer.rates import RateTable
 
@@ -201,16 +205,22 @@ class AdaptivePacketizer(LedgerPacketizer):
         left before the projected common finish, from when it will start the packet."""
         rate = self._rates.rate(worker)
         expected = self._expected or 0.0  # still being looked up: planned for, as queued
+        start, stop = self._ledger.head(element)
+        boundaries = self._ledger.boundaries(element)
         if rate is None:
             share = int(self._ledger.total + expected) // (20 * self.worker_count)
             size = min(self._learn, max(share, self._min_learn))
+            # up to the end of the basket, if that is still a small share of the query
+            size = on_boundary(boundaries, start, stop, size,
+                               slack=max(0.5, share / size - 1))
         else:
             cluster = self._rates.cluster(self.worker_count)
             left = (self._ledger.queued + expected + self._backlog.entries(now)) / cluster
             own = max(0.0, self._backlog.busy(worker) - now)  # its own in-flight work first
             packet_time = min(max((left - own) / self._fraction, self._min_time), self._max_time)
             size = max(int(rate * packet_time), self._min_entries)
-        return with_rest(self._ledger.head_entries(element), max(1, size))
+            size = on_boundary(boundaries, start, stop, size)
+        return with_rest(stop - start, max(1, size))
 
     # -- who reads what ------------------------------------------------------------------
 

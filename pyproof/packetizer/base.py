@@ -17,6 +17,7 @@ which ranges are where. A packet moves through
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Protocol
 
 from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
@@ -27,11 +28,19 @@ CYCLES = -1
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkRange:
-    """A half-open entry range of one element (or of cycles) to be processed."""
+    """A half-open entry range of one element (or of cycles) to be processed.
+
+    `boundaries`: entries of the element where a basket (cluster) of every
+    branch begins, ascending, when the look-up knows them (else empty). A
+    packet edge inside a basket makes both packets read and decompress the
+    whole basket, so packetizers that size packets freely (adaptive) put edges
+    on them. Not part of a range's identity (equality, repr).
+    """
 
     element: int
     entry_start: int
     entry_stop: int
+    boundaries: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def entries(self) -> int:

@@ -88,6 +88,7 @@ class Ledger:
         self.max_strikes = max_strikes
         self._nodes: dict[int, Node] = dict(nodes or {})
         self._segments: dict[int, list[_Segment]] = {}
+        self._boundaries: dict[int, tuple[int, ...]] = {}  # basket starts (WorkRange)
         self._pending: dict[Node, OrderedDict[int, None]] = {}
         self._idle: dict[Node, OrderedDict[int, None]] = {}
         self._node_queued: Counter[Node] = Counter()
@@ -123,6 +124,8 @@ class Ledger:
                 raise ValueError(f"bad range {w}: need 0 <= entry_start <= entry_stop")
             if w.entries:
                 by_element.setdefault(w.element, []).append((w.entry_start, w.entry_stop))
+                if w.boundaries:
+                    self._boundaries[w.element] = w.boundaries
         for element, ranges in by_element.items():
             ranges.sort()
             for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False):
@@ -152,6 +155,15 @@ class Ledger:
         """Entries in the first queued segment of `element` (a packet never spans two)."""
         seg = self._segments[element][0]
         return seg.stop - seg.start
+
+    def head(self, element: int) -> tuple[int, int]:
+        """`(start, stop)` of the first queued segment of `element`."""
+        seg = self._segments[element][0]
+        return seg.start, seg.stop
+
+    def boundaries(self, element: int) -> tuple[int, ...]:
+        """Entries of `element` where baskets begin, ascending (empty: unknown)."""
+        return self._boundaries.get(element, ())
 
     def pick(self, node: Node, prefer: int | None = None) -> int | None:
         """An element of `node` to cut from: `prefer` if it has work there, else one nobody

@@ -2,10 +2,16 @@
 
 There are no files, so no locality; what matters is that a fast worker is
 not left idle while a slow one grinds through an equal share. Each worker
-first gets a small calibration packet; afterwards it gets its share of what
-is left, `left * rate / sum(rates)`, clamped so that one packet takes between
-`min_packet_time` and `max_packet_time` at its rate: long enough to amortise a
-request, short enough that the end stays balanced.
+first gets a small calibration packet; afterwards a packet takes a fraction
+(`packet_time_fraction`, 4) of the time the cluster needs for what is queued
+(`queued / sum(rates)`), at the worker's own rate, clamped between
+`min_packet_time` (0.05 s: a request is a round trip on a socket) and
+`max_packet_time` (3 s): big packets while much is left, smaller and smaller
+ones near the end, so the workers finish within about one `min_packet_time`
+of each other. (It used to be the worker's whole share of what is left, at
+least 1 s: a query under 1 s per worker went to the first worker that asked,
+and the end was balanced only as well as the calibration packet measured the
+rates; under load one worker idled up to a second at the end.)
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ class UnitPacketizer(LedgerPacketizer):
         cycles: int,
         *,
         workers: int,
-        min_packet_time: float = 1.0,
+        min_packet_time: float = 0.05,
         max_packet_time: float = 3.0,
+        packet_time_fraction: float = 4.0,
         calibration_fraction: float = 0.01,
         fixed: bool = False,
         window: int = 5,
@@ -43,6 +50,8 @@ class UnitPacketizer(LedgerPacketizer):
                 f"need 0 < min_packet_time <= max_packet_time, "
                 f"got {min_packet_time} and {max_packet_time}"
             )
+        if packet_time_fraction < 1:
+            raise ValueError(f"packet_time_fraction must be >= 1, got {packet_time_fraction}")
         if not 0 < calibration_fraction <= 1:
             raise ValueError(f"calibration_fraction must be in (0, 1], got {calibration_fraction}")
         work = [WorkRange(element=CYCLES, entry_start=0, entry_stop=cycles)]
@@ -50,6 +59,7 @@ class UnitPacketizer(LedgerPacketizer):
         self._cycles = cycles
         self._min_time = min_packet_time
         self._max_time = max_packet_time
+        self._fraction = packet_time_fraction
         self._calibration = calibration_fraction
         self._fixed = fixed
         self._rates = RateTable(window)
@@ -63,8 +73,8 @@ class UnitPacketizer(LedgerPacketizer):
         elif rate is None:
             size = self._calibration * share
         else:
-            size = queued * rate / self._rates.cluster(self.worker_count)
-            size = min(max(size, self._min_time * rate), self._max_time * rate)
+            left = queued / self._rates.cluster(self.worker_count)  # the cluster's seconds
+            size = rate * min(max(left / self._fraction, self._min_time), self._max_time)
         size = max(1, min(int(size), queued))
         return self._ledger.cut(worker, CYCLES, size, now)
 
