@@ -8,11 +8,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 import uuid
 
 import pytest
 
 import pyproof
+import pyproof.selector as selector_mod
 from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.selector import SelectorCode, load_selector, selector_code
 from tests.conftest import at_once
@@ -157,3 +159,53 @@ def test_the_gateway_accepts_the_code_and_checks_its_shape():
     with pytest.raises(SpecError, match=r"^selector_sources element must be "
                                         r"\[module, path, source\]$"):
         QuerySpec.from_wire({**spec, "selector_sources": [["m", "/m.py"]]})
+
+
+def _age(*paths, seconds: float = 60.0) -> None:
+    """Set the mtime of `paths` `seconds` in the past (as files not edited lately are)."""
+    past = time.time() - seconds
+    for path in paths:
+        os.utime(path, (past, past))
+
+
+def test_code_read_before_is_reused_until_a_file_or_a_directory_changes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    helper = unique("helper")
+    (tmp_path / f"{helper}.py").write_text("X = 1\n")
+    path = tmp_path / "sel.py"
+    path.write_text(f"import {helper}\nimport {helper}_later\n")
+    _age(tmp_path / f"{helper}.py", path, tmp_path)
+    parsed: list[str] = []
+    real = selector_mod._imported_names
+    monkeypatch.setattr(selector_mod, "_imported_names",
+                        lambda source, package: parsed.append(source) or real(source, package))
+    first = selector_code(f"{path}:S")
+    assert len(parsed) == 2 and len(first.sources) == 2
+    parsed.clear()
+    assert selector_code(f"{path}:S") is first and parsed == []  # nothing read again
+    # the helper edited: same size, mtime set back to what it was (ctime still moves)
+    stat = os.stat(tmp_path / f"{helper}.py")
+    (tmp_path / f"{helper}.py").write_text("X = 2\n")
+    os.utime(tmp_path / f"{helper}.py", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = selector_code(f"{path}:S")
+    assert second.digest != first.digest and "X = 2\n" in {s[2] for s in second.sources}
+    _age(tmp_path / f"{helper}.py", tmp_path)
+    assert selector_code(f"{path}:S") is not second  # read once more, then trusted
+    parsed.clear()
+    assert selector_code(f"{path}:S").digest == second.digest and parsed == []
+    # a module the selector imports appears next to it: the directory changed
+    (tmp_path / f"{helper}_later.py").write_text("Y = 1\n")
+    third = selector_code(f"{path}:S")
+    assert f"{helper}_later" in {s[0] for s in third.sources}
+
+
+def test_code_of_files_written_just_now_is_read_again_every_time(tmp_path, monkeypatch):
+    # the same size written within one timestamp tick keeps the mtime: never trusted
+    path = tmp_path / "sel.py"
+    path.write_text("A = 1\n")
+    first = selector_code(f"{path}:S")
+    stat = os.stat(path)
+    path.write_text("A = 2\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert selector_code(f"{path}:S").digest != first.digest
