@@ -73,6 +73,19 @@ def at_once(count: int, call: Callable[[], object], timeout: float = 30.0) -> li
     return outcomes
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules marked `slow` (a minute or more each) run first, each kept whole and in
+    collection order (a stable sort). The README's command spreads whole files over two
+    pytest-xdist workers in this order (`--dist loadfile --no-loadscope-reorder`, in
+    pyproject): the long files start first and the many short ones fill in at the end, so
+    no worker is left alone with a long file while the other has nothing to do."""
+    def slow(item: pytest.Item) -> bool:
+        module = item.getparent(pytest.Module)
+        return module is not None and module.get_closest_marker("slow") is not None
+
+    items.sort(key=lambda item: not slow(item))
+
+
 @pytest.fixture(scope="module")
 def session():
     """A real lite cluster of two workers, one per test module that asks for `session`

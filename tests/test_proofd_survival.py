@@ -27,6 +27,8 @@ from tests.conftest import data_file
 from tests.daemon_helpers import Background, Daemon
 from tests.test_proofd_faults import assert_exact, session_pids, slow_query, wait_running
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 
 @pytest.fixture
 def daemon():
