@@ -21,6 +21,8 @@ from pyproof.supervision.process_tree import kill_tree
 from stress import REPO
 from stress.chaos import make_plan
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 CHAOS_ARGS = ["--seed", "1", "--duration", "12", "--clients", "3", "--workers", "2",
               "--join-grace", "65"]
 STORM_ARGS = ["--clients", "60", "--limit", "4", "--hold", "0.3"]

@@ -73,6 +73,33 @@ def at_once(count: int, call: Callable[[], object], timeout: float = 30.0) -> li
     return outcomes
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules marked `slow` (a minute or more each) run first, each kept whole and in
+    collection order (a stable sort). The README's command spreads whole files over two
+    pytest-xdist workers in this order (below): the long files start first and the many
+    short ones fill in at the end, so no worker is left alone with a long file while the
+    other has nothing to do."""
+    def slow(item: pytest.Item) -> bool:
+        module = item.getparent(pytest.Module)
+        return module is not None and module.get_closest_marker("slow") is not None
+
+    items.sort(key=lambda item: not slow(item))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`-n N` alone (xdist's default `--dist load`) sends whole files to the workers, in
+    collection order: module-scoped fixtures (a cluster, the stress harnesses' runs) are
+    made once, not once per worker, and the slow modules go first (above). Any other
+    `--dist` asked for is xdist's own."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    config.option.loadscopereorder = False  # xdist would put files with more tests first
+    return LoadFileScheduling(config, log)
+
+
 @pytest.fixture(scope="module")
 def session():
     """A real lite cluster of two workers, one per test module that asks for `session`

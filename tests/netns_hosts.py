@@ -2,8 +2,9 @@
 
 `NetnsHosts` (a context manager; the `netns_hosts` fixture below) creates a
 bridge in the root namespace with address ``198.19.K.1/24`` (198.18.0.0/15 is
-the range reserved for network benchmarking; K is derived from the test
-process's pid so that concurrent runs do not meet) and, per host, a
+the range reserved for network benchmarking; K is the first one free from a
+start derived from the test process's pid, chosen under a lock file so that
+concurrent runs and pytest-xdist workers do not meet) and, per host, a
 namespace with loopback up and one veth end on the bridge at ``198.19.K.N``.
 There is no route anywhere else. Each host has its own ``HOME`` and
 ``PYPROOF_SANDBOX`` (holding a copy of the client's secret, as a shared home
@@ -22,6 +23,7 @@ Tests skip, saying why, where namespaces cannot be created (not root, no
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -72,23 +74,40 @@ class Host:
         return f"proof://{self.address}:{port}"
 
 
+SUBNET_LOCK = "/tmp/pyproof-netns-subnets.lock"
+
+
+def _free_subnet(start: int) -> int:
+    """The first K from `start` (1..250, wrapping) with no 198.19.K.x address on any link
+    of the root namespace. Call with SUBNET_LOCK held, and add the bridge's address before
+    letting it go: concurrent test processes (pytest-xdist workers, other runs) each get
+    their own subnet, even when their pids agree modulo 250."""
+    used = _ip("-4", "-o", "addr", "show", check=False).stdout
+    for k in [1 + (start - 1 + i) % 250 for i in range(250)]:
+        if f" 198.19.{k}." not in used:
+            return k
+    raise AssertionError("no free 198.19.K.0/24 subnet for netns hosts (all 250 in use)")
+
+
 class NetnsHosts:
     def __init__(self, base: Path) -> None:
         tag = f"{os.getpid() % 100000:05d}"
         self.tag = tag
-        self.subnet = f"198.19.{1 + os.getpid() % 250}"
         self.bridge = f"ppb{tag}"
         self.base = base
         self.hosts: dict[str, Host] = {}
-        self.client_address = f"{self.subnet}.1"  # the root namespace, on the bridge
         self._closed = False
-        _ip("link", "add", self.bridge, "type", "bridge")
-        try:
-            _ip("addr", "add", f"{self.client_address}/24", "dev", self.bridge)
-            _ip("link", "set", self.bridge, "up")
-        except BaseException:
-            self.close()
-            raise
+        with open(SUBNET_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+            self.subnet = f"198.19.{_free_subnet(1 + os.getpid() % 250)}"
+            self.client_address = f"{self.subnet}.1"  # the root namespace, on the bridge
+            _ip("link", "add", self.bridge, "type", "bridge")
+            try:
+                _ip("addr", "add", f"{self.client_address}/24", "dev", self.bridge)
+                _ip("link", "set", self.bridge, "up")
+            except BaseException:
+                self.close()
+                raise
 
     def add(self, name: str, env: dict[str, str] | None = None) -> Host:
         """A new host: a namespace on the bridge, with its own HOME and sandbox (and `env`,

@@ -23,6 +23,8 @@ from tests.conftest import data_file
 from tests.daemon_helpers import Daemon, tls_server_env
 from tests.test_cli import ROOT
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 ZMUMU = data_file("uproot-Zmumu.root") + ":events"
 
 

@@ -21,6 +21,8 @@ from tests.daemon_helpers import zmumu_reference
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
 from tests.test_hosts_netns import PORT, registry, start, wait_for
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 DATASET = [f"{data_file('uproot-Zmumu.root')}:events"]
 BASIC = {"packetizer": "basic", "packetizer_params": {"packet_entries": 50}}
 

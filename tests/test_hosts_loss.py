@@ -14,6 +14,8 @@ from pyproof.transport import auth
 from tests.netns_hosts import NetnsHosts, _ip, netns_hosts  # noqa: F401 (the fixture)
 from tests.test_hosts_cluster import Running, cluster
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 ERROR_WITHIN = 25.0  # the client's error after the master's host is cut off (seconds)
 REAPED_WITHIN = 30.0  # the session's processes on another host gone after that
 

@@ -18,6 +18,8 @@ from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture
 from tests.test_hosts_cluster import BASIC, DATASET, Running, by_host, check_exact, cluster
 from tests.test_lite_workers import _wait_processed
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 
 def test_workers_added_on_the_masters_host_mid_query_take_packets_and_the_result_is_exact(
         netns_hosts: NetnsHosts):  # noqa: F811

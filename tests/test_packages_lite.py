@@ -20,6 +20,8 @@ from tests.daemon_helpers import Background, wait_processed
 from tests.package_helpers import write_package, zip_dir
 from tests.test_lite_faults import worker_pids
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

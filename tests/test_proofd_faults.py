@@ -21,6 +21,8 @@ from pyproof.supervision.process_tree import is_alive
 from tests.conftest import data_file
 from tests.daemon_helpers import Background, Daemon, zmumu_reference
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 SLOW = {"sleep": 0.08}
 
 

@@ -15,6 +15,8 @@ from tests.conftest import data_file
 from tests.daemon_helpers import Daemon
 from tests.test_proofd_faults import assert_exact, slow_query
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 
 @pytest.fixture
 def daemon():

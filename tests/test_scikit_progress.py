@@ -88,8 +88,11 @@ def _interrupt(tmp_path, *, presses: int, sleep: float) -> tuple[int, str, str]:
     script.write_text(SCRIPT.format(path=data_file("uproot-Zmumu.root") + ":events",
                                     sleep=sleep))
     env = dict(os.environ, PYTHONPATH=os.getcwd())
+    # Ctrl-C as at a terminal: a pytest-xdist worker ignores SIGINT (its controller handles
+    # it) and a child would inherit that, so Python would install no KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd=os.getcwd())
+                            stderr=subprocess.PIPE, env=env, cwd=os.getcwd(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     fd = proc.stderr.fileno()
     seen = b""
     try:

@@ -19,6 +19,8 @@ from pyproof.transport.frames import encode_frame
 from tests.conftest import data_file
 from tests.daemon_helpers import Daemon
 
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
 
 @pytest.fixture
 def daemon(tmp_path):
