@@ -23,6 +23,8 @@ INTERNAL = {
     "pyproof.actors.worker_loop.OutputsRefused": "worker: becomes the query's RemoteError",
     "pyproof.actors.gateway.RequestError": "gateway: answered as an error frame",
     "pyproof.transport.sealing.SealError": "data plane: the frame is dropped and logged",
+    "pyproof.actors.master_direct.BadDirectRequest":
+        "master: answered as a refusal on the direct route (the client raises DirectRefused)",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyproof.actors.master_direct import DirectRefused, direct_address, parse_request
+from pyproof.actors.master_direct import BadDirectRequest, direct_address, parse_request
 from pyproof.actors.sessions import last_use
 from pyproof.query.spec import QuerySpec
 from pyproof.transport import sealing
@@ -44,12 +44,12 @@ def test_a_sealed_start_and_stop_of_the_session_are_parsed():
     (sealing.seal(KEY, b"\xff not cbor"), "malformed request"),
 ], ids=["other-key", "short", "other-session", "other-kind", "bad-id", "bad-spec", "not-cbor"])
 def test_anything_else_is_refused_saying_why(wire, match):
-    with pytest.raises(DirectRefused, match=match):
+    with pytest.raises(BadDirectRequest, match=match):
         parse_request(KEY, "s1", wire)
 
 
 def test_a_session_without_a_data_key_takes_nothing_directly():
-    with pytest.raises(DirectRefused, match="no data key"):
+    with pytest.raises(BadDirectRequest, match="no data key"):
         parse_request(b"", "s1", sealed("stop_query", {"query": "q"}))
 
 

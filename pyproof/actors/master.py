@@ -14,7 +14,12 @@ from thespian.actors import ActorExitRequest, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
-from pyproof.actors.master_direct import DirectRefused, DirectServer, direct_address, parse_request
+from pyproof.actors.master_direct import (
+    BadDirectRequest,
+    DirectServer,
+    direct_address,
+    parse_request,
+)
 from pyproof.actors.master_plane import MasterPlane
 from pyproof.actors.output_files import query_output_dir
 from pyproof.actors.warmup import start_warmup
@@ -137,7 +142,7 @@ class Master(ProofActor):
         assert self.plane is not None
         try:
             request = parse_request(self.plane.data_key, self.plane.session_id, data)
-        except DirectRefused as exc:
+        except BadDirectRequest as exc:
             get_logger().warning("direct_request_refused", reason=str(exc))
             reply(encode_frame("error", {"message": str(exc), "refused": True}))
             return

@@ -47,7 +47,7 @@ def direct_address(packet_address: str) -> str:
     return f"{head}/direct-{name[len('master-'):]}"
 
 
-class DirectRefused(Exception):
+class BadDirectRequest(Exception):
     """A direct request the master will not serve (not sealed with the session's key, another
     session's, malformed): the message says which, for the client's QueryError."""
 
@@ -63,34 +63,34 @@ class DirectRequest:
 def parse_request(data_key: bytes, session_id: str, wire: bytes | memoryview) -> DirectRequest:
     """The request in `wire`, checked: sealed with `data_key`, for `session_id`, well formed.
 
-    Pure (no socket, no clock). Raises DirectRefused naming what is wrong.
+    Pure (no socket, no clock). Raises BadDirectRequest naming what is wrong.
     """
     if not data_key:
-        raise DirectRefused(f"session {session_id} has no data key: its master takes queries "
+        raise BadDirectRequest(f"session {session_id} has no data key: its master takes queries "
                             "only through the daemon's gateway")
     try:
         frame = decode_frame(sealing.unseal(data_key, wire))
     except sealing.SealError:
-        raise DirectRefused(f"the request is not sealed with session {session_id}'s key "
+        raise BadDirectRequest(f"the request is not sealed with session {session_id}'s key "
                             "(another user's, or another session's)") from None
     except ProtocolError as exc:
-        raise DirectRefused(f"malformed request: {exc}") from None
+        raise BadDirectRequest(f"malformed request: {exc}") from None
     if frame.session != session_id:
-        raise DirectRefused(f"unknown session {frame.session!r}: this master serves session "
+        raise BadDirectRequest(f"unknown session {frame.session!r}: this master serves session "
                             f"{session_id}")
     if frame.type not in KINDS:
-        raise DirectRefused(f"unknown request {frame.type!r} (a master's direct route takes "
+        raise BadDirectRequest(f"unknown request {frame.type!r} (a master's direct route takes "
                             f"{', '.join(KINDS)})")
     payload = frame.payload if isinstance(frame.payload, dict) else {}
     query_id = payload.get("query")
     if not isinstance(query_id, str) or not query_id or len(query_id) > 128:
-        raise DirectRefused("'query' must be a query id (a non-empty string)")
+        raise BadDirectRequest("'query' must be a query id (a non-empty string)")
     if frame.type == "stop_query":
         return DirectRequest(kind=frame.type, query_id=query_id, abort=payload.get("abort") is True)
     try:
         spec = QuerySpec.from_wire(payload.get("spec"))
     except SpecError as exc:
-        raise DirectRefused(f"query {query_id}: {exc}") from None
+        raise BadDirectRequest(f"query {query_id}: {exc}") from None
     return DirectRequest(kind=frame.type, query_id=query_id, spec=spec)
 
 
