@@ -8,7 +8,8 @@ context, never the socket) and send its reply back on that context.
 Why a class of its own: nng aborts the whole process (``Fatal Python error:
 Aborted``, no exception) when a socket is closed while a thread waits in a
 receive or a send on one of its contexts (seen about once in 20 closes). So
-no thread ever does: each receive is cancellable (`ContextReceiver`), each
+no thread ever does: each thread receives and replies through its own
+cancellable `ContextIO` (the master's plane thread uses one too), each
 send goes through a `SendGuard`, and `close` refuses new sends, waits for the
 ones under way, cancels every receive, joins the threads, and only then
 closes the socket. A thread still inside its handler when `close` gives up on
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import pynng
 
 from pyproof.logs import get_logger
-from pyproof.transport.wire import ContextReceiver, SendGuard
+from pyproof.transport.wire import ContextIO, SendGuard
 
 __all__ = ["POLL_MS", "ContextPoolServer", "Request"]
 
@@ -71,8 +72,10 @@ class ContextPoolServer:
         self.on_error = on_error
         self.poll_ms = poll_ms
         self._guard = SendGuard()
-        self._lock = threading.Lock()  # the thread and receiver lists
-        self._receivers: list[ContextReceiver] = []
+        self._lock = threading.Lock()  # the thread and io lists
+        self._ios: list[ContextIO] = []
+        timeout = socket.send_timeout  # nng's: -1 (none) when unset, as a context's
+        self._send_ms = -1 if timeout is None else int(timeout)
         self._threads: list[threading.Thread] = []
         self.add_contexts(contexts)
 
@@ -87,28 +90,29 @@ class ContextPoolServer:
                 return
             for _ in range(count):
                 slot = len(self._threads)
-                receiver = ContextReceiver()
+                io = ContextIO()
                 thread = threading.Thread(target=self._serve,
-                                          args=(slot, self.socket.new_context(), receiver),
+                                          args=(slot, self.socket.new_context(), io),
                                           name=f"{self.name}-{slot}", daemon=True)
-                self._receivers.append(receiver)
+                self._ios.append(io)
                 self._threads.append(thread)
                 thread.start()
 
-    def _serve(self, slot: int, context: pynng.Context, receiver: ContextReceiver) -> None:
+    def _serve(self, slot: int, context: pynng.Context, io: ContextIO) -> None:
         """Run by each thread until `close`: receive, handle, reply; on its own context."""
         try:
             while not self._guard.closed:
                 try:
-                    data, peer = receiver.recv_from(context, timeout_ms=self.poll_ms)
+                    data, peer = io.recv_from(context, self.poll_ms)
                 except pynng.Timeout:
                     continue
                 except pynng.NNGException:  # cancelled by `close` (or the socket is gone)
                     return
                 reply = self._handle(Request(data=data, peer=peer, slot=slot))
                 if reply is not None:
-                    self._send(context, reply)
+                    self._send(io, context, reply)
         finally:
+            io.close()  # its aios: this thread owns them, and is done with them
             # a context close is safe while its socket closes (only sends and receives
             # are not); after the socket closed it, nng says so: nothing to do
             with contextlib.suppress(pynng.NNGException):
@@ -128,12 +132,12 @@ class ContextPoolServer:
                 get_logger().error(f"{self.name}_error_reply_failed", error=repr(again))
                 return None
 
-    def _send(self, context: pynng.Context, reply: bytes) -> None:
+    def _send(self, io: ContextIO, context: pynng.Context, reply: bytes) -> None:
         with self._guard.sending() as usable:
             if not usable:  # closing: the reply is dropped (the client asks again)
                 return
             with contextlib.suppress(pynng.NNGException):  # timed out, peer gone
-                context.send(reply)
+                io.send(context, reply, self._send_ms)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop serving and close the socket, never under a thread in a send or receive.
@@ -146,9 +150,9 @@ class ContextPoolServer:
         send_timeout = max(0.0, (self.socket.send_timeout or 0) / 1000)
         with self._lock:
             sends_done = self._guard.close(max(timeout, send_timeout + 0.5))
-            receivers, threads = list(self._receivers), list(self._threads)
-        for receiver in receivers:
-            receiver.cancel()
+            ios, threads = list(self._ios), list(self._threads)
+        for io in ios:
+            io.cancel()
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, end - time.monotonic()))

@@ -22,7 +22,7 @@ from pynng.sockaddr import _nng_sockaddr
 
 from pyproof.transport.codec import DEFAULT_MAX_FRAME
 
-__all__ = ["RECV_LIMIT", "SMALL", "ContextIO", "ContextReceiver", "SendGuard", "parts_size",
+__all__ = ["RECV_LIMIT", "SMALL", "ContextIO", "SendGuard", "parts_size",
            "recv_view",
            "send_parts"]
 
@@ -78,90 +78,17 @@ def recv_view(sock: pynng.Socket, *, block: bool = True) -> bytes | memoryview:
     return _view(message[0])
 
 
-class ContextReceiver:
-    """`recv_view` on a socket's context, for one thread, with a wait another may cancel.
-
-    A Rep0 context holds its request's reply route, so one thread can leave a
-    request unanswered (the master holds a worker's "next packet" until there is
-    one) while it serves others on new contexts. `recv` waits up to ``timeout_ms``
-    or else the socket's ``recv_timeout`` (nng gives each context the socket's
-    value when it opens) and raises ``pynng.Timeout`` or ``pynng.Closed`` as
-    ``recv`` does.
-
-    Why `cancel`: closing the socket under a thread that waits in a context
-    receive makes nng abort the whole process now and then (about once in 20
-    closes here). The owner cancels the wait instead (the thread gets
-    ``pynng.Closed`` at once, and every later `recv` too), joins the thread,
-    and only then closes the socket.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._aio = None
-        self._cancelled = False
-
-    def recv(self, ctx: pynng.Context, *, timeout_ms: int | None = None) -> bytes | memoryview:
-        """One message on `ctx`; `timeout_ms` bounds this wait (None: the context's own)."""
-        return _view(self._recv_msg(ctx, timeout_ms))
-
-    def recv_from(self, ctx: pynng.Context, *,
-                  timeout_ms: int | None = None) -> tuple[bytes | memoryview, str]:
-        """As `recv`, with the peer the message came from ("tcp:127.0.0.1:5555"), for logs
-        and logins ("unknown peer" when its connection is already gone)."""
-        msg = self._recv_msg(ctx, timeout_ms)
-        try:
-            peer = _peer_of(msg)
-        except BaseException:
-            lib.nng_msg_free(msg)
-            raise
-        return _view(msg), peer
-
-    def _recv_msg(self, ctx: pynng.Context, timeout_ms: int | None):
-        aio_p = ffi.new("nng_aio **")
-        check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
-        aio = aio_p[0]
-        try:
-            if timeout_ms is not None:
-                lib.nng_aio_set_timeout(aio, max(1, int(timeout_ms)))
-            with self._lock:
-                if self._cancelled:
-                    raise pynng.Closed("the receiver was cancelled", lib.NNG_ECLOSED)
-                self._aio = aio
-            lib.nng_ctx_recv(ctx.context, aio)  # void: the result is the aio's
-            with self._lock:
-                # a `cancel` between publishing the aio and starting the receive found
-                # nothing to cancel (nng ignores a cancel of an idle aio): do it now
-                if self._cancelled:
-                    lib.nng_aio_cancel(aio)
-            lib.nng_aio_wait(aio)
-            with self._lock:
-                self._aio = None
-                cancelled = self._cancelled
-            status = lib.nng_aio_result(aio)
-            if status and cancelled:
-                raise pynng.Closed("the receiver was cancelled", lib.NNG_ECLOSED)
-            check_err(status)
-            return lib.nng_aio_get_msg(aio)
-        finally:
-            with self._lock:
-                self._aio = None
-            lib.nng_aio_free(aio)
-
-    def cancel(self) -> None:
-        """End the current wait (if any) and every later one with ``pynng.Closed``."""
-        with self._lock:
-            self._cancelled = True
-            if self._aio is not None:
-                lib.nng_aio_cancel(self._aio)
-
-
 class ContextIO:
     """One thread's receive and reply on Rep0 contexts, with two aios allocated once.
 
-    pynng's `Context.send` (and a receive of our own making) allocate and free
-    an aio (and pynng a `Message` with its lock) per call; a master granting
-    thousands of packets a second does it once. One owner thread runs `recv`,
-    `send` and, when done, `close`; any thread may `cancel`.
+    A Rep0 context holds its request's reply route, so one thread can leave a
+    request unanswered (the master holds a worker's "next packet" until there is
+    one) while it serves others on new contexts. pynng's `Context.send` (and a
+    receive of our own making) allocate and free an aio (and pynng a `Message`
+    with its lock) per call; a master granting thousands of packets a second does
+    it once. One owner thread runs `recv`, `recv_from`, `send` and, when done,
+    `close`; any thread may `cancel`. Used by the master's plane thread and by
+    each thread of a `ContextPoolServer`.
 
     Why `cancel`: closing the socket under a thread that waits in a context
     receive or send makes nng abort the whole process now and then (about once
@@ -192,6 +119,21 @@ class ContextIO:
     def recv(self, ctx: pynng.Context, timeout_ms: int) -> bytes | memoryview:
         """A request on `ctx` (a large one as a view, see `recv_view`); pynng.Timeout after
         `timeout_ms`, pynng.Closed once cancelled."""
+        return _view(self._recv_msg(ctx, timeout_ms))
+
+    def recv_from(self, ctx: pynng.Context,
+                  timeout_ms: int) -> tuple[bytes | memoryview, str]:
+        """As `recv`, with the peer the message came from ("tcp:127.0.0.1:5555"), for logs
+        and logins ("unknown peer" when its connection is already gone)."""
+        msg = self._recv_msg(ctx, timeout_ms)
+        try:
+            peer = _peer_of(msg)
+        except BaseException:
+            lib.nng_msg_free(msg)
+            raise
+        return _view(msg), peer
+
+    def _recv_msg(self, ctx: pynng.Context, timeout_ms: int):
         aio = self._recv
         self._start(aio, timeout_ms, lambda: lib.nng_ctx_recv(ctx.context, aio))
         lib.nng_aio_wait(aio)
@@ -199,7 +141,7 @@ class ContextIO:
         if status and self._cancelled:
             raise pynng.Closed("cancelled: the socket is closing", lib.NNG_ECLOSED)
         check_err(status)
-        return _view(lib.nng_aio_get_msg(aio))
+        return lib.nng_aio_get_msg(aio)
 
     def send(self, ctx: pynng.Context, data: bytes, timeout_ms: int) -> None:
         """Reply `data` on `ctx`; raises what `Context.send` raises (the message is freed)."""
