@@ -166,8 +166,11 @@ class SandboxDaemon:
         except Exception:
             return []
         run = os.path.join(self.info.home, "run")
+        # a session's master listens on master-SID.ipc and, for queries sent to it
+        # directly, on direct-SID.ipc
         return [p for p in socket_files(run)
-                if not any(f"master-{sid}.ipc" in p for sid in live)]
+                if not any(os.path.basename(p) in (f"master-{sid}.ipc", f"direct-{sid}.ipc")
+                           for sid in live)]
 
     def stop(self) -> dict[str, Any]:
         """Stop the daemon, then audit: processes that survived it, socket files left."""
