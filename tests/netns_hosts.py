@@ -23,10 +23,11 @@ Tests skip, saying why, where namespaces cannot be created (not root, no
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,30 @@ class Host:
         return f"proof://{self.address}:{port}"
 
 
-SUBNET_LOCK = "/tmp/pyproof-netns-subnets.lock"
+SUBNET_LOCK = "\0pyproof-netns-subnets"  # an abstract Unix socket name (see subnet_lock)
+SUBNET_LOCK_WAIT = 60.0
+
+
+@contextlib.contextmanager
+def subnet_lock(wait: float = SUBNET_LOCK_WAIT):
+    """Held by one process of this host (this network namespace) at a time: a Unix socket
+    bound to an abstract name. The kernel frees the name when the socket closes or its
+    process dies, so no lock file is left behind in /tmp and a killed holder never
+    leaves it taken. Waits up to `wait` s."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    end = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                sock.bind(SUBNET_LOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > end:
+                    raise
+                time.sleep(0.02)
+        yield
+    finally:
+        sock.close()
 
 
 def _free_subnet(start: int) -> int:
@@ -97,8 +121,7 @@ class NetnsHosts:
         self.base = base
         self.hosts: dict[str, Host] = {}
         self._closed = False
-        with open(SUBNET_LOCK, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        with subnet_lock():
             self.subnet = f"198.19.{_free_subnet(1 + os.getpid() % 250)}"
             self.client_address = f"{self.subnet}.1"  # the root namespace, on the bridge
             _ip("link", "add", self.bridge, "type", "bridge")
