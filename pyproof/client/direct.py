@@ -42,7 +42,6 @@ class DirectRoute:
         self.socket = pynng.Req0(send_timeout=SEND_WITHIN_MS, recv_timeout=ANSWER_WITHIN_MS,
                                  resend_time=-1, recv_max_size=RECV_LIMIT)
         self._lock = threading.Lock()  # one request at a time on a req socket
-        self.broken = False  # it failed once: the session learns the route again
         try:
             # ipc: refused at once when nothing listens (a client on another host, a
             # master whose route could not be made); afterwards nng redials by itself
@@ -58,8 +57,7 @@ class DirectRoute:
         try:
             self.socket.send(data)
             wire = self.socket.recv()
-        except pynng.NNGException:
-            self.broken = True
+        except pynng.NNGException:  # the session forgets the route and learns it again
             return None
         finally:
             self._lock.release()
@@ -73,10 +71,8 @@ class DirectRoute:
                     raise DirectRefused(
                         f"the master of session {self.session_id} ({self.address}) refused "
                         f"{kind!r}: {frame.payload.get('message')}") from None
-                self.broken = True
                 return None  # not our master's answer: the long way decides
         except ProtocolError:
-            self.broken = True
             return None
         body = frame.payload if isinstance(frame.payload, dict) else {}
         if frame.type == "ok":
