@@ -8,7 +8,14 @@ Unlike OTP's synchronous calls, starting and stopping a child take time here,
 so the core keeps a plan: a set of children to stop and a set to start.
 Exactly one orderly operation is in flight at a time (one `StartChild` or
 one `StopChild`), so children start in list order and stop in reverse list
-order, each waiting for the previous to finish, as in OTP. A failure that
+order, each waiting for the previous to finish, as in OTP. Under
+`SupFlags(independent=True)` (one_for_one only: children that need nothing
+from each other, like sessions) every start and stop the plan holds is
+issued at once instead, and each waits only for its own child: a child due
+to stop while it starts is stopped once it runs, one due to start again
+while it stops is started once it is gone; shutting down stops them all
+together and ends when the last is gone. Decisions (restarts, intensity,
+replies) are the same either way. A failure that
 arrives while a plan runs is merged into it: a child already due to be
 stopped and restarted that dies on its own is not restarted twice (OTP
 reports it as a shutdown_error and counts no extra restart, and so do we).
@@ -288,7 +295,8 @@ class SupervisorCore:
         assert self._to_start <= kids.keys(), self._to_start - kids.keys()
         in_flight = [c.id for c in kids.values()
                      if c.state in (ChildState.STARTING, ChildState.STOPPING)]
-        assert len(in_flight) <= 1, f"more than one operation in flight: {in_flight}"
+        if not self.flags.independent:
+            assert len(in_flight) <= 1, f"more than one operation in flight: {in_flight}"
         for c in kids.values():
             assert (c.ref is not None) == (c.state in _HAS_REF), (c.id, c.state, c.ref)
             assert (c.kill_reason is not None) == (c.state is ChildState.KILLING), c
@@ -329,8 +337,22 @@ class SupervisorCore:
             for c in kids.values():
                 if c.spec.restart is Restart.TEMPORARY and not c.forget:
                     assert c.starts == 0 or c.alive, f"temporary {c.id} should be forgotten"
-        # the plan never stalls: with nothing in flight, it waits only for a hung child
-        if not in_flight and phase is not Phase.NEW:
+        if self.flags.independent:
+            # nothing waits for another child: what is due to stop is on its way out (or
+            # still starting), what is due to start still waits for its own exit
+            for c in kids.values():
+                if c.id in self._to_stop:
+                    assert c.state in (ChildState.STARTING, ChildState.STOPPING,
+                                       ChildState.KILLING), f"stop not issued: {c.id} {c.state}"
+                if c.id in self._to_start:
+                    assert c.state in (ChildState.STOPPING, ChildState.KILLING), (
+                        f"start not issued: {c.id} is {c.state}")
+            if phase is Phase.STARTING:
+                assert self._to_start or any(
+                    c.state is ChildState.STARTING for c in kids.values()), \
+                    "starting with nothing left to start"
+        elif not in_flight and phase is not Phase.NEW:
+            # the plan never stalls: with nothing in flight, it waits only for a hung child
             pending = self._to_stop | self._to_start
             killing = {c.id for c in kids.values() if c.state is ChildState.KILLING}
             assert not pending or pending & killing, f"plan stalled: {pending}"
@@ -561,12 +583,26 @@ class SupervisorCore:
         self._to_stop = {c.id for c in self._children.values() if c.alive}
 
     def _pump(self, cause: str) -> None:
-        """Issue the next operation of the plan, or finish the current phase."""
+        """Issue what the plan allows now, then finish the current phase if it is done."""
         if self._phase in (Phase.NEW, Phase.TERMINATED):
             return
+        done = self._issue_all(cause) if self.flags.independent else self._issue_next(cause)
+        if not done:
+            return
+        if self._phase is Phase.STARTING:
+            self._phase = Phase.RUNNING
+        elif self._phase is Phase.TERMINATING and not any(
+                c.alive for c in self._children.values()):
+            self._phase = Phase.TERMINATED
+            assert self._final is not None
+            self._out.append(self._final)
+
+    def _issue_next(self, cause: str) -> bool:
+        """OTP's order: issue the plan's next operation, if none is in flight; True when the
+        plan is done (nothing in flight, nothing left but what waits for a hung child)."""
         kids = list(self._children.values())
         if any(c.state in (ChildState.STARTING, ChildState.STOPPING) for c in kids):
-            return
+            return False
         for c in reversed(kids):
             if c.id not in self._to_stop:
                 continue
@@ -574,9 +610,9 @@ class SupervisorCore:
                 c.state = ChildState.STOPPING
                 self._out.append(StopChild(child_id=c.id, shutdown=c.spec.shutdown, ref=c.ref,
                                            cause=cause))
-                return
+                return False
             if c.state is ChildState.KILLING:
-                return  # wait for it: stops are ordered
+                return False  # wait for it: stops are ordered
             self._to_stop.discard(c.id)
         for c in kids:
             if c.id not in self._to_start:
@@ -585,16 +621,37 @@ class SupervisorCore:
                 c.state = ChildState.STARTING
                 self._to_start.discard(c.id)
                 self._out.append(StartChild(spec=c.spec, cause=cause))
-                return
+                return False
             if c.state is ChildState.KILLING:
-                return
+                return False
             self._to_start.discard(c.id)
-        if self._phase is Phase.STARTING:
-            self._phase = Phase.RUNNING
-        elif self._phase is Phase.TERMINATING and not any(c.alive for c in kids):
-            self._phase = Phase.TERMINATED
-            assert self._final is not None
-            self._out.append(self._final)
+        return True
+
+    def _issue_all(self, cause: str) -> bool:
+        """Independent children: issue every stop and start the plan allows at once, each
+        waiting only for its own child (a child due to stop that is still starting is stopped
+        once it runs; one due to start that is still stopping is started once it is gone).
+        True when no start is pending or in flight (the initial children's start is done)."""
+        kids = list(self._children.values())
+        for c in reversed(kids):
+            if c.id not in self._to_stop:
+                continue
+            if c.state is ChildState.RUNNING:
+                c.state = ChildState.STOPPING
+                self._out.append(StopChild(child_id=c.id, shutdown=c.spec.shutdown, ref=c.ref,
+                                           cause=cause))
+            elif c.state is ChildState.IDLE:
+                self._to_stop.discard(c.id)
+        for c in kids:
+            if c.id not in self._to_start:
+                continue
+            if c.state is ChildState.IDLE:
+                c.state = ChildState.STARTING
+                self._to_start.discard(c.id)
+                self._out.append(StartChild(spec=c.spec, cause=cause))
+            elif c.state in (ChildState.STARTING, ChildState.RUNNING):
+                self._to_start.discard(c.id)
+        return not self._to_start and not any(c.state is ChildState.STARTING for c in kids)
 
     # ------------------------------------------------------------ helpers
 

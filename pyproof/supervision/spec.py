@@ -195,6 +195,15 @@ class SupFlags:
     `ping_interval` seconds; a child that has not answered within
     `ping_timeout` seconds is declared hung and killed. `ping_interval=None`
     turns the watchdog off.
+
+    `independent=True` says the children have nothing to do with each other
+    (sessions, each its own user's): every start and stop is issued at once,
+    so one child's slow stop never holds up another's start, as with OTP's
+    simple_one_for_one. The default (False) keeps OTP's order: one start or
+    stop at a time, children started in list order and stopped in reverse.
+    Only one_for_one goes with it: one_for_all and rest_for_one restart
+    children together because they depend on each other, and then their order
+    matters.
     """
 
     strategy: Strategy = Strategy.ONE_FOR_ONE
@@ -202,6 +211,7 @@ class SupFlags:
     period: float = 5.0
     ping_interval: float | None = None
     ping_timeout: float = 2.0
+    independent: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", _enum(Strategy, self.strategy, "strategy"))
@@ -219,6 +229,13 @@ class SupFlags:
         if not _seconds(self.ping_timeout) or self.ping_timeout <= 0:
             raise ValueError(f"invalid ping_timeout: {self.ping_timeout!r}")
         object.__setattr__(self, "ping_timeout", float(self.ping_timeout))
+        if not isinstance(self.independent, bool):
+            raise ValueError(f"invalid independent: {self.independent!r}")
+        if self.independent and self.strategy is not Strategy.ONE_FOR_ONE:
+            raise ValueError(
+                f"invalid strategy with independent=True: {str(self.strategy)!r} (it "
+                f"restarts children together, so they depend on each other and their order "
+                f"matters; use one_for_one, or independent=False)")
 
 
 def check_unique_ids(children: Iterable[ChildSpec]) -> tuple[ChildSpec, ...]:
