@@ -62,6 +62,7 @@ def test_the_sessions_supervisor_starts_empty_and_tolerates_many_session_restart
     tree = trees.sessions_tree()
     assert tree.children == ()
     assert (tree.flags.strategy, tree.flags.intensity) == (Strategy.ONE_FOR_ONE, 100)
+    assert tree.flags.independent  # no session's open waits for another's close
 
 
 def test_trees_agree_with_the_actors_that_still_build_their_own():

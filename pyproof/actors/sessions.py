@@ -38,7 +38,9 @@ from pyproof.actors.supervisor import SupervisorActor, describe_exit
 from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-exported)
     WATCHDOG,
     master_address,
+    session_child,
     session_tree,
+    sessions_tree,
     worker_child,
 )
 from pyproof.hosts.once import Once
@@ -59,9 +61,6 @@ from pyproof.supervision.spec import (
     ChildType,
     Restart,
     Shutdown,
-    Strategy,
-    SupervisorSpec,
-    SupFlags,
 )
 
 ORPHAN_GRACE = 600.0  # seconds a session runs on with no supervisor (its daemon gone)
@@ -131,9 +130,7 @@ class Sessions(SupervisorActor):
         if isinstance(message, m.SessionsStart):
             self.start_log(message.log_dir, actor="sessions")
             self.config = message
-            self.supervise(SupervisorSpec(
-                name="sessions", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=100,
-                                                period=1.0, **WATCHDOG)))
+            self.supervise(sessions_tree())  # independent: no session waits for another
             if message.run_dir:
                 self.registry = Registry(message.run_dir)
                 self._adopt_registered()
@@ -206,14 +203,10 @@ class Sessions(SupervisorActor):
                                packet_address=message.packet_address,
                                orphan_grace=float(self.config.limits.get("orphan_grace")
                                                   or ORPHAN_GRACE))
-        # a session's workers on this host for a master on another (actors/hosts.py)
-        actor = ("pyproof.actors.remote_session:RemoteSession" if message.remote_of
-                 else "pyproof.actors.sessions:SessionSupervisor")
-        spec = ChildSpec(id=message.session_id, type=ChildType.SUPERVISOR,
-                         restart=Restart.TEMPORARY, shutdown=Shutdown.timeout(5.0),
-                         start=m.ActorStart(actor=actor, init=init))
+        # (remote_of: a session's workers on this host for a master on another, hosts.py)
         self.requests[message.corr] = (reply_to, message)
-        self.run(ev.AddChild(spec=spec, now=time.monotonic(), cause=message.corr))
+        self.run(ev.AddChild(spec=session_child(init), now=time.monotonic(),
+                             cause=message.corr))
 
     def _preopen_answered(self, answer: m.SessionReady | m.SessionFailed) -> None:
         """The pre-opened session announced itself (or failed to start): answer the
