@@ -37,6 +37,7 @@ class Children:
     directory: str
     children: tuple[Meet, ...]
     parallel: bool
+    independent: bool = False  # SupFlags(independent=...): the core issues every start at once
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class ChoosySupervisor(SupervisorActor):
             self.parallel_start = message.parallel
             self.supervise(SupervisorSpec(
                 name="test", flags=SupFlags(strategy=Strategy.ONE_FOR_ONE, intensity=3,
-                                            period=60.0),
+                                            period=60.0, independent=message.independent),
                 children=tuple(ChildSpec(id=c.name, start=m.ActorStart(
                     actor="tests.supervisor_helpers:Rendezvous", init=c, start_timeout=60.0))
                     for c in message.children)))
