@@ -137,6 +137,7 @@ def test_connect_storm_is_served_refused_clearly_and_the_daemon_stays_healthy(st
     code, report, _ = storm
     assert code == 0, summary(report)
     assert report["not_returned"] == 0, summary(report)
+    assert report["health_at_once"]["ok"], summary(report)  # no wait for the closes
     assert report["health"]["ok"], summary(report)
     assert report["connects_ok"] >= 1, summary(report)
     assert report["refused_unclear"] == 0, summary(report)
