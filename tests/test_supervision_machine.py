@@ -9,9 +9,11 @@ add_restart, init failure).
 
 `AsyncShell` delivers the shell's answers in any order, lets processes crash
 at any time (even before their start is reported) and hang, and checks the
-safety properties: never two incarnations of a child at once, every live
-process known to the core, nothing left alive after the supervisor exits,
-and, once everything settles, every child that ought to run runs.
+safety properties (for ordered and for independent children, whose own
+machine is in test_supervision_independent.py): never two incarnations of a
+child at once, every live process known to the core, nothing left alive after
+the supervisor exits, and, once everything settles, every child that ought to
+run runs.
 """
 
 from __future__ import annotations
@@ -429,15 +431,18 @@ class AsyncShell(RuleBasedStateMachine):
     @initialize(
         strategy=st.sampled_from(["one_for_one", "one_for_all", "rest_for_one"]),
         intensity=st.integers(0, 4),
+        independent=st.booleans(),
         data=st.data(),
     )
-    def setup(self, strategy, intensity, data):
+    def setup(self, strategy, intensity, independent, data):
         self.flags = SupFlags(
             strategy=strategy,
             intensity=intensity,
             period=5.0,
             ping_interval=INTERVAL,
             ping_timeout=TIMEOUT,
+            # independent children (every start and stop at once) go with one_for_one only
+            independent=independent and strategy == "one_for_one",
         )
         self.specs = data.draw(st.integers(1, 4).flatmap(child_specs), label="children")
         self.now = 0.0
