@@ -82,10 +82,11 @@ class Phase(StrEnum):
     NEW = "new"
     """Created; waiting for `Init`."""
     STARTING = "starting"
-    """Starting the children in order after `Init`."""
+    """Starting the children in order after `Init` (all at once if independent)."""
     RUNNING = "running"
     TERMINATING = "terminating"
-    """Stopping every child in reverse order, then `Exit` or `Escalate`."""
+    """Stopping every child in reverse order (all at once if independent), then `Exit` or
+    `Escalate`."""
     TERMINATED = "terminated"
     """`Exit` or `Escalate` was issued; events are ignored."""
 
