@@ -637,7 +637,13 @@ class SessionSupervisor(SupervisorActor):
         Whatever else runs under us (orphans of the selectors, re-parented to us) dies."""
         if self.request is None:
             return
-        kill_tree(os.getpid(), include_root=False)
+        # our children's exit statuses are Thespian's: reaping them here would make it wait
+        # for exits it never sees (multiprocessing's is_alive() stays True once another
+        # waitpid took the status), and the session would sit out its shutdown timeout
+        thespians = set(self.pids.values()) | {
+            getattr(p, "pid", None) for p in self.processes.values()}
+        kill_tree(os.getpid(), include_root=False, reap=False)
+        reap_orphans(thespians)
         if self.registry is not None and self.orphaned:
             # nobody supervises us to remove our row once we are gone (a supervisor does:
             # until this process has exited, `daemon stop` must still find it)

@@ -477,15 +477,29 @@ class SupervisorActor(ProofActor):
             self.exiting = True
             for child_id in reversed(list(self.refs)):
                 self.stopping[child_id] = None
-                pid = self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
+                pid = (self.pids.get(child_id) or self.adopted.get(child_id, (None,))[0]
+                       or getattr(self.processes.get(child_id), "pid", None))  # still starting
                 if pid is not None:
                     kill_tree(pid, reap=False, spare_sessions=self.spare_sessions)
             for child_id in list(self.early):  # created early, never handed to the core
                 if not self.early[child_id]["failed"]:
                     self._drop_early(child_id)
             self.on_exit()
+            if self._forked_children_gone():
+                # Thespian would now send each child an exit request and wait for its exit.
+                # They are dead, and thespian 4.0.1 loses dead children there: its send-error
+                # callback names the last child for every failed send, and handling one exit
+                # drops the other dead processes unreported. We then sat out our supervisor's
+                # shutdown timeout (5 s) in most closes. Its documented way out: not recursive.
+                message.notRecursive()
         else:
             self.receive_other(message, sender)
+
+    def _forked_children_gone(self) -> bool:
+        """True if every process Thespian forked for us (children, early ones) is dead
+        (a zombie counts), so that nothing is left for its recursive exit to stop."""
+        forked = [*self.processes.values(), *(e["process"] for e in self.early.values())]
+        return all(p is not None and not is_alive(p.pid) for p in forked)
 
     def _started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
         del self.starting[child_id]
