@@ -76,24 +76,6 @@ def _write_ready(run_dir: str, info: dict, ready_fd: int | None = None) -> None:
             os.close(ready_fd)
 
 
-def _import_structlog_without_rich() -> None:
-    """Import structlog as if rich were not installed (a sixth of a lite start-up).
-
-    structlog's console renderer imports rich (and better_exceptions) when it can;
-    the actors log JSON and never use it. The modules stay importable afterwards:
-    only structlog's own optional use of them is off, in this process tree.
-    """
-    optional = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
-    for name in optional:
-        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
-    try:
-        import structlog  # noqa: F401
-    finally:
-        for name in optional:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
-
-
 def _token_key(run_dir: str) -> bytes:
     """The key that signs clients' login tokens: kept in the run directory (0600), so that a
     daemon restarted on the same port (which re-adopts the sessions) honours the tokens of
@@ -224,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
         threading.Thread(target=watch, daemon=True).start()
 
-    _import_structlog_without_rich()
     from pyproof.actors.root import Root
     from pyproof.actors.system import start_system
     from pyproof.actors.warmup import preload_actor_modules

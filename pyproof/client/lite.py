@@ -35,6 +35,24 @@ KEEP_SESSION_DIRS = 10
 MAX_PREOPEN = 256  # the gateway's MAX_WORKERS: a larger session is refused, not pre-opened
 
 
+def _write_run_secret(run_dir: str, secret: bytes) -> str:
+    """The cluster's secret in the run directory, for the daemon (and its gateway) to read.
+
+    `auth.write_secret` syncs the file to disk (a user's secret must survive a crash);
+    this one lives as long as the cluster, in a fresh directory only we can enter
+    (mkdtemp: 0700) that nobody else writes to, so neither the sync (10 ms or more
+    on the critical path of every `connect`) nor the atomic rename is needed.
+    """
+    path = os.path.join(run_dir, "secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, secret.hex().encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
+    return path
+
+
 def default_workers() -> int:
     env = os.environ.get("PYPROOF_WORKERS")
     if env:
@@ -62,8 +80,7 @@ class LiteCluster:
         self.thespian_sessions: list[int] = []
         # a fresh secret per cluster: another local user cannot attach to it
         self.secret = auth.fresh_cluster_secret()
-        secret_file = str(auth.write_secret(os.path.join(self.run_dir, "secret"), self.secret))
-        self._prune_old_sessions(base)
+        secret_file = _write_run_secret(self.run_dir, self.secret)
         self._out = open_private(os.path.join(self.log_dir, "daemon.out"), "ab")
         # the daemon writes a line on this pipe once ready.json is there: we wait on an
         # event, not by polling the file
@@ -83,6 +100,9 @@ class LiteCluster:
             )
         finally:
             os.close(ready_w)
+        # while the daemon boots, not before: unlinking an old session's files takes
+        # tens of milliseconds on some file systems (see bench/startup.py)
+        self._prune_old_sessions(base)
         self.ready_info: dict = {}
         self.t_ready_seen: float | None = None
         self.control_address = ""
