@@ -13,9 +13,14 @@ sandbox private (see pyproof.sandbox).
 The garbage collector is off while the modules load (first thing: imports
 make no garbage worth a collection, and each collection walks every object
 loaded so far) and whatever is loaded is frozen before the first fork
-(`gc.freeze`): every actor is forked from this process, and a collection in
-an actor then leaves the shared pages alone instead of writing to all of
-them (copy on write).
+(`gc.freeze`), so that a collection in a forked process leaves the shared
+pages alone instead of writing to all of them (copy on write).
+
+Every actor is forked from Thespian's admin process, itself forked from this
+one: the actors' modules are loaded there, in the admin, while its logger
+process starts (`_load_actor_modules`, system.start_system), not here first
+and then the admin started: the two overlap, and this process, which never
+runs an actor, never loads them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import gc
 
 if __name__ == "__main__":  # the daemon process (not a module that imports our helpers)
-    gc.disable()  # until the modules are loaded: see the module docstring, _freeze_modules
+    gc.disable()  # until the modules are loaded: see the module docstring
 
 import argparse
 import contextlib
@@ -55,6 +60,7 @@ from pyproof.transport import auth, sealing
 from pyproof.transport.tls import TLSSettings
 
 BOOT_TIMEOUT = 60.0
+ROOT = "pyproof.actors.root.Root"
 SHUTDOWN_TIMEOUT = 3.0
 ROOT_CHECK = 1.0  # seconds between checks that the root supervisor still runs
 
@@ -130,10 +136,14 @@ def _hold_registry(run_dir: str) -> None:
         _held.append(keep_open(run_dir))
 
 
-def _freeze_modules() -> None:
-    """Called once the modules every actor needs are loaded, just before the first fork:
-    what is loaded moves to the collector's permanent generation (never walked again, in
-    this process or in any actor forked from it), and collections resume."""
+def _load_actor_modules() -> None:
+    """Run in Thespian's admin process before it creates the first actor (every actor is
+    forked from it): the actors' modules are loaded, once, with the collector still off
+    (inherited from us), moved to its permanent generation (never walked again, in the
+    admin or in any actor forked from it), and collections resume."""
+    from pyproof.actors.warmup import preload_actor_modules
+
+    preload_actor_modules()
     gc.freeze()
     gc.enable()
 
@@ -206,16 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
         threading.Thread(target=watch, daemon=True).start()
 
-    from pyproof.actors.root import Root
     from pyproof.actors.system import start_system
-    from pyproof.actors.warmup import preload_actor_modules
 
-    # every actor is forked (through Thespian's admin) from this process: what it imports
-    # now, each of them has at once, paid for once (see actors/warmup.py)
-    preload_actor_modules()
-    _freeze_modules()
-
-    system, port = start_system(args.log_dir)
+    gc.freeze()  # what we loaded: shared with the admin (and every actor) untouched
+    # the admin loads the actors' modules itself (see the module docstring)
+    system, port = start_system(args.log_dir, admin_preload=_load_actor_modules)
+    gc.enable()
     t_system = time.time()
     # the admin double-forks into a session of its own: its first child's pid is
     # that session's id, the handle that finds every actor later; written at once so
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         # why); on a thread: creating it syncs the disk, and the root's start need not wait
         threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
                          name="pyproof-registry").start()
-        root = system.createActor(Root)
+        root = system.createActor(ROOT)  # by name: loaded in the admin, not here
         corr = uuid.uuid4().hex
         limits = {"sessions_per_user": args.max_sessions_per_user,
                   "workers_per_user": args.max_workers_per_user,
