@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         control = tls.address(control)
 
     try:
-        cluster = cluster_options.cluster_config(args, args.url, args.run_dir, args.log_dir)
+        # a daemon that is no cluster member (lite) need not load the hosts' modules
+        cluster = cluster_options.cluster_config(
+            args, args.url, args.run_dir, args.log_dir) if (
+            args.cluster_secret or args.join or args.hosts) else None
     except ProofError as exc:
         _write_ready(args.run_dir, {"error": str(exc)})
         return 1
