@@ -219,6 +219,30 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
         threading.Thread(target=watch, daemon=True).start()
 
+    # the root's boot message, made before the actor system starts: it is sent as soon as
+    # the root exists (nothing here needs the system; a bad secret file stops us as before)
+    corr = uuid.uuid4().hex
+    limits = {"sessions_per_user": args.max_sessions_per_user,
+              "workers_per_user": args.max_workers_per_user,
+              "orphan_grace": args.session_orphan_grace}
+    if args.session_idle_timeout is not None:
+        limits["idle_timeout"] = args.session_idle_timeout
+    if args.result_ttl is not None:
+        limits["result_ttl"] = args.result_ttl
+    owner = getpass.getuser()
+    secret_file = args.secret_file or str(auth.default_secret_path())
+    secret = auth.load_or_create_secret(secret_file)  # refuses a file others can read
+    auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
+                   "secret_file": secret_file, "users_dir": args.users_dir,
+                   "admins": args.admins.split(",") if args.admins else [owner],
+                   "server_id": args.url or control,
+                   "tls": dataclasses.asdict(tls) if tls.enabled else None}
+    preopen = _preopen(args.open_session, owner=owner, secret=secret,
+                       run_dir=args.run_dir, log_dir=args.log_dir)
+    boot = m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
+                  log_dir=args.log_dir, daemon_pid=os.getpid(), limits=limits,
+                  auth=auth_config, cluster=cluster, preopen=preopen)
+
     from pyproof.actors.system import start_system
 
     gc.freeze()  # what we loaded: shared with the admin (and every actor) untouched
@@ -238,29 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
                          name="pyproof-registry").start()
         root = system.createActor(ROOT)  # by name: loaded in the admin, not here
-        corr = uuid.uuid4().hex
-        limits = {"sessions_per_user": args.max_sessions_per_user,
-                  "workers_per_user": args.max_workers_per_user,
-                  "orphan_grace": args.session_orphan_grace}
-        if args.session_idle_timeout is not None:
-            limits["idle_timeout"] = args.session_idle_timeout
-        if args.result_ttl is not None:
-            limits["result_ttl"] = args.result_ttl
-        owner = getpass.getuser()
-        secret_file = args.secret_file or str(auth.default_secret_path())
-        secret = auth.load_or_create_secret(secret_file)  # refuses a file others can read
-        auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
-                       "secret_file": secret_file, "users_dir": args.users_dir,
-                       "admins": args.admins.split(",") if args.admins else [owner],
-                       "server_id": args.url or control,
-                       "tls": dataclasses.asdict(tls) if tls.enabled else None}
-        preopen = _preopen(args.open_session, owner=owner, secret=secret,
-                           run_dir=args.run_dir, log_dir=args.log_dir)
-        reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
-                                        log_dir=args.log_dir, daemon_pid=os.getpid(),
-                                        limits=limits, auth=auth_config, cluster=cluster,
-                                        preopen=preopen),
-                           BOOT_TIMEOUT)
+        reply = system.ask(root, boot, BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"},
