@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -100,9 +101,11 @@ class LiteCluster:
             )
         finally:
             os.close(ready_w)
-        # while the daemon boots, not before: unlinking an old session's files takes
-        # tens of milliseconds on some file systems (see bench/startup.py)
-        self._prune_old_sessions(base)
+        # while the daemon boots, not before, and beside the client's own imports (connect):
+        # unlinking an old session's files takes tens of milliseconds on some file systems
+        self._pruning: threading.Thread | None = threading.Thread(
+            target=self._prune_old_sessions, args=(base,), name="pyproof-prune", daemon=True)
+        self._pruning.start()
         self.ready_info: dict = {}
         self.t_ready_seen: float | None = None
         self.control_address = ""
@@ -126,6 +129,13 @@ class LiteCluster:
             raise
         finally:
             os.close(ready_r)
+        self._join_pruning()
+
+    def _join_pruning(self) -> None:
+        """The old session directories are gone (or STOP_TIMEOUT passed: a stuck disk)."""
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:
+            pruning.join(STOP_TIMEOUT)
 
     def _wait_ready(self, ready_fd: int, timeout: float) -> str:
         ready = os.path.join(self.run_dir, "ready.json")
@@ -166,6 +176,7 @@ class LiteCluster:
         are killed instead. End of file on stdin still tells a daemon we fail
         to kill (it is not ours any more, say) to stop on its own.
         """
+        self._join_pruning()
         if self._ready_r is not None:  # closed before wait_ready
             with contextlib.suppress(OSError):
                 os.close(self._ready_r)
