@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 LOOPBACK = "127.0.0.1"
@@ -196,7 +197,12 @@ def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
         serve = admin_class.run
 
         def run(admin):
-            preload()
+            try:
+                preload()
+            except Exception:  # noqa: BLE001 - serve anyway: each actor then imports what
+                # it needs itself, and a broken module fails there, with its traceback;
+                # not serving would leave our starter waiting for the admin, then retrying
+                traceback.print_exc()  # the admin's stderr: the daemon's output file
             return serve(admin)
 
         admin_class.run = run  # in the admin process only
