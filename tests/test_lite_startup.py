@@ -148,7 +148,7 @@ def test_a_lite_client_starts_its_daemon_before_it_syncs_or_prunes_anything(
         return real_popen(*args, **kwargs)
 
     monkeypatch.setattr(lite.subprocess, "Popen", popen)
-    cluster = lite.LiteCluster(workers=1)
+    cluster = lite.LiteCluster()  # no session: closed at once, none to wait for
     try:
         assert seen == {"synced": [], "dirs": lite.KEEP_SESSION_DIRS + 4}
         assert len(os.listdir(base)) == lite.KEEP_SESSION_DIRS
