@@ -160,3 +160,17 @@ def test_a_lite_client_starts_its_daemon_before_it_syncs_or_prunes_anything(
         assert auth.read_secret(secret) == cluster.secret
     finally:
         cluster.close()
+
+
+def test_a_lite_cluster_closed_while_its_pre_opened_session_starts_leaves_nothing() -> None:
+    # its session supervisor leaves the control tree's process session before it is in the
+    # session registry: closing in between used to leave the session running (an orphan)
+    from pyproof.client import lite
+    from pyproof.supervision.process_tree import descendants_of, is_alive, reap_children
+
+    for _ in range(6):
+        cluster = lite.LiteCluster(workers=1)
+        cluster.close()
+        reap_children()
+        left = [pid for pid in descendants_of(os.getpid()) if is_alive(pid)]
+        assert left == [], [lite.writers_of(cluster._out.name), left]

@@ -54,6 +54,22 @@ def _write_run_secret(run_dir: str, secret: bytes) -> str:
     return path
 
 
+def writers_of(path: str) -> list[int]:
+    """This user's processes whose standard output is the file `path`: every process of a
+    lite cluster (forked from its daemon, whose output goes there), whatever it left."""
+    me, found = os.getpid(), []
+    target = os.path.realpath(path)
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/fd/1") == target:
+                found.append(int(name))
+        except OSError:  # gone, or not ours to look at
+            continue
+    return found
+
+
 def default_workers() -> int:
     env = os.environ.get("PYPROOF_WORKERS")
     if env:
@@ -196,6 +212,11 @@ class LiteCluster:
         with contextlib.suppress(Exception):  # no registry yet, or already gone
             stop_registered(self.run_dir)
         kill_session([proc.pid, *self.thespian_sessions], timeout=STOP_TIMEOUT)
+        # a session supervisor closed while it starts (it has left the control tree's
+        # process session, not yet written itself in the registry): found by its output
+        for pid in writers_of(self._out.name):
+            kill_tree(pid, timeout=STOP_TIMEOUT)
+            kill_session(pid, timeout=STOP_TIMEOUT)
         if proc.stdin:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
