@@ -14,6 +14,12 @@ eq and frozen, or unsafe_hash; eq without frozen makes the class unhashable);
 `__repr__` is `QualName(field=value!r, ...)` with `...` for a recursive
 reference. `__dataclass_params__` says what was asked for.
 
+A frozen class's `__setattr__` and `__delattr__` (two of the three methods the
+standard decorator compiles for it, 40% of its cost) are closures too, made by
+`_frozen_closures` in place of the standard `dataclasses._frozen_get_del_attr`
+while our decorator runs (Python 3.11 and 3.12, whose private function has
+that signature; otherwise the standard one): the same test, the same errors.
+
 Anything else (order=True, a method of those names in the class body, eq or
 repr turned off) goes to the standard decorator unchanged.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import reprlib
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, dataclass_transform
 
@@ -43,12 +50,47 @@ def dataclass(cls: type[T] | None = None, /, **options: Any) -> Any:
     return wrap if cls is None else wrap(cls)
 
 
+def _frozen_closures(cls: type, fields: list[dataclasses.Field], globals: dict) -> tuple:
+    """What `dataclasses._frozen_get_del_attr` returns (Python 3.11, 3.12), without
+    compiling: `__setattr__` and `__delattr__` that refuse a field (or anything, on an
+    instance of exactly `cls`) and otherwise defer to the next class in the MRO."""
+    names = tuple(f.name for f in fields)
+    frozen_error = dataclasses.FrozenInstanceError
+
+    def __setattr__(self, name, value):  # noqa: N807
+        if type(self) is cls or name in names:
+            raise frozen_error(f"cannot assign to field {name!r}")
+        super(cls, self).__setattr__(name, value)
+
+    def __delattr__(self, name):  # noqa: N807
+        if type(self) is cls or name in names:
+            raise frozen_error(f"cannot delete field {name!r}")
+        super(cls, self).__delattr__(name)
+
+    return __setattr__, __delattr__
+
+
+_STANDARD_FROZEN = getattr(dataclasses, "_frozen_get_del_attr", None)
+_CLOSURES_FIT = sys.version_info[:2] in ((3, 11), (3, 12)) and _STANDARD_FROZEN is not None
+
+
+def _standard(cls: type[T], options: dict[str, Any]) -> type[T]:
+    """The standard decorator, with frozen classes' attribute guards made as closures."""
+    if not (_CLOSURES_FIT and options.get("frozen", False)):
+        return dataclasses.dataclass(cls, **options)
+    dataclasses._frozen_get_del_attr = _frozen_closures  # type: ignore[attr-defined]
+    try:
+        return dataclasses.dataclass(cls, **options)
+    finally:
+        dataclasses._frozen_get_del_attr = _STANDARD_FROZEN  # type: ignore[attr-defined]
+
+
 def _process(cls: type[T], options: dict[str, Any]) -> type[T]:
     if (not options.get("eq", True) or not options.get("repr", True)
             or options.get("order", False)
             or any(name in cls.__dict__ for name in _OURS)):
-        return dataclasses.dataclass(cls, **options)
-    new = dataclasses.dataclass(cls, **{**options, "eq": False, "repr": False})
+        return _standard(cls, options)
+    new = _standard(cls, {**options, "eq": False, "repr": False})
     fields = dataclasses.fields(new)
     compared = _getter(tuple(f.name for f in fields if f.compare))
     hashed = _getter(tuple(f.name for f in fields

@@ -113,3 +113,30 @@ def test_a_class_with_its_own_eq_repr_or_hash_keeps_it() -> None:
             return "own"
 
     assert repr(Own(a=1)) == "own" and Own(a=1) == Own(a=1) and hash(Own(a=1)) == hash((1,))
+
+
+def test_a_frozen_class_compiles_only_its_init(monkeypatch) -> None:
+    # each method the standard decorator writes is compiled (exec): a quarter of the
+    # daemon's imports went into ~150 classes (pyproof/dataclass.py); ours compiles __init__
+    compiled: list[str] = []
+    create = dataclasses._create_fn
+
+    def recording(name, *args, **kwargs):
+        compiled.append(name)
+        return create(name, *args, **kwargs)
+
+    monkeypatch.setattr(dataclasses, "_create_fn", recording)
+
+    @fast.dataclass(frozen=True, slots=True, kw_only=True)
+    class Message:
+        corr: str
+        size: int = 0
+
+    assert compiled == ["__init__"]
+    message = Message(corr="c")
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"^cannot assign to field 'size'$"):
+        message.size = 1
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"^cannot delete field 'corr'$"):
+        del message.corr
+    assert Message.__setattr__.__qualname__.endswith("Message.__setattr__")
+    assert dataclasses._frozen_get_del_attr is not fast._frozen_closures  # put back

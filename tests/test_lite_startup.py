@@ -120,3 +120,57 @@ def test_a_pre_opened_session_that_runs_is_announced_to_its_waiting_clients() ->
                                        workers=("worker-0", "worker-1")), None)
     assert [(to, type(msg).__name__, msg.corr, msg.workers) for to, msg in sent] == [
         ("client-c1", "SessionReady", "c1", ("worker-0", "worker-1"))]
+
+
+def test_a_lite_client_starts_its_daemon_before_it_syncs_or_prunes_anything(
+        monkeypatch, tmp_path) -> None:
+    # the daemon's boot is the critical path of connect(): what the client writes before it
+    # starts the daemon is not synced to disk (a cluster's secret lives as long as the
+    # cluster) and old session directories are removed while the daemon boots
+    import subprocess
+
+    from pyproof.client import lite
+
+    monkeypatch.setenv("PYPROOF_SANDBOX", str(tmp_path / "sandbox"))
+    base = lite.lite_sessions_dir()
+    os.makedirs(base)
+    for i in range(lite.KEEP_SESSION_DIRS + 3):
+        old = os.path.join(base, f"20200101-00000{i:02d}-1-old")
+        os.makedirs(os.path.join(old, "logs"))
+        os.utime(old, (1e9 + i, 1e9 + i))
+    synced: list[int] = []
+    real_fsync, real_popen = os.fsync, subprocess.Popen
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    seen: dict[str, Any] = {}
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        seen.update(synced=list(synced), dirs=len(os.listdir(base)))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(lite.subprocess, "Popen", popen)
+    cluster = lite.LiteCluster()  # no session: closed at once, none to wait for
+    try:
+        assert seen == {"synced": [], "dirs": lite.KEEP_SESSION_DIRS + 4}
+        assert len(os.listdir(base)) == lite.KEEP_SESSION_DIRS
+        assert os.path.basename(cluster.session_dir) in os.listdir(base)
+        secret = os.path.join(cluster.run_dir, "secret")
+        assert os.stat(secret).st_mode & 0o777 == 0o600
+        from pyproof.transport import auth
+
+        assert auth.read_secret(secret) == cluster.secret
+    finally:
+        cluster.close()
+
+
+def test_a_lite_cluster_closed_while_its_pre_opened_session_starts_leaves_nothing() -> None:
+    # its session supervisor leaves the control tree's process session before it is in the
+    # session registry: closing in between used to leave the session running (an orphan)
+    from pyproof.client import lite
+    from pyproof.supervision.process_tree import descendants_of, is_alive, reap_children
+
+    for _ in range(6):
+        cluster = lite.LiteCluster(workers=1)
+        cluster.close()
+        reap_children()
+        left = [pid for pid in descendants_of(os.getpid()) if is_alive(pid)]
+        assert left == [], [lite.writers_of(cluster._out.name), left]

@@ -18,10 +18,11 @@ ENV = ("THESPLOG_FILE", "THESPLOG_THRESHOLD", "THESPIAN_BASE_IPADDR")
 
 
 @contextlib.contextmanager
-def in_process_system(log_dir: str) -> Iterator[object]:
+def in_process_system(log_dir: str, **options: object) -> Iterator[object]:
+    """`options`: passed on to `start_system` (admin_preload)."""
     saved = {name: os.environ.get(name) for name in ENV}
     before = set(children_of(os.getpid()))
-    system, _ = start_system(log_dir)
+    system, _ = start_system(log_dir, **options)  # type: ignore[arg-type]
     sessions = [pid for pid in children_of(os.getpid()) if pid not in before]
     try:
         yield system

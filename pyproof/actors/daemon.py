@@ -13,9 +13,14 @@ sandbox private (see pyproof.sandbox).
 The garbage collector is off while the modules load (first thing: imports
 make no garbage worth a collection, and each collection walks every object
 loaded so far) and whatever is loaded is frozen before the first fork
-(`gc.freeze`): every actor is forked from this process, and a collection in
-an actor then leaves the shared pages alone instead of writing to all of
-them (copy on write).
+(`gc.freeze`), so that a collection in a forked process leaves the shared
+pages alone instead of writing to all of them (copy on write).
+
+Every actor is forked from Thespian's admin process, itself forked from this
+one: the actors' modules are loaded there, in the admin, while its logger
+process starts (`_load_actor_modules`, system.start_system), not here first
+and then the admin started: the two overlap, and this process, which never
+runs an actor, never loads them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import gc
 
 if __name__ == "__main__":  # the daemon process (not a module that imports our helpers)
-    gc.disable()  # until the modules are loaded: see the module docstring, _freeze_modules
+    gc.disable()  # until the modules are loaded: see the module docstring
 
 import argparse
 import contextlib
@@ -55,6 +60,7 @@ from pyproof.transport import auth, sealing
 from pyproof.transport.tls import TLSSettings
 
 BOOT_TIMEOUT = 60.0
+ROOT = "pyproof.actors.root.Root"
 SHUTDOWN_TIMEOUT = 3.0
 ROOT_CHECK = 1.0  # seconds between checks that the root supervisor still runs
 
@@ -74,24 +80,6 @@ def _write_ready(run_dir: str, info: dict, ready_fd: int | None = None) -> None:
             os.write(ready_fd, b"\n")
         with contextlib.suppress(OSError):
             os.close(ready_fd)
-
-
-def _import_structlog_without_rich() -> None:
-    """Import structlog as if rich were not installed (a sixth of a lite start-up).
-
-    structlog's console renderer imports rich (and better_exceptions) when it can;
-    the actors log JSON and never use it. The modules stay importable afterwards:
-    only structlog's own optional use of them is off, in this process tree.
-    """
-    optional = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
-    for name in optional:
-        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
-    try:
-        import structlog  # noqa: F401
-    finally:
-        for name in optional:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
 
 
 def _token_key(run_dir: str) -> bytes:
@@ -148,10 +136,14 @@ def _hold_registry(run_dir: str) -> None:
         _held.append(keep_open(run_dir))
 
 
-def _freeze_modules() -> None:
-    """Called once the modules every actor needs are loaded, just before the first fork:
-    what is loaded moves to the collector's permanent generation (never walked again, in
-    this process or in any actor forked from it), and collections resume."""
+def _load_actor_modules() -> None:
+    """Run in Thespian's admin process before it creates the first actor (every actor is
+    forked from it): the actors' modules are loaded, once, with the collector still off
+    (inherited from us), moved to its permanent generation (never walked again, in the
+    admin or in any actor forked from it), and collections resume."""
+    from pyproof.actors.warmup import preload_actor_modules
+
+    preload_actor_modules()
     gc.freeze()
     gc.enable()
 
@@ -206,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         control = tls.address(control)
 
     try:
-        cluster = cluster_options.cluster_config(args, args.url, args.run_dir, args.log_dir)
+        # a daemon that is no cluster member (lite) need not load the hosts' modules
+        cluster = cluster_options.cluster_config(
+            args, args.url, args.run_dir, args.log_dir) if (
+            args.cluster_secret or args.join or args.hosts) else None
     except ProofError as exc:
         _write_ready(args.run_dir, {"error": str(exc)})
         return 1
@@ -224,17 +219,36 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
         threading.Thread(target=watch, daemon=True).start()
 
-    _import_structlog_without_rich()
-    from pyproof.actors.root import Root
+    # the root's boot message, made before the actor system starts: it is sent as soon as
+    # the root exists (nothing here needs the system; a bad secret file stops us as before)
+    corr = uuid.uuid4().hex
+    limits = {"sessions_per_user": args.max_sessions_per_user,
+              "workers_per_user": args.max_workers_per_user,
+              "orphan_grace": args.session_orphan_grace}
+    if args.session_idle_timeout is not None:
+        limits["idle_timeout"] = args.session_idle_timeout
+    if args.result_ttl is not None:
+        limits["result_ttl"] = args.result_ttl
+    owner = getpass.getuser()
+    secret_file = args.secret_file or str(auth.default_secret_path())
+    secret = auth.load_or_create_secret(secret_file)  # refuses a file others can read
+    auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
+                   "secret_file": secret_file, "users_dir": args.users_dir,
+                   "admins": args.admins.split(",") if args.admins else [owner],
+                   "server_id": args.url or control,
+                   "tls": dataclasses.asdict(tls) if tls.enabled else None}
+    preopen = _preopen(args.open_session, owner=owner, secret=secret,
+                       run_dir=args.run_dir, log_dir=args.log_dir)
+    boot = m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
+                  log_dir=args.log_dir, daemon_pid=os.getpid(), limits=limits,
+                  auth=auth_config, cluster=cluster, preopen=preopen)
+
     from pyproof.actors.system import start_system
-    from pyproof.actors.warmup import preload_actor_modules
 
-    # every actor is forked (through Thespian's admin) from this process: what it imports
-    # now, each of them has at once, paid for once (see actors/warmup.py)
-    preload_actor_modules()
-    _freeze_modules()
-
-    system, port = start_system(args.log_dir)
+    gc.freeze()  # what we loaded: shared with the admin (and every actor) untouched
+    # the admin loads the actors' modules itself (see the module docstring)
+    system, port = start_system(args.log_dir, admin_preload=_load_actor_modules)
+    gc.enable()
     t_system = time.time()
     # the admin double-forks into a session of its own: its first child's pid is
     # that session's id, the handle that finds every actor later; written at once so
@@ -247,30 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         # why); on a thread: creating it syncs the disk, and the root's start need not wait
         threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
                          name="pyproof-registry").start()
-        root = system.createActor(Root)
-        corr = uuid.uuid4().hex
-        limits = {"sessions_per_user": args.max_sessions_per_user,
-                  "workers_per_user": args.max_workers_per_user,
-                  "orphan_grace": args.session_orphan_grace}
-        if args.session_idle_timeout is not None:
-            limits["idle_timeout"] = args.session_idle_timeout
-        if args.result_ttl is not None:
-            limits["result_ttl"] = args.result_ttl
-        owner = getpass.getuser()
-        secret_file = args.secret_file or str(auth.default_secret_path())
-        secret = auth.load_or_create_secret(secret_file)  # refuses a file others can read
-        auth_config = {"token_key": _token_key(args.run_dir), "owner": owner,
-                       "secret_file": secret_file, "users_dir": args.users_dir,
-                       "admins": args.admins.split(",") if args.admins else [owner],
-                       "server_id": args.url or control,
-                       "tls": dataclasses.asdict(tls) if tls.enabled else None}
-        preopen = _preopen(args.open_session, owner=owner, secret=secret,
-                           run_dir=args.run_dir, log_dir=args.log_dir)
-        reply = system.ask(root, m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
-                                        log_dir=args.log_dir, daemon_pid=os.getpid(),
-                                        limits=limits, auth=auth_config, cluster=cluster,
-                                        preopen=preopen),
-                           BOOT_TIMEOUT)
+        root = system.createActor(ROOT)  # by name: loaded in the admin, not here
+        reply = system.ask(root, boot, BOOT_TIMEOUT)
         if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"},

@@ -12,11 +12,14 @@ inherit the patches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import struct
 import sys
+import traceback
+from collections.abc import Callable, Iterator
 
 LOOPBACK = "127.0.0.1"
 
@@ -174,8 +177,50 @@ class _ActorAddressFilter(logging.Filter):
         return True
 
 
-def start_system(log_dir: str):
-    """Start a multiprocTCPBase system on a free loopback port; returns (system, port)."""
+@contextlib.contextmanager
+def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
+    """While in this block, a Thespian admin process started from here runs `preload` once
+    it has started its logger process, before it serves anything (the first actor).
+
+    Thespian forks the admin from this process (`multiprocCommon.startAdmin` is the
+    new process's target, looked up when it starts) and every actor from the admin:
+    what `preload` imports there, every actor has, while this process (the daemon) is
+    spared the work and the admin's own start-up (its logger, its handshake with us)
+    runs side by side with it. Our caller waits for the admin's handshake, which
+    comes once it serves: after `preload`.
+    """
+    from thespian.system import multiprocCommon
+
+    original = multiprocCommon.startAdmin
+
+    def start_admin(admin_class, *args, **kwargs):  # the admin process (forked) runs this
+        serve = admin_class.run
+
+        def run(admin):
+            try:
+                preload()
+            except Exception:  # noqa: BLE001 - serve anyway: each actor then imports what
+                # it needs itself, and a broken module fails there, with its traceback;
+                # not serving would leave our starter waiting for the admin, then retrying
+                traceback.print_exc()  # the admin's stderr: the daemon's output file
+            return serve(admin)
+
+        admin_class.run = run  # in the admin process only
+        return original(admin_class, *args, **kwargs)
+
+    multiprocCommon.startAdmin = start_admin
+    try:
+        yield
+    finally:
+        multiprocCommon.startAdmin = original
+
+
+def start_system(log_dir: str, *, admin_preload: Callable[[], None] | None = None):
+    """Start a multiprocTCPBase system on a free loopback port; returns (system, port).
+
+    `admin_preload`: run in the admin process before it creates the first actor
+    (see `_admin_runs_first`): what the actors need loaded, loaded once.
+    """
     bind_thespian_to_loopback()
     refuse_other_users()
     os.environ["THESPLOG_FILE"] = os.path.join(log_dir, "thespian-internal.log")
@@ -188,12 +233,14 @@ def start_system(log_dir: str):
         try:
             # transientUnique: not Thespian's process-wide singleton (a later system in
             # the same process, e.g. the next test module's, must not find a dead one)
-            system = ActorSystem(
-                "multiprocTCPBase",
-                {"Admin Port": port},
-                logDefs=thespian_log_defs(log_dir),
-                transientUnique=True,
-            )
+            with (_admin_runs_first(admin_preload) if admin_preload is not None
+                  else contextlib.nullcontext()):
+                system = ActorSystem(
+                    "multiprocTCPBase",
+                    {"Admin Port": port},
+                    logDefs=thespian_log_defs(log_dir),
+                    transientUnique=True,
+                )
             return system, port
         except Exception as exc:  # port taken between probe and bind: try another
             last_error = exc

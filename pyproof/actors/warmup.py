@@ -16,8 +16,9 @@ for the warm-up with `wait_warmup()`: the imports happen one after the other.
 Only leaf actors (master, workers) warm up: they never fork, so no fork can
 catch the thread holding an import lock. A supervisor never starts the thread.
 The actors' own modules (light: no numpy, uproot, awkward, hist) are imported
-once, by the daemon before its actor system starts (`preload_actor_modules`):
-every actor is forked from it, so none imports them again. numpy comes first
+once, by Thespian's admin process before it creates the first actor
+(`preload_actor_modules`, run there by the daemon: see actors/daemon.py): every
+actor is forked from it, so none imports them again. numpy comes first
 in the warm-up: the codec and merging import it on first use, and a query's
 first array then finds it loaded.
 """
@@ -38,8 +39,9 @@ ACTOR_MODULES = ("pyproof.actors.root", "pyproof.actors.sessions", "pyproof.acto
 
 
 def preload_actor_modules() -> None:
-    """Import every actor's module (light: no numpy, uproot, awkward, hist): the daemon
-    does, before its actor system starts, so that every actor forked from it has them."""
+    """Import every actor's module (light: no numpy, uproot, awkward, hist): Thespian's
+    admin does, before it creates the first actor, so that every actor forked from it
+    has them."""
     for name in ACTOR_MODULES:
         importlib.import_module(name)
 

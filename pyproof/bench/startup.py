@@ -9,8 +9,8 @@ add up to the connect time. They are printed in the order they happened, with
 when each ended ("at", from the start of `connect`):
 
 - daemon process: the daemon's `main()` runs (interpreter start, imports);
-- thespian system: the actor system is up (the actors' modules imported, the
-  admin and logger processes started);
+- thespian system: the actor system is up (the admin and logger processes
+  started, the actors' modules imported in the admin);
 - root, sessions, gateway: the root supervisor booted its children;
 - ready seen: the client saw `ready.json` (then it logs in);
 - session supervisor: the session's supervisor runs;

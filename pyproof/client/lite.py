@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -33,6 +34,40 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 KEEP_SESSION_DIRS = 10
 MAX_PREOPEN = 256  # the gateway's MAX_WORKERS: a larger session is refused, not pre-opened
+
+
+def _write_run_secret(run_dir: str, secret: bytes) -> str:
+    """The cluster's secret in the run directory, for the daemon (and its gateway) to read.
+
+    `auth.write_secret` syncs the file to disk (a user's secret must survive a crash);
+    this one lives as long as the cluster, in a fresh directory only we can enter
+    (mkdtemp: 0700) that nobody else writes to, so neither the sync (10 ms or more
+    on the critical path of every `connect`) nor the atomic rename is needed.
+    """
+    path = os.path.join(run_dir, "secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, secret.hex().encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
+    return path
+
+
+def writers_of(path: str) -> list[int]:
+    """This user's processes whose standard output is the file `path`: every process of a
+    lite cluster (forked from its daemon, whose output goes there), whatever it left."""
+    me, found = os.getpid(), []
+    target = os.path.realpath(path)
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/fd/1") == target:
+                found.append(int(name))
+        except OSError:  # gone, or not ours to look at
+            continue
+    return found
 
 
 def default_workers() -> int:
@@ -62,8 +97,7 @@ class LiteCluster:
         self.thespian_sessions: list[int] = []
         # a fresh secret per cluster: another local user cannot attach to it
         self.secret = auth.fresh_cluster_secret()
-        secret_file = str(auth.write_secret(os.path.join(self.run_dir, "secret"), self.secret))
-        self._prune_old_sessions(base)
+        secret_file = _write_run_secret(self.run_dir, self.secret)
         self._out = open_private(os.path.join(self.log_dir, "daemon.out"), "ab")
         # the daemon writes a line on this pipe once ready.json is there: we wait on an
         # event, not by polling the file
@@ -83,6 +117,11 @@ class LiteCluster:
             )
         finally:
             os.close(ready_w)
+        # while the daemon boots, not before, and beside the client's own imports (connect):
+        # unlinking an old session's files takes tens of milliseconds on some file systems
+        self._pruning: threading.Thread | None = threading.Thread(
+            target=self._prune_old_sessions, args=(base,), name="pyproof-prune", daemon=True)
+        self._pruning.start()
         self.ready_info: dict = {}
         self.t_ready_seen: float | None = None
         self.control_address = ""
@@ -106,6 +145,13 @@ class LiteCluster:
             raise
         finally:
             os.close(ready_r)
+        self._join_pruning()
+
+    def _join_pruning(self) -> None:
+        """The old session directories are gone (or STOP_TIMEOUT passed: a stuck disk)."""
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:
+            pruning.join(STOP_TIMEOUT)
 
     def _wait_ready(self, ready_fd: int, timeout: float) -> str:
         ready = os.path.join(self.run_dir, "ready.json")
@@ -146,6 +192,7 @@ class LiteCluster:
         are killed instead. End of file on stdin still tells a daemon we fail
         to kill (it is not ours any more, say) to stop on its own.
         """
+        self._join_pruning()
         if self._ready_r is not None:  # closed before wait_ready
             with contextlib.suppress(OSError):
                 os.close(self._ready_r)
@@ -165,6 +212,11 @@ class LiteCluster:
         with contextlib.suppress(Exception):  # no registry yet, or already gone
             stop_registered(self.run_dir)
         kill_session([proc.pid, *self.thespian_sessions], timeout=STOP_TIMEOUT)
+        # a session supervisor closed while it starts (it has left the control tree's
+        # process session, not yet written itself in the registry): found by its output
+        for pid in writers_of(self._out.name):
+            kill_tree(pid, timeout=STOP_TIMEOUT)
+            kill_session(pid, timeout=STOP_TIMEOUT)
         if proc.stdin:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
