@@ -1,136 +1,49 @@
-"""Actor logs: one JSON-lines file per actor, every line with fixed ids.
+"""structlog set-up: one JSON-lines file per actor, every line with fixed ids.
 
 Each actor process calls `configure_actor_log(log_dir, actor=..., session=...)`
 once; the file is private (0600), as the whole sandbox. The actor, session
 and pid are process-wide (not context variables, which new threads would not
 see: the data planes log from their own threads); loggers add the query with
 `get_logger().bind(query=...)`.
-
-The lines are what structlog's JSON renderer wrote with our processors (the
-event's keys, `event`, `actor`, `session`, `pid`, `level`, an ISO UTC
-`timestamp`, and `exception` with the traceback for `exc_info=True`), but a
-configured process writes them itself: importing and configuring structlog
-was a tenth of a lite session's start-up (every actor is forked from a daemon
-that had to import it), and each call went through its processor chain. A
-process that never configured its log (a client, a test calling an actor's
-parts directly) gets structlog's default logger, as before.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import threading
-import time
-from typing import Any, TextIO
+from typing import Any
+
+import structlog
 
 from pyproof.sandbox import make_private_dir, open_private
 
 _FIXED: dict[str, Any] = {}
-_sink: TextIO | None = None  # the configured file (None: structlog's default logger)
-_lock = threading.Lock()  # one line at a time from the actor's threads
+
+
+def _add_fixed(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _FIXED.items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None) -> None:
-    global _sink
     make_private_dir(log_dir)
     stream = open_private(os.path.join(log_dir, f"{actor}.jsonl"), "a", buffering=1)
     _FIXED.clear()
     _FIXED.update(actor=actor, session=session, pid=os.getpid())
-    _sink = stream
-
-
-def timestamp(now: float) -> str:
-    """`now` (seconds since the epoch) as structlog's ISO UTC stamp, always with microseconds
-    (so that the stamps of one file sort as text)."""
-    seconds = int(now)
-    micros = int((now - seconds) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
-
-
-def _exception_text(exc_info: Any) -> str:
-    import traceback
-
-    if isinstance(exc_info, BaseException):
-        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-    elif not isinstance(exc_info, tuple):
-        exc_info = sys.exc_info()
-    return "".join(traceback.format_exception(*exc_info)).rstrip("\n")
-
-
-def render(context: dict[str, Any], level: str, event: Any, fields: dict[str, Any],
-           now: float) -> str:
-    """One log line (no newline): the bound and the event's keys, then this process's fixed
-    ones (`configure_actor_log`), as JSON."""
-    record = {**context, **fields, "event": event}
-    for key, value in _FIXED.items():
-        record.setdefault(key, value)
-    record["level"] = level
-    record["timestamp"] = timestamp(now)
-    exc_info = record.pop("exc_info", None)
-    if exc_info:
-        record["exception"] = _exception_text(exc_info)
-    return json.dumps(record, default=repr)
-
-
-class ActorLogger:
-    """What `get_logger()` returns once the process logs to its file: structlog's
-    methods that pyproof uses (`bind`, `debug` ... `critical`, `exception`)."""
-
-    __slots__ = ("_context",)
-
-    def __init__(self, context: dict[str, Any] | None = None) -> None:
-        self._context = context or {}
-
-    def bind(self, **fields: Any) -> ActorLogger:
-        return ActorLogger({**self._context, **fields})
-
-    def unbind(self, *keys: str) -> ActorLogger:
-        return ActorLogger({k: v for k, v in self._context.items() if k not in keys})
-
-    def new(self, **fields: Any) -> ActorLogger:
-        return ActorLogger(fields)
-
-    def _log(self, level: str, event: Any, fields: dict[str, Any]) -> None:
-        line = render(self._context, level, event, fields, time.time())
-        with _lock:
-            _sink.write(line + "\n")  # type: ignore[union-attr]  # set: we were handed out
-
-    def debug(self, event: Any = None, **fields: Any) -> None:
-        self._log("debug", event, fields)
-
-    def info(self, event: Any = None, **fields: Any) -> None:
-        self._log("info", event, fields)
-
-    msg = info
-
-    def warning(self, event: Any = None, **fields: Any) -> None:
-        self._log("warning", event, fields)
-
-    warn = warning
-
-    def error(self, event: Any = None, **fields: Any) -> None:
-        self._log("error", event, fields)
-
-    def exception(self, event: Any = None, **fields: Any) -> None:
-        fields.setdefault("exc_info", True)
-        self._log("error", event, fields)
-
-    def critical(self, event: Any = None, **fields: Any) -> None:
-        self._log("critical", event, fields)
-
-    fatal = critical
-
-
-_LOGGER = ActorLogger()
+    structlog.configure(
+        processors=[
+            _add_fixed,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
 
 
 def get_logger() -> Any:
-    if _sink is not None:
-        return _LOGGER
-    import structlog  # not configured here: structlog's default (and its configuration)
-
     return structlog.get_logger()
 
 

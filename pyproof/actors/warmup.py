@@ -42,8 +42,29 @@ def preload_actor_modules() -> None:
     """Import every actor's module (light: no numpy, uproot, awkward, hist): Thespian's
     admin does, before it creates the first actor, so that every actor forked from it
     has them."""
+    _import_structlog_without_rich()
     for name in ACTOR_MODULES:
         importlib.import_module(name)
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog as if rich were not installed (a sixth of a lite start-up).
+
+    structlog's console renderer imports rich (and better_exceptions) when it can;
+    the actors log JSON and never use it. The modules stay importable afterwards:
+    only structlog's own optional use of them is off, in this process tree.
+    """
+    import sys
+
+    optional = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
+    for name in optional:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in optional:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 WARMUP_WAIT = 120.0  # seconds: an import that takes longer is stuck; go on and let it fail
