@@ -35,7 +35,7 @@ import pynng
 
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
-from pyproof.actors.master_query import QueryRun
+from pyproof.actors.master_query import MERGE_JOIN, Merger, QueryRun
 from pyproof.actors.thread_beats import ThreadBeats
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
@@ -98,6 +98,8 @@ class MasterPlane:
         # this thread and the merge threads stamp each turn; the master's answer to its
         # supervisor's ping checks them (Master.healthy)
         self.beats = ThreadBeats()
+        self.merger = Merger(self.beats)  # every query's merges, on one thread
+        self.merger.start()  # now, while idle: the first query's merge waits for nothing
         # replies being sent now (any thread may send: this one, the actor's, a look-up
         # or merge thread through `_wake`): `close` waits for them before it closes the
         # socket, since nng aborts the process when a context is sent on as its socket
@@ -127,15 +129,16 @@ class MasterPlane:
                        callback=self._callback(spec.client_address),
                        on_end=self._query_ended, on_change=self._wake,
                        lookup_cache=self.lookup_cache,
-                       run_dir=self.run_dir, beats=self.beats)
+                       run_dir=self.run_dir, beats=self.beats, merger=self.merger)
         with self._lock:
             if self.query is not None and self.query.core.busy:
                 self.queued.append(run)
                 return
-        # begun without the plane's lock: `_begin` joins the last query's merge thread,
-        # which may be waiting for that lock (answering held requests as its query
-        # ended), and answers held requests itself (a run's lock is never taken under
-        # the plane's). Only this (actor) thread begins a query while none is busy.
+        # begun without the plane's lock: `_begin` may wait for the last query's
+        # socket or merges, whose thread may be waiting for that lock (answering held
+        # requests as its query ended), and answers held requests itself (a run's
+        # lock is never taken under the plane's). Only this (actor) thread begins a
+        # query while none is busy.
         self._begin(run)
 
     def announce(self, query_id: str) -> set[str]:
@@ -264,7 +267,7 @@ class MasterPlane:
             self._poll_ms = BUSY_POLL_MS
         run.start()
         if previous is not None:
-            previous.close()  # its merge thread and socket to the client: it has ended
+            previous.close()  # its socket to the client: it has ended
         self._answer_held(time.monotonic())  # workers held for this query: it is its turn
 
     def _wake(self) -> None:
@@ -397,7 +400,8 @@ class MasterPlane:
         with self._lock:
             runs = [*self.history, *([self.query] if self.query else []), *self.queued]
         for run in runs:
-            run.close()  # its merge thread, its socket to the client (callback mode)
+            run.close()  # its socket to the client (callback mode)
+        self.merger.close(MERGE_JOIN)  # the merges given so far end first
         if self.outbox is not None:
             self.outbox.close()
         with self._lock:
