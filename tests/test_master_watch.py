@@ -7,6 +7,7 @@ test_master_hold.py). The lite tests at the end run real sessions.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pynng
@@ -173,3 +174,45 @@ def test_a_sessions_workers_watch_for_queries_and_every_query_runs_once():
             result = session.process("tests.sample_selectors:Cycles", cycles=cycles)
             assert result.stats.entries == cycles
             assert result.outputs == {"count": cycles, "sum": cycles * (cycles - 1) // 2}
+
+
+def _watchers(session) -> list[str]:
+    return sorted(w.partition("#")[0] for w in session.status()["master"].get("watchers", []))
+
+
+def _wait(check, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_whose_watch_died_with_the_master_get_queries_and_watch_the_new_one():
+    # the restarted master knows no watcher: its queries go by RunQuery; the workers' watch
+    # of the old master is never answered, so each makes a fresh one within WATCH_WITHIN
+    from pyproof.actors.worker import WATCH_WITHIN
+
+    with pyproof.connect("lite://?workers=2") as session:
+        assert _wait(lambda: _watchers(session) == ["worker-0", "worker-1"], 10)
+        old = int(session.status()["pid"])
+        os.kill(old, signal.SIGKILL)
+        assert _wait(lambda: int(session.status()["pid"]) != old and
+                     len(session.status()["workers"]) == 2, 15), "the master was not restarted"
+        assert _watchers(session) == []
+        result = session.process("tests.sample_selectors:Cycles", cycles=10)
+        assert result.outputs == {"sum": 45, "count": 10}
+        assert _wait(lambda: _watchers(session) == ["worker-0", "worker-1"], WATCH_WITHIN + 10)
+        result = session.process("tests.sample_selectors:Cycles", cycles=20)
+        assert result.outputs == {"sum": 190, "count": 20}
+        assert _worker_logs(session.log_dir).count("query_watch_unanswered") == 2
+
+
+def _worker_logs(log_dir: str) -> str:
+    text = ""
+    for name in sorted(os.listdir(log_dir)):
+        if name.startswith("worker"):
+            with open(os.path.join(log_dir, name), encoding="utf-8") as f:
+                text += f.read()
+    return text
