@@ -425,6 +425,8 @@ class QueryRun:
                                 "entry_stop": packet.entry_stop}}
                     if packet.element == before.element else self._packet_reply(packet)
                     for before, packet in zip(packets, packets[1:], strict=False)]
+            if self._nothing_left():  # its outputs go as soon as it is done (see protocol.py)
+                reply["last"] = True
             self._answer = (p.PACKET, reply)
         elif isinstance(ins, qc.Wait):  # not held: send your outputs, then ask again
             self._answer = (p.WAIT, {} if ins.hold else {"flush": True})
@@ -457,6 +459,16 @@ class QueryRun:
             self._finish(ins)
         elif isinstance(ins, qc.Fail):
             self._fail(ins)
+
+    def _nothing_left(self) -> bool:
+        """No packet is left to hand out once this grant is made (every file looked up, no
+        range queued): the worker sends its outputs the moment it is done rather than ask
+        ahead for a packet (answered "flush": a round trip more at every query's end). A
+        lost worker's ranges may still come back: the worker then asks with its outputs."""
+        core = self.core
+        if core.packetizer is None or core.incremental and core.lookup_done_at is None:
+            return False
+        return core.packetizer.statistics().entries_queued == 0
 
     def _packet_reply(self, packet: Any) -> dict[str, Any]:
         reply: dict[str, Any] = {"packet": {

@@ -18,6 +18,8 @@ with `batch: [PACKET body...]` (the packets after the first) when the master gra
 several short packets at once: the worker queues them, processes them in order, and
 sends its next NEXT (with the reports) as it starts the last one. A packet of the same
 element as the one before it carries only `packet` (the file fields are that one's).
+A PACKET with `last: true` leaves nothing else to hand out now: the worker asks for no
+packet ahead, it sends OUTPUTS with `next: true` once it has processed its packets.
 A report is {packet, seconds, entries, bytes}. `files` lists the files the
 selector wrote (ctx.output_file) for those packets: kept if accepted, else
 deleted (output_files.py).
