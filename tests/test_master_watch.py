@@ -66,9 +66,8 @@ def test_a_watching_worker_is_told_of_a_new_query_at_once_with_its_whole_spec(pl
     assert held(master), "a watch with no query to tell of must be held"
     full = spec(tmp_path).with_output_dir(str(tmp_path / "out")).with_packages(
         [{"name": "pkg", "digest": "abc"}])
-    master.start_query("q1", full)
     t0 = time.monotonic()
-    assert master.announce("q1") == {ME}
+    assert master.start_query("q1", full) == {ME}  # told before its look-up starts
     frame = recv_within(sock, 5)
     assert time.monotonic() - t0 < 2.0
     assert frame.type == p.RUN
@@ -102,8 +101,7 @@ def test_a_watcher_between_two_watches_is_told_with_its_next_one(plane, tmp_path
     master.start_query("q1", spec(tmp_path))
     sock.send(watch(fresh=True))
     assert [q["query"] for q in recv_within(sock, 5).payload["queries"]] == ["q1"]
-    master.start_query("q2", spec(tmp_path))
-    assert master.announce("q2") == {ME}  # a watcher: the master sends it no RunQuery
+    assert master.start_query("q2", spec(tmp_path)) == {ME}  # a watcher: no RunQuery
     sock.send(watch())
     frame = recv_within(sock, 5)
     assert frame.type == p.RUN
@@ -113,8 +111,8 @@ def test_a_watcher_between_two_watches_is_told_with_its_next_one(plane, tmp_path
 def test_a_worker_that_does_not_watch_is_left_to_the_actors_run_query(plane, tmp_path):
     master, _ = plane
     master.worker_joined(f"worker-1#{os.getpid()}")
-    master.start_query("q1", spec(tmp_path))
-    assert master.announce("q1") == set()  # no watcher: every worker hears by RunQuery
+    assert master.start_query("q1", spec(tmp_path)) == set()  # every one by RunQuery
+    assert master.announce("q1") == set()
     assert master.announce("no-such-query") == set()
 
 
@@ -135,8 +133,7 @@ def test_the_watch_of_a_worker_declared_lost_is_refused_and_never_told(plane, tm
     master.worker_lost(ME)
     frame = recv_within(sock, 5)
     assert frame.type == p.ABORT and "declared lost" in frame.payload["reason"]
-    master.start_query("q1", spec(tmp_path))
-    assert master.announce("q1") == set()
+    assert master.start_query("q1", spec(tmp_path)) == set()
     sock.send(watch(fresh=True))
     assert recv_within(sock, 5).type == p.ABORT
 

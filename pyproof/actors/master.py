@@ -267,11 +267,10 @@ class Master(ProofActor):
         spec = spec.with_output_dir(query_output_dir(self.plane.session_id, query_id))
         # queued behind the running query, if any: workers queue it too, and ask for its
         # packets once they are done with the one before
-        self.plane.start_query(query_id, spec, user)
-        self.want_pings(True)  # its data threads are watched while it runs (see `healthy`)
         # workers that watch for queries hear of it on the data plane, now (a RUN each);
         # the others (not watching yet, e.g. just started) by RunQuery, after the client
-        told = self.plane.announce(query_id)
+        told = self.plane.start_query(query_id, spec, user)
+        self.want_pings(True)  # its data threads are watched while it runs (see `healthy`)
         if accepted is not None:
             accepted()
         active = self.plane.active_queries()

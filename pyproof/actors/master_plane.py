@@ -121,8 +121,10 @@ class MasterPlane:
         if q is not None:
             q.worker_joined(name)
 
-    def start_query(self, query_id: str, spec: QuerySpec, user: str = "") -> None:
-        """Run the query now, or after the ones before it (a queue, in order)."""
+    def start_query(self, query_id: str, spec: QuerySpec, user: str = "") -> set[str]:
+        """Run the query now, or after the ones before it (a queue, in order); the workers
+        that watch for queries are told of it (`announce`) before its look-up starts.
+        Returns their names (the others must hear of it by the actor's RunQuery)."""
         run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
@@ -131,18 +133,20 @@ class MasterPlane:
                        lookup_cache=self.lookup_cache,
                        run_dir=self.run_dir, beats=self.beats, merger=self.merger)
         with self._lock:
-            if self.query is not None and self.query.core.busy:
+            queued = self.query is not None and self.query.core.busy
+            if queued:
                 self.queued.append(run)
-                return
+        if queued:
+            return self.announce(query_id)
         # begun without the plane's lock: `_begin` may wait for the last query's
         # socket or merges, whose thread may be waiting for that lock (answering held
         # requests as its query ended), and answers held requests itself (a run's
         # lock is never taken under the plane's). Only this (actor) thread begins a
         # query while none is busy.
-        self._begin(run)
+        return self._begin(run, announce=True)
 
     def announce(self, query_id: str) -> set[str]:
-        """Tell the workers that watch for queries of `query_id` (just started or queued):
+        """Tell the workers that watch for queries of `query_id` (running or queued):
         RUN on their held WATCH at once; a watcher whose request is not held now (its
         next one is on the way) gets it in the answer to that one. Returns the names of
         every watcher: the others must hear of it by the actor's RunQuery.
@@ -252,7 +256,9 @@ class MasterPlane:
             old.close()
         return socket_
 
-    def _begin(self, run: QueryRun) -> None:
+    def _begin(self, run: QueryRun, *, announce: bool = False) -> set[str]:
+        """Make `run` the running query and start it; with `announce`, its workers are
+        told first (a data query's look-up thread start waits for the thread to run)."""
         with self._lock:
             previous = self.query
             if previous is not None:
@@ -263,12 +269,14 @@ class MasterPlane:
             lost = [w for w in list(run.core.workers) if w not in self.workers]
         for w in lost:  # lost while it was queued: no packet may wait for them
             run.worker_lost(w)
+        told = self.announce(run.query_id) if announce else set()
         with self._lock:
             self._poll_ms = BUSY_POLL_MS
         run.start()
         if previous is not None:
             previous.close()  # its socket to the client: it has ended
         self._answer_held(time.monotonic())  # workers held for this query: it is its turn
+        return told
 
     def _wake(self) -> None:
         """A run changed off the data-plane thread (look-up, merge...): answer held requests."""
