@@ -138,6 +138,28 @@ def test_the_watch_of_a_worker_declared_lost_is_refused_and_never_told(plane, tm
     assert recv_within(sock, 5).type == p.ABORT
 
 
+def test_a_leaving_workers_watch_is_refused_and_it_is_told_of_no_new_query(plane, tmp_path):
+    # being removed, it drains its running query; a new one must not count on it
+    master, sock = plane
+    sock.send(watch(fresh=True))
+    assert held(master)
+    master.worker_leaving(ME)
+    frame = recv_within(sock, 5)
+    assert frame.type == p.ABORT and frame.payload["reason"] == f"{ME} is leaving"
+    assert master.start_query("q1", spec(tmp_path)) == set()
+    sock.send(watch(fresh=True))
+    assert recv_within(sock, 5).type == p.ABORT
+
+
+def test_only_a_worker_dialling_its_masters_own_plane_watches():
+    from pyproof.actors.trees import master_address
+    from pyproof.actors.worker import watches_master
+
+    assert watches_master(master_address("/run/d", "abc"))
+    assert not watches_master("ipc:///run/d/tunnel-abc.ipc")  # another host's worker
+    assert not watches_master("tcp://10.0.0.1:4000")
+
+
 def test_a_malformed_watch_is_answered_with_a_protocol_error(plane):
     _, sock = plane
     sock.send(encode_frame(p.WATCH, {"worker": "worker-0", "pid": "one"}))

@@ -95,6 +95,7 @@ class MasterPlane:
         # was told of by RUN (the others are sent with its next WATCH)
         self._watches: dict[str, tuple[pynng.Context, float]] = {}
         self._watchers: dict[str, set[str]] = {}
+        self._leaving: set[str] = set()  # workers being removed: their watches are refused
         # this thread and the merge threads stamp each turn; the master's answer to its
         # supervisor's ping checks them (Master.healthy)
         self.beats = ThreadBeats()
@@ -190,8 +191,9 @@ class MasterPlane:
         worker = _incarnation(payload)
         fresh = payload.get("fresh") is True
         with self._lock:
-            if worker in self._gone:
-                return encode_frame(p.ABORT, {"reason": f"{worker} was declared lost"},
+            if worker in self._gone or worker in self._leaving:
+                how = "was declared lost" if worker in self._gone else "is leaving"
+                return encode_frame(p.ABORT, {"reason": f"{worker} {how}"},
                                     session=self.session_id)
             runs = self._active_runs()
             active = {r.query_id for r in runs}
@@ -317,10 +319,18 @@ class MasterPlane:
 
     def worker_leaving(self, worker: str) -> None:
         """A worker is being removed: no query begun from now on counts on it (a running one
-        keeps it until it has drained: its `worker_lost` follows)."""
+        keeps it until it has drained: its `worker_lost` follows), nor is told to it (its
+        watch is refused: it watches no more)."""
         with self._lock:
             if worker in self.workers:
                 self.workers.remove(worker)
+            watch = self._watches.pop(worker, None)
+            self._watchers.pop(worker, None)
+            self._leaving.add(worker)
+        if watch is not None:
+            self._reply(watch[0], encode_frame(p.ABORT, {"reason": f"{worker} is leaving"},
+                                               session=self.session_id))
+            self._close_context(watch[0])
 
     def worker_lost(self, worker: str, how: str = "") -> None:
         """A worker is gone (`how`: its exit status or signal, from its supervisor)."""
@@ -332,6 +342,7 @@ class MasterPlane:
             if len(self._gone) > 10_000:
                 self._gone.clear()
             self._gone.add(worker)
+            self._leaving.discard(worker)
             dropped = [h for h in self._held if _incarnation(h[1]) == worker]
             self._held = [h for h in self._held if _incarnation(h[1]) != worker]
             watch = self._watches.pop(worker, None)

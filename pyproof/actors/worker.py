@@ -14,7 +14,9 @@ when Thespian sees the socket readable, and asks again. RunQuery (Thespian)
 brings the queries of a master that did not know we watch (we just started, or
 it did) and of one that joined us to a query; a query heard of both ways runs
 once. A watch that is not answered in time (the connection broke, an answer
-was lost) is made afresh, asking for every query: none is missed.
+was lost) is made afresh, asking for every query: none is missed. A worker on
+another host (dialling its host's tunnel) does not watch: its host's daemon
+adapts each query's spec to that host and sends RunQuery (hosts.py).
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ class Worker(ProofActor):
             self.runner = threading.Thread(target=self._run_queries, name="queries",
                                            daemon=True)
             self.runner.start()
-            self._watch_again(fresh=True)
-            self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
+            if watches_master(self.packet_address):
+                self._watch_again(fresh=True)
+                self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
         elif isinstance(message, m.RunQuery):
             if self._run(message):
                 self.wakeupAfter(PACKET_CHECK)
@@ -293,6 +296,16 @@ class Worker(ProofActor):
                                      resend_time=-1)
             self.socket.dial(self.packet_address, block=False)
         return self.socket
+
+
+def watches_master(packet_address: str) -> bool:
+    """Whether a worker dialling `packet_address` watches for queries there: only its
+    session's master itself (`trees.master_address`). A worker on another host dials a
+    tunnel (hosts.py): its queries come from its host's daemon by RunQuery, with the
+    spec made for that host (its packages, its output directory)."""
+    if not packet_address.startswith("ipc://"):
+        return False
+    return os.path.basename(packet_address).startswith("master-")
 
 
 def _run_spec(query: dict) -> QuerySpec:
