@@ -235,3 +235,42 @@ def _worker_logs(log_dir: str) -> str:
             with open(os.path.join(log_dir, name), encoding="utf-8") as f:
                 text += f.read()
     return text
+
+
+def test_a_worker_queues_a_query_told_both_ways_once_and_in_the_masters_order(
+        tmp_path, monkeypatch):
+    # the worker's side of a RUN on a real socket (its actor thread's handlers, called
+    # here): RunQuery(q1) came first (it was not watching yet), then its first watch is
+    # answered [q1, q2]: q1 is not queued twice, q2 comes after it
+    import threading
+    from collections import deque
+
+    from pyproof.actors import messages as m
+    from pyproof.actors.worker import Worker
+
+    address = f"ipc://{tmp_path}/master-s1.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    worker = Worker()
+    worker.worker_id, worker.session_id, worker.packet_address = "worker-0", "s1", address
+    worker.queued, worker.seen, worker._queries = deque(), deque(maxlen=10), threading.Event()
+    armed: list[object] = []
+    monkeypatch.setattr(worker, "wakeupAfter", lambda delay, payload=None: armed.append(payload))
+    try:
+        plane.worker_joined(ME)
+        plane.start_query("q1", spec(tmp_path))
+        plane.start_query("q2", spec(tmp_path))
+        assert worker._run(m.RunQuery(query_id="q1", spec=spec(tmp_path)))
+        worker._watch_again(fresh=True)
+        deadline = time.monotonic() + 5
+        while len(worker.queued) < 2 and time.monotonic() < deadline:
+            worker._watch_answers()  # as Thespian calls it when the socket is readable
+            time.sleep(0.01)
+        assert [q.query_id for q in worker.queued] == ["q1", "q2"]
+        assert worker.queued[1].spec == spec(tmp_path)
+        assert armed == [None]  # the packet-time check, armed for the new query
+        assert held(plane)  # and it watches again
+        worker._run(m.RunQuery(query_id="q2", spec=spec(tmp_path)))  # a late RunQuery
+        assert [q.query_id for q in worker.queued] == ["q1", "q2"]
+    finally:
+        worker._close_watch()
+        plane.close()
