@@ -162,3 +162,15 @@ def test_files_the_cache_knows_are_answered_without_a_pool(tmp_path, monkeypatch
     with pytest.raises(LookupError_, match="no branch 'y'"):  # checked from the cache too
         file_elements([(p, "t") for p in paths], ["y"], skip_missing=False,
                       lookups=Lookups(cache, threads=4))
+
+
+def test_a_missing_file_among_cached_ones_is_an_error_of_its_own_not_of_the_look_up(tmp_path):
+    # each (index, result): the missing file's error is its result, the others still come
+    paths = [write(tmp_path / f"f{i}.root", 10) for i in range(3)]
+    cache = LookupCache()
+    Lookups(cache, threads=4).many([Want(p, "t", ["x"]) for p in paths])
+    gone = str(tmp_path / "gone.root")
+    results = Lookups(cache, threads=4).many([Want(p, "t", ["x"]) for p in [paths[0], gone,
+                                                                             paths[2]]])
+    assert [r.entries for r in (results[0], results[2])] == [10, 10]
+    assert isinstance(results[1], LookupError_) and str(results[1]) == f"file not found: {gone}"

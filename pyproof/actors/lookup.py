@@ -231,16 +231,19 @@ class Lookups:
         # waited for, a millisecond or more under load) only for files to open
         todo: list[int] = []
         for index, want in enumerate(wants):
-            stamp = file_stamp(want.path) if self.cache is not None else None
-            info = None if stamp is None or self.cache is None else self.cache.get(
-                want.path, want.tree, stamp)
-            if info is None:
+            if self.cache is None:
                 todo.append(index)
                 continue
-            try:
-                check_branches(info, want.path, want.branches)
+            try:  # a missing file is known here too ("file not found")
+                stamp = file_stamp(want.path)
+                info = None if stamp is None else self.cache.get(want.path, want.tree, stamp)
+                if info is not None:
+                    check_branches(info, want.path, want.branches)
             except LookupError_ as exc:
-                yield index, self._counted(exc, False)
+                yield index, self._counted(exc, True)
+                continue
+            if info is None:
+                todo.append(index)
                 continue
             yield index, self._counted(info, False)
         if len(todo) <= 1 or self.threads <= 1:
