@@ -274,3 +274,21 @@ def test_a_worker_queues_a_query_told_both_ways_once_and_in_the_masters_order(
     finally:
         worker._close_watch()
         plane.close()
+
+
+def test_a_query_that_cannot_go_as_run_goes_by_run_query_and_the_plane_serves_on(
+        plane, tmp_path, monkeypatch):
+    master, sock = plane
+    sock.send(watch(fresh=True))
+    assert held(master)
+    real = QuerySpec.to_wire
+    monkeypatch.setattr(QuerySpec, "to_wire", lambda self: {**real(self), "x": object()})
+    assert master.start_query("q1", spec(tmp_path)) == set()  # RunQuery to every worker
+    assert held(master)  # its watch waits on
+    with pynng.Req0(dial=master.address, recv_timeout=5000, resend_time=-1) as again:
+        again.send(watch(fresh=True, worker="worker-1"))  # news it cannot be sent: by RunQuery
+        assert recv_within(again, 5).type == p.ABORT
+    assert master.statistics()["watchers"] == [ME]
+    monkeypatch.setattr(QuerySpec, "to_wire", real)
+    assert master.start_query("q2", spec(tmp_path)) == {ME}  # queued: told at once
+    assert [q["query"] for q in recv_within(sock, 5).payload["queries"]] == ["q1", "q2"]

@@ -158,12 +158,16 @@ class MasterPlane:
             runs = self._active_runs()
             if self._closed.is_set() or query_id not in (r.query_id for r in runs):
                 return set()
+        frame = self._run_frame(runs)
+        if frame is None:
+            return set()  # every worker hears of it by RunQuery
+        # only the actor thread announces: `runs` is still what runs (or one has ended)
+        with self._lock:
             watchers = set(self._watchers)
             watches, self._watches = self._watches, {}
             for name in watches:
                 self._watchers[name].update(r.query_id for r in runs)
         if watches:
-            frame = self._run_frame(runs)
             for name, (ctx, _) in watches.items():
                 if not self._reply(ctx, frame):
                     # not sent (closing, or the send failed): told at its next WATCH
@@ -178,12 +182,19 @@ class MasterPlane:
         return ([self.query] if self.query is not None and self.query.core.busy else []) \
             + list(self.queued)
 
-    def _run_frame(self, runs: list[QueryRun]) -> bytes:
-        """RUN: the queries, in order, with the whole spec (the daemon's fields too)."""
-        return encode_frame(p.RUN, {"queries": [
-            {"query": r.query_id, "spec": r.spec.to_wire(), "output_dir": r.spec.output_dir,
-             "packages": [dict(x) for x in r.spec.packages]} for r in runs]},
-            session=self.session_id)
+    def _run_frame(self, runs: list[QueryRun]) -> bytes | None:
+        """RUN: the queries, in order, with the whole spec (the daemon's fields too); None
+        if it cannot be encoded (it came as CBOR: never seen), logged: RunQuery then."""
+        try:
+            return encode_frame(p.RUN, {"queries": [
+                {"query": r.query_id, "spec": r.spec.to_wire(),
+                 "output_dir": r.spec.output_dir,
+                 "packages": [dict(x) for x in r.spec.packages]} for r in runs]},
+                session=self.session_id)
+        except Exception as exc:  # EncodeError, or a bug: the queries still reach workers
+            self.log.error("run_not_encodable", queries=[r.query_id for r in runs],
+                           error=repr(exc))
+            return None
 
     def _watch(self, ctx: pynng.Context, payload: Any) -> bytes | None:
         """A WATCH request (serving thread): RUN now if a running or queued query is news to
@@ -207,7 +218,15 @@ class MasterPlane:
                 self._watches[worker] = (ctx, time.monotonic())
         if old is not None:
             self._close_context(old[0])
-        return self._run_frame(runs) if news else None
+        if not news:
+            return None
+        frame = self._run_frame(runs)
+        if frame is None:  # it watches no more: RunQuery tells it of every query
+            with self._lock:
+                self._watchers.pop(worker, None)
+            return encode_frame(p.ABORT, {"reason": "queries come by RunQuery"},
+                                session=self.session_id)
+        return frame
 
     def _expire_watches(self, now: float) -> None:
         """WAIT to watches held for WATCH_HOLD_SECONDS: the worker asks again (it knows

@@ -87,13 +87,16 @@ class Merger:
 
     def _loop(self) -> None:
         self.beats.idle()
+        warm = False
         try:
-            wait_warmup()  # merging imports hist: never beside the warm-up (warmup.py)
             while True:
                 self.beats.idle()  # waiting for work is not being stuck
                 job = self._jobs.get()
-                if job is None:
+                if job is None:  # (never waits for the warm-up: a close is not held up)
                     return
+                if not warm:  # merging imports hist: never beside the warm-up (warmup.py)
+                    wait_warmup()
+                    warm = True
                 self.beats.stamp()  # a merge (and feeding its end) must not stall
                 job()
         finally:
