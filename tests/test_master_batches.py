@@ -201,3 +201,25 @@ def test_a_data_batch_names_its_file_once_and_the_worker_gets_it_for_every_packe
     finally:
         worker.close()
         plane.close()
+
+
+def test_only_the_grant_that_leaves_nothing_to_hand_out_says_last(tmp_path):
+    address = f"ipc://{tmp_path}/master.ipc"
+    plane = MasterPlane(session_id="s1", address=address)
+    plane.worker_joined(f"worker-0#{os.getpid()}")
+    plane.start_query("q1", QuerySpec(selector="m:S", cycles=250, packetizer="basic",
+                                      packetizer_params={"packet_entries": 100},
+                                      client_address=f"ipc://{tmp_path}/nobody.ipc"))
+    worker = BareWorker(address, 0)
+    try:
+        lasts = []
+        for _ in range(50):  # ever smaller packets at the end (no reports: no batches)
+            kind, reply = worker.request(p.NEXT, {"processed": []})
+            if kind != p.PACKET:
+                break
+            lasts.append(reply.get("last", False))
+        assert kind == p.WAIT and reply == {"flush": True}  # nothing left: outputs, please
+        assert len(lasts) > 2 and lasts[-1] is True and not any(lasts[:-1]), lasts
+    finally:
+        worker.sock.close()
+        plane.close()

@@ -150,7 +150,10 @@ def test_a_request_held_during_the_look_up_is_answered_when_the_look_up_ends(
     plane = MasterPlane(session_id="s1", address=address)
     try:
         plane.worker_joined(f"worker-0#{os.getpid()}")
-        plane.start_query("q1", _unit_spec(tmp_path))
+        # a per-file task: looked up on a thread (a cycles query's is done at once)
+        plane.start_query("q1", QuerySpec(selector="m:S", files=((str(tmp_path / "a.root"),
+                                                                  None),),
+                                          client_address=f"ipc://{tmp_path}/nobody.ipc"))
         with pynng.Req0(dial=address, recv_timeout=10_000, send_timeout=5000) as sock:
             sock.send(next_for("q1"))
             deadline = time.monotonic() + 5

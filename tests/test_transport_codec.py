@@ -897,3 +897,21 @@ def test_valid_cbor_of_the_wrong_shape_in_our_tags_is_a_protocol_error(
     tag: int, payload: object
 ) -> None:
     decode_or_protocol_error(tagged(tag, payload))
+
+
+def test_encoding_while_another_thread_imports_numpy_treats_it_as_not_there(monkeypatch):
+    # a partially initialized numpy (the warm-up thread imports it) has no ndarray yet:
+    # the master's actor thread, encoding a query spec then, crashed on it
+    import collections
+    import sys
+    import types
+
+    from pyproof.transport import codec
+
+    half = types.ModuleType("numpy")
+    half.__spec__ = types.SimpleNamespace(_initializing=True)
+    monkeypatch.setitem(sys.modules, "numpy", half)
+    counts = collections.Counter({"a": 2})
+    assert codec.decode(codec.encode({"c": counts})) == {"c": collections.Counter({"a": 2})}
+    with pytest.raises(codec.EncodeError):  # the fallback (it asks for numpy) says "no"
+        codec.encode({"x": object()})

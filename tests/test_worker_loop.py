@@ -114,6 +114,26 @@ def test_a_workers_last_outputs_carry_its_next_request(tmp_path):
     assert loop.socket_ok
 
 
+def test_a_worker_given_the_last_packets_sends_its_outputs_at_once_without_asking_ahead(
+        tmp_path):
+    """"last": nothing else to hand out, so no request ahead (answered "flush", a round
+    trip more): the outputs, with the next request, go as soon as the batch is done."""
+    from pyproof.transport.frames import decode_frame
+
+    batch = [_cycles(i, 10 * i, 10 * i + 10) for i in range(3)]
+    replies = [encode_frame("packet", {**batch[0], "batch": batch[1:], "last": True}),
+               encode_frame("done", {"accepted": True})]
+    seen: list[bytes] = []
+    loop = run_against(tmp_path, replies, seen=seen)
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "outputs"]
+    outputs = frames[1].payload
+    assert outputs["next"] is True and outputs["packets"] == [0, 1, 2]
+    assert [r["packet"] for r in outputs["processed"]] == [0, 1, 2]
+    assert outputs["outputs"] == {"sum": sum(range(30)), "count": 30}
+    assert loop.socket_ok
+
+
 def _cycles(packet_id: int, start: int, stop: int) -> dict:
     from pyproof.packetizer.base import CYCLES
 

@@ -252,7 +252,8 @@ class Master(ProofActor):
                 accepted: Any = None) -> str | None:
         """Start `query_id` (both routes); None if accepted (or known: a retry, by either
         route, is never run twice), else why not. `accepted()` is called as soon as the
-        query is queued, before the workers are told."""
+        query is queued and the workers watching for queries are told (on the data
+        plane, see `MasterPlane.announce`), before the others are (by RunQuery)."""
         assert self.plane is not None
         if self.plane.knows_query(query_id):  # a client retry: already accepted
             if accepted is not None:
@@ -266,15 +267,18 @@ class Master(ProofActor):
         spec = spec.with_output_dir(query_output_dir(self.plane.session_id, query_id))
         # queued behind the running query, if any: workers queue it too, and ask for its
         # packets once they are done with the one before
-        self.plane.start_query(query_id, spec, user)
+        # workers that watch for queries hear of it on the data plane, now (a RUN each);
+        # the others (not watching yet, e.g. just started) by RunQuery, after the client
+        told = self.plane.start_query(query_id, spec, user)
         self.want_pings(True)  # its data threads are watched while it runs (see `healthy`)
-        if accepted is not None:  # the workers' RunQuery follows at once
+        if accepted is not None:
             accepted()
         active = self.plane.active_queries()
         self.specs = {q: s for q, s in self.specs.items() if q in active}
         self.specs[query_id] = spec
-        for ref, _pid in self.workers.values():
-            self.send(ref, m.RunQuery(query_id=query_id, spec=spec))
+        for worker_id, (ref, pid) in self.workers.items():
+            if incarnation(worker_id, pid) not in told:
+                self.send(ref, m.RunQuery(query_id=query_id, spec=spec))
         get_logger().info("query_accepted", query=query_id)
         return None
 

@@ -11,6 +11,13 @@ there is work or an end, after any event the plane sees, or with WAIT after
 `HOLD_SECONDS` at most. The actor thread calls `start_query`, `stop_query`,
 `worker_joined` and `worker_lost` directly; they only take short locks.
 
+Workers hear of a new query here too (`announce`): each keeps a WATCH request
+held on this socket, answered with the query (RUN) the moment the actor thread
+accepts it, a Thespian hop and message per worker fewer than the actor's
+RunQuery, which then goes only to workers that do not watch (see
+protocol.py). A RUN lists every query running or queued, in order, so a worker
+that switches from RunQuery to watching never queues a later query first.
+
 Lock order: a run's lock may be held while taking the plane's (`_query_ended`),
 never the other way round.
 """
@@ -28,7 +35,7 @@ import pynng
 
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
-from pyproof.actors.master_query import QueryRun
+from pyproof.actors.master_query import MERGE_JOIN, Merger, QueryRun
 from pyproof.actors.thread_beats import ThreadBeats
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
@@ -83,9 +90,17 @@ class MasterPlane:
         # requests held for work: (context, next-request payload, when held)
         self._held: list[tuple[pynng.Context, dict[str, Any], float]] = []
         self._gone: set[str] = set()  # lost workers' names: their held requests are dropped
+        # workers that watch for queries (WATCH, see `announce`): their held request,
+        # if one is held now, and when it came; and the running or queued queries each
+        # was told of by RUN (the others are sent with its next WATCH)
+        self._watches: dict[str, tuple[pynng.Context, float]] = {}
+        self._watchers: dict[str, set[str]] = {}
+        self._leaving: set[str] = set()  # workers being removed: their watches are refused
         # this thread and the merge threads stamp each turn; the master's answer to its
         # supervisor's ping checks them (Master.healthy)
         self.beats = ThreadBeats()
+        self.merger = Merger(self.beats)  # every query's merges, on one thread
+        self.merger.start()  # now, while idle: the first query's merge waits for nothing
         # replies being sent now (any thread may send: this one, the actor's, a look-up
         # or merge thread through `_wake`): `close` waits for them before it closes the
         # socket, since nng aborts the process when a context is sent on as its socket
@@ -107,24 +122,123 @@ class MasterPlane:
         if q is not None:
             q.worker_joined(name)
 
-    def start_query(self, query_id: str, spec: QuerySpec, user: str = "") -> None:
-        """Run the query now, or after the ones before it (a queue, in order)."""
+    def start_query(self, query_id: str, spec: QuerySpec, user: str = "") -> set[str]:
+        """Run the query now, or after the ones before it (a queue, in order); the workers
+        that watch for queries are told of it (`announce`) before its look-up starts.
+        Returns their names (the others must hear of it by the actor's RunQuery)."""
         run = QueryRun(query_id=query_id, session_id=self.session_id, spec=spec, user=user,
                        workers=list(self.workers), keep=self._keep, data_key=self.data_key,
                        outbox=None if spec.client_address else self.outbox,
                        callback=self._callback(spec.client_address),
                        on_end=self._query_ended, on_change=self._wake,
                        lookup_cache=self.lookup_cache,
-                       run_dir=self.run_dir, beats=self.beats)
+                       run_dir=self.run_dir, beats=self.beats, merger=self.merger)
         with self._lock:
-            if self.query is not None and self.query.core.busy:
+            queued = self.query is not None and self.query.core.busy
+            if queued:
                 self.queued.append(run)
-                return
-        # begun without the plane's lock: `_begin` joins the last query's merge thread,
-        # which may be waiting for that lock (answering held requests as its query
-        # ended), and answers held requests itself (a run's lock is never taken under
-        # the plane's). Only this (actor) thread begins a query while none is busy.
-        self._begin(run)
+        if queued:
+            return self.announce(query_id)
+        # begun without the plane's lock: `_begin` may wait for the last query's
+        # socket or merges, whose thread may be waiting for that lock (answering held
+        # requests as its query ended), and answers held requests itself (a run's
+        # lock is never taken under the plane's). Only this (actor) thread begins a
+        # query while none is busy.
+        return self._begin(run, announce=True)
+
+    def announce(self, query_id: str) -> set[str]:
+        """Tell the workers that watch for queries of `query_id` (running or queued):
+        RUN on their held WATCH at once; a watcher whose request is not held now (its
+        next one is on the way) gets it in the answer to that one. Returns the names of
+        every watcher: the others must hear of it by the actor's RunQuery.
+
+        Actor thread; the RUN is encoded once, sent without the plane's lock.
+        """
+        with self._lock:
+            runs = self._active_runs()
+            if self._closed.is_set() or query_id not in (r.query_id for r in runs):
+                return set()
+        frame = self._run_frame(runs)
+        if frame is None:
+            return set()  # every worker hears of it by RunQuery
+        # only the actor thread announces: `runs` is still what runs (or one has ended)
+        with self._lock:
+            watchers = set(self._watchers)
+            watches, self._watches = self._watches, {}
+            for name in watches:
+                self._watchers[name].update(r.query_id for r in runs)
+        if watches:
+            for name, (ctx, _) in watches.items():
+                if not self._reply(ctx, frame):
+                    # not sent (closing, or the send failed): told at its next WATCH
+                    with self._lock:
+                        if name in self._watchers:
+                            self._watchers[name].discard(query_id)
+                self._close_context(ctx)
+        return watchers
+
+    def _active_runs(self) -> list[QueryRun]:
+        """The running query (if busy) and the queued ones, in order (lock held)."""
+        return ([self.query] if self.query is not None and self.query.core.busy else []) \
+            + list(self.queued)
+
+    def _run_frame(self, runs: list[QueryRun]) -> bytes | None:
+        """RUN: the queries, in order, with the whole spec (the daemon's fields too); None
+        if it cannot be encoded (it came as CBOR: never seen), logged: RunQuery then."""
+        try:
+            return encode_frame(p.RUN, {"queries": [
+                {"query": r.query_id, "spec": r.spec.to_wire(),
+                 "output_dir": r.spec.output_dir,
+                 "packages": [dict(x) for x in r.spec.packages]} for r in runs]},
+                session=self.session_id)
+        except Exception as exc:  # EncodeError, or a bug: the queries still reach workers
+            self.log.error("run_not_encodable", queries=[r.query_id for r in runs],
+                           error=repr(exc))
+            return None
+
+    def _watch(self, ctx: pynng.Context, payload: Any) -> bytes | None:
+        """A WATCH request (serving thread): RUN now if a running or queued query is news to
+        the worker (every one after a `fresh` WATCH), else None: the request is held."""
+        worker = _incarnation(payload)
+        fresh = payload.get("fresh") is True
+        with self._lock:
+            if worker in self._gone or worker in self._leaving:
+                how = "was declared lost" if worker in self._gone else "is leaving"
+                return encode_frame(p.ABORT, {"reason": f"{worker} {how}"},
+                                    session=self.session_id)
+            runs = self._active_runs()
+            active = {r.query_id for r in runs}
+            told = self._watchers.get(worker)
+            told = set() if told is None or fresh else told & active  # the rest ended
+            news = [r for r in runs if r.query_id not in told]
+            self._watchers[worker] = active if news else told
+            old = None
+            if not news:
+                old = self._watches.pop(worker, None)  # a request it gave up on
+                self._watches[worker] = (ctx, time.monotonic())
+        if old is not None:
+            self._close_context(old[0])
+        if not news:
+            return None
+        frame = self._run_frame(runs)
+        if frame is None:  # it watches no more: RunQuery tells it of every query
+            with self._lock:
+                self._watchers.pop(worker, None)
+            return encode_frame(p.ABORT, {"reason": "queries come by RunQuery"},
+                                session=self.session_id)
+        return frame
+
+    def _expire_watches(self, now: float) -> None:
+        """WAIT to watches held for WATCH_HOLD_SECONDS: the worker asks again (it knows
+        then that its connection to us works)."""
+        with self._lock:
+            due = [name for name, (_, since) in self._watches.items()
+                   if now - since >= p.WATCH_HOLD_SECONDS]
+            expired = [(self._watches.pop(name)[0], name) for name in due]
+        for ctx, _ in expired:
+            self._reply(ctx, encode_frame(p.WAIT, {"held": p.WATCH_HOLD_SECONDS},
+                                          session=self.session_id))
+            self._close_context(ctx)
 
     def _callback(self, address: str) -> pynng.Push0 | None:
         """The socket dialled back to the client at `address` (made on its first query).
@@ -163,7 +277,9 @@ class MasterPlane:
             old.close()
         return socket_
 
-    def _begin(self, run: QueryRun) -> None:
+    def _begin(self, run: QueryRun, *, announce: bool = False) -> set[str]:
+        """Make `run` the running query and start it; with `announce`, its workers are
+        told first (a data query's look-up thread start waits for the thread to run)."""
         with self._lock:
             previous = self.query
             if previous is not None:
@@ -174,12 +290,14 @@ class MasterPlane:
             lost = [w for w in list(run.core.workers) if w not in self.workers]
         for w in lost:  # lost while it was queued: no packet may wait for them
             run.worker_lost(w)
+        told = self.announce(run.query_id) if announce else set()
         with self._lock:
             self._poll_ms = BUSY_POLL_MS
         run.start()
         if previous is not None:
-            previous.close()  # its merge thread and socket to the client: it has ended
+            previous.close()  # its socket to the client: it has ended
         self._answer_held(time.monotonic())  # workers held for this query: it is its turn
+        return told
 
     def _wake(self) -> None:
         """A run changed off the data-plane thread (look-up, merge...): answer held requests."""
@@ -220,10 +338,18 @@ class MasterPlane:
 
     def worker_leaving(self, worker: str) -> None:
         """A worker is being removed: no query begun from now on counts on it (a running one
-        keeps it until it has drained: its `worker_lost` follows)."""
+        keeps it until it has drained: its `worker_lost` follows), nor is told to it (its
+        watch is refused: it watches no more)."""
         with self._lock:
             if worker in self.workers:
                 self.workers.remove(worker)
+            watch = self._watches.pop(worker, None)
+            self._watchers.pop(worker, None)
+            self._leaving.add(worker)
+        if watch is not None:
+            self._reply(watch[0], encode_frame(p.ABORT, {"reason": f"{worker} is leaving"},
+                                               session=self.session_id))
+            self._close_context(watch[0])
 
     def worker_lost(self, worker: str, how: str = "") -> None:
         """A worker is gone (`how`: its exit status or signal, from its supervisor)."""
@@ -235,10 +361,15 @@ class MasterPlane:
             if len(self._gone) > 10_000:
                 self._gone.clear()
             self._gone.add(worker)
+            self._leaving.discard(worker)
             dropped = [h for h in self._held if _incarnation(h[1]) == worker]
             self._held = [h for h in self._held if _incarnation(h[1]) != worker]
+            watch = self._watches.pop(worker, None)
+            self._watchers.pop(worker, None)
         for ctx, _, _ in dropped:
             self._refuse_lost(ctx, worker)
+        if watch is not None:
+            self._refuse_lost(watch[0], worker)
         with self._lock:
             for stream in self._reassembler.open_streams():  # worker#pid/query/n
                 if stream.startswith(f"{worker}/"):
@@ -254,8 +385,7 @@ class MasterPlane:
     def active_queries(self) -> list[str]:
         """Queries running or queued, in the order they run (for workers that join)."""
         with self._lock:
-            runs = ([self.query] if self.query is not None and self.query.core.busy else []) \
-                + list(self.queued)
+            runs = self._active_runs()
         return [r.query_id for r in runs]
 
     def knows_query(self, query_id: str) -> bool:
@@ -272,6 +402,7 @@ class MasterPlane:
         q = self.query
         return {"address": self.address, "workers": list(self.workers),
                 "results": list(self.results), "queries": self.queries(),
+                "watchers": sorted(self._watchers),
                 "query": None if q is None else {"id": q.query_id, "state": q.state,
                                                  "processed": q.processed, "total": q.total}}
 
@@ -299,12 +430,16 @@ class MasterPlane:
         self.socket.close()  # no thread waits on it any more (nng aborts if one does)
         with self._lock:
             held, self._held = self._held, []
+            watches, self._watches = self._watches, {}
         for ctx, _, _ in held:
+            self._close_context(ctx)
+        for ctx, _ in watches.values():
             self._close_context(ctx)
         with self._lock:
             runs = [*self.history, *([self.query] if self.query else []), *self.queued]
         for run in runs:
-            run.close()  # its merge thread, its socket to the client (callback mode)
+            run.close()  # its socket to the client (callback mode)
+        self.merger.close(MERGE_JOIN)  # the merges given so far end first
         if self.outbox is not None:
             self.outbox.close()
         with self._lock:
@@ -364,11 +499,17 @@ class MasterPlane:
                             self.query.fail(RemoteError.from_exception(exc, stage="master"))
                         reply, hold = encode_frame(p.ABORT, {"reason": "master error"},
                                                    session=self.session_id), None
-                    if hold is not None:
+                    if hold is not None and hold.get("kind") == p.WATCH:
+                        watched = self._watch(ctx, hold)
+                        if watched is None:
+                            ctx = None  # held (in `_watches`): it keeps the reply route
+                        else:
+                            reply = watched
+                    elif hold is not None:
                         with self._lock:
                             self._held.append((ctx, hold, time.monotonic()))
                         ctx = None  # it keeps the held request's reply route
-                    else:
+                    if ctx is not None:
                         try:
                             io.send(ctx, reply, SEND_TIMEOUT_MS)
                         except (pynng.Timeout, pynng.Closed):
@@ -386,6 +527,8 @@ class MasterPlane:
                             self.log.error("query_tick_failed", error=repr(exc), exc_info=True)
                             q.fail(RemoteError.from_exception(exc, stage="master"))
                     self._heartbeats(now)
+                    if self._watches:
+                        self._expire_watches(now)
                 if self._held:  # taken under the lock there; a race only defers to next time
                     self._answer_held(time.monotonic())
         finally:
@@ -444,7 +587,7 @@ class MasterPlane:
                                       session=self.session_id))
         self._close_context(ctx)
 
-    def _reply(self, ctx: pynng.Context, reply: bytes) -> None:
+    def _reply(self, ctx: pynng.Context, reply: bytes) -> bool:
         """Send on `ctx` unless the plane is closing (then the socket closes it).
 
         Any thread may reply (held requests are answered by look-up, merge and actor
@@ -452,11 +595,13 @@ class MasterPlane:
         the process when a context is sent on while its socket closes."""
         with self._sends.sending() as usable:
             if not usable:
-                return
+                return False
             try:
                 ctx.send(reply)
             except (pynng.Timeout, pynng.Closed):
                 self.log.warning("reply_not_sent")
+                return False
+            return True
 
     @staticmethod
     def _close_context(ctx: pynng.Context) -> None:
@@ -481,6 +626,15 @@ class MasterPlane:
             self.log.warning("bad_request", error=str(exc))
             return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
                                 session=self.session_id), None
+        if frame.type == p.WATCH:  # answered or held by the serving loop (`_watch`)
+            try:
+                p.require(frame.payload, "worker", str)
+                p.require(frame.payload, "pid", int)
+            except p.ProtocolViolation as exc:
+                self.log.warning("bad_request", error=str(exc))
+                return encode_frame(p.ERROR, {"reason": f"protocol error: {exc}"},
+                                    session=self.session_id), None
+            return b"", {**frame.payload, "kind": p.WATCH}
         kind, body = self._answer_payload(frame.type, frame.payload)
         if kind == p.WAIT and not body.get("flush") and not self._closed.is_set():
             if frame.type == p.NEXT:

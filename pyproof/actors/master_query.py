@@ -1,9 +1,10 @@
 """One query as the master runs it: the shell around its `QueryCore` (query/core.py).
 
 The core decides (packets, exactly-once merges, stop, abort, the end); this
-shell does: it looks the input up (a thread), answers worker requests (the
-data-plane thread), merges outputs (its own merge thread, so a large merge
-never blocks packet grants), keeps output files, and streams progress,
+shell does: it looks the input up (a thread; a cycles query's is done at
+once), answers worker requests (the data-plane thread), merges outputs (the
+plane's merge thread, `Merger`, so a large merge never blocks packet grants),
+keeps output files, and streams progress,
 feedback and the result to the client. Every thread feeds the core through
 `feed()`, one at a time under `self.lock`, and carries out what it returns:
 nothing polls for the look-up or the finish, they feed the core when done.
@@ -61,6 +62,59 @@ FEEDBACK = "feedback"  # master -> client: {query, outputs: {name: merged so far
 worker_id = qc.worker_id
 
 
+class Merger:
+    """The merge thread: merges workers' outputs into their query's, one job at a time, in
+    the order given. One serves a plane's queries for its life: a query's start costs no
+    thread start (under load, starting one cost the actor thread about a millisecond:
+    `Thread.start` waits until the new thread runs). Started on first use."""
+
+    def __init__(self, beats: ThreadBeats, name: str = "merge-plane") -> None:
+        self.beats = beats  # the plane's: stamped per merge, idle while waiting
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._closed and self._thread.ident is None:
+                self._thread.start()
+
+    def put(self, job: Callable[[], None]) -> None:
+        """Run `job` on the merge thread, after the jobs before it (none once closed)."""
+        self.start()
+        self._jobs.put(job)
+
+    def _loop(self) -> None:
+        self.beats.idle()
+        warm = False
+        try:
+            while True:
+                self.beats.idle()  # waiting for work is not being stuck
+                job = self._jobs.get()
+                if job is None:  # (never waits for the warm-up: a close is not held up)
+                    return
+                if not warm:  # merging imports hist: never beside the warm-up (warmup.py)
+                    wait_warmup()
+                    warm = True
+                self.beats.stamp()  # a merge (and feeding its end) must not stall
+                job()
+        finally:
+            self.beats.forget()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the thread once the jobs given are done (waits `timeout` at most); a call
+        from the merge thread itself (a query ending there) does not wait."""
+        with self._lock:
+            self._closed = True
+            started = self._thread.ident is not None
+        if not started:
+            return
+        self._jobs.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
 class QueryRun:
     """One query on the master: see the module docstring. Thread-safe through `feed`."""
 
@@ -71,8 +125,11 @@ class QueryRun:
                  on_change: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  lookup_cache: LookupCache | None = None, run_dir: str = "",
-                 beats: ThreadBeats | None = None) -> None:
+                 beats: ThreadBeats | None = None, merger: Merger | None = None) -> None:
         self.beats = beats or ThreadBeats()  # the plane's: our merge thread stamps there
+        # the plane's merge thread (else one of our own, ended with us)
+        self._own_merger = merger is None
+        self.merger = merger or Merger(self.beats, name=f"merge-{query_id}")
         self._fault = injected_fault(spec.inputs)  # tests only (thread_beats.FAULT_INPUT)
         self.run_dir = run_dir  # the daemon's: where the hosts actor writes the layout
         self.lookups = Lookups(lookup_cache)  # the session's cache: files opened once
@@ -93,9 +150,6 @@ class QueryRun:
         self.core = qc.QueryCore(query_id=query_id, spec=spec, workers=workers, now=clock())
         self.outputs: dict[str, Any] = {}
         self._outputs_lock = threading.Lock()  # merges vs feedback snapshots
-        self._merges: queue.SimpleQueue = queue.SimpleQueue()
-        self._merge_thread = threading.Thread(target=self._merge_loop, daemon=True,
-                                              name=f"merge-{query_id}")
         self._request: dict[str, Any] = {}  # the worker request being fed (outputs, files)
         self._answer: tuple[str, dict[str, Any]] | None = None
         self._events: list[qc.Event] = []
@@ -173,15 +227,18 @@ class QueryRun:
         if self._started:
             return
         self._started = True
-        self._merge_thread.start()
         if self._dial_error is not None:
             self.feed(qc.LookupFailed(error=self._dial_error, cause="dial"))
+            return
+        if self.spec.cycles is not None and not self.spec.output_dataset:
+            self._lookup()  # nothing to look up or import: no thread to start and wait for
             return
         threading.Thread(target=self._lookup, daemon=True, name=f"lookup-{self.query_id}").start()
 
     def _lookup(self) -> None:
         """Look-up thread: find the work, then tell the core (no one polls for it)."""
-        wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
+        if self.spec.cycles is None:
+            wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
         try:
             if self.spec.output_dataset:
                 check_output_dataset(self.spec.output_dataset, self.user,
@@ -350,7 +407,8 @@ class QueryRun:
                     answer = self._answer
             if self.core.ended and not self._ended_told:
                 self._ended_told = ended = True
-                self._merges.put(None)  # the merge thread ends
+                if self._own_merger:
+                    self.merger.close()  # after the merges given: no more come
         if ended and self.on_end is not None:
             self.on_end(self)
         if wake and self.on_change is not None:
@@ -370,6 +428,8 @@ class QueryRun:
                                 "entry_stop": packet.entry_stop}}
                     if packet.element == before.element else self._packet_reply(packet)
                     for before, packet in zip(packets, packets[1:], strict=False)]
+            if self._nothing_left():  # its outputs go as soon as it is done (see protocol.py)
+                reply["last"] = True
             self._answer = (p.PACKET, reply)
         elif isinstance(ins, qc.Wait):  # not held: send your outputs, then ask again
             self._answer = (p.WAIT, {} if ins.hold else {"flush": True})
@@ -389,7 +449,8 @@ class QueryRun:
             files = self._request.get("files") or []
             if files and self.output_files is not None:
                 self.output_files.keep(files, ins.first)
-            self._merges.put((ins.token, ins.worker, self._request.get("outputs") or {}))
+            outputs = self._request.get("outputs") or {}
+            self.merger.put(lambda: self._merge(ins.token, ins.worker, outputs))
         elif isinstance(ins, qc.SendProgress):
             self._send_client(p.PROGRESS, {
                 "query": self.query_id, "entries": ins.entries, "total": ins.total,
@@ -401,6 +462,16 @@ class QueryRun:
             self._finish(ins)
         elif isinstance(ins, qc.Fail):
             self._fail(ins)
+
+    def _nothing_left(self) -> bool:
+        """No packet is left to hand out once this grant is made (every file looked up, no
+        range queued): the worker sends its outputs the moment it is done rather than ask
+        ahead for a packet (answered "flush": a round trip more at every query's end). A
+        lost worker's ranges may still come back: the worker then asks with its outputs."""
+        core = self.core
+        if core.packetizer is None or core.incremental and core.lookup_done_at is None:
+            return False
+        return core.packetizer.statistics().entries_queued == 0
 
     def _packet_reply(self, packet: Any) -> dict[str, Any]:
         reply: dict[str, Any] = {"packet": {
@@ -494,39 +565,25 @@ class QueryRun:
             return None
 
     # -- merging (the merge thread) ---------------------------------------------------
-    def _merge_loop(self) -> None:
-        self.beats.idle()
+    def _merge(self, token: Any, worker: str, outputs: dict[str, Any]) -> None:
+        """One merge (on the merge thread), then tell the core."""
+        if self._fault == "deadlock:merge":
+            self._fault = None
+            self.log.warning("test_fault_injected", fault="deadlock:merge")
+            deadlock()
+        error = None
         try:
-            self._merge_jobs()
-        finally:
-            self.beats.forget()
-
-    def _merge_jobs(self) -> None:
-        wait_warmup()  # merging imports hist: never beside the warm-up (warmup.py)
-        while True:
-            self.beats.idle()  # waiting for work is not being stuck
-            job = self._merges.get()
-            if job is None:
-                return
-            self.beats.stamp()  # a merge (and feeding its end) must not stall
-            token, worker, outputs = job
-            if self._fault == "deadlock:merge":
-                self._fault = None
-                self.log.warning("test_fault_injected", fault="deadlock:merge")
-                deadlock()
-            error = None
-            try:
-                with self._outputs_lock:
-                    merge_outputs(self.outputs, outputs, concatenate=self.spec.concatenate)
-                    # concatenated outputs grow with every merge: the cap holds for them too
-                    check_output_sizes(self.outputs, self.spec.max_output_bytes,
-                                       worker=worker, names=outputs, merged=True)
-            except OutputTooLarge as exc:
-                error = RemoteError(type="OutputTooLarge", message=str(exc), traceback="",
-                                    context={"worker": worker, "stage": "merge"})
-            except Exception as exc:
-                error = RemoteError.from_exception(exc, stage="merge", worker=worker)
-            self.feed(qc.Merged(token=token, error=error, cause="merge"))
+            with self._outputs_lock:
+                merge_outputs(self.outputs, outputs, concatenate=self.spec.concatenate)
+                # concatenated outputs grow with every merge: the cap holds for them too
+                check_output_sizes(self.outputs, self.spec.max_output_bytes,
+                                   worker=worker, names=outputs, merged=True)
+        except OutputTooLarge as exc:
+            error = RemoteError(type="OutputTooLarge", message=str(exc), traceback="",
+                                context={"worker": worker, "stage": "merge"})
+        except Exception as exc:
+            error = RemoteError.from_exception(exc, stage="merge", worker=worker)
+        self.feed(qc.Merged(token=token, error=error, cause="merge"))
 
     def settle(self, timeout: float) -> bool:
         """Wait until every merge handed out so far is done (tests); False on timeout."""
@@ -703,9 +760,7 @@ class QueryRun:
             self.log.error("stuck_error_not_sent", error=repr(exc))
 
     def close(self) -> None:
-        self._merges.put(None)
-        if self._merge_thread.is_alive() and threading.current_thread() is not \
-                self._merge_thread:  # the merge thread itself may end the query
-            self._merge_thread.join(MERGE_JOIN)
+        if self._own_merger:  # the plane's is closed by the plane
+            self.merger.close(MERGE_JOIN)  # (from the merge thread itself: no wait)
         if self._own_client:
             self.client.close()

@@ -7,11 +7,19 @@ Worker -> master (req/rep, one socket, so the master serves it from one thread):
   OUTPUTS  {worker, query, packets: [id...], processed: [report...], outputs: {...},
             files: [path...]}                       -> ACK {accepted: bool}
   FAILED   {worker, query, error: RemoteError}      -> ABORT
+  WATCH    {worker, pid, fresh: bool}               -> RUN | WAIT {held} | ABORT
+           (a worker's standing request to hear of new queries: the master holds it
+           and answers RUN {queries: [{query, spec, output_dir, packages}...]}, every
+           query running or queued in order, as soon as one it was not told of
+           starts, or WAIT at WATCH_HOLD_SECONDS: ask again. `fresh`: the worker
+           may have missed answers (a new socket): it is told every such query)
 A PACKET is {packet: {packet_id, element, entry_start, entry_stop}, path, tree, ...},
 with `batch: [PACKET body...]` (the packets after the first) when the master grants
 several short packets at once: the worker queues them, processes them in order, and
 sends its next NEXT (with the reports) as it starts the last one. A packet of the same
 element as the one before it carries only `packet` (the file fields are that one's).
+A PACKET with `last: true` leaves nothing else to hand out now: the worker asks for no
+packet ahead, it sends OUTPUTS with `next: true` once it has processed its packets.
 A report is {packet, seconds, entries, bytes}. `files` lists the files the
 selector wrote (ctx.output_file) for those packets: kept if accepted, else
 deleted (output_files.py).
@@ -30,12 +38,16 @@ from typing import Any
 NEXT = "next"
 OUTPUTS = "outputs"
 FAILED = "failed"
+WATCH = "watch"
 
 PACKET = "packet"
 WAIT = "wait"
 DONE = "done"
 ABORT = "abort"
 ACK = "ack"
+RUN = "run"
+
+WATCH_HOLD_SECONDS = 5.0  # a held WATCH is answered WAIT by then (the worker asks again)
 
 PROGRESS = "progress"
 HEARTBEAT = "heartbeat"

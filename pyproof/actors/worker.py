@@ -6,6 +6,17 @@ selector stuck beyond the query's packet timeout is reported to the master as
 a failed packet (naming file, range and worker), and the worker then exits so
 its supervisor restarts it clean (a Python thread stuck in user code cannot
 be stopped any other way).
+
+It hears of queries on the data plane: a WATCH request is always outstanding
+on a socket of its own to the master, answered with the queries (RUN) the
+moment the master accepts one (protocol.py); the actor thread reads the answer
+when Thespian sees the socket readable, and asks again. RunQuery (Thespian)
+brings the queries of a master that did not know we watch (we just started, or
+it did) and of one that joined us to a query; a query heard of both ways runs
+once. A watch that is not answered in time (the connection broke, an answer
+was lost) is made afresh, asking for every query: none is missed. A worker on
+another host (dialling its host's tunnel) does not watch: its host's daemon
+adapts each query's spec to that host and sends RunQuery (hosts.py).
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from collections import deque
 from datetime import timedelta
 
 import pynng
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
@@ -25,15 +36,21 @@ from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
 from pyproof.actors.warmup import start_warmup
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, OpenFiles, WorkerLoop
 from pyproof.logs import get_logger
+from pyproof.query.spec import QuerySpec, SpecError
 from pyproof.supervision.process_tree import lead_process_group
-from pyproof.transport.codec import RemoteError
-from pyproof.transport.frames import encode_frame
+from pyproof.transport.codec import ProtocolError, RemoteError
+from pyproof.transport.frames import decode_frame, encode_frame
+from pyproof.transport.wire import RECV_LIMIT
 from pyproof.worker_output import capture_worker_output
 
 EXIT_JOIN_TIMEOUT = 2.0  # its packet's end and its last outputs (worker_loop.py), if quick
 PACKET_CHECK = timedelta(seconds=0.5)
 KEEP_SEEN = 1000  # query ids remembered, so that one told twice runs once
 QUEUE_WAIT = 60.0  # the idle query thread's wait for a query (it waits again)
+# a watch the master has not answered by then is made afresh (it answers one within
+# WATCH_HOLD_SECONDS, plus its serving thread's idle poll)
+WATCH_WITHIN = p.WATCH_HOLD_SECONDS + 5.0
+WATCH = "watch"  # the payload of the wake-ups that check the watch
 
 
 class Worker(ProofActor):
@@ -50,6 +67,9 @@ class Worker(ProofActor):
     # kept across queries: the connection to the master and the open ROOT files
     socket: pynng.Req0 | None = None
     files: OpenFiles | None = None
+    # the standing WATCH request for new queries (see the module docstring)
+    watch: pynng.Req0 | None = None
+    watch_sent = 0.0  # when the outstanding WATCH went (monotonic)
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -81,9 +101,19 @@ class Worker(ProofActor):
             self.runner = threading.Thread(target=self._run_queries, name="queries",
                                            daemon=True)
             self.runner.start()
+            if watches_master(self.packet_address):
+                self._watch_again(fresh=True)
+                self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
         elif isinstance(message, m.RunQuery):
-            self._run(message)
-            self.wakeupAfter(PACKET_CHECK)
+            if self._run(message):
+                self.wakeupAfter(PACKET_CHECK)
+        elif isinstance(message, WatchMessage):
+            self._watch_answers()
+        elif isinstance(message, WakeupMessage) and message.payload == WATCH:
+            if self.watch is not None and time.monotonic() - self.watch_sent > WATCH_WITHIN:
+                get_logger().warning("query_watch_unanswered", within=WATCH_WITHIN)
+                self._watch_again(fresh=True)  # a new socket: no answer is waited for twice
+            self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
         elif isinstance(message, WakeupMessage):
             if self.loop is not None and self.loop.running:
                 self._check_packet_time()
@@ -115,6 +145,7 @@ class Worker(ProofActor):
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        self._close_watch()
 
     def _check_packet_time(self) -> None:
         """Run by `receive` at each PACKET_CHECK wake-up while a query loop runs.
@@ -147,14 +178,82 @@ class Worker(ProofActor):
                 get_logger().error("packet_timeout_not_reported", error=repr(exc))
         os._exit(SELECTOR_EXIT_CODE)  # the selector's fault: not counted against the session
 
-    def _run(self, message: m.RunQuery) -> None:
-        """Run by `receive` for RunQuery: queue the query for the query thread (it runs
-        now, or after the one running: the master queues queries too)."""
+    def _run(self, message: m.RunQuery) -> bool:
+        """Run by `receive` for RunQuery and RUN (actor thread): queue the query for the
+        query thread (it runs now, or after the one running: the master queues queries
+        too). False if it was queued before (told twice, or both ways): it runs once."""
         if message.query_id in self.seen:
-            return  # told twice (a join racing the query start): already on it
+            return False
         self.seen.append(message.query_id)
         self.queued.append(message)
         self._queries.set()
+        return True
+
+    # -- hearing of queries on the data plane (actor thread) ----------------------------
+    def _watch_again(self, *, fresh: bool = False) -> None:
+        """Send the next WATCH; `fresh`: on a new socket (answers to the old one are
+        dropped with it), asking for every running or queued query. If no socket can
+        be made, queries come by RunQuery only (the master does not count on us)."""
+        if fresh:
+            self._close_watch()
+            try:
+                self.watch = pynng.Req0(send_timeout=1_000, resend_time=-1,
+                                        recv_max_size=RECV_LIMIT)
+                try:  # connected now, so that the WATCH can go now (the master listens)
+                    self.watch.dial(self.packet_address, block=True)
+                except pynng.NNGException:  # not yet: nng dials again by itself
+                    self.watch.dial(self.packet_address, block=False)
+                self.watch_fds = (self.watch.recv_fd,)
+            except pynng.NNGException as exc:
+                get_logger().warning("query_watch_unavailable", error=repr(exc))
+                self._close_watch()
+                return
+        assert self.watch is not None
+        self.watch_sent = time.monotonic()
+        try:
+            self.watch.send(encode_frame(p.WATCH, {"worker": self.worker_id,
+                                                   "pid": os.getpid(), "fresh": fresh},
+                                         session=self.session_id), block=False)
+        except pynng.NNGException as exc:  # not connected: the wake-up check tries again
+            get_logger().warning("query_watch_not_sent", error=repr(exc))
+
+    def _watch_answers(self) -> None:
+        """The watch socket is readable: queue the queries a RUN brings, and watch again."""
+        if self.watch is None:
+            return
+        try:
+            raw = self.watch.recv(block=False)
+        except (pynng.TryAgain, pynng.BadState):  # no answer yet, or no WATCH went
+            return
+        except pynng.NNGException as exc:
+            get_logger().warning("query_watch_failed", error=repr(exc))
+            self._watch_again(fresh=True)
+            return
+        try:
+            frame = decode_frame(raw)
+            kind, payload = frame.type, frame.payload
+            if kind == p.RUN:
+                new = [self._run(m.RunQuery(query_id=p.require(q, "query", str),
+                                            spec=_run_spec(q)))
+                       for q in p.require(payload, "queries", list)]
+                if any(new):
+                    self.wakeupAfter(PACKET_CHECK)
+            elif kind == p.ABORT:  # the master declared us lost: we are about to be ended
+                get_logger().warning("query_watch_refused", reason=payload.get("reason"))
+                self._close_watch()
+                return
+        except (ProtocolError, p.ProtocolViolation, SpecError) as exc:
+            # not a master's answer we understand: ask afresh (RunQuery still works)
+            get_logger().error("query_watch_bad_answer", error=str(exc))
+            self._watch_again(fresh=True)
+            return
+        self._watch_again()
+
+    def _close_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        self.watch_fds = ()
 
     def _run_queries(self) -> None:
         """The query thread: run the queued queries one after the other, until told to end.
@@ -197,3 +296,20 @@ class Worker(ProofActor):
                                      resend_time=-1)
             self.socket.dial(self.packet_address, block=False)
         return self.socket
+
+
+def watches_master(packet_address: str) -> bool:
+    """Whether a worker dialling `packet_address` watches for queries there: only its
+    session's master itself (`trees.master_address`). A worker on another host dials a
+    tunnel (hosts.py): its queries come from its host's daemon by RunQuery, with the
+    spec made for that host (its packages, its output directory)."""
+    if not packet_address.startswith("ipc://"):
+        return False
+    return os.path.basename(packet_address).startswith("master-")
+
+
+def _run_spec(query: dict) -> QuerySpec:
+    """A RUN's query spec, with the fields only a master sets (what RunQuery carries)."""
+    spec = QuerySpec.from_wire(p.require(query, "spec", dict))
+    spec = spec.with_output_dir(p.require(query, "output_dir", str))
+    return spec.with_packages(p.require(query, "packages", list))

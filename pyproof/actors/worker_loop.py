@@ -272,8 +272,11 @@ class WorkerLoop:
                 # reply waits while we process), with the reports of the others
                 queue = _batch(reply)
                 last = len(queue) - 1
+                # the master has nothing else to give ("last"): no request ahead (it would
+                # be answered "flush"); the outputs go, with the request, once we are done
+                final = reply.get("last") is True
                 for index, packet in enumerate(queue):
-                    if index == last:
+                    if index == last and not final:
                         self._send(p.NEXT, {"processed": self._take_reports()})
                     elif self._stop.is_set():
                         # stopped: the queued packets not started are dropped here, and
@@ -284,6 +287,9 @@ class WorkerLoop:
                     if not self._process(packet):
                         return
                 self.packets_queued += last
+                if final:
+                    reply = self._flush(then_next=True)
+                    continue
                 reply = self._recv(p.NEXT)
                 if self.spec.feedback and time.monotonic() - self._flushed >= \
                         self.spec.feedback_interval:

@@ -263,6 +263,12 @@ class Session(PackagesMixin):
                    else {"names": list(workers)})
         removed = list(self._call("remove_workers", payload)["removed"])
         self.workers = [w for w in self.workers if w not in removed]
+        if removed:
+            # the master hears of it from the session's supervisor, and a query started
+            # straight at the master (the direct route) could overtake that and count on
+            # a removed worker; a status request goes the supervisor's way, after it:
+            # once answered, the master knows
+            self._call("session_status")
         return removed
 
     def process(self, selector: type[Selector] | str | Any, dataset: Any = None, *,

@@ -371,6 +371,11 @@ def _numpy_loaded() -> Any:
     """numpy if this process imported it (no array or numpy scalar exists otherwise);
     the first time, its types get their direct encoders too."""
     numpy = sys.modules.get("numpy")
+    if numpy is not None and getattr(numpy.__spec__, "_initializing", False):
+        # being imported on another thread now (the warm-up, actors/warmup.py): no numpy
+        # value exists yet, and its types may not be there (seen: a spec encoded on the
+        # master's actor thread as the warm-up imported numpy)
+        return None
     if numpy is not None and numpy.ndarray not in _ENCODERS:
         _ENCODERS[numpy.complex128] = _encode_complex
         _ENCODERS[numpy.ndarray] = _encode_ndarray
