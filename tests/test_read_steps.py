@@ -107,9 +107,9 @@ def test_a_worker_reads_a_large_packet_in_steps_and_its_outputs_are_exact(tmp_pa
 
 
 def test_a_lite_query_of_whole_file_packets_is_read_in_steps_and_exact(tmp_path):
-    """Whole-file packets (the adaptive packetizer's while work is plentiful) of 12.8 MB of
+    """Whole-file packets (the adaptive packetizer's while work is plentiful) of 25.6 MB of
     branches: two steps each at the default step size, one packet each."""
-    n = 400_000
+    n = 800_000
     assert 32 * n > 1.5 * READ_STEP_BYTES
     paths = [write(tmp_path / f"f{i}.root", n) for i in range(2)]
     with pyproof.connect("lite://?workers=2") as session:

@@ -16,7 +16,10 @@ So a packet is read in steps of about `READ_STEP_BYTES` of the branches read
 (uncompressed, from the TBranch metadata), each step ending where a basket
 of every branch begins when one is near (no basket decompressed twice); the
 selector's `process` runs once per step. The packet stays the unit of
-scheduling, reporting and exactly-once merging.
+scheduling, reporting and exactly-once merging. With `keep_freed_memory`
+(below) steps of this size fault no fresh pages either: the step bounds a
+worker's memory (a whole-file packet of a wide selection would be gigabytes)
+and its number of calls (each costs milliseconds, see READ_STEP_BYTES).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from typing import Any
 
 from pyproof.packetizer.common import on_boundary, with_rest
 
-READ_STEP_BYTES = 8 << 20
-"""Uncompressed bytes of the branches read per step (100k-200k entries measured best on
-the bench data; 400k already faulted)."""
+READ_STEP_BYTES = 16 << 20
+"""Uncompressed bytes of the branches read per step: about 300k entries of the bench data.
+Measured CPU of the 8M CPU-bound bench against a Pool's (same run): 2 MB steps 1.05-1.06
+(each `tree.arrays` and `process` call costs 3-6 ms whatever its size), 4 MB 0.98-1.00,
+8 MB 0.97-1.01, 16 MB 0.98-0.99 (fewest calls; with `keep_freed_memory`, no faults)."""
 
 
 def read_steps(start: int, stop: int, step: int | None,
