@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import pyproof
 from pyproof.actors import worker_loop
+from pyproof.datasets import steps
 from pyproof.datasets.steps import READ_STEP_BYTES, read_steps, step_plan
 from pyproof.query.spec import QuerySpec
 from pyproof.transport.frames import decode_frame, encode_frame
@@ -104,6 +105,7 @@ def test_a_worker_reads_a_large_packet_in_steps_and_its_outputs_are_exact(tmp_pa
     assert ranges[0] == (1_000, 20_000) and all(a % BASKET == 0 for a, _ in ranges[1:])
     report = frames[1].payload["processed"] or frames[2].payload["processed"]
     assert report[0]["entries"] == n - 1_000 and report[0]["bytes"] > 0
+    assert steps._kept  # a data query made this process keep freed memory
 
 
 def test_a_lite_query_of_whole_file_packets_is_read_in_steps_and_exact(tmp_path):

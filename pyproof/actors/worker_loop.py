@@ -373,7 +373,7 @@ class WorkerLoop:
             if element == CYCLES or self.spec.files is not None:
                 self._call_process(range(start, stop))  # CPU or per-file task: nothing to read
             else:
-                # a large packet in steps of a few MB (datasets/steps.py: page faults)
+                # a large packet in steps of about 16 MB (datasets/steps.py: page faults)
                 for a, b in self._steps(path, tree_name, start, stop):
                     ctx.entry_start, ctx.entry_stop = a, b
                     events, step_bytes = self._read(reply, path, tree_name, a, b)
