@@ -50,7 +50,9 @@ class Selector:
       (and again if the worker's outputs were flushed mid-query, because lost
       work came back to it): create the outputs in `ctx.outputs` there.
     - `process(events, ctx)` runs once per packet, with an awkward array of
-      the packet's entries (or a `range` of cycle numbers for CPU tasks).
+      the packet's entries (or a `range` of cycle numbers for CPU tasks); a
+      large packet once per step of a few MB (`ctx.entry_start`/`entry_stop`
+      say which entries, see datasets/steps.py).
       It updates `ctx.outputs` and returns None (a returned value fails the
       query). Numbers are summed over workers: accumulate them
       (`ctx.outputs["n"] += len(events)`), never assign them.

@@ -386,3 +386,27 @@ class CollectorState(pyproof.Selector):
 
         ctx.outputs["collector_off"] += not gc.isenabled()
         ctx.outputs["nothing_frozen"] += gc.get_freeze_count() == 0
+
+
+class StepCounts(pyproof.Selector):
+    """Counts its `process` calls and each call's entries by range (a large packet is read
+    in steps, datasets/steps.py); exact sums of the flat branches."""
+
+    branches = ["a", "b", "c", "d"]
+
+    def begin(self, ctx):
+        ctx.outputs["calls"] = 0
+        ctx.outputs["n"] = 0
+        ctx.outputs["sum_a"] = 0
+        ctx.outputs["sum_d"] = 0.0
+        ctx.outputs["ranges"] = collections.Counter()
+
+    def process(self, events, ctx):
+        if len(events) != ctx.entry_stop - ctx.entry_start:
+            raise AssertionError(f"{len(events)} events for entries "
+                                 f"[{ctx.entry_start}, {ctx.entry_stop})")
+        ctx.outputs["calls"] += 1
+        ctx.outputs["n"] += len(events)
+        ctx.outputs["sum_a"] += int(ak.sum(events["a"]))
+        ctx.outputs["sum_d"] += float(ak.sum(events["d"]))
+        ctx.outputs["ranges"][f"{ctx.entry_start}-{ctx.entry_stop}"] += 1

@@ -29,6 +29,7 @@ from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
 from pyproof.actors.warmup import load_data_modules, wait_warmup
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
+from pyproof.datasets.steps import READ_STEP_BYTES, keep_freed_memory, read_steps, step_plan
 from pyproof.filesets import names_by_file
 from pyproof.logs import get_logger
 from pyproof.merging.sizes import check_output_sizes
@@ -145,8 +146,13 @@ class WorkerLoop:
 
     def __init__(self, *, worker_id: str, session_id: str, query_id: str,
                  spec: QuerySpec, socket: pynng.Req0, owns_socket: bool = False,
-                 die: Any = None, files: OpenFiles | None = None) -> None:
+                 die: Any = None, files: OpenFiles | None = None,
+                 read_step_bytes: int = READ_STEP_BYTES) -> None:
         self.owns_socket = owns_socket
+        # a packet is read and processed in steps of about this many bytes (steps.py)
+        self.read_step_bytes = read_step_bytes
+        # (path, tree) -> (the tree, entries per step, basket boundaries), per query
+        self._step_plans: dict[tuple[str, str], tuple[Any, int | None, list[int]]] = {}
         # the worker's open files, kept across its queries (else this query's own)
         self._files, self._owns_files = (files, False) if files is not None else \
             (OpenFiles(), True)
@@ -214,6 +220,7 @@ class WorkerLoop:
         try:
             if self.spec.cycles is None:
                 load_data_modules()  # before any packet's clock starts (see warmup.py)
+                keep_freed_memory()  # no page faults per step (datasets/steps.py)
             self._loop()
         except _MasterGone as gone:
             self.socket_ok = False
@@ -370,12 +377,15 @@ class WorkerLoop:
                 "worker": self.worker_id})
             nbytes = 0
             if element == CYCLES or self.spec.files is not None:
-                events: Any = range(start, stop)  # CPU or per-file task: nothing to read
+                self._call_process(range(start, stop))  # CPU or per-file task: nothing to read
             else:
-                events, nbytes = self._read(reply, path, tree_name, start, stop)
-            returned = self.selector.process(events, ctx)
-            if returned is not None:
-                raise SelectorError(_returned_message(self.selector, returned))
+                # a large packet in steps of about 16 MB (datasets/steps.py: page faults)
+                for a, b in self._steps(path, tree_name, start, stop):
+                    ctx.entry_start, ctx.entry_stop = a, b
+                    events, step_bytes = self._read(reply, path, tree_name, a, b)
+                    nbytes += step_bytes
+                    self._call_process(events)
+                    del events  # freed before the next step is read
             seconds = time.perf_counter() - t0
             self._current = None
         except Exception as exc:
@@ -386,6 +396,27 @@ class WorkerLoop:
         self._reports.append({"packet": packet["packet_id"], "seconds": seconds,
                               "entries": stop - start, "bytes": nbytes})
         return True
+
+    def _call_process(self, events: Any) -> None:
+        assert self.selector is not None and self.ctx is not None
+        returned = self.selector.process(events, self.ctx)
+        if returned is not None:
+            raise SelectorError(_returned_message(self.selector, returned))
+
+    def _steps(self, path: str, tree_name: str, start: int,
+               stop: int) -> list[tuple[int, int]]:
+        """The read steps of the packet `[start, stop)` (datasets/steps.py); the step
+        size of a file is worked out once per query (and again if the file was reopened)."""
+        main, _ = split_branches(self.spec.branches)
+        try:
+            _, tree = self._files.tree(path, tree_name)
+        except Exception:
+            return [(start, stop)]  # _read opens it again and reports the error
+        plan = self._step_plans.get((path, tree_name))
+        if plan is None or plan[0] is not tree:
+            plan = (tree, *step_plan(tree, main, self.read_step_bytes))
+            self._step_plans[(path, tree_name)] = plan
+        return read_steps(start, stop, plan[1], plan[2])
 
     def _read(self, reply: dict[str, Any], path: str, tree_name: str, start: int,
               stop: int) -> tuple[Any, int]:
