@@ -11,8 +11,11 @@ one packet per request tops out near 5,000 packets/s. When packets are short
 (a fast worker, small fixed packets: under half of `batch_seconds` by the
 worker's measured speed) a request is answered with several, up to
 `batch_seconds` of work and `max_batch` packets, which the worker keeps in a
-small local queue. Never for a worker not measured yet (its first packet
-learns its speed), nor in the end-game (less than `endgame_seconds` of queued
+small local queue. A packet is cut only while the batch is under the budget
+(by the size of the one before it), so the last one cut may end past it: a
+file's short tail followed by the next file's first, ordinary packet; that
+packet is the one the worker's next request would get. Never for a worker not
+measured yet (its first packet learns its speed), nor in the end-game (less than `endgame_seconds` of queued
 work per worker by the cluster's speed), where packets must shrink and be
 spread so that every worker finishes within ~50 ms of the others. Batched
 packets are ordinary ledger packets: a loss requeues each exactly once, an
