@@ -16,10 +16,10 @@ small local queue. A packet is cut only while the batch is under the budget
 file's short tail followed by the next file's first, ordinary packet; that
 packet is the one the worker's next request would get. Never for a worker not
 measured yet (its first packet learns its speed), nor in the end-game (less
-than `endgame_seconds` of queued work per worker by the cluster's speed), where packets must shrink and be
-spread so that every worker finishes within ~50 ms of the others. Batched
-packets are ordinary ledger packets: a loss requeues each exactly once, an
-output must name each.
+than `endgame_seconds` of queued work per worker by the cluster's speed),
+where packets must shrink and be spread so that every worker finishes within
+~50 ms of the others. Batched packets are ordinary ledger packets: a loss
+requeues each exactly once, an output must name each.
 """
 
 from __future__ import annotations
