@@ -253,7 +253,10 @@ def test_workers_dying_on_another_host_are_restarted_there_and_their_work_requeu
                                  inputs={"deadly": 1000}, on_missing="skip", progress=False,
                                  packetizer="basic", packetizer_params={"packet_entries": 100})
         poisoned = result.lineage["poisoned"]  # a packet prefetched by a dying worker, too
-        assert (1000, 1100) in [(p["entry_start"], p["entry_stop"]) for p in poisoned]
+        # the deadly entry's packet, (1000, 1100), or a piece of it: requeued near the end,
+        # a range is cut again in the end-game's smaller packets (seen: (1000, 1031))
+        assert any(p["entry_start"] <= 1000 < p["entry_stop"] <= 1100 for p in poisoned), \
+            poisoned
         assert all(len(p["workers"]) == 3 and all("@h2#" in w for w in p["workers"])
                    for p in poisoned)
         lost = sum(p["entry_stop"] - p["entry_start"] for p in poisoned)
