@@ -215,7 +215,8 @@ class Worker(ProofActor):
                                                    "pid": os.getpid(), "fresh": fresh},
                                          session=self.session_id), block=False)
         except pynng.NNGException as exc:  # not connected: the wake-up check tries again
-            get_logger().warning("query_watch_not_sent", error=repr(exc))
+            # (the master is restarting or stopping: ordinary, and RunQuery still comes)
+            get_logger().info("query_watch_not_sent", error=repr(exc))
 
     def _watch_answers(self) -> None:
         """The watch socket is readable: queue the queries a RUN brings, and watch again."""
