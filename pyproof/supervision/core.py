@@ -608,9 +608,7 @@ class SupervisorCore:
             if c.id not in self._to_stop:
                 continue
             if c.state is ChildState.RUNNING:
-                c.state = ChildState.STOPPING
-                self._out.append(StopChild(child_id=c.id, shutdown=c.spec.shutdown, ref=c.ref,
-                                           cause=cause))
+                self._issue_stop(c, cause)
                 return False
             if c.state is ChildState.KILLING:
                 return False  # wait for it: stops are ordered
@@ -619,9 +617,7 @@ class SupervisorCore:
             if c.id not in self._to_start:
                 continue
             if c.state is ChildState.IDLE:
-                c.state = ChildState.STARTING
-                self._to_start.discard(c.id)
-                self._out.append(StartChild(spec=c.spec, cause=cause))
+                self._issue_start(c, cause)
                 return False
             if c.state is ChildState.KILLING:
                 return False
@@ -638,21 +634,27 @@ class SupervisorCore:
             if c.id not in self._to_stop:
                 continue
             if c.state is ChildState.RUNNING:
-                c.state = ChildState.STOPPING
-                self._out.append(StopChild(child_id=c.id, shutdown=c.spec.shutdown, ref=c.ref,
-                                           cause=cause))
+                self._issue_stop(c, cause)
             elif c.state is ChildState.IDLE:
                 self._to_stop.discard(c.id)
         for c in kids:
             if c.id not in self._to_start:
                 continue
             if c.state is ChildState.IDLE:
-                c.state = ChildState.STARTING
-                self._to_start.discard(c.id)
-                self._out.append(StartChild(spec=c.spec, cause=cause))
+                self._issue_start(c, cause)
             elif c.state in (ChildState.STARTING, ChildState.RUNNING):
                 self._to_start.discard(c.id)
         return not self._to_start and not any(c.state is ChildState.STARTING for c in kids)
+
+    def _issue_stop(self, c: _Child, cause: str) -> None:
+        c.state = ChildState.STOPPING
+        self._out.append(StopChild(child_id=c.id, shutdown=c.spec.shutdown, ref=c.ref,
+                                   cause=cause))
+
+    def _issue_start(self, c: _Child, cause: str) -> None:
+        c.state = ChildState.STARTING
+        self._to_start.discard(c.id)
+        self._out.append(StartChild(spec=c.spec, cause=cause))
 
     # ------------------------------------------------------------ helpers
 
