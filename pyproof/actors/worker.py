@@ -51,6 +51,8 @@ QUEUE_WAIT = 60.0  # the idle query thread's wait for a query (it waits again)
 # WATCH_HOLD_SECONDS, plus its serving thread's idle poll)
 WATCH_WITHIN = p.WATCH_HOLD_SECONDS + 5.0
 WATCH = "watch"  # the payload of the wake-ups that check the watch
+WATCH_RESEND = "watch-resend"  # a WATCH that could not go (not connected yet): again soon
+WATCH_RESEND_AFTER = 0.05  # seconds; the master is usually listening by then
 
 
 class Worker(ProofActor):
@@ -109,6 +111,9 @@ class Worker(ProofActor):
                 self.wakeupAfter(PACKET_CHECK)
         elif isinstance(message, WatchMessage):
             self._watch_answers()
+        elif isinstance(message, WakeupMessage) and message.payload == WATCH_RESEND:
+            if self.watch is not None:
+                self._watch_again()
         elif isinstance(message, WakeupMessage) and message.payload == WATCH:
             if self.watch is not None and time.monotonic() - self.watch_sent > WATCH_WITHIN:
                 get_logger().warning("query_watch_unanswered", within=WATCH_WITHIN)
@@ -217,6 +222,14 @@ class Worker(ProofActor):
         except pynng.NNGException as exc:  # not connected: the wake-up check tries again
             # (the master is restarting or stopping: ordinary, and RunQuery still comes)
             get_logger().info("query_watch_not_sent", error=repr(exc))
+            # sent again soon, not at the next check (WATCH_WITHIN): a worker that started
+            # before its master listened would hear of queries by RunQuery only until then
+            # (doubling up to WATCH_WITHIN: a master that is gone is not asked 20 times/s)
+            delay = getattr(self, "watch_resend_delay", WATCH_RESEND_AFTER)
+            self.watch_resend_delay = min(2 * delay, WATCH_WITHIN)
+            self.wakeupAfter(timedelta(seconds=delay), payload=WATCH_RESEND)
+            return
+        self.watch_resend_delay = WATCH_RESEND_AFTER
 
     def _watch_answers(self) -> None:
         """The watch socket is readable: queue the queries a RUN brings, and watch again."""
