@@ -20,6 +20,20 @@ standard decorator compiles for it, 40% of its cost) are closures too, made by
 while our decorator runs (Python 3.11 and 3.12, whose private function has
 that signature; otherwise the standard one): the same test, the same errors.
 
+`__init__`, the one method left compiled (half of what is left of the cost), is
+compiled on first use instead (`_LazyInit`, in place of the standard
+`dataclasses._init_fn` while our decorator runs, on the same versions), and so
+is the docstring the standard decorator writes for a class without one (its
+signature: `_LazyDoc`, made on first read; reading it compiles `__init__`): most
+classes are never instantiated in a given process (each actor uses a few of the
+messages, the daemon none of the supervision events), and the chain of imports
+every lite session waits for (daemon, Thespian's admin) defines some 200. The
+first access to `__init__` (an instance made, `inspect.signature`, `super()`)
+compiles the standard one and puts it in the class, so from then on the class
+is exactly what the standard decorator makes. The one check the standard
+function makes at class creation (no field without a default after one with)
+is made at once, with its message.
+
 Anything else (order=True, a method of those names in the class body, eq or
 repr turned off) goes to the standard decorator unchanged.
 """
@@ -27,6 +41,7 @@ repr turned off) goes to the standard decorator unchanged.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
 import reprlib
 import sys
@@ -71,18 +86,93 @@ def _frozen_closures(cls: type, fields: list[dataclasses.Field], globals: dict) 
 
 
 _STANDARD_FROZEN = getattr(dataclasses, "_frozen_get_del_attr", None)
-_CLOSURES_FIT = sys.version_info[:2] in ((3, 11), (3, 12)) and _STANDARD_FROZEN is not None
+_CLOSURES_FIT = (sys.version_info[:2] in ((3, 11), (3, 12)) and _STANDARD_FROZEN is not None
+                 and getattr(dataclasses, "_init_fn", None) is not None)
+
+
+_STANDARD_INIT = getattr(dataclasses, "_init_fn", None)
+
+
+class _LazyInit:
+    """A dataclass's `__init__` until first used: then the standard one, compiled from the
+    arguments `dataclasses._init_fn` was given, replaces it in the class that holds it."""
+
+    __slots__ = ("_args", "_real")
+
+    def __init__(self, args: tuple) -> None:
+        self._args = args
+        self._real: Callable | None = None
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        real = self._real
+        if real is None:
+            real = self._real = _STANDARD_INIT(*self._args)  # type: ignore[misc]
+            holder = type(instance) if owner is None else owner
+            for klass in holder.__mro__:  # the class defined with us (inherited, maybe)
+                if klass.__dict__.get("__init__") is self:
+                    real.__qualname__ = f"{klass.__qualname__}.__init__"
+                    klass.__init__ = real  # type: ignore[misc]
+                    break
+        return real if instance is None else real.__get__(instance, owner)
+
+
+def _lazy_init_fn(fields: list, std_fields: list, *args: Any) -> _LazyInit:
+    """What `dataclasses._init_fn` returns, compiled on first use (see the module docstring);
+    its one check on the fields is made now."""
+    seen_default = False
+    for f in std_fields:
+        if f.init:
+            if not (f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING):
+                seen_default = True
+            elif seen_default:
+                raise TypeError(f"non-default argument {f.name!r} follows default argument")
+    return _LazyInit((fields, std_fields, *args))
+
+
+class _LazyDoc:
+    """The docstring the standard decorator gives a class without one (its name and
+    signature), made on first read: reading the signature compiles `__init__`."""
+
+    __slots__ = ()
+
+    def __get__(self, instance: Any, owner: type | None = None) -> str:
+        cls = type(instance) if owner is None else owner
+        try:
+            text = str(inspect.signature(cls)).replace(" -> None", "")
+        except (TypeError, ValueError):  # as the standard decorator does
+            text = ""
+        doc = cls.__name__ + text
+        cls.__doc__ = doc
+        return doc
+
+
+_NO_DOC_YET = "(a dataclass: its signature comes on first read)"
 
 
 def _standard(cls: type[T], options: dict[str, Any]) -> type[T]:
-    """The standard decorator, with frozen classes' attribute guards made as closures."""
-    if not (_CLOSURES_FIT and options.get("frozen", False)):
+    """The standard decorator, with frozen classes' attribute guards made as closures and
+    `__init__` (and a missing docstring, made from its signature) made on first use."""
+    if not _CLOSURES_FIT:
         return dataclasses.dataclass(cls, **options)
-    dataclasses._frozen_get_del_attr = _frozen_closures  # type: ignore[attr-defined]
+    frozen = options.get("frozen", False)
+    undocumented = not getattr(cls, "__doc__", None)
+    if undocumented:
+        cls.__doc__ = _NO_DOC_YET  # the standard decorator leaves a docstring alone
+    dataclasses._init_fn = _lazy_init_fn  # type: ignore[attr-defined]
+    if frozen:
+        dataclasses._frozen_get_del_attr = _frozen_closures  # type: ignore[attr-defined]
     try:
-        return dataclasses.dataclass(cls, **options)
+        new = dataclasses.dataclass(cls, **options)
     finally:
-        dataclasses._frozen_get_del_attr = _STANDARD_FROZEN  # type: ignore[attr-defined]
+        dataclasses._init_fn = _STANDARD_INIT  # type: ignore[attr-defined]
+        if frozen:
+            dataclasses._frozen_get_del_attr = _STANDARD_FROZEN  # type: ignore[attr-defined]
+    if undocumented:
+        new.__doc__ = _LazyDoc()  # type: ignore[assignment]
+        if new is not cls:  # slots: the class given is left as the standard one leaves it
+            cls.__doc__ = _LazyDoc()  # type: ignore[assignment]
+    return new
 
 
 def _process(cls: type[T], options: dict[str, Any]) -> type[T]:

@@ -115,7 +115,7 @@ def test_a_class_with_its_own_eq_repr_or_hash_keeps_it() -> None:
     assert repr(Own(a=1)) == "own" and Own(a=1) == Own(a=1) and hash(Own(a=1)) == hash((1,))
 
 
-def test_a_frozen_class_compiles_only_its_init(monkeypatch) -> None:
+def test_a_frozen_class_compiles_only_its_init_and_that_on_first_use(monkeypatch) -> None:
     # each method the standard decorator writes is compiled (exec): a quarter of the
     # daemon's imports went into ~150 classes (pyproof/dataclass.py); ours compiles __init__
     compiled: list[str] = []
@@ -132,11 +132,101 @@ def test_a_frozen_class_compiles_only_its_init(monkeypatch) -> None:
         corr: str
         size: int = 0
 
-    assert compiled == ["__init__"]
+    assert compiled == []  # __init__ too is compiled on first use (see below)
     message = Message(corr="c")
+    assert compiled == ["__init__"]
     with pytest.raises(dataclasses.FrozenInstanceError, match=r"^cannot assign to field 'size'$"):
         message.size = 1
     with pytest.raises(dataclasses.FrozenInstanceError, match=r"^cannot delete field 'corr'$"):
         del message.corr
     assert Message.__setattr__.__qualname__.endswith("Message.__setattr__")
     assert dataclasses._frozen_get_del_attr is not fast._frozen_closures  # put back
+
+
+def test_init_is_compiled_on_first_use_then_is_the_standard_one(monkeypatch) -> None:
+    # most classes are never instantiated in a given process: their __init__ is not
+    # compiled there (the imports a lite session waits for define some 200)
+    compiled: list[str] = []
+    create = dataclasses._create_fn
+
+    def recording(name, *args, **kwargs):
+        compiled.append(name)
+        return create(name, *args, **kwargs)
+
+    monkeypatch.setattr(dataclasses, "_create_fn", recording)
+
+    @fast.dataclass(frozen=True, slots=True, kw_only=True)
+    class Lazy:
+        """Documented: the standard decorator would read the signature for a docstring."""
+        corr: str
+        items: list = field(default_factory=list)
+
+    class Plain(Lazy):  # no dataclass: inherits the lazy __init__
+        __slots__ = ()
+
+    assert compiled == []
+    one = Plain(corr="x")  # the first use, through a subclass, compiles it once
+    assert compiled == ["__init__"]
+    assert type(Lazy.__dict__["__init__"]).__name__ == "function"
+    assert Lazy.__init__.__qualname__.endswith("Lazy.__init__")
+    assert one.items == [] and one.corr == "x"
+    assert Lazy(corr="y", items=[1]).items == [1]
+    assert compiled == ["__init__"]
+    with pytest.raises(TypeError, match=r"missing 1 required keyword-only argument: 'corr'"):
+        Lazy()
+
+
+def test_a_lazy_init_has_the_standard_signature_and_serves_super() -> None:
+    import inspect
+
+    def body(decorate):
+        @decorate
+        class Point:
+            """A point."""
+            x: int
+            y: int = 2
+
+        return Point
+
+    std, ours = body(dataclasses.dataclass), body(fast.dataclass)
+    assert inspect.signature(ours) == inspect.signature(std)
+    assert str(inspect.signature(ours)) == "(x: 'int', y: 'int' = 2) -> None"
+
+    class Scaled(body(fast.dataclass)):
+        def __init__(self, x: int) -> None:
+            super().__init__(x * 10)  # the parent's __init__, compiled on this first use
+
+    assert (Scaled(1).x, Scaled(1).y) == (10, 2)
+
+
+def test_a_field_without_default_after_one_with_is_refused_at_class_creation() -> None:
+    with pytest.raises(TypeError, match=r"^non-default argument 'y' follows default argument$"):
+        @fast.dataclass
+        class Bad:
+            x: int = 0
+            y: int
+
+
+@pytest.mark.parametrize("options", [{}, {"frozen": True, "slots": True, "kw_only": True}],
+                         ids=str)
+def test_an_undocumented_class_gets_the_standard_docstring_on_first_read(
+        options, monkeypatch) -> None:
+    compiled: list[str] = []
+    create = dataclasses._create_fn
+    monkeypatch.setattr(dataclasses, "_create_fn",
+                        lambda name, *a, **k: compiled.append(name) or create(name, *a, **k))
+
+    def body(decorate):
+        @decorate(**options)
+        class Undocumented:
+            x: int
+            y: str = "y"
+
+        return Undocumented
+
+    ours = body(fast.dataclass)
+    assert compiled == []  # the docstring needs the signature: made when read, not now
+    std = body(dataclasses.dataclass)
+    assert ours.__doc__ == std.__doc__
+    assert ours.__doc__.startswith("Undocumented(")
+    assert ours(x=1, y="z").__doc__ == ours.__doc__
