@@ -95,3 +95,29 @@ def test_a_daemon_that_dies_before_it_is_ready_is_reported_with_its_log(tmp_path
                        match=r"^the lite daemon exited with code 1 before it was ready; "
                              r"see .*daemon\.out$"):
         pyproof.connect("lite://?workers=1", timeout=60)
+
+
+def test_closing_kills_a_session_whose_supervisor_was_orphaned_from_the_actor_tree():
+    # the cluster's close kills the actor tree from Thespian's admin down, then looks for
+    # what was re-parented away from it: here the session the daemon opened while it
+    # booted, whose parent (the sessions supervisor) was SIGKILLed, so that it hangs off
+    # this (subreaper) test process instead; no client closes it first
+    from pyproof.actors.registry import Registry
+    from pyproof.client.lite import LiteCluster
+    from pyproof.supervision.process_tree import stat_field
+
+    cluster = LiteCluster(workers=1)
+    try:
+        registry = Registry(cluster.run_dir)
+        assert wait_until(lambda: [len(e.children) for e in registry.entries()] == [2], 30)
+        supervisor = registry.entries()[0].supervisor.pid
+        session_tree = [supervisor, *descendants_of(supervisor)]
+        assert len(session_tree) >= 3, session_tree  # supervisor, master, worker
+        sessions_actor = stat_field(supervisor, 1)
+        os.kill(sessions_actor, signal.SIGKILL)
+        assert wait_until(lambda: stat_field(supervisor, 1) != sessions_actor, 10)
+        admin = cluster._admin()
+        assert admin is not None and supervisor not in descendants_of(admin)
+    finally:
+        cluster.close()
+    assert not [p for p in session_tree if is_alive(p)]

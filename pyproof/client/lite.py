@@ -25,7 +25,12 @@ import uuid
 
 from pyproof.errors import ConnectError
 from pyproof.sandbox import lite_sessions_dir, make_private_dir, open_private, sandbox_dir
-from pyproof.supervision.process_tree import kill_session, kill_tree
+from pyproof.supervision.process_tree import (
+    kill_tree,
+    session_members,
+    start_time,
+    stat_field,
+)
 from pyproof.transport import auth
 
 __all__ = ["LiteCluster", "default_workers", "lite_sessions_dir", "sandbox_dir"]
@@ -204,24 +209,66 @@ class LiteCluster:
             kill_tree(proc.pid, timeout=STOP_TIMEOUT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(STOP_TIMEOUT)
-        # the actors live in sessions of their own (Thespian's admin calls setsid), and so
-        # does each session supervisor (it outlives the control tree): one that was
-        # re-parented away from the tree is found through the session registry
-        from pyproof.actors.registry import stop_registered
-
-        with contextlib.suppress(Exception):  # no registry yet, or already gone
-            stop_registered(self.run_dir)
-        kill_session([proc.pid, *self.thespian_sessions], timeout=STOP_TIMEOUT)
-        # a session supervisor closed while it starts (it has left the control tree's
-        # process session, not yet written itself in the registry): found by its output
-        for pid in writers_of(self._out.name):
-            kill_tree(pid, timeout=STOP_TIMEOUT)
-            kill_session(pid, timeout=STOP_TIMEOUT)
+        # the actors live in a session of their own (Thespian's admin calls setsid), not
+        # under the daemon: every one of them, session supervisors included, descends from
+        # the admin, so its tree goes first (cheap: each process's children are listed)
+        admin = self._admin()
+        if admin is not None:
+            kill_tree(admin, timeout=STOP_TIMEOUT)
+        self._kill_strays()
         if proc.stdin:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
         self._out.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _admin(self) -> int | None:
+        """The pid of Thespian's admin (the root supervisor's parent), if it still runs in
+        this cluster's actor session."""
+        root = self.ready_info.get("root_pid")
+        sessions = set(self.thespian_sessions)
+        if not isinstance(root, int) or stat_field(root, 3) not in sessions:
+            return None
+        admin = stat_field(root, 1)
+        return admin if admin and admin > 1 and stat_field(admin, 3) in sessions else None
+
+    def _kill_strays(self) -> None:
+        """Kill whatever of the cluster is left after the trees (usually nothing): processes
+        re-parented away from them (an actor whose parent died), found by a pass of /proc
+        repeated until one finds nothing (the lite close's cost: a pass reads every
+        process's stat file, so it is done once when all went with the trees).
+
+        Those are: the actors' session (Thespian's admin calls setsid); each session
+        supervisor's (it calls setsid too: it outlives the control tree), found through
+        the session registry, or by its output (one closed while it starts has left the
+        control tree's process session, not yet written itself in the registry) and then
+        with everything in its session.
+        """
+        from pyproof.actors.registry import Registry
+
+        sids = {self.process.pid, *self.thespian_sessions}
+        with contextlib.suppress(Exception):  # no registry yet, or already gone
+            for entry in Registry(self.run_dir).entries():
+                sup = entry.supervisor
+                if start_time(sup.pid) == sup.start:  # never a stranger's recycled pid
+                    sids.add(sup.pid)
+        output = os.path.realpath(self._out.name)
+
+        def writes_our_output(pid: int) -> bool:
+            try:
+                return os.readlink(f"/proc/{pid}/fd/1") == output
+            except OSError:
+                return False
+
+        me = os.getpid()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            strays = [p for p in session_members(sids, also=writes_our_output) if p != me]
+            if not strays:
+                return
+            sids.update(p for p in strays if stat_field(p, 3) == p)  # and their sessions
+            for pid in strays:
+                kill_tree(pid, timeout=STOP_TIMEOUT)
 
     @staticmethod
     def _prune_old_sessions(base: str) -> None:

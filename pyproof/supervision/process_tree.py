@@ -17,7 +17,7 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = [
     "PR_SET_PDEATHSIG",
@@ -95,10 +95,10 @@ def descendants_of(pid: int) -> list[int]:
 def stat_field(pid: int, index: int) -> int | None:
     """Field `index` of /proc/PID/stat counted after the command name (0 is the state,
     3 the session id, 19 the start time), as an int; None if the process is gone."""
+    fields = _stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[index])
-    except (OSError, IndexError, ValueError):
+        return int(fields[index]) if fields else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -138,12 +138,8 @@ def start_time(pid: int) -> int | None:
 
 def is_alive(pid: int) -> bool:
     """True if `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -265,17 +261,32 @@ def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = N
     return ok
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
+_STAT_READ = 1024  # /proc/PID/stat is one line of about 300 bytes (a 64-byte name at most)
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ...
+
+    Read with os.read, not open(): a scan of /proc (`session_members`) reads every
+    process's file, and a text file object costs twice the whole read."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        data = os.read(fd, _STAT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    end = data.rfind(b")")
+    return data[end + 1:].decode("ascii", "replace").split() if end >= 0 else None
 
 
-def session_members(sid: int | Iterable[int]) -> list[int]:
-    """Live processes whose session id is `sid` (or one of several, in one pass of /proc).
+def session_members(sid: int | Iterable[int], *,
+                    also: Callable[[int], bool] | None = None) -> list[int]:
+    """Live processes whose session id is `sid` (or one of several, in one pass of /proc),
+    and those of the others for which `also(pid)` is true.
 
     Thespian's admin double-forks and calls setsid(), so the actor system
     lives in a session of its own, detached from the process that started it:
@@ -286,19 +297,24 @@ def session_members(sid: int | Iterable[int]) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        fields = _stat_fields(int(entry))
-        if fields and fields[0] not in ("Z", "X") and int(fields[3]) in sids:
-            members.append(int(entry))
+        fields = _stat_fields(entry)
+        if not fields or fields[0] in ("Z", "X"):
+            continue
+        pid = int(entry)
+        if int(fields[3]) in sids or (also is not None and also(pid)):
+            members.append(pid)
     return members
 
 
-def kill_session(sid: int | Iterable[int], *, timeout: float = 5.0) -> list[int]:
+def kill_session(sid: int | Iterable[int], *, timeout: float = 5.0,
+                 also: Callable[[int], bool] | None = None) -> list[int]:
     """SIGKILL every process of session `sid` (or of several), frozen first; wait until
-    they are gone. Several sessions are killed together: each round reads /proc once."""
+    they are gone. Several sessions are killed together: each round reads /proc once.
+    `also(pid)`: processes outside those sessions to kill too (see `session_members`)."""
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        members = [p for p in session_members(sid) if p != os.getpid()]
+        members = [p for p in session_members(sid, also=also) if p != os.getpid()]
         if not members:
             break
         for p in members:
