@@ -59,11 +59,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import decimal
-import email.message
-import fractions
 import io
-import ipaddress
 import math
 import os
 import re
@@ -454,21 +450,44 @@ def register_tag(tag: int, cls: type, *, to_wire: Callable[[Any], Any],
 
 
 _REFUSED_TYPES: tuple[type, ...] = (
-    decimal.Decimal,
-    fractions.Fraction,
     uuid.UUID,
     re.Pattern,
-    ipaddress.IPv4Address,
-    ipaddress.IPv4Network,
-    ipaddress.IPv4Interface,
-    ipaddress.IPv6Address,
-    ipaddress.IPv6Network,
-    ipaddress.IPv6Interface,
-    email.message.Message,
     cbor2.CBORTag,
     cbor2.CBORSimpleValue,
     type(cbor2.undefined),
 )
+
+# cbor2 encodes these too (semantic tags a peer would have to trust): refused as well,
+# once their module is loaded (no such value exists before). Not imported here: the
+# codec is on the path of every lite start (its actors' preload, the client).
+_REFUSED_LATER: dict[str, tuple[str, ...]] = {
+    "decimal": ("Decimal",),
+    "fractions": ("Fraction",),
+    "ipaddress": ("IPv4Address", "IPv4Network", "IPv4Interface", "IPv6Address",
+                  "IPv6Network", "IPv6Interface"),
+    "email.message": ("Message",),
+}
+_modules_seen = 0  # len(sys.modules) when _REFUSED_LATER was last looked at
+
+
+def _encoders() -> dict[type, Callable[[cbor2.CBOREncoder, Any], None]]:
+    """`_ENCODERS`, with the refusals of `_REFUSED_LATER` whose modules are loaded now
+    (checked again only when a module was imported since)."""
+    global _modules_seen
+    if len(sys.modules) != _modules_seen:
+        seen, pending = len(sys.modules), False
+        for name, kinds in list(_REFUSED_LATER.items()):
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            if getattr(module.__spec__, "_initializing", False):  # another thread imports it
+                pending = True  # (no value of its types exists yet): look again next time
+                continue
+            for kind in kinds:
+                _ENCODERS[getattr(module, kind)] = _refuse
+            _REFUSED_LATER.pop(name, None)
+        _modules_seen = -1 if pending else seen
+    return _ENCODERS
 
 _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
     **{kind: _refuse for kind in _REFUSED_TYPES},
@@ -563,13 +582,13 @@ def encode_plain(obj: object) -> bytes | None:
 def encode(obj: object) -> bytes:
     """Encode ``obj`` as one CBOR item; raise :class:`EncodeError` if it cannot travel."""
     try:
-        return cbor2.dumps(obj, encoders=_ENCODERS, default=_default)
+        return cbor2.dumps(obj, encoders=_encoders(), default=_default)
     except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError, OverflowError) as exc:
         raise _locate_encode_error(obj, exc) from None
 
 
 def _encode_one(value: Any) -> None:
-    cbor2.dumps(value, encoders=_ENCODERS, default=_default)
+    cbor2.dumps(value, encoders=_encoders(), default=_default)
 
 
 def _locate_encode_error(obj: Any, original: BaseException) -> EncodeError:
