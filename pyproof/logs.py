@@ -5,6 +5,13 @@ once; the file is private (0600), as the whole sandbox. The actor, session
 and pid are process-wide (not context variables, which new threads would not
 see: the data planes log from their own threads); loggers add the query with
 `get_logger().bind(query=...)`.
+
+Lines below the level `PYPROOF_LOG_LEVEL` (debug, info, warning, error; info
+by default), read by each actor as it configures its log (so set it where the
+daemon starts), are dropped by the logger's method itself (structlog's
+filtering bound logger: the call returns at once), not built, rendered and
+then thrown away. What a selector logs through `logging` is kept at every
+level its own loggers let through (`get_unfiltered_logger`).
 """
 
 from __future__ import annotations
@@ -25,12 +32,25 @@ def _add_fixed(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[s
     return event_dict
 
 
+LOG_LEVEL_ENV = "PYPROOF_LOG_LEVEL"
+DEFAULT_LEVEL = "info"
+_LEVEL_NUMBERS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+def log_level() -> int:
+    """The level below which actors drop log lines (`PYPROOF_LOG_LEVEL`; a value that
+    names no level counts as the default, info: a typo must not silence the logs)."""
+    name = os.environ.get(LOG_LEVEL_ENV, DEFAULT_LEVEL).strip().lower()
+    return _LEVEL_NUMBERS.get(name, _LEVEL_NUMBERS[DEFAULT_LEVEL])
+
+
 def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None) -> None:
     make_private_dir(log_dir)
     stream = open_private(os.path.join(log_dir, f"{actor}.jsonl"), "a", buffering=1)
     _FIXED.clear()
     _FIXED.update(actor=actor, session=session, pid=os.getpid())
     structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(log_level()),
         processors=[
             _add_fixed,
             structlog.processors.add_log_level,
@@ -45,6 +65,12 @@ def configure_actor_log(log_dir: str, *, actor: str, session: str | None = None)
 
 def get_logger() -> Any:
     return structlog.get_logger()
+
+
+def get_unfiltered_logger() -> Any:
+    """A logger that writes every level: for what user code logs (a selector's `logging`
+    records), which its own loggers' levels have already filtered."""
+    return structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(0))
 
 
 # -- reading the logs back (proofctl logs) ----------------------------------------------

@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import Any
 
-from pyproof.logs import get_logger
+from pyproof.logs import get_logger, get_unfiltered_logger
 
 TAIL_LINES = 20
 MAX_LINE = 4000  # a line longer than this is cut (a runaway print must not fill the log)
@@ -108,7 +108,8 @@ class _LogHandler(logging.Handler):
             message += "\n" + logging.Formatter().formatException(record.exc_info)
         level = record.levelname.lower()
         _remember(threading.get_ident(), f"{record.levelname} {record.name}: {message}")
-        method = getattr(get_logger(), level if level in _LEVELS else "info")
+        # the user's loggers chose what to let through: a debug record they pass is kept
+        method = getattr(get_unfiltered_logger(), level if level in _LEVELS else "info")
         method("selector_log", logger=record.name, message=message[:MAX_LINE])
 
 
