@@ -174,3 +174,23 @@ def test_a_lite_cluster_closed_while_its_pre_opened_session_starts_leaves_nothin
         reap_children()
         left = [pid for pid in descendants_of(os.getpid()) if is_alive(pid)]
         assert left == [], [lite.writers_of(cluster._out.name), left]
+
+
+def test_a_session_of_slow_starting_workers_is_ready_in_about_one_workers_start(
+        monkeypatch) -> None:
+    # the session supervisor creates its master and workers side by side (parallel_start):
+    # three workers that each take DELAY to start make a session ready in about DELAY,
+    # where starting them one after another would take three times that
+    from pyproof.actors.worker import START_DELAY_ENV
+
+    delay, workers = 2.0, 3
+    monkeypatch.setenv("PYPROOF_TEST_HOOKS", "1")
+    monkeypatch.setenv(START_DELAY_ENV, str(delay))
+    t0 = time.monotonic()
+    session = pyproof.connect(f"lite://?workers={workers}")
+    try:
+        took = time.monotonic() - t0
+        assert len(session.workers) == workers
+    finally:
+        session.close()
+    assert delay <= took < delay * 2.25, took  # a serial start: at least 6 s

@@ -32,7 +32,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors import protocol as p
-from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, ProofActor
+from pyproof.actors.base import CRASH_EXIT_CODE, SELECTOR_EXIT_CODE, TEST_HOOKS, ProofActor
 from pyproof.actors.warmup import start_warmup
 from pyproof.actors.worker_loop import REQUEST_TIMEOUT_MS, OpenFiles, WorkerLoop
 from pyproof.logs import get_logger
@@ -53,6 +53,9 @@ WATCH_WITHIN = p.WATCH_HOLD_SECONDS + 5.0
 WATCH = "watch"  # the payload of the wake-ups that check the watch
 WATCH_RESEND = "watch-resend"  # a WATCH that could not go (not connected yet): again soon
 WATCH_RESEND_AFTER = 0.05  # seconds; the master is usually listening by then
+# with PYPROOF_TEST_HOOKS=1: seconds each worker waits before it says it started (tests of
+# a session's start, which waits for its slowest worker, not for the sum of their starts)
+START_DELAY_ENV = "PYPROOF_TEST_WORKER_START_DELAY"
 
 
 class Worker(ProofActor):
@@ -97,6 +100,8 @@ class Worker(ProofActor):
             # supervisor kills the group (see SessionSupervisor.on_child_exited)
             lead_process_group()
             get_logger().info("worker_started", master=message.packet_address)
+            if TEST_HOOKS and os.environ.get(START_DELAY_ENV):  # tests: a slow start
+                time.sleep(float(os.environ[START_DELAY_ENV]))
             self.send(sender, m.Started(pid=os.getpid()))
             start_warmup()  # uproot, awkward, hist: loaded while the session is idle
             # started now, not per query: a query's start is only a hand-over
