@@ -30,6 +30,7 @@ from pyproof.supervision.process_tree import (
     session_members,
     start_time,
     stat_field,
+    wait_gone,
 )
 from pyproof.transport import auth
 
@@ -203,18 +204,21 @@ class LiteCluster:
                 os.close(self._ready_r)
             self._ready_r = None
         proc = self.process
+        # the actors live in a session of their own (Thespian's admin calls setsid), not
+        # under the daemon: every one of them, session supervisors included, descends from
+        # the admin, so its tree goes too (cheap: each process's children are listed);
+        # both trees are killed, then waited for together (their exits overlap)
+        admin = self._admin()
+        killed: list[int] = []
         if proc.poll() is None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-            kill_tree(proc.pid, timeout=STOP_TIMEOUT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_TIMEOUT)
-        # the actors live in a session of their own (Thespian's admin calls setsid), not
-        # under the daemon: every one of them, session supervisors included, descends from
-        # the admin, so its tree goes first (cheap: each process's children are listed)
-        admin = self._admin()
+            killed += kill_tree(proc.pid, timeout=0)
         if admin is not None:
-            kill_tree(admin, timeout=STOP_TIMEOUT)
+            killed += kill_tree(admin, timeout=0)
+        wait_gone(killed, timeout=STOP_TIMEOUT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_TIMEOUT)
         self._kill_strays()
         if proc.stdin:
             with contextlib.suppress(OSError):

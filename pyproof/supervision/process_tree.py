@@ -213,6 +213,8 @@ def kill_tree(
     them (Thespian must see its child exit to report ChildActorExited).
     `spare_sessions=True` leaves descendants that lead their own session (and
     their subtrees) running: how control processes die without their sessions.
+    `timeout=0` with SIGKILL: signal every process and return at once (`wait_gone`
+    waits for several trees together).
     """
     roots = [pid] if include_root else children_of(pid)
     victims = _freeze(roots, spare_sessions=spare_sessions)
@@ -221,15 +223,7 @@ def kill_tree(
     if sig != signal.SIGKILL:
         for p in victims:
             _signal(p, signal.SIGCONT)
-    deadline = time.monotonic() + timeout
-    pending = list(victims)
-    while pending and time.monotonic() < deadline:
-        if reap:
-            for p in pending:
-                _reap(p)
-        pending = [p for p in pending if is_alive(p)]
-        if pending:
-            time.sleep(0.002)
+    pending = wait_gone(victims, timeout=timeout, reap=reap)
     if pending and sig != signal.SIGKILL:
         for p in pending:
             victims.extend(v for v in kill_tree(p, timeout=timeout, reap=reap,
@@ -239,6 +233,22 @@ def kill_tree(
         for p in victims:
             _reap(p)
     return victims
+
+
+def wait_gone(pids: list[int], *, timeout: float, reap: bool = True) -> list[int]:
+    """Wait (at most `timeout` seconds; 0: not at all) until none of `pids` is alive (a
+    zombie counts as gone), reaping those that are our children unless `reap` is False;
+    returns those still alive."""
+    deadline = time.monotonic() + timeout
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        if reap:
+            for p in pending:
+                _reap(p)
+        pending = [p for p in pending if is_alive(p)]
+        if pending:
+            time.sleep(0.002)
+    return pending
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent: int | None = None) -> bool:
