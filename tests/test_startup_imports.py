@@ -102,3 +102,24 @@ def test_the_actors_preload_leaves_out_the_stdlib_types_the_codec_refuses() -> N
                "    raise SystemExit(f'{value!r} was encoded')\n"
                "pass")
     assert imported(refused, later) == list(later)
+
+
+def test_the_actors_preload_leaves_asyncio_until_an_async_api_is_used() -> None:
+    # pynng and structlog import asyncio for their async APIs, which no actor uses (a
+    # quarter of the preload): a stand-in imports it on first use (actors/warmup.py)
+    code = ("import pyproof.actors.daemon; "
+            "from pyproof.actors.warmup import preload_actor_modules; preload_actor_modules()")
+    assert imported(code, ("asyncio", "ssl", "pynng", "structlog")) == ["pynng", "structlog"]
+    async_apis = (
+        code + "\n"
+        "import asyncio, pynng, structlog\n"
+        "assert type(asyncio).__name__ == 'module'  # a later import: the real one\n"
+        "async def main():\n"
+        "    with pynng.Pair0(listen='inproc://on-use') as a, "
+        "pynng.Pair0(dial='inproc://on-use') as b:\n"
+        "        await a.asend(b'hi')\n"
+        "        await structlog.get_logger().ainfo('sent')  # structlog's own reference\n"
+        "        return await b.arecv()\n"
+        "assert asyncio.run(main()) == b'hi'\n"
+        "pass")
+    assert imported(async_apis, ("asyncio",)) == ["asyncio"]

@@ -28,7 +28,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import threading
+import types
+from typing import Any
 
 DATA_MODULES = ("numpy", "uproot", "awkward", "hist")  # numpy: the codec and merging need it
 WARMUP_NICE = 10  # added to the thread's niceness
@@ -38,13 +41,44 @@ ACTOR_MODULES = ("pyproof.actors.root", "pyproof.actors.sessions", "pyproof.acto
                  "pyproof.actors.master", "pyproof.actors.worker")
 
 
+LOADED_ON_USE = ("asyncio",)
+"""Imported by the actors' modules (pynng, structlog) for their async APIs, which no actor
+uses: a quarter of the preload (asyncio brings ssl and concurrent.futures along). While
+the preload runs they are stand-ins (`_OnUse`) that import the real module on first use."""
+
+
+class _OnUse(types.ModuleType):
+    """Stands for a module while the actors' modules load; whoever bound it then gets the
+    real module's attributes from it, the real module being imported on first access.
+    Out of `sys.modules` once the preload is done: a later `import` gets the real one."""
+
+    def __getattr__(self, name: str) -> Any:
+        real = self.__dict__.get("_real")
+        if real is None:
+            if sys.modules.get(self.__name__) is self:  # (still in the preload)
+                del sys.modules[self.__name__]
+            real = self.__dict__["_real"] = importlib.import_module(self.__name__)
+        return getattr(real, name)
+
+
 def preload_actor_modules() -> None:
     """Import every actor's module (light: no numpy, uproot, awkward, hist): Thespian's
     admin does, before it creates the first actor, so that every actor forked from it
-    has them."""
-    _import_structlog_without_rich()
-    for name in ACTOR_MODULES:
-        importlib.import_module(name)
+    has them (`LOADED_ON_USE` only on first use)."""
+    stand_ins = {}
+    for name in LOADED_ON_USE:
+        if name not in sys.modules:
+            stand_in = stand_ins[name] = _OnUse(name)
+            stand_in.__spec__ = None  # (what `import` reads of a module already loaded)
+            sys.modules[name] = stand_in
+    try:
+        _import_structlog_without_rich()
+        for name in ACTOR_MODULES:
+            importlib.import_module(name)
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 def _import_structlog_without_rich() -> None:
@@ -54,8 +88,6 @@ def _import_structlog_without_rich() -> None:
     the actors log JSON and never use it. The modules stay importable afterwards:
     only structlog's own optional use of them is off, in this process tree.
     """
-    import sys
-
     optional = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
     for name in optional:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
