@@ -123,3 +123,14 @@ def test_the_actors_preload_leaves_asyncio_until_an_async_api_is_used() -> None:
         "assert asyncio.run(main()) == b'hi'\n"
         "pass")
     assert imported(async_apis, ("asyncio",)) == ["asyncio"]
+
+
+def test_the_actors_preload_leaves_the_dataset_catalog_until_it_is_used() -> None:
+    # the actors import pyproof.datasets for its records' CBOR tag; the catalog (SQLite,
+    # file lists, globs) and verification load on first use of their names
+    code = ("import pyproof.actors.daemon; "
+            "from pyproof.actors.warmup import preload_actor_modules; preload_actor_modules()")
+    later = ("pyproof.datasets.catalog", "pyproof.datasets.verify")
+    assert imported(code, later) == []
+    assert imported(code + "; from pyproof.datasets import Catalog, verify_file", later) == \
+        list(later)

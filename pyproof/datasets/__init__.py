@@ -11,9 +11,15 @@ Layers, bottom up:
                 resolve).
 - `verify`   -- I/O: `verify_file` (one file, runnable on any worker) and `verify_dataset`.
 - `cli`      -- `proofctl ds ...` subcommands.
+
+`Catalog` and the `verify` names are imported on first use (PEP 562): the actors
+import this package for its records' CBOR tag, and the catalog (SQLite, file
+lists, globs) is not on the path of every lite start.
 """
 
-from pyproof.datasets.catalog import Catalog
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pyproof.datasets.errors import (
     BadFilesError,
     CatalogError,
@@ -49,7 +55,36 @@ from pyproof.datasets.records import (
     Resolution,
     SkippedFile,
 )
-from pyproof.datasets.verify import VerifySummary, verify_dataset, verify_file, verify_record
+
+if TYPE_CHECKING:
+    from pyproof.datasets.catalog import Catalog
+    from pyproof.datasets.verify import (
+        VerifySummary,
+        verify_dataset,
+        verify_file,
+        verify_record,
+    )
+
+_LAZY = {
+    "Catalog": "pyproof.datasets.catalog",
+    "VerifySummary": "pyproof.datasets.verify",
+    "verify_dataset": "pyproof.datasets.verify",
+    "verify_file": "pyproof.datasets.verify",
+    "verify_record": "pyproof.datasets.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyproof.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "COMMON",
