@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -46,7 +47,7 @@ import pynng
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
+from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.actors.host_links import (
     ClusterClient,
     ClusterEndpoint,
@@ -83,6 +84,10 @@ START_WAIT = 40.0  # a host starting a session's workers answers within this
 LEAVE_DRAIN = 15.0  # a leaving host's workers drain within this (then they are killed)
 INCARNATION_FILE = "host-incarnation"  # in the run directory (`_keep_incarnation`)
 SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
+# tests (PYPROOF_TEST_HOOKS=1): seconds this host waits before answering that the workers
+# it started for a master run, as a master's host that is slow to hear would
+START_ANSWER_DELAY = float(os.environ.get("PYPROOF_TEST_START_ANSWER_DELAY", "0") or 0) \
+    if TEST_HOOKS else 0.0
 WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -163,6 +168,22 @@ class Spanned:
     next_index: dict[str, int] = dataclasses.field(default_factory=dict)  # per host
 
 
+def part_hosts(span: Spanned, adding: Iterable[set[str]], here: str) -> frozenset[str]:
+    """The other hosts (not `here`) given a part of `span`'s session, or being given one:
+    those whose workers run, and those asked to start some (when the session opens, or by
+    an add) whose answer has not come. A host answers as soon as its part runs, and checks
+    from then on that the session still runs (`_check_masters`: closed if not); the answer
+    may be heard here later than the check (a loaded host, a slow link), so a part being
+    started counts as alive: else that host closed a part this master was about to give
+    queries to, and its workers never got a packet. A start that fails takes the host out
+    (its part, if it runs after all, is then closed there)."""
+    hosts = set(span.remote) | span.pending
+    for pending in adding:
+        hosts |= pending
+    hosts.discard(here)
+    return frozenset(hosts)
+
+
 @dataclasses.dataclass(slots=True)
 class Hosted:
     """Worker's side: a session of a master on another host, with workers here."""
@@ -198,9 +219,10 @@ class Hosts(ProofActor):
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # from threads, to this thread
         self.spanned: dict[str, Spanned] = {}
         self.by_request: dict[str, str] = {}
-        # session -> the hosts given a part of it (read by endpoint threads): they may send
-        # its workers' frames, and their parts are alive (a part between two workers,
-        # one exited and its replacement starting, is still there)
+        # session -> the hosts given a part of it, or being given one (`part_hosts`; read
+        # by endpoint threads, replaced, never changed): they may send its workers' frames,
+        # and their parts are alive (a part between two workers, one exited and its
+        # replacement starting, is still there)
         self.data_hosts: dict[str, frozenset[str]] = {}
         # session -> (user, package versions its queries run with): what hosts with its
         # workers may pull from here (read by endpoint threads; replaced, never changed)
@@ -623,6 +645,7 @@ class Hosts(ProofActor):
                                     pending={h for h in plan if h != self.info.name})
         if create.request_id:
             self.by_request[create.request_id] = sid
+        self._update_data_hosts()
         get_logger().info("session_placed", session=sid, plan=plan)
         self.send(self.sessions, dataclasses.replace(
             create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress))
@@ -655,6 +678,7 @@ class Hosts(ProofActor):
     def _session_failed(self, message: m.SessionFailed) -> None:
         span = self.spanned.pop(message.session_id, None)
         if span is not None:  # the local part failed to start
+            self._update_data_hosts()
             self.send(span.reply_to, m.SessionFailed(corr=span.corr,
                                                      session_id=message.session_id,
                                                      error=message.error, retry=message.retry))
@@ -709,11 +733,14 @@ class Hosts(ProofActor):
                         mine[worker_id] = pid
                         self.send(span.master, m.WorkerJoined(worker_id=worker_id,
                                                               ref=self.myAddress, pid=pid))
-                self._update_data_hosts()
             if adding is not None:
                 adding["pending"].discard(host)
                 if reason:
                     adding["errors"].append(f"{host}: {reason}")
+            # a part that failed to start is no longer counted alive there: that host
+            # closes it if it runs after all (`_check_masters` there)
+            self._update_data_hosts()
+            if adding is not None:
                 if not adding["pending"]:
                     self._added(add)
             else:
@@ -810,6 +837,7 @@ class Hosts(ProofActor):
         add = f"add-{next(self._ids)}"
         self.adds[add] = {"answer": answer, "sid": sid, "pending": set(plan), "added": [],
                           "errors": []}
+        self._update_data_hosts()  # the hosts given a part now: that part is alive
         for host, count in plan.items():
             if host == self.info.name:
                 self._local_op(sid, span, add, m.SessionWorkers(
@@ -906,7 +934,12 @@ class Hosts(ProofActor):
         answer({"removed": sorted(names)})
 
     def _update_data_hosts(self) -> None:
-        self.data_hosts = {sid: frozenset(s.remote) for sid, s in self.spanned.items()}
+        """Called whenever a session's parts or the starts in flight change (actor thread)."""
+        adding: dict[str, list[set[str]]] = {}
+        for request in self.adds.values():
+            adding.setdefault(request["sid"], []).append(request["pending"])
+        self.data_hosts = {sid: part_hosts(span, adding.get(sid, ()), self.info.name)
+                           for sid, span in self.spanned.items()}
 
     def _run_query(self, message: m.RunQuery, sender) -> None:
         """The master tells its workers of a query: those on other hosts via their daemon."""
@@ -934,16 +967,23 @@ class Hosts(ProofActor):
     def _peer_request(self, host: str, kind: str, body: dict) -> None:
         sid = body["session"]
         if kind == "run_query":  # worker's side: the master's query, for our workers
-            hosted = self.hosted.get(sid)
-            if hosted is not None and hosted.master == host and hosted.ref is not None and (
-                    isinstance(body.get("query_id"), str)):
-                try:  # checked as the gateway checks a client's
-                    spec = QuerySpec.from_wire(body.get("spec"))
-                    wanted = remote_packages.check_wire_list(body.get("packages") or [])
-                except (SpecError, PackageError) as exc:
-                    get_logger().warning("bad_query_spec", peer=host, error=str(exc))
-                    return
-                self._query_packages(sid, hosted, body["query_id"], spec, wanted)
+            hosted, query_id = self.hosted.get(sid), body.get("query_id")
+            if hosted is None or hosted.master != host or not isinstance(query_id, str):
+                # never silent: a query its master counts on workers here for is lost
+                get_logger().warning("run_query_refused", peer=host, session=sid,
+                                     query=query_id, reason=(
+                                         "no part of this session here" if hosted is None
+                                         else "not from its master" if hosted.master != host
+                                         else "no query id"))
+                return
+            try:  # checked as the gateway checks a client's
+                spec = QuerySpec.from_wire(body.get("spec"))
+                wanted = remote_packages.check_wire_list(body.get("packages") or [])
+            except (SpecError, PackageError) as exc:
+                get_logger().warning("bad_query_spec", peer=host, error=str(exc))
+                return
+            # kept in order until the part's supervisor is known (`_send_queries`)
+            self._query_packages(sid, hosted, query_id, spec, wanted)
             return
         # master's side: a worker there (re)started or exited
         span = self.spanned.get(sid)
@@ -1021,6 +1061,14 @@ class Hosts(ProofActor):
         # a path there, does not travel with the spec): output_files.py
         spec = spec.with_packages(local).with_output_dir(query_output_dir(sid, query_id))
         hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec)
+        self._send_queries(hosted)
+
+    def _send_queries(self, hosted: Hosted) -> None:
+        """Give the part's supervisor the queries whose packages are here, in the master's
+        order. Before it first speaks (`_remote_worker`: the part is still starting, within
+        START_WAIT) they wait in `hosted.queries`, and go then."""
+        if hosted.ref is None:
+            return
         for qid, run in hosted.queries.items():  # in the master's order: none overtakes
             if run is None:
                 break
@@ -1113,6 +1161,8 @@ class Hosts(ProofActor):
             return "refused", {"message": f"the workers did not start within {START_WAIT:g} s"}
         if "error" in box:
             return "refused", {"message": box["error"]}
+        if START_ANSWER_DELAY:  # tests: the master hears late that the part runs
+            time.sleep(START_ANSWER_DELAY)
         return "ok", {"workers": box["workers"]}
 
     def _host_session(self, master: str, sid: str, url: str, ids: tuple[str, ...], user: str,
@@ -1156,7 +1206,9 @@ class Hosts(ProofActor):
         hosted = self.hosted.get(message.session_id)
         if hosted is None:
             return
-        hosted.ref = sender
+        first, hosted.ref = hosted.ref is None, sender
+        if first:  # the part's supervisor speaks first: the queries waiting for it go
+            self._send_queries(hosted)
         known = hosted.workers.get(message.worker_id) == message.pid
         if message.alive:
             hosted.workers[message.worker_id] = message.pid
