@@ -673,6 +673,7 @@ class Hosts(ProofActor):
                 "session": sid, "master_url": self.info.address, "user": span.create.user,
                 "worker_ids": [f"worker-{i}@{host}" for i in range(count)]},
                 ("started", sid, host, ""))
+        self._update_data_hosts()
         self._maybe_ready(sid, span)
 
     def _session_failed(self, message: m.SessionFailed) -> None:
@@ -763,6 +764,7 @@ class Hosts(ProofActor):
         span.ready = True
         if not span.local and not any(span.remote.values()):
             self.spanned.pop(sid, None)
+            self._update_data_hosts()
             self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
                                                     session_id=sid, admin=True,
                                                     reply_to=self.myAddress))
