@@ -1,11 +1,12 @@
 """Which hosts the master's host counts as having a part of a session (`part_hosts`): the
 answer to another host's check that its part's session still runs (hosts.py), and who may
-send that session's data frames. Pure: no actors, no sockets."""
+send that session's data frames; and which parts are told of a query (`hosts_to_tell`).
+Pure: no actors, no sockets."""
 
 from __future__ import annotations
 
 from pyproof.actors import messages as m
-from pyproof.actors.hosts import Spanned, part_hosts
+from pyproof.actors.hosts import Spanned, forget_told, hosts_to_tell, part_hosts
 
 
 def span(*, plan: dict[str, int], pending=(), remote=None) -> Spanned:
@@ -35,3 +36,22 @@ def test_hosts_that_workers_are_being_added_on_count_and_the_masters_own_host_ne
     got = part_hosts(span(plan={"m": 1, "h2": 1}, remote={"h2": {"worker-0@h2": 7}}),
                      [{"h3", "m"}], "m")
     assert got == {"h2", "h3"}
+
+
+def test_each_part_is_told_of_a_query_once_and_a_leaving_host_never():
+    spanned = span(plan={"m": 1, "h2": 2, "h3": 1, "h4": 1},
+                   remote={"h2": {"worker-0@h2": 7, "worker-1@h2": 8}, "h3": {"worker-0@h3": 9},
+                           "h4": {}})
+    assert hosts_to_tell(spanned, "q1", {"h3": 1.0}) == ["h2"]  # h4: no worker runs there
+    assert hosts_to_tell(spanned, "q1", {}) == ["h3"]  # a repeat for h2's second worker: none
+    assert hosts_to_tell(spanned, "q2", {}) == ["h2", "h3"]
+
+
+def test_a_new_part_on_a_host_whose_part_was_lost_is_told_of_the_running_query():
+    spanned = span(plan={"m": 1, "h2": 1}, remote={"h2": {"worker-0@h2": 7}})
+    assert hosts_to_tell(spanned, "q1", {}) == ["h2"]
+    del spanned.remote["h2"]  # h2 lost mid-query; it rejoins and gets workers again
+    forget_told(spanned, "h2")
+    spanned.remote["h2"] = {"worker-1@h2": 12}
+    # the master sends q1 for the worker that joined: it reaches the new part
+    assert hosts_to_tell(spanned, "q1", {}) == ["h2"]

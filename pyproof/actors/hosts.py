@@ -184,6 +184,24 @@ def part_hosts(span: Spanned, adding: Iterable[set[str]], here: str) -> frozense
     return frozenset(hosts)
 
 
+def hosts_to_tell(span: Spanned, query_id: str, leaving) -> list[str]:
+    """The hosts whose part of `span`'s session has workers and has not been told of
+    `query_id` (each is told once, however many of its workers the master names: that
+    host gives the query to all of them, and to those that start later); recorded as told.
+    Hosts in `leaving` start nothing more."""
+    hosts = [host for host, workers in span.remote.items()
+             if workers and (query_id, host) not in span.sent and host not in leaving]
+    span.sent.update((query_id, host) for host in hosts)
+    return hosts
+
+
+def forget_told(span: Spanned, host: str) -> None:
+    """A new part on `host` (the one before was lost, or its workers all exited) knows no
+    query: the master's RunQuery for its workers (it sends the running and queued queries
+    to each worker that joins) must go there again, not be taken for a repeat."""
+    span.sent = {key for key in span.sent if key[1] != host}
+
+
 @dataclasses.dataclass(slots=True)
 class Hosted:
     """Worker's side: a session of a master on another host, with workers here."""
@@ -725,6 +743,8 @@ class Hosts(ProofActor):
                 get_logger().warning("remote_start_failed", session=sid, host=host,
                                      error=reason)
             else:
+                if not span.remote.get(host):  # a new part there (or its workers all gone)
+                    forget_told(span, host)
                 mine = span.remote.setdefault(host, {})
                 for worker_id, pid in workers.items():
                     if isinstance(worker_id, str) and isinstance(pid, int) and (
@@ -953,18 +973,18 @@ class Hosts(ProofActor):
                 user, versions = self.granted.get(sid, (span.create.user, frozenset()))
                 self.granted = {**self.granted, sid: (user, versions | {
                     p["version"] for p in packages})}
-            for host, workers in span.remote.items():
-                key = (message.query_id, host)
-                if workers and key not in span.sent and host not in self.leaving_hosts:
-                    span.sent.add(key)
-                    url = self.registry.hosts[host].info.address
-                    # the client's fields, and the packages by version (their paths are
-                    # this host's: that host gets them by hash, packages/remote.py);
-                    # that host gives them an output_dir of its own (_packages_here)
-                    self._link(host, url).submit("run_query", {
-                        "session": sid, "query_id": message.query_id,
-                        "spec": message.spec.to_wire(), "packages": packages})
+            for host in hosts_to_tell(span, message.query_id, self.leaving_hosts):
+                url = self.registry.hosts[host].info.address
+                # the client's fields, and the packages by version (their paths are
+                # this host's: that host gets them by hash, packages/remote.py);
+                # that host gives them an output_dir of its own (_packages_here)
+                self._link(host, url).submit("run_query", {
+                    "session": sid, "query_id": message.query_id,
+                    "spec": message.spec.to_wire(), "packages": packages})
             return
+        # never silent: workers on other hosts that the master counts on miss this query
+        get_logger().warning("run_query_unplaced", query=message.query_id,
+                             reason="from no master of a session spanning hosts here")
 
     def _peer_request(self, host: str, kind: str, body: dict) -> None:
         sid = body["session"]
