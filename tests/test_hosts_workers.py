@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import pyproof
+from pyproof.actors.hosts import SESSIONS_CHECK
 from pyproof.transport import auth
 from tests.daemon_helpers import zmumu_reference
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
@@ -91,15 +92,16 @@ def test_output_files_stay_on_the_host_that_wrote_them_and_are_listed_with_it(
 
 def test_a_hosts_part_of_a_session_is_kept_while_the_master_has_not_heard_it_started(
         netns_hosts: NetnsHosts):  # noqa: F811
-    """h2 answers the master's start of its part 3 s after its worker started (a master's
-    host that hears late, as a loaded one does): h2's checks that the session still runs
-    (every 2 s) reach the master before it knows that part. The master counts a part it is
-    starting as alive: the part is kept, and its worker gets packets."""
+    """h2 answers the master's start of its part a check's interval (and 1 s) after its
+    worker started (a master's host that hears late, as a loaded one does): h2's check that
+    the session still runs surely reaches the master before it knows that part. The master
+    counts a part it is starting as alive: the part is kept, and its worker gets packets.
+    (Before, h2 closed it and its worker, listed in the session, never got a packet.)"""
     hosts = netns_hosts
     secret = auth.fresh_cluster_secret()
     master = hosts.add("m")
     late = hosts.add("h2", env={"PYPROOF_TEST_HOOKS": "1",
-                                "PYPROOF_TEST_START_ANSWER_DELAY": "3"})
+                                "PYPROOF_TEST_START_ANSWER_DELAY": str(SESSIONS_CHECK + 1.0)})
     start(hosts, master, secret, "--cores", "2")
     url = master.url(PORT)
     start(hosts, late, secret, "--cores", "2", "--join", url)
