@@ -290,6 +290,8 @@ class Hosts(ProofActor):
             self._run_query(message, sender)
         elif isinstance(message, m.RemoteWorker):
             self._remote_worker(message, sender)
+        elif isinstance(message, m.MasterRestarted):
+            self._master_restarted(message)
         elif isinstance(message, m.StatusReply) and message.corr in self.local_ops:
             self._local_answer(message)
         elif isinstance(message, m.StatusReply):
@@ -666,7 +668,8 @@ class Hosts(ProofActor):
         self._update_data_hosts()
         get_logger().info("session_placed", session=sid, plan=plan)
         self.send(self.sessions, dataclasses.replace(
-            create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress))
+            create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress,
+            hosts=self.myAddress))
 
     def _session_ready(self, message: m.SessionReady) -> None:
         span = self.spanned.get(message.session_id)
@@ -693,6 +696,34 @@ class Hosts(ProofActor):
                 ("started", sid, host, ""))
         self._update_data_hosts()
         self._maybe_ready(sid, span)
+
+    def _master_restarted(self, message: m.MasterRestarted) -> None:
+        """A spanning session's master was restarted (its session supervisor says): its
+        queries come from the new one now, and the session's workers on other hosts join
+        it, as its supervisor joins the local ones to it (they dial the same address: the
+        master's host forwards their data frames there, `Forwarder`). Else the new master
+        would count only the local workers, and those on other hosts never get a query."""
+        sid = message.session_id
+        span = self.spanned.get(sid)
+        if span is None or span.master is None:
+            # before the session's announce (it names the new master) or after its end
+            get_logger().info("master_restart_unplaced", session=sid, reason=(
+                "no session spanning hosts here" if span is None else "not announced yet"))
+            return
+        if span.master == message.master:
+            return
+        span.master = message.master
+        # the new master's queries reach every part, also one whose id the old one ran
+        span.sent.clear()
+        joined = []
+        for host, workers in span.remote.items():
+            if host in self.leaving_hosts:  # draining: no next query for them
+                continue
+            for worker_id, pid in workers.items():
+                self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
+                                                      pid=pid))
+                joined.append(worker_id)
+        get_logger().info("spanned_master_restarted", session=sid, workers=sorted(joined))
 
     def _session_failed(self, message: m.SessionFailed) -> None:
         span = self.spanned.pop(message.session_id, None)
