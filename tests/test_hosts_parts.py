@@ -1,12 +1,24 @@
 """Which hosts the master's host counts as having a part of a session (`part_hosts`): the
 answer to another host's check that its part's session still runs (hosts.py), and who may
-send that session's data frames; and which parts are told of a query (`hosts_to_tell`).
-Pure: no actors, no sockets."""
+send that session's data frames; which parts are told of a query (`hosts_to_tell`); and
+which queries a worker starting on another host is given (`pending_queries`). Pure: no
+actors, no sockets."""
 
 from __future__ import annotations
 
+import pytest
+
 from pyproof.actors import messages as m
-from pyproof.actors.hosts import Spanned, forget_told, hosts_to_tell, part_hosts
+from pyproof.actors.hosts import (
+    MAX_ACTIVE,
+    Spanned,
+    active_list,
+    forget_told,
+    hosts_to_tell,
+    part_hosts,
+)
+from pyproof.actors.remote_session import KEEP_QUERIES, pending_queries
+from pyproof.query.spec import QuerySpec, SpecError
 
 
 def span(*, plan: dict[str, int], pending=(), remote=None) -> Spanned:
@@ -55,3 +67,38 @@ def test_a_new_part_on_a_host_whose_part_was_lost_is_told_of_the_running_query()
     spanned.remote["h2"] = {"worker-1@h2": 12}
     # the master sends q1 for the worker that joined: it reaches the new part
     assert hosts_to_tell(spanned, "q1", {}) == ["h2"]
+
+
+def run(query_id: str, *active: str) -> m.RunQuery:
+    return m.RunQuery(query_id=query_id, spec=QuerySpec(selector="s", cycles=1),
+                      active=tuple(active))
+
+
+def test_a_worker_starting_on_another_host_is_given_the_running_and_queued_queries_in_order():
+    queries = pending_queries({}, run("q1", "q1"))
+    queries = pending_queries(queries, run("q2", "q1", "q2"))  # q1 runs, q2 waits
+    assert list(queries) == ["q1", "q2"]
+    # q1 ended: the master no longer names it with q3
+    assert list(pending_queries(queries, run("q3", "q2", "q3"))) == ["q2", "q3"]
+    # a restarted master's first query: the old master's are gone with it
+    assert list(pending_queries(queries, run("n1", "n1"))) == ["n1"]
+    # told again: it keeps its place, with the spec last told
+    again = run("q1", "q1", "q2")
+    assert list(pending_queries(queries, again)) == ["q1", "q2"]
+    assert pending_queries(queries, again)["q1"] is again
+
+
+def test_without_the_masters_list_the_last_queries_heard_of_are_kept_within_a_bound():
+    queries: dict = {}
+    for i in range(KEEP_QUERIES + 5):
+        queries = pending_queries(queries, run(f"q{i}"))
+    assert list(queries) == [f"q{i}" for i in range(5, KEEP_QUERIES + 5)]
+
+
+def test_a_run_querys_list_of_active_queries_is_checked():
+    assert active_list(None, "q2") == () and active_list([], "q2") == ()
+    assert active_list(["q1", "q2"], "q2") == ("q1", "q2")
+    for bad in (["q1"], "q2", [1, "q2"], ["", "q2"], ["q2"] * (MAX_ACTIVE + 1)):
+        with pytest.raises(SpecError, match=r"^'active' of query 'q2' must list at most "
+                                            r"1024 query ids, 'q2' among them$"):
+            active_list(bad, "q2")

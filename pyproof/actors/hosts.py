@@ -88,6 +88,7 @@ SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
 # it started for a master run, as a master's host that is slow to hear would
 START_ANSWER_DELAY = float(os.environ.get("PYPROOF_TEST_START_ANSWER_DELAY", "0") or 0) \
     if TEST_HOOKS else 0.0
+MAX_ACTIVE = 1024  # query ids a run_query may name as running or queued on its master
 WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -193,6 +194,19 @@ def hosts_to_tell(span: Spanned, query_id: str, leaving) -> list[str]:
              if workers and (query_id, host) not in span.sent and host not in leaving]
     span.sent.update((query_id, host) for host in hosts)
     return hosts
+
+
+def active_list(wire: Any, query_id: str) -> tuple[str, ...]:
+    """A run_query's `active` (the master's running and queued queries, in order) checked:
+    a list of query ids naming `query_id`, or missing (an empty tuple: not known). Raises
+    SpecError naming what is wrong."""
+    if wire is None or wire == []:
+        return ()
+    if not (isinstance(wire, list) and len(wire) <= MAX_ACTIVE and all(
+            isinstance(q, str) and 0 < len(q) <= 64 for q in wire) and query_id in wire):
+        raise SpecError(f"'active' of query {query_id!r} must list at most {MAX_ACTIVE} "
+                        f"query ids, {query_id!r} among them")
+    return tuple(wire)
 
 
 def forget_told(span: Spanned, host: str) -> None:
@@ -1009,9 +1023,12 @@ class Hosts(ProofActor):
                 # the client's fields, and the packages by version (their paths are
                 # this host's: that host gets them by hash, packages/remote.py);
                 # that host gives them an output_dir of its own (_packages_here)
+                # with the master's running and queued queries: that host hands them all
+                # to a worker that starts there later (remote_session.py)
                 self._link(host, url).submit("run_query", {
                     "session": sid, "query_id": message.query_id,
-                    "spec": message.spec.to_wire(), "packages": packages})
+                    "spec": message.spec.to_wire(), "packages": packages,
+                    "active": list(message.active)})
             return
         # never silent: workers on other hosts that the master counts on miss this query
         get_logger().warning("run_query_unplaced", query=message.query_id,
@@ -1032,11 +1049,12 @@ class Hosts(ProofActor):
             try:  # checked as the gateway checks a client's
                 spec = QuerySpec.from_wire(body.get("spec"))
                 wanted = remote_packages.check_wire_list(body.get("packages") or [])
+                active = active_list(body.get("active"), query_id)
             except (SpecError, PackageError) as exc:
                 get_logger().warning("bad_query_spec", peer=host, error=str(exc))
                 return
             # kept in order until the part's supervisor is known (`_send_queries`)
-            self._query_packages(sid, hosted, query_id, spec, wanted)
+            self._query_packages(sid, hosted, query_id, spec, wanted, active)
             return
         # master's side: a worker there (re)started or exited
         span = self.spanned.get(sid)
@@ -1055,14 +1073,14 @@ class Hosts(ProofActor):
         self._update_data_hosts()
 
     def _query_packages(self, sid: str, hosted: Hosted, query_id: str, spec: QuerySpec,
-                        wanted: list[dict[str, Any]]) -> None:
+                        wanted: list[dict[str, Any]], active: tuple[str, ...] = ()) -> None:
         """Worker's side: have the query's packages here (pulled from the master's host if
         missing, on a thread), then give the workers the query with their local paths."""
         if query_id in hosted.queries:
             return
         hosted.queries[query_id] = None
         if not wanted:
-            self._packages_here(sid, query_id, spec, [])
+            self._packages_here(sid, query_id, spec, [], active)
             return
         secret, tls, me = self.secret, self.tls, self.info.name
         master, url, user = hosted.master, hosted.master_url, hosted.user
@@ -1101,19 +1119,19 @@ class Hosts(ProofActor):
             finally:
                 if client is not None:
                     client.close()
-            self.inbox.put((self._packages_here, sid, query_id, spec, local))
+            self.inbox.put((self._packages_here, sid, query_id, spec, local, active))
 
         threading.Thread(target=pull, name=f"packages-{query_id}", daemon=True).start()
 
     def _packages_here(self, sid: str, query_id: str, spec: QuerySpec,
-                       local: list[dict[str, Any]]) -> None:
+                       local: list[dict[str, Any]], active: tuple[str, ...] = ()) -> None:
         hosted = self.hosted.get(sid)
         if hosted is None or query_id not in hosted.queries:
             return
         # ctx.output_file files stay on this host, in its sandbox (the master's output_dir,
         # a path there, does not travel with the spec): output_files.py
         spec = spec.with_packages(local).with_output_dir(query_output_dir(sid, query_id))
-        hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec)
+        hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec, active=active)
         self._send_queries(hosted)
 
     def _send_queries(self, hosted: Hosted) -> None:

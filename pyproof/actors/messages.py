@@ -195,6 +195,10 @@ class RunQuery:
 
     query_id: str
     spec: QuerySpec
+    # the master's running and queued queries as it sends this one (it among them), in
+    # order; () if not known. A session's part on another host keeps these for the workers
+    # that start there later (actors/remote_session.py) and forgets the others (ended)
+    active: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
