@@ -15,6 +15,7 @@ from pyproof.actors.hosts import (
     active_list,
     forget_told,
     hosts_to_tell,
+    new_master,
     part_hosts,
 )
 from pyproof.actors.remote_session import KEEP_QUERIES, pending_queries
@@ -102,3 +103,16 @@ def test_a_run_querys_list_of_active_queries_is_checked():
         with pytest.raises(SpecError, match=r"^'active' of query 'q2' must list at most "
                                             r"1024 query ids, 'q2' among them$"):
             active_list(bad, "q2")
+
+
+def test_a_restarted_master_hears_of_the_workers_on_other_hosts_and_its_queries_go_there():
+    spanned = span(plan={"m": 1, "h2": 2, "h3": 1, "h4": 1},
+                   remote={"h2": {"worker-0@h2": 7, "worker-1@h2": 8}, "h3": {"worker-0@h3": 9},
+                           "h4": {}})
+    spanned.master = "old"
+    assert hosts_to_tell(spanned, "q1", {}) == ["h2", "h3"]
+    # h3 is leaving (its workers drain): the new master gives them nothing
+    assert new_master(spanned, "new", {"h3": 1.0}) == [("worker-0@h2", 7), ("worker-1@h2", 8)]
+    assert spanned.master == "new"
+    assert hosts_to_tell(spanned, "q1", {}) == ["h2", "h3"]  # the new master ran it again
+    assert new_master(spanned, "new", {}) == []  # said twice: nothing more

@@ -196,6 +196,19 @@ def hosts_to_tell(span: Spanned, query_id: str, leaving) -> list[str]:
     return hosts
 
 
+def new_master(span: Spanned, master: Any, leaving) -> list[tuple[str, int]]:
+    """`span`'s session has a new master (restarted): it is recorded, every part is told of
+    its queries (none told yet: also one whose id the old master ran), and the workers on
+    other hosts it must hear of (`(worker id, pid)`) are returned; none if it is the one
+    known already (said twice). Those of hosts in `leaving` drain: no query for them."""
+    if span.master == master:
+        return []
+    span.master = master
+    span.sent.clear()
+    return [(worker_id, pid) for host, workers in span.remote.items() if host not in leaving
+            for worker_id, pid in workers.items()]
+
+
 def active_list(wire: Any, query_id: str) -> tuple[str, ...]:
     """A run_query's `active` (the master's running and queued queries, in order) checked:
     a list of query ids naming `query_id`, or missing (an empty tuple: not known). Raises
@@ -724,20 +737,12 @@ class Hosts(ProofActor):
             get_logger().info("master_restart_unplaced", session=sid, reason=(
                 "no session spanning hosts here" if span is None else "not announced yet"))
             return
-        if span.master == message.master:
-            return
-        span.master = message.master
-        # the new master's queries reach every part, also one whose id the old one ran
-        span.sent.clear()
-        joined = []
-        for host, workers in span.remote.items():
-            if host in self.leaving_hosts:  # draining: no next query for them
-                continue
-            for worker_id, pid in workers.items():
-                self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
-                                                      pid=pid))
-                joined.append(worker_id)
-        get_logger().info("spanned_master_restarted", session=sid, workers=sorted(joined))
+        joined = new_master(span, message.master, self.leaving_hosts)
+        for worker_id, pid in joined:
+            self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
+                                                  pid=pid))
+        get_logger().info("spanned_master_restarted", session=sid,
+                          workers=sorted(w for w, _ in joined))
 
     def _session_failed(self, message: m.SessionFailed) -> None:
         span = self.spanned.pop(message.session_id, None)
