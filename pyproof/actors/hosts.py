@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -46,7 +47,7 @@ import pynng
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from pyproof.actors import messages as m
-from pyproof.actors.base import ProofActor
+from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.actors.host_links import (
     ClusterClient,
     ClusterEndpoint,
@@ -83,6 +84,11 @@ START_WAIT = 40.0  # a host starting a session's workers answers within this
 LEAVE_DRAIN = 15.0  # a leaving host's workers drain within this (then they are killed)
 INCARNATION_FILE = "host-incarnation"  # in the run directory (`_keep_incarnation`)
 SESSION_ID = re.compile(r"^[0-9a-f]{1,64}$")
+# tests (PYPROOF_TEST_HOOKS=1): seconds this host waits before answering that the workers
+# it started for a master run, as a master's host that is slow to hear would
+START_ANSWER_DELAY = float(os.environ.get("PYPROOF_TEST_START_ANSWER_DELAY", "0") or 0) \
+    if TEST_HOOKS else 0.0
+MAX_ACTIVE = 1024  # query ids a run_query may name as running or queued on its master
 WORKER_ID = re.compile(r"^worker-[0-9]{1,4}@[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -163,6 +169,66 @@ class Spanned:
     next_index: dict[str, int] = dataclasses.field(default_factory=dict)  # per host
 
 
+def part_hosts(span: Spanned, adding: Iterable[set[str]], here: str) -> frozenset[str]:
+    """The other hosts (not `here`) given a part of `span`'s session, or being given one:
+    those whose workers run, and those asked to start some (when the session opens, or by
+    an add) whose answer has not come. A host answers as soon as its part runs, and checks
+    from then on that the session still runs (`_check_masters`: closed if not); the answer
+    may be heard here later than the check (a loaded host, a slow link), so a part being
+    started counts as alive: else that host closed a part this master was about to give
+    queries to, and its workers never got a packet. A start that fails takes the host out
+    (its part, if it runs after all, is then closed there)."""
+    hosts = set(span.remote) | span.pending
+    for pending in adding:
+        hosts |= pending
+    hosts.discard(here)
+    return frozenset(hosts)
+
+
+def hosts_to_tell(span: Spanned, query_id: str, leaving) -> list[str]:
+    """The hosts whose part of `span`'s session has workers and has not been told of
+    `query_id` (each is told once, however many of its workers the master names: that
+    host gives the query to all of them, and to those that start later); recorded as told.
+    Hosts in `leaving` start nothing more."""
+    hosts = [host for host, workers in span.remote.items()
+             if workers and (query_id, host) not in span.sent and host not in leaving]
+    span.sent.update((query_id, host) for host in hosts)
+    return hosts
+
+
+def new_master(span: Spanned, master: Any, leaving) -> list[tuple[str, int]]:
+    """`span`'s session has a new master (restarted): it is recorded, every part is told of
+    its queries (none told yet: also one whose id the old master ran), and the workers on
+    other hosts it must hear of (`(worker id, pid)`) are returned; none if it is the one
+    known already (said twice). Those of hosts in `leaving` drain: no query for them."""
+    if span.master == master:
+        return []
+    span.master = master
+    span.sent.clear()
+    return [(worker_id, pid) for host, workers in span.remote.items() if host not in leaving
+            for worker_id, pid in workers.items()]
+
+
+def active_list(wire: Any, query_id: str) -> tuple[str, ...]:
+    """A run_query's `active` (the master's running and queued queries, in order) checked:
+    a list of query ids naming `query_id`, or missing (an empty tuple: not known). Raises
+    SpecError naming what is wrong."""
+    if wire is None or wire == []:
+        return ()
+    if not (isinstance(wire, list) and len(wire) <= MAX_ACTIVE and all(
+            isinstance(q, str) and 0 < len(q) <= 64 for q in wire) and query_id in wire):
+        raise SpecError(f"'active' of query {query_id!r} must list at most {MAX_ACTIVE} "
+                        f"query ids, {query_id!r} among them")
+    return tuple(wire)
+
+
+def forget_told(span: Spanned, host: str) -> None:
+    """A new part on `host` (the one before was lost, or its workers all exited) knows no
+    query: the master's RunQuery for its workers (it sends the running and queued queries
+    to each worker that joins) must go there again, not be taken for a repeat."""
+    span.sent = {key for key in span.sent if key[1] != host}
+
+
 @dataclasses.dataclass(slots=True)
 class Hosted:
     """Worker's side: a session of a master on another host, with workers here."""
@@ -198,9 +264,10 @@ class Hosts(ProofActor):
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # from threads, to this thread
         self.spanned: dict[str, Spanned] = {}
         self.by_request: dict[str, str] = {}
-        # session -> the hosts given a part of it (read by endpoint threads): they may send
-        # its workers' frames, and their parts are alive (a part between two workers,
-        # one exited and its replacement starting, is still there)
+        # session -> the hosts given a part of it, or being given one (`part_hosts`; read
+        # by endpoint threads, replaced, never changed): they may send its workers' frames,
+        # and their parts are alive (a part between two workers, one exited and its
+        # replacement starting, is still there)
         self.data_hosts: dict[str, frozenset[str]] = {}
         # session -> (user, package versions its queries run with): what hosts with its
         # workers may pull from here (read by endpoint threads; replaced, never changed)
@@ -250,6 +317,8 @@ class Hosts(ProofActor):
             self._run_query(message, sender)
         elif isinstance(message, m.RemoteWorker):
             self._remote_worker(message, sender)
+        elif isinstance(message, m.MasterRestarted):
+            self._master_restarted(message)
         elif isinstance(message, m.StatusReply) and message.corr in self.local_ops:
             self._local_answer(message)
         elif isinstance(message, m.StatusReply):
@@ -623,9 +692,11 @@ class Hosts(ProofActor):
                                     pending={h for h in plan if h != self.info.name})
         if create.request_id:
             self.by_request[create.request_id] = sid
+        self._update_data_hosts()
         get_logger().info("session_placed", session=sid, plan=plan)
         self.send(self.sessions, dataclasses.replace(
-            create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress))
+            create, workers=plan.get(self.info.name, 0), reply_to=self.myAddress,
+            hosts=self.myAddress))
 
     def _session_ready(self, message: m.SessionReady) -> None:
         span = self.spanned.get(message.session_id)
@@ -650,11 +721,33 @@ class Hosts(ProofActor):
                 "session": sid, "master_url": self.info.address, "user": span.create.user,
                 "worker_ids": [f"worker-{i}@{host}" for i in range(count)]},
                 ("started", sid, host, ""))
+        self._update_data_hosts()
         self._maybe_ready(sid, span)
+
+    def _master_restarted(self, message: m.MasterRestarted) -> None:
+        """A spanning session's master was restarted (its session supervisor says): its
+        queries come from the new one now, and the session's workers on other hosts join
+        it, as its supervisor joins the local ones to it (they dial the same address: the
+        master's host forwards their data frames there, `Forwarder`). Else the new master
+        would count only the local workers, and those on other hosts never get a query."""
+        sid = message.session_id
+        span = self.spanned.get(sid)
+        if span is None or span.master is None:
+            # before the session's announce (it names the new master) or after its end
+            get_logger().info("master_restart_unplaced", session=sid, reason=(
+                "no session spanning hosts here" if span is None else "not announced yet"))
+            return
+        joined = new_master(span, message.master, self.leaving_hosts)
+        for worker_id, pid in joined:
+            self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
+                                                  pid=pid))
+        get_logger().info("spanned_master_restarted", session=sid,
+                          workers=sorted(w for w, _ in joined))
 
     def _session_failed(self, message: m.SessionFailed) -> None:
         span = self.spanned.pop(message.session_id, None)
         if span is not None:  # the local part failed to start
+            self._update_data_hosts()
             self.send(span.reply_to, m.SessionFailed(corr=span.corr,
                                                      session_id=message.session_id,
                                                      error=message.error, retry=message.retry))
@@ -700,6 +793,8 @@ class Hosts(ProofActor):
                 get_logger().warning("remote_start_failed", session=sid, host=host,
                                      error=reason)
             else:
+                if not span.remote.get(host):  # a new part there (or its workers all gone)
+                    forget_told(span, host)
                 mine = span.remote.setdefault(host, {})
                 for worker_id, pid in workers.items():
                     if isinstance(worker_id, str) and isinstance(pid, int) and (
@@ -709,11 +804,14 @@ class Hosts(ProofActor):
                         mine[worker_id] = pid
                         self.send(span.master, m.WorkerJoined(worker_id=worker_id,
                                                               ref=self.myAddress, pid=pid))
-                self._update_data_hosts()
             if adding is not None:
                 adding["pending"].discard(host)
                 if reason:
                     adding["errors"].append(f"{host}: {reason}")
+            # a part that failed to start is no longer counted alive there: that host
+            # closes it if it runs after all (`_check_masters` there)
+            self._update_data_hosts()
+            if adding is not None:
                 if not adding["pending"]:
                     self._added(add)
             else:
@@ -736,6 +834,7 @@ class Hosts(ProofActor):
         span.ready = True
         if not span.local and not any(span.remote.values()):
             self.spanned.pop(sid, None)
+            self._update_data_hosts()
             self.send(self.sessions, m.CloseSession(corr=f"hosts-{next(self._ids)}",
                                                     session_id=sid, admin=True,
                                                     reply_to=self.myAddress))
@@ -810,6 +909,7 @@ class Hosts(ProofActor):
         add = f"add-{next(self._ids)}"
         self.adds[add] = {"answer": answer, "sid": sid, "pending": set(plan), "added": [],
                           "errors": []}
+        self._update_data_hosts()  # the hosts given a part now: that part is alive
         for host, count in plan.items():
             if host == self.info.name:
                 self._local_op(sid, span, add, m.SessionWorkers(
@@ -906,7 +1006,12 @@ class Hosts(ProofActor):
         answer({"removed": sorted(names)})
 
     def _update_data_hosts(self) -> None:
-        self.data_hosts = {sid: frozenset(s.remote) for sid, s in self.spanned.items()}
+        """Called whenever a session's parts or the starts in flight change (actor thread)."""
+        adding: dict[str, list[set[str]]] = {}
+        for request in self.adds.values():
+            adding.setdefault(request["sid"], []).append(request["pending"])
+        self.data_hosts = {sid: part_hosts(span, adding.get(sid, ()), self.info.name)
+                           for sid, span in self.spanned.items()}
 
     def _run_query(self, message: m.RunQuery, sender) -> None:
         """The master tells its workers of a query: those on other hosts via their daemon."""
@@ -918,32 +1023,43 @@ class Hosts(ProofActor):
                 user, versions = self.granted.get(sid, (span.create.user, frozenset()))
                 self.granted = {**self.granted, sid: (user, versions | {
                     p["version"] for p in packages})}
-            for host, workers in span.remote.items():
-                key = (message.query_id, host)
-                if workers and key not in span.sent and host not in self.leaving_hosts:
-                    span.sent.add(key)
-                    url = self.registry.hosts[host].info.address
-                    # the client's fields, and the packages by version (their paths are
-                    # this host's: that host gets them by hash, packages/remote.py);
-                    # that host gives them an output_dir of its own (_packages_here)
-                    self._link(host, url).submit("run_query", {
-                        "session": sid, "query_id": message.query_id,
-                        "spec": message.spec.to_wire(), "packages": packages})
+            for host in hosts_to_tell(span, message.query_id, self.leaving_hosts):
+                url = self.registry.hosts[host].info.address
+                # the client's fields, and the packages by version (their paths are
+                # this host's: that host gets them by hash, packages/remote.py);
+                # that host gives them an output_dir of its own (_packages_here)
+                # with the master's running and queued queries: that host hands them all
+                # to a worker that starts there later (remote_session.py)
+                self._link(host, url).submit("run_query", {
+                    "session": sid, "query_id": message.query_id,
+                    "spec": message.spec.to_wire(), "packages": packages,
+                    "active": list(message.active)})
             return
+        # never silent: workers on other hosts that the master counts on miss this query
+        get_logger().warning("run_query_unplaced", query=message.query_id,
+                             reason="from no master of a session spanning hosts here")
 
     def _peer_request(self, host: str, kind: str, body: dict) -> None:
         sid = body["session"]
         if kind == "run_query":  # worker's side: the master's query, for our workers
-            hosted = self.hosted.get(sid)
-            if hosted is not None and hosted.master == host and hosted.ref is not None and (
-                    isinstance(body.get("query_id"), str)):
-                try:  # checked as the gateway checks a client's
-                    spec = QuerySpec.from_wire(body.get("spec"))
-                    wanted = remote_packages.check_wire_list(body.get("packages") or [])
-                except (SpecError, PackageError) as exc:
-                    get_logger().warning("bad_query_spec", peer=host, error=str(exc))
-                    return
-                self._query_packages(sid, hosted, body["query_id"], spec, wanted)
+            hosted, query_id = self.hosted.get(sid), body.get("query_id")
+            if hosted is None or hosted.master != host or not isinstance(query_id, str):
+                # never silent: a query its master counts on workers here for is lost
+                get_logger().warning("run_query_refused", peer=host, session=sid,
+                                     query=query_id, reason=(
+                                         "no part of this session here" if hosted is None
+                                         else "not from its master" if hosted.master != host
+                                         else "no query id"))
+                return
+            try:  # checked as the gateway checks a client's
+                spec = QuerySpec.from_wire(body.get("spec"))
+                wanted = remote_packages.check_wire_list(body.get("packages") or [])
+                active = active_list(body.get("active"), query_id)
+            except (SpecError, PackageError) as exc:
+                get_logger().warning("bad_query_spec", peer=host, error=str(exc))
+                return
+            # kept in order until the part's supervisor is known (`_send_queries`)
+            self._query_packages(sid, hosted, query_id, spec, wanted, active)
             return
         # master's side: a worker there (re)started or exited
         span = self.spanned.get(sid)
@@ -962,14 +1078,14 @@ class Hosts(ProofActor):
         self._update_data_hosts()
 
     def _query_packages(self, sid: str, hosted: Hosted, query_id: str, spec: QuerySpec,
-                        wanted: list[dict[str, Any]]) -> None:
+                        wanted: list[dict[str, Any]], active: tuple[str, ...] = ()) -> None:
         """Worker's side: have the query's packages here (pulled from the master's host if
         missing, on a thread), then give the workers the query with their local paths."""
         if query_id in hosted.queries:
             return
         hosted.queries[query_id] = None
         if not wanted:
-            self._packages_here(sid, query_id, spec, [])
+            self._packages_here(sid, query_id, spec, [], active)
             return
         secret, tls, me = self.secret, self.tls, self.info.name
         master, url, user = hosted.master, hosted.master_url, hosted.user
@@ -1008,19 +1124,27 @@ class Hosts(ProofActor):
             finally:
                 if client is not None:
                     client.close()
-            self.inbox.put((self._packages_here, sid, query_id, spec, local))
+            self.inbox.put((self._packages_here, sid, query_id, spec, local, active))
 
         threading.Thread(target=pull, name=f"packages-{query_id}", daemon=True).start()
 
     def _packages_here(self, sid: str, query_id: str, spec: QuerySpec,
-                       local: list[dict[str, Any]]) -> None:
+                       local: list[dict[str, Any]], active: tuple[str, ...] = ()) -> None:
         hosted = self.hosted.get(sid)
         if hosted is None or query_id not in hosted.queries:
             return
         # ctx.output_file files stay on this host, in its sandbox (the master's output_dir,
         # a path there, does not travel with the spec): output_files.py
         spec = spec.with_packages(local).with_output_dir(query_output_dir(sid, query_id))
-        hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec)
+        hosted.queries[query_id] = m.RunQuery(query_id=query_id, spec=spec, active=active)
+        self._send_queries(hosted)
+
+    def _send_queries(self, hosted: Hosted) -> None:
+        """Give the part's supervisor the queries whose packages are here, in the master's
+        order. Before it first speaks (`_remote_worker`: the part is still starting, within
+        START_WAIT) they wait in `hosted.queries`, and go then."""
+        if hosted.ref is None:
+            return
         for qid, run in hosted.queries.items():  # in the master's order: none overtakes
             if run is None:
                 break
@@ -1113,6 +1237,8 @@ class Hosts(ProofActor):
             return "refused", {"message": f"the workers did not start within {START_WAIT:g} s"}
         if "error" in box:
             return "refused", {"message": box["error"]}
+        if START_ANSWER_DELAY:  # tests: the master hears late that the part runs
+            time.sleep(START_ANSWER_DELAY)
         return "ok", {"workers": box["workers"]}
 
     def _host_session(self, master: str, sid: str, url: str, ids: tuple[str, ...], user: str,
@@ -1156,7 +1282,9 @@ class Hosts(ProofActor):
         hosted = self.hosted.get(message.session_id)
         if hosted is None:
             return
-        hosted.ref = sender
+        first, hosted.ref = hosted.ref is None, sender
+        if first:  # the part's supervisor speaks first: the queries waiting for it go
+            self._send_queries(hosted)
         known = hosted.workers.get(message.worker_id) == message.pid
         if message.alive:
             hosted.workers[message.worker_id] = message.pid

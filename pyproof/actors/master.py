@@ -74,7 +74,8 @@ class Master(ProofActor):
             active = self.plane.active_queries()
             self.specs = {q: self.specs[q] for q in active if q in self.specs}
             for query_id, spec in self.specs.items():
-                self.send(message.ref, m.RunQuery(query_id=query_id, spec=spec))
+                self.send(message.ref, m.RunQuery(query_id=query_id, spec=spec,
+                                                  active=tuple(self.specs)))
         elif isinstance(message, m.WorkerLeaving):  # removed: it finishes, starts nothing
             current = self.workers.pop(message.worker_id, None)
             if current is not None and self.plane is not None:
@@ -276,9 +277,10 @@ class Master(ProofActor):
         active = self.plane.active_queries()
         self.specs = {q: s for q, s in self.specs.items() if q in active}
         self.specs[query_id] = spec
+        run = m.RunQuery(query_id=query_id, spec=spec, active=tuple(self.specs))
         for worker_id, (ref, pid) in self.workers.items():
             if incarnation(worker_id, pid) not in told:
-                self.send(ref, m.RunQuery(query_id=query_id, spec=spec))
+                self.send(ref, run)
         get_logger().info("query_accepted", query=query_id)
         return None
 

@@ -96,6 +96,9 @@ class CreateSession:
     worker_ids: tuple[str, ...] = ()
     packet_address: str = ""
     orphan_grace: float = 600.0  # with no supervisor pinging it this long, the session stops
+    # the hosts actor that spread this session over hosts (actors/hosts.py): told when the
+    # session's master is restarted (MasterRestarted), so its workers there join the new one
+    hosts: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +195,10 @@ class RunQuery:
 
     query_id: str
     spec: QuerySpec
+    # the master's running and queued queries as it sends this one (it among them), in
+    # order; () if not known. A session's part on another host keeps these for the workers
+    # that start there later (actors/remote_session.py) and forgets the others (ended)
+    active: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,6 +385,17 @@ class RemoteWorker:
     worker_id: str
     pid: int
     alive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MasterRestarted:
+    """Session supervisor -> the hosts actor that spread its session over hosts
+    (`CreateSession.hosts`): its master was restarted, at `master`. The hosts actor tells
+    the new master of the session's workers on other hosts (WorkerJoined) and takes its
+    queries (RunQuery) for them from now on."""
+
+    session_id: str
+    master: Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

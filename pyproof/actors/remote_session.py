@@ -6,7 +6,9 @@ They dial `packet_address`, this host's tunnel to the master (actors/hosts.py:
 sealed with the session's worker key over the cluster channel). The hosts
 actor hears of every worker that starts or exits (`RemoteWorker`) and tells
 the master's host; queries (`RunQuery`) come the other way, and a worker that
-restarts mid-query is given the query at once.
+starts later (restarted, or added mid-query) is given at once every query the master
+runs or has queued, in its order (`pending_queries`), as the master itself gives a
+local worker that joins (master.py): it works on the running one, then the next.
 
 It is as durable as a session of the master's host (it is a `SessionSupervisor`
 for that): it leads a process session of its own, records itself and its
@@ -37,6 +39,8 @@ from pyproof.supervision.process_tree import (
 )
 from pyproof.supervision.spec import ChildSpec, Strategy, SupervisorSpec, SupFlags
 
+KEEP_QUERIES = 64  # queries kept at most (all, when the master does not say which still run)
+
 
 class RemoteSession(SessionSupervisor):
     def __init__(self, *args, **kwargs) -> None:
@@ -46,7 +50,8 @@ class RemoteSession(SessionSupervisor):
         actor would see the session part fail to start.
         """
         super().__init__(*args, **kwargs)
-        self.query: m.RunQuery | None = None
+        # the master's running and queued queries, in its order (`pending_queries`)
+        self.queries: dict[str, m.RunQuery] = {}
         self.hosts_ref = None  # the hosts actor that last spoke to us (a restarted one too)
 
     def receive_other(self, message, sender) -> None:
@@ -94,7 +99,7 @@ class RemoteSession(SessionSupervisor):
                                                      worker_id=child_id, pid=pid, alive=True))
         elif isinstance(message, m.RunQuery):
             self.hosts_ref = sender
-            self.query = message
+            self.queries = pending_queries(self.queries, message)
             for child_id, ref in self.refs.items():
                 if child_id in self.pids:
                     self.send(ref, message)
@@ -127,8 +132,8 @@ class RemoteSession(SessionSupervisor):
                                 Proc(pid=pid, start=start_time(pid) or 0))
         self.send(self.hosts_ref, m.RemoteWorker(
             session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=True))
-        if self.query is not None:  # restarted mid-query: back to work at once
-            self.send(ref, self.query)
+        for run in self.queries.values():  # (re)started mid-query: to work at once, in order
+            self.send(ref, run)
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
         """Run by `SupervisorActor` (actor thread) after a child exited or failed to start.
@@ -145,3 +150,14 @@ class RemoteSession(SessionSupervisor):
         level = "info" if self.exiting or reason == "shutdown" else "warning"
         getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,
                                      reason=reason)
+
+
+def pending_queries(queries: dict[str, m.RunQuery], run: m.RunQuery) -> dict[str, m.RunQuery]:
+    """The queries a worker starting here is given, in the master's order, once `run` came:
+    those the master named running or queued with it (`RunQuery.active`; the others ended,
+    or ran on a master since restarted: a worker given one would only hear it is unknown),
+    then `run` (in its place if told again). Without that list (not known), the last ones
+    heard of; KEEP_QUERIES at most. Pure: returns a new dict."""
+    kept = {q: r for q, r in queries.items() if not run.active or q in run.active}
+    kept[run.query_id] = run  # told again: it keeps its place
+    return dict(list(kept.items())[-KEEP_QUERIES:])

@@ -200,7 +200,7 @@ class Sessions(SupervisorActor):
                                log_dir=message.log_dir, reply_to=reply_to, user=message.user,
                                data_key=message.data_key, remote_of=message.remote_of,
                                worker_ids=message.worker_ids,
-                               packet_address=message.packet_address,
+                               packet_address=message.packet_address, hosts=message.hosts,
                                orphan_grace=float(self.config.limits.get("orphan_grace")
                                                   or ORPHAN_GRACE))
         # (remote_of: a session's workers on this host for a master on another, hosts.py)
@@ -439,6 +439,7 @@ class SessionSupervisor(SupervisorActor):
         self.orphaned = False
         self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
         self.next_worker = 0  # the index of the next worker added on the fly
+        self.master_seen = False  # a master started: the next start is a restart
         self.adding: dict[str, dict[str, Any]] = {}  # add request corr -> its progress
         self.once = Once()  # adds by the client's request id (a retry adds nothing)
         # requests passed to the master lately: (when, (message, sender)); if it dies (a
@@ -670,6 +671,13 @@ class SessionSupervisor(SupervisorActor):
             for wid, wref in self.refs.items():
                 if wid.startswith("worker-") and wid in self.pids:
                     self.send(ref, m.WorkerJoined(worker_id=wid, ref=wref, pid=self.pids[wid]))
+            restarted, self.master_seen = self.master_seen, True
+            if restarted and self.request is not None and self.request.hosts is not None:
+                # the session's workers on other hosts join the new master through the
+                # hosts actor, which takes its queries for them from now on (the first
+                # master it knows from the session's announce: SessionReady)
+                self.send(self.request.hosts, m.MasterRestarted(
+                    session_id=self.request.session_id, master=ref))
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
         if child_id == "master" and self.request is not None:

@@ -1,0 +1,84 @@
+"""A session spread over hosts whose master is restarted (killed; its session supervisor
+starts a new one): the new master counts the workers of every host, and its queries run on
+all of them, exactly (network namespaces, one proofd each; the client in the root
+namespace)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import pyproof
+from pyproof.transport import auth
+from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
+from tests.test_hosts_cluster import BASIC, DATASET, Running, by_host, check_exact, cluster
+
+pytestmark = pytest.mark.slow  # a long module: started first (conftest)
+
+RESTARTED_WITHIN = 20.0  # seconds: a new master answers, counting every host's workers
+WORKERS = ["worker-0", "worker-0@h2"]
+
+
+def _query(session):
+    from tests.sample_selectors import SlowCount
+
+    # 47 packets of 0.1 s on two workers: each surely gets some
+    return session.process(SlowCount, dataset=DATASET, inputs={"sleep": 0.1},
+                           progress=False, **BASIC)
+
+
+def _kill_master(session) -> None:
+    """SIGKILL the session's master (the pid its status names) and wait, bounded, for the
+    new one to count the workers of both hosts."""
+    old = int(session.status()["pid"])
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + RESTARTED_WITHIN
+    status: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            status = session.status()
+        except pyproof.ProofError:  # the master restarting: asked again
+            status = {}
+        if status.get("pid") not in (None, old) and status.get("workers") == WORKERS:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no new master counting {WORKERS} within {RESTARTED_WITHIN:g} s "
+                         f"(the master was pid {old}); its status: {status}")
+
+
+def test_a_restarted_masters_queries_run_on_the_workers_of_every_host(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    url = cluster(netns_hosts, ("m", "h2"), auth.fresh_cluster_secret())
+    with pyproof.connect(f"{url}?workers=m:1,h2:1") as session:
+        result = _query(session)
+        check_exact(result)
+        assert {h for h, n in by_host(result).items() if n} == {"m", "h2"}, by_host(result)
+        _kill_master(session)
+        for _ in range(2):  # the new master's queries, one after the other
+            result = _query(session)
+            check_exact(result)
+            assert {h for h, n in by_host(result).items() if n} == {"m", "h2"}, \
+                result.stats.workers
+
+
+def test_a_master_killed_mid_query_fails_that_query_and_the_next_runs_on_every_host(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    url = cluster(netns_hosts, ("m", "h2"), auth.fresh_cluster_secret())
+    with pyproof.connect(f"{url}?workers=m:1,h2:1") as session:
+        running = Running(session, sleep=0.2)
+        deadline = time.monotonic() + 30
+        while ((session.status().get("master") or {}).get("query") or {}).get(
+                "processed", 0) < 200:
+            assert time.monotonic() < deadline, "the query made no progress"
+            time.sleep(0.1)
+        _kill_master(session)
+        with pytest.raises(pyproof.QueryError, match=r"master was restarted"):
+            running.get(timeout=60)
+        # h2's worker, busy with the dead master's query, is back for the new one's
+        result = _query(session)
+        check_exact(result)
+        assert {h for h, n in by_host(result).items() if n} == {"m", "h2"}, \
+            result.stats.workers
