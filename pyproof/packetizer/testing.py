@@ -122,19 +122,19 @@ class Driver:
         and, given the packets it was `running`, that no other range is poisoned and every
         other one it held comes back `confirm`."""
         poisoned_before = len(self.packetizer.poisoned)
+        mine = self.held.get(worker, {})
         if running is None:
             requeued = self.packetizer.worker_lost(worker, self.now)
         else:
             requeued = self.packetizer.worker_lost(worker, self.now, running=running)
             ran = _entries((p.element, p.entry_start, p.entry_stop)
-                           for i, p in self.held.get(worker, {}).items() if i in running)
-            # a range it held and did not run takes no strike (only running ones die);
-            # a range it held undelivered is a suspect now: confirmed when cut again
-            mine = self.held.get(worker, {})
-            self.suspects |= _entries((p.element, p.entry_start, p.entry_stop)
-                                      for i, p in mine.items() if i not in self.processed)
-            self.suspects -= _entries((p.element, p.entry_start, p.entry_stop)
-                                      for i, p in mine.items() if i in self.processed)
+                           for i, p in mine.items() if i in running)
+        # a range it held in flight is a suspect now: confirmed when cut again (a
+        # processed one is not)
+        self.suspects |= _entries((p.element, p.entry_start, p.entry_stop)
+                                  for i, p in mine.items() if i not in self.processed)
+        self.suspects -= _entries((p.element, p.entry_start, p.entry_stop)
+                                  for i, p in mine.items() if i in self.processed)
         newly_poisoned = self.packetizer.poisoned[poisoned_before:]
         if running is not None:
             dead = _entries((r.element, r.entry_start, r.entry_stop) for r in newly_poisoned)
