@@ -173,6 +173,27 @@ def test_a_range_that_kills_three_workers_is_poisoned_not_requeued() -> None:
     p.validate()
 
 
+def test_only_the_packet_its_worker_was_running_takes_a_strike_the_one_ahead_comes_back_confirm(
+) -> None:
+    p = BasicPacketizer(files(20), workers=1, packet_entries=10)
+    for n in range(3):
+        a, b = p.next_packet(f"w{n}", float(n)), p.next_packet(f"w{n}", float(n))
+        assert a and b and (a.entry_start, b.entry_start) == (0, 10)
+        assert a.confirm == b.confirm == (n > 0)  # held in flight by a worker that died
+        p.worker_lost(f"w{n}", float(n), reason=f"signal {n}", running={a.packet_id})
+        p.validate()
+    assert p.poisoned == (
+        PoisonedRange(element=0, entry_start=0, entry_stop=10, workers=("w0", "w1", "w2"),
+                      reasons=("signal 0", "signal 1", "signal 2")),
+    )
+    c = p.next_packet("w3", 3.0)
+    assert c and (c.entry_start, c.entry_stop, c.confirm) == (10, 20, True)
+    p.packet_processed("w3", c.packet_id, 3.0, seconds=1.0)
+    p.worker_lost("w3", 4.0, running={c.packet_id})  # processed: no strike, no suspect
+    d = p.next_packet("w4", 4.0)
+    assert d and (d.entry_start, d.confirm) == (10, False) and p.poisoned[1:] == ()
+
+
 def test_a_range_processed_before_its_worker_died_takes_no_strike() -> None:
     p = BasicPacketizer(files(10), workers=1, packet_entries=10, max_strikes=1)
     packet = p.next_packet("a", 0.0)

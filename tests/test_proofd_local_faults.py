@@ -36,11 +36,34 @@ def test_workers_killed_by_their_selector_again_and_again_never_end_the_session(
         result = session.process("tests.sample_selectors:ExitsBelow", dataset=ZMUMU,
                                  inputs={"below": 1200}, on_missing="skip", **PACKETS)
         poisoned = result.lineage["poisoned"]
+        # only the killing packets: never one a dying worker had been granted ahead
+        assert all(p["entry_stop"] <= 1200 for p in poisoned), poisoned
         assert sum(p["entry_stop"] - p["entry_start"] for p in poisoned) == 1200
         assert result.stats.entries == result.outputs["n"] == 2304 - 1200
-        assert any("exit status 1" in r for p in poisoned for r in p["reasons"])
+        assert all_died_running_it(poisoned)
         assert f"session-{session.id}" in daemon.pids()
         assert_exact(slow_query(session))
+
+
+def all_died_running_it(poisoned: list[dict]) -> bool:
+    """Each poisoned range names the 3 worker processes that died running it, and why."""
+    for p in poisoned:
+        assert len(p["workers"]) == len(set(p["workers"])) == 3, p
+        assert all(r == f"{w} died (exit status 1)" for w, r in zip(p["workers"], p["reasons"],
+                                                                    strict=True)), p
+    return True
+
+
+def test_the_packet_a_worker_was_granted_ahead_is_not_poisoned_by_the_one_that_kills_it(
+        daemon):
+    # one worker: it always holds the packet after the killing one, granted ahead
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        result = session.process("tests.sample_selectors:ExitsBelow", dataset=ZMUMU,
+                                 inputs={"below": 100}, on_missing="skip", **PACKETS)
+        poisoned = result.lineage["poisoned"]
+        assert [(p["entry_start"], p["entry_stop"]) for p in poisoned] == [(0, 100)]
+        assert all_died_running_it(poisoned)
+        assert result.stats.entries == result.outputs["n"] == 2304 - 100
 
 
 def test_a_segfaulting_selector_fails_its_query_at_the_first_poisoned_packet(daemon):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import event as note
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -606,3 +607,351 @@ def test_last_outputs_with_the_next_request_are_held_until_merged_then_done():
     # sent again (a resend): refused, never merged twice
     [ack] = fed(core, qc.OutputArrived(worker="w#1", packet_ids=ids, now=0.4))
     assert ack == qc.Done(worker="w#1") and core.delivered == 1
+
+
+# -- strikes: only the packet a dying worker was running ------------------------------------
+
+MAX_STRIKES = 3
+
+
+class ProtocolWorker:
+    """A fake worker that follows `WorkerLoop._loop` step by step (`steps` mirrors it):
+    it runs its granted packets in grant order, asks ahead as it starts the last one of
+    a grant (with the reports of the others), waits for that answer first when the packet
+    is `confirm`, and sends its outputs when told (`last`, WAIT, DONE) or for feedback.
+    Its requests travel in `outbox` until the machine delivers them (or they are lost
+    with it); answers wait in `inbox`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.alive = True
+        self.held: list[int] = []            # processed, outputs not sent
+        self.reports: list[qc.Report] = []   # processed, not reported
+        self.outbox: list[tuple] = []
+        self.inbox: list[qc.Instruction] = []
+        self.unreceived: list[qc.Instruction] = []  # answered after it died
+        self.started: set[int] = set()       # the truth: packets it started
+        self.starting: int | None = None     # said it starts it, has not yet
+        self.running: qc.Packet | None = None
+        self.action = None
+        self.steps = self._loop()
+        self.advance(None)
+
+    def advance(self, value) -> None:
+        try:
+            self.action = self.steps.send(value)
+        except StopIteration:
+            self.action = None
+
+    def next_start(self) -> set[int]:
+        """The packet it would start next, without another word to the master."""
+        if self.action is not None and self.action[0] == "start":
+            return {self.action[1].packet_id}
+        grants = [i for i in self.inbox + self.unreceived if isinstance(i, qc.Grant)]
+        return {grants[0].packet.packet_id} if grants else set()
+
+    def _take_reports(self) -> tuple[qc.Report, ...]:
+        reports, self.reports = tuple(self.reports), []
+        return reports
+
+    def _request(self):
+        yield ("send", ("next", self._take_reports()))
+        return (yield ("recv",))
+
+    def _flush(self, then_next: bool):
+        if not self.held:
+            if then_next:
+                return (yield from self._request())
+            return None
+        ids = frozenset(self.held)
+        yield ("send", ("outputs", ids, self._take_reports(), then_next))
+        reply = yield ("recv",)
+        taken = isinstance(reply, qc.Grant | qc.Wait | qc.Done) if then_next else \
+            isinstance(reply, qc.Ack)
+        if not taken:
+            return None
+        self.held = []
+        return reply if then_next else None
+
+    def _loop(self):
+        reply = yield from self._request()
+        while reply is not None:
+            if isinstance(reply, qc.Grant):
+                ahead = None
+                for index, packet in enumerate(reply.packets):
+                    if index == len(reply.packets) - 1 and not getattr(reply, "last", False):
+                        self.starting = packet.packet_id
+                        yield ("send", ("next", self._take_reports()))
+                        if getattr(packet, "confirm", False):
+                            ahead = yield ("recv",)
+                    yield ("start", packet)
+                    yield ("finish", packet)
+                if getattr(reply, "last", False):
+                    reply = yield from self._flush(then_next=True)
+                    continue
+                reply = ahead if ahead is not None else (yield ("recv",))
+                if (yield ("feedback?",)):
+                    yield from self._flush(then_next=False)
+            elif isinstance(reply, qc.Wait):
+                reply = yield from self._flush(then_next=True)
+            elif isinstance(reply, qc.Done):
+                yield from self._flush(then_next=False)
+                return
+            else:
+                return
+
+
+class StrikeMachine(RuleBasedStateMachine):
+    """The query core against workers that follow the real protocol and die at any point:
+    some entries kill every worker that starts a packet holding them (a poisonous
+    selector); with `chaos`, workers also die of other causes, and the requests on their
+    way when a worker dies are lost, or arrive before or after its loss is known.
+
+    Invariants: a packet a worker never started never takes a strike at its death
+    (without chaos: only the packet that killed it may); no poisonous entry kills more
+    than `MAX_STRIKES + 1` workers; at the end every entry is delivered exactly once or
+    poisoned, every poisonous one poisoned, and each poisoned range names workers that
+    died running it (without chaos: it holds a poisonous entry)."""
+
+    @initialize(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=3),
+                packet=st.integers(1, 8), workers=st.integers(1, 3), chaos=st.booleans(),
+                budget=st.sampled_from([0.02, 1e6]), data=st.data())
+    def setup(self, sizes, packet, workers, chaos, budget, data):
+        self.now = 0.0
+        self.chaos = chaos
+        self.work = tuple(WorkRange(element=i, entry_start=0, entry_stop=n)
+                          for i, n in enumerate(sizes))
+        entries = [(i, e) for i, n in enumerate(sizes) for e in range(n)]
+        self.poison = set(data.draw(st.lists(st.sampled_from(entries), max_size=3),
+                                    label="poison"))
+        self.kills: Counter[tuple[int, int]] = Counter()  # poisonous entry -> workers killed
+        self.workers: dict[str, ProtocolWorker] = {}
+        self.serial = 0
+        self.cause = 0
+        self.core = qc.QueryCore(query_id="q", workers=[],
+                                 spec=QuerySpec(selector="m:S", cycles=1, on_missing="skip"),
+                                 now=0.0)
+        self.merged: Counter[tuple[int, int]] = Counter()
+        self.ranges: dict[int, tuple[int, int, int]] = {}
+        self.granted: dict[int, str] = {}
+        self.feed(qc.LookupDone(work=self.work, kind="basic", now=0.0,
+                                params={"packet_entries": packet, "max_strikes": MAX_STRIKES}))
+        p = self.core.packetizer
+        p.batch_seconds, p.endgame_seconds, p.max_batch = budget, 0.0, 4
+        self.struck: list[tuple[str, frozenset[int]]] = []
+        lose = p.worker_lost
+
+        def spy(worker, now, *, reason="", **kwargs):
+            running = kwargs.get("running")
+            if running is None:  # every packet in flight may have been running
+                held = p._ledger._held.get(worker, {})  # noqa: SLF001 - what it strikes
+                running = [i for i in held if not p._ledger._records[i].reported]  # noqa: SLF001
+            self.struck.append((worker, frozenset(running)))
+            note(f"lost, struck {len(running)}")
+            return lose(worker, now, reason=reason, **kwargs)
+
+        p.worker_lost = spy
+        for _ in range(workers):
+            self.join()
+
+    # -- the master's side -------------------------------------------------------------
+    def feed(self, event: qc.Event) -> list:
+        self.cause += 1
+        out, todo = [], [event]
+        while todo:
+            got = self.core.handle(todo.pop(0))
+            self.core.validate()
+            for i in got:
+                if isinstance(i, qc.Grant):
+                    for p in i.packets:
+                        self.ranges[p.packet_id] = (p.element, p.entry_start, p.entry_stop)
+                        self.granted[p.packet_id] = i.worker
+                        if getattr(p, "confirm", False):  # the last of a grant, not the end
+                            assert p is i.packets[-1] and not i.last, i
+                            note("a confirm packet granted")
+                    if len(i.packets) > 1:
+                        note("a batch granted")
+                elif isinstance(i, qc.Merge):
+                    for pid in i.packet_ids:
+                        element, start, stop = self.ranges[pid]
+                        self.merged.update((element, e) for e in range(start, stop))
+                    todo.append(qc.Merged(token=i.token))
+                elif isinstance(i, qc.Finish):
+                    todo.append(qc.Finished(now=self.now))
+            out += got
+        return out
+
+    def deliver_one(self, w: ProtocolWorker) -> None:
+        message = w.outbox.pop(0)
+        if message[0] == "next":
+            out = self.feed(qc.PacketRequested(worker=w.name, reports=message[1], now=self.now))
+        else:
+            _, ids, reports, then_next = message
+            out = self.feed(qc.OutputArrived(worker=w.name, packet_ids=ids, reports=reports,
+                                             now=self.now))
+            if then_next and any(isinstance(i, qc.Ack) for i in out):
+                out = self.feed(qc.PacketRequested(worker=w.name, now=self.now))
+        [answer] = [i for i in out if isinstance(i, qc.ANSWERS)]
+        assert answer.worker == w.name
+        (w.inbox if w.alive else w.unreceived).append(answer)
+
+    def die(self, w: ProtocolWorker, fates: list[str], killer: qc.Packet | None) -> None:
+        """`w` dies; each request on its way is lost, or arrives before or after."""
+        w.alive = False
+        late = []
+        for message, fate in zip(list(w.outbox), fates, strict=True):
+            note(f"a request on its way {fate}")
+            if fate == "before":
+                w.outbox.remove(message)
+                w.outbox.insert(0, message)
+                self.deliver_one(w)
+            elif fate == "after":
+                late.append(message)
+        w.outbox = late
+        self.feed(qc.WorkerLost(worker=w.name, how="exit status 1", now=self.now))
+        name, running = self.struck[-1] if self.struck else (None, frozenset())
+        if name == w.name:
+            # the one invariant that matters: never a strike for a packet not started (a
+            # worker killed from outside as it starts the next packet, the one it said it
+            # starts or one it starts without a word: the master cannot tell it from one
+            # that started it)
+            allowed = w.started | {w.starting} | w.next_start()
+            assert running <= allowed, (running, w.started, w.starting)
+            if killer is not None:
+                assert running <= w.started, (running, w.started)
+            if killer is not None and not self.chaos:
+                assert running <= {killer.packet_id}, (running, killer)
+        while w.outbox:
+            self.deliver_one(w)  # too late: refused, changes nothing
+
+    # -- rules -------------------------------------------------------------------------
+    @rule()
+    def join(self):
+        name = f"worker-{self.serial}#{100 + self.serial}"
+        self.serial += 1
+        self.feed(qc.WorkerJoined(worker=name, now=self.now))
+        self.workers[name] = ProtocolWorker(name)
+
+    def alive(self) -> list[ProtocolWorker]:
+        return [w for w in self.workers.values() if w.alive]
+
+    def step_one(self, w: ProtocolWorker, choice) -> bool:
+        """Carry out `w`'s next action; False if it is waiting for an answer."""
+        action = w.action
+        if action is None:
+            return False
+        if action[0] == "send":
+            w.outbox.append(action[1])
+            w.advance(None)
+        elif action[0] == "recv":
+            if not w.inbox:
+                return False
+            w.advance(w.inbox.pop(0))
+        elif action[0] == "start":
+            packet = action[1]
+            w.started.add(packet.packet_id)
+            element = packet.element
+            deadly = [(element, e) for e in range(packet.entry_start, packet.entry_stop)
+                      if (element, e) in self.poison]
+            if deadly:
+                self.kills.update(deadly)
+                assert max(self.kills[e] for e in deadly) <= MAX_STRIKES + 1, self.kills
+                self.die(w, [choice("fate") for _ in w.outbox], packet)
+                return True
+            w.advance(None)
+        elif action[0] == "finish":
+            packet = action[1]
+            w.held.append(packet.packet_id)
+            w.reports.append(qc.Report(packet=packet.packet_id, entries=packet.entries,
+                                       seconds=packet.entries / 1000))
+            w.advance(None)
+        else:  # feedback?
+            w.advance(choice("feedback"))
+        return True
+
+    def chooser(self, data):
+        def choice(what):
+            if what == "fate":
+                fates = ["lost", "before", "after"] if self.chaos else ["before"]
+                return data.draw(st.sampled_from(fates), label="fate")
+            return data.draw(st.booleans(), label=what)
+        return choice
+
+    @rule(data=st.data())
+    def step(self, data):
+        live = self.alive()
+        if live:
+            self.step_one(data.draw(st.sampled_from(live), label="worker"), self.chooser(data))
+
+    @rule(data=st.data())
+    def deliver(self, data):
+        sending = [w for w in self.alive() if w.outbox]
+        if sending:
+            self.deliver_one(data.draw(st.sampled_from(sending), label="sender"))
+
+    @precondition(lambda self: self.chaos)
+    @rule(data=st.data())
+    def crash(self, data):
+        """A worker dies of something else (killed, out of memory) at any point."""
+        live = self.alive()
+        if live:
+            w = data.draw(st.sampled_from(live), label="crashes")
+            choice = self.chooser(data)
+            self.die(w, [choice("fate") for _ in w.outbox], None)
+
+    @rule()
+    def run_to_the_end(self):
+        """Every live worker runs (its requests delivered at once) until the query ends;
+        a replacement joins when all are dead."""
+        for _ in range(5000):
+            if self.core.ended:
+                break
+            if not self.alive():
+                self.join()
+            for w in self.alive():
+                for _ in range(20):  # until it waits for an answer (or dies)
+                    while w.alive and w.outbox:
+                        self.deliver_one(w)
+                    if not w.alive or not self.step_one(w, lambda what: what == "fate"
+                                                        and "before"):
+                        break
+        assert self.core.ended, self.core.story()[-5:]
+        self.check_the_end()
+
+    def check_the_end(self):
+        assert self.core.state == qc.QueryState.FINISHED, self.core.state
+        poisoned = self.core.packetizer.poisoned
+        given_up = {(r.element, e) for r in poisoned for e in range(r.entry_start,
+                                                                     r.entry_stop)}
+        everything = {(w.element, e) for w in self.work for e in range(w.entry_stop)}
+        assert all(n == 1 for n in self.merged.values())
+        assert set(self.merged) | given_up == everything
+        assert not set(self.merged) & given_up
+        assert self.poison <= given_up
+        for r in poisoned:
+            assert len(r.workers) == MAX_STRIKES and len(set(r.workers)) == MAX_STRIKES
+            assert r.reasons == tuple(f"{w} died (exit status 1)" for w in r.workers)
+            for name in r.workers:  # each died running a packet holding this range
+                assert any(self.granted[i] == name and self.ranges[i][0] == r.element
+                           and self.ranges[i][1] <= r.entry_start < self.ranges[i][2]
+                           for i in self.workers[name].started), (r, name)
+            if not self.chaos:
+                assert any((r.element, e) in self.poison
+                           for e in range(r.entry_start, r.entry_stop)), r
+
+    @invariant()
+    def no_poisonous_entry_kills_more_than_max_strikes_plus_one_workers(self):
+        assert all(n <= MAX_STRIKES + 1 for n in self.kills.values()), self.kills
+
+    @invariant()
+    def every_entry_is_merged_at_most_once(self):
+        assert all(n == 1 for n in self.merged.values()), self.merged.most_common(1)
+
+    def teardown(self):
+        if hasattr(self, "core") and not self.core.ended:
+            self.run_to_the_end()
+
+
+StrikeMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60,
+                                           deadline=None)
+TestStrikeMachine = StrikeMachine.TestCase

@@ -193,3 +193,49 @@ def test_a_worker_stopped_mid_batch_drops_the_packets_it_did_not_start(tmp_path)
     sent = frames[1].payload["packets"]
     assert sent in ([0], [0, 1]), sent  # the packet under way is finished, no other starts
     assert frames[1].payload["outputs"]["count"] == 10 * len(sent)
+
+
+def test_a_confirm_packet_starts_only_once_the_master_answered_the_request_saying_so(tmp_path):
+    """A packet a worker died holding comes `confirm`: the worker asks ahead as it starts
+    it and waits for the answer first, so the master knows for sure it was running if
+    the worker dies (packetizer/ledger.py: only that packet takes a strike)."""
+    import time
+
+    from pyproof.transport.frames import decode_frame
+
+    address = f"ipc://{tmp_path}/master.ipc"
+    stop, seen, started_before_answer = threading.Event(), [], []
+    first = {**_cycles(0, 0, 5), "batch": [{"packet": {**_cycles(1, 5, 55)["packet"],
+                                                       "confirm": True}}]}
+
+    def master() -> None:
+        with contextlib.suppress(pynng.NNGException), \
+                pynng.Rep0(listen=address, recv_timeout=5000) as rep:
+            seen.append(rep.recv())
+            rep.send(encode_frame("packet", first))
+            seen.append(rep.recv())  # asked ahead as it starts the confirm packet
+            time.sleep(0.3)  # its 50 cycles of 20 ms would be under way by now
+            started_before_answer.append(loop.current_packet(time.monotonic()))
+            rep.send(encode_frame("done", {}))
+            seen.append(rep.recv())
+            rep.send(encode_frame("ack", {"accepted": True}))
+            stop.wait(20)
+
+    server = threading.Thread(target=master, daemon=True)
+    with pynng.Req0(recv_timeout=5000, send_timeout=2000, resend_time=-1) as sock:
+        sock.dial(address, block=False)
+        loop = worker_loop.WorkerLoop(
+            worker_id="worker-0", session_id="s", query_id="q", socket=sock,
+            spec=QuerySpec(selector="tests.sample_selectors:SlowCycles", cycles=1,
+                           inputs={"per_entry": 0.02}))
+        server.start()
+        loop.start()
+        assert loop.join(20), "the worker loop did not end"
+    stop.set()
+    server.join(5)
+    assert started_before_answer == [None]  # it waited for the answer
+    frames = [decode_frame(raw) for raw in seen]
+    assert [f.type for f in frames] == ["next", "next", "outputs"]
+    assert [r["packet"] for r in frames[1].payload["processed"]] == [0]
+    assert frames[2].payload["packets"] == [0, 1]
+    assert frames[2].payload["outputs"]["count"] == 55

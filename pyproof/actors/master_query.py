@@ -62,6 +62,15 @@ FEEDBACK = "feedback"  # master -> client: {query, outputs: {name: merged so far
 worker_id = qc.worker_id
 
 
+def _packet_fields(packet: Any) -> dict[str, Any]:
+    """A packet as the worker reads it; "confirm": tell the master you start it, and wait
+    for its answer, before you start it (`Packet.confirm`)."""
+    fields = {"packet_id": packet.packet_id, "element": packet.element,
+              "entry_start": packet.entry_start, "entry_stop": packet.entry_stop}
+    if packet.confirm:
+        fields["confirm"] = True
+    return fields
+
 class Merger:
     """The merge thread: merges workers' outputs into their query's, one job at a time, in
     the order given. One serves a plane's queries for its life: a query's start costs no
@@ -423,12 +432,10 @@ class QueryRun:
                 # a packet of the same element as the one before it carries no file fields
                 # (path, tree, metadata...): the worker takes them from that one
                 reply["batch"] = [
-                    {"packet": {"packet_id": packet.packet_id, "element": packet.element,
-                                "entry_start": packet.entry_start,
-                                "entry_stop": packet.entry_stop}}
+                    {"packet": _packet_fields(packet)}
                     if packet.element == before.element else self._packet_reply(packet)
                     for before, packet in zip(packets, packets[1:], strict=False)]
-            if self._nothing_left():  # its outputs go as soon as it is done (see protocol.py)
+            if ins.last:  # its outputs go as soon as it is done (see protocol.py)
                 reply["last"] = True
             self._answer = (p.PACKET, reply)
         elif isinstance(ins, qc.Wait):  # not held: send your outputs, then ask again
@@ -463,20 +470,8 @@ class QueryRun:
         elif isinstance(ins, qc.Fail):
             self._fail(ins)
 
-    def _nothing_left(self) -> bool:
-        """No packet is left to hand out once this grant is made (every file looked up, no
-        range queued): the worker sends its outputs the moment it is done rather than ask
-        ahead for a packet (answered "flush": a round trip more at every query's end). A
-        lost worker's ranges may still come back: the worker then asks with its outputs."""
-        core = self.core
-        if core.packetizer is None or core.incremental and core.lookup_done_at is None:
-            return False
-        return core.packetizer.statistics().entries_queued == 0
-
     def _packet_reply(self, packet: Any) -> dict[str, Any]:
-        reply: dict[str, Any] = {"packet": {
-            "packet_id": packet.packet_id, "element": packet.element,
-            "entry_start": packet.entry_start, "entry_stop": packet.entry_stop}}
+        reply: dict[str, Any] = {"packet": _packet_fields(packet)}
         if packet.element != CYCLES:
             element = self.elements[packet.element]
             reply["path"], reply["tree"] = element.path, element.tree

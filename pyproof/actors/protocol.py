@@ -20,6 +20,9 @@ sends its next NEXT (with the reports) as it starts the last one. A packet of th
 element as the one before it carries only `packet` (the file fields are that one's).
 A PACKET with `last: true` leaves nothing else to hand out now: the worker asks for no
 packet ahead, it sends OUTPUTS with `next: true` once it has processed its packets.
+A packet with `confirm: true` (always a grant's last, never with `last`) is one a
+worker died holding before: the worker sends its NEXT and waits for the answer
+before it starts it, so the master knows for sure it was running if it dies.
 A report is {packet, seconds, entries, bytes}. `files` lists the files the
 selector wrote (ctx.output_file) for those packets: kept if accepted, else
 deleted (output_files.py).

@@ -282,9 +282,14 @@ class WorkerLoop:
                 # the master has nothing else to give ("last"): no request ahead (it would
                 # be answered "flush"); the outputs go, with the request, once we are done
                 final = reply.get("last") is True
+                ahead = None
                 for index, packet in enumerate(queue):
                     if index == last and not final:
                         self._send(p.NEXT, {"processed": self._take_reports()})
+                        if packet["packet"].get("confirm"):
+                            # a worker died holding it: the master hears that we start it
+                            # before we do (if it kills us, it is known to be this one)
+                            ahead = self._recv(p.NEXT)
                     elif self._stop.is_set():
                         # stopped: the queued packets not started are dropped here, and
                         # go back to the master's queue when this worker is gone
@@ -297,7 +302,7 @@ class WorkerLoop:
                 if final:
                     reply = self._flush(then_next=True)
                     continue
-                reply = self._recv(p.NEXT)
+                reply = ahead if ahead is not None else self._recv(p.NEXT)
                 if self.spec.feedback and time.monotonic() - self._flushed >= \
                         self.spec.feedback_interval:
                     self._flush()  # live feedback: the master merges what we have so far

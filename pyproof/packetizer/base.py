@@ -17,6 +17,7 @@ which ranges are where. A packet moves through
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import field
 from typing import Protocol
 
@@ -57,6 +58,12 @@ class Packet:
     several in turn (`MultiPacketizer`), 0 otherwise: the master tells the
     selector the dataset changed (`ctx.dataset`) when it differs from the
     worker's previous packet.
+
+    `confirm`: a worker died holding this range in flight before (it may have
+    been what killed it). The worker tells the master it starts the packet and
+    waits for the answer before it starts it, so that a death while it runs is
+    known to be this packet's (`Ledger.lose`). It is always the last packet of
+    a grant that is not the query's last (`Grant.last`).
     """
 
     packet_id: int
@@ -64,6 +71,7 @@ class Packet:
     entry_start: int
     entry_stop: int
     part: int = 0
+    confirm: bool = False
 
     @property
     def entries(self) -> int:
@@ -72,10 +80,11 @@ class Packet:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoisonedRange:
-    """A range given up on: every worker that held it in flight died, `max_strikes` times.
+    """A range given up on: `max_strikes` workers died while running it.
 
-    `workers` and `reasons` are parallel: who died holding it, and why (as the
-    master told `worker_lost`). The range is neither requeued nor delivered;
+    `workers` and `reasons` are parallel: who died running it, and why (as the
+    master told `worker_lost`); a worker that died holding it granted ahead,
+    not started, is not named. The range is neither requeued nor delivered;
     the result reports it instead of retrying it forever.
     """
 
@@ -148,10 +157,13 @@ class Packetizer(Protocol):
         worker's, or already delivered: merging them would count twice.
         """
 
-    def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
+    def worker_lost(self, worker: str, now: float, *, reason: str = "",
+                    running: Collection[int] | None = None) -> list[WorkRange]:
         """`worker` is gone: every range it held but had not delivered is queued again.
 
         `reason` (why it was lost) goes into the reports of ranges it poisons.
+        Only packets in `running` (None: every packet not processed) take a
+        strike; see `Ledger.lose`.
         """
 
     @property

@@ -25,7 +25,7 @@ requeues each exactly once, an output must name each.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pyproof.packetizer.base import (
     Packet,
@@ -129,7 +129,7 @@ class LedgerPacketizer:
             return []
         batch = [first]
         speed = self._speed.get(worker)
-        if speed is None or self.max_batch <= 1:
+        if speed is None or self.max_batch <= 1 or first.confirm:
             return batch
         seconds = (first.entry_stop - first.entry_start) / speed
         budget = self.batch_seconds
@@ -149,6 +149,8 @@ class LedgerPacketizer:
             last = (packet.entry_stop - packet.entry_start) / speed
             seconds += last
             batch.append(packet)
+            if packet.confirm:
+                break  # the worker confirms it as it starts it: nothing may follow it
         return batch
 
     def packet_processed(self, worker: str, packet_id: int, now: float, *, seconds: float) -> None:
@@ -175,8 +177,10 @@ class LedgerPacketizer:
         """Entries not handed out (cheaper than `statistics()` on a hot path)."""
         return self._ledger.queued
 
-    def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
-        """Requeue what `worker` held undelivered; `reason` goes into poisoned reports."""
+    def worker_lost(self, worker: str, now: float, *, reason: str = "",
+                    running: Collection[int] | None = None) -> list[WorkRange]:
+        """Requeue what `worker` held undelivered; `reason` goes into poisoned reports; only
+        `running` packets (None: all in flight) take a strike (`Ledger.lose`)."""
         if worker in self._workers:
             del self._workers[worker]
             self._on_lost(worker, now)
@@ -184,7 +188,7 @@ class LedgerPacketizer:
         if speed is not None:
             self._speed_sum = self._speed_sum - speed if self._speed else 0.0
         self._lost.add(worker)
-        return self._ledger.lose(worker, reason)
+        return self._ledger.lose(worker, reason, running)
 
     def packet_failed(
         self, worker: str, packet_id: int, now: float, *, reason: str, whole_element: bool = True

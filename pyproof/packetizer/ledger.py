@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.packetizer.base import (
@@ -44,12 +44,14 @@ _LIVE = (State.ASSIGNED, State.PROCESSED)
 
 @dataclass(slots=True)
 class _Segment:
-    """A queued range; `strikes`/`deaths` remember workers that died holding it in flight."""
+    """A queued range; `strikes`/`deaths` remember workers that died running it; `suspect`:
+    a worker died holding it in flight (see `Ledger.lose`), its packets are `confirm`ed."""
 
     start: int
     stop: int
     strikes: int = 0
     deaths: tuple[tuple[str, str], ...] = ()
+    suspect: bool = False
 
 
 @dataclass(slots=True)
@@ -66,6 +68,8 @@ class Record:
     """packet_processed was seen (so a duplicated report is not measured twice)."""
     entries: int = 0
     """The packet's entries (kept here: `Packet.entries` is a property, on the hot path)."""
+    suspect: bool = False
+    """Cut from a suspect segment (the packet is `confirm`ed)."""
 
 
 class Ledger:
@@ -222,10 +226,11 @@ class Ledger:
         first = seg.start
         stop = min(seg.stop, first + max(1, entries))
         packet_id = self._next_id
-        packet = Packet(packet_id=packet_id, element=element, entry_start=first, entry_stop=stop)
+        packet = Packet(packet_id=packet_id, element=element, entry_start=first, entry_stop=stop,
+                        confirm=seg.suspect)
         self._next_id = packet_id + 1
         self._records[packet_id] = Record(packet, worker, State.ASSIGNED, now, seg.strikes,
-                                          seg.deaths, False, stop - first)
+                                          seg.deaths, False, stop - first, seg.suspect)
         self._held[worker][packet_id] = None
         node = self._nodes.get(element)
         if stop == seg.stop:
@@ -279,20 +284,34 @@ class Ledger:
             del self._held[worker][rec.packet.packet_id]
         return True
 
-    def lose(self, worker: str, reason: str = "") -> list[WorkRange]:
+    def lose(
+        self, worker: str, reason: str = "", running: Collection[int] | None = None
+    ) -> list[WorkRange]:
         """Requeue every range `worker` held undelivered; return them (poisoned ones excepted).
 
-        A range in flight when its worker died takes a strike; at `max_strikes`
-        it is poisoned. A processed range did not kill anyone: its strikes reset.
+        Only a range that was running when its worker died takes a strike (and
+        the death goes into its report); at `max_strikes` it is poisoned.
+        `running`: the ids of the packets that may have been running, as the
+        master knows it (see `QueryCore._on_lost`); None: every packet in flight
+        (not yet processed) may have been. A packet in flight but not running
+        (granted ahead, not started) takes no strike: a worker killed by one
+        packet must not poison the next one it held. Every range in flight
+        becomes a suspect: its packets are cut `confirm`, so the master knows
+        for sure when one starts, and a range that kills every worker it starts
+        on takes a strike at each death after its first (poisoned within
+        `max_strikes + 1` deaths, whatever the master missed the first time).
+        A processed range did not kill anyone: its strikes reset.
         """
         requeued: list[WorkRange] = []
         for packet_id in self._held.pop(worker, {}):
             rec = self._records[packet_id]
             p = rec.packet
-            if self._release(rec):
-                strikes, deaths = rec.strikes + 1, (*rec.deaths, (worker, reason))
+            if not self._release(rec):
+                strikes, deaths, suspect = 0, (), False
+            elif running is None or packet_id in running:
+                strikes, deaths, suspect = rec.strikes + 1, (*rec.deaths, (worker, reason)), True
             else:
-                strikes, deaths = 0, ()
+                strikes, deaths, suspect = rec.strikes, rec.deaths, True
             rec.state = State.REVOKED
             if strikes >= self.max_strikes:
                 self._poisoned.append(
@@ -306,7 +325,8 @@ class Ledger:
                 )
                 self.poisoned_entries += p.entries
                 continue
-            self._queue(p.element, _Segment(p.entry_start, p.entry_stop, strikes, deaths))
+            self._queue(p.element, _Segment(p.entry_start, p.entry_stop, strikes, deaths,
+                                            suspect))
             self.packets_requeued += 1
             requeued.append(
                 WorkRange(element=p.element, entry_start=p.entry_start, entry_stop=p.entry_stop)
@@ -410,6 +430,7 @@ class Ledger:
         for packet_id, rec in self._records.items():
             p = rec.packet
             assert p.packet_id == packet_id and p.entries > 0 and rec.entries == p.entries
+            assert p.confirm == rec.suspect, f"packet {packet_id}: confirm drifted"
             held = packet_id in self._held.get(rec.worker, ())
             live = rec.state in _LIVE
             assert held == live, f"packet {packet_id} ({rec.state.value}) held={held}"

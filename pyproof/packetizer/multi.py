@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -150,7 +150,8 @@ class MultiPacketizer:
             assert accepted, f"part {k} refused what it would accept"
         return True
 
-    def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
+    def worker_lost(self, worker: str, now: float, *, reason: str = "",
+                    running: Collection[int] | None = None) -> list[WorkRange]:
         """Requeue what `worker` held undelivered in every part; see base.py."""
         self._workers.pop(worker, None)
         self._lost.add(worker)
@@ -159,7 +160,9 @@ class MultiPacketizer:
             if worker in self._joined[k]:
                 self._joined[k].discard(worker)
                 before = len(inner.poisoned)
-                requeued += inner.worker_lost(worker, now, reason=reason)
+                mine = None if running is None else frozenset(
+                    self._ids[i][1] for i in running if i in self._ids and self._ids[i][0] == k)
+                requeued += inner.worker_lost(worker, now, reason=reason, running=mine)
                 self._poisoned += inner.poisoned[before:]
         return requeued
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pyproof.packetizer.base import Packet, WorkRange
 from pyproof.packetizer.common import LedgerPacketizer
@@ -67,8 +67,9 @@ class StaticPacketizer(LedgerPacketizer):
                 return self._ledger.cut(worker, c.element, c.entries, now, start=c.entry_start)
         return None
 
-    def worker_lost(self, worker: str, now: float, *, reason: str = "") -> list[WorkRange]:
-        requeued = super().worker_lost(worker, now, reason=reason)
+    def worker_lost(self, worker: str, now: float, *, reason: str = "",
+                    running: Collection[int] | None = None) -> list[WorkRange]:
+        requeued = super().worker_lost(worker, now, reason=reason, running=running)
         self._orphans.extend(requeued)
         slot = self._slots.pop(worker, None)
         if slot is not None:

@@ -40,6 +40,8 @@ class Driver:
         self.revoked: list[tuple[str, frozenset[int]]] = []
         self.refused = 0
         self.now = 0.0
+        self.suspects: set[tuple[int, int]] = set()  # entries lost in flight (see `lose`)
+        self.processed: set[int] = set()  # packets reported processed by their worker
 
     @property
     def workers(self) -> list[str]:
@@ -90,10 +92,15 @@ class Driver:
         assert set(span) == {QUEUED}, f"{packet} covers entries that are not queued: {set(span)}"
         slots[packet.entry_start : packet.entry_stop] = [HELD] * packet.entries
         self.held.setdefault(worker, {})[packet.packet_id] = packet
+        span_keys = _entries([(packet.element, packet.entry_start, packet.entry_stop)])
+        if span_keys <= self.suspects:
+            assert packet.confirm, f"{packet} was held in flight by a lost worker: not confirm"
         return packet
 
     def report(self, worker: str, packet_id: int, seconds: float) -> None:
         self.packetizer.packet_processed(worker, packet_id, self.now, seconds=seconds)
+        if packet_id in self.held.get(worker, {}):
+            self.processed.add(packet_id)  # by its own worker: a loss gives it no strike
 
     def deliver(self, worker: str, packet_ids: frozenset[int]) -> bool:
         """Send an output; assert it is accepted exactly when merging it is safe."""
@@ -110,11 +117,28 @@ class Driver:
             self.delivered[packet_id] = packet
         return True
 
-    def lose(self, worker: str) -> None:
-        """Lose `worker`; assert its undelivered ranges are requeued or poisoned, no more."""
+    def lose(self, worker: str, running: frozenset[int] | None = None) -> None:
+        """Lose `worker`; assert its undelivered ranges are requeued or poisoned, no more,
+        and, given the packets it was `running`, that no other range is poisoned and every
+        other one it held comes back `confirm`."""
         poisoned_before = len(self.packetizer.poisoned)
-        requeued = self.packetizer.worker_lost(worker, self.now)
+        mine = self.held.get(worker, {})
+        if running is None:
+            requeued = self.packetizer.worker_lost(worker, self.now)
+        else:
+            requeued = self.packetizer.worker_lost(worker, self.now, running=running)
+            ran = _entries((p.element, p.entry_start, p.entry_stop)
+                           for i, p in mine.items() if i in running)
+        # a range it held in flight is a suspect now: confirmed when cut again (a
+        # processed one is not)
+        self.suspects |= _entries((p.element, p.entry_start, p.entry_stop)
+                                  for i, p in mine.items() if i not in self.processed)
+        self.suspects -= _entries((p.element, p.entry_start, p.entry_stop)
+                                  for i, p in mine.items() if i in self.processed)
         newly_poisoned = self.packetizer.poisoned[poisoned_before:]
+        if running is not None:
+            dead = _entries((r.element, r.entry_start, r.entry_stop) for r in newly_poisoned)
+            assert dead <= ran, f"{worker}: poisoned {newly_poisoned}, ran {sorted(running)}"
         lost = self.held.pop(worker, {})
         self.gone.add(worker)
         if lost:
@@ -318,6 +342,19 @@ class PacketizerMachine(RuleBasedStateMachine):
         assert self.driver is not None
         if self.driver.workers:
             self.driver.lose(data.draw(st.sampled_from(self.driver.workers), label="lost"))
+
+    @rule(data=st.data())
+    def lose_running(self, data: st.DataObject) -> None:
+        """Lose a worker that was running some of its packets (the master knows which):
+        only those may be poisoned; every range it held comes back `confirm`."""
+        assert self.driver is not None
+        d = self.driver
+        if d.workers:
+            worker = data.draw(st.sampled_from(d.workers), label="lost running")
+            held = sorted(d.held[worker])
+            running = data.draw(st.sets(st.sampled_from(held)) if held else st.just(set()),
+                                label="running")
+            d.lose(worker, frozenset(running))
 
     @rule(data=st.data())
     def fail(self, data: st.DataObject) -> None:

@@ -246,11 +246,14 @@ class Grant:
 
     The worker keeps a batch in a local queue and asks again (ahead) when it
     starts the last one; every packet of it is the worker's until its outputs
-    arrive (`outstanding`), and a loss requeues each exactly once.
+    arrive (`outstanding`), and a loss requeues each exactly once. `last`:
+    nothing is left to hand out, so the worker does not ask ahead but sends its
+    outputs once done (never for a grant whose last packet is `confirm`).
     """
 
     worker: str
     packets: tuple[Packet, ...]
+    last: bool = False
     cause: str = ""
 
     @property
@@ -411,6 +414,13 @@ class QueryCore:
         self.packets: dict[int, tuple[int, int, int]] = {}  # id -> (element, start, stop)
         self.batches = 0  # grants of several packets
         self.outstanding: dict[str, set[int]] = {}  # worker -> granted ids, outputs not sent
+        # which packet a dying worker may have been running (`_on_lost`): per worker its
+        # granted packets not reported processed, in grant order; the one it said it starts
+        # (asked ahead); packets it starts without a word first (`_silent`); `confirm` ones
+        self._unreported: dict[str, dict[int, None]] = {}
+        self._starting: dict[str, int] = {}
+        self._silent: set[int] = set()
+        self._confirm: set[int] = set()
         self.total = 0
         self.processed = 0  # entries reported processed (progress)
         self.delivered = 0  # entries whose outputs were accepted for merging (exactly once)
@@ -590,11 +600,13 @@ class QueryCore:
         self.lost.add(ev.worker)
         self.outstanding.pop(ev.worker, None)
         self.workers.pop(ev.worker, None)
+        running = self._running(ev.worker)
         if self.packetizer is None or self.state not in (QueryState.RUNNING,
                                                          QueryState.STOPPING):
             return
         reason = f"{ev.worker} died" + (f" ({ev.how})" if ev.how else "")
-        for r in self.packetizer.worker_lost(ev.worker, ev.now, reason=reason):
+        for r in self.packetizer.worker_lost(ev.worker, ev.now, reason=reason,
+                                             running=running):
             self.requeued.append({"worker": ev.worker, "element": r.element,
                                   "entry_start": r.entry_start, "entry_stop": r.entry_stop,
                                   "reason": "worker lost"})
@@ -628,10 +640,23 @@ class QueryCore:
         assert self.packetizer is not None
         if ev.reports:
             self._reports(ev.worker, ev.reports, ev.now)
+        # a worker asks ahead as it starts the last packet it was granted, having reported
+        # every one before it (it runs them in grant order): its oldest unreported packet
+        confirm = False
+        unreported = self._unreported.get(ev.worker)
+        if unreported:
+            starting = self._starting[ev.worker] = next(iter(unreported))
+            # it waits for this answer before it starts a `confirm` packet: what the answer
+            # grants must not start without a word either (one packet, not the last grant)
+            confirm = starting in self._confirm
         if self.state is QueryState.STOPPING:
             self._emit(Done(worker=ev.worker, cause=ev.cause))
             return
-        batch = self._next_packets(ev.worker, ev.now)
+        if confirm:
+            one = self.packetizer.next_packet(ev.worker, ev.now)
+            batch = [] if one is None else [one]
+        else:
+            batch = self._next_packets(ev.worker, ev.now)
         if not batch:
             self._maybe_finish(ev.cause)
             if self.state == QueryState.RUNNING:  # a lost worker's packets may come back
@@ -643,16 +668,36 @@ class QueryCore:
         held = self.outstanding.get(ev.worker)
         if held is None:
             held = self.outstanding[ev.worker] = set()
+        if unreported is None:
+            unreported = self._unreported[ev.worker] = {}
+        last = not confirm and not batch[-1].confirm and self._nothing_left()
         packets = self.packets
-        for packet in batch:
-            packets[packet.packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
-            held.add(packet.packet_id)
+        silent = len(batch) - (not last)  # started without a request first: all but the
+        for index, packet in enumerate(batch):  # last, unless the worker will not ask ahead
+            packet_id = packet.packet_id
+            packets[packet_id] = (packet.element, packet.entry_start, packet.entry_stop)
+            held.add(packet_id)
+            unreported[packet_id] = None
+            if index < silent:
+                self._silent.add(packet_id)
+            if packet.confirm:
+                self._confirm.add(packet_id)
         self.batches += len(batch) > 1
         if self.first_packet_at is None:
             self.first_packet_at = ev.now
         if self.incremental and self.lookup_done_at is None:
             self.packets_before_lookup += len(batch)
-        self._out.append(Grant(worker=ev.worker, packets=tuple(batch), cause=ev.cause))
+        self._out.append(Grant(worker=ev.worker, packets=tuple(batch), last=last,
+                               cause=ev.cause))
+
+    def _nothing_left(self) -> bool:
+        """No packet is left to hand out once this grant is made (every file looked up, no
+        range queued): the worker sends its outputs the moment it is done rather than ask
+        ahead for a packet (answered "flush": a round trip more at every query's end). A
+        lost worker's ranges may still come back: the worker then asks with its outputs."""
+        if self.packetizer is None or self.incremental and self.lookup_done_at is None:
+            return False
+        return self.packetizer.statistics().entries_queued == 0
 
     def _next_packets(self, worker: str, now: float) -> list[Packet]:
         """One packet, or a batch of short ones when the packetizer cuts batches."""
@@ -673,6 +718,10 @@ class QueryCore:
                                                                           ev.packet_ids)
         # sent (accepted or refused as duplicates): the worker holds them no longer
         self.outstanding.get(ev.worker, set()).difference_update(ev.packet_ids)
+        unreported = self._unreported.get(ev.worker)
+        if unreported:
+            for packet_id in ev.packet_ids:
+                self._forget(unreported, packet_id)
         if accepted:
             self._tokens += 1
             ranges = [self.packets[i] for i in ev.packet_ids]
@@ -752,8 +801,11 @@ class QueryCore:
             tally = self._tallies[worker] = self.tally.setdefault(worker_id(worker),
                                                                   WorkerTally())
         processed = self.packetizer.packet_processed
+        unreported = self._unreported.get(worker)
         for r in reports:
             processed(worker, r.packet, now, seconds=r.seconds)
+            if unreported:
+                self._forget(unreported, r.packet)
             tally.entries += r.entries
             tally.packets += 1
             tally.bytes += r.bytes
@@ -762,6 +814,32 @@ class QueryCore:
             self.bytes += r.bytes
         if self.incremental and self.lookup_done_at is None:
             self.processed_before_lookup += sum(r.entries for r in reports)
+
+    def _forget(self, unreported: dict[int, None], packet_id: int) -> None:
+        """`packet_id` was reported processed or sent: it is not running any more."""
+        if packet_id in unreported:
+            del unreported[packet_id]
+            self._silent.discard(packet_id)
+            self._confirm.discard(packet_id)
+
+    def _running(self, worker: str) -> frozenset[int]:
+        """The packet `worker` (just lost) may have been running, if the master can tell.
+
+        It runs its packets in grant order and asks ahead as it starts the last of
+        a grant (`Grant`), with the reports of all before it: it may be running
+        the packet it said it starts, or one it starts without a word (a batch's,
+        not last). If exactly one is left unreported, that one; if several (a
+        batch, or a report that was on its way), none: they all become suspects
+        (`Ledger.lose`), confirmed when they run again. A packet granted ahead
+        and not said to start is not running (a request lost as the worker died
+        may hide that it was: it is then a suspect too, struck next time).
+        """
+        unreported = self._unreported.pop(worker, {})
+        starting = self._starting.pop(worker, None)
+        candidates = [i for i in unreported if i == starting or i in self._silent]
+        self._silent.difference_update(unreported)
+        self._confirm.difference_update(unreported)
+        return frozenset(candidates) if len(candidates) == 1 else frozenset()
 
     def _in_flight(self) -> int:
         assert self.packetizer is not None
@@ -899,6 +977,10 @@ class QueryCore:
         if self.state in (QueryState.FINISHING, QueryState.STOPPED):
             assert not self._merging
         assert not set(self.workers) & self.lost
+        for worker, unreported in self._unreported.items():
+            assert unreported.keys() <= self.outstanding.get(worker, set()), worker
+        assert self._silent | self._confirm <= {
+            i for u in self._unreported.values() for i in u}, "a forgotten packet is tracked"
 
 
 _HANDLERS: dict[type, Any] = {
