@@ -42,14 +42,15 @@ def test_a_worker_killed_after_delivering_nothing_is_requeued_exactly_once(tmp_p
     with pyproof.connect("lite://?workers=2") as session:
         pids = worker_pids(session)
         running = Background(session.process, "tests.sample_selectors:MarksPackets",
-                             dataset=zmumu(), inputs={"per_entry": 0.0004, "factor": 1.0,
-                                                      "marks": str(tmp_path)},
+                             dataset=zmumu(), inputs={"per_entry": 0.0004, "slow": "worker-0",
+                                                      "factor": 8.0, "marks": str(tmp_path)},
                              packetizer="basic", packetizer_params={"packet_entries": 64},
                              progress=False)
         # worker-1 holds packets it processed, not yet delivered (outputs go at the query's
         # end). Its own marks say so, not the query's count of entries: a fresh worker may
-        # still be importing uproot and co. (actors/warmup.py) while worker-0 alone
-        # processes hundreds of entries, and then held nothing when killed.
+        # still be importing uproot and co. (actors/warmup.py, seconds under load) while
+        # worker-0 processes hundreds of entries; then it held nothing when killed. worker-0
+        # is slowed (0.2 s a packet) so that the query still runs when worker-1 joins late.
         held = marked(tmp_path / f"worker-1-{pids['worker-1']}", 2, timeout=30)
         assert len(held) >= 2, f"worker-1 processed {len(held)} packets in 30 s"
         os.kill(pids["worker-1"], signal.SIGKILL)
