@@ -180,6 +180,20 @@ class SlowWorker(ZmumuMass):
         super().process(events, ctx)
 
 
+class MarksPackets(SlowWorker):
+    """SlowWorker that, as each packet's processing ends, appends its entry range to the file
+    `inputs['marks']/<worker>-<pid>`: a test sees, while the query runs, which ranges a
+    worker holds processed but not yet delivered (its outputs go at the query's end)."""
+
+    def process(self, events, ctx):
+        import os
+
+        super().process(events, ctx)
+        path = os.path.join(ctx.inputs["marks"], f"{ctx.worker}-{os.getpid()}")
+        with open(path, "a") as f:  # one short write per line: a reader sees whole lines
+            f.write(f"{ctx.entry_start} {ctx.entry_stop}\n")
+
+
 class StuckOnEntry(ZmumuMass):
     """Hangs (for a long time) in the packet holding entry `inputs['stuck']`."""
 

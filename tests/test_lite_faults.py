@@ -11,7 +11,7 @@ import pytest
 
 import pyproof
 from tests.conftest import data_file, zmumu
-from tests.daemon_helpers import Background, wait_processed
+from tests.daemon_helpers import Background
 from tests.test_lite import assert_same_zmumu, reference_zmumu
 
 
@@ -26,21 +26,44 @@ def worker_pids(session, count: int = 2) -> dict[str, int]:
         time.sleep(0.02)
 
 
-def test_a_worker_killed_after_delivering_nothing_is_requeued_exactly_once():
+def marked(path, count: int, timeout: float) -> list[tuple[int, int]]:
+    """The entry ranges a MarksPackets worker wrote to `path` (its whole lines), once there
+    are at least `count` or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        ranges = [tuple(map(int, line.split())) for line in text.split("\n")[:-1]]
+        if len(ranges) >= count or time.monotonic() > deadline:
+            return ranges
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_after_delivering_nothing_is_requeued_exactly_once(tmp_path):
     with pyproof.connect("lite://?workers=2") as session:
         pids = worker_pids(session)
-        running = Background(session.process, "tests.sample_selectors:SlowWorker",
-                             dataset=zmumu(), inputs={"per_entry": 0.0004, "factor": 1.0},
+        running = Background(session.process, "tests.sample_selectors:MarksPackets",
+                             dataset=zmumu(), inputs={"per_entry": 0.0004, "slow": "worker-0",
+                                                      "factor": 8.0, "marks": str(tmp_path)},
                              packetizer="basic", packetizer_params={"packet_entries": 64},
                              progress=False)
-        wait_processed(session, 301, timeout=10)  # let it hold packets, not yet delivered
+        # worker-1 holds packets it processed, not yet delivered (outputs go at the query's
+        # end). Its own marks say so, not the query's count of entries: a fresh worker may
+        # still be importing uproot and co. (actors/warmup.py, seconds under load) while
+        # worker-0 processes hundreds of entries; then it held nothing when killed. worker-0
+        # is slowed (0.2 s a packet) so that the query still runs when worker-1 joins late.
+        held = marked(tmp_path / f"worker-1-{pids['worker-1']}", 2, timeout=30)
+        assert len(held) >= 2, f"worker-1 processed {len(held)} packets in 30 s"
         os.kill(pids["worker-1"], signal.SIGKILL)
+        held = marked(tmp_path / f"worker-1-{pids['worker-1']}", 0, timeout=0)  # all of them
         result = running.result(60)
         assert_same_zmumu(result.outputs, reference_zmumu([data_file("uproot-Zmumu.root")]))
         assert result.stats.entries == 2304
         requeued = result.lineage["requeued"]
         assert requeued and all(r["worker"].startswith("worker-1#") for r in requeued)
-        assert sum(r["entry_stop"] - r["entry_start"] for r in requeued) > 0
+        # every range it processed came back (with the one it was in, if any), once each
+        ranges = sorted((r["entry_start"], r["entry_stop"]) for r in requeued)
+        assert len(set(ranges)) == len(ranges)
+        assert all(any(a <= start and stop <= b for a, b in ranges) for start, stop in held)
         # the supervisor replaced the worker: the session has two again
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and worker_pids(session).get("worker-1") in (

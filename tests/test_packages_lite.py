@@ -192,12 +192,18 @@ def test_a_worker_restarted_mid_session_gets_the_packages_before_its_first_packe
             time.sleep(0.05)
         new = worker_pids(session)["worker-1"]
         assert new != old["worker-1"]
-        for _ in range(20):  # until the new worker took packets
+        # until the new worker took packets: bounded in time, not in queries. A fresh worker
+        # begins its first query only once its warm-up imports are done (uproot and co.,
+        # actors/warmup.py: a lower priority, so seconds under load); a query here takes
+        # some 30 ms, and worker-0 alone does all of those that end before then.
+        deadline = time.monotonic() + 30
+        while True:
             result = run(session, name, cycles=200, packetizer="basic",
                          packetizer_params={"packet_entries": 5})
             assert result.outputs["x"] == 800
-            if new in setups(result):
+            if new in setups(result) or time.monotonic() > deadline:
                 break
+        assert new in setups(result), "the restarted worker took no packet in 30 s of queries"
         assert setups(result)[new] == (1, 1)
 
 
