@@ -25,7 +25,9 @@ def test_a_recycled_supervisor_pid_makes_the_entry_stale_and_the_stranger_is_spa
     plan = reconcile([e], {10: 555, 11: 101})  # pid 10 now belongs to someone else
     assert plan.stale == (e,)
     assert plan.kill == (Proc(pid=11, start=101),)  # the orphaned master
-    assert plan.remove == ("master-a.ipc", "outbox-a.ipc", "direct-a.ipc")
+    # its sockets and its stuck master's last words (actors/last_words.py)
+    assert plan.remove == ("master-a.ipc", "outbox-a.ipc", "direct-a.ipc",
+                           "last-words-a.cbor")
 
 
 def test_a_gone_session_kills_only_its_children_that_still_run_under_their_start_times():

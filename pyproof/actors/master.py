@@ -12,6 +12,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, WatchMessage
 
+from pyproof.actors import last_words
 from pyproof.actors import messages as m
 from pyproof.actors.base import CRASH_EXIT_CODE, ProofActor
 from pyproof.actors.master_direct import (
@@ -176,9 +177,10 @@ class Master(ProofActor):
         A data thread that should be running and has not stamped for
         `thread_beats.STUCK_AFTER` s (and is not busy on the CPU) is stuck: the
         queries running or queued are told so (an ERROR frame each, naming the
-        thread) and the process ends as a crash, so the session supervisor
-        restarts the master and the next query runs on a fresh one. Never
-        returns in that case; takes no lock.
+        thread, also left in a file for the next master: last_words.py) and the
+        process ends as a crash, so the session supervisor restarts the master
+        and the next query runs on a fresh one. Never returns in that case; takes
+        no lock.
         """
         if self.plane is None:
             return True
@@ -197,8 +199,15 @@ class Master(ProofActor):
                                threads=[s.name for s in stuck])
             error = RemoteError(type="MasterStuck", message=message, traceback="",
                                 context={"thread": worst.name})
-            for run in self.plane.runs_unlocked():
-                run.fail_stuck(error)
+            runs = list(self.plane.runs_unlocked())
+            frames = {run.query_id: frame for run in runs
+                      if (frame := run.stuck_frame(error)) is not None}
+            # first where the next master finds them (one small local file): the direct
+            # frames may not leave a starved host before the exit (actors/last_words.py)
+            last_words.write(self.plane.run_dir, self.plane.session_id, frames)
+            for run in runs:
+                if run.query_id in frames:
+                    run.fail_stuck(frames[run.query_id])
             time.sleep(STUCK_LINGER)
         finally:
             os._exit(CRASH_EXIT_CODE)  # a pyproof fault: counted, restarted clean

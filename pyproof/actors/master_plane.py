@@ -33,6 +33,7 @@ from typing import Any
 
 import pynng
 
+from pyproof.actors import last_words
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import MERGE_JOIN, Merger, QueryRun
@@ -80,7 +81,9 @@ class MasterPlane:
         self.callbacks: dict[str, pynng.Push0] = {}
         self._lock = threading.RLock()
         # finished queries' RESULT/ERROR frames, for clients that were away (bounded)
-        self.results: dict[str, bytes] = {}
+        # and those of queries a master of this session before us was stuck in (it left
+        # them for us: last_words.py), so their clients hear why, not "lost"
+        self.results: dict[str, bytes] = last_words.read(run_dir, session_id)
         # large worker requests arrive in chunks (see worker_loop._send_chunks)
         # one stream at most per worker at a time; a lost worker's partial one is dropped
         self._reassembler = Reassembler(max_streams=4096, remember=KEEP_CHUNK_ANSWERS)

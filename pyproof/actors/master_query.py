@@ -12,6 +12,7 @@ nothing polls for the look-up or the finish, they feed the core when done.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import pynng
 
 from pyproof.actors import protocol as p
+from pyproof.actors.base import TEST_HOOKS
 from pyproof.actors.lookup import (
     Element,
     LookupCache,
@@ -58,6 +60,9 @@ HEARTBEAT_PERIOD = 1.0  # well under the client's MASTER_SILENCE_CHECK (3 s)
 CHUNK_SIZE = 8 * 1024 * 1024
 MERGE_JOIN = 5.0
 FEEDBACK = "feedback"  # master -> client: {query, outputs: {name: merged so far}}
+# tests (PYPROOF_TEST_HOOKS=1): a stuck master sends no ERROR frame, as on a starved host
+# where it did not leave before the exit; the client must hear it from the next master
+DROP_STUCK_FRAME_ENV = "PYPROOF_TEST_DROP_STUCK_FRAME"
 
 worker_id = qc.worker_id
 
@@ -739,17 +744,28 @@ class QueryRun:
             self.log.error("client_send_failed", message=kind, error=repr(exc))
         return False
 
-    def fail_stuck(self, error: RemoteError) -> None:
-        """The master is about to end (a data thread is stuck): tell the client at once.
+    def stuck_frame(self, error: RemoteError) -> bytes | None:
+        """The ERROR frame telling the client the master is stuck (plain, as `keep` keeps
+        frames); None if the client was told how its query ended already.
 
-        Called on the actor thread; takes no lock (the stuck thread may hold any of
-        them) and bypasses the core: the process ends right after.
+        Called on the actor thread; takes no lock (the stuck thread may hold any of them).
         """
         if self._ended_told:
+            return None
+        return encode_frame(p.ERROR, {"query": self.query_id, "error": error},
+                            session=self.session_id)
+
+    def fail_stuck(self, frame: bytes) -> None:
+        """The master is about to end (a data thread is stuck): send the client its
+        `stuck_frame` at once (the next master has it too: actors/last_words.py).
+
+        Called on the actor thread; takes no lock and bypasses the core: the process
+        ends right after.
+        """
+        if TEST_HOOKS and os.environ.get(DROP_STUCK_FRAME_ENV) == "1":
+            self.log.warning("test_stuck_frame_dropped")  # as if it never left the host
             return
         try:
-            frame = encode_frame(p.ERROR, {"query": self.query_id, "error": error},
-                                 session=self.session_id)
             self._send_wire([frame], p.ERROR, final=True)
         except Exception as exc:  # the client then learns it over the control plane
             self.log.error("stuck_error_not_sent", error=repr(exc))

@@ -19,7 +19,7 @@ from dataclasses import field
 
 from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
-__all__ = ["Entry", "Proc", "Reconciliation", "reconcile", "session_files"]
+__all__ = ["Entry", "Proc", "Reconciliation", "last_words_file", "reconcile", "session_files"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,10 +61,18 @@ class Reconciliation:
         assert not live & set(self.kill), "a live session's process would be killed"
 
 
+def last_words_file(session_id: str) -> str:
+    """Where a session's stuck master leaves its queries' errors for the next one
+    (actors/last_words.py), in the run directory."""
+    return f"last-words-{session_id}.cbor"
+
+
 def session_files(session_id: str) -> tuple[str, ...]:
-    """The socket files a session's master listens on, in the run directory (its data plane,
-    its outbox for clients that dial in, its direct route: actors/master_direct.py)."""
-    return (f"master-{session_id}.ipc", f"outbox-{session_id}.ipc", f"direct-{session_id}.ipc")
+    """The files a session's master makes in the run directory, removed when the session
+    ends: the sockets it listens on (its data plane, its outbox for clients that dial in,
+    its direct route: actors/master_direct.py) and its last words (actors/last_words.py)."""
+    return (f"master-{session_id}.ipc", f"outbox-{session_id}.ipc", f"direct-{session_id}.ipc",
+            last_words_file(session_id))
 
 
 def reconcile(entries: Iterable[Entry], running: Mapping[int, int]) -> Reconciliation:
