@@ -1,0 +1,79 @@
+"""A stuck master's last words (actors/last_words.py): the file its queries' ERROR frames
+are left in for the next master of the session; written, read back, bounded, removed with
+the session's other files. Real files in a temporary run directory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pyproof.actors import last_words
+from pyproof.actors.master_plane import KEEP_RESULTS
+from pyproof.actors.protocol import ERROR
+from pyproof.supervision.adoption import last_words_file, reconcile, session_files
+from pyproof.transport.codec import RemoteError
+from pyproof.transport.frames import decode_frame, encode_frame
+from tests.test_supervision_adoption import entry
+
+
+def stuck_frame(query_id: str) -> bytes:
+    error = RemoteError(type="MasterStuck", message="stuck", traceback="",
+                        context={"thread": "master-plane"})
+    return encode_frame(ERROR, {"query": query_id, "error": error}, session="s1")
+
+
+def test_frames_written_are_read_back_by_the_next_master_in_order(tmp_path):
+    run_dir = str(tmp_path)
+    assert last_words.read(run_dir, "s1") == {}  # none yet
+    assert last_words.write(run_dir, "s1", {"q1": stuck_frame("q1")})
+    assert last_words.write(run_dir, "s1", {"q2": stuck_frame("q2"), "q3": stuck_frame("q3")})
+    kept = last_words.read(run_dir, "s1")
+    assert list(kept) == ["q1", "q2", "q3"]
+    frame = decode_frame(kept["q2"])
+    assert frame.type == ERROR and frame.payload["query"] == "q2"
+    assert frame.payload["error"].type == "MasterStuck"
+    assert last_words.read(run_dir, "s2") == {}  # another session's master finds nothing
+    assert sorted(os.listdir(run_dir)) == [last_words_file("s1")]  # no temporary file left
+
+
+def test_only_the_latest_frames_are_kept_as_many_as_a_plane_keeps_results(tmp_path):
+    assert last_words.KEEP == KEEP_RESULTS
+    run_dir = str(tmp_path)
+    for i in range(KEEP_RESULTS + 5):
+        last_words.write(run_dir, "s1", {f"q{i}": stuck_frame(f"q{i}")})
+    last_words.write(run_dir, "s1", {"q7": stuck_frame("q7")})  # again: now the latest
+    kept = last_words.read(run_dir, "s1")
+    assert len(kept) == KEEP_RESULTS
+    assert list(kept)[-1] == "q7" and "q0" not in kept and "q14" in kept
+
+
+def test_a_damaged_or_oversized_file_is_ignored_and_replaced(tmp_path):
+    run_dir = str(tmp_path)
+    path = os.path.join(run_dir, last_words_file("s1"))
+    for junk in (b"\xff\x00 not cbor", b"\xa1ab", b"x" * (last_words.MAX_BYTES + 1)):
+        with open(path, "wb") as f:
+            f.write(junk)
+        assert last_words.read(run_dir, "s1") == {}
+        assert last_words.write(run_dir, "s1", {"q1": stuck_frame("q1")})
+        assert list(last_words.read(run_dir, "s1")) == ["q1"]
+
+
+def test_a_write_that_cannot_be_made_says_so_and_never_raises(tmp_path):
+    gone = str(tmp_path / "removed-run-dir")
+    assert not last_words.write(gone, "s1", {"q1": stuck_frame("q1")})
+    assert not last_words.write("", "s1", {"q1": stuck_frame("q1")})  # no run directory
+    assert not last_words.write(str(tmp_path), "s1", {})  # nothing to say: no file
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_file_is_one_of_the_session_files_removed_when_it_ends():
+    assert last_words_file("s1") in session_files("s1")
+    plan = reconcile([entry("s1", (10, 100))], {})  # a stale session: its files go
+    assert last_words_file("s1") in plan.remove
+
+
+@pytest.mark.parametrize("keep", [0, 1, 3])
+def test_merge_keeps_the_last_frames_and_moves_a_repeated_query_last(keep):
+    merged = last_words.merge({"a": b"1", "b": b"2"}, {"a": b"3", "c": b"4"}, keep)
+    assert list(merged.items()) == [("b", b"2"), ("a", b"3"), ("c", b"4")][-keep:][:keep]
