@@ -1,19 +1,28 @@
 """A stuck master's last words (actors/last_words.py): the file its queries' ERROR frames
 are left in for the next master of the session; written, read back, bounded, removed with
-the session's other files. Real files in a temporary run directory."""
+the session's other files. Real files in a temporary run directory, and a real proofd
+whose session's master is stuck, then closed (the client's side of it, in a lite session:
+tests/test_lite_data_threads.py)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
+import pyproof
 from pyproof.actors import last_words
 from pyproof.actors.master_plane import KEEP_RESULTS
+from pyproof.actors.master_query import DROP_STUCK_FRAME_ENV
 from pyproof.actors.protocol import ERROR
+from pyproof.actors.thread_beats import FAULT_INPUT
+from pyproof.cli.daemon import daemon_home
 from pyproof.supervision.adoption import last_words_file, reconcile, session_files
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import decode_frame, encode_frame
+from tests.conftest import zmumu
+from tests.daemon_helpers import Daemon
 from tests.test_supervision_adoption import entry
 
 
@@ -77,3 +86,30 @@ def test_the_file_is_one_of_the_session_files_removed_when_it_ends():
 def test_merge_keeps_the_last_frames_and_moves_a_repeated_query_last(keep):
     merged = last_words.merge({"a": b"1", "b": b"2"}, {"a": b"3", "c": b"4"}, keep)
     assert list(merged.items()) == [("b", b"2"), ("a", b"3"), ("c", b"4")][-keep:][:keep]
+
+
+@pytest.fixture
+def stuck_daemon(monkeypatch):
+    monkeypatch.setenv("PYPROOF_TEST_STUCK_AFTER", "3")
+    monkeypatch.setenv(DROP_STUCK_FRAME_ENV, "1")  # the client hears it from the file only
+    d = Daemon()
+    yield d
+    d.stop()
+
+
+def test_a_real_sessions_last_words_go_when_it_is_closed(stuck_daemon):
+    session = pyproof.connect(f"{stuck_daemon.url}?workers=1")
+    path = os.path.join(daemon_home(stuck_daemon.port), "run", last_words_file(session.id))
+    try:
+        with pytest.raises(pyproof.QueryError, match=r"^MasterStuck: the session's master "
+                                                     r"data thread master-plane stopped"):
+            session.process("tests.sample_selectors:ZmumuMass", dataset=zmumu(),
+                            inputs={FAULT_INPUT: "deadlock:master-plane"}, timeout=60,
+                            packetizer="basic", progress=False)
+        assert os.path.exists(path)
+    finally:
+        session.close()
+    deadline = time.monotonic() + 10.0
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path)
