@@ -15,10 +15,10 @@ actors import `pyproof.<module>` without paying for the client's imports
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyproof.errors import ConnectError, InputError, ProofError, QueryAborted, QueryError
+from pyproof.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pyproof.client.connect import connect
@@ -41,17 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyproof' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY.get, _LAZY)
 
 
 __all__ = [

@@ -17,8 +17,7 @@ import this package for its records' CBOR tag, and the catalog (SQLite, file
 lists, globs) is not on the path of every lite start.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyproof.datasets.errors import (
     BadFilesError,
@@ -55,6 +54,7 @@ from pyproof.datasets.records import (
     Resolution,
     SkippedFile,
 )
+from pyproof.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pyproof.datasets.catalog import Catalog
@@ -74,17 +74,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyproof.datasets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY.get, _LAZY)
 
 __all__ = [
     "COMMON",

@@ -18,8 +18,9 @@ argument) except the last two:
 The Thespian shell that carries out the commands lives in `pyproof.actors`.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from pyproof.lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
     from .core import ChildState, ChildStats, Phase, SupervisorCore, SupervisorStats
@@ -103,17 +104,9 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyproof.supervision' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = _lazy_attributes(
+    __name__, globals(), lambda name: f"{__name__}.{_LAZY[name]}" if name in _LAZY else None,
+    _LAZY)
 
 
 __all__ = [

@@ -17,8 +17,9 @@ critical path of a lite session's start-up (see pyproof/bench/startup.py).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pyproof.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pyproof.transport.codec import (
@@ -50,19 +51,6 @@ _CODEC = ("DEFAULT_MAX_FRAME", "SUPPORTED_TYPES", "EncodeError", "ProtocolError"
 _LAZY = {name: "pyproof.transport.codec" for name in _CODEC}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name, "pyproof.transport.frames" if name in __all__ else None)
-    if module is None:
-        raise AttributeError(f"module 'pyproof.transport' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 __all__ = [
     "CHUNK",
     "DEFAULT_CHUNK_SIZE",
@@ -84,3 +72,8 @@ __all__ = [
     "encode_frames",
     "frame_parts",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__, globals(),
+    lambda name: _LAZY.get(name, "pyproof.transport.frames" if name in __all__ else None),
+    __all__)
