@@ -115,17 +115,23 @@ def test_a_class_with_its_own_eq_repr_or_hash_keeps_it() -> None:
     assert repr(Own(a=1)) == "own" and Own(a=1) == Own(a=1) and hash(Own(a=1)) == hash((1,))
 
 
-def test_a_frozen_class_compiles_only_its_init_and_that_on_first_use(monkeypatch) -> None:
-    # each method the standard decorator writes is compiled (exec): a quarter of the
-    # daemon's imports went into ~150 classes (pyproof/dataclass.py); ours compiles __init__
-    compiled: list[str] = []
+@pytest.fixture
+def compiled(monkeypatch) -> list[str]:
+    """The names of the methods dataclasses compiles (exec), in order, from now on."""
+    names: list[str] = []
     create = dataclasses._create_fn
 
     def recording(name, *args, **kwargs):
-        compiled.append(name)
+        names.append(name)
         return create(name, *args, **kwargs)
 
     monkeypatch.setattr(dataclasses, "_create_fn", recording)
+    return names
+
+
+def test_a_frozen_class_compiles_only_its_init_and_that_on_first_use(compiled) -> None:
+    # each method the standard decorator writes is compiled (exec): a quarter of the
+    # daemon's imports went into ~150 classes (pyproof/dataclass.py); ours compiles __init__
 
     @fast.dataclass(frozen=True, slots=True, kw_only=True)
     class Message:
@@ -143,17 +149,9 @@ def test_a_frozen_class_compiles_only_its_init_and_that_on_first_use(monkeypatch
     assert dataclasses._frozen_get_del_attr is not fast._frozen_closures  # put back
 
 
-def test_init_is_compiled_on_first_use_then_is_the_standard_one(monkeypatch) -> None:
+def test_init_is_compiled_on_first_use_then_is_the_standard_one(compiled) -> None:
     # most classes are never instantiated in a given process: their __init__ is not
     # compiled there (the imports a lite session waits for define some 200)
-    compiled: list[str] = []
-    create = dataclasses._create_fn
-
-    def recording(name, *args, **kwargs):
-        compiled.append(name)
-        return create(name, *args, **kwargs)
-
-    monkeypatch.setattr(dataclasses, "_create_fn", recording)
 
     @fast.dataclass(frozen=True, slots=True, kw_only=True)
     class Lazy:
@@ -210,11 +208,7 @@ def test_a_field_without_default_after_one_with_is_refused_at_class_creation() -
 @pytest.mark.parametrize("options", [{}, {"frozen": True, "slots": True, "kw_only": True}],
                          ids=str)
 def test_an_undocumented_class_gets_the_standard_docstring_on_first_read(
-        options, monkeypatch) -> None:
-    compiled: list[str] = []
-    create = dataclasses._create_fn
-    monkeypatch.setattr(dataclasses, "_create_fn",
-                        lambda name, *a, **k: compiled.append(name) or create(name, *a, **k))
+        options, compiled) -> None:
 
     def body(decorate):
         @decorate(**options)
