@@ -179,6 +179,10 @@ class Packetizer(Protocol):
         """A frozen snapshot of the bookkeeping counters."""
 
     @property
+    def entries_queued(self) -> int:
+        """`statistics().entries_queued`, without the snapshot (read at every grant)."""
+
+    @property
     def poisoned(self) -> tuple[PoisonedRange, ...]:
         """Ranges declared poisoned (they killed `max_strikes` workers), oldest first."""
 

@@ -196,6 +196,11 @@ class MultiPacketizer:
         """Each part's own snapshot (its `workers`: those it has served and not lost)."""
         return tuple(inner.statistics() for inner in self._parts)
 
+    @property
+    def entries_queued(self) -> int:
+        """Entries not handed out, in every part (read at every grant: no snapshot)."""
+        return sum(inner.entries_queued for inner in self._parts)
+
     def statistics(self) -> PacketizerStatistics:
         """The parts' snapshots summed; `workers` counts the query's workers."""
         total = Counter[str]()

@@ -376,7 +376,9 @@ class PacketizerMachine(RuleBasedStateMachine):
     @invariant()
     def valid(self) -> None:
         if self.driver is not None:
-            self.driver.packetizer.validate()
+            packetizer = self.driver.packetizer
+            packetizer.validate()
+            assert packetizer.entries_queued == packetizer.statistics().entries_queued
 
     def teardown(self) -> None:
         if self.driver is not None:

@@ -697,7 +697,7 @@ class QueryCore:
         lost worker's ranges may still come back: the worker then asks with its outputs."""
         if self.packetizer is None or self.incremental and self.lookup_done_at is None:
             return False
-        return self.packetizer.statistics().entries_queued == 0
+        return self.packetizer.entries_queued == 0
 
     def _next_packets(self, worker: str, now: float) -> list[Packet]:
         """One packet, or a batch of short ones when the packetizer cuts batches."""
