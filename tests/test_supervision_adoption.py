@@ -25,9 +25,10 @@ def test_a_recycled_supervisor_pid_makes_the_entry_stale_and_the_stranger_is_spa
     plan = reconcile([e], {10: 555, 11: 101})  # pid 10 now belongs to someone else
     assert plan.stale == (e,)
     assert plan.kill == (Proc(pid=11, start=101),)  # the orphaned master
-    # its sockets and its stuck master's last words (actors/last_words.py)
+    # its sockets, its stuck master's last words (actors/last_words.py) and its hosts
+    # actor's record of it, spread over hosts (hosts/spans.py)
     assert plan.remove == ("master-a.ipc", "outbox-a.ipc", "direct-a.ipc",
-                           "last-words-a.cbor")
+                           "last-words-a.cbor", "spanned-a.cbor")
 
 
 def test_a_gone_session_kills_only_its_children_that_still_run_under_their_start_times():

@@ -59,11 +59,12 @@ from pyproof.actors.host_links import (
     cluster_address,
 )
 from pyproof.actors.output_files import query_output_dir
-from pyproof.actors.registry import Registry, address_from_wire
+from pyproof.actors.registry import Registry, address_from_wire, address_to_wire
 from pyproof.actors.sessions import master_address
 from pyproof.hosts import locality as loc
 from pyproof.hosts import placement as pl
 from pyproof.hosts import registry as reg
+from pyproof.hosts import spans
 from pyproof.hosts.channel import ChannelServer
 from pyproof.hosts.once import Once
 from pyproof.logs import get_logger
@@ -167,6 +168,9 @@ class Spanned:
     sent: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (query, host)
     ready: bool = False
     next_index: dict[str, int] = dataclasses.field(default_factory=dict)  # per host
+    # reloaded from its record by a restarted hosts actor (`Hosts._reload_spans`): the
+    # master must hear of every worker on other hosts again, through this actor
+    readopting: bool = False
 
 
 def part_hosts(span: Spanned, adding: Iterable[set[str]], here: str) -> frozenset[str]:
@@ -200,13 +204,28 @@ def new_master(span: Spanned, master: Any, leaving) -> list[tuple[str, int]]:
     """`span`'s session has a new master (restarted): it is recorded, every part is told of
     its queries (none told yet: also one whose id the old master ran), and the workers on
     other hosts it must hear of (`(worker id, pid)`) are returned; none if it is the one
-    known already (said twice). Those of hosts in `leaving` drain: no query for them."""
-    if span.master == master:
+    known already (said twice), unless `span` was just reloaded by a restarted hosts actor
+    (`readopting`): the master then knows those workers by the old actor's address, which
+    is gone. Those of hosts in `leaving` drain: no query for them."""
+    if span.master == master and not span.readopting:
         return []
-    span.master = master
+    span.master, span.readopting = master, False
     span.sent.clear()
     return [(worker_id, pid) for host, workers in span.remote.items() if host not in leaving
             for worker_id, pid in workers.items()]
+
+
+def span_record(sid: str, span: Spanned, hosts: dict[str, reg.Host],
+                versions: Iterable[str] = ()) -> spans.SpanRecord:
+    """What `span`'s file keeps (hosts/spans.py): the hosts of its parts as the registry
+    (`hosts`) knows them (a part on a host it never knew cannot be: it placed it there)."""
+    return spans.SpanRecord(
+        session_id=sid, user=span.create.user, request_id=span.create.request_id,
+        master=address_to_wire(span.master), local=tuple(span.local), plan=dict(span.plan),
+        parts={host: spans.Part(info=hosts[host].info, incarnation=hosts[host].incarnation,
+                                workers=dict(workers), next_index=span.next_index.get(host, 0))
+               for host, workers in span.remote.items() if host in hosts},
+        versions=tuple(sorted(versions)))
 
 
 def active_list(wire: Any, query_id: str) -> tuple[str, ...]:
@@ -288,6 +307,8 @@ class Hosts(ProofActor):
         # the workers drained, and whether the master has been told it is over
         self.leaving: dict[str, Any] | None = None
         self.once = Once()  # add_workers by the client's request id (a retry adds nothing)
+        # session -> its record as last written (hosts/spans.py; None before HostsStart)
+        self.records: dict[str, bytes] | None = None
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -330,6 +351,8 @@ class Hosts(ProofActor):
                 self.joiner.stop()
             close_host_links(forwarder=self.forwarder, endpoint=self.endpoint, clients=[
                 *(hosted.tunnel for hosted in self.hosted.values()), *self.links.values()])
+            return
+        self._persist()
 
     def _start(self, message: m.HostsStart, sender) -> None:
         config = message.config
@@ -346,6 +369,7 @@ class Hosts(ProofActor):
         self.registry = reg.HostRegistry(lost_after=float(config["lost_after"]),
                                          listed=[h for h in listed if h.name != self.info.name])
         self._self_heard(time.monotonic())
+        supervisors = self._reload_spans(config["run_dir"])
         self._write_layout()
         run_dir = config["run_dir"]
         self.forwarder = Forwarder(self.secret, lambda sid: master_address(run_dir, sid))
@@ -358,6 +382,7 @@ class Hosts(ProofActor):
                                                   f"{self.info.address} (+1): {exc}"))
             return
         self._readopt(parts)
+        self._readopt_spans(supervisors)
         if config.get("join"):
             self.joiner = Joiner(master_url=config["join"], info=self.info,
                                  incarnation=self.incarnation, secret=self.secret,
@@ -432,6 +457,126 @@ class Hosts(ProofActor):
             self.send(hosted.ref, m.ChangeRemoteWorkers())  # its hosts actor is this one now
             get_logger().info("remote_session_readopted", session=sid, master=master,
                               workers=sorted(workers))
+
+    # -- a restarted hosts actor on the master's host: the sessions it spread -----------
+    def _reload_spans(self, run_dir: str) -> dict[str, Any]:
+        """Reload the records of the sessions this host spread over hosts (hosts/spans.py)
+        whose supervisor still runs (the registry says where), before the endpoint opens:
+        the other hosts' checks that those sessions run are answered yes, their workers'
+        frames are forwarded. Their hosts are known again as announced then (a host that
+        has died since is lost after `lost_after`, one restarted since re-announces: either
+        way its workers are lost). Returns session -> its supervisor's address."""
+        self.records = {}
+        records = spans.read_all(run_dir)
+        if not records:
+            return {}
+        try:
+            entries = Registry(run_dir).entries()
+        except sqlite3.Error as exc:  # kept for the next start; the sessions run on
+            get_logger().warning("spanned_not_readopted", error=str(exc))
+            return {}
+        live = {e.session_id: address_from_wire(e.address) for e in entries
+                if e.address is not None and start_time(e.supervisor.pid) == e.supervisor.start}
+        keep, drop = spans.readopt(records, live)
+        for sid in drop:
+            get_logger().info("spanned_session_gone", session=sid)
+            spans.remove(run_dir, sid)
+        now, changes = time.monotonic(), []
+        for record in keep:
+            sid = record.session_id
+            create = m.CreateSession(corr="", session_id=sid, workers=sum(record.plan.values()),
+                                     run_dir=run_dir, log_dir=self.config["log_dir"],
+                                     user=record.user, request_id=record.request_id)
+            self.spanned[sid] = Spanned(
+                create=create, reply_to=None, corr="", plan=dict(record.plan),
+                master=address_from_wire(record.master) if record.master else None,
+                local=tuple(record.local), ready=True, readopting=True,
+                remote={h: dict(p.workers) for h, p in record.parts.items()},
+                next_index={h: p.next_index for h, p in record.parts.items()})
+            if record.request_id:
+                self.by_request[record.request_id] = sid
+            if record.versions:
+                self.granted = {**self.granted, sid: (record.user, frozenset(record.versions))}
+            with self.lock:
+                for part in record.parts.values():
+                    if part.info.name != self.info.name:
+                        changes += self.registry.handle(reg.Announce(
+                            info=part.info, incarnation=part.incarnation, now=now))
+        self._changed(changes)
+        self._update_data_hosts()
+        return {r.session_id: live[r.session_id] for r in keep}
+
+    def _readopt_spans(self, supervisors: dict[str, Any]) -> None:
+        """Tell each reloaded session's supervisor where its hosts actor is now (it answers
+        with its master: `_master_restarted`, which has the master hear of the workers on
+        other hosts through this actor) and ask each part's host which workers run there
+        (`_part_reconciled`)."""
+        for sid, supervisor in supervisors.items():
+            span = self.spanned[sid]
+            self.send(supervisor, m.HostsReadopt(session_id=sid))
+            for host in sorted(span.remote):
+                self._link(host, self.registry.hosts[host].info.address).submit(
+                    "part_workers", {"session": sid}, ("part", sid, host))
+            get_logger().info("spanned_session_readopted", session=sid, parts={
+                h: sorted(w) for h, w in span.remote.items()})
+
+    def _part_reconciled(self, sid: str, host: str, kind: str, body: Any,
+                         error: str | None) -> None:
+        span = self.spanned.get(sid)
+        if span is None or host not in span.remote:
+            return
+        running = (body or {}).get("workers") if kind == "ok" else None
+        if error is not None or kind != "ok" or not (running is None or isinstance(
+                running, dict)):
+            # its host's silence makes it lost (the registry), its workers with it
+            get_logger().warning("part_not_reconciled", session=sid, host=host,
+                                 error=error or str((body or {}).get("message", kind)))
+            return
+        if running is not None:
+            running = {w: pid for w, pid in running.items() if isinstance(w, str) and (
+                w.endswith(f"@{host}")) and isinstance(pid, int)}
+        result = spans.reconcile_part(span.remote[host], running)
+        for worker_id, pid in result.lost:
+            self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+        if running is None:  # no part there any more
+            del span.remote[host]
+            forget_told(span, host)
+        else:
+            span.remote[host] = result.workers
+            if host not in self.leaving_hosts:
+                for worker_id, pid in result.joined:
+                    self.send(span.master, m.WorkerJoined(worker_id=worker_id,
+                                                          ref=self.myAddress, pid=pid))
+        get_logger().info("part_reconciled", session=sid, host=host,
+                          joined=[w for w, _ in result.joined], lost=[w for w, _ in result.lost])
+        self._update_data_hosts()
+
+    def _persist(self) -> None:
+        """Run after each message: the records of the sessions spread over hosts that
+        changed are written, those of sessions gone removed (hosts/spans.py)."""
+        if self.records is None:
+            return
+        run_dir = self.config["run_dir"]
+        with self.lock:
+            hosts = dict(self.registry.hosts)
+        for sid, span in self.spanned.items():
+            if not span.ready or span.master is None:
+                continue
+            record = span_record(sid, span, hosts, self.granted.get(sid, ("", ()))[1])
+            data = spans.encode(record)
+            if self.records.get(sid) != data and spans.write(run_dir, record, data):
+                self.records[sid] = data
+        for sid in [s for s in self.records if s not in self.spanned]:
+            spans.remove(run_dir, sid)
+            del self.records[sid]
+
+    def _part_workers(self, master: str, sid: str, event: threading.Event, box: dict) -> None:
+        """Worker's side: which workers of `master`'s session `sid` run here (None: no
+        part of it here), for its restarted hosts actor (`_part_reconciled` there)."""
+        hosted = self.hosted.get(sid)
+        box["workers"] = dict(hosted.workers) if hosted is not None and (
+            hosted.master == master) else None
+        event.set()
 
     def _starting(self) -> bool:
         """Whether a session's part is starting here or elsewhere (the tick is then short:
@@ -587,6 +732,15 @@ class Hosts(ProofActor):
             return "ok", {}
         if kind == "package_get":
             return self._package_get(name, body)
+        if kind == "part_workers":
+            sid = body.get("session")
+            if not isinstance(sid, str):
+                return "refused", {"message": "'session' must be a string"}
+            event, box = threading.Event(), {}
+            self.inbox.put((self._part_workers, name, sid, event, box))
+            if not event.wait(START_WAIT):
+                return "refused", {"message": f"no answer within {START_WAIT:g} s"}
+            return "ok", {"workers": box["workers"]}
         if kind == "sessions_alive":
             asked = body.get("sessions")
             asked = [s for s in asked if isinstance(s, str)] if isinstance(asked, list) else []
@@ -818,6 +972,8 @@ class Hosts(ProofActor):
                 self._maybe_ready(sid, span)
         elif tag[0] == "left":
             self._left(tag[1], error)
+        elif tag[0] == "part":
+            self._part_reconciled(tag[1], tag[2], kind, body, error)
         elif tag[0] == "alive":
             _, master = tag
             if error is None and kind == "ok":
@@ -845,6 +1001,8 @@ class Hosts(ProofActor):
         self._announce(sid, span)
 
     def _announce(self, sid: str, span: Spanned) -> None:
+        if span.reply_to is None:  # reloaded (`_reload_spans`): nobody waits for it
+            return
         workers = tuple(span.local) + tuple(sorted(w for ws in span.remote.values()
                                                    for w in ws))
         self.send(span.reply_to, m.SessionReady(corr=span.corr, session_id=sid,

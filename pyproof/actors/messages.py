@@ -399,6 +399,16 @@ class MasterRestarted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HostsReadopt:
+    """A restarted hosts actor -> the supervisor of a session it had spread over hosts (its
+    record: hosts/spans.py): it is the session's hosts actor now (`CreateSession.hosts`).
+    Answered with MasterRestarted naming the running master (none while one restarts: its
+    MasterRestarted comes when it runs)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionWorkers:
     """Gateway -> hosts actor: list (`op="ls"`), add or remove a session's workers."""
 

@@ -474,6 +474,17 @@ class SessionSupervisor(SupervisorActor):
             self.last_ping = time.monotonic()
             get_logger().info("session_adopted", supervisor=str(sender))
             self.send(sender, m.Started(pid=os.getpid()))
+        elif isinstance(message, m.HostsReadopt) and self.request is not None and (
+                message.session_id == self.request.session_id):
+            # the hosts actor that spread us over hosts was restarted: tell the new one of
+            # our master (from now on: of its restarts too)
+            self.request = dataclasses.replace(self.request, hosts=sender)
+            master = self.refs.get("master")
+            get_logger().info("session_hosts_readopted", hosts=str(sender),
+                              master=master is not None)
+            if master is not None:
+                self.send(sender, m.MasterRestarted(session_id=message.session_id,
+                                                    master=master))
         elif isinstance(message, m.Resend):
             if self._announced:
                 self._announce(message.corr, message.reply_to)

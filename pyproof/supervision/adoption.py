@@ -19,7 +19,10 @@ from dataclasses import field
 
 from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
-__all__ = ["Entry", "Proc", "Reconciliation", "last_words_file", "reconcile", "session_files"]
+__all__ = ["Entry", "Proc", "Reconciliation", "last_words_file", "reconcile", "session_files",
+           "spanned_file"]
+
+SPANNED_PREFIX, SPANNED_SUFFIX = "spanned-", ".cbor"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,12 +70,19 @@ def last_words_file(session_id: str) -> str:
     return f"last-words-{session_id}.cbor"
 
 
+def spanned_file(session_id: str) -> str:
+    """Where the master's host's hosts actor records a session it spread over hosts
+    (hosts/spans.py), in the run directory: a restarted hosts actor re-adopts it."""
+    return f"{SPANNED_PREFIX}{session_id}{SPANNED_SUFFIX}"
+
+
 def session_files(session_id: str) -> tuple[str, ...]:
-    """The files a session's master makes in the run directory, removed when the session
-    ends: the sockets it listens on (its data plane, its outbox for clients that dial in,
-    its direct route: actors/master_direct.py) and its last words (actors/last_words.py)."""
+    """The files a session makes in the run directory, removed when it ends: the sockets its
+    master listens on (its data plane, its outbox for clients that dial in, its direct
+    route: actors/master_direct.py), its master's last words (actors/last_words.py) and,
+    spread over hosts, its hosts actor's record of it (hosts/spans.py)."""
     return (f"master-{session_id}.ipc", f"outbox-{session_id}.ipc", f"direct-{session_id}.ipc",
-            last_words_file(session_id))
+            last_words_file(session_id), spanned_file(session_id))
 
 
 def reconcile(entries: Iterable[Entry], running: Mapping[int, int]) -> Reconciliation:
