@@ -5,9 +5,11 @@ namespace)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ import pyproof
 from pyproof.transport import auth
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
 from tests.test_hosts_cluster import BASIC, DATASET, Running, by_host, check_exact, cluster
+from tests.test_hosts_readopt import remote_pids
 
 pytestmark = pytest.mark.slow  # a long module: started first (conftest)
 
@@ -82,3 +85,50 @@ def test_a_master_killed_mid_query_fails_that_query_and_the_next_runs_on_every_h
         check_exact(result)
         assert {h for h, n in by_host(result).items() if n} == {"m", "h2"}, \
             result.stats.workers
+
+
+def logged(home: Path, event: str) -> list[dict]:
+    """The records of `event` in the logs of a host (its home)."""
+    records = []
+    for path in sorted(home.rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == event:
+                records.append(record)
+    return records
+
+
+def queries_started(home: Path, pid: int) -> list[str]:
+    """The queries the worker process `pid` of a host (its home) started, from its log."""
+    return [r["query"] for r in logged(home, "query_started") if r.get("pid") == pid]
+
+
+def test_a_worker_restarting_on_another_host_after_a_master_restart_gets_none_of_its_queries(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    url = cluster(netns_hosts, ("m", "h2"), auth.fresh_cluster_secret())
+    home = netns_hosts.hosts["h2"].home
+    with pyproof.connect(f"{url}?workers=m:1,h2:1") as session:
+        check_exact(_query(session))
+        old = remote_pids(url, session.id)["worker-0@h2"]
+        first = queries_started(home, old)
+        assert len(first) == 1, first
+        _kill_master(session)
+        deadline = time.monotonic() + RESTARTED_WITHIN
+        while not [r for r in logged(home, "remote_master_restarted")
+                   if r.get("session") == session.id]:
+            assert time.monotonic() < deadline, "h2 did not hear that the master restarted"
+            time.sleep(0.1)
+        # h2's worker restarts before the new master's first query: the old master's query
+        # is over, it must not be given it (it would load the selector for nothing)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + RESTARTED_WITHIN
+        while (new := remote_pids(url, session.id).get("worker-0@h2")) in (None, old):
+            assert time.monotonic() < deadline, "h2's worker was not restarted"
+            time.sleep(0.2)
+        result = _query(session)
+        check_exact(result)
+        assert by_host(result).get("h2", 0) > 0, result.stats.workers
+        # queries run in the order they come: had it been given the old one, it started
+        # that one before the one it just worked on
+        started = queries_started(home, new)
+        assert len(started) == 1 and started != first, (first, started)

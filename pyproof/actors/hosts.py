@@ -724,7 +724,7 @@ class Hosts(ProofActor):
                 return "refused", {"message": "malformed stop_workers request"}
             self.inbox.put((self._stop_workers, name, sid, tuple(ids)))
             return "ok", {}
-        if kind in ("run_query", "worker_event"):
+        if kind in ("run_query", "worker_event", "master_restarted"):
             sid = body.get("session")
             if not isinstance(sid, str):
                 return "refused", {"message": "'session' must be a string"}
@@ -891,10 +891,16 @@ class Hosts(ProofActor):
             get_logger().info("master_restart_unplaced", session=sid, reason=(
                 "no session spanning hosts here" if span is None else "not announced yet"))
             return
+        changed = span.master != message.master
         joined = new_master(span, message.master, self.leaving_hosts)
         for worker_id, pid in joined:
             self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
                                                   pid=pid))
+        if changed:  # the old master's queries are over: a worker starting there gets none
+            for host in sorted(span.remote):
+                # on the link its queries go by: before the new master's first one
+                self._link(host, self.registry.hosts[host].info.address).submit(
+                    "master_restarted", {"session": sid})
         get_logger().info("spanned_master_restarted", session=sid,
                           workers=sorted(w for w, _ in joined))
 
@@ -1218,6 +1224,15 @@ class Hosts(ProofActor):
                 return
             # kept in order until the part's supervisor is known (`_send_queries`)
             self._query_packages(sid, hosted, query_id, spec, wanted, active)
+            return
+        if kind == "master_restarted":  # worker's side: its queries are over
+            hosted = self.hosted.get(sid)
+            if hosted is not None and hosted.master == host:
+                # a pull still running for one of them finds it gone (`_packages_here`)
+                hosted.queries = {}
+                if hosted.ref is not None:
+                    self.send(hosted.ref, m.MasterRestarted(session_id=sid, master=None))
+                get_logger().info("remote_master_restarted", session=sid, master=host)
             return
         # master's side: a worker there (re)started or exited
         span = self.spanned.get(sid)

@@ -392,7 +392,9 @@ class MasterRestarted:
     """Session supervisor -> the hosts actor that spread its session over hosts
     (`CreateSession.hosts`): its master was restarted, at `master`. The hosts actor tells
     the new master of the session's workers on other hosts (WorkerJoined) and takes its
-    queries (RunQuery) for them from now on."""
+    queries (RunQuery) for them from now on. Also hosts actor -> a remote session
+    supervisor (actors/remote_session.py), `master` None: its master's host says the
+    master was restarted, so its queries are over."""
 
     session_id: str
     master: Any

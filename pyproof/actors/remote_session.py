@@ -8,7 +8,9 @@ actor hears of every worker that starts or exits (`RemoteWorker`) and tells
 the master's host; queries (`RunQuery`) come the other way, and a worker that
 starts later (restarted, or added mid-query) is given at once every query the master
 runs or has queued, in its order (`pending_queries`), as the master itself gives a
-local worker that joins (master.py): it works on the running one, then the next.
+local worker that joins (master.py): it works on the running one, then the next. When
+the master is restarted, its queries are forgotten (`MasterRestarted`, via the hosts
+actors): a worker starting before the new master's first query loads no selector.
 
 It is as durable as a session of the master's host (it is a `SessionSupervisor`
 for that): it leads a process session of its own, records itself and its
@@ -103,6 +105,10 @@ class RemoteSession(SessionSupervisor):
             for child_id, ref in self.refs.items():
                 if child_id in self.pids:
                     self.send(ref, message)
+        elif isinstance(message, m.MasterRestarted):
+            # (from the hosts actor: the master's host says so) its queries are over: a
+            # worker that starts from now on gets none of them, only the new master's
+            self.queries = {}
         elif not isinstance(message, m.SessionWorkers):  # Adopt, ... (sessions.py)
             super().receive_other(message, sender)
 
