@@ -156,6 +156,7 @@ def test_records_are_written_atomically_read_back_and_damaged_ones_removed(tmp_p
     (tmp_path / spanned_file("c3")).write_bytes(b"\xff damaged")
     (tmp_path / spanned_file("d4")).write_bytes(spans.encode(record("e5")))  # misnamed
     (tmp_path / "registry.db").write_bytes(b"not ours")
+    (tmp_path / f"{spanned_file('b2')}.4242.tmp").write_bytes(b"half")  # a writer killed
     assert [r.session_id for r in spans.read_all(run_dir)] == ["a1", "b2"]
     assert sorted(os.listdir(run_dir)) == sorted([spanned_file("a1"), spanned_file("b2"),
                                                   "registry.db"])  # no temporary file left

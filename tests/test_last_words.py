@@ -18,7 +18,7 @@ from pyproof.actors.master_query import DROP_STUCK_FRAME_ENV
 from pyproof.actors.protocol import ERROR
 from pyproof.actors.thread_beats import FAULT_INPUT
 from pyproof.cli.daemon import daemon_home
-from pyproof.supervision.adoption import last_words_file, reconcile, session_files
+from pyproof.supervision.adoption import last_words_file, leftovers, reconcile, session_files
 from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import decode_frame, encode_frame
 from tests.conftest import zmumu
@@ -80,6 +80,37 @@ def test_the_file_is_one_of_the_session_files_removed_when_it_ends():
     assert last_words_file("s1") in session_files("s1")
     plan = reconcile([entry("s1", (10, 100))], {})  # a stale session: its files go
     assert last_words_file("s1") in plan.remove
+
+
+def test_a_writer_killed_before_its_rename_leaves_a_temporary_file_named_for_removal():
+    names = [last_words_file("s1"), f"{last_words_file('s1')}.123.tmp",
+             "spanned-s1.cbor.9.tmp", f"{last_words_file('s10')}.1.tmp",  # another session's
+             f"{last_words_file('s1')}.tmp", f"{last_words_file('s1')}.12a.tmp", "registry.db"]
+    assert leftovers("s1", names) == (f"{last_words_file('s1')}.123.tmp",
+                                      "spanned-s1.cbor.9.tmp")
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon()
+    yield d
+    d.stop()
+
+
+def test_a_sessions_temporary_files_left_by_a_killed_writer_go_when_it_ends(daemon):
+    run_dir = os.path.join(daemon_home(daemon.port), "run")
+    with pyproof.connect(f"{daemon.url}?workers=1") as session:
+        left = os.path.join(run_dir, f"{last_words_file(session.id)}.4242.tmp")
+        with open(left, "wb") as f:  # as a master killed between write and rename leaves it
+            f.write(b"half")
+        other = os.path.join(run_dir, f"{last_words_file('f00')}.4242.tmp")
+        with open(other, "wb") as f:  # another session's: kept
+            f.write(b"half")
+    deadline = time.monotonic() + 10.0
+    while os.path.exists(left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(left) and os.path.exists(other)
+    os.unlink(other)
 
 
 @pytest.mark.parametrize("keep", [0, 1, 3])

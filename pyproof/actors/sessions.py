@@ -46,7 +46,7 @@ from pyproof.actors.trees import (  # noqa: F401 (master_address, WATCHDOG: re-e
 from pyproof.hosts.once import Once
 from pyproof.logs import get_logger
 from pyproof.supervision import events as ev
-from pyproof.supervision.adoption import Entry, Proc, reconcile, session_files
+from pyproof.supervision.adoption import Entry, Proc, leftovers, reconcile, session_files
 from pyproof.supervision.process_tree import (
     become_subreaper,
     detach_session,
@@ -307,9 +307,7 @@ class Sessions(SupervisorActor):
         for proc in plan.kill:
             if start_time(proc.pid) == proc.start:
                 kill_tree(proc.pid, reap=False)
-        for name in plan.remove:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.config.run_dir, name))
+        remove_session_files(self.config.run_dir, [e.session_id for e in plan.stale])
         for entry in plan.stale:
             self.registry.remove(entry.session_id)
             log.warning("stale_session_removed", session=entry.session_id,
@@ -342,9 +340,7 @@ class Sessions(SupervisorActor):
         for proc in (entry.supervisor, *entry.children.values()):
             if start_time(proc.pid) == proc.start:
                 kill_tree(proc.pid, reap=False)
-        for name in session_files(entry.session_id):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.config.run_dir, name))
+        remove_session_files(self.config.run_dir, [entry.session_id])
         if self.registry is not None:
             self.registry.remove(entry.session_id)
 
@@ -661,9 +657,7 @@ class SessionSupervisor(SupervisorActor):
             # until this process has exited, `daemon stop` must still find it)
             with contextlib.suppress(Exception):  # a full disk must not stop the exit
                 self.registry.remove(self.request.session_id)
-        for name in session_files(self.request.session_id):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.request.run_dir, name))
+        remove_session_files(self.request.run_dir, [self.request.session_id])
 
     def _announce(self, corr: str, reply_to: Any) -> None:
         assert self.request is not None
@@ -710,6 +704,21 @@ class SessionSupervisor(SupervisorActor):
         level = "info" if self.exiting or reason == "shutdown" else "warning"
         getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,
                                      reason=reason)
+
+
+def remove_session_files(run_dir: str, session_ids: list[str]) -> None:
+    """Remove the files of these sessions (ended) from `run_dir` (adoption.session_files),
+    and the temporary files a writer killed mid-write left of them (adoption.leftovers)."""
+    if not session_ids:
+        return
+    try:
+        names = os.listdir(run_dir)
+    except OSError:  # no run directory: nothing to remove
+        return
+    for sid in session_ids:
+        for name in (*session_files(sid), *leftovers(sid, names)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(run_dir, name))
 
 
 def retry_later(actor: Any, message: Any, sender: Any, error: str) -> None:

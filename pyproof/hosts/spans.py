@@ -20,9 +20,9 @@ that died with the actor in its link's queue would lose a query there.
 The file is one of the session's files (`adoption.session_files`): removed when the
 session ends. Pure `encode`/`decode`/`readopt`/`reconcile_part` under thin shells
 (`write`, `read_all`, `remove`) that never raise: like `last_words.py`, a new file
-is written and renamed over the old one (a kill between leaves a `.tmp` file, which
-`adoption.leftovers` names for removal), not fsynced (the reader is the next
-process on the same host).
+is written and renamed over the old one (a kill between leaves a `.tmp` file: removed
+by the next `read_all`, or with the session's files, `adoption.leftovers`), not
+fsynced (the reader is the next process on the same host).
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ def remove(run_dir: str, session_id: str) -> None:
 
 
 def read_all(run_dir: str) -> list[SpanRecord]:
-    """Every record in `run_dir`; a damaged or foreign one is logged and removed."""
+    """Every record in `run_dir`; a damaged or foreign one is logged and removed, and so
+    is what a write killed before its rename left (`NAME.PID.tmp`)."""
     try:
         names = sorted(os.listdir(run_dir))
     except OSError as exc:
@@ -220,6 +221,11 @@ def read_all(run_dir: str) -> list[SpanRecord]:
         return []
     records = []
     for name in names:
+        if name.startswith(SPANNED_PREFIX) and name.endswith(".tmp"):
+            # a write the actor before was killed in (its only writer): never renamed
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(run_dir, name))
+            continue
         if not (name.startswith(SPANNED_PREFIX) and name.endswith(SPANNED_SUFFIX)):
             continue
         path = os.path.join(run_dir, name)

@@ -19,8 +19,8 @@ from dataclasses import field
 
 from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
-__all__ = ["Entry", "Proc", "Reconciliation", "last_words_file", "reconcile", "session_files",
-           "spanned_file"]
+__all__ = ["Entry", "Proc", "Reconciliation", "last_words_file", "leftovers", "reconcile",
+           "session_files", "spanned_file"]
 
 SPANNED_PREFIX, SPANNED_SUFFIX = "spanned-", ".cbor"
 
@@ -83,6 +83,21 @@ def session_files(session_id: str) -> tuple[str, ...]:
     spread over hosts, its hosts actor's record of it (hosts/spans.py)."""
     return (f"master-{session_id}.ipc", f"outbox-{session_id}.ipc", f"direct-{session_id}.ipc",
             last_words_file(session_id), spanned_file(session_id))
+
+
+def leftovers(session_id: str, names: Iterable[str]) -> tuple[str, ...]:
+    """Of a run directory's file `names`, the temporary files of the session's files: each
+    is written as `NAME.PID.tmp` and renamed over NAME (actors/last_words.py,
+    hosts/spans.py); a writer killed in between leaves it, removed with the session's
+    files."""
+    ours = set(session_files(session_id))
+    found = []
+    for name in names:
+        base, _, rest = name.rpartition(".")
+        stem, _, pid = base.rpartition(".")
+        if rest == "tmp" and pid.isdigit() and stem in ours:
+            found.append(name)
+    return tuple(sorted(found))
 
 
 def reconcile(entries: Iterable[Entry], running: Mapping[int, int]) -> Reconciliation:
