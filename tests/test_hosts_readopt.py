@@ -19,6 +19,7 @@ from pyproof.client.control import dial_daemon
 from pyproof.transport import auth
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
 from tests.test_hosts_cluster import BASIC, DATASET, by_host, check_exact, cluster
+from tests.test_hosts_netns import PORT
 
 pytestmark = pytest.mark.slow  # a long module: started first (conftest)
 
@@ -80,6 +81,7 @@ def test_a_restarted_hosts_actor_keeps_the_sessions_workers_on_other_hosts(
     hosts = netns_hosts
     url = cluster(hosts, ("m", "h2"), auth.fresh_cluster_secret())
     h2 = hosts.hosts["h2"]
+    run_dir = hosts.hosts["m"].home / "sandbox" / f"proofd-{PORT}" / "run"
     before = set(hosts.pids(h2))  # h2's daemon, with no session
     with pyproof.connect(f"{url}?workers=m:1,h2:1") as session:
         check_exact(_query(session))
@@ -103,8 +105,13 @@ def test_a_restarted_hosts_actor_keeps_the_sessions_workers_on_other_hosts(
                 result.stats.workers
         # the same worker process as before: kept, not started again
         assert remote_pids(url, session.id) == workers
+        assert (run_dir / f"spanned-{session.id}.cbor").exists()  # its record, rewritten
     deadline = time.monotonic() + CLOSED_WITHIN
     while set(hosts.pids(h2)) - before:
         assert time.monotonic() < deadline, \
             f"processes left on h2 after the session closed: {set(hosts.pids(h2)) - before}"
+        time.sleep(0.2)
+    # nor the record of the session on the master's host (the run directory's files)
+    while left := [p.name for p in run_dir.iterdir() if p.name.startswith("spanned-")]:
+        assert time.monotonic() < deadline, f"left in m's run directory: {left}"
         time.sleep(0.2)
