@@ -23,6 +23,13 @@ the root supervisor; it owns sockets, creates no children):
   each finishes its packet or the master re-queues it, exactly once. Once they
   are gone (or after ``LEAVE_DRAIN`` s) it says "drained" and the master
   re-queues whatever those workers still held; then the stop goes on.
+- **durable**: the master's side of each session it spread over hosts is kept in
+  a file of the run directory (pyproof/hosts/spans.py), so that a restarted
+  hosts actor (it is supervised: a crash restarts it) re-adopts those sessions:
+  it reloads them before its endpoint opens (the other hosts' checks that they
+  run are answered yes), tells each session's supervisor where it is now (the
+  supervisor answers with its master, which hears of the workers on other hosts
+  again, through this actor) and asks each part's host which workers still run.
 
 Thespian never leaves the host: daemons meet only here, over authenticated nng.
 """
@@ -536,14 +543,15 @@ class Hosts(ProofActor):
             running = {w: pid for w, pid in running.items() if isinstance(w, str) and (
                 w.endswith(f"@{host}")) and isinstance(pid, int)}
         result = spans.reconcile_part(span.remote[host], running)
-        for worker_id, pid in result.lost:
-            self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+        master = span.master  # None: its supervisor's answer (the master) tells it all
+        for worker_id, pid in result.lost if master is not None else ():
+            self.send(master, m.WorkerLost(worker_id=worker_id, pid=pid))
         if running is None:  # no part there any more
             del span.remote[host]
             forget_told(span, host)
         else:
             span.remote[host] = result.workers
-            if host not in self.leaving_hosts:
+            if host not in self.leaving_hosts and master is not None:
                 for worker_id, pid in result.joined:
                     self.send(span.master, m.WorkerJoined(worker_id=worker_id,
                                                           ref=self.myAddress, pid=pid))
@@ -886,7 +894,7 @@ class Hosts(ProofActor):
         would count only the local workers, and those on other hosts never get a query."""
         sid = message.session_id
         span = self.spanned.get(sid)
-        if span is None or span.master is None:
+        if span is None or (span.master is None and not span.readopting):
             # before the session's announce (it names the new master) or after its end
             get_logger().info("master_restart_unplaced", session=sid, reason=(
                 "no session spanning hosts here" if span is None else "not announced yet"))
