@@ -316,6 +316,9 @@ class Hosts(ProofActor):
         self.once = Once()  # add_workers by the client's request id (a retry adds nothing)
         # session -> its record as last written (hosts/spans.py; None before HostsStart)
         self.records: dict[str, bytes] | None = None
+        # whether a record may have changed since they were last written: any message but
+        # a bare wake-up (one that ran a thread's callback, or saw a host change, counts)
+        self.dirty = True
 
     # -- Thespian messages ----------------------------------------------------
     def receive(self, message, sender) -> None:
@@ -326,6 +329,8 @@ class Hosts(ProofActor):
         sessions. If it raises, `ProofActor.receiveMessage` logs the error and ends the
         process (exit 70); the supervisor restarts the actor from a clean state.
         """
+        if not isinstance(message, WakeupMessage):
+            self.dirty = True
         if isinstance(message, m.HostsStart):
             self._start(message, sender)
         elif isinstance(message, WakeupMessage):
@@ -562,8 +567,9 @@ class Hosts(ProofActor):
     def _persist(self) -> None:
         """Run after each message: the records of the sessions spread over hosts that
         changed are written, those of sessions gone removed (hosts/spans.py)."""
-        if self.records is None:
+        if self.records is None or not self.dirty:
             return
+        self.dirty = False
         run_dir = self.config["run_dir"]
         with self.lock:
             hosts = dict(self.registry.hosts)
@@ -634,13 +640,16 @@ class Hosts(ProofActor):
         with self.lock:
             changes = self.registry.handle(reg.Tick(now=now))
         self._changed(changes)
+        self.dirty = self.dirty or bool(changes)
         while True:
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 break
+            self.dirty = True
             item[0](*item[1:])
         for host in [h for h, until in self.leaving_hosts.items() if now >= until]:
+            self.dirty = True
             get_logger().warning("host_left_undrained", host=host)
             del self.leaving_hosts[host]
             self._host_gone(host)
