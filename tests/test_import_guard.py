@@ -1,0 +1,181 @@
+"""The import guard (actors/import_guard.py) and the warm-up that installs it
+(actors/warmup.py), each case in a fresh interpreter (python -c) with real packages: what
+waits while a warm-up runs, what does not, and that threads importing awkward and hist
+beside a real warm-up get them whole."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def run(code: str, cwd, timeout: float = 120) -> str:
+    """Run `code` in a fresh interpreter in `cwd`; its stdout (it must exit 0)."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def user_package(tmp_path):
+    """A user's package (beyond the warm-up's reach) in `tmp_path`: one module imports
+    only its sibling, one a standard module."""
+    package = tmp_path / "upkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import helper\nfrom .helper import X\n")
+    (package / "helper.py").write_text("X = 1\n")
+    (package / "needs.py").write_text("import sched\n")
+    return tmp_path
+
+
+def test_only_an_import_that_would_load_a_module_within_the_warm_ups_reach_waits(
+        user_package):
+    out = run("""
+        import builtins, importlib, pickle, sys, threading
+        from pyproof.actors import import_guard
+
+        original = builtins.__import__, importlib.import_module
+        waits = []
+        import_guard.install(lambda: waits.append(1))
+
+        fresh = ("colorsys", "graphlib", "netrc", "filecmp", "xml", "_lzma", "getopt", "sched",
+                 "shelve")
+        assert not [name for name in fresh if name in sys.modules]
+
+        def waited(statement):
+            waits.clear()
+            exec(statement, {})
+            return bool(waits)
+
+        # loaded already: no wait, whatever the form
+        assert not waited("import os")
+        assert not waited("from os import path")
+        assert not waited("import importlib.util")
+        # the standard library, not loaded yet: waits (statement, __import__, C pickle,
+        # importlib.import_module, a C extension)
+        assert waited("import colorsys")
+        assert waited("__import__('graphlib')")
+        assert waited("import pickle; pickle.loads(b'cfilecmp\\\\ncmp\\\\n.')")
+        assert waited("import importlib; importlib.import_module('netrc')")
+        assert waited("import _lzma")
+        # a package loaded, its submodule not: a from list that names it waits
+        import xml
+        assert waited("from xml import dom")
+        # the user's package (relative imports inside, its own attribute in a from list)
+        # does not wait; its module that imports a standard module waits there
+        sys.path.insert(0, ".")
+        assert not waited("import upkg")
+        assert not waited("import importlib; importlib.import_module('.helper', 'upkg')")
+        assert waited("import upkg.needs")
+        # pyproof's own modules are beyond reach; numpy within
+        assert not import_guard._within_reach("pyproof")
+        assert import_guard._within_reach("numpy") and import_guard._within_reach("sys")
+        assert not import_guard._within_reach("upkg")
+        # a module still initializing on some thread counts as not loaded
+        import types
+        half = types.ModuleType("half_made")
+        half.__spec__ = importlib.machinery.ModuleSpec("half_made", None)
+        half.__spec__._initializing = True
+        sys.modules["half_made"] = half
+        assert waited("import half_made")
+        half.__spec__._initializing = False
+        assert not waited("import half_made")
+        # relative names resolve against the importer's package
+        assert import_guard._absolute("b", {"__package__": "a.x"}, 2) == "a.b"
+        assert import_guard._absolute("", {"__package__": "a.x"}, 1) == "a.x"
+        assert import_guard._absolute("b", {"__name__": "a.x", "__spec__": None}, 1) == "a.b"
+        assert import_guard._absolute("b", {"__name__": "a", "__path__": [],
+                                            "__spec__": None}, 1) == "a.b"
+        # the exempt thread (the warm-up's) never waits
+        import_guard.install(lambda: waits.append(1), exempt=threading.get_ident())
+        assert not waited("import getopt")
+        # uninstalled: the originals are back, nothing waits
+        import_guard.uninstall()
+        assert (builtins.__import__, importlib.import_module) == original
+        assert not import_guard.installed()
+        import_guard.install(lambda: waits.append(1))
+        assert import_guard.installed()
+        import_guard.uninstall()
+        assert not waited("import shelve")
+        print("ok")
+    """, cwd=user_package)
+    assert out == "ok\n"
+
+
+def test_a_thread_importing_a_module_the_warm_up_imports_later_waits_and_neither_deadlocks(
+        tmp_path):
+    # waiting in __import__, before importlib takes the module's lock: the warm-up then
+    # takes it freely (a finder that waited would hold it, and both would stand still)
+    out = run("""
+        import os, threading, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import import_guard, warmup
+        t0 = time.monotonic()
+        thread = warmup.start_warmup(("colorsys",))
+        assert import_guard.installed() and warmup.warming_up()
+        import colorsys
+        took = time.monotonic() - t0
+        assert 1 <= took < 30, took
+        thread.join(30)
+        assert not thread.is_alive() and not warmup.warming_up()
+        assert not import_guard.installed()
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
+def test_no_warm_up_and_no_guard_for_modules_loaded_already_or_with_warmup_off(tmp_path):
+    out = run("""
+        import os
+        import colorsys
+        from pyproof.actors import import_guard, warmup
+        assert warmup.start_warmup(("colorsys", "os")) is None
+        assert not import_guard.installed() and not warmup.warming_up()
+        os.environ["PYPROOF_WARMUP"] = "0"
+        assert warmup.start_warmup(("graphlib",)) is None
+        assert not import_guard.installed()
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
+HAMMER = """
+    import importlib, sys, threading, time
+    from pyproof.actors import warmup
+    thread = warmup.start_warmup(("numpy", "awkward", "hist"))
+    assert thread is not None
+    time.sleep({delay})
+    errors = []
+
+    def query(module):
+        try:
+            importlib.import_module(module)
+            import awkward as ak
+            from awkward.operations import ak_num
+            assert ak.num(ak.Array([[1, 2], [3]])).tolist() == [2, 1]
+            import hist
+            assert hist.Hist.new.Reg(10, 0, 1).Double().fill([0.5]).sum() == 1
+        except Exception as exc:
+            errors.append(f"{{module}}: {{exc!r}}")
+
+    threads = [threading.Thread(target=query, args=(m,)) for m in
+               ("awkward", "awkward.operations", "hist", "awkward.highlevel")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+    assert not any(t.is_alive() for t in threads)
+    print(errors or "ok")
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.15, 0.2])
+def test_threads_importing_awkward_and_hist_beside_a_real_warm_up_get_them_whole(
+        tmp_path, delay):
+    # without the guard these threads meet awkward half made ("partially initialized
+    # module 'awkward.highlevel' has no attribute 'Array'") at each of these delays
+    assert run(HAMMER.format(delay=delay), cwd=tmp_path) == "ok\n"
