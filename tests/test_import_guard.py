@@ -179,3 +179,33 @@ def test_threads_importing_awkward_and_hist_beside_a_real_warm_up_get_them_whole
     # without the guard these threads meet awkward half made ("partially initialized
     # module 'awkward.highlevel' has no attribute 'Array'") at each of these delays
     assert run(HAMMER.format(delay=delay), cwd=tmp_path) == "ok\n"
+
+
+def test_merging_and_encoding_take_a_data_module_still_being_imported_for_absent(tmp_path):
+    # a worker's query merges and encodes its outputs while its warm-up may be halfway
+    # through numpy or awkward: in sys.modules, without their types yet (seen: "partially
+    # initialized module 'numpy' has no attribute 'ndarray'" at stage 'merge')
+    out = run("""
+        import collections, importlib.machinery, sys, types
+        for name in ("numpy", "awkward", "boost_histogram", "hist"):
+            assert name not in sys.modules
+            half = sys.modules[name] = types.ModuleType(name)  # nothing in it yet
+            half.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            half.__spec__._initializing = True
+        from pyproof.lazy import loaded
+        from pyproof.merging.merge import merge, merge_outputs
+        from pyproof.transport.codec import EncodeError, decode, encode
+        assert loaded("numpy") is None and loaded("os") is sys.modules["os"]
+        assert merge(1, 2) == 3 and merge([1], [2]) == [1, 2]
+        assert merge_outputs({"n": 1, "c": collections.Counter(a=1)},
+                             {"n": 2, "c": collections.Counter(a=2)}) == \\
+            {"n": 3, "c": collections.Counter(a=3)}
+        value = {"n": 3, "s": {1, 2}, "c": collections.Counter(a=1), "t": (1, 2.5)}
+        assert decode(encode(value)) == value
+        try:
+            encode(object())
+        except EncodeError:
+            pass
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
