@@ -20,6 +20,10 @@ first packet: `load_data_modules`). The guard is removed when the warm-up ends.
 (A waiter that took over the rest of the imports at its own priority was
 measured slower, and left out.)
 
+proofd, a long-lived daemon, has its Thespian admin load them before the
+first actor (`preload_data_modules`, with --preload-data): every session's
+master and workers are forked with them and start no warm-up.
+
 Only leaf actors (master, workers) warm up: they never fork, so no fork can
 catch the thread holding an import lock. A supervisor never starts the thread.
 The actors' own modules (light: no numpy, uproot, awkward, hist) are imported
@@ -91,6 +95,25 @@ def preload_actor_modules() -> None:
                 del sys.modules[name]
 
 
+def preload_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
+    """Import the data modules now, on this thread (none with PYPROOF_WARMUP=0).
+
+    proofd's admin runs this before it creates the first actor (actors/daemon.py,
+    `--preload-data`): synchronously, so no thread is importing when it forks,
+    and every session's master and workers, forked from it, have them and start
+    no warm-up (`start_warmup` skips modules loaded). Not lite: a lite session
+    is ready at once and loads them after. An import that fails is left to the
+    actor that needs it (it fails there, with its traceback).
+    """
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
+        return
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (the real import, later, reports it)
+            return
+
+
 def _import_structlog_without_rich() -> None:
     """Import structlog as if rich were not installed (a sixth of a lite start-up).
 
@@ -123,6 +146,11 @@ _warmup_ident: int | None = None  # the warm-up thread's id (its imports never w
 def warming_up() -> bool:
     """True while this process's warm-up imports run."""
     return not _done.is_set()
+
+
+def started_warmup() -> bool:
+    """True if this process started a warm-up (none where the modules were preloaded)."""
+    return _warmup is not None
 
 
 def wait_warmup(timeout: float = WARMUP_WAIT) -> None:
