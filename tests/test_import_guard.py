@@ -209,3 +209,33 @@ def test_merging_and_encoding_take_a_data_module_still_being_imported_for_absent
         print("ok")
     """, cwd=tmp_path)
     assert out == "ok\n"
+
+
+def test_a_fork_during_the_warm_up_waits_for_it_and_the_child_imports_freely(tmp_path):
+    # (a selector's multiprocessing, say): the child has no warm-up thread to wait for,
+    # and no module lock is left held by one
+    out = run("""
+        import os, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import import_guard, warmup
+        t0 = time.monotonic()
+        warmup.start_warmup(("colorsys",))
+        pid = os.fork()
+        if pid == 0:
+            ok = not import_guard.installed() and not warmup.warming_up()
+            import graphlib  # a module not loaded: would wait for a warm-up not there
+            os._exit(0 if ok and "colorsys" in __import__("sys").modules else 1)
+        try:
+            assert time.monotonic() - t0 >= 1  # the fork waited for the warm-up
+            deadline = time.monotonic() + 30
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                assert time.monotonic() < deadline, "the child hangs"
+                time.sleep(0.01)
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+        except BaseException:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"

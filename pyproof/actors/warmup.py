@@ -160,6 +160,22 @@ def wait_warmup(timeout: float = WARMUP_WAIT) -> None:
         _done.wait(timeout)
 
 
+def _forget_warmup() -> None:
+    """In a child forked from this process: no warm-up thread came along, so neither do
+    its guard nor its wait."""
+    global _warmup
+    _warmup = None
+    import_guard.uninstall()
+    _done.set()
+
+
+# A fork (a selector's multiprocessing, say) during the warm-up waits for it first: the
+# child would otherwise inherit the module locks the warm-up thread holds, never released
+# there (an import of those modules would hang), and a guard waiting for a thread it has
+# not got.
+os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
+
+
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
     """Import `modules` now (at once if the warm-up is done; else after it).
 
