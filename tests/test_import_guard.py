@@ -29,6 +29,7 @@ def user_package(tmp_path):
     (package / "__init__.py").write_text("from . import helper\nfrom .helper import X\n")
     (package / "helper.py").write_text("X = 1\n")
     (package / "needs.py").write_text("import sched\n")
+    (package / "needs_not.py").write_text("")
     return tmp_path
 
 
@@ -90,6 +91,10 @@ def test_only_an_import_that_would_load_a_module_within_the_warm_ups_reach_waits
         assert import_guard._absolute("b", {"__name__": "a.x", "__spec__": None}, 1) == "a.b"
         assert import_guard._absolute("b", {"__name__": "a", "__path__": [],
                                             "__spec__": None}, 1) == "a.b"
+        # the warm-up's own modules are within reach wherever they are found
+        import_guard.install(lambda: waits.append(1), within=("upkg",))
+        assert import_guard._within_reach("upkg")
+        assert waited("import upkg.needs_not")
         # the exempt thread (the warm-up's) never waits
         import_guard.install(lambda: waits.append(1), exempt=threading.get_ident())
         assert not waited("import getopt")

@@ -20,13 +20,20 @@ selector loader and our lazy names call) with a check, made before the real impo
 - Something would be loaded (missing from `sys.modules`, or there but still initializing
   on another thread): if its top-level package is within the warm-up's reach, the call
   waits for the warm-up (bounded, `WARMUP_WAIT`), then imports. Within reach is anything
-  found in the interpreter's library or site-packages directories (or built in): the
-  warm-up's packages and whatever they import. Beyond it are pyproof itself (no data
-  package imports it) and the user's own modules (a selector's, sent or on its
+  found in the interpreter's library or site-packages directories (or built in), and
+  the warm-up's own packages wherever they are: whatever the warm-up may import (the
+  standard library too: some of its packages import each other in cycles, and which of
+  them the data packages import is not known beforehand). Beyond it are pyproof itself
+  (no data package imports it) and the user's own modules (a selector's, sent or on its
   `sys_path`, a package's): they load at once, and an import of a data module inside
   them waits there, at its own `import` line.
 - The warm-up thread itself never waits; once it ends, `uninstall` puts the originals
   back, and imports cost nothing more than before.
+
+Every thread but the warm-up's is guarded alike: a query's, the master's look-up and
+merge threads, nng's callbacks, the actor's own. What reads `sys.modules` without
+importing (is this output a numpy array?) takes a module still initializing for absent
+(`pyproof.lazy.loaded`); a fork waits for the warm-up (actors/warmup.py).
 
 Why before importlib, not in a `sys.meta_path` finder: a finder's `find_spec` runs inside
 `_find_and_load`, which has already taken the module's lock. A finder that waited there
@@ -75,13 +82,17 @@ _library_dirs: tuple[str, ...] | None = None
 _MISSING = object()
 
 
-def install(wait: Callable[[], None], exempt: int | None = None) -> None:
+def install(wait: Callable[[], None], exempt: int | None = None,
+            within: tuple[str, ...] = ()) -> None:
     """Guard this process's imports: an import that may load a module within the
     warm-up's reach calls `wait()` first, on every thread but `exempt` (a thread id: the
-    warm-up's, `exempt_this_thread`)."""
+    warm-up's, `exempt_this_thread`). `within`: top-level names within reach wherever
+    they are found (the warm-up's own modules: installed for development, say, outside
+    site-packages)."""
     global _original_import, _original_import_module, _wait, _exempt
     with _lock:
         _wait, _exempt = wait, exempt
+        _reach.update(dict.fromkeys(within, True))
         if builtins.__import__ is not _guarded_import:
             _original_import = builtins.__import__
             builtins.__import__ = _guarded_import

@@ -222,6 +222,6 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
     thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
     _warmup = thread
     _done.clear()
-    import_guard.install(wait_warmup)
+    import_guard.install(wait_warmup, within=modules)
     thread.start()
     return thread
