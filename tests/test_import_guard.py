@@ -244,3 +244,26 @@ def test_a_fork_during_the_warm_up_waits_for_it_and_the_child_imports_freely(tmp
         print("ok")
     """, cwd=tmp_path)
     assert out == "ok\n"
+
+
+def test_a_data_thread_waiting_for_the_warm_up_at_an_import_is_not_found_stuck(tmp_path):
+    # the master's merge and plane threads are watched (thread_beats): a wait for the
+    # warm-up (seconds on a loaded machine) is not a deadlock; silence counts from its end
+    out = run("""
+        import os, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import warmup
+        from pyproof.actors.thread_beats import ThreadBeats
+        beats = ThreadBeats()
+        thread = warmup.start_warmup(("graphlib",))
+        assert thread is not None
+        beats.stamp()  # then silent: this thread waits for the warm-up
+        time.sleep(0.3)
+        assert beats.stuck(time.monotonic(), bound=0.1) == []
+        thread.join(30)
+        assert beats.stuck(time.monotonic(), bound=0.5) == []
+        time.sleep(0.6)
+        assert [s.name for s in beats.stuck(time.monotonic(), bound=0.5)] == ["MainThread"]
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"

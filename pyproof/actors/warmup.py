@@ -141,11 +141,19 @@ _warmup: threading.Thread | None = None
 _done = threading.Event()  # set while no warm-up runs in this process
 _done.set()
 _warmup_ident: int | None = None  # the warm-up thread's id (its imports never wait)
+_ended_at = 0.0  # when the last warm-up ended (monotonic)
 
 
 def warming_up() -> bool:
     """True while this process's warm-up imports run."""
     return not _done.is_set()
+
+
+def silence_excused_until() -> float:
+    """Monotonic time before which a data thread's silence is not held against it
+    (thread_beats): now while the warm-up runs (a thread may be waiting for it at an
+    import, see actors/import_guard.py: not stuck), else when it ended."""
+    return time.monotonic() if not _done.is_set() else _ended_at
 
 
 def started_warmup() -> bool:
@@ -200,7 +208,7 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
         if os.environ.get("PYPROOF_TEST_HOOKS") == "1" else 0.0
 
     def run() -> None:
-        global _warmup_ident
+        global _warmup_ident, _ended_at
         _warmup_ident = threading.get_ident()  # first: before this thread imports anything
         import_guard.exempt_this_thread()
         try:
@@ -217,6 +225,7 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
                     return
         finally:
             import_guard.uninstall()
+            _ended_at = time.monotonic()
             _done.set()
 
     thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
