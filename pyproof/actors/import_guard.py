@@ -50,7 +50,12 @@ Relative imports are resolved against the importer's package first; an import th
 check cannot make sense of waits (never wrong, at worst slower). Not covered: C code
 calling `PyImport_ImportModuleLevelObject` directly (Cython's generated imports) after
 its module has loaded, and `importlib.import_module` bound by name before `install`:
-none of these runs on a query's path while a warm-up is on.
+none of these runs on a query's path while a warm-up is on. A thread that the warm-up's
+imports start (none of the data packages does) is guarded like any other.
+
+An actor thread that waits here is not taken for hung by its supervisor's watchdog: the
+warm-up thread uses CPU meanwhile, so the process counts as busy (supervision/watchdog.py);
+the master's watched data threads are excused while a warm-up runs (thread_beats.py).
 """
 
 from __future__ import annotations
