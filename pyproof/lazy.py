@@ -10,6 +10,7 @@ lite session's start-up short (see pyproof/bench/startup.py).
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,3 +39,19 @@ def lazy_attributes(
         return sorted({*namespace, *listed})
 
     return __getattr__, __dir__
+
+
+def loaded(name: str) -> Any:
+    """Module `name` if this process has imported it (None if not, or not yet whole).
+
+    For the checks that need a module only if a value of its types may exist
+    (is this output a numpy array, an awkward array?): no value exists before
+    its module is loaded. A module that another thread is still importing (a
+    process's warm-up, actors/warmup.py) counts as not loaded: it is in
+    `sys.modules` half made ("partially initialized module 'numpy' has no
+    attribute 'ndarray'"), and no value of its types exists yet either.
+    """
+    module = sys.modules.get(name)
+    if module is None or getattr(vars(module).get("__spec__"), "_initializing", False):
+        return None
+    return module

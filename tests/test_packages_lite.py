@@ -193,9 +193,10 @@ def test_a_worker_restarted_mid_session_gets_the_packages_before_its_first_packe
         new = worker_pids(session)["worker-1"]
         assert new != old["worker-1"]
         # until the new worker took packets: bounded in time, not in queries. A fresh worker
-        # begins its first query only once its warm-up imports are done (uproot and co.,
-        # actors/warmup.py: a lower priority, so seconds under load); a query here takes
-        # some 30 ms, and worker-0 alone does all of those that end before then.
+        # may load this package's selector (it imports standard modules it has not loaded)
+        # only once its warm-up imports are done (uproot and co., actors/warmup.py: a lower
+        # priority, so seconds under load); a query here takes some 30 ms, and worker-0
+        # alone does all of those that end before then.
         deadline = time.monotonic() + 30
         while True:
             result = run(session, name, cycles=200, packetizer="basic",

@@ -65,3 +65,14 @@ def test_proofctl_lists_queries_and_stops_or_aborts_one(daemon, capsys):
         assert states == {first.query: "stopped", second.query: "aborted"}
         assert main(["queries", "--url", daemon.url, "stop", "nosuchquery"]) == 1
         assert "no session of yours knows query 'nosuchquery'" in capsys.readouterr().err
+
+
+def test_a_proofd_sessions_workers_start_with_the_data_modules_and_no_warm_up(daemon):
+    # proofd's admin loads numpy, uproot, awkward and hist before its first actor; every
+    # worker is forked from it (actors/daemon.py --preload-data, actors/warmup.py)
+    with pyproof.connect(f"{daemon.url}?workers=2") as session:
+        result = session.process("tests.warmup_selectors:Warming", cycles=10, progress=False)
+    workers = result.outputs["workers"]
+    assert workers >= 1 and result.outputs["count"] == 10
+    assert result.outputs["loaded"] == workers
+    assert result.outputs["warmed"] == result.outputs["warming"] == 0

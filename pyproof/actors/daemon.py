@@ -148,6 +148,16 @@ def _load_actor_modules() -> None:
     gc.enable()
 
 
+def _load_actor_and_data_modules() -> None:
+    """proofd's admin (`--preload-data`): the data modules too (numpy, uproot, awkward,
+    hist; actors/warmup.py `preload_data_modules`), frozen with the rest: no session's
+    master or worker then imports them or runs a warm-up."""
+    from pyproof.actors.warmup import preload_data_modules
+
+    preload_data_modules()
+    _load_actor_modules()
+
+
 def main(argv: list[str] | None = None) -> int:
     t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
@@ -167,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-session", default=None, metavar="WORKERS:REQUEST_ID",
                         help="open a session for the owner while booting (lite: the client's "
                              "open_session with this request id gets it, ready sooner)")
+    parser.add_argument("--preload-data", action="store_true",
+                        help="load the data modules before the first actor (proofd: every "
+                             "session then starts with them; lite starts sooner without)")
     parser.add_argument("--ready-fd", type=int, default=None,
                         help="a pipe to write one line to once ready.json is written")
     parser.add_argument("--session-orphan-grace", type=int, default=0,
@@ -247,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gc.freeze()  # what we loaded: shared with the admin (and every actor) untouched
     # the admin loads the actors' modules itself (see the module docstring)
-    system, port = start_system(args.log_dir, admin_preload=_load_actor_modules)
+    system, port = start_system(args.log_dir, admin_preload=_load_actor_and_data_modules
+                                if args.preload_data else _load_actor_modules)
     gc.enable()
     t_system = time.time()
     # the admin double-forks into a session of its own: its first child's pid is

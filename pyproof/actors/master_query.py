@@ -40,7 +40,6 @@ from pyproof.actors.output_files import (
     register_output_dataset,
 )
 from pyproof.actors.thread_beats import ThreadBeats, deadlock, injected_fault
-from pyproof.actors.warmup import wait_warmup
 from pyproof.datasets import records as _records  # noqa: F401  (outputs may hold them)
 from pyproof.hosts.locality import element_hosts, read_layout, worker_host
 from pyproof.logs import get_logger
@@ -101,16 +100,12 @@ class Merger:
 
     def _loop(self) -> None:
         self.beats.idle()
-        warm = False
         try:
             while True:
                 self.beats.idle()  # waiting for work is not being stuck
                 job = self._jobs.get()
                 if job is None:  # (never waits for the warm-up: a close is not held up)
                     return
-                if not warm:  # merging imports hist: never beside the warm-up (warmup.py)
-                    wait_warmup()
-                    warm = True
                 self.beats.stamp()  # a merge (and feeding its end) must not stall
                 job()
         finally:
@@ -251,8 +246,6 @@ class QueryRun:
 
     def _lookup(self) -> None:
         """Look-up thread: find the work, then tell the core (no one polls for it)."""
-        if self.spec.cycles is None:
-            wait_warmup()  # look-ups import uproot: never beside the warm-up (warmup.py)
         try:
             if self.spec.output_dataset:
                 check_output_dataset(self.spec.output_dataset, self.user,

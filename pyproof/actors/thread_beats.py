@@ -16,6 +16,7 @@ import threading
 import time
 
 from pyproof.actors.base import TEST_HOOKS
+from pyproof.actors.warmup import silence_excused_until
 from pyproof.supervision.threads import Beat, Stuck, stuck_threads
 from pyproof.supervision.watchdog import MAX_BUSY
 
@@ -58,7 +59,11 @@ class ThreadBeats:
     # -- the checker (the actor thread) --------------------------------------------------
     def beats(self) -> list[Beat]:
         beats = []
+        # a thread waiting for the warm-up at an import (actors/import_guard.py) is not
+        # stuck: no silence counts before it ends (a real deadlock is found once it has)
+        excused = silence_excused_until()
         for name, (stamped, active, tid) in dict(self._threads).items():
+            stamped = max(stamped, excused)
             cpu_now = _thread_cpu(tid)
             # the CPU time at the previous check of this same stamp (checks come every
             # ping, far more often than `STUCK_AFTER`); none yet: not busy

@@ -4,17 +4,25 @@ A session's master and workers start without uproot, awkward and hist (about
 a third of a second of CPU each, more than the rest of a start-up), so that a
 session is ready at once. Each then imports them on a daemon thread right
 after it reported itself started: by the time the user's first query arrives
-they are usually loaded. A query that comes sooner, even a `cycles=` one,
-waits for the warm-up to end (below): on a busy machine a fresh worker's first
-query can wait a second or more. (A waiter that took over the rest of the
-imports at its own priority was measured slower, and left out.)
+they are usually loaded.
 
 Two threads importing the same package tree at once are NOT safe: Python's
 per-module locks break a cross-thread cycle (awkward's submodules import each
 other) by handing one thread a partially initialized module ("partially
-initialized module 'awkward' has no attribute 'Array'"). So whatever may import
-them on another thread (a selector's module, the master's look-up) first waits
-for the warm-up with `wait_warmup()`: the imports happen one after the other.
+initialized module 'awkward' has no attribute 'Array'"). So while the warm-up
+runs, an import guard (actors/import_guard.py) makes any other thread's import
+that would load a module of the data packages' reach (the standard library and
+site-packages) wait for the warm-up to end first; an import of a module already
+loaded, of pyproof's own or of the user's (a selector's module) goes on at once.
+A query that needs none of them (a `cycles=` one) thus waits for nothing; one
+that does waits at its first such import (a worker's data query before its
+first packet: `load_data_modules`). The guard is removed when the warm-up ends.
+(A waiter that took over the rest of the imports at its own priority was
+measured slower, and left out.)
+
+proofd, a long-lived daemon, has its Thespian admin load them before the
+first actor (`preload_data_modules`, with --preload-data): every session's
+master and workers are forked with them and start no warm-up.
 
 Only leaf actors (master, workers) warm up: they never fork, so no fork can
 catch the thread holding an import lock. A supervisor never starts the thread.
@@ -33,8 +41,11 @@ import importlib
 import os
 import sys
 import threading
+import time
 import types
 from typing import Any
+
+from pyproof.actors import import_guard
 
 DATA_MODULES = ("numpy", "uproot", "awkward", "hist")  # numpy: the codec and merging need it
 WARMUP_NICE = 10  # added to the thread's niceness
@@ -84,6 +95,25 @@ def preload_actor_modules() -> None:
                 del sys.modules[name]
 
 
+def preload_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
+    """Import the data modules now, on this thread (none with PYPROOF_WARMUP=0).
+
+    proofd's admin runs this before it creates the first actor (actors/daemon.py,
+    `--preload-data`): synchronously, so no thread is importing when it forks,
+    and every session's master and workers, forked from it, have them and start
+    no warm-up (`start_warmup` skips modules loaded). Not lite: a lite session
+    is ready at once and loads them after. An import that fails is left to the
+    actor that needs it (it fails there, with its traceback).
+    """
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
+        return
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (the real import, later, reports it)
+            return
+
+
 def _import_structlog_without_rich() -> None:
     """Import structlog as if rich were not installed (a sixth of a lite start-up).
 
@@ -103,19 +133,55 @@ def _import_structlog_without_rich() -> None:
 
 
 WARMUP_WAIT = 120.0  # seconds: an import that takes longer is stuck; go on and let it fail
+DELAY_ENV = "PYPROOF_TEST_WARMUP_DELAY"
+"""Tests only (with PYPROOF_TEST_HOOKS=1): seconds the warm-up thread sleeps before each
+module it imports, a warm-up slowed at will, to show what waits for it and what not."""
 
 _warmup: threading.Thread | None = None
+_done = threading.Event()  # set while no warm-up runs in this process
+_done.set()
+_warmup_ident: int | None = None  # the warm-up thread's id (its imports never wait)
+_ended_at = 0.0  # when the last warm-up ended (monotonic)
+
+
+def warming_up() -> bool:
+    """True while this process's warm-up imports run."""
+    return not _done.is_set()
+
+
+def silence_excused_until() -> float:
+    """Monotonic time before which a data thread's silence is not held against it
+    (thread_beats): now while the warm-up runs (a thread may be waiting for it at an
+    import, see actors/import_guard.py: not stuck), else when it ended."""
+    return time.monotonic() if not _done.is_set() else _ended_at
+
+
+def started_warmup() -> bool:
+    """True if this process started a warm-up (none where the modules were preloaded)."""
+    return _warmup is not None
 
 
 def wait_warmup(timeout: float = WARMUP_WAIT) -> None:
-    """Return once this process's warm-up imports are done (at once if none runs).
+    """Return once this process's warm-up imports are done (at once if none runs, and on
+    the warm-up thread itself). The import guard calls it; so does `load_data_modules`."""
+    if not _done.is_set() and threading.get_ident() != _warmup_ident:
+        _done.wait(timeout)
 
-    Call before anything that may import the data modules on another thread
-    (loading a selector, a look-up): see the module docstring.
-    """
-    thread = _warmup
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(timeout)
+
+def _forget_warmup() -> None:
+    """In a child forked from this process: no warm-up thread came along, so neither do
+    its guard nor its wait."""
+    global _warmup
+    _warmup = None
+    import_guard.uninstall()
+    _done.set()
+
+
+# A fork (a selector's multiprocessing, say) during the warm-up waits for it first: the
+# child would otherwise inherit the module locks the warm-up thread holds, never released
+# there (an import of those modules would hang), and a guard waiting for a thread it has
+# not got.
+os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
 
 
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
@@ -130,23 +196,41 @@ def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
 
 
 def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
-    """Start importing `modules` on a daemon thread (none with PYPROOF_WARMUP=0)."""
-    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
+    """Start importing `modules` on a daemon thread, with the import guard on until it
+    ends (nothing with PYPROOF_WARMUP=0, or when all of them are loaded already)."""
+    global _warmup
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0" or not _done.is_set():
         return None
+    modules = tuple(name for name in modules if not import_guard.ready(name))
+    if not modules:
+        return None
+    delay = float(os.environ.get(DELAY_ENV) or 0) \
+        if os.environ.get("PYPROOF_TEST_HOOKS") == "1" else 0.0
 
     def run() -> None:
-        # a lower priority for this thread alone (Linux schedules threads): a query
-        # that arrives meanwhile, or a sibling's start, goes first
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 (the real import, later, reports it)
-                return
+        global _warmup_ident, _ended_at
+        _warmup_ident = threading.get_ident()  # first: before this thread imports anything
+        import_guard.exempt_this_thread()
+        try:
+            # a lower priority for this thread alone (Linux schedules threads): a query
+            # that arrives meanwhile, or a sibling's start, goes first
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
+            for name in modules:
+                if delay:
+                    time.sleep(delay)
+                try:
+                    importlib.import_module(name)
+                except Exception:  # noqa: BLE001 (the real import, later, reports it)
+                    return
+        finally:
+            import_guard.uninstall()
+            _ended_at = time.monotonic()
+            _done.set()
 
-    global _warmup
     thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
     _warmup = thread
+    _done.clear()
+    import_guard.install(wait_warmup, within=modules)
     thread.start()
     return thread

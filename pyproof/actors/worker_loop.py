@@ -27,7 +27,7 @@ import pynng
 from pyproof import worker_output
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
-from pyproof.actors.warmup import load_data_modules, wait_warmup
+from pyproof.actors.warmup import load_data_modules
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.datasets.steps import READ_STEP_BYTES, keep_freed_memory, read_steps, step_plan
 from pyproof.filesets import names_by_file
@@ -260,7 +260,6 @@ class WorkerLoop:
             ref = self.spec.selector
             code = None if self.spec.selector_sources is None else \
                 SelectorCode.from_wire(ref, self.spec.selector_sources, self.spec.selector_hash)
-            wait_warmup()  # the selector's imports must not race the warm-up's (warmup.py)
             selector_cls = load_selector(ref, code)
             self.spec = adopt_selector_attributes(self.spec, selector_cls)
             self.selector = selector_cls()

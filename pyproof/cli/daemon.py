@@ -76,7 +76,8 @@ def start_daemon(port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
             "--url", f"proof://{host}:{port}",
             "--max-sessions-per-user", str(max_sessions_per_user),
             "--max-workers-per-user", str(max_workers_per_user),
-            "--session-orphan-grace", str(session_orphan_grace)]
+            "--session-orphan-grace", str(session_orphan_grace),
+            "--preload-data"]  # a long-lived daemon: its sessions start with numpy and co.
     if session_idle_timeout is not None:
         args += ["--session-idle-timeout", str(session_idle_timeout)]
     if result_ttl is not None:

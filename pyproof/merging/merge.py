@@ -10,10 +10,10 @@ must offer `merge(other)` or `__add__`.
 from __future__ import annotations
 
 import collections
-import sys
 from typing import Any
 
 from pyproof.errors import ProofError
+from pyproof.lazy import loaded
 
 MERGEABLE = ("outputs that merge: hist.Hist and boost-histogram histograms, numpy arrays, "
              "awkward arrays (concatenated), numbers (summed), collections.Counter, sets "
@@ -26,7 +26,7 @@ class MergeError(ProofError, TypeError):
 
 def merge(a: Any, b: Any, *, name: str = "output", concatenate: bool = False) -> Any:
     """Return a merged with b. `a` may be modified in place (it is the accumulator)."""
-    np = sys.modules.get("numpy")  # no array exists where numpy was never imported
+    np = loaded("numpy")  # no array exists where numpy was never imported
     if np is not None and isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         if concatenate:
             return np.concatenate([a, b])
@@ -36,7 +36,7 @@ def merge(a: Any, b: Any, *, name: str = "output", concatenate: bool = False) ->
                 "(list the output in Selector.concatenate to concatenate instead)"
             )
         return a + b
-    awkward = sys.modules.get("awkward")
+    awkward = loaded("awkward")
     if awkward is not None and isinstance(a, awkward.Array) and isinstance(b, awkward.Array):
         return awkward.concatenate([a, b])
     if isinstance(a, set | frozenset) and isinstance(b, set | frozenset):

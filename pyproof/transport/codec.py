@@ -73,6 +73,7 @@ from typing import Any
 import cbor2
 
 from pyproof.errors import ProofError
+from pyproof.lazy import loaded
 
 
 class _LazyNumpy:
@@ -330,10 +331,10 @@ def _encode_ndarray(encoder: cbor2.CBOREncoder, array: np.ndarray) -> None:
 
 def _histogram_class_name(value: Any) -> str | None:
     """The wire name of a histogram's class (nearest known base), or None."""
-    bh = sys.modules.get("boost_histogram")
+    bh = loaded("boost_histogram")
     if bh is None or not isinstance(value, bh.Histogram):
         return None
-    hist = sys.modules.get("hist")
+    hist = loaded("hist")
     if hist is not None and isinstance(value, hist.BaseHist):
         return "hist.NamedHist" if isinstance(value, hist.NamedHist) else "hist.Hist"
     return "boost_histogram.Histogram"
@@ -366,12 +367,10 @@ def _encode_remote_error(encoder: cbor2.CBOREncoder, value: RemoteError) -> None
 def _numpy_loaded() -> Any:
     """numpy if this process imported it (no array or numpy scalar exists otherwise);
     the first time, its types get their direct encoders too."""
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and getattr(numpy.__spec__, "_initializing", False):
-        # being imported on another thread now (the warm-up, actors/warmup.py): no numpy
-        # value exists yet, and its types may not be there (seen: a spec encoded on the
-        # master's actor thread as the warm-up imported numpy)
-        return None
+    # being imported on another thread now (the warm-up, actors/warmup.py): no numpy
+    # value exists yet, and its types may not be there (seen: a spec encoded on the
+    # master's actor thread as the warm-up imported numpy)
+    numpy = loaded("numpy")
     if numpy is not None and numpy.ndarray not in _ENCODERS:
         _ENCODERS[numpy.complex128] = _encode_complex
         _ENCODERS[numpy.ndarray] = _encode_ndarray
@@ -405,7 +404,7 @@ def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
     if isinstance(value, collections.Counter):
         _encode_counter(encoder, value)
         return
-    awkward = sys.modules.get("awkward")
+    awkward = loaded("awkward")
     if awkward is not None and isinstance(value, awkward.Array):
         _encode_awkward(encoder, awkward, value)
         return

@@ -1,0 +1,240 @@
+"""While the warm-up imports run, an import on another thread that would load a module
+the warm-up may load waits for it first; any other import goes on at once.
+
+Why: two threads loading the same package tree at once are not safe (actors/warmup.py:
+Python's per-module locks break a cross-thread import cycle, such as awkward's, by handing
+one thread a partially initialized module). Waiting for the whole warm-up before anything
+that might import (a selector's load, a look-up, a merge) made every query wait, a
+`cycles=` one too, though it needs none of the data modules. The guard makes the wait
+as narrow as the hazard: only an import that would load (or join the loading of) a
+module of the warm-up's reach waits, and only until the warm-up ends.
+
+How: `install` replaces `builtins.__import__` (which every `import` statement, `from x
+import y`, `__import__()`, pickle's look-up of a class's module and C code's
+`PyImport_Import` / `PyImport_ImportModule` call) and `importlib.import_module` (which the
+selector loader and our lazy names call) with a check, made before the real import:
+
+- Everything the import names is loaded and initialized (the module, each parent
+  package, each name of a `from` list found in its package or as a loaded submodule): no
+  module is loaded, nothing waits. That is nearly every import of a running process.
+- Something would be loaded (missing from `sys.modules`, or there but still initializing
+  on another thread): if its top-level package is within the warm-up's reach, the call
+  waits for the warm-up (bounded, `WARMUP_WAIT`), then imports. Within reach is anything
+  found in the interpreter's library or site-packages directories (or built in), and
+  the warm-up's own packages wherever they are: whatever the warm-up may import (the
+  standard library too: some of its packages import each other in cycles, and which of
+  them the data packages import is not known beforehand). Beyond it are pyproof itself
+  (no data package imports it) and the user's own modules (a selector's, sent or on its
+  `sys_path`, a package's): they load at once, and an import of a data module inside
+  them waits there, at its own `import` line.
+- The warm-up thread itself never waits; once it ends, `uninstall` puts the originals
+  back, and imports cost nothing more than before.
+
+Every thread but the warm-up's is guarded alike: a query's, the master's look-up and
+merge threads, nng's callbacks, the actor's own. What reads `sys.modules` without
+importing (is this output a numpy array?) takes a module still initializing for absent
+(`pyproof.lazy.loaded`); a fork waits for the warm-up (actors/warmup.py).
+
+Why before importlib, not in a `sys.meta_path` finder: a finder's `find_spec` runs inside
+`_find_and_load`, which has already taken the module's lock. A finder that waited there
+for the warm-up would hold that lock while waiting; if the warm-up then needs the same
+module (the very case that waits), it blocks on the lock, and importlib's deadlock check
+cannot see the cycle (the finder waits on an event, not on a module lock): both would
+stand still until the bound ran out, and then import side by side after all. Waiting in
+`__import__` happens before any lock of the module is taken. A wait nested in another
+import (a user's module that imports awkward) does hold the outer module's lock, but
+that module is beyond the warm-up's reach (or it would have waited itself), so the
+warm-up never asks for it.
+
+Relative imports are resolved against the importer's package first; an import the
+check cannot make sense of waits (never wrong, at worst slower). Not covered: C code
+calling `PyImport_ImportModuleLevelObject` directly (Cython's generated imports) after
+its module has loaded, and `importlib.import_module` bound by name before `install`:
+none of these runs on a query's path while a warm-up is on. A thread that the warm-up's
+imports start (none of the data packages does) is guarded like any other.
+
+An actor thread that waits here is not taken for hung by its supervisor's watchdog: the
+warm-up thread uses CPU meanwhile, so the process counts as busy (supervision/watchdog.py);
+the master's watched data threads are excused while a warm-up runs (thread_beats.py).
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.util
+import os
+import site
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+# the functions the guard stands in for (kept after `uninstall`: see there)
+_original_import: Callable[..., Any] = builtins.__import__
+_original_import_module: Callable[..., Any] = importlib.import_module
+_exempt: int | None = None  # the id of the thread whose imports never wait
+
+
+def _no_wait() -> None:
+    pass
+
+
+_wait: Callable[[], None] = _no_wait  # what a guarded import that may load calls first
+_lock = threading.Lock()
+_reach: dict[str, bool] = {}  # top-level name -> within the warm-up's reach
+_library_dirs: tuple[str, ...] | None = None
+_MISSING = object()
+
+
+def install(wait: Callable[[], None], exempt: int | None = None,
+            within: tuple[str, ...] = ()) -> None:
+    """Guard this process's imports: an import that may load a module within the
+    warm-up's reach calls `wait()` first, on every thread but `exempt` (a thread id: the
+    warm-up's, `exempt_this_thread`). `within`: top-level names within reach wherever
+    they are found (the warm-up's own modules: installed for development, say, outside
+    site-packages)."""
+    global _original_import, _original_import_module, _wait, _exempt
+    with _lock:
+        _wait, _exempt = wait, exempt
+        _reach.update(dict.fromkeys(within, True))
+        if builtins.__import__ is not _guarded_import:
+            _original_import = builtins.__import__
+            builtins.__import__ = _guarded_import
+        if importlib.import_module is not _guarded_import_module:
+            _original_import_module = importlib.import_module
+            importlib.import_module = _guarded_import_module  # type: ignore[assignment]
+
+
+def exempt_this_thread() -> None:
+    """The calling thread's imports never wait (the warm-up's own: it is what others wait
+    for). Call it before the thread imports anything."""
+    global _exempt
+    _exempt = threading.get_ident()
+
+
+def uninstall() -> None:
+    """Put the original import functions back. (One that someone wrapped over ours stays:
+    ours then only passes the calls on, as it does for whoever bound it meanwhile.)"""
+    global _wait
+    with _lock:
+        _wait = _no_wait
+        if builtins.__import__ is _guarded_import:
+            builtins.__import__ = _original_import
+        if importlib.import_module is _guarded_import_module:
+            importlib.import_module = _original_import_module  # type: ignore[assignment]
+
+
+def installed() -> bool:
+    return builtins.__import__ is _guarded_import
+
+
+def _guarded_import(name: str, globals: Any = None, locals: Any = None,
+                    fromlist: Any = (), level: int = 0) -> Any:
+    wait = _wait
+    if wait is not _no_wait and threading.get_ident() != _exempt:
+        try:
+            loads = _would_load(_absolute(name, globals, level), fromlist)
+        except Exception:  # noqa: BLE001 (not understood: wait, to be safe)
+            loads = True
+        if loads:
+            wait()
+    return _original_import(name, globals, locals, fromlist, level)
+
+
+def _guarded_import_module(name: str, package: str | None = None) -> Any:
+    wait = _wait
+    if wait is not _no_wait and threading.get_ident() != _exempt:
+        try:
+            loads = _would_load(importlib.util.resolve_name(name, package)
+                                if name.startswith(".") else name, ())
+        except Exception:  # noqa: BLE001 (not understood: wait, to be safe)
+            loads = True
+        if loads:
+            wait()
+    return _original_import_module(name, package)
+
+
+def ready(name: str) -> bool:
+    """`name` is in `sys.modules` and initialized (not being imported on some thread);
+    a None there (an import that fails at once) loads nothing either."""
+    module = sys.modules.get(name, _MISSING)
+    if module is _MISSING:
+        return False
+    if module is None:
+        return True
+    spec = vars(module).get("__spec__") if hasattr(module, "__dict__") else None
+    return not getattr(spec, "_initializing", False)
+
+
+def _absolute(name: str, globals: Any, level: int) -> str:
+    if level == 0:
+        return name
+    package = (globals or {}).get("__package__")
+    if package is None:
+        spec = (globals or {}).get("__spec__")
+        if spec is not None:
+            package = spec.parent
+        else:
+            package = globals["__name__"]
+            if "__path__" not in globals:
+                package = package.rpartition(".")[0]
+    return importlib.util.resolve_name("." * level + name, package)
+
+
+def _would_load(name: str, fromlist: Any) -> bool:
+    """Whether importing `name` (with `fromlist`) may load a module within the warm-up's
+    reach (see the module docstring)."""
+    parts = name.split(".")
+    if all(ready(".".join(parts[:i + 1])) for i in range(len(parts))):
+        if not fromlist:
+            return False
+        module = sys.modules[name]
+        if module is None or "__path__" not in vars(module):
+            return False  # not a package: a from list only reads attributes
+        names = list(fromlist)
+        if "*" in names:
+            names.remove("*")
+            names.extend(vars(module).get("__all__", ()))
+        missing = [x for x in names
+                   if x not in vars(module) and not ready(f"{name}.{x}")]
+        # a package's own __getattr__ (PEP 562) may supply it: its imports are guarded
+        if all(hasattr(module, x) for x in missing):
+            return False
+    return _within_reach(parts[0])
+
+
+def _within_reach(top: str) -> bool:
+    known = _reach.get(top)
+    if known is None:
+        known = _find_within_reach(top)
+        if known or top in sys.modules or top == "pyproof":
+            _reach[top] = known  # (one not found yet may be found later: asked again)
+    return known
+
+
+def _find_within_reach(top: str) -> bool:
+    if top == "pyproof":
+        return False  # no data package imports pyproof
+    spec = importlib.util.find_spec(top)  # (a top-level name: no parent is imported)
+    if spec is None:
+        return False  # not found: the import fails, loading nothing
+    places = [spec.origin] if spec.has_location and spec.origin else []
+    places += list(spec.submodule_search_locations or ())
+    if not places:
+        return True  # built in, frozen: the interpreter's own
+    dirs = _libraries()
+    return any(os.path.realpath(place).startswith(dirs) for place in places)
+
+
+def _libraries() -> tuple[str, ...]:
+    """The interpreter's library and site-packages directories (with a trailing
+    separator), where whatever the data packages import comes from."""
+    global _library_dirs
+    if _library_dirs is None:
+        dirs = [os.path.dirname(os.__file__)]  # the standard library (lib-dynload below)
+        dirs += site.getsitepackages() if hasattr(site, "getsitepackages") else []
+        if site.ENABLE_USER_SITE:
+            dirs.append(site.getusersitepackages())
+        _library_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+    return _library_dirs
