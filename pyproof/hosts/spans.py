@@ -178,6 +178,24 @@ def reconcile_part(recorded: Mapping[str, int],
     return PartReconciliation(joined=tuple(sorted(now.items())), lost=lost, workers=now)
 
 
+def worker_event(recorded: Mapping[str, int], worker_id: str, pid: int,
+                 alive: bool) -> PartReconciliation:
+    """A part's workers once its host said worker `worker_id` (pid `pid`) started (`alive`)
+    or exited. A start under a new pid replaces the worker before: that one is lost, even
+    if its exit was never heard (it exited while that host's hosts actor was down, and the
+    one restarted there knows only who runs now); else the master would wait for ever for
+    the packets it held. An exit of a pid not recorded changes nothing."""
+    now = dict(recorded)
+    joined: tuple[tuple[str, int], ...] = ()
+    if alive:
+        now[worker_id] = pid
+        joined = ((worker_id, pid),)
+    elif now.get(worker_id) == pid:
+        del now[worker_id]
+    lost = tuple(sorted((w, p) for w, p in recorded.items() if now.get(w) != p))
+    return PartReconciliation(joined=joined, lost=lost, workers=now)
+
+
 # -- the shell: the files --------------------------------------------------------------------
 
 
