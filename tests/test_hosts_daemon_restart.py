@@ -13,7 +13,7 @@ import pytest
 
 import pyproof
 from pyproof.actors.survival import control_sessions, read_control
-from pyproof.supervision.process_tree import is_alive, kill_session
+from pyproof.supervision.process_tree import is_alive, kill_session, session_members
 from pyproof.transport import auth
 from tests.daemon_helpers import Background
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
@@ -48,6 +48,13 @@ def kill_daemon(run_dir) -> list[int]:
         assert time.monotonic() < deadline, "the daemon's main process survived SIGKILL"
         time.sleep(0.05)
     return killed
+
+
+def daemon_processes(run_dir) -> set[int]:
+    """The processes of the daemon recorded in `run_dir` (its control tree)."""
+    info = read_control(str(run_dir))
+    assert info is not None, f"no daemon recorded in {run_dir}"
+    return {p for sid in control_sessions(info) for p in session_members(sid)}
 
 
 def test_a_daemon_restart_on_the_masters_host_keeps_the_session_spread_over_hosts(
@@ -126,6 +133,11 @@ def test_a_daemon_restart_on_a_workers_host_keeps_its_part_of_the_session(
         part = [p for p in set(hosts.pids(h2)) if p == now["worker-0@h2"]]
         assert part, f"h2's worker {now} does not run on h2"
     deadline = time.monotonic() + CLOSED_WITHIN
-    while any(is_alive(p) for p in now.values()):
-        assert time.monotonic() < deadline, f"the session's worker left on h2: {now}"
+    while left := set(hosts.pids(h2)) - daemon_processes(run_dir):
+        assert time.monotonic() < deadline, \
+            f"processes left on h2 after the session closed: {left}"
+        time.sleep(0.2)
+    m_run = hosts.hosts["m"].home / "sandbox" / f"proofd-{PORT}" / "run"
+    while left := [p.name for p in m_run.iterdir() if p.name.startswith("spanned-")]:
+        assert time.monotonic() < deadline, f"left in m's run directory: {left}"
         time.sleep(0.2)
