@@ -30,6 +30,11 @@ the root supervisor; it owns sockets, creates no children):
   run are answered yes), tells each session's supervisor where it is now (the
   supervisor answers with its master, which hears of the workers on other hosts
   again, through this actor) and asks each part's host which workers still run.
+  The same holds after a restart of the whole daemon. On the other hosts, a
+  restarted hosts actor (or daemon) re-adopts its parts of other hosts' sessions
+  (the durable registry) and tells each master's host which workers run there
+  now (`part_readopted`): one that exited or restarted while no hosts actor ran
+  here was never reported, and the master would wait for ever for its packets.
 
 Thespian never leaves the host: daemons meet only here, over authenticated nng.
 """
