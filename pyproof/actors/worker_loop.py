@@ -170,6 +170,8 @@ class WorkerLoop:
         self._thread: threading.Thread | None = None
         self._begun = False
         self._ended = threading.Event()
+        # the master answered DONE: the query is over for it (not only for this worker)
+        self.over = False
         self._checked: set[tuple[str, str]] = set()  # (file, tree) whose branches we checked
         self.selector: Selector | None = None
         self.ctx: Context | None = None
@@ -321,6 +323,7 @@ class WorkerLoop:
                 backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
                 reply = self._request(p.NEXT, {"processed": self._take_reports()})
             elif kind == p.DONE:
+                self.over = True
                 self._flush()
                 return
             else:
