@@ -138,6 +138,15 @@ def test_a_daemon_restart_on_a_workers_host_keeps_its_part_of_the_session(
         assert session.status()["workers"] == ["worker-0", "worker-0@h2"]
         part = [p for p in set(hosts.pids(h2)) if p == now["worker-0@h2"]]
         assert part, f"h2's worker {now} does not run on h2"
+        # between queries the worker asks nothing: it dials the new tunnel when it next
+        # asks, and keeps its pid
+        kill_daemon(run_dir)
+        start(hosts, h2, secret, "--cores", "2", "--join", url)
+        wait_for(url, lambda r: r.get("h2", {}).get("state") == "alive", "h2 back again")
+        result = _query(session)
+        check_exact(result)
+        assert by_host(result).get("h2", 0) > 0, result.stats.workers
+        assert remote_pids(url, session.id) == now
     deadline = time.monotonic() + CLOSED_WITHIN
     while left := set(hosts.pids(h2)) - daemon_processes(run_dir):
         assert time.monotonic() < deadline, \
