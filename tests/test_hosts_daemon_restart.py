@@ -104,7 +104,8 @@ def test_a_daemon_restart_on_a_workers_host_keeps_its_part_of_the_session(
     it one, so it exits (worker_loop.py: only its death gives back what it holds) and its
     part's supervisor, which runs on, restarts it. The master must hear that the worker it
     knew is lost (its packets are re-queued) though the exit happened while no hosts actor
-    ran on h2: else the query waited for ever for them."""
+    ran on h2: else the query waited for ever for them. Restarted between queries, the
+    worker asks nothing meanwhile: it keeps its pid."""
     hosts = netns_hosts
     secret = auth.fresh_cluster_secret()
     m, h2 = hosts.add("m"), hosts.add("h2")
