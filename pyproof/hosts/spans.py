@@ -17,8 +17,14 @@ What each part was told (which queries) is not kept: telling a part a query agai
 is harmless (it keeps each query once), and a record saying "told" for a tell
 that died with the actor in its link's queue would lose a query there.
 
+A part's host may restart too (its daemon, or its hosts actor): the parts re-adopted
+there are reported to the master's host (`reconcile_part` again), and a worker heard to
+start under a new pid replaces the one before, whose exit may never have been heard
+(`worker_event`).
+
 The file is one of the session's files (`adoption.session_files`): removed when the
-session ends. Pure `encode`/`decode`/`readopt`/`reconcile_part` under thin shells
+session ends. Pure `encode`/`decode`/`readopt`/`reconcile_part`/`worker_event` under thin
+shells
 (`write`, `read_all`, `remove`) that never raise: like `last_words.py`, a new file
 is written and renamed over the old one (a kill between leaves a `.tmp` file: removed
 by the next `read_all`, or with the session's files, `adoption.leftovers`), not
