@@ -24,11 +24,10 @@ start under a new pid replaces the one before, whose exit may never have been he
 
 The file is one of the session's files (`adoption.session_files`): removed when the
 session ends. Pure `encode`/`decode`/`readopt`/`reconcile_part`/`worker_event` under thin
-shells
-(`write`, `read_all`, `remove`) that never raise: like `last_words.py`, a new file
-is written and renamed over the old one (a kill between leaves a `.tmp` file: removed
-by the next `read_all`, or with the session's files, `adoption.leftovers`), not
-fsynced (the reader is the next process on the same host).
+shells (`write`, `read_all`, `remove`) that never raise: like `last_words.py`, a new
+file is written and renamed over the old one (a kill between leaves a `.tmp` file:
+removed by the next `read_all`, or with the session's files, `adoption.leftovers`),
+not fsynced (the reader is the next process on the same host).
 """
 
 from __future__ import annotations
