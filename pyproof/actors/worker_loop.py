@@ -597,6 +597,11 @@ class WorkerLoop:
         frame = decode_frame(raw)
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
+        if frame.type == p.ABORT and reply.get("unreachable") is True:
+            # our host's tunnel could not reach the master's host (its daemon restarting,
+            # the link cut) mid-request: the master may have granted us packets it will
+            # wait for; only our death gives them back, as when it does not answer at all
+            raise _MasterGone(str(reply.get("reason", "the master's host is not reachable")))
         return reply
 
 
