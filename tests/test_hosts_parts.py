@@ -1,7 +1,8 @@
 """Which hosts the master's host counts as having a part of a session (`part_hosts`): the
 answer to another host's check that its part's session still runs (hosts.py), and who may
 send that session's data frames; which parts are told of a query (`hosts_to_tell`); and
-which queries a worker starting on another host is given (`pending_queries`). Pure: no
+which queries a worker starting on another host is given (`pending_queries`,
+`forget_query`). Pure: no
 actors, no sockets."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pyproof.actors.hosts import (
     new_master,
     part_hosts,
 )
-from pyproof.actors.remote_session import KEEP_QUERIES, pending_queries
+from pyproof.actors.remote_session import KEEP_QUERIES, forget_query, pending_queries
 from pyproof.query.spec import QuerySpec, SpecError
 
 
@@ -87,6 +88,16 @@ def test_a_worker_starting_on_another_host_is_given_the_running_and_queued_queri
     again = run("q1", "q1", "q2")
     assert list(pending_queries(queries, again)) == ["q1", "q2"]
     assert pending_queries(queries, again)["q1"] is again
+
+
+def test_a_query_the_master_said_is_over_is_no_longer_given_to_a_worker_starting_later():
+    queries = pending_queries({}, run("q1", "q1"))
+    queries = pending_queries(queries, run("q2", "q1", "q2"))
+    # q1 ended (a worker here was answered DONE): before the master's next RunQuery
+    assert list(forget_query(queries, "q1")) == ["q2"]
+    assert list(forget_query(forget_query(queries, "q1"), "q1")) == ["q2"]  # said twice
+    assert list(forget_query(queries, "q9")) == ["q1", "q2"]  # one never heard of
+    assert list(queries) == ["q1", "q2"]  # pure: the dict given is not changed
 
 
 def test_without_the_masters_list_the_last_queries_heard_of_are_kept_within_a_bound():

@@ -116,6 +116,44 @@ def test_a_worker_restarted_while_nobody_listened_is_lost_and_its_successor_join
     assert result.joined == (("worker-0@h2", 7), ("worker-1@h2", 99))
 
 
+def test_a_worker_started_again_under_a_new_pid_replaces_the_one_before_which_is_lost():
+    # its exit came while its host's hosts actor was down: never heard; its start is
+    event = spans.worker_event({"worker-0@h2": 7, "worker-1@h2": 8}, "worker-1@h2", 99, True)
+    assert event.lost == (("worker-1@h2", 8),)
+    assert event.joined == (("worker-1@h2", 99),)
+    assert event.workers == {"worker-0@h2": 7, "worker-1@h2": 99}
+
+
+def test_a_worker_event_of_a_known_or_unknown_process_loses_nothing_else():
+    recorded = {"worker-0@h2": 7}
+    assert spans.worker_event(recorded, "worker-0@h2", 7, True) == spans.PartReconciliation(
+        joined=(("worker-0@h2", 7),), lost=(), workers=recorded)  # said again: joins again
+    assert spans.worker_event(recorded, "worker-0@h2", 7, False) == spans.PartReconciliation(
+        joined=(), lost=(("worker-0@h2", 7),), workers={})
+    # the exit of a process that is not the one recorded (a late report): nothing changes
+    assert spans.worker_event(recorded, "worker-0@h2", 5, False) == spans.PartReconciliation(
+        joined=(), lost=(), workers=recorded)
+    assert recorded == {"worker-0@h2": 7}  # pure: the record given is not changed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"worker-{i}@h2" for i in range(4)]), pids),
+       st.lists(st.tuples(st.sampled_from([f"worker-{i}@h2" for i in range(4)]), pids,
+                          st.booleans()), max_size=12))
+def test_after_any_worker_events_the_master_has_heard_each_process_join_at_most_once_lost(
+        recorded, events):
+    # the master's view: every process it was told joined and not yet lost runs now
+    known = set(recorded.items())
+    workers = dict(recorded)
+    for worker_id, pid, alive in events:
+        event = spans.worker_event(workers, worker_id, pid, alive)
+        assert set(event.lost) <= known  # only processes it knows are declared lost
+        known -= set(event.lost)
+        known |= set(event.joined)
+        workers = event.workers
+        assert known == set(workers.items())  # one process per worker id, as its host says
+
+
 def span(**remote: dict[str, int]) -> Spanned:
     create = m.CreateSession(corr="c", session_id="5e55", workers=3, run_dir="/run",
                              log_dir="/logs", user="ann", request_id="r1")

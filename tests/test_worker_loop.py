@@ -30,7 +30,7 @@ def serve(address: str, replies: list[bytes], stop: threading.Event,
 
 
 def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
-                seen: list[bytes] | None = None) -> worker_loop.WorkerLoop:
+                seen: list[bytes] | None = None, die=None) -> worker_loop.WorkerLoop:
     """A worker loop against a fake master that answers `replies` in order."""
     address = f"ipc://{tmp_path}/master.ipc"
     stop = threading.Event()
@@ -40,7 +40,7 @@ def run_against(tmp_path, replies: list[bytes], *, selector: str = "Cycles",
     with pynng.Req0(recv_timeout=2000, send_timeout=2000, resend_time=-1) as sock:
         sock.dial(address, block=False)
         loop = worker_loop.WorkerLoop(
-            worker_id="worker-0", session_id="s", query_id="q", socket=sock,
+            worker_id="worker-0", session_id="s", query_id="q", socket=sock, die=die,
             spec=QuerySpec(selector=f"tests.sample_selectors:{selector}", cycles=1))
         loop.start()
         assert loop.join(20), "the worker loop did not end"
@@ -59,7 +59,26 @@ def test_a_packet_of_the_wrong_shape_ends_the_query_cleanly(tmp_path):
 
 
 def test_an_abort_ends_the_query(tmp_path):
-    run_against(tmp_path, [encode_frame("abort", {"reason": "stopped"})])
+    died: list[bool] = []
+    loop = run_against(tmp_path, [encode_frame("abort", {"reason": "stopped"})],
+                       die=lambda: died.append(True))
+    assert not died and not loop.over  # the master's word: this worker goes on
+
+
+def test_an_abort_from_its_hosts_tunnel_that_could_not_reach_the_master_ends_the_worker(
+        tmp_path):
+    # the master may have granted packets it now waits for: only the worker's death (its
+    # supervisor reports it lost) gives them back (host_links.Tunnel)
+    died: list[bool] = []
+    loop = run_against(tmp_path, [encode_frame("abort", {
+        "reason": "the master's host is not reachable: reset", "unreachable": True})],
+        die=lambda: died.append(True))
+    assert died == [True] and not loop.socket_ok and not loop.over
+
+
+def test_done_from_the_master_marks_the_query_over_for_every_worker(tmp_path):
+    # a worker on another host tells its part, which gives it to no worker starting later
+    assert run_against(tmp_path, [encode_frame("done", {})]).over
 
 
 def test_a_silent_master_ends_the_query_within_the_request_timeout(tmp_path):

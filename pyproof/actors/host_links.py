@@ -301,8 +301,12 @@ class Tunnel:
             return bytes(sealing.unseal(self.key, body.get("sealed") or b""))
         except (ClusterError, sealing.SealError) as exc:
             get_logger().warning("tunnel_failed", session=self.session_id, error=str(exc))
+            # whether the master got the request (and granted packets) may be unknown (a
+            # reset mid-call, its host's daemon restarting; "did not answer"): the worker
+            # exits, as when its master does not answer (worker_loop.py), and what it held
+            # goes back to the queue
             return encode_frame(p.ABORT, {"reason": f"the master's host is not "
-                                                    f"reachable: {exc}"},
+                                                    f"reachable: {exc}", "unreachable": True},
                                 session=self.session_id)
 
     def close(self) -> None:

@@ -30,6 +30,11 @@ the root supervisor; it owns sockets, creates no children):
   run are answered yes), tells each session's supervisor where it is now (the
   supervisor answers with its master, which hears of the workers on other hosts
   again, through this actor) and asks each part's host which workers still run.
+  The same holds after a restart of the whole daemon. On the other hosts, a
+  restarted hosts actor (or daemon) re-adopts its parts of other hosts' sessions
+  (the durable registry) and tells each master's host which workers run there
+  now (`part_readopted`): one that exited or restarted while no hosts actor ran
+  here was never reported, and the master would wait for ever for its packets.
 
 Thespian never leaves the host: daemons meet only here, over authenticated nng.
 """
@@ -467,6 +472,10 @@ class Hosts(ProofActor):
                 workers=workers, ref=address_from_wire(entry.address), user=entry.user)
             self.master_ok[master] = time.monotonic()
             self.send(hosted.ref, m.ChangeRemoteWorkers())  # its hosts actor is this one now
+            # the master's host hears who runs here now: a worker that exited or restarted
+            # while no hosts actor ran here was never reported (`_part_reconciled` there)
+            self._link(master, url).submit("part_readopted", {"session": sid,
+                                                              "workers": dict(workers)})
             get_logger().info("remote_session_readopted", session=sid, master=master,
                               workers=sorted(workers))
 
@@ -758,6 +767,14 @@ class Hosts(ProofActor):
             if not event.wait(START_WAIT):
                 return "refused", {"message": f"no answer within {START_WAIT:g} s"}
             return "ok", {"workers": box["workers"]}
+        if kind == "part_readopted":  # its restarted hosts actor says who runs there now
+            sid, workers = body.get("session"), body.get("workers")
+            if not (isinstance(sid, str) and isinstance(workers, dict)
+                    and len(workers) <= spans.MAX_WORKERS):
+                return "refused", {"message": "malformed part_readopted request"}
+            self.inbox.put((self._part_reconciled, sid, name, "ok", {"workers": workers},
+                            None))
+            return "ok", {}
         if kind == "sessions_alive":
             asked = body.get("sessions")
             asked = [s for s in asked if isinstance(s, str)] if isinstance(asked, list) else []
@@ -1257,14 +1274,13 @@ class Hosts(ProofActor):
         if span is None or span.master is None or not isinstance(worker_id, str) or (
                 not isinstance(pid, int)) or not worker_id.endswith(f"@{host}"):
             return
-        workers = span.remote.setdefault(host, {})
-        if alive:
-            workers[worker_id] = pid
-            self.send(span.master, m.WorkerJoined(worker_id=worker_id, ref=self.myAddress,
-                                                  pid=pid))
-        elif workers.get(worker_id) == pid:
-            del workers[worker_id]
-            self.send(span.master, m.WorkerLost(worker_id=worker_id, pid=pid))
+        event = spans.worker_event(span.remote.get(host, {}), worker_id, pid, bool(alive))
+        span.remote[host] = event.workers
+        for lost_id, lost_pid in event.lost:  # first: its packets go back before any grant
+            self.send(span.master, m.WorkerLost(worker_id=lost_id, pid=lost_pid))
+        for joined_id, joined_pid in event.joined:
+            self.send(span.master, m.WorkerJoined(worker_id=joined_id, ref=self.myAddress,
+                                                  pid=joined_pid))
         self._update_data_hosts()
 
     def _query_packages(self, sid: str, hosted: Hosted, query_id: str, spec: QuerySpec,

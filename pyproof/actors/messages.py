@@ -202,6 +202,15 @@ class RunQuery:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QueryEnded:
+    """Worker on another host -> its part's supervisor (remote_session.py): the master
+    answered that this query is over, so a worker starting there is not given it."""
+
+    session_id: str
+    query_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StopQuery:
     """Stop a query (finish what is in flight, partial result); `abort`: discard, fail it."""
 

@@ -23,6 +23,9 @@ packet ahead, it sends OUTPUTS with `next: true` once it has processed its packe
 A packet with `confirm: true` (always a grant's last, never with `last`) is one a
 worker died holding before: the worker sends its NEXT and waits for the answer
 before it starts it, so the master knows for sure it was running if it dies.
+An ABORT with `unreachable: true` comes from a worker's host's tunnel (hosts.py), not
+from the master: the master's host did not answer, so whether it got the request is
+unknown; the worker exits, as when the master does not answer (its packets go back).
 A report is {packet, seconds, entries, bytes}. `files` lists the files the
 selector wrote (ctx.output_file) for those packets: kept if accepted, else
 deleted (output_files.py).

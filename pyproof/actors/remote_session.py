@@ -8,7 +8,10 @@ actor hears of every worker that starts or exits (`RemoteWorker`) and tells
 the master's host; queries (`RunQuery`) come the other way, and a worker that
 starts later (restarted, or added mid-query) is given at once every query the master
 runs or has queued, in its order (`pending_queries`), as the master itself gives a
-local worker that joins (master.py): it works on the running one, then the next. When
+local worker that joins (master.py): it works on the running one, then the next. A query
+leaves that list once a worker here is answered that it is over (`QueryEnded`, sent by
+the worker: `forget_query`), not only at the master's next query: a worker restarted
+in between neither loads its selector nor asks for its packets for nothing. When
 the master is restarted, its queries are forgotten (`MasterRestarted`, via the hosts
 actors): a worker starting before the new master's first query loads no selector.
 
@@ -105,6 +108,10 @@ class RemoteSession(SessionSupervisor):
             for child_id, ref in self.refs.items():
                 if child_id in self.pids:
                     self.send(ref, message)
+        elif isinstance(message, m.QueryEnded):  # a worker here heard the master say so
+            if message.query_id in self.queries:
+                self.queries = forget_query(self.queries, message.query_id)
+                get_logger().info("query_over", query=message.query_id)
         elif isinstance(message, m.MasterRestarted):
             # (from the hosts actor: the master's host says so) its queries are over: a
             # worker that starts from now on gets none of them, only the new master's
@@ -156,6 +163,13 @@ class RemoteSession(SessionSupervisor):
         level = "info" if self.exiting or reason == "shutdown" else "warning"
         getattr(get_logger(), level)("child_exit_seen", child_id=child_id, pid=pid,
                                      reason=reason)
+
+
+def forget_query(queries: dict[str, m.RunQuery], query_id: str) -> dict[str, m.RunQuery]:
+    """The queries a worker starting here is given, once the master said `query_id` is over
+    (it answered DONE to a worker here): a worker restarting later neither loads its
+    selector nor asks for its packets for nothing. Pure: returns a new dict."""
+    return {q: r for q, r in queries.items() if q != query_id}
 
 
 def pending_queries(queries: dict[str, m.RunQuery], run: m.RunQuery) -> dict[str, m.RunQuery]:

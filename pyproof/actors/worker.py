@@ -75,6 +75,10 @@ class Worker(ProofActor):
     # the standing WATCH request for new queries (see the module docstring)
     watch: pynng.Req0 | None = None
     watch_sent = 0.0  # when the outstanding WATCH went (monotonic)
+    # on another host (it does not watch the master): the part's supervisor, told of each
+    # query the master said is over (QueryEnded), from the actor thread
+    supervisor = None
+    ended: deque[str] = deque()  # replaced per actor at start
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -94,6 +98,9 @@ class Worker(ProofActor):
             self.start_log(message.log_dir, actor=message.worker_id, session=message.session_id)
             capture_worker_output()  # print() and logging of user code: into this log
             self.packet_address = message.packet_address
+            self.ended = deque()
+            if not watches_master(self.packet_address):
+                self.supervisor = sender  # remote_session.py: it keeps the queries
             # a user's script imported here must not start clusters of its own
             os.environ["PYPROOF_IN_WORKER"] = message.worker_id
             # what the selector starts inherits our process group: when we die, our
@@ -125,6 +132,7 @@ class Worker(ProofActor):
                 self._watch_again(fresh=True)  # a new socket: no answer is waited for twice
             self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
         elif isinstance(message, WakeupMessage):
+            self._report_ended()  # before `busy` is read: the thread appends first
             if self.loop is not None and self.loop.running:
                 self._check_packet_time()
             if self.queued or self.busy:
@@ -268,6 +276,16 @@ class Worker(ProofActor):
             return
         self._watch_again()
 
+    def _report_ended(self) -> None:
+        """Run by `receive` at wake-ups (actor thread): tell the part's supervisor of the
+        queries the master said are over (appended by the query thread, which must not
+        send Thespian messages itself)."""
+        while self.ended:
+            query_id = self.ended.popleft()
+            if self.supervisor is not None:
+                self.send(self.supervisor, m.QueryEnded(session_id=self.session_id,
+                                                        query_id=query_id))
+
     def _close_watch(self) -> None:
         if self.watch is not None:
             self.watch.close()
@@ -299,6 +317,8 @@ class Worker(ProofActor):
                                    socket=self._socket(), files=self.files,
                                    die=lambda: os._exit(CRASH_EXIT_CODE))
             self.loop.run()
+            if self.loop.over and self.supervisor is not None:
+                self.ended.append(message.query_id)  # sent at the next wake-up
 
     def _socket(self) -> pynng.Req0:
         """The connection to the master, kept across queries (no dial, no connection to wait

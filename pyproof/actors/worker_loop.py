@@ -170,6 +170,8 @@ class WorkerLoop:
         self._thread: threading.Thread | None = None
         self._begun = False
         self._ended = threading.Event()
+        # the master answered DONE: the query is over for it (not only for this worker)
+        self.over = False
         self._checked: set[tuple[str, str]] = set()  # (file, tree) whose branches we checked
         self.selector: Selector | None = None
         self.ctx: Context | None = None
@@ -320,6 +322,7 @@ class WorkerLoop:
                 backoff = min(backoff * 2, WAIT_BACKOFF_MAX)
                 reply = self._request(p.NEXT, {"processed": self._take_reports()})
             elif kind == p.DONE:
+                self.over = True
                 self._flush()
                 return
             else:
@@ -593,6 +596,11 @@ class WorkerLoop:
         frame = decode_frame(raw)
         reply = dict(frame.payload) if isinstance(frame.payload, dict) else {}
         reply["kind"] = frame.type
+        if frame.type == p.ABORT and reply.get("unreachable") is True:
+            # our host's tunnel could not reach the master's host (its daemon restarting,
+            # the link cut) mid-request: the master may have granted us packets it will
+            # wait for; only our death gives them back, as when it does not answer at all
+            raise _MasterGone(str(reply.get("reason", "the master's host is not reachable")))
         return reply
 
 

@@ -17,12 +17,17 @@ What each part was told (which queries) is not kept: telling a part a query agai
 is harmless (it keeps each query once), and a record saying "told" for a tell
 that died with the actor in its link's queue would lose a query there.
 
+A part's host may restart too (its daemon, or its hosts actor): the parts re-adopted
+there are reported to the master's host (`reconcile_part` again), and a worker heard to
+start under a new pid replaces the one before, whose exit may never have been heard
+(`worker_event`).
+
 The file is one of the session's files (`adoption.session_files`): removed when the
-session ends. Pure `encode`/`decode`/`readopt`/`reconcile_part` under thin shells
-(`write`, `read_all`, `remove`) that never raise: like `last_words.py`, a new file
-is written and renamed over the old one (a kill between leaves a `.tmp` file: removed
-by the next `read_all`, or with the session's files, `adoption.leftovers`), not
-fsynced (the reader is the next process on the same host).
+session ends. Pure `encode`/`decode`/`readopt`/`reconcile_part`/`worker_event` under thin
+shells (`write`, `read_all`, `remove`) that never raise: like `last_words.py`, a new
+file is written and renamed over the old one (a kill between leaves a `.tmp` file:
+removed by the next `read_all`, or with the session's files, `adoption.leftovers`),
+not fsynced (the reader is the next process on the same host).
 """
 
 from __future__ import annotations
@@ -176,6 +181,24 @@ def reconcile_part(recorded: Mapping[str, int],
     now = dict(running or {})
     lost = tuple(sorted((w, pid) for w, pid in recorded.items() if now.get(w) != pid))
     return PartReconciliation(joined=tuple(sorted(now.items())), lost=lost, workers=now)
+
+
+def worker_event(recorded: Mapping[str, int], worker_id: str, pid: int,
+                 alive: bool) -> PartReconciliation:
+    """A part's workers once its host said worker `worker_id` (pid `pid`) started (`alive`)
+    or exited. A start under a new pid replaces the worker before: that one is lost, even
+    if its exit was never heard (it exited while that host's hosts actor was down, and the
+    one restarted there knows only who runs now); else the master would wait for ever for
+    the packets it held. An exit of a pid not recorded changes nothing."""
+    now = dict(recorded)
+    joined: tuple[tuple[str, int], ...] = ()
+    if alive:
+        now[worker_id] = pid
+        joined = ((worker_id, pid),)
+    elif now.get(worker_id) == pid:
+        del now[worker_id]
+    lost = tuple(sorted((w, p) for w, p in recorded.items() if now.get(w) != p))
+    return PartReconciliation(joined=joined, lost=lost, workers=now)
 
 
 # -- the shell: the files --------------------------------------------------------------------
