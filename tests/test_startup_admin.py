@@ -68,3 +68,41 @@ def test_an_admin_whose_preload_fails_serves_anyway_and_says_why(tmp_path) -> No
     seen = json.loads(out.stdout.splitlines()[-1])
     assert [a["loaded"] for a in seen["answers"]] == [False, False]
     assert "ImportError: a broken module" in out.stderr
+
+
+FORKED = r"""
+import json, os, sys, time
+from tests.thespian_system import in_process_system
+
+go = os.path.join(sys.argv[1], "go")
+calls = []
+
+def preload():  # the admin waits (bounded) for what the starter does once it forked it
+    deadline = time.monotonic() + 10.0
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with open(os.path.join(sys.argv[1], "seen"), "w") as mark:
+        mark.write(json.dumps(os.path.exists(go)))
+
+def forked():
+    calls.append(os.getpid())
+    open(go, "w").close()
+
+with in_process_system(sys.argv[1], admin_preload=preload, admin_forked=forked) as system:
+    pass
+with in_process_system(sys.argv[1]) as system:  # a later system: the callback is not run again
+    pass
+print(json.dumps({"me": os.getpid(), "calls": calls,
+                  "seen": json.load(open(os.path.join(sys.argv[1], "seen")))}))
+"""
+
+
+def test_the_starter_works_side_by_side_with_the_admins_preload(tmp_path) -> None:
+    # start_system's admin_forked runs in the starting process right after the admin is
+    # forked, while the admin starts: the daemon prepares its boot meanwhile (daemon.py)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, check=True, cwd=root)
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["calls"] == [seen["me"]]  # once, here
+    assert seen["seen"] is True  # before the admin's preload was done: side by side
