@@ -216,3 +216,53 @@ def test_a_daemon_given_a_bad_option_says_so_and_leaves_no_process(tmp_path) -> 
     with open(run_dir / "pids.json") as f:  # the actor system had started
         sessions = [sid for sid, _ in json.load(f)["thespian_sessions"]]
     assert sessions and session_members(sessions) == []
+
+
+def test_a_sessions_children_warm_up_once_their_supervisor_heard_them_start() -> None:
+    # the warm-up thread holds the GIL while it imports: started as the child sends Started,
+    # it held up that send (and the session's start); its supervisor's WarmUp starts it
+    with pyproof.connect("lite://?workers=2") as session:
+        result = session.process("tests.sample_selectors:WarmupState", cycles=20,
+                                 progress=False)
+    assert result.outputs["calls"] >= 1
+    assert result.outputs["warming"] == result.outputs["calls"]
+
+
+def _session_supervisor(tmp_path, sent: list) -> Any:
+    """A SessionSupervisor shell outside any actor system, its row in a real registry."""
+    from pyproof.actors.registry import Registry
+    from pyproof.actors.sessions import SessionSupervisor
+    from pyproof.supervision.adoption import Entry, Proc
+
+    actor = SessionSupervisor()
+    actor.send = lambda to, message: sent.append((to, message))  # type: ignore[method-assign]
+    actor.request = m.CreateSession(corr="c", session_id="s1", workers=2, run_dir=str(tmp_path),
+                                    log_dir=str(tmp_path), user="u", reply_to="sessions")
+    actor.registry = Registry(str(tmp_path))
+    actor.registry.put(Entry(session_id="s1", user="u", workers=2, created=0.0,
+                             supervisor=Proc(pid=os.getpid(), start=0), address=None))
+    return actor
+
+
+def test_a_session_warms_its_children_up_and_records_them_once_it_is_announced(
+        tmp_path) -> None:
+    sent: list = []
+    actor = _session_supervisor(tmp_path, sent)
+    pid = os.getpid()
+    for child in ("master", "worker-0", "worker-1"):
+        actor.refs[child] = f"ref-{child}"
+        actor.pids[child] = pid
+        actor.on_child_started(child, f"ref-{child}", pid, {})
+    # each child is told to warm up as its Started comes; none is written yet
+    assert [to for to, msg in sent if isinstance(msg, m.WarmUp)] == [
+        "ref-master", "ref-worker-0", "ref-worker-1"]
+    (entry,) = actor.registry.entries()
+    assert entry.children == {}
+    actor._announced = True  # (what SupervisorActor.run does before on_running)
+    actor.on_running()
+    assert isinstance(sent[-1][1], m.SessionReady)
+    (entry,) = actor.registry.entries()  # then all three, in one write
+    assert sorted(entry.children) == ["master", "worker-0", "worker-1"]
+    actor.on_child_started("worker-2", "ref-worker-2", pid, {})  # later ones: at once
+    (entry,) = actor.registry.entries()
+    assert "worker-2" in entry.children

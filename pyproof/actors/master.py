@@ -43,6 +43,7 @@ class Master(ProofActor):
     user = ""  # the session's
     direct_served = 0  # requests that came straight from the client (tests, status)
     direct_last = 0.0  # when the last one came (monotonic): the sessions' idle check
+    warming = False  # its warm-up started (m.WarmUp)
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -66,6 +67,8 @@ class Master(ProofActor):
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))
+        elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
+            self.warming = True
             start_warmup()  # uproot (look-ups), hist (merging): loaded while idle
         elif isinstance(message, m.WorkerJoined):
             assert self.plane is not None

@@ -75,6 +75,7 @@ class Worker(ProofActor):
     # the standing WATCH request for new queries (see the module docstring)
     watch: pynng.Req0 | None = None
     watch_sent = 0.0  # when the outstanding WATCH went (monotonic)
+    warming = False  # its warm-up started (m.WarmUp)
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -103,7 +104,6 @@ class Worker(ProofActor):
             if TEST_HOOKS and os.environ.get(START_DELAY_ENV):  # tests: a slow start
                 time.sleep(float(os.environ[START_DELAY_ENV]))
             self.send(sender, m.Started(pid=os.getpid()))
-            start_warmup()  # uproot, awkward, hist: loaded while the session is idle
             # started now, not per query: a query's start is only a hand-over
             self.runner = threading.Thread(target=self._run_queries, name="queries",
                                            daemon=True)
@@ -111,6 +111,9 @@ class Worker(ProofActor):
             if watches_master(self.packet_address):
                 self._watch_again(fresh=True)
                 self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
+        elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
+            self.warming = True
+            start_warmup()  # uproot, awkward, hist: loaded while the session is idle
         elif isinstance(message, m.RunQuery):
             if self._run(message):
                 self.wakeupAfter(PACKET_CHECK)
