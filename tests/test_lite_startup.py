@@ -244,7 +244,7 @@ def _session_supervisor(tmp_path, sent: list) -> Any:
     return actor
 
 
-def test_a_session_warms_its_children_up_and_records_them_once_it_is_announced(
+def test_a_session_warms_its_children_up_and_records_them_once_all_started(
         tmp_path) -> None:
     sent: list = []
     actor = _session_supervisor(tmp_path, sent)
@@ -258,10 +258,14 @@ def test_a_session_warms_its_children_up_and_records_them_once_it_is_announced(
         "ref-master", "ref-worker-0", "ref-worker-1"]
     (entry,) = actor.registry.entries()
     assert entry.children == {}
+    written = []
+    set_children = actor.registry.set_children
+    actor.registry.set_children = lambda *args: (written.append(len(sent)), set_children(*args))
     actor._announced = True  # (what SupervisorActor.run does before on_running)
     actor.on_running()
     assert isinstance(sent[-1][1], m.SessionReady)
-    (entry,) = actor.registry.entries()  # then all three, in one write
+    assert written == [len(sent) - 1]  # all three in one write, before the announce
+    (entry,) = actor.registry.entries()
     assert sorted(entry.children) == ["master", "worker-0", "worker-1"]
     actor.on_child_started("worker-2", "ref-worker-2", pid, {})  # later ones: at once
     (entry,) = actor.registry.entries()

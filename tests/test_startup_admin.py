@@ -74,8 +74,14 @@ FORKED = r"""
 import json, os, sys, time
 from tests.thespian_system import in_process_system
 
+from thespian.actors import Actor, ActorExitRequest
+
 go = os.path.join(sys.argv[1], "go")
-calls = []
+calls = os.path.join(sys.argv[1], "calls")
+
+class Probe(Actor):
+    def receiveMessage(self, message, sender):
+        self.send(sender, os.getpid())
 
 def preload():  # the admin waits (bounded) for what the starter does once it forked it
     deadline = time.monotonic() + 10.0
@@ -84,15 +90,18 @@ def preload():  # the admin waits (bounded) for what the starter does once it fo
     with open(os.path.join(sys.argv[1], "seen"), "w") as mark:
         mark.write(json.dumps(os.path.exists(go)))
 
-def forked():
-    calls.append(os.getpid())
+def forked():  # (a file: a call in another process, the admin forking, shows there too)
+    with open(calls, "a") as f:
+        f.write(f"{os.getpid()}\n")
     open(go, "w").close()
 
 with in_process_system(sys.argv[1], admin_preload=preload, admin_forked=forked) as system:
-    pass
+    probe = system.createActor(Probe)  # the admin forks it (and its logger before)
+    assert system.ask(probe, "pid", 10.0) != os.getpid()
+    system.tell(probe, ActorExitRequest())
 with in_process_system(sys.argv[1]) as system:  # a later system: the callback is not run again
     pass
-print(json.dumps({"me": os.getpid(), "calls": calls,
+print(json.dumps({"me": os.getpid(), "calls": [int(p) for p in open(calls).read().split()],
                   "seen": json.load(open(os.path.join(sys.argv[1], "seen")))}))
 """
 
@@ -104,5 +113,5 @@ def test_the_starter_works_side_by_side_with_the_admins_preload(tmp_path) -> Non
     out = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path)], capture_output=True,
                          text=True, timeout=60, check=True, cwd=root)
     seen = json.loads(out.stdout.splitlines()[-1])
-    assert seen["calls"] == [seen["me"]]  # once, here
+    assert seen["calls"] == [seen["me"]]  # once, here (not in the admin as it forks)
     assert seen["seen"] is True  # before the admin's preload was done: side by side

@@ -606,15 +606,16 @@ class SessionSupervisor(SupervisorActor):
 
     def on_running(self) -> None:
         assert self.request is not None
+        # the children's rows: one transaction, not one per child before the next child's
+        # Started is even read (and before the announce: Thespian sends it once this
+        # handler returns, if it needs a new connection)
+        unrecorded, self.unrecorded = self.unrecorded, {}
+        if unrecorded and self.registry is not None:
+            self.registry.set_children(self.request.session_id, unrecorded)
         self._announce(self.request.corr, self.request.reply_to)
         for resend in self.pending_resends:
             self._announce(resend.corr, resend.reply_to)
         self.pending_resends = []
-        # the children's rows, after the announce its client waits for: one transaction,
-        # not one per child before the last child's Started is even read
-        unrecorded, self.unrecorded = self.unrecorded, {}
-        if unrecorded and self.registry is not None:
-            self.registry.set_children(self.request.session_id, unrecorded)
 
     def charged(self, child_id: str, exit_code: int | None, reason: str, now: float) -> bool:
         """A worker that its selector killed (any exit but pyproof's own crash code, or a
@@ -672,7 +673,7 @@ class SessionSupervisor(SupervisorActor):
             proc = Proc(pid=pid, start=start_time(pid) or 0)
             if self._announced:
                 self.registry.set_child(self.request.session_id, child_id, proc)
-            else:  # written together once the session is announced (on_running)
+            else:  # written together once every child started (on_running)
                 self.unrecorded[child_id] = proc
         self.send(ref, m.WarmUp())  # its Started came: see m.WarmUp
         master = self.refs.get("master")

@@ -240,7 +240,9 @@ def start_system(log_dir: str, *, admin_preload: Callable[[], None] | None = Non
     global _fork_hook_registered
     if admin_forked is not None:
         if not _fork_hook_registered:
-            os.register_at_fork(after_in_parent=_run_after_admin_fork)
+            # (a forked child, the admin itself, must not run it when it forks in turn)
+            os.register_at_fork(after_in_parent=_run_after_admin_fork,
+                                after_in_child=_after_admin_fork.clear)
             _fork_hook_registered = True
         _after_admin_fork[:] = [admin_forked]
     try:
