@@ -158,3 +158,21 @@ def test_the_daemon_forks_the_admin_before_it_imports_what_only_its_boot_needs(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert json.loads(out.splitlines()[-1]) == []
+
+
+def test_the_actors_preload_compiles_what_a_sessions_start_makes() -> None:
+    # pyproof.dataclass compiles a class's __init__ on first use: in each process of the
+    # start, one after the other, unless the admin compiled it before forking them
+    from pyproof.actors.warmup import START_CLASSES
+
+    code = ("import importlib, types\n"
+            "from pyproof.actors.warmup import START_CLASSES, preload_actor_modules\n"
+            "preload_actor_modules()\n"
+            "def compiled(path):\n"
+            "    module, _, name = path.partition(':')\n"
+            "    init = vars(getattr(importlib.import_module(module), name))['__init__']\n"
+            "    return isinstance(init, types.FunctionType)\n"
+            "print([p for p in START_CLASSES if not compiled(p)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert len(START_CLASSES) > 20 and out.splitlines()[-1] == "[]"
