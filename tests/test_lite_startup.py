@@ -196,28 +196,6 @@ def test_a_session_of_slow_starting_workers_is_ready_in_about_one_workers_start(
     assert delay <= took < delay * 2.25, took  # a serial start: at least 6 s
 
 
-def test_a_daemon_given_a_bad_option_says_so_and_leaves_no_process(tmp_path) -> None:
-    # the whole command line is read while the admin starts (actors/daemon.py): the system
-    # it started is stopped with the rest, and the error is argparse's, as before
-    import json
-    import subprocess
-    import sys
-
-    from pyproof.supervision.process_tree import session_members
-
-    run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
-    done = subprocess.run([sys.executable, "-m", "pyproof.actors.daemon", "--run-dir",
-                           str(run_dir), "--log-dir", str(log_dir),
-                           "--max-sessions-per-user", "many"],
-                          capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYPROOF_SANDBOX=str(tmp_path / "sandbox")))
-    assert done.returncode == 2
-    assert "--max-sessions-per-user: invalid int value: 'many'" in done.stderr
-    with open(run_dir / "pids.json") as f:  # the actor system had started
-        sessions = [sid for sid, _ in json.load(f)["thespian_sessions"]]
-    assert sessions and session_members(sessions) == []
-
-
 def test_a_sessions_children_warm_up_once_their_supervisor_heard_them_start() -> None:
     # the warm-up thread holds the GIL while it imports: started as the child sends Started,
     # it held up that send (and the session's start); its supervisor's WarmUp starts it

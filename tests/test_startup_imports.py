@@ -136,30 +136,6 @@ def test_the_actors_preload_leaves_the_dataset_catalog_until_it_is_used() -> Non
         list(later)
 
 
-def test_the_daemon_forks_the_admin_before_it_imports_what_only_its_boot_needs(
-        tmp_path) -> None:
-    # the command line, the secrets, the boot message (and their modules: SQLite, the
-    # messages, auth, the cluster options) are prepared while the admin loads the actors'
-    # modules, not before it is forked (actors/daemon.py)
-    later = ("sqlite3", "pyproof.actors.messages", "pyproof.actors.registry",
-             "pyproof.transport.auth", "pyproof.hosts.config", "getpass", "secrets")
-    code = ("import sys, json\n"
-            "import pyproof.actors.system as system\n"
-            "class Forking(Exception): pass\n"
-            "def start_system(log_dir, **options):\n"
-            f"    raise Forking([m for m in {later!r} if m in sys.modules])\n"
-            "system.start_system = start_system\n"
-            "from pyproof.actors import daemon\n"
-            "try:\n"
-            f"    daemon.main(['--run-dir', {str(tmp_path / 'run')!r}, '--log-dir', "
-            f"{str(tmp_path / 'logs')!r}, '--open-session', '2:r'])\n"
-            "except Forking as forking:\n"
-            "    print(json.dumps(forking.args[0]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert json.loads(out.splitlines()[-1]) == []
-
-
 def test_the_actors_preload_compiles_what_a_sessions_start_makes() -> None:
     # pyproof.dataclass compiles a class's __init__ on first use: in each process of the
     # start, one after the other, unless the admin compiled it before forking them

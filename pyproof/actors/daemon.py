@@ -21,15 +21,6 @@ one: the actors' modules are loaded there, in the admin, while its logger
 process starts (`_load_actor_modules`, system.start_system), not here first
 and then the admin started: the two overlap, and this process, which never
 runs an actor, never loads them.
-
-The admin is forked first thing, too: before it, this process loads only
-what starting the actor system needs (Thespian, the run and log directories
-from the command line, umask 077). The rest of its own work (the whole command
-line, the sandbox made private, the secrets, the root's boot message, and the
-modules for all that) is done on a thread (`_prepare`) while the admin loads
-the actors' modules: on two cores, side by side, not one after the other.
-A bad option or secret is then reported once the system runs (the same error,
-and the system is stopped with the rest).
 """
 
 from __future__ import annotations
@@ -42,17 +33,22 @@ if __name__ == "__main__":  # the daemon process (not a module that imports our 
 import argparse
 import contextlib
 import dataclasses
+import getpass
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+import uuid
 
-# only what the actor system's start needs: the rest is imported by `_prepare`, once the
-# admin is forked (see the module docstring)
 from pyproof import sandbox
+from pyproof.actors import messages as m
+from pyproof.actors.registry import keep_open, stop_registered
+from pyproof.actors.survival import stop_sessions_too
+from pyproof.errors import ProofError
+from pyproof.hosts import config as cluster_options
 from pyproof.supervision.process_tree import (
     children_of,
     is_alive,
@@ -60,9 +56,8 @@ from pyproof.supervision.process_tree import (
     kill_tree,
     start_time,
 )
-
-if TYPE_CHECKING:
-    from pyproof.actors import messages as m
+from pyproof.transport import auth, sealing
+from pyproof.transport.tls import TLSSettings
 
 BOOT_TIMEOUT = 60.0
 ROOT = "pyproof.actors.root.Root"
@@ -99,8 +94,6 @@ def _token_key(run_dir: str) -> bytes:
             return key
     except OSError:
         pass
-    import secrets
-
     key = secrets.token_bytes(32)
     sandbox.create_private_file(path)
     with open(path, "wb") as f:
@@ -125,11 +118,6 @@ def _preopen(spec: str | None, *, owner: str, secret: bytes, run_dir: str,
     """
     if not spec:
         return None
-    import uuid
-
-    from pyproof.actors import messages as m
-    from pyproof.transport import sealing
-
     workers, _, request_id = spec.partition(":")
     session_id = uuid.uuid4().hex[:12]
     return m.CreateSession(corr=f"preopen-{session_id}", session_id=session_id,
@@ -144,8 +132,6 @@ _held: list = []  # the daemon's own connection to the session registry (never u
 def _hold_registry(run_dir: str) -> None:
     """Keep the registry open in this process (see registry.keep_open): a failure (a full
     disk, say) only makes the registry's writes slower, the next one reports it."""
-    from pyproof.actors.registry import keep_open
-
     with contextlib.suppress(Exception):
         _held.append(keep_open(run_dir))
 
@@ -162,9 +148,8 @@ def _load_actor_modules() -> None:
     gc.enable()
 
 
-def _parser() -> argparse.ArgumentParser:
-    from pyproof.hosts import config as cluster_options
-
+def main(argv: list[str] | None = None) -> int:
+    t_main = time.time()
     parser = argparse.ArgumentParser(prog="pyproof.actors.daemon")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--log-dir", required=True)
@@ -194,52 +179,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="the same for a session whose client went silent after "
                              "starting its last query: its result is kept this long "
                              "(default 86400; 0: the idle timeout applies)")
-    return parser
-
-
-def _early_options(argv: list[str] | None) -> argparse.Namespace:
-    """What the actor system's start needs (run and log directories, --watch-stdin), read
-    before the rest of the command line; the whole of it is read (and checked) by the full
-    parser meanwhile (`_prepare`), or first when these are missing or help is asked for."""
-    args = sys.argv[1:] if argv is None else argv
-    early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("--run-dir")
-    early.add_argument("--log-dir")
-    early.add_argument("--watch-stdin", action="store_true")
-    known, _ = early.parse_known_args(args)
-    if not (known.run_dir and known.log_dir) or {"-h", "--help"} & set(args):
-        return _parser().parse_args(argv)  # its usage, its errors (exits)
-    return known
-
-
-class _Prepared(NamedTuple):
-    args: argparse.Namespace
-    boot: Any  # m.Boot
-    control: str
-    secret_file: str
-
-
-def _prepare(argv: list[str] | None) -> _Prepared | str:
-    """Everything but the actor system: the command line, the sandbox made private, the
-    secrets, the root's boot message (or the error that stops us, as a string). Run on a
-    thread while Thespian's admin starts (see the module docstring): its imports are ours,
-    the admin's are the actors'."""
-    import getpass
-    import uuid
-
-    from pyproof.actors import messages as m
-    from pyproof.errors import ProofError
-    from pyproof.hosts import config as cluster_options
-    from pyproof.transport import auth
-    from pyproof.transport.tls import TLSSettings
-
-    args = _parser().parse_args(argv)
+    args = parser.parse_args(argv)
     # private by default: whatever this tree writes (logs, sockets, catalog, the
-    # selectors' output files) is the user's alone (umask and our directories: main);
-    # and what an older version left readable in the sandbox is made so too
+    # selectors' output files) is the user's alone; and what an older version
+    # left readable in the sandbox is made so too
+    sandbox.private_umask()
     home = sandbox.make_private_dir(sandbox.sandbox_dir())
     sandbox.make_private_tree(home)
     for directory in (args.run_dir, args.log_dir):
+        sandbox.make_private_dir(directory)
         if not sandbox.is_inside(directory, home):
             sandbox.make_private_tree(directory)
     control = args.control or f"ipc://{os.path.join(args.run_dir, 'control.ipc')}"
@@ -248,14 +196,32 @@ def _prepare(argv: list[str] | None) -> _Prepared | str:
     tls = TLSSettings.from_env()
     if tls.enabled and control.startswith("tcp://"):
         control = tls.address(control)
+
     try:
         # a daemon that is no cluster member (lite) need not load the hosts' modules
         cluster = cluster_options.cluster_config(
             args, args.url, args.run_dir, args.log_dir) if (
             args.cluster_secret or args.join or args.hosts) else None
     except ProofError as exc:
-        return str(exc)
-    # the root's boot message: sent as soon as the root exists
+        _write_ready(args.run_dir, {"error": str(exc)})
+        return 1
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.watch_stdin:
+        def watch() -> None:
+            # os.read on the raw fd: a thread blocked in sys.stdin.read holds the
+            # BufferedReader lock, and multiprocessing children (Thespian's admin)
+            # deadlock closing the stdin they inherited
+            while os.read(0, 1024):
+                pass
+            stop.set()
+        threading.Thread(target=watch, daemon=True).start()
+
+    # the root's boot message, made before the actor system starts: it is sent as soon as
+    # the root exists (nothing here needs the system; a bad secret file stops us as before)
+    corr = uuid.uuid4().hex
     limits = {"sessions_per_user": args.max_sessions_per_user,
               "workers_per_user": args.max_workers_per_user,
               "orphan_grace": args.session_orphan_grace}
@@ -273,77 +239,16 @@ def _prepare(argv: list[str] | None) -> _Prepared | str:
                    "tls": dataclasses.asdict(tls) if tls.enabled else None}
     preopen = _preopen(args.open_session, owner=owner, secret=secret,
                        run_dir=args.run_dir, log_dir=args.log_dir)
-    boot = m.Boot(corr=uuid.uuid4().hex, control_address=control, run_dir=args.run_dir,
+    boot = m.Boot(corr=corr, control_address=control, run_dir=args.run_dir,
                   log_dir=args.log_dir, daemon_pid=os.getpid(), limits=limits,
                   auth=auth_config, cluster=cluster, preopen=preopen)
-    # what main() and its clean-up use next, loaded here, off the critical path
-    import pyproof.actors.registry  # noqa: F401
-    import pyproof.actors.survival  # noqa: F401
-
-    return _Prepared(args=args, boot=boot, control=control, secret_file=secret_file)
-
-
-class _Preparing:
-    """`_prepare` on a thread, started once (by start_system, right after it forked the
-    admin; or by `result`, if nothing started it); `result` waits for it and re-raises
-    whatever it raised (SystemExit of a bad command line included)."""
-
-    def __init__(self, argv: list[str] | None) -> None:
-        self._argv = argv
-        self._thread: threading.Thread | None = None
-        self._outcome: tuple[bool, Any] = (False, None)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pyproof-prepare",
-                                            daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._outcome = (True, _prepare(self._argv))
-        except BaseException as exc:  # noqa: BLE001 - re-raised by result(), in main
-            self._outcome = (False, exc)
-
-    def result(self) -> _Prepared | str:
-        self.start()
-        assert self._thread is not None
-        self._thread.join()  # bounded by what it does: files and imports, no waits
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    t_main = time.time()
-    early = _early_options(argv)
-    # private by default (umask 077: inherited by every process of the tree; see _prepare)
-    sandbox.private_umask()
-    for directory in (early.run_dir, early.log_dir):
-        sandbox.make_private_dir(directory)
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if early.watch_stdin:
-        def watch() -> None:
-            # os.read on the raw fd: a thread blocked in sys.stdin.read holds the
-            # BufferedReader lock, and multiprocessing children (Thespian's admin)
-            # deadlock closing the stdin they inherited
-            while os.read(0, 1024):
-                pass
-            stop.set()
-        threading.Thread(target=watch, daemon=True).start()
 
     from pyproof.actors.system import start_system
 
-    preparing = _Preparing(argv)
     gc.freeze()  # what we loaded: shared with the admin (and every actor) untouched
-    # the admin loads the actors' modules itself, while we prepare the rest on a thread
-    # (see the module docstring)
-    system, port = start_system(early.log_dir, admin_preload=_load_actor_modules,
-                                admin_forked=preparing.start)
+    # the admin loads the actors' modules itself (see the module docstring)
+    system, port = start_system(args.log_dir, admin_preload=_load_actor_modules)
+    gc.enable()
     t_system = time.time()
     # the admin double-forks into a session of its own: its first child's pid is
     # that session's id, the handle that finds every actor later; written at once so
@@ -351,30 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     thespian_sessions = children_of(os.getpid())
     requested = False
     try:  # whatever fails from here on (a full disk, say), the finally stops the system
-        _write_json(early.run_dir, "pids.json", control_pids(thespian_sessions))
-        prepared = preparing.result()
-        gc.enable()
-        if isinstance(prepared, str):  # a bad cluster option, say: nothing to boot
-            _write_ready(early.run_dir, {"error": prepared})
-            return 1
-        args, boot = prepared.args, prepared.boot
-        from pyproof.actors import messages as m  # (loaded by _prepare)
-
+        _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
         # the session registry, held open for as long as we run (registry.keep_open says
         # why); on a thread: creating it syncs the disk, and the root's start need not wait
         threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
                          name="pyproof-registry").start()
         root = system.createActor(ROOT)  # by name: loaded in the admin, not here
         reply = system.ask(root, boot, BOOT_TIMEOUT)
-        if not isinstance(reply, m.Booted) or reply.corr != boot.corr:
+        if not isinstance(reply, m.Booted) or reply.corr != corr:
             error = getattr(reply, "error", None) or f"no answer within {BOOT_TIMEOUT:.0f} s"
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"},
                          args.ready_fd)
             return 1
         # t_*: when main() ran, the actor system was up, the root had booted (bench.startup)
-        _write_ready(args.run_dir, {"control": prepared.control, "pid": os.getpid(),
-                                    "url": args.url, "thespian_port": port,
-                                    "root_pid": reply.root_pid,
+        _write_ready(args.run_dir, {"control": control, "pid": os.getpid(), "url": args.url,
+                                    "thespian_port": port, "root_pid": reply.root_pid,
                                     "thespian_sessions": thespian_sessions,
                                     "t_main": t_main, "t_system": t_system,
                                     "t_booted": time.time()}, args.ready_fd)
@@ -406,12 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         for db in _held:  # the last connection to close then tidies the registry's files
             with contextlib.suppress(Exception):
                 db.close()
-        if requested:  # (then _prepare loaded these)
-            from pyproof.actors.registry import stop_registered
-            from pyproof.actors.survival import stop_sessions_too
-
+        if requested:
             stop_sessions_too(thespian_sessions)
-            stop_registered(early.run_dir)
+            stop_registered(args.run_dir)
         for sid in thespian_sessions:
             kill_session(sid)
         kill_tree(os.getpid(), include_root=False, spare_sessions=not requested)

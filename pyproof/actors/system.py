@@ -215,43 +215,12 @@ def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
         multiprocCommon.startAdmin = original
 
 
-_after_admin_fork: list[Callable[[], None]] = []  # see start_system's `admin_forked`
-_fork_hook_registered = False
-
-
-def _run_after_admin_fork() -> None:
-    """Run in this process after each of its forks (os.register_at_fork): the callback
-    start_system was given, once, after the first (the admin's)."""
-    while _after_admin_fork:
-        _after_admin_fork.pop()()
-
-
-def start_system(log_dir: str, *, admin_preload: Callable[[], None] | None = None,
-                 admin_forked: Callable[[], None] | None = None):
+def start_system(log_dir: str, *, admin_preload: Callable[[], None] | None = None):
     """Start a multiprocTCPBase system on a free loopback port; returns (system, port).
 
     `admin_preload`: run in the admin process before it creates the first actor
     (see `_admin_runs_first`): what the actors need loaded, loaded once.
-    `admin_forked`: called here, once, right after this process forked the admin (on
-    the thread that forked it; then Thespian waits for the admin's handshake): what it
-    starts (a thread) runs side by side with the admin's start, which includes
-    `admin_preload`. Nothing it starts may fork; it is not called if no admin was forked.
     """
-    global _fork_hook_registered
-    if admin_forked is not None:
-        if not _fork_hook_registered:
-            # (a forked child, the admin itself, must not run it when it forks in turn)
-            os.register_at_fork(after_in_parent=_run_after_admin_fork,
-                                after_in_child=_after_admin_fork.clear)
-            _fork_hook_registered = True
-        _after_admin_fork[:] = [admin_forked]
-    try:
-        return _start_system(log_dir, admin_preload)
-    finally:
-        _after_admin_fork.clear()  # (no fork happened: the system did not start)
-
-
-def _start_system(log_dir: str, admin_preload: Callable[[], None] | None):
     bind_thespian_to_loopback()
     refuse_other_users()
     os.environ["THESPLOG_FILE"] = os.path.join(log_dir, "thespian-internal.log")
