@@ -248,3 +248,32 @@ def test_a_session_warms_its_children_up_and_records_them_once_all_started(
     actor.on_child_started("worker-2", "ref-worker-2", pid, {})  # later ones: at once
     (entry,) = actor.registry.entries()
     assert "worker-2" in entry.children
+
+
+def test_a_worker_told_of_a_query_before_its_warm_up_starts_none_beside_it(
+        monkeypatch) -> None:
+    # its query thread loads the data modules itself then: a warm-up thread importing the
+    # same packages at the same time is not safe (actors/warmup.py)
+    import threading
+    from collections import deque
+
+    from pyproof.actors import worker as w
+    from pyproof.query.spec import QuerySpec
+
+    started: list[int] = []
+    monkeypatch.setattr(w, "start_warmup", lambda: started.append(1))
+
+    def shell() -> Any:
+        actor = w.Worker()
+        actor.seen, actor.queued, actor._queries = deque(), deque(), threading.Event()
+        actor.wakeupAfter = lambda *args, **kwargs: None  # (outside an actor system)
+        return actor
+
+    first = shell()
+    first.receive(m.RunQuery(query_id="q1", spec=QuerySpec(selector="s:S", cycles=1)), None)
+    first.receive(m.WarmUp(), None)
+    assert started == [] and list(first.queued)[0].query_id == "q1"
+    second = shell()  # the usual order: told to warm up first, once
+    second.receive(m.WarmUp(), None)
+    second.receive(m.WarmUp(), None)
+    assert started == [1]

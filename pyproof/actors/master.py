@@ -43,7 +43,7 @@ class Master(ProofActor):
     user = ""  # the session's
     direct_served = 0  # requests that came straight from the client (tests, status)
     direct_last = 0.0  # when the last one came (monotonic): the sessions' idle check
-    warming = False  # its warm-up started (m.WarmUp)
+    warming = False  # its warm-up started (m.WarmUp), or a query came first
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -268,6 +268,9 @@ class Master(ProofActor):
         query is queued and the workers watching for queries are told (on the data
         plane, see `MasterPlane.announce`), before the others are (by RunQuery)."""
         assert self.plane is not None
+        # a query before our WarmUp: its look-ups load what they need, no warm-up beside
+        # them (two threads importing one package tree: see warmup.py)
+        self.warming = True
         if self.plane.knows_query(query_id):  # a client retry: already accepted
             if accepted is not None:
                 accepted()

@@ -2,11 +2,13 @@
 
 A session's master and workers start without uproot, awkward and hist (about
 a third of a second of CPU each, more than the rest of a start-up), so that a
-session is ready at once. Each then imports them on a daemon thread right
-after it reported itself started: by the time the user's first query arrives
-they are usually loaded. A query that comes sooner, even a `cycles=` one,
-waits for the warm-up to end (below): on a busy machine a fresh worker's first
-query can wait a second or more. (A waiter that took over the rest of the
+session is ready at once. Each then imports them on a daemon thread, started
+once its supervisor heard it started (`m.WarmUp`: a thread started as the actor
+sent `Started` held the GIL while it imported, and the send waited for it; a
+query that came first loads them itself, no warm-up beside it): by the time the
+user's first query arrives they are usually loaded. A query that comes sooner,
+even a `cycles=` one, waits for the warm-up to end (below): on a busy machine a
+fresh worker's first query can wait a second or more. (A waiter that took over the rest of the
 imports at its own priority was measured slower, and left out.)
 
 Two threads importing the same package tree at once are NOT safe: Python's

@@ -75,7 +75,7 @@ class Worker(ProofActor):
     # the standing WATCH request for new queries (see the module docstring)
     watch: pynng.Req0 | None = None
     watch_sent = 0.0  # when the outstanding WATCH went (monotonic)
-    warming = False  # its warm-up started (m.WarmUp)
+    warming = False  # its warm-up started (m.WarmUp), or a query came first
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -195,6 +195,9 @@ class Worker(ProofActor):
         """Run by `receive` for RunQuery and RUN (actor thread): queue the query for the
         query thread (it runs now, or after the one running: the master queues queries
         too). False if it was queued before (told twice, or both ways): it runs once."""
+        # a query before our WarmUp: the query thread loads what it needs, no warm-up
+        # beside it (two threads importing one package tree: see warmup.py)
+        self.warming = True
         if message.query_id in self.seen:
             return False
         self.seen.append(message.query_id)
