@@ -61,12 +61,15 @@ class Master(ProofActor):
             self.start_log(message.log_dir, actor="master", session=message.session_id)
             self.plane = MasterPlane(session_id=message.session_id,
                                      address=message.packet_address, data_key=message.data_key,
-                                     run_dir=message.run_dir)
+                                     run_dir=message.run_dir, serve=False)
             self.user = message.user
-            self._listen_direct(message.packet_address)
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))
+            # its threads, and the direct route's socket, once Started is sent: a thread
+            # started before took the GIL and held up the send (the session's start with it)
+            self.plane.serve()
+            self._listen_direct(message.packet_address)
         elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
             self.warming = True
             start_warmup()  # uproot (look-ups), hist (merging): loaded while idle
