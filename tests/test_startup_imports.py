@@ -152,3 +152,14 @@ def test_the_actors_preload_compiles_what_a_sessions_start_makes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert len(START_CLASSES) > 20 and out.splitlines()[-1] == "[]"
+
+
+def test_the_actors_preload_leaves_the_package_store_until_it_is_used() -> None:
+    # the gateway and the master import packages.service for its requests and a query's
+    # packages; the store (zips, their checks) loads on the first of those
+    code = ("import pyproof.actors.daemon; "
+            "from pyproof.actors.warmup import preload_actor_modules; preload_actor_modules()")
+    later = ("pyproof.packages.store", "pyproof.packages.zips")
+    assert imported(code, later) == []
+    used = code + "; from pyproof.packages import service; service.query_packages('u', 's')"
+    assert imported(used, later) == list(later)
