@@ -8,8 +8,8 @@ sent `Started` held the GIL while it imported, and the send waited for it; a
 query that came first loads them itself, no warm-up beside it): by the time the
 user's first query arrives they are usually loaded. A query that comes sooner,
 even a `cycles=` one, waits for the warm-up to end (below): on a busy machine a
-fresh worker's first query can wait a second or more. (A waiter that took over the rest of the
-imports at its own priority was measured slower, and left out.)
+fresh worker's first query can wait a second or more. (A waiter that took over
+the rest of the imports at its own priority was measured slower, and left out.)
 
 Two threads importing the same package tree at once are NOT safe: Python's
 per-module locks break a cross-thread cycle (awkward's submodules import each
