@@ -277,3 +277,25 @@ def test_a_worker_told_of_a_query_before_its_warm_up_starts_none_beside_it(
     second.receive(m.WarmUp(), None)
     second.receive(m.WarmUp(), None)
     assert started == [1]
+
+
+def test_the_gateway_says_it_started_before_it_starts_most_of_its_threads(tmp_path) -> None:
+    # each thread takes the GIL as it starts: the root (and the daemon's ready.json, its
+    # client's login) waited for all 16; the gateway serves with all of them right after
+    from pyproof.actors import gateway as g
+
+    sent: list = []
+    actor = g.Gateway()
+    actor.send = lambda to, message: sent.append(  # type: ignore[method-assign]
+        (message, len(actor.server.pool._threads)))
+    start = m.GatewayStart(corr="c", control_address=f"ipc://{tmp_path}/control.ipc",
+                           sessions=None, run_dir=str(tmp_path), log_dir=str(tmp_path),
+                           auth={"token_key": b"k" * 32, "owner": "u",
+                                 "secret_file": str(tmp_path / "secret")})
+    actor.receive(start, "root")
+    try:
+        (started, threads_then), = [(msg, n) for msg, n in sent if isinstance(msg, m.Started)]
+        assert threads_then == g.START_CONTEXTS < g.CONTEXTS
+        assert len(actor.server.pool._threads) == g.CONTEXTS
+    finally:
+        actor.server.close()
