@@ -402,6 +402,21 @@ class CollectorState(pyproof.Selector):
         ctx.outputs["nothing_frozen"] += gc.get_freeze_count() == 0
 
 
+class WarmupState(pyproof.Selector):
+    """Counts its `process` calls, and those in a worker whose warm-up was started
+    (actors/warmup.py: its supervisor's m.WarmUp starts it)."""
+
+    def begin(self, ctx):
+        ctx.outputs["calls"] = 0
+        ctx.outputs["warming"] = 0
+
+    def process(self, cycles, ctx):
+        from pyproof.actors import warmup
+
+        ctx.outputs["calls"] += 1
+        ctx.outputs["warming"] += warmup._warmup is not None
+
+
 class StepCounts(pyproof.Selector):
     """Counts its `process` calls and each call's entries by range (a large packet is read
     in steps, datasets/steps.py); exact sums of the flat branches."""

@@ -194,3 +194,108 @@ def test_a_session_of_slow_starting_workers_is_ready_in_about_one_workers_start(
     finally:
         session.close()
     assert delay <= took < delay * 2.25, took  # a serial start: at least 6 s
+
+
+def test_a_sessions_children_warm_up_once_their_supervisor_heard_them_start() -> None:
+    # the warm-up thread holds the GIL while it imports: started as the child sends Started,
+    # it held up that send (and the session's start); its supervisor's WarmUp starts it
+    with pyproof.connect("lite://?workers=2") as session:
+        result = session.process("tests.sample_selectors:WarmupState", cycles=20,
+                                 progress=False)
+    assert result.outputs["calls"] >= 1
+    assert result.outputs["warming"] == result.outputs["calls"]
+
+
+def _session_supervisor(tmp_path, sent: list) -> Any:
+    """A SessionSupervisor shell outside any actor system, its row in a real registry."""
+    from pyproof.actors.registry import Registry
+    from pyproof.actors.sessions import SessionSupervisor
+    from pyproof.supervision.adoption import Entry, Proc
+
+    actor = SessionSupervisor()
+    actor.send = lambda to, message: sent.append((to, message))  # type: ignore[method-assign]
+    actor.request = m.CreateSession(corr="c", session_id="s1", workers=2, run_dir=str(tmp_path),
+                                    log_dir=str(tmp_path), user="u", reply_to="sessions")
+    actor.registry = Registry(str(tmp_path))
+    actor.registry.put(Entry(session_id="s1", user="u", workers=2, created=0.0,
+                             supervisor=Proc(pid=os.getpid(), start=0), address=None))
+    return actor
+
+
+def test_a_session_warms_its_children_up_and_records_them_once_all_started(
+        tmp_path) -> None:
+    sent: list = []
+    actor = _session_supervisor(tmp_path, sent)
+    pid = os.getpid()
+    for child in ("master", "worker-0", "worker-1"):
+        actor.refs[child] = f"ref-{child}"
+        actor.pids[child] = pid
+        actor.on_child_started(child, f"ref-{child}", pid, {})
+    # each child is told to warm up as its Started comes; none is written yet
+    assert [to for to, msg in sent if isinstance(msg, m.WarmUp)] == [
+        "ref-master", "ref-worker-0", "ref-worker-1"]
+    (entry,) = actor.registry.entries()
+    assert entry.children == {}
+    written = []
+    set_children = actor.registry.set_children
+    actor.registry.set_children = lambda *args: (written.append(len(sent)), set_children(*args))
+    actor._announced = True  # (what SupervisorActor.run does before on_running)
+    actor.on_running()
+    assert isinstance(sent[-1][1], m.SessionReady)
+    assert written == [len(sent) - 1]  # all three in one write, before the announce
+    (entry,) = actor.registry.entries()
+    assert sorted(entry.children) == ["master", "worker-0", "worker-1"]
+    actor.on_child_started("worker-2", "ref-worker-2", pid, {})  # later ones: at once
+    (entry,) = actor.registry.entries()
+    assert "worker-2" in entry.children
+
+
+def test_a_worker_told_of_a_query_before_its_warm_up_starts_none_beside_it(
+        monkeypatch) -> None:
+    # its query thread loads the data modules itself then: a warm-up thread importing the
+    # same packages at the same time is not safe (actors/warmup.py)
+    import threading
+    from collections import deque
+
+    from pyproof.actors import worker as w
+    from pyproof.query.spec import QuerySpec
+
+    started: list[int] = []
+    monkeypatch.setattr(w, "start_warmup", lambda: started.append(1))
+
+    def shell() -> Any:
+        actor = w.Worker()
+        actor.seen, actor.queued, actor._queries = deque(), deque(), threading.Event()
+        actor.wakeupAfter = lambda *args, **kwargs: None  # (outside an actor system)
+        return actor
+
+    first = shell()
+    first.receive(m.RunQuery(query_id="q1", spec=QuerySpec(selector="s:S", cycles=1)), None)
+    first.receive(m.WarmUp(), None)
+    assert started == [] and list(first.queued)[0].query_id == "q1"
+    second = shell()  # the usual order: told to warm up first, once
+    second.receive(m.WarmUp(), None)
+    second.receive(m.WarmUp(), None)
+    assert started == [1]
+
+
+def test_the_gateway_says_it_started_before_it_starts_most_of_its_threads(tmp_path) -> None:
+    # each thread takes the GIL as it starts: the root (and the daemon's ready.json, its
+    # client's login) waited for all 16; the gateway serves with all of them right after
+    from pyproof.actors import gateway as g
+
+    sent: list = []
+    actor = g.Gateway()
+    actor.send = lambda to, message: sent.append(  # type: ignore[method-assign]
+        (message, len(actor.server.pool._threads)))
+    start = m.GatewayStart(corr="c", control_address=f"ipc://{tmp_path}/control.ipc",
+                           sessions=None, run_dir=str(tmp_path), log_dir=str(tmp_path),
+                           auth={"token_key": b"k" * 32, "owner": "u",
+                                 "secret_file": str(tmp_path / "secret")})
+    actor.receive(start, "root")
+    try:
+        (started, threads_then), = [(msg, n) for msg, n in sent if isinstance(msg, m.Started)]
+        assert threads_then == g.START_CONTEXTS < g.CONTEXTS
+        assert len(actor.server.pool._threads) == g.CONTEXTS
+    finally:
+        actor.server.close()

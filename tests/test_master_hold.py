@@ -229,3 +229,28 @@ def test_a_query_begins_without_the_planes_lock_so_the_last_ones_merge_thread_ca
         assert could_lock == [True]
     finally:
         plane.close()
+
+
+def test_a_plane_made_not_to_serve_yet_queues_requests_until_it_serves(tmp_path):
+    # the master starts serving once its Started is sent (threads started before held up
+    # that send: actors/master.py); a worker's request made meanwhile waits in the socket
+    address = f"ipc://{tmp_path}/master.ipc"
+    unserved = MasterPlane(session_id="s0", address=address, serve=False)
+    unserved.close()  # never served: closes all the same
+    plane = MasterPlane(session_id="s1", address=address, serve=False)
+    plane.worker_joined(f"worker-0#{os.getpid()}")
+    plane.start_query("q1", spec(tmp_path))
+    try:
+        with pynng.Req0(dial=address, recv_timeout=300, send_timeout=5000) as sock:
+            sock.send(next_for("q1"))
+            with pytest.raises(pynng.Timeout):
+                sock.recv()  # nothing serves it yet
+            sock.recv_timeout = 10_000
+            plane.serve()
+            plane.serve()  # (once)
+            sock.send(next_for("q1"))  # (Req0: the request again, as a worker's resend)
+            frame = decode_frame(sock.recv())  # answered now (a packet, or wait: a look-up)
+        assert frame.type in (p.PACKET, p.WAIT), frame
+        assert [t.name for t in threading.enumerate()].count("master-plane") == 1
+    finally:
+        plane.close()

@@ -275,3 +275,31 @@ def test_make_private_tree_changes_only_our_own_entries_and_follows_no_symlink(
         assert stat.S_IMODE(untouched.stat().st_mode) == 0o755
     assert stat.S_IMODE((elsewhere / "inner" / "g").stat().st_mode) == 0o644
     assert sandbox.make_private_tree(top) == []  # nothing left to do
+
+
+def test_the_daemon_walks_the_sandbox_once_the_admin_is_forked(tmp_path) -> None:
+    # an lstat per entry of the sandbox: side by side with the root's boot, not before the
+    # actor system starts (actors/daemon.py); ready.json still comes after it
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json\n"
+            "from pyproof import sandbox\n"
+            "import pyproof.actors.system as system\n"
+            "walked = []\n"
+            "real = sandbox.make_private_tree\n"
+            "sandbox.make_private_tree = lambda top: (walked.append(top), real(top))[1]\n"
+            "class Forking(Exception): pass\n"
+            "def start_system(log_dir, **options):\n"
+            "    raise Forking(list(walked))\n"
+            "system.start_system = start_system\n"
+            "from pyproof.actors import daemon\n"
+            "try:\n"
+            f"    daemon.main(['--run-dir', {str(tmp_path / 'run')!r}, '--log-dir', "
+            f"{str(tmp_path / 'logs')!r}])\n"
+            "except Forking as forking:\n"
+            "    print(json.dumps(forking.args[0]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert json.loads(out.splitlines()[-1]) == []

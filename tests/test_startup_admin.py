@@ -36,9 +36,9 @@ class Probe(Actor):
             self.send(sender, {"parent": os.getppid(), "loaded": PROBE in sys.modules})
 
 with in_process_system(sys.argv[2], admin_preload=preload) as system:
-    marked_before = open(sys.argv[1]).read().split() if os.path.exists(sys.argv[1]) else []
     probes = [system.createActor(Probe) for _ in range(2)]
     answers = [system.ask(probe, "where", 10.0) for probe in probes]
+    marked_before = open(sys.argv[1]).read().split() if os.path.exists(sys.argv[1]) else []
     for probe in probes:
         system.tell(probe, ActorExitRequest())
 print(json.dumps({"me": os.getpid(), "loaded_here": PROBE in sys.modules,
@@ -54,7 +54,7 @@ def test_the_admin_loads_the_actors_modules_before_its_first_actor_and_only_ther
                          capture_output=True, text=True, timeout=60, check=True, cwd=root)
     seen = json.loads(out.stdout.splitlines()[-1])
     (admin,) = {int(pid) for pid in mark.read_text().split()}  # once, in one process
-    assert seen["marked_before"] == [str(admin)]  # before the system answered its starter
+    assert seen["marked_before"] == [str(admin)]  # before its first actor answered
     assert admin != seen["me"] and not seen["loaded_here"]  # not in the starting process
     assert seen["answers"] == [{"parent": admin, "loaded": True}] * 2  # forked from it
 
@@ -68,3 +68,42 @@ def test_an_admin_whose_preload_fails_serves_anyway_and_says_why(tmp_path) -> No
     seen = json.loads(out.stdout.splitlines()[-1])
     assert [a["loaded"] for a in seen["answers"]] == [False, False]
     assert "ImportError: a broken module" in out.stderr
+
+
+WHILE = r"""
+import json, os, sys, time
+from thespian.actors import Actor, ActorExitRequest
+from tests.thespian_system import in_process_system
+
+go, seen = os.path.join(sys.argv[1], "go"), os.path.join(sys.argv[1], "seen")
+
+def preload():  # waits (bounded) for what the starter does once the system answered it
+    deadline = time.monotonic() + 3.0
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)  # (a fork that did not wait for us would come first)
+    with open(seen, "w") as mark:
+        mark.write(json.dumps(os.path.exists(go)))
+
+class Probe(Actor):
+    def receiveMessage(self, message, sender):
+        self.send(sender, os.path.exists(seen))
+
+with in_process_system(sys.argv[1], admin_preload=preload) as system:
+    open(go, "w").close()  # the system answered: the admin's preload still runs
+    probe = system.createActor(Probe)  # forked once the preload is done
+    preloaded = system.ask(probe, "preloaded?", 10.0)
+    system.tell(probe, ActorExitRequest())
+print(json.dumps({"answered_first": json.load(open(seen)), "preloaded": preloaded}))
+"""
+
+
+def test_the_admin_answers_its_starter_while_it_preloads_and_forks_only_after(
+        tmp_path) -> None:
+    # the daemon's request for the root then waits in the admin for the preload, instead
+    # of being sent once the preload is done (a round trip later)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", WHILE, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, check=True, cwd=root)
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen == {"answered_first": True, "preloaded": True}

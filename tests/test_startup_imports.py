@@ -134,3 +134,32 @@ def test_the_actors_preload_leaves_the_dataset_catalog_until_it_is_used() -> Non
     assert imported(code, later) == []
     assert imported(code + "; from pyproof.datasets import Catalog, verify_file", later) == \
         list(later)
+
+
+def test_the_actors_preload_compiles_what_a_sessions_start_makes() -> None:
+    # pyproof.dataclass compiles a class's __init__ on first use: in each process of the
+    # start, one after the other, unless the admin compiled it before forking them
+    from pyproof.actors.warmup import START_CLASSES
+
+    code = ("import importlib, types\n"
+            "from pyproof.actors.warmup import START_CLASSES, preload_actor_modules\n"
+            "preload_actor_modules()\n"
+            "def compiled(path):\n"
+            "    module, _, name = path.partition(':')\n"
+            "    init = vars(getattr(importlib.import_module(module), name))['__init__']\n"
+            "    return isinstance(init, types.FunctionType)\n"
+            "print([p for p in START_CLASSES if not compiled(p)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert len(START_CLASSES) > 20 and out.splitlines()[-1] == "[]"
+
+
+def test_the_actors_preload_leaves_the_package_store_until_it_is_used() -> None:
+    # the gateway and the master import packages.service for its requests and a query's
+    # packages; the store (zips, their checks) loads on the first of those
+    code = ("import pyproof.actors.daemon; "
+            "from pyproof.actors.warmup import preload_actor_modules; preload_actor_modules()")
+    later = ("pyproof.packages.store", "pyproof.packages.zips")
+    assert imported(code, later) == []
+    used = code + "; from pyproof.packages import service; service.query_packages('u', 's')"
+    assert imported(used, later) == list(later)

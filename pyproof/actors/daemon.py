@@ -126,6 +126,22 @@ def _preopen(spec: str | None, *, owner: str, secret: bytes, run_dir: str,
                            data_key=sealing.data_key(secret, session_id))
 
 
+PRIVATIZE_TIMEOUT = 60.0  # seconds the boot waits for `_privatize` at most (a stuck disk)
+
+
+def _privatize(trees: list[str], failed: list[BaseException]) -> None:
+    """Take group and other bits off what is under `trees` (sandbox.make_private_tree: an
+    lstat per entry, more than the rest of our own start on a sandbox of 500 entries,
+    and it grows with the user's files). Run on a thread once the admin is forked (no
+    fork after: see registry.keep_open), side by side with the root's boot, and waited
+    for before ready.json is written; what it raised is raised there (into `failed`)."""
+    try:
+        for top in trees:
+            sandbox.make_private_tree(top)
+    except BaseException as exc:  # noqa: BLE001 - raised again by main, as before
+        failed.append(exc)
+
+
 _held: list = []  # the daemon's own connection to the session registry (never used)
 
 
@@ -198,11 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     # left readable in the sandbox is made so too
     sandbox.private_umask()
     home = sandbox.make_private_dir(sandbox.sandbox_dir())
-    sandbox.make_private_tree(home)
     for directory in (args.run_dir, args.log_dir):
         sandbox.make_private_dir(directory)
-        if not sandbox.is_inside(directory, home):
-            sandbox.make_private_tree(directory)
+    # (the walk of what an older version left: once the admin is forked, see _privatize)
+    trees = [home, *(d for d in (args.run_dir, args.log_dir) if not sandbox.is_inside(d, home))]
     control = args.control or f"ipc://{os.path.join(args.run_dir, 'control.ipc')}"
     # TLS (PYPROOF_TLS_CA/CERT/KEY): the control endpoint and the sessions' data
     # listeners for clients that dial in use it; lite (ipc) needs none
@@ -271,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     requested = False
     try:  # whatever fails from here on (a full disk, say), the finally stops the system
         _write_json(args.run_dir, "pids.json", control_pids(thespian_sessions))
+        privatize_failed: list[BaseException] = []
+        privatizing = threading.Thread(target=_privatize, args=(trees, privatize_failed),
+                                       daemon=True, name="pyproof-private")
+        privatizing.start()
         # the session registry, held open for as long as we run (registry.keep_open says
         # why); on a thread: creating it syncs the disk, and the root's start need not wait
         threading.Thread(target=_hold_registry, args=(args.run_dir,), daemon=True,
@@ -282,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             _write_ready(args.run_dir, {"error": f"daemon failed to boot: {error}"},
                          args.ready_fd)
             return 1
+        privatizing.join(PRIVATIZE_TIMEOUT)  # (done long before, but ready means private)
+        if privatize_failed:
+            raise privatize_failed[0]
         # t_*: when main() ran, the actor system was up, the root had booted (bench.startup)
         _write_ready(args.run_dir, {"control": control, "pid": os.getpid(), "url": args.url,
                                     "thespian_port": port, "root_pid": reply.root_pid,

@@ -42,6 +42,7 @@ from pyproof.transport.wire import RECV_LIMIT
 
 REQUEST_TIMEOUT = 20.0
 CONTEXTS = 16
+START_CONTEXTS = 2  # served before the gateway says it started; the rest right after
 MAX_WORKERS = 256
 # a query sent straight to a session's master not answered by then goes the long way (the
 # master was restarted: its old address is dead, or another actor's now)
@@ -295,7 +296,8 @@ class Gateway(ProofActor):
             self.start = message
             self.start_log(message.log_dir, actor="gateway")
             try:
-                self.server = ControlServer(message.control_address, Authenticator(message.auth))
+                self.server = ControlServer(message.control_address, Authenticator(message.auth),
+                                            contexts=START_CONTEXTS)
             except (pynng.NNGException, auth.SecretFileError) as exc:
                 self.send(sender, m.StartError(
                     reason=f"cannot listen on {message.control_address}: {exc}"))
@@ -303,6 +305,9 @@ class Gateway(ProofActor):
             get_logger().info("gateway_started", address=message.control_address)
             self.watch_fds = (self.server.wake_r,)
             self.send(sender, m.Started(pid=os.getpid()))
+            # the other threads once Started is sent: each takes the GIL as it starts, and
+            # the daemon's boot (ready.json, its client's login) waited for them
+            self.server.pool.add_contexts(CONTEXTS - START_CONTEXTS)
             self._drain()  # requests queued before the watch began
         elif isinstance(message, WatchMessage):
             if self.server is not None:

@@ -43,6 +43,7 @@ class Master(ProofActor):
     user = ""  # the session's
     direct_served = 0  # requests that came straight from the client (tests, status)
     direct_last = 0.0  # when the last one came (monotonic): the sessions' idle check
+    warming = False  # its warm-up started (m.WarmUp), or a query came first
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -60,12 +61,17 @@ class Master(ProofActor):
             self.start_log(message.log_dir, actor="master", session=message.session_id)
             self.plane = MasterPlane(session_id=message.session_id,
                                      address=message.packet_address, data_key=message.data_key,
-                                     run_dir=message.run_dir)
+                                     run_dir=message.run_dir, serve=False)
             self.user = message.user
-            self._listen_direct(message.packet_address)
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))
+            # its threads, and the direct route's socket, once Started is sent: a thread
+            # started before took the GIL and held up the send (the session's start with it)
+            self.plane.serve()
+            self._listen_direct(message.packet_address)
+        elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
+            self.warming = True
             start_warmup()  # uproot (look-ups), hist (merging): loaded while idle
         elif isinstance(message, m.WorkerJoined):
             assert self.plane is not None
@@ -265,6 +271,9 @@ class Master(ProofActor):
         query is queued and the workers watching for queries are told (on the data
         plane, see `MasterPlane.announce`), before the others are (by RunQuery)."""
         assert self.plane is not None
+        # a query before our WarmUp: its look-ups load what they need, no warm-up beside
+        # them (two threads importing one package tree: see warmup.py)
+        self.warming = True
         if self.plane.knows_query(query_id):  # a client retry: already accepted
             if accepted is not None:
                 accepted()

@@ -61,7 +61,8 @@ CALLBACK_BUFFER = 64  # frames a socket dialled back to a client queues (see _ca
 
 class MasterPlane:
     def __init__(self, *, session_id: str, address: str, data_key: bytes = b"",
-                 run_dir: str = "") -> None:
+                 run_dir: str = "", serve: bool = True) -> None:
+        """Listens on `address` at once; serves it from `serve()` on (at once if `serve`)."""
         self.session_id = session_id
         self.run_dir = run_dir
         self.data_key = data_key
@@ -103,7 +104,6 @@ class MasterPlane:
         # supervisor's ping checks them (Master.healthy)
         self.beats = ThreadBeats()
         self.merger = Merger(self.beats)  # every query's merges, on one thread
-        self.merger.start()  # now, while idle: the first query's merge waits for nothing
         # replies being sent now (any thread may send: this one, the actor's, a look-up
         # or merge thread through `_wake`): `close` waits for them before it closes the
         # socket, since nng aborts the process when a context is sent on as its socket
@@ -114,7 +114,18 @@ class MasterPlane:
         self._io = ContextIO()
         self._poll_ms = IDLE_POLL_MS  # the serving thread's wait for a request
         self._thread = threading.Thread(target=self._serve, name="master-plane", daemon=True)
-        self._thread.start()
+        if serve:
+            self.serve()
+
+    def serve(self) -> None:
+        """Start the serving thread, and the merge thread (now, while idle: the first
+        query's merge waits for nothing); once. The master calls it once its Started is
+        sent: threads started before the send held it up (they take the GIL as they
+        start), and the session's start with it. Until then, workers' requests wait in
+        the socket's queue."""
+        self.merger.start()
+        if self._thread.ident is None:
+            self._thread.start()
 
     # -- called from the actor thread --------------------------------------
     def worker_joined(self, name: str) -> None:
@@ -429,7 +440,8 @@ class MasterPlane:
         # socket's send timeout: wait that out at most)
         self._sends.close(max(timeout, SEND_TIMEOUT_MS / 1000 + 0.5))
         self._io.cancel()  # ends the serving thread's wait at once
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # (it served)
+            self._thread.join(timeout)
         self.socket.close()  # no thread waits on it any more (nng aborts if one does)
         with self._lock:
             held, self._held = self._held, []

@@ -300,6 +300,14 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WarmUp:
+    """Session supervisor -> master or worker, once its `Started` came: start the warm-up
+    (actors/warmup.py) now. Not at once after sending `Started`: the warm-up thread holds
+    the GIL while it imports, and the actor thread, still sending `Started`, waited for it
+    (the session's start with it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StartError:
     reason: str
 

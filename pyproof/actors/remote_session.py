@@ -143,6 +143,7 @@ class RemoteSession(SessionSupervisor):
         assert self.request is not None and self.registry is not None
         self.registry.set_child(self.request.session_id, child_id,
                                 Proc(pid=pid, start=start_time(pid) or 0))
+        self.send(ref, m.WarmUp())  # its Started came: see m.WarmUp
         self.send(self.hosts_ref, m.RemoteWorker(
             session_id=self.request.session_id, worker_id=child_id, pid=pid, alive=True))
         for run in self.queries.values():  # (re)started mid-query: to work at once, in order

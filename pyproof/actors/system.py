@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 
@@ -177,17 +178,25 @@ class _ActorAddressFilter(logging.Filter):
         return True
 
 
+PRELOAD_WAIT = 120.0
+"""Seconds a fork in the admin waits for its preload at most (imports stuck that long: go
+on, the child then imports what it needs itself)."""
+
+
 @contextlib.contextmanager
 def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
     """While in this block, a Thespian admin process started from here runs `preload` once
-    it has started its logger process, before it serves anything (the first actor).
+    it has started its logger process, on a thread, and forks nothing (no actor) before
+    `preload` is done.
 
     Thespian forks the admin from this process (`multiprocCommon.startAdmin` is the
     new process's target, looked up when it starts) and every actor from the admin:
     what `preload` imports there, every actor has, while this process (the daemon) is
-    spared the work and the admin's own start-up (its logger, its handshake with us)
-    runs side by side with it. Our caller waits for the admin's handshake, which
-    comes once it serves: after `preload`.
+    spared the work. Meanwhile the admin serves: its handshakes with its logger and
+    with us, and our first request (to create the root), which then waits for
+    `preload` in the admin instead of being sent only once it is done. A fork waits for
+    the thread (os.register_at_fork): a child forked while it imports would inherit
+    the import locks it holds, held for ever.
     """
     from thespian.system import multiprocCommon
 
@@ -197,12 +206,22 @@ def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
         serve = admin_class.run
 
         def run(admin):
-            try:
-                preload()
-            except Exception:  # noqa: BLE001 - serve anyway: each actor then imports what
-                # it needs itself, and a broken module fails there, with its traceback;
-                # not serving would leave our starter waiting for the admin, then retrying
-                traceback.print_exc()  # the admin's stderr: the daemon's output file
+            def load() -> None:
+                try:
+                    preload()
+                except Exception:  # noqa: BLE001 - serve anyway: each actor then imports
+                    # what it needs itself, and a broken module fails there, with its
+                    # traceback
+                    traceback.print_exc()  # the admin's stderr: the daemon's output file
+
+            loading = threading.Thread(target=load, name="pyproof-preload", daemon=True)
+
+            def before_fork() -> None:  # (inherited by forked children: a no-op there)
+                if loading.is_alive() and loading is not threading.current_thread():
+                    loading.join(PRELOAD_WAIT)
+
+            os.register_at_fork(before=before_fork)
+            loading.start()
             return serve(admin)
 
         admin_class.run = run  # in the admin process only

@@ -2,9 +2,11 @@
 
 A session's master and workers start without uproot, awkward and hist (about
 a third of a second of CPU each, more than the rest of a start-up), so that a
-session is ready at once. Each then imports them on a daemon thread right
-after it reported itself started: by the time the user's first query arrives
-they are usually loaded.
+session is ready at once. Each then imports them on a daemon thread, started
+once its supervisor heard it started (`m.WarmUp`: a thread started as the actor
+sent `Started` held the GIL while it imported, and the send waited for it; a
+query that came first loads them itself, no warm-up beside it): by the time the
+user's first query arrives they are usually loaded.
 
 Two threads importing the same package tree at once are NOT safe: Python's
 per-module locks break a cross-thread cycle (awkward's submodules import each
@@ -55,6 +57,30 @@ ACTOR_MODULES = ("pyproof.actors.root", "pyproof.actors.sessions", "pyproof.acto
                  "pyproof.actors.master", "pyproof.actors.worker")
 
 
+START_CLASSES = (
+    # what every supervisor makes as it starts its children
+    "pyproof.supervision.spec:SupFlags", "pyproof.supervision.spec:ChildSpec",
+    "pyproof.supervision.spec:SupervisorSpec", "pyproof.supervision.spec:Shutdown",
+    "pyproof.supervision.core:_Child", "pyproof.supervision.watchdog:Watchdog",
+    "pyproof.supervision.watchdog:_Watch", "pyproof.supervision.events:Init",
+    "pyproof.supervision.events:StartChild", "pyproof.supervision.events:ChildStarted",
+    "pyproof.supervision.events:Log", "pyproof.supervision.events:AddChild",
+    "pyproof.supervision.events:Reply", "pyproof.supervision.adoption:Reconciliation",
+    "pyproof.supervision.adoption:Proc", "pyproof.supervision.adoption:Entry",
+    # the messages of a session's start: root, sessions, session, master, workers
+    "pyproof.actors.messages:ActorStart", "pyproof.actors.messages:GatewayStart",
+    "pyproof.actors.messages:SessionsStart", "pyproof.actors.messages:Booted",
+    "pyproof.actors.messages:Started", "pyproof.actors.messages:Resend",
+    "pyproof.actors.messages:SessionReady", "pyproof.actors.messages:MasterStart",
+    "pyproof.actors.messages:WorkerStart", "pyproof.actors.messages:WorkerJoined",
+    "pyproof.actors.messages:WarmUp",
+)
+"""Dataclasses whose `__init__` the preload compiles (pyproof.dataclass compiles it on
+first use): each process of a session's start made these, one after the other (root,
+sessions, session, master), each compiling them again (a quarter of a millisecond each,
+more in a process just forked); compiled once in the admin, every actor has them."""
+
+
 LOADED_ON_USE = ("asyncio",)
 """Imported by the actors' modules (pynng, structlog) for their async APIs, which no actor
 uses: a quarter of the preload (asyncio brings ssl and concurrent.futures along). While
@@ -78,7 +104,7 @@ class _OnUse(types.ModuleType):
 def preload_actor_modules() -> None:
     """Import every actor's module (light: no numpy, uproot, awkward, hist): Thespian's
     admin does, before it creates the first actor, so that every actor forked from it
-    has them (`LOADED_ON_USE` only on first use)."""
+    has them (`LOADED_ON_USE` only on first use), with `START_CLASSES` compiled."""
     stand_ins = {}
     for name in LOADED_ON_USE:
         if name not in sys.modules:
@@ -93,6 +119,10 @@ def preload_actor_modules() -> None:
         for name, stand_in in stand_ins.items():
             if sys.modules.get(name) is stand_in:
                 del sys.modules[name]
+    for path in START_CLASSES:
+        module, _, name = path.partition(":")
+        with contextlib.suppress(Exception):  # (a name gone stale: compiled on use, as before)
+            getattr(importlib.import_module(module), name).__init__  # noqa: B018
 
 
 def preload_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:

@@ -79,6 +79,7 @@ class Worker(ProofActor):
     # query the master said is over (QueryEnded), from the actor thread
     supervisor = None
     ended: deque[str] = deque()  # replaced per actor at start
+    warming = False  # its warm-up started (m.WarmUp), or a query came first
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -110,7 +111,6 @@ class Worker(ProofActor):
             if TEST_HOOKS and os.environ.get(START_DELAY_ENV):  # tests: a slow start
                 time.sleep(float(os.environ[START_DELAY_ENV]))
             self.send(sender, m.Started(pid=os.getpid()))
-            start_warmup()  # uproot, awkward, hist: loaded while the session is idle
             # started now, not per query: a query's start is only a hand-over
             self.runner = threading.Thread(target=self._run_queries, name="queries",
                                            daemon=True)
@@ -118,6 +118,9 @@ class Worker(ProofActor):
             if watches_master(self.packet_address):
                 self._watch_again(fresh=True)
                 self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
+        elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
+            self.warming = True
+            start_warmup()  # uproot, awkward, hist: loaded while the session is idle
         elif isinstance(message, m.RunQuery):
             if self._run(message):
                 self.wakeupAfter(PACKET_CHECK)
@@ -200,6 +203,9 @@ class Worker(ProofActor):
         """Run by `receive` for RunQuery and RUN (actor thread): queue the query for the
         query thread (it runs now, or after the one running: the master queues queries
         too). False if it was queued before (told twice, or both ways): it runs once."""
+        # a query before our WarmUp: the query thread loads what it needs, no warm-up
+        # beside it (two threads importing one package tree: see warmup.py)
+        self.warming = True
         if message.query_id in self.seen:
             return False
         self.seen.append(message.query_id)

@@ -10,7 +10,8 @@ when each ended ("at", from the start of `connect`):
 
 - daemon process: the daemon's `main()` runs (interpreter start, imports);
 - thespian system: the actor system is up (the admin and logger processes
-  started, the actors' modules imported in the admin);
+  started; the admin answers while it loads the actors' modules, and forks the
+  root once they are loaded: the rest of that load counts in the next phase);
 - root, sessions, gateway: the root supervisor booted its children;
 - ready seen: the client saw `ready.json` (then it logs in);
 - session supervisor: the session's supervisor runs;

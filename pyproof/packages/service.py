@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from pyproof.packages.errors import PackageError
-from pyproof.packages.store import PackageStore, check_digest
+
+# the store (zips, their checks) is imported on first use: the gateway and the master import
+# this module, and Thespian's admin loads theirs before every session's start
 
 KINDS = ("package_put", "package_chunk", "package_list", "package_enable", "package_disable",
          "package_remove", "package_clear")
@@ -39,6 +41,8 @@ def handle_request(kind: str, payload: dict[str, Any], *, user: str,
 
 def _handle(kind: str, payload: dict[str, Any], user: str,
             session: str | None) -> dict[str, Any]:
+    from pyproof.packages.store import PackageStore, check_digest
+
     store = PackageStore(user)
     if kind == "package_put":
         return store.put(_field(payload, "name", (str,)), check_digest(payload.get("digest")),
@@ -68,4 +72,6 @@ def _handle(kind: str, payload: dict[str, Any], user: str,
 
 def query_packages(user: str, session: str) -> list[dict[str, Any]]:
     """What a query starting now in `session` runs with (see `PackageStore.resolve`)."""
+    from pyproof.packages.store import PackageStore
+
     return PackageStore(user).resolve(session)
