@@ -267,3 +267,36 @@ def test_a_data_thread_waiting_for_the_warm_up_at_an_import_is_not_found_stuck(t
         print("ok")
     """, cwd=tmp_path)
     assert out == "ok\n"
+
+
+def test_an_import_from_inside_a_meta_path_finder_does_not_stop_the_warm_up(tmp_path):
+    # importlib runs each sys.meta_path finder under its global import lock, and some
+    # import there (setuptools' DistutilsMetaFinder imports setuptools when distutils is
+    # imported). The guard neither runs the finders to judge a name (a nested import would
+    # wait holding that lock) nor waits in an import nested inside one: the warm-up, whose
+    # next import takes that lock, would stand still until the bound (120 s)
+    (tmp_path / "usermod.py").write_text("X = 1\n")
+    out = run("""
+        import faulthandler, os, sys, threading, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        faulthandler.dump_traceback_later(60, exit=True)  # a hang fails, with its stacks
+        sys.path.insert(0, ".")
+        from pyproof.actors import import_guard, warmup
+
+        class ImportingFinder:  # as setuptools' DistutilsMetaFinder does for distutils
+            def find_spec(self, name, path=None, target=None):
+                if name in ("usermod", "colorsys"):
+                    import graphlib  # not loaded, within reach, under the import lock
+                return None
+
+        sys.meta_path.insert(0, ImportingFinder())
+        t0 = time.monotonic()
+        thread = warmup.start_warmup(("colorsys", "filecmp"))
+        import usermod  # the user's: no wait; the finder's nested import: no wait
+        assert "graphlib" in sys.modules and warmup.warming_up()
+        thread.join(60)
+        assert not thread.is_alive() and "filecmp" in sys.modules
+        assert time.monotonic() - t0 < 30  # (about 2 s: the warm-up's two delays)
+        print("ok")
+    """, cwd=tmp_path, timeout=90)
+    assert out == "ok\n"

@@ -46,6 +46,14 @@ import (a user's module that imports awkward) does hold the outer module's lock,
 that module is beyond the warm-up's reach (or it would have waited itself), so the
 warm-up never asks for it.
 
+Not while the global import lock is held: importlib runs each `sys.meta_path` finder under
+it, and a finder may import (setuptools' DistutilsMetaFinder, put there by
+distutils-precedence.pth, imports setuptools when something imports distutils). A wait
+there would stop the warm-up at its next import (which takes that lock) until the bound,
+so an import nested in a finder goes on at once (`_holds_import_lock`), and the guard
+itself judges a name by importlib's path finder alone (`_find_within_reach`), never by
+running the meta-path finders.
+
 Relative imports are resolved against the importer's package first; an import the
 check cannot make sense of waits (never wrong, at worst slower). Not covered: C code
 calling `PyImport_ImportModuleLevelObject` directly (Cython's generated imports) after
@@ -60,8 +68,10 @@ the master's watched data threads are excused while a warm-up runs (thread_beats
 
 from __future__ import annotations
 
+import _imp
 import builtins
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import site
@@ -85,6 +95,7 @@ _lock = threading.Lock()
 _reach: dict[str, bool] = {}  # top-level name -> within the warm-up's reach
 _library_dirs: tuple[str, ...] | None = None
 _MISSING = object()
+_local = threading.local()  # .classifying: this thread is in `_find_within_reach`
 
 
 def install(wait: Callable[[], None], exempt: int | None = None,
@@ -132,27 +143,50 @@ def installed() -> bool:
 def _guarded_import(name: str, globals: Any = None, locals: Any = None,
                     fromlist: Any = (), level: int = 0) -> Any:
     wait = _wait
-    if wait is not _no_wait and threading.get_ident() != _exempt:
+    if wait is not _no_wait and threading.get_ident() != _exempt \
+            and not getattr(_local, "classifying", False):
         try:
             loads = _would_load(_absolute(name, globals, level), fromlist)
         except Exception:  # noqa: BLE001 (not understood: wait, to be safe)
             loads = True
-        if loads:
+        if loads and not _holds_import_lock():
             wait()
     return _original_import(name, globals, locals, fromlist, level)
 
 
 def _guarded_import_module(name: str, package: str | None = None) -> Any:
     wait = _wait
-    if wait is not _no_wait and threading.get_ident() != _exempt:
+    if wait is not _no_wait and threading.get_ident() != _exempt \
+            and not getattr(_local, "classifying", False):
         try:
             loads = _would_load(importlib.util.resolve_name(name, package)
                                 if name.startswith(".") else name, ())
         except Exception:  # noqa: BLE001 (not understood: wait, to be safe)
             loads = True
-        if loads:
+        if loads and not _holds_import_lock():
             wait()
     return _original_import_module(name, package)
+
+
+_FIND_SPEC_CODE = getattr(getattr(importlib, "_bootstrap", None), "_find_spec", None)
+_FIND_SPEC_CODE = getattr(_FIND_SPEC_CODE, "__code__", None)
+
+
+def _holds_import_lock() -> bool:
+    """This thread holds the interpreter's global import lock: it is inside a
+    `sys.meta_path` finder's `find_spec` (importlib's `_find_spec` holds the lock around
+    each call; setuptools' DistutilsMetaFinder imports setuptools there). Waiting then
+    would stop the warm-up at its next import (`_get_module_lock` takes that lock) until
+    the bound: such a nested import goes on at once instead. (`_imp.lock_held` says only
+    that some thread holds it; this thread's own frames say whether it is this one.)"""
+    if _FIND_SPEC_CODE is None or not _imp.lock_held():
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _FIND_SPEC_CODE:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def ready(name: str) -> bool:
@@ -214,15 +248,25 @@ def _within_reach(top: str) -> bool:
 
 
 def _find_within_reach(top: str) -> bool:
+    """Where `top` would be found, without `sys.meta_path`'s finders: importlib runs them
+    under the global import lock, and one may import (setuptools' DistutilsMetaFinder
+    imports setuptools): a wait there would stop the warm-up (see `_holds_import_lock`).
+    A name only a custom finder finds is taken for the user's (beyond reach)."""
     if top == "pyproof":
         return False  # no data package imports pyproof
-    spec = importlib.util.find_spec(top)  # (a top-level name: no parent is imported)
+    if top in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(top):
+        return True  # the interpreter's own
+    _local.classifying = True  # a path hook importing (first look at a directory) never waits
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(top)  # (top-level: no parent)
+    finally:
+        _local.classifying = False
     if spec is None:
         return False  # not found: the import fails, loading nothing
     places = [spec.origin] if spec.has_location and spec.origin else []
     places += list(spec.submodule_search_locations or ())
     if not places:
-        return True  # built in, frozen: the interpreter's own
+        return True  # nowhere to judge it by: within reach, to be safe
     dirs = _libraries()
     return any(os.path.realpath(place).startswith(dirs) for place in places)
 
