@@ -300,3 +300,29 @@ def test_an_import_from_inside_a_meta_path_finder_does_not_stop_the_warm_up(tmp_
         print("ok")
     """, cwd=tmp_path, timeout=90)
     assert out == "ok\n"
+
+
+def test_a_stuck_warm_up_is_waited_for_once_until_its_deadline_then_the_guard_is_off(
+        tmp_path):
+    # one deadline per warm-up, not a bound per import: else every module an import
+    # loads (xml.dom.minidom: nine) would wait the whole bound again, nested ones too
+    out = run("""
+        import os, sys, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1000")  # stuck
+        import structlog.testing
+        from pyproof.actors import import_guard, warmup
+        warmup.WARMUP_WAIT = 2.0
+        assert not {"sched", "graphlib", "xml", "netrc", "filecmp"} & set(sys.modules)
+        thread = warmup.start_warmup(("sched", "graphlib"))
+        t0 = time.monotonic()
+        with structlog.testing.capture_logs() as logs:
+            import xml.dom.minidom
+            took = time.monotonic() - t0
+            import netrc, filecmp
+        assert 1.5 < took < 10, took  # (the bound once: 2 s; per import: 18 s or more)
+        assert thread.is_alive() and not import_guard.installed()
+        assert [(e["event"], e["log_level"], e["importing"], e["not_loaded"]) for e in logs] \\
+            == [("warmup_overdue", "warning", "sched", ["sched", "graphlib"])], logs
+        print("ok")
+    """, cwd=tmp_path, timeout=90)
+    assert out == "ok\n"

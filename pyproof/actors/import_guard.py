@@ -19,7 +19,8 @@ selector loader and our lazy names call) with a check, made before the real impo
   module is loaded, nothing waits. That is nearly every import of a running process.
 - Something would be loaded (missing from `sys.modules`, or there but still initializing
   on another thread): if its top-level package is within the warm-up's reach, the call
-  waits for the warm-up (bounded, `WARMUP_WAIT`), then imports. Within reach is anything
+  waits for the warm-up (at most until its deadline, one for the whole warm-up:
+  actors/warmup.py `wait_warmup`), then imports. Within reach is anything
   found in the interpreter's library or site-packages directories (or built in), and
   the warm-up's own packages wherever they are: whatever the warm-up may import (the
   standard library too: some of its packages import each other in cycles, and which of

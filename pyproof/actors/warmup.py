@@ -132,7 +132,9 @@ def _import_structlog_without_rich() -> None:
                 del sys.modules[name]
 
 
-WARMUP_WAIT = 120.0  # seconds: an import that takes longer is stuck; go on and let it fail
+WARMUP_WAIT = 120.0
+"""Seconds from a warm-up's start after which nothing waits for it any more: one that takes
+longer is stuck; go on and let an import fail (`wait_warmup`)."""
 DELAY_ENV = "PYPROOF_TEST_WARMUP_DELAY"
 """Tests only (with PYPROOF_TEST_HOOKS=1): seconds the warm-up thread sleeps before each
 module it imports, a warm-up slowed at will, to show what waits for it and what not."""
@@ -142,6 +144,11 @@ _done = threading.Event()  # set while no warm-up runs in this process
 _done.set()
 _warmup_ident: int | None = None  # the warm-up thread's id (its imports never wait)
 _ended_at = 0.0  # when the last warm-up ended (monotonic)
+_deadline = 0.0  # when nothing waits for the running warm-up any more (monotonic)
+_gave_up = False  # the running warm-up is past its deadline: its guard is off
+_modules: tuple[str, ...] = ()  # what the running warm-up imports
+_importing: str | None = None  # the module it is importing now
+_state_lock = threading.Lock()
 
 
 def warming_up() -> bool:
@@ -161,11 +168,38 @@ def started_warmup() -> bool:
     return _warmup is not None
 
 
-def wait_warmup(timeout: float = WARMUP_WAIT) -> None:
+def wait_warmup() -> None:
     """Return once this process's warm-up imports are done (at once if none runs, and on
-    the warm-up thread itself). The import guard calls it; so does `load_data_modules`."""
-    if not _done.is_set() and threading.get_ident() != _warmup_ident:
-        _done.wait(timeout)
+    the warm-up thread itself), or once its deadline has passed. The import guard calls
+    it; so do `load_data_modules` and a fork.
+
+    One deadline for the whole warm-up (`WARMUP_WAIT` after it started), not a bound per
+    wait: a warm-up that is stuck would otherwise make every later import that loads
+    anything wait the full bound again, each nested one too. Once it has passed, nothing
+    waits any more: the guard is removed, and a warning names what is still importing
+    (`_give_up`)."""
+    if _done.is_set() or threading.get_ident() == _warmup_ident:
+        return
+    left = _deadline - time.monotonic()
+    if left > 0 and _done.wait(left):
+        return
+    _give_up()
+
+
+def _give_up() -> None:
+    """The warm-up is past its deadline (stuck, or a machine far too loaded): remove the
+    guard, so that no import waits for it any more, and say so, once."""
+    global _gave_up
+    with _state_lock:
+        if _gave_up or _done.is_set():
+            return
+        _gave_up = True
+    import_guard.uninstall()
+    from pyproof.logs import get_logger  # (not at the top: see `_import_structlog_without_rich`)
+
+    get_logger().warning("warmup_overdue", waited=WARMUP_WAIT, importing=_importing,
+                         not_loaded=[name for name in _modules if not import_guard.ready(name)],
+                         consequence="imports no longer wait for the warm-up")
 
 
 def _forget_warmup() -> None:
@@ -198,7 +232,7 @@ def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
 def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
     """Start importing `modules` on a daemon thread, with the import guard on until it
     ends (nothing with PYPROOF_WARMUP=0, or when all of them are loaded already)."""
-    global _warmup
+    global _warmup, _modules, _gave_up, _deadline
     if os.environ.get("PYPROOF_WARMUP", "1") == "0" or not _done.is_set():
         return None
     modules = tuple(name for name in modules if not import_guard.ready(name))
@@ -208,7 +242,7 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
         if os.environ.get("PYPROOF_TEST_HOOKS") == "1" else 0.0
 
     def run() -> None:
-        global _warmup_ident, _ended_at
+        global _warmup_ident, _ended_at, _importing
         _warmup_ident = threading.get_ident()  # first: before this thread imports anything
         import_guard.exempt_this_thread()
         try:
@@ -217,6 +251,7 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
             for name in modules:
+                _importing = name
                 if delay:
                     time.sleep(delay)
                 try:
@@ -224,12 +259,15 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
                 except Exception:  # noqa: BLE001 (the real import, later, reports it)
                     return
         finally:
+            _importing = None
             import_guard.uninstall()
             _ended_at = time.monotonic()
             _done.set()
 
     thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
     _warmup = thread
+    _modules, _gave_up = modules, False
+    _deadline = time.monotonic() + WARMUP_WAIT
     _done.clear()
     import_guard.install(wait_warmup, within=modules)
     thread.start()
