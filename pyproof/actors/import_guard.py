@@ -257,11 +257,14 @@ def _find_within_reach(top: str) -> bool:
         return False  # no data package imports pyproof
     if top in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(top):
         return True  # the interpreter's own
-    _local.classifying = True  # a path hook importing (first look at a directory) never waits
-    try:
-        spec = importlib.machinery.PathFinder.find_spec(top)  # (top-level: no parent)
-    finally:
-        _local.classifying = False
+    module = sys.modules.get(top)
+    spec = getattr(module, "__dict__", {}).get("__spec__")  # (one being imported, say)
+    if spec is None:
+        _local.classifying = True  # a path hook that imports (first look at a directory)
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(top)  # (top-level: no parent)
+        finally:
+            _local.classifying = False
     if spec is None:
         return False  # not found: the import fails, loading nothing
     places = [spec.origin] if spec.has_location and spec.origin else []
