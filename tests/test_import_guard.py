@@ -326,3 +326,39 @@ def test_a_stuck_warm_up_is_waited_for_once_until_its_deadline_then_the_guard_is
         print("ok")
     """, cwd=tmp_path, timeout=90)
     assert out == "ok\n"
+
+
+def test_a_second_install_under_a_foreign_import_wrapper_guards_without_recursion(tmp_path):
+    # a debugger's or patcher's __import__ wrapped over the guard survives uninstall
+    # (it calls ours); a second warm-up's install must not take it for the original
+    out = run("""
+        import builtins, importlib, sys
+        from pyproof.actors import import_guard
+        waits = []
+        import_guard.install(lambda: waits.append(1))
+        ours, ours_module = builtins.__import__, importlib.import_module
+
+        def foreign(*args, **kwargs):
+            return ours(*args, **kwargs)
+
+        def foreign_module(*args, **kwargs):
+            return ours_module(*args, **kwargs)
+
+        builtins.__import__, importlib.import_module = foreign, foreign_module
+        import_guard.uninstall()
+        assert builtins.__import__ is foreign and not import_guard.installed()
+        import colorsys  # ours passes it on: no wait
+        assert waits == []
+        import_guard.install(lambda: waits.append(1))  # a second warm-up
+        assert builtins.__import__ is foreign and import_guard.installed()
+        import graphlib
+        assert len(waits) == 1
+        importlib.import_module("netrc")  # (and what it imports: shlex)
+        assert len(waits) >= 2 and {"graphlib", "netrc"} <= set(sys.modules)
+        import_guard.uninstall()
+        waits.clear()
+        import filecmp
+        assert waits == []
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"

@@ -85,6 +85,8 @@ from typing import Any
 _original_import: Callable[..., Any] = builtins.__import__
 _original_import_module: Callable[..., Any] = importlib.import_module
 _exempt: int | None = None  # the id of the thread whose imports never wait
+_import_chained = False  # ours is in the chain that builtins.__import__ calls
+_import_module_chained = False  # ours is in the chain that importlib.import_module calls
 
 
 def _no_wait() -> None:
@@ -105,17 +107,29 @@ def install(wait: Callable[[], None], exempt: int | None = None,
     warm-up's reach calls `wait()` first, on every thread but `exempt` (a thread id: the
     warm-up's, `exempt_this_thread`). `within`: top-level names within reach wherever
     they are found (the warm-up's own modules: installed for development, say, outside
-    site-packages)."""
+    site-packages).
+
+    Our functions go in only where they are not in the chain already: one that someone
+    wrapped over ours (a debugger's import hook) survives `uninstall`, and calls ours;
+    taking that wrapper for the original would make ours call it, and it ours, forever.
+    A second install then only sets the state."""
     global _original_import, _original_import_module, _wait, _exempt
+    global _import_chained, _import_module_chained
     with _lock:
         _wait, _exempt = wait, exempt
         _reach.update(dict.fromkeys(within, True))
-        if builtins.__import__ is not _guarded_import:
+        if builtins.__import__ is _guarded_import:
+            _import_chained = True
+        elif not _import_chained:
             _original_import = builtins.__import__
             builtins.__import__ = _guarded_import
-        if importlib.import_module is not _guarded_import_module:
+            _import_chained = True
+        if importlib.import_module is _guarded_import_module:
+            _import_module_chained = True
+        elif not _import_module_chained:
             _original_import_module = importlib.import_module
             importlib.import_module = _guarded_import_module  # type: ignore[assignment]
+            _import_module_chained = True
 
 
 def exempt_this_thread() -> None:
@@ -127,18 +141,23 @@ def exempt_this_thread() -> None:
 
 def uninstall() -> None:
     """Put the original import functions back. (One that someone wrapped over ours stays:
-    ours then only passes the calls on, as it does for whoever bound it meanwhile.)"""
-    global _wait
+    ours then only passes the calls on, as it does for whoever bound it meanwhile, and is
+    known to be in the chain still, for the next `install`.)"""
+    global _wait, _import_chained, _import_module_chained
     with _lock:
         _wait = _no_wait
         if builtins.__import__ is _guarded_import:
             builtins.__import__ = _original_import
+            _import_chained = False
         if importlib.import_module is _guarded_import_module:
             importlib.import_module = _original_import_module  # type: ignore[assignment]
+            _import_module_chained = False
 
 
 def installed() -> bool:
-    return builtins.__import__ is _guarded_import
+    """The guard is on (its `wait` is called), `builtins.__import__` being ours or one
+    wrapped over ours."""
+    return _wait is not _no_wait and _import_chained
 
 
 def _guarded_import(name: str, globals: Any = None, locals: Any = None,
