@@ -362,3 +362,29 @@ def test_a_second_install_under_a_foreign_import_wrapper_guards_without_recursio
         print("ok")
     """, cwd=tmp_path)
     assert out == "ok\n"
+
+
+def test_the_data_packages_dependencies_beside_them_on_pythonpath_wait_too(tmp_path):
+    # an LCG view on CVMFS, `pip install --target`: hist with boost_histogram beside it,
+    # neither in site-packages; a thread importing boost_histogram while the warm-up
+    # imports hist would load it beside the warm-up
+    view = tmp_path / "view"
+    for name, code in (("datapkg", "import deppkg\n"), ("deppkg", "X = 1\n")):
+        (view / name).mkdir(parents=True)
+        (view / name / "__init__.py").write_text(code)
+    out = run("""
+        import os, sys
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        sys.path.insert(0, "view")  # (as PYTHONPATH puts it)
+        from pyproof.actors import import_guard, warmup
+        assert not import_guard._within_reach("deppkg")
+        thread = warmup.start_warmup(("datapkg",))
+        assert import_guard._within_reach("deppkg")
+        assert not import_guard._within_reach("pyproof")
+        import deppkg  # waits for the warm-up (its 1 s delay, then datapkg, deppkg)
+        assert not warmup.warming_up()
+        thread.join(30)
+        assert "datapkg" in sys.modules and not thread.is_alive()
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"

@@ -21,13 +21,15 @@ selector loader and our lazy names call) with a check, made before the real impo
   on another thread): if its top-level package is within the warm-up's reach, the call
   waits for the warm-up (at most until its deadline, one for the whole warm-up:
   actors/warmup.py `wait_warmup`), then imports. Within reach is anything
-  found in the interpreter's library or site-packages directories (or built in), and
-  the warm-up's own packages wherever they are: whatever the warm-up may import (the
-  standard library too: some of its packages import each other in cycles, and which of
-  them the data packages import is not known beforehand). Beyond it are pyproof itself
-  (no data package imports it) and the user's own modules (a selector's, sent or on its
-  `sys_path`, a package's): they load at once, and an import of a data module inside
-  them waits there, at its own `import` line.
+  found in the interpreter's library or site-packages directories (or built in), in
+  a directory holding one of the warm-up's own packages (PYTHONPATH's: an LCG view, where
+  their dependencies are too), and the warm-up's own packages wherever they are:
+  whatever the warm-up may import (the standard library too: some of its packages
+  import each other in cycles, and which of them the data packages import is not known
+  beforehand). Beyond it are pyproof itself (no data package imports it) and the user's
+  own modules (a selector's, sent or on its `sys_path`, a package's): they load at
+  once, and an import of a data module inside them waits there, at its own `import`
+  line.
 - The warm-up thread itself never waits; once it ends, `uninstall` puts the originals
   back, and imports cost nothing more than before.
 
@@ -97,6 +99,7 @@ _wait: Callable[[], None] = _no_wait  # what a guarded import that may load call
 _lock = threading.Lock()
 _reach: dict[str, bool] = {}  # top-level name -> within the warm-up's reach
 _library_dirs: tuple[str, ...] | None = None
+_warmup_dirs: list[str] = []  # the directories holding the warm-up's modules (`_libraries`)
 _MISSING = object()
 _local = threading.local()  # .classifying: this thread is in `_find_within_reach`
 
@@ -107,16 +110,23 @@ def install(wait: Callable[[], None], exempt: int | None = None,
     warm-up's reach calls `wait()` first, on every thread but `exempt` (a thread id: the
     warm-up's, `exempt_this_thread`). `within`: top-level names within reach wherever
     they are found (the warm-up's own modules: installed for development, say, outside
-    site-packages).
+    site-packages), and so is everything in the directories holding them (on PYTHONPATH,
+    say, with their dependencies: `_libraries`).
 
     Our functions go in only where they are not in the chain already: one that someone
     wrapped over ours (a debugger's import hook) survives `uninstall`, and calls ours;
     taking that wrapper for the original would make ours call it, and it ours, forever.
     A second install then only sets the state."""
-    global _original_import, _original_import_module, _wait, _exempt
+    global _original_import, _original_import_module, _wait, _exempt, _library_dirs
     global _import_chained, _import_module_chained
     with _lock:
         _wait, _exempt = wait, exempt
+        dirs = [d for name in within for d in _holding_dirs(name.partition(".")[0])]
+        if set(dirs) - set(_warmup_dirs):
+            _warmup_dirs.extend(d for d in dict.fromkeys(dirs) if d not in _warmup_dirs)
+            _library_dirs = None
+            for name in [name for name, known in _reach.items() if not known]:
+                del _reach[name]  # (judged without these)
         _reach.update(dict.fromkeys(within, True))
         if builtins.__import__ is _guarded_import:
             _import_chained = True
@@ -276,32 +286,57 @@ def _find_within_reach(top: str) -> bool:
         return False  # no data package imports pyproof
     if top in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(top):
         return True  # the interpreter's own
-    module = sys.modules.get(top)
-    spec = getattr(module, "__dict__", {}).get("__spec__")  # (one being imported, say)
-    if spec is None:
-        _local.classifying = True  # a path hook that imports (first look at a directory)
-        try:
-            spec = importlib.machinery.PathFinder.find_spec(top)  # (top-level: no parent)
-        finally:
-            _local.classifying = False
+    spec = _spec(top)
     if spec is None:
         return False  # not found: the import fails, loading nothing
-    places = [spec.origin] if spec.has_location and spec.origin else []
-    places += list(spec.submodule_search_locations or ())
+    places = _places(spec)
     if not places:
         return True  # nowhere to judge it by: within reach, to be safe
     dirs = _libraries()
     return any(os.path.realpath(place).startswith(dirs) for place in places)
 
 
+def _spec(top: str) -> Any:
+    """Top-level `top`'s spec: its module's, if in `sys.modules` (one being imported,
+    say), else importlib's path finder's (nothing imported, no meta-path finder run)."""
+    spec = getattr(sys.modules.get(top), "__dict__", {}).get("__spec__")
+    if spec is None:
+        _local.classifying = True  # a path hook that imports (first look at a directory)
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(top)  # (top-level: no parent)
+        finally:
+            _local.classifying = False
+    return spec
+
+
+def _places(spec: Any) -> list[str]:
+    places = [spec.origin] if spec.has_location and spec.origin else []
+    return places + list(spec.submodule_search_locations or ())
+
+
+def _holding_dirs(name: str) -> list[str]:
+    """The directories holding top-level `name` (the parent of a package's directory, the
+    directory of a module's file), found without importing it."""
+    spec = _spec(name)
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [os.path.dirname(os.path.realpath(p)) for p in spec.submodule_search_locations]
+    return [os.path.dirname(os.path.realpath(p)) for p in _places(spec)]
+
+
 def _libraries() -> tuple[str, ...]:
     """The interpreter's library and site-packages directories (with a trailing
-    separator), where whatever the data packages import comes from."""
+    separator), where whatever the data packages import comes from; and the directories
+    holding the warm-up's own packages (`install`'s `within`): PYTHONPATH's (an LCG view
+    on CVMFS, `pip install --target`), where their dependencies are installed beside
+    them (hist's boost_histogram, awkward's awkward_cpp, uproot's fsspec)."""
     global _library_dirs
     if _library_dirs is None:
         dirs = [os.path.dirname(os.__file__)]  # the standard library (lib-dynload below)
         dirs += site.getsitepackages() if hasattr(site, "getsitepackages") else []
         if site.ENABLE_USER_SITE:
             dirs.append(site.getusersitepackages())
+        dirs += _warmup_dirs
         _library_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
     return _library_dirs
