@@ -310,6 +310,7 @@ def test_a_stuck_warm_up_is_waited_for_once_until_its_deadline_then_the_guard_is
         import os, sys, time
         os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1000")  # stuck
         import structlog.testing
+        import pyproof.logs  # (loaded in an actor: the warning goes there)
         from pyproof.actors import import_guard, warmup
         warmup.WARMUP_WAIT = 2.0
         assert not {"sched", "graphlib", "xml", "netrc", "filecmp"} & set(sys.modules)

@@ -195,11 +195,15 @@ def _give_up() -> None:
             return
         _gave_up = True
     import_guard.uninstall()
-    from pyproof.logs import get_logger  # (not at the top: see `_import_structlog_without_rich`)
-
-    get_logger().warning("warmup_overdue", waited=WARMUP_WAIT, importing=_importing,
-                         not_loaded=[name for name in _modules if not import_guard.ready(name)],
-                         consequence="imports no longer wait for the warm-up")
+    fields = {"waited": WARMUP_WAIT, "importing": _importing,
+              "not_loaded": [name for name in _modules if not import_guard.ready(name)],
+              "consequence": "imports no longer wait for the warm-up"}
+    # no import here: the stuck warm-up holds module locks (an actor has its log loaded)
+    logs = sys.modules.get("pyproof.logs")
+    if logs is not None and hasattr(logs, "get_logger"):
+        logs.get_logger().warning("warmup_overdue", **fields)
+    else:
+        print(f"pyproof: warmup_overdue {fields}", file=sys.stderr)
 
 
 def _forget_warmup() -> None:
