@@ -389,3 +389,30 @@ def test_the_data_packages_dependencies_beside_them_on_pythonpath_wait_too(tmp_p
         print("ok")
     """, cwd=tmp_path)
     assert out == "ok\n"
+
+
+def test_a_fork_waits_for_the_warm_up_before_other_fork_hooks_take_their_locks(tmp_path):
+    # os.fork runs `before` hooks latest registered first: logging's (it takes its module
+    # lock) registered after the warm-up's hook held that lock while the fork waited, and
+    # the warm-up, at concurrent.futures' logging.getLogger, waited for it: until the
+    # deadline, and the fork then came mid warm-up after all
+    out = run("""
+        import os, sys, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import warmup
+        warmup.WARMUP_WAIT = 30.0
+        assert "logging" not in sys.modules and "concurrent.futures" not in sys.modules
+        import logging  # registers its fork hook after warmup.py is imported
+        t0 = time.monotonic()
+        thread = warmup.start_warmup(("concurrent.futures",))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        took = time.monotonic() - t0
+        os.waitpid(pid, 0)
+        assert 1 <= took < 15, took  # (the warm-up's 1 s; held back: the 30 s deadline)
+        assert "concurrent.futures" in sys.modules
+        thread.join(30)
+        print("ok")
+    """, cwd=tmp_path, timeout=90)
+    assert out == "ok\n"

@@ -208,18 +208,38 @@ def _give_up() -> None:
 
 def _forget_warmup() -> None:
     """In a child forked from this process: no warm-up thread came along, so neither do
-    its guard nor its wait."""
+    its guard nor its wait.
+
+    The child keeps `sys.modules` as it is. After the fork waited for the warm-up
+    (`_hook_forks`) nothing is half made in it, unless the warm-up was past its deadline
+    (stuck): its modules still initializing are then in the child too, their module locks
+    held by a thread it has not got, and an import of them there hangs. Dropping them
+    from `sys.modules` would not help, and is not safe: a new import of one takes the same
+    lock (importlib keeps it by name); modules that bound the half-made one keep it, beside
+    a second copy; and an extension module (numpy's) cannot be initialized twice in a
+    process. A stuck warm-up is reported in the parent (`_give_up`)."""
     global _warmup
     _warmup = None
     import_guard.uninstall()
     _done.set()
 
 
-# A fork (a selector's multiprocessing, say) during the warm-up waits for it first: the
-# child would otherwise inherit the module locks the warm-up thread holds, never released
-# there (an import of those modules would hang), and a guard waiting for a thread it has
-# not got.
-os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
+def _hook_forks() -> None:
+    """A fork (a selector's multiprocessing, say) during the warm-up waits for it first:
+    the child would otherwise inherit the module locks the warm-up thread holds, never
+    released there (an import of those modules would hang), and a guard waiting for a
+    thread it has not got.
+
+    Registered as each warm-up starts, not as this module is imported: `os.fork` runs the
+    `before` hooks latest registered first, and one registered after ours may take a lock
+    the warm-up needs (logging's module lock, taken by `logging.getLogger`, which many
+    modules call at import) and hold it while ours waits: the warm-up then stands still
+    until its deadline, and the fork happens in the middle of it after all. Hooks that
+    the warm-up's own imports register (logging's, if it was not loaded) still run first:
+    such a fork waits until the deadline at worst. (Each start adds a hook: a process
+    starts one warm-up, another only if one failed; a hook with none running returns at
+    once.)"""
+    os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
 
 
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
@@ -272,6 +292,7 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
     _warmup = thread
     _modules, _gave_up = modules, False
     _deadline = time.monotonic() + WARMUP_WAIT
+    _hook_forks()
     _done.clear()
     import_guard.install(wait_warmup, within=modules)
     thread.start()
