@@ -270,6 +270,27 @@ def test_a_data_thread_waiting_for_the_warm_up_at_an_import_is_not_found_stuck(t
     assert out == "ok\n"
 
 
+def test_a_data_thread_silent_beyond_a_stuck_warm_ups_deadline_is_found_stuck(tmp_path):
+    # no import waits past the deadline (wait_warmup): silence after it is the thread's
+    out = run("""
+        import os, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1000")  # stuck
+        from pyproof.actors import warmup
+        from pyproof.actors.thread_beats import ThreadBeats
+        warmup.WARMUP_WAIT = 1.0
+        beats = ThreadBeats()
+        thread = warmup.start_warmup(("graphlib",))
+        beats.stamp()
+        while time.monotonic() < warmup._deadline + 1.0:
+            time.sleep(0.1)
+        assert thread.is_alive() and warmup.warming_up()
+        stuck = beats.stuck(time.monotonic(), bound=0.5, max_busy=0)
+        assert [s.name for s in stuck] == ["MainThread"], stuck
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
 def test_an_import_from_inside_a_meta_path_finder_does_not_stop_the_warm_up(tmp_path):
     # importlib runs each sys.meta_path finder under its global import lock, and some
     # import there (setuptools' DistutilsMetaFinder imports setuptools when distutils is

@@ -159,8 +159,10 @@ def warming_up() -> bool:
 def silence_excused_until() -> float:
     """Monotonic time before which a data thread's silence is not held against it
     (thread_beats): now while the warm-up runs (a thread may be waiting for it at an
-    import, see actors/import_guard.py: not stuck), else when it ended."""
-    return time.monotonic() if not _done.is_set() else _ended_at
+    import, see actors/import_guard.py: not stuck), else when it ended; never past its
+    deadline (`wait_warmup`: no import waits longer), so a thread silent beyond it is
+    found stuck though the warm-up never ends."""
+    return min(time.monotonic(), _deadline) if not _done.is_set() else _ended_at
 
 
 def started_warmup() -> bool:
