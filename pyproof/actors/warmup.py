@@ -257,12 +257,10 @@ def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
 
 def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
     """Start importing `modules` on a daemon thread, with the import guard on until it
-    ends (nothing with PYPROOF_WARMUP=0, or when all of them are loaded already)."""
+    ends (nothing with PYPROOF_WARMUP=0, when all of them are loaded already, or while
+    one runs). Any thread may call it: one warm-up at a time (`_state_lock`)."""
     global _warmup, _modules, _gave_up, _deadline
-    if os.environ.get("PYPROOF_WARMUP", "1") == "0" or not _done.is_set():
-        return None
-    modules = tuple(name for name in modules if not import_guard.ready(name))
-    if not modules:
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
         return None
     delay = float(os.environ.get(DELAY_ENV) or 0) \
         if os.environ.get("PYPROOF_TEST_HOOKS") == "1" else 0.0
@@ -290,12 +288,18 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
             _ended_at = time.monotonic()
             _done.set()
 
-    thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
-    _warmup = thread
-    _modules, _gave_up = modules, False
-    _deadline = time.monotonic() + WARMUP_WAIT
-    _hook_forks()
-    _done.clear()
-    import_guard.install(wait_warmup, within=modules)
+    with _state_lock:  # (the check and the clear at once: no second warm-up beside)
+        if not _done.is_set():
+            return None
+        modules = tuple(name for name in modules if not import_guard.ready(name))
+        if not modules:
+            return None
+        thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
+        _warmup = thread
+        _modules, _gave_up = modules, False
+        _deadline = time.monotonic() + WARMUP_WAIT
+        _hook_forks()
+        _done.clear()
+        import_guard.install(wait_warmup, within=modules)
     thread.start()
     return thread
