@@ -438,3 +438,32 @@ def test_a_fork_waits_for_the_warm_up_before_other_fork_hooks_take_their_locks(t
         print("ok")
     """, cwd=tmp_path, timeout=90)
     assert out == "ok\n"
+
+
+def test_a_path_hook_that_imports_while_the_guard_looks_for_a_name_neither_waits_nor_recurses(
+        tmp_path):
+    # the guard judges a name with importlib's path finder, which asks sys.path_hooks
+    # about a directory it has not seen; a hook may import (a not-loaded standard module)
+    (tmp_path / "hooked").mkdir()
+    (tmp_path / "hooked" / "usermod2.py").write_text("X = 2\n")
+    out = run("""
+        import os, sys, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import warmup
+        asked = []
+
+        def hook(entry):
+            if entry.endswith("hooked") and not asked:  # (its own import asks it again)
+                asked.append(entry)
+                import graphlib  # not loaded, within reach
+            raise ImportError  # (the next hook, FileFinder's, takes the directory)
+
+        sys.path_hooks.insert(0, hook)
+        thread = warmup.start_warmup(("colorsys",))
+        sys.path.insert(0, os.path.abspath("hooked"))  # (a directory not seen yet)
+        import usermod2  # the user's: no wait; the hook's import: no wait either
+        assert warmup.warming_up() and len(asked) == 1 and "graphlib" in sys.modules
+        thread.join(30)
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"

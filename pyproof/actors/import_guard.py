@@ -173,8 +173,7 @@ def installed() -> bool:
 def _guarded_import(name: str, globals: Any = None, locals: Any = None,
                     fromlist: Any = (), level: int = 0) -> Any:
     wait = _wait
-    if wait is not _no_wait and threading.get_ident() != _exempt \
-            and not getattr(_local, "classifying", False):
+    if wait is not _no_wait and threading.get_ident() != _exempt:
         try:
             loads = _would_load(_absolute(name, globals, level), fromlist)
         except Exception:  # noqa: BLE001 (not understood: wait, to be safe)
@@ -186,8 +185,7 @@ def _guarded_import(name: str, globals: Any = None, locals: Any = None,
 
 def _guarded_import_module(name: str, package: str | None = None) -> Any:
     wait = _wait
-    if wait is not _no_wait and threading.get_ident() != _exempt \
-            and not getattr(_local, "classifying", False):
+    if wait is not _no_wait and threading.get_ident() != _exempt:
         try:
             loads = _would_load(importlib.util.resolve_name(name, package)
                                 if name.startswith(".") else name, ())
@@ -271,6 +269,8 @@ def _would_load(name: str, fromlist: Any) -> bool:
 def _within_reach(top: str) -> bool:
     known = _reach.get(top)
     if known is None:
+        if getattr(_local, "classifying", False):
+            return False  # (a path hook's import while we look: no wait, no recursion)
         known = _find_within_reach(top)
         if known or top in sys.modules or top == "pyproof":
             _reach[top] = known  # (one not found yet may be found later: asked again)
