@@ -66,7 +66,8 @@ imports start (none of the data packages does) is guarded like any other.
 
 An actor thread that waits here is not taken for hung by its supervisor's watchdog: the
 warm-up thread uses CPU meanwhile, so the process counts as busy (supervision/watchdog.py);
-the master's watched data threads are excused while a warm-up runs (thread_beats.py).
+the master's watched data threads are excused while a warm-up runs, until its deadline
+(thread_beats.py).
 """
 
 from __future__ import annotations
