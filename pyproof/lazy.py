@@ -52,6 +52,9 @@ def loaded(name: str) -> Any:
     attribute 'ndarray'"), and no value of its types exists yet either.
     """
     module = sys.modules.get(name)
-    if module is None or getattr(vars(module).get("__spec__"), "_initializing", False):
+    # (its own __dict__: a module's __getattr__ is not asked; an object that some
+    # package put in sys.modules may have none)
+    spec = getattr(module, "__dict__", {}).get("__spec__")
+    if module is None or getattr(spec, "_initializing", False):
         return None
     return module

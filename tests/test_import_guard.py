@@ -251,7 +251,7 @@ def test_a_data_thread_waiting_for_the_warm_up_at_an_import_is_not_found_stuck(t
     # warm-up (seconds on a loaded machine) is not a deadlock; silence counts from its end
     out = run("""
         import os, time
-        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="3")
         from pyproof.actors import warmup
         from pyproof.actors.thread_beats import ThreadBeats
         beats = ThreadBeats()
@@ -261,9 +261,209 @@ def test_a_data_thread_waiting_for_the_warm_up_at_an_import_is_not_found_stuck(t
         time.sleep(0.3)
         assert beats.stuck(time.monotonic(), bound=0.1) == []
         thread.join(30)
-        assert beats.stuck(time.monotonic(), bound=0.5) == []
-        time.sleep(0.6)
-        assert [s.name for s in beats.stuck(time.monotonic(), bound=0.5)] == ["MainThread"]
+        ended = warmup.silence_excused_until()  # (its end: the clock passed explicitly)
+        assert beats.stuck(ended + 0.4, bound=0.5, max_busy=0) == []
+        stuck = beats.stuck(ended + 0.6, bound=0.5, max_busy=0)
+        assert [s.name for s in stuck] == ["MainThread"]
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
+def test_a_data_thread_silent_beyond_a_stuck_warm_ups_deadline_is_found_stuck(tmp_path):
+    # no import waits past the deadline (wait_warmup): silence after it is the thread's
+    out = run("""
+        import os, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1000")  # stuck
+        from pyproof.actors import warmup
+        from pyproof.actors.thread_beats import ThreadBeats
+        warmup.WARMUP_WAIT = 1.0
+        beats = ThreadBeats()
+        thread = warmup.start_warmup(("graphlib",))
+        beats.stamp()
+        while time.monotonic() < warmup._deadline + 1.0:
+            time.sleep(0.1)
+        assert thread.is_alive() and warmup.warming_up()
+        stuck = beats.stuck(time.monotonic(), bound=0.5, max_busy=0)
+        assert [s.name for s in stuck] == ["MainThread"], stuck
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
+def test_an_import_from_inside_a_meta_path_finder_does_not_stop_the_warm_up(tmp_path):
+    # importlib runs each sys.meta_path finder under its global import lock, and some
+    # import there (setuptools' DistutilsMetaFinder imports setuptools when distutils is
+    # imported). The guard neither runs the finders to judge a name (a nested import would
+    # wait holding that lock) nor waits in an import nested inside one: the warm-up, whose
+    # next import takes that lock, would stand still until the bound (120 s)
+    (tmp_path / "usermod.py").write_text("X = 1\n")
+    out = run("""
+        import faulthandler, os, sys, threading, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        faulthandler.dump_traceback_later(60, exit=True)  # a hang fails, with its stacks
+        sys.path.insert(0, ".")
+        from pyproof.actors import import_guard, warmup
+
+        class ImportingFinder:  # as setuptools' DistutilsMetaFinder does for distutils
+            def find_spec(self, name, path=None, target=None):
+                if name in ("usermod", "colorsys"):
+                    import graphlib  # not loaded, within reach, under the import lock
+                return None
+
+        sys.meta_path.insert(0, ImportingFinder())
+        t0 = time.monotonic()
+        thread = warmup.start_warmup(("colorsys", "filecmp"))
+        import usermod  # the user's: no wait; the finder's nested import: no wait
+        assert "graphlib" in sys.modules and warmup.warming_up()
+        thread.join(60)
+        assert not thread.is_alive() and "filecmp" in sys.modules
+        assert time.monotonic() - t0 < 30  # (about 2 s: the warm-up's two delays)
+        print("ok")
+    """, cwd=tmp_path, timeout=90)
+    assert out == "ok\n"
+
+
+def test_a_stuck_warm_up_is_waited_for_once_until_its_deadline_then_the_guard_is_off(
+        tmp_path):
+    # one deadline per warm-up, not a bound per import: else every module an import
+    # loads (xml.dom.minidom: nine) would wait the whole bound again, nested ones too
+    out = run("""
+        import os, sys, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1000")  # stuck
+        import structlog.testing
+        import pyproof.logs  # (loaded in an actor: the warning goes there)
+        from pyproof.actors import import_guard, warmup
+        warmup.WARMUP_WAIT = 2.0
+        assert not {"sched", "graphlib", "xml", "netrc", "filecmp"} & set(sys.modules)
+        thread = warmup.start_warmup(("sched", "graphlib"))
+        t0 = time.monotonic()
+        with structlog.testing.capture_logs() as logs:
+            import xml.dom.minidom
+            took = time.monotonic() - t0
+            import netrc, filecmp
+        assert 1.5 < took < 10, took  # (the bound once: 2 s; per import: 18 s or more)
+        assert thread.is_alive() and not import_guard.installed()
+        assert [(e["event"], e["log_level"], e["importing"], e["not_loaded"]) for e in logs] \\
+            == [("warmup_overdue", "warning", "sched", ["sched", "graphlib"])], logs
+        print("ok")
+    """, cwd=tmp_path, timeout=90)
+    assert out == "ok\n"
+
+
+def test_a_second_install_under_a_foreign_import_wrapper_guards_without_recursion(tmp_path):
+    # a debugger's or patcher's __import__ wrapped over the guard survives uninstall
+    # (it calls ours); a second warm-up's install must not take it for the original
+    out = run("""
+        import builtins, importlib, sys
+        from pyproof.actors import import_guard
+        waits = []
+        import_guard.install(lambda: waits.append(1))
+        ours, ours_module = builtins.__import__, importlib.import_module
+
+        def foreign(*args, **kwargs):
+            return ours(*args, **kwargs)
+
+        def foreign_module(*args, **kwargs):
+            return ours_module(*args, **kwargs)
+
+        builtins.__import__, importlib.import_module = foreign, foreign_module
+        import_guard.uninstall()
+        assert builtins.__import__ is foreign and not import_guard.installed()
+        import colorsys  # ours passes it on: no wait
+        assert waits == []
+        import_guard.install(lambda: waits.append(1))  # a second warm-up
+        assert builtins.__import__ is foreign and import_guard.installed()
+        import graphlib
+        assert len(waits) == 1
+        importlib.import_module("netrc")  # (and what it imports: shlex)
+        assert len(waits) >= 2 and {"graphlib", "netrc"} <= set(sys.modules)
+        import_guard.uninstall()
+        waits.clear()
+        import filecmp
+        assert waits == []
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
+def test_the_data_packages_dependencies_beside_them_on_pythonpath_wait_too(tmp_path):
+    # an LCG view on CVMFS, `pip install --target`: hist with boost_histogram beside it,
+    # neither in site-packages; a thread importing boost_histogram while the warm-up
+    # imports hist would load it beside the warm-up
+    view = tmp_path / "view"
+    for name, code in (("datapkg", "import deppkg\n"), ("deppkg", "X = 1\n")):
+        (view / name).mkdir(parents=True)
+        (view / name / "__init__.py").write_text(code)
+    out = run("""
+        import os, sys
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        sys.path.insert(0, "view")  # (as PYTHONPATH puts it)
+        from pyproof.actors import import_guard, warmup
+        assert not import_guard._within_reach("deppkg")
+        thread = warmup.start_warmup(("datapkg",))
+        assert import_guard._within_reach("deppkg")
+        assert not import_guard._within_reach("pyproof")
+        import deppkg  # waits for the warm-up (its 1 s delay, then datapkg, deppkg)
+        assert not warmup.warming_up()
+        thread.join(30)
+        assert "datapkg" in sys.modules and not thread.is_alive()
+        print("ok")
+    """, cwd=tmp_path)
+    assert out == "ok\n"
+
+
+def test_a_fork_waits_for_the_warm_up_before_other_fork_hooks_take_their_locks(tmp_path):
+    # os.fork runs `before` hooks latest registered first: logging's (it takes its module
+    # lock) registered after the warm-up's hook held that lock while the fork waited, and
+    # the warm-up, at concurrent.futures' logging.getLogger, waited for it: until the
+    # deadline, and the fork then came mid warm-up after all
+    out = run("""
+        import os, sys, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import warmup
+        warmup.WARMUP_WAIT = 30.0
+        assert "logging" not in sys.modules and "concurrent.futures" not in sys.modules
+        import logging  # registers its fork hook after warmup.py is imported
+        t0 = time.monotonic()
+        thread = warmup.start_warmup(("concurrent.futures",))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        took = time.monotonic() - t0
+        os.waitpid(pid, 0)
+        assert 1 <= took < 15, took  # (the warm-up's 1 s; held back: the 30 s deadline)
+        assert "concurrent.futures" in sys.modules
+        thread.join(30)
+        print("ok")
+    """, cwd=tmp_path, timeout=90)
+    assert out == "ok\n"
+
+
+def test_a_path_hook_that_imports_while_the_guard_looks_for_a_name_neither_waits_nor_recurses(
+        tmp_path):
+    # the guard judges a name with importlib's path finder, which asks sys.path_hooks
+    # about a directory it has not seen; a hook may import (a not-loaded standard module)
+    (tmp_path / "hooked").mkdir()
+    (tmp_path / "hooked" / "usermod2.py").write_text("X = 2\n")
+    out = run("""
+        import os, sys, time
+        os.environ.update(PYPROOF_TEST_HOOKS="1", PYPROOF_TEST_WARMUP_DELAY="1")
+        from pyproof.actors import warmup
+        asked = []
+
+        def hook(entry):
+            if entry.endswith("hooked") and not asked:  # (its own import asks it again)
+                asked.append(entry)
+                import graphlib  # not loaded, within reach
+            raise ImportError  # (the next hook, FileFinder's, takes the directory)
+
+        sys.path_hooks.insert(0, hook)
+        thread = warmup.start_warmup(("colorsys",))
+        sys.path.insert(0, os.path.abspath("hooked"))  # (a directory not seen yet)
+        import usermod2  # the user's: no wait; the hook's import: no wait either
+        assert warmup.warming_up() and len(asked) == 1 and "graphlib" in sys.modules
+        thread.join(30)
         print("ok")
     """, cwd=tmp_path)
     assert out == "ok\n"

@@ -34,3 +34,17 @@ def test_every_listed_name_of_the_packages_resolves(package) -> None:
     with pytest.raises(AttributeError, match=f"module '{package.__name__}' has no attribute"):
         package.no_such_name  # noqa: B018
     assert sys.modules[package.__name__] is package
+
+
+def test_loaded_takes_an_object_without_a_dict_in_sys_modules_for_loaded(monkeypatch) -> None:
+    # some packages put an object of their own in sys.modules; one with __slots__ has no
+    # __dict__ (and no spec): it is there, whole
+    from pyproof.lazy import loaded
+
+    class Slotted:
+        __slots__ = ("x",)
+
+    stand_in = Slotted()
+    monkeypatch.setitem(sys.modules, "pyproof_test_slotted", stand_in)
+    assert loaded("pyproof_test_slotted") is stand_in
+    assert loaded("pyproof_test_not_there") is None

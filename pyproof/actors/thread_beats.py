@@ -60,7 +60,8 @@ class ThreadBeats:
     def beats(self) -> list[Beat]:
         beats = []
         # a thread waiting for the warm-up at an import (actors/import_guard.py) is not
-        # stuck: no silence counts before it ends (a real deadlock is found once it has)
+        # stuck: no silence counts before it ends, or its deadline passes (a real
+        # deadlock is found once either has)
         excused = silence_excused_until()
         for name, (stamped, active, tid) in dict(self._threads).items():
             stamped = max(stamped, excused)

@@ -162,7 +162,9 @@ def _import_structlog_without_rich() -> None:
                 del sys.modules[name]
 
 
-WARMUP_WAIT = 120.0  # seconds: an import that takes longer is stuck; go on and let it fail
+WARMUP_WAIT = 120.0
+"""Seconds from a warm-up's start after which nothing waits for it any more: one that takes
+longer is stuck; go on and let an import fail (`wait_warmup`)."""
 DELAY_ENV = "PYPROOF_TEST_WARMUP_DELAY"
 """Tests only (with PYPROOF_TEST_HOOKS=1): seconds the warm-up thread sleeps before each
 module it imports, a warm-up slowed at will, to show what waits for it and what not."""
@@ -172,6 +174,11 @@ _done = threading.Event()  # set while no warm-up runs in this process
 _done.set()
 _warmup_ident: int | None = None  # the warm-up thread's id (its imports never wait)
 _ended_at = 0.0  # when the last warm-up ended (monotonic)
+_deadline = 0.0  # when nothing waits for the running warm-up any more (monotonic)
+_gave_up = False  # the running warm-up is past its deadline: its guard is off
+_modules: tuple[str, ...] = ()  # what the running warm-up imports
+_importing: str | None = None  # the module it is importing now
+_state_lock = threading.Lock()
 
 
 def warming_up() -> bool:
@@ -182,8 +189,10 @@ def warming_up() -> bool:
 def silence_excused_until() -> float:
     """Monotonic time before which a data thread's silence is not held against it
     (thread_beats): now while the warm-up runs (a thread may be waiting for it at an
-    import, see actors/import_guard.py: not stuck), else when it ended."""
-    return time.monotonic() if not _done.is_set() else _ended_at
+    import, see actors/import_guard.py: not stuck), else when it ended; never past its
+    deadline (`wait_warmup`: no import waits longer), so a thread silent beyond it is
+    found stuck though the warm-up never ends."""
+    return min(time.monotonic(), _deadline) if not _done.is_set() else _ended_at
 
 
 def started_warmup() -> bool:
@@ -191,27 +200,78 @@ def started_warmup() -> bool:
     return _warmup is not None
 
 
-def wait_warmup(timeout: float = WARMUP_WAIT) -> None:
+def wait_warmup() -> None:
     """Return once this process's warm-up imports are done (at once if none runs, and on
-    the warm-up thread itself). The import guard calls it; so does `load_data_modules`."""
-    if not _done.is_set() and threading.get_ident() != _warmup_ident:
-        _done.wait(timeout)
+    the warm-up thread itself), or once its deadline has passed. The import guard calls
+    it; so do `load_data_modules` and a fork.
+
+    One deadline for the whole warm-up (`WARMUP_WAIT` after it started), not a bound per
+    wait: a warm-up that is stuck would otherwise make every later import that loads
+    anything wait the full bound again, each nested one too. Once it has passed, nothing
+    waits any more: the guard is removed, and a warning names what is still importing
+    (`_give_up`)."""
+    if _done.is_set() or threading.get_ident() == _warmup_ident:
+        return
+    left = _deadline - time.monotonic()
+    if left > 0 and _done.wait(left):
+        return
+    _give_up()
+
+
+def _give_up() -> None:
+    """The warm-up is past its deadline (stuck, or a machine far too loaded): remove the
+    guard, so that no import waits for it any more, and say so, once."""
+    global _gave_up
+    with _state_lock:
+        if _gave_up or _done.is_set():
+            return
+        _gave_up = True
+    import_guard.uninstall()
+    fields = {"waited": WARMUP_WAIT, "importing": _importing,
+              "not_loaded": [name for name in _modules if not import_guard.ready(name)],
+              "consequence": "imports no longer wait for the warm-up"}
+    # no import here: the stuck warm-up holds module locks (an actor has its log loaded)
+    logs = sys.modules.get("pyproof.logs")
+    if logs is not None and hasattr(logs, "get_logger"):
+        logs.get_logger().warning("warmup_overdue", **fields)
+    else:
+        print(f"pyproof: warmup_overdue {fields}", file=sys.stderr)
 
 
 def _forget_warmup() -> None:
     """In a child forked from this process: no warm-up thread came along, so neither do
-    its guard nor its wait."""
+    its guard nor its wait.
+
+    The child keeps `sys.modules` as it is. After the fork waited for the warm-up
+    (`_hook_forks`) nothing is half made in it, unless the warm-up was past its deadline
+    (stuck): its modules still initializing are then in the child too, their module locks
+    held by a thread it has not got, and an import of them there hangs. Dropping them
+    from `sys.modules` would not help, and is not safe: a new import of one takes the same
+    lock (importlib keeps it by name); modules that bound the half-made one keep it, beside
+    a second copy; and an extension module (numpy's) cannot be initialized twice in a
+    process. A stuck warm-up is reported in the parent (`_give_up`)."""
     global _warmup
     _warmup = None
     import_guard.uninstall()
     _done.set()
 
 
-# A fork (a selector's multiprocessing, say) during the warm-up waits for it first: the
-# child would otherwise inherit the module locks the warm-up thread holds, never released
-# there (an import of those modules would hang), and a guard waiting for a thread it has
-# not got.
-os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
+def _hook_forks() -> None:
+    """A fork (a selector's multiprocessing, say) during the warm-up waits for it first:
+    the child would otherwise inherit the module locks the warm-up thread holds, never
+    released there (an import of those modules would hang), and a guard waiting for a
+    thread it has not got.
+
+    Registered as each warm-up starts, not as this module is imported: `os.fork` runs the
+    `before` hooks latest registered first, and one registered after ours may take a lock
+    the warm-up needs (logging's module lock, taken by `logging.getLogger`, which many
+    modules call at import) and hold it while ours waits: the warm-up then stands still
+    until its deadline, and the fork happens in the middle of it after all. Hooks that
+    the warm-up's own imports register (logging's, if it was not loaded) still run first:
+    such a fork waits until the deadline at worst. (Each start adds a hook: a process
+    starts one warm-up, another only if one failed; a hook with none running returns at
+    once.)"""
+    os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
 
 
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
@@ -227,18 +287,16 @@ def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
 
 def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | None:
     """Start importing `modules` on a daemon thread, with the import guard on until it
-    ends (nothing with PYPROOF_WARMUP=0, or when all of them are loaded already)."""
-    global _warmup
-    if os.environ.get("PYPROOF_WARMUP", "1") == "0" or not _done.is_set():
-        return None
-    modules = tuple(name for name in modules if not import_guard.ready(name))
-    if not modules:
+    ends (nothing with PYPROOF_WARMUP=0, when all of them are loaded already, or while
+    one runs). Any thread may call it: one warm-up at a time (`_state_lock`)."""
+    global _warmup, _modules, _gave_up, _deadline
+    if os.environ.get("PYPROOF_WARMUP", "1") == "0":
         return None
     delay = float(os.environ.get(DELAY_ENV) or 0) \
         if os.environ.get("PYPROOF_TEST_HOOKS") == "1" else 0.0
 
     def run() -> None:
-        global _warmup_ident, _ended_at
+        global _warmup_ident, _ended_at, _importing
         _warmup_ident = threading.get_ident()  # first: before this thread imports anything
         import_guard.exempt_this_thread()
         try:
@@ -247,6 +305,7 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
             for name in modules:
+                _importing = name
                 if delay:
                     time.sleep(delay)
                 try:
@@ -254,13 +313,23 @@ def start_warmup(modules: tuple[str, ...] = DATA_MODULES) -> threading.Thread | 
                 except Exception:  # noqa: BLE001 (the real import, later, reports it)
                     return
         finally:
+            _importing = None
             import_guard.uninstall()
             _ended_at = time.monotonic()
             _done.set()
 
-    thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
-    _warmup = thread
-    _done.clear()
-    import_guard.install(wait_warmup, within=modules)
+    with _state_lock:  # (the check and the clear at once: no second warm-up beside)
+        if not _done.is_set():
+            return None
+        modules = tuple(name for name in modules if not import_guard.ready(name))
+        if not modules:
+            return None
+        thread = threading.Thread(target=run, name="pyproof-warmup", daemon=True)
+        _warmup = thread
+        _modules, _gave_up = modules, False
+        _deadline = time.monotonic() + WARMUP_WAIT
+        _hook_forks()
+        _done.clear()
+        import_guard.install(wait_warmup, within=modules)
     thread.start()
     return thread
