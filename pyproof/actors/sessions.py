@@ -436,8 +436,6 @@ class SessionSupervisor(SupervisorActor):
         self.selector_deaths = RestartWindow(SELECTOR_DEATHS, SELECTOR_DEATHS_PERIOD)
         self.next_worker = 0  # the index of the next worker added on the fly
         self.master_seen = False  # a master started: the next start is a restart
-        # children started before the session was announced, not in the registry yet
-        self.unrecorded: dict[str, Proc] = {}
         self.adding: dict[str, dict[str, Any]] = {}  # add request corr -> its progress
         self.once = Once()  # adds by the client's request id (a retry adds nothing)
         # requests passed to the master lately: (when, (message, sender)); if it dies (a
@@ -613,12 +611,6 @@ class SessionSupervisor(SupervisorActor):
 
     def on_running(self) -> None:
         assert self.request is not None
-        # the children's rows: one transaction, not one per child before the next child's
-        # Started is even read (and before the announce: Thespian sends it once this
-        # handler returns, if it needs a new connection)
-        unrecorded, self.unrecorded = self.unrecorded, {}
-        if unrecorded and self.registry is not None:
-            self.registry.set_children(self.request.session_id, unrecorded)
         self._announce(self.request.corr, self.request.reply_to)
         for resend in self.pending_resends:
             self._announce(resend.corr, resend.reply_to)
@@ -675,11 +667,10 @@ class SessionSupervisor(SupervisorActor):
 
     def on_child_started(self, child_id: str, ref: Any, pid: int, info: dict) -> None:
         if self.registry is not None and self.request is not None:
-            proc = Proc(pid=pid, start=start_time(pid) or 0)
-            if self._announced:
-                self.registry.set_child(self.request.session_id, child_id, proc)
-            else:  # written together once every child started (on_running)
-                self.unrecorded[child_id] = proc
+            # at once, not batched until every child started: if this supervisor dies
+            # before then, the daemon's clean-up finds the children it had only here
+            self.registry.set_child(self.request.session_id, child_id,
+                                    Proc(pid=pid, start=start_time(pid) or 0))
         self.send(ref, m.WarmUp())  # its Started came: see m.WarmUp
         master = self.refs.get("master")
         if child_id.startswith("worker-") and master is not None:
@@ -697,7 +688,6 @@ class SessionSupervisor(SupervisorActor):
                     session_id=self.request.session_id, master=ref))
 
     def on_child_exited(self, child_id: str, pid: int | None, reason: str) -> None:
-        self.unrecorded.pop(child_id, None)
         if child_id == "master" and self.request is not None:
             now = time.monotonic()
             forwarded, self.forwarded = self.forwarded, deque(maxlen=FORWARDED_KEPT)
