@@ -291,3 +291,51 @@ def test_the_gateway_says_it_started_before_it_starts_most_of_its_threads(tmp_pa
         assert len(actor.server.pool._threads) == g.CONTEXTS
     finally:
         actor.server.close()
+
+
+def test_a_worker_sends_started_before_it_starts_its_query_thread_and_watch(
+        tmp_path, monkeypatch) -> None:
+    # Thespian sends a message once the handler returns: the query thread (it takes the GIL)
+    # and the watch's dial (it waits for the master's handshake) held a worker's Started
+    # up by 5-10 ms, the last step of a session's start; they come on WarmUp (or a query, or
+    # a wake-up soon after, at the latest)
+    from datetime import timedelta
+
+    from thespian.actors import WakeupMessage
+
+    from pyproof.actors import worker as w
+    from pyproof.actors.trees import master_address
+
+    monkeypatch.setenv("PYPROOF_IN_WORKER", "")  # the handler sets it: restored after
+    monkeypatch.setattr(w, "lead_process_group", lambda: None)  # not pytest's process
+    monkeypatch.setattr(w, "capture_worker_output", lambda: None)
+    monkeypatch.setattr(w, "start_warmup", lambda: None)
+    wakeups: list = []
+
+    def shell() -> Any:
+        actor = w.Worker()
+        actor.send = lambda to, message: sent.append((to, message))  # type: ignore
+        actor.start_log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        actor.wakeupAfter = lambda delay, payload=None: wakeups.append(payload)  # type: ignore
+        return actor
+
+    address = master_address(str(tmp_path), "s1")
+    start = m.WorkerStart(session_id="s1", worker_id="worker-0", packet_address=address,
+                          log_dir=str(tmp_path))
+    for trigger in (m.WarmUp(), WakeupMessage(timedelta(seconds=w.SERVE_AFTER),
+                                              payload=w.SERVE)):
+        sent: list = []
+        actor = shell()
+        actor.receive(start, "session")
+        try:
+            assert [type(msg) for _, msg in sent] == [m.Started]
+            assert actor.runner is None and actor.watch is None  # not yet: Started goes first
+            assert wakeups[-1] == w.SERVE  # at the latest then, if no WarmUp or query comes
+            actor.receive(trigger, "session")
+            assert actor.runner is not None and actor.runner.is_alive()
+            assert actor.watch is not None  # and it watches its master for queries
+            runner = actor.runner
+            actor.receive(m.WarmUp(), "session")  # once: no second thread
+            assert actor.runner is runner
+        finally:
+            actor._exit()

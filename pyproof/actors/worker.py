@@ -17,6 +17,12 @@ once. A watch that is not answered in time (the connection broke, an answer
 was lost) is made afresh, asking for every query: none is missed. A worker on
 another host (dialling its host's tunnel) does not watch: its host's daemon
 adapts each query's spec to that host and sends RunQuery (hosts.py).
+
+Its query thread and its watch start once its `Started` is out (`_serve`: on its
+supervisor's WarmUp, a query, or SERVE_AFTER at the latest), not in the start
+handler: Thespian sends a message only once the handler returns, and they held
+the send up by 5-10 ms (the thread takes the GIL; the watch's dial waits for the
+master's handshake), the last worker's Started being a lite session's last step.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ WATCH_RESEND_AFTER = 0.05  # seconds; the master is usually listening by then
 # with PYPROOF_TEST_HOOKS=1: seconds each worker waits before it says it started (tests of
 # a session's start, which waits for its slowest worker, not for the sum of their starts)
 START_DELAY_ENV = "PYPROOF_TEST_WORKER_START_DELAY"
+SERVE = "serve"  # the payload of the wake-up that starts the query thread and the watch...
+SERVE_AFTER = 0.05  # ...at the latest this long after the start (if no WarmUp came first)
 
 
 class Worker(ProofActor):
@@ -80,6 +88,7 @@ class Worker(ProofActor):
     supervisor = None
     ended: deque[str] = deque()  # replaced per actor at start
     warming = False  # its warm-up started (m.WarmUp), or a query came first
+    serve_pending = False  # started: the query thread and the watch are due (`_serve`)
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -111,16 +120,16 @@ class Worker(ProofActor):
             if TEST_HOOKS and os.environ.get(START_DELAY_ENV):  # tests: a slow start
                 time.sleep(float(os.environ[START_DELAY_ENV]))
             self.send(sender, m.Started(pid=os.getpid()))
-            # started now, not per query: a query's start is only a hand-over
-            self.runner = threading.Thread(target=self._run_queries, name="queries",
-                                           daemon=True)
-            self.runner.start()
-            if watches_master(self.packet_address):
-                self._watch_again(fresh=True)
-                self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
-        elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
-            self.warming = True
-            start_warmup()  # uproot, awkward, hist: loaded while the session is idle
+            # the query thread and the watch once Started is out (see the module docstring)
+            self.serve_pending = True
+            self.wakeupAfter(timedelta(seconds=SERVE_AFTER), payload=SERVE)
+        elif isinstance(message, m.WarmUp):  # our Started came
+            self._serve()
+            if not self.warming:
+                self.warming = True
+                start_warmup()  # uproot, awkward, hist: loaded while the session is idle
+        elif isinstance(message, WakeupMessage) and message.payload == SERVE:
+            self._serve()
         elif isinstance(message, m.RunQuery):
             if self._run(message):
                 self.wakeupAfter(PACKET_CHECK)
@@ -145,6 +154,18 @@ class Worker(ProofActor):
                 self.loop.stop()
         elif isinstance(message, ActorExitRequest):
             self._exit()
+
+    def _serve(self) -> None:
+        """Start the query thread (for the worker's life, not per query: a query's start is
+        only a hand-over) and the watch, once, after the start handler sent Started."""
+        if not self.serve_pending:
+            return
+        self.serve_pending = False
+        self.runner = threading.Thread(target=self._run_queries, name="queries", daemon=True)
+        self.runner.start()
+        if watches_master(self.packet_address):
+            self._watch_again(fresh=True)
+            self.wakeupAfter(timedelta(seconds=WATCH_WITHIN), payload=WATCH)
 
     def _exit(self) -> None:
         """The actor is asked to exit: end the query loop, then close the socket and files.
@@ -206,6 +227,7 @@ class Worker(ProofActor):
         # a query before our WarmUp: the query thread loads what it needs, no warm-up
         # beside it (two threads importing one package tree: see warmup.py)
         self.warming = True
+        self._serve()  # (a query before our WarmUp: the query thread starts now)
         if message.query_id in self.seen:
             return False
         self.seen.append(message.query_id)
