@@ -339,33 +339,3 @@ def test_a_worker_sends_started_before_it_starts_its_query_thread_and_watch(
             assert actor.runner is runner
         finally:
             actor._exit()
-
-
-def test_a_session_records_itself_before_it_creates_its_children(tmp_path, monkeypatch) -> None:
-    # written after the forks, the row took 2-4 ms (each page it touched still shared with
-    # three children: copy-on-write faults) while the children's start messages waited for
-    # the handler's end; written first it takes about one, and a session killed as it
-    # creates its children is already in the registry for the daemon's clean-up
-    import types
-
-    from pyproof.actors import sessions as s
-    from pyproof.actors.registry import Registry
-
-    monkeypatch.setattr(s, "detach_session", lambda: None)  # not pytest's process
-    monkeypatch.setattr(s, "become_subreaper", lambda: None)
-    monkeypatch.setattr(s, "address_to_wire", lambda ref: None)
-    seen: list = []
-    actor = s.SessionSupervisor()
-    actor._myRef = types.SimpleNamespace(address="me")  # (outside an actor system)
-    actor.start_log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    actor.send = lambda to, message: None  # type: ignore[method-assign]
-    actor.wakeupAfter = lambda *args, **kwargs: None  # type: ignore[method-assign]
-
-    def create(actor_class: Any) -> str:
-        seen.append([e.session_id for e in Registry(str(tmp_path)).entries()])
-        return f"ref-{len(seen)}"
-
-    actor.createActor = create  # type: ignore[method-assign]
-    actor.receive(m.CreateSession(corr="c", session_id="s1", workers=2, run_dir=str(tmp_path),
-                                  log_dir=str(tmp_path), user="u", reply_to="sessions"), "sup")
-    assert seen == [["s1"], ["s1"], ["s1"]]  # master, worker-0, worker-1

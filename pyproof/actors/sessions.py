@@ -455,18 +455,15 @@ class SessionSupervisor(SupervisorActor):
             become_subreaper()
             self.last_ping = time.monotonic()
             self.start_log(message.log_dir, actor="session", session=message.session_id)
-            # our row before our children exist (theirs come with their Started, after this
-            # handler): written after the forks, it took 2-4 ms, not 1 (copy-on-write faults:
-            # each page it touched was still shared with the three children), and our
-            # children's start messages wait for this handler to end (Thespian sends them
-            # once it returns)
+            # master and workers first: their processes start while we write the registry
+            # (they die with us; their rows come with their Started, after this handler)
+            self.supervise(session_tree(message))  # master, then workers (trees.py)
             self.registry = Registry(message.run_dir)
             me = os.getpid()
             self.registry.put(Entry(
                 session_id=message.session_id, user=message.user, workers=message.workers,
                 created=time.time(), supervisor=Proc(pid=me, start=start_time(me) or 0),
                 address=address_to_wire(self.myAddress)))
-            self.supervise(session_tree(message))  # master, then workers (trees.py)
             self.send(sender, m.Started(pid=os.getpid()))
         elif isinstance(message, m.Adopt):
             # a new sessions supervisor (the old one died): answer it as if just started
