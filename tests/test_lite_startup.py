@@ -339,3 +339,42 @@ def test_a_worker_sends_started_before_it_starts_its_query_thread_and_watch(
             assert actor.runner is runner
         finally:
             actor._exit()
+
+
+def test_a_master_sends_started_before_it_starts_its_planes_threads_and_direct_route(
+        tmp_path, monkeypatch) -> None:
+    # as a worker's (above): Thespian sends Started once the start handler returns; the
+    # plane listens at once (workers may dial), its threads and the direct route come after
+    from datetime import timedelta
+
+    from thespian.actors import ActorExitRequest, WakeupMessage
+
+    from pyproof.actors import master as mm
+    from pyproof.actors.trees import master_address
+
+    monkeypatch.setattr(mm, "start_warmup", lambda: None)
+    start = m.MasterStart(session_id="s1", run_dir=str(tmp_path), log_dir=str(tmp_path),
+                          packet_address=master_address(str(tmp_path), "s1"),
+                          data_key=b"k" * 32, user="u")
+    for trigger in (m.WarmUp(), WakeupMessage(timedelta(seconds=mm.SERVE_AFTER),
+                                              payload=mm.SERVE)):
+        sent: list = []
+        wakeups: list = []
+        actor = mm.Master()
+        actor.send = lambda to, message, sent=sent: sent.append(message)  # type: ignore
+        actor.start_log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        actor.wakeupAfter = (  # type: ignore[method-assign]
+            lambda delay, payload=None, wakeups=wakeups: wakeups.append(payload))
+        actor.receive(start, "session")
+        try:
+            assert [type(msg) for msg in sent] == [m.Started]
+            assert actor.plane is not None and not actor.plane._thread.is_alive()
+            assert actor.direct is None  # not yet: Started goes first
+            assert wakeups[-1] == mm.SERVE  # at the latest then, if no WarmUp or query comes
+            actor.receive(trigger, "session")
+            assert actor.plane._thread.is_alive() and actor.direct is not None
+            thread = actor.plane._thread
+            actor.receive(m.WarmUp(), "session")  # once
+            assert actor.plane._thread is thread
+        finally:
+            actor.receive(ActorExitRequest(), "session")
