@@ -2,21 +2,15 @@
 
 Control messages (start/stop query, status, worker list) arrive here; packet
 traffic never does.
-
-Its data plane listens from the start handler on, but the plane's threads and the
-direct route's socket start once its `Started` is out (`_serve`: on its
-supervisor's WarmUp, a query, or SERVE_AFTER at the latest): Thespian sends a
-message only once the handler returns (as for workers, worker.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
+from thespian.actors import ActorExitRequest, WatchMessage
 
 from pyproof.actors import last_words
 from pyproof.actors import messages as m
@@ -39,8 +33,6 @@ from pyproof.transport.codec import RemoteError
 from pyproof.transport.frames import encode_frame
 from pyproof.transport.tls import TLSError, TLSSettings
 
-SERVE = "serve"  # the payload of the wake-up that starts the plane's threads...
-SERVE_AFTER = 0.05  # ...at the latest this long after the start (if no WarmUp came first)
 STUCK_LINGER = 0.25  # after the clients were told: their ERROR frames leave the sockets
 
 
@@ -52,7 +44,6 @@ class Master(ProofActor):
     direct_served = 0  # requests that came straight from the client (tests, status)
     direct_last = 0.0  # when the last one came (monotonic): the sessions' idle check
     warming = False  # its warm-up started (m.WarmUp), or a query came first
-    serve_pending: str | None = None  # started: its packet address, until `_serve` ran
 
     def receive(self, message, sender) -> None:
         """Run by Thespian (via `ProofActor.receiveMessage`) on the actor thread, per message.
@@ -75,17 +66,13 @@ class Master(ProofActor):
             get_logger().info("master_started", address=message.packet_address)
             self.send(sender, m.Started(pid=os.getpid(),
                                         info={"packet_address": message.packet_address}))
-            # its threads, and the direct route's socket, once Started is out: Thespian sends
-            # it once this handler returns (a thread takes the GIL as it starts)
-            self.serve_pending = message.packet_address
-            self.wakeupAfter(timedelta(seconds=SERVE_AFTER), payload=SERVE)
-        elif isinstance(message, m.WarmUp):  # our Started came
-            self._serve()
-            if not self.warming:
-                self.warming = True
-                start_warmup()  # uproot (look-ups), hist (merging): loaded while idle
-        elif isinstance(message, WakeupMessage) and message.payload == SERVE:
-            self._serve()
+            # its threads, and the direct route's socket, once Started is sent: a thread
+            # started before took the GIL and held up the send (the session's start with it)
+            self.plane.serve()
+            self._listen_direct(message.packet_address)
+        elif isinstance(message, m.WarmUp) and not self.warming:  # our Started came
+            self.warming = True
+            start_warmup()  # uproot (look-ups), hist (merging): loaded while idle
         elif isinstance(message, m.WorkerJoined):
             assert self.plane is not None
             self.workers[message.worker_id] = (message.ref, message.pid)
@@ -140,14 +127,6 @@ class Master(ProofActor):
             if self.direct is not None:
                 self.direct.close()
             self.plane.close()
-
-    def _serve(self) -> None:
-        """Start the plane's threads and the direct route, once, after Started went."""
-        address, self.serve_pending = self.serve_pending, None
-        if address is None or self.plane is None:
-            return
-        self.plane.serve()
-        self._listen_direct(address)
 
     def _listen_direct(self, packet_address: str) -> None:
         """Serve the session's client its direct route (master_direct.py), when the session
@@ -295,7 +274,6 @@ class Master(ProofActor):
         # a query before our WarmUp: its look-ups load what they need, no warm-up beside
         # them (two threads importing one package tree: see warmup.py)
         self.warming = True
-        self._serve()  # (a query before our WarmUp: the plane's threads start now)
         if self.plane.knows_query(query_id):  # a client retry: already accepted
             if accepted is not None:
                 accepted()
