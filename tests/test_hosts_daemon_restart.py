@@ -23,11 +23,10 @@ from tests.daemon_helpers import Background
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
 from tests.test_hosts_cluster import BASIC, DATASET, by_host, check_exact, cluster
 from tests.test_hosts_netns import PORT, start, wait_for
-from tests.test_hosts_readopt import remote_pids
+from tests.test_hosts_readopt import remote_pids, wait_closed_everywhere
 
 pytestmark = pytest.mark.slow  # a long module: started first (conftest)
 
-CLOSED_WITHIN = 30.0  # h2 hears the session ended at its next check (every 2 s)
 
 
 def _query(session, sleep: float = 0.05):
@@ -101,14 +100,7 @@ def test_a_daemon_restart_on_the_masters_host_keeps_the_session_spread_over_host
         cut = unreachable(hosts.hosts["h2"], workers["worker-0@h2"])
         assert remote_pids(url, session.id) == workers or cut, workers
         assert (run_dir / f"spanned-{session.id}.cbor").exists()
-    deadline = time.monotonic() + CLOSED_WITHIN
-    while set(hosts.pids(h2)) - before:
-        assert time.monotonic() < deadline, \
-            f"processes left on h2 after the session closed: {set(hosts.pids(h2)) - before}"
-        time.sleep(0.2)
-    while left := [p.name for p in run_dir.iterdir() if p.name.startswith("spanned-")]:
-        assert time.monotonic() < deadline, f"left in m's run directory: {left}"
-        time.sleep(0.2)
+    wait_closed_everywhere(lambda: set(hosts.pids(h2)) - before, run_dir)
 
 
 def test_a_daemon_restart_on_a_workers_host_keeps_its_part_of_the_session(
@@ -162,15 +154,8 @@ def test_a_daemon_restart_on_a_workers_host_keeps_its_part_of_the_session(
         check_exact(result)
         assert by_host(result).get("h2", 0) > 0, result.stats.workers
         assert remote_pids(url, session.id) == now
-    deadline = time.monotonic() + CLOSED_WITHIN
-    while left := set(hosts.pids(h2)) - daemon_processes(run_dir):
-        assert time.monotonic() < deadline, \
-            f"processes left on h2 after the session closed: {left}"
-        time.sleep(0.2)
-    m_run = m.home / "sandbox" / f"proofd-{PORT}" / "run"
-    while left := [p.name for p in m_run.iterdir() if p.name.startswith("spanned-")]:
-        assert time.monotonic() < deadline, f"left in m's run directory: {left}"
-        time.sleep(0.2)
+    wait_closed_everywhere(lambda: set(hosts.pids(h2)) - daemon_processes(run_dir),
+                           m.home / "sandbox" / f"proofd-{PORT}" / "run")
 
 
 @pytest.mark.parametrize("seed", [7])

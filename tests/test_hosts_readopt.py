@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,19 @@ pytestmark = pytest.mark.slow  # a long module: started first (conftest)
 
 RESTARTED_WITHIN = 20.0  # seconds: the root supervisor answers a killed child within this
 CLOSED_WITHIN = 30.0  # h2 hears the session ended at its next check (every 2 s)
+
+
+def wait_closed_everywhere(left_on_h2: Callable[[], set[int]], run_dir: Path) -> None:
+    """Wait (bounded) until a closed session left no process on h2 (`left_on_h2()` is
+    empty) and no record of it in the master's host's run directory."""
+    deadline = time.monotonic() + CLOSED_WITHIN
+    while left := left_on_h2():
+        assert time.monotonic() < deadline, \
+            f"processes left on h2 after the session closed: {left}"
+        time.sleep(0.2)
+    while left := [p.name for p in run_dir.iterdir() if p.name.startswith("spanned-")]:
+        assert time.monotonic() < deadline, f"left in m's run directory: {left}"
+        time.sleep(0.2)
 
 
 def hosts_actor_pid(url: str) -> int | None:
@@ -106,12 +121,4 @@ def test_a_restarted_hosts_actor_keeps_the_sessions_workers_on_other_hosts(
         # the same worker process as before: kept, not started again
         assert remote_pids(url, session.id) == workers
         assert (run_dir / f"spanned-{session.id}.cbor").exists()  # its record, rewritten
-    deadline = time.monotonic() + CLOSED_WITHIN
-    while set(hosts.pids(h2)) - before:
-        assert time.monotonic() < deadline, \
-            f"processes left on h2 after the session closed: {set(hosts.pids(h2)) - before}"
-        time.sleep(0.2)
-    # nor the record of the session on the master's host (the run directory's files)
-    while left := [p.name for p in run_dir.iterdir() if p.name.startswith("spanned-")]:
-        assert time.monotonic() < deadline, f"left in m's run directory: {left}"
-        time.sleep(0.2)
+    wait_closed_everywhere(lambda: set(hosts.pids(h2)) - before, run_dir)

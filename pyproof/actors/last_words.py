@@ -32,6 +32,7 @@ import cbor2
 
 from pyproof.logs import get_logger
 from pyproof.supervision.adoption import last_words_file
+from pyproof.supervision.session_file import write_whole
 
 KEEP = 10  # as many as a plane keeps results (master_plane.KEEP_RESULTS)
 MAX_BYTES = 1 << 20  # an ERROR frame is small; a file this large is not ours
@@ -94,25 +95,14 @@ def write(run_dir: str, session_id: str, frames: Mapping[str, bytes]) -> bool:
     if not frames or not run_dir or not session_id:
         return False
     path = os.path.join(run_dir, last_words_file(session_id))
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         try:
             before = decode(_read_bytes(path) or encode({}))
         except ValueError:  # damaged: replaced by ours
             before = {}
-        data = encode(merge(before, frames))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)  # small: one write (a short one is caught by the check below)
-            if os.fstat(fd).st_size != len(data):
-                raise OSError(f"short write to {tmp}")
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_whole(path, encode(merge(before, frames)))
         return True
     except Exception as exc:  # a full disk, a removed run directory: the exit goes on
         with contextlib.suppress(Exception):
             get_logger().error("last_words_not_written", path=path, error=repr(exc))
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return False

@@ -43,6 +43,7 @@ from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to app
 from pyproof.hosts.registry import HostInfo, HostListError, check_name
 from pyproof.logs import get_logger
 from pyproof.supervision.adoption import SPANNED_PREFIX, SPANNED_SUFFIX, spanned_file
+from pyproof.supervision.session_file import write_whole
 
 MAX_BYTES = 1 << 20  # a record of 256 hosts' parts is some 60 KiB: larger is not ours
 MAX_PARTS = 1024
@@ -208,24 +209,14 @@ def write(run_dir: str, record: SpanRecord, data: bytes | None = None) -> bool:
     """Write the record's file (a new file renamed over the old one); False if it failed
     (logged: the session runs on, only a restarted hosts actor would not know it)."""
     path = os.path.join(run_dir, spanned_file(record.session_id))
-    tmp = f"{path}.{os.getpid()}.tmp"
     data = encode(record) if data is None else data
     try:
         if len(data) > MAX_BYTES:
             raise ValueError(f"the record is larger than {MAX_BYTES} bytes")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            if os.fstat(fd).st_size != len(data):
-                raise OSError(f"short write to {tmp}")
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_whole(path, data)
         return True
     except Exception as exc:  # a full disk, a removed run directory
         get_logger().error("spanned_not_written", path=path, error=repr(exc))
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return False
 
 
