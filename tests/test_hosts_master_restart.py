@@ -17,12 +17,11 @@ import pyproof
 from pyproof.transport import auth
 from tests.netns_hosts import NetnsHosts, netns_hosts  # noqa: F401 (the fixture)
 from tests.test_hosts_cluster import BASIC, DATASET, Running, by_host, check_exact, cluster
-from tests.test_hosts_readopt import remote_pids
+from tests.test_hosts_readopt import remote_pids, wait_for_master
 
 pytestmark = pytest.mark.slow  # a long module: started first (conftest)
 
 RESTARTED_WITHIN = 20.0  # seconds: a new master answers, counting every host's workers
-WORKERS = ["worker-0", "worker-0@h2"]
 
 
 def _query(session):
@@ -38,18 +37,7 @@ def _kill_master(session) -> None:
     new one to count the workers of both hosts."""
     old = int(session.status()["pid"])
     os.kill(old, signal.SIGKILL)
-    deadline = time.monotonic() + RESTARTED_WITHIN
-    status: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            status = session.status()
-        except pyproof.ProofError:  # the master restarting: asked again
-            status = {}
-        if status.get("pid") not in (None, old) and status.get("workers") == WORKERS:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no new master counting {WORKERS} within {RESTARTED_WITHIN:g} s "
-                         f"(the master was pid {old}); its status: {status}")
+    wait_for_master(session, old)
 
 
 def test_a_restarted_masters_queries_run_on_the_workers_of_every_host(

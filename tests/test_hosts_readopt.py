@@ -83,8 +83,8 @@ def wait_for_master(session, old: int) -> None:
                 "worker-0", "worker-0@h2"]:
             return
         time.sleep(0.2)
-    raise AssertionError(f"no new master counting h2's worker within {RESTARTED_WITHIN:g} s; "
-                         f"its status: {status}")
+    raise AssertionError(f"no new master counting h2's worker within {RESTARTED_WITHIN:g} s "
+                         f"(the master was pid {old}); its status: {status}")
 
 
 # "and master": the session's master is killed with it, so the new master's start is told
