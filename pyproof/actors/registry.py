@@ -128,10 +128,6 @@ class Registry:
 
     def set_child(self, session_id: str, child_id: str, proc: Proc | None) -> None:
         """Record (or, with None, forget) one child process of a session."""
-        self.set_children(session_id, {child_id: proc})
-
-    def set_children(self, session_id: str, procs: dict[str, Proc | None]) -> None:
-        """Record (or, with None, forget) child processes of a session, in one transaction."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT children FROM sessions WHERE session_id = ?",
@@ -140,11 +136,10 @@ class Registry:
                 db.execute("COMMIT")
                 return
             children = json.loads(row[0])
-            for child_id, proc in procs.items():
-                if proc is None:
-                    children.pop(child_id, None)
-                else:
-                    children[child_id] = [proc.pid, proc.start]
+            if proc is None:
+                children.pop(child_id, None)
+            else:
+                children[child_id] = [proc.pid, proc.start]
             db.execute("UPDATE sessions SET children = ?, updated = ? WHERE session_id = ?",
                        (json.dumps(children), time.time(), session_id))
             db.execute("COMMIT")
