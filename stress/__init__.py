@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from pyproof.actors.system import free_port
+from pyproof.actors.system import spare_port
 from pyproof.cli.daemon import DaemonInfo, start_daemon, stop_daemon
 from pyproof.client.control import ControlClient
 from pyproof.supervision.process_tree import (  # noqa: F401 (become_subreaper: re-exported)
@@ -100,7 +100,7 @@ class SandboxDaemon:
         self.sandbox = tempfile.mkdtemp(prefix="pyproof-stress-")
         self._old_sandbox = os.environ.get("PYPROOF_SANDBOX")
         os.environ["PYPROOF_SANDBOX"] = self.sandbox
-        self.port = free_port()
+        self.port = spare_port()
         self.limits = limits
         self.seen: dict[int, int | None] = {}  # pid -> start time, every actor ever seen
         try:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import uproot
 
-from pyproof.actors.system import free_port
+from pyproof.actors.system import spare_port
 from pyproof.cli.daemon import start_daemon, stop_daemon
 from pyproof.client.control import ControlClient
 from pyproof.transport.tls import TLSSettings
@@ -38,7 +38,7 @@ def tls_server_env(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 class Daemon:
     def __init__(self, **options: Any) -> None:
         os.environ["PYPROOF_TEST_HOOKS"] = "1"
-        self.port = free_port()
+        self.port = spare_port()
         self.info = start_daemon(self.port, **options)
         self.url = self.info.url
         address = TLSSettings.from_env().address(f"tcp://127.0.0.1:{self.port}")

@@ -17,7 +17,7 @@ from importlib.metadata import version
 import pytest
 
 import pyproof
-from pyproof.actors.system import free_port
+from pyproof.actors.system import spare_port
 from pyproof.cli.main import main
 from tests.conftest import data_file
 from tests.daemon_helpers import Daemon, tls_server_env
@@ -128,7 +128,7 @@ def test_pyproof_url_names_the_daemon_for_run_logs_and_daemon_stop(tls_daemon, t
 
 
 def test_url_wins_over_pyproof_url_for_run_logs_and_daemon_stop(tls_daemon):
-    closed = f"proof://127.0.0.1:{free_port()}"
+    closed = f"proof://127.0.0.1:{spare_port()}"
     env = {"PYPROOF_URL": closed}  # nothing there: only --url can make these work
     run = proofctl("run", "tests/sample_selectors.py:ZmumuMass", "--dataset", ZMUMU,
                    "--workers", "1", "--url", tls_daemon.url, "--json", env=env)
@@ -152,7 +152,7 @@ def test_a_tls_daemon_without_the_ca_says_to_set_it_at_once(tls_daemon, monkeypa
 
 
 def test_status_with_nothing_listening_says_to_start_a_daemon_within_two_seconds(capsys):
-    port = free_port()
+    port = spare_port()
     started = time.monotonic()
     code = main(["status", "--url", f"proof://127.0.0.1:{port}"])
     elapsed = time.monotonic() - started
@@ -165,7 +165,7 @@ def test_status_with_nothing_listening_says_to_start_a_daemon_within_two_seconds
 
 
 def test_pyproof_connect_to_a_closed_port_fails_at_once_naming_the_fix():
-    port = free_port()
+    port = spare_port()
     started = time.monotonic()
     with pytest.raises(pyproof.ConnectError,
                        match=rf"^no daemon answers at proof://127.0.0.1:{port}\?workers=1 "

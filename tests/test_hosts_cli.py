@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 
-from pyproof.actors.system import free_port
+from pyproof.actors.system import spare_port
 from pyproof.transport import auth
 from tests.daemon_helpers import Daemon
 from tests.test_cli_daemon import one_error_line, proofctl
 
 
 def test_join_without_a_cluster_secret_is_refused_naming_the_option():
-    out = proofctl("daemon", "start", "--port", str(free_port()), "--join",
+    out = proofctl("daemon", "start", "--port", str(spare_port()), "--join",
                    "proof://127.0.0.1:1093")
     one_error_line(out, r"^proofctl: proofd failed to start: --join needs --cluster-secret "
                         r"FILE \(the cluster's shared secret, 0600, the same on every host\)$")
@@ -20,7 +20,7 @@ def test_join_without_a_cluster_secret_is_refused_naming_the_option():
 def test_a_cluster_secret_others_can_read_is_refused(tmp_path):
     path = auth.write_secret(tmp_path / "cluster.secret", auth.fresh_cluster_secret())
     os.chmod(path, 0o640)
-    out = proofctl("daemon", "start", "--port", str(free_port()), "--cluster-secret",
+    out = proofctl("daemon", "start", "--port", str(spare_port()), "--cluster-secret",
                    str(path), "--name", "m")
     one_error_line(out, rf"^proofctl: proofd failed to start: .*{path}.*")
 
@@ -29,7 +29,7 @@ def test_a_hosts_file_error_names_file_and_line(tmp_path):
     secret = auth.write_secret(tmp_path / "cluster.secret", auth.fresh_cluster_secret())
     listed = tmp_path / "proof.conf"
     listed.write_text("h2 proof://10.0.0.2:1093\nh3 10.0.0.3\n")
-    out = proofctl("daemon", "start", "--port", str(free_port()), "--cluster-secret",
+    out = proofctl("daemon", "start", "--port", str(spare_port()), "--cluster-secret",
                    str(secret), "--hosts", str(listed))
     one_error_line(out, rf"^proofctl: proofd failed to start: {listed}, line 2: host 'h3': "
                         r"address must be proof://host:port, not '10.0.0.3'$")

@@ -233,14 +233,18 @@ def test_a_daemon_that_lost_its_root_or_admin_exits_and_its_restart_adopts_the_s
 def test_a_start_that_fails_leaves_nothing_running_and_keeps_no_lock_on_the_port():
     import socket
 
-    from pyproof.actors.system import free_port
+    from pyproof.actors.system import spare_port
     from pyproof.errors import ConnectError
 
-    port = free_port()
+    port = spare_port()
     with socket.socket() as taken:  # the control port is taken: the gateway cannot listen
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        with pytest.raises(ConnectError, match=r"proofd failed to start: .*gave up"):
+        with pytest.raises(ConnectError, match=(
+                rf"^proofd failed to start: daemon failed to boot: root supervisor gave up: "
+                rf"its gateway could not start: cannot listen on tcp://127.0.0.1:{port}: "
+                r"Address in use \(another process listens on that port: stop it, or start "
+                r"proofd with another --port\)$")):
             start_daemon(port)
         assert read_control(os.path.join(daemon_home(port), "run")) is None
 

@@ -280,7 +280,7 @@ def test_a_second_restart_within_the_period_escalates_after_stopping_everyone():
     assert logs(out) == [("child_terminated", "b", "boom"),
                          ("reached_max_restart_intensity", "b", "boom")]
     escalate = next(c for c in out if isinstance(c, Escalate))
-    assert escalate.child_id == "b"
+    assert (escalate.child_id, escalate.detail) == ("b", "boom")
     assert core.phase is Phase.TERMINATED
     core.validate()
 
@@ -326,6 +326,8 @@ def test_a_child_failing_its_first_start_stops_the_started_ones_and_escalates():
                         ("StopChild", "b"), ("StopChild", "a"),
                         ("Escalate", "failed_to_start_child")]
     assert logs(out) == [("start_error", "c", "no luck")]
+    escalate = next(c for c in out if isinstance(c, Escalate))
+    assert (escalate.child_id, escalate.detail) == ("c", "no luck")  # the boot error says so
     assert core.phase is Phase.TERMINATED
 
 

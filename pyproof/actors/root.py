@@ -16,6 +16,7 @@ from pyproof.actors import messages as m
 from pyproof.actors.supervisor import SupervisorActor
 from pyproof.actors.trees import root_tree
 from pyproof.logs import get_logger
+from pyproof.supervision import events as ev
 
 
 class Root(SupervisorActor):
@@ -58,7 +59,24 @@ class Root(SupervisorActor):
         self.send(self.booter, m.Booted(corr=self.boot.corr, root_pid=os.getpid(),
                                         control_address=self.boot.control_address))
 
-    def on_gone(self, reason: str, escalated: bool) -> None:
+    def on_gone(self, final: ev.Escalate | ev.Exit) -> None:
         if self.booter is not None:
             self.send(self.booter, m.BootFailed(corr=self.boot.corr if self.boot else "",
-                                                error=f"root supervisor gave up: {reason}"))
+                                                error=boot_failure(final)))
+
+
+def boot_failure(final: ev.Escalate | ev.Exit) -> str:
+    """What proofd's start says when its tree gave up: which child, and its own error
+    (a port in use is the common case: say what to do about it)."""
+    if not isinstance(final, ev.Escalate) or final.child_id is None:
+        return f"root supervisor gave up: {final.reason}"
+    what = {"failed_to_start_child": "could not start",
+            "reached_max_restart_intensity": "kept crashing"}.get(final.reason, final.reason)
+    text = f"root supervisor gave up: its {final.child_id} {what}"
+    if final.detail:
+        text += f": {final.detail}"
+    if final.child_id == "gateway" and "in use" in final.detail.lower():
+        text += (" (another process listens on that port: stop it, or start proofd "
+                 "with another --port)")
+    return text
+

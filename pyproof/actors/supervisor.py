@@ -148,8 +148,8 @@ class SupervisorActor(ProofActor):
     def on_running(self) -> None:
         pass
 
-    def on_gone(self, reason: str, escalated: bool) -> None:
-        pass
+    def on_gone(self, final: ev.Escalate | ev.Exit) -> None:
+        """About to exit: `final` says why (an `Escalate` names the child and its error)."""
 
     def receive_other(self, message: Any, sender: Any) -> None:
         pass
@@ -221,8 +221,7 @@ class SupervisorActor(ProofActor):
         elif isinstance(command, ev.Log):
             getattr(log, command.level, log.info)(command.event, **command.fields())
         elif isinstance(command, ev.Escalate | ev.Exit):
-            escalated = isinstance(command, ev.Escalate)
-            self.on_gone(command.reason, escalated)
+            self.on_gone(command)
             self.send(self.myAddress, ActorExitRequest())
 
     def reply_added(self, requester: Any, reply: ev.Reply) -> None:

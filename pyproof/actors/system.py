@@ -145,9 +145,60 @@ def refuse_other_users() -> None:
 
 
 def free_port() -> int:
+    """A loopback port free now (the kernel's choice, from its ephemeral range).
+
+    Good for a socket bound at once. For one bound later by another process (a
+    daemon's control port), use `spare_port`: meanwhile any socket bound to port 0
+    may get this one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+SPARE_PORTS_FROM = 10_000
+SPARE_BAND = 2_000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out for a bind to port 0 (Linux's default if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def spare_port(tries: int = 200) -> int:
+    """A loopback port free now and outside the kernel's ephemeral range, for a server
+    that another process starts listening on a while later (the test suite's and the
+    stress harness's daemons).
+
+    A port from `free_port` may meanwhile be taken by any socket bound to port 0
+    (every Thespian actor binds one; so do other tests' daemons), and the daemon then
+    fails to start with "Address in use"; a port below the ephemeral range is only
+    ever taken on request. Concurrent callers under pytest-xdist draw from disjoint
+    bands (by worker number), so they cannot pick the same port either. Falls back to
+    `free_port` where the kernel's range leaves no room below it.
+    """
+    import random
+
+    low, _ = ephemeral_range()
+    bands = (low - SPARE_PORTS_FROM) // SPARE_BAND
+    if bands < 1:
+        return free_port()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
+    first = SPARE_PORTS_FROM + (index % bands) * SPARE_BAND
+    for _ in range(tries):
+        port = random.randrange(first, first + SPARE_BAND)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def thespian_log_defs(log_dir: str) -> dict:

@@ -412,7 +412,8 @@ class SupervisorCore:
         elif self._phase is Phase.TERMINATING:
             pass
         elif c.starts == 0:
-            self._terminate(Escalate(reason="failed_to_start_child", child_id=c.id, cause=cause),
+            self._terminate(Escalate(reason="failed_to_start_child", child_id=c.id, cause=cause,
+                                     detail=reason),
                             cause)
         else:
             self._restart(c, reason, now, cause)
@@ -548,7 +549,7 @@ class SupervisorCore:
             self._log("reached_max_restart_intensity", "error", c.id, reason, cause,
                       intensity=self.flags.intensity, period=self.flags.period)
             self._terminate(Escalate(reason="reached_max_restart_intensity", child_id=c.id,
-                                     cause=cause), cause)
+                                     cause=cause, detail=reason), cause)
             return
         self._restarts += 1
         ids = list(self._children)

@@ -241,6 +241,7 @@ class Escalate:
     reason: str
     child_id: str | None = None
     cause: str = ""
+    detail: str = ""  # why that child failed (its start error, its last exit): for the log
 
 
 @dataclass(**_DC)
