@@ -246,10 +246,12 @@ def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
     spared the work. Meanwhile the admin serves: its handshakes with its logger and
     with us, and our first request (to create the root), which then waits for
     `preload` in the admin instead of being sent only once it is done. A fork waits for
-    the thread (os.register_at_fork): a child forked while it imports would inherit
-    the import locks it holds, held for ever.
+    the thread (`fork_gate`): a child forked while it imports would inherit the import
+    locks it holds, held for ever.
     """
     from thespian.system import multiprocCommon
+
+    from pyproof.actors import fork_gate
 
     original = multiprocCommon.startAdmin
 
@@ -271,7 +273,7 @@ def _admin_runs_first(preload: Callable[[], None]) -> Iterator[None]:
                 if loading.is_alive() and loading is not threading.current_thread():
                     loading.join(PRELOAD_WAIT)
 
-            os.register_at_fork(before=before_fork)
+            fork_gate.gate(before_fork)
             loading.start()
             return serve(admin)
 

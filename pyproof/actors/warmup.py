@@ -47,7 +47,7 @@ import time
 import types
 from typing import Any
 
-from pyproof.actors import import_guard
+from pyproof.actors import fork_gate, import_guard
 
 DATA_MODULES = ("numpy", "uproot", "awkward", "hist")  # numpy: the codec and merging need it
 WARMUP_NICE = 10  # added to the thread's niceness
@@ -271,7 +271,8 @@ def _hook_forks() -> None:
     such a fork waits until the deadline at worst. (Each start adds a hook: a process
     starts one warm-up, another only if one failed; a hook with none running returns at
     once.)"""
-    os.register_at_fork(before=wait_warmup, after_in_child=_forget_warmup)
+    fork_gate.gate(wait_warmup)  # multiprocessing's forks wait before any hook runs
+    os.register_at_fork(after_in_child=_forget_warmup)
 
 
 def load_data_modules(modules: tuple[str, ...] = DATA_MODULES) -> None:
