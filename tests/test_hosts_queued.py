@@ -77,3 +77,27 @@ def test_a_worker_restarted_on_another_host_after_a_query_ended_is_not_given_it(
         assert len(started) == 1 and started[0] not in {
             r["query"] for r in logged(logs / "worker-0@h2.jsonl", "query_started")
             if r["pid"] == old}, started
+
+
+def test_a_failed_query_is_forgotten_by_the_parts_on_other_hosts(
+        netns_hosts: NetnsHosts):  # noqa: F811
+    """A query that failed is over for every worker: the master says so in its refusal,
+    and h2's part drops it as it drops one that finished (a worker restarting there would
+    otherwise load its selector and ask for its packets for nothing)."""
+    from tests.sample_selectors import RaisesInProcess
+
+    hosts = netns_hosts
+    url = cluster(hosts, ("m", "h2"), auth.fresh_cluster_secret())
+    logs = hosts.hosts["h2"].home / "sandbox" / f"proofd-{PORT}" / "logs"
+    with pyproof.connect(f"{url}?workers=m:1,h2:1") as session:
+        with pytest.raises(pyproof.ProofError, match="divided by zero"):
+            session.process(RaisesInProcess, dataset=DATASET, inputs={"bad_entry": 1000},
+                            progress=False, **BASIC)
+        deadline = time.monotonic() + 15
+        while not logged(logs / "remote-session.jsonl", "query_over"):
+            assert time.monotonic() < deadline, "h2's part did not hear the query is over"
+            time.sleep(0.1)
+        # the session goes on, on both hosts
+        after = session.process(RaisesInProcess, dataset=DATASET, progress=False,
+                                inputs={"bad_entry": -1}, **BASIC)
+        assert after.outputs["n"] == after.stats.entries == 2304

@@ -372,7 +372,18 @@ def test_an_abort_fails_the_query_and_refuses_the_workers_after_it():
     [fail] = fed(core, qc.AbortRequested(reason="aborted by the user"))
     assert fail.aborted and fail.error.type == "QueryAborted"
     assert fed(core, qc.PacketRequested(worker="w#1", now=1.0)) == [
-        qc.Refuse(worker="w#1", reason="query q aborted")]
+        qc.Refuse(worker="w#1", reason="query q aborted", ended=True)]  # for every worker
+
+
+def test_a_worker_declared_lost_is_refused_but_the_query_is_not_over_for_the_others():
+    core = qc.QueryCore(query_id="q", spec=QuerySpec(selector="m:S", cycles=1),
+                        workers=["w#1", "w#2"], now=0.0)
+    fed(core, qc.LookupDone(work=(WorkRange(element=0, entry_start=0, entry_stop=100),),
+                            kind="basic", params={"packet_entries": 10}, now=0.0))
+    fed(core, qc.WorkerLost(worker="w#1", now=0.5))
+    assert fed(core, qc.PacketRequested(worker="w#1", now=1.0)) == [
+        qc.Refuse(worker="w#1", reason="w#1 was declared lost")]  # ended=False: not over
+    assert isinstance(fed(core, qc.PacketRequested(worker="w#2", now=1.0))[0], qc.Grant)
 
 
 def test_feedback_is_sent_at_its_interval_only_after_something_new_was_merged():
@@ -398,7 +409,7 @@ def test_a_worker_failing_before_the_look_up_is_done_fails_the_query_at_once():
     error = RemoteError(type="SelectorError", message="cannot import", traceback="")
     fail, refuse = fed(core, qc.WorkerFailed(worker="w#1", error=error))
     assert isinstance(fail, qc.Fail) and fail.error.type == "SelectorError"
-    assert refuse == qc.Refuse(worker="w#1", reason="query failed")
+    assert refuse == qc.Refuse(worker="w#1", reason="query failed", ended=True)
     assert core.state == qc.QueryState.FAILED
     assert fed(core, qc.LookupDone(work=(WorkRange(element=0, entry_start=0, entry_stop=1),),
                                    kind="unit", params={}, now=0.1)) == []

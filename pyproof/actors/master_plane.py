@@ -691,7 +691,8 @@ class MasterPlane:
             if queued:  # its turn comes when the one before ends
                 return p.WAIT, {}
             if q is None or q.query_id != query_id:
-                return p.ABORT, {"reason": f"no running query {query_id}"}
+                # ended (or never ran here): over for every worker, one restarting too
+                return p.ABORT, {"reason": f"no running query {query_id}", "ended": True}
             return q.handle(kind, payload)
         except (ProtocolError, p.ProtocolViolation) as exc:
             self.log.warning("bad_request", error=str(exc))

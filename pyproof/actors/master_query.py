@@ -441,7 +441,8 @@ class QueryRun:
         elif isinstance(ins, qc.Done):
             self._answer = (p.DONE, {})
         elif isinstance(ins, qc.Refuse):
-            self._answer = (p.ABORT, {"reason": ins.reason})
+            self._answer = (p.ABORT, {"reason": ins.reason, **({"ended": True} if ins.ended
+                                                               else {})})
         elif isinstance(ins, qc.Ack):
             files = self._request.get("files") or []
             if files and not ins.accepted:

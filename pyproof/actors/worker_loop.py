@@ -231,7 +231,8 @@ class WorkerLoop:
             self.log.error("master_unreachable", reason=str(gone))
             self.die()
         except _Abort as abort:
-            self.log.info("query_aborted", reason=str(abort))
+            self.log.info("query_aborted", reason=str(abort), ended=abort.ended)
+            self.over = abort.ended  # a worker starting later on this host is not given it
             self._drop_unsent_files()
         except Exception as exc:
             # outputs that cannot be encoded, or our own bug: the master must hear of it,
@@ -326,7 +327,7 @@ class WorkerLoop:
                 self._flush()
                 return
             else:
-                raise _Abort(reply.get("reason", kind))
+                raise _Abort.answered(reply)
         # stopped (removed, or its host leaves the cluster): what it processed goes to the
         # master now rather than being processed again elsewhere; a packet it was just
         # given and did not start goes back to the queue when the worker is gone
@@ -513,7 +514,7 @@ class WorkerLoop:
             raise EncodeError(f"{exc}; outputs may hold {SUPPORTED_TYPES}") from None
         self._flushed = time.monotonic()
         if reply["kind"] == p.ABORT:
-            raise _Abort(reply.get("reason", "aborted"))
+            raise _Abort.answered(reply)
         taken = reply["kind"] == p.ACK and not reply.get("more") if not then_next else \
             reply["kind"] in (p.PACKET, p.WAIT, p.DONE) and "accepted" in reply
         if not taken:  # held packets would wait for ever
@@ -538,11 +539,13 @@ class WorkerLoop:
         )
         self.log.error("selector_failed", stage=stage, error=repr(exc), **where)
         try:
-            self._request(p.FAILED, {"error": error})
+            reply = self._request(p.FAILED, {"error": error})
         except _MasterGone:
             return False
         except _Abort:
-            pass
+            return True
+        # the master's answer: "query failed" (ended), or it was over already
+        self.over = reply.get("kind") == p.ABORT and reply.get("ended") is True
         return True
 
     def _request(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -579,7 +582,7 @@ class WorkerLoop:
             if index < len(pieces) - 1:
                 reply = self._recv(kind)
                 if reply["kind"] == p.ABORT:
-                    raise _Abort(reply.get("reason", "aborted"))
+                    raise _Abort.answered(reply)
                 if reply["kind"] != p.ACK or not reply.get("more"):  # held packets would wait
                     raise OutputsRefused(f"the master refused chunk {index} of {len(pieces)} "
                                          f"of a {kind!r} request: "
@@ -636,6 +639,15 @@ class OutputsRefused(Exception):
 
 class _Abort(Exception):
     """The master ended this query for this worker (done elsewhere, failed or stopped)."""
+
+    ended = False  # the master said the query is over for every worker (failed, aborted)
+
+    @classmethod
+    def answered(cls, reply: dict[str, Any]) -> _Abort:
+        """The master's ABORT answer (or another it should not have sent here)."""
+        abort = cls(reply.get("reason") or reply.get("kind") or "aborted")
+        abort.ended = reply.get("kind") == p.ABORT and reply.get("ended") is True
+        return abort
 
 
 class _MasterGone(_Abort):

@@ -288,11 +288,15 @@ class Done:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Refuse:
-    """Answer `worker`: this query is over for you (failed, aborted, or you were lost)."""
+    """Answer `worker`: this query is over for you (failed, aborted, or you were lost).
+
+    `ended`: over for every worker (failed or aborted), not only for this one: a worker
+    that starts later need not be given it (actors/remote_session.py)."""
 
     worker: str
     reason: str
     cause: str = ""
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -620,7 +624,7 @@ class QueryCore:
         """Answer a request the query cannot serve; True if it was answered."""
         if self.state in (QueryState.FAILED, QueryState.ABORTED):
             self._emit(Refuse(worker=worker, reason=f"query {self.query_id} {self.state}",
-                              cause=cause))
+                              cause=cause, ended=True))
         elif self.state in (QueryState.FINISHING, QueryState.FINISHED, QueryState.STOPPED):
             self._emit(Done(worker=worker, cause=cause))
         elif worker in self.lost:
@@ -741,12 +745,14 @@ class QueryCore:
             # done: fail now. Telling it to wait would lose the error, and with every
             # worker gone the query would wait for ever.
             self._fail(ev.error, ev.cause)
-            self._emit(Refuse(worker=ev.worker, reason="query failed", cause=ev.cause))
+            self._emit(Refuse(worker=ev.worker, reason="query failed", cause=ev.cause,
+                              ended=True))
             return
         if self._gate(ev.worker, ev.cause):
             return
         self._fail(ev.error, ev.cause)
-        self._emit(Refuse(worker=ev.worker, reason="query failed", cause=ev.cause))
+        self._emit(Refuse(worker=ev.worker, reason="query failed", cause=ev.cause,
+                              ended=True))
 
     def _on_merged(self, ev: Merged) -> None:
         if self._merging.pop(ev.token, None) is None or self.ended:
