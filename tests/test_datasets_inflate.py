@@ -10,11 +10,14 @@ import textwrap
 
 import hist
 import numpy as np
+import pytest
 import uproot
 
 import pyproof
 from tests.conftest import data_file, zmumu
 from tests.sample_selectors import zmumu_mass
+
+pytest.importorskip("isal", reason="isal is not installed here (no wheel for this machine)")
 
 SWITCH = textwrap.dedent("""
     import sys
