@@ -439,3 +439,20 @@ class StepCounts(pyproof.Selector):
         ctx.outputs["sum_a"] += int(ak.sum(events["a"]))
         ctx.outputs["sum_d"] += float(ak.sum(events["d"]))
         ctx.outputs["ranges"][f"{ctx.entry_start}-{ctx.entry_stop}"] += 1
+
+
+class InflaterSeen(pyproof.Selector):
+    """The Z->mumu mass, and the entries each ZLIB library uproot inflated with (in the
+    worker, at process time) was used for (datasets/inflate.py)."""
+
+    branches = ["E1", "px1", "py1", "pz1", "E2", "px2", "py2", "pz2"]
+
+    def begin(self, ctx):
+        ctx.outputs["mass"] = hist.Hist.new.Reg(120, 0, 120, name="mass").Double()
+        ctx.outputs["inflater"] = collections.Counter()
+
+    def process(self, events, ctx):
+        import uproot.compression
+
+        ctx.outputs["mass"].fill(zmumu_mass(events))
+        ctx.outputs["inflater"][uproot.compression._DecompressZLIB.library] += len(events)

@@ -29,6 +29,7 @@ from pyproof.actors import protocol as p
 from pyproof.actors.lookup import TreeInfo, branch_names, check_branches, split_branches
 from pyproof.actors.warmup import load_data_modules
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
+from pyproof.datasets.inflate import use_fast_inflate
 from pyproof.datasets.steps import READ_STEP_BYTES, keep_freed_memory, read_steps, step_plan
 from pyproof.filesets import names_by_file
 from pyproof.logs import get_logger
@@ -223,6 +224,7 @@ class WorkerLoop:
             if self.spec.cycles is None:
                 load_data_modules()  # before any packet's clock starts (see warmup.py)
                 keep_freed_memory()  # no page faults per step (datasets/steps.py)
+                use_fast_inflate()  # ZLIB baskets inflated by ISA-L (datasets/inflate.py)
             self._loop()
         except _MasterGone as gone:
             self.socket_ok = False
