@@ -234,4 +234,6 @@ def test_a_silent_finished_query_is_waited_for_once_then_its_kept_result_is_fetc
     assert verdict("q", running, told_finished=True) == "running"
     assert verdict("q", {"queries": [{"id": "p", "state": "running"}]},
                    told_finished=False) == "lost"
-    assert verdict("q", {"results": ["q"]}, told_finished=True) == "fetch"  # re-attached
+    assert verdict("q", {"results": ["q"]}, told_finished=False) == "fetch"  # long ago
+    failed = {"queries": [{"id": "q", "state": "failed"}], "results": ["q"]}
+    assert verdict("q", failed, told_finished=False) == "wait"  # its error frame, likewise

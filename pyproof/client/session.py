@@ -49,6 +49,7 @@ MASTER_SILENCE_CHECK = 3.0
 # how long a daemon's session may not answer, once its data plane went quiet, before its
 # queries fail (a lite cluster's death is seen at once: its process exits)
 MASTER_LOST_WITHIN = 12.0
+ENDED_STATES = ("finished", "stopped", "failed", "aborted")  # a query's final states
 DEFAULT_PACKET_TIMEOUT = 600.0
 INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
@@ -89,29 +90,29 @@ def parse_dataset(dataset: Any) -> list[list[str | None]]:
                      f"not {type(dataset).__name__}")
 
 
-
 def silent_query_verdict(query_id: str, master: dict[str, Any], *,
                          told_finished: bool) -> str:
     """What a client does about a query whose data plane went quiet (no frame for
     MASTER_SILENCE_CHECK s), from its master's status: the query's state if it is still
-    active (queued, running...: frames were lost, listen on); "wait" if it finished;
-    "fetch" if it finished and its kept result has not come on the data plane since a
-    check found it finished (`told_finished`); "lost" if the master does not know it.
+    active (queued, running...: frames were lost, listen on); "wait" if it ended (its
+    final frame may be on its way); "fetch" if it ended and its kept final frame has not
+    come on the data plane since a check found it ended (`told_finished`); "lost" if the
+    master does not know it.
 
-    A finished query's result is kept before it is sent, and the master answers a status
-    request only once it has sent it: a client that asked while the master was silent
-    (merging a huge output, holding its lock) hears "finished" while the result waits on
-    its own data plane. Fetching it then (over the control plane, through the daemon's
-    actors: hundreds of MB take minutes, or never come) would only be slower.
+    A final frame (result or error) is kept before it is sent, and the master answers a
+    status request only once it has sent it: a client that asked while the master was
+    silent (merging a huge output, holding its lock) hears "finished" while the result
+    waits on its own data plane. Fetching it then (over the control plane, through the
+    daemon's actors: hundreds of MB take minutes, or never come) would only be slower.
     """
     queries = [q for q in master.get("queries") or [] if q.get("id") == query_id]
     for q in queries:
         if q.get("state") in ACTIVE_STATES:
             return str(q["state"])
-    finished = any(q.get("state") == "finished" for q in queries)
+    ended = any(q.get("state") in ENDED_STATES for q in queries)
     if query_id in master.get("results", []):  # (not listed: it ended long ago, fetch it)
-        return "wait" if finished and not told_finished else "fetch"
-    if finished:
+        return "wait" if ended and not told_finished else "fetch"
+    if any(q.get("state") == "finished" for q in queries):
         return "wait"  # its result is being encoded and sent: a large one takes seconds
     return "lost"
 
