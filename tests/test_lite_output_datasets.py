@@ -4,6 +4,7 @@ query stays behind."""
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ from pyproof.client.control import current_user
 from pyproof.datasets import Catalog
 from pyproof.datasets.cli import default_catalog_path
 from tests.conftest import data_file
-from tests.daemon_helpers import Background, wait_processed
+from tests.daemon_helpers import Background
 from tests.sample_selectors import zmumu_mass
 from tests.test_lite_faults import worker_pids
 
@@ -38,6 +39,18 @@ def reference_selected(path: str, cut: float = CUT) -> tuple[int, float]:
 
 def files_on_disk(directory: str) -> set[str]:
     return {os.path.join(root, name) for root, _, names in os.walk(directory) for name in names}
+
+
+def written_by(session_id: str, worker: str, pid: int, count: int, timeout: float) -> list[str]:
+    """The files worker process `pid` wrote in the session's queries (its batch directories,
+    worker_loop.py), once there are at least `count` or `timeout` seconds have passed."""
+    pattern = os.path.join(query_output_dir(session_id, "*"), f"{worker}-{pid}-b*", "*")
+    deadline = time.monotonic() + timeout
+    while True:
+        files = glob.glob(pattern)
+        if len(files) >= count or time.monotonic() > deadline:
+            return files
+        time.sleep(0.01)
 
 
 def test_files_written_on_workers_become_a_dataset_holding_each_selected_event_once(session):
@@ -67,14 +80,19 @@ def test_a_worker_killed_mid_query_leaves_no_duplicate_entries_in_the_output_dat
     expected, mass_sum = reference_selected(zmumu())
     with pyproof.connect("lite://?workers=2") as session:
         pids = worker_pids(session)
+        # 0.26 s a packet: the query runs some 5 s on two workers, 9 s on one (worker-1 may
+        # join late: a fresh worker imports uproot and co. first, seconds under load)
         running = Background(session.process, "tests.sample_selectors:Skim",
                              dataset=f"{zmumu()}:events",
-                             inputs={"cut": CUT, "per_entry": 0.0004},
+                             inputs={"cut": CUT, "per_entry": 0.004},
                              packetizer="basic", packetizer_params={"packet_entries": 64},
                              output_dataset="skim_killed", output_overwrite=True,
                              progress=False)
-        # let worker-1 hold written, undelivered packets
-        wait_processed(session, 301, timeout=10)
+        # worker-1 holds written, undelivered packets: its own files say so. The query's
+        # count of entries did not: with worker-1 still warming up, worker-0 alone made it
+        # (PYPROOF_TEST_WARMUP_DELAY=3 failed the old test every time: 'came too late')
+        written = written_by(session.id, "worker-1", pids["worker-1"], 2, timeout=30)
+        assert len(written) >= 2, f"worker-1 wrote {len(written)} files in 30 s"
         os.kill(pids["worker-1"], signal.SIGKILL)
         result = running.result(60)
         assert result.lineage["requeued"], "the kill came too late to test anything"

@@ -200,3 +200,40 @@ def test_a_queued_query_is_watched_on_the_data_plane_not_the_control_plane(sessi
     assert second.result(timeout=120).outputs["n"] == 2304
     assert time.monotonic() - t0 > 4  # queued longer than the client's silence check (3 s)
     assert first.done() and checks == []
+
+
+def test_a_result_sent_while_the_client_asked_how_its_query_stands_is_read_not_fetched(
+        session, monkeypatch):
+    """The client's data plane went silent (the master merging a huge output) and it asked
+    how the query stands; the master answered once it had sent the result: finished, kept.
+    The result waits on the data plane: the client reads it there. (It fetched the kept one
+    over the control plane instead: 512 MB through the daemon's actors never came in 60 s.)"""
+    calls: list[str] = []
+    call = session._call
+    monkeypatch.setattr(session, "_call",
+                        lambda kind, *a, **kw: (calls.append(kind), call(kind, *a, **kw))[1])
+    handle = session.submit(ZmumuMass, dataset=zmumu())
+    deadline = time.monotonic() + 30
+    while handle.query not in session.status()["master"]["results"]:  # sent, not read
+        assert time.monotonic() < deadline, "the query did not finish within 30 s"
+        time.sleep(0.05)
+    session._check_alive(handle)  # what the client does after MASTER_SILENCE_CHECK s silent
+    assert handle.result(timeout=30).outputs["n"] == 2304
+    assert "fetch_result" not in calls
+
+
+def test_a_silent_finished_query_is_waited_for_once_then_its_kept_result_is_fetched():
+    from pyproof.client.session import silent_query_verdict as verdict
+
+    kept = {"queries": [{"id": "q", "state": "finished"}], "results": ["q"]}
+    assert verdict("q", kept, told_finished=False) == "wait"  # it may wait on the data plane
+    assert verdict("q", kept, told_finished=True) == "fetch"  # it did not come: lost there
+    sending = {"queries": [{"id": "q", "state": "finished"}], "results": []}
+    assert verdict("q", sending, told_finished=True) == "wait"
+    running = {"queries": [{"id": "q", "state": "running"}], "results": ["q"]}
+    assert verdict("q", running, told_finished=True) == "running"
+    assert verdict("q", {"queries": [{"id": "p", "state": "running"}]},
+                   told_finished=False) == "lost"
+    assert verdict("q", {"results": ["q"]}, told_finished=False) == "fetch"  # long ago
+    failed = {"queries": [{"id": "q", "state": "failed"}], "results": ["q"]}
+    assert verdict("q", failed, told_finished=False) == "wait"  # its error frame, likewise

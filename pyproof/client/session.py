@@ -49,6 +49,7 @@ MASTER_SILENCE_CHECK = 3.0
 # how long a daemon's session may not answer, once its data plane went quiet, before its
 # queries fail (a lite cluster's death is seen at once: its process exits)
 MASTER_LOST_WITHIN = 12.0
+ENDED_STATES = ("finished", "stopped", "failed", "aborted")  # a query's final states
 DEFAULT_PACKET_TIMEOUT = 600.0
 INPUTS_SLACK = 1024 * 1024  # the rest of a query's spec travels with its inputs
 SLOW_ATTEMPT = 20.0  # the master sends progress every 0.25 s while a query runs
@@ -87,6 +88,33 @@ def parse_dataset(dataset: Any) -> list[list[str | None]]:
         return out
     raise InputError(f"dataset must be 'file.root:tree', {{path: tree}} or a list of them, "
                      f"not {type(dataset).__name__}")
+
+
+def silent_query_verdict(query_id: str, master: dict[str, Any], *,
+                         told_finished: bool) -> str:
+    """What a client does about a query whose data plane went quiet (no frame for
+    MASTER_SILENCE_CHECK s), from its master's status: the query's state if it is still
+    active (queued, running...: frames were lost, listen on); "wait" if it ended (its
+    final frame may be on its way); "fetch" if it ended and its kept final frame has not
+    come on the data plane since a check found it ended (`told_finished`); "lost" if the
+    master does not know it.
+
+    A final frame (result or error) is kept before it is sent, and the master answers a
+    status request only once it has sent it: a client that asked while the master was
+    silent (merging a huge output, holding its lock) hears "finished" while the result
+    waits on its own data plane. Fetching it then (over the control plane, through the
+    daemon's actors: hundreds of MB take minutes, or never come) would only be slower.
+    """
+    queries = [q for q in master.get("queries") or [] if q.get("id") == query_id]
+    for q in queries:
+        if q.get("state") in ACTIVE_STATES:
+            return str(q["state"])
+    ended = any(q.get("state") in ENDED_STATES for q in queries)
+    if query_id in master.get("results", []):  # (not listed: it ended long ago, fetch it)
+        return "wait" if ended and not told_finished else "fetch"
+    if any(q.get("state") == "finished" for q in queries):
+        return "wait"  # its result is being encoded and sent: a large one takes seconds
+    return "lost"
 
 
 class Session(PackagesMixin):
@@ -144,6 +172,8 @@ class Session(PackagesMixin):
         self._direct_unreachable: set[str] = set()  # offered addresses we could not dial
         self._handles: dict[str, QueryHandle] = {}
         self._heard: dict[str, float] = {}  # when a frame of each query last came
+        # queries a silence check found finished: at the next one, fetch their kept result
+        self._told_finished: set[str] = set()
         self._reassembler = Reassembler()
 
     def _open_data(self, dial: tuple[bool, int | None], dial_host: str,
@@ -496,8 +526,8 @@ class Session(PackagesMixin):
         silence means trouble: after MASTER_SILENCE_CHECK s without a frame for
         `waiting`, ask the master (control plane) how the query stands: still
         queued or running (frames lost: a client that re-attached, a dropped
-        callback), finished while its frame did not reach us (then fetch the kept
-        one), or lost.
+        callback), finished (its result may wait on the data plane already: read
+        it; only if it still does not come, fetch the kept one), or lost.
         """
         assert self.data is not None
         now = time.monotonic()
@@ -532,6 +562,8 @@ class Session(PackagesMixin):
             return  # a late message of a query nobody waits for
         self._heard[handle.query] = time.monotonic()
         handle._frame(frame)
+        if handle._final is not None:
+            self._told_finished.discard(handle.query)
 
     def _check_alive(self, handle: QueryHandle) -> None:
         """The data plane went quiet for `handle`: ask the master (control plane) why."""
@@ -556,19 +588,19 @@ class Session(PackagesMixin):
         except QueryError as exc:
             raise QueryError(f"query {query_id}: the session is gone ({exc})") from None
         master = status.get("master") or {}
-        for q in master.get("queries") or []:
-            if q.get("id") == query_id and q.get("state") in ACTIVE_STATES:
-                handle.state = q["state"]
-                return
-        if query_id in master.get("results", []):
+        verdict = silent_query_verdict(query_id, master,
+                                       told_finished=query_id in self._told_finished)
+        if verdict in ACTIVE_STATES:
+            handle.state = verdict
+        elif verdict == "wait":
+            self._told_finished.add(query_id)
+        elif verdict == "fetch":
             reply = self._call("fetch_result", {"query": query_id})
+            self._told_finished.discard(query_id)
             handle._frame(decode_frame(reply["frame"]))
-            return
-        for q in master.get("queries") or []:
-            if q.get("id") == query_id and q.get("state") == "finished":
-                return  # its result is being encoded and sent: a large one takes seconds
-        raise QueryError(f"query {query_id} was lost: the session's master was restarted "
-                         "while it ran; run it again")
+        else:
+            raise QueryError(f"query {query_id} was lost: the session's master was restarted "
+                             "while it ran; run it again")
 
     def result(self, query_id: str) -> Result:
         """A kept result of an earlier query (e.g. one that finished while detached)."""
