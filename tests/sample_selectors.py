@@ -456,3 +456,17 @@ class InflaterSeen(pyproof.Selector):
 
         ctx.outputs["mass"].fill(zmumu_mass(events))
         ctx.outputs["inflater"][uproot.compression._DecompressZLIB.library] += len(events)
+
+
+class SizedOutput(pyproof.Selector):
+    """A CPU task whose output is an array of `inputs['floats']` float64 (8 bytes each):
+    a histogram-sized result of tens of MB; values vary, so a damaged copy shows."""
+
+    def begin(self, ctx):
+        ctx.outputs["big"] = np.zeros(ctx.inputs["floats"])
+        ctx.outputs["count"] = 0
+
+    def process(self, cycles, ctx):
+        big = ctx.outputs["big"]
+        big += np.arange(len(big), dtype=np.float64) % 997.0 + cycles.start
+        ctx.outputs["count"] += len(cycles)

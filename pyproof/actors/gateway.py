@@ -28,6 +28,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
 
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
+from pyproof.actors.kept import MAX_NONCE, valid_nonce
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
 from pyproof.packages import service as packages
@@ -528,8 +529,15 @@ class Gateway(ProofActor):
             query_id = payload.get("query")
             if not isinstance(query_id, str):
                 raise RequestError("'query' must be a string id")
+            resend, address = payload.get("resend", ""), payload.get("address", "")
+            if resend and not valid_nonce(resend):
+                raise RequestError("'resend' must be a nonce (letters and digits, at most "
+                                   f"{MAX_NONCE})")
+            if not isinstance(address, str) or len(address) > 4096:
+                raise RequestError("'address' must be the client's data address")
             self.send(sessions, m.FetchResult(**who, corr=corr, session_id=session_id,
-                                              query_id=query_id, reply_to=self.myAddress))
+                                              query_id=query_id, reply_to=self.myAddress,
+                                              resend=resend, address=address))
         else:
             for key in [k for k in self.masters if k[0] == session_id]:
                 del self.masters[key]

@@ -118,7 +118,11 @@ class Master(ProofActor):
             except Exception as exc:  # e.g. the port asked for is taken: say so
                 status = {"error": f"cannot listen on {message.address}: {exc}"}
             self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))
-        elif isinstance(message, m.FetchResult):
+        elif isinstance(message, m.FetchResult) and message.resend and self.plane is not None:
+            # on the client's data plane, as live results go (actors/kept.py)
+            status = self.plane.resend_kept(message.query_id, message.resend, message.address)
+            self.send(message.reply_to or sender, m.StatusReply(corr=message.corr, status=status))
+        elif isinstance(message, m.FetchResult):  # a client without a data plane: inline
             frame = self.plane.results.get(message.query_id) if self.plane else None
             status = {"frame": frame} if frame is not None else {
                 "error": f"no kept result for query {message.query_id!r}"}

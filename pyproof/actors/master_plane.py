@@ -33,7 +33,7 @@ from typing import Any
 
 import pynng
 
-from pyproof.actors import last_words
+from pyproof.actors import kept, last_words
 from pyproof.actors import protocol as p
 from pyproof.actors.lookup import LookupCache
 from pyproof.actors.master_query import MERGE_JOIN, Merger, QueryRun
@@ -85,6 +85,11 @@ class MasterPlane:
         # and those of queries a master of this session before us was stuck in (it left
         # them for us: last_words.py), so their clients hear why, not "lost"
         self.results: dict[str, bytes] = last_words.read(run_dir, session_id)
+        # kept frames being sent again on a client's data plane (`resend_kept`): nonces
+        # asked for (a retried request is not sent twice) and the addresses sent to (their
+        # sockets are not closed under the send)
+        self._resent: dict[str, str] = {}
+        self._resending: dict[str, int] = {}
         # large worker requests arrive in chunks (see worker_loop._send_chunks)
         # one stream at most per worker at a time; a lost worker's partial one is dropped
         self._reassembler = Reassembler(max_streams=4096, remember=KEEP_CHUNK_ANSWERS)
@@ -284,12 +289,67 @@ class MasterPlane:
         with self._lock:
             self.callbacks[address] = socket_
             used = {r.spec.client_address for r in (self.query, *self.queued) if r is not None}
+            used.update(self._resending)
             spare = [a for a in self.callbacks if a not in used and a != address]
             gone = [self.callbacks.pop(a) for a in spare[:max(0, len(self.callbacks) -
                                                                KEEP_CALLBACKS)]]
         for old in gone:
             old.close()
         return socket_
+
+    def resend_kept(self, query_id: str, nonce: str, address: str) -> dict[str, Any]:
+        """Send `query_id`'s kept final frame again on the client's data plane (kept.py):
+        dialled back to `address`, or the outbox when it is "" (a client that dials in).
+        Answers at once (actor thread; a thread sends): {"resend": nonce, "bytes": size};
+        {"frame": frame} when there is no socket to send on and the frame is small;
+        {"error": why} if there is no such kept frame (or no way to send a large one).
+        """
+        with self._lock:
+            frame = self.results.get(query_id)
+            again = self._resent.get(nonce) == query_id
+        if frame is None:
+            return {"error": (
+                f"session {self.session_id} keeps no result of query {query_id!r}: it never "
+                f"ran in this session, has not ended yet (session.queries() lists the queries "
+                f"the session knows, with their states), or ended too long ago (the results "
+                f"of the last {KEEP_RESULTS} queries are kept)")}
+        if again:  # a retry of a request whose frame is on its way: not sent twice
+            return {"resend": nonce, "bytes": len(frame)}
+        sock = self._callback(address) if address else self.outbox
+        if sock is None:
+            if len(frame) <= kept.INLINE_MAX:
+                return {"frame": frame}
+            return {"error": (
+                f"query {query_id}'s kept result ({len(frame) / 1e6:.0f} MB) cannot be sent "
+                f"to this client: the session's master has no data connection to it "
+                f"({'cannot dial ' + address if address else 'no outbox: it was restarted'}); "
+                f"connect to the session again (pyproof.connect(url, session=ID)) and retry")}
+        with self._lock:
+            self._resent[nonce] = query_id
+            while len(self._resent) > KEEP_CHUNK_ANSWERS:
+                del self._resent[next(iter(self._resent))]
+            self._resending[address] = self._resending.get(address, 0) + 1
+        threading.Thread(target=self._send_kept, args=(sock, frame, nonce, address, query_id),
+                         daemon=True, name=f"kept-{nonce[:8]}").start()
+        self.log.info("kept_result_resend", query=query_id, bytes=len(frame),
+                      to=address or "outbox")
+        return {"resend": nonce, "bytes": len(frame)}
+
+    def _send_kept(self, sock: pynng.Socket, frame: bytes, nonce: str, address: str,
+                   query_id: str) -> None:
+        """A resend's thread: every chunk, then the address is free to close again."""
+        try:
+            sent = kept.send_kept(sock, frame, nonce=nonce, data_key=self.data_key,
+                                  session=self.session_id, guard=self._sends)
+            if not sent:
+                self.log.warning("kept_result_not_sent", query=query_id, to=address or "outbox")
+        except Exception as exc:  # Closed under us, a bug: the client's wait is bounded
+            self.log.error("kept_result_send_failed", query=query_id, error=repr(exc))
+        finally:
+            with self._lock:
+                left = self._resending.pop(address, 1) - 1
+                if left > 0:
+                    self._resending[address] = left
 
     def _begin(self, run: QueryRun, *, announce: bool = False) -> set[str]:
         """Make `run` the running query and start it; with `announce`, its workers are

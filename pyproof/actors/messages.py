@@ -234,12 +234,18 @@ class StatusRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchResult:
+    """A query's kept final frame: with `resend` (a nonce), sent again on the client's data
+    plane (to `address`, or the outbox if "") and answered {"resend", "bytes"}; without,
+    answered with the frame itself (small frames only: see actors/kept.py)."""
+
     corr: str
     session_id: str = ""
     query_id: str
     reply_to: Any = None
     user: str = ""
     admin: bool = False
+    resend: str = ""
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -100,7 +100,8 @@ class QueryHandle:
         elif frame.type == "feedback":
             if self.on_feedback is not None:
                 self.on_feedback(dict(payload.get("outputs") or {}))
-        elif frame.type in (p.RESULT, p.ERROR):
+        elif frame.type in (p.RESULT, p.ERROR) and self._final is None:
+            # (once: a kept frame sent again may come after the live one, or before it)
             self._final = frame
             self.state = "finished" if frame.type == p.RESULT else "failed"
 

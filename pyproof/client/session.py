@@ -19,6 +19,8 @@ from typing import Any
 
 import pynng
 
+from pyproof.actors import kept
+from pyproof.actors import protocol as wire_protocol
 from pyproof.client.control import ControlClient, RequestRefused
 from pyproof.client.direct import DirectRoute
 from pyproof.client.handle import ACTIVE_STATES, QueryHandle
@@ -174,6 +176,9 @@ class Session(PackagesMixin):
         self._heard: dict[str, float] = {}  # when a frame of each query last came
         # queries a silence check found finished: at the next one, fetch their kept result
         self._told_finished: set[str] = set()
+        # kept final frames asked to be sent again on the data plane (`_ask_kept`):
+        # nonce -> (query id, when to give up waiting, size)
+        self._kept_asked: dict[str, tuple[str, float, int]] = {}
         self._reassembler = Reassembler()
 
     def _open_data(self, dial: tuple[bool, int | None], dial_host: str,
@@ -541,10 +546,14 @@ class Session(PackagesMixin):
             self.data.recv_timeout = 1
         else:
             self.data.recv_timeout = DATA_POLL_MS
+        nonce = None
         try:
             frame = decode_frame(sealing.unseal(self.data_key, recv_view(self.data)))
-            if frame.type == CHUNK:  # a large result, in pieces
+            if frame.type == CHUNK:  # a large result, in pieces (or a kept one, resent)
                 self._heard[waiting.query] = time.monotonic()
+                stream = frame.payload.get("stream") if isinstance(frame.payload, dict) \
+                    else None
+                nonce = kept.kept_nonce(stream)
                 frame = self._reassembler.add(frame)
                 if frame is None:
                     return
@@ -558,16 +567,26 @@ class Session(PackagesMixin):
             return
         payload = frame.payload
         handle = self._handles.get(payload.get("query")) if isinstance(payload, dict) else None
+        if nonce is not None:  # a kept final frame sent again: taken only if we asked for it
+            asked = self._kept_asked.pop(nonce, None)
+            if asked is None or handle is None or asked[0] != handle.query or \
+                    frame.type not in (wire_protocol.RESULT, wire_protocol.ERROR):
+                return  # one we gave up on, or not ours: never a query's (second) outcome
         if handle is None:
             return  # a late message of a query nobody waits for
         self._heard[handle.query] = time.monotonic()
-        handle._frame(frame)
+        handle._frame(frame)  # a second final frame (live and kept both came) is dropped
         if handle._final is not None:
             self._told_finished.discard(handle.query)
 
     def _check_alive(self, handle: QueryHandle) -> None:
         """The data plane went quiet for `handle`: ask the master (control plane) why."""
         query_id = handle.query
+        asked = self._kept_wait(query_id)
+        if asked is not None:  # its kept frame is on its way on the data plane
+            if time.monotonic() < asked[1]:
+                return
+            self._kept_late(query_id, asked)
         try:
             status = self._call("session_status", deadline=30.0 if self.cluster else
                                 MASTER_LOST_WITHIN)
@@ -594,18 +613,68 @@ class Session(PackagesMixin):
             handle.state = verdict
         elif verdict == "wait":
             self._told_finished.add(query_id)
-        elif verdict == "fetch":
-            reply = self._call("fetch_result", {"query": query_id})
+        elif verdict == "fetch":  # sent again on the data plane; `_pump` reads it
             self._told_finished.discard(query_id)
-            handle._frame(decode_frame(reply["frame"]))
+            self._ask_kept(handle)
         else:
             raise QueryError(f"query {query_id} was lost: the session's master was restarted "
                              "while it ran; run it again")
 
     def result(self, query_id: str) -> Result:
-        """A kept result of an earlier query (e.g. one that finished while detached)."""
-        reply = self._call("fetch_result", {"query": query_id})
-        return QueryHandle(self, query_id)._from_frame(decode_frame(reply["frame"]))
+        """A kept result of an earlier query (e.g. one that finished while detached).
+
+        The session's master keeps the final frames (result or error) of its last queries;
+        asked for one, it sends it again on this client's data connection, as a live
+        result comes (so a large one arrives as fast). Raises QueryError if the session
+        keeps no result of `query_id`, or if it does not arrive within `kept.within(size)`
+        seconds; QueryError/QueryAborted if the query failed or was aborted.
+        """
+        handle = self._handles.get(query_id)
+        if handle is None:
+            handle = QueryHandle(self, query_id)
+        if handle._final is None:
+            self._handles.setdefault(query_id, handle)
+            try:
+                self._ask_kept(handle)
+            except BaseException:
+                if self._handles.get(query_id) is handle and not handle.summary:
+                    del self._handles[query_id]  # not a query this client knows of
+                raise
+            while handle._final is None:
+                asked = self._kept_wait(query_id)
+                if asked is not None and time.monotonic() >= asked[1]:
+                    self._kept_late(query_id, asked)
+                self._pump(handle, None)
+        return handle.result()
+
+    def _ask_kept(self, handle: QueryHandle) -> None:
+        """Ask the master (control plane: a small request) to send `handle`'s kept final
+        frame again on our data plane (actors/kept.py); `_pump` reads it. A master with no
+        way to send it there answers with the frame itself (a small one)."""
+        nonce = uuid.uuid4().hex
+        reply = self._call("fetch_result", {"query": handle.query, "resend": nonce,
+                                            "address": self.data_address})
+        if "frame" in reply:
+            handle._frame(decode_frame(reply["frame"]))
+            return
+        size = int(reply.get("bytes", 0))
+        for old in [n for n, a in self._kept_asked.items() if a[0] == handle.query]:
+            del self._kept_asked[old]  # a frame asked for before is dropped if it comes
+        self._kept_asked[nonce] = (handle.query, time.monotonic() + kept.within(size), size)
+
+    def _kept_wait(self, query_id: str) -> tuple[str, float, int] | None:
+        return next((a for a in self._kept_asked.values() if a[0] == query_id), None)
+
+    def _kept_late(self, query_id: str, asked: tuple[str, float, int]) -> None:
+        """The kept frame asked for did not come in time: forget it, and say so."""
+        for nonce in [n for n, a in self._kept_asked.items() if a[0] == query_id]:
+            del self._kept_asked[nonce]
+        raise QueryError(
+            f"query {query_id}: its kept result ({asked[2] / 1e6:.1f} MB) did not arrive on "
+            f"this client's data connection within {kept.within(asked[2]):.0f} s of asking "
+            f"session {self.id}'s master for it; the master still keeps it: call "
+            f"session.result({query_id!r}) again (a data connection the network drops: "
+            f"connect with connection='dial')")
 
     def detach(self) -> str:
         """Leave the session running on the daemon; returns its id for `connect(session=...)`."""
