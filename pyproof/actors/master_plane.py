@@ -301,7 +301,8 @@ class MasterPlane:
         """Send `query_id`'s kept final frame again on the client's data plane (kept.py):
         dialled back to `address`, or the outbox when it is "" (a client that dials in).
         Answers at once (actor thread; a thread sends): {"resend": nonce, "bytes": size};
-        {"frame": frame} when there is no socket to send on and the frame is small;
+        {"frame": frame} when the frame is small and no data connection is up (the
+        control-plane fetch: fine for a small frame, never for a large one);
         {"error": why} if there is no such kept frame (or no way to send a large one).
         """
         with self._lock:
@@ -316,9 +317,12 @@ class MasterPlane:
         if again:  # a retry of a request whose frame is on its way: not sent twice
             return {"resend": nonce, "bytes": len(frame)}
         sock = self._callback(address) if address else self.outbox
+        if len(frame) <= kept.INLINE_MAX and (sock is None or not sock.pipes):
+            # no data connection to the client (a listener our CA does not vouch for, a
+            # restarted master's missing outbox; or one still being dialled): a small
+            # frame is answered at once
+            return {"frame": frame}
         if sock is None:
-            if len(frame) <= kept.INLINE_MAX:
-                return {"frame": frame}
             return {"error": (
                 f"query {query_id}'s kept result ({len(frame) / 1e6:.0f} MB) cannot be sent "
                 f"to this client: the session's master has no data connection to it "

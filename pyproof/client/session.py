@@ -104,8 +104,8 @@ def silent_query_verdict(query_id: str, master: dict[str, Any], *,
     A final frame (result or error) is kept before it is sent, and the master answers a
     status request only once it has sent it: a client that asked while the master was
     silent (merging a huge output, holding its lock) hears "finished" while the result
-    waits on its own data plane. Fetching it then (over the control plane, through the
-    daemon's actors: hundreds of MB take minutes, or never come) would only be slower.
+    waits on its own data plane. Fetching it then (the master sends the kept frame again
+    on the data plane, `Session._ask_kept`) would send hundreds of MB twice.
     """
     queries = [q for q in master.get("queries") or [] if q.get("id") == query_id]
     for q in queries:
@@ -532,7 +532,8 @@ class Session(PackagesMixin):
         `waiting`, ask the master (control plane) how the query stands: still
         queued or running (frames lost: a client that re-attached, a dropped
         callback), finished (its result may wait on the data plane already: read
-        it; only if it still does not come, fetch the kept one), or lost.
+        it; only if it still does not come, ask for the kept one, which the master
+        sends again on the data plane: read here too, `kept/<nonce>` chunks), or lost.
         """
         assert self.data is not None
         now = time.monotonic()
@@ -658,17 +659,22 @@ class Session(PackagesMixin):
             handle._frame(decode_frame(reply["frame"]))
             return
         size = int(reply.get("bytes", 0))
-        for old in [n for n, a in self._kept_asked.items() if a[0] == handle.query]:
-            del self._kept_asked[old]  # a frame asked for before is dropped if it comes
+        self._forget_kept(handle.query)  # a frame asked for before is dropped if it comes
         self._kept_asked[nonce] = (handle.query, time.monotonic() + kept.within(size), size)
+
+    def _forget_kept(self, query_id: str) -> None:
+        """Give up the kept frames of `query_id` asked for: their chunks that came are
+        freed, those still to come are dropped (their nonce is not asked for any more)."""
+        for nonce in [n for n, a in self._kept_asked.items() if a[0] == query_id]:
+            del self._kept_asked[nonce]
+            self._reassembler.discard(kept.kept_stream(nonce))
 
     def _kept_wait(self, query_id: str) -> tuple[str, float, int] | None:
         return next((a for a in self._kept_asked.values() if a[0] == query_id), None)
 
     def _kept_late(self, query_id: str, asked: tuple[str, float, int]) -> None:
         """The kept frame asked for did not come in time: forget it, and say so."""
-        for nonce in [n for n, a in self._kept_asked.items() if a[0] == query_id]:
-            del self._kept_asked[nonce]
+        self._forget_kept(query_id)
         raise QueryError(
             f"query {query_id}: its kept result ({asked[2] / 1e6:.1f} MB) did not arrive on "
             f"this client's data connection within {kept.within(asked[2]):.0f} s of asking "
