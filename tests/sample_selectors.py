@@ -458,7 +458,7 @@ class InflaterSeen(pyproof.Selector):
         ctx.outputs["inflater"][uproot.compression._DecompressZLIB.library] += len(events)
 
 
-class SizedOutput(pyproof.Selector):
+class VariedOutput(pyproof.Selector):
     """A CPU task whose output is an array of `inputs['floats']` float64 (8 bytes each):
     a histogram-sized result of tens of MB; values vary, so a damaged copy shows."""
 

@@ -19,7 +19,7 @@ from pyproof.actors import kept
 from pyproof.errors import QueryError
 from tests.daemon_helpers import Daemon
 
-SIZED = "tests.sample_selectors:SizedOutput"
+SIZED = "tests.sample_selectors:VariedOutput"
 MB64 = 8_000_000  # float64: 64 MB
 
 
@@ -67,7 +67,7 @@ def test_a_large_result_is_fetched_whole_after_detach_and_reattach(daemon, conne
         # it came on the data plane, in chunks (the control reply carried no frame)
         assert again._reassembler.statistics().messages_completed >= 1
         assert seconds < kept.within(floats * 8), seconds
-        # asked again (a second look at a kept result): comes again, once more
+        # asked again: the result this client holds now, at once
         assert np.array_equal(again.result(live.query).outputs["big"], live.outputs["big"])
 
 
@@ -147,3 +147,44 @@ def test_a_kept_result_that_does_not_come_is_a_clear_error_in_bounded_time(lite,
     assert lite._kept_asked == {} and lite._reassembler.open_streams() == []
     monkeypatch.undo()
     assert np.array_equal(lite.result(done.query).outputs["big"], done.outputs["big"])
+
+
+def test_the_master_sends_a_kept_frame_once_per_request_in_sealed_kept_chunks(tmp_path):
+    """On a real plane and a client's listening socket: the frame comes as chunks of stream
+    `kept/<nonce>` sealed with the session's key; the same request again (a client's retry
+    of an unanswered request) is answered without a second send; a new nonce sends anew."""
+    from pyproof.actors.master_plane import MasterPlane
+    from pyproof.transport import sealing
+    from pyproof.transport.frames import CHUNK, Reassembler, decode_frame, encode_frame
+
+    key = b"k" * 32
+    plane = MasterPlane(session_id="s1", address=f"ipc://{tmp_path}/master.ipc", data_key=key)
+    client = f"ipc://{tmp_path}/client.ipc"
+    big = np.arange(2_500_000, dtype=np.float64)  # 20 MB: three chunks
+    frame = encode_frame("result", {"query": "q1", "outputs": {"big": big}}, session="s1")
+    plane._keep("q1", frame)
+    with pynng.Pull0(listen=client, recv_timeout=10_000) as pull:
+        try:
+            reply = plane.resend_kept("q1", "n1", client)
+            assert reply == {"resend": "n1", "bytes": len(frame)}
+            assert plane.resend_kept("q1", "n1", client) == reply  # a retry: not sent again
+            assert plane.resend_kept("q2", "n2", client)["error"].startswith(
+                "session s1 keeps no result of query 'q2'")
+            streams, whole = set(), None
+            reassembler = Reassembler()
+            while whole is None:
+                chunk = decode_frame(sealing.unseal(key, pull.recv()))
+                assert chunk.type == CHUNK
+                streams.add(chunk.payload["stream"])
+                whole = reassembler.add(chunk)
+            assert streams == {"kept/n1"}
+            assert np.array_equal(whole.payload["outputs"]["big"], big)
+            pull.recv_timeout = 500
+            with pytest.raises(pynng.Timeout):  # the retry sent nothing
+                pull.recv()
+            plane.resend_kept("q1", "n3", client)  # asked anew: sent anew
+            pull.recv_timeout = 10_000
+            again = decode_frame(sealing.unseal(key, pull.recv()))
+            assert again.payload["stream"] == "kept/n3"
+        finally:
+            plane.close()
