@@ -78,6 +78,12 @@ def test_an_unknown_query_id_is_a_clear_error_and_the_session_goes_on(lite):
         lite.result("nosuchquery")
     assert "nosuchquery" not in lite._handles
     assert sized(lite, 10).outputs["count"] == 1
+    running = lite.submit("tests.sample_selectors:SlowCycles", cycles=20,
+                          inputs={"per_entry": 0.1})
+    with pytest.raises(QueryError, match=rf"keeps no result of query '{running.query}'"):
+        lite.result(running.query)  # not ended yet: its handle is left as it was
+    assert lite._handles[running.query] is running
+    assert running.result(timeout=60).outputs["count"] == 20
 
 
 def test_the_silence_check_fetches_a_lost_final_frame_on_the_data_plane(lite, monkeypatch):

@@ -631,14 +631,15 @@ class Session(PackagesMixin):
         seconds; QueryError/QueryAborted if the query failed or was aborted.
         """
         handle = self._handles.get(query_id)
+        known = handle is not None
         if handle is None:
-            handle = QueryHandle(self, query_id)
+            # registered: the live final frame, if it comes first, is taken as well
+            handle = self._handles[query_id] = QueryHandle(self, query_id)
         if handle._final is None:
-            self._handles.setdefault(query_id, handle)
             try:
                 self._ask_kept(handle)
             except BaseException:
-                if self._handles.get(query_id) is handle and not handle.summary:
+                if not known:
                     del self._handles[query_id]  # not a query this client knows of
                 raise
             while handle._final is None:
