@@ -40,12 +40,13 @@ repr turned off) goes to the standard decorator unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import operator
 import reprlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, dataclass_transform
 
 __all__ = ["dataclass"]
@@ -91,6 +92,9 @@ _CLOSURES_FIT = (sys.version_info[:2] in ((3, 11), (3, 12)) and _STANDARD_FROZEN
 
 
 _STANDARD_INIT = getattr(dataclasses, "_init_fn", None)
+_STANDARD_DECORATOR = dataclasses.dataclass
+"""The standard decorator as imported: ours may stand in for it at `dataclasses.dataclass`
+while a library that uses it loads (`standing_in`)."""
 
 
 class _LazyInit:
@@ -154,7 +158,7 @@ def _standard(cls: type[T], options: dict[str, Any]) -> type[T]:
     """The standard decorator, with frozen classes' attribute guards made as closures and
     `__init__` (and a missing docstring, made from its signature) made on first use."""
     if not _CLOSURES_FIT:
-        return dataclasses.dataclass(cls, **options)
+        return _STANDARD_DECORATOR(cls, **options)
     frozen = options.get("frozen", False)
     undocumented = not getattr(cls, "__doc__", None)
     if undocumented:
@@ -163,7 +167,7 @@ def _standard(cls: type[T], options: dict[str, Any]) -> type[T]:
     if frozen:
         dataclasses._frozen_get_del_attr = _frozen_closures  # type: ignore[attr-defined]
     try:
-        new = dataclasses.dataclass(cls, **options)
+        new = _STANDARD_DECORATOR(cls, **options)
     finally:
         dataclasses._init_fn = _STANDARD_INIT  # type: ignore[attr-defined]
         if frozen:
@@ -212,6 +216,19 @@ def _process(cls: type[T], options: dict[str, Any]) -> type[T]:
     params.eq = True
     params.repr = True
     return new
+
+
+@contextlib.contextmanager
+def standing_in() -> Iterator[None]:
+    """Within this block, `dataclasses.dataclass` is ours: a library imported meanwhile (one
+    that reads it as it loads, `from dataclasses import dataclass`) makes its classes with
+    ours, as cheaply. The threads of this process that make a dataclass meanwhile get ours
+    too (the same classes, made the same way). Not reentrant across threads: one at a time."""
+    dataclasses.dataclass = dataclass  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        dataclasses.dataclass = _STANDARD_DECORATOR  # type: ignore[assignment]
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:

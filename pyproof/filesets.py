@@ -15,9 +15,10 @@ a worker: the user's short name) and each dataset's metadata (`ctx.metadata`;
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.errors import InputError
 
 

@@ -224,3 +224,25 @@ def test_an_undocumented_class_gets_the_standard_docstring_on_first_read(
     assert ours.__doc__ == std.__doc__
     assert ours.__doc__.startswith("Undocumented(")
     assert ours(x=1, y="z").__doc__ == ours.__doc__
+
+
+def test_a_library_loaded_while_ours_stands_in_makes_its_classes_with_ours() -> None:
+    # the actors' preload imports structlog so (actors/warmup.py): its 8 classes were
+    # the dearest part of its import
+    standard = dataclasses.dataclass
+    with fast.standing_in():
+        from dataclasses import dataclass as libraries_decorator  # what a library reads
+
+        @libraries_decorator(frozen=True)
+        class Row:
+            x: int
+            y: str = "y"
+
+    assert dataclasses.dataclass is standard
+    assert libraries_decorator is fast.dataclass
+    assert isinstance(Row.__dict__["__init__"], fast._LazyInit)
+    assert Row(1) == Row(x=1) and hash(Row(1)) == hash(Row(1)) and Row(1) != Row(2)
+    assert repr(Row(1)) == f"{Row.__qualname__}(x=1, y='y')"
+    with pytest.raises(RuntimeError, match=r"^inside$"), fast.standing_in():
+        raise RuntimeError("inside")
+    assert dataclasses.dataclass is standard

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage, WatchMessage
 from pyproof.actors import messages as m
 from pyproof.actors.base import TEST_HOOKS, ProofActor
 from pyproof.actors.kept import MAX_NONCE, valid_nonce
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.datasets import records as _records  # noqa: F401  (decodes its CBOR tag)
 from pyproof.logs import get_logger
 from pyproof.packages import service as packages

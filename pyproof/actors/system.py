@@ -43,6 +43,42 @@ def bind_thespian_to_loopback() -> None:
     cls._pyproof_loopback = True
 
 
+def start_actors_quicker() -> None:
+    """Make two steps of Thespian's start of every actor process cheaper (together about a
+    millisecond per actor, and a session's start waits for four actors in a row: root,
+    sessions, session supervisor, master and workers). Must run in the daemon before the
+    system starts, like the patches above (the admin and every actor inherit it).
+
+    - Each actor gives each of the 64 signals a Python handler through `signal.signal`,
+      whose wrapper converts each number, and each handler it returns, to an enum: the
+      `_signal.signal` it wraps does the same (Thespian reads no returned handler) in a
+      tenth of the time (0.35 ms per actor).
+    - Each actor looks for the optional `setproctitle` (it names processes in `ps`): not
+      installed, each look is a failed import, a search of the whole `sys.path` in a
+      process just forked (0.5 ms per actor). Looked for once here instead: the actors use
+      what was found (the same names in `ps` when it is installed).
+    """
+    import _signal
+
+    from thespian.system import logdirector, multiprocCommon, utilis
+
+    if getattr(multiprocCommon, "_pyproof_quicker", False):
+        return
+    try:
+        from setproctitle import setproctitle
+    except Exception:  # noqa: BLE001 - as Thespian's own look (a bare except)
+        setproctitle = None
+
+    def set_proc_name(name, actor_address) -> None:
+        if setproctitle is not None:
+            setproctitle(f"{name} {actor_address}")
+
+    for module in (utilis, multiprocCommon, logdirector):
+        module.setProcName = set_proc_name
+    multiprocCommon.set_signal_handler = _signal.signal
+    multiprocCommon._pyproof_quicker = True
+
+
 def tcp_peer_uid(sock: socket.socket) -> int | None:
     """The uid that owns the other end of a loopback TCP connection, or None.
 
@@ -295,6 +331,7 @@ def start_system(log_dir: str, *, admin_preload: Callable[[], None] | None = Non
     """
     bind_thespian_to_loopback()
     refuse_other_users()
+    start_actors_quicker()
     os.environ["THESPLOG_FILE"] = os.path.join(log_dir, "thespian-internal.log")
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
     from thespian.actors import ActorSystem

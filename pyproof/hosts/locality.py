@@ -24,9 +24,11 @@ import json
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 from urllib.parse import urlsplit
+
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 
 LAYOUT_FILE = "hosts-layout.json"
 

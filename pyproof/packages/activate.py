@@ -17,9 +17,9 @@ import os
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.packages.errors import PackageError
 from pyproof.query.spec import QuerySpec
 from pyproof.selector import forget_loaded

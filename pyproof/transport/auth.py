@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pyproof import sandbox
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.errors import ProofError
 
 __all__ = [
@@ -308,7 +309,7 @@ def _nonce(value: object, field: str, what: str, peer: str | None, user: str | N
 # ----------------------------------------------------------------------- handshake
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Login:
     """A successful handshake: who logged in, to which server, for what."""
 
@@ -318,7 +319,7 @@ class Login:
     peer: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerStatistics:
     """A snapshot of a :class:`ServerHandshake`."""
 
@@ -603,7 +604,7 @@ class ClientHandshake:
 # ----------------------------------------------------------------------- tokens
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionToken:
     """Proof that ``user`` logged in and owns ``session``; presented by data connections.
 
@@ -690,7 +691,7 @@ def verify_token(
 # ----------------------------------------------------------------------- roles
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class User:
     """An authenticated user; ``admin`` may act on every user's sessions."""
 

@@ -72,6 +72,7 @@ from typing import Any
 
 import cbor2
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.errors import ProofError
 from pyproof.lazy import loaded
 
@@ -172,7 +173,7 @@ class EncodeError(ProofError, TypeError):
 # --------------------------------------------------------------------- RemoteError
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RemoteError:
     """An exception raised in another process, as data.
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from cbor2 import dumps as cbor2_dumps
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.transport.codec import (
     DEFAULT_MAX_FRAME,
     ProtocolError,
@@ -64,7 +65,7 @@ _FIELD_SET = frozenset(_FIELDS)
 _CHUNK_FIELDS = ("stream", "index", "total", "data")
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Frame:
     """One decoded message: envelope fields plus the payload."""
 
@@ -273,7 +274,7 @@ def chunk_frame_parts(
     ]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReassemblerStatistics:
     """A snapshot of a :class:`Reassembler`."""
 
@@ -283,7 +284,7 @@ class ReassemblerStatistics:
     duplicates_dropped: int
 
 
-@dataclasses.dataclass(slots=True)
+@dataclass(slots=True)
 class _Stream:
     total: int
     pieces: dict[int, bytes] = dataclasses.field(default_factory=dict)

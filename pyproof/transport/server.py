@@ -23,10 +23,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pynng
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.logs import get_logger
 from pyproof.transport.wire import ContextIO, SendGuard
 

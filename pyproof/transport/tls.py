@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pyproof.dataclass import dataclass  # dataclasses.dataclass, cheaper to apply
 from pyproof.errors import ProofError
 
 if TYPE_CHECKING:  # imported where a TLSConfig is built: the daemon boots without pynng
@@ -81,7 +82,7 @@ def host_of(url: str) -> str | None:
     return host or None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TLSSettings:
     """Where the CA, certificate and key are, and whether TLS is mandatory.
 
