@@ -7,10 +7,7 @@ the admin does while its logger process starts (actors/daemon.py, system.py).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from tests.fresh_python import run_json
 
 # run in a fresh interpreter: Thespian's createActor from outside the system leaves sockets
 # to the collector (ResourceWarnings that pytest turns into errors), and the probe module
@@ -49,10 +46,7 @@ print(json.dumps({"me": os.getpid(), "loaded_here": PROBE in sys.modules,
 def test_the_admin_loads_the_actors_modules_before_its_first_actor_and_only_there(
         tmp_path) -> None:
     mark = tmp_path / "preloaded"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(mark), str(tmp_path)],
-                         capture_output=True, text=True, timeout=60, check=True, cwd=root)
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen, _ = run_json(SCRIPT, str(mark), str(tmp_path))
     (admin,) = {int(pid) for pid in mark.read_text().split()}  # once, in one process
     assert seen["marked_before"] == [str(admin)]  # before its first actor answered
     assert admin != seen["me"] and not seen["loaded_here"]  # not in the starting process
@@ -61,13 +55,9 @@ def test_the_admin_loads_the_actors_modules_before_its_first_actor_and_only_ther
 
 def test_an_admin_whose_preload_fails_serves_anyway_and_says_why(tmp_path) -> None:
     # the actors then import what they need themselves; the daemon is not left waiting
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "mark"), str(tmp_path),
-                          "fail"], capture_output=True, text=True, timeout=60, check=True,
-                         cwd=root)
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen, stderr = run_json(SCRIPT, str(tmp_path / "mark"), str(tmp_path), "fail")
     assert [a["loaded"] for a in seen["answers"]] == [False, False]
-    assert "ImportError: a broken module" in out.stderr
+    assert "ImportError: a broken module" in stderr
 
 
 WHILE = r"""
@@ -102,8 +92,5 @@ def test_the_admin_answers_its_starter_while_it_preloads_and_forks_only_after(
         tmp_path) -> None:
     # the daemon's request for the root then waits in the admin for the preload, instead
     # of being sent once the preload is done (a round trip later)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", WHILE, str(tmp_path)], capture_output=True,
-                         text=True, timeout=60, check=True, cwd=root)
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen, _ = run_json(WHILE, str(tmp_path))
     assert seen == {"answered_first": True, "preloaded": True}

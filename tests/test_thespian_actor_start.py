@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from tests.fresh_python import run_json
 
 # a fresh interpreter, as in test_startup_admin.py (Thespian leaves sockets to the collector)
 SCRIPT = r"""
@@ -43,10 +40,7 @@ def test_actors_start_with_thespians_signal_handlers_and_look_for_setproctitle_n
         tmp_path) -> None:
     # it was a failed import in every actor (and in the admin and its logger), a search of
     # sys.path each; it is looked for once, in the process that starts the system
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                         text=True, timeout=60, check=True, cwd=root)
-    seen = json.loads(out.stdout.splitlines()[-1])
+    seen, _ = run_json(SCRIPT, str(tmp_path))
     assert seen["looks_in_starter"] == 1
     assert seen["answers"] == [{"looks_here": 0,
                                 "term_handler": "shutdown_signal_detected"}] * 2
